@@ -1,0 +1,136 @@
+"""Settings: one validated object, read from ``PACSVLM_*`` environment variables.
+
+Embedded defaults need no servers: a SQLite file and instance files under
+``./var/`` and a file-system Celery transport.  Production sets
+``PACSVLM_DATABASE_URL=postgresql+psycopg://...`` and
+``PACSVLM_BROKER_URL=redis://...``; the code is the same.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_AE_TITLE = re.compile(r"^[\x20-\x7e]{1,16}$")
+
+
+def _check_ae_title(value: str) -> str:
+    value = value.strip()
+    if not _AE_TITLE.match(value) or "\\" in value:
+        raise ValueError(f"not a valid AE title: {value!r} (1-16 printable ASCII characters, no backslash)")
+    return value
+
+
+class CallingAE(BaseModel):
+    """A peer that may send to the listener (one entry of the calling-AE allowlist).
+
+    Attributes
+    ----------
+    hosts : list of str
+        Addresses the peer may connect from; empty means any address.
+    stable_seconds : float, optional
+        Idle time after which a study from this peer is complete; the global
+        ``stable_seconds`` when omitted.
+    """
+
+    hosts: list[str] = Field(default_factory=list)
+    stable_seconds: Annotated[float, Field(gt=0)] | None = None
+
+
+class Settings(BaseSettings):
+    """All settings of pacs-vlm, validated at start-up.
+
+    Every field is read from the environment variable ``PACSVLM_<FIELD>``
+    (case-insensitive); dictionaries and lists are given as JSON.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="PACSVLM_", env_file=None, extra="ignore")
+
+    data_dir: Path = Path("var")
+    database_url: str = ""
+    broker_url: str = ""
+    storage_dir: Path | None = None
+
+    ae_title: str = "PACSVLM"
+    listen_host: str = "0.0.0.0"
+    listen_port: Annotated[int, Field(ge=1, le=65535)] = 11112
+    calling_aes: dict[str, CallingAE] = Field(default_factory=dict)
+    accept_any_calling_ae: bool = False
+    max_associations: Annotated[int, Field(ge=1)] = 16
+    max_pdu_length: Annotated[int, Field(ge=4096, le=4_194_304)] = 131_072
+    acse_timeout: Annotated[float, Field(gt=0)] = 30.0
+    dimse_timeout: Annotated[float, Field(gt=0)] = 60.0
+    network_timeout: Annotated[float, Field(gt=0)] = 60.0
+    fsync: bool = True
+    min_free_bytes: Annotated[int, Field(ge=0)] = 1_073_741_824
+
+    stable_seconds: Annotated[float, Field(gt=0)] = 30.0
+    assembly_interval: Annotated[float, Field(gt=0)] = 1.0
+    resend_after_seconds: Annotated[float, Field(gt=0)] = 900.0
+    analysis_queue: str = "analysis"
+
+    @field_validator("ae_title")
+    @classmethod
+    def _ae_title_valid(cls, value: str) -> str:
+        return _check_ae_title(value)
+
+    @field_validator("calling_aes")
+    @classmethod
+    def _calling_aes_valid(cls, value: dict[str, CallingAE]) -> dict[str, CallingAE]:
+        return {_check_ae_title(title): peer for title, peer in value.items()}
+
+    @model_validator(mode="after")
+    def _fill_embedded_defaults(self) -> Settings:
+        if not self.database_url:
+            self.database_url = f"sqlite:///{(self.data_dir / 'pacs-vlm.sqlite').as_posix()}"
+        if not self.broker_url:
+            self.broker_url = "filesystem://"
+        if self.storage_dir is None:
+            self.storage_dir = self.data_dir / "instances"
+        return self
+
+    @property
+    def instance_root(self) -> Path:
+        """Folder of the durable instance store."""
+        assert self.storage_dir is not None  # filled by the validator
+        return self.storage_dir
+
+    @property
+    def broker_folder(self) -> Path:
+        """Folder of the file-system Celery transport (embedded defaults only)."""
+        return self.data_dir / "broker"
+
+    def stable_seconds_for(self, calling_ae: str) -> float:
+        """Return the idle time that completes a study sent by ``calling_ae``.
+
+        Parameters
+        ----------
+        calling_ae : str
+            The sender's AE title.
+
+        Returns
+        -------
+        float
+            Seconds without a new instance after which the study is stable.
+        """
+        peer = self.calling_aes.get(calling_ae.strip())
+        if peer is not None and peer.stable_seconds is not None:
+            return peer.stable_seconds
+        return self.stable_seconds
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Return the process-wide settings, read from the environment once.
+
+    Returns
+    -------
+    Settings
+        The validated settings.
+    """
+    return Settings()

@@ -1,0 +1,139 @@
+"""Study assembly: idle timers kept in the database, hand-off to the queue, re-sends.
+
+A study is complete when no instance arrived for its ``stable_seconds``.  The
+timer is a column (``studies.stable_after``), so a restarted listener loses
+nothing: the next pass finds the study and queues it.  The same loop is the
+outbox reconciler: jobs whose message never reached the broker, whose message
+is old, or that were queued before the broker restarted (Redis ``run_id``
+changed) are sent again; the worker's task is idempotent.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from integration.config import Settings
+from integration.queue import broker_identity, send_analyze_study
+from integration.store.audit import record_event
+from integration.store.jobs import complete_stable_studies, jobs_to_send, mark_sent, record_send_error
+from integration.store.session import session_scope
+from integration.store.tables import AnalysisJob, utcnow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PassResult:
+    """What one assembly pass did.
+
+    Attributes
+    ----------
+    jobs_created : int
+        Studies that became stable and got a job.
+    sent : int
+        Messages sent (new and re-sent).
+    send_failures : int
+        Messages the broker did not take (retried next pass).
+    """
+
+    jobs_created: int = 0
+    sent: int = 0
+    send_failures: int = 0
+
+
+class StudyAssembler:
+    """Completes stable studies and keeps the queue in step with the job table.
+
+    Parameters
+    ----------
+    settings : Settings
+        The settings.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._broker_id: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def run_once(self) -> PassResult:
+        """Run one pass: complete stable studies, then (re)send what needs sending.
+
+        Returns
+        -------
+        PassResult
+            Counts of what happened.
+        """
+        result = PassResult()
+        url = self.settings.database_url
+        with session_scope(url) as session:
+            created = complete_stable_studies(session, utcnow(), self.settings.analysis_queue)
+        result.jobs_created = len(created)
+        for job_id in created:
+            log.info("study complete: analysis job %d created", job_id)
+        everything = self._broker_restarted()
+        with session_scope(url) as session:
+            pending = jobs_to_send(session, utcnow(), self.settings.resend_after_seconds, everything=everything)
+        for item in pending:
+            try:
+                send_analyze_study(self.settings, item.job_id, item.queue, item.send_count)
+            except Exception as exc:  # kombu raises many kinds when the broker is away
+                result.send_failures += 1
+                log.warning("analysis job %d not sent, will retry: %s", item.job_id, type(exc).__name__)
+                with session_scope(url) as session:
+                    record_send_error(session, item.job_id, f"broker: {type(exc).__name__}: {exc}")
+                break
+            with session_scope(url) as session:
+                mark_sent(session, item.job_id, utcnow())
+                job = session.get(AnalysisJob, item.job_id)
+                study_uid = job.study.study_uid if job else None
+                record_event(
+                    session,
+                    actor="pacs-vlm",
+                    action="study.queued" if item.send_count == 0 else "study.requeued",
+                    object_type="study",
+                    object_id=study_uid,
+                    detail={"job_id": item.job_id, "queue": item.queue, "send": item.send_count + 1},
+                )
+            result.sent += 1
+            if item.send_count:
+                log.info("analysis job %d re-sent (send %d)", item.job_id, item.send_count + 1)
+        return result
+
+    def _broker_restarted(self) -> bool:
+        try:
+            current = broker_identity(self.settings)
+        except Exception as exc:  # broker down: nothing to compare
+            log.warning("broker unreachable: %s", type(exc).__name__)
+            return False
+        restarted = self._broker_id is not None and current is not None and current != self._broker_id
+        if current is not None:
+            self._broker_id = current
+        if restarted:
+            log.warning("broker restarted: re-sending every queued analysis job")
+        return restarted
+
+    def start(self) -> None:
+        """Run passes every ``assembly_interval`` seconds in a daemon thread."""
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="study-assembly", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the background passes and wait for the current one to end."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.settings.assembly_interval):
+            try:
+                self.run_once()
+            except SQLAlchemyError as exc:
+                log.warning("study assembly pass failed (database): %s", type(exc).__name__)
+            except Exception:
+                log.exception("study assembly pass failed")

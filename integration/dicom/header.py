@@ -1,0 +1,245 @@
+"""Read and check the header of an incoming instance without decoding pixels.
+
+:func:`read_header` parses a received data set (the bytes a C-STORE or a
+STOW-RS part carried), checks that it is structurally whole and that its UIDs
+are valid, and returns an :class:`InstanceHeader`.  :func:`file_meta_bytes`
+encodes the Part 10 preamble and file meta for storing those bytes as a file.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+import zlib
+from dataclasses import dataclass
+
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ImplicitVRLittleEndian,
+)
+
+from integration import __version__
+from integration.dicom.structure import (
+    BODY_PART,
+    INSTANCE_NUMBER,
+    MODALITY,
+    NUMBER_OF_FRAMES,
+    SERIES_NUMBER,
+    SERIES_UID,
+    SOP_CLASS_UID,
+    SOP_INSTANCE_UID,
+    STUDY_UID,
+    InvalidInstance,
+    walk_dataset,
+)
+
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+#: Our implementation class UID (a UUID-derived 2.25 root) and version name.
+IMPLEMENTATION_CLASS_UID = "2.25.219395315146049302813522519426128765071"
+IMPLEMENTATION_VERSION = f"PACSVLM_{__version__}"[:16]
+#: Integer-string attributes that must be numbers for the pixels to be readable.
+_NUMERIC_IMAGE_TAGS = (NUMBER_OF_FRAMES,)
+_NAMES = {
+    SOP_CLASS_UID: "SOPClassUID",
+    SOP_INSTANCE_UID: "SOPInstanceUID",
+    STUDY_UID: "StudyInstanceUID",
+    SERIES_UID: "SeriesInstanceUID",
+    NUMBER_OF_FRAMES: "NumberOfFrames",
+}
+#: Inflated data sets larger than this are refused (decompression bombs).
+MAX_INFLATED_BYTES = 2 * 1024**3
+
+
+class SopClassMismatch(InvalidInstance):
+    """The data set's SOP Class or Instance UID disagrees with the C-STORE request."""
+
+
+def is_valid_uid(value: object) -> bool:
+    """Tell whether ``value`` is a DICOM UID: digits and dots, at most 64 characters.
+
+    Leading zeros in a component are tolerated (common in the field); anything
+    that could act as a path (slashes, dots alone, other characters) is not.
+
+    Parameters
+    ----------
+    value : object
+        The candidate.
+
+    Returns
+    -------
+    bool
+        True for a valid UID.
+    """
+    return isinstance(value, str) and 0 < len(value) <= 64 and _UID.match(value) is not None
+
+
+@dataclass(frozen=True)
+class InstanceHeader:
+    """The identifying attributes of a received instance, validated.
+
+    Attributes
+    ----------
+    sop_class_uid, sop_instance_uid, study_uid, series_uid : str
+        Valid UIDs.
+    transfer_syntax_uid : str
+        Transfer syntax the data set is encoded in.
+    modality, body_part : str or None
+        From the series module, when present.
+    series_number, instance_number : int or None
+        From the header, when present and numeric.
+    """
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_uid: str
+    series_uid: str
+    transfer_syntax_uid: str
+    modality: str | None = None
+    body_part: str | None = None
+    series_number: int | None = None
+    instance_number: int | None = None
+
+
+def _inflate(data: bytes | memoryview) -> bytes:
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    try:
+        inflated = inflater.decompress(data, MAX_INFLATED_BYTES)
+    except zlib.error as exc:
+        raise InvalidInstance("deflated data set does not inflate") from exc
+    if inflater.unconsumed_tail:
+        raise InvalidInstance("deflated data set inflates beyond the size limit")
+    return inflated
+
+
+def read_header(
+    data: bytes | memoryview,
+    transfer_syntax_uid: str,
+    *,
+    expected_sop_class_uid: str | None = None,
+    expected_sop_instance_uid: str | None = None,
+) -> InstanceHeader:
+    """Parse and validate a data set (without file meta) in a transfer syntax.
+
+    The whole element structure is walked strictly (every length must fit,
+    every VR must be a DICOM VR, sequences and encapsulated pixel data must be
+    delimited), so a truncated or garbled data set is refused; only the
+    identifying top-level values are decoded.  Pixel data is never decoded.
+
+    Parameters
+    ----------
+    data : bytes-like
+        The encoded data set.
+    transfer_syntax_uid : str
+        The transfer syntax it is encoded in.
+    expected_sop_class_uid, expected_sop_instance_uid : str, optional
+        The Affected SOP Class/Instance UIDs of the C-STORE request; the data
+        set must carry the same.
+
+    Returns
+    -------
+    InstanceHeader
+        The validated header.
+
+    Raises
+    ------
+    InvalidInstance
+        With a reason that names attributes, never their values.
+    """
+    if transfer_syntax_uid == DeflatedExplicitVRLittleEndian:
+        data = _inflate(data)
+    values = walk_dataset(
+        data,
+        implicit=transfer_syntax_uid == ImplicitVRLittleEndian,
+        little_endian=transfer_syntax_uid != ExplicitVRBigEndian,
+    )
+    for tag in _NUMERIC_IMAGE_TAGS:
+        raw = values.get(tag)
+        if raw is not None and raw.strip(b"\x00 ") and _integer(raw) is None:
+            raise InvalidInstance(f"{_NAMES[tag]} is not a number")
+    header = InstanceHeader(
+        sop_class_uid=_uid(values, SOP_CLASS_UID),
+        sop_instance_uid=_uid(values, SOP_INSTANCE_UID),
+        study_uid=_uid(values, STUDY_UID),
+        series_uid=_uid(values, SERIES_UID),
+        transfer_syntax_uid=transfer_syntax_uid,
+        modality=_text(values.get(MODALITY), 16),
+        body_part=_text(values.get(BODY_PART), 64),
+        series_number=_integer(values.get(SERIES_NUMBER)),
+        instance_number=_integer(values.get(INSTANCE_NUMBER)),
+    )
+    if expected_sop_class_uid is not None and header.sop_class_uid != expected_sop_class_uid:
+        raise SopClassMismatch("SOP Class UID differs from the C-STORE request")
+    if expected_sop_instance_uid is not None and header.sop_instance_uid != expected_sop_instance_uid:
+        raise SopClassMismatch("SOP Instance UID differs from the C-STORE request")
+    return header
+
+
+def _text(raw: bytes | None, limit: int) -> str | None:
+    if not raw:
+        return None
+    text = raw.decode("ascii", "replace").strip(" \x00")
+    return text[:limit] or None
+
+
+def _integer(raw: bytes | None) -> int | None:
+    if raw is None:
+        return None
+    text = raw.decode("ascii", "replace").strip(" \x00").split("\\")[0]
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def _uid(values: dict[int, bytes], tag: int) -> str:
+    raw = values.get(tag)
+    if raw is None:
+        raise InvalidInstance(f"{_NAMES[tag]} is missing")
+    uid = raw.decode("ascii", "replace").strip(" \x00")
+    if not is_valid_uid(uid):
+        raise InvalidInstance(f"{_NAMES[tag]} is not a valid UID")
+    return uid
+
+
+def _element(group: int, elem: int, vr: bytes, value: bytes) -> bytes:
+    if len(value) % 2:
+        value += b"\x00"
+    if vr == b"OB":
+        return struct.pack("<HH2sHI", group, elem, vr, 0, len(value)) + value
+    return struct.pack("<HH2sH", group, elem, vr, len(value)) + value
+
+
+def file_meta_bytes(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str, source_ae: str) -> bytes:
+    """Encode the Part 10 preamble, prefix and file meta group for a data set.
+
+    Parameters
+    ----------
+    sop_class_uid, sop_instance_uid : str
+        Media Storage SOP Class/Instance UIDs (validated UIDs).
+    transfer_syntax_uid : str
+        The data set's transfer syntax.
+    source_ae : str
+        The sender's AE title (Source Application Entity Title).
+
+    Returns
+    -------
+    bytes
+        ``128 zero bytes + b"DICM" + group 0002``, explicit VR little endian.
+    """
+    ae = source_ae.strip().encode("ascii", "replace")
+    if len(ae) % 2:
+        ae += b" "
+    body = b"".join(
+        (
+            _element(0x0002, 0x0001, b"OB", b"\x00\x01"),
+            _element(0x0002, 0x0002, b"UI", sop_class_uid.encode("ascii")),
+            _element(0x0002, 0x0003, b"UI", sop_instance_uid.encode("ascii")),
+            _element(0x0002, 0x0010, b"UI", transfer_syntax_uid.encode("ascii")),
+            _element(0x0002, 0x0012, b"UI", IMPLEMENTATION_CLASS_UID.encode("ascii")),
+            _element(0x0002, 0x0013, b"SH", IMPLEMENTATION_VERSION.encode("ascii")),
+            _element(0x0002, 0x0016, b"AE", ae) if ae else b"",
+        )
+    )
+    group_length = struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(body))
+    return b"\x00" * 128 + b"DICM" + group_length + body

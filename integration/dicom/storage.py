@@ -1,0 +1,245 @@
+"""The durable instance store: one DICOM file per SOP instance.
+
+A file is written to a temporary name on the same file system, flushed with
+``fsync``, then hard-linked to its final name (which never replaces an
+existing file, so the first copy of a SOP instance wins) and the directory is
+flushed.  Paths are built only from UIDs that :mod:`integration.dicom.header`
+has validated (digits and dots), never from raw input.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from integration.dicom.header import is_valid_uid
+
+log = logging.getLogger(__name__)
+
+
+class StorageFull(OSError):
+    """The store's file system has less free space than the configured headroom."""
+
+
+class StorageError(OSError):
+    """An instance could not be written durably."""
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """Where an instance landed.
+
+    Attributes
+    ----------
+    relative_path : str
+        Path under the store root, as recorded in the database.
+    size_bytes : int
+        Bytes written.
+    created : bool
+        False when a file for this SOP instance already existed (first copy kept).
+    """
+
+    relative_path: str
+    size_bytes: int
+    created: bool
+
+
+class InstanceStore:
+    """Durable files under one root folder.
+
+    Parameters
+    ----------
+    root : pathlib.Path
+        Folder of the store; created when missing.
+    fsync : bool
+        Flush files and directories to stable storage before returning.
+    min_free_bytes : int
+        Refuse writes when the file system has less free space than this.
+    """
+
+    def __init__(self, root: Path, *, fsync: bool = True, min_free_bytes: int = 0) -> None:
+        self.root = root.resolve()
+        self.fsync = fsync
+        self.min_free_bytes = min_free_bytes
+        self.tmp_dir = self.root / ".incoming"
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self._known_dirs: set[Path] = set()
+
+    def relative_path(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> str:
+        """Return the store path of an instance, from validated UIDs only.
+
+        Parameters
+        ----------
+        study_uid, series_uid, sop_instance_uid : str
+            The instance's UIDs.
+
+        Returns
+        -------
+        str
+            ``<study>/<series>/<sop>.dcm``.
+
+        Raises
+        ------
+        ValueError
+            If any UID is not a valid DICOM UID (so could not be a safe path).
+        """
+        for uid in (study_uid, series_uid, sop_instance_uid):
+            if not is_valid_uid(uid):
+                raise ValueError("refusing to build a path from an invalid UID")
+        return f"{study_uid}/{series_uid}/{sop_instance_uid}.dcm"
+
+    def path_of(self, relative_path: str) -> Path:
+        """Return the absolute path of a stored file, refusing paths outside the root.
+
+        Parameters
+        ----------
+        relative_path : str
+            A path as recorded in the database.
+
+        Returns
+        -------
+        pathlib.Path
+            Absolute path under the store root.
+        """
+        path = (self.root / relative_path).resolve()
+        if not path.is_relative_to(self.root):
+            raise ValueError("stored path escapes the store root")
+        return path
+
+    def free_bytes(self) -> int:
+        """Return the free space of the store's file system, in bytes."""
+        return shutil.disk_usage(self.root).free
+
+    def write(self, relative_path: str, chunks: Sequence[bytes | memoryview]) -> StoredFile:
+        """Write one instance durably; keep an existing file for the same path.
+
+        Parameters
+        ----------
+        relative_path : str
+            Target path from :meth:`relative_path`.
+        chunks : sequence of bytes-like
+            The file's content, written in order.
+
+        Returns
+        -------
+        StoredFile
+            What was written.
+
+        Raises
+        ------
+        StorageFull
+            Less free space than the configured headroom.
+        StorageError
+            Any file-system failure; nothing is left behind.
+        """
+        size = sum(len(chunk) for chunk in chunks)
+        if self.min_free_bytes and self.free_bytes() - size < self.min_free_bytes:
+            raise StorageFull("storage headroom exhausted")
+        final = self.root / relative_path
+        tmp = self.tmp_dir / f"{uuid.uuid4().hex}.part"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            try:
+                for chunk in chunks:
+                    view = memoryview(chunk)
+                    while view:
+                        written = os.write(fd, view)
+                        view = view[written:]
+                if self.fsync:
+                    os.fdatasync(fd)
+            finally:
+                os.close(fd)
+            created = self._link(tmp, final)
+            if created and self.fsync:
+                self._fsync_dir(final.parent)
+        except OSError as exc:
+            raise StorageError(f"cannot write instance file: {exc.strerror or exc}") from exc
+        finally:
+            tmp.unlink(missing_ok=True)
+        return StoredFile(relative_path, size, created)
+
+    def replace(self, relative_path: str, chunks: Sequence[bytes | memoryview]) -> StoredFile:
+        """Overwrite a file that no database row refers to (an orphan of a crash).
+
+        Parameters
+        ----------
+        relative_path : str
+            Target path from :meth:`relative_path`.
+        chunks : sequence of bytes-like
+            The file's content.
+
+        Returns
+        -------
+        StoredFile
+            What was written.
+        """
+        self.remove(relative_path)
+        return self.write(relative_path, chunks)
+
+    def remove(self, relative_path: str) -> None:
+        """Delete a stored file (used to undo a write whose database commit failed).
+
+        Parameters
+        ----------
+        relative_path : str
+            Path from :meth:`relative_path`.
+        """
+        path = self.path_of(relative_path)
+        try:
+            path.unlink(missing_ok=True)
+            if self.fsync:
+                self._fsync_dir(path.parent)
+        except OSError:
+            log.exception("could not remove an uncommitted instance file")
+
+    def sweep_incoming(self) -> int:
+        """Delete temporary files left by a crash; call before accepting associations.
+
+        Returns
+        -------
+        int
+            Number of files removed.
+        """
+        removed = 0
+        for path in self.tmp_dir.glob("*.part"):
+            path.unlink(missing_ok=True)
+            removed += 1
+        return removed
+
+    def _link(self, tmp: Path, final: Path) -> bool:
+        """Hard-link ``tmp`` to ``final``; False when ``final`` exists (never replaced)."""
+        self._ensure_dir(final.parent)
+        try:
+            os.link(tmp, final)
+        except FileExistsError:
+            return False
+        except FileNotFoundError:  # the folder went away since we cached it
+            self._known_dirs.discard(final.parent)
+            self._ensure_dir(final.parent)
+            os.link(tmp, final)
+        return True
+
+    def _ensure_dir(self, directory: Path) -> None:
+        if directory in self._known_dirs:
+            return
+        missing = [d for d in (directory.parent, directory) if not d.exists()]
+        directory.mkdir(parents=True, exist_ok=True)
+        if self.fsync:
+            for created in missing:
+                self._fsync_dir(created.parent)
+        if len(self._known_dirs) > 10_000:
+            self._known_dirs.clear()
+        self._known_dirs.add(directory)
+
+    @staticmethod
+    def _fsync_dir(directory: Path) -> None:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

@@ -1,0 +1,158 @@
+"""Task names and enqueue helpers: the edge sends tasks by name, never importing the worker.
+
+Messages carry only ids; the analysis-job row is the outbox, so a message that
+a broker loses is sent again by the reconciler (:mod:`integration.dicom.assembly`).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+from integration.config import Settings
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+#: The worker task that drafts a report for one analysis job.
+ANALYZE_STUDY = "pacs_vlm.analyze_study"
+
+
+def broker_options(settings: Settings) -> dict[str, Any]:
+    """Return the Celery broker transport options for the configured broker.
+
+    The embedded default is kombu's file-system transport in
+    ``<data_dir>/broker`` (no server); Redis gets a visibility timeout above
+    the longest task.
+
+    Parameters
+    ----------
+    settings : Settings
+        The settings.
+
+    Returns
+    -------
+    dict
+        ``broker_transport_options`` for Celery.
+    """
+    if settings.broker_url.startswith("filesystem://"):
+        folder = settings.broker_folder
+        for sub in ("queue", "processed"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        return {
+            "data_folder_in": str(folder / "queue"),
+            "data_folder_out": str(folder / "queue"),
+            "processed_folder": str(folder / "processed"),
+            "store_processed": False,
+        }
+    if settings.broker_url.startswith(("redis://", "rediss://")):
+        return {"visibility_timeout": 4 * 3600}
+    return {}
+
+
+@lru_cache(maxsize=4)
+def _producer_app(broker_url: str, options: tuple[tuple[str, Any], ...]) -> Celery:
+    from celery import Celery
+
+    app = Celery("pacs-vlm-producer", broker=broker_url, set_as_current=False)
+    app.conf.broker_transport_options = dict(options)
+    app.conf.broker_connection_retry_on_startup = False
+    app.conf.task_serializer = "json"
+    return app
+
+
+def producer(settings: Settings) -> Celery:
+    """Return a Celery app that only sends (built once per broker URL).
+
+    Parameters
+    ----------
+    settings : Settings
+        The settings.
+
+    Returns
+    -------
+    celery.Celery
+        The producing app.
+    """
+    return _producer_app(settings.broker_url, tuple(sorted(broker_options(settings).items())))
+
+
+def send_analyze_study(settings: Settings, job_id: int, queue: str, send_count: int) -> str:
+    """Send the ``analyze_study(job_id)`` message.
+
+    Parameters
+    ----------
+    settings : Settings
+        The settings.
+    job_id : int
+        The analysis job's id.
+    queue : str
+        Queue to send to.
+    send_count : int
+        How many times this job was sent before; makes the task id unique per send.
+
+    Returns
+    -------
+    str
+        The task id.
+
+    Raises
+    ------
+    kombu.exceptions.OperationalError
+        If the broker cannot be reached (the job stays unsent for the reconciler).
+    """
+    task_id = f"analysis-job-{job_id}-{send_count + 1}"
+    producer(settings).send_task(
+        ANALYZE_STUDY,
+        args=[job_id],
+        queue=queue,
+        task_id=task_id,
+        retry=True,
+        retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
+    )
+    return task_id
+
+
+def broker_identity(settings: Settings) -> str | None:
+    """Return an id that changes when the broker restarts (Redis ``run_id``).
+
+    Parameters
+    ----------
+    settings : Settings
+        The settings.
+
+    Returns
+    -------
+    str or None
+        The Redis server's run id, or None for brokers without one.
+    """
+    if not settings.broker_url.startswith(("redis://", "rediss://")):
+        return None
+    import redis
+
+    client = redis.Redis.from_url(settings.broker_url, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        return str(client.info("server")["run_id"])
+    finally:
+        client.close()
+
+
+def queue_depth(settings: Settings, queue: str) -> int:
+    """Return the number of messages waiting in a queue.
+
+    Parameters
+    ----------
+    settings : Settings
+        The settings.
+    queue : str
+        Queue name.
+
+    Returns
+    -------
+    int
+        Messages waiting (not counting those a worker holds).
+    """
+    with producer(settings).connection_for_write() as connection:
+        channel = connection.default_channel
+        declared = channel.queue_declare(queue=queue, passive=False, durable=True, auto_delete=False)
+        return int(declared.message_count)

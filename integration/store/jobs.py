@@ -1,0 +1,152 @@
+"""Analysis jobs: completing stable studies, the outbox of queue messages, re-sends."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
+
+from integration.store.tables import AnalysisJob, JobState, Study, StudyState
+
+
+@dataclass(frozen=True)
+class PendingSend:
+    """A job whose message must be (re)sent.
+
+    Attributes
+    ----------
+    job_id : int
+        The job.
+    queue : str
+        Its queue.
+    send_count : int
+        How often it was sent already.
+    """
+
+    job_id: int
+    queue: str
+    send_count: int
+
+
+def complete_stable_studies(session: Session, now: datetime, queue: str, limit: int = 100) -> list[int]:
+    """Turn studies idle past their timer into ``stable`` studies with a new job, and commit.
+
+    Queued jobs of older versions of the same study are superseded, so a late
+    arrival never mixes with an earlier draft.  On PostgreSQL the studies are
+    locked with ``SKIP LOCKED`` so several listeners can share the work.
+
+    Parameters
+    ----------
+    session : sqlalchemy.orm.Session
+        Open session.
+    now : datetime
+        Current time (aware, UTC).
+    queue : str
+        Queue the new jobs go to.
+    limit : int
+        Studies handled per call.
+
+    Returns
+    -------
+    list of int
+        Ids of the jobs created.
+    """
+    studies = session.scalars(
+        select(Study)
+        .where(Study.state == StudyState.RECEIVING, Study.stable_after <= now)
+        .order_by(Study.stable_after)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    ).all()
+    jobs = []
+    for study in studies:
+        session.execute(
+            update(AnalysisJob)
+            .where(
+                AnalysisJob.study_id == study.id,
+                AnalysisJob.state == JobState.QUEUED,
+                AnalysisJob.study_version < study.version,
+            )
+            .values(state=JobState.SUPERSEDED, finished_at=now, last_error="superseded by a later study version")
+        )
+        job = AnalysisJob(study_id=study.id, study_version=study.version, queue=queue, created_at=now)
+        session.add(job)
+        study.state = StudyState.STABLE
+        study.updated_at = now
+        jobs.append(job)
+    session.commit()
+    return [job.id for job in jobs]
+
+
+def jobs_to_send(
+    session: Session, now: datetime, resend_after: float, *, everything: bool = False
+) -> list[PendingSend]:
+    """List queued jobs whose message was never sent or may have been lost.
+
+    Parameters
+    ----------
+    session : sqlalchemy.orm.Session
+        Open session.
+    now : datetime
+        Current time (aware, UTC).
+    resend_after : float
+        Seconds after which a queued, unstarted job is sent again.
+    everything : bool
+        Re-send every queued job (the broker restarted and lost its queues).
+
+    Returns
+    -------
+    list of PendingSend
+        The jobs, oldest first.
+    """
+    query = select(AnalysisJob.id, AnalysisJob.queue, AnalysisJob.send_count).where(
+        AnalysisJob.state == JobState.QUEUED
+    )
+    if not everything:
+        query = query.where(
+            or_(AnalysisJob.sent_at.is_(None), AnalysisJob.sent_at < now - timedelta(seconds=resend_after))
+        )
+    rows = session.execute(query.order_by(AnalysisJob.id)).all()
+    return [PendingSend(job_id, queue, count) for job_id, queue, count in rows]
+
+
+def mark_sent(session: Session, job_id: int, now: datetime) -> None:
+    """Record that a job's message reached the broker, and commit.
+
+    Parameters
+    ----------
+    session : sqlalchemy.orm.Session
+        Open session.
+    job_id : int
+        The job.
+    now : datetime
+        Send time (aware, UTC).
+    """
+    job = session.get(AnalysisJob, job_id)
+    if job is None:
+        return
+    job.sent_at = now
+    job.send_count += 1
+    study = session.get(Study, job.study_id)
+    if study is not None and study.state == StudyState.STABLE and study.version == job.study_version:
+        study.state = StudyState.QUEUED
+        study.updated_at = now
+    session.commit()
+
+
+def record_send_error(session: Session, job_id: int, error: str) -> None:
+    """Keep the last broker error on a job that could not be sent, and commit.
+
+    Parameters
+    ----------
+    session : sqlalchemy.orm.Session
+        Open session.
+    job_id : int
+        The job.
+    error : str
+        What went wrong (no patient data).
+    """
+    session.execute(update(AnalysisJob).where(AnalysisJob.id == job_id).values(last_error=error[:2000]))
+    session.commit()

@@ -1,0 +1,118 @@
+"""Engines and sessions, built lazily from the settings (no import-time side effects)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session, sessionmaker
+
+T = TypeVar("T")
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+@lru_cache(maxsize=8)
+def engine_for(url: str) -> Engine:
+    """Return the (cached) engine for a database URL.
+
+    SQLite files get WAL with ``synchronous=FULL`` so a commit is durable;
+    Connections are not pinged before use (a round trip per checkout is too
+    dear on the C-STORE path); a connection that a database restart broke is
+    invalidated by SQLAlchemy on first use, and :func:`run_with_reconnect`
+    retries once on a fresh one.
+
+    Parameters
+    ----------
+    url : str
+        SQLAlchemy database URL.
+
+    Returns
+    -------
+    sqlalchemy.Engine
+        The engine.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    connect_args: dict[str, Any] = {}
+    if parsed.get_backend_name() == "postgresql":
+        connect_args = {"connect_timeout": 5, "application_name": "pacs-vlm"}
+    return create_engine(url, pool_size=20, max_overflow=10, connect_args=connect_args)
+
+
+@lru_cache(maxsize=8)
+def _factory(url: str) -> sessionmaker[Session]:
+    return sessionmaker(engine_for(url), expire_on_commit=False)
+
+
+@contextmanager
+def session_scope(url: str) -> Iterator[Session]:
+    """Open a session that commits on success and rolls back on error.
+
+    Parameters
+    ----------
+    url : str
+        SQLAlchemy database URL.
+
+    Yields
+    ------
+    sqlalchemy.orm.Session
+        The session.
+    """
+    session = _factory(url)()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def run_with_reconnect(url: str, work: Callable[[Connection], T]) -> T:
+    """Run ``work`` on a pooled connection, retrying once if that connection was dead.
+
+    Parameters
+    ----------
+    url : str
+        SQLAlchemy database URL.
+    work : callable
+        Receives an open connection; commits or rolls back itself.
+
+    Returns
+    -------
+    object
+        What ``work`` returned.
+
+    Raises
+    ------
+    sqlalchemy.exc.SQLAlchemyError
+        When the database stays unreachable or the work fails otherwise.
+    """
+    for attempt in (1, 2):
+        try:
+            with engine_for(url).connect() as connection:
+                return work(connection)
+        except DBAPIError as exc:
+            if attempt == 2 or not exc.connection_invalidated:
+                raise
+    raise AssertionError("unreachable")

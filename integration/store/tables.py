@@ -1,0 +1,200 @@
+"""SQLAlchemy 2.0 tables: studies, series, instances, analysis jobs, audit events.
+
+The database is the source of truth for every state.  Schema changes go
+through Alembic revisions in ``migrations/``; a test checks for drift.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Enum,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+UID_LENGTH = 64
+AE_LENGTH = 16
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC timestamp on every backend (SQLite stores it naive)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def utcnow() -> datetime:
+    """Return the current time as an aware UTC datetime."""
+    return datetime.now(UTC)
+
+
+class StudyState(enum.StrEnum):
+    """Life cycle of a study (see DESIGN.md, States)."""
+
+    RECEIVING = "receiving"
+    STABLE = "stable"
+    QUEUED = "queued"
+    RUNNING = "running"
+    DRAFTED = "drafted"
+    SIGNED = "signed"
+    FAILED = "failed"
+    SUPERSEDED = "superseded"
+
+
+class JobState(enum.StrEnum):
+    """Life cycle of an analysis job (the outbox row of one queue message)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    SUPERSEDED = "superseded"
+
+
+def _enum(kind: type[enum.StrEnum], name: str) -> Enum:
+    return Enum(
+        kind,
+        name=name,
+        native_enum=False,
+        create_constraint=True,
+        length=16,
+        values_callable=lambda members: [m.value for m in members],
+        validate_strings=True,
+    )
+
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    """Declarative base with a naming convention, so migrations name constraints."""
+
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Study(Base):
+    """One DICOM study, keyed by Study Instance UID."""
+
+    __tablename__ = "studies"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_uid: Mapped[str] = mapped_column(String(UID_LENGTH), unique=True)
+    state: Mapped[StudyState] = mapped_column(_enum(StudyState, "study_state"), default=StudyState.RECEIVING)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    calling_ae: Mapped[str] = mapped_column(String(AE_LENGTH))
+    first_received_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_received_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    stable_after: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+    series: Mapped[list[Series]] = relationship(back_populates="study")
+    jobs: Mapped[list[AnalysisJob]] = relationship(back_populates="study")
+
+    __table_args__ = (Index("ix_studies_state_stable_after", "state", "stable_after"),)
+
+
+class Series(Base):
+    """One series of a study."""
+
+    __tablename__ = "series"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    series_uid: Mapped[str] = mapped_column(String(UID_LENGTH), unique=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    modality: Mapped[str | None] = mapped_column(String(16))
+    body_part: Mapped[str | None] = mapped_column(String(64))
+    series_number: Mapped[int | None] = mapped_column(Integer)
+
+    study: Mapped[Study] = relationship(back_populates="series")
+    instances: Mapped[list[Instance]] = relationship(back_populates="series")
+
+
+class Instance(Base):
+    """One stored SOP instance: where its file is and how it arrived."""
+
+    __tablename__ = "instances"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(UID_LENGTH), unique=True)
+    sop_class_uid: Mapped[str] = mapped_column(String(UID_LENGTH))
+    series_id: Mapped[int] = mapped_column(ForeignKey("series.id", ondelete="CASCADE"), index=True)
+    study_version: Mapped[int] = mapped_column(Integer)
+    instance_number: Mapped[int | None] = mapped_column(Integer)
+    storage_path: Mapped[str] = mapped_column(String(255))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    transfer_syntax_uid: Mapped[str] = mapped_column(String(UID_LENGTH))
+    calling_ae: Mapped[str] = mapped_column(String(AE_LENGTH))
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    series: Mapped[Series] = relationship(back_populates="instances")
+
+
+class AnalysisJob(Base):
+    """One analysis of one study version: the outbox row behind a queue message."""
+
+    __tablename__ = "analysis_jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    study_version: Mapped[int] = mapped_column(Integer)
+    state: Mapped[JobState] = mapped_column(_enum(JobState, "job_state"), default=JobState.QUEUED)
+    queue: Mapped[str] = mapped_column(String(64))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    send_count: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    study: Mapped[Study] = relationship(back_populates="jobs")
+
+    __table_args__ = (Index("ix_analysis_jobs_state_sent_at", "state", "sent_at"),)
+
+
+class AuditEvent(Base):
+    """Who did what, when, from where (DICOM associations, queueing, later reviews)."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    object_type: Mapped[str | None] = mapped_column(String(32))
+    object_id: Mapped[str | None] = mapped_column(String(UID_LENGTH))
+    source: Mapped[str | None] = mapped_column(String(128))
+    detail: Mapped[dict[str, Any] | None] = mapped_column(JSON)

@@ -1,0 +1,30 @@
+"""The ``pacs-vlm`` command line: every process of the design in one tool."""
+
+from __future__ import annotations
+
+import typer
+
+from integration.cli import db_app, listen, studies_app
+
+app = typer.Typer(
+    help="pacs-vlm: a medical vision-language model beside your PACS (draft reports for radiologist review).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.command("listen")(listen)
+app.add_typer(db_app, name="db")
+app.add_typer(studies_app, name="studies")
+
+
+@app.command("demo")
+def demo(
+    keep: bool = typer.Option(False, help="Keep the demo's data folder (var/demo) from an earlier run."),
+) -> None:
+    """Start the service on embedded defaults, send the bundled sample studies and show them queued."""
+    from integration.demo import run_demo
+
+    raise typer.Exit(run_demo(keep=keep))
+
+
+if __name__ == "__main__":
+    app()
