@@ -27,7 +27,8 @@ BUNDLED_SAMPLES: tuple[str, ...] = (
     "emri_small_jpeg_2k_lossless.dcm",
     "US1_J2KR.dcm",
     "image_dfl.dcm",
-    "liver_1frame.dcm",
+    "SC_rgb_rle_2frame.dcm",
+    "rtdose.dcm",
     "examples_ybr_color.dcm",
     "rtdose_1frame.dcm",
 )
@@ -77,6 +78,39 @@ def bundled_sample_paths() -> list[Path]:
         except FileNotFoundError:
             continue
     return paths
+
+
+def write_sample_studies(directory: Path) -> list[Path]:
+    """Copy the bundled samples into ``directory`` with fresh SOP Instance UIDs.
+
+    pydicom's test files reuse SOP Instance UIDs across files (the RLE and
+    JPEG 2000 versions of MR_small, say); an archive keeps only the first copy
+    of a SOP instance, so each copy gets its own UID.  Study and series UIDs,
+    transfer syntaxes and pixel data are kept as they are.
+
+    Parameters
+    ----------
+    directory : pathlib.Path
+        Target folder; created when missing.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The written files.
+    """
+    import pydicom
+
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for source in bundled_sample_paths():
+        ds = pydicom.dcmread(source)
+        uid = generate_uid()
+        ds.SOPInstanceUID = uid
+        ds.file_meta.MediaStorageSOPInstanceUID = uid
+        target = directory / source.name
+        ds.save_as(target, enforce_file_format=True)
+        written.append(target)
+    return written
 
 
 def ct_series(

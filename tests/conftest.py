@@ -1,0 +1,76 @@
+"""Shared fixtures: real PostgreSQL, Redis and listener processes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.peers import ListenerProcess
+from tests.services import Postgres, RedisServer, machine_redis, start_postgres
+
+#: Redis database index the tests use on a shared server (flushed per test).
+TEST_REDIS_DB = 15
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    server = start_postgres()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def postgres_url(postgres: Postgres) -> str:
+    """A fresh, empty PostgreSQL database for one test."""
+    return postgres.create_database()
+
+
+@pytest.fixture
+def migrated_postgres_url(postgres_url: str) -> str:
+    from integration.store.migrate import upgrade
+
+    upgrade(postgres_url)
+    return postgres_url
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = machine_redis()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> Iterator[str]:
+    """A flushed Redis database for one test (the broker in production configuration)."""
+    url = redis_server.url(TEST_REDIS_DB)
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    yield url
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def listener_factory(tmp_path: Path) -> Iterator[Callable[..., ListenerProcess]]:
+    """Start ``pacs-vlm listen`` subprocesses; all are stopped after the test."""
+    started: list[ListenerProcess] = []
+
+    def start(database_url: str, broker_url: str, **kwargs: object) -> ListenerProcess:
+        data_dir = kwargs.pop("data_dir", None) or tmp_path / f"listener{len(started)}"
+        process = ListenerProcess(data_dir=data_dir, database_url=database_url, broker_url=broker_url, **kwargs)  # type: ignore[arg-type]
+        started.append(process)
+        return process.start()
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+@pytest.fixture
+def listener(listener_factory: Callable[..., ListenerProcess], migrated_postgres_url: str, redis_url: str) -> ListenerProcess:
+    """Our listener in production configuration: PostgreSQL, Redis, durable writes."""
+    return listener_factory(migrated_postgres_url, redis_url)
