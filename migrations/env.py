@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from alembic import context
+
 from integration.config import get_settings
 from integration.store.session import engine_for
 from integration.store.tables import Base

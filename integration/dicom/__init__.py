@@ -1,0 +1,1 @@
+"""DICOM edge: listener, durable instance store, header checks, study assembly, samples."""

@@ -16,15 +16,16 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from pynetdicom import AE, AllStoragePresentationContexts, _config, build_context, evt
-from pynetdicom.sop_class import Verification
+from pynetdicom import AE, AllStoragePresentationContexts, VerificationPresentationContexts, _config, build_context, evt
+from pynetdicom.events import EventHandlerType
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.exc import SQLAlchemyError
 
 from integration.config import Settings
 from integration.dicom import status
-from integration.dicom.header import InvalidInstance, SopClassMismatch, file_meta_bytes, read_header
+from integration.dicom.header import SopClassMismatch, file_meta_bytes, read_header
 from integration.dicom.storage import InstanceStore, StorageError, StorageFull, StoredFile
+from integration.dicom.structure import InvalidInstance
 from integration.dicom.transfer import ACCEPTED_TRANSFER_SYNTAXES
 from integration.store.audit import record_event
 from integration.store.ingest import Receipt, record_instance
@@ -219,7 +220,7 @@ class StorageSCP:
         if stored.created or "file" in outcome:
             self.store.remove(stored.relative_path)
 
-    def handlers(self) -> list[tuple[Any, Any]]:
+    def handlers(self) -> list[EventHandlerType]:
         """Return the pynetdicom event handler bindings."""
         return [
             (evt.EVT_C_ECHO, self.on_echo),
@@ -263,8 +264,10 @@ def build_ae(settings: Settings) -> AE:
     ae.acse_timeout = settings.acse_timeout
     ae.dimse_timeout = settings.dimse_timeout
     ae.network_timeout = settings.network_timeout
-    contexts = [build_context(cx.abstract_syntax, ACCEPTED_TRANSFER_SYNTAXES) for cx in AllStoragePresentationContexts]
-    contexts.append(build_context(Verification))
+    contexts = [
+        build_context(str(cx.abstract_syntax), ACCEPTED_TRANSFER_SYNTAXES) for cx in AllStoragePresentationContexts
+    ]
+    contexts.extend(VerificationPresentationContexts)
     ae.supported_contexts = contexts
     return ae
 

@@ -1,0 +1,1 @@
+"""The database: tables, sessions, queries and migrations (the only place that commits)."""

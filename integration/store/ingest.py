@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Connection, case, exists, select, text
+from sqlalchemy import Connection, Table, case, exists, select, text
 from sqlalchemy.dialects import sqlite
 
 from integration.dicom.header import InstanceHeader
@@ -170,7 +170,7 @@ def record_instance(
 
 
 def _record_stepwise(connection: Connection, p: dict[str, Any]) -> tuple[int, int, int]:
-    studies, series, instances = Study.__table__, Series.__table__, Instance.__table__
+    studies, series, instances = (cast(Table, m.__table__) for m in (Study, Series, Instance))
     late = studies.c.state != StudyState.RECEIVING.value
     study_stmt = (
         sqlite.insert(studies)

@@ -52,9 +52,7 @@ def study_summaries(session: Session, limit: int = 50, study_uids: list[str] | N
     list of StudySummary
         The rows.
     """
-    series_count = (
-        select(func.count(Series.id)).where(Series.study_id == Study.id).correlate(Study).scalar_subquery()
-    )
+    series_count = select(func.count(Series.id)).where(Series.study_id == Study.id).correlate(Study).scalar_subquery()
     instance_count = (
         select(func.count(Instance.id))
         .join(Series, Instance.series_id == Series.id)
