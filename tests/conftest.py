@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from tests.peers import ListenerProcess
 from tests.services import Postgres, RedisServer, machine_redis, start_postgres
 
 #: Redis database index the tests use on a shared server (flushed per test).
-TEST_REDIS_DB = 15
+TEST_REDIS_DB = int(os.environ.get("PACSVLM_TEST_REDIS_DB", "15"))
 
 
 @pytest.fixture(scope="session")

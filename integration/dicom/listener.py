@@ -95,12 +95,13 @@ class StorageSCP:
         """Log (AE and address) and audit an association the ACSE layer rejected."""
         requestor = event.assoc.requestor
         calling_ae = str(requestor.ae_title).strip()
-        called_ae = str(event.assoc.acceptor.ae_title).strip()
+        request = requestor.primitive
+        called_ae = str(request.called_ae_title).strip() if request is not None else self.settings.ae_title
         source = f"{requestor.address}:{requestor.port}"
         if calling_ae not in self.settings.calling_aes and not self.settings.accept_any_calling_ae:
             reason = "calling AE not in the allowlist"
         elif called_ae != self.settings.ae_title:
-            reason = "called AE is not ours"
+            reason = f"called AE is not ours ({called_ae!r})"
         else:
             reason = "too many concurrent associations"
         log.warning("association rejected: calling AE %r from %s: %s", calling_ae, source, reason)

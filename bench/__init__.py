@@ -1,0 +1,1 @@
+"""Benchmarks of pacs-vlm against reference DICOM receivers (run ``python -m bench.ingest``)."""

@@ -1,0 +1,112 @@
+"""docker-compose.yml is valid and wires the processes of the design together.
+
+No Docker engine is needed: ``docker-compose config`` validates and resolves the file
+(anchors, merges, defaults); the test then reads the resolved YAML.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+COMPOSE_FILE = REPO / "docker-compose.yml"
+PACSVLM_SERVICES = ("migrate", "listener", "api", "worker")
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    binary = shutil.which("docker-compose")
+    if binary is None:
+        pytest.skip("docker-compose is not installed (make system-deps installs it)")
+    result = subprocess.run(
+        [binary, "-f", str(COMPOSE_FILE), "config"], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, f"docker-compose config failed:\n{result.stderr}"
+    resolved = yaml.safe_load(result.stdout)
+    assert isinstance(resolved, dict)
+    return resolved
+
+
+def as_list(value: str | list[str]) -> list[str]:
+    return value.split() if isinstance(value, str) else [str(v) for v in value]
+
+
+def gpu_devices(service: dict[str, Any]) -> list[dict[str, Any]]:
+    devices = service.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
+    return [d for d in devices if d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", [])]
+
+
+def test_every_process_of_the_design_is_a_service(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert {"postgres", "redis", *PACSVLM_SERVICES, "vllm"} <= set(services)
+    assert services["postgres"]["image"].startswith("postgres:16")
+    assert services["redis"]["image"].startswith("redis:7")
+    assert "--appendonly" in as_list(services["redis"]["command"])
+    for name in ("postgres", "redis"):
+        assert services[name]["healthcheck"]["test"], f"{name} has no health check"
+
+
+def test_migrate_runs_db_upgrade_once(compose: dict[str, Any]) -> None:
+    migrate = compose["services"]["migrate"]
+    assert as_list(migrate["command"])[-2:] == ["db", "upgrade"]
+    assert migrate["build"]["dockerfile"] == "Dockerfile"
+    assert str(migrate.get("restart", "no")) == "no"
+    assert migrate["depends_on"]["postgres"]["condition"] == "service_healthy"
+
+
+def test_listener_starts_after_migrations_and_redis(compose: dict[str, Any]) -> None:
+    listener = compose["services"]["listener"]
+    assert as_list(listener["command"]) == ["listen"]
+    assert listener["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    assert listener["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert any(int(p["published"]) == 11112 and int(p["target"]) == 11112 for p in listener["ports"])
+
+
+def test_worker_reserves_a_gpu_and_shares_storage(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    worker = services["worker"]
+    assert as_list(worker["command"]) == ["worker"]
+    devices = gpu_devices(worker)
+    assert len(devices) == 1 and int(devices[0]["count"]) == 1
+    storage = {v.split(":")[0] for v in services["listener"]["volumes"] if v.split(":")[1] == "/var/lib/pacs-vlm"}
+    assert storage, "the listener has no volume at /var/lib/pacs-vlm"
+    for name in ("worker", "api"):
+        assert any(v.startswith(f"{next(iter(storage))}:/var/lib/pacs-vlm") for v in services[name]["volumes"]), name
+
+
+def test_pacsvlm_services_share_production_settings(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for name in PACSVLM_SERVICES:
+        env = services[name]["environment"]
+        assert (
+            env["PACSVLM_DATABASE_URL"].startswith("postgresql+psycopg://")
+            and "@postgres:5432/" in env["PACSVLM_DATABASE_URL"]
+        ), name
+        assert env["PACSVLM_BROKER_URL"] == "redis://redis:6379/0", name
+        assert env["PACSVLM_DATA_DIR"] == "/var/lib/pacs-vlm", name
+        assert services[name]["image"] == services["migrate"]["image"], name
+
+
+def test_calling_ae_example_is_valid_settings(compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    from integration.config import Settings
+
+    env = compose["services"]["listener"]["environment"]
+    for key, value in env.items():
+        monkeypatch.setenv(key, str(value))
+    settings = Settings()
+    assert settings.calling_aes, "the example allowlist is empty"
+    assert not settings.accept_any_calling_ae
+
+
+def test_vllm_is_optional_and_reserves_a_gpu(compose: dict[str, Any]) -> None:
+    vllm = compose["services"]["vllm"]
+    assert vllm["profiles"] == ["vllm"]
+    assert vllm["image"].startswith("vllm/vllm-openai")
+    assert len(gpu_devices(vllm)) == 1
+    assert any(v.split(":")[1] == "/models" for v in vllm["volumes"])
