@@ -72,6 +72,8 @@ def listener_factory(tmp_path: Path) -> Iterator[Callable[..., ListenerProcess]]
 
 
 @pytest.fixture
-def listener(listener_factory: Callable[..., ListenerProcess], migrated_postgres_url: str, redis_url: str) -> ListenerProcess:
+def listener(
+    listener_factory: Callable[..., ListenerProcess], migrated_postgres_url: str, redis_url: str
+) -> ListenerProcess:
     """Our listener in production configuration: PostgreSQL, Redis, durable writes."""
     return listener_factory(migrated_postgres_url, redis_url)

@@ -58,7 +58,10 @@ class ListenerProcess:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "worker.cli", "listen"],
-            cwd=REPO, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env=self.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         try:
             wait_for_port("127.0.0.1", self.port, timeout=60)
@@ -109,8 +112,19 @@ def storescu(
 ) -> subprocess.CompletedProcess[str]:
     """Send files with dcmtk's storescu (TCP_NODELAY on, 128 KB PDUs, one association)."""
     env = {**os.environ, "TCP_NODELAY": "1"}
-    command = [STORESCU, "--max-pdu", "131072", "-aet", calling_ae, "-aec", called_ae, *extra,
-               "127.0.0.1", str(port), *map(str, files)]
+    command = [
+        STORESCU,
+        "--max-pdu",
+        "131072",
+        "-aet",
+        calling_ae,
+        "-aec",
+        called_ae,
+        *extra,
+        "127.0.0.1",
+        str(port),
+        *map(str, files),
+    ]
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
 
 

@@ -6,6 +6,7 @@ becomes unreachable, as on a network failure); ``restore()`` lets them through.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 
@@ -49,19 +50,15 @@ class CuttableProxy:
             pass
         finally:
             for sock in (source, sink):
-                try:
+                with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
     def cut(self) -> None:
         self._open = False
         with self._lock:
             for sock in self._sockets:
-                try:
+                with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
                 sock.close()
             self._sockets.clear()
 

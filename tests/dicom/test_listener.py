@@ -84,7 +84,7 @@ def test_samples_and_300_slice_ct_stored_byte_for_byte_assembled_and_queued(
 ) -> None:
     samples = write_sample_studies(tmp_path / "samples")
     series = write_ct_series(tmp_path / "ct", 300)
-    results = storescu_each_syntax(listener.port, samples) + [storescu(listener.port, series)]
+    results = [*storescu_each_syntax(listener.port, samples), storescu(listener.port, series)]
     assert all(r.returncode == 0 for r in results), [r.stderr[-500:] for r in results]
 
     sent = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in samples + series}
@@ -115,7 +115,9 @@ def test_samples_and_300_slice_ct_stored_byte_for_byte_assembled_and_queued(
         timeout=60,
         message="every study queued",
     )
-    jobs = rows(listener.database_url, "SELECT j.id, s.study_uid FROM analysis_jobs j JOIN studies s ON s.id = j.study_id")
+    jobs = rows(
+        listener.database_url, "SELECT j.id, s.study_uid FROM analysis_jobs j JOIN studies s ON s.id = j.study_id"
+    )
     assert sorted(uid for _, uid in jobs) == sorted(study_uids)  # exactly one job per study
     messages = queued_messages(redis_url)
     assert sorted(m["args"][0] for m in messages) == sorted(job_id for job_id, _ in jobs)
@@ -126,21 +128,29 @@ def test_raw_bytes_are_stored_exactly(listener: ListenerProcess, tmp_path: Path)
     for source in write_sample_studies(tmp_path / "samples"):
         assert send_raw(listener.port, source) == 0, source.name
         sop_uid = str(pydicom.dcmread(source, stop_before_pixels=True).SOPInstanceUID)
-        [(storage_path,)] = rows(listener.database_url, "SELECT storage_path FROM instances"
-                                 " WHERE sop_instance_uid = :uid", uid=sop_uid)
+        [(storage_path,)] = rows(
+            listener.database_url, "SELECT storage_path FROM instances WHERE sop_instance_uid = :uid", uid=sop_uid
+        )
         assert dataset_bytes(listener.instance_root / storage_path) == dataset_bytes(source), source.name
 
 
 def test_echo(listener: ListenerProcess) -> None:
-    result = subprocess.run(["/usr/bin/echoscu", "-aet", "STORESCU", "-aec", "PACSVLM", "127.0.0.1", str(listener.port)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        ["/usr/bin/echoscu", "-aet", "STORESCU", "-aec", "PACSVLM", "127.0.0.1", str(listener.port)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
 
 
-@pytest.mark.parametrize(("calling", "called", "reason"), [
-    ("INTRUDER", "PACSVLM", "calling AE not in the allowlist"),
-    ("STORESCU", "SOMEONEELSE", "called AE is not ours"),
-])
+@pytest.mark.parametrize(
+    ("calling", "called", "reason"),
+    [
+        ("INTRUDER", "PACSVLM", "calling AE not in the allowlist"),
+        ("STORESCU", "SOMEONEELSE", "called AE is not ours"),
+    ],
+)
 def test_unknown_calling_ae_or_wrong_called_ae_is_rejected(
     listener: ListenerProcess, calling: str, called: str, reason: str
 ) -> None:
@@ -151,8 +161,14 @@ def test_unknown_calling_ae_or_wrong_called_ae_is_rejected(
     line = next(line for line in listener.log().splitlines() if reason in line)
     assert calling in line and "127.0.0.1" in line
     assert listener.stored_files() == []
-    wait_until(lambda: (f"ae:{calling}", "dicom.association.rejected")
-               in rows(listener.database_url, "SELECT actor, action FROM audit_events"), timeout=10, message="audit")
+    wait_until(
+        lambda: (
+            (f"ae:{calling}", "dicom.association.rejected")
+            in rows(listener.database_url, "SELECT actor, action FROM audit_events")
+        ),
+        timeout=10,
+        message="audit",
+    )
 
 
 def test_broken_files_and_path_traversal_uids_are_refused_and_leave_nothing(
@@ -161,16 +177,23 @@ def test_broken_files_and_path_traversal_uids_are_refused_and_leave_nothing(
     statuses = {}
     for name in ("badVR.dcm", "MR_truncated.dcm"):
         statuses[name] = send_raw(listener.port, pydicom_test_file(name))
-    no_meta = with_meta(tmp_path / "no_meta.dcm", pydicom_test_file("no_meta.dcm").read_bytes(),
-                        "1.2.840.10008.5.1.4.1.1.2", "1.2.3.4.5.6.7", "1.2.840.10008.1.2")
+    no_meta = with_meta(
+        tmp_path / "no_meta.dcm",
+        pydicom_test_file("no_meta.dcm").read_bytes(),
+        "1.2.840.10008.5.1.4.1.1.2",
+        "1.2.3.4.5.6.7",
+        "1.2.840.10008.1.2",
+    )
     statuses["no_meta.dcm"] = send_raw(listener.port, no_meta)
     assert set(BROKEN_SAMPLES) <= set(statuses)
 
     source = pydicom.dcmread(pydicom_test_file("CT_small.dcm"))
     with pydicom_config.disable_value_validation():
-        for attribute, value in (("StudyInstanceUID", "../../../../tmp/escaped"),
-                                 ("SeriesInstanceUID", "1.2.3/../../x"),
-                                 ("StudyInstanceUID", "1.2." + "9" * 70)):
+        for attribute, value in (
+            ("StudyInstanceUID", "../../../../tmp/escaped"),
+            ("SeriesInstanceUID", "1.2.3/../../x"),
+            ("StudyInstanceUID", "1.2." + "9" * 70),
+        ):
             ds = source.copy()
             setattr(ds, attribute, value)
             path = tmp_path / f"{attribute}-{len(statuses)}.dcm"
@@ -186,8 +209,13 @@ def test_broken_files_and_path_traversal_uids_are_refused_and_leave_nothing(
 
 def test_sop_class_mismatch_gets_its_own_status(listener: ListenerProcess, tmp_path: Path) -> None:
     ct = pydicom_test_file("CT_small.dcm")
-    lying = with_meta(tmp_path / "lying.dcm", dataset_bytes(ct), "1.2.840.10008.5.1.4.1.1.4",  # claims MR storage
-                      str(pydicom.dcmread(ct).SOPInstanceUID), "1.2.840.10008.1.2.1")
+    lying = with_meta(
+        tmp_path / "lying.dcm",
+        dataset_bytes(ct),
+        "1.2.840.10008.5.1.4.1.1.4",  # claims MR storage
+        str(pydicom.dcmread(ct).SOPInstanceUID),
+        "1.2.840.10008.1.2.1",
+    )
     assert send_raw(listener.port, lying) == 0xA900
     assert listener.stored_files() == []
 
@@ -199,8 +227,11 @@ def test_same_study_sent_twice_is_stored_once_and_queued_once(
     for _ in range(2):
         result = storescu(listener.port, series)
         assert result.returncode == 0, result.stderr
-    wait_until(lambda: list(study_states(listener.database_url).values()) == [("queued", 1)], timeout=30,
-               message="study queued")
+    wait_until(
+        lambda: list(study_states(listener.database_url).values()) == [("queued", 1)],
+        timeout=30,
+        message="study queued",
+    )
     result = storescu(listener.port, series)  # a third time, after the study was queued
     assert result.returncode == 0
     assert rows(listener.database_url, "SELECT count(*) FROM instances") == [(12,)]
@@ -216,15 +247,23 @@ def test_late_instance_bumps_the_version_and_supersedes_the_queued_job(
 ) -> None:
     series = write_ct_series(tmp_path / "ct", 6, rows=64, columns=64)
     assert storescu(listener.port, series[:5]).returncode == 0
-    wait_until(lambda: list(study_states(listener.database_url).values()) == [("queued", 1)], timeout=30,
-               message="version 1 queued")
+    wait_until(
+        lambda: list(study_states(listener.database_url).values()) == [("queued", 1)],
+        timeout=30,
+        message="version 1 queued",
+    )
     assert storescu(listener.port, series[5:]).returncode == 0
-    wait_until(lambda: list(study_states(listener.database_url).values()) == [("queued", 2)], timeout=30,
-               message="version 2 queued")
+    wait_until(
+        lambda: list(study_states(listener.database_url).values()) == [("queued", 2)],
+        timeout=30,
+        message="version 2 queued",
+    )
     jobs = rows(listener.database_url, "SELECT study_version, state FROM analysis_jobs ORDER BY id")
     assert jobs == [(1, "superseded"), (2, "queued")]
-    assert rows(listener.database_url, "SELECT study_version, count(*) FROM instances GROUP BY study_version"
-                " ORDER BY study_version") == [(1, 5), (2, 1)]
+    assert rows(
+        listener.database_url,
+        "SELECT study_version, count(*) FROM instances GROUP BY study_version ORDER BY study_version",
+    ) == [(1, 5), (2, 1)]
     assert len(queued_messages(redis_url)) == 2  # the version-1 message finds a superseded job and does nothing
 
 
@@ -262,8 +301,11 @@ def test_listener_killed_mid_study_still_completes_the_study_once(
     first.kill()
     second = listener_factory(migrated_postgres_url, redis_url, data_dir=data_dir, stable_seconds=3, port=first.port)
     assert storescu(second.port, series[10:]).returncode == 0
-    wait_until(lambda: list(study_states(migrated_postgres_url).values()) == [("queued", 1)], timeout=30,
-               message="study queued after restart")
+    wait_until(
+        lambda: list(study_states(migrated_postgres_url).values()) == [("queued", 1)],
+        timeout=30,
+        message="study queued after restart",
+    )
     assert rows(migrated_postgres_url, "SELECT count(*) FROM instances") == [(20,)]
     assert rows(migrated_postgres_url, "SELECT count(*) FROM analysis_jobs") == [(1,)]
     assert len(queued_messages(redis_url)) == 1
@@ -278,8 +320,11 @@ def test_study_interrupted_by_a_crash_completes_after_restart_without_new_instan
     first.kill()  # before the idle timer ran out: the timer lives in the database
     assert list(study_states(migrated_postgres_url).values()) == [("receiving", 1)]
     listener_factory(migrated_postgres_url, redis_url, data_dir=data_dir, stable_seconds=4)
-    wait_until(lambda: list(study_states(migrated_postgres_url).values()) == [("queued", 1)], timeout=30,
-               message="study queued by the restarted listener")
+    wait_until(
+        lambda: list(study_states(migrated_postgres_url).values()) == [("queued", 1)],
+        timeout=30,
+        message="study queued by the restarted listener",
+    )
     assert len(queued_messages(redis_url)) == 1
 
 
@@ -309,8 +354,11 @@ def test_embedded_defaults_sqlite_and_file_system_queue(listener_factory, tmp_pa
     listener = listener_factory("", "", data_dir=data_dir)
     assert storescu(listener.port, [pydicom_test_file("CT_small.dcm")]).returncode == 0
     database_url = f"sqlite:///{data_dir / 'pacs-vlm.sqlite'}"
-    wait_until(lambda: list(study_states(database_url).values()) == [("queued", 1)], timeout=30,
-               message="study queued on embedded defaults")
+    wait_until(
+        lambda: list(study_states(database_url).values()) == [("queued", 1)],
+        timeout=30,
+        message="study queued on embedded defaults",
+    )
     messages = list((data_dir / "broker" / "queue").glob("*"))
     assert len(messages) == 1
     job_id = rows(database_url, "SELECT id FROM analysis_jobs")[0][0]

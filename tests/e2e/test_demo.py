@@ -14,8 +14,14 @@ from tests.peers import REPO
 
 def test_demo_stores_assembles_and_queues_every_study(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PACSVLM_")}
-    result = subprocess.run([sys.executable, "-m", "worker.cli", "demo"], cwd=tmp_path, env={**env, "PYTHONPATH": str(REPO)},
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "worker.cli", "demo"],
+        cwd=tmp_path,
+        env={**env, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "all studies stored, assembled and queued" in result.stdout
     engine = create_engine(f"sqlite:///{tmp_path / 'var/demo/pacs-vlm.sqlite'}")
