@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 from rich.console import Console
 from rich.table import Table
 
@@ -32,6 +33,9 @@ def load_settings() -> Settings:
     """
     try:
         return get_settings()
+    except SettingsError as exc:
+        console.print(f"[red]invalid settings:[/red] {exc} (JSON values such as PACSVLM_CALLING_AES must be JSON)")
+        raise typer.Exit(2) from None
     except ValidationError as exc:
         console.print("[red]invalid settings:[/red]")
         for error in exc.errors():

@@ -49,7 +49,7 @@ class Settings(BaseSettings):
     (case-insensitive); dictionaries and lists are given as JSON.
     """
 
-    model_config = SettingsConfigDict(env_prefix="PACSVLM_", env_file=None, extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="PACSVLM_", env_file=None, extra="ignore", env_ignore_empty=True)
 
     data_dir: Path = Path("var")
     database_url: str = ""

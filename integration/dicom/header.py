@@ -71,7 +71,7 @@ def is_valid_uid(value: object) -> bool:
     bool
         True for a valid UID.
     """
-    return isinstance(value, str) and 0 < len(value) <= 64 and _UID.match(value) is not None
+    return isinstance(value, str) and 0 < len(value) <= 64 and _UID.fullmatch(value) is not None
 
 
 @dataclass(frozen=True)
@@ -109,6 +109,8 @@ def _inflate(data: bytes | memoryview) -> bytes:
         raise InvalidInstance("deflated data set does not inflate") from exc
     if inflater.unconsumed_tail:
         raise InvalidInstance("deflated data set inflates beyond the size limit")
+    if not inflater.eof:
+        raise InvalidInstance("deflated data set is truncated")
     return inflated
 
 

@@ -10,6 +10,9 @@ into pydicom objects, which keeps the C-STORE path fast.
 from __future__ import annotations
 
 import struct
+from functools import lru_cache
+
+from pydicom.datadict import dictionary_VR
 
 SOP_CLASS_UID = 0x00080016
 SOP_INSTANCE_UID = 0x00080018
@@ -47,6 +50,15 @@ _SHORT_VRS = frozenset(b"AE AS AT CS DA DS DT FL FD IS LO LT PN SH SL SS ST TM U
 
 class InvalidInstance(ValueError):
     """The received data set cannot be stored; the message says why (no patient data)."""
+
+
+@lru_cache(maxsize=4096)
+def _is_sequence(tag: int) -> bool:
+    """Whether the data dictionary says ``tag`` is a sequence (implicit VR carries no VR)."""
+    try:
+        return dictionary_VR(tag) == "SQ"
+    except KeyError:
+        return False
 
 
 class _Walker:
@@ -102,7 +114,7 @@ class _Walker:
                 continue
             if length > end - pos:
                 raise InvalidInstance("data set is truncated (an element is longer than the data)")
-            if vr == b"SQ":
+            if vr == b"SQ" or (vr is None and _is_sequence(tag)):
                 self.sequence(pos, pos + length, length, depth)
             elif wanted is not None and tag in WANTED:
                 wanted[tag] = bytes(buf[pos : pos + length])

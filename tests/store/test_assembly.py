@@ -1,0 +1,322 @@
+"""Study assembly on real parts: PostgreSQL + Redis, and the embedded SQLite + file-system broker."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from sqlalchemy import func, select
+
+from integration.config import Settings, get_settings
+from integration.dicom.assembly import StudyAssembler
+from integration.dicom.header import InstanceHeader
+from integration.queue import ANALYZE_STUDY
+from integration.store.ingest import Receipt, record_instance
+from integration.store.migrate import ensure_schema
+from integration.store.session import engine_for, session_scope
+from integration.store.tables import AnalysisJob, AuditEvent, Instance, JobState, Series, Study, StudyState, utcnow
+from tests.services import free_port
+
+CALLING_AE = "CT1"
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.upper().startswith("PACSVLM_"):
+            monkeypatch.delenv(name)
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def settings(migrated_postgres_url: str, redis_url: str, tmp_path: Path) -> Settings:
+    return Settings(
+        database_url=migrated_postgres_url,
+        broker_url=redis_url,
+        data_dir=tmp_path,
+        stable_seconds=2,
+        calling_aes={CALLING_AE: {}},
+    )
+
+
+def a_header(study_uid: str, series_uid: str | None = None, number: int = 1) -> InstanceHeader:
+    return InstanceHeader(
+        sop_class_uid=CTImageStorage,
+        sop_instance_uid=generate_uid(),
+        study_uid=study_uid,
+        series_uid=series_uid or generate_uid(),
+        transfer_syntax_uid=ExplicitVRLittleEndian,
+        modality="CT",
+        series_number=1,
+        instance_number=number,
+    )
+
+
+def record(settings: Settings, header: InstanceHeader, received_at: datetime) -> Receipt:
+    with engine_for(settings.database_url).connect() as connection:
+        return record_instance(
+            connection,
+            header,
+            storage_path=f"{header.study_uid}/{header.series_uid}/{header.sop_instance_uid}.dcm",
+            size_bytes=1234,
+            calling_ae=CALLING_AE,
+            received_at=received_at,
+            stable_seconds=settings.stable_seconds_for(CALLING_AE),
+        )
+
+
+def past(seconds: float = 60) -> datetime:
+    return utcnow() - timedelta(seconds=seconds)
+
+
+def study_row(settings: Settings, study_uid: str) -> tuple[StudyState, int]:
+    with session_scope(settings.database_url) as session:
+        study = session.scalars(select(Study).where(Study.study_uid == study_uid)).one()
+        return study.state, study.version
+
+
+def jobs(settings: Settings) -> list[tuple[int, int, JobState, int]]:
+    with session_scope(settings.database_url) as session:
+        rows = session.execute(
+            select(AnalysisJob.id, AnalysisJob.study_version, AnalysisJob.state, AnalysisJob.send_count).order_by(
+                AnalysisJob.id
+            )
+        ).all()
+        return [tuple(row) for row in rows]  # type: ignore[misc]
+
+
+def counts(settings: Settings) -> tuple[int, int, int]:
+    with session_scope(settings.database_url) as session:
+        return (
+            session.scalar(select(func.count()).select_from(Study)) or 0,
+            session.scalar(select(func.count()).select_from(Series)) or 0,
+            session.scalar(select(func.count()).select_from(Instance)) or 0,
+        )
+
+
+def decode(raw: bytes | str) -> dict[str, Any]:
+    message: dict[str, Any] = json.loads(raw)
+    args, kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+    message["args"], message["kwargs"] = args, kwargs
+    return message
+
+
+def redis_messages(url: str, queue: str = "analysis") -> list[dict[str, Any]]:
+    client = redis.Redis.from_url(url)
+    try:
+        return [decode(raw) for raw in client.lrange(queue, 0, -1)]
+    finally:
+        client.close()
+
+
+def assert_is_analyze_message(message: dict[str, Any], job_id: int) -> None:
+    assert message["headers"]["task"] == ANALYZE_STUDY
+    assert message["args"] == [job_id]
+    assert message["kwargs"] == {}
+
+
+def test_stable_study_is_queued_once(settings: Settings) -> None:
+    study_uid, series_uid = generate_uid(), generate_uid()
+    for number in range(1, 4):
+        receipt = record(settings, a_header(study_uid, series_uid, number), past())
+        assert receipt.duplicate is False
+        assert receipt.study_version == 1
+    assert study_row(settings, study_uid) == (StudyState.RECEIVING, 1)
+    assert counts(settings) == (1, 1, 3)
+
+    assembler = StudyAssembler(settings)
+    result = assembler.run_once()
+    assert (result.jobs_created, result.sent, result.send_failures) == (1, 1, 0)
+    [(job_id, version, state, sends)] = jobs(settings)
+    assert (version, state, sends) == (1, JobState.QUEUED, 1)
+    assert study_row(settings, study_uid) == (StudyState.QUEUED, 1)
+    [message] = redis_messages(settings.broker_url)
+    assert_is_analyze_message(message, job_id)
+    assert message["headers"]["id"] == f"analysis-job-{job_id}-1"
+    with session_scope(settings.database_url) as session:
+        actions = session.scalars(select(AuditEvent.action).where(AuditEvent.object_id == study_uid)).all()
+    assert actions == ["study.queued"]
+
+    again = StudyAssembler(settings).run_once()  # a second pass (also a restarted listener) adds nothing
+    assert (again.jobs_created, again.sent) == (0, 0)
+    assert len(jobs(settings)) == 1
+    assert len(redis_messages(settings.broker_url)) == 1
+
+
+def test_a_study_still_receiving_is_not_queued(settings: Settings) -> None:
+    study_uid = generate_uid()
+    record(settings, a_header(study_uid), utcnow())  # stable only after 2 s
+    assembler = StudyAssembler(settings)
+    assert assembler.run_once().jobs_created == 0
+    assert study_row(settings, study_uid) == (StudyState.RECEIVING, 1)
+    assert redis_messages(settings.broker_url) == []
+    time.sleep(2.2)
+    assert assembler.run_once().jobs_created == 1
+    assert study_row(settings, study_uid) == (StudyState.QUEUED, 1)
+
+
+def test_per_ae_stable_seconds_decide(migrated_postgres_url: str, redis_url: str, tmp_path: Path) -> None:
+    settings = Settings(
+        database_url=migrated_postgres_url,
+        broker_url=redis_url,
+        data_dir=tmp_path,
+        stable_seconds=3600,
+        calling_aes={CALLING_AE: {"stable_seconds": 1}},
+    )
+    study_uid = generate_uid()
+    record(settings, a_header(study_uid), past(5))
+    assert StudyAssembler(settings).run_once().jobs_created == 1
+
+
+def test_late_instance_makes_a_new_version_and_supersedes_the_queued_job(settings: Settings) -> None:
+    study_uid, series_uid = generate_uid(), generate_uid()
+    record(settings, a_header(study_uid, series_uid, 1), past())
+    assembler = StudyAssembler(settings)
+    assembler.run_once()
+    [(first_job, _, _, _)] = jobs(settings)
+    assert study_row(settings, study_uid) == (StudyState.QUEUED, 1)
+
+    late = record(settings, a_header(study_uid, generate_uid(), 1), utcnow())
+    assert (late.study_version, late.duplicate) == (2, False)
+    assert study_row(settings, study_uid) == (StudyState.RECEIVING, 2)
+    more = record(settings, a_header(study_uid, series_uid, 2), utcnow())  # while receiving: same version
+    assert more.study_version == 2
+    assert assembler.run_once().jobs_created == 0  # not stable yet
+    assert study_row(settings, study_uid) == (StudyState.RECEIVING, 2)
+
+    time.sleep(2.2)
+    result = assembler.run_once()
+    assert (result.jobs_created, result.sent) == (1, 1)
+    (job1, v1, state1, _), (job2, v2, state2, sends2) = jobs(settings)
+    assert (job1, v1, state1) == (first_job, 1, JobState.SUPERSEDED)
+    assert (v2, state2, sends2) == (2, JobState.QUEUED, 1)
+    assert study_row(settings, study_uid) == (StudyState.QUEUED, 2)
+    messages = redis_messages(settings.broker_url)
+    assert sorted(m["args"][0] for m in messages) == [job1, job2]
+    with session_scope(settings.database_url) as session:
+        versions = session.scalars(select(Instance.study_version).order_by(Instance.id)).all()
+    assert versions == [1, 2, 2]
+
+
+def test_duplicate_instance_changes_nothing(settings: Settings) -> None:
+    study_uid = generate_uid()
+    header = a_header(study_uid)
+    record(settings, header, past())
+    StudyAssembler(settings).run_once()
+    before = (study_row(settings, study_uid), counts(settings), jobs(settings))
+    with session_scope(settings.database_url) as session:
+        stable_after = session.scalars(select(Study.stable_after)).one()
+
+    receipt = record(settings, header, utcnow())
+    assert receipt.duplicate is True
+    assert (study_row(settings, study_uid), counts(settings), jobs(settings)) == before
+    assert study_row(settings, study_uid) == (StudyState.QUEUED, 1)
+    with session_scope(settings.database_url) as session:
+        assert session.scalars(select(Study.stable_after)).one() == stable_after
+
+
+def test_duplicate_while_receiving_changes_nothing(settings: Settings) -> None:
+    study_uid = generate_uid()
+    header = a_header(study_uid)
+    first = record(settings, header, past())
+    receipt = record(settings, header, utcnow())
+    assert receipt == Receipt(first.study_id, 1, duplicate=True)
+    assert counts(settings) == (1, 1, 1)
+    assert StudyAssembler(settings).run_once().jobs_created == 1  # the timer was not restarted
+
+
+def test_reconciler_resends_a_lost_message(migrated_postgres_url: str, redis_url: str, tmp_path: Path) -> None:
+    settings = Settings(
+        database_url=migrated_postgres_url,
+        broker_url=redis_url,
+        data_dir=tmp_path,
+        stable_seconds=1,
+        resend_after_seconds=0.5,
+    )
+    study_uid = generate_uid()
+    record(settings, a_header(study_uid), past())
+    assembler = StudyAssembler(settings)
+    assert assembler.run_once().sent == 1
+    [(job_id, _, _, sends)] = jobs(settings)
+    assert sends == 1
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.flushdb()  # the broker lost its queue
+    finally:
+        client.close()
+    assert redis_messages(redis_url) == []
+
+    time.sleep(0.7)
+    result = assembler.run_once()
+    assert (result.jobs_created, result.sent) == (0, 1)
+    [message] = redis_messages(redis_url)
+    assert_is_analyze_message(message, job_id)
+    assert message["headers"]["id"] == f"analysis-job-{job_id}-2"
+    [(_, _, state, sends)] = jobs(settings)
+    assert (state, sends) == (JobState.QUEUED, 2)
+    assert study_row(settings, study_uid) == (StudyState.QUEUED, 1)
+
+
+def test_an_unreachable_broker_keeps_the_job_for_later(
+    migrated_postgres_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    settings = Settings(
+        database_url=migrated_postgres_url,
+        broker_url=f"redis://127.0.0.1:{free_port()}/15",  # nothing listens there
+        data_dir=tmp_path,
+        stable_seconds=1,
+    )
+    study_uid = generate_uid()
+    record(settings, a_header(study_uid), past())
+    result = StudyAssembler(settings).run_once()
+    assert (result.jobs_created, result.sent, result.send_failures) == (1, 0, 1)
+    [(job_id, _, state, sends)] = jobs(settings)
+    assert (state, sends) == (JobState.QUEUED, 0)
+    assert study_row(settings, study_uid) == (StudyState.STABLE, 1)
+
+    working = settings.model_copy(update={"broker_url": redis_url})
+    assert StudyAssembler(working).run_once().sent == 1  # the next pass with a broker sends it
+    [message] = redis_messages(redis_url)
+    assert_is_analyze_message(message, job_id)
+    assert study_row(settings, study_uid) == (StudyState.QUEUED, 1)
+
+
+def test_embedded_defaults_queue_to_the_file_system(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, stable_seconds=1)
+    assert settings.database_url.startswith("sqlite:///")
+    assert settings.broker_url == "filesystem://"
+    ensure_schema(settings.database_url)
+    study_uid = generate_uid()
+    for number in (1, 2):
+        assert record(settings, a_header(study_uid, number=number), past()).study_version == 1
+    duplicate_probe = a_header(study_uid)
+    record(settings, duplicate_probe, past())
+    assert record(settings, duplicate_probe, past()).duplicate is True
+
+    result = StudyAssembler(settings).run_once()
+    assert (result.jobs_created, result.sent) == (1, 1)
+    [(job_id, version, state, sends)] = jobs(settings)
+    assert (version, state, sends) == (1, JobState.QUEUED, 1)
+    assert study_row(settings, study_uid) == (StudyState.QUEUED, 1)
+    files = sorted((tmp_path / "broker" / "queue").iterdir())
+    assert len(files) == 1
+    assert_is_analyze_message(decode(files[0].read_bytes()), job_id)
+
+    assert StudyAssembler(settings).run_once().jobs_created == 0
+    assert len(list((tmp_path / "broker" / "queue").iterdir())) == 1
+
+    late = record(settings, a_header(study_uid), past())
+    assert late.study_version == 2
+    assert study_row(settings, study_uid) == (StudyState.RECEIVING, 2)
+    assert StudyAssembler(settings).run_once().jobs_created == 1
+    assert [(v, s) for _, v, s, _ in jobs(settings)] == [(1, JobState.SUPERSEDED), (2, JobState.QUEUED)]
+    assert len(list((tmp_path / "broker" / "queue").iterdir())) == 2

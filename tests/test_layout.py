@@ -1,0 +1,142 @@
+"""Import boundaries and the command line's surface (real subprocesses)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.services import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("PACSVLM_")}
+    env.update({"COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"}, **extra)
+    return env
+
+
+def run(args: list[str], *, timeout: float = 120, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, cwd=ROOT, env=clean_env(**env), capture_output=True, text=True, timeout=timeout)
+
+
+def cli(*args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess[str]:
+    return run([sys.executable, "-m", "worker.cli", *args], timeout=timeout, **env)
+
+
+def test_import_linter_contracts_are_kept() -> None:
+    lint_imports = BIN / "lint-imports"
+    if not lint_imports.exists():
+        pytest.fail(f"{lint_imports} is missing: pip install -e '.[dev]'")
+    result = run([str(lint_imports)], timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "broken" not in result.stdout.replace("0 broken", "")
+
+
+HIDDEN_TORCH = textwrap.dedent(
+    """
+    import importlib.abc
+    import sys
+
+    attempts = []
+
+    class Refuse(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("torch", "transformers"):
+                attempts.append(name)
+                raise ImportError(f"{name} is hidden in this test")
+            return None
+
+    sys.modules["torch"] = None
+    sys.meta_path.insert(0, Refuse())
+
+    import integration.dicom.listener
+    import integration.dicom.assembly
+    import integration.cli
+    import worker.cli
+
+    assert sys.modules["torch"] is None, "something replaced the hidden torch"
+    assert "transformers" not in sys.modules, "transformers was imported"
+    assert not attempts, f"tried to import {attempts}"
+    loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers", "models"))
+    assert loaded == ["torch"], loaded
+    print("edge imported without torch")
+    """
+)
+
+
+def test_the_edge_imports_without_torch() -> None:
+    result = run([sys.executable, "-c", HIDDEN_TORCH])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "edge imported without torch" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        [],
+        ["listen"],
+        ["demo"],
+        ["db"],
+        ["db", "upgrade"],
+        ["db", "downgrade"],
+        ["db", "current"],
+        ["studies"],
+        ["studies", "list"],
+    ],
+    ids=lambda c: " ".join(c) or "root",
+)
+def test_help(command: list[str], tmp_path: Path) -> None:
+    result = cli(*command, "--help", PACSVLM_DATA_DIR=str(tmp_path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Usage" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+    assert list(tmp_path.iterdir()) == []  # --help touches nothing
+
+
+def test_root_help_lists_every_command() -> None:
+    result = cli("--help")
+    for name in ("listen", "demo", "db", "studies"):
+        assert name in result.stdout
+
+
+@pytest.mark.parametrize(
+    "calling_aes",
+    [
+        None,
+        pytest.param(""),
+    ],
+    ids=["unset", "empty"],
+)
+def test_listen_without_calling_aes_explains_itself(calling_aes: str | None, tmp_path: Path) -> None:
+    env = {"PACSVLM_DATA_DIR": str(tmp_path), "PACSVLM_LISTEN_PORT": str(free_port())}
+    if calling_aes is not None:
+        env["PACSVLM_CALLING_AES"] = calling_aes
+    result = cli("listen", timeout=120, **env)
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert "PACSVLM_CALLING_AES" in output
+    assert "Traceback" not in output
+
+
+def test_listen_with_a_bad_port_is_a_settings_error(tmp_path: Path) -> None:
+    result = cli("listen", PACSVLM_DATA_DIR=str(tmp_path), PACSVLM_LISTEN_PORT="notaport")
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert "PACSVLM_LISTEN_PORT" in output
+    assert "invalid settings" in output
+    assert "Traceback" not in output
+
+
+def test_listen_with_malformed_calling_aes_is_a_settings_error(tmp_path: Path) -> None:
+    result = cli("listen", PACSVLM_DATA_DIR=str(tmp_path), PACSVLM_CALLING_AES='{"CT1": ')
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert "PACSVLM_CALLING_AES" in output
+    assert "Traceback" not in output
