@@ -128,13 +128,15 @@ def broker_identity(settings: Settings) -> str | None:
     """
     if not settings.broker_url.startswith(("redis://", "rediss://")):
         return None
+    return str(_redis_client(settings.broker_url).info("server")["run_id"])
+
+
+@lru_cache(maxsize=4)
+def _redis_client(url: str) -> Any:
+    """One pooled client per broker URL (the assembly loop asks every pass)."""
     import redis
 
-    client = redis.Redis.from_url(settings.broker_url, socket_timeout=5, socket_connect_timeout=5)
-    try:
-        return str(client.info("server")["run_id"])
-    finally:
-        client.close()
+    return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
 
 
 def queue_depth(settings: Settings, queue: str) -> int:

@@ -16,6 +16,17 @@ from tests.services import Postgres, RedisServer, machine_redis, start_postgres
 TEST_REDIS_DB = int(os.environ.get("PACSVLM_TEST_REDIS_DB", "15"))
 
 
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No PACSVLM_* variable of the caller's shell leaks into a test; settings are read afresh."""
+    from integration.config import get_settings
+
+    for name in list(os.environ):
+        if name.upper().startswith("PACSVLM_") and not name.upper().startswith("PACSVLM_TEST_"):
+            monkeypatch.delenv(name)
+    get_settings.cache_clear()
+
+
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[Postgres]:
     server = start_postgres()

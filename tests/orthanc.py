@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -20,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tests.services import free_port
+from tests.services import free_port, stop_process
 
 ORTHANC = "/usr/sbin/Orthanc"
 #: Debian's orthanc-dicomweb package installs the plugin here.
@@ -179,13 +178,7 @@ class OrthancServer:
 
     def stop(self) -> None:
         """Stop Orthanc (SIGTERM, then SIGKILL) and remove its temporary folder."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
         self.process = None
         if self.owns_folder:
             shutil.rmtree(self.folder, ignore_errors=True)

@@ -45,6 +45,18 @@ def wait_for_port(host: str, port: int, timeout: float = 30.0) -> None:
     raise TimeoutError(f"nothing listens on {host}:{port} after {timeout} s")
 
 
+def stop_process(process: subprocess.Popen[bytes] | None, timeout: float = 30.0) -> None:
+    """SIGTERM a child process, SIGKILL it if it has not ended after ``timeout`` seconds."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 @dataclass
 class Postgres:
     """A PostgreSQL server the tests may create databases on."""
@@ -74,9 +86,7 @@ class Postgres:
                     conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         except psycopg.Error:
             pass
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=30)
+        stop_process(self.process)
         if self.folder is not None:
             shutil.rmtree(self.folder, ignore_errors=True)
 
@@ -138,9 +148,7 @@ class RedisServer:
         return f"redis://{self.host}:{self.port}/{db}"
 
     def close(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=30)
+        stop_process(self.process)
 
 
 def start_redis(port: int | None = None) -> RedisServer:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -10,14 +9,6 @@ from pydantic import ValidationError
 from sqlalchemy.engine import make_url
 
 from integration.config import CallingAE, Settings, get_settings
-
-
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.upper().startswith("PACSVLM_"):
-            monkeypatch.delenv(name)
-    get_settings.cache_clear()
 
 
 def test_embedded_defaults() -> None:

@@ -23,6 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from integration.config import Settings
 from integration.dicom import status
+from integration.dicom.assembly import StudyAssembler
 from integration.dicom.header import SopClassMismatch, file_meta_bytes, read_header
 from integration.dicom.storage import InstanceStore, StorageError, StorageFull, StoredFile
 from integration.dicom.structure import InvalidInstance
@@ -218,7 +219,7 @@ class StorageSCP:
             stored = outcome.get("file") or writing.result()
         except OSError:
             return  # nothing was linked
-        if stored.created or "file" in outcome:
+        if stored.created:  # ours (written or replacing an orphan); never a first copy we found in place
             self.store.remove(stored.relative_path)
 
     def handlers(self) -> list[EventHandlerType]:
@@ -285,8 +286,6 @@ class Listener:
     """
 
     def __init__(self, settings: Settings, *, assemble: bool = True) -> None:
-        from integration.dicom.assembly import StudyAssembler
-
         self.settings = settings
         self.store = InstanceStore(settings.instance_root, fsync=settings.fsync, min_free_bytes=settings.min_free_bytes)
         self.scp = StorageSCP(settings, self.store)

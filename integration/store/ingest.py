@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, case, exists, select, text
+from sqlalchemy import Connection, Table, case, text
 from sqlalchemy.dialects import sqlite
 
 from integration.dicom.header import InstanceHeader
@@ -39,26 +39,6 @@ class Receipt:
     study_id: int
     study_version: int
     duplicate: bool
-
-
-def instance_exists(connection: Connection, sop_instance_uid: str) -> bool:
-    """Tell whether a SOP instance is already stored.
-
-    Parameters
-    ----------
-    connection : sqlalchemy.Connection
-        Open connection.
-    sop_instance_uid : str
-        The UID.
-
-    Returns
-    -------
-    bool
-        True when a row exists.
-    """
-    found = connection.scalar(select(exists().where(Instance.sop_instance_uid == sop_instance_uid)))
-    connection.rollback()
-    return bool(found)
 
 
 _POSTGRES_RECORD = text(

@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import subprocess
 from pathlib import Path
 
 import pydicom
 import pytest
-import redis
 from pydicom import config as pydicom_config
 from pynetdicom import AE, _config
-from sqlalchemy import create_engine, text
 
 from integration.dicom.header import file_meta_bytes
 from integration.dicom.samples import BROKEN_SAMPLES, pydicom_test_file, write_ct_series, write_sample_studies
 from tests.peers import ListenerProcess, storescu, storescu_each_syntax, wait_until
 from tests.proxy import CuttableProxy
+from tests.records import db_rows, queued_messages
 from tests.services import Postgres, start_redis
 
 ANALYZE_STUDY = "pacs_vlm.analyze_study"
@@ -35,28 +33,10 @@ def elements(ds: pydicom.Dataset) -> dict[int, object]:
     return {int(e.tag): e.value for e in ds if e.tag.element != 0 and e.tag != 0xFFFCFFFC}
 
 
-def rows(url: str, sql: str, **params: object) -> list[tuple]:
-    engine = create_engine(url)
-    try:
-        with engine.connect() as conn:
-            return [tuple(r) for r in conn.execute(text(sql), params)]
-    finally:
-        engine.dispose()
-
-
-def queued_messages(redis_url: str, queue: str = "analysis") -> list[dict]:
-    client = redis.Redis.from_url(redis_url)
-    try:
-        messages = [json.loads(m) for m in client.lrange(queue, 0, -1)]
-    finally:
-        client.close()
-    for message in messages:
-        message["args"] = json.loads(base64.b64decode(message["body"]))[0]
-    return messages
-
-
 def study_states(url: str) -> dict[str, tuple[str, int]]:
-    return {uid: (state, version) for uid, state, version in rows(url, "SELECT study_uid, state, version FROM studies")}
+    return {
+        uid: (state, version) for uid, state, version in db_rows(url, "SELECT study_uid, state, version FROM studies")
+    }
 
 
 def send_raw(port: int, path: Path, calling_ae: str = "STORESCU") -> int:
@@ -88,7 +68,7 @@ def test_samples_and_300_slice_ct_stored_byte_for_byte_assembled_and_queued(
     assert all(r.returncode == 0 for r in results), [r.stderr[-500:] for r in results]
 
     sent = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in samples + series}
-    stored = rows(
+    stored = db_rows(
         listener.database_url,
         "SELECT i.sop_instance_uid, i.storage_path, i.size_bytes, i.transfer_syntax_uid, i.calling_ae, s.series_uid"
         " FROM instances i JOIN series s ON s.id = i.series_id",
@@ -115,7 +95,7 @@ def test_samples_and_300_slice_ct_stored_byte_for_byte_assembled_and_queued(
         timeout=60,
         message="every study queued",
     )
-    jobs = rows(
+    jobs = db_rows(
         listener.database_url, "SELECT j.id, s.study_uid FROM analysis_jobs j JOIN studies s ON s.id = j.study_id"
     )
     assert sorted(uid for _, uid in jobs) == sorted(study_uids)  # exactly one job per study
@@ -128,7 +108,7 @@ def test_raw_bytes_are_stored_exactly(listener: ListenerProcess, tmp_path: Path)
     for source in write_sample_studies(tmp_path / "samples"):
         assert send_raw(listener.port, source) == 0, source.name
         sop_uid = str(pydicom.dcmread(source, stop_before_pixels=True).SOPInstanceUID)
-        [(storage_path,)] = rows(
+        [(storage_path,)] = db_rows(
             listener.database_url, "SELECT storage_path FROM instances WHERE sop_instance_uid = :uid", uid=sop_uid
         )
         assert dataset_bytes(listener.instance_root / storage_path) == dataset_bytes(source), source.name
@@ -164,7 +144,7 @@ def test_unknown_calling_ae_or_wrong_called_ae_is_rejected(
     wait_until(
         lambda: (
             (f"ae:{calling}", "dicom.association.rejected")
-            in rows(listener.database_url, "SELECT actor, action FROM audit_events")
+            in db_rows(listener.database_url, "SELECT actor, action FROM audit_events")
         ),
         timeout=10,
         message="audit",
@@ -203,7 +183,7 @@ def test_broken_files_and_path_traversal_uids_are_refused_and_leave_nothing(
     assert statuses == {key: 0xC000 for key in statuses}, {k: hex(v) for k, v in statuses.items()}
     assert listener.stored_files() == [] and listener.partial_files() == []
     assert not Path("/tmp/escaped").exists()
-    assert rows(listener.database_url, "SELECT count(*) FROM instances") == [(0,)]
+    assert db_rows(listener.database_url, "SELECT count(*) FROM instances") == [(0,)]
     assert "refused" in listener.log()
 
 
@@ -234,10 +214,10 @@ def test_same_study_sent_twice_is_stored_once_and_queued_once(
     )
     result = storescu(listener.port, series)  # a third time, after the study was queued
     assert result.returncode == 0
-    assert rows(listener.database_url, "SELECT count(*) FROM instances") == [(12,)]
+    assert db_rows(listener.database_url, "SELECT count(*) FROM instances") == [(12,)]
     assert len(listener.stored_files()) == 12
     assert list(study_states(listener.database_url).values()) == [("queued", 1)]  # duplicates do not re-draft
-    assert rows(listener.database_url, "SELECT count(*) FROM analysis_jobs") == [(1,)]
+    assert db_rows(listener.database_url, "SELECT count(*) FROM analysis_jobs") == [(1,)]
     assert len(queued_messages(redis_url)) == 1
     wait_until(lambda: "'duplicate': 12" in listener.log(), timeout=10, message="duplicates counted in the log")
 
@@ -258,9 +238,9 @@ def test_late_instance_bumps_the_version_and_supersedes_the_queued_job(
         timeout=30,
         message="version 2 queued",
     )
-    jobs = rows(listener.database_url, "SELECT study_version, state FROM analysis_jobs ORDER BY id")
+    jobs = db_rows(listener.database_url, "SELECT study_version, state FROM analysis_jobs ORDER BY id")
     assert jobs == [(1, "superseded"), (2, "queued")]
-    assert rows(
+    assert db_rows(
         listener.database_url,
         "SELECT study_version, count(*) FROM instances GROUP BY study_version ORDER BY study_version",
     ) == [(1, 5), (2, 1)]
@@ -285,7 +265,7 @@ def test_database_unreachable_gives_failure_statuses_then_recovers(
         retried = storescu(listener.port, series, extra=["-v"])  # the sender retries everything after recovery
         assert retried.returncode == 0, retried.stderr[-800:]
         assert retried.stderr.count("(Success)") == 10
-        assert rows(migrated_postgres_url, "SELECT count(*) FROM instances") == [(10,)]
+        assert db_rows(migrated_postgres_url, "SELECT count(*) FROM instances") == [(10,)]
         assert len(listener.stored_files()) == 10
     finally:
         proxy.close()
@@ -306,8 +286,8 @@ def test_listener_killed_mid_study_still_completes_the_study_once(
         timeout=30,
         message="study queued after restart",
     )
-    assert rows(migrated_postgres_url, "SELECT count(*) FROM instances") == [(20,)]
-    assert rows(migrated_postgres_url, "SELECT count(*) FROM analysis_jobs") == [(1,)]
+    assert db_rows(migrated_postgres_url, "SELECT count(*) FROM instances") == [(20,)]
+    assert db_rows(migrated_postgres_url, "SELECT count(*) FROM analysis_jobs") == [(1,)]
     assert len(queued_messages(redis_url)) == 1
 
 
@@ -341,9 +321,9 @@ def test_reconciler_resends_jobs_when_redis_restarts_without_persistence(
         broker = start_redis(broker.port)  # a fresh server: the queue is gone
         assert queued_messages(url) == []
         wait_until(lambda: len(queued_messages(url)) == 1, timeout=30, message="job re-sent by the reconciler")
-        job_id = rows(migrated_postgres_url, "SELECT id FROM analysis_jobs")[0][0]
+        job_id = db_rows(migrated_postgres_url, "SELECT id FROM analysis_jobs")[0][0]
         assert queued_messages(url)[0]["args"] == [job_id]
-        assert rows(migrated_postgres_url, "SELECT send_count FROM analysis_jobs") == [(2,)]
+        assert db_rows(migrated_postgres_url, "SELECT send_count FROM analysis_jobs") == [(2,)]
         assert "broker restarted" in listener.log()
     finally:
         broker.close()
@@ -361,7 +341,7 @@ def test_embedded_defaults_sqlite_and_file_system_queue(listener_factory, tmp_pa
     )
     messages = list((data_dir / "broker" / "queue").glob("*"))
     assert len(messages) == 1
-    job_id = rows(database_url, "SELECT id FROM analysis_jobs")[0][0]
+    job_id = db_rows(database_url, "SELECT id FROM analysis_jobs")[0][0]
     body = json.loads(messages[0].read_text())
     assert body["headers"]["task"] == ANALYZE_STUDY and body["headers"]["argsrepr"] == f"[{job_id}]"
     assert len(listener.stored_files()) == 1

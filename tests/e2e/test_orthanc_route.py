@@ -8,50 +8,22 @@ PostgreSQL, durable files with the same SOP instances and pixel data, the study 
 
 from __future__ import annotations
 
-import base64
-import json
 import shutil
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pydicom
 import pytest
-import redis
-from sqlalchemy import create_engine, text
 
 from integration.dicom.samples import write_ct_series, write_sample_studies
 from tests.orthanc import ORTHANC, OrthancServer
 from tests.peers import ListenerProcess, wait_until
+from tests.records import db_rows, queued_messages
 
 ANALYZE_STUDY = "pacs_vlm.analyze_study"
 CT_SLICES = 20
 
 pytestmark = pytest.mark.skipif(shutil.which(ORTHANC) is None, reason="Orthanc is not installed (make system-deps)")
-
-
-def query(url: str, sql: str, **params: object) -> list[tuple[Any, ...]]:
-    engine = create_engine(url)
-    try:
-        with engine.connect() as conn:
-            return [tuple(r) for r in conn.execute(text(sql), params)]
-    finally:
-        engine.dispose()
-
-
-def analysis_messages(redis_url: str, queue: str = "analysis") -> list[dict[str, Any]]:
-    """Kombu's JSON envelopes in the Redis list of a queue, with the Celery body decoded into ``decoded_body``."""
-    client = redis.Redis.from_url(redis_url)
-    try:
-        messages = [json.loads(raw) for raw in client.lrange(queue, 0, -1)]
-    finally:
-        client.close()
-    for message in messages:
-        body = message["body"]
-        if message.get("properties", {}).get("body_encoding") == "base64":
-            body = base64.b64decode(body)
-        message["decoded_body"] = json.loads(body)
-    return messages
 
 
 def pixels_match(original: pydicom.Dataset, stored: pydicom.Dataset) -> bool:
@@ -92,7 +64,7 @@ def test_orthanc_routes_studies_to_the_listener(listener: ListenerProcess, redis
     context = f"\n--- listener log ---\n{listener.log()}\n--- Orthanc log ---\n{orthanc_log}"
 
     # Every instance Orthanc holds is a row in our database, in the right study, from ORTHANC.
-    rows = query(
+    rows = db_rows(
         listener.database_url,
         "SELECT i.sop_instance_uid, s.study_uid, i.calling_ae, i.storage_path FROM instances i "
         "JOIN series se ON se.id = i.series_id JOIN studies s ON s.id = se.study_id",
@@ -120,15 +92,15 @@ def test_orthanc_routes_studies_to_the_listener(listener: ListenerProcess, redis
     # The CT study is assembled and queued once, with exactly one analysis job ...
     wait_until(
         lambda: (
-            query(listener.database_url, "SELECT state FROM studies WHERE study_uid = :u", u=ct_study_uid)
+            db_rows(listener.database_url, "SELECT state FROM studies WHERE study_uid = :u", u=ct_study_uid)
             == [("queued",)]
         ),
         timeout=30,
         message=f"CT study queued{context}",
     )
-    (study_id,) = query(listener.database_url, "SELECT id FROM studies WHERE study_uid = :u", u=ct_study_uid)[0]
+    (study_id,) = db_rows(listener.database_url, "SELECT id FROM studies WHERE study_uid = :u", u=ct_study_uid)[0]
     jobs = wait_until(
-        lambda: query(
+        lambda: db_rows(
             listener.database_url,
             "SELECT id, study_version, state, queue, send_count FROM analysis_jobs WHERE study_id = :s "
             "AND sent_at IS NOT NULL",
@@ -137,11 +109,11 @@ def test_orthanc_routes_studies_to_the_listener(listener: ListenerProcess, redis
         timeout=30,
         message="the CT study's analysis job sent",
     )
-    all_jobs = query(listener.database_url, "SELECT id FROM analysis_jobs WHERE study_id = :s", s=study_id)
+    all_jobs = db_rows(listener.database_url, "SELECT id FROM analysis_jobs WHERE study_id = :s", s=study_id)
     assert len(all_jobs) == 1 and len(jobs) == 1, f"jobs for the CT study: {all_jobs}{context}"
     job_id, version, state, queue, send_count = jobs[0]
     assert (version, state, queue, send_count) == (1, "queued", "analysis", 1)
-    (n_instances,) = query(
+    (n_instances,) = db_rows(
         listener.database_url,
         "SELECT count(*) FROM instances i JOIN series se ON se.id = i.series_id WHERE se.study_id = :s",
         s=study_id,
@@ -150,7 +122,7 @@ def test_orthanc_routes_studies_to_the_listener(listener: ListenerProcess, redis
 
     # ... whose Celery message (ids only) waits in Redis.
     messages = wait_until(
-        lambda: [m for m in analysis_messages(redis_url) if m["decoded_body"][0] == [job_id]],
+        lambda: [m for m in queued_messages(redis_url) if m["args"] == [job_id]],
         timeout=10,
         message="the job's message in Redis",
     )
@@ -159,5 +131,4 @@ def test_orthanc_routes_studies_to_the_listener(listener: ListenerProcess, redis
     assert message["headers"]["task"] == ANALYZE_STUDY
     assert message["headers"]["id"] == f"analysis-job-{job_id}-1"
     assert message["properties"]["delivery_info"]["routing_key"] == "analysis"
-    args, kwargs, _embed = message["decoded_body"]
-    assert (args, kwargs) == ([job_id], {})
+    assert (message["args"], message["kwargs"]) == ([job_id], {})

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import json
-import os
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -15,7 +12,7 @@ import redis
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from sqlalchemy import func, select
 
-from integration.config import Settings, get_settings
+from integration.config import Settings
 from integration.dicom.assembly import StudyAssembler
 from integration.dicom.header import InstanceHeader
 from integration.queue import ANALYZE_STUDY
@@ -23,17 +20,10 @@ from integration.store.ingest import Receipt, record_instance
 from integration.store.migrate import ensure_schema
 from integration.store.session import engine_for, session_scope
 from integration.store.tables import AnalysisJob, AuditEvent, Instance, JobState, Series, Study, StudyState, utcnow
+from tests.records import decode_message, queued_messages
 from tests.services import free_port
 
 CALLING_AE = "CT1"
-
-
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.upper().startswith("PACSVLM_"):
-            monkeypatch.delenv(name)
-    get_settings.cache_clear()
 
 
 @pytest.fixture
@@ -102,21 +92,6 @@ def counts(settings: Settings) -> tuple[int, int, int]:
         )
 
 
-def decode(raw: bytes | str) -> dict[str, Any]:
-    message: dict[str, Any] = json.loads(raw)
-    args, kwargs, _embed = json.loads(base64.b64decode(message["body"]))
-    message["args"], message["kwargs"] = args, kwargs
-    return message
-
-
-def redis_messages(url: str, queue: str = "analysis") -> list[dict[str, Any]]:
-    client = redis.Redis.from_url(url)
-    try:
-        return [decode(raw) for raw in client.lrange(queue, 0, -1)]
-    finally:
-        client.close()
-
-
 def assert_is_analyze_message(message: dict[str, Any], job_id: int) -> None:
     assert message["headers"]["task"] == ANALYZE_STUDY
     assert message["args"] == [job_id]
@@ -138,7 +113,7 @@ def test_stable_study_is_queued_once(settings: Settings) -> None:
     [(job_id, version, state, sends)] = jobs(settings)
     assert (version, state, sends) == (1, JobState.QUEUED, 1)
     assert study_row(settings, study_uid) == (StudyState.QUEUED, 1)
-    [message] = redis_messages(settings.broker_url)
+    [message] = queued_messages(settings.broker_url)
     assert_is_analyze_message(message, job_id)
     assert message["headers"]["id"] == f"analysis-job-{job_id}-1"
     with session_scope(settings.database_url) as session:
@@ -148,7 +123,7 @@ def test_stable_study_is_queued_once(settings: Settings) -> None:
     again = StudyAssembler(settings).run_once()  # a second pass (also a restarted listener) adds nothing
     assert (again.jobs_created, again.sent) == (0, 0)
     assert len(jobs(settings)) == 1
-    assert len(redis_messages(settings.broker_url)) == 1
+    assert len(queued_messages(settings.broker_url)) == 1
 
 
 def test_a_study_still_receiving_is_not_queued(settings: Settings) -> None:
@@ -157,7 +132,7 @@ def test_a_study_still_receiving_is_not_queued(settings: Settings) -> None:
     assembler = StudyAssembler(settings)
     assert assembler.run_once().jobs_created == 0
     assert study_row(settings, study_uid) == (StudyState.RECEIVING, 1)
-    assert redis_messages(settings.broker_url) == []
+    assert queued_messages(settings.broker_url) == []
     time.sleep(2.2)
     assert assembler.run_once().jobs_created == 1
     assert study_row(settings, study_uid) == (StudyState.QUEUED, 1)
@@ -199,7 +174,7 @@ def test_late_instance_makes_a_new_version_and_supersedes_the_queued_job(setting
     assert (job1, v1, state1) == (first_job, 1, JobState.SUPERSEDED)
     assert (v2, state2, sends2) == (2, JobState.QUEUED, 1)
     assert study_row(settings, study_uid) == (StudyState.QUEUED, 2)
-    messages = redis_messages(settings.broker_url)
+    messages = queued_messages(settings.broker_url)
     assert sorted(m["args"][0] for m in messages) == [job1, job2]
     with session_scope(settings.database_url) as session:
         versions = session.scalars(select(Instance.study_version).order_by(Instance.id)).all()
@@ -253,12 +228,12 @@ def test_reconciler_resends_a_lost_message(migrated_postgres_url: str, redis_url
         client.flushdb()  # the broker lost its queue
     finally:
         client.close()
-    assert redis_messages(redis_url) == []
+    assert queued_messages(redis_url) == []
 
     time.sleep(0.7)
     result = assembler.run_once()
     assert (result.jobs_created, result.sent) == (0, 1)
-    [message] = redis_messages(redis_url)
+    [message] = queued_messages(redis_url)
     assert_is_analyze_message(message, job_id)
     assert message["headers"]["id"] == f"analysis-job-{job_id}-2"
     [(_, _, state, sends)] = jobs(settings)
@@ -285,7 +260,7 @@ def test_an_unreachable_broker_keeps_the_job_for_later(
 
     working = settings.model_copy(update={"broker_url": redis_url})
     assert StudyAssembler(working).run_once().sent == 1  # the next pass with a broker sends it
-    [message] = redis_messages(redis_url)
+    [message] = queued_messages(redis_url)
     assert_is_analyze_message(message, job_id)
     assert study_row(settings, study_uid) == (StudyState.QUEUED, 1)
 
@@ -309,7 +284,7 @@ def test_embedded_defaults_queue_to_the_file_system(tmp_path: Path) -> None:
     assert study_row(settings, study_uid) == (StudyState.QUEUED, 1)
     files = sorted((tmp_path / "broker" / "queue").iterdir())
     assert len(files) == 1
-    assert_is_analyze_message(decode(files[0].read_bytes()), job_id)
+    assert_is_analyze_message(decode_message(files[0].read_bytes()), job_id)
 
     assert StudyAssembler(settings).run_once().jobs_created == 0
     assert len(list((tmp_path / "broker" / "queue").iterdir())) == 1
