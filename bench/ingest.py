@@ -2,7 +2,7 @@
 
 The benchmark generates one synthetic CT series (by default 300 instances of
 512 x 512 16-bit pixels, about 157 MB) and sends it with dcmtk's ``storescu``
-(one association, 128 KiB PDUs, ``TCP_NODELAY``) to three receivers that it
+(one association, 128 KiB PDUs, ``TCP_NODELAY``) to four receivers that it
 starts itself on free local ports:
 
 ``storescp``
@@ -14,11 +14,15 @@ starts itself on free local ports:
     Redis broker, fsync on.  It answers a C-STORE only after the file was
     fsynced, hard-linked to its final name, its folder fsynced and the
     database row committed.
+``pynetdicom-floor``
+    our AE and association server with a C-STORE handler that stores nothing
+    (``bench/pynetdicom_floor.py``): what pynetdicom's network and DIMSE layer
+    costs before any storing, the floor under ``ours``.
 
 What is measured is the wall-clock time of the ``storescu`` process, from
 association request to release, i.e. the time until the sender has a success
 status for every instance.  Each round sends the series once to every receiver
-in turn (storescp, orthanc, ours) and every round stores fresh: the receivers
+in turn (storescp, orthanc, ours, pynetdicom-floor) and every round stores fresh: the receivers
 are emptied between sends, so nothing is skipped as a duplicate.  After each
 send the benchmark checks that the receiver holds every instance.
 
@@ -485,7 +489,52 @@ class OurListener(Receiver):
             client.close()
 
 
-RECEIVERS: tuple[type[Receiver], ...] = (StoreSCP, Orthanc, OurListener)
+class PynetdicomFloor(Receiver):
+    """Our AE and server with a C-STORE handler that stores nothing: pynetdicom's own cost per instance."""
+
+    name = "pynetdicom-floor"
+    called_ae = "PACSVLM"
+
+    def __init__(self, workdir: Path) -> None:
+        super().__init__(workdir)
+        self.counter = workdir / "answers"
+        self.counter.touch()
+        self.server = ManagedProcess(
+            name="pynetdicom floor",
+            command=[
+                sys.executable,
+                "-m",
+                "bench.pynetdicom_floor",
+                "--port",
+                str(self.port),
+                "--calling-ae",
+                CALLING_AE,
+                "--counter",
+                str(self.counter),
+            ],
+            env={key: value for key, value in os.environ.items() if not key.startswith("PACSVLM_")},
+            log_path=workdir / "floor.log",
+            cwd=REPO,
+        )
+
+    def start(self) -> None:  # noqa: D102
+        self.server.start()
+        wait_until(lambda: port_open(self.port), "open DICOM port", self.server)
+
+    def stop(self) -> None:  # noqa: D102
+        self.server.stop()
+
+    def clear(self) -> None:  # noqa: D102
+        self.counter.write_bytes(b"")
+
+    def count(self) -> int:  # noqa: D102
+        return self.counter.stat().st_size
+
+    def log_tail(self) -> str:  # noqa: D102
+        return self.server.log_tail()
+
+
+RECEIVERS: tuple[type[Receiver], ...] = (StoreSCP, Orthanc, OurListener, PynetdicomFloor)
 
 
 # --------------------------------------------------------------------------- measuring

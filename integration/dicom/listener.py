@@ -40,10 +40,11 @@ class ListenerConfigError(ValueError):
     """The settings do not allow a safe listener (for example, nobody may send)."""
 
 
-class _NoDelayServer(ThreadedAssociationServer):
+class NoDelayServer(ThreadedAssociationServer):
     """Association server that disables Nagle on every accepted socket."""
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        """Accept a connection and set TCP_NODELAY (C-STORE responses are small)."""
         client, address = super().get_request()
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return client, address
@@ -308,7 +309,7 @@ class Listener:
         server = self.ae.make_server(
             (self.settings.listen_host, self.settings.listen_port),
             evt_handlers=self.scp.handlers(),
-            server_class=_NoDelayServer,
+            server_class=NoDelayServer,
         )
         self._server = server
         self.ae._servers.append(server)  # so that pynetdicom's shutdown() finds it

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, case, text
+from sqlalchemy import Connection, Table, case
 from sqlalchemy.dialects import sqlite
 
 from integration.dicom.header import InstanceHeader
@@ -41,12 +41,12 @@ class Receipt:
     duplicate: bool
 
 
-_POSTGRES_RECORD = text(
-    """
+#: Driver-level SQL (psycopg named parameters): it skips SQLAlchemy's statement compilation on the hot path.
+_POSTGRES_RECORD = """
     WITH study AS (
         INSERT INTO studies (study_uid, state, version, calling_ae, first_received_at, last_received_at,
                              stable_after, updated_at)
-        VALUES (:study_uid, 'receiving', 1, :calling_ae, :now, :now, :stable_after, :now)
+        VALUES (%(study_uid)s, 'receiving', 1, %(calling_ae)s, %(now)s, %(now)s, %(stable_after)s, %(now)s)
         ON CONFLICT (study_uid) DO UPDATE SET
             version = CASE WHEN studies.state <> 'receiving' THEN studies.version + 1 ELSE studies.version END,
             state = 'receiving',
@@ -57,21 +57,20 @@ _POSTGRES_RECORD = text(
         RETURNING id, version
     ), series_row AS (
         INSERT INTO series (series_uid, study_id, modality, body_part, series_number)
-        SELECT :series_uid, study.id, :modality, :body_part, :series_number FROM study
+        SELECT %(series_uid)s, study.id, %(modality)s, %(body_part)s, %(series_number)s FROM study
         ON CONFLICT (series_uid) DO UPDATE SET series_uid = excluded.series_uid
         RETURNING id
     ), instance_row AS (
         INSERT INTO instances (sop_instance_uid, sop_class_uid, series_id, study_version, instance_number,
                                storage_path, size_bytes, transfer_syntax_uid, calling_ae, received_at)
-        SELECT :sop_instance_uid, :sop_class_uid, series_row.id, study.version, :instance_number,
-               :storage_path, :size_bytes, :transfer_syntax_uid, :calling_ae, :now
+        SELECT %(sop_instance_uid)s, %(sop_class_uid)s, series_row.id, study.version, %(instance_number)s,
+               %(storage_path)s, %(size_bytes)s, %(transfer_syntax_uid)s, %(calling_ae)s, %(now)s
         FROM series_row, study
         ON CONFLICT (sop_instance_uid) DO NOTHING
         RETURNING id
     )
     SELECT study.id, study.version, (SELECT count(*) FROM instance_row) FROM study
     """
-)
 
 
 def record_instance(
@@ -133,7 +132,7 @@ def record_instance(
         "stable_after": received_at + timedelta(seconds=stable_seconds),
     }
     if connection.dialect.name == "postgresql":
-        study_id, version, inserted = connection.execute(_POSTGRES_RECORD, params).one()
+        study_id, version, inserted = connection.exec_driver_sql(_POSTGRES_RECORD, params).one()
     else:
         study_id, version, inserted = _record_stepwise(connection, params)
     receipt = Receipt(study_id, version, duplicate=not inserted)
