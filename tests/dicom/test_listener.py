@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
 
 import pydicom
@@ -345,3 +346,47 @@ def test_embedded_defaults_sqlite_and_file_system_queue(listener_factory, tmp_pa
     body = json.loads(messages[0].read_text())
     assert body["headers"]["task"] == ANALYZE_STUDY and body["headers"]["argsrepr"] == f"[{job_id}]"
     assert len(listener.stored_files()) == 1
+
+
+def test_association_limit_rejects_the_extra_association(listener_factory, migrated_postgres_url, redis_url) -> None:
+    # pynetdicom keeps a bare TCP connection (our readiness probe) in its count until the ACSE timeout ends it.
+    env = {"PACSVLM_MAX_ASSOCIATIONS": "2", "PACSVLM_ACSE_TIMEOUT": "1"}
+    listener = listener_factory(migrated_postgres_url, redis_url, extra_env=env)
+    ae = AE(ae_title="STORESCU")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    time.sleep(2)
+    held = [ae.associate("127.0.0.1", listener.port, ae_title="PACSVLM") for _ in range(2)]
+    try:
+        assert all(assoc.is_established for assoc in held)
+        extra = ae.associate("127.0.0.1", listener.port, ae_title="PACSVLM")
+        assert extra.is_rejected
+    finally:
+        for assoc in held:
+            assoc.release()
+    wait_until(lambda: "too many concurrent associations" in listener.log(), timeout=10, message="limit log line")
+    again = ae.associate("127.0.0.1", listener.port, ae_title="PACSVLM")  # the released slots are free again
+    assert again.is_established
+    again.release()
+
+
+def test_idle_association_is_closed_after_the_network_timeout(listener_factory, migrated_postgres_url, redis_url):
+    listener = listener_factory(migrated_postgres_url, redis_url, extra_env={"PACSVLM_NETWORK_TIMEOUT": "1"})
+    ae = AE(ae_title="STORESCU")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    assoc = ae.associate("127.0.0.1", listener.port, ae_title="PACSVLM")
+    assert assoc.is_established
+    wait_until(lambda: not assoc.is_established, timeout=15, message="the listener to end the idle association")
+    assert assoc.is_aborted or assoc.is_released
+
+
+def test_storage_below_headroom_refuses_with_out_of_resources(
+    listener_factory, migrated_postgres_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    listener = listener_factory(migrated_postgres_url, redis_url, extra_env={"PACSVLM_MIN_FREE_BYTES": str(10**18)})
+    result = storescu(listener.port, write_ct_series(tmp_path / "ct", 3, rows=64, columns=64), extra=["-v", "-nh"])
+    assert result.stderr.count("Refused: OutOfResources") == 3, result.stderr[-800:]
+    assert listener.stored_files() == [] and listener.partial_files() == []
+    assert db_rows(listener.database_url, "SELECT count(*) FROM instances") == [(0,)]
+    assert "storage headroom exhausted" in listener.log()
+    ok = storescu(listener.port, [pydicom_test_file("CT_small.dcm")], extra=["-v"])  # listener still up
+    assert "OutOfResources" in ok.stderr
