@@ -1,4 +1,4 @@
-"""The floor under any pynetdicom storage SCP: our AE and server, a C-STORE handler that stores nothing.
+"""A pynetdicom storage SCP whose C-STORE handler stores nothing: the floor of a pynetdicom-based listener.
 
 Run by ``bench.ingest`` as the ``pynetdicom-floor`` receiver. It answers every
 C-STORE with success without touching disk or database, and appends one byte
@@ -11,14 +11,36 @@ from __future__ import annotations
 
 import argparse
 import signal
+import socket
 import threading
 from pathlib import Path
 from typing import Any
 
-from pynetdicom import evt
+from pynetdicom import AE, VerificationPresentationContexts, _config, evt
+from pynetdicom.transport import ThreadedAssociationServer
 
-from integration.config import Settings
-from integration.dicom.listener import NoDelayServer, build_ae
+from integration.dicom.listener import acceptor_contexts
+
+
+class NoDelayServer(ThreadedAssociationServer):
+    """Association server that disables Nagle on every accepted socket."""
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        """Accept a connection and set TCP_NODELAY (C-STORE responses are small)."""
+        client, address = super().get_request()
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return client, address
+
+
+def build_ae(calling_ae: str) -> AE:
+    """Build a pynetdicom AE with our contexts and limits (the listener before it moved to asyncio)."""
+    _config.LOG_HANDLER_LEVEL = "none"  # per-PDU debug formatting costs more than the store itself
+    ae = AE(ae_title="PACSVLM")
+    ae.require_called_aet = True
+    ae.require_calling_aet = [calling_ae]
+    ae.maximum_pdu_size = 131_072
+    ae.supported_contexts = [*acceptor_contexts()[:-1], *VerificationPresentationContexts]
+    return ae
 
 
 def main() -> None:
@@ -27,14 +49,13 @@ def main() -> None:
     parser.add_argument("--calling-ae", required=True, help="the one calling AE allowed")
     parser.add_argument("--counter", type=Path, required=True, help="file that gets one byte per C-STORE")
     args = parser.parse_args()
-    settings = Settings(calling_aes={args.calling_ae: {}}, listen_host="127.0.0.1", listen_port=args.port)
     counter = args.counter.open("ab", buffering=0)
 
     def on_store(event: Any) -> int:
         counter.write(b".")
         return 0
 
-    ae = build_ae(settings)
+    ae = build_ae(args.calling_ae)
     server = ae.make_server(
         ("127.0.0.1", args.port), evt_handlers=[(evt.EVT_C_STORE, on_store)], server_class=NoDelayServer
     )

@@ -63,6 +63,7 @@ class Settings(BaseSettings):
     accept_any_calling_ae: bool = False
     max_associations: Annotated[int, Field(ge=1)] = 16
     max_pdu_length: Annotated[int, Field(ge=4096, le=4_194_304)] = 131_072
+    max_instance_bytes: Annotated[int, Field(ge=1024)] = 2_147_483_648
     acse_timeout: Annotated[float, Field(gt=0)] = 30.0
     dimse_timeout: Annotated[float, Field(gt=0)] = 60.0
     network_timeout: Annotated[float, Field(gt=0)] = 60.0

@@ -91,7 +91,8 @@ class ListenerProcess:
         return sorted(p for p in self.instance_root.rglob("*.dcm"))
 
     def partial_files(self) -> list[Path]:
-        return sorted((self.instance_root / ".incoming").glob("*"))
+        """Temporary files holding data: the store also keeps a few empty ones ready, which are not partial."""
+        return sorted(path for path in (self.instance_root / ".incoming").glob("*") if path.stat().st_size > 0)
 
 
 def storescu(

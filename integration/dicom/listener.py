@@ -4,26 +4,36 @@ Handlers validate, store, commit and answer; analysis happens elsewhere.  A
 C-STORE is answered with success only after the file is on disk (fsync,
 atomic link) and its database row is committed; any failure leaves nothing
 half-written and answers a named failure status.
+
+The network side is an asyncio server (:mod:`integration.dicom.association`)
+running in its own thread; each C-STORE is stored in a worker thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import socket
 import threading
-from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
-from pynetdicom import AE, AllStoragePresentationContexts, VerificationPresentationContexts, _config, build_context, evt
-from pynetdicom.events import EventHandlerType
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom import AllStoragePresentationContexts, build_context
+from pynetdicom.presentation import PresentationContext
 from sqlalchemy.exc import SQLAlchemyError
 
 from integration.config import Settings
 from integration.dicom import status
+from integration.dicom import upper_layer as ul
 from integration.dicom.assembly import StudyAssembler
+from integration.dicom.association import (
+    VERIFICATION_SOP_CLASS,
+    Association,
+    Limits,
+    Peer,
+    Rejection,
+    StoreRequest,
+)
 from integration.dicom.header import SopClassMismatch, file_meta_bytes, read_header
 from integration.dicom.storage import InstanceStore, StorageError, StorageFull, StoredFile
 from integration.dicom.structure import InvalidInstance
@@ -40,25 +50,8 @@ class ListenerConfigError(ValueError):
     """The settings do not allow a safe listener (for example, nobody may send)."""
 
 
-class NoDelayServer(ThreadedAssociationServer):
-    """Association server that disables Nagle on every accepted socket."""
-
-    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        """Accept a connection and set TCP_NODELAY (C-STORE responses are small)."""
-        client, address = super().get_request()
-        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return client, address
-
-
-@dataclass
-class _AssociationTally:
-    calling_ae: str
-    source: str
-    statuses: Counter[str] = field(default_factory=Counter)
-
-
 class StorageSCP:
-    """Event handlers of the storage SCP, bound to one store and one database.
+    """Admission, storage and audit of the storage SCP, bound to one store and one database.
 
     Parameters
     ----------
@@ -71,54 +64,61 @@ class StorageSCP:
     def __init__(self, settings: Settings, store: InstanceStore) -> None:
         self.settings = settings
         self.store = store
-        self._tallies: dict[int, _AssociationTally] = {}
-        self._lock = threading.Lock()
         # Serialises concurrent stores of one SOP instance (first copy wins, no lost file).
         self._instance_locks = [threading.Lock() for _ in range(64)]
         self._file_writers = ThreadPoolExecutor(settings.max_associations, thread_name_prefix="instance-writer")
 
     # -- association life cycle -------------------------------------------------
 
-    def on_established(self, event: Any) -> None:
-        """Check the calling AE's allowed hosts; start the association's tally."""
-        requestor = event.assoc.requestor
-        calling_ae = requestor.ae_title.strip()
-        source = f"{requestor.address}:{requestor.port}"
-        peer = self.settings.calling_aes.get(calling_ae)
-        if peer is not None and peer.hosts and requestor.address not in peer.hosts:
-            log.warning("association aborted: calling AE %r connected from %s, not an allowed host", calling_ae, source)
-            self._audit(calling_ae, "dicom.association.rejected", source, {"reason": "host not allowed"})
-            event.assoc.abort()
-            return
-        with self._lock:
-            self._tallies[id(event.assoc)] = _AssociationTally(calling_ae, source)
+    def admit(self, request: ul.AssociationRequest, peer: Peer, *, slots_free: bool) -> Rejection | None:
+        """Decide on an association request: called AE, calling AE and its hosts, free slots.
 
-    def on_rejected(self, event: Any) -> None:
-        """Log (AE and address) and audit an association the ACSE layer rejected."""
-        requestor = event.assoc.requestor
-        calling_ae = str(requestor.ae_title).strip()
-        request = requestor.primitive
-        called_ae = str(request.called_ae_title).strip() if request is not None else self.settings.ae_title
-        source = f"{requestor.address}:{requestor.port}"
-        if calling_ae not in self.settings.calling_aes and not self.settings.accept_any_calling_ae:
-            reason = "calling AE not in the allowlist"
-        elif called_ae != self.settings.ae_title:
-            reason = f"called AE is not ours ({called_ae!r})"
-        else:
-            reason = "too many concurrent associations"
-        log.warning("association rejected: calling AE %r from %s: %s", calling_ae, source, reason)
-        self._audit(calling_ae, "dicom.association.rejected", source, {"reason": reason})
+        Parameters
+        ----------
+        request : AssociationRequest
+            The decoded A-ASSOCIATE-RQ.
+        peer : Peer
+            The requestor's address.
+        slots_free : bool
+            Whether an association slot was available.
 
-    def on_ended(self, event: Any) -> None:
+        Returns
+        -------
+        Rejection or None
+            Why it is refused, or None to accept.
+        """
+        if request.application_context != ul.APPLICATION_CONTEXT:
+            return Rejection("application context not supported", diagnostic=ul.REASON_APPLICATION_CONTEXT)
+        if not request.protocol_version & 1:
+            return Rejection("protocol version not supported")
+        settings = self.settings
+        if not settings.accept_any_calling_ae and request.calling_ae not in settings.calling_aes:
+            return Rejection("calling AE not in the allowlist", diagnostic=ul.REASON_CALLING_AE)
+        if request.called_ae != settings.ae_title:
+            return Rejection(f"called AE is not ours ({request.called_ae!r})", diagnostic=ul.REASON_CALLED_AE)
+        allowed = settings.calling_aes.get(request.calling_ae)
+        if allowed is not None and allowed.hosts and peer.address not in allowed.hosts:
+            return Rejection("connected from a host not allowed for this calling AE", diagnostic=ul.REASON_CALLING_AE)
+        if not slots_free:
+            return Rejection(
+                "too many concurrent associations",
+                result=ul.REJECTED_TRANSIENT,
+                source=ul.SOURCE_PRESENTATION,
+                diagnostic=ul.REASON_LOCAL_LIMIT,
+            )
+        return None
+
+    def rejected(self, request: ul.AssociationRequest, peer: Peer, rejection: Rejection) -> None:
+        """Log (AE and address) and audit a refused association."""
+        calling_ae, reason = request.calling_ae, rejection.reason
+        log.warning("association rejected: calling AE %r from %s: %s", calling_ae, peer.source, reason)
+        self._audit(request.calling_ae, "dicom.association.rejected", peer.source, {"reason": rejection.reason})
+
+    def ended(self, peer: Peer, how: str) -> None:
         """Log and audit what an association stored when it is released or aborted."""
-        with self._lock:
-            tally = self._tallies.pop(id(event.assoc), None)
-        if tally is None:
-            return
-        ended = "released" if event.event is evt.EVT_RELEASED else "aborted"
-        counts = dict(tally.statuses)
-        log.info("association from %r at %s %s: %s", tally.calling_ae, tally.source, ended, counts or "no instances")
-        self._audit(tally.calling_ae, "dicom.association", tally.source, {"ended": ended, "instances": counts})
+        counts = dict(peer.statuses)
+        log.info("association from %r at %s %s: %s", peer.calling_ae, peer.source, how, counts or "no instances")
+        self._audit(peer.calling_ae, "dicom.association", peer.source, {"ended": how, "instances": counts})
 
     def _audit(self, calling_ae: str, action: str, source: str, detail: dict[str, Any]) -> None:
         try:
@@ -127,39 +127,37 @@ class StorageSCP:
         except SQLAlchemyError as exc:
             log.warning("audit event %s not recorded (database): %s", action, type(exc).__name__)
 
-    # -- DIMSE ------------------------------------------------------------------------
+    # -- C-STORE ------------------------------------------------------------------
 
-    def on_echo(self, event: Any) -> int:
-        """Answer C-ECHO."""
-        return status.SUCCESS
+    def store_instance(self, request: StoreRequest) -> tuple[int, str]:
+        """Store one instance durably; return its DIMSE status and an outcome label.
 
-    def on_store(self, event: Any) -> int:
-        """Store one instance durably and answer its status."""
-        calling_ae = event.assoc.requestor.ae_title.strip()
+        Parameters
+        ----------
+        request : StoreRequest
+            The C-STORE request's UIDs, transfer syntax, data set bytes and calling AE.
+
+        Returns
+        -------
+        tuple of (int, str)
+            Status code and one of ``stored``, ``duplicate``, ``refused``, ``error``.
+        """
+        lock = self._instance_locks[hash(request.sop_instance_uid) % len(self._instance_locks)]
         try:
-            code, outcome = self._store(event, calling_ae)
+            with lock:
+                return self._store_locked(request)
         except Exception:
-            log.exception("C-STORE from %r failed unexpectedly", calling_ae)
-            code, outcome = status.PROCESSING_FAILURE, "error"
-        tally = self._tallies.get(id(event.assoc))
-        if tally is not None:
-            tally.statuses[outcome] += 1
-        return code
+            log.exception("C-STORE from %r failed unexpectedly", request.calling_ae)
+            return status.PROCESSING_FAILURE, "error"
 
-    def _store(self, event: Any, calling_ae: str) -> tuple[int, str]:
-        request = event.request
-        transfer_syntax = str(event.context.transfer_syntax)
-        lock = self._instance_locks[hash(str(request.AffectedSOPInstanceUID)) % len(self._instance_locks)]
-        with lock, request.DataSet.getbuffer() as data:
-            return self._store_locked(data, transfer_syntax, request, calling_ae)
-
-    def _store_locked(self, data: memoryview, transfer_syntax: str, request: Any, calling_ae: str) -> tuple[int, str]:
+    def _store_locked(self, request: StoreRequest) -> tuple[int, str]:
+        data, transfer_syntax, calling_ae = request.dataset, request.transfer_syntax, request.calling_ae
         try:
             header = read_header(
                 data,
                 transfer_syntax,
-                expected_sop_class_uid=str(request.AffectedSOPClassUID),
-                expected_sop_instance_uid=str(request.AffectedSOPInstanceUID),
+                expected_sop_class_uid=request.sop_class_uid,
+                expected_sop_instance_uid=request.sop_instance_uid,
             )
         except SopClassMismatch as exc:
             log.warning("C-STORE from %r refused: %s", calling_ae, exc)
@@ -223,60 +221,24 @@ class StorageSCP:
         if stored.created:  # ours (written or replacing an orphan); never a first copy we found in place
             self.store.remove(stored.relative_path)
 
-    def handlers(self) -> list[EventHandlerType]:
-        """Return the pynetdicom event handler bindings."""
-        return [
-            (evt.EVT_C_ECHO, self.on_echo),
-            (evt.EVT_C_STORE, self.on_store),
-            (evt.EVT_ESTABLISHED, self.on_established),
-            (evt.EVT_REJECTED, self.on_rejected),
-            (evt.EVT_RELEASED, self.on_ended),
-            (evt.EVT_ABORTED, self.on_ended),
-        ]
 
-
-def build_ae(settings: Settings) -> AE:
-    """Build the application entity: contexts, allowlist, limits and timeouts.
-
-    Parameters
-    ----------
-    settings : Settings
-        The settings.
+def acceptor_contexts() -> list[PresentationContext]:
+    """Return the presentation contexts we accept: every storage SOP class, plus verification.
 
     Returns
     -------
-    pynetdicom.AE
-        The configured AE.
-
-    Raises
-    ------
-    ListenerConfigError
-        If no calling AE is allowed and ``accept_any_calling_ae`` is off.
+    list of PresentationContext
+        Abstract syntaxes with the transfer syntaxes we take for them.
     """
-    if not settings.calling_aes and not settings.accept_any_calling_ae:
-        raise ListenerConfigError(
-            "no calling AE may send: set PACSVLM_CALLING_AES (JSON, e.g. '{\"MODALITY1\": {}}') "
-            "or PACSVLM_ACCEPT_ANY_CALLING_AE=true"
-        )
-    _config.LOG_HANDLER_LEVEL = "none"  # per-PDU debug formatting costs more than the store itself
-    ae = AE(ae_title=settings.ae_title)
-    ae.require_called_aet = True
-    ae.require_calling_aet = [] if settings.accept_any_calling_ae else sorted(settings.calling_aes)
-    ae.maximum_associations = settings.max_associations
-    ae.maximum_pdu_size = settings.max_pdu_length
-    ae.acse_timeout = settings.acse_timeout
-    ae.dimse_timeout = settings.dimse_timeout
-    ae.network_timeout = settings.network_timeout
     contexts = [
         build_context(str(cx.abstract_syntax), ACCEPTED_TRANSFER_SYNTAXES) for cx in AllStoragePresentationContexts
     ]
-    contexts.extend(VerificationPresentationContexts)
-    ae.supported_contexts = contexts
-    return ae
+    contexts.append(build_context(VERIFICATION_SOP_CLASS, ACCEPTED_TRANSFER_SYNTAXES[:3]))
+    return contexts
 
 
 class Listener:
-    """The running listener: association server plus study assembly.
+    """The running listener: the association server in its own event-loop thread, plus study assembly.
 
     Parameters
     ----------
@@ -284,47 +246,131 @@ class Listener:
         The settings.
     assemble : bool
         Also run the study-assembly loop in this process.
+
+    Raises
+    ------
+    ListenerConfigError
+        If no calling AE is allowed and ``accept_any_calling_ae`` is off.
     """
 
+    #: Seconds :meth:`stop` waits for C-STOREs in progress before aborting their associations.
+    STOP_GRACE_SECONDS = 30.0
+
     def __init__(self, settings: Settings, *, assemble: bool = True) -> None:
+        if not settings.calling_aes and not settings.accept_any_calling_ae:
+            raise ListenerConfigError(
+                "no calling AE may send: set PACSVLM_CALLING_AES (JSON, e.g. '{\"MODALITY1\": {}}') "
+                "or PACSVLM_ACCEPT_ANY_CALLING_AE=true"
+            )
         self.settings = settings
         self.store = InstanceStore(settings.instance_root, fsync=settings.fsync, min_free_bytes=settings.min_free_bytes)
         self.scp = StorageSCP(settings, self.store)
-        self.ae = build_ae(settings)
         self.assembler = StudyAssembler(settings) if assemble else None
-        self._server: ThreadedAssociationServer | None = None
+        self.contexts = acceptor_contexts()
+        self.limits = Limits(
+            max_pdu_length=settings.max_pdu_length,
+            acse_timeout=settings.acse_timeout,
+            network_timeout=settings.network_timeout,
+            max_dataset_bytes=settings.max_instance_bytes,
+        )
+        # Storing blocks (fsync, commit): one thread per allowed association, plus audit work.
+        self._storers = ThreadPoolExecutor(settings.max_associations + 2, thread_name_prefix="c-store")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: asyncio.Server | None = None
         self._thread: threading.Thread | None = None
+        self._associations: set[asyncio.Task[None]] = set()
+        self._active: dict[asyncio.Task[None], Association] = {}
+        self._slots = 0
+        self._port = 0
 
     @property
     def port(self) -> int:
         """The bound TCP port (useful when configured as 0)."""
-        assert self._server is not None
-        return int(self._server.server_address[1])
+        return self._port
 
     def start(self) -> None:
-        """Sweep leftovers of a crash, bind the port and start serving in threads."""
+        """Sweep leftovers of a crash, bind the port and start serving in a thread."""
         removed = self.store.sweep_incoming()
         if removed:
             log.warning("removed %d partial files left by an earlier stop", removed)
-        server = self.ae.make_server(
-            (self.settings.listen_host, self.settings.listen_port),
-            evt_handlers=self.scp.handlers(),
-            server_class=NoDelayServer,
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        self._server = loop.run_until_complete(
+            asyncio.start_server(
+                self._on_connection,
+                self.settings.listen_host,
+                self.settings.listen_port,
+                limit=self.settings.max_pdu_length + 64,
+                reuse_address=True,
+            )
         )
-        self._server = server
-        self.ae._servers.append(server)  # so that pynetdicom's shutdown() finds it
-        self._thread = threading.Thread(target=server.serve_forever, name="dicom-listener", daemon=True)
+        self._port = int(self._server.sockets[0].getsockname()[1])
+        self._thread = threading.Thread(target=loop.run_forever, name="dicom-listener", daemon=True)
         self._thread.start()
         if self.assembler is not None:
             self.assembler.start()
         log.info("listening as %r on %s:%d", self.settings.ae_title, self.settings.listen_host, self.port)
 
     def stop(self) -> None:
-        """Stop accepting, end the assembly loop and close the port."""
+        """Stop accepting, let C-STOREs in progress finish, end associations and the assembly loop."""
         if self.assembler is not None:
             self.assembler.stop()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+        loop = self._loop
+        if loop is None:
+            return
+        if loop.is_running():
+            done = asyncio.run_coroutine_threadsafe(self._shutdown(), loop)
+            done.result(timeout=self.STOP_GRACE_SECONDS + 15)
+            loop.call_soon_threadsafe(loop.stop)
         if self._thread is not None:
             self._thread.join(timeout=10)
+        loop.close()
+        self._storers.shutdown(wait=True)
+        self.store.close()
+        self._loop = None
+
+    async def _shutdown(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        deadline = asyncio.get_running_loop().time() + self.STOP_GRACE_SECONDS
+        while any(a.storing for a in self._active.values()) and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        for task in list(self._associations):
+            task.cancel()
+        await asyncio.gather(*self._associations, return_exceptions=True)
+
+    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        association = Association(
+            reader,
+            writer,
+            self.scp,
+            self.contexts,
+            self.limits,
+            self._run_blocking,
+            self._take_slot,
+            self._release_slot,
+        )
+        self._associations.add(task)
+        self._active[task] = association
+        try:
+            await association.run()
+        except asyncio.CancelledError:
+            pass  # cancelled by stop(); the association has sent its A-ABORT
+        finally:
+            self._associations.discard(task)
+            self._active.pop(task, None)
+
+    def _run_blocking(self, function: Any, *args: Any) -> asyncio.Future[Any]:
+        assert self._loop is not None
+        return self._loop.run_in_executor(self._storers, partial(function, *args))
+
+    def _take_slot(self) -> bool:
+        if self._slots >= self.settings.max_associations:
+            return False
+        self._slots += 1
+        return True
+
+    def _release_slot(self) -> None:
+        self._slots -= 1

@@ -15,6 +15,8 @@ CANNOT_UNDERSTAND: Final = 0xC000
 SOP_CLASS_NOT_SUPPORTED: Final = 0x0122
 #: Failure: processing failure (an unexpected error in our own code).
 PROCESSING_FAILURE: Final = 0x0110
+#: Refused: unrecognized operation (a DIMSE service we do not provide).
+UNRECOGNIZED_OPERATION: Final = 0x0211
 
 NAMES: Final = {
     SUCCESS: "Success",
@@ -23,4 +25,5 @@ NAMES: Final = {
     CANNOT_UNDERSTAND: "Error: Cannot Understand",
     SOP_CLASS_NOT_SUPPORTED: "Refused: SOP Class Not Supported",
     PROCESSING_FAILURE: "Failure: Processing Failure",
+    UNRECOGNIZED_OPERATION: "Refused: Unrecognized Operation",
 }

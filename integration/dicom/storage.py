@@ -5,6 +5,10 @@ A file is written to a temporary name on the same file system, flushed with
 existing file, so the first copy of a SOP instance wins) and the directory is
 flushed.  Paths are built only from UIDs that :mod:`integration.dicom.header`
 has validated (digits and dots), never from raw input.
+
+Creating a file and opening a folder both wait for the file system's journal,
+so the store keeps a few empty temporary files created ahead of need
+(refilled in the background) and keeps the folders it flushes open.
 """
 
 from __future__ import annotations
@@ -12,8 +16,12 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,6 +77,26 @@ class InstanceStore:
         self.tmp_dir = self.root / ".incoming"
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         self._known_dirs: set[Path] = set()
+        self._lock = threading.Lock()
+        self._spares: list[tuple[Path, int]] = []
+        self._dir_fds: OrderedDict[Path, int] = OrderedDict()
+        self._refiller = ThreadPoolExecutor(1, thread_name_prefix="spare-files")
+
+    #: Empty temporary files kept ready, and folders kept open for flushing.
+    SPARE_FILES = 2
+    OPEN_FOLDERS = 64
+
+    def close(self) -> None:
+        """Remove the spare temporary files and close the folders kept open."""
+        self._refiller.shutdown(wait=True)
+        with self._lock:
+            spares, self._spares = self._spares, []
+            folders, self._dir_fds = list(self._dir_fds.values()), OrderedDict()
+        for path, fd in spares:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+        for fd in folders:
+            os.close(fd)
 
     def relative_path(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> str:
         """Return the store path of an instance, from validated UIDs only.
@@ -141,9 +169,11 @@ class InstanceStore:
         if self.min_free_bytes and self.free_bytes() - size < self.min_free_bytes:
             raise StorageFull("storage headroom exhausted")
         final = self.root / relative_path
-        tmp = self.tmp_dir / f"{uuid.uuid4().hex}.part"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            tmp, fd = self._temporary_file()
+        except OSError as exc:
+            raise StorageError(f"cannot write instance file: {exc.strerror or exc}") from exc
+        try:
             try:
                 for chunk in chunks:
                     view = memoryview(chunk)
@@ -162,6 +192,30 @@ class InstanceStore:
         finally:
             tmp.unlink(missing_ok=True)
         return StoredFile(relative_path, size, created)
+
+    def _temporary_file(self) -> tuple[Path, int]:
+        """Take a spare empty temporary file (or create one) and start refilling the spares."""
+        with self._lock:
+            spare = self._spares.pop() if self._spares else None
+        with suppress(RuntimeError):  # closing: no more spares
+            self._refiller.submit(self._refill)
+        return spare if spare is not None else self._create_temporary()
+
+    def _create_temporary(self) -> tuple[Path, int]:
+        tmp = self.tmp_dir / f"{uuid.uuid4().hex}.part"
+        return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+
+    def _refill(self) -> None:
+        while True:
+            with self._lock:
+                if len(self._spares) >= self.SPARE_FILES:
+                    return
+            try:
+                spare = self._create_temporary()
+            except OSError:
+                return  # the write path creates its own and reports the error
+            with self._lock:
+                self._spares.append(spare)
 
     def replace(self, relative_path: str, chunks: Sequence[bytes | memoryview]) -> StoredFile:
         """Overwrite a file that no database row refers to (an orphan of a crash).
@@ -220,6 +274,7 @@ class InstanceStore:
             return False
         except FileNotFoundError:  # the folder went away since we cached it
             self._known_dirs.discard(final.parent)
+            self._forget_dir(final.parent)
             self._ensure_dir(final.parent)
             os.link(tmp, final)
         return True
@@ -236,10 +291,32 @@ class InstanceStore:
             self._known_dirs.clear()
         self._known_dirs.add(directory)
 
-    @staticmethod
-    def _fsync_dir(directory: Path) -> None:
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    def _fsync_dir(self, directory: Path) -> None:
+        with self._lock:
+            kept = self._dir_fds.get(directory)
+            if kept is not None:
+                self._dir_fds.move_to_end(directory)
+                kept = os.dup(kept)  # our own descriptor: eviction may close the kept one meanwhile
+        fd = kept if kept is not None else os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(fd)
         finally:
+            if kept is None:
+                self._keep_dir(directory, fd)
+            else:
+                os.close(fd)
+
+    def _keep_dir(self, directory: Path, fd: int) -> None:
+        with self._lock:
+            if directory in self._dir_fds:
+                os.close(fd)
+                return
+            self._dir_fds[directory] = fd
+            while len(self._dir_fds) > self.OPEN_FOLDERS:
+                os.close(self._dir_fds.popitem(last=False)[1])
+
+    def _forget_dir(self, directory: Path) -> None:
+        with self._lock:
+            fd = self._dir_fds.pop(directory, None)
+        if fd is not None:
             os.close(fd)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -20,6 +22,7 @@ from tests.records import db_rows, queued_messages
 from tests.services import Postgres, start_redis
 
 ANALYZE_STUDY = "pacs_vlm.analyze_study"
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 
 
 def dataset_bytes(path: Path) -> bytes:
@@ -390,3 +393,104 @@ def test_storage_below_headroom_refuses_with_out_of_resources(
     assert "storage headroom exhausted" in listener.log()
     ok = storescu(listener.port, [pydicom_test_file("CT_small.dcm")], extra=["-v"])  # listener still up
     assert "OutOfResources" in ok.stderr
+
+
+# -- the upper-layer protocol with a raw socket (peers that break the protocol) ------------------------
+
+
+def raw_associate(port: int, calling_ae: str = "STORESCU") -> socket.socket:
+    """Open an association by hand: one CT Image Storage context (ID 1) in Explicit VR Little Endian."""
+    from pynetdicom import build_context, pdu
+    from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
+
+    primitive = A_ASSOCIATE()
+    primitive.application_context_name = "1.2.840.10008.3.1.1.1"
+    primitive.calling_ae_title, primitive.called_ae_title = calling_ae, "PACSVLM"
+    context = build_context(CT_IMAGE_STORAGE, ["1.2.840.10008.1.2.1"])
+    context.context_id = 1
+    primitive.presentation_context_definition_list = [context]
+    length = MaximumLengthNotification()
+    length.maximum_length_received = 0
+    primitive.user_information = [length]
+    request = pdu.A_ASSOCIATE_RQ()
+    request.from_primitive(primitive)
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(request.encode())
+    pdu_type, _ = read_raw_pdu(sock)
+    assert pdu_type == 0x02, "association not accepted"
+    return sock
+
+
+def read_raw_pdu(sock: socket.socket) -> tuple[int, bytes]:
+    header = sock.recv(6, socket.MSG_WAITALL)
+    if len(header) < 6:
+        return 0, b""
+    length = int.from_bytes(header[2:6], "big")
+    return header[0], sock.recv(length, socket.MSG_WAITALL)
+
+
+def command_set(command_field: int, sop_class: str, dataset_follows: bool) -> bytes:
+    from pydicom import Dataset
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    ds = Dataset()
+    ds.AffectedSOPClassUID = sop_class
+    ds.CommandField = command_field
+    ds.MessageID = 3
+    ds.Priority = 0
+    ds.CommandDataSetType = 0x0000 if dataset_follows else 0x0101
+    out = DicomBytesIO()
+    out.is_little_endian, out.is_implicit_VR = True, True
+    write_dataset(out, ds)
+    return out.getvalue()
+
+
+def test_garbage_instead_of_an_association_request_is_dropped_and_the_listener_serves_on(
+    listener: ListenerProcess,
+) -> None:
+    with socket.create_connection(("127.0.0.1", listener.port), timeout=10) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        pdu_type, _ = read_raw_pdu(sock)
+        assert pdu_type in (0, 0x07)  # closed, or A-ABORT first
+    wait_until(lambda: "unknown PDU type" in listener.log(), timeout=10, message="abort log line")
+    assert storescu(listener.port, [pydicom_test_file("CT_small.dcm")]).returncode == 0
+
+
+def test_a_pdu_above_our_maximum_length_aborts_the_association(listener: ListenerProcess) -> None:
+    sock = raw_associate(listener.port)
+    with sock:
+        sock.sendall(b"\x04\x00" + (131072 + 100).to_bytes(4, "big") + bytes(64))
+        pdu_type, body = read_raw_pdu(sock)
+        assert (pdu_type, body[2]) == (0x07, 2)  # A-ABORT from the service provider
+    wait_until(lambda: "exceeds the limit" in listener.log(), timeout=10, message="abort log line")
+
+
+def test_an_unsupported_dimse_service_gets_unrecognized_operation(listener: ListenerProcess) -> None:
+    sock = raw_associate(listener.port)
+    with sock:
+        command = command_set(0x0020, CT_IMAGE_STORAGE, dataset_follows=True)  # C-FIND-RQ on a storage context
+        identifier = b"\x08\x00\x52\x00CS\x06\x00STUDY "
+        for payload, control in ((command, 0x03), (identifier, 0x02)):
+            item = (len(payload) + 2).to_bytes(4, "big") + bytes((1, control)) + payload
+            sock.sendall(b"\x04\x00" + len(item).to_bytes(4, "big") + item)
+        pdu_type, body = read_raw_pdu(sock)
+        assert pdu_type == 0x04
+        response = pydicom.filereader.read_dataset(io.BytesIO(body[6:]), is_implicit_VR=True, is_little_endian=True)
+        assert (response.CommandField, response.Status, response.MessageIDBeingRespondedTo) == (0x8020, 0x0211, 3)
+        sock.sendall(b"\x05\x00\x00\x00\x00\x04\x00\x00\x00\x00")  # A-RELEASE-RQ
+        assert read_raw_pdu(sock)[0] == 0x06
+    assert "is not supported" in listener.log()
+
+
+def test_an_instance_above_the_size_limit_is_refused_and_not_stored(
+    listener_factory, migrated_postgres_url: str, redis_url: str
+) -> None:
+    env = {"PACSVLM_MAX_INSTANCE_BYTES": "20000"}
+    listener = listener_factory(migrated_postgres_url, redis_url, extra_env=env)
+    result = storescu(listener.port, [pydicom_test_file("CT_small.dcm")], extra=["-v", "-nh"])
+    assert "Refused: OutOfResources" in result.stderr, result.stderr[-800:]
+    assert listener.stored_files() == [] and listener.partial_files() == []
+    assert "exceeds the limit of 20000" in listener.log()
+    ok = storescu(listener.port, [pydicom_test_file("MR_small.dcm")], extra=["-v"])  # 9.8 kB: stored
+    assert "Received Store Response (Success)" in ok.stderr

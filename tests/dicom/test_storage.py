@@ -28,7 +28,8 @@ def a_path(store: InstanceStore) -> str:
 
 
 def leftovers(store: InstanceStore) -> list[Path]:
-    return sorted(store.tmp_dir.iterdir())
+    """Temporary files with data in them (the empty spares the store keeps ready do not count)."""
+    return sorted(path for path in store.tmp_dir.iterdir() if path.stat().st_size > 0)
 
 
 def test_write_creates_the_file_with_exact_content(store: InstanceStore) -> None:
@@ -184,3 +185,26 @@ def test_a_folder_removed_behind_the_cache_is_recreated(store: InstanceStore) ->
     second = store.relative_path(study, series, generate_uid())
     assert store.write(second, [b"2"]).created
     assert (store.root / second).read_bytes() == b"2"
+
+
+def test_spare_temporary_files_are_kept_ready_and_removed_on_close(store: InstanceStore) -> None:
+    store.write(a_path(store), [b"first"])
+    store._refiller.submit(lambda: None).result()  # the refill queued by the write has run
+    spares = sorted(store.tmp_dir.glob("*.part"))
+    assert len(spares) == store.SPARE_FILES and all(p.stat().st_size == 0 for p in spares)
+    relative = a_path(store)
+    assert store.write(relative, [b"second"]).created  # written through a spare
+    assert (store.root / relative).read_bytes() == b"second"
+    store.close()
+    assert list(store.tmp_dir.iterdir()) == []
+
+
+def test_many_folders_beyond_the_open_folder_cache(tmp_path: Path) -> None:
+    store = InstanceStore(tmp_path / "instances")
+    store.OPEN_FOLDERS = 3
+    written = [a_path(store) for _ in range(10)]
+    for index, relative in enumerate(written):
+        store.write(relative, [bytes([index])])
+    assert len(store._dir_fds) == 3
+    assert [(store.root / r).read_bytes() for r in written] == [bytes([i]) for i in range(10)]
+    store.close()
