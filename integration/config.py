@@ -75,6 +75,20 @@ class Settings(BaseSettings):
     resend_after_seconds: Annotated[float, Field(gt=0)] = 900.0
     analysis_queue: str = "analysis"
 
+    #: Folder of the model's weights, processor and tokenizer (staged by the administrator; never downloaded).
+    model: Path | None = None
+    #: ``auto`` (first GPU, else CPU), ``cpu`` or ``cuda:<n>``: one worker process per GPU.
+    model_device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")] = "auto"
+    max_new_tokens: Annotated[int, Field(ge=1, le=8192)] = 512
+    #: Images per study sent to the model; overrides the routing rule's number when set.
+    max_images: Annotated[int, Field(ge=1, le=1024)] | None = None
+    #: Longest image side before padding to square (the processor resizes further).
+    image_size: Annotated[int, Field(ge=64, le=4096)] = 1024
+    #: Deliveries of one analysis job before it ends ``failed`` (a study that keeps killing the worker).
+    analysis_max_attempts: Annotated[int, Field(ge=1, le=20)] = 3
+    analysis_soft_time_limit: Annotated[float, Field(gt=0)] = 1800.0
+    analysis_time_limit: Annotated[float, Field(gt=0)] = 1860.0
+
     @field_validator("ae_title")
     @classmethod
     def _ae_title_valid(cls, value: str) -> str:
@@ -84,6 +98,17 @@ class Settings(BaseSettings):
     @classmethod
     def _calling_aes_valid(cls, value: dict[str, CallingAE]) -> dict[str, CallingAE]:
         return {_check_ae_title(title): peer for title, peer in value.items()}
+
+    @model_validator(mode="after")
+    def _time_limits_ordered(self) -> Settings:
+        if self.analysis_time_limit <= self.analysis_soft_time_limit:
+            raise ValueError("analysis_time_limit must be above analysis_soft_time_limit")
+        return self
+
+    @property
+    def visibility_timeout(self) -> float:
+        """Seconds Redis waits before re-delivering an unacknowledged task: above the hard time limit."""
+        return max(3600.0, self.analysis_time_limit + 600.0)
 
     @model_validator(mode="after")
     def _fill_embedded_defaults(self) -> Settings:

@@ -46,7 +46,7 @@ def broker_options(settings: Settings) -> dict[str, Any]:
             "store_processed": False,
         }
     if settings.broker_url.startswith(("redis://", "rediss://")):
-        return {"visibility_timeout": 4 * 3600}
+        return {"visibility_timeout": settings.visibility_timeout}
     return {}
 
 

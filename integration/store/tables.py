@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Enum,
     ForeignKey,
@@ -22,6 +23,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -78,6 +80,15 @@ class JobState(enum.StrEnum):
     DONE = "done"
     FAILED = "failed"
     SUPERSEDED = "superseded"
+
+
+class ReportStatus(enum.StrEnum):
+    """Where a report stands: drafts are reviewed, then signed or rejected."""
+
+    DRAFT = "draft"
+    SUPERSEDED = "superseded"
+    SIGNED = "signed"
+    REJECTED = "rejected"
 
 
 def _enum(kind: type[enum.StrEnum], name: str) -> Enum:
@@ -200,3 +211,40 @@ class AuditEvent(Base):
     object_id: Mapped[str | None] = mapped_column(String(UID_LENGTH))
     source: Mapped[str | None] = mapped_column(String(128))
     detail: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class Report(Base):
+    """A report on one study version: the model's draft (AI-generated, unverified) and, later, signed versions.
+
+    A draft is unique per (study, study version, model, model revision, prompt version): a redelivered
+    analysis task finds the draft it already wrote instead of writing a second one.
+    """
+
+    __tablename__ = "reports"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("analysis_jobs.id", ondelete="SET NULL"), index=True)
+    study_version: Mapped[int] = mapped_column(Integer)
+    status: Mapped[ReportStatus] = mapped_column(_enum(ReportStatus, "report_status"), default=ReportStatus.DRAFT)
+    ai_generated: Mapped[bool] = mapped_column(Boolean, default=True)
+    verification: Mapped[str] = mapped_column(String(16), default="UNVERIFIED")
+    model_id: Mapped[str] = mapped_column(String(255))
+    model_revision: Mapped[str] = mapped_column(String(128))
+    model_family: Mapped[str] = mapped_column(String(32))
+    prompt_version: Mapped[str] = mapped_column(String(64))
+    structured: Mapped[bool] = mapped_column(Boolean)
+    findings: Mapped[dict[str, Any]] = mapped_column(JSON)
+    text: Mapped[str] = mapped_column(Text)
+    raw_output: Mapped[str] = mapped_column(Text)
+    evidence: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    timings: Mapped[dict[str, float]] = mapped_column(JSON)
+    tokens_in: Mapped[int] = mapped_column(Integer)
+    tokens_out: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint(
+            "study_id", "study_version", "model_id", "model_revision", "prompt_version", name="uq_reports_draft_key"
+        ),
+    )

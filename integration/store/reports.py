@@ -1,0 +1,344 @@
+"""Analysis jobs as the worker sees them: claim, fail, and record the draft report.
+
+Every function commits its own short transaction, so the database always says
+where a job stands while the model runs outside any transaction.  A job row is
+locked while its state changes (``FOR UPDATE`` on PostgreSQL), so two
+deliveries of one task never both run it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from integration.store.tables import (
+    AnalysisJob,
+    Instance,
+    JobState,
+    Report,
+    ReportStatus,
+    Series,
+    Study,
+    StudyState,
+)
+
+#: Job states after which a delivered task has nothing left to do.
+FINISHED = frozenset({JobState.DONE, JobState.FAILED, JobState.SUPERSEDED})
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    """A job the worker may run now."""
+
+    job_id: int
+    study_id: int
+    study_uid: str
+    study_version: int
+    attempt: int
+    calling_ae: str
+
+
+@dataclass(frozen=True)
+class SkippedJob:
+    """A delivered job that is not run, and why (already finished, superseded, attempts used up)."""
+
+    job_id: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class InstanceFile:
+    """One stored instance of a study, as the worker needs it."""
+
+    storage_path: str
+    sop_instance_uid: str
+    series_uid: str
+    modality: str | None
+    body_part: str | None
+
+
+@dataclass(frozen=True)
+class DraftRecord:
+    """Everything stored with a draft report."""
+
+    model_id: str
+    model_revision: str
+    model_family: str
+    prompt_version: str
+    structured: bool
+    findings: dict[str, Any]
+    text: str
+    raw_output: str
+    evidence: list[dict[str, Any]]
+    timings: dict[str, float]
+    tokens_in: int
+    tokens_out: int
+
+
+def _locked_job(session: Session, job_id: int) -> AnalysisJob | None:
+    query = select(AnalysisJob).where(AnalysisJob.id == job_id)
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update()
+    return session.scalars(query).one_or_none()
+
+
+def claim_job(session: Session, job_id: int, *, max_attempts: int, now: datetime) -> ClaimedJob | SkippedJob:
+    """Start a delivery of a job: count the attempt and mark it running, or say why not, and commit.
+
+    A delivery of a job that is already running counts as a new attempt (the
+    earlier worker was lost); past ``max_attempts`` the job ends ``failed``
+    with the reason, so a study that keeps killing the worker stops there.
+
+    Parameters
+    ----------
+    session : sqlalchemy.orm.Session
+        Open session.
+    job_id : int
+        The job from the task message.
+    max_attempts : int
+        Deliveries allowed before the job fails.
+    now : datetime
+        Current time (aware, UTC).
+
+    Returns
+    -------
+    ClaimedJob or SkippedJob
+        The job to run, or why it is not run.
+    """
+    job = _locked_job(session, job_id)
+    if job is None:
+        session.rollback()
+        return SkippedJob(job_id, "no such job")
+    if job.state in FINISHED:
+        state = job.state.value
+        session.rollback()
+        return SkippedJob(job_id, f"job already {state}")
+    study = session.get(Study, job.study_id)
+    assert study is not None
+    job.attempts += 1
+    if job.attempts > max_attempts:
+        cause = job.last_error or "the worker was lost while analysing this study"
+        reason = f"gave up after {max_attempts} attempts: {cause}"
+        _fail(session, job, study, reason, now)
+        session.commit()
+        return SkippedJob(job_id, reason)
+    job.state = JobState.RUNNING
+    job.started_at = now
+    if study.version == job.study_version and study.state in (StudyState.QUEUED, StudyState.RUNNING):
+        study.state = StudyState.RUNNING
+    claimed = ClaimedJob(job.id, study.id, study.study_uid, job.study_version, job.attempts, study.calling_ae)
+    session.commit()
+    return claimed
+
+
+def instance_files(session: Session, study_id: int, study_version: int) -> list[InstanceFile]:
+    """Return the study's instances as of a version (later arrivals belong to a later job).
+
+    Parameters
+    ----------
+    session : sqlalchemy.orm.Session
+        Open session.
+    study_id : int
+        The study.
+    study_version : int
+        The job's study version.
+
+    Returns
+    -------
+    list of InstanceFile
+        Stored instances, in arrival order.
+    """
+    rows = session.execute(
+        select(Instance.storage_path, Instance.sop_instance_uid, Series.series_uid, Series.modality, Series.body_part)
+        .join(Series, Instance.series_id == Series.id)
+        .where(Series.study_id == study_id, Instance.study_version <= study_version)
+        .order_by(Instance.id)
+    ).all()
+    return [InstanceFile(*row) for row in rows]
+
+
+def fail_job(session: Session, job_id: int, reason: str, now: datetime) -> None:
+    """End a job as ``failed`` with its reason (and its study, when it is the current version); commit.
+
+    Parameters
+    ----------
+    session : sqlalchemy.orm.Session
+        Open session.
+    job_id : int
+        The job.
+    reason : str
+        Why, for the administrator (no patient data).
+    now : datetime
+        Current time (aware, UTC).
+    """
+    job = _locked_job(session, job_id)
+    if job is None or job.state in FINISHED:
+        session.rollback()
+        return
+    study = session.get(Study, job.study_id)
+    assert study is not None
+    _fail(session, job, study, reason, now)
+    session.commit()
+
+
+def note_error(session: Session, job_id: int, error: str) -> None:
+    """Keep the last error of a job that will be retried; commit.
+
+    Parameters
+    ----------
+    session : sqlalchemy.orm.Session
+        Open session.
+    job_id : int
+        The job.
+    error : str
+        What went wrong (no patient data).
+    """
+    session.execute(update(AnalysisJob).where(AnalysisJob.id == job_id).values(last_error=error[:2000]))
+    session.commit()
+
+
+def _fail(session: Session, job: AnalysisJob, study: Study, reason: str, now: datetime) -> None:
+    job.state = JobState.FAILED
+    job.last_error = reason[:2000]
+    job.finished_at = now
+    if study.version == job.study_version and study.state in (StudyState.QUEUED, StudyState.RUNNING):
+        study.state = StudyState.FAILED
+
+
+def record_draft(session: Session, job_id: int, draft: DraftRecord, now: datetime) -> int:
+    """Store the draft of a job once, finish the job and move the study on; commit.
+
+    Idempotent: a draft for the same study version, model, revision and
+    prompt version is never written twice; the existing one's id is returned.
+    A draft of a job superseded meanwhile is kept with status ``superseded``.
+
+    Parameters
+    ----------
+    session : sqlalchemy.orm.Session
+        Open session.
+    job_id : int
+        The job.
+    draft : DraftRecord
+        The draft.
+    now : datetime
+        Current time (aware, UTC).
+
+    Returns
+    -------
+    int
+        The report id.
+    """
+    job = _locked_job(session, job_id)
+    assert job is not None
+    study = session.get(Study, job.study_id)
+    assert study is not None
+    current = job.state != JobState.SUPERSEDED and study.version == job.study_version
+    values = {
+        "study_id": job.study_id,
+        "job_id": job.id,
+        "study_version": job.study_version,
+        "status": (ReportStatus.DRAFT if current else ReportStatus.SUPERSEDED).value,
+        "ai_generated": True,
+        "verification": "UNVERIFIED",
+        "created_at": now,
+        **draft.__dict__,
+    }
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    session.execute(insert(Report).values(**values).on_conflict_do_nothing())
+    report_id = session.scalars(
+        select(Report.id).where(
+            Report.study_id == job.study_id,
+            Report.study_version == job.study_version,
+            Report.model_id == draft.model_id,
+            Report.model_revision == draft.model_revision,
+            Report.prompt_version == draft.prompt_version,
+        )
+    ).one()
+    if job.state not in FINISHED:
+        job.state = JobState.DONE
+        job.finished_at = now
+        job.last_error = None
+    if current:
+        session.execute(
+            update(Report)
+            .where(
+                Report.study_id == job.study_id,
+                Report.study_version < job.study_version,
+                Report.status == ReportStatus.DRAFT,
+            )
+            .values(status=ReportStatus.SUPERSEDED.value)
+        )
+        if study.state in (StudyState.QUEUED, StudyState.RUNNING, StudyState.FAILED):
+            study.state = StudyState.DRAFTED
+    session.commit()
+    return int(report_id)
+
+
+@dataclass(frozen=True)
+class StudyOutcome:
+    """Where a study's analysis stands: its current draft, or why its last job failed."""
+
+    study_uid: str
+    state: str
+    version: int
+    report_id: int | None
+    report_text: str | None
+    model_id: str | None
+    prompt_version: str | None
+    structured: bool | None
+    evidence_count: int
+    tokens_out: int | None
+    error: str | None
+
+
+def study_outcomes(session: Session, study_uids: list[str]) -> list[StudyOutcome]:
+    """Return the analysis outcome of each study: its newest draft, or the last job's error.
+
+    Parameters
+    ----------
+    session : sqlalchemy.orm.Session
+        Open session.
+    study_uids : list of str
+        The studies.
+
+    Returns
+    -------
+    list of StudyOutcome
+        One per study found, in the order given.
+    """
+    outcomes = []
+    for study in session.scalars(select(Study).where(Study.study_uid.in_(study_uids))):
+        report = session.scalars(
+            select(Report)
+            .where(Report.study_id == study.id, Report.status == ReportStatus.DRAFT)
+            .order_by(Report.study_version.desc(), Report.id.desc())
+            .limit(1)
+        ).one_or_none()
+        error = session.scalars(
+            select(AnalysisJob.last_error)
+            .where(AnalysisJob.study_id == study.id, AnalysisJob.state == JobState.FAILED)
+            .order_by(AnalysisJob.id.desc())
+            .limit(1)
+        ).one_or_none()
+        outcomes.append(
+            StudyOutcome(
+                study_uid=study.study_uid,
+                state=study.state.value,
+                version=study.version,
+                report_id=report.id if report else None,
+                report_text=report.text if report else None,
+                model_id=report.model_id if report else None,
+                prompt_version=report.prompt_version if report else None,
+                structured=report.structured if report else None,
+                evidence_count=len(report.evidence) if report else 0,
+                tokens_out=report.tokens_out if report else None,
+                error=error,
+            )
+        )
+    order = {uid: index for index, uid in enumerate(study_uids)}
+    return sorted(outcomes, key=lambda o: order.get(o.study_uid, len(order)))

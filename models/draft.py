@@ -1,0 +1,261 @@
+"""Turning model output (untrusted text) into a structured draft.
+
+The model is asked for a JSON object; real models wrap it in prose or code
+fences, use other key names, or answer with plain sections.  The parser takes
+what it can and never raises: output it cannot structure is kept as free text
+and flagged, so a radiologist still sees it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Limits that keep a runaway or hostile output from bloating a report.
+MAX_FINDINGS = 50
+MAX_FINDING_CHARS = 2000
+MAX_SECTION_CHARS = 4000
+MAX_RAW_CHARS = 20000
+
+#: Shown with every draft: what it is, and that nobody has verified it.
+AI_DRAFT_NOTICE = "AI-generated draft, not verified by a radiologist."
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_SECTION = re.compile(
+    r"^\s*(?:#+\s*|\*\*)?(findings|impression|conclusion|limitations?)\s*(?:\*\*)?\s*:?\s*(?:\*\*)?\s*(.*)$", re.I
+)
+_IMAGE_REF = re.compile(r"\[?\(?\b(?:images?|img|slices?)\s*#?\s*((?:\d+\s*(?:,|and|&|-|to)?\s*)+)\)?\]?", re.I)
+_BULLET = re.compile(r"^\s*(?:[-*\u2022]|\d+[.)])\s+")
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One finding and the images (1-based, as numbered in the prompt) it rests on."""
+
+    text: str
+    images: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class ParsedDraft:
+    """A draft as parsed from model output.
+
+    Attributes
+    ----------
+    findings : tuple of Finding
+        The findings, in the model's order.
+    impression : str
+        The impression ('' when none was given).
+    limitations : str
+        Limitations ('' when none were given).
+    structured : bool
+        False when the output could not be structured; then the whole text is one finding.
+    problems : tuple of str
+        What the parser had to repair or drop (shown to the reviewer, stored with the draft).
+    raw_text : str
+        The output as received (control characters removed, length capped).
+    """
+
+    findings: tuple[Finding, ...]
+    impression: str
+    limitations: str
+    structured: bool
+    problems: tuple[str, ...] = field(default=())
+    raw_text: str = ""
+
+    def as_json(self) -> dict[str, Any]:
+        """Return the JSON document stored with the report."""
+        return {
+            "findings": [{"text": f.text, "images": list(f.images)} for f in self.findings],
+            "impression": self.impression,
+            "limitations": self.limitations,
+            "structured": self.structured,
+            "problems": list(self.problems),
+        }
+
+    def as_text(self) -> str:
+        """Return the plain-text report, headed by the AI-draft notice."""
+        lines = [AI_DRAFT_NOTICE, "", "FINDINGS:"]
+        for finding in self.findings:
+            refs = f" [images {', '.join(map(str, finding.images))}]" if finding.images else ""
+            lines.append(f"- {finding.text}{refs}")
+        if self.impression:
+            lines += ["", "IMPRESSION:", self.impression]
+        if self.limitations:
+            lines += ["", "LIMITATIONS:", self.limitations]
+        return "\n".join(lines)
+
+
+def parse_draft(text: str, n_images: int) -> ParsedDraft:
+    """Parse model output into a draft; never raises.
+
+    Parameters
+    ----------
+    text : str
+        The model's output.
+    n_images : int
+        How many images the model was shown (image references outside 1..n are dropped).
+
+    Returns
+    -------
+    ParsedDraft
+        The structured draft, or the text as one flagged free-text finding.
+    """
+    raw = clean(text, MAX_RAW_CHARS)
+    problems: list[str] = []
+    document = _json_object(raw)
+    if document is not None:
+        draft = _from_json(document, n_images, problems)
+        if draft is not None:
+            return ParsedDraft(*draft, structured=True, problems=tuple(problems), raw_text=raw)
+        problems.append("JSON without findings; read as sections")
+    sections = _from_sections(raw, n_images, problems)
+    if sections is not None:
+        return ParsedDraft(*sections, structured=True, problems=tuple(problems), raw_text=raw)
+    problems.append("output not structured; kept as free text")
+    body = clean(raw, MAX_SECTION_CHARS)
+    findings = (Finding(body),) if body else ()
+    return ParsedDraft(findings, "", "", structured=False, problems=tuple(problems), raw_text=raw)
+
+
+def clean(text: Any, limit: int) -> str:
+    """Return ``text`` as a string without control characters, whitespace-trimmed and capped."""
+    value = _CONTROL.sub("", str(text)).strip()
+    return value if len(value) <= limit else value[: limit - 1].rstrip() + "\u2026"
+
+
+def _json_object(text: str) -> dict[str, Any] | None:
+    """The first JSON object in the text (bare, fenced or embedded in prose)."""
+    decoder = json.JSONDecoder()
+    start = text.find("{")
+    while start != -1:
+        try:
+            value, _ = decoder.raw_decode(text, start)
+        except json.JSONDecodeError:
+            start = text.find("{", start + 1)
+            continue
+        if isinstance(value, dict):
+            return value
+        start = text.find("{", start + 1)
+    return None
+
+
+def _pick(document: dict[str, Any], *names: str) -> Any:
+    lowered = {str(k).strip().lower(): v for k, v in document.items()}
+    for name in names:
+        if name in lowered:
+            return lowered[name]
+    return None
+
+
+def _from_json(
+    document: dict[str, Any], n_images: int, problems: list[str]
+) -> tuple[tuple[Finding, ...], str, str] | None:
+    items = _pick(document, "findings", "finding", "observations")
+    if isinstance(items, str | dict):
+        items = [items]
+    if not isinstance(items, list):
+        return None
+    findings = []
+    for item in items:
+        if isinstance(item, dict):
+            text = clean(_pick(item, "text", "finding", "description", "observation") or "", MAX_FINDING_CHARS)
+            refs = _pick(item, "images", "image", "image_indices", "image_index", "slices")
+            images = _image_numbers(refs, n_images, problems)
+        else:
+            text = clean(item, MAX_FINDING_CHARS)
+            images = _refs_in_text(text, n_images, problems)
+        if text:
+            findings.append(Finding(text, images))
+    impression = clean(_section_value(_pick(document, "impression", "conclusion", "summary")), MAX_SECTION_CHARS)
+    limitations = clean(_section_value(_pick(document, "limitations", "limitation")), MAX_SECTION_CHARS)
+    if not findings and not impression:
+        return None
+    return _capped(findings, problems), impression, limitations
+
+
+def _section_value(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return " ".join(str(v) for v in value)
+    return str(value)
+
+
+def _from_sections(text: str, n_images: int, problems: list[str]) -> tuple[tuple[Finding, ...], str, str] | None:
+    sections: dict[str, list[str]] = {}
+    current: str | None = None
+    for line in text.splitlines():
+        match = _SECTION.match(line)
+        if match:
+            name = match.group(1).lower()
+            current = "impression" if name == "conclusion" else "limitations" if name.startswith("limit") else name
+            sections.setdefault(current, [])
+            rest = match.group(2).strip(" *")
+            if rest:
+                sections[current].append(rest)
+        elif current is not None and line.strip():
+            sections[current].append(line)
+    if "findings" not in sections and "impression" not in sections:
+        return None
+    findings = []
+    for line in sections.get("findings", []):
+        text_line = clean(_BULLET.sub("", line), MAX_FINDING_CHARS)
+        if text_line:
+            findings.append(Finding(text_line, _refs_in_text(text_line, n_images, problems)))
+    impression = clean(" ".join(s.strip() for s in sections.get("impression", [])), MAX_SECTION_CHARS)
+    limitations = clean(" ".join(s.strip() for s in sections.get("limitations", [])), MAX_SECTION_CHARS)
+    return _capped(findings, problems), impression, limitations
+
+
+def _capped(findings: list[Finding], problems: list[str]) -> tuple[Finding, ...]:
+    if len(findings) > MAX_FINDINGS:
+        problems.append(f"{len(findings) - MAX_FINDINGS} findings beyond {MAX_FINDINGS} dropped")
+    return tuple(findings[:MAX_FINDINGS])
+
+
+def _refs_in_text(text: str, n_images: int, problems: list[str]) -> tuple[int, ...]:
+    numbers: list[int] = []
+    for match in _IMAGE_REF.finditer(text):
+        numbers.extend(_expand(match.group(1)))
+    return _image_numbers(numbers, n_images, problems)
+
+
+def _expand(spec: str) -> list[int]:
+    numbers: list[int] = []
+    for part in re.split(r"\s*(?:,|and|&)\s*", spec.strip()):
+        bounds = re.split(r"\s*(?:-|to)\s*", part)
+        digits = [b for b in bounds if b.isdigit()]
+        if len(digits) == 2 and int(digits[0]) <= int(digits[1]) and int(digits[1]) - int(digits[0]) < 100:
+            numbers.extend(range(int(digits[0]), int(digits[1]) + 1))
+        else:
+            numbers.extend(int(d) for d in digits)
+    return numbers
+
+
+def _image_numbers(value: Any, n_images: int, problems: list[str]) -> tuple[int, ...]:
+    """Image references as sorted unique ints within 1..n_images; others dropped and noted."""
+    candidates: Iterable[Any]
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        candidates = _expand(re.sub(r"(?i)images?|img|slices?|#", "", value))
+    elif isinstance(value, list | tuple):
+        candidates = value
+    else:
+        candidates = [value]
+    numbers: set[int] = set()
+    for candidate in candidates:
+        try:
+            number = int(candidate)
+        except (TypeError, ValueError):
+            problems.append("a non-numeric image reference was dropped")
+            continue
+        if 1 <= number <= n_images:
+            numbers.add(number)
+        else:
+            problems.append(f"image reference {number} outside 1..{n_images} dropped")
+    return tuple(sorted(numbers))

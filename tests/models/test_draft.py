@@ -1,0 +1,115 @@
+"""The tolerant parser of model output, and the prompt templates."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from models.draft import AI_DRAFT_NOTICE, MAX_FINDINGS, Finding, parse_draft
+from models.prompts import TEMPLATES, render_prompt, select_template
+
+
+def test_clean_json_is_parsed_with_image_references() -> None:
+    text = json.dumps(
+        {
+            "findings": [
+                {"text": "Right lower lobe consolidation.", "images": [2, 3]},
+                {"text": "No pleural effusion.", "images": []},
+            ],
+            "impression": "Right lower lobe pneumonia.",
+            "limitations": "Only 4 slices seen.",
+        }
+    )
+    draft = parse_draft(text, n_images=4)
+    assert draft.structured and draft.problems == ()
+    assert draft.findings == (Finding("Right lower lobe consolidation.", (2, 3)), Finding("No pleural effusion.", ()))
+    assert (draft.impression, draft.limitations) == ("Right lower lobe pneumonia.", "Only 4 slices seen.")
+
+
+def test_json_in_prose_and_code_fences_with_other_key_names() -> None:
+    text = (
+        "Sure! Here is the report:\n```json\n"
+        '{"Findings": [{"finding": "Cardiomegaly", "image": "2"}, "Small left effusion (image 1)"],'
+        ' "Conclusion": ["Cardiomegaly.", "Effusion."]}\n```\nHope this helps."'
+    )
+    draft = parse_draft(text, n_images=2)
+    assert draft.structured
+    assert draft.findings == (Finding("Cardiomegaly", (2,)), Finding("Small left effusion (image 1)", (1,)))
+    assert draft.impression == "Cardiomegaly. Effusion."
+
+
+def test_out_of_range_image_references_are_dropped_and_noted() -> None:
+    draft = parse_draft('{"findings": [{"text": "Nodule", "images": [0, 2, 9, "x"]}]}', n_images=3)
+    assert draft.findings == (Finding("Nodule", (2,)),)
+    assert any("outside 1..3" in p for p in draft.problems) and any("non-numeric" in p for p in draft.problems)
+
+
+def test_plain_sections_with_bullets_and_ranges() -> None:
+    text = (
+        "**Findings:**\n- Ground-glass opacities in both lower lobes (images 2-4).\n"
+        "2. No pneumothorax.\nIMPRESSION: Atypical infection.\nLimitations: motion artefact"
+    )
+    draft = parse_draft(text, n_images=5)
+    assert draft.structured
+    assert draft.findings[0] == Finding("Ground-glass opacities in both lower lobes (images 2-4).", (2, 3, 4))
+    assert draft.findings[1].text == "No pneumothorax."
+    assert (draft.impression, draft.limitations) == ("Atypical infection.", "motion artefact")
+
+
+def test_unstructured_output_is_kept_as_flagged_free_text() -> None:
+    draft = parse_draft("the the the lorem ipsum\x00\x07 noise", n_images=2)
+    assert not draft.structured
+    assert draft.findings == (Finding("the the the lorem ipsum noise"),)
+    assert "kept as free text" in draft.problems[-1]
+    assert parse_draft("", n_images=1).findings == ()
+
+
+def test_runaway_output_is_capped() -> None:
+    many = json.dumps({"findings": [{"text": f"finding {i}"} for i in range(MAX_FINDINGS + 20)]})
+    draft = parse_draft(many, n_images=1)
+    assert len(draft.findings) == MAX_FINDINGS and any("dropped" in p for p in draft.problems)
+    assert len(parse_draft("x" * 100_000, n_images=1).raw_text) <= 20_000
+
+
+def test_text_rendering_carries_the_ai_draft_notice() -> None:
+    draft = parse_draft('{"findings": [{"text": "Normal", "images": [1]}], "impression": "Normal study."}', 1)
+    text = draft.as_text()
+    assert text.startswith(AI_DRAFT_NOTICE)
+    assert "- Normal [images 1]" in text and "IMPRESSION:\nNormal study." in text
+    assert draft.as_json()["findings"] == [{"text": "Normal", "images": [1]}]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=2000), st.integers(min_value=0, max_value=20))
+def test_parser_never_raises_and_references_stay_in_range(text: str, n_images: int) -> None:
+    draft = parse_draft(text, n_images)
+    for finding in draft.findings:
+        assert all(1 <= i <= n_images for i in finding.images)
+        assert "\x00" not in finding.text
+
+
+@pytest.mark.parametrize(
+    ("modality", "body_part", "expected"),
+    [
+        ("CT", "CHEST", "ct-chest/v1"),
+        ("CT", "HEAD", "ct-head/v1"),
+        ("CT", "ABDOMEN", "ct/v1"),
+        ("MR", "KNEE", "mr/v1"),
+        ("DX", "CHEST", "radiograph-chest/v1"),
+        ("US", None, "general/v1"),
+        (None, None, "general/v1"),
+    ],
+)
+def test_template_selection(modality: str | None, body_part: str | None, expected: str) -> None:
+    assert select_template(modality, body_part).key == expected
+
+
+def test_prompt_numbers_images_and_quotes_the_clinical_question() -> None:
+    prompt = render_prompt(TEMPLATES[0], ["slice 1/300, lung window", "slice 150/300"], 'Cough "3 weeks"\n, fever?')
+    assert prompt.startswith("Image 1: slice 1/300, lung window\nImage 2: slice 150/300")
+    assert "The referring clinician asks: \"Cough '3 weeks' , fever?\"" in prompt
+    assert '"findings"' in prompt
+    assert len({t.key for t in TEMPLATES}) == len(TEMPLATES)
