@@ -20,6 +20,8 @@ lint: venv
 
 bench: system-deps venv
 	$(BIN)/python -m bench.ingest
+	$(BIN)/python -m bench.pipeline
+	$(BIN)/python -m bench.gpu_generate
 
 system-deps:
 	bash scripts/system-deps.sh

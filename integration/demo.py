@@ -1,30 +1,19 @@
-"""``pacs-vlm demo``: the whole ingest path on embedded defaults, with no servers to install.
+"""The ingest half of ``pacs-vlm demo`` (run by :mod:`worker.demo`): embedded settings and a C-STORE sender.
 
-Starts the listener (SQLite, file-system queue, files under ``var/demo``),
-sends the bundled sample studies and a generated CT series over DICOM
-C-STORE, waits until each study is stable and queued, and prints the result.
+The demo runs the listener on embedded defaults (SQLite, file-system queue,
+files under ``var/demo``) and sends the bundled sample studies and a generated
+CT series over DICOM C-STORE with :func:`send_files`.
 """
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-import time
 from pathlib import Path
 
 from pydicom import dcmread
 from pynetdicom import AE
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.progress import Progress
 
 from integration.config import CallingAE, Settings
-from integration.dicom.listener import Listener
-from integration.dicom.samples import write_ct_series, write_sample_studies
-from integration.queue import queue_depth
-from integration.store.migrate import ensure_schema
-from integration.store.queries import study_summaries
-from integration.store.session import session_scope
 
 DEMO_AE = "PACSVLM_DEMO"
 DEMO_DIR = Path("var/demo")
@@ -102,59 +91,3 @@ def send_files(settings: Settings, files: list[Path], progress: Progress) -> dic
     finally:
         assoc.release()
     return outcome
-
-
-def run_demo(*, keep: bool = False) -> int:
-    """Run the demo and return the process exit status.
-
-    Parameters
-    ----------
-    keep : bool
-        Keep ``var/demo`` from an earlier run instead of starting empty.
-
-    Returns
-    -------
-    int
-        0 when every study was stored, assembled and queued.
-    """
-    console = Console()
-    if not keep:
-        shutil.rmtree(DEMO_DIR, ignore_errors=True)
-    settings = demo_settings()
-    ensure_schema(settings.database_url)
-    listener = Listener(settings)
-    listener.start()
-    console.print(
-        f"[bold]pacs-vlm demo[/bold]: listener {settings.ae_title} on 127.0.0.1:{listener.port}, "
-        f"data in {DEMO_DIR}/ (SQLite, file-system queue)"
-    )
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    try:
-        with tempfile.TemporaryDirectory() as scratch, Progress(*columns, console=console) as progress:
-            folder = Path(scratch)
-            files = write_sample_studies(folder / "samples") + write_ct_series(folder / "ct", 60)
-            study_uids = sorted({str(dcmread(p, stop_before_pixels=True).StudyInstanceUID) for p in files})
-            outcome = send_files(settings, files, progress)
-            waiting = progress.add_task("studies stable and queued", total=len(study_uids))
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                with session_scope(settings.database_url) as session:
-                    rows = study_summaries(session, len(study_uids), study_uids)
-                done = sum(1 for row in rows if row.state == "queued")
-                progress.update(waiting, completed=done)
-                if done == len(study_uids):
-                    break
-                time.sleep(0.25)
-        depth = queue_depth(settings, settings.analysis_queue)
-    finally:
-        listener.stop()
-    table = Table("study", "state", "version", "series", "instances", "jobs", title="Studies received")
-    for row in rows:
-        table.add_row(
-            f"...{row.study_uid[-24:]}", row.state, str(row.version), str(row.series), str(row.instances), str(row.jobs)
-        )
-    console.print(table)
-    console.print(f"C-STORE answers: {outcome}; messages waiting in queue '{settings.analysis_queue}': {depth}")
-    ok = all(row.state == "queued" for row in rows) and len(rows) == len(study_uids) and depth >= len(study_uids)
-    console.print("[green]all studies stored, assembled and queued[/green]" if ok else "[red]demo incomplete[/red]")
-    return 0 if ok else 1

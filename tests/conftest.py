@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.peers import ListenerProcess
+from tests.peers import ListenerProcess, WorkerProcess
 from tests.services import Postgres, RedisServer, machine_redis, start_postgres
 
 #: Redis database index the tests use on a shared server (flushed per test).
@@ -88,3 +88,26 @@ def listener(
 ) -> ListenerProcess:
     """Our listener in production configuration: PostgreSQL, Redis, durable writes."""
     return listener_factory(migrated_postgres_url, redis_url)
+
+
+@pytest.fixture(scope="session")
+def smoke_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny randomly initialised LLaVA checkpoint on disk, built once per test session."""
+    from models.smoke import build_smoke_model
+
+    return build_smoke_model("llava", tmp_path_factory.mktemp("smoke-llava") / "model")
+
+
+@pytest.fixture
+def worker_factory(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start ``pacs-vlm worker`` subprocesses; all are stopped after the test."""
+    started: list[WorkerProcess] = []
+
+    def start(data_dir: Path, database_url: str, broker_url: str, model_dir: Path, **kwargs: object) -> WorkerProcess:
+        process = WorkerProcess(data_dir, database_url, broker_url, model_dir, **kwargs)  # type: ignore[arg-type]
+        started.append(process)
+        return process.start()
+
+    yield start
+    for process in started:
+        process.stop()

@@ -95,6 +95,54 @@ class ListenerProcess:
         return sorted(path for path in (self.instance_root / ".incoming").glob("*") if path.stat().st_size > 0)
 
 
+@dataclass
+class WorkerProcess:
+    """``pacs-vlm worker`` in a subprocess, sharing a listener's data folder, database and broker."""
+
+    data_dir: Path
+    database_url: str
+    broker_url: str
+    model_dir: Path
+    extra_env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PACSVLM_")}
+        env.update(
+            PACSVLM_DATA_DIR=str(self.data_dir),
+            PACSVLM_DATABASE_URL=self.database_url,
+            PACSVLM_BROKER_URL=self.broker_url,
+            PACSVLM_MODEL=str(self.model_dir),
+            PACSVLM_MODEL_DEVICE="cpu",
+            PACSVLM_MAX_NEW_TOKENS="16",
+            PACSVLM_IMAGE_SIZE="128",
+            PYTHONUNBUFFERED="1",
+        )
+        env.update(self.extra_env)
+        return env
+
+    def start(self) -> WorkerProcess:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.data_dir / f"worker-{len(list(self.data_dir.glob('worker-*.log')))}.log"
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "worker.cli", "worker", "--log-level", "info"],
+            cwd=REPO,
+            env=self.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        stop_process(self.process)
+        self.process = None
+
+
 def storescu(
     port: int,
     files: Sequence[Path],

@@ -1,4 +1,4 @@
-"""The ingest benchmark runs end to end on a small series (the full run is `make bench`, not a test)."""
+"""The benchmarks run end to end at small sizes (full runs are `make bench`, not tests)."""
 
 from __future__ import annotations
 
@@ -18,3 +18,34 @@ def test_quick_ingest_benchmark_prints_a_table_and_the_summary_line() -> None:
     for receiver in ("storescp", "orthanc", "ours", "pynetdicom-floor"):
         assert any(line.lstrip("│ ").startswith(receiver) for line in lines), receiver
     assert re.fullmatch(r"ingest ours_vs_storescp=\d+\.\d\d ours_vs_orthanc=\d+\.\d\d", lines[-1]), lines[-1]
+
+
+def test_tiny_gpu_generate_benchmark_runs_both_architectures_batched_and_not() -> None:
+    command = [
+        sys.executable,
+        "-m",
+        "bench.gpu_generate",
+        "--tiny",
+        "--images",
+        "2",
+        "--new-tokens",
+        "8",
+        "--batch",
+        "3",
+    ]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    last = result.stdout.strip().splitlines()[-1]
+    pattern = r"gpu_generate " + " ".join(
+        rf"{arch}_b{b}_studies_per_s=\d+\.\d{{3}}" for arch in ("llava-1.5-7b", "medgemma-4b") for b in (1, 3)
+    )
+    assert re.fullmatch(pattern, last), last
+
+
+def test_pipeline_benchmark_prints_the_overhead_line() -> None:
+    command = [sys.executable, "-m", "bench.pipeline", "--slices", "40", "--rounds", "2"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    lines = result.stdout.strip().splitlines()
+    assert any("radiograph" in line for line in lines) and any("CT series" in line for line in lines)
+    assert re.fullmatch(r"pipeline overhead_s=\d+\.\d{3}", lines[-1]), lines[-1]

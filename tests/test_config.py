@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,6 +12,9 @@ from pydantic import ValidationError
 from sqlalchemy.engine import make_url
 
 from integration.config import CallingAE, Settings, get_settings
+from integration.dicom.routing import RoutingRule
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_embedded_defaults() -> None:
@@ -163,3 +169,70 @@ def test_stable_seconds_for_defaults() -> None:
 def test_empty_calling_aes_is_like_unset(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PACSVLM_CALLING_AES", "")
     assert Settings().calling_aes == {}
+
+
+def test_routing_rules_default_to_unset() -> None:
+    assert Settings().routing_rules is None  # the pipeline then uses DEFAULT_RULES
+
+
+def test_routing_rules_from_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PACSVLM_ROUTING_RULES", '[{"modality": "CT", "max_images": 4}]')
+    rules = Settings().routing_rules
+    assert rules is not None
+    assert len(rules) == 1
+    assert isinstance(rules[0], RoutingRule)
+    assert rules[0] == RoutingRule(modality="CT", max_images=4)
+    assert (rules[0].modality, rules[0].max_images, rules[0].windows) == ("CT", 4, ())
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ('[{"modality": "CT", "windows": ["liver"]}]', "unknown window preset"),
+        ('[{"modality": "CT", "max_images": 0}]', "greater than or equal to 1"),
+        ('[{"modality": "MR", "windows": ["brain"]}]', "Hounsfield"),
+        ('[{"modality": "CT", "maximum_images": 4}]', "Extra inputs are not permitted"),
+        ("[]", "at least 1 item"),
+        ('{"modality": "CT"}', "valid list"),
+    ],
+)
+def test_invalid_routing_rules_are_refused(value: str, message: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PACSVLM_ROUTING_RULES", value)
+    with pytest.raises(ValidationError, match=message):
+        Settings()
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("PACSVLM_")}
+    env.update({"COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"}, **extra)
+    return env
+
+
+def test_invalid_routing_rules_are_a_settings_error_at_start_up(tmp_path: Path) -> None:
+    env = _clean_env(PACSVLM_DATA_DIR=str(tmp_path), PACSVLM_ROUTING_RULES='[{"modality": "CT", "windows": ["liver"]}]')
+    result = subprocess.run(
+        [sys.executable, "-m", "worker.cli", "listen"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert "invalid settings" in output
+    assert "PACSVLM_ROUTING_RULES" in output
+    assert "unknown window preset" in output
+    assert "Traceback" not in output
+
+
+def test_settings_import_neither_numpy_nor_pydicom() -> None:
+    code = (
+        "import sys, integration.config; "
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('numpy', 'pydicom', 'PIL')); "
+        "assert not heavy, heavy"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=_clean_env(), capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

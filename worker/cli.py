@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from integration.cli import db_app, listen, studies_app
+from worker.commands import demo, worker
 
 app = typer.Typer(
     help="pacs-vlm: a medical vision-language model beside your PACS (draft reports for radiologist review).",
@@ -16,14 +17,8 @@ app.add_typer(db_app, name="db")
 app.add_typer(studies_app, name="studies")
 
 
-@app.command("demo")
-def demo(
-    keep: bool = typer.Option(False, help="Keep the demo's data folder (var/demo) from an earlier run."),
-) -> None:
-    """Start the service on embedded defaults, send the bundled sample studies and show them queued."""
-    from integration.demo import run_demo
-
-    raise typer.Exit(run_demo(keep=keep))
+app.command("worker")(worker)
+app.command("demo")(demo)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""`pacs-vlm demo` runs the whole ingest path on embedded defaults and exits 0."""
+"""`pacs-vlm demo` runs the whole path on embedded defaults (C-STORE in, draft out) and exits 0."""
 
 from __future__ import annotations
 
@@ -12,23 +12,30 @@ from sqlalchemy import create_engine, text
 from tests.peers import REPO
 
 
-def test_demo_stores_assembles_and_queues_every_study(tmp_path: Path) -> None:
+def test_demo_drafts_every_image_study_and_explains_the_rest(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PACSVLM_")}
     result = subprocess.run(
         [sys.executable, "-m", "worker.cli", "demo"],
         cwd=tmp_path,
-        env={**env, "PYTHONPATH": str(REPO)},
+        env={**env, "PYTHONPATH": str(REPO), "COLUMNS": "200"},
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
     )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    assert "all studies stored, assembled and queued" in result.stdout
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "randomly initialised smoke test" in result.stdout
+    assert "7 of 8 studies drafted" in result.stdout
+    assert result.stdout.count("AI-generated draft, not verified by a radiologist.") == 7
+    assert (tmp_path / "var/smoke-model/llava/config.json").is_file()
     engine = create_engine(f"sqlite:///{tmp_path / 'var/demo/pacs-vlm.sqlite'}")
     with engine.connect() as conn:
-        states = conn.execute(text("SELECT state, count(*) FROM studies GROUP BY state")).all()
+        states = dict(conn.execute(text("SELECT state, count(*) FROM studies GROUP BY state")).all())
         instances = conn.execute(text("SELECT count(*) FROM instances")).scalar_one()
+        drafts = conn.execute(
+            text("SELECT count(*) FROM reports WHERE status = 'draft' AND verification = 'UNVERIFIED' AND ai_generated")
+        ).scalar_one()
+        errors = conn.execute(text("SELECT last_error FROM analysis_jobs WHERE state = 'failed'")).scalars().all()
     engine.dispose()
-    assert states == [("queued", 8)]
-    assert instances == 73
-    assert len(list((tmp_path / "var/demo/broker/queue").glob("*"))) == 8
+    assert states == {"drafted": 7, "failed": 1}
+    assert instances == 73 and drafts == 7
+    assert len(errors) == 1 and "radiotherapy" in errors[0]

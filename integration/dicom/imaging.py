@@ -1,0 +1,159 @@
+"""Pixels: one frame of a DICOM image to an 8-bit RGB array for a vision-language model.
+
+The grayscale pipeline follows PS3.4 N.2 without a presentation state:
+
+1. decode the frame and apply the modality LUT (:mod:`integration.dicom.pixels`);
+2. VOI: a window, a VOI LUT, or the frame's own value range (:mod:`integration.dicom.windows`);
+3. MONOCHROME1 is inverted, so that high values are always bright.
+
+Colour frames (RGB, YBR_*, PALETTE COLOR) are only converted to 8-bit RGB.
+:func:`fit` and :func:`pad_to_square` then shape the image for the model:
+LLaVA-family models want a square image, and the edges of a radiograph
+matter, so the image is padded and never cropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image
+from pydicom.dataset import Dataset
+
+from integration.dicom.pixels import MONOCHROME1, UINT8_MAX, Frame, ImageArray, decode_frame
+from integration.dicom.windows import Window, apply_voi
+
+
+@dataclass(frozen=True, eq=False)
+class RenderedFrame:
+    """A frame shown on an 8-bit RGB display.
+
+    Attributes
+    ----------
+    pixels : numpy.ndarray
+        uint8 RGB, shape (rows, columns, 3).
+    window : str or None
+        Name of the VOI stage used (``"lung"``, ``"header"``, ``"voi_lut"``,
+        ``"auto"``, ``"native"``); None for colour frames.
+    """
+
+    pixels: ImageArray
+    window: str | None
+
+
+def render_frame(frame: Frame, window: Window | None = None) -> RenderedFrame:
+    """Show a decoded frame as 8-bit RGB.
+
+    Parameters
+    ----------
+    frame : Frame
+        The decoded frame.
+    window : Window, optional
+        The window to use for a grayscale frame; when omitted, the VOI LUT
+        Sequence, the header window, a CT preset or the frame's value range
+        are used, in that order.  Ignored for colour frames.
+
+    Returns
+    -------
+    RenderedFrame
+        The pixels and the name of the VOI stage used.
+    """
+    if frame.is_colour:
+        return RenderedFrame(frame.values, None)
+    gray, name = apply_voi(frame, window)
+    if frame.photometric == MONOCHROME1:
+        gray = UINT8_MAX - gray
+    return RenderedFrame(np.repeat(gray[:, :, np.newaxis], 3, axis=2), name)
+
+
+def frame_to_rgb(ds: Dataset, frame_index: int = 0, window: Window | None = None) -> ImageArray:
+    """Return one frame of an image as uint8 RGB, shape (rows, columns, 3).
+
+    Parameters
+    ----------
+    ds : pydicom.dataset.Dataset
+        A complete image (read with its pixel data).
+    frame_index : int
+        0-based frame index (the DICOM frame number minus one).
+    window : Window, optional
+        The window for a grayscale frame (see :func:`render_frame`).
+
+    Returns
+    -------
+    numpy.ndarray
+        The frame as shown.
+
+    Raises
+    ------
+    UndecodableImage
+        If the pixel data cannot be decoded or shown.
+    """
+    return render_frame(decode_frame(ds, frame_index), window).pixels
+
+
+def pad_to_square(image: npt.NDArray[Any], fill: int = 0) -> npt.NDArray[Any]:
+    """Pad an image evenly on both sides to a square; nothing is ever cropped.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        Shape (rows, columns) or (rows, columns, channels).
+    fill : int
+        Value of the added pixels.
+
+    Returns
+    -------
+    numpy.ndarray
+        A square image of side max(rows, columns) with ``image`` centred in it
+        (the input itself when already square).
+    """
+    rows, columns = image.shape[:2]
+    if rows == columns:
+        return image
+    side = max(rows, columns)
+    top = (side - rows) // 2
+    left = (side - columns) // 2
+    padded = np.full((side, side, *image.shape[2:]), fill, dtype=image.dtype)
+    padded[top : top + rows, left : left + columns] = image
+    return padded
+
+
+def fit(image: ImageArray, size: int, *, upscale: bool = False) -> ImageArray:
+    """Resize an image so that its longest side is ``size``, keeping the aspect ratio.
+
+    Shrinking averages areas (box filter); enlarging is bilinear.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        uint8, shape (rows, columns) or (rows, columns, 3).
+    size : int
+        The longest side wanted, in pixels.
+    upscale : bool
+        Also enlarge images smaller than ``size`` (by default they are kept as they are).
+
+    Returns
+    -------
+    numpy.ndarray
+        The resized image (the input itself when no resizing is needed).
+
+    Raises
+    ------
+    ValueError
+        If ``size`` is not positive or the image is not uint8.
+    """
+    if size < 1:
+        raise ValueError(f"size must be positive, not {size}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"fit expects a uint8 image, not {image.dtype}")
+    rows, columns = image.shape[:2]
+    longest = max(rows, columns)
+    if longest == size or (longest < size and not upscale):
+        return image
+    scale = size / longest
+    target = (max(1, round(columns * scale)), max(1, round(rows * scale)))
+    resample = Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR
+    resized = Image.fromarray(image).resize(target, resample=resample)
+    return np.asarray(resized, dtype=np.uint8)

@@ -1,0 +1,60 @@
+"""The Celery application of the worker: at-least-once delivery made safe.
+
+The app object is created bare at import (Celery's decorators need it) and
+configured from the settings only when a worker starts (:func:`configure`), so
+importing the worker has no side effects.
+
+Delivery semantics (Celery with Redis is at-least-once): a task is
+acknowledged only after it ran (``acks_late``), a worker process that dies
+mid-task puts its message back (``task_reject_on_worker_lost``), each process
+takes one message at a time (prefetch 1), Redis re-delivers only after a
+visibility timeout above the hard time limit, and the task itself is
+idempotent and counts its deliveries against a cap in the database.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from integration.config import Settings
+from integration.queue import broker_options
+
+app = Celery("pacs-vlm", set_as_current=False)
+
+
+def configure(settings: Settings) -> Celery:
+    """Configure the worker's Celery app from the settings and return it.
+
+    Parameters
+    ----------
+    settings : Settings
+        The settings.
+
+    Returns
+    -------
+    celery.Celery
+        The configured app (with the tasks of :mod:`worker.tasks` registered).
+    """
+    import worker.tasks  # noqa: F401  (registers the tasks)
+
+    app.conf.update(
+        broker_url=settings.broker_url,
+        broker_transport_options=broker_options(settings),
+        broker_connection_retry_on_startup=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        worker_prefetch_multiplier=1,
+        worker_concurrency=1,
+        task_soft_time_limit=settings.analysis_soft_time_limit,
+        task_time_limit=settings.analysis_time_limit,
+        task_default_queue=settings.analysis_queue,
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        result_backend=None,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        enable_utc=True,
+    )
+    return app

@@ -1,0 +1,80 @@
+"""The worker's commands: ``pacs-vlm worker`` and ``pacs-vlm demo``."""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Annotated
+
+import typer
+
+from integration.cli import console, fail, load_settings
+
+
+def worker(
+    queues: Annotated[
+        str | None, typer.Option(help="Comma-separated queues to take tasks from (default: PACSVLM_ANALYSIS_QUEUE).")
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="Override PACSVLM_MODEL_DEVICE for this process: auto, cpu or cuda:<n>.")
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="Log level.")] = "info",
+) -> None:
+    """Run one Celery worker process that drafts reports (start one per GPU)."""
+    from models.backend import ModelNotStaged
+
+    from integration.config import get_settings
+    from integration.store.migrate import SchemaOutOfDate, ensure_schema
+
+    if device is not None:
+        os.environ["PACSVLM_MODEL_DEVICE"] = device  # the pool's child process reads the settings again
+        get_settings.cache_clear()
+    settings = load_settings()
+    try:
+        ensure_schema(settings.database_url)
+    except SchemaOutOfDate as exc:
+        raise fail(str(exc), 2) from None
+    if settings.model is None:
+        raise fail(
+            "no model configured: set PACSVLM_MODEL to the folder of a staged checkpoint "
+            "(see the README, 'Models'); weights are never downloaded at run time",
+            2,
+        )
+    from models.transformers_backend import TransformersBackend
+
+    try:
+        TransformersBackend(settings.model, device=settings.model_device)  # checks the folder; loads nothing yet
+    except ModelNotStaged as exc:
+        raise fail(str(exc), 2) from None
+    from worker.app import configure
+
+    app = configure(settings)
+    console.print(
+        f"worker: model {settings.model} on {settings.model_device}, queue(s) {queues or settings.analysis_queue}"
+    )
+    app.worker_main(
+        [
+            "worker",
+            "--queues",
+            queues or settings.analysis_queue,
+            "--concurrency",
+            "1",
+            "--pool",
+            "prefork",
+            "--loglevel",
+            log_level.upper(),
+            "--hostname",
+            f"pacs-vlm-{settings.model_device.replace(':', '')}@{socket.gethostname()}",
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )
+
+
+def demo(
+    keep: Annotated[bool, typer.Option(help="Keep the demo's data folder (var/demo) from an earlier run.")] = False,
+) -> None:
+    """Start the service on embedded defaults with a smoke-test model, send sample studies, print the drafts."""
+    from worker.demo import run_demo
+
+    raise typer.Exit(run_demo(keep=keep))

@@ -1,0 +1,132 @@
+"""From a claimed analysis job to a draft report: select images, prompt the model, parse its answer."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from PIL import Image
+
+from integration.config import Settings
+from integration.dicom.routing import DEFAULT_RULES
+from integration.dicom.selection import PreparedStudy, prepare_study
+from integration.store.reports import ClaimedJob, DraftRecord, InstanceFile
+from models.backend import GenerationRequest, VisionLanguageBackend
+from models.draft import parse_draft
+from models.prompts import SYSTEM_PROMPT, render_prompt, select_template
+from models.registry import FAMILIES
+
+
+def evidence_of(prepared: PreparedStudy) -> list[dict[str, Any]]:
+    """Return exactly what the model saw: per image number, the SOP instances and frames in it.
+
+    Parameters
+    ----------
+    prepared : PreparedStudy
+        The selected images.
+
+    Returns
+    -------
+    list of dict
+        One entry per instance frame: ``image`` (1-based, as numbered in the prompt), SOP class and
+        instance UIDs, series UID, ``frame`` (1-based) and the window used.
+    """
+    return [
+        {
+            "image": number,
+            "sop_class_uid": ev.sop_class_uid,
+            "sop_instance_uid": ev.sop_instance_uid,
+            "series_uid": ev.series_uid,
+            "frame": ev.frame,
+            "window": image.window,
+        }
+        for number, image in enumerate(prepared.images, start=1)
+        for ev in image.evidence
+    ]
+
+
+def draft_study(
+    settings: Settings,
+    job: ClaimedJob,
+    files: Sequence[InstanceFile],
+    backend: VisionLanguageBackend,
+    *,
+    load_seconds: float = 0.0,
+    clinical_question: str | None = None,
+) -> DraftRecord:
+    """Draft a report for one study version.
+
+    Parameters
+    ----------
+    settings : Settings
+        The settings (routing rules, image limits, new-token limit).
+    job : ClaimedJob
+        The job being run.
+    files : sequence of InstanceFile
+        The study's stored instances at the job's version.
+    backend : VisionLanguageBackend
+        The loaded model.
+    load_seconds : float
+        Time this job spent loading the model (recorded with the timings).
+    clinical_question : str or None
+        The referrer's question, when one came with the study.
+
+    Returns
+    -------
+    DraftRecord
+        The draft, ready to store.
+
+    Raises
+    ------
+    integration.dicom.selection.NoImages
+        Nothing in the study is an image for the model.
+    """
+    identity = backend.identity
+    family = FAMILIES.get(identity.family)
+    limit = settings.max_images
+    if family is not None:
+        limit = min(limit, family.max_images) if limit is not None else family.max_images
+    prepared = prepare_study(
+        [settings.instance_root / f.storage_path for f in files],
+        calling_ae=job.calling_ae,
+        rules=settings.routing_rules or DEFAULT_RULES,
+        max_images=limit,
+        image_size=settings.image_size,
+    )
+    started = time.perf_counter()
+    template = select_template(prepared.modality, prepared.body_part)
+    prompt = render_prompt(template, [image.label for image in prepared.images], clinical_question)
+    images = tuple(Image.fromarray(image.pixels) for image in prepared.images)
+    request = GenerationRequest(
+        request_id=f"analysis-job-{job.job_id}",
+        prompt=prompt,
+        images=images,
+        system_prompt=SYSTEM_PROMPT,
+        max_new_tokens=settings.max_new_tokens,
+    )
+    prompt_seconds = time.perf_counter() - started
+    (result,) = backend.generate([request])
+    started = time.perf_counter()
+    parsed = parse_draft(result.text, len(images))
+    timings = {
+        **{f"{name}_s": round(value, 4) for name, value in prepared.timings.items()},
+        "prompt_s": round(prompt_seconds, 4),
+        "load_s": round(load_seconds, 4),
+        "generate_s": round(result.seconds, 4),
+        "parse_s": round(time.perf_counter() - started, 4),
+    }
+    return DraftRecord(
+        model_id=identity.model_id,
+        model_revision=identity.revision,
+        model_family=identity.family,
+        prompt_version=template.key,
+        structured=parsed.structured,
+        findings=parsed.as_json(),
+        text=parsed.as_text(),
+        raw_output=parsed.raw_text,
+        evidence=evidence_of(prepared),
+        timings=timings,
+        tokens_in=result.tokens_in,
+        tokens_out=result.tokens_out,
+    )

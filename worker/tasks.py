@@ -1,0 +1,92 @@
+"""The worker's tasks: ``pacs_vlm.analyze_study(job_id)`` drafts a report for one analysis job."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from celery.exceptions import SoftTimeLimitExceeded
+
+from integration.config import get_settings
+from integration.dicom.selection import NoImages
+from integration.queue import ANALYZE_STUDY
+from integration.store.reports import SkippedJob, claim_job, fail_job, instance_files, note_error, record_draft
+from integration.store.session import session_scope
+from integration.store.tables import utcnow
+from models.backend import ModelNotStaged
+from worker.app import app
+from worker.model import model_backend
+from worker.pipeline import draft_study
+
+log = logging.getLogger(__name__)
+
+#: Seconds before the first retry of a job that failed for a passing reason; doubled per attempt.
+RETRY_BASE_SECONDS = 30.0
+RETRY_MAX_SECONDS = 600.0
+
+
+@app.task(name=ANALYZE_STUDY, bind=True, acks_late=True, reject_on_worker_lost=True)  # type: ignore[untyped-decorator]
+def analyze_study(self: Any, job_id: int) -> str:
+    """Draft a report for one analysis job; safe to deliver more than once.
+
+    Parameters
+    ----------
+    self : celery.Task
+        The bound task (for retries).
+    job_id : int
+        The analysis job's id (the message carries nothing else).
+
+    Returns
+    -------
+    str
+        What happened, for the worker's log.
+    """
+    settings = get_settings()
+    url = settings.database_url
+    with session_scope(url) as session:
+        claimed = claim_job(session, job_id, max_attempts=settings.analysis_max_attempts, now=utcnow())
+    if isinstance(claimed, SkippedJob):
+        log.info("analysis job %d not run: %s", job_id, claimed.reason)
+        return claimed.reason
+    log.info("analysis job %d: attempt %d", job_id, claimed.attempt)
+    started = time.perf_counter()
+    try:
+        with session_scope(url) as session:
+            files = instance_files(session, claimed.study_id, claimed.study_version)
+        backend, load_seconds = model_backend(settings)
+        draft = draft_study(settings, claimed, files, backend, load_seconds=load_seconds)
+    except (NoImages, ModelNotStaged) as exc:
+        _fail(job_id, str(exc))
+        return "failed"
+    except SoftTimeLimitExceeded:
+        _fail(job_id, f"analysis took longer than {settings.analysis_soft_time_limit:.0f} s (soft time limit)")
+        return "failed"
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        log.exception("analysis job %d, attempt %d failed", job_id, claimed.attempt)
+        if claimed.attempt >= settings.analysis_max_attempts:
+            _fail(job_id, f"gave up after {claimed.attempt} attempts: {error}")
+            return "failed"
+        with session_scope(url) as session:
+            note_error(session, job_id, error)
+        countdown = min(RETRY_BASE_SECONDS * 2 ** (claimed.attempt - 1), RETRY_MAX_SECONDS)
+        raise self.retry(exc=exc, countdown=countdown) from exc
+    with session_scope(url) as session:
+        report_id = record_draft(session, job_id, draft, utcnow())
+    log.info(
+        "analysis job %d: draft report %d in %.1f s (%d tokens in, %d out, prompt %s)",
+        job_id,
+        report_id,
+        time.perf_counter() - started,
+        draft.tokens_in,
+        draft.tokens_out,
+        draft.prompt_version,
+    )
+    return f"report {report_id}"
+
+
+def _fail(job_id: int, reason: str) -> None:
+    log.error("analysis job %d failed: %s", job_id, reason)
+    with session_scope(get_settings().database_url) as session:
+        fail_job(session, job_id, reason, utcnow())
