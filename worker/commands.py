@@ -21,10 +21,9 @@ def worker(
     log_level: Annotated[str, typer.Option(help="Log level.")] = "info",
 ) -> None:
     """Run one Celery worker process that drafts reports (start one per GPU)."""
-    from models.backend import ModelNotStaged
-
     from integration.config import get_settings
     from integration.store.migrate import SchemaOutOfDate, ensure_schema
+    from models.backend import ModelNotStaged
 
     if device is not None:
         os.environ["PACSVLM_MODEL_DEVICE"] = device  # the pool's child process reads the settings again

@@ -11,9 +11,8 @@ import threading
 import time
 from pathlib import Path
 
-from models.backend import ModelNotStaged, VisionLanguageBackend
-
 from integration.config import Settings
+from models.backend import ModelNotStaged, VisionLanguageBackend
 
 _lock = threading.Lock()
 _loaded: dict[tuple[Path, str, int], VisionLanguageBackend] = {}
