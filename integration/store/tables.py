@@ -242,9 +242,81 @@ class Report(Base):
     tokens_in: Mapped[int] = mapped_column(Integer)
     tokens_out: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    #: The draft's DICOM SR (Completion PARTIAL, Verification UNVERIFIED): UIDs fixed once, file in the report store.
+    sr_sop_instance_uid: Mapped[str | None] = mapped_column(String(UID_LENGTH), unique=True)
+    sr_series_uid: Mapped[str | None] = mapped_column(String(UID_LENGTH))
+    sr_path: Mapped[str | None] = mapped_column(String(255))
+
+    revisions: Mapped[list[ReportRevision]] = relationship(back_populates="report", order_by="ReportRevision.version")
 
     __table_args__ = (
         UniqueConstraint(
             "study_id", "study_version", "model_id", "model_revision", "prompt_version", name="uq_reports_draft_key"
         ),
+    )
+
+
+class RevisionStatus(enum.StrEnum):
+    """What a radiologist's version of a report is."""
+
+    SIGNED = "signed"
+    REJECTED = "rejected"
+
+
+class ReportRevision(Base):
+    """A radiologist's version of a draft (v2, v3 ...): the signed report, with its own verified SR."""
+
+    __tablename__ = "report_revisions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    report_id: Mapped[int] = mapped_column(ForeignKey("reports.id", ondelete="CASCADE"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    status: Mapped[RevisionStatus] = mapped_column(_enum(RevisionStatus, "revision_status"))
+    findings: Mapped[dict[str, Any]] = mapped_column(JSON)
+    text: Mapped[str] = mapped_column(Text)
+    author: Mapped[str] = mapped_column(String(128))
+    organization: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    sr_sop_instance_uid: Mapped[str | None] = mapped_column(String(UID_LENGTH), unique=True)
+    sr_series_uid: Mapped[str | None] = mapped_column(String(UID_LENGTH))
+    sr_path: Mapped[str | None] = mapped_column(String(255))
+
+    report: Mapped[Report] = relationship(back_populates="revisions")
+
+    __table_args__ = (UniqueConstraint("report_id", "version", name="uq_report_revisions_report_id_version"),)
+
+
+class DeliveryState(enum.StrEnum):
+    """Where one delivery of one document to one destination stands."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    DEAD_LETTER = "dead_letter"
+
+
+class Delivery(Base):
+    """One document (SR, FHIR or HL7 of a draft or a signed revision) to one configured destination.
+
+    ``subject`` names the report version (``draft:<report id>`` or ``signed:<revision id>``); a delivery is
+    unique per subject, destination and format, so sending a report again re-sends the same document.
+    """
+
+    __tablename__ = "deliveries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    report_id: Mapped[int] = mapped_column(ForeignKey("reports.id", ondelete="CASCADE"), index=True)
+    revision_id: Mapped[int | None] = mapped_column(ForeignKey("report_revisions.id", ondelete="CASCADE"))
+    subject: Mapped[str] = mapped_column(String(64))
+    destination: Mapped[str] = mapped_column(String(64))
+    document: Mapped[str] = mapped_column(String(8))
+    state: Mapped[DeliveryState] = mapped_column(_enum(DeliveryState, "delivery_state"), default=DeliveryState.PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("subject", "destination", "document", name="uq_deliveries_subject_destination_document"),
+        Index("ix_deliveries_state_next_attempt_at", "state", "next_attempt_at"),
     )

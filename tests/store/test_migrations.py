@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from integration.store import migrate
 from integration.store.tables import Base
 
-TABLES = {"studies", "series", "instances", "analysis_jobs", "audit_events", "reports"}
+TABLES = {"studies", "series", "instances", "analysis_jobs", "audit_events", "reports", "report_revisions", "deliveries"}
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
@@ -72,7 +72,13 @@ def test_check_constraints_and_indexes_match_the_tables(database_url: str) -> No
             all_checks |= wanted_checks
             found_indexes = {i["name"] for i in inspector.get_indexes(table.name) if not i.get("duplicates_constraint")}
             assert {i.name for i in table.indexes} == found_indexes, table.name
-        assert all_checks == {"ck_studies_study_state", "ck_analysis_jobs_job_state", "ck_reports_report_status"}
+        assert all_checks == {
+            "ck_studies_study_state",
+            "ck_analysis_jobs_job_state",
+            "ck_reports_report_status",
+            "ck_report_revisions_revision_status",
+            "ck_deliveries_delivery_state",
+        }
         with engine.connect() as connection, pytest.raises(IntegrityError):
             connection.execute(
                 text(

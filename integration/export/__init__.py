@@ -1,0 +1,1 @@
+"""Export: configured destinations and durable, retried deliveries of report documents."""
