@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from integration.dicom.routing import RoutingRule
+from integration.export.destinations import Destination, unique_names
 
 _AE_TITLE = re.compile(r"^[\x20-\x7e]{1,16}$")
 
@@ -93,12 +94,24 @@ class Settings(BaseSettings):
     #: Deliveries of one analysis job before it ends ``failed`` (a study that keeps killing the worker).
     analysis_max_attempts: Annotated[int, Field(ge=1, le=20)] = 3
     analysis_soft_time_limit: Annotated[float, Field(gt=0)] = 1800.0
+    #: Where report documents go (JSON list; see integration/export/destinations.py).
+    destinations: list[Destination] = Field(default_factory=list)
+    delivery_queue: str = "delivery"
+    #: Attempts per delivery before it is ``dead_letter``; waits double from the base up to the maximum.
+    delivery_max_attempts: Annotated[int, Field(ge=1, le=50)] = 8
+    delivery_backoff_seconds: Annotated[float, Field(gt=0)] = 30.0
+    delivery_backoff_max_seconds: Annotated[float, Field(gt=0)] = 3600.0
     analysis_time_limit: Annotated[float, Field(gt=0)] = 1860.0
 
     @field_validator("ae_title")
     @classmethod
     def _ae_title_valid(cls, value: str) -> str:
         return _check_ae_title(value)
+
+    @field_validator("destinations")
+    @classmethod
+    def _destination_names_unique(cls, value: list[Destination]) -> list[Destination]:
+        return unique_names(value)
 
     @field_validator("calling_aes")
     @classmethod

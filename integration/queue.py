@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 
 #: The worker task that drafts a report for one analysis job.
 ANALYZE_STUDY = "pacs_vlm.analyze_study"
+#: The worker task that delivers one report document to one destination.
+DELIVER = "pacs_vlm.deliver"
 
 
 def broker_options(settings: Settings) -> dict[str, Any]:
@@ -111,6 +113,33 @@ def send_analyze_study(settings: Settings, job_id: int, queue: str, send_count: 
         retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
     )
     return task_id
+
+
+def send_deliver(settings: Settings, delivery_id: int, *, countdown: float | None = None) -> None:
+    """Send the ``deliver(delivery_id)`` message to the delivery queue.
+
+    Parameters
+    ----------
+    settings : Settings
+        The settings.
+    delivery_id : int
+        The delivery row.
+    countdown : float, optional
+        Seconds before a worker may run it.
+
+    Raises
+    ------
+    kombu.exceptions.OperationalError
+        If the broker cannot be reached (the delivery stays pending; ``pacs-vlm deliveries retry`` re-sends it).
+    """
+    producer(settings).send_task(
+        DELIVER,
+        args=[delivery_id],
+        queue=settings.delivery_queue,
+        countdown=countdown,
+        retry=True,
+        retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
+    )
 
 
 def broker_identity(settings: Settings) -> str | None:

@@ -103,7 +103,9 @@ def worker_factory(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     """Start ``pacs-vlm worker`` subprocesses; all are stopped after the test."""
     started: list[WorkerProcess] = []
 
-    def start(data_dir: Path, database_url: str, broker_url: str, model_dir: Path, **kwargs: object) -> WorkerProcess:
+    def start(
+        data_dir: Path, database_url: str, broker_url: str, model_dir: Path | None, **kwargs: object
+    ) -> WorkerProcess:
         process = WorkerProcess(data_dir, database_url, broker_url, model_dir, **kwargs)  # type: ignore[arg-type]
         started.append(process)
         return process.start()

@@ -102,8 +102,9 @@ class WorkerProcess:
     data_dir: Path
     database_url: str
     broker_url: str
-    model_dir: Path
+    model_dir: Path | None
     extra_env: dict[str, str] = field(default_factory=dict)
+    queues: str | None = None
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
 
@@ -113,7 +114,7 @@ class WorkerProcess:
             PACSVLM_DATA_DIR=str(self.data_dir),
             PACSVLM_DATABASE_URL=self.database_url,
             PACSVLM_BROKER_URL=self.broker_url,
-            PACSVLM_MODEL=str(self.model_dir),
+            PACSVLM_MODEL=str(self.model_dir or ""),
             PACSVLM_MODEL_DEVICE="cpu",
             PACSVLM_MAX_NEW_TOKENS="16",
             PACSVLM_IMAGE_SIZE="128",
@@ -127,7 +128,10 @@ class WorkerProcess:
         self.log_path = self.data_dir / f"worker-{len(list(self.data_dir.glob('worker-*.log')))}.log"
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "worker.cli", "worker", "--log-level", "info"],
+            [
+                sys.executable, "-m", "worker.cli", "worker", "--log-level", "info",
+                *(["--queues", self.queues] if self.queues else []),
+            ],  # fmt: skip
             cwd=REPO,
             env=self.env(),
             stdout=log,

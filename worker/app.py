@@ -35,6 +35,7 @@ def configure(settings: Settings) -> Celery:
     celery.Celery
         The configured app (with the tasks of :mod:`worker.tasks` registered).
     """
+    import worker.delivery_tasks
     import worker.tasks  # noqa: F401  (registers the tasks)
 
     app.conf.update(

@@ -13,7 +13,11 @@ from integration.cli import console, fail, load_settings
 
 def worker(
     queues: Annotated[
-        str | None, typer.Option(help="Comma-separated queues to take tasks from (default: PACSVLM_ANALYSIS_QUEUE).")
+        str | None,
+        typer.Option(
+            help="Comma-separated queues (default: the analysis and delivery queues). "
+            "A worker for the delivery queue alone needs no model."
+        ),
     ] = None,
     device: Annotated[
         str | None, typer.Option(help="Override PACSVLM_MODEL_DEVICE for this process: auto, cpu or cuda:<n>.")
@@ -33,29 +37,31 @@ def worker(
         ensure_schema(settings.database_url)
     except SchemaOutOfDate as exc:
         raise fail(str(exc), 2) from None
-    if settings.model is None:
+    queues = queues or f"{settings.analysis_queue},{settings.delivery_queue}"
+    analyses = settings.analysis_queue in {q.strip() for q in queues.split(",")}
+    if analyses and settings.model is None:
         raise fail(
             "no model configured: set PACSVLM_MODEL to the folder of a staged checkpoint "
             "(see the README, 'Models'); weights are never downloaded at run time",
             2,
         )
-    from models.transformers_backend import TransformersBackend
+    if analyses and settings.model is not None:
+        from models.transformers_backend import TransformersBackend
 
-    try:
-        TransformersBackend(settings.model, device=settings.model_device)  # checks the folder; loads nothing yet
-    except ModelNotStaged as exc:
-        raise fail(str(exc), 2) from None
+        try:
+            TransformersBackend(settings.model, device=settings.model_device)  # checks the folder; loads nothing yet
+        except ModelNotStaged as exc:
+            raise fail(str(exc), 2) from None
     from worker.app import configure
 
     app = configure(settings)
-    console.print(
-        f"worker: model {settings.model} on {settings.model_device}, queue(s) {queues or settings.analysis_queue}"
-    )
+    model = f"model {settings.model} on {settings.model_device}" if analyses else "no model (deliveries only)"
+    console.print(f"worker: {model}, queue(s) {queues}")
     app.worker_main(
         [
             "worker",
             "--queues",
-            queues or settings.analysis_queue,
+            queues,
             "--concurrency",
             "1",
             "--pool",
@@ -63,7 +69,7 @@ def worker(
             "--loglevel",
             log_level.upper(),
             "--hostname",
-            f"pacs-vlm-{settings.model_device.replace(':', '')}@{socket.gethostname()}",
+            f"pacs-vlm-{os.getpid()}@{socket.gethostname()}",
             "--without-gossip",
             "--without-mingle",
         ]

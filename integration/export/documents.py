@@ -1,0 +1,141 @@
+"""The documents a delivery sends, built from the database: the stored SR file, FHIR JSON, HL7 ER7.
+
+SR files are written once per report version (fixed SOP Instance UID), so every re-send sends the
+same instance; FHIR and HL7 are built deterministically from the stored report version.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydicom import dcmread
+from sqlalchemy import select
+
+from integration.config import Settings
+from integration.export.senders import OutgoingDocument
+from integration.reports.document import ReportDocument
+from integration.store.deliveries import DeliveryTarget
+from integration.store.session import session_scope
+from integration.store.tables import Instance, Report, ReportRevision, Series, Study
+
+FHIR_MEDIA_TYPE = "application/fhir+json"
+HL7_MEDIA_TYPE = "x-application/hl7-v2+er7"
+
+
+class DocumentUnavailable(Exception):
+    """The document cannot be built (its report, SR file or source study is gone)."""
+
+
+def load_document(settings: Settings, target: DeliveryTarget) -> OutgoingDocument:
+    """Build (or read) the document of a delivery.
+
+    Parameters
+    ----------
+    settings : Settings
+        The settings.
+    target : DeliveryTarget
+        The delivery being attempted.
+
+    Returns
+    -------
+    OutgoingDocument
+        Ready to send.
+
+    Raises
+    ------
+    DocumentUnavailable
+        Its report version, SR file or source study is gone.
+    """
+    name = target.subject.replace(":", "-")
+    if target.document == "sr":
+        path = sr_file(settings, target)
+        content = path.read_bytes()
+        header = dcmread(path, stop_before_pixels=True)
+        return OutgoingDocument(
+            "sr",
+            content,
+            f"{name}.dcm",
+            "application/dicom",
+            sop_class_uid=str(header.SOPClassUID),
+            sop_instance_uid=str(header.SOPInstanceUID),
+        )
+    document = report_document(settings, target)
+    if target.document == "fhir":
+        from integration.reports.fhir import diagnostic_report_json
+
+        return OutgoingDocument("fhir", diagnostic_report_json(document).encode(), f"{name}.fhir.json", FHIR_MEDIA_TYPE)
+    from integration.reports.hl7 import oru_r01
+
+    destination = next((d for d in settings.destinations if d.name == target.destination), None)
+    receiving = destination.receiving_application if destination is not None else "RIS"
+    message = oru_r01(document, receiving_application=receiving)
+    return OutgoingDocument("hl7", message.encode(), f"{name}.hl7", HL7_MEDIA_TYPE)
+
+
+def sr_file(settings: Settings, target: DeliveryTarget) -> Path:
+    """Return the stored SR file of the delivery's report version (building the draft's SR if needed)."""
+    with session_scope(settings.database_url) as session:
+        if target.revision_id is None:
+            report = session.get(Report, target.report_id)
+            stored = report.sr_path if report is not None else None
+            if report is None:
+                raise DocumentUnavailable(f"report {target.report_id} is gone")
+        else:
+            revision = session.get(ReportRevision, target.revision_id)
+            if revision is None:
+                raise DocumentUnavailable(f"report revision {target.revision_id} is gone")
+            stored = revision.sr_path
+    if stored is None and target.revision_id is None:
+        from integration.reports.drafts import ensure_draft_sr
+
+        return ensure_draft_sr(settings, target.report_id)
+    if stored is None:
+        raise DocumentUnavailable(f"signed revision {target.revision_id} has no SR file")
+    path = Path(stored) if Path(stored).is_absolute() else settings.data_dir / stored
+    if not path.is_file():
+        raise DocumentUnavailable(f"SR file of {target.subject} is missing")
+    return path
+
+
+def report_document(settings: Settings, target: DeliveryTarget) -> ReportDocument:
+    """Return the report document (FHIR/HL7 source) of the delivery's report version."""
+    from integration.reports.document import from_dicom_header
+
+    with session_scope(settings.database_url) as session:
+        report = session.get(Report, target.report_id)
+        if report is None:
+            raise DocumentUnavailable(f"report {target.report_id} is gone")
+        revision = session.get(ReportRevision, target.revision_id) if target.revision_id is not None else None
+        study = session.get(Study, report.study_id)
+        assert study is not None
+        storage_path = session.scalars(
+            select(Instance.storage_path)
+            .join(Series, Instance.series_id == Series.id)
+            .where(Series.study_id == study.id)
+            .order_by(Instance.id)
+            .limit(1)
+        ).one_or_none()
+        findings = (revision.findings if revision is not None else report.findings) or {}
+        text = revision.text if revision is not None else report.text
+        issued = revision.created_at if revision is not None else report.created_at
+        author = revision.author if revision is not None else ""
+        organization = revision.organization if revision is not None else ""
+        model = (report.model_id, report.model_revision, report.prompt_version)
+    if storage_path is None:
+        raise DocumentUnavailable(f"the study of report {target.report_id} has no stored instance")
+    header = dcmread(settings.instance_root / storage_path, stop_before_pixels=True)
+    return from_dicom_header(
+        header,
+        report_key=target.subject,
+        status="draft" if revision is None else "signed",
+        findings=[(f.get("text", ""), tuple(f.get("images", ()))) for f in findings.get("findings", [])],
+        impression=findings.get("impression", ""),
+        limitations=findings.get("limitations", ""),
+        text=text,
+        model_id=model[0],
+        model_revision=model[1],
+        prompt_version=model[2],
+        author=author,
+        organization=organization,
+        issued=issued,
+    )

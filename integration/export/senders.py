@@ -1,0 +1,174 @@
+"""Sending one document to one destination: C-STORE SCU, STOW-RS, a folder, an HTTP endpoint.
+
+Each sender raises :class:`DeliveryFailed` with a short reason (no patient data) when the
+destination did not take the document; the delivery task turns that into a retry or a dead letter.
+Sending the same document again sends the same bytes (the same SR SOP Instance UID; the same file
+name in a folder), so a destination never holds duplicates.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from integration.export.destinations import Destination
+
+#: Statuses a C-STORE SCP may answer that still mean "stored" (success and warnings, PS3.4 B.2.3).
+STORED_STATUSES = frozenset({0x0000, 0xB000, 0xB006, 0xB007})
+
+
+class DeliveryFailed(Exception):
+    """The destination did not take the document (the reason is safe to log and store)."""
+
+
+@dataclass(frozen=True)
+class OutgoingDocument:
+    """A document ready to send.
+
+    Attributes
+    ----------
+    kind : str
+        ``sr``, ``fhir`` or ``hl7``.
+    content : bytes
+        The bytes (a Part 10 file for ``sr``).
+    filename : str
+        Stable file name for folder destinations (same document, same name).
+    media_type : str
+        MIME type for HTTP.
+    sop_class_uid, sop_instance_uid : str
+        For ``sr``: the SR's UIDs.
+    """
+
+    kind: str
+    content: bytes
+    filename: str
+    media_type: str
+    sop_class_uid: str = ""
+    sop_instance_uid: str = ""
+
+
+def send(destination: Destination, document: OutgoingDocument, *, calling_ae: str) -> str:
+    """Send a document to a destination.
+
+    Parameters
+    ----------
+    destination : Destination
+        Where to.
+    document : OutgoingDocument
+        What.
+    calling_ae : str
+        Our AE title (for C-STORE).
+
+    Returns
+    -------
+    str
+        A short receipt for the log (status, HTTP code or file name).
+
+    Raises
+    ------
+    DeliveryFailed
+        The destination did not take it.
+    """
+    if destination.kind == "dicom":
+        return _c_store(destination, document, calling_ae)
+    if destination.kind == "dicomweb":
+        return _stow_rs(destination, document)
+    if destination.kind == "folder":
+        return _to_folder(destination, document)
+    return _http_post(destination, document)
+
+
+def _c_store(destination: Destination, document: OutgoingDocument, calling_ae: str) -> str:
+    from io import BytesIO
+
+    from pydicom import dcmread
+    from pynetdicom import AE
+
+    dataset = dcmread(BytesIO(document.content))
+    syntax = str(dataset.file_meta.TransferSyntaxUID)
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = destination.timeout
+    ae.add_requested_context(document.sop_class_uid, [syntax])
+    assert destination.host is not None and destination.port is not None
+    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title or "")
+    if not assoc.is_established:
+        state = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "not established"
+        raise DeliveryFailed(f"association with {destination.ae_title}@{destination.host}:{destination.port} {state}")
+    try:
+        answer = assoc.send_c_store(dataset)
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    if "Status" not in answer:
+        raise DeliveryFailed("no C-STORE response (the association ended or timed out)")
+    code = int(answer.Status)
+    if code not in STORED_STATUSES:
+        raise DeliveryFailed(f"C-STORE refused with status 0x{code:04X}")
+    return f"C-STORE status 0x{code:04X}"
+
+
+def _stow_rs(destination: Destination, document: OutgoingDocument) -> str:
+    assert destination.url is not None
+    boundary = f"pacsvlm-{uuid.uuid4().hex}"
+    body = b"".join(
+        (
+            f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode(),
+            document.content,
+            f"\r\n--{boundary}--\r\n".encode(),
+        )
+    )
+    headers = {
+        "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+        "Accept": "application/dicom+json",
+    }
+    url = destination.url.rstrip("/") + "/studies"
+    try:
+        response = httpx.post(url, content=body, headers=headers, timeout=destination.timeout)
+    except httpx.HTTPError as exc:
+        raise DeliveryFailed(f"STOW-RS to {url}: {type(exc).__name__}") from exc
+    if response.status_code not in (200, 202):
+        raise DeliveryFailed(f"STOW-RS to {url} answered HTTP {response.status_code}")
+    return f"STOW-RS HTTP {response.status_code}"
+
+
+def _to_folder(destination: Destination, document: OutgoingDocument) -> str:
+    assert destination.folder is not None
+    folder = destination.folder
+    final = folder / document.filename
+    tmp = folder / f".{document.filename}.{uuid.uuid4().hex}.part"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        try:
+            view = memoryview(document.content)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, final)  # same document, same name: a re-send replaces, never duplicates
+        directory = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise DeliveryFailed(f"cannot write to folder {folder}: {exc.strerror or exc}") from exc
+    return f"wrote {final.name}"
+
+
+def _http_post(destination: Destination, document: OutgoingDocument) -> str:
+    assert destination.url is not None
+    headers = {"Content-Type": document.media_type, "Idempotency-Key": document.filename}
+    try:
+        response = httpx.post(destination.url, content=document.content, headers=headers, timeout=destination.timeout)
+    except httpx.HTTPError as exc:
+        raise DeliveryFailed(f"POST to {destination.url}: {type(exc).__name__}") from exc
+    if not 200 <= response.status_code < 300:
+        raise DeliveryFailed(f"POST to {destination.url} answered HTTP {response.status_code}")
+    return f"HTTP {response.status_code}"

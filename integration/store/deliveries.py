@@ -1,0 +1,218 @@
+"""Deliveries of report documents to destinations: the outbox rows, attempts, dead letters, retries."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from integration.store.tables import Delivery, DeliveryState
+
+
+@dataclass(frozen=True)
+class DeliveryTarget:
+    """One delivery being attempted."""
+
+    delivery_id: int
+    report_id: int
+    revision_id: int | None
+    subject: str
+    destination: str
+    document: str
+    attempt: int
+
+
+@dataclass(frozen=True)
+class PlannedDelivery:
+    """A document for a destination, to be created if it does not exist yet."""
+
+    destination: str
+    document: str
+
+
+def subject_of(report_id: int, revision_id: int | None) -> str:
+    """Return the subject key of a report version: ``draft:<report id>`` or ``signed:<revision id>``."""
+    return f"draft:{report_id}" if revision_id is None else f"signed:{revision_id}"
+
+
+def create_deliveries(
+    session: Session, report_id: int, revision_id: int | None, planned: Iterable[PlannedDelivery], now: datetime
+) -> list[int]:
+    """Create the deliveries of one report version (existing ones are kept) and commit.
+
+    Parameters
+    ----------
+    session : sqlalchemy.orm.Session
+        Open session.
+    report_id : int
+        The report.
+    revision_id : int or None
+        The signed revision, or None for the draft.
+    planned : iterable of PlannedDelivery
+        Destination and document pairs.
+    now : datetime
+        Current time (aware, UTC).
+
+    Returns
+    -------
+    list of int
+        Ids of this version's deliveries that are still pending (new or earlier), to send.
+    """
+    subject = subject_of(report_id, revision_id)
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    for item in planned:
+        session.execute(
+            insert(Delivery)
+            .values(
+                report_id=report_id,
+                revision_id=revision_id,
+                subject=subject,
+                destination=item.destination,
+                document=item.document,
+                state=DeliveryState.PENDING.value,
+                attempts=0,
+                next_attempt_at=now,
+                created_at=now,
+            )
+            .on_conflict_do_nothing()
+        )
+    ids = list(
+        session.scalars(
+            select(Delivery.id)
+            .where(Delivery.subject == subject, Delivery.state == DeliveryState.PENDING)
+            .order_by(Delivery.id)
+        )
+    )
+    session.commit()
+    return ids
+
+
+def start_attempt(session: Session, delivery_id: int) -> DeliveryTarget | None:
+    """Count an attempt of a pending delivery and commit; None when it is not pending.
+
+    Parameters
+    ----------
+    session : sqlalchemy.orm.Session
+        Open session.
+    delivery_id : int
+        The delivery.
+
+    Returns
+    -------
+    DeliveryTarget or None
+        What to send, or None (delivered, dead letter or unknown: a duplicate message changes nothing).
+    """
+    query = select(Delivery).where(Delivery.id == delivery_id)
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update()
+    delivery = session.scalars(query).one_or_none()
+    if delivery is None or delivery.state != DeliveryState.PENDING:
+        session.rollback()
+        return None
+    delivery.attempts += 1
+    target = DeliveryTarget(
+        delivery.id,
+        delivery.report_id,
+        delivery.revision_id,
+        delivery.subject,
+        delivery.destination,
+        delivery.document,
+        delivery.attempts,
+    )
+    session.commit()
+    return target
+
+
+def mark_delivered(session: Session, delivery_id: int, now: datetime) -> None:
+    """Record a successful delivery and commit."""
+    session.execute(
+        update(Delivery)
+        .where(Delivery.id == delivery_id)
+        .values(state=DeliveryState.DELIVERED.value, delivered_at=now, last_error=None, next_attempt_at=None)
+    )
+    session.commit()
+
+
+def mark_failed(
+    session: Session, delivery_id: int, error: str, *, dead: bool, next_attempt_at: datetime | None
+) -> None:
+    """Record a failed attempt (``dead_letter`` when no attempts are left) and commit.
+
+    Parameters
+    ----------
+    session : sqlalchemy.orm.Session
+        Open session.
+    delivery_id : int
+        The delivery.
+    error : str
+        What went wrong (no patient data).
+    dead : bool
+        No attempts left: the delivery becomes ``dead_letter``.
+    next_attempt_at : datetime or None
+        When the next attempt is due.
+    """
+    values: dict[str, object] = {"last_error": error[:2000], "next_attempt_at": None if dead else next_attempt_at}
+    if dead:
+        values["state"] = DeliveryState.DEAD_LETTER.value
+    session.execute(update(Delivery).where(Delivery.id == delivery_id).values(**values))
+    session.commit()
+
+
+def retry_deliveries(session: Session, delivery_ids: Sequence[int] | None, now: datetime) -> list[int]:
+    """Make dead-letter deliveries pending again with fresh attempts, and commit.
+
+    Parameters
+    ----------
+    session : sqlalchemy.orm.Session
+        Open session.
+    delivery_ids : sequence of int or None
+        These deliveries (dead letter or pending), or every dead letter when None.
+    now : datetime
+        Current time (aware, UTC).
+
+    Returns
+    -------
+    list of int
+        The deliveries made pending (to send).
+    """
+    query = select(Delivery.id).where(Delivery.state != DeliveryState.DELIVERED)
+    if delivery_ids is None:
+        query = query.where(Delivery.state == DeliveryState.DEAD_LETTER)
+    else:
+        query = query.where(Delivery.id.in_(list(delivery_ids)))
+    ids = list(session.scalars(query.order_by(Delivery.id)))
+    if ids:
+        session.execute(
+            update(Delivery)
+            .where(Delivery.id.in_(ids))
+            .values(state=DeliveryState.PENDING.value, attempts=0, next_attempt_at=now)
+        )
+    session.commit()
+    return ids
+
+
+def list_deliveries(session: Session, state: DeliveryState | None = None, limit: int = 100) -> list[Delivery]:
+    """Return deliveries, newest first, optionally in one state.
+
+    Parameters
+    ----------
+    session : sqlalchemy.orm.Session
+        Open session.
+    state : DeliveryState or None
+        Only this state.
+    limit : int
+        Maximum rows.
+
+    Returns
+    -------
+    list of Delivery
+        The rows (detached from the session once it closes; read attributes only).
+    """
+    query = select(Delivery).order_by(Delivery.id.desc()).limit(limit)
+    if state is not None:
+        query = query.where(Delivery.state == state)
+    return list(session.scalars(query))
