@@ -127,11 +127,11 @@ class WorkerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.data_dir / f"worker-{len(list(self.data_dir.glob('worker-*.log')))}.log"
         log = self.log_path.open("ab")
+        command = [sys.executable, "-m", "worker.cli", "worker", "--log-level", "info"]
+        if self.queues:
+            command += ["--queues", self.queues]
         self.process = subprocess.Popen(
-            [
-                sys.executable, "-m", "worker.cli", "worker", "--log-level", "info",
-                *(["--queues", self.queues] if self.queues else []),
-            ],  # fmt: skip
+            command,
             cwd=REPO,
             env=self.env(),
             stdout=log,

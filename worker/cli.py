@@ -5,6 +5,8 @@ from __future__ import annotations
 import typer
 
 from integration.cli import db_app, listen, studies_app
+from integration.cli_deliveries import deliveries_app
+from integration.cli_reports import report_app
 from worker.commands import demo, worker
 
 app = typer.Typer(
@@ -15,6 +17,8 @@ app = typer.Typer(
 app.command("listen")(listen)
 app.add_typer(db_app, name="db")
 app.add_typer(studies_app, name="studies")
+app.add_typer(report_app, name="report")
+app.add_typer(deliveries_app, name="deliveries")
 
 
 app.command("worker")(worker)

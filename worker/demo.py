@@ -5,7 +5,8 @@ noise: it shows the path, not a reading), starts the listener in this process
 and a worker (``pacs-vlm worker``) as a child process, sends the bundled sample
 studies and a generated CT series, waits until every study is drafted (or has
 failed with a stated reason, e.g. an RT dose object has no image for the
-model) and prints each draft and where it is stored.
+model) and prints each draft, where it is stored, and its DICOM SR (path and a short
+``dsrdump`` summary).
 """
 
 from __future__ import annotations
@@ -29,9 +30,11 @@ from integration.config import Settings
 from integration.demo import DEMO_DIR, demo_settings, send_files
 from integration.dicom.listener import Listener
 from integration.dicom.samples import write_ct_series, write_sample_studies
+from integration.reports.drafts import ensure_draft_sr
 from integration.store.migrate import ensure_schema
 from integration.store.reports import StudyOutcome, study_outcomes
 from integration.store.session import session_scope
+from models.draft import AI_DRAFT_NOTICE
 
 #: Where the smoke-test model is built once and kept between runs.
 SMOKE_MODEL_DIR = Path("var/smoke-model")
@@ -39,6 +42,10 @@ SMOKE_FAMILY = "llava"
 #: Final study states: nothing more will happen without a new arrival or a reviewer.
 FINAL_STATES = frozenset({"drafted", "failed"})
 WAIT_SECONDS = 600.0
+#: Lines of ``dsrdump`` output shown per draft SR (observer context and language lines are left out).
+DSRDUMP_LINES = 18
+#: ``dsrdump`` lines that say nothing about the report itself.
+DSRDUMP_SKIPPED = ("has obs context", "Language of Content Item")
 
 
 def smoke_model(console: Console) -> Path:
@@ -207,7 +214,44 @@ def print_outcomes(console: Console, outcomes: list[StudyOutcome], settings: Set
             console.print(
                 Panel(Text(o.report_text), title=f"draft report {o.report_id} (study ...{o.study_uid[-20:]})")
             )
+        if o.report_id is not None:
+            print_draft_sr(console, settings, o.report_id)
     console.print(
         f"Drafts are rows of the 'reports' table in {settings.database_url.removeprefix('sqlite:///')}; "
         f"instances are under {settings.instance_root}/."
     )
+
+
+def print_draft_sr(console: Console, settings: Settings, report_id: int) -> None:
+    """Print where a draft's DICOM SR is and a short ``dsrdump`` view of it (header and report content).
+
+    The worker writes the SR right after the draft; :func:`ensure_draft_sr` returns that file (or writes
+    it, with the same UIDs, if the worker was stopped in between).
+
+    Parameters
+    ----------
+    console : rich.console.Console
+        Where to print.
+    settings : Settings
+        The demo's settings.
+    report_id : int
+        The draft report.
+    """
+    try:
+        path = ensure_draft_sr(settings, report_id)
+    except Exception as exc:  # the demo goes on and says why
+        console.print(Text(f"draft report {report_id}: no SR ({type(exc).__name__}: {exc})"))
+        return
+    dsrdump = shutil.which("dsrdump") or ("/usr/bin/dsrdump" if Path("/usr/bin/dsrdump").is_file() else None)
+    if dsrdump is None:
+        summary = "dsrdump (dcmtk) is not installed: no summary (apt-get install dcmtk)"
+    else:
+        result = subprocess.run(
+            [dsrdump, str(path)], capture_output=True, encoding="utf-8", errors="replace", timeout=60, check=False
+        )
+        # the draft notice belongs to the report panel above; an SR summary never repeats it
+        skipped = (*DSRDUMP_SKIPPED, AI_DRAFT_NOTICE)
+        lines = [line for line in result.stdout.splitlines() if not any(s in line for s in skipped)]
+        summary = "\n".join(lines[:DSRDUMP_LINES]) or f"dsrdump exited with {result.returncode}: {result.stderr[:200]}"
+    # SR content holds model output: plain text, never markup
+    console.print(Panel(Text(summary), title=Text(f"draft report {report_id}: SR {path}"), title_align="left"))

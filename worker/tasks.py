@@ -8,9 +8,11 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 
-from integration.config import get_settings
+from integration.config import Settings, get_settings
 from integration.dicom.selection import NoImages
+from integration.export.outbox import queue_deliveries
 from integration.queue import ANALYZE_STUDY
+from integration.reports.drafts import ensure_draft_sr
 from integration.store.reports import SkippedJob, claim_job, fail_job, instance_files, note_error, record_draft
 from integration.store.session import session_scope
 from integration.store.tables import utcnow
@@ -74,6 +76,8 @@ def analyze_study(self: Any, job_id: int) -> str:
         raise self.retry(exc=exc, countdown=countdown) from exc
     with session_scope(url) as session:
         report_id = record_draft(session, job_id, draft, utcnow())
+    _write_draft_sr(settings, report_id)
+    queue_deliveries(settings, report_id, None, "draft")
     log.info(
         "analysis job %d: draft report %d in %.1f s (%d tokens in, %d out, prompt %s)",
         job_id,
@@ -84,6 +88,16 @@ def analyze_study(self: Any, job_id: int) -> str:
         draft.prompt_version,
     )
     return f"report {report_id}"
+
+
+def _write_draft_sr(settings: Settings, report_id: int) -> None:
+    """Give the draft its DICOM SR; a failure is logged and leaves the draft as it is (built again on demand)."""
+    try:
+        path = ensure_draft_sr(settings, report_id)
+    except Exception:
+        log.exception("draft report %d: its SR could not be written (the draft is kept)", report_id)
+    else:
+        log.info("draft report %d: SR %s", report_id, path)
 
 
 def _fail(job_id: int, reason: str) -> None:

@@ -14,7 +14,16 @@ from sqlalchemy.exc import IntegrityError
 from integration.store import migrate
 from integration.store.tables import Base
 
-TABLES = {"studies", "series", "instances", "analysis_jobs", "audit_events", "reports", "report_revisions", "deliveries"}
+TABLES = {
+    "studies",
+    "series",
+    "instances",
+    "analysis_jobs",
+    "audit_events",
+    "reports",
+    "report_revisions",
+    "deliveries",
+}
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])

@@ -1,0 +1,180 @@
+"""``pacs-vlm report``: a report's draft SR, its versions, and signing from the command line."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from integration.cli import console, fail, load_settings
+from integration.config import Settings
+
+if TYPE_CHECKING:
+    from integration.store.revisions import RevisionRecord
+
+report_app = typer.Typer(
+    help="Reports: the draft's DICOM SR, the versions, and signing (a new, verified SR).", no_args_is_help=True
+)
+
+ReportId = Annotated[int, typer.Argument(help="The report's id (see 'pacs-vlm report show' or the demo's table).")]
+
+
+@contextmanager
+def _database() -> Iterator[None]:
+    """Turn a database that is unreachable or has no schema into one readable line (no traceback)."""
+    from sqlalchemy.exc import OperationalError, ProgrammingError
+
+    try:
+        yield
+    except (OperationalError, ProgrammingError) as exc:
+        reason = str(exc.orig).splitlines()[0] if exc.orig is not None else type(exc).__name__
+        raise fail(f"database not usable ({reason}): is it running, and did 'pacs-vlm db upgrade' run?") from None
+
+
+def _edits(path: Path | None) -> tuple[list[dict[str, Any]] | None, str | None, str | None]:
+    """Findings (and impression, limitations) from a JSON file: a list of findings or a findings document."""
+    if path is None:
+        return None, None, None
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise fail(f"cannot read {path}: {exc.strerror or exc}", 2) from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise fail(f"{path} is not valid JSON: {exc}", 2) from None
+    if isinstance(document, list):
+        return document, None, None
+    if isinstance(document, dict) and "findings" in document:
+        texts = {key: document.get(key) for key in ("impression", "limitations")}
+        if any(value is not None and not isinstance(value, str) for value in texts.values()):
+            raise fail(f"{path}: impression and limitations must be strings", 2)
+        return document["findings"], texts["impression"], texts["limitations"]
+    raise fail(f'{path} must hold a list of {{"text", "images"}} findings or an object with "findings"', 2)
+
+
+@report_app.command("sign")
+def sign_command(
+    report_id: ReportId,
+    author: Annotated[str, typer.Option(help='The signing radiologist as a DICOM person name, e.g. "Doe^Jane".')],
+    organization: Annotated[str, typer.Option(help="The radiologist's organization (at most 64 characters).")],
+    findings_file: Annotated[
+        Path | None,
+        typer.Option(
+            help='Edited findings: a JSON list of {"text": ..., "images": [1, 2]} or a findings document '
+            '({"findings": [...], "impression": ..., "limitations": ...}). Unedited parts stay as they were.'
+        ),
+    ] = None,
+    impression: Annotated[str | None, typer.Option(help="Edited impression.")] = None,
+    limitations: Annotated[str | None, typer.Option(help="Edited limitations.")] = None,
+) -> None:
+    """Sign a report: store the next version and its verified SR (COMPLETE, VERIFIED), which references the last."""
+    edits = _edits(findings_file)
+    settings = load_settings()
+    with _database():
+        revision = _sign(settings, report_id, author, organization, edits, impression, limitations)
+    console.print(f"report {report_id}: version {revision.version} signed (revision {revision.revision_id})")
+    from integration.export.outbox import queue_deliveries
+
+    queued = queue_deliveries(settings, report_id, revision.revision_id, "signed")
+    if queued:
+        console.print(f"{len(queued)} deliveries queued: {', '.join(map(str, queued))}")
+    typer.echo(settings.data_dir / revision.sr_path if revision.sr_path else "")
+
+
+def _sign(
+    settings: Settings,
+    report_id: int,
+    author: str,
+    organization: str,
+    edits: tuple[list[dict[str, Any]] | None, str | None, str | None],
+    impression: str | None,
+    limitations: str | None,
+) -> RevisionRecord:
+    """Sign and return the new version; errors become readable exits."""
+    from integration.reports.drafts import SourceUnavailable, sign_report
+    from integration.store.revisions import UnknownReport, VersionTaken, report_revisions
+    from integration.store.session import session_scope
+
+    findings, file_impression, file_limitations = edits
+    try:
+        revision_id = sign_report(
+            settings,
+            report_id,
+            author=author,
+            organization=organization,
+            findings=findings,
+            impression=impression if impression is not None else file_impression,
+            limitations=limitations if limitations is not None else file_limitations,
+        )
+    except (UnknownReport, ValueError) as exc:
+        raise fail(str(exc), 2) from None
+    except (SourceUnavailable, VersionTaken) as exc:
+        raise fail(str(exc)) from None
+    with session_scope(settings.database_url) as session:
+        return next(r for r in report_revisions(session, report_id) if r.revision_id == revision_id)
+
+
+@report_app.command("sr")
+def sr_command(report_id: ReportId) -> None:
+    """Write the draft's SR (PARTIAL, UNVERIFIED) if it is not there yet, and print its path."""
+    from integration.reports.drafts import SourceUnavailable, ensure_draft_sr
+    from integration.store.revisions import UnknownReport
+
+    settings = load_settings()
+    with _database():
+        try:
+            path = ensure_draft_sr(settings, report_id)
+        except UnknownReport as exc:
+            raise fail(str(exc), 2) from None
+        except SourceUnavailable as exc:
+            raise fail(str(exc)) from None
+    typer.echo(path)
+
+
+@report_app.command("show")
+def show_command(report_id: ReportId) -> None:
+    """Show a report: its draft findings, impression and limitations, and every signed version."""
+    from integration.store.revisions import UnknownReport, load_report, report_revisions
+    from integration.store.session import session_scope
+
+    settings = load_settings()
+    with _database():
+        try:
+            with session_scope(settings.database_url) as session:
+                report = load_report(session, report_id)
+                revisions = report_revisions(session, report_id)
+        except UnknownReport as exc:
+            raise fail(str(exc), 2) from None
+    out = Console()
+    out.print(
+        Text(
+            f"report {report.report_id}: {report.status}, study {report.study_uid} (version {report.study_version}); "
+            f"model {report.model_id} ({report.model_revision}), prompt {report.prompt_version}"
+        )
+    )
+    out.print(Text(f"draft SR: {settings.data_dir / report.sr_path if report.sr_path else 'not written yet'}"))
+    _print_content(out, "draft (v1, AI-generated, unverified)", report.findings)
+    for revision in revisions:
+        when = revision.created_at.strftime("%Y-%m-%d %H:%M UTC")
+        title = f"v{revision.version} {revision.status} by {revision.author}, {revision.organization}, {when}"
+        _print_content(out, title, revision.findings)
+        out.print(Text(f"SR: {settings.data_dir / revision.sr_path if revision.sr_path else '-'}"))
+
+
+def _print_content(out: Console, title: str, document: dict[str, Any]) -> None:
+    """Print a findings document; its text is untrusted (model output), so never read as markup."""
+    table = Table("#", "finding", "images", title=Text(title), title_justify="left")
+    for number, finding in enumerate(document.get("findings", []), start=1):
+        if isinstance(finding, dict):
+            images = ", ".join(str(i) for i in finding.get("images", []))
+            table.add_row(str(number), Text(str(finding.get("text", ""))), images or "-")
+    out.print(table)
+    for heading in ("impression", "limitations"):
+        if document.get(heading):
+            out.print(Text(f"{heading.capitalize()}: {document[heading]}"))

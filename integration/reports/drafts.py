@@ -1,0 +1,434 @@
+"""Report documents on disk: the draft's SR (built once) and signing, which adds a verified SR.
+
+Files live under ``settings.data_dir / "reports" / <study UID> / <SR SOP Instance UID>.dcm``; the
+database keeps the path relative to ``settings.data_dir`` (``reports/<study>/<sop>.dcm``).  A file is
+written to a temporary name in its folder, flushed, renamed into place and the folder flushed
+(``settings.fsync``), so a reader never sees half a document.
+
+* :func:`ensure_draft_sr` gives a draft its SR.  The UIDs are drawn once and stored with the draft, so
+  building again (a lost file, a redelivered task) gives the same SOP Instance UID; a file already in
+  place is kept.
+* :func:`sign_report` stores the radiologist's version (v2, v3 ...) with a new, verified SR.  Each
+  version references the version it replaces (the draft for v2, v2 for v3 ...), so the Predecessor
+  Documents Sequence forms a chain back to the draft.  What the radiologist does not edit (findings,
+  impression, limitations) is taken from that version.  Signed versions share one series per report.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+from pydicom import Dataset, dcmread, dcmwrite
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import ComprehensiveSRStorage, generate_uid
+
+from integration.config import Settings
+from integration.dicom.header import is_valid_uid
+from integration.reports.sr import Algorithm, ReportForSr, Verification, build_draft_sr, build_signed_sr
+from integration.reports.sr_content import SeenFrame, SrFinding, sr_text
+from integration.store.revisions import (
+    SIGNABLE,
+    ReportDocument,
+    ReportNotSignable,
+    SignedVersion,
+    fix_draft_sr_uids,
+    instance_paths,
+    load_report,
+    next_version,
+    record_draft_sr_path,
+    record_signed_version,
+    report_revisions,
+)
+from integration.store.session import session_scope
+from integration.store.tables import utcnow
+
+log = logging.getLogger(__name__)
+
+REPORTS_FOLDER = "reports"
+#: Most findings a signed version may have.
+MAX_FINDINGS = 500
+
+
+class SourceUnavailable(RuntimeError):
+    """No stored instance of the report's study can be read (patient and study data come from one)."""
+
+
+class InvalidFindings(ValueError):
+    """Edited findings that are not a list of ``{"text": str, "images": [int, ...]}``."""
+
+
+def sr_path_of(study_uid: str, sop_instance_uid: str) -> str:
+    """Return the stored path of an SR (relative to the data folder), from validated UIDs only.
+
+    Parameters
+    ----------
+    study_uid, sop_instance_uid : str
+        The study and the SR's SOP Instance UID.
+
+    Returns
+    -------
+    str
+        ``reports/<study>/<sop>.dcm``.
+
+    Raises
+    ------
+    ValueError
+        A UID that is not a valid DICOM UID (so could not be a safe path).
+    """
+    if not (is_valid_uid(study_uid) and is_valid_uid(sop_instance_uid)):
+        raise ValueError("refusing to build a path from an invalid UID")
+    return f"{REPORTS_FOLDER}/{study_uid}/{sop_instance_uid}.dcm"
+
+
+def write_document(path: Path, document: Dataset, *, fsync: bool = True) -> None:
+    """Write a DICOM file durably: temporary file, flush, atomic rename, flushed folders.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        Final name; replaced atomically if present.
+    document : pydicom.Dataset
+        The data set, with file meta.
+    fsync : bool
+        Flush file and folders to stable storage.
+    """
+    buffer = BytesIO()
+    dcmwrite(buffer, document, enforce_file_format=True)
+    created = [p for p in (path.parent.parent, path.parent) if not p.exists()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".partial")
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(buffer.getbuffer())
+            file.flush()
+            if fsync:
+                os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    if fsync:
+        for folder in [path.parent, *(p.parent for p in created)]:
+            descriptor = os.open(folder, os.O_RDONLY)
+            try:
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)
+
+
+def _instance_file(settings: Settings, storage_path: str) -> Path:
+    root = settings.instance_root.resolve()
+    path = (root / storage_path).resolve()
+    if not path.is_relative_to(root):
+        raise ValueError("stored path escapes the instance store")
+    return path
+
+
+def _seen_frames(evidence: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The evidence entries that name a valid instance (others are logged and left out)."""
+    entries = []
+    for entry in evidence:
+        uids = (entry.get("sop_class_uid"), entry.get("sop_instance_uid"), entry.get("series_uid"))
+        numbers = (entry.get("image"), entry.get("frame") or 1)
+        if all(is_valid_uid(uid) for uid in uids) and all(isinstance(n, int) and n > 0 for n in numbers):
+            entries.append(dict(entry))
+        else:
+            log.warning("evidence entry without valid UIDs, image or frame number left out of the SR")
+    return entries
+
+
+def _study_headers(settings: Settings, report: ReportDocument) -> tuple[Dataset, tuple[SeenFrame, ...]]:
+    """Read the headers of the instances the model saw: the source data set and each one's frame count."""
+    entries = _seen_frames(report.evidence)
+    wanted = list(dict.fromkeys(str(e["sop_instance_uid"]) for e in entries))
+    with session_scope(settings.database_url) as session:
+        paths = instance_paths(session, report.study_id, report.study_version, wanted)
+        fallback = instance_paths(session, report.study_id, report.study_version, ())
+    headers: dict[str, Dataset] = {}
+    for uid, storage_path in [*paths.items(), *fallback.items()]:
+        try:
+            headers.setdefault(uid, dcmread(_instance_file(settings, storage_path), stop_before_pixels=True))
+        except (OSError, InvalidDicomError, ValueError) as exc:
+            log.warning("report %d: instance %s unreadable for the SR: %s", report.report_id, uid, exc)
+    source = next((headers[uid] for uid in [*wanted, *fallback] if uid in headers), None)
+    if source is None:
+        raise SourceUnavailable(f"no stored instance of study {report.study_uid} can be read")
+    most = {uid: max(int(e.get("frame") or 1) for e in entries if e["sop_instance_uid"] == uid) for uid in wanted}
+    counts = {uid: int(headers[uid].get("NumberOfFrames") or 1) if uid in headers else most[uid] for uid in wanted}
+    frames = tuple(
+        SeenFrame(
+            image=int(e["image"]),
+            sop_class_uid=str(e["sop_class_uid"]),
+            sop_instance_uid=str(e["sop_instance_uid"]),
+            series_uid=str(e["series_uid"]),
+            frame=int(e.get("frame") or 1),
+            number_of_frames=counts[str(e["sop_instance_uid"])],
+        )
+        for e in entries
+    )
+    return source, frames
+
+
+def _report_for_sr(
+    report: ReportDocument, content: Mapping[str, Any], evidence: tuple[SeenFrame, ...], made_at: datetime
+) -> ReportForSr:
+    return ReportForSr(
+        findings=tuple(
+            SrFinding(str(f.get("text", "")), tuple(int(i) for i in f.get("images", ()) if isinstance(i, int)))
+            for f in content.get("findings", ())
+            if isinstance(f, Mapping)
+        ),
+        impression=str(content.get("impression") or ""),
+        limitations=str(content.get("limitations") or ""),
+        evidence=evidence,
+        algorithm=Algorithm(report.model_id, report.model_revision, report.model_family, report.prompt_version),
+        created_at=made_at,
+    )
+
+
+def ensure_draft_sr(settings: Settings, report_id: int) -> Path:
+    """Give a draft its SR (PARTIAL, UNVERIFIED) once, and return the file; idempotent.
+
+    Parameters
+    ----------
+    settings : Settings
+        Data folder, instance store, database.
+    report_id : int
+        The draft report.
+
+    Returns
+    -------
+    pathlib.Path
+        ``settings.data_dir / "reports" / <study UID> / <SR SOP Instance UID>.dcm``.
+
+    Raises
+    ------
+    integration.store.revisions.UnknownReport
+        No report has this id.
+    SourceUnavailable
+        No instance of the study can be read.
+    """
+    with session_scope(settings.database_url) as session:
+        report = load_report(session, report_id)
+    if report.sr_path and (settings.data_dir / report.sr_path).is_file():
+        return settings.data_dir / report.sr_path
+    if report.sr_sop_instance_uid is None or report.sr_series_uid is None:
+        with session_scope(settings.database_url) as session:
+            sop_uid, series_uid = fix_draft_sr_uids(session, report_id, str(generate_uid()), str(generate_uid()))
+    else:
+        sop_uid, series_uid = report.sr_sop_instance_uid, report.sr_series_uid
+    relative = sr_path_of(report.study_uid, sop_uid)
+    path = settings.data_dir / relative
+    if not path.is_file():
+        source, evidence = _study_headers(settings, report)
+        content = _report_for_sr(report, report.findings, evidence, report.created_at)
+        document = build_draft_sr(content, source, sop_instance_uid=sop_uid, series_instance_uid=series_uid)
+        write_document(path, document, fsync=settings.fsync)
+        log.info("report %d: draft SR %s written", report_id, relative)
+    if report.sr_path != relative:
+        with session_scope(settings.database_url) as session:
+            record_draft_sr_path(session, report_id, relative)
+    return path
+
+
+def checked_findings(value: object, images_seen: Sequence[int] = ()) -> list[dict[str, Any]]:
+    """Return edited findings in the stored layout, or say what is wrong with them.
+
+    Parameters
+    ----------
+    value : object
+        A list of ``{"text": str, "images": [int, ...]}`` (``images`` optional), as parsed from JSON.
+    images_seen : sequence of int
+        The image numbers of the draft; a finding may cite only these (any, when empty).
+
+    Returns
+    -------
+    list of dict
+        ``[{"text": ..., "images": [...]}]`` with safe text.
+
+    Raises
+    ------
+    InvalidFindings
+        Not a list of such objects, an empty text, or an image the model never saw.
+    """
+    if not isinstance(value, list):
+        raise InvalidFindings('findings must be a JSON list of {"text": ..., "images": [...]} objects')
+    if len(value) > MAX_FINDINGS:
+        raise InvalidFindings(f"at most {MAX_FINDINGS} findings")
+    seen = set(images_seen)
+    findings = []
+    for number, finding in enumerate(value, start=1):
+        if not isinstance(finding, dict) or not isinstance(finding.get("text"), str):
+            raise InvalidFindings(f'finding {number} must be an object with a "text" string')
+        images = finding.get("images", [])
+        if not isinstance(images, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in images):
+            raise InvalidFindings(f'finding {number}: "images" must be a list of image numbers')
+        if seen and (unknown := sorted(set(images) - seen)):
+            raise InvalidFindings(f"finding {number} cites image(s) {unknown}; the draft has images {sorted(seen)}")
+        if not (text := sr_text(finding["text"])):
+            raise InvalidFindings(f"finding {number} has no text")
+        findings.append({"text": text, "images": list(dict.fromkeys(images))})
+    return findings
+
+
+def _stored_findings(document: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The findings of a stored version, leniently: entries without text are left out."""
+    findings = []
+    for finding in document.get("findings", ()):
+        if isinstance(finding, Mapping) and (text := sr_text(finding.get("text", ""))):
+            images = [i for i in finding.get("images", ()) if isinstance(i, int) and not isinstance(i, bool)]
+            findings.append({"text": text, "images": images})
+    return findings
+
+
+def signed_text(content: Mapping[str, Any], report: ReportDocument, verification: Verification, version: int) -> str:
+    """Render a signed version as plain text: the content, then who signed it and that it was AI-assisted.
+
+    Parameters
+    ----------
+    content : mapping
+        The findings document (``findings``, ``impression``, ``limitations``).
+    report : ReportDocument
+        The report (the model that drafted it).
+    verification : Verification
+        Who signed, when.
+    version : int
+        The version number.
+
+    Returns
+    -------
+    str
+        The text.
+    """
+    lines = ["FINDINGS:"]
+    for finding in content["findings"]:
+        refs = f" [images {', '.join(map(str, finding['images']))}]" if finding["images"] else ""
+        lines.append(f"- {finding['text']}{refs}")
+    for heading, key in (("IMPRESSION:", "impression"), ("LIMITATIONS:", "limitations")):
+        if content.get(key):
+            lines += ["", heading, str(content[key])]
+    when = verification.verified_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines += [
+        "",
+        f"Signed by {verification.observer_name}, {verification.organization}, {when} (report version {version}).",
+        f"AI-assisted: drafted by {report.model_id} (revision {report.model_revision}, "
+        f"prompt {report.prompt_version}), reviewed and verified by the signing radiologist.",
+    ]
+    return "\n".join(lines)
+
+
+def sign_report(
+    settings: Settings,
+    report_id: int,
+    *,
+    author: str,
+    organization: str,
+    findings: list[dict[str, Any]] | None = None,
+    impression: str | None = None,
+    limitations: str | None = None,
+    signed_at: datetime | None = None,
+) -> int:
+    """Sign a report: store the radiologist's version and its verified SR (COMPLETE, VERIFIED).
+
+    Parameters
+    ----------
+    settings : Settings
+        Data folder, instance store, database.
+    report_id : int
+        The report (a draft, or a report signed before: this adds the next version).
+    author : str
+        The radiologist as a DICOM person name (``"Doe^Jane"``).
+    organization : str
+        The radiologist's organization.
+    findings : list of dict, optional
+        Edited findings (``[{"text": ..., "images": [...]}]``); the previous version's when None.
+    impression, limitations : str, optional
+        Edited text; the previous version's when None.
+    signed_at : datetime, optional
+        When (aware); now when None.
+
+    Returns
+    -------
+    int
+        The new revision's id.
+
+    Raises
+    ------
+    ValueError
+        An invalid name or organization, or malformed findings (:class:`InvalidFindings`).
+    integration.store.revisions.UnknownReport
+        No report has this id.
+    integration.store.revisions.ReportNotSignable
+        The report was superseded or rejected.
+    integration.store.revisions.VersionTaken
+        A concurrent signature took the version; sign again.
+    """
+    verification = Verification(author, organization, signed_at or utcnow())
+    with session_scope(settings.database_url) as session:
+        report = load_report(session, report_id)
+    if report.status not in SIGNABLE:
+        raise ReportNotSignable(f"report {report_id} is {report.status} and cannot be signed")
+    images_seen = sorted({int(e["image"]) for e in _seen_frames(report.evidence)})
+    edited = None if findings is None else checked_findings(findings, images_seen)
+    draft_path = ensure_draft_sr(settings, report_id)
+    with session_scope(settings.database_url) as session:
+        previous = [r for r in report_revisions(session, report_id) if r.status == "signed" and r.sr_sop_instance_uid]
+        version = next_version(session, report_id)
+    before = previous[-1].findings if previous else report.findings
+    content = {
+        "findings": _stored_findings(before) if edited is None else edited,
+        "impression": sr_text(before.get("impression") or "") if impression is None else sr_text(impression),
+        "limitations": sr_text(before.get("limitations") or "") if limitations is None else sr_text(limitations),
+        "structured": True,
+        "problems": [],
+    }
+    predecessor = Dataset()
+    predecessor.SOPClassUID = ComprehensiveSRStorage
+    predecessor.StudyInstanceUID = report.study_uid
+    if previous:
+        predecessor.SeriesInstanceUID = previous[-1].sr_series_uid
+        predecessor.SOPInstanceUID = previous[-1].sr_sop_instance_uid
+    else:
+        header = dcmread(draft_path, stop_before_pixels=True)
+        predecessor.SeriesInstanceUID, predecessor.SOPInstanceUID = header.SeriesInstanceUID, header.SOPInstanceUID
+    series_uid = (previous[-1].sr_series_uid if previous else None) or str(generate_uid())
+    sop_uid = str(generate_uid())
+    source, evidence = _study_headers(settings, report)
+    document = build_signed_sr(
+        _report_for_sr(report, content, evidence, verification.verified_at),
+        source,
+        verification=verification,
+        predecessor=predecessor,
+        sop_instance_uid=sop_uid,
+        series_instance_uid=series_uid,
+        instance_number=version,
+    )
+    relative = sr_path_of(report.study_uid, sop_uid)
+    write_document(settings.data_dir / relative, document, fsync=settings.fsync)
+    signed = SignedVersion(
+        report_id=report_id,
+        version=version,
+        findings=content,
+        text=signed_text(content, report, verification, version),
+        author=author,
+        organization=organization,
+        signed_at=verification.verified_at,
+        sr_sop_instance_uid=sop_uid,
+        sr_series_uid=series_uid,
+        sr_path=relative,
+    )
+    try:
+        with session_scope(settings.database_url) as session:
+            revision_id = record_signed_version(session, signed)
+    except BaseException:
+        (settings.data_dir / relative).unlink(missing_ok=True)
+        raise
+    log.info("report %d: version %d signed by %s, SR %s", report_id, version, author, relative)
+    return revision_id

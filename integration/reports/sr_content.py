@@ -1,0 +1,373 @@
+"""The content tree of a report's DICOM SR: TID 2000 (Basic Diagnostic Imaging Report), built and read back.
+
+The tree, under the root CONTAINER (18748-4, LN, "Diagnostic Imaging Report"), TID 2000::
+
+    HAS CONCEPT MOD   CODE Language of Content Item and Descendants = English   (TID 1204)
+    HAS OBS CONTEXT   person observer (signed reports: the radiologist)         (TID 1002/1003)
+    HAS OBS CONTEXT   device observer (the model, as a device)                  (TID 1002/1004)
+    HAS CONCEPT MOD   TEXT Algorithm Name / Algorithm Version / Parameters      (TID 4019)
+    CONTAINS          CONTAINER Findings (59776-5, LN)                          (TID 2001)
+        CONTAINS          TEXT Finding (121071, DCM)                            (TID 2002), one per finding
+            INFERRED FROM     IMAGE Best illustration of finding (121080, DCM): instance (+ frames)
+        CONTAINS          TEXT Limitations (LIMITATIONS, 99PACSVLM)
+    CONTAINS          CONTAINER Impressions (19005-8, LN)
+        CONTAINS          TEXT Impression (121073, DCM)
+
+Section headings and elements are the LOINC and DCM codes of CID 7001 and CID 7002 (the DCM section
+codes 121070/121072 were replaced by LOINC codes in CID 7001).  DICOM has no concept for "limitations
+of this reading", so it is a code of our own private scheme ``99PACSVLM`` (private schemes start with
+``99``), declared in the Coding Scheme Identification Sequence; a PACS shows its meaning.  TID 4019 is
+attached to the root as HAS CONCEPT MOD, as TID 1501 attaches it, since the whole document comes from
+one algorithm (IHE AI Results asks for its name and version).
+
+Model output is untrusted text: :func:`sr_text` removes what would break the encoding (control
+characters, lone surrogates, non-characters) and caps the length well below the UT limit.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import highdicom as hd
+from highdicom.sr import (
+    CodedConcept,
+    ContainerContentItem,
+    ContentItem,
+    ContentSequence,
+    ImageContentItem,
+    RelationshipTypeValues,
+    TextContentItem,
+)
+
+#: Longest TEXT value we write, in characters (UT allows 2**32 - 2 bytes; a report needs far less).
+MAX_TEXT_CHARS = 65_536
+#: Our private coding scheme (PS3.3 8.1: private coding scheme designators begin with "99").
+PRIVATE_SCHEME = "99PACSVLM"
+
+DIAGNOSTIC_IMAGING_REPORT = CodedConcept("18748-4", "LN", "Diagnostic Imaging Report")
+FINDINGS = CodedConcept("59776-5", "LN", "Findings")
+IMPRESSIONS = CodedConcept("19005-8", "LN", "Impressions")
+FINDING = CodedConcept("121071", "DCM", "Finding")
+IMPRESSION = CodedConcept("121073", "DCM", "Impression")
+LIMITATIONS = CodedConcept("LIMITATIONS", PRIVATE_SCHEME, "Limitations")
+BEST_ILLUSTRATION = CodedConcept("121080", "DCM", "Best illustration of finding")
+ALGORITHM_NAME = CodedConcept("111001", "DCM", "Algorithm Name")
+ALGORITHM_VERSION = CodedConcept("111003", "DCM", "Algorithm Version")
+ALGORITHM_PARAMETERS = CodedConcept("111002", "DCM", "Algorithm Parameters")
+DEVICE_OBSERVER_UID = CodedConcept("121012", "DCM", "Device Observer UID")
+PERSON_OBSERVER_NAME = CodedConcept("121008", "DCM", "Person Observer Name")
+ENGLISH = CodedConcept("en", "RFC5646", "English")
+
+# C0 controls but TAB, LF and CR; DEL and C1 controls; lone surrogates; the non-characters U+FFFE/U+FFFF.
+_UNSAFE = re.compile(r"[\x00-\x08\x0b-\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
+
+
+def sr_text(value: object, limit: int = MAX_TEXT_CHARS) -> str:
+    """Return untrusted text as a safe SR TEXT value.
+
+    Parameters
+    ----------
+    value : object
+        The text (model output or a reviewer's edit).
+    limit : int
+        Most characters kept; a longer text is cut and ends with an ellipsis.
+
+    Returns
+    -------
+    str
+        The text without control characters, lone surrogates or non-characters, whitespace-trimmed
+        (UT ignores trailing spaces) and at most ``limit`` characters long.
+    """
+    text = _UNSAFE.sub("", str(value)).strip()
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "\u2026"
+
+
+@dataclass(frozen=True)
+class SrFinding:
+    """One finding and the images (1-based, as numbered in the prompt) it was inferred from."""
+
+    text: str
+    images: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class SeenFrame:
+    """One frame of one instance inside one model image (an entry of the report's evidence).
+
+    Attributes
+    ----------
+    image : int
+        1-based image number, as in the prompt and in findings.
+    sop_class_uid, sop_instance_uid, series_uid : str
+        The instance.
+    frame : int
+        1-based frame number.
+    number_of_frames : int
+        Frames in the instance: frame numbers are referenced only for multi-frame instances.
+    """
+
+    image: int
+    sop_class_uid: str
+    sop_instance_uid: str
+    series_uid: str
+    frame: int = 1
+    number_of_frames: int = 1
+
+
+@dataclass(frozen=True)
+class ImageReference:
+    """An SR reference to an instance, with its frames when it is multi-frame (else empty)."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    frames: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class ReadFinding:
+    """A finding as read back from an SR: its text and the images it was inferred from."""
+
+    text: str
+    references: tuple[ImageReference, ...] = ()
+
+
+def references_of(images: Iterable[int], evidence: Sequence[SeenFrame]) -> tuple[ImageReference, ...]:
+    """Return the instance references behind some image numbers, one per instance, in evidence order.
+
+    Parameters
+    ----------
+    images : iterable of int
+        Image numbers a finding cites.
+    evidence : sequence of SeenFrame
+        What the model saw.
+
+    Returns
+    -------
+    tuple of ImageReference
+        One per instance; frame numbers (sorted, unique) only for multi-frame instances.
+    """
+    cited = set(images)
+    frames: dict[str, set[int]] = {}
+    classes: dict[str, str] = {}
+    multiframe: dict[str, bool] = {}
+    for seen in evidence:
+        if seen.image in cited:
+            frames.setdefault(seen.sop_instance_uid, set()).add(seen.frame)
+            classes[seen.sop_instance_uid] = seen.sop_class_uid
+            multiframe[seen.sop_instance_uid] = seen.number_of_frames > 1
+    return tuple(
+        ImageReference(classes[uid], uid, tuple(sorted(numbers)) if multiframe[uid] else ())
+        for uid, numbers in frames.items()
+    )
+
+
+def _text(name: CodedConcept, value: str) -> TextContentItem:
+    return TextContentItem(name=name, value=value, relationship_type=RelationshipTypeValues.CONTAINS)
+
+
+def _container(name: CodedConcept, items: Sequence[ContentItem], *, template_id: str | None = None) -> ContentItem:
+    container = ContainerContentItem(name=name, template_id=template_id, relationship_type="CONTAINS")
+    container.ContentSequence = ContentSequence(items)
+    return container
+
+
+def finding_item(finding: SrFinding, evidence: Sequence[SeenFrame]) -> TextContentItem:
+    """Return one TEXT Finding with an INFERRED FROM IMAGE item per instance it cites.
+
+    Parameters
+    ----------
+    finding : SrFinding
+        The finding (text is made safe here).
+    evidence : sequence of SeenFrame
+        What the model saw, to turn image numbers into instances and frames.
+
+    Returns
+    -------
+    highdicom.sr.TextContentItem
+        The content item.
+    """
+    item = _text(FINDING, sr_text(finding.text) or "(empty finding)")
+    references = references_of(finding.images, evidence)
+    if references:
+        item.ContentSequence = ContentSequence(
+            [
+                ImageContentItem(
+                    name=BEST_ILLUSTRATION,
+                    referenced_sop_class_uid=ref.sop_class_uid,
+                    referenced_sop_instance_uid=ref.sop_instance_uid,
+                    referenced_frame_numbers=list(ref.frames) or None,
+                    relationship_type=RelationshipTypeValues.INFERRED_FROM,
+                )
+                for ref in references
+            ]
+        )
+    return item
+
+
+def report_sections(
+    findings: Sequence[SrFinding], impression: str, limitations: str, evidence: Sequence[SeenFrame]
+) -> list[ContentItem]:
+    """Return the Findings and Impressions sections (TID 2001), leaving out empty ones.
+
+    Parameters
+    ----------
+    findings : sequence of SrFinding
+        The findings.
+    impression, limitations : str
+        Free text; '' when none.
+    evidence : sequence of SeenFrame
+        What the model saw.
+
+    Returns
+    -------
+    list of highdicom.sr.ContentItem
+        CONTAINER items for the root's content.
+    """
+    sections: list[ContentItem] = []
+    items: list[ContentItem] = [finding_item(finding, evidence) for finding in findings]
+    if limitations_text := sr_text(limitations):
+        items.append(_text(LIMITATIONS, limitations_text))
+    if items:
+        sections.append(_container(FINDINGS, items, template_id="2001"))
+    if impression_text := sr_text(impression):
+        sections.append(_container(IMPRESSIONS, [_text(IMPRESSION, impression_text)], template_id="2001"))
+    return sections
+
+
+def algorithm_items(name: str, version: str, parameters: Sequence[str]) -> list[ContentItem]:
+    """Return TID 4019 Algorithm Identification for the root (HAS CONCEPT MOD).
+
+    Parameters
+    ----------
+    name, version : str
+        The model id and revision.
+    parameters : sequence of str
+        Further parameters (prompt version, model family).
+
+    Returns
+    -------
+    list of highdicom.sr.ContentItem
+        The TEXT items.
+    """
+    template = hd.sr.AlgorithmIdentification(
+        name=sr_text(name) or "unknown",
+        version=sr_text(version) or "unknown",
+        parameters=[sr_text(p) for p in parameters if sr_text(p)] or None,
+    )
+    return [*template]
+
+
+def language_items() -> list[ContentItem]:
+    """Return TID 1204: the content is English (the prompts ask for English)."""
+    return [*hd.sr.LanguageOfContentItemAndDescendants(ENGLISH)]
+
+
+def coding_schemes() -> list[hd.coding_schemes.CodingSchemeIdentificationItem]:
+    """Return the Coding Scheme Identification items for the private scheme the content uses."""
+    return [
+        hd.coding_schemes.CodingSchemeIdentificationItem(
+            designator=PRIVATE_SCHEME, name="pacs-vlm report concepts", responsible_organization="pacs-vlm"
+        )
+    ]
+
+
+def root_container(items: Sequence[ContentItem]) -> ContainerContentItem:
+    """Return the TID 2000 root container holding ``items``.
+
+    Parameters
+    ----------
+    items : sequence of highdicom.sr.ContentItem
+        The root's children, in order.
+
+    Returns
+    -------
+    highdicom.sr.ContainerContentItem
+        The root.
+    """
+    root = ContainerContentItem(name=DIAGNOSTIC_IMAGING_REPORT, template_id="2000")
+    root.ContentSequence = ContentSequence(items)
+    return root
+
+
+@dataclass(frozen=True)
+class ReadContent:
+    """What the content tree says, read back."""
+
+    findings: tuple[ReadFinding, ...]
+    impression: str
+    limitations: str
+    algorithm_name: str
+    algorithm_version: str
+    algorithm_parameters: tuple[str, ...]
+    device_observer_uid: str
+    person_observers: tuple[str, ...]
+
+
+def _is(item: ContentItem, concept: CodedConcept) -> bool:
+    name = item.name
+    return bool(name.value == concept.value and name.scheme_designator == concept.scheme_designator)
+
+
+def _children(item: ContentItem) -> list[ContentItem]:
+    return list(item.ContentSequence) if "ContentSequence" in item else []
+
+
+def _image_reference(item: ContentItem) -> ImageReference:
+    ref = item.ReferencedSOPSequence[0]
+    frames = ref.get("ReferencedFrameNumber")
+    numbers = () if frames is None else tuple(int(f) for f in (frames if isinstance(frames, Sequence) else [frames]))
+    return ImageReference(str(ref.ReferencedSOPClassUID), str(ref.ReferencedSOPInstanceUID), numbers)
+
+
+def read_content(root: ContentItem) -> ReadContent:
+    """Read a TID 2000 tree as written by :func:`root_container` and its helpers.
+
+    Parameters
+    ----------
+    root : highdicom.sr.ContentItem
+        The root CONTAINER (read through highdicom).
+
+    Returns
+    -------
+    ReadContent
+        Findings with their image references, impression, limitations, algorithm and observers.
+    """
+    findings: list[ReadFinding] = []
+    impression: list[str] = []
+    limitations: list[str] = []
+    algorithm: dict[str, list[str]] = {"name": [], "version": [], "parameters": []}
+    device_uid = ""
+    persons: list[str] = []
+    for item in _children(root):
+        if _is(item, ALGORITHM_NAME):
+            algorithm["name"].append(str(item.value))
+        elif _is(item, ALGORITHM_VERSION):
+            algorithm["version"].append(str(item.value))
+        elif _is(item, ALGORITHM_PARAMETERS):
+            algorithm["parameters"].append(str(item.value))
+        elif _is(item, DEVICE_OBSERVER_UID):
+            device_uid = str(item.value)
+        elif _is(item, PERSON_OBSERVER_NAME):
+            persons.append(str(item.value))
+        for child in _children(item) if isinstance(item, ContainerContentItem) else []:
+            if _is(child, FINDING):
+                references = tuple(
+                    _image_reference(ref) for ref in _children(child) if isinstance(ref, ImageContentItem)
+                )
+                findings.append(ReadFinding(str(child.value), references))
+            elif _is(child, LIMITATIONS):
+                limitations.append(str(child.value))
+            elif _is(child, IMPRESSION):
+                impression.append(str(child.value))
+    return ReadContent(
+        findings=tuple(findings),
+        impression="\n".join(impression),
+        limitations="\n".join(limitations),
+        algorithm_name=algorithm["name"][0] if algorithm["name"] else "",
+        algorithm_version=algorithm["version"][0] if algorithm["version"] else "",
+        algorithm_parameters=tuple(algorithm["parameters"]),
+        device_observer_uid=device_uid,
+        person_observers=tuple(persons),
+    )

@@ -1,0 +1,349 @@
+"""Reports as documents: the draft's SR identity, and the radiologist's signed versions (v2, v3 ...).
+
+Every function that writes commits its own short transaction; files are written by
+:mod:`integration.reports.drafts` before the row that names them is committed.  A report row is
+locked while a version is added (``FOR UPDATE`` on PostgreSQL) and ``(report, version)`` is unique,
+so two signatures never get the same version.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from integration.store.tables import (
+    AuditEvent,
+    Instance,
+    Report,
+    ReportRevision,
+    ReportStatus,
+    RevisionStatus,
+    Series,
+    Study,
+    StudyState,
+)
+
+#: Report states that may be signed: a draft, or a report signed before (a later version).
+SIGNABLE = frozenset({ReportStatus.DRAFT, ReportStatus.SIGNED})
+
+
+class UnknownReport(LookupError):
+    """No report has this id."""
+
+
+class ReportNotSignable(ValueError):
+    """The report may not be signed (superseded by a newer study version, or rejected)."""
+
+
+class VersionTaken(RuntimeError):
+    """Another signature took this version first; sign again."""
+
+
+@dataclass(frozen=True)
+class ReportDocument:
+    """A report row as its documents need it."""
+
+    report_id: int
+    study_id: int
+    study_uid: str
+    study_version: int
+    status: str
+    findings: dict[str, Any]
+    evidence: list[dict[str, Any]]
+    model_id: str
+    model_revision: str
+    model_family: str
+    prompt_version: str
+    created_at: datetime
+    sr_sop_instance_uid: str | None
+    sr_series_uid: str | None
+    sr_path: str | None
+
+
+@dataclass(frozen=True)
+class RevisionRecord:
+    """One radiologist's version of a report."""
+
+    revision_id: int
+    report_id: int
+    version: int
+    status: str
+    findings: dict[str, Any]
+    text: str
+    author: str
+    organization: str
+    created_at: datetime
+    sr_sop_instance_uid: str | None
+    sr_series_uid: str | None
+    sr_path: str | None
+
+
+@dataclass(frozen=True)
+class SignedVersion:
+    """A signed version to store: its content, who signed it and where its SR is."""
+
+    report_id: int
+    version: int
+    findings: dict[str, Any]
+    text: str
+    author: str
+    organization: str
+    signed_at: datetime
+    sr_sop_instance_uid: str
+    sr_series_uid: str
+    sr_path: str
+
+
+def load_report(session: Session, report_id: int) -> ReportDocument:
+    """Return a report with its study UID.
+
+    Parameters
+    ----------
+    session : sqlalchemy.orm.Session
+        Open session.
+    report_id : int
+        The report.
+
+    Returns
+    -------
+    ReportDocument
+        The report.
+
+    Raises
+    ------
+    UnknownReport
+        No report has this id.
+    """
+    row = session.execute(
+        select(Report, Study.study_uid).join(Study, Report.study_id == Study.id).where(Report.id == report_id)
+    ).one_or_none()
+    if row is None:
+        raise UnknownReport(f"no report with id {report_id}")
+    report, study_uid = row
+    return ReportDocument(
+        report_id=report.id,
+        study_id=report.study_id,
+        study_uid=study_uid,
+        study_version=report.study_version,
+        status=report.status.value,
+        findings=dict(report.findings),
+        evidence=list(report.evidence),
+        model_id=report.model_id,
+        model_revision=report.model_revision,
+        model_family=report.model_family,
+        prompt_version=report.prompt_version,
+        created_at=report.created_at,
+        sr_sop_instance_uid=report.sr_sop_instance_uid,
+        sr_series_uid=report.sr_series_uid,
+        sr_path=report.sr_path,
+    )
+
+
+def report_revisions(session: Session, report_id: int) -> list[RevisionRecord]:
+    """Return a report's versions after the draft, oldest first.
+
+    Parameters
+    ----------
+    session : sqlalchemy.orm.Session
+        Open session.
+    report_id : int
+        The report.
+
+    Returns
+    -------
+    list of RevisionRecord
+        Versions 2, 3 ...
+    """
+    rows = session.scalars(
+        select(ReportRevision).where(ReportRevision.report_id == report_id).order_by(ReportRevision.version)
+    )
+    return [
+        RevisionRecord(
+            revision_id=r.id,
+            report_id=r.report_id,
+            version=r.version,
+            status=r.status.value,
+            findings=dict(r.findings),
+            text=r.text,
+            author=r.author,
+            organization=r.organization,
+            created_at=r.created_at,
+            sr_sop_instance_uid=r.sr_sop_instance_uid,
+            sr_series_uid=r.sr_series_uid,
+            sr_path=r.sr_path,
+        )
+        for r in rows
+    ]
+
+
+def instance_paths(
+    session: Session, study_id: int, study_version: int, sop_instance_uids: Collection[str]
+) -> dict[str, str]:
+    """Return where the study's instances are stored: the ones asked for, else the study's first.
+
+    Parameters
+    ----------
+    session : sqlalchemy.orm.Session
+        Open session.
+    study_id, study_version : int
+        The study, as of the report's version.
+    sop_instance_uids : collection of str
+        Instances wanted (the report's evidence); empty asks for any one instance of the study.
+
+    Returns
+    -------
+    dict of str to str
+        SOP Instance UID to storage path (relative to the instance store), in arrival order.
+    """
+    query = (
+        select(Instance.sop_instance_uid, Instance.storage_path)
+        .join(Series, Instance.series_id == Series.id)
+        .where(Series.study_id == study_id, Instance.study_version <= study_version)
+        .order_by(Instance.id)
+    )
+    wanted = list(sop_instance_uids)
+    query = query.where(Instance.sop_instance_uid.in_(wanted)) if wanted else query.limit(1)
+    return {uid: path for uid, path in session.execute(query)}
+
+
+def fix_draft_sr_uids(session: Session, report_id: int, sop_instance_uid: str, series_uid: str) -> tuple[str, str]:
+    """Give a draft its SR's UIDs once, and commit; UIDs already given are kept and returned.
+
+    Parameters
+    ----------
+    session : sqlalchemy.orm.Session
+        Open session.
+    report_id : int
+        The draft.
+    sop_instance_uid, series_uid : str
+        Fresh UIDs, used only when the draft has none yet.
+
+    Returns
+    -------
+    tuple of str
+        The draft SR's SOP Instance UID and Series Instance UID, as stored.
+    """
+    session.execute(
+        update(Report)
+        .where(Report.id == report_id, Report.sr_sop_instance_uid.is_(None))
+        .values(sr_sop_instance_uid=sop_instance_uid, sr_series_uid=series_uid)
+    )
+    session.commit()
+    stored = session.execute(
+        select(Report.sr_sop_instance_uid, Report.sr_series_uid).where(Report.id == report_id)
+    ).one_or_none()
+    if stored is None or stored[0] is None or stored[1] is None:
+        raise UnknownReport(f"no report with id {report_id}")
+    return str(stored[0]), str(stored[1])
+
+
+def record_draft_sr_path(session: Session, report_id: int, sr_path: str) -> None:
+    """Record where the draft's SR file is (relative to the data folder), and commit.
+
+    Parameters
+    ----------
+    session : sqlalchemy.orm.Session
+        Open session.
+    report_id : int
+        The draft.
+    sr_path : str
+        The file, relative to ``settings.data_dir``.
+    """
+    session.execute(update(Report).where(Report.id == report_id).values(sr_path=sr_path))
+    session.commit()
+
+
+def next_version(session: Session, report_id: int) -> int:
+    """Return the version a new signature of a report gets (2 for the first).
+
+    Parameters
+    ----------
+    session : sqlalchemy.orm.Session
+        Open session.
+    report_id : int
+        The report.
+
+    Returns
+    -------
+    int
+        One above the newest version (the draft is version 1).
+    """
+    newest = session.scalar(select(func.max(ReportRevision.version)).where(ReportRevision.report_id == report_id))
+    return int(newest or 1) + 1
+
+
+def record_signed_version(session: Session, signed: SignedVersion) -> int:
+    """Store a signed version, mark the report (and its study, when current) signed, audit it; commit.
+
+    Parameters
+    ----------
+    session : sqlalchemy.orm.Session
+        Open session.
+    signed : SignedVersion
+        The version; its SR file is already written.
+
+    Returns
+    -------
+    int
+        The revision id.
+
+    Raises
+    ------
+    UnknownReport
+        No report has this id.
+    ReportNotSignable
+        The report was superseded or rejected meanwhile.
+    VersionTaken
+        Another signature stored this version first.
+    """
+    query = select(Report).where(Report.id == signed.report_id)
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update()
+    report = session.scalars(query).one_or_none()
+    if report is None:
+        raise UnknownReport(f"no report with id {signed.report_id}")
+    if report.status not in SIGNABLE:
+        state = report.status.value
+        session.rollback()
+        raise ReportNotSignable(f"report {signed.report_id} is {state} and cannot be signed")
+    revision = ReportRevision(
+        report_id=report.id,
+        version=signed.version,
+        status=RevisionStatus.SIGNED,
+        findings=signed.findings,
+        text=signed.text,
+        author=signed.author,
+        organization=signed.organization,
+        created_at=signed.signed_at,
+        sr_sop_instance_uid=signed.sr_sop_instance_uid,
+        sr_series_uid=signed.sr_series_uid,
+        sr_path=signed.sr_path,
+    )
+    session.add(revision)
+    try:
+        session.flush()
+    except IntegrityError as exc:
+        session.rollback()
+        raise VersionTaken(f"version {signed.version} of report {signed.report_id} was stored meanwhile") from exc
+    report.status = ReportStatus.SIGNED
+    study = session.get(Study, report.study_id)
+    if study is not None and study.version == report.study_version and study.state == StudyState.DRAFTED:
+        study.state = StudyState.SIGNED
+    session.add(
+        AuditEvent(
+            at=signed.signed_at,
+            actor=signed.author[:128],
+            action="report.signed",
+            object_type="report",
+            object_id=str(report.id),
+            detail={"version": signed.version, "revision_id": revision.id, "organization": signed.organization},
+        )
+    )
+    session.commit()
+    return int(revision.id)
