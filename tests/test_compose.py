@@ -16,7 +16,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO / "docker-compose.yml"
-PACSVLM_SERVICES = ("migrate", "listener", "api", "worker")
+PACSVLM_SERVICES = ("migrate", "listener", "api", "worker", "delivery")
 
 
 @pytest.fixture(scope="module")
@@ -71,12 +71,14 @@ def test_listener_starts_after_migrations_and_redis(compose: dict[str, Any]) -> 
 def test_worker_reserves_a_gpu_and_shares_storage(compose: dict[str, Any]) -> None:
     services = compose["services"]
     worker = services["worker"]
-    assert as_list(worker["command"]) == ["worker"]
+    assert as_list(worker["command"]) == ["worker", "--queues", "analysis"]
+    assert as_list(services["delivery"]["command"]) == ["worker", "--queues", "delivery"]
+    assert "deploy" not in services["delivery"]  # deliveries need no GPU
     devices = gpu_devices(worker)
     assert len(devices) == 1 and int(devices[0]["count"]) == 1
     storage = {v.split(":")[0] for v in services["listener"]["volumes"] if v.split(":")[1] == "/var/lib/pacs-vlm"}
     assert storage, "the listener has no volume at /var/lib/pacs-vlm"
-    for name in ("worker", "api"):
+    for name in ("worker", "api", "delivery"):
         assert any(v.startswith(f"{next(iter(storage))}:/var/lib/pacs-vlm") for v in services[name]["volumes"]), name
 
 
