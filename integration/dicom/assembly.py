@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from sqlalchemy.exc import SQLAlchemyError
 
 from integration.config import Settings
-from integration.queue import broker_identity, send_analyze_study
+from integration.queue import broker_identity, send_analyze_study, send_deliver
 from integration.store.audit import record_event
+from integration.store.deliveries import deliveries_to_resend
 from integration.store.jobs import complete_stable_studies, jobs_to_send, mark_sent, record_send_error
 from integration.store.session import session_scope
 from integration.store.tables import AnalysisJob, utcnow
@@ -38,11 +39,14 @@ class PassResult:
         Messages sent (new and re-sent).
     send_failures : int
         Messages the broker did not take (retried next pass).
+    deliveries_resent : int
+        Messages of pending deliveries sent again.
     """
 
     jobs_created: int = 0
     sent: int = 0
     send_failures: int = 0
+    deliveries_resent: int = 0
 
 
 class StudyAssembler:
@@ -102,7 +106,21 @@ class StudyAssembler:
             result.sent += 1
             if item.send_count:
                 log.info("analysis job %d re-sent (send %d)", item.job_id, item.send_count + 1)
+        result.deliveries_resent = self._resend_deliveries(everything)
         return result
+
+    def _resend_deliveries(self, everything: bool) -> int:
+        """Re-send the messages of pending deliveries that are overdue (or all, after a broker restart)."""
+        with session_scope(self.settings.database_url) as session:
+            overdue = deliveries_to_resend(session, utcnow(), self.settings.resend_after_seconds, everything=everything)
+        for count, delivery_id in enumerate(overdue):
+            try:
+                send_deliver(self.settings, delivery_id)
+            except Exception as exc:  # the next pass after the grace period tries again
+                log.warning("delivery %d not re-sent: %s", delivery_id, type(exc).__name__)
+                return count
+            log.info("delivery %d re-sent", delivery_id)
+        return len(overdue)
 
     def _broker_restarted(self) -> bool:
         try:

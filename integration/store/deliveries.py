@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -216,3 +216,37 @@ def list_deliveries(session: Session, state: DeliveryState | None = None, limit:
     if state is not None:
         query = query.where(Delivery.state == state)
     return list(session.scalars(query))
+
+
+def deliveries_to_resend(session: Session, now: datetime, overdue_seconds: float, *, everything: bool) -> list[int]:
+    """Return pending deliveries whose message may be lost, and mark them as re-sent now; commit.
+
+    A pending delivery is due at ``next_attempt_at``; one still pending ``overdue_seconds`` after that
+    lost its message (a broker restarted without persistence, a worker gone with a held retry). After
+    a broker restart every pending delivery is re-sent.  A duplicate message is harmless: an attempt
+    starts only on a pending delivery, and re-sending a document leaves no duplicate at the destination.
+
+    Parameters
+    ----------
+    session : sqlalchemy.orm.Session
+        Open session.
+    now : datetime
+        Current time (aware, UTC).
+    overdue_seconds : float
+        Grace after the due time.
+    everything : bool
+        Re-send every pending delivery.
+
+    Returns
+    -------
+    list of int
+        The deliveries to send again.
+    """
+    query = select(Delivery.id).where(Delivery.state == DeliveryState.PENDING)
+    if not everything:
+        query = query.where(Delivery.next_attempt_at < now - timedelta(seconds=overdue_seconds))
+    ids = list(session.scalars(query.order_by(Delivery.id).limit(500)))
+    if ids:
+        session.execute(update(Delivery).where(Delivery.id.in_(ids)).values(next_attempt_at=now))
+    session.commit()
+    return ids

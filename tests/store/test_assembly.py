@@ -295,3 +295,47 @@ def test_embedded_defaults_queue_to_the_file_system(tmp_path: Path) -> None:
     assert StudyAssembler(settings).run_once().jobs_created == 1
     assert [(v, s) for _, v, s, _ in jobs(settings)] == [(1, JobState.SUPERSEDED), (2, JobState.QUEUED)]
     assert len(list((tmp_path / "broker" / "queue").iterdir())) == 2
+
+
+def test_reconciler_resends_an_overdue_pending_delivery_once(
+    migrated_postgres_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    from integration.store.deliveries import PlannedDelivery, create_deliveries
+    from integration.store.tables import Delivery, Report
+
+    settings = Settings(
+        database_url=migrated_postgres_url, broker_url=redis_url, data_dir=tmp_path, resend_after_seconds=0.5
+    )
+    now = utcnow()
+    with session_scope(migrated_postgres_url) as session:
+        study = Study(
+            study_uid=generate_uid(),
+            version=1,
+            calling_ae="CT1",
+            first_received_at=now,
+            last_received_at=now,
+            stable_after=now,
+            state=StudyState.DRAFTED,
+        )
+        session.add(study)
+        session.flush()
+        report = Report(
+            study_id=study.id, study_version=1, model_id="m", model_revision="r", model_family="llava",
+            prompt_version="ct/v1", structured=True, findings={}, text="", raw_output="", evidence=[], timings={},
+            tokens_in=0, tokens_out=0,
+        )  # fmt: skip
+        session.add(report)
+        session.flush()
+        report_id = report.id
+    with session_scope(migrated_postgres_url) as session:
+        [delivery_id] = create_deliveries(session, report_id, None, [PlannedDelivery("pacs", "sr")], now)
+    assembler = StudyAssembler(settings)
+    assert assembler.run_once().deliveries_resent == 0  # due now: its own message is still on its way
+    time.sleep(0.7)
+    assert assembler.run_once().deliveries_resent == 1  # overdue: the message was lost
+    [message] = queued_messages(redis_url, "delivery")
+    assert message["headers"]["task"] == "pacs_vlm.deliver" and message["args"] == [delivery_id]
+    assert assembler.run_once().deliveries_resent == 0  # re-sent now: not again before the grace passes
+    with session_scope(migrated_postgres_url) as session:
+        delivery = session.get(Delivery, delivery_id)
+        assert delivery is not None and (delivery.state.value, delivery.attempts) == ("pending", 0)
