@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from integration.cli import db_app, listen, studies_app
+from integration.cli_api import api
 from integration.cli_deliveries import deliveries_app
 from integration.cli_reports import report_app
 from worker.commands import demo, worker
@@ -15,6 +16,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("listen")(listen)
+app.command("api")(api)
 app.add_typer(db_app, name="db")
 app.add_typer(studies_app, name="studies")
 app.add_typer(report_app, name="report")

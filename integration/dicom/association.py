@@ -9,6 +9,7 @@ at once while the event loop only moves bytes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 from collections import Counter
@@ -24,6 +25,8 @@ from integration.dicom import upper_layer as ul
 log = logging.getLogger(__name__)
 
 VERIFICATION_SOP_CLASS = "1.2.840.10008.1.1"
+#: Longest wait for a requestor to close the connection after our rejection or release answer.
+ARTIM_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -198,6 +201,7 @@ class Association:
             self._send(ul.associate_rj(rejection.result, rejection.source, rejection.diagnostic))
             await self.writer.drain()
             await self.run_blocking(self.service.rejected, request, self.peer, rejection)
+            await self._await_peer_close()
             return None
         answer, self.accepted = ul.accept(request, self.contexts, self.limits.max_pdu_length)
         self.peer_max_length = request.max_length
@@ -216,6 +220,7 @@ class Association:
                     raise ul.ProtocolError("A-RELEASE-RQ in the middle of a message", ul.ABORT_UNEXPECTED_PDU)
                 self._send(ul.release_rp())
                 await self.writer.drain()
+                await self._await_peer_close()
                 return "released"
             if pdu_type == ul.ABORT:
                 return "aborted"
@@ -314,6 +319,15 @@ class Association:
             self.storing = False
         self.peer.statuses[outcome] += 1
         return int(code)
+
+    async def _await_peer_close(self) -> None:
+        """After A-ASSOCIATE-RJ or A-RELEASE-RP the requestor closes the connection (PS3.8 9.1.5/9.2.6).
+
+        Closing first races with the peer reading our answer (it may see the connection drop before the
+        PDU and report an abort), so wait for its close, at most the ARTIM time (the ACSE timeout).
+        """
+        with contextlib.suppress(TimeoutError, ConnectionError):  # anything but a close ends the wait as well
+            await asyncio.wait_for(self.reader.read(1024), min(self.limits.acse_timeout, ARTIM_SECONDS))
 
     def _send(self, data: bytes) -> None:
         if not self.writer.is_closing():

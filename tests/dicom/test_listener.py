@@ -363,7 +363,8 @@ def test_association_limit_rejects_the_extra_association(listener_factory, migra
     try:
         assert all(assoc.is_established for assoc in held)
         extra = ae.associate("127.0.0.1", listener.port, ae_title="PACSVLM")
-        assert extra.is_rejected
+        state = f"established={extra.is_established} aborted={extra.is_aborted}"
+        assert extra.is_rejected, f"{state}\n{listener.log()[-3000:]}"
     finally:
         for assoc in held:
             assoc.release()

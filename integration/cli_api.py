@@ -1,0 +1,97 @@
+"""The ``api`` command: the review API process (``/health`` and ``/metrics`` for now) under uvicorn.
+
+The root command line (:mod:`worker.cli`) mounts it.
+"""
+
+from __future__ import annotations
+
+import socket
+from enum import StrEnum
+from typing import Annotated
+
+import typer
+
+from integration.cli import console, fail, load_settings
+
+
+class LogLevel(StrEnum):
+    """Log levels of the API process (pacs-vlm's own messages and uvicorn's)."""
+
+    CRITICAL = "critical"
+    ERROR = "error"
+    WARNING = "warning"
+    INFO = "info"
+    DEBUG = "debug"
+
+
+def bind_listening_socket(host: str, port: int) -> socket.socket:
+    """Bind a TCP socket for the server, so a taken port is a readable error before uvicorn starts.
+
+    Parameters
+    ----------
+    host : str
+        Address (IPv4, IPv6 or a name).
+    port : int
+        TCP port.
+
+    Returns
+    -------
+    socket.socket
+        The bound socket (uvicorn listens on it).
+
+    Raises
+    ------
+    OSError
+        The address cannot be bound (in use, not ours, unknown name).
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def api(
+    host: Annotated[
+        str, typer.Option(help="Address to listen on (0.0.0.0 for every interface, as in docker-compose).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
+    log_level: Annotated[
+        LogLevel, typer.Option(case_sensitive=False, help="Log level of pacs-vlm's and uvicorn's messages.")
+    ] = LogLevel.INFO,
+) -> None:
+    """Run the review API: GET /health (database, broker, storage, disk) and GET /metrics (Prometheus)."""
+    import uvicorn
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from integration.logs import configure_logging
+    from integration.store.migrate import SchemaOutOfDate, ensure_schema
+    from integration.web.app import create_app
+    from integration.web.health import describe_error
+
+    configure_logging(log_level.value)
+    settings = load_settings()
+    try:
+        ensure_schema(settings.database_url)
+    except SchemaOutOfDate as exc:
+        raise fail(str(exc), 2) from None
+    except SQLAlchemyError as exc:
+        raise fail(f"cannot use the database: {describe_error(exc)}", 2) from None
+    try:
+        settings.instance_root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise fail(f"cannot create the instance store {settings.instance_root}: {exc.strerror or exc}", 2) from None
+    try:
+        sock = bind_listening_socket(host, port)
+    except OSError as exc:
+        raise fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}", 2) from None
+    config = uvicorn.Config(create_app(settings), log_level=log_level.value, server_header=False)
+    server = uvicorn.Server(config)
+    console.print(f"review API on http://{host}:{port} (/health, /metrics)")
+    server.run(sockets=[sock])
+    if not server.started:
+        raise fail("the API server did not start (see the messages above)")
