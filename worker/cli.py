@@ -8,6 +8,7 @@ from integration.cli import db_app, listen, studies_app
 from integration.cli_api import api
 from integration.cli_deliveries import deliveries_app
 from integration.cli_reports import report_app
+from integration.cli_users import sites_app, users_app
 from worker.commands import demo, worker
 
 app = typer.Typer(
@@ -21,6 +22,8 @@ app.add_typer(db_app, name="db")
 app.add_typer(studies_app, name="studies")
 app.add_typer(report_app, name="report")
 app.add_typer(deliveries_app, name="deliveries")
+app.add_typer(sites_app, name="sites")
+app.add_typer(users_app, name="users")
 
 
 app.command("worker")(worker)

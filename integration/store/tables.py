@@ -1,4 +1,4 @@
-"""SQLAlchemy 2.0 tables: studies, series, instances, analysis jobs, audit events.
+"""SQLAlchemy 2.0 tables: studies, series, instances, analysis jobs, audit events, sites, users, sessions.
 
 The database is the source of truth for every state.  Schema changes go
 through Alembic revisions in ``migrations/``; a test checks for drift.
@@ -132,6 +132,8 @@ class Study(Base):
     last_received_at: Mapped[datetime] = mapped_column(UTCDateTime())
     stable_after: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+    #: The site the study belongs to (who may review it); assigned from the calling AE or the upload.
+    site_id: Mapped[int | None] = mapped_column(ForeignKey("sites.id", ondelete="SET NULL"), index=True)
 
     series: Mapped[list[Series]] = relationship(back_populates="study")
     jobs: Mapped[list[AnalysisJob]] = relationship(back_populates="study")
@@ -320,3 +322,53 @@ class Delivery(Base):
         UniqueConstraint("subject", "destination", "document", name="uq_deliveries_subject_destination_document"),
         Index("ix_deliveries_state_next_attempt_at", "state", "next_attempt_at"),
     )
+
+
+class Site(Base):
+    """A hospital site: radiologists and uploaders belong to one, and see only its studies."""
+
+    __tablename__ = "sites"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    code: Mapped[str] = mapped_column(String(16), unique=True)
+    name: Mapped[str] = mapped_column(String(128))
+
+
+class UserRole(enum.StrEnum):
+    """What a user of the review app may do."""
+
+    RADIOLOGIST = "radiologist"
+    ADMIN = "admin"
+    UPLOADER = "uploader"
+
+
+class User(Base):
+    """A person who signs in to the review app (the password only as an argon2id hash)."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    role: Mapped[UserRole] = mapped_column(_enum(UserRole, "user_role"))
+    #: None only for global administrators; radiologists and uploaders belong to a site.
+    site_id: Mapped[int | None] = mapped_column(ForeignKey("sites.id", ondelete="RESTRICT"), index=True)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    site: Mapped[Site | None] = relationship()
+
+
+class UserSession(Base):
+    """A signed-in browser: only the SHA-256 of its random token is stored (the token lives in the cookie)."""
+
+    __tablename__ = "user_sessions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    user: Mapped[User] = relationship()

@@ -1,18 +1,22 @@
 """The FastAPI application of ``pacs-vlm api``, built from settings (nothing happens at import time).
 
-Operations first: ``GET /health`` and ``GET /metrics``.  The review pages, authentication and
-STOW-RS intake add their routers here.
+Operations: ``GET /health`` and ``GET /metrics``.  Review: ``POST /api/login``, ``POST /api/logout`` and the
+worklist under ``/api/studies``.  The review pages and STOW-RS intake add their routers here.
 """
 
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 
 from integration.config import Settings
+from integration.web.auth import auth_router
 from integration.web.health import health_router
 from integration.web.metrics import metrics_router
+from integration.web.studies import studies_router
 
 
 def _version() -> str:
@@ -46,4 +50,14 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.include_router(health_router(settings))
     app.include_router(metrics_router(settings))
+    app.include_router(auth_router())
+    app.include_router(studies_router())
+    app.add_exception_handler(RequestValidationError, _invalid_request)
     return app
+
+
+async def _invalid_request(request: Request, exc: Exception) -> JSONResponse:
+    """Answer 422 naming the fields and what is wrong, never echoing what was sent (it may be a password)."""
+    assert isinstance(exc, RequestValidationError)
+    errors = [{"loc": list(error.get("loc", ())), "msg": str(error.get("msg", ""))} for error in exc.errors()]
+    return JSONResponse(status_code=422, content={"detail": errors})

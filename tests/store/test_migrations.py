@@ -23,6 +23,9 @@ TABLES = {
     "reports",
     "report_revisions",
     "deliveries",
+    "sites",
+    "users",
+    "user_sessions",
 }
 
 
@@ -87,6 +90,7 @@ def test_check_constraints_and_indexes_match_the_tables(database_url: str) -> No
             "ck_reports_report_status",
             "ck_report_revisions_revision_status",
             "ck_deliveries_delivery_state",
+            "ck_users_user_role",
         }
         with engine.connect() as connection, pytest.raises(IntegrityError):
             connection.execute(

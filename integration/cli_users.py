@@ -1,0 +1,111 @@
+"""``pacs-vlm sites`` and ``pacs-vlm users``: who may sign in to the review app, and for which site."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from integration.cli import console, fail, load_settings
+from integration.store.tables import UserRole
+
+sites_app = typer.Typer(help="Hospital sites (radiologists see only their site's studies).", no_args_is_help=True)
+users_app = typer.Typer(help="Users of the review app: radiologists, admins and uploaders.", no_args_is_help=True)
+
+
+def _read_password(from_stdin: bool) -> str:
+    """Read the password from one line of stdin, or prompt for it twice without echo."""
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    password: str = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    return password
+
+
+@sites_app.command("add")
+def sites_add(
+    code: Annotated[str, typer.Argument(help="Short unique code, e.g. NORTH (stored upper case).")],
+    name: Annotated[str, typer.Argument(help="Human-readable name.")],
+) -> None:
+    """Add a site."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from integration.store.session import session_scope
+    from integration.store.users import UserError, create_site
+
+    settings = load_settings()
+    try:
+        with session_scope(settings.database_url) as session:
+            site = create_site(session, code, name)
+    except UserError as exc:
+        raise fail(str(exc), 2) from None
+    except SQLAlchemyError as exc:
+        raise fail(f"cannot use the database: {type(exc).__name__}; run 'pacs-vlm db upgrade'?", 2) from None
+    console.print(f"site {site.code} added")
+
+
+@sites_app.command("list")
+def sites_list() -> None:
+    """List the sites."""
+    from sqlalchemy import select
+
+    from integration.store.session import session_scope
+    from integration.store.tables import Site
+
+    settings = load_settings()
+    table = Table("code", "name")
+    with session_scope(settings.database_url) as session:
+        for site in session.scalars(select(Site).order_by(Site.code)):
+            table.add_row(site.code, Text(site.name))
+    Console().print(table)
+
+
+@users_app.command("add")
+def users_add(
+    username: Annotated[str, typer.Argument(help="Unique sign-in name.")],
+    role: Annotated[UserRole, typer.Option(help="What the user may do.", case_sensitive=False)],
+    site: Annotated[str | None, typer.Option(help="Site code; required except for admins.")] = None,
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from one line of stdin instead of prompting.")
+    ] = False,
+) -> None:
+    """Add a user; the password (at least 12 characters) is stored only as an argon2id hash."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from integration.store.session import session_scope
+    from integration.store.users import UserError, check_password_strength, create_user
+
+    settings = load_settings()
+    password = _read_password(password_stdin)
+    try:
+        check_password_strength(password)
+        with session_scope(settings.database_url) as session:
+            user = create_user(session, username, password, role, site)
+    except UserError as exc:
+        raise fail(str(exc), 2) from None
+    except SQLAlchemyError as exc:
+        raise fail(f"cannot use the database: {type(exc).__name__}; run 'pacs-vlm db upgrade'?", 2) from None
+    console.print(f"user {user.username} ({user.role.value}) added")
+
+
+@users_app.command("list")
+def users_list() -> None:
+    """List the users with their role, site and whether they are active."""
+    from integration.store.session import session_scope
+    from integration.store.users import list_users
+
+    settings = load_settings()
+    table = Table("username", "role", "site", "active", "created")
+    with session_scope(settings.database_url) as session:
+        for user, site in list_users(session):
+            table.add_row(
+                Text(user.username),
+                user.role.value,
+                site.code if site else "(all sites)",
+                "yes" if user.active else "no",
+                user.created_at.strftime("%Y-%m-%d %H:%M"),
+            )
+    Console().print(table)

@@ -1,0 +1,294 @@
+"""Sites, users and sign-in sessions of the review app.
+
+Passwords are stored only as argon2id hashes; a session's random token lives only in the browser's
+cookie, the database keeps its SHA-256.  Every function that writes commits its own transaction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import secrets
+from datetime import timedelta
+from functools import lru_cache
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from integration.store.tables import Site, User, UserRole, UserSession, utcnow
+
+#: Shortest password accepted.
+MIN_PASSWORD_LENGTH = 12
+#: Longest password accepted (hashing is deliberately slow; do not let anyone hash megabytes).
+MAX_PASSWORD_LENGTH = 1024
+#: Random bytes in a session token.
+TOKEN_BYTES = 32
+
+
+class UserError(ValueError):
+    """A site or user cannot be created as asked (the message says why)."""
+
+
+@lru_cache(maxsize=1)
+def _hasher() -> PasswordHasher:
+    return PasswordHasher()  # argon2id with the library's current recommended parameters
+
+
+@lru_cache(maxsize=1)
+def _dummy_hash() -> str:
+    """A hash to verify against when the user does not exist, so both cases cost the same."""
+    return _hasher().hash(secrets.token_hex(16))
+
+
+def hash_token(token: str) -> str:
+    """Return the SHA-256 hex digest under which a session token is stored.
+
+    Parameters
+    ----------
+    token : str
+        The raw token from the cookie.
+
+    Returns
+    -------
+    str
+        64 hex digits.
+    """
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def check_password_strength(password: str) -> None:
+    """Refuse passwords that are too short (or absurdly long).
+
+    Parameters
+    ----------
+    password : str
+        The candidate password.
+
+    Raises
+    ------
+    UserError
+        When it is shorter than :data:`MIN_PASSWORD_LENGTH` characters or too long.
+    """
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise UserError(f"the password is too weak: use at least {MIN_PASSWORD_LENGTH} characters")
+    if len(password) > MAX_PASSWORD_LENGTH:
+        raise UserError(f"the password is too long: at most {MAX_PASSWORD_LENGTH} characters")
+
+
+def create_site(session: Session, code: str, name: str) -> Site:
+    """Add a site and commit.
+
+    Parameters
+    ----------
+    session : sqlalchemy.orm.Session
+        Open session.
+    code : str
+        Short unique code (stored upper case, e.g. ``NORTH``).
+    name : str
+        Human-readable name.
+
+    Returns
+    -------
+    Site
+        The new site.
+
+    Raises
+    ------
+    UserError
+        When the code is empty, too long or taken.
+    """
+    code = code.strip().upper()
+    if not code or len(code) > 16:
+        raise UserError("a site code has 1 to 16 characters")
+    if session.scalar(select(Site.id).where(Site.code == code)) is not None:
+        raise UserError(f"site {code!r} already exists")
+    site = Site(code=code, name=name.strip()[:128])
+    session.add(site)
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        raise UserError(f"site {code!r} already exists") from None
+    return site
+
+
+def create_user(session: Session, username: str, password: str, role: UserRole, site_code: str | None) -> User:
+    """Add a user with an argon2id password hash and commit.
+
+    Parameters
+    ----------
+    session : sqlalchemy.orm.Session
+        Open session.
+    username : str
+        Unique sign-in name.
+    password : str
+        The password (only its hash is stored).
+    role : UserRole
+        What the user may do.
+    site_code : str, optional
+        The user's site; required for radiologists and uploaders, optional for administrators.
+
+    Returns
+    -------
+    User
+        The new user.
+
+    Raises
+    ------
+    UserError
+        On a weak password, an unknown or missing site, or a taken username.
+    """
+    username = username.strip()
+    if not username or len(username) > 64:
+        raise UserError("a username has 1 to 64 characters")
+    check_password_strength(password)
+    site_id: int | None = None
+    if site_code is not None:
+        site_id = session.scalar(select(Site.id).where(Site.code == site_code.strip().upper()))
+        if site_id is None:
+            raise UserError(f"unknown site {site_code!r}: add it with 'pacs-vlm sites add'")
+    elif role is not UserRole.ADMIN:
+        raise UserError(f"role {role.value} belongs to a site: name it with --site")
+    if session.scalar(select(User.id).where(User.username == username)) is not None:
+        raise UserError(f"user {username!r} already exists")
+    user = User(username=username, password_hash=_hasher().hash(password), role=role, site_id=site_id, active=True)
+    session.add(user)
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        raise UserError(f"user {username!r} already exists") from None
+    return user
+
+
+def list_users(session: Session) -> list[tuple[User, Site | None]]:
+    """Return every user with their site, by username.
+
+    Parameters
+    ----------
+    session : sqlalchemy.orm.Session
+        Open session.
+
+    Returns
+    -------
+    list of tuple of (User, Site or None)
+        The rows.
+    """
+    rows = session.execute(select(User, Site).outerjoin(Site, User.site_id == Site.id).order_by(User.username))
+    return [(user, site) for user, site in rows]
+
+
+def authenticate(session: Session, username: str, password: str) -> User | None:
+    """Check a username and password; rehash the password when the hash parameters are outdated.
+
+    An unknown username costs one hash verification too, so timing does not tell which usernames exist.
+
+    Parameters
+    ----------
+    session : sqlalchemy.orm.Session
+        Open session.
+    username, password : str
+        What the person typed.
+
+    Returns
+    -------
+    User or None
+        The active user, or None when the credentials are wrong or the user is inactive.
+    """
+    user = session.scalar(select(User).where(User.username == username)) if len(username) <= 64 else None
+    if user is None or len(password) > MAX_PASSWORD_LENGTH:
+        with contextlib.suppress(VerificationError):
+            _hasher().verify(_dummy_hash(), password[:MAX_PASSWORD_LENGTH])
+        return None
+    try:
+        _hasher().verify(user.password_hash, password)
+    except (VerificationError, InvalidHashError):
+        return None
+    if not user.active:
+        return None
+    if _hasher().check_needs_rehash(user.password_hash):
+        user.password_hash = _hasher().hash(password)
+        session.commit()
+    return user
+
+
+def create_session(session: Session, user: User, ttl: timedelta) -> str:
+    """Open a sign-in session for a user and commit.
+
+    Parameters
+    ----------
+    session : sqlalchemy.orm.Session
+        Open session.
+    user : User
+        The signed-in user.
+    ttl : datetime.timedelta
+        How long the session lasts.
+
+    Returns
+    -------
+    str
+        The raw token for the cookie (never stored).
+    """
+    token = secrets.token_urlsafe(TOKEN_BYTES)
+    now = utcnow()
+    session.add(
+        UserSession(
+            token_hash=hash_token(token), user_id=user.id, created_at=now, expires_at=now + ttl, last_seen_at=now
+        )
+    )
+    session.commit()
+    return token
+
+
+def user_for_token(session: Session, token: str) -> User | None:
+    """Return the user of a live session and note that it was seen; commits.
+
+    Parameters
+    ----------
+    session : sqlalchemy.orm.Session
+        Open session.
+    token : str
+        The raw token from the cookie.
+
+    Returns
+    -------
+    User or None
+        The user, or None when the token is unknown, the session expired or the user is inactive.
+    """
+    now = utcnow()
+    found = session.execute(
+        select(UserSession, User)
+        .join(User, UserSession.user_id == User.id)
+        .where(UserSession.token_hash == hash_token(token))
+    ).first()
+    if found is None:
+        return None
+    user_session, user = found
+    if user_session.expires_at <= now or not user.active:
+        return None
+    user_session.last_seen_at = now
+    session.commit()
+    return user
+
+
+def end_session(session: Session, token: str) -> bool:
+    """End a sign-in session and commit.
+
+    Parameters
+    ----------
+    session : sqlalchemy.orm.Session
+        Open session.
+    token : str
+        The raw token from the cookie.
+
+    Returns
+    -------
+    bool
+        Whether a session was ended.
+    """
+    result = session.execute(delete(UserSession).where(UserSession.token_hash == hash_token(token)))
+    session.commit()
+    return bool(getattr(result, "rowcount", 0))
