@@ -39,10 +39,13 @@ class CallingAE(BaseModel):
     stable_seconds : float, optional
         Idle time after which a study from this peer is complete; the global
         ``stable_seconds`` when omitted.
+    site : str, optional
+        Code of the site (``pacs-vlm sites add``) whose radiologists see this peer's studies.
     """
 
     hosts: list[str] = Field(default_factory=list)
     stable_seconds: Annotated[float, Field(gt=0)] | None = None
+    site: Annotated[str, Field(min_length=1, max_length=16)] | None = None
 
 
 class Settings(BaseSettings):

@@ -75,7 +75,8 @@ class StudyAssembler:
         result = PassResult()
         url = self.settings.database_url
         with session_scope(url) as session:
-            created = complete_stable_studies(session, utcnow(), self.settings.analysis_queue)
+            sites = {ae: peer.site for ae, peer in self.settings.calling_aes.items() if peer.site}
+            created = complete_stable_studies(session, utcnow(), self.settings.analysis_queue, sites=sites)
         result.jobs_created = len(created)
         for job_id in created:
             log.info("study complete: analysis job %d created", job_id)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from integration.store.tables import AnalysisJob, JobState, Study, StudyState
+from integration.store.tables import AnalysisJob, JobState, Site, Study, StudyState
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,9 @@ class PendingSend:
     send_count: int
 
 
-def complete_stable_studies(session: Session, now: datetime, queue: str, limit: int = 100) -> list[int]:
+def complete_stable_studies(
+    session: Session, now: datetime, queue: str, limit: int = 100, sites: Mapping[str, str] | None = None
+) -> list[int]:
     """Turn studies idle past their timer into ``stable`` studies with a new job, and commit.
 
     Queued jobs of older versions of the same study are superseded, so a late
@@ -47,6 +50,8 @@ def complete_stable_studies(session: Session, now: datetime, queue: str, limit: 
         Queue the new jobs go to.
     limit : int
         Studies handled per call.
+    sites : mapping of str to str, optional
+        Site code per calling AE: a study without a site gets its sender's (unknown codes are left unset).
 
     Returns
     -------
@@ -75,6 +80,9 @@ def complete_stable_studies(session: Session, now: datetime, queue: str, limit: 
         session.add(job)
         study.state = StudyState.STABLE
         study.updated_at = now
+        code = (sites or {}).get(study.calling_ae)
+        if study.site_id is None and code is not None:
+            study.site_id = session.scalar(select(Site.id).where(Site.code == code.upper()))
         jobs.append(job)
     session.commit()
     return [job.id for job in jobs]

@@ -339,3 +339,26 @@ def test_reconciler_resends_an_overdue_pending_delivery_once(
     with session_scope(migrated_postgres_url) as session:
         delivery = session.get(Delivery, delivery_id)
         assert delivery is not None and (delivery.state.value, delivery.attempts) == ("pending", 0)
+
+
+def test_a_study_gets_the_site_of_its_calling_ae_when_it_becomes_stable(
+    migrated_postgres_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    from integration.store.tables import Site
+
+    with session_scope(migrated_postgres_url) as session:
+        session.add(Site(code="NORTH", name="North hospital"))
+    settings = Settings(
+        database_url=migrated_postgres_url,
+        broker_url=redis_url,
+        data_dir=tmp_path,
+        stable_seconds=2,
+        calling_aes={CALLING_AE: {"site": "north"}, "OTHER": {"site": "NOWHERE"}},
+    )
+    study_uid = generate_uid()
+    record(settings, a_header(study_uid), past())
+    assert StudyAssembler(settings).run_once().jobs_created == 1
+    with session_scope(migrated_postgres_url) as session:
+        study = session.scalars(select(Study).where(Study.study_uid == study_uid)).one()
+        site = session.get(Site, study.site_id) if study.site_id is not None else None
+        assert site is not None and site.code == "NORTH"
