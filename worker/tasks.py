@@ -13,7 +13,8 @@ from integration.dicom.selection import NoImages
 from integration.export.outbox import queue_deliveries
 from integration.queue import ANALYZE_STUDY
 from integration.reports.drafts import ensure_draft_sr
-from integration.store.reports import SkippedJob, claim_job, fail_job, instance_files, note_error, record_draft
+from integration.store.jobs import record_job_error
+from integration.store.reports import SkippedJob, claim_job, fail_job, instance_files, record_draft
 from integration.store.session import session_scope
 from integration.store.tables import utcnow
 from models.backend import ModelNotStaged
@@ -71,7 +72,7 @@ def analyze_study(self: Any, job_id: int) -> str:
             _fail(job_id, f"gave up after {claimed.attempt} attempts: {error}")
             return "failed"
         with session_scope(url) as session:
-            note_error(session, job_id, error)
+            record_job_error(session, job_id, error)
         countdown = min(RETRY_BASE_SECONDS * 2 ** (claimed.attempt - 1), RETRY_MAX_SECONDS)
         raise self.retry(exc=exc, countdown=countdown) from exc
     with session_scope(url) as session:

@@ -20,7 +20,7 @@ from integration.config import Settings
 from integration.queue import broker_identity, send_analyze_study, send_deliver
 from integration.store.audit import record_event
 from integration.store.deliveries import deliveries_to_resend
-from integration.store.jobs import complete_stable_studies, jobs_to_send, mark_sent, record_send_error
+from integration.store.jobs import complete_stable_studies, jobs_to_send, mark_sent, record_job_error
 from integration.store.session import session_scope
 from integration.store.tables import AnalysisJob, utcnow
 
@@ -90,7 +90,7 @@ class StudyAssembler:
                 result.send_failures += 1
                 log.warning("analysis job %d not sent, will retry: %s", item.job_id, type(exc).__name__)
                 with session_scope(url) as session:
-                    record_send_error(session, item.job_id, f"broker: {type(exc).__name__}: {exc}")
+                    record_job_error(session, item.job_id, f"broker: {type(exc).__name__}: {exc}")
                 break
             with session_scope(url) as session:
                 mark_sent(session, item.job_id, utcnow())

@@ -8,13 +8,12 @@ name in a folder), so a destination never holds duplicates.
 
 from __future__ import annotations
 
-import os
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 
+from integration.durable import replace_file
 from integration.export.destinations import Destination
 
 #: Statuses a C-STORE SCP may answer that still mean "stored" (success and warnings, PS3.4 B.2.3).
@@ -137,28 +136,11 @@ def _stow_rs(destination: Destination, document: OutgoingDocument) -> str:
 
 def _to_folder(destination: Destination, document: OutgoingDocument) -> str:
     assert destination.folder is not None
-    folder = destination.folder
-    final = folder / document.filename
-    tmp = folder / f".{document.filename}.{uuid.uuid4().hex}.part"
+    final = destination.folder / document.filename
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-        try:
-            view = memoryview(document.content)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, final)  # same document, same name: a re-send replaces, never duplicates
-        directory = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        replace_file(final, document.content)  # same document, same name: a re-send replaces, never duplicates
     except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise DeliveryFailed(f"cannot write to folder {folder}: {exc.strerror or exc}") from exc
+        raise DeliveryFailed(f"cannot write to folder {destination.folder}: {exc.strerror or exc}") from exc
     return f"wrote {final.name}"
 
 

@@ -17,8 +17,6 @@ written to a temporary name in its folder, flushed, renamed into place and the f
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from io import BytesIO
@@ -31,6 +29,7 @@ from pydicom.uid import ComprehensiveSRStorage, generate_uid
 
 from integration.config import Settings
 from integration.dicom.header import is_valid_uid
+from integration.durable import replace_file
 from integration.reports.sr import Algorithm, ReportForSr, Verification, build_draft_sr, build_signed_sr
 from integration.reports.sr_content import SeenFrame, SrFinding, sr_text
 from integration.store.revisions import (
@@ -101,26 +100,7 @@ def write_document(path: Path, document: Dataset, *, fsync: bool = True) -> None
     """
     buffer = BytesIO()
     dcmwrite(buffer, document, enforce_file_format=True)
-    created = [p for p in (path.parent.parent, path.parent) if not p.exists()]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".partial")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(buffer.getbuffer())
-            file.flush()
-            if fsync:
-                os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    if fsync:
-        for folder in [path.parent, *(p.parent for p in created)]:
-            descriptor = os.open(folder, os.O_RDONLY)
-            try:
-                os.fsync(descriptor)
-            finally:
-                os.close(descriptor)
+    replace_file(path, buffer.getbuffer(), fsync=fsync)
 
 
 def _instance_file(settings: Settings, storage_path: str) -> Path:

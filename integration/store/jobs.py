@@ -144,8 +144,8 @@ def mark_sent(session: Session, job_id: int, now: datetime) -> None:
     session.commit()
 
 
-def record_send_error(session: Session, job_id: int, error: str) -> None:
-    """Keep the last broker error on a job that could not be sent, and commit.
+def record_job_error(session: Session, job_id: int, error: str) -> None:
+    """Keep the last error of a job (a send the broker refused, an attempt to be retried), and commit.
 
     Parameters
     ----------

@@ -186,22 +186,6 @@ def fail_job(session: Session, job_id: int, reason: str, now: datetime) -> None:
     session.commit()
 
 
-def note_error(session: Session, job_id: int, error: str) -> None:
-    """Keep the last error of a job that will be retried; commit.
-
-    Parameters
-    ----------
-    session : sqlalchemy.orm.Session
-        Open session.
-    job_id : int
-        The job.
-    error : str
-        What went wrong (no patient data).
-    """
-    session.execute(update(AnalysisJob).where(AnalysisJob.id == job_id).values(last_error=error[:2000]))
-    session.commit()
-
-
 def _fail(session: Session, job: AnalysisJob, study: Study, reason: str, now: datetime) -> None:
     job.state = JobState.FAILED
     job.last_error = reason[:2000]
