@@ -278,7 +278,6 @@ class Listener:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.Server | None = None
         self._thread: threading.Thread | None = None
-        self._associations: set[asyncio.Task[None]] = set()
         self._active: dict[asyncio.Task[None], Association] = {}
         self._slots = 0
         self._port = 0
@@ -335,9 +334,9 @@ class Listener:
         deadline = asyncio.get_running_loop().time() + self.STOP_GRACE_SECONDS
         while any(a.storing for a in self._active.values()) and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)
-        for task in list(self._associations):
+        for task in list(self._active):
             task.cancel()
-        await asyncio.gather(*self._associations, return_exceptions=True)
+        await asyncio.gather(*self._active, return_exceptions=True)
 
     async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -352,14 +351,12 @@ class Listener:
             self._take_slot,
             self._release_slot,
         )
-        self._associations.add(task)
         self._active[task] = association
         try:
             await association.run()
         except asyncio.CancelledError:
             pass  # cancelled by stop(); the association has sent its A-ABORT
         finally:
-            self._associations.discard(task)
             self._active.pop(task, None)
 
     def _run_blocking(self, function: Any, *args: Any) -> asyncio.Future[Any]:
