@@ -2,6 +2,7 @@
 # Install the Debian packages pacs-vlm's demo and tests need, only when something is missing.
 #   dcmtk (storescu/storescp/dsrdump), orthanc + orthanc-dicomweb (a real PACS peer),
 #   dicom3tools (dciodvfy), docker-compose (validates docker-compose.yml without an engine),
+#   chromium (the review page's browser test, driven by Playwright),
 #   postgresql / redis-server only when no server answers on 127.0.0.1:5432 / :6379
 #   (the tests then start throwaway ones).
 set -euo pipefail
@@ -12,6 +13,7 @@ command -v /usr/sbin/Orthanc >/dev/null 2>&1 || need+=(orthanc)
 [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need+=(orthanc-dicomweb)
 command -v dciodvfy >/dev/null 2>&1 || need+=(dicom3tools)
 command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
+[ -x /usr/bin/chromium ] || need+=(chromium)
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 if ! port_open 5432 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then need+=(postgresql); fi

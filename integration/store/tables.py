@@ -16,6 +16,7 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     Enum,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -134,6 +135,18 @@ class Study(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
     #: The site the study belongs to (who may review it); assigned from the calling AE or the upload.
     site_id: Mapped[int | None] = mapped_column(ForeignKey("sites.id", ondelete="SET NULL"), index=True)
+    #: ``routine`` or ``stat`` (a stat request raises it; the worklist sorts by it).
+    priority: Mapped[str] = mapped_column(String(8), default="routine", server_default="routine")
+    #: How the study arrived: ``dicom`` (C-STORE), ``stow`` (STOW-RS) or ``upload`` (photo upload).
+    source: Mapped[str] = mapped_column(String(8), default="dicom", server_default="dicom")
+    #: Worklist attributes, read from a stored instance when the study becomes stable (patient data: never logged).
+    patient_id: Mapped[str | None] = mapped_column(String(64))
+    patient_name: Mapped[str | None] = mapped_column(String(192))
+    patient_birth_date: Mapped[str | None] = mapped_column(String(8))
+    patient_sex: Mapped[str | None] = mapped_column(String(16))
+    accession_number: Mapped[str | None] = mapped_column(String(16))
+    study_date: Mapped[str | None] = mapped_column(String(8))
+    study_description: Mapped[str | None] = mapped_column(String(64))
 
     series: Mapped[list[Series]] = relationship(back_populates="study")
     jobs: Mapped[list[AnalysisJob]] = relationship(back_populates="study")
@@ -194,6 +207,16 @@ class AnalysisJob(Base):
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    #: Which configured model runs the job (``PACSVLM_MODELS`` key); None: the worker's default model.
+    model_name: Mapped[str | None] = mapped_column(String(64))
+    #: Prompt template name to use instead of the one chosen by modality and body part.
+    prompt_name: Mapped[str | None] = mapped_column(String(64))
+    #: ``routine`` or ``stat`` (stat jobs go to the stat queue, which workers take first).
+    priority: Mapped[str] = mapped_column(String(8), default="routine", server_default="routine")
+    #: ``primary`` (the study became stable) or ``second_opinion`` (a user asked for one).
+    purpose: Mapped[str] = mapped_column(String(16), default="primary", server_default="primary")
+    #: Who asked for a second opinion.
+    requested_by: Mapped[str | None] = mapped_column(String(64))
 
     study: Mapped[Study] = relationship(back_populates="jobs")
 
@@ -288,6 +311,62 @@ class ReportRevision(Base):
     __table_args__ = (UniqueConstraint("report_id", "version", name="uq_report_revisions_report_id_version"),)
 
 
+class ReviewChange(Base):
+    """One change a reviewer made to a draft before signing: the append-only, versioned edit history.
+
+    ``seq`` numbers the changes of one report (1, 2, ...); the working copy a reviewer sees is the draft
+    with its changes applied in order.  ``finding`` is the 0-based index of the draft's finding, or of an
+    added finding counted after the draft's (None for impression, limitations and free text).
+    """
+
+    __tablename__ = "review_changes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    report_id: Mapped[int] = mapped_column(ForeignKey("reports.id", ondelete="CASCADE"), index=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    actor: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    #: accept, edit, reject, add, impression, limitations, comment, reset
+    action: Mapped[str] = mapped_column(String(16))
+    finding: Mapped[int | None] = mapped_column(Integer)
+    before: Mapped[str | None] = mapped_column(Text)
+    after: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (UniqueConstraint("report_id", "seq", name="uq_review_changes_report_id_seq"),)
+
+
+class ReviewOutcome(Base):
+    """The difference between a draft and what the radiologist signed (or that they rejected it).
+
+    One row per signed or rejected revision, carrying the model, prompt and site so acceptance can be
+    measured per model version and site.
+    """
+
+    __tablename__ = "review_outcomes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    report_id: Mapped[int] = mapped_column(ForeignKey("reports.id", ondelete="CASCADE"), index=True)
+    revision_id: Mapped[int] = mapped_column(ForeignKey("report_revisions.id", ondelete="CASCADE"), unique=True)
+    site_id: Mapped[int | None] = mapped_column(ForeignKey("sites.id", ondelete="SET NULL"), index=True)
+    model_id: Mapped[str] = mapped_column(String(255))
+    model_revision: Mapped[str] = mapped_column(String(128))
+    prompt_version: Mapped[str] = mapped_column(String(64))
+    #: ``signed`` or ``rejected``
+    outcome: Mapped[str] = mapped_column(String(16))
+    draft_findings: Mapped[int] = mapped_column(Integer)
+    accepted: Mapped[int] = mapped_column(Integer)
+    edited: Mapped[int] = mapped_column(Integer)
+    rejected: Mapped[int] = mapped_column(Integer)
+    added: Mapped[int] = mapped_column(Integer)
+    #: Levenshtein distance between the draft's and the signed report's text (characters).
+    edit_distance: Mapped[int] = mapped_column(Integer)
+    #: 1 - distance / longer length: 1.0 means signed unchanged.
+    text_similarity: Mapped[float] = mapped_column(Float)
+    #: Per draft finding what became of it, and the added findings' texts.
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
 class DeliveryState(enum.StrEnum):
     """Where one delivery of one document to one destination stands."""
 
@@ -355,6 +434,8 @@ class User(Base):
     site_id: Mapped[int | None] = mapped_column(ForeignKey("sites.id", ondelete="RESTRICT"), index=True)
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    #: The name a signed report carries, as a DICOM person name (``Doe^Jane``); the username when unset.
+    person_name: Mapped[str | None] = mapped_column(String(64))
 
     site: Mapped[Site | None] = relationship()
 

@@ -13,10 +13,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from integration.config import Settings
+from integration.web.audit import audit_router
 from integration.web.auth import auth_router
 from integration.web.health import health_router
 from integration.web.metrics import metrics_router
+from integration.web.opinions import opinions_router
+from integration.web.pages import pages_router
+from integration.web.review import review_router
+from integration.web.stow import stow_router
 from integration.web.studies import studies_router
+from integration.web.upload import upload_router
 
 
 def _version() -> str:
@@ -52,6 +58,12 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(metrics_router(settings))
     app.include_router(auth_router())
     app.include_router(studies_router())
+    app.include_router(review_router())
+    app.include_router(opinions_router())
+    app.include_router(audit_router())
+    app.include_router(stow_router())
+    app.include_router(upload_router())
+    app.include_router(pages_router())
     app.add_exception_handler(RequestValidationError, _invalid_request)
     return app
 

@@ -21,6 +21,8 @@ TABLES = {
     "analysis_jobs",
     "audit_events",
     "reports",
+    "review_changes",
+    "review_outcomes",
     "report_revisions",
     "deliveries",
     "sites",
