@@ -9,24 +9,18 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, status
-from sqlalchemy import Select, func, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from integration.config import Settings
 from integration.store.tables import Instance, Report, Series, Site, Study, UserRole
+from integration.web.access import visible
 from integration.web.auth import CurrentUser, require_roles
 
 #: Most rows one worklist answer carries.
 WORKLIST_LIMIT = 500
 
 Reviewer = Annotated[CurrentUser, Depends(require_roles(UserRole.RADIOLOGIST, UserRole.ADMIN))]
-
-
-def _visible(query: Select[Any], user: CurrentUser) -> Select[Any]:
-    """Restrict a query on studies to the user's site (administrators: every site)."""
-    if user.role is UserRole.ADMIN:
-        return query
-    return query.where(Study.site_id == user.site_id, Study.site_id.is_not(None))
 
 
 def worklist(session: Session, user: CurrentUser, limit: int = WORKLIST_LIMIT) -> list[dict[str, Any]]:
@@ -53,7 +47,7 @@ def worklist(session: Session, user: CurrentUser, limit: int = WORKLIST_LIMIT) -
     newest_report = (
         select(func.max(Report.id)).where(Report.study_id == Study.id).correlate(Study).scalar_subquery()
     ).label("report_id")
-    query = _visible(
+    query = visible(
         select(Study, Site.code, series_count, modalities, newest_report).outerjoin(Site, Study.site_id == Site.id),
         user,
     ).order_by(Study.last_received_at.desc(), Study.id.desc())
@@ -93,7 +87,7 @@ def study_detail(session: Session, user: CurrentUser, study_uid: str) -> dict[st
     dict or None
         The study.
     """
-    study = session.scalar(_visible(select(Study).where(Study.study_uid == study_uid), user))
+    study = session.scalar(visible(select(Study).where(Study.study_uid == study_uid), user))
     if study is None:
         return None
     instance_counts = dict(

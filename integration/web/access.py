@@ -1,0 +1,94 @@
+"""Object-level authorization: which studies and reports a signed-in user may see.
+
+A radiologist or uploader sees only the studies of their own site; administrators see every site.  Anything
+else answers 404, exactly like something that does not exist, so ids of other sites' studies leak nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import HTTPException, status
+from sqlalchemy import Select, select
+from sqlalchemy.orm import Session
+
+from integration.store.tables import Report, Study, UserRole
+from integration.web.auth import CurrentUser
+
+
+def visible(query: Select[Any], user: CurrentUser) -> Select[Any]:
+    """Restrict a query that selects from ``studies`` to the studies the user may see.
+
+    Parameters
+    ----------
+    query : sqlalchemy.Select
+        A query over :class:`Study` (joined tables allowed).
+    user : CurrentUser
+        The signed-in user.
+
+    Returns
+    -------
+    sqlalchemy.Select
+        The restricted query.
+    """
+    if user.role is UserRole.ADMIN:
+        return query
+    return query.where(Study.site_id == user.site_id, Study.site_id.is_not(None))
+
+
+def study_for(session: Session, user: CurrentUser, study_uid: str) -> Study:
+    """Return the study with this UID when the user may see it.
+
+    Parameters
+    ----------
+    session : sqlalchemy.orm.Session
+        Open session.
+    user : CurrentUser
+        The signed-in user.
+    study_uid : str
+        Study Instance UID.
+
+    Returns
+    -------
+    Study
+        The study.
+
+    Raises
+    ------
+    fastapi.HTTPException
+        404 when it does not exist or belongs to another site.
+    """
+    study = session.scalar(visible(select(Study).where(Study.study_uid == study_uid), user))
+    if study is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such study")
+    return study
+
+
+def report_for(session: Session, user: CurrentUser, report_id: int) -> Report:
+    """Return the report with this id when the user may see its study.
+
+    Parameters
+    ----------
+    session : sqlalchemy.orm.Session
+        Open session.
+    user : CurrentUser
+        The signed-in user.
+    report_id : int
+        Report id.
+
+    Returns
+    -------
+    Report
+        The report.
+
+    Raises
+    ------
+    fastapi.HTTPException
+        404 when it does not exist or its study belongs to another site.
+    """
+    report = session.scalar(
+        visible(select(Report).join(Study, Report.study_id == Study.id).where(Report.id == report_id), user)
+    )
+    if report is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such report")
+    return report
