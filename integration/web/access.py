@@ -58,7 +58,7 @@ def study_for(session: Session, user: CurrentUser, study_uid: str) -> Study:
     fastapi.HTTPException
         404 when it does not exist or belongs to another site.
     """
-    study = session.scalar(visible(select(Study).where(Study.study_uid == study_uid), user))
+    study: Study | None = session.scalar(visible(select(Study).where(Study.study_uid == study_uid), user))
     if study is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such study")
     return study
@@ -86,7 +86,7 @@ def report_for(session: Session, user: CurrentUser, report_id: int) -> Report:
     fastapi.HTTPException
         404 when it does not exist or its study belongs to another site.
     """
-    report = session.scalar(
+    report: Report | None = session.scalar(
         visible(select(Report).join(Study, Report.study_id == Study.id).where(Report.id == report_id), user)
     )
     if report is None:
