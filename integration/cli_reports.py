@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from integration.store.revisions import RevisionRecord
 
 report_app = typer.Typer(
-    help="Reports: the draft's DICOM SR, the versions, and signing (a new, verified SR).", no_args_is_help=True
+    help="Reports: the draft's DICOM SR, the versions, signing (a new, verified SR), rejecting.", no_args_is_help=True
 )
 
 ReportId = Annotated[int, typer.Argument(help="The report's id (see 'pacs-vlm report show' or the demo's table).")]
@@ -76,9 +76,16 @@ def sign_command(
     """Sign a report: store the next version and its verified SR (COMPLETE, VERIFIED), which references the last."""
     edits = _edits(findings_file)
     settings = load_settings()
+    from integration.reports.review import record_signed_outcome
+
     with _database():
         revision = _sign(settings, report_id, author, organization, edits, impression, limitations)
+        outcome = record_signed_outcome(settings, report_id, revision.revision_id, actor=author, source="cli")
     console.print(f"report {report_id}: version {revision.version} signed (revision {revision.revision_id})")
+    console.print(
+        f"compared with the draft: {outcome.accepted} accepted, {outcome.edited} edited, "
+        f"{outcome.rejected} rejected, {outcome.added} added (text similarity {outcome.text_similarity:.2f})"
+    )
     from integration.export.outbox import queue_deliveries
 
     queued = queue_deliveries(settings, report_id, revision.revision_id, "signed")
@@ -118,6 +125,27 @@ def _sign(
         raise fail(str(exc)) from None
     with session_scope(settings.database_url) as session:
         return next(r for r in report_revisions(session, report_id) if r.revision_id == revision_id)
+
+
+@report_app.command("reject")
+def reject_command(
+    report_id: ReportId,
+    reason: Annotated[str, typer.Option(help="Why the draft is rejected (stored with the rejected version).")],
+    author: Annotated[str, typer.Option(help="Who rejects it (stored as the rejected version's author).")],
+) -> None:
+    """Reject a draft as a whole: a rejected version holding the reason; no SR, nothing delivered."""
+    from integration.reports.review import reject_draft
+    from integration.store.revisions import UnknownReport
+
+    settings = load_settings()
+    with _database():
+        try:
+            revision_id = reject_draft(settings, report_id, actor=author, reason=reason, source="cli")
+        except (UnknownReport, ValueError) as exc:
+            raise fail(str(exc), 2) from None
+        except RuntimeError as exc:
+            raise fail(str(exc)) from None
+    console.print(f"report {report_id}: draft rejected (revision {revision_id})")
 
 
 @report_app.command("sr")

@@ -20,6 +20,8 @@ from integration.dicom.routing import RoutingRule
 from integration.export.destinations import Destination, unique_names
 
 _AE_TITLE = re.compile(r"^[\x20-\x7e]{1,16}$")
+#: Names of configured models (``PACSVLM_MODELS`` keys), as stored in ``analysis_jobs.model_name``.
+MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
 
 def _check_ae_title(value: str) -> str:
@@ -80,9 +82,14 @@ class Settings(BaseSettings):
     assembly_interval: Annotated[float, Field(gt=0)] = 1.0
     resend_after_seconds: Annotated[float, Field(gt=0)] = 900.0
     analysis_queue: str = "analysis"
+    #: Queue of stat requests: workers consume it before the analysis queue (strict priority on Redis).
+    stat_queue: str = "analysis.stat"
 
     #: Folder of the model's weights, processor and tokenizer (staged by the administrator; never downloaded).
     model: Path | None = None
+    #: More staged models by name, for second opinions (JSON object, ``{"medgemma": "/models/medgemma-4b-it"}``);
+    #: a job without a model name runs on ``model``.  Names: lower case letters, digits, ``.``, ``_``, ``-``.
+    models: dict[str, Path] = Field(default_factory=dict)
     #: ``auto`` (first GPU, else CPU), ``cpu`` or ``cuda:<n>``: one worker process per GPU.
     model_device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")] = "auto"
     max_new_tokens: Annotated[int, Field(ge=1, le=8192)] = 512
@@ -116,6 +123,17 @@ class Settings(BaseSettings):
     def _destination_names_unique(cls, value: list[Destination]) -> list[Destination]:
         return unique_names(value)
 
+    @field_validator("models")
+    @classmethod
+    def _model_names_valid(cls, value: dict[str, Path]) -> dict[str, Path]:
+        for name in value:
+            if not MODEL_NAME.match(name):
+                raise ValueError(
+                    f"not a valid model name: {name!r} (1-64 characters: a-z, 0-9, '.', '_', '-'; "
+                    "starting with a letter or digit)"
+                )
+        return value
+
     @field_validator("calling_aes")
     @classmethod
     def _calling_aes_valid(cls, value: dict[str, CallingAE]) -> dict[str, CallingAE]:
@@ -125,6 +143,16 @@ class Settings(BaseSettings):
     def _time_limits_ordered(self) -> Settings:
         if self.analysis_time_limit <= self.analysis_soft_time_limit:
             raise ValueError("analysis_time_limit must be above analysis_soft_time_limit")
+        return self
+
+    @model_validator(mode="after")
+    def _queues_distinct(self) -> Settings:
+        queues = [self.stat_queue, self.analysis_queue, self.delivery_queue]
+        if len(set(queues)) != len(queues) or not all(q.strip() and "," not in q for q in queues):
+            raise ValueError(
+                "stat_queue, analysis_queue and delivery_queue must be three different, non-empty names "
+                f"without commas (got {', '.join(map(repr, queues))})"
+            )
         return self
 
     @property

@@ -25,7 +25,12 @@ def broker_options(settings: Settings) -> dict[str, Any]:
 
     The embedded default is kombu's file-system transport in
     ``<data_dir>/broker`` (no server); Redis gets a visibility timeout above
-    the longest task.
+    the longest task and strict queue priority: kombu's Redis transport asks
+    ``BRPOP`` for a worker's queues in the order they were given
+    (``queue_order_strategy: "priority"``, instead of rotating them round
+    robin), and Redis answers from the first non-empty list, so a worker
+    started with ``--queues analysis.stat,analysis,delivery`` takes every stat
+    job before the next routine one.
 
     Parameters
     ----------
@@ -48,7 +53,7 @@ def broker_options(settings: Settings) -> dict[str, Any]:
             "store_processed": False,
         }
     if settings.broker_url.startswith(("redis://", "rediss://")):
-        return {"visibility_timeout": settings.visibility_timeout}
+        return {"visibility_timeout": settings.visibility_timeout, "queue_order_strategy": "priority"}
     return {}
 
 
@@ -77,6 +82,22 @@ def producer(settings: Settings) -> Celery:
         The producing app.
     """
     return _producer_app(settings.broker_url, tuple(sorted(broker_options(settings).items())))
+
+
+def worker_queues(settings: Settings) -> list[str]:
+    """Return the queues a worker consumes by default, first-served first: stat, analysis, delivery.
+
+    Parameters
+    ----------
+    settings : Settings
+        The settings.
+
+    Returns
+    -------
+    list of str
+        Queue names in priority order.
+    """
+    return [settings.stat_queue, settings.analysis_queue, settings.delivery_queue]
 
 
 def send_analyze_study(settings: Settings, job_id: int, queue: str, send_count: int) -> str:

@@ -8,8 +8,13 @@ version and drafts stay comparable per prompt version.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+#: Longest clinical question quoted in a prompt (it is untrusted text from the referrer).
+MAX_QUESTION_CHARS = 500
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 #: The JSON layout every template asks for (the parser also accepts plain sections).
 OUTPUT_FORMAT = (
@@ -133,6 +138,45 @@ def select_template(modality: str | None, body_part: str | None) -> PromptTempla
     return next(t for t in TEMPLATES if t.matches(modality, body_part))
 
 
+class UnknownPrompt(LookupError):
+    """A job names a prompt template that does not exist (a permanent failure); the message lists the names."""
+
+
+def template_names() -> tuple[str, ...]:
+    """Return the names of the prompt templates, in the order they are tried.
+
+    Returns
+    -------
+    tuple of str
+        The names (``ct-chest``, ``general`` ...).
+    """
+    return tuple(t.name for t in TEMPLATES)
+
+
+def template_named(name: str) -> PromptTemplate:
+    """Return the current template of this name (a second opinion's prompt override).
+
+    Parameters
+    ----------
+    name : str
+        A template name, e.g. ``ct-chest``.
+
+    Returns
+    -------
+    PromptTemplate
+        The template.
+
+    Raises
+    ------
+    UnknownPrompt
+        No template has this name; the message lists the names there are.
+    """
+    for template in TEMPLATES:
+        if template.name == name:
+            return template
+    raise UnknownPrompt(f"unknown prompt {name!r}: the prompt templates are {', '.join(template_names())}")
+
+
 def render_prompt(template: PromptTemplate, image_labels: Sequence[str], clinical_question: str | None = None) -> str:
     """Write the user prompt: numbered images, the task, the clinical question, the output format.
 
@@ -154,7 +198,7 @@ def render_prompt(template: PromptTemplate, image_labels: Sequence[str], clinica
     lines.append("")
     lines.append(template.task)
     if clinical_question:
-        question = " ".join(clinical_question.split())[:500].replace('"', "'")
+        question = " ".join(_CONTROL.sub(" ", clinical_question).split())[:MAX_QUESTION_CHARS].replace('"', "'")
         lines.append(f'The referring clinician asks: "{question}" Address it in the impression.')
     lines.append(OUTPUT_FORMAT)
     return "\n".join(lines)

@@ -71,7 +71,7 @@ def test_listener_starts_after_migrations_and_redis(compose: dict[str, Any]) -> 
 def test_worker_reserves_a_gpu_and_shares_storage(compose: dict[str, Any]) -> None:
     services = compose["services"]
     worker = services["worker"]
-    assert as_list(worker["command"]) == ["worker", "--queues", "analysis"]
+    assert as_list(worker["command"]) == ["worker", "--queues", "analysis.stat,analysis"]
     assert as_list(services["delivery"]["command"]) == ["worker", "--queues", "delivery"]
     assert "deploy" not in services["delivery"]  # deliveries need no GPU
     devices = gpu_devices(worker)

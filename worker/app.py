@@ -10,6 +10,12 @@ mid-task puts its message back (``task_reject_on_worker_lost``), each process
 takes one message at a time (prefetch 1), Redis re-delivers only after a
 visibility timeout above the hard time limit, and the task itself is
 idempotent and counts its deliveries against a cap in the database.
+
+Priority: a worker consumes its queues in the order given (stat, analysis,
+delivery by default); on Redis the transport option ``queue_order_strategy:
+"priority"`` (:func:`integration.queue.broker_options`) makes that order
+strict, so a waiting stat job always goes before the next routine one.  A job
+already running is never interrupted.
 """
 
 from __future__ import annotations

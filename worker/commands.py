@@ -9,14 +9,15 @@ from typing import Annotated
 import typer
 
 from integration.cli import console, fail, load_settings
+from integration.config import Settings
 
 
 def worker(
     queues: Annotated[
         str | None,
         typer.Option(
-            help="Comma-separated queues (default: the analysis and delivery queues). "
-            "A worker for the delivery queue alone needs no model."
+            help="Comma-separated queues, taken in this order: a message of an earlier queue always goes first "
+            "(default: the stat, analysis and delivery queues). A worker for the delivery queue alone needs no model."
         ),
     ] = None,
     device: Annotated[
@@ -26,8 +27,8 @@ def worker(
 ) -> None:
     """Run one Celery worker process that drafts reports (start one per GPU)."""
     from integration.config import get_settings
+    from integration.queue import worker_queues
     from integration.store.migrate import SchemaOutOfDate, ensure_schema
-    from models.backend import ModelNotStaged
 
     if device is not None:
         os.environ["PACSVLM_MODEL_DEVICE"] = device  # the pool's child process reads the settings again
@@ -37,31 +38,23 @@ def worker(
         ensure_schema(settings.database_url)
     except SchemaOutOfDate as exc:
         raise fail(str(exc), 2) from None
-    queues = queues or f"{settings.analysis_queue},{settings.delivery_queue}"
-    analyses = settings.analysis_queue in {q.strip() for q in queues.split(",")}
-    if analyses and settings.model is None:
-        raise fail(
-            "no model configured: set PACSVLM_MODEL to the folder of a staged checkpoint "
-            "(see the README, 'Models'); weights are never downloaded at run time",
-            2,
-        )
-    if analyses and settings.model is not None:
-        from models.transformers_backend import TransformersBackend
-
-        try:
-            TransformersBackend(settings.model, device=settings.model_device)  # checks the folder; loads nothing yet
-        except ModelNotStaged as exc:
-            raise fail(str(exc), 2) from None
+    chosen = [q.strip() for q in (queues or ",".join(worker_queues(settings))).split(",") if q.strip()]
+    if not chosen:
+        raise fail("--queues names no queue", 2)
+    analyses = bool({settings.analysis_queue, settings.stat_queue} & set(chosen))
+    if analyses:
+        _check_models(settings)
     from worker.app import configure
 
     app = configure(settings)
     model = f"model {settings.model} on {settings.model_device}" if analyses else "no model (deliveries only)"
-    console.print(f"worker: {model}, queue(s) {queues}")
+    named = f", second-opinion models {', '.join(sorted(settings.models))}" if analyses and settings.models else ""
+    console.print(f"worker: {model}{named}, queue(s) {','.join(chosen)}")
     app.worker_main(
         [
             "worker",
             "--queues",
-            queues,
+            ",".join(chosen),
             "--concurrency",
             "1",
             "--pool",
@@ -74,6 +67,25 @@ def worker(
             "--without-mingle",
         ]
     )
+
+
+def _check_models(settings: Settings) -> None:
+    """Refuse to start an analysis worker whose default or named models are not staged (nothing is loaded)."""
+    from models.backend import ModelNotStaged
+    from models.transformers_backend import TransformersBackend
+
+    if settings.model is None:
+        raise fail(
+            "no model configured: set PACSVLM_MODEL to the folder of a staged checkpoint "
+            "(see the README, 'Models'); weights are never downloaded at run time",
+            2,
+        )
+    for name, folder in [(None, settings.model), *settings.models.items()]:
+        try:
+            TransformersBackend(folder, device=settings.model_device)  # checks the folder; loads nothing yet
+        except ModelNotStaged as exc:
+            where = "" if name is None else f"model {name!r} of PACSVLM_MODELS: "
+            raise fail(f"{where}{exc}", 2) from None
 
 
 def demo(

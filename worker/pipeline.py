@@ -14,7 +14,7 @@ from integration.dicom.selection import PreparedStudy, prepare_study
 from integration.store.reports import ClaimedJob, DraftRecord, InstanceFile
 from models.backend import GenerationRequest, VisionLanguageBackend
 from models.draft import parse_draft
-from models.prompts import SYSTEM_PROMPT, render_prompt, select_template
+from models.prompts import SYSTEM_PROMPT, render_prompt, select_template, template_named
 from models.registry import FAMILIES
 
 
@@ -54,6 +54,7 @@ def draft_study(
     *,
     load_seconds: float = 0.0,
     clinical_question: str | None = None,
+    prompt_name: str | None = None,
 ) -> DraftRecord:
     """Draft a report for one study version.
 
@@ -70,7 +71,10 @@ def draft_study(
     load_seconds : float
         Time this job spent loading the model (recorded with the timings).
     clinical_question : str or None
-        The referrer's question, when one came with the study.
+        The referrer's question; None takes the one in the study's first image instance
+        (:attr:`~integration.dicom.selection.PreparedStudy.clinical_question`).
+    prompt_name : str or None
+        A prompt template to use instead of the one chosen by modality and body part (a second opinion's).
 
     Returns
     -------
@@ -81,7 +85,10 @@ def draft_study(
     ------
     integration.dicom.selection.NoImages
         Nothing in the study is an image for the model.
+    models.prompts.UnknownPrompt
+        ``prompt_name`` names no template.
     """
+    named = template_named(prompt_name) if prompt_name is not None else None
     identity = backend.identity
     family = FAMILIES.get(identity.family)
     limit = settings.max_images
@@ -95,8 +102,9 @@ def draft_study(
         image_size=settings.image_size,
     )
     started = time.perf_counter()
-    template = select_template(prepared.modality, prepared.body_part)
-    prompt = render_prompt(template, [image.label for image in prepared.images], clinical_question)
+    template = named or select_template(prepared.modality, prepared.body_part)
+    question = clinical_question if clinical_question is not None else prepared.clinical_question
+    prompt = render_prompt(template, [image.label for image in prepared.images], question)
     images = tuple(Image.fromarray(image.pixels) for image in prepared.images)
     request = GenerationRequest(
         request_id=f"analysis-job-{job.job_id}",

@@ -1,4 +1,8 @@
-"""The worker's tasks: ``pacs_vlm.analyze_study(job_id)`` drafts a report for one analysis job."""
+"""The worker's tasks: ``pacs_vlm.analyze_study(job_id)`` drafts a report for one analysis job.
+
+A job may name a configured model and a prompt template (a second opinion); a name this worker does not
+know fails the job at once, with the reason, instead of being retried.
+"""
 
 from __future__ import annotations
 
@@ -14,12 +18,14 @@ from integration.export.outbox import queue_deliveries
 from integration.queue import ANALYZE_STUDY
 from integration.reports.drafts import ensure_draft_sr
 from integration.store.jobs import record_job_error
+from integration.store.opinions import JobChoice, job_choice
 from integration.store.reports import SkippedJob, claim_job, fail_job, instance_files, record_draft
 from integration.store.session import session_scope
 from integration.store.tables import utcnow
 from models.backend import ModelNotStaged
+from models.prompts import UnknownPrompt, template_named
 from worker.app import app
-from worker.model import model_backend
+from worker.model import UnknownModel, model_backend
 from worker.pipeline import draft_study
 
 log = logging.getLogger(__name__)
@@ -56,10 +62,21 @@ def analyze_study(self: Any, job_id: int) -> str:
     started = time.perf_counter()
     try:
         with session_scope(url) as session:
+            choice = job_choice(session, job_id) or JobChoice(None, None)
             files = instance_files(session, claimed.study_id, claimed.study_version)
-        backend, load_seconds = model_backend(settings)
-        draft = draft_study(settings, claimed, files, backend, load_seconds=load_seconds)
-    except (NoImages, ModelNotStaged) as exc:
+        log.info(
+            "analysis job %d: model %s, prompt %s",
+            job_id,
+            choice.model_name or "(default)",
+            choice.prompt_name or "(by modality)",
+        )
+        if choice.prompt_name is not None:
+            template_named(choice.prompt_name)  # an unknown prompt fails before a model is loaded
+        backend, load_seconds = model_backend(settings, choice.model_name)
+        draft = draft_study(
+            settings, claimed, files, backend, load_seconds=load_seconds, prompt_name=choice.prompt_name
+        )
+    except (NoImages, ModelNotStaged, UnknownModel, UnknownPrompt) as exc:
         _fail(job_id, str(exc))
         return "failed"
     except SoftTimeLimitExceeded:

@@ -30,6 +30,7 @@ from pydicom.dataset import Dataset
 from integration.dicom.imaging import fit, pad_to_square, render_frame
 from integration.dicom.instances import Instance, read_instances, skip_reason
 from integration.dicom.pixels import Frame, ImageArray, UndecodableImage, decode_frame
+from integration.dicom.referral import read_question
 from integration.dicom.routing import DEFAULT_RULES, RoutingRule
 from integration.dicom.slices import Series, SeriesFrame, even_sample, group_series, series_frames, series_order
 from integration.dicom.windows import WINDOW_PRESETS, Window
@@ -119,6 +120,9 @@ class PreparedStudy:
         The rule used.
     timings : dict of str to float
         Seconds spent in ``read``, ``select``, ``decode``, ``preprocess`` and ``total``.
+    clinical_question : str or None
+        The referrer's question from the first image instance's header (see
+        :mod:`integration.dicom.referral`): untrusted, cleaned and capped; patient data, never logged.
     """
 
     images: list[ModelImage]
@@ -128,6 +132,7 @@ class PreparedStudy:
     skipped: list[tuple[str, str]]
     rule: RoutingRule
     timings: dict[str, float] = field(default_factory=dict)
+    clinical_question: str | None = None
 
 
 @dataclass(frozen=True)
@@ -167,7 +172,7 @@ def prepare_study(
     Returns
     -------
     PreparedStudy
-        The images and how they were chosen.
+        The images, how they were chosen, and the clinical question of the first image instance.
 
     Raises
     ------
@@ -192,6 +197,7 @@ def prepare_study(
             raise NoImages(_summary(f"no image for the model among {len(files)} file(s)", skipped), skipped)
         rule, chosen = choose_series(group_series(images), rules, calling_ae)
         plans = _plan_images(chosen, rule, max_images)
+        question = read_question(images[0].path)
     with _timed(timings, "decode"):
         frames = _decode_frames(plans, skipped)
     with _timed(timings, "preprocess"):
@@ -207,6 +213,7 @@ def prepare_study(
         skipped=skipped,
         rule=rule,
         timings=timings,
+        clinical_question=question,
     )
     logger.info(
         "prepared %d image(s) from series %s with rule %r (%d instance(s) skipped) in %.3f s",

@@ -1,0 +1,108 @@
+"""The referrer's clinical question, read from an instance's header for the model's prompt.
+
+Where it is looked for, first found wins:
+
+1. Request Attributes Sequence (0040,0275), first item, Reason for the Requested Procedure (0040,1002)
+   (what a modality copies from the worklist, and where photo uploads put the question);
+2. Reason for the Requested Procedure (0040,1002) at the top level;
+3. Reason for Study (0032,1030).
+
+The text is untrusted (typed by a person, possibly hostile): control characters are removed, white
+space is collapsed and the length is capped.  It is patient data: it is never logged, and errors say
+nothing about it.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.tag import BaseTag, Tag
+
+#: Longest clinical question kept (characters).
+MAX_QUESTION_CHARS = 500
+#: Header attributes read for the question (the character set decodes them).
+QUESTION_KEYWORDS = (
+    "SpecificCharacterSet",
+    "RequestAttributesSequence",
+    "ReasonForTheRequestedProcedure",
+    "ReasonForStudy",
+)
+QUESTION_TAGS: list[BaseTag] = [Tag(keyword) for keyword in QUESTION_KEYWORDS]
+_SPACE = re.compile(r"\s+")
+
+
+def clean_question(value: Any) -> str | None:
+    """Turn a header value into a safe one-line question, or None when nothing is left.
+
+    Parameters
+    ----------
+    value : Any
+        The element's value (a string, a multi-valued string, or anything else).
+
+    Returns
+    -------
+    str or None
+        Control and format characters removed, white space collapsed, at most
+        :data:`MAX_QUESTION_CHARS` characters.
+    """
+    if value is None:
+        return None
+    text = " ".join(str(part) for part in value) if isinstance(value, (list, tuple, MultiValue)) else str(value)
+    visible = "".join(" " if unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp") else char for char in text)
+    cleaned = _SPACE.sub(" ", visible).strip()[:MAX_QUESTION_CHARS].strip()
+    return cleaned or None
+
+
+def question_in(ds: Dataset) -> str | None:
+    """Return the clinical question a dataset carries, looked for in the order of the module's docstring.
+
+    Parameters
+    ----------
+    ds : pydicom.dataset.Dataset
+        An instance's header.
+
+    Returns
+    -------
+    str or None
+        The cleaned question, or None when the dataset has none.
+    """
+    candidates: list[Any] = []
+    try:
+        requests = ds.get("RequestAttributesSequence")
+        if requests:
+            candidates.append(requests[0].get("ReasonForTheRequestedProcedure"))
+        candidates.append(ds.get("ReasonForTheRequestedProcedure"))
+        candidates.append(ds.get("ReasonForStudy"))
+    except Exception:  # a malformed element must not stop the analysis
+        return None
+    for candidate in candidates:
+        question = clean_question(candidate)
+        if question:
+            return question
+    return None
+
+
+def read_question(path: Path) -> str | None:
+    """Read the clinical question from a DICOM file's header (pixel data is not read).
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        A DICOM file.
+
+    Returns
+    -------
+    str or None
+        The cleaned question, or None when the file has none or cannot be read.
+    """
+    try:
+        ds = pydicom.dcmread(path, force=True, stop_before_pixels=True, specific_tags=QUESTION_TAGS)
+        return question_in(ds)
+    except Exception:  # an unreadable header means no question, never a failed analysis
+        return None

@@ -1,0 +1,363 @@
+"""Closing a review: sign the working copy (a verified SR, its outcome, deliveries) or reject the draft.
+
+Signing reuses :func:`integration.reports.drafts.sign_report` for the version and its SR, then stores the
+:class:`~integration.store.tables.ReviewOutcome` (how the signed report differs from the draft, see
+:mod:`integration.reports.review_diff`), audits ``report.sign`` and queues the deliveries.  The report's
+review lock (:func:`integration.store.reviews.review_lock`) is held meanwhile, so a change or a second
+signature waits and then finds the report closed.
+
+The outcome is committed after the signed version: should the process die between the two, the version
+stands without its outcome (:func:`record_signed_outcome` adds it later; it is idempotent).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from integration.config import Settings
+from integration.reports.review_diff import ReviewDifference, review_difference
+from integration.store.audit import record_event
+from integration.store.reviews import (
+    MAX_SECTION_CHARS,
+    ReviewConflict,
+    ReviewError,
+    WorkingCopy,
+    clean_text,
+    decisions_as_matches,
+    lock_draft,
+    review_lock,
+)
+from integration.store.revisions import UnknownReport, next_version
+from integration.store.session import session_scope
+from integration.store.tables import (
+    Report,
+    ReportRevision,
+    ReportStatus,
+    ReviewOutcome,
+    RevisionStatus,
+    Site,
+    Study,
+    User,
+    utcnow,
+)
+
+log = logging.getLogger(__name__)
+
+#: The organization a signature carries when the signer has no site.
+DEFAULT_ORGANIZATION = "pacs-vlm"
+
+_NOT_IN_PERSON_NAME = re.compile(r"[\\=\x00-\x1f\x7f-\x9f]")
+_NOT_IN_LO = re.compile(r"[\\\x00-\x1f\x7f-\x9f]")
+
+
+def signer_of(session: Session, user_id: int) -> tuple[str, str]:
+    """Return the name and organization a user's signature carries.
+
+    Parameters
+    ----------
+    session : sqlalchemy.orm.Session
+        Open session.
+    user_id : int
+        The user.
+
+    Returns
+    -------
+    tuple of str
+        The person name (``User.person_name``, else the username, made a valid DICOM PN: no backslash,
+        ``=`` or control characters, at most 4 ``^`` and 64 characters; a name without ``^`` becomes a
+        family name, ``"jdoe^"``) and the organization (the site's name, at most 64 characters, else
+        ``"pacs-vlm"``).
+
+    Raises
+    ------
+    LookupError
+        No user has this id.
+    """
+    row = session.execute(
+        select(User.username, User.person_name, Site.name)
+        .outerjoin(Site, User.site_id == Site.id)
+        .where(User.id == user_id)
+    ).one_or_none()
+    if row is None:
+        raise LookupError(f"no user with id {user_id}")
+    username, person_name, site_name = row
+    name = _NOT_IN_PERSON_NAME.sub(" ", person_name or username).strip()
+    parts = name.split("^")
+    if len(parts) > 5:
+        name = "^".join([*parts[:4], " ".join(parts[4:])])
+    name = name[:63].strip(" ^") or "UNKNOWN"
+    if "^" not in name:
+        name += "^"  # a family name only: without a caret the name reads as the retired form
+    organization = _NOT_IN_LO.sub(" ", site_name or "").strip()[:64].strip() or DEFAULT_ORGANIZATION
+    return name, organization
+
+
+def _draft_document(copy: WorkingCopy) -> dict[str, Any]:
+    return {
+        "findings": [{"text": f.draft_text} for f in copy.findings if f.draft_text is not None],
+        "impression": copy.draft_impression,
+        "limitations": copy.draft_limitations,
+    }
+
+
+def _add_outcome(
+    session: Session, report: Report, revision_id: int, outcome: str, difference: ReviewDifference
+) -> None:
+    """Add the outcome row of a signed or rejected revision (not committed)."""
+    site_id = session.scalar(select(Study.site_id).where(Study.id == report.study_id))
+    session.add(
+        ReviewOutcome(
+            report_id=report.id,
+            revision_id=revision_id,
+            site_id=site_id,
+            model_id=report.model_id,
+            model_revision=report.model_revision,
+            prompt_version=report.prompt_version,
+            outcome=outcome,
+            draft_findings=difference.draft_findings,
+            accepted=difference.accepted,
+            edited=difference.edited,
+            rejected=difference.rejected,
+            added=difference.added,
+            edit_distance=difference.edit_distance,
+            text_similarity=difference.text_similarity,
+            detail=difference.detail,
+            created_at=utcnow(),
+        )
+    )
+
+
+def _counts(difference: ReviewDifference) -> dict[str, int]:
+    return {
+        "draft_findings": difference.draft_findings,
+        "accepted": difference.accepted,
+        "edited": difference.edited,
+        "rejected": difference.rejected,
+        "added": difference.added,
+    }
+
+
+def record_signed_outcome(
+    settings: Settings,
+    report_id: int,
+    revision_id: int,
+    *,
+    actor: str,
+    source: str | None = None,
+    copy: WorkingCopy | None = None,
+) -> ReviewDifference:
+    """Store how a signed revision differs from the draft, and audit ``report.sign``; commit. Idempotent.
+
+    Parameters
+    ----------
+    settings : Settings
+        The database.
+    report_id, revision_id : int
+        The report and its signed revision.
+    actor : str
+        Who signed (username, or the person name from the command line).
+    source : str, optional
+        Where from (``host:port``, ``cli``).
+    copy : WorkingCopy, optional
+        The working copy that was signed: its decisions say which signed finding each draft finding
+        became.  Without it the draft is the report's own and the pairing is inferred from the texts.
+
+    Returns
+    -------
+    ReviewDifference
+        The difference (as stored, or as stored before).
+    """
+    with session_scope(settings.database_url) as session:
+        report = session.get(Report, report_id)
+        revision = session.get(ReportRevision, revision_id)
+        if report is None or revision is None or revision.report_id != report_id:
+            raise UnknownReport(f"report {report_id} has no revision {revision_id}")
+        if copy is None:
+            difference = review_difference(report.findings, revision.findings)
+        else:
+            difference = review_difference(_draft_document(copy), revision.findings, matches=decisions_as_matches(copy))
+        if session.scalar(select(ReviewOutcome.id).where(ReviewOutcome.revision_id == revision_id)) is not None:
+            return difference
+        _add_outcome(session, report, revision_id, "signed", difference)
+        try:
+            session.flush()
+        except IntegrityError:
+            session.rollback()
+            return difference
+        detail = {"revision_id": revision_id, "version": revision.version, **_counts(difference)}
+        if copy is not None:
+            detail["seq"] = copy.seq
+        record_event(
+            session,
+            actor=actor,
+            action="report.sign",
+            object_type="report",
+            object_id=str(report_id),
+            source=source,
+            detail=detail,
+        )
+    return difference
+
+
+def sign_reviewed(
+    settings: Settings,
+    report_id: int,
+    *,
+    actor: str,
+    person_name: str,
+    organization: str,
+    source: str | None = None,
+    expected_seq: int | None = None,
+) -> int:
+    """Sign a draft's working copy: the next version with a verified SR, its outcome, audit and deliveries.
+
+    Pending findings are signed as they are (they count as accepted), rejected ones are left out, edited
+    and added ones are signed with their text; impression and limitations come from the working copy.
+
+    Parameters
+    ----------
+    settings : Settings
+        Data folder, instance store, database, destinations.
+    report_id : int
+        The draft.
+    actor : str
+        The signing user's username (audit).
+    person_name, organization : str
+        What the SR's verifying observer carries (see :func:`signer_of`).
+    source : str, optional
+        Where from (``host:port``).
+    expected_seq : int, optional
+        The change number the reviewer saw; a different one raises :class:`ReviewConflict`.
+
+    Returns
+    -------
+    int
+        The signed revision's id.
+
+    Raises
+    ------
+    ReportClosed
+        The report is not a draft.
+    ReviewConflict
+        ``expected_seq`` is stale.
+    ReviewError
+        Nothing to sign (no finding and no impression).
+    integration.store.revisions.UnknownReport
+        No report has this id.
+    ValueError
+        An invalid person name or organization.
+    integration.reports.drafts.SourceUnavailable
+        No instance of the study can be read.
+    """
+    from integration.export.outbox import queue_deliveries
+    from integration.reports.drafts import sign_report
+
+    with review_lock(settings.database_url, report_id):
+        with session_scope(settings.database_url) as session:
+            _, copy = lock_draft(session, report_id, expected_seq, advisory=False)
+        findings = copy.signed_findings
+        if not findings and not copy.impression:
+            raise ReviewError("nothing to sign: every finding is rejected and there is no impression; reject the draft")
+        revision_id = sign_report(
+            settings,
+            report_id,
+            author=person_name,
+            organization=organization,
+            findings=findings,
+            impression=copy.impression,
+            limitations=copy.limitations,
+        )
+        record_signed_outcome(settings, report_id, revision_id, actor=actor, source=source, copy=copy)
+    queued = queue_deliveries(settings, report_id, revision_id, "signed")
+    log.info("report %d: signed as revision %d, %d deliveries queued", report_id, revision_id, len(queued))
+    return revision_id
+
+
+def reject_draft(
+    settings: Settings,
+    report_id: int,
+    *,
+    actor: str,
+    reason: str,
+    source: str | None = None,
+    organization: str = "",
+    expected_seq: int | None = None,
+) -> int:
+    """Reject a draft as a whole: a ``rejected`` revision holding the reason, its outcome and audit.
+
+    No SR is written and nothing is delivered.  Every draft finding counts as rejected.
+
+    Parameters
+    ----------
+    settings : Settings
+        The database.
+    report_id : int
+        The draft.
+    actor : str
+        Who rejected it (username): the revision's author.
+    reason : str
+        Why (required; untrusted text, at most :data:`~integration.store.reviews.MAX_SECTION_CHARS`).
+    source : str, optional
+        Where from (``host:port``).
+    organization : str
+        The actor's organization, stored with the revision.
+    expected_seq : int, optional
+        The change number the reviewer saw; a different one raises :class:`ReviewConflict`.
+
+    Returns
+    -------
+    int
+        The rejected revision's id.
+
+    Raises
+    ------
+    ReviewError
+        No reason, or too long.
+    ReportClosed
+        The report is not a draft.
+    ReviewConflict
+        ``expected_seq`` is stale, or a concurrent rejection or signature took the version.
+    integration.store.revisions.UnknownReport
+        No report has this id.
+    """
+    why = clean_text(reason, MAX_SECTION_CHARS, "the reason", required=True)
+    with session_scope(settings.database_url) as session:
+        report, copy = lock_draft(session, report_id, expected_seq)
+        version = next_version(session, report_id)
+        revision = ReportRevision(
+            report_id=report_id,
+            version=version,
+            status=RevisionStatus.REJECTED,
+            findings={"findings": [], "impression": "", "limitations": "", "structured": True, "problems": []},
+            text=why,
+            author=actor[:128],
+            organization=organization[:128],
+            created_at=utcnow(),
+        )
+        session.add(revision)
+        try:
+            session.flush()
+        except IntegrityError as exc:
+            session.rollback()
+            raise ReviewConflict(f"report {report_id} was signed or rejected meanwhile: reload it") from exc
+        report.status = ReportStatus.REJECTED
+        difference = review_difference(_draft_document(copy), {"findings": []})
+        _add_outcome(session, report, revision.id, "rejected", difference)
+        revision_id = int(revision.id)
+        record_event(
+            session,
+            actor=actor,
+            action="report.reject",
+            object_type="report",
+            object_id=str(report_id),
+            source=source,
+            detail={"revision_id": revision_id, "version": version, "seq": copy.seq, "reason_length": len(why)},
+        )
+    log.info("report %d: draft rejected (revision %d)", report_id, revision_id)
+    return revision_id
