@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -41,10 +42,10 @@ def sites_add(
         with session_scope(settings.database_url) as session:
             site = create_site(session, code, name)
     except UserError as exc:
-        raise fail(str(exc), 2) from None
+        raise fail(escape(str(exc)), 2) from None
     except SQLAlchemyError as exc:
         raise fail(f"cannot use the database: {type(exc).__name__}; run 'pacs-vlm db upgrade'?", 2) from None
-    console.print(f"site {site.code} added")
+    console.print(f"site {site.code} added", markup=False)
 
 
 @sites_app.command("list")
@@ -71,24 +72,33 @@ def users_add(
     password_stdin: Annotated[
         bool, typer.Option("--password-stdin", help="Read the password from one line of stdin instead of prompting.")
     ] = False,
+    person_name: Annotated[
+        str | None,
+        typer.Option(help='The name signed reports carry, as a DICOM person name: "Doe^Jane" (family^given).'),
+    ] = None,
 ) -> None:
     """Add a user; the password (at least 12 characters) is stored only as an argon2id hash."""
     from sqlalchemy.exc import SQLAlchemyError
 
     from integration.store.session import session_scope
-    from integration.store.users import UserError, check_password_strength, create_user
+    from integration.store.users import UserError, check_password_strength, create_user, validate_person_name
 
     settings = load_settings()
+    try:
+        if person_name is not None:
+            validate_person_name(person_name)  # before the password prompt
+    except UserError as exc:
+        raise fail(escape(str(exc)), 2) from None
     password = _read_password(password_stdin)
     try:
         check_password_strength(password)
         with session_scope(settings.database_url) as session:
-            user = create_user(session, username, password, role, site)
+            user = create_user(session, username, password, role, site, person_name)
     except UserError as exc:
-        raise fail(str(exc), 2) from None
+        raise fail(escape(str(exc)), 2) from None
     except SQLAlchemyError as exc:
         raise fail(f"cannot use the database: {type(exc).__name__}; run 'pacs-vlm db upgrade'?", 2) from None
-    console.print(f"user {user.username} ({user.role.value}) added")
+    console.print(f"user {user.username} ({user.role.value}) added", markup=False)
 
 
 @users_app.command("list")
@@ -98,14 +108,57 @@ def users_list() -> None:
     from integration.store.users import list_users
 
     settings = load_settings()
-    table = Table("username", "role", "site", "active", "created")
+    table = Table("username", "person name", "role", "site", "active", "created")
     with session_scope(settings.database_url) as session:
         for user, site in list_users(session):
             table.add_row(
                 Text(user.username),
+                Text(user.person_name or ""),
                 user.role.value,
                 site.code if site else "(all sites)",
                 "yes" if user.active else "no",
                 user.created_at.strftime("%Y-%m-%d %H:%M"),
             )
     Console().print(table)
+
+
+def _operator() -> str:
+    """The audit actor of a command-line change: ``cli:<operating-system user>``."""
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"[:128]
+    except (KeyError, OSError):  # no passwd entry (containers) and no LOGNAME/USER
+        return "cli"
+
+
+def _set_active(username: str, active: bool) -> None:
+    """Deactivate or activate a user, with a clear error for unknown users or an unusable database."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from integration.store.session import session_scope
+    from integration.store.users import UserError, activate_user, deactivate_user
+
+    settings = load_settings()
+    change = deactivate_user if not active else activate_user
+    try:
+        with session_scope(settings.database_url) as session:
+            change(session, username, actor=_operator())
+    except UserError as exc:
+        raise fail(escape(str(exc)), 2) from None
+    except SQLAlchemyError as exc:
+        raise fail(f"cannot use the database: {type(exc).__name__}; run 'pacs-vlm db upgrade'?", 2) from None
+
+
+@users_app.command("deactivate")
+def users_deactivate(username: Annotated[str, typer.Argument(help="The user.")]) -> None:
+    """Stop a user from signing in; their open sessions end at once."""
+    _set_active(username, False)
+    console.print(f"user {username} deactivated; their sessions are ended", markup=False)
+
+
+@users_app.command("activate")
+def users_activate(username: Annotated[str, typer.Argument(help="The user.")]) -> None:
+    """Let a deactivated user sign in again (with the same password)."""
+    _set_active(username, True)
+    console.print(f"user {username} activated", markup=False)

@@ -6,6 +6,7 @@ import typer
 
 from integration.cli import db_app, listen, studies_app
 from integration.cli_api import api
+from integration.cli_audit import audit_app
 from integration.cli_deliveries import deliveries_app
 from integration.cli_reports import report_app
 from integration.cli_users import sites_app, users_app
@@ -24,6 +25,7 @@ app.add_typer(report_app, name="report")
 app.add_typer(deliveries_app, name="deliveries")
 app.add_typer(sites_app, name="sites")
 app.add_typer(users_app, name="users")
+app.add_typer(audit_app, name="audit")
 
 
 app.command("worker")(worker)

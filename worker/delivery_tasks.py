@@ -3,6 +3,11 @@
 Each attempt is counted in the database; a failed attempt is retried after a wait that doubles from
 ``DELIVERY_BACKOFF_SECONDS`` up to ``DELIVERY_BACKOFF_MAX_SECONDS``; after ``DELIVERY_MAX_ATTEMPTS`` the
 delivery is ``dead_letter`` with its last error, until ``pacs-vlm deliveries retry`` makes it pending again.
+
+Every outcome is audited (actor ``system``, object the delivery): ``export.delivered``, ``export.failed``
+(an attempt failed, another follows) or ``export.dead_letter``, in the same transaction as the state it
+records.  The detail names the destination, the document, the report version and the attempt; never the
+report's text, nor the error (which may quote a peer's answer: it stays in ``deliveries.last_error``).
 """
 
 from __future__ import annotations
@@ -11,10 +16,13 @@ import logging
 from datetime import timedelta
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from integration.config import Settings, get_settings
 from integration.export.documents import DocumentUnavailable, load_document
 from integration.export.senders import DeliveryFailed, send
 from integration.queue import DELIVER
+from integration.store.audit import add_event
 from integration.store.deliveries import DeliveryTarget, mark_delivered, mark_failed, start_attempt
 from integration.store.session import session_scope
 from integration.store.tables import utcnow
@@ -61,15 +69,35 @@ def deliver(self: Any, delivery_id: int) -> str:
         log.exception("delivery %d: unexpected error", delivery_id)
         return _failed(self, settings, target, f"{type(exc).__name__}: {exc}")
     with session_scope(settings.database_url) as session:
-        mark_delivered(session, delivery_id, utcnow())
+        _audit(session, target, "export.delivered")
+        mark_delivered(session, delivery_id, utcnow())  # commits the audit row with the state
     log.info("delivery %d (%s %s to %s): %s", delivery_id, target.subject, target.document, target.destination, receipt)
     return "delivered"
+
+
+def _audit(session: Session, target: DeliveryTarget, action: str) -> None:
+    """Add the audit row of one delivery outcome (committed with the delivery's new state)."""
+    add_event(
+        session,
+        actor="system",
+        action=action,
+        object_type="delivery",
+        object_id=str(target.delivery_id),
+        detail={
+            "destination": target.destination,
+            "document": target.document,
+            "subject": target.subject,
+            "report_id": target.report_id,
+            "attempt": target.attempt,
+        },
+    )
 
 
 def _failed(task: Any, settings: Settings, target: DeliveryTarget, error: str) -> str:
     dead = target.attempt >= settings.delivery_max_attempts
     wait = backoff_seconds(settings, target.attempt)
     with session_scope(settings.database_url) as session:
+        _audit(session, target, "export.dead_letter" if dead else "export.failed")
         mark_failed(session, target.delivery_id, error, dead=dead, next_attempt_at=utcnow() + timedelta(seconds=wait))
     if dead:
         log.error("delivery %d is dead letter after %d attempts: %s", target.delivery_id, target.attempt, error)

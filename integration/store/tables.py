@@ -237,6 +237,13 @@ class AuditEvent(Base):
     source: Mapped[str | None] = mapped_column(String(128))
     detail: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
+    __table_args__ = (
+        # sign-in throttling counts failures per username and per host in a window; admins filter by object
+        Index("ix_audit_events_action_actor_at", "action", "actor", "at"),
+        Index("ix_audit_events_action_source_at", "action", "source", "at"),
+        Index("ix_audit_events_object_type_object_id", "object_type", "object_id"),
+    )
+
 
 class Report(Base):
     """A report on one study version: the model's draft (AI-generated, unverified) and, later, signed versions.

@@ -1,24 +1,35 @@
-"""Sites, users and sign-in sessions of the review app.
+"""Sites, users and sign-in sessions of the review app, and sign-in throttling.
 
 Passwords are stored only as argon2id hashes; a session's random token lives only in the browser's
 cookie, the database keeps its SHA-256.  Every function that writes commits its own transaction.
+
+Sign-in throttling counts ``auth.login_failed`` rows of the audit trail, so every API process of a
+deployment sees the same counts and a restart forgets nothing: at most
+:data:`MAX_FAILED_LOGINS_PER_USERNAME` failures per username and :data:`MAX_FAILED_LOGINS_PER_HOST` per
+client host within :data:`LOGIN_WINDOW`.  A successful sign-in clears its username's count (failures
+before it no longer count, whichever host they came from); a host's count is never cleared by a success,
+so signing in to one's own account does not buy more guesses at others.  The host is the client address
+the API process sees (behind a reverse proxy, that of the proxy unless the server is told to trust its
+forwarded-for header).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import re
 import secrets
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import lru_cache
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import delete, select
+from sqlalchemy import ColumnElement, delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from integration.store.tables import Site, User, UserRole, UserSession, utcnow
+from integration.store.audit import record_event
+from integration.store.tables import AuditEvent, Site, User, UserRole, UserSession, utcnow
 
 #: Shortest password accepted.
 MIN_PASSWORD_LENGTH = 12
@@ -26,6 +37,16 @@ MIN_PASSWORD_LENGTH = 12
 MAX_PASSWORD_LENGTH = 1024
 #: Random bytes in a session token.
 TOKEN_BYTES = 32
+#: How far back failed sign-ins count.
+LOGIN_WINDOW = timedelta(minutes=15)
+#: Failed sign-ins for one username within the window before further attempts are refused.
+MAX_FAILED_LOGINS_PER_USERNAME = 5
+#: Failed sign-ins from one client host within the window before further attempts are refused.
+MAX_FAILED_LOGINS_PER_HOST = 20
+#: Longest DICOM person name (PN) value stored (the column's width; the standard allows 64 per component group).
+MAX_PERSON_NAME_LENGTH = 64
+#: Characters a person name may not hold: backslash (the DICOM value separator) and control characters.
+_PN_FORBIDDEN = re.compile(r"[\\\x00-\x1f\x7f]")
 
 
 class UserError(ValueError):
@@ -115,7 +136,51 @@ def create_site(session: Session, code: str, name: str) -> Site:
     return site
 
 
-def create_user(session: Session, username: str, password: str, role: UserRole, site_code: str | None) -> User:
+def validate_person_name(value: str) -> str:
+    """Check a DICOM person name (PN) such as ``Doe^Jane`` and return it trimmed.
+
+    Up to three component groups separated by ``=`` (alphabetic, ideographic, phonetic), each of up to
+    five components separated by ``^`` (family, given, middle, prefix, suffix); no backslash or control
+    characters; at most :data:`MAX_PERSON_NAME_LENGTH` characters in all; some name in it.
+
+    Parameters
+    ----------
+    value : str
+        The candidate name.
+
+    Returns
+    -------
+    str
+        The name without surrounding spaces.
+
+    Raises
+    ------
+    UserError
+        When it is not a valid person name.
+    """
+    name = value.strip()
+    if not name or len(name) > MAX_PERSON_NAME_LENGTH:
+        raise UserError(f"a person name has 1 to {MAX_PERSON_NAME_LENGTH} characters, e.g. Doe^Jane")
+    if _PN_FORBIDDEN.search(name):
+        raise UserError("a person name may not contain a backslash or control characters")
+    groups = name.split("=")
+    if len(groups) > 3:
+        raise UserError("a person name has at most 3 component groups separated by '='")
+    if any(group.count("^") > 4 for group in groups):
+        raise UserError("a person name has at most 5 components separated by '^' (family^given^middle^prefix^suffix)")
+    if not name.replace("^", "").replace("=", "").strip():
+        raise UserError("a person name needs a name, e.g. Doe^Jane")
+    return name
+
+
+def create_user(
+    session: Session,
+    username: str,
+    password: str,
+    role: UserRole,
+    site_code: str | None,
+    person_name: str | None = None,
+) -> User:
     """Add a user with an argon2id password hash and commit.
 
     Parameters
@@ -130,6 +195,8 @@ def create_user(session: Session, username: str, password: str, role: UserRole, 
         What the user may do.
     site_code : str, optional
         The user's site; required for radiologists and uploaders, optional for administrators.
+    person_name : str, optional
+        The name signed reports carry, as a DICOM person name (``Doe^Jane``).
 
     Returns
     -------
@@ -139,12 +206,14 @@ def create_user(session: Session, username: str, password: str, role: UserRole, 
     Raises
     ------
     UserError
-        On a weak password, an unknown or missing site, or a taken username.
+        On a weak password, an invalid person name, an unknown or missing site, or a taken username.
     """
     username = username.strip()
     if not username or len(username) > 64:
         raise UserError("a username has 1 to 64 characters")
     check_password_strength(password)
+    if person_name is not None:
+        person_name = validate_person_name(person_name)
     site_id: int | None = None
     if site_code is not None:
         site_id = session.scalar(select(Site.id).where(Site.code == site_code.strip().upper()))
@@ -154,7 +223,14 @@ def create_user(session: Session, username: str, password: str, role: UserRole, 
         raise UserError(f"role {role.value} belongs to a site: name it with --site")
     if session.scalar(select(User.id).where(User.username == username)) is not None:
         raise UserError(f"user {username!r} already exists")
-    user = User(username=username, password_hash=_hasher().hash(password), role=role, site_id=site_id, active=True)
+    user = User(
+        username=username,
+        password_hash=_hasher().hash(password),
+        role=role,
+        site_id=site_id,
+        active=True,
+        person_name=person_name,
+    )
     session.add(user)
     try:
         session.commit()
@@ -292,3 +368,122 @@ def end_session(session: Session, token: str) -> bool:
     result = session.execute(delete(UserSession).where(UserSession.token_hash == hash_token(token)))
     session.commit()
     return bool(getattr(result, "rowcount", 0))
+
+
+def _set_active(session: Session, username: str, active: bool, actor: str) -> int:
+    """Mark a user active or not, end their sessions when deactivating, audit, commit; return sessions ended."""
+    user = session.scalar(select(User).where(User.username == username.strip()))
+    if user is None:
+        raise UserError(f"unknown user {username!r}: see 'pacs-vlm users list'")
+    user.active = active
+    ended = 0
+    if not active:
+        result = session.execute(delete(UserSession).where(UserSession.user_id == user.id))
+        ended = int(getattr(result, "rowcount", 0) or 0)
+    record_event(  # commits the change and its audit row together
+        session,
+        actor=actor,
+        action="user.deactivated" if not active else "user.activated",
+        object_type="user",
+        object_id=str(user.id),
+        detail={"username": user.username, "sessions_ended": ended},
+    )
+    return ended
+
+
+def deactivate_user(session: Session, username: str, *, actor: str = "cli") -> None:
+    """Stop a user from signing in and end all their sessions at once; audit ``user.deactivated``; commit.
+
+    Parameters
+    ----------
+    session : sqlalchemy.orm.Session
+        Open session.
+    username : str
+        The user.
+    actor : str
+        Who deactivates (recorded in the audit trail).
+
+    Raises
+    ------
+    UserError
+        When there is no such user.
+    """
+    _set_active(session, username, False, actor)
+
+
+def activate_user(session: Session, username: str, *, actor: str = "cli") -> None:
+    """Let a deactivated user sign in again; audit ``user.activated``; commit.
+
+    Parameters
+    ----------
+    session : sqlalchemy.orm.Session
+        Open session.
+    username : str
+        The user.
+    actor : str
+        Who activates (recorded in the audit trail).
+
+    Raises
+    ------
+    UserError
+        When there is no such user.
+    """
+    _set_active(session, username, True, actor)
+
+
+def _wait_for(session: Session, match: ColumnElement[bool], since: datetime, limit: int, now: datetime) -> float | None:
+    """Seconds until fewer than ``limit`` failures matching ``match`` lie in the window, or None when already so.
+
+    With failures f1 (newest) ... fk in the window and k >= limit, the count drops below the limit when
+    f_limit leaves the window, so one indexed query for the limit-th newest failure suffices.
+    """
+    oldest_counted: datetime | None = session.scalar(
+        select(AuditEvent.at)
+        .where(AuditEvent.action == "auth.login_failed", AuditEvent.at > since, match)
+        .order_by(AuditEvent.at.desc())
+        .offset(limit - 1)
+        .limit(1)
+    )
+    if oldest_counted is None:
+        return None
+    return max(0.0, (oldest_counted + LOGIN_WINDOW - now).total_seconds())
+
+
+def check_login_allowed(session: Session, username: str, host: str | None) -> float | None:
+    """Say whether a sign-in attempt may go ahead, from the recent failures in the audit trail.
+
+    Parameters
+    ----------
+    session : sqlalchemy.orm.Session
+        Open session.
+    username : str
+        The username typed (as recorded as the actor of ``auth.login_failed``).
+    host : str, optional
+        The client's host (as recorded as the ``source`` of sign-in events); None skips the host check.
+
+    Returns
+    -------
+    float or None
+        None when the attempt may go ahead; otherwise the seconds to wait (the ``Retry-After``).
+    """
+    now = utcnow()
+    window_start = now - LOGIN_WINDOW
+    actor = username[:128]
+    last_success = session.scalar(
+        select(func.max(AuditEvent.at)).where(
+            AuditEvent.action == "auth.login", AuditEvent.actor == actor, AuditEvent.at > window_start
+        )
+    )
+    waits = [
+        _wait_for(
+            session,
+            AuditEvent.actor == actor,
+            max(window_start, last_success) if last_success else window_start,
+            MAX_FAILED_LOGINS_PER_USERNAME,
+            now,
+        )
+    ]
+    if host is not None:
+        waits.append(_wait_for(session, AuditEvent.source == host, window_start, MAX_FAILED_LOGINS_PER_HOST, now))
+    found: list[float] = [wait for wait in waits if wait is not None]
+    return max(found) if found else None

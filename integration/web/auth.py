@@ -1,12 +1,17 @@
 """Sign-in for the review app: ``POST /api/login``, ``POST /api/logout`` and the ``current_user`` dependency.
 
 A session is a random token in an HttpOnly, SameSite=Strict cookie (Secure over https); the database keeps
-only its SHA-256.  Sign-ins, failed or not, are audited with the client address; application logs name
-neither usernames nor passwords.
+only its SHA-256.  Sign-ins, failed, throttled or not, are audited with the client's host as their source
+(no port, so failures per host can be counted); application logs name neither usernames nor passwords.
+:func:`sign_in` is the one sign-in step, shared by ``POST /api/login`` and the HTML sign-in form; too many
+recent failures for a username or from a host give 429 with ``Retry-After`` (limits and window in
+:mod:`integration.store.users`).  A deactivated user's cookie stops working at once and their sign-in gets
+the same 401 as a wrong password.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -22,8 +27,10 @@ from integration.store.tables import UserRole
 SESSION_COOKIE = "pacsvlm_session"
 #: How long a sign-in lasts.
 SESSION_TTL = timedelta(hours=8)
-#: The one answer to wrong credentials (the same for an unknown user and a wrong password).
+#: The one answer to wrong credentials (the same for an unknown user, a wrong password and a deactivated user).
 BAD_CREDENTIALS = "invalid username or password"
+#: The answer when sign-ins are throttled (``Retry-After`` says when to try again).
+TOO_MANY_ATTEMPTS = "too many failed sign-ins: try again later"
 
 
 @dataclass(frozen=True)
@@ -128,6 +135,107 @@ def require_roles(*roles: UserRole) -> Callable[[CurrentUser], CurrentUser]:
     return dependency
 
 
+def client_host(request: Request) -> str | None:
+    """Return the client's host (no port), or None when unknown.
+
+    Sign-in events are audited with this as their ``source`` so that failures from one host can be counted
+    with an exact match (see :func:`integration.store.users.check_login_allowed`).
+
+    Parameters
+    ----------
+    request : fastapi.Request
+        The request.
+
+    Returns
+    -------
+    str or None
+        The host address.
+    """
+    return request.client.host if request.client else None
+
+
+def sign_in(request: Request, username: str, password: str) -> tuple[str, CurrentUser]:
+    """Sign a person in: throttle check, credential check, new session, audit.
+
+    The one sign-in step of the JSON API and of the HTML sign-in form.  Too many recent failed sign-ins
+    for the username or from the client's host give 429 (audited ``auth.login_throttled``) before the
+    password is looked at; wrong credentials, an unknown user and a deactivated user all give the same
+    401 (audited ``auth.login_failed``); success opens a session (audited ``auth.login``).  The caller
+    sets the cookie (:func:`set_session_cookie`).
+
+    Parameters
+    ----------
+    request : fastapi.Request
+        The request (settings and client address).
+    username, password : str
+        What the person typed.
+
+    Returns
+    -------
+    tuple of (str, CurrentUser)
+        The raw session token for the cookie and the signed-in user.
+
+    Raises
+    ------
+    fastapi.HTTPException
+        401 on bad credentials; 429 with ``Retry-After`` (seconds) when throttled.
+    """
+    from integration.store.audit import record_event
+    from integration.store.session import session_scope
+    from integration.store.users import authenticate, check_login_allowed, create_session
+
+    host = client_host(request)
+    with session_scope(_settings(request).database_url) as session:
+        wait = check_login_allowed(session, username, host)
+        if wait is not None:
+            retry_after = max(1, math.ceil(wait))
+            record_event(
+                session,
+                actor=username,
+                action="auth.login_throttled",
+                source=host,
+                detail={"retry_after_seconds": retry_after},
+            )
+            raise HTTPException(
+                status.HTTP_429_TOO_MANY_REQUESTS,
+                TOO_MANY_ATTEMPTS,
+                headers={"Retry-After": str(retry_after)},
+            )
+        user = authenticate(session, username, password)
+        if user is None:
+            record_event(session, actor=username, action="auth.login_failed", source=host)
+            raise HTTPException(status.HTTP_401_UNAUTHORIZED, BAD_CREDENTIALS)
+        token = create_session(session, user, SESSION_TTL)
+        record_event(
+            session, actor=user.username, action="auth.login", object_type="user", object_id=str(user.id), source=host
+        )
+        return token, CurrentUser(user.id, user.username, user.role, user.site_id)
+
+
+def set_session_cookie(response: Response, request: Request, token: str) -> None:
+    """Put a session token in the response's cookie (HttpOnly, SameSite=Strict, Secure over https).
+
+    Parameters
+    ----------
+    response : fastapi.Response
+        The response to set the cookie on (a redirect, for a form).
+    request : fastapi.Request
+        The request (its scheme decides ``Secure``).
+    token : str
+        The raw token from :func:`sign_in`.
+    """
+    response.set_cookie(
+        SESSION_COOKIE,
+        token,
+        max_age=int(SESSION_TTL.total_seconds()),
+        path="/",
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+    response.headers["Cache-Control"] = "no-store"
+
+
 def auth_router() -> APIRouter:
     """Build the sign-in router.
 
@@ -138,40 +246,16 @@ def auth_router() -> APIRouter:
     """
     router = APIRouter(prefix="/api", tags=["authentication"])
 
-    @router.post("/login", summary="Sign in")
+    @router.post(
+        "/login",
+        summary="Sign in",
+        responses={401: {"description": BAD_CREDENTIALS}, 429: {"description": "too many failed sign-ins"}},
+    )
     def login(body: LoginRequest, request: Request, response: Response) -> dict[str, str]:
-        """Check the credentials and set the session cookie; 401 with one generic message otherwise."""
-        from integration.store.audit import record_event
-        from integration.store.session import session_scope
-        from integration.store.users import authenticate, create_session
-
-        source = client_address(request)
-        with session_scope(_settings(request).database_url) as session:
-            user = authenticate(session, body.username, body.password)
-            if user is None:
-                record_event(session, actor=body.username, action="auth.login_failed", source=source)
-                raise HTTPException(status.HTTP_401_UNAUTHORIZED, BAD_CREDENTIALS)
-            token = create_session(session, user, SESSION_TTL)
-            record_event(
-                session,
-                actor=user.username,
-                action="auth.login",
-                object_type="user",
-                object_id=str(user.id),
-                source=source,
-            )
-            answer = {"username": user.username, "role": user.role.value}
-        response.set_cookie(
-            SESSION_COOKIE,
-            token,
-            max_age=int(SESSION_TTL.total_seconds()),
-            path="/",
-            httponly=True,
-            samesite="strict",
-            secure=request.url.scheme == "https",
-        )
-        response.headers["Cache-Control"] = "no-store"
-        return answer
+        """Check the credentials and set the session cookie; 401 with one generic message, 429 when throttled."""
+        token, user = sign_in(request, body.username, body.password)
+        set_session_cookie(response, request, token)
+        return {"username": user.username, "role": user.role.value}
 
     @router.post("/logout", summary="Sign out", status_code=status.HTTP_204_NO_CONTENT)
     def logout(request: Request) -> Response:

@@ -5,6 +5,10 @@ reports them all with a few aggregate queries per scrape; nothing is counted in 
 loses nothing.  Queue depths come from the broker; a broker that cannot be reached gives ``-1`` and
 ``pacsvlm_broker_up 0`` instead of a failed scrape, and a database that cannot be reached gives
 ``pacsvlm_database_up 0`` and no database metrics.
+
+Review quality per model and site comes from ``review_outcomes`` (one row per signed or rejected draft):
+``pacsvlm_review_outcomes``, ``pacsvlm_review_findings`` (sums, which Prometheus can aggregate),
+``pacsvlm_finding_acceptance_ratio`` and ``pacsvlm_signed_text_similarity_mean``.
 """
 
 from __future__ import annotations
@@ -33,7 +37,9 @@ from integration.store.tables import (
     Report,
     ReportRevision,
     ReportStatus,
+    ReviewOutcome,
     RevisionStatus,
+    Site,
     Study,
     StudyState,
 )
@@ -137,6 +143,92 @@ def _signatures(connection: Connection, dialect: str) -> list[Metric]:
     ]
 
 
+def _rejections(connection: Connection) -> Metric:
+    """Rejected report versions (report_revisions with status rejected)."""
+    rejected = connection.execute(
+        select(func.count()).select_from(ReportRevision).where(ReportRevision.status == RevisionStatus.REJECTED)
+    ).scalar_one()
+    return CounterMetricFamily(
+        "pacsvlm_reports_rejected", "Rejected report versions (report_revisions)", value=int(rejected)
+    )
+
+
+def _review_outcomes(connection: Connection) -> list[Metric]:
+    """Review outcomes per model and site: counts, what became of the draft's findings, acceptance, similarity.
+
+    One aggregate query over ``review_outcomes`` grouped by model id, site and outcome.  A rejected draft's
+    findings count as not accepted whatever its row says; text similarity is averaged over signed outcomes
+    only (a rejection has no signed text).
+    """
+    labels = ["model_id", "site"]
+    outcomes = GaugeMetricFamily(
+        "pacsvlm_review_outcomes",
+        "Reviewed drafts (review_outcomes rows) by model, site and outcome (signed or rejected)",
+        labels=[*labels, "outcome"],
+    )
+    findings = GaugeMetricFamily(
+        "pacsvlm_review_findings",
+        "Findings of reviewed drafts by model, site and fate: drafted (in the draft), accepted, edited, "
+        "rejected, added (by the radiologist); a rejected draft's findings count as rejected",
+        labels=[*labels, "fate"],
+    )
+    acceptance = GaugeMetricFamily(
+        "pacsvlm_finding_acceptance_ratio",
+        "Draft findings accepted unedited / draft findings of reviewed drafts (review_outcomes; rejected drafts "
+        "accept none), per model and site; NaN before any draft finding was reviewed",
+        labels=labels,
+    )
+    similarity = GaugeMetricFamily(
+        "pacsvlm_signed_text_similarity_mean",
+        "Mean text similarity of signed report to its draft (review_outcomes.text_similarity, 1.0 = unchanged), "
+        "per model and site; NaN before any signature",
+        labels=labels,
+    )
+    site = func.coalesce(Site.code, "none")
+    rows = connection.execute(
+        select(
+            ReviewOutcome.model_id,
+            site,
+            ReviewOutcome.outcome,
+            func.count(),
+            *(
+                func.coalesce(func.sum(column), 0)
+                for column in (
+                    ReviewOutcome.draft_findings,
+                    ReviewOutcome.accepted,
+                    ReviewOutcome.edited,
+                    ReviewOutcome.rejected,
+                    ReviewOutcome.added,
+                )
+            ),
+            func.coalesce(func.sum(ReviewOutcome.text_similarity), 0.0),
+        )
+        .select_from(ReviewOutcome)
+        .outerjoin(Site, Site.id == ReviewOutcome.site_id)
+        .group_by(ReviewOutcome.model_id, site, ReviewOutcome.outcome)
+        .order_by(ReviewOutcome.model_id, site, ReviewOutcome.outcome)
+    ).all()
+    fates = ("drafted", "accepted", "edited", "rejected", "added")
+    totals: dict[tuple[str, str], dict[str, float]] = {}
+    for model_id, site_code, outcome, count, drafted, accepted, edited, rejected, added, similarity_sum in rows:
+        key = (str(model_id), str(site_code))
+        outcomes.add_metric([*key, str(outcome)], int(count))
+        total = totals.setdefault(key, dict.fromkeys((*fates, "signed", "similarity_sum"), 0.0))
+        if outcome == "rejected":
+            accepted, edited, rejected = 0, 0, drafted
+        else:
+            total["signed"] += int(count)
+            total["similarity_sum"] += float(similarity_sum)
+        for fate, value in zip(fates, (drafted, accepted, edited, rejected, added), strict=True):
+            total[fate] += int(value)
+    for key, total in totals.items():
+        for fate in fates:
+            findings.add_metric([*key, fate], total[fate])
+        acceptance.add_metric(list(key), total["accepted"] / total["drafted"] if total["drafted"] else float("nan"))
+        similarity.add_metric(list(key), total["similarity_sum"] / total["signed"] if total["signed"] else float("nan"))
+    return [outcomes, findings, acceptance, similarity]
+
+
 def database_metrics(connection: Connection) -> list[Metric]:
     """Read every database metric with aggregate queries on one connection.
 
@@ -169,6 +261,8 @@ def database_metrics(connection: Connection) -> list[Metric]:
         ),
         reports,
         *_signatures(connection, dialect),
+        _rejections(connection),
+        *_review_outcomes(connection),
         _by_label(connection, Delivery.state, DeliveryState, "pacsvlm_deliveries", "Deliveries by state", "state"),
     ]
 
@@ -243,7 +337,9 @@ class OperationsCollector:
         metrics.append(
             GaugeMetricFamily("pacsvlm_database_up", "1 when the database answered", value=int(bool(metrics)))
         )
-        queues = list(dict.fromkeys((self.settings.analysis_queue, self.settings.delivery_queue)))
+        from integration.queue import worker_queues
+
+        queues = list(dict.fromkeys(worker_queues(self.settings)))  # stat, analysis, delivery
         reachable, depths = queue_depths(self.settings, queues)
         metrics.append(GaugeMetricFamily("pacsvlm_broker_up", "1 when the broker answered", value=int(reachable)))
         depth = GaugeMetricFamily(

@@ -182,7 +182,9 @@ def test_login_sessions_and_site_scoped_worklist(
     actions = {(action, actor) for action, actor, _ in events}
     assert {("auth.login", "north_rad"), ("auth.login_failed", "north_rad"), ("auth.login_failed", "nobody")} <= actions
     assert ("auth.logout", "north_rad") in actions
-    assert all(source and source.startswith("127.0.0.1:") for action, _, source in events if action.startswith("auth"))
+    # sign-in events carry the host alone (failures are counted per host), sign-outs host:port
+    assert all(source == "127.0.0.1" for action, _, source in events if action.startswith("auth.login"))
+    assert all(source and source.startswith("127.0.0.1:") for action, _, source in events if action == "auth.logout")
     log = api.log_path.read_text(errors="replace")
     assert PASSWORD not in log and "wrong password!!" not in log
 
@@ -196,3 +198,116 @@ def test_login_rejects_malformed_bodies(
         response = httpx.post(api.url + "/api/login", json=body, timeout=10)
         assert response.status_code == 422
         assert response.json()["detail"] and "xxxx" not in response.text  # the fields named, nothing sent echoed
+
+
+def login_from(api: ApiProcess, host: str, username: str, password: str = PASSWORD) -> httpx.Response:
+    """Sign in over a connection from another loopback address (Linux routes all of 127.0.0.0/8 locally)."""
+    with httpx.Client(transport=httpx.HTTPTransport(local_address=host), timeout=10) as client:
+        return client.post(api.url + "/api/login", json={"username": username, "password": password})
+
+
+def assert_throttled(response: httpx.Response) -> None:
+    assert response.status_code == 429, response.text
+    assert 1 <= int(response.headers["retry-after"]) <= 15 * 60
+    assert response.json()["detail"] == "too many failed sign-ins: try again later"
+    assert COOKIE not in response.cookies
+
+
+def audit_rows(url: str, action: str) -> list[tuple[str, str | None, dict[str, object] | None]]:
+    with session_scope(url) as session:
+        rows = session.execute(
+            select(AuditEvent.actor, AuditEvent.source, AuditEvent.detail)
+            .where(AuditEvent.action == action)
+            .order_by(AuditEvent.id)
+        )
+        return [(actor, source, detail) for actor, source, detail in rows]
+
+
+def test_failed_sign_ins_throttle_a_username_on_every_host(
+    start_api: Callable[..., ApiProcess], migrated_postgres_url: str
+) -> None:
+    url = migrated_postgres_url
+    assert cli(url, "sites", "add", "NORTH", "North Hospital").returncode == 0
+    add_user(url, "north_rad", "radiologist", "NORTH")
+    add_user(url, "other_rad", "radiologist", "NORTH")
+    api = start_api(PACSVLM_DATABASE_URL=url)
+
+    for _ in range(4):
+        assert login(api, "north_rad", "wrong password!!").status_code == 401
+    assert login(api, "north_rad").status_code == 200  # below the limit; a success clears the username's count
+    for _ in range(5):
+        assert login(api, "north_rad", "wrong password!!").status_code == 401
+    assert_throttled(login(api, "north_rad"))  # the right password does not get past the throttle
+    assert_throttled(login_from(api, "127.0.0.2", "north_rad"))  # nor does another host
+    assert login(api, "other_rad").status_code == 200  # 9 failures from this host: under the host limit
+
+    throttled = audit_rows(url, "auth.login_throttled")
+    assert [(actor, source) for actor, source, _ in throttled] == [
+        ("north_rad", "127.0.0.1"),
+        ("north_rad", "127.0.0.2"),
+    ]
+    assert all(detail and int(str(detail["retry_after_seconds"])) >= 1 for _, _, detail in throttled)
+    assert len(audit_rows(url, "auth.login_failed")) == 9
+
+    with session_scope(url) as session:  # the window passes: the failures no longer count
+        session.execute(
+            update(AuditEvent)
+            .where(AuditEvent.action == "auth.login_failed")
+            .values(at=utcnow() - timedelta(minutes=16))
+        )
+    assert login(api, "north_rad").status_code == 200
+
+
+def test_failed_sign_ins_throttle_a_host(start_api: Callable[..., ApiProcess], migrated_postgres_url: str) -> None:
+    url = migrated_postgres_url
+    assert cli(url, "sites", "add", "NORTH", "North Hospital").returncode == 0
+    add_user(url, "north_rad", "radiologist", "NORTH")
+    api = start_api(PACSVLM_DATABASE_URL=url)
+
+    for attempt in range(20):  # a different guessed username each time: only the host count reaches its limit
+        assert login(api, f"guess{attempt}", "wrong password!!").status_code == 401
+    assert_throttled(login(api, "north_rad"))
+    assert login_from(api, "127.0.0.2", "north_rad").status_code == 200
+    [(actor, source, _)] = audit_rows(url, "auth.login_throttled")
+    assert (actor, source) == ("north_rad", "127.0.0.1")
+
+
+def test_deactivation_ends_sessions_at_once_and_refuses_sign_in(
+    start_api: Callable[..., ApiProcess], migrated_postgres_url: str
+) -> None:
+    url = migrated_postgres_url
+    assert cli(url, "sites", "add", "NORTH", "North Hospital").returncode == 0
+    base = ["users", "add", "north_rad", "--role", "radiologist", "--site", "NORTH", "--password-stdin"]
+    for bad, message in (("Doe\\Jane", "backslash"), ("a^b^c^d^e^f", "at most 5"), ("^^", "needs a name")):
+        bad_name = cli(url, *base, "--person-name", bad, stdin=PASSWORD + "\n")
+        assert bad_name.returncode == 2 and message in bad_name.stderr and "Traceback" not in bad_name.stderr
+    added = cli(url, *base, "--person-name", " Doe^Jane ", stdin=PASSWORD + "\n")
+    assert added.returncode == 0, added.stderr
+    add_user(url, "other_rad", "radiologist", "NORTH")
+    api = start_api(PACSVLM_DATABASE_URL=url)
+
+    first, second = session_cookie(login(api, "north_rad")), session_cookie(login(api, "north_rad"))
+    other = session_cookie(login(api, "other_rad"))
+    assert get(api, "/api/studies", first).status_code == get(api, "/api/studies", second).status_code == 200
+
+    deactivated = cli(url, "users", "deactivate", "north_rad")
+    assert deactivated.returncode == 0, deactivated.stderr
+    assert get(api, "/api/studies", first).status_code == get(api, "/api/studies", second).status_code == 401
+    assert get(api, "/api/studies", other).status_code == 200  # nobody else is signed out
+    refused, wrong = login(api, "north_rad"), login(api, "other_rad", "wrong password!!")
+    assert refused.status_code == wrong.status_code == 401 and refused.content == wrong.content
+
+    with session_scope(url) as session:
+        user = session.scalars(select(User).where(User.username == "north_rad")).one()
+        assert not user.active and user.person_name == "Doe^Jane"
+        assert session.scalars(select(UserSession).where(UserSession.user_id == user.id)).all() == []
+        [event] = session.scalars(select(AuditEvent).where(AuditEvent.action == "user.deactivated")).all()
+        assert event.actor.startswith("cli") and (event.object_type, event.object_id) == ("user", str(user.id))
+        assert event.detail == {"username": "north_rad", "sessions_ended": 2}
+    listing = cli(url, "users", "list")
+    assert listing.returncode == 0 and "Doe^Jane" in listing.stdout
+
+    unknown = cli(url, "users", "deactivate", "nobody")
+    assert unknown.returncode == 2 and "unknown user" in unknown.stderr and "Traceback" not in unknown.stderr
+    assert cli(url, "users", "activate", "north_rad").returncode == 0
+    assert login(api, "north_rad").status_code == 200

@@ -26,8 +26,10 @@ from integration.store.tables import (
     Report,
     ReportRevision,
     ReportStatus,
+    ReviewOutcome,
     RevisionStatus,
     Series,
+    Site,
     Study,
     StudyState,
     utcnow,
@@ -207,6 +209,122 @@ def test_metrics_follow_the_database_and_the_queue(
     assert after[("pacsvlm_deliveries", (("state", "pending"),))] == 1
     assert after[("pacsvlm_queue_depth", (("queue", "analysis"),))] == 1
     assert after[("pacsvlm_queue_depth", (("queue", "delivery"),))] == 0
+    assert after[("pacsvlm_queue_depth", (("queue", "analysis.stat"),))] == 0  # every queue a worker consumes
+
+
+#: (model, site code or None, outcome, draft findings, accepted, edited, rejected, added, text similarity)
+OUTCOMES = [
+    ("tiny", "NORTH", "signed", 4, 3, 1, 0, 1, 0.9),
+    ("tiny", "NORTH", "rejected", 2, 0, 0, 2, 0, 0.0),
+    ("tiny", "SOUTH", "signed", 2, 2, 0, 0, 0, 1.0),
+    ("tiny", "SOUTH", "signed", 2, 0, 2, 0, 0, 0.6),
+    ("big", None, "signed", 0, 0, 0, 0, 2, 0.5),
+]
+
+
+def add_review_outcomes(database_url: str) -> None:
+    """One study, draft, revision and review outcome per row of :data:`OUTCOMES` (as the review code leaves them)."""
+    now = utcnow()
+    with session_scope(database_url) as session:
+        sites = {code: Site(code=code, name=code.title()) for code in ("NORTH", "SOUTH")}
+        session.add_all(sites.values())
+        session.flush()
+        for number, (model, site, outcome, drafted, accepted, edited, rejected, added, similarity) in enumerate(
+            OUTCOMES
+        ):
+            site_id = sites[site].id if site else None
+            study = Study(
+                study_uid=f"1.2.9.{number}",
+                state=StudyState.SIGNED,
+                calling_ae="CT1",
+                first_received_at=now,
+                last_received_at=now,
+                stable_after=now,
+                site_id=site_id,
+            )
+            session.add(study)
+            session.flush()
+            report = Report(
+                study_id=study.id,
+                study_version=1,
+                status=ReportStatus.SIGNED if outcome == "signed" else ReportStatus.REJECTED,
+                model_id=model,
+                model_revision="r1",
+                model_family="llava",
+                prompt_version="ct-chest/v1",
+                structured=True,
+                findings=draft_content("Normal chest CT.", []),
+                text="draft",
+                raw_output="{}",
+                evidence=[],
+                timings={},
+                tokens_in=10,
+                tokens_out=5,
+            )
+            session.add(report)
+            session.flush()
+            revision = ReportRevision(
+                report_id=report.id,
+                version=2,
+                status=RevisionStatus(outcome),
+                findings=draft_content("Edited.", []),
+                text="v2",
+                author="Doe^Jane",
+                organization="H",
+            )
+            session.add(revision)
+            session.flush()
+            session.add(
+                ReviewOutcome(
+                    report_id=report.id,
+                    revision_id=revision.id,
+                    site_id=site_id,
+                    model_id=model,
+                    model_revision="r1",
+                    prompt_version="ct-chest/v1",
+                    outcome=outcome,
+                    draft_findings=drafted,
+                    accepted=accepted,
+                    edited=edited,
+                    rejected=rejected,
+                    added=added,
+                    edit_distance=0 if similarity == 1.0 else 10,
+                    text_similarity=similarity,
+                    detail={},
+                )
+            )
+
+
+def test_metrics_measure_review_outcomes_per_model_and_site(
+    start_api: Callable[..., ApiProcess], production_env: dict[str, str]
+) -> None:
+    api = start_api(**production_env)
+    before = api.samples()
+    assert before[("pacsvlm_reports_rejected_total", ())] == 0
+    assert not any(name.startswith(("pacsvlm_review_", "pacsvlm_finding_", "pacsvlm_signed_")) for name, _ in before)
+
+    add_review_outcomes(production_env["PACSVLM_DATABASE_URL"])
+    after = api.samples()
+
+    def sample(name: str, model: str, site: str, **more: str) -> float:
+        return after[(name, tuple(sorted({"model_id": model, "site": site, **more}.items())))]
+
+    assert after[("pacsvlm_reports_signed_total", ())] == 4
+    assert after[("pacsvlm_reports_rejected_total", ())] == 1
+    assert sample("pacsvlm_review_outcomes", "tiny", "NORTH", outcome="signed") == 1
+    assert sample("pacsvlm_review_outcomes", "tiny", "NORTH", outcome="rejected") == 1
+    assert sample("pacsvlm_review_outcomes", "tiny", "SOUTH", outcome="signed") == 2
+    assert sample("pacsvlm_review_outcomes", "big", "none", outcome="signed") == 1
+    assert ("pacsvlm_review_outcomes", (("model_id", "big"), ("outcome", "rejected"), ("site", "none"))) not in after
+    north = {fate: sample("pacsvlm_review_findings", "tiny", "NORTH", fate=fate) for fate in
+             ("drafted", "accepted", "edited", "rejected", "added")}  # fmt: skip
+    assert north == {"drafted": 6, "accepted": 3, "edited": 1, "rejected": 2, "added": 1}
+    assert sample("pacsvlm_finding_acceptance_ratio", "tiny", "NORTH") == pytest.approx(3 / 6)
+    assert sample("pacsvlm_finding_acceptance_ratio", "tiny", "SOUTH") == pytest.approx(2 / 4)
+    assert math.isnan(sample("pacsvlm_finding_acceptance_ratio", "big", "none"))  # no draft finding reviewed
+    assert sample("pacsvlm_signed_text_similarity_mean", "tiny", "NORTH") == pytest.approx(0.9)  # rejections left out
+    assert sample("pacsvlm_signed_text_similarity_mean", "tiny", "SOUTH") == pytest.approx(0.8)
+    assert sample("pacsvlm_signed_text_similarity_mean", "big", "none") == pytest.approx(0.5)
 
 
 def test_embedded_defaults_are_healthy_and_measured(start_api: Callable[..., ApiProcess]) -> None:
@@ -224,6 +342,13 @@ def test_embedded_defaults_are_healthy_and_measured(start_api: Callable[..., Api
     assert samples[("pacsvlm_analysis_job_duration_seconds_sum", ())] == pytest.approx(42, abs=0.01)
     assert samples[("pacsvlm_draft_acceptance_ratio", ())] == 0.5
     assert samples[("pacsvlm_queue_depth", (("queue", "analysis"),))] == 0
+
+    add_review_outcomes(f"sqlite:///{api.data_dir / 'pacs-vlm.sqlite'}")  # the same aggregates on SQLite
+    samples = api.samples()
+    labels = (("model_id", "tiny"), ("site", "SOUTH"))
+    assert samples[("pacsvlm_finding_acceptance_ratio", labels)] == pytest.approx(0.5)
+    assert samples[("pacsvlm_signed_text_similarity_mean", labels)] == pytest.approx(0.8)
+    assert samples[("pacsvlm_reports_rejected_total", ())] == 1
 
 
 def test_a_hung_check_fails_at_its_deadline(tmp_path: Path) -> None:
