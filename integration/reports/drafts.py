@@ -17,7 +17,7 @@ written to a temporary name in its folder, flushed, renamed into place and the f
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from io import BytesIO
 from pathlib import Path
@@ -26,6 +26,7 @@ from typing import Any
 from pydicom import Dataset, dcmread, dcmwrite
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import ComprehensiveSRStorage, generate_uid
+from sqlalchemy.orm import Session
 
 from integration.config import Settings
 from integration.dicom.header import is_valid_uid
@@ -46,7 +47,7 @@ from integration.store.revisions import (
     report_revisions,
 )
 from integration.store.session import session_scope
-from integration.store.tables import utcnow
+from integration.store.tables import Report, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -314,6 +315,7 @@ def sign_report(
     impression: str | None = None,
     limitations: str | None = None,
     signed_at: datetime | None = None,
+    before_commit: Callable[[Session, Report, int], object] | None = None,
 ) -> int:
     """Sign a report: store the radiologist's version and its verified SR (COMPLETE, VERIFIED).
 
@@ -333,6 +335,8 @@ def sign_report(
         Edited text; the previous version's when None.
     signed_at : datetime, optional
         When (aware); now when None.
+    before_commit : callable, optional
+        Adds rows that commit with the version (see :func:`integration.store.revisions.record_signed_version`).
 
     Returns
     -------
@@ -406,7 +410,7 @@ def sign_report(
     )
     try:
         with session_scope(settings.database_url) as session:
-            revision_id = record_signed_version(session, signed)
+            revision_id = record_signed_version(session, signed, before_commit=before_commit)
     except BaseException:
         (settings.data_dir / relative).unlink(missing_ok=True)
         raise

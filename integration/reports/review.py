@@ -1,13 +1,12 @@
 """Closing a review: sign the working copy (a verified SR, its outcome, deliveries) or reject the draft.
 
-Signing reuses :func:`integration.reports.drafts.sign_report` for the version and its SR, then stores the
+Signing reuses :func:`integration.reports.drafts.sign_report` for the version and its SR, with the
 :class:`~integration.store.tables.ReviewOutcome` (how the signed report differs from the draft, see
 :mod:`integration.reports.review_diff`), audits ``report.sign`` and queues the deliveries.  The report's
 review lock (:func:`integration.store.reviews.review_lock`) is held meanwhile, so a change or a second
 signature waits and then finds the report closed.
 
-The outcome is committed after the signed version: should the process die between the two, the version
-stands without its outcome (:func:`record_signed_outcome` adds it later; it is idempotent).
+The signed version, its outcome and the ``report.sign`` audit event commit in one transaction.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from integration.config import Settings
 from integration.reports.review_diff import ReviewDifference, review_difference
-from integration.store.audit import record_event
+from integration.store.audit import add_event, record_event
 from integration.store.reviews import (
     MAX_SECTION_CHARS,
     ReviewConflict,
@@ -143,23 +142,28 @@ def _counts(difference: ReviewDifference) -> dict[str, int]:
     }
 
 
-def record_signed_outcome(
-    settings: Settings,
-    report_id: int,
+def add_signed_outcome(
+    session: Session,
+    report: Report,
     revision_id: int,
     *,
     actor: str,
     source: str | None = None,
     copy: WorkingCopy | None = None,
 ) -> ReviewDifference:
-    """Store how a signed revision differs from the draft, and audit ``report.sign``; commit. Idempotent.
+    """Add the outcome of a signed revision and its ``report.sign`` audit event to the session (no commit).
+
+    Used as the ``before_commit`` step of signing, so the version, its outcome and the audit event commit
+    together.
 
     Parameters
     ----------
-    settings : Settings
-        The database.
-    report_id, revision_id : int
-        The report and its signed revision.
+    session : sqlalchemy.orm.Session
+        The signing transaction.
+    report : Report
+        The report.
+    revision_id : int
+        Its new signed revision (flushed).
     actor : str
         Who signed (username, or the person name from the command line).
     source : str, optional
@@ -171,37 +175,77 @@ def record_signed_outcome(
     Returns
     -------
     ReviewDifference
-        The difference (as stored, or as stored before).
+        The difference added.
+    """
+    revision = session.get(ReportRevision, revision_id)
+    if revision is None or revision.report_id != report.id:
+        raise UnknownReport(f"report {report.id} has no revision {revision_id}")
+    if copy is None:
+        difference = review_difference(report.findings, revision.findings)
+    else:
+        difference = review_difference(_draft_document(copy), revision.findings, matches=decisions_as_matches(copy))
+    _add_outcome(session, report, revision_id, "signed", difference)
+    detail: dict[str, Any] = {"revision_id": revision_id, "version": revision.version, **_counts(difference)}
+    if copy is not None:
+        detail["seq"] = copy.seq
+    add_event(
+        session,
+        actor=actor,
+        action="report.sign",
+        object_type="report",
+        object_id=str(report.id),
+        source=source,
+        detail=detail,
+    )
+    return difference
+
+
+def record_signed_outcome(
+    settings: Settings,
+    report_id: int,
+    revision_id: int,
+    *,
+    actor: str,
+    source: str | None = None,
+    copy: WorkingCopy | None = None,
+) -> ReviewDifference:
+    """Return how a signed revision differs from the draft, storing it (and auditing) when it is not stored yet.
+
+    Idempotent; signing stores the outcome in its own transaction (:func:`add_signed_outcome`), so this only
+    adds what an older signature left out.
+
+    Parameters
+    ----------
+    settings : Settings
+        The database.
+    report_id, revision_id : int
+        The report and its signed revision.
+    actor : str
+        Who signed.
+    source : str, optional
+        Where from.
+    copy : WorkingCopy, optional
+        The working copy that was signed (see :func:`add_signed_outcome`).
+
+    Returns
+    -------
+    ReviewDifference
+        The difference.
     """
     with session_scope(settings.database_url) as session:
         report = session.get(Report, report_id)
         revision = session.get(ReportRevision, revision_id)
         if report is None or revision is None or revision.report_id != report_id:
             raise UnknownReport(f"report {report_id} has no revision {revision_id}")
-        if copy is None:
-            difference = review_difference(report.findings, revision.findings)
-        else:
-            difference = review_difference(_draft_document(copy), revision.findings, matches=decisions_as_matches(copy))
         if session.scalar(select(ReviewOutcome.id).where(ReviewOutcome.revision_id == revision_id)) is not None:
-            return difference
-        _add_outcome(session, report, revision_id, "signed", difference)
+            if copy is None:
+                return review_difference(report.findings, revision.findings)
+            return review_difference(_draft_document(copy), revision.findings, matches=decisions_as_matches(copy))
+        difference = add_signed_outcome(session, report, revision_id, actor=actor, source=source, copy=copy)
         try:
-            session.flush()
+            session.commit()
         except IntegrityError:
             session.rollback()
-            return difference
-        detail = {"revision_id": revision_id, "version": revision.version, **_counts(difference)}
-        if copy is not None:
-            detail["seq"] = copy.seq
-        record_event(
-            session,
-            actor=actor,
-            action="report.sign",
-            object_type="report",
-            object_id=str(report_id),
-            source=source,
-            detail=detail,
-        )
     return difference
 
 
@@ -261,6 +305,10 @@ def sign_reviewed(
     with review_lock(settings.database_url, report_id):
         with session_scope(settings.database_url) as session:
             _, copy = lock_draft(session, report_id, expected_seq, advisory=False)
+
+        def _signed(session: Session, report: Report, revision_id: int) -> None:
+            add_signed_outcome(session, report, revision_id, actor=actor, source=source, copy=copy)
+
         findings = copy.signed_findings
         if not findings and not copy.impression:
             raise ReviewError("nothing to sign: every finding is rejected and there is no impression; reject the draft")
@@ -272,8 +320,8 @@ def sign_reviewed(
             findings=findings,
             impression=copy.impression,
             limitations=copy.limitations,
+            before_commit=lambda session, report, revision_id: _signed(session, report, revision_id),
         )
-        record_signed_outcome(settings, report_id, revision_id, actor=actor, source=source, copy=copy)
     queued = queue_deliveries(settings, report_id, revision_id, "signed")
     log.info("report %d: signed as revision %d, %d deliveries queued", report_id, revision_id, len(queued))
     return revision_id

@@ -8,7 +8,7 @@ so two signatures never get the same version.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -278,7 +278,9 @@ def next_version(session: Session, report_id: int) -> int:
     return int(newest or 1) + 1
 
 
-def record_signed_version(session: Session, signed: SignedVersion) -> int:
+def record_signed_version(
+    session: Session, signed: SignedVersion, *, before_commit: Callable[[Session, Report, int], object] | None = None
+) -> int:
     """Store a signed version, mark the report (and its study, when current) signed, audit it; commit.
 
     Parameters
@@ -287,6 +289,10 @@ def record_signed_version(session: Session, signed: SignedVersion) -> int:
         Open session.
     signed : SignedVersion
         The version; its SR file is already written.
+    before_commit : callable, optional
+        Called with the session, the report and the new revision's id before the commit, to add rows that must
+        commit with the version (the review outcome and its audit event).  Without it a ``report.sign`` audit
+        event naming the author is added.
 
     Returns
     -------
@@ -335,15 +341,18 @@ def record_signed_version(session: Session, signed: SignedVersion) -> int:
     study = session.get(Study, report.study_id)
     if study is not None and study.version == report.study_version and study.state == StudyState.DRAFTED:
         study.state = StudyState.SIGNED
-    session.add(
-        AuditEvent(
-            at=signed.signed_at,
-            actor=signed.author[:128],
-            action="report.signed",
-            object_type="report",
-            object_id=str(report.id),
-            detail={"version": signed.version, "revision_id": revision.id, "organization": signed.organization},
+    if before_commit is not None:
+        before_commit(session, report, int(revision.id))
+    else:
+        session.add(
+            AuditEvent(
+                at=signed.signed_at,
+                actor=signed.author[:128],
+                action="report.sign",
+                object_type="report",
+                object_id=str(report.id),
+                detail={"version": signed.version, "revision_id": revision.id},
+            )
         )
-    )
     session.commit()
     return int(revision.id)

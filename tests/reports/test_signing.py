@@ -198,7 +198,7 @@ def test_signing_twice_makes_versions_2_and_3_each_referencing_the_last(
         revisions = session.scalars(select(ReportRevision).order_by(ReportRevision.version)).all()
         report = session.get(Report, report_id)
         study = session.get(Study, report.study_id) if report else None
-        audit = session.scalars(select(AuditEvent.actor).where(AuditEvent.action == "report.signed")).all()
+        audit = session.scalars(select(AuditEvent.actor).where(AuditEvent.action == "report.sign")).all()
     assert [(r.id, r.version, r.status.value, r.author) for r in revisions] == [
         (first, 2, "signed", "Doe^Jane"),
         (second, 3, "signed", "Roe^Richard"),
