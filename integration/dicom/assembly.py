@@ -5,7 +5,8 @@ timer is a column (``studies.stable_after``), so a restarted listener loses
 nothing: the next pass finds the study and queues it.  The same loop is the
 outbox reconciler: jobs whose message never reached the broker, whose message
 is old, or that were queued before the broker restarted (Redis ``run_id``
-changed) are sent again; the worker's task is idempotent.
+changed) are sent again; the worker's task is idempotent.  Studies that become stable also get their
+worklist attributes (patient, accession, date, description) from one stored instance's header.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from sqlalchemy.exc import SQLAlchemyError
 
 from integration.config import Settings
+from integration.dicom.study_attributes import record_study_attributes
 from integration.queue import broker_identity, send_analyze_study, send_deliver
 from integration.store.audit import record_event
 from integration.store.deliveries import deliveries_to_resend
@@ -78,6 +80,7 @@ class StudyAssembler:
             sites = {ae: peer.site for ae, peer in self.settings.calling_aes.items() if peer.site}
             created = complete_stable_studies(session, utcnow(), self.settings.analysis_queue, sites=sites)
         result.jobs_created = len(created)
+        self._record_attributes(created)
         for job_id in created:
             log.info("study complete: analysis job %d created", job_id)
         everything = self._broker_restarted()
@@ -109,6 +112,16 @@ class StudyAssembler:
                 log.info("analysis job %d re-sent (send %d)", item.job_id, item.send_count + 1)
         result.deliveries_resent = self._resend_deliveries(everything)
         return result
+
+    def _record_attributes(self, job_ids: list[int]) -> None:
+        """Fill the worklist attributes of the studies just completed; a failure only costs the worklist columns."""
+        if not job_ids:
+            return
+        try:
+            with session_scope(self.settings.database_url) as session:
+                record_study_attributes(session, self.settings.instance_root, job_ids)
+        except SQLAlchemyError as exc:
+            log.warning("worklist attributes not recorded (database): %s", type(exc).__name__)
 
     def _resend_deliveries(self, everything: bool) -> int:
         """Re-send the messages of pending deliveries that are overdue (or all, after a broker restart)."""

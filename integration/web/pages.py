@@ -1,16 +1,160 @@
-"""The review page: server-rendered HTML (worklist, study view with images, draft editor)."""
+"""The review pages: server-rendered HTML with light JavaScript, usable without it.
+
+* ``GET /`` goes to the worklist (or the sign-in form); ``GET``/``POST /login``, ``POST /logout``.
+* ``GET /worklist`` (:mod:`integration.web.worklist_page`).
+* ``GET /studies/{uid}`` and the review forms under it (:mod:`integration.web.study_page`).
+* Frames as PNG (:mod:`integration.web.images`); static files under ``/static``.
+
+Pages without a session redirect to the sign-in form.  Forms carry the CSRF token; state-changing routes
+check it.  Every template is autoescaped: model output and patient data are shown as text.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import os
+from collections.abc import Mapping
+from os import PathLike
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Form, HTTPException, Request, Response, status
+from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.types import Scope
+
+from integration.config import Settings
+from integration.store.tables import UserRole
+from integration.web.auth import SESSION_COOKIE, CurrentUser, client_address, current_user, set_session_cookie, sign_in
+from integration.web.csrf import require_csrf
+from integration.web.images import images_router
+from integration.web.study_page import study_page_router
+from integration.web.templating import STATIC_DIR, PageRoute, local_path, render, sign_in_redirect
+from integration.web.worklist_page import worklist_page_router
+
+#: Where each role lands after signing in.
+HOME = {UserRole.RADIOLOGIST: "/worklist", UserRole.ADMIN: "/worklist", UserRole.UPLOADER: "/upload"}
+
+
+class StaticAssets(StaticFiles):
+    """The pages' stylesheet and script: ``nosniff``, and revalidated (ETag) so a new release is picked up."""
+
+    def file_response(
+        self, full_path: PathLike[str] | str, stat_result: os.stat_result, scope: Scope, status_code: int = 200
+    ) -> Response:
+        """Serve a file with the extra headers.
+
+        Parameters
+        ----------
+        full_path : path-like
+            The file.
+        stat_result : os.stat_result
+            Its status.
+        scope : starlette.types.Scope
+            The request scope.
+        status_code : int
+            HTTP status.
+
+        Returns
+        -------
+        starlette.responses.Response
+            The file response.
+        """
+        response = super().file_response(full_path, stat_result, scope, status_code)
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Cache-Control"] = "no-cache"
+        return response
+
+
+def _signed_in(request: Request) -> CurrentUser | None:
+    """Return the user of a live session, or None."""
+    try:
+        return current_user(request)
+    except HTTPException:
+        return None
+
+
+def _redirect(url: str) -> RedirectResponse:
+    return RedirectResponse(url, status_code=status.HTTP_303_SEE_OTHER, headers={"Cache-Control": "no-store"})
 
 
 def pages_router() -> APIRouter:
-    """Build the router (filled in by its issue-5 part).
+    """Build the router of the review pages and their static files.
 
     Returns
     -------
     fastapi.APIRouter
         The routes.
     """
-    return APIRouter()
+    router = APIRouter(route_class=PageRoute, tags=["review page"])
+    router.mount("/static", StaticAssets(directory=STATIC_DIR), name="static")
+
+    @router.get("/", include_in_schema=False)
+    def home(request: Request) -> Response:
+        """The user's home page, or the sign-in form."""
+        user = _signed_in(request)
+        return _redirect(HOME[user.role]) if user else sign_in_redirect(request)
+
+    @router.get("/login", response_class=HTMLResponse, summary="Sign-in form")
+    def login_form(request: Request, next: str | None = None) -> Response:
+        """The sign-in form (signed-in users go straight on)."""
+        user = _signed_in(request)
+        if user is not None:
+            target = local_path(next, HOME[user.role])
+            return _redirect(HOME[user.role] if target.startswith("/login") else target)
+        return render(request, "login.html", {"next": local_path(next, ""), "message": None, "username": ""})
+
+    @router.post("/login", response_class=HTMLResponse, summary="Sign in from the form")
+    def login(
+        request: Request,
+        username: Annotated[str, Form(max_length=256)] = "",
+        password: Annotated[str, Form(max_length=1024)] = "",
+        next: Annotated[str, Form(max_length=2000)] = "",
+    ) -> Response:
+        """Check the credentials (throttled and audited as ``POST /api/login``); on success go on, else 401."""
+        if not username or not password:
+            return _login_refused(request, status.HTTP_422_UNPROCESSABLE_CONTENT, "enter a username and password", next)
+        try:
+            token, user = sign_in(request, username, password)
+        except HTTPException as exc:
+            return _login_refused(request, exc.status_code, str(exc.detail), next, username, exc.headers)
+        response = _redirect(local_path(next, HOME[user.role]))
+        set_session_cookie(response, request, token)
+        return response
+
+    @router.post("/logout", summary="Sign out from the page", dependencies=[Depends(require_csrf)])
+    def logout(request: Request) -> Response:
+        """End the session, clear the cookie and show the sign-in form."""
+        from integration.store.audit import record_event
+        from integration.store.session import session_scope
+        from integration.store.users import end_session, user_for_token
+
+        token = request.cookies.get(SESSION_COOKIE)
+        if token:
+            settings: Settings = request.app.state.settings
+            with session_scope(settings.database_url) as session:
+                user = user_for_token(session, token)
+                if end_session(session, token) and user is not None:
+                    record_event(session, actor=user.username, action="auth.logout", source=client_address(request))
+        response = _redirect("/login")
+        response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
+        return response
+
+    router.include_router(worklist_page_router())
+    router.include_router(study_page_router())
+    router.include_router(images_router())
+    return router
+
+
+def _login_refused(
+    request: Request,
+    status_code: int,
+    message: str,
+    next: str,
+    username: str = "",
+    headers: Mapping[str, str] | None = None,
+) -> HTMLResponse:
+    """Show the sign-in form again with one message (the username kept, never the password)."""
+    context = {"next": local_path(next, ""), "message": message, "username": username[:256]}
+    page = render(request, "login.html", context, status_code=status_code)
+    for name, value in (headers or {}).items():
+        page.headers[name] = value
+    return page

@@ -1,30 +1,179 @@
 """The worklist API: ``GET /api/studies`` and ``GET /api/studies/{study_uid}`` for radiologists and admins.
 
 Object-level authorization: a radiologist sees only the studies of their own site; a study of another
-site answers 404, exactly like a study that does not exist.  Administrators see every site.
+site answers 404, exactly like a study that does not exist.  Administrators see every site.  The worklist
+takes the same filters and sort orders as the worklist page (:class:`WorklistFilter`); bad values answer
+422 naming the parameter.  Queries are built with SQLAlchemy expressions only, never from strings.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import re
+from dataclasses import asdict, dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from enum import StrEnum
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Request, status
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from sqlalchemy import ColumnElement, Select, case, exists, func, select
+from sqlalchemy.orm import Session, aliased
 
 from integration.config import Settings
-from integration.store.tables import Instance, Report, Series, Site, Study, UserRole
+from integration.store.tables import Instance, Report, ReportStatus, Series, Site, Study, UserRole
 from integration.web.access import visible
-from integration.web.auth import CurrentUser, require_roles
+from integration.web.auth import CurrentUser, client_address, require_roles
 
 #: Most rows one worklist answer carries.
 WORKLIST_LIMIT = 500
 
 Reviewer = Annotated[CurrentUser, Depends(require_roles(UserRole.RADIOLOGIST, UserRole.ADMIN))]
 
+_CODE = re.compile(r"^[A-Za-z0-9_-]{1,16}$")
 
-def worklist(session: Session, user: CurrentUser, limit: int = WORKLIST_LIMIT) -> list[dict[str, Any]]:
-    """Return the studies the user may review, newest first, with counts and the newest report.
+
+class ReportFilter(StrEnum):
+    """The report status a worklist row may be filtered by (``none``: no report yet)."""
+
+    DRAFT = "draft"
+    SIGNED = "signed"
+    REJECTED = "rejected"
+    SUPERSEDED = "superseded"
+    NONE = "none"
+
+
+class WorklistSort(StrEnum):
+    """Worklist orders: ``priority`` (stat first, then newest), ``received`` (newest first), ``oldest``, ``status``."""
+
+    PRIORITY = "priority"
+    RECEIVED = "received"
+    OLDEST = "oldest"
+    STATUS = "status"
+
+
+class WorklistFilter(BaseModel):
+    """The worklist's query parameters (empty values, as an HTML form sends them, mean "any").
+
+    Attributes
+    ----------
+    status : ReportFilter or None
+        Status of the study's newest report.
+    modality : str or None
+        A modality of one of the study's series (``CT``, ``MR`` ...).
+    priority : {"routine", "stat"} or None
+        The study's priority.
+    received_from, received_to : datetime.date or None
+        Days (UTC, both inclusive) the study's newest instance arrived in.
+    site : str or None
+        Site code (administrators; others see their own site only in any case).
+    sort : WorklistSort
+        The order.
+    limit : int
+        Most rows.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: ReportFilter | None = None
+    modality: str | None = Field(default=None, max_length=16)
+    priority: Literal["routine", "stat"] | None = None
+    received_from: date | None = None
+    received_to: date | None = None
+    site: str | None = Field(default=None, max_length=16)
+    sort: WorklistSort = WorklistSort.PRIORITY
+    limit: int = Field(default=WORKLIST_LIMIT, ge=1, le=WORKLIST_LIMIT)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _empty_is_any(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("modality", "site")
+    @classmethod
+    def _code(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not _CODE.fullmatch(value):
+            raise ValueError("use letters, digits, '-' or '_' (at most 16)")
+        return value.upper()
+
+    @model_validator(mode="after")
+    def _dates_in_order(self) -> WorklistFilter:
+        if self.received_from and self.received_to and self.received_from > self.received_to:
+            raise ValueError("received_from is after received_to")
+        return self
+
+
+@dataclass(frozen=True)
+class WorklistRow:
+    """One study on the worklist (patient data: shown to the reviewer, never logged).
+
+    Attributes
+    ----------
+    study_uid, state, priority, source : str
+        Identity, state, ``routine``/``stat`` and how it arrived.
+    version : int
+        Study version.
+    site : str or None
+        Site code.
+    patient_id, patient_name, patient_birth_date, patient_sex : str or None
+        Patient attributes (the name as a DICOM person name).
+    accession_number, study_date, study_description : str or None
+        Study attributes (the date as ``YYYYMMDD``).
+    modalities : tuple of str
+        Modalities of its series, sorted.
+    series_count : int
+        Number of series.
+    last_received_at : datetime
+        Arrival of its newest instance.
+    report_id : int or None
+        Its newest report.
+    report_status : str or None
+        That report's status.
+    """
+
+    study_uid: str
+    state: str
+    priority: str
+    source: str
+    version: int
+    site: str | None
+    patient_id: str | None
+    patient_name: str | None
+    patient_birth_date: str | None
+    patient_sex: str | None
+    accession_number: str | None
+    study_date: str | None
+    study_description: str | None
+    modalities: tuple[str, ...]
+    series_count: int
+    last_received_at: datetime
+    report_id: int | None
+    report_status: str | None
+
+    def as_json(self) -> dict[str, Any]:
+        """Return the row as JSON-ready values.
+
+        Returns
+        -------
+        dict
+            The fields, times as ISO 8601, modalities as a list (and their count as ``modality_count``).
+        """
+        row = asdict(self)
+        row["modalities"] = list(self.modalities)
+        row["modality_count"] = len(self.modalities)
+        row["last_received_at"] = self.last_received_at.isoformat()
+        return row
+
+
+#: Order of report statuses in the ``status`` sort: what needs reading first.
+_STATUS_ORDER = {ReportStatus.DRAFT.value: 0, ReportStatus.REJECTED.value: 2, ReportStatus.SUPERSEDED.value: 3}
+
+
+def worklist(
+    session: Session, user: CurrentUser, filters: WorklistFilter | None = None, limit: int | None = None
+) -> list[WorklistRow]:
+    """Return the studies the user may review, filtered and sorted, with their newest report.
 
     Parameters
     ----------
@@ -32,42 +181,98 @@ def worklist(session: Session, user: CurrentUser, limit: int = WORKLIST_LIMIT) -
         Open session.
     user : CurrentUser
         The signed-in user.
-    limit : int
-        Maximum rows.
+    filters : WorklistFilter, optional
+        Filters and order; by default every study, stat first, then newest received.
+    limit : int, optional
+        Maximum rows, overriding ``filters.limit``.
 
     Returns
     -------
-    list of dict
+    list of WorklistRow
         One row per study.
     """
+    filters = filters or WorklistFilter()
+    latest = aliased(Report)
+    newest_id = select(func.max(latest.id)).where(latest.study_id == Study.id).correlate(Study).scalar_subquery()
     series_count = select(func.count(Series.id)).where(Series.study_id == Study.id).correlate(Study).scalar_subquery()
-    modalities = (
-        select(func.count(func.distinct(Series.modality))).where(Series.study_id == Study.id).correlate(Study)
-    ).scalar_subquery()
-    newest_report = (
-        select(func.max(Report.id)).where(Report.study_id == Study.id).correlate(Study).scalar_subquery()
-    ).label("report_id")
-    query = visible(
-        select(Study, Site.code, series_count, modalities, newest_report).outerjoin(Site, Study.site_id == Site.id),
-        user,
-    ).order_by(Study.last_received_at.desc(), Study.id.desc())
-    rows = session.execute(query.limit(limit)).all()
-    report_ids = [report_id for *_, report_id in rows if report_id is not None]
-    statuses = dict(session.execute(select(Report.id, Report.status).where(Report.id.in_(report_ids))).all())
+    query: Select[Any] = (
+        select(Study, Site.code, series_count, Report.id, Report.status)
+        .outerjoin(Site, Study.site_id == Site.id)
+        .outerjoin(Report, Report.id == newest_id)
+    )
+    query = _filtered(visible(query, user), filters)
+    query = query.order_by(*_order(filters.sort)).limit(limit or filters.limit)
+    rows = session.execute(query).all()
+    modalities: dict[int, set[str]] = {}
+    study_ids = [study.id for study, *_ in rows]
+    for study_id, modality in session.execute(
+        select(Series.study_id, Series.modality).where(Series.study_id.in_(study_ids), Series.modality.is_not(None))
+    ):
+        if modality:
+            modalities.setdefault(study_id, set()).add(modality)
     return [
-        {
-            "study_uid": study.study_uid,
-            "state": study.state.value,
-            "version": study.version,
-            "site": site_code,
-            "series_count": series,
-            "modality_count": modality,
-            "last_received_at": study.last_received_at.isoformat(),
-            "report_id": report_id,
-            "report_status": statuses[report_id].value if report_id is not None else None,
-        }
-        for study, site_code, series, modality, report_id in rows
+        WorklistRow(
+            study_uid=study.study_uid,
+            state=study.state.value,
+            priority=study.priority,
+            source=study.source,
+            version=study.version,
+            site=site_code,
+            patient_id=study.patient_id,
+            patient_name=study.patient_name,
+            patient_birth_date=study.patient_birth_date,
+            patient_sex=study.patient_sex,
+            accession_number=study.accession_number,
+            study_date=study.study_date,
+            study_description=study.study_description,
+            modalities=tuple(sorted(modalities.get(study.id, ()))),
+            series_count=series,
+            last_received_at=study.last_received_at,
+            report_id=report_id,
+            report_status=ReportStatus(report_status).value if report_status is not None else None,
+        )
+        for study, site_code, series, report_id, report_status in rows
     ]
+
+
+def _filtered(query: Select[Any], filters: WorklistFilter) -> Select[Any]:
+    """Add the filter conditions (the query joins the newest report as :class:`Report` and :class:`Site`)."""
+    if filters.status is ReportFilter.NONE:
+        query = query.where(Report.id.is_(None))
+    elif filters.status is not None:
+        query = query.where(Report.status == ReportStatus(filters.status.value))
+    if filters.modality is not None:
+        query = query.where(
+            exists(select(Series.id).where(Series.study_id == Study.id, Series.modality == filters.modality))
+        )
+    if filters.priority is not None:
+        query = query.where(Study.priority == filters.priority)
+    if filters.received_from is not None:
+        query = query.where(Study.last_received_at >= datetime.combine(filters.received_from, time(), UTC))
+    if filters.received_to is not None:
+        end = datetime.combine(filters.received_to + timedelta(days=1), time(), UTC)
+        query = query.where(Study.last_received_at < end)
+    if filters.site is not None:
+        query = query.where(Site.code == filters.site)
+    return query
+
+
+def _order(sort: WorklistSort) -> list[ColumnElement[Any]]:
+    """Return the ORDER BY terms of a sort order (ties always broken by newest, then id)."""
+    stat_first = case((Study.priority == "stat", 0), else_=1)
+    newest: list[ColumnElement[Any]] = [Study.last_received_at.desc(), Study.id.desc()]
+    if sort is WorklistSort.RECEIVED:
+        return newest
+    if sort is WorklistSort.OLDEST:
+        return [Study.last_received_at.asc(), Study.id.asc()]
+    if sort is WorklistSort.STATUS:
+        status_rank = case(
+            *((Report.status == ReportStatus(value), rank) for value, rank in _STATUS_ORDER.items()),
+            (Report.id.is_(None), 1),
+            else_=4,
+        )
+        return [status_rank, stat_first, *newest]
+    return [stat_first, *newest]
 
 
 def study_detail(session: Session, user: CurrentUser, study_uid: str) -> dict[str, Any] | None:
@@ -98,11 +303,22 @@ def study_detail(session: Session, user: CurrentUser, study_uid: str) -> dict[st
             .group_by(Series.id)
         ).all()
     )
+    site_code = session.scalar(select(Site.code).where(Site.id == study.site_id)) if study.site_id else None
     reports = session.scalars(select(Report).where(Report.study_id == study.id).order_by(Report.id)).all()
     return {
         "study_uid": study.study_uid,
         "state": study.state.value,
         "version": study.version,
+        "priority": study.priority,
+        "source": study.source,
+        "site": site_code,
+        "patient_id": study.patient_id,
+        "patient_name": study.patient_name,
+        "patient_birth_date": study.patient_birth_date,
+        "patient_sex": study.patient_sex,
+        "accession_number": study.accession_number,
+        "study_date": study.study_date,
+        "study_description": study.study_description,
         "last_received_at": study.last_received_at.isoformat(),
         "series": [
             {
@@ -112,7 +328,7 @@ def study_detail(session: Session, user: CurrentUser, study_uid: str) -> dict[st
                 "series_number": series.series_number,
                 "instances": instance_counts.get(series.id, 0),
             }
-            for series in sorted(study.series, key=lambda s: (s.series_number is None, s.series_number, s.id))
+            for series in sorted(study.series, key=lambda s: (s.series_number is None, s.series_number or 0, s.id))
         ],
         "reports": [
             {
@@ -125,11 +341,41 @@ def study_detail(session: Session, user: CurrentUser, study_uid: str) -> dict[st
                 "prompt_version": report.prompt_version,
                 "findings": report.findings,
                 "text": report.text,
+                "evidence": report.evidence,
                 "created_at": report.created_at.isoformat(),
             }
             for report in reports
         ],
     }
+
+
+def record_study_view(session: Session, user: CurrentUser, request: Request, study_uid: str, via: str) -> None:
+    """Audit that a user opened a study (``study.view``; no patient data in the record).
+
+    Parameters
+    ----------
+    session : sqlalchemy.orm.Session
+        Open session.
+    user : CurrentUser
+        The viewer.
+    request : fastapi.Request
+        The request (for the client address).
+    study_uid : str
+        The study.
+    via : str
+        ``"api"`` or ``"page"``.
+    """
+    from integration.store.audit import record_event
+
+    record_event(
+        session,
+        actor=user.username,
+        action="study.view",
+        object_type="study",
+        object_id=study_uid,
+        source=client_address(request),
+        detail={"via": via},
+    )
 
 
 def studies_router() -> APIRouter:
@@ -143,22 +389,26 @@ def studies_router() -> APIRouter:
     router = APIRouter(prefix="/api", tags=["review"])
 
     @router.get("/studies", summary="Worklist")
-    def list_studies(request: Request, user: Reviewer) -> list[dict[str, Any]]:
-        """The studies of the user's site (administrators: all sites), newest first."""
+    def list_studies(
+        request: Request, user: Reviewer, filters: Annotated[WorklistFilter, Query()]
+    ) -> list[dict[str, Any]]:
+        """The studies of the user's site (administrators: all sites), filtered; stat first, then newest."""
         from integration.store.session import session_scope
 
         settings: Settings = request.app.state.settings
         with session_scope(settings.database_url) as session:
-            return worklist(session, user)
+            return [row.as_json() for row in worklist(session, user, filters)]
 
     @router.get("/studies/{study_uid}", summary="One study with its reports")
     def get_study(study_uid: str, request: Request, user: Reviewer) -> dict[str, Any]:
-        """One study of the user's site with its series and reports; 404 for any other."""
+        """One study of the user's site with its series and reports; 404 for any other.  Audited (study.view)."""
         from integration.store.session import session_scope
 
         settings: Settings = request.app.state.settings
         with session_scope(settings.database_url) as session:
             found = study_detail(session, user, study_uid)
+            if found is not None:
+                record_study_view(session, user, request, study_uid, "api")
         if found is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, "no such study")
         return found

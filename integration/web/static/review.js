@@ -1,0 +1,163 @@
+// pacs-vlm review pages: keyboard shortcuts and image highlighting.
+// The pages work without this file: every action is a plain form or link.
+(function () {
+  "use strict";
+
+  function typing(target) {
+    return target instanceof HTMLElement &&
+      (target.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(target.tagName));
+  }
+
+  // ---- help overlay -------------------------------------------------------
+  var help = document.getElementById("help");
+  var helpButton = document.getElementById("help-button");
+  function toggleHelp(show) {
+    if (!help) { return; }
+    var visible = show === undefined ? help.hidden : show;
+    help.hidden = !visible;
+    if (helpButton) { helpButton.setAttribute("aria-expanded", String(visible)); }
+    if (visible) {
+      var close = document.getElementById("help-close");
+      if (close) { close.focus(); }
+    } else if (helpButton) {
+      helpButton.focus();
+    }
+  }
+  if (helpButton) { helpButton.addEventListener("click", function () { toggleHelp(); }); }
+  var helpClose = document.getElementById("help-close");
+  if (helpClose) { helpClose.addEventListener("click", function () { toggleHelp(false); }); }
+
+  // ---- images: large view, highlighting -----------------------------------
+  var viewer = document.getElementById("viewer-image");
+  var caption = document.getElementById("viewer-caption");
+  var tiles = Array.prototype.slice.call(document.querySelectorAll("[data-tile]"));
+
+  function show(tile) {
+    if (!viewer || !tile) { return; }
+    viewer.src = tile.getAttribute("data-large");
+    viewer.alt = tile.getAttribute("data-label") || "";
+    if (caption) {
+      var numbers = (tile.getAttribute("data-images") || "").trim();
+      caption.textContent = (tile.getAttribute("data-label") || "") + (numbers ? " · model image " + numbers.split(" ").join(", ") : "");
+    }
+    tiles.forEach(function (other) {
+      other.classList.toggle("current", other === tile);
+      if (other === tile) { other.setAttribute("aria-current", "true"); } else { other.removeAttribute("aria-current"); }
+    });
+  }
+
+  function highlight(numbers) {
+    var wanted = {};
+    numbers.forEach(function (n) { if (n) { wanted[n] = true; } });
+    var first = null;
+    tiles.forEach(function (tile) {
+      var mine = (tile.getAttribute("data-images") || "").split(" ");
+      var hit = mine.some(function (n) { return wanted[n]; });
+      tile.classList.toggle("highlight", hit);
+      if (hit && !first) { first = tile; }
+    });
+    return first;
+  }
+
+  tiles.forEach(function (tile) {
+    tile.addEventListener("click", function (event) {
+      if (event.ctrlKey || event.metaKey || event.shiftKey) { return; }
+      event.preventDefault();
+      show(tile);
+    });
+  });
+
+  document.querySelectorAll("a.cite[data-image]").forEach(function (link) {
+    link.addEventListener("click", function (event) {
+      if (event.ctrlKey || event.metaKey || event.shiftKey) { return; }
+      event.preventDefault();
+      var first = highlight([link.getAttribute("data-image")]);
+      if (first) { show(first); }
+    });
+  });
+
+  function stepImage(delta) {
+    if (!tiles.length) { return; }
+    var index = tiles.findIndex(function (tile) { return tile.classList.contains("current"); });
+    var next = index < 0 ? 0 : (index + delta + tiles.length) % tiles.length;
+    show(tiles[next]);
+  }
+
+  // ---- findings (study page) or rows (worklist): j/k ----------------------
+  var items = Array.prototype.slice.call(document.querySelectorAll("[data-nav-item]"));
+  var current = -1;
+  if (location.hash) {
+    var target = document.getElementById(location.hash.slice(1));
+    current = items.indexOf(target);
+  }
+
+  function select(index) {
+    if (!items.length) { return; }
+    current = Math.max(0, Math.min(items.length - 1, index));
+    items.forEach(function (item, i) {
+      var on = i === current;
+      item.classList.toggle("current", on);
+      var row = item.closest("tr");
+      if (row) { row.classList.toggle("current", on); }
+    });
+    var item = items[current];
+    item.focus();
+    if (item.hasAttribute("data-finding")) {
+      var first = highlight((item.getAttribute("data-images") || "").split(" "));
+      if (first) { show(first); }
+    }
+  }
+  if (current >= 0) { select(current); }
+
+  function currentFinding() {
+    var item = items[current];
+    return item && item.hasAttribute("data-finding") ? item : null;
+  }
+
+  function press(selector) {
+    var finding = currentFinding();
+    var button = finding && finding.querySelector(selector);
+    if (button) { button.click(); }
+  }
+
+  function focusField(id) {
+    var field = document.getElementById(id);
+    if (field) { field.focus(); field.scrollIntoView({ block: "center" }); }
+  }
+
+  document.addEventListener("keydown", function (event) {
+    if (event.key === "Enter" && (event.ctrlKey || event.metaKey) && event.target instanceof HTMLTextAreaElement) {
+      var form = event.target.form;
+      if (form) { event.preventDefault(); form.requestSubmit(); }
+      return;
+    }
+    if (event.key === "Escape") {
+      if (help && !help.hidden) { toggleHelp(false); return; }
+      if (typing(event.target)) { event.target.blur(); }
+      return;
+    }
+    if (typing(event.target) || event.ctrlKey || event.metaKey || event.altKey) { return; }
+    switch (event.key) {
+      case "?": toggleHelp(); break;
+      case "j": select(current + 1); break;
+      case "k": select(current < 0 ? 0 : current - 1); break;
+      case "a": press('button[data-action="accept"]'); break;
+      case "r": press('button[data-action="reject"]'); break;
+      case "e": {
+        var finding = currentFinding();
+        var details = finding && finding.querySelector("details[data-edit]");
+        if (!details) { return; }
+        details.open = true;
+        var area = details.querySelector("textarea");
+        if (area) { area.focus(); area.setSelectionRange(area.value.length, area.value.length); }
+        break;
+      }
+      case "n": focusField("new-finding"); break;
+      case "i": focusField("impression-text"); break;
+      case "[": stepImage(-1); break;
+      case "]": stepImage(1); break;
+      default: return;
+    }
+    event.preventDefault();
+  });
+})();

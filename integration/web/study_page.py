@@ -1,0 +1,314 @@
+"""The study page: images, the model's evidence and the draft editor (``/studies/{study_uid}``).
+
+The editor is plain HTML forms posting to the routes below, which call the review domain
+(:mod:`integration.store.reviews`, :mod:`integration.reports.review`) and redirect back (Post/Redirect/Get),
+so the page works without JavaScript; ``static/review.js`` only adds keyboard shortcuts and highlighting.
+Each form carries the change number the page showed (``expected_seq``): when someone else changed the
+draft meanwhile, the answer is a 409 page that shows the text that was not saved.  Opening the page is
+audited (``study.view``); each change is audited (``review.change``), signing and rejecting by the review
+domain (``report.sign``, ``report.reject``).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request, Response, status
+from fastapi.responses import HTMLResponse, RedirectResponse
+from sqlalchemy import select
+
+from integration.config import Settings
+from integration.dicom.header import is_valid_uid
+from integration.store.tables import Report, ReportStatus, Site
+from integration.web.access import report_for, study_for
+from integration.web.auth import CurrentUser, client_address
+from integration.web.csrf import require_csrf
+from integration.web.images import WindowName
+from integration.web.studies import record_study_view
+from integration.web.study_view import (
+    THUMBNAIL_SIZE,
+    VIEWER_SIZE,
+    choose_report,
+    evidence_entries,
+    revisions_of,
+    study_images,
+)
+from integration.web.templating import PageRoute, error_page, page_reviewer, render
+
+Reviewer = Annotated[CurrentUser, Depends(page_reviewer)]
+
+#: What the page says after a change, by the ``done`` query parameter (only these; nothing is echoed).
+NOTICES = {
+    "accept": "Finding accepted.",
+    "reject": "Finding rejected.",
+    "edit": "Finding edited.",
+    "reset": "Finding reset to the model's draft.",
+    "add": "Finding added.",
+    "impression": "Impression saved.",
+    "limitations": "Limitations saved.",
+    "sign": "Report signed.",
+    "reject-draft": "Draft rejected.",
+}
+#: Longest text a form may carry (the review domain refuses more than its own, smaller limits, with a message).
+MAX_FORM_TEXT = 100_000
+
+
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def study_url(study_uid: str, report_id: int | None = None, done: str | None = None, anchor: str = "") -> str:
+    """Return the study page's URL.
+
+    Parameters
+    ----------
+    study_uid : str
+        The study.
+    report_id : int, optional
+        The report to show.
+    done : str, optional
+        A key of :data:`NOTICES`.
+    anchor : str
+        Fragment (without ``#``).
+
+    Returns
+    -------
+    str
+        The local URL.
+    """
+    params: dict[str, Any] = {}
+    if report_id is not None:
+        params["report"] = report_id
+    if done is not None:
+        params["done"] = done
+    return f"/studies/{study_uid}" + (f"?{urlencode(params)}" if params else "") + (f"#{anchor}" if anchor else "")
+
+
+def _study_context(
+    request: Request,
+    user: CurrentUser,
+    study_uid: str,
+    report_id: int | None,
+    image: str | None,
+    frame: int | None,
+    window: str | None,
+) -> dict[str, Any]:
+    """Read everything the page shows, and audit the view."""
+    from integration.store.reviews import change_history, working_copy
+    from integration.store.session import session_scope
+
+    settings = _settings(request)
+    with session_scope(settings.database_url) as session:
+        study = study_for(session, user, study_uid)
+        site = session.scalar(select(Site.code).where(Site.id == study.site_id)) if study.site_id else None
+        reports = list(session.scalars(select(Report).where(Report.study_id == study.id).order_by(Report.id.desc())))
+        report = choose_report(reports, report_id)
+        images = study_images(session, study, report, image=image, frame=frame, window=window)
+        copy = working_copy(session, report.id) if report is not None else None
+        history = change_history(session, report.id) if report is not None else []
+        revisions = revisions_of(session, report.id) if report is not None else []
+        evidence_numbers = sorted({entry[0] for entry in evidence_entries(report.evidence)}) if report else []
+        problems = report.findings.get("problems") if report and isinstance(report.findings, dict) else None
+        record_study_view(session, user, request, study.study_uid, "page")
+        session.expunge_all()
+    decisions: dict[str, int] = {}
+    for finding in copy.findings if copy else ():
+        decisions[finding.decision] = decisions.get(finding.decision, 0) + 1
+    return {
+        "study": study,
+        "site": site,
+        "reports": reports,
+        "report": report,
+        "copy": copy,
+        "editable": report is not None and report.status is ReportStatus.DRAFT,
+        "decisions": decisions,
+        "history": history,
+        "revisions": revisions,
+        "problems": [str(p) for p in problems] if isinstance(problems, list) else [],
+        "images": images,
+        "evidence_numbers": evidence_numbers,
+        "cite_tiles": {tile.images[0]: tile for tile in reversed(images.model_tiles)},
+        "thumbnail_size": THUMBNAIL_SIZE,
+        "viewer_size": VIEWER_SIZE,
+        "report_url": f"/studies/{study.study_uid}/reports/{report.id}" if report else None,
+    }
+
+
+def _checked_report(request: Request, user: CurrentUser, study_uid: str, report_id: int) -> None:
+    """Refuse (404) a report that is not one of this study's, or a study the user may not see."""
+    from integration.store.session import session_scope
+
+    if not is_valid_uid(study_uid):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such study")
+    with session_scope(_settings(request).database_url) as session:
+        study = study_for(session, user, study_uid)
+        if report_for(session, user, report_id).study_id != study.id:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, "no such report for this study")
+
+
+def _refusal(request: Request, exc: Exception, back: str, unsaved: str | None = None) -> HTMLResponse:
+    """Answer a refused review action as a page: 409 for stale or closed drafts, 422 for invalid input."""
+    from integration.reports.drafts import SourceUnavailable
+    from integration.store.reviews import ReportClosed, ReviewConflict, ReviewError
+    from integration.store.revisions import ReportNotSignable, UnknownReport, VersionTaken
+
+    if isinstance(exc, UnknownReport):
+        return error_page(request, status.HTTP_404_NOT_FOUND, "no such report", back=back)
+    if isinstance(exc, ReviewConflict):
+        message = f"Someone else changed this draft while you were reading it ({exc}). Nothing of yours was saved."
+        return error_page(request, status.HTTP_409_CONFLICT, message, back=back, unsaved=unsaved)
+    if isinstance(exc, ReportClosed | ReportNotSignable | VersionTaken):
+        return error_page(request, status.HTTP_409_CONFLICT, str(exc), back=back, unsaved=unsaved)
+    if isinstance(exc, SourceUnavailable):
+        return error_page(request, status.HTTP_503_SERVICE_UNAVAILABLE, f"cannot sign now: {exc}", back=back)
+    if isinstance(exc, ReviewError | ValueError):
+        return error_page(request, status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc), back=back, unsaved=unsaved)
+    raise exc
+
+
+def _see_other(url: str) -> RedirectResponse:
+    return RedirectResponse(url, status_code=status.HTTP_303_SEE_OTHER, headers={"Cache-Control": "no-store"})
+
+
+def study_page_router() -> APIRouter:
+    """Build the study page router.
+
+    Returns
+    -------
+    fastapi.APIRouter
+        ``GET /studies/{study_uid}`` and the review forms' ``POST`` routes.
+    """
+    router = APIRouter(route_class=PageRoute, tags=["review page"])
+    csrf = [Depends(require_csrf)]
+
+    @router.get("/studies/{study_uid}", response_class=HTMLResponse, summary="Study page")
+    def study_page(
+        study_uid: str,
+        request: Request,
+        user: Reviewer,
+        report: Annotated[int | None, Query(ge=1)] = None,
+        image: Annotated[str | None, Query(max_length=64)] = None,
+        frame: Annotated[int | None, Query(ge=1, le=100_000)] = None,
+        window: Annotated[WindowName | None, Query()] = None,
+        done: Annotated[str | None, Query(max_length=32)] = None,
+    ) -> HTMLResponse:
+        """The study with its images, the model's evidence and the draft editor; 404 for other sites."""
+        if not is_valid_uid(study_uid):
+            raise HTTPException(status.HTTP_404_NOT_FOUND, "no such study")
+        context = _study_context(request, user, study_uid, report, image, frame, window)
+        context["notice"] = NOTICES.get(done or "")
+        return render(request, "study.html", context)
+
+    @router.post("/studies/{study_uid}/reports/{report_id}/changes", dependencies=csrf, summary="Change a draft")
+    def change(
+        study_uid: str,
+        report_id: int,
+        request: Request,
+        user: Reviewer,
+        action: Annotated[str, Form(max_length=16)],
+        expected_seq: Annotated[int, Form(ge=0)],
+        finding: Annotated[int | None, Form(ge=0, le=10_000)] = None,
+        text: Annotated[str | None, Form(max_length=MAX_FORM_TEXT)] = None,
+    ) -> Response:
+        """Record one change (accept, reject, edit, reset, add, impression, limitations) and go back."""
+        from integration.store.audit import record_event
+        from integration.store.reviews import ReportClosed, ReviewConflict, ReviewError, record_change
+        from integration.store.revisions import UnknownReport
+        from integration.store.session import session_scope
+
+        _checked_report(request, user, study_uid, report_id)
+        back = study_url(study_uid, report_id)
+        try:
+            with session_scope(_settings(request).database_url) as session:
+                copy = record_change(
+                    session,
+                    report_id,
+                    actor=user.username,
+                    action=action,
+                    finding=finding,
+                    text=text,
+                    expected_seq=expected_seq,
+                )
+                record_event(
+                    session,
+                    actor=user.username,
+                    action="review.change",
+                    object_type="report",
+                    object_id=str(report_id),
+                    source=client_address(request),
+                    detail={"action": action, "finding": finding, "seq": copy.seq, "via": "page"},
+                )
+        except (ReviewError, ReviewConflict, ReportClosed, UnknownReport) as exc:
+            return _refusal(request, exc, back, unsaved=text)
+        if action == "add":
+            anchor = f"finding-{copy.findings[-1].index}" if copy.findings else "findings"
+        elif finding is not None:
+            anchor = f"finding-{finding}"
+        else:
+            anchor = action if action in ("impression", "limitations") else "findings"
+        return _see_other(study_url(study_uid, report_id, done=action, anchor=anchor))
+
+    @router.post("/studies/{study_uid}/reports/{report_id}/sign", dependencies=csrf, summary="Sign a draft")
+    def sign(
+        study_uid: str,
+        report_id: int,
+        request: Request,
+        user: Reviewer,
+        expected_seq: Annotated[int, Form(ge=0)],
+    ) -> Response:
+        """Sign the working copy as the page showed it; the signed version is then shown read-only."""
+        from integration.reports.review import sign_reviewed, signer_of
+        from integration.store.session import session_scope
+
+        _checked_report(request, user, study_uid, report_id)
+        settings = _settings(request)
+        with session_scope(settings.database_url) as session:
+            person_name, organization = signer_of(session, user.id)
+        try:
+            sign_reviewed(
+                settings,
+                report_id,
+                actor=user.username,
+                person_name=person_name,
+                organization=organization,
+                source=client_address(request),
+                expected_seq=expected_seq,
+            )
+        except (LookupError, ValueError, RuntimeError) as exc:
+            return _refusal(request, exc, study_url(study_uid, report_id))
+        return _see_other(study_url(study_uid, report_id, done="sign", anchor="report"))
+
+    @router.post("/studies/{study_uid}/reports/{report_id}/reject", dependencies=csrf, summary="Reject a draft")
+    def reject(
+        study_uid: str,
+        report_id: int,
+        request: Request,
+        user: Reviewer,
+        expected_seq: Annotated[int, Form(ge=0)],
+        reason: Annotated[str, Form(max_length=MAX_FORM_TEXT)] = "",
+    ) -> Response:
+        """Reject the whole draft with a reason (required)."""
+        from integration.reports.review import reject_draft, signer_of
+        from integration.store.session import session_scope
+
+        _checked_report(request, user, study_uid, report_id)
+        settings = _settings(request)
+        with session_scope(settings.database_url) as session:
+            _, organization = signer_of(session, user.id)
+        try:
+            reject_draft(
+                settings,
+                report_id,
+                actor=user.username,
+                reason=reason,
+                source=client_address(request),
+                organization=organization,
+                expected_seq=expected_seq,
+            )
+        except (LookupError, ValueError, RuntimeError) as exc:
+            return _refusal(request, exc, study_url(study_uid, report_id), unsaved=reason)
+        return _see_other(study_url(study_uid, report_id, done="reject-draft", anchor="report"))
+
+    return router

@@ -1,0 +1,334 @@
+"""What the study page shows: the study's series and thumbnails, the frames the model saw, the report chosen.
+
+Thumbnails and the large view are ``<img>`` elements pointing at the frame route of
+:mod:`integration.web.images`; each one knows which prompt images (``Image 1``, ``Image 2`` ...) of the
+report's evidence it is, so the page can mark them and a finding's citations can highlight them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import HTTPException, status
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from integration.dicom.header import is_valid_uid
+from integration.store.tables import Delivery, Instance, Report, ReportRevision, ReportStatus, Series, Study
+from integration.web.images import WINDOW_NAMES, window_for
+
+#: Most thumbnails per series (sampled evenly; the frames the model saw are always shown).
+THUMBNAILS_PER_SERIES = 48
+#: Pixel sizes of a thumbnail and of the large view.
+THUMBNAIL_SIZE = 128
+VIEWER_SIZE = 768
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One frame shown as a thumbnail.
+
+    Attributes
+    ----------
+    study_uid, series_uid, sop_instance_uid : str
+        Where the frame is.
+    frame : int
+        1-based frame number.
+    window : str
+        The window asked for (``default`` or a CT preset).
+    label : str
+        What it is, without patient data (``CT series 2, instance 14``).
+    images : tuple of int
+        The prompt image numbers of the report's evidence this frame was (empty when the model did not see it).
+    """
+
+    study_uid: str
+    series_uid: str
+    sop_instance_uid: str
+    frame: int
+    window: str
+    label: str
+    images: tuple[int, ...] = ()
+
+    @property
+    def key(self) -> tuple[str, int, str]:
+        """Identity of the picture: instance, frame, window."""
+        return (self.sop_instance_uid, self.frame, self.window)
+
+    def src(self, size: int) -> str:
+        """Return the URL of the rendered frame.
+
+        Parameters
+        ----------
+        size : int
+            Longest side in pixels.
+
+        Returns
+        -------
+        str
+            The frame route's URL.
+        """
+        query = urlencode({"size": size, "window": self.window})
+        return f"/studies/{self.study_uid}/instances/{self.sop_instance_uid}/frames/{self.frame}.png?{query}"
+
+    def page_url(self, report_id: int | None) -> str:
+        """Return the study page's URL with this frame in the large view (works without JavaScript).
+
+        Parameters
+        ----------
+        report_id : int or None
+            The report shown.
+
+        Returns
+        -------
+        str
+            The URL, anchored at the viewer.
+        """
+        params: dict[str, Any] = {"image": self.sop_instance_uid, "frame": self.frame, "window": self.window}
+        if report_id is not None:
+            params = {"report": report_id, **params}
+        return f"/studies/{self.study_uid}?{urlencode(params)}#viewer"
+
+
+@dataclass
+class SeriesStrip:
+    """One series and its thumbnails."""
+
+    series_uid: str
+    number: int | None
+    modality: str | None
+    body_part: str | None
+    instances: int
+    tiles: list[Tile] = field(default_factory=list)
+
+
+@dataclass
+class StudyImages:
+    """The images of the study page."""
+
+    model_tiles: list[Tile]
+    series: list[SeriesStrip]
+    selected: Tile | None
+
+    @property
+    def all_tiles(self) -> list[Tile]:
+        """Every thumbnail, the model's first."""
+        return [*self.model_tiles, *(tile for strip in self.series for tile in strip.tiles)]
+
+
+def evidence_entries(evidence: Sequence[Mapping[str, Any]]) -> list[tuple[int, str, str, int, str]]:
+    """Return the usable entries of a report's evidence, in order.
+
+    Parameters
+    ----------
+    evidence : sequence of mapping
+        ``{"image", "series_uid", "sop_instance_uid", "frame", "window"}`` entries.
+
+    Returns
+    -------
+    list of tuple
+        ``(image number, series UID, SOP Instance UID, frame, window)``; entries with an invalid UID or
+        number are left out.
+    """
+    entries = []
+    for entry in evidence:
+        if not isinstance(entry, Mapping):
+            continue
+        number, frame = entry.get("image"), entry.get("frame") or 1
+        sop, series = entry.get("sop_instance_uid"), entry.get("series_uid")
+        if not (isinstance(number, int) and isinstance(frame, int) and number >= 1 and frame >= 1):
+            continue
+        if not (is_valid_uid(sop) and is_valid_uid(series)):
+            continue
+        entries.append((number, str(series), str(sop), frame, window_for(entry.get("window"))))
+    return entries
+
+
+def study_images(
+    session: Session,
+    study: Study,
+    report: Report | None,
+    *,
+    image: str | None = None,
+    frame: int | None = None,
+    window: str | None = None,
+) -> StudyImages:
+    """Collect the thumbnails of a study and the frame for the large view.
+
+    Parameters
+    ----------
+    session : sqlalchemy.orm.Session
+        Open session.
+    study : Study
+        The study (already authorized).
+    report : Report or None
+        The report whose evidence is marked.
+    image, frame, window : optional
+        The frame asked for the large view (ignored unless it is a frame of this study).
+
+    Returns
+    -------
+    StudyImages
+        The model's frames, the series strips and the selected frame.
+    """
+    entries = evidence_entries(report.evidence if report is not None else [])
+    seen: dict[tuple[str, int], list[int]] = {}
+    for number, _, sop, frame_number, _ in entries:
+        seen.setdefault((sop, frame_number), []).append(number)
+    series_rows = session.scalars(select(Series).where(Series.study_id == study.id)).all()
+    series_rows = sorted(series_rows, key=lambda s: (s.series_number is None, s.series_number or 0, s.id))
+    instance_rows = session.execute(
+        select(Instance.series_id, Instance.sop_instance_uid, Instance.instance_number)
+        .join(Series, Instance.series_id == Series.id)
+        .where(Series.study_id == study.id)
+        .order_by(Instance.instance_number.is_(None), Instance.instance_number, Instance.id)
+    ).all()
+    by_series: dict[int, list[tuple[str, int | None]]] = {}
+    for series_id, sop, instance_number in instance_rows:
+        by_series.setdefault(series_id, []).append((sop, instance_number))
+    strips = []
+    series_of: dict[str, Series] = {}
+    for series in series_rows:
+        instances = by_series.get(series.id, [])
+        strip = SeriesStrip(series.series_uid, series.series_number, series.modality, series.body_part, len(instances))
+        chosen = set(_even(len(instances), THUMBNAILS_PER_SERIES))
+        for position, (sop, instance_number) in enumerate(instances):
+            series_of[sop] = series
+            frames = sorted({f for (s, f) in seen if s == sop} | ({1} if position in chosen else set()))
+            for frame_number in frames:
+                label = _label(series, instance_number, position, frame_number)
+                images = tuple(sorted(seen.get((sop, frame_number), ())))
+                strip.tiles.append(
+                    Tile(study.study_uid, series.series_uid, sop, frame_number, "default", label, images)
+                )
+        strips.append(strip)
+    model_tiles = [
+        Tile(study.study_uid, series_uid, sop, frame_number, win, f"Image {number}", (number,))
+        for number, series_uid, sop, frame_number, win in sorted(entries, key=lambda e: e[0])
+        if sop in series_of
+    ]
+    selected = _selected(study.study_uid, series_of, model_tiles, strips, image, frame, window)
+    return StudyImages(model_tiles, strips, selected)
+
+
+def _even(count: int, most: int) -> list[int]:
+    """Return up to ``most`` positions spread evenly over ``count`` (first and last included)."""
+    if count <= most:
+        return list(range(count))
+    return sorted({round(i * (count - 1) / (most - 1)) for i in range(most)})
+
+
+def _label(series: Series, number: int | None, position: int, frame: int) -> str:
+    """Describe a frame without patient data."""
+    modality = f"{series.modality} " if series.modality else ""
+    name = f"{modality}series {series.series_number}" if series.series_number is not None else f"{modality}series"
+    instance = f"instance {number}" if number is not None else f"image {position + 1}"
+    return f"{name}, {instance}" + (f", frame {frame}" if frame > 1 else "")
+
+
+def _selected(
+    study_uid: str,
+    series_of: Mapping[str, Series],
+    model_tiles: Sequence[Tile],
+    strips: Sequence[SeriesStrip],
+    image: str | None,
+    frame: int | None,
+    window: str | None,
+) -> Tile | None:
+    """Return the frame asked for when it belongs to the study, else the model's first, else the first."""
+    if image is not None and is_valid_uid(image) and image in series_of:
+        wanted = (image, frame or 1, window if window in WINDOW_NAMES else "default")
+        for tile in [*model_tiles, *(t for strip in strips for t in strip.tiles)]:
+            if tile.key == wanted:
+                return tile
+        series = series_of[image]
+        return Tile(study_uid, series.series_uid, image, wanted[1], wanted[2], _label(series, None, 0, wanted[1]))
+    if model_tiles:
+        return model_tiles[0]
+    for strip in strips:
+        if strip.tiles:
+            return strip.tiles[0]
+    return None
+
+
+def choose_report(reports: Sequence[Report], report_id: int | None) -> Report | None:
+    """Return the report to show: the one asked for, else the newest draft, else the newest.
+
+    Parameters
+    ----------
+    reports : sequence of Report
+        The study's reports, newest first.
+    report_id : int or None
+        The report asked for.
+
+    Returns
+    -------
+    Report or None
+        None when the study has no report.
+
+    Raises
+    ------
+    fastapi.HTTPException
+        404 when ``report_id`` is not a report of this study.
+    """
+    if report_id is not None:
+        for report in reports:
+            if report.id == report_id:
+                return report
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such report for this study")
+    drafts = [report for report in reports if report.status is ReportStatus.DRAFT]
+    return drafts[0] if drafts else (reports[0] if reports else None)
+
+
+def revisions_of(session: Session, report_id: int) -> list[dict[str, Any]]:
+    """Return a report's radiologist versions with their SR and delivery states, oldest first.
+
+    Parameters
+    ----------
+    session : sqlalchemy.orm.Session
+        Open session.
+    report_id : int
+        The report.
+
+    Returns
+    -------
+    list of dict
+        ``id``, ``version``, ``status``, ``author``, ``organization``, ``created_at``, ``findings``
+        (the signed content), ``text``, ``sr_sop_instance_uid``, ``sr_written`` and ``deliveries``
+        (``destination``, ``document``, ``state``, ``attempts``).
+    """
+    revisions = session.scalars(
+        select(ReportRevision).where(ReportRevision.report_id == report_id).order_by(ReportRevision.version)
+    ).all()
+    deliveries: dict[int, list[dict[str, Any]]] = {}
+    for delivery in session.scalars(
+        select(Delivery).where(Delivery.report_id == report_id).order_by(Delivery.destination, Delivery.document)
+    ):
+        if delivery.revision_id is not None:
+            deliveries.setdefault(delivery.revision_id, []).append(
+                {
+                    "destination": delivery.destination,
+                    "document": delivery.document,
+                    "state": delivery.state.value,
+                    "attempts": delivery.attempts,
+                }
+            )
+    return [
+        {
+            "id": revision.id,
+            "version": revision.version,
+            "status": revision.status.value,
+            "author": revision.author,
+            "organization": revision.organization,
+            "created_at": revision.created_at,
+            "findings": revision.findings if isinstance(revision.findings, dict) else {},
+            "text": revision.text,
+            "sr_sop_instance_uid": revision.sr_sop_instance_uid,
+            "sr_written": revision.sr_path is not None,
+            "deliveries": deliveries.get(revision.id, []),
+        }
+        for revision in revisions
+    ]

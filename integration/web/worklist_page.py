@@ -1,0 +1,77 @@
+"""The worklist page: ``GET /worklist``, the studies of the user's site with filters and sort orders.
+
+The filters are the JSON worklist's (:class:`~integration.web.studies.WorklistFilter`): invalid values answer
+a 422 page that names the parameter.  Stat studies come first by default, then the newest.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import HTMLResponse
+from sqlalchemy import select
+
+from integration.config import Settings
+from integration.store.tables import Series, Site, Study, UserRole
+from integration.web.access import visible
+from integration.web.auth import CurrentUser
+from integration.web.studies import ReportFilter, WorklistFilter, WorklistSort, worklist
+from integration.web.templating import PageRoute, page_reviewer, render
+
+#: Labels of the sort orders, as the page shows them.
+SORT_LABELS = {
+    WorklistSort.PRIORITY: "Priority (stat first), newest",
+    WorklistSort.RECEIVED: "Newest received",
+    WorklistSort.OLDEST: "Oldest received",
+    WorklistSort.STATUS: "Report status (drafts first)",
+}
+
+
+def worklist_page_router() -> APIRouter:
+    """Build the worklist page router.
+
+    Returns
+    -------
+    fastapi.APIRouter
+        ``GET /worklist``.
+    """
+    router = APIRouter(route_class=PageRoute, tags=["review page"])
+
+    @router.get("/worklist", response_class=HTMLResponse, summary="Worklist page")
+    def worklist_page(
+        request: Request,
+        user: Annotated[CurrentUser, Depends(page_reviewer)],
+        filters: Annotated[WorklistFilter, Query()],
+    ) -> HTMLResponse:
+        """The studies the user may review, filtered and sorted; each row links to its study page."""
+        from integration.store.session import session_scope
+
+        settings: Settings = request.app.state.settings
+        with session_scope(settings.database_url) as session:
+            rows = worklist(session, user, filters)
+            modalities = sorted(
+                m
+                for m in session.scalars(
+                    visible(
+                        select(Series.modality).distinct().join(Study, Series.study_id == Study.id),
+                        user,
+                    )
+                )
+                if m
+            )
+            sites = list(session.scalars(select(Site.code).order_by(Site.code))) if user.role is UserRole.ADMIN else []
+        return render(
+            request,
+            "worklist.html",
+            {
+                "rows": rows,
+                "filters": filters,
+                "modalities": modalities,
+                "sites": sites,
+                "statuses": [status.value for status in ReportFilter],
+                "sorts": SORT_LABELS,
+            },
+        )
+
+    return router
