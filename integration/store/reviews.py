@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 
 from integration.dicom.header import is_valid_uid
 from integration.reports.sr_content import sr_text
+from integration.store.audit import add_event
 from integration.store.revisions import UnknownReport
 from integration.store.session import engine_for
 from integration.store.tables import Report, ReportStatus, ReviewChange, utcnow
@@ -385,8 +386,9 @@ def record_change(
     finding: int | None = None,
     text: str | None = None,
     expected_seq: int | None = None,
+    source: str | None = None,
 ) -> WorkingCopy:
-    """Record one change to a draft, commit, and return the new working copy.
+    """Record one change to a draft with its ``review.change`` audit event, commit, and return the new working copy.
 
     Parameters
     ----------
@@ -407,6 +409,8 @@ def record_change(
         :data:`MAX_FINDING_CHARS` (findings) or :data:`MAX_SECTION_CHARS` (impression, limitations).
     expected_seq : int, optional
         The change number the reviewer's copy was at; a different one raises :class:`ReviewConflict`.
+    source : str, optional
+        Where the change came from (``host:port``), for the audit event (which never holds the text).
 
     Returns
     -------
@@ -445,6 +449,15 @@ def record_change(
         after=after,
     )
     session.add(change)
+    add_event(
+        session,
+        actor=actor,
+        action="review.change",
+        object_type="report",
+        object_id=str(report_id),
+        source=source,
+        detail={"action": action, "finding": finding, "seq": change.seq},
+    )
     try:
         session.commit()
     except IntegrityError as exc:

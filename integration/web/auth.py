@@ -236,6 +236,29 @@ def set_session_cookie(response: Response, request: Request, token: str) -> None
     response.headers["Cache-Control"] = "no-store"
 
 
+def sign_out(request: Request, response: Response) -> None:
+    """End the session of the request's cookie (if any), audit ``auth.logout`` and clear the cookie.
+
+    Parameters
+    ----------
+    request : fastapi.Request
+        The request.
+    response : fastapi.Response
+        The answer, whose cookie is cleared.
+    """
+    from integration.store.audit import record_event
+    from integration.store.session import session_scope
+    from integration.store.users import end_session, user_for_token
+
+    token = request.cookies.get(SESSION_COOKIE)
+    if token:
+        with session_scope(_settings(request).database_url) as session:
+            user = user_for_token(session, token)
+            if end_session(session, token) and user is not None:
+                record_event(session, actor=user.username, action="auth.logout", source=client_address(request))
+    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
+
+
 def auth_router() -> APIRouter:
     """Build the sign-in router.
 
@@ -257,21 +280,18 @@ def auth_router() -> APIRouter:
         set_session_cookie(response, request, token)
         return {"username": user.username, "role": user.role.value}
 
-    @router.post("/logout", summary="Sign out", status_code=status.HTTP_204_NO_CONTENT)
+    from integration.web.csrf import require_csrf
+
+    @router.post(
+        "/logout",
+        summary="Sign out",
+        status_code=status.HTTP_204_NO_CONTENT,
+        dependencies=[Depends(require_csrf)],
+    )
     def logout(request: Request) -> Response:
         """End the session of the cookie (if any) and clear the cookie."""
-        from integration.store.audit import record_event
-        from integration.store.session import session_scope
-        from integration.store.users import end_session, user_for_token
-
-        token = request.cookies.get(SESSION_COOKIE)
-        if token:
-            with session_scope(_settings(request).database_url) as session:
-                user = user_for_token(session, token)
-                if end_session(session, token) and user is not None:
-                    record_event(session, actor=user.username, action="auth.logout", source=client_address(request))
         response = Response(status_code=status.HTTP_204_NO_CONTENT)
-        response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
+        sign_out(request, response)
         return response
 
     return router

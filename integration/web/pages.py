@@ -21,9 +21,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.types import Scope
 
-from integration.config import Settings
 from integration.store.tables import UserRole
-from integration.web.auth import SESSION_COOKIE, CurrentUser, client_address, current_user, set_session_cookie, sign_in
+from integration.web.auth import CurrentUser, current_user, set_session_cookie, sign_in, sign_out
 from integration.web.csrf import require_csrf
 from integration.web.images import images_router
 from integration.web.study_page import study_page_router
@@ -123,19 +122,8 @@ def pages_router() -> APIRouter:
     @router.post("/logout", summary="Sign out from the page", dependencies=[Depends(require_csrf)])
     def logout(request: Request) -> Response:
         """End the session, clear the cookie and show the sign-in form."""
-        from integration.store.audit import record_event
-        from integration.store.session import session_scope
-        from integration.store.users import end_session, user_for_token
-
-        token = request.cookies.get(SESSION_COOKIE)
-        if token:
-            settings: Settings = request.app.state.settings
-            with session_scope(settings.database_url) as session:
-                user = user_for_token(session, token)
-                if end_session(session, token) and user is not None:
-                    record_event(session, actor=user.username, action="auth.logout", source=client_address(request))
         response = _redirect("/login")
-        response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
+        sign_out(request, response)
         return response
 
     router.include_router(worklist_page_router())

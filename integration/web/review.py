@@ -162,21 +162,43 @@ def _check_visible(settings: Settings, user: CurrentUser, report_id: int) -> Non
         report_for(session, user, report_id)
 
 
-def _refused(exc: Exception) -> HTTPException:
-    """Turn a review error into its HTTP answer (the messages are written to be shown)."""
+def refusal(exc: Exception) -> tuple[int, str]:
+    """Return the HTTP status and message of a refused review action (the messages are written to be shown).
+
+    Parameters
+    ----------
+    exc : Exception
+        What the review domain raised.
+
+    Returns
+    -------
+    tuple of (int, str)
+        404 for an unknown report, 409 for a stale or closed draft, 503 when the study's images cannot be
+        read, 422 for invalid input.
+
+    Raises
+    ------
+    Exception
+        ``exc`` itself when it is not a refusal.
+    """
     from integration.reports.drafts import SourceUnavailable
     from integration.store.reviews import ReportClosed, ReviewConflict, ReviewError
     from integration.store.revisions import ReportNotSignable, UnknownReport, VersionTaken
 
     if isinstance(exc, UnknownReport):
-        return HTTPException(status.HTTP_404_NOT_FOUND, "no such report")
+        return status.HTTP_404_NOT_FOUND, "no such report"
     if isinstance(exc, ReportClosed | ReviewConflict | ReportNotSignable | VersionTaken):
-        return HTTPException(status.HTTP_409_CONFLICT, str(exc))
+        return status.HTTP_409_CONFLICT, str(exc)
     if isinstance(exc, SourceUnavailable):
-        return HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"cannot sign now: {exc}")
+        return status.HTTP_503_SERVICE_UNAVAILABLE, f"cannot sign now: {exc}"
     if isinstance(exc, ReviewError | ValueError):
-        return HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, str(exc))
+        return status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)
     raise exc
+
+
+def _refused(exc: Exception) -> HTTPException:
+    """Turn a review error into its HTTP answer."""
+    return HTTPException(*refusal(exc))
 
 
 def review_router() -> APIRouter:
@@ -209,7 +231,6 @@ def review_router() -> APIRouter:
     @router.post("/{report_id}/changes", summary="Change the working copy", dependencies=csrf)
     def post_change(report_id: int, body: ChangeRequest, request: Request, user: Reviewer) -> dict[str, Any]:
         """Record one change; answers the new working copy (409 when stale or closed, 422 when invalid)."""
-        from integration.store.audit import record_event
         from integration.store.reviews import ReportClosed, ReviewConflict, ReviewError, record_change
         from integration.store.session import session_scope
 
@@ -225,18 +246,10 @@ def review_router() -> APIRouter:
                     finding=body.finding,
                     text=body.text,
                     expected_seq=body.expected_seq,
+                    source=client_address(request),
                 )
             except (ReviewError, ReviewConflict, ReportClosed) as exc:
                 raise _refused(exc) from None
-            record_event(
-                session,
-                actor=user.username,
-                action="review.change",
-                object_type="report",
-                object_id=str(report_id),
-                source=client_address(request),
-                detail={"action": body.action, "finding": body.finding, "seq": copy.seq},
-            )
         return working_copy_json(copy)
 
     @router.post("/{report_id}/sign", summary="Sign the working copy", dependencies=csrf)

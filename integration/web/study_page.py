@@ -5,8 +5,8 @@ The editor is plain HTML forms posting to the routes below, which call the revie
 so the page works without JavaScript; ``static/review.js`` only adds keyboard shortcuts and highlighting.
 Each form carries the change number the page showed (``expected_seq``): when someone else changed the
 draft meanwhile, the answer is a 409 page that shows the text that was not saved.  Opening the page is
-audited (``study.view``); each change is audited (``review.change``), signing and rejecting by the review
-domain (``report.sign``, ``report.reject``).
+audited (``study.view``); changes, signing and rejecting are audited by the review domain
+(``review.change``, ``report.sign``, ``report.reject``).
 """
 
 from __future__ import annotations
@@ -150,22 +150,14 @@ def _checked_report(request: Request, user: CurrentUser, study_uid: str, report_
 
 def _refusal(request: Request, exc: Exception, back: str, unsaved: str | None = None) -> HTMLResponse:
     """Answer a refused review action as a page: 409 for stale or closed drafts, 422 for invalid input."""
-    from integration.reports.drafts import SourceUnavailable
-    from integration.store.reviews import ReportClosed, ReviewConflict, ReviewError
-    from integration.store.revisions import ReportNotSignable, UnknownReport, VersionTaken
+    from integration.store.reviews import ReviewConflict
+    from integration.web.review import refusal
 
-    if isinstance(exc, UnknownReport):
-        return error_page(request, status.HTTP_404_NOT_FOUND, "no such report", back=back)
+    code, message = refusal(exc)
     if isinstance(exc, ReviewConflict):
         message = f"Someone else changed this draft while you were reading it ({exc}). Nothing of yours was saved."
-        return error_page(request, status.HTTP_409_CONFLICT, message, back=back, unsaved=unsaved)
-    if isinstance(exc, ReportClosed | ReportNotSignable | VersionTaken):
-        return error_page(request, status.HTTP_409_CONFLICT, str(exc), back=back, unsaved=unsaved)
-    if isinstance(exc, SourceUnavailable):
-        return error_page(request, status.HTTP_503_SERVICE_UNAVAILABLE, f"cannot sign now: {exc}", back=back)
-    if isinstance(exc, ReviewError | ValueError):
-        return error_page(request, status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc), back=back, unsaved=unsaved)
-    raise exc
+    keep = unsaved if code in (status.HTTP_409_CONFLICT, status.HTTP_422_UNPROCESSABLE_CONTENT) else None
+    return error_page(request, code, message, back=back, unsaved=keep)
 
 
 def _see_other(url: str) -> RedirectResponse:
@@ -213,7 +205,6 @@ def study_page_router() -> APIRouter:
         text: Annotated[str | None, Form(max_length=MAX_FORM_TEXT)] = None,
     ) -> Response:
         """Record one change (accept, reject, edit, reset, add, impression, limitations) and go back."""
-        from integration.store.audit import record_event
         from integration.store.reviews import ReportClosed, ReviewConflict, ReviewError, record_change
         from integration.store.revisions import UnknownReport
         from integration.store.session import session_scope
@@ -230,15 +221,7 @@ def study_page_router() -> APIRouter:
                     finding=finding,
                     text=text,
                     expected_seq=expected_seq,
-                )
-                record_event(
-                    session,
-                    actor=user.username,
-                    action="review.change",
-                    object_type="report",
-                    object_id=str(report_id),
                     source=client_address(request),
-                    detail={"action": action, "finding": finding, "seq": copy.seq, "via": "page"},
                 )
         except (ReviewError, ReviewConflict, ReportClosed, UnknownReport) as exc:
             return _refusal(request, exc, back, unsaved=text)

@@ -18,6 +18,7 @@ from sqlalchemy import select, update
 from integration.store.session import session_scope
 from integration.store.tables import AuditEvent, Report, Series, Site, Study, StudyState, User, UserSession, utcnow
 from integration.store.users import hash_token
+from integration.web.csrf import csrf_token_for_session
 from tests.web.conftest import ApiProcess
 
 REPO = Path(__file__).resolve().parents[2]
@@ -161,7 +162,11 @@ def test_login_sessions_and_site_scoped_worklist(
     assert {row["study_uid"] for row in get(api, "/api/studies", admin).json()} == {"1.2.840.1", "1.2.840.2"}
     assert get(api, "/api/studies/1.2.840.2", admin).status_code == 200
 
-    assert httpx.post(api.url + "/api/logout", cookies=radiologist, timeout=10).status_code == 204
+    logout = api.url + "/api/logout"
+    assert httpx.post(logout, cookies=radiologist, timeout=10).status_code == 403  # no CSRF token
+    assert get(api, "/api/studies", radiologist).status_code == 200
+    token = {"X-CSRF-Token": csrf_token_for_session(radiologist[COOKIE])}
+    assert httpx.post(logout, cookies=radiologist, headers=token, timeout=10).status_code == 204
     assert get(api, "/api/studies", radiologist).status_code == 401
 
     with session_scope(url) as session:
