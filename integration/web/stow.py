@@ -1,16 +1,448 @@
-"""DICOMweb STOW-RS intake: ``POST /dicomweb/studies`` into the durable instance store."""
+"""DICOMweb STOW-RS intake (PS3.18 10.5): ``POST /dicomweb/studies`` and ``POST /dicomweb/studies/{study}``.
+
+The body (``multipart/related; type="application/dicom"``) is streamed through a parser into a spool (memory
+up to a few megabytes, then an unnamed temporary file on the instance store's file system), each part
+checked against the per-instance size limit and the whole body against the per-request limit (a part
+without a Content-Type is taken as the body's ``type``, ``application/dicom``).  Only once the
+body is complete and well formed are its parts stored, one by one, through the same intake as the DICOM
+listener (:mod:`integration.dicom.intake`): a malformed or oversized request stores nothing.  Each instance
+succeeds or fails on its own; the answer is DICOM JSON with the Referenced SOP Sequence (stored, duplicates
+included) and the Failed SOP Sequence (with the DICOM failure reason), and HTTP 200 (all stored), 202 (some
+failed) or 409 (none stored).  No instance is coerced or has elements discarded, so there are no warnings.
+RetrieveURL is left out: this server offers no WADO-RS to retrieve from.
+
+Senders authenticate with HTTP Basic (DICOMweb clients; throttled like the sign-in form) or with the
+review app's session cookie plus the CSRF token header.  Uploaders and administrators may store; a study
+gets the uploader's site, ``source='stow'`` and the pseudo calling AE :data:`~integration.dicom.intake.STOW_AE`.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import base64
+import binascii
+import contextlib
+import json
+import logging
+import math
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from fastapi import APIRouter, HTTPException, Request, Response, status
+from starlette.requests import ClientDisconnect
+
+from integration.config import Settings
+from integration.dicom import status as dicom_status
+from integration.dicom.header import is_valid_uid
+from integration.dicom.intake import STOW_AE, InstanceIntake, Origin, Outcome, intake_for, split_part10
+from integration.dicom.storage import InstanceStore, StorageFull
+from integration.dicom.structure import InvalidInstance
+from integration.store.audit import record_event
+from integration.store.session import session_scope
+from integration.store.tables import UserRole
+from integration.web.auth import (
+    BAD_CREDENTIALS,
+    TOO_MANY_ATTEMPTS,
+    CurrentUser,
+    client_address,
+    client_host,
+    current_user,
+)
+from integration.web.csrf import require_csrf
+from integration.web.multipart_related import (
+    MalformedMultipart,
+    MultipartRelatedParser,
+    PartData,
+    PartEnd,
+    PartSpool,
+    PartStart,
+    parse_media_type,
+)
+
+log = logging.getLogger(__name__)
+
+#: Largest STOW-RS request body unless the settings say otherwise (``max_upload_bytes``).
+DEFAULT_MAX_UPLOAD_BYTES = 4 * 1024**3
+#: Media type of the answer.
+DICOM_JSON = "application/dicom+json"
+_ACCEPTABLE = frozenset({DICOM_JSON, "application/json", "application/*", "*/*"})
+_DICOM = "application/dicom"
+#: Bytes kept from the start of each part: enough for the file meta of an instance refused for its size.
+_HEAD_BYTES = 4096
+
+
+#: The challenge of a 401: DICOMweb clients answer it with HTTP Basic credentials.
+BASIC_CHALLENGE = 'Basic realm="pacs-vlm DICOMweb", charset="UTF-8"'
+
+
+def _unauthorized(message: str) -> HTTPException:
+    return HTTPException(status.HTTP_401_UNAUTHORIZED, message, headers={"WWW-Authenticate": BASIC_CHALLENGE})
+
+
+def _basic_user(request: Request, authorization: str) -> CurrentUser:
+    """Check HTTP Basic credentials like a sign-in (throttled, failures audited); blocking."""
+    from integration.store.users import authenticate, check_login_allowed
+
+    scheme, _, encoded = authorization.partition(" ")
+    if scheme.lower() != "basic":
+        raise _unauthorized("use HTTP Basic authentication, or sign in")
+    try:
+        username, colon, password = base64.b64decode(encoded.strip(), validate=True).decode("utf-8").partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        raise _unauthorized("malformed HTTP Basic credentials") from None
+    if not colon or not username:
+        raise _unauthorized("malformed HTTP Basic credentials")
+    settings: Settings = request.app.state.settings
+    host = client_host(request)
+    with session_scope(settings.database_url) as session:
+        wait = check_login_allowed(session, username, host)
+        if wait is not None:
+            retry_after = max(1, math.ceil(wait))
+            record_event(
+                session,
+                actor=username,
+                action="auth.login_throttled",
+                source=host,
+                detail={"retry_after_seconds": retry_after, "via": "basic"},
+            )
+            raise HTTPException(
+                status.HTTP_429_TOO_MANY_REQUESTS, TOO_MANY_ATTEMPTS, headers={"Retry-After": str(retry_after)}
+            )
+        user = authenticate(session, username, password)
+        if user is None:
+            record_event(session, actor=username, action="auth.login_failed", source=host, detail={"via": "basic"})
+            raise _unauthorized(BAD_CREDENTIALS)
+        return CurrentUser(user.id, user.username, user.role, user.site_id)
+
+
+async def dicomweb_user(request: Request, roles: tuple[UserRole, ...]) -> tuple[CurrentUser, str]:
+    """Authenticate a DICOMweb request: HTTP Basic, or the session cookie with the CSRF token header.
+
+    A request with an ``Authorization`` header is judged by it alone (a browser cannot send a cross-site
+    ``multipart/related`` body without a CORS preflight, which this server never grants).
+
+    Parameters
+    ----------
+    request : fastapi.Request
+        The request.
+    roles : tuple of UserRole
+        The roles admitted.
+
+    Returns
+    -------
+    tuple of (CurrentUser, str)
+        The user and how they authenticated (``basic`` or ``session``).
+
+    Raises
+    ------
+    fastapi.HTTPException
+        401 with ``WWW-Authenticate: Basic`` without valid credentials, 429 when sign-ins are throttled,
+        403 without the CSRF token (cookie) or for another role.
+    """
+    authorization = request.headers.get("authorization")
+    if authorization:
+        user = await anyio.to_thread.run_sync(_basic_user, request, authorization)
+        via = "basic"
+    else:
+        try:
+            user = await anyio.to_thread.run_sync(current_user, request)
+        except HTTPException as exc:
+            if exc.status_code == status.HTTP_401_UNAUTHORIZED:
+                raise _unauthorized("sign in, or use HTTP Basic authentication") from None
+            raise
+        await require_csrf(request)
+        via = "session"
+    if user.role not in roles:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "not allowed for your role")
+    return user, via
+
+
+def max_upload_bytes(settings: Settings) -> int:
+    """Return the largest request body a STOW-RS request may have.
+
+    Parameters
+    ----------
+    settings : Settings
+        The settings (``max_upload_bytes`` once the settings have it).
+
+    Returns
+    -------
+    int
+        Bytes.
+    """
+    return int(getattr(settings, "max_upload_bytes", DEFAULT_MAX_UPLOAD_BYTES))
+
+
+@dataclass
+class _Part:
+    """Where one part's content lies in the spool, and whether it can be stored at all."""
+
+    dicom: bool
+    offset: int
+    length: int = 0
+    oversized: bool = False
+    head: bytes = b""  # the first bytes (file meta), to name an oversized instance in the answer
+
+
+@dataclass(frozen=True)
+class _Result:
+    outcome: Outcome
+    sop_class_uid: str | None
+    sop_instance_uid: str | None
+    study_uid: str | None
+
+
+async def _receive(request: Request, boundary: str, spool: PartSpool, body_limit: int, part_limit: int) -> list[_Part]:
+    """Stream the body into the spool; return the parts (400/413 as HTTP errors, nothing stored yet)."""
+    parser = MultipartRelatedParser(boundary)
+    parts: list[_Part] = []
+    current: _Part | None = None
+    received = 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > body_limit:
+            raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, f"the request body exceeds {body_limit} bytes")
+        for event in parser.feed(chunk):
+            if isinstance(event, PartStart):
+                media = parse_media_type(event.headers.get("content-type"))
+                current = _Part(dicom=media is None or media.essence == _DICOM, offset=spool.size)
+            elif isinstance(event, PartData):
+                assert current is not None
+                current.length += len(event.data)
+                if not current.dicom or current.oversized:
+                    continue
+                if len(current.head) < _HEAD_BYTES:
+                    current.head += event.data[: _HEAD_BYTES - len(current.head)]
+                if current.length > part_limit:
+                    current.oversized = True
+                    spool.truncate(current.offset)
+                else:
+                    spool.append(event.data)
+            elif isinstance(event, PartEnd):
+                assert current is not None
+                parts.append(current)
+                current = None
+    parser.close()
+    return parts
+
+
+def _store_parts(
+    intake: InstanceIntake, spool: PartSpool, parts: list[_Part], origin: Origin, study_uid: str | None
+) -> list[_Result]:
+    """Store the spooled parts one by one (blocking: run in a worker thread)."""
+    results = []
+    with spool.view() as whole:
+        for part in parts:
+            sop_class = sop_instance = None
+            if not part.dicom:
+                outcome = Outcome(dicom_status.CANNOT_UNDERSTAND, "refused", reason="the part is not application/dicom")
+            elif part.oversized:
+                outcome = Outcome(dicom_status.OUT_OF_RESOURCES, "refused", reason="above the size limit")
+                with contextlib.suppress(InvalidInstance):
+                    meta = split_part10(part.head)
+                    sop_class, sop_instance = meta.sop_class_uid, meta.sop_instance_uid
+            else:
+                piece = whole[part.offset : part.offset + part.length]
+                try:
+                    file = split_part10(piece)
+                except InvalidInstance as exc:
+                    outcome = Outcome(dicom_status.CANNOT_UNDERSTAND, "refused", reason=str(exc))
+                else:
+                    sop_class, sop_instance = file.sop_class_uid, file.sop_instance_uid
+                    outcome = intake.store(
+                        file.dataset,
+                        file.transfer_syntax_uid,
+                        origin,
+                        expected_study_uid=study_uid,
+                        expected_sop_class_uid=sop_class,
+                        expected_sop_instance_uid=sop_instance,
+                    )
+                    del file
+                finally:
+                    piece.release()
+            header = outcome.header
+            results.append(
+                _Result(
+                    outcome,
+                    header.sop_class_uid if header else sop_class,
+                    header.sop_instance_uid if header else sop_instance,
+                    header.study_uid if header else study_uid,
+                )
+            )
+    return results
+
+
+def _room_check(store: InstanceStore) -> Callable[[int], None]:
+    """Build the spool's check that ``more`` bytes leave the store's headroom free (raises StorageFull)."""
+
+    def check(more: int) -> None:
+        if store.min_free_bytes and store.free_bytes() - more < store.min_free_bytes:
+            raise StorageFull("storage headroom exhausted")
+
+    return check
+
+
+def _uid_element(uid: str | None) -> dict[str, Any]:
+    """A UI attribute in DICOM JSON; a value only when it is a valid UID (nothing else is echoed)."""
+    return {"vr": "UI", "Value": [uid]} if uid is not None and is_valid_uid(uid) else {"vr": "UI"}
+
+
+def stow_answer(results: list[_Result]) -> tuple[int, dict[str, Any]]:
+    """Build the STOW-RS response: the HTTP status and the DICOM JSON Store Instances Response.
+
+    Parameters
+    ----------
+    results : list
+        What became of each part, in order.
+
+    Returns
+    -------
+    tuple of (int, dict)
+        200 when all were stored, 202 when some failed, 409 when none was stored; and the data set.
+    """
+    referenced, failed = [], []
+    for result in results:
+        item = {"00081150": _uid_element(result.sop_class_uid), "00081155": _uid_element(result.sop_instance_uid)}
+        if result.outcome.succeeded:
+            referenced.append(item)
+        else:
+            failed.append({**item, "00081197": {"vr": "US", "Value": [result.outcome.status]}})
+    answer: dict[str, Any] = {}
+    if failed:
+        answer["00081198"] = {"vr": "SQ", "Value": failed}
+    if referenced:
+        answer["00081199"] = {"vr": "SQ", "Value": referenced}
+    if not failed:
+        return status.HTTP_200_OK, answer
+    return (status.HTTP_202_ACCEPTED if referenced else status.HTTP_409_CONFLICT), answer
+
+
+def _check_media_types(request: Request) -> str:
+    """Return the body's boundary after checking Content-Type (415/400) and Accept (406)."""
+    media = parse_media_type(request.headers.get("content-type"))
+    if media is None or media.essence != "multipart/related":
+        raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, 'send multipart/related; type="application/dicom"')
+    kind = media.params.get("type", _DICOM).lower()
+    if kind != _DICOM:
+        raise HTTPException(
+            status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+            f'only type="{_DICOM}" is supported (not metadata with bulk data)',
+        )
+    boundary = media.params.get("boundary")
+    if not boundary:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, "the multipart/related media type has no boundary")
+    accept = request.headers.get("accept")
+    if accept:
+        ranges = {item.split(";", 1)[0].strip().lower() for item in accept.split(",")}
+        if not ranges & _ACCEPTABLE:
+            raise HTTPException(status.HTTP_406_NOT_ACCEPTABLE, f"the answer is {DICOM_JSON}")
+    return boundary
+
+
+def _audit(settings: Settings, request: Request, user: CurrentUser, via: str, results: list[_Result]) -> None:
+    """One ``upload.stow`` event per study touched, with counts (no patient data)."""
+    per_study: dict[str | None, Counter[str]] = {}
+    for result in results:
+        study = result.study_uid if result.study_uid and is_valid_uid(result.study_uid) else None
+        label = {"stored": "stored", "duplicate": "duplicates"}.get(result.outcome.label, "failed")
+        per_study.setdefault(study, Counter())[label] += 1
+    with session_scope(settings.database_url) as session:
+        for study, counts in per_study.items():
+            record_event(
+                session,
+                actor=user.username,
+                action="upload.stow",
+                object_type="study",
+                object_id=study,
+                source=client_address(request),
+                detail={
+                    "stored": counts["stored"],
+                    "duplicates": counts["duplicates"],
+                    "failed": counts["failed"],
+                    "auth": via,
+                },
+            )
+
+
+async def _stow(request: Request, study_uid: str | None) -> Response:
+    settings: Settings = request.app.state.settings
+    user, via = await dicomweb_user(request, (UserRole.UPLOADER, UserRole.ADMIN))
+    if study_uid is not None and not is_valid_uid(study_uid):
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, "the study UID in the path is not a valid DICOM UID")
+    boundary = _check_media_types(request)
+    body_limit = max_upload_bytes(settings)
+    declared = request.headers.get("content-length", "")
+    length = int(declared) if declared.isdigit() else None
+    if length is not None and length > body_limit:
+        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, f"the request body exceeds {body_limit} bytes")
+    intake = intake_for(settings)
+    store = intake.files
+    if length is not None and store.min_free_bytes and store.free_bytes() - length < store.min_free_bytes:
+        raise HTTPException(status.HTTP_507_INSUFFICIENT_STORAGE, "not enough storage space for this request")
+    spool = PartSpool(intake.files.tmp_dir, room=_room_check(intake.files))
+    try:
+        try:
+            parts = await _receive(request, boundary, spool, body_limit, settings.max_instance_bytes)
+        except MalformedMultipart as exc:
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, f"malformed multipart body: {exc}") from None
+        except ClientDisconnect:
+            return Response(status_code=status.HTTP_400_BAD_REQUEST)  # nobody to answer; nothing stored
+        except OSError as exc:  # StorageFull (headroom) or a failing file system
+            log.error("STOW-RS request not spooled: %s", exc.strerror or exc)
+            raise HTTPException(status.HTTP_507_INSUFFICIENT_STORAGE, "no room to receive the request") from None
+        if not parts:
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, "the multipart body has no part")
+        origin = Origin(
+            calling_ae=STOW_AE,
+            source="stow",
+            site_id=user.site_id,
+            stable_seconds=settings.stable_seconds_for(STOW_AE),
+            any_site=user.role is UserRole.ADMIN,
+        )
+        results = await anyio.to_thread.run_sync(_store_parts, intake, spool, parts, origin, study_uid)
+    finally:
+        spool.close()
+    await anyio.to_thread.run_sync(_audit, settings, request, user, via, results)
+    code, answer = stow_answer(results)
+    counts = Counter(result.outcome.label for result in results)
+    log.info("STOW-RS by user %d: %s", user.id, dict(counts))
+    return Response(
+        content=_json(answer), status_code=code, media_type=DICOM_JSON, headers={"Cache-Control": "no-store"}
+    )
+
+
+def _json(answer: dict[str, Any]) -> bytes:
+    return json.dumps(answer, separators=(",", ":")).encode()
 
 
 def stow_router() -> APIRouter:
-    """Build the router (filled in by its issue-5 part).
+    """Build the STOW-RS router.
 
     Returns
     -------
     fastapi.APIRouter
-        The routes.
+        ``POST /dicomweb/studies`` and ``POST /dicomweb/studies/{study_uid}``.
     """
-    return APIRouter()
+    router = APIRouter(prefix="/dicomweb", tags=["dicomweb"])
+    errors: dict[int | str, dict[str, Any]] = {
+        400: {"description": "malformed multipart body or study UID"},
+        401: {"description": "no or wrong credentials (WWW-Authenticate: Basic)"},
+        403: {"description": "not allowed for your role, or missing CSRF token"},
+        409: {"description": "no instance stored"},
+        413: {"description": "request body above the limit"},
+        415: {"description": "not multipart/related; type=application/dicom"},
+    }
+
+    @router.post("/studies", summary="Store instances (STOW-RS)", responses=errors)
+    async def store_instances(request: Request) -> Response:
+        """Store the instances of the body, whatever their studies."""
+        return await _stow(request, None)
+
+    @router.post("/studies/{study_uid}", summary="Store instances of one study (STOW-RS)", responses=errors)
+    async def store_study_instances(study_uid: str, request: Request) -> Response:
+        """Store the instances of the body; any of another study fails."""
+        return await _stow(request, study_uid)
+
+    return router

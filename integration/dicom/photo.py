@@ -1,0 +1,318 @@
+"""Clinical photos (JPEG or PNG) wrapped into DICOM Secondary Capture images for the same pipeline.
+
+highdicom has no VL Photographic Image class, so a photo becomes a Secondary Capture Image
+(:class:`highdicom.sc.SCImage`, conversion type ``DI``) with Modality ``XC`` (external-camera photography),
+RGB pixels stored uncompressed (exactly the decoded image, upright after the EXIF orientation), a new study,
+series and instance, the patient module from the form, Body Part Examined, and the referrer's clinical question
+in Request Attributes Sequence > Reason for the Requested Procedure (0040,1002), where the draft's prompt
+reads it (:mod:`integration.dicom.referral`).
+
+Everything typed is checked against its value representation (length, characters, dates) and refused with
+one message per field; the image is checked before it is decoded (format, declared size) so a
+decompression bomb costs nothing.  Messages never repeat what was typed.  Nothing here logs patient data.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date, datetime
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+#: Largest photo file accepted.
+MAX_PHOTO_BYTES = 32 * 1024**2
+#: Most pixels a photo may have (checked from its header, before decoding).
+MAX_PHOTO_PIXELS = 50_000_000
+#: Image formats accepted (Pillow's names).
+PHOTO_FORMATS = ("JPEG", "PNG")
+#: Modality of photos: external-camera photography.
+PHOTO_MODALITY = "XC"
+#: Manufacturer of the converted instances.
+MANUFACTURER = "pacs-vlm"
+#: Series description of converted photos.
+SERIES_DESCRIPTION = "Clinical photograph"
+
+_LO_FORBIDDEN = re.compile(r"[\\\x00-\x1f\x7f]")
+_BODY_PART = re.compile(r"^[A-Z0-9_ ]{1,16}$")
+_DATE = re.compile(r"^(\d{4})-?(\d{2})-?(\d{2})$")
+
+
+class PhotoInvalid(ValueError):
+    """The upload cannot be converted; ``errors`` maps each bad field to what is wrong (never its value).
+
+    Parameters
+    ----------
+    errors : mapping of str to str
+        Field name -> message.
+    """
+
+    def __init__(self, errors: Mapping[str, str]) -> None:
+        super().__init__("; ".join(f"{field}: {message}" for field, message in errors.items()))
+        self.errors = dict(errors)
+
+
+@dataclass(frozen=True)
+class PhotoDetails:
+    """The validated form fields of a photo upload (patient data: never logged).
+
+    Attributes
+    ----------
+    patient_id : str
+        Patient ID (LO).
+    patient_name : str
+        Patient's name as a DICOM person name (``Family^Given``).
+    birth_date : str
+        ``YYYYMMDD``.
+    sex : str
+        ``M``, ``F`` or ``O``.
+    body_part : str
+        Body Part Examined (CS, upper case).
+    clinical_question : str
+        The referrer's question (LO).
+    study_description : str or None
+        Study Description (LO).
+    laterality : str or None
+        ``R`` or ``L`` for a paired body part.
+    """
+
+    patient_id: str
+    patient_name: str
+    birth_date: str
+    sex: str
+    body_part: str
+    clinical_question: str
+    study_description: str | None = None
+    laterality: str | None = None
+
+
+def _long_string(value: str | None, field: str, errors: dict[str, str], *, required: bool) -> str | None:
+    """Check a LO value: at most 64 characters, no backslash or control characters."""
+    text = (value or "").strip()
+    if not text:
+        if required:
+            errors[field] = "is required"
+        return None
+    if len(text) > 64:
+        errors[field] = "has more than 64 characters"
+    elif _LO_FORBIDDEN.search(text):
+        errors[field] = "contains a backslash or a control character"
+    return text
+
+
+def _person_name(value: str | None, errors: dict[str, str]) -> str | None:
+    text = (value or "").strip()
+    if not text:
+        errors["patient_name"] = "is required"
+    elif len(text) > 64:
+        errors["patient_name"] = "has more than 64 characters"
+    elif _LO_FORBIDDEN.search(text) or "=" in text or text.count("^") > 4:
+        errors["patient_name"] = "is not a person name (Family^Given; no backslash, '=' or control characters)"
+    elif not text.replace("^", "").strip():
+        errors["patient_name"] = "has no name in it"
+    return text or None
+
+
+def _birth_date(value: str | None, errors: dict[str, str], today: date) -> str | None:
+    text = (value or "").strip()
+    match = _DATE.fullmatch(text)
+    if not text:
+        errors["birth_date"] = "is required"
+        return None
+    if match is None:
+        errors["birth_date"] = "is not a date as YYYYMMDD or YYYY-MM-DD"
+        return None
+    try:
+        born = date(int(match[1]), int(match[2]), int(match[3]))
+    except ValueError:
+        errors["birth_date"] = "is not a real calendar date"
+        return None
+    if born > today or born.year < 1900:
+        errors["birth_date"] = "is in the future or before 1900"
+        return None
+    return born.strftime("%Y%m%d")
+
+
+def validate_details(form: Mapping[str, str | None], *, today: date | None = None) -> PhotoDetails:
+    """Check the form fields of a photo upload.
+
+    Parameters
+    ----------
+    form : mapping of str to str or None
+        ``patient_id``, ``patient_name``, ``birth_date``, ``sex``, ``body_part``, ``clinical_question``;
+        optionally ``study_description`` and ``laterality``.
+    today : datetime.date, optional
+        The date birth dates may not pass (today by default).
+
+    Returns
+    -------
+    PhotoDetails
+        The cleaned values.
+
+    Raises
+    ------
+    PhotoInvalid
+        Naming every bad field.
+    """
+    errors: dict[str, str] = {}
+    patient_id = _long_string(form.get("patient_id"), "patient_id", errors, required=True)
+    patient_name = _person_name(form.get("patient_name"), errors)
+    birth_date = _birth_date(form.get("birth_date"), errors, today or date.today())
+    sex = (form.get("sex") or "").strip().upper()
+    if sex not in ("M", "F", "O"):
+        errors["sex"] = "must be M, F or O"
+    body_part = (form.get("body_part") or "").strip().upper()
+    if not body_part:
+        errors["body_part"] = "is required"
+    elif not _BODY_PART.fullmatch(body_part):
+        errors["body_part"] = "must be 1-16 letters, digits, spaces or underscores (e.g. HAND, SKIN)"
+    question = _long_string(form.get("clinical_question"), "clinical_question", errors, required=True)
+    description = _long_string(form.get("study_description"), "study_description", errors, required=False)
+    laterality = (form.get("laterality") or "").strip().upper() or None
+    if laterality not in (None, "R", "L"):
+        errors["laterality"] = "must be R, L or empty"
+    if errors:
+        raise PhotoInvalid(errors)
+    assert patient_id and patient_name and birth_date and question  # no errors: all present
+    return PhotoDetails(patient_id, patient_name, birth_date, sex, body_part, question, description, laterality)
+
+
+def decode_photo(data: bytes, *, max_pixels: int = MAX_PHOTO_PIXELS) -> np.ndarray:
+    """Decode a JPEG or PNG file to upright 8-bit RGB pixels.
+
+    The format and the declared size are checked from the header before any pixel is decoded.
+
+    Parameters
+    ----------
+    data : bytes
+        The file.
+    max_pixels : int
+        Most pixels accepted.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(rows, columns, 3)`` uint8.
+
+    Raises
+    ------
+    PhotoInvalid
+        For the ``file`` field: empty, too large, not JPEG/PNG, too many pixels, or undecodable.
+    """
+    if not data:
+        raise PhotoInvalid({"file": "is empty"})
+    if len(data) > MAX_PHOTO_BYTES:
+        raise PhotoInvalid({"file": f"is larger than {MAX_PHOTO_BYTES // 1024**2} MiB"})
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=PHOTO_FORMATS) as image:
+                width, height = image.size
+                if width < 1 or height < 1 or width * height > max_pixels:
+                    raise PhotoInvalid({"file": f"has {width}x{height} pixels; at most {max_pixels} are accepted"})
+                image.load()
+                upright = ImageOps.exif_transpose(image)
+                rgb = _to_rgb(upright)
+    except PhotoInvalid:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise PhotoInvalid({"file": f"declares too many pixels; at most {max_pixels} are accepted"}) from None
+    except UnidentifiedImageError:
+        raise PhotoInvalid({"file": "is not a JPEG or PNG image"}) from None
+    except (OSError, ValueError, SyntaxError):
+        raise PhotoInvalid({"file": "is damaged: the image could not be decoded"}) from None
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any mode to RGB; transparency is laid over white."""
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        scaled = np.asarray(image, dtype=np.uint32) >> 8  # 16-bit grey to 8 bits
+        return Image.fromarray(scaled.astype(np.uint8), mode="L").convert("RGB")
+    return image.convert("RGB")
+
+
+@dataclass(frozen=True)
+class PhotoInstance:
+    """A photo converted to DICOM.
+
+    Attributes
+    ----------
+    study_uid, series_uid, sop_instance_uid : str
+        The new UIDs.
+    part10 : bytes
+        The Part 10 file.
+    """
+
+    study_uid: str
+    series_uid: str
+    sop_instance_uid: str
+    part10: bytes
+
+
+def photo_to_dicom(pixels: np.ndarray, details: PhotoDetails, *, now: datetime | None = None) -> PhotoInstance:
+    """Wrap RGB pixels and the form's details into a Secondary Capture image (Modality XC).
+
+    Parameters
+    ----------
+    pixels : numpy.ndarray
+        ``(rows, columns, 3)`` uint8 from :func:`decode_photo`.
+    details : PhotoDetails
+        Validated patient and request details.
+    now : datetime.datetime, optional
+        Study, series and content date and time (local time now by default).
+
+    Returns
+    -------
+    PhotoInstance
+        New UIDs and the encoded file (Explicit VR Little Endian, UTF-8 character set).
+    """
+    import highdicom as hd
+    from pydicom.dataset import Dataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    moment = now or datetime.now()
+    study_uid, series_uid, sop_uid = hd.UID(), hd.UID(), hd.UID()
+    image = hd.sc.SCImage(
+        pixel_array=pixels,
+        photometric_interpretation="RGB",
+        bits_allocated=8,
+        coordinate_system="PATIENT",
+        study_instance_uid=study_uid,
+        series_instance_uid=series_uid,
+        series_number=1,
+        sop_instance_uid=sop_uid,
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        patient_id=details.patient_id,
+        patient_name=details.patient_name,
+        patient_birth_date=details.birth_date,
+        patient_sex=details.sex,
+        study_id=moment.strftime("%y%m%d%H%M%S"),
+        study_date=moment.date(),
+        study_time=moment.time(),
+        patient_orientation=("L", "F"),  # required by highdicom for PATIENT; emptied below (unknown)
+        series_description=SERIES_DESCRIPTION,
+        specific_character_set="ISO_IR 192",
+        transfer_syntax_uid=ExplicitVRLittleEndian,
+    )
+    image.Modality = PHOTO_MODALITY
+    image.PatientOrientation = []  # type 2C, empty: a photo's orientation is not known
+    image.Laterality = details.laterality or ""
+    image.BodyPartExamined = details.body_part
+    if details.study_description:
+        image.StudyDescription = details.study_description
+    request = Dataset()
+    request.ReasonForTheRequestedProcedure = details.clinical_question
+    image.RequestAttributesSequence = [request]
+    buffer = io.BytesIO()
+    image.save_as(buffer, enforce_file_format=True)
+    return PhotoInstance(str(study_uid), str(series_uid), str(sop_uid), buffer.getvalue())

@@ -1,0 +1,243 @@
+"""The shared intake step (integration/dicom/intake.py) on a real PostgreSQL database and a real instance store.
+
+Instances are pydicom's bundled test files (read from the wheel's folder; nothing is fetched).
+"""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom import config as pydicom_config
+
+from integration.config import Settings
+from integration.dicom import status
+from integration.dicom.intake import (
+    NOT_AUTHORIZED,
+    STOW_AE,
+    STUDY_UID_MISMATCH,
+    TRANSFER_SYNTAX_NOT_SUPPORTED,
+    InstanceIntake,
+    InstanceLocks,
+    Origin,
+    split_part10,
+)
+from integration.dicom.samples import pydicom_test_file
+from integration.dicom.storage import InstanceStore
+from integration.dicom.structure import InvalidInstance
+from integration.store.jobs import complete_stable_studies
+from integration.store.session import session_scope
+from integration.store.tables import utcnow
+from integration.store.users import create_site
+from tests.records import db_rows
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def part10(ds: pydicom.Dataset) -> bytes:
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def stored_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*.dcm") if ".incoming" not in p.parts)
+
+
+@pytest.fixture
+def intake(migrated_postgres_url: str, tmp_path: Path) -> Iterator[InstanceIntake]:
+    settings = Settings(database_url=migrated_postgres_url, storage_dir=tmp_path / "store", min_free_bytes=0)
+    made = InstanceIntake(settings, InstanceStore(settings.instance_root, fsync=True, min_free_bytes=0))
+    yield made
+    made.close()
+
+
+def sites(url: str) -> tuple[int, int]:
+    with session_scope(url) as session:
+        return create_site(session, "NORTH", "North").id, create_site(session, "SOUTH", "South").id
+
+
+def origin(site_id: int | None, *, any_site: bool = False, stable: float = 30.0) -> Origin:
+    return Origin(calling_ae=STOW_AE, source="stow", site_id=site_id, stable_seconds=stable, any_site=any_site)
+
+
+def test_split_part10_takes_meta_apart_and_refuses_what_is_not_part10() -> None:
+    raw = pydicom_test_file("CT_small.dcm").read_bytes()
+    part = split_part10(raw)
+    ds = pydicom.dcmread(pydicom_test_file("CT_small.dcm"))
+    assert part.transfer_syntax_uid == ds.file_meta.TransferSyntaxUID
+    assert part.sop_class_uid == ds.SOPClassUID and part.sop_instance_uid == ds.SOPInstanceUID
+    assert bytes(part.dataset) == raw[len(raw) - len(part.dataset) :] and bytes(part.dataset[:4]) == b"\x08\x00\x05\x00"
+    for broken, message in (
+        (b"", "Part 10"),
+        (raw[:100], "Part 10"),
+        (raw[:170], "truncated"),
+        (pydicom_test_file("no_meta.dcm").read_bytes(), "Part 10"),
+        (pydicom_test_file("meta_missing_tsyntax.dcm").read_bytes(), "Transfer Syntax"),
+    ):
+        with pytest.raises(InvalidInstance, match=message):
+            split_part10(broken)
+
+
+def test_store_records_source_site_and_keeps_the_first_copy(intake: InstanceIntake, migrated_postgres_url: str) -> None:
+    url = migrated_postgres_url
+    north, _ = sites(url)
+    raw = pydicom_test_file("CT_small.dcm").read_bytes()
+    first = intake.store_part10(raw, origin(north))
+    assert (first.status, first.label) == (status.SUCCESS, "stored")
+    ds = pydicom.dcmread(pydicom_test_file("CT_small.dcm"))
+    files = stored_files(intake.files.root)
+    assert [f.relative_to(intake.files.root).as_posix() for f in files] == [
+        f"{ds.StudyInstanceUID}/{ds.SeriesInstanceUID}/{ds.SOPInstanceUID}.dcm"
+    ]
+    stored = files[0].read_bytes()
+    assert stored.endswith(bytes(split_part10(raw).dataset))  # the data set byte for byte, under our file meta
+    assert pydicom.dcmread(files[0]).file_meta.SourceApplicationEntityTitle == STOW_AE
+    assert db_rows(url, "SELECT source, site_id, calling_ae, state FROM studies") == [
+        ("stow", north, STOW_AE, "receiving")
+    ]
+    assert db_rows(url, "SELECT storage_path, size_bytes FROM instances") == [
+        (files[0].relative_to(intake.files.root).as_posix(), len(stored))
+    ]
+
+    again = intake.store_part10(raw, origin(north))
+    assert (again.status, again.label) == (status.SUCCESS, "duplicate")
+    moved = ds.copy()
+    moved.StudyInstanceUID = "1.2.3.4.5.6.7.8"  # same SOP instance under another study: still a duplicate
+    elsewhere = intake.store_part10(part10(moved), origin(north))
+    assert elsewhere.label == "duplicate"
+    assert stored_files(intake.files.root) == files and files[0].read_bytes() == stored
+    assert db_rows(url, "SELECT count(*) FROM instances") == [(1,)]
+    assert db_rows(url, "SELECT count(*) FROM studies") == [(1,)]
+
+
+def test_an_instance_for_another_sites_study_is_refused_unless_sent_by_an_administrator(
+    intake: InstanceIntake, migrated_postgres_url: str
+) -> None:
+    url = migrated_postgres_url
+    north, south = sites(url)
+    ds = pydicom.dcmread(pydicom_test_file("CT_small.dcm"))
+    assert intake.store_part10(part10(ds), origin(north)).label == "stored"
+    second = ds.copy()
+    second.SOPInstanceUID = "1.2.3.999.1"
+    refused = intake.store_part10(part10(second), origin(south))
+    assert (refused.status, refused.label) == (NOT_AUTHORIZED, "refused")
+    assert len(stored_files(intake.files.root)) == 1
+    assert db_rows(url, "SELECT count(*) FROM instances") == [(1,)]
+    by_admin = intake.store_part10(part10(second), origin(None, any_site=True))
+    assert by_admin.label == "stored"
+    assert db_rows(url, "SELECT site_id, source FROM studies") == [(north, "stow")]  # site and source kept
+
+
+def test_refusals_have_their_own_statuses_and_leave_nothing(
+    intake: InstanceIntake, migrated_postgres_url: str, tmp_path: Path
+) -> None:
+    ds = pydicom.dcmread(pydicom_test_file("CT_small.dcm"))
+    raw = part10(ds)
+    assert intake.store_part10(raw, origin(None), expected_study_uid="1.2.3").status == STUDY_UID_MISMATCH
+    lying = split_part10(raw)
+    assert (
+        intake.store(lying.dataset, lying.transfer_syntax_uid, origin(None), expected_sop_class_uid="1.2.3").status
+        == status.DATASET_DOES_NOT_MATCH_SOP_CLASS
+    )
+    assert intake.store(lying.dataset, "1.2.3.4", origin(None)).status == TRANSFER_SYNTAX_NOT_SUPPORTED
+    not_storage = ds.copy()
+    not_storage.SOPClassUID = "1.2.840.10008.1.1"  # verification: no storage SOP class
+    not_storage.file_meta.MediaStorageSOPClassUID = pydicom.uid.UID("1.2.840.10008.1.1")
+    assert intake.store_part10(part10(not_storage), origin(None)).status == status.SOP_CLASS_NOT_SUPPORTED
+    for name in ("badVR.dcm", "MR_truncated.dcm"):
+        assert (
+            intake.store_part10(pydicom_test_file(name).read_bytes(), origin(None)).status == status.CANNOT_UNDERSTAND
+        )
+    with pydicom_config.disable_value_validation():
+        escaping = ds.copy()
+        escaping.StudyInstanceUID = "../../../../" + str(tmp_path / "escaped")
+        assert intake.store_part10(part10(escaping), origin(None)).status == status.CANNOT_UNDERSTAND
+    assert not (tmp_path / "escaped").exists()
+    assert stored_files(intake.files.root) == []
+    assert db_rows(migrated_postgres_url, "SELECT count(*) FROM instances") == [(0,)]
+
+
+def test_database_unreachable_refuses_with_out_of_resources_and_removes_the_file(tmp_path: Path) -> None:
+    from tests.services import free_port
+
+    settings = Settings(
+        database_url=f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/none", storage_dir=tmp_path / "store"
+    )
+    intake = InstanceIntake(settings, InstanceStore(settings.instance_root, min_free_bytes=0))
+    try:
+        outcome = intake.store_part10(pydicom_test_file("CT_small.dcm").read_bytes(), origin(None))
+    finally:
+        intake.close()
+    assert (outcome.status, outcome.label) == (status.OUT_OF_RESOURCES, "refused")
+    assert stored_files(settings.instance_root) == []
+
+
+def test_an_orphaned_file_of_a_crash_is_replaced(intake: InstanceIntake, migrated_postgres_url: str) -> None:
+    ds = pydicom.dcmread(pydicom_test_file("CT_small.dcm"))
+    relative = intake.files.relative_path(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    orphan = intake.files.root / relative
+    orphan.parent.mkdir(parents=True)
+    orphan.write_bytes(b"left by a crash before the commit")
+    assert intake.store_part10(part10(ds), origin(None)).label == "stored"
+    assert pydicom.dcmread(orphan).SOPInstanceUID == ds.SOPInstanceUID
+
+
+def test_a_study_stored_with_no_idle_time_is_complete_at_the_next_pass(
+    intake: InstanceIntake, migrated_postgres_url: str
+) -> None:
+    ds = pydicom.dcmread(pydicom_test_file("CT_small.dcm"))
+    photo_origin = Origin(calling_ae="WEBUPLOAD", source="upload", site_id=None, stable_seconds=0.0)
+    assert intake.store_part10(part10(ds), photo_origin).label == "stored"
+    with session_scope(migrated_postgres_url) as session:
+        jobs = complete_stable_studies(session, utcnow(), "analysis")
+    assert len(jobs) == 1
+    assert db_rows(migrated_postgres_url, "SELECT state, source FROM studies") == [("stable", "upload")]
+
+
+LOCK_HOLDER = """
+import sys
+from pathlib import Path
+from integration.dicom.intake import InstanceLocks
+locks = InstanceLocks(Path(sys.argv[1]))
+with locks.hold(sys.argv[2]):
+    print("held", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def test_instance_locks_exclude_other_processes(tmp_path: Path) -> None:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", LOCK_HOLDER, str(tmp_path), "1.2.3"],
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        import fcntl
+        import os
+        import zlib
+
+        bucket = zlib.crc32(b"1.2.3") % 64
+        fd = os.open(tmp_path / f"{bucket:02d}.lock", os.O_RDWR)
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.write("\n")
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    locks = InstanceLocks(tmp_path)
+    with locks.hold("1.2.3"):  # free again once the other process let go
+        pass
+    locks.close()
