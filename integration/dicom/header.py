@@ -206,7 +206,7 @@ def _uid(values: dict[int, bytes], tag: int) -> str:
 
 def _element(group: int, elem: int, vr: bytes, value: bytes) -> bytes:
     if len(value) % 2:
-        value += b"\x00"
+        value += b"\x00" if vr in (b"UI", b"OB") else b" "  # UIDs and bytes pad with NUL, text (SH, AE) with space
     if vr == b"OB":
         return struct.pack("<HH2sHI", group, elem, vr, 0, len(value)) + value
     return struct.pack("<HH2sH", group, elem, vr, len(value)) + value

@@ -49,10 +49,8 @@ log = logging.getLogger(__name__)
 STOW_AE: Final = "DICOMWEB"
 #: Pseudo calling AE title of converted photo uploads.
 UPLOAD_AE: Final = "WEBUPLOAD"
-#: Failure: the transfer syntax is not one we store (PS3.18 10.5.3, "Referenced Transfer Syntax not supported").
-TRANSFER_SYNTAX_NOT_SUPPORTED: Final = 0xC122
-#: Refused: not authorized (PS3.7 C.5): the study belongs to another site.
-NOT_AUTHORIZED: Final = 0x0124
+TRANSFER_SYNTAX_NOT_SUPPORTED: Final = status.TRANSFER_SYNTAX_NOT_SUPPORTED
+NOT_AUTHORIZED: Final = status.NOT_AUTHORIZED
 #: Error: the instance is not of the study the request named (an A9xx "does not match" status).
 STUDY_UID_MISMATCH: Final = status.DATASET_DOES_NOT_MATCH_SOP_CLASS
 

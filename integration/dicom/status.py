@@ -17,6 +17,10 @@ SOP_CLASS_NOT_SUPPORTED: Final = 0x0122
 PROCESSING_FAILURE: Final = 0x0110
 #: Refused: unrecognized operation (a DIMSE service we do not provide).
 UNRECOGNIZED_OPERATION: Final = 0x0211
+#: Failure: the transfer syntax is not one we accept (STOW-RS parts; the listener negotiates instead).
+TRANSFER_SYNTAX_NOT_SUPPORTED: Final = 0xC122
+#: Refused: not authorized (an upload to a study of another site).
+NOT_AUTHORIZED: Final = 0x0124
 
 NAMES: Final = {
     SUCCESS: "Success",
@@ -26,4 +30,6 @@ NAMES: Final = {
     SOP_CLASS_NOT_SUPPORTED: "Refused: SOP Class Not Supported",
     PROCESSING_FAILURE: "Failure: Processing Failure",
     UNRECOGNIZED_OPERATION: "Refused: Unrecognized Operation",
+    TRANSFER_SYNTAX_NOT_SUPPORTED: "Failure: Transfer Syntax Not Supported",
+    NOT_AUTHORIZED: "Refused: Not Authorized",
 }

@@ -63,8 +63,6 @@ from integration.web.multipart_related import (
 
 log = logging.getLogger(__name__)
 
-#: Largest STOW-RS request body unless the settings say otherwise (``max_upload_bytes``).
-DEFAULT_MAX_UPLOAD_BYTES = 4 * 1024**3
 #: Media type of the answer.
 DICOM_JSON = "application/dicom+json"
 _ACCEPTABLE = frozenset({DICOM_JSON, "application/json", "application/*", "*/*"})
@@ -165,14 +163,14 @@ def max_upload_bytes(settings: Settings) -> int:
     Parameters
     ----------
     settings : Settings
-        The settings (``max_upload_bytes`` once the settings have it).
+        The settings (``max_upload_bytes``).
 
     Returns
     -------
     int
         Bytes.
     """
-    return int(getattr(settings, "max_upload_bytes", DEFAULT_MAX_UPLOAD_BYTES))
+    return settings.max_upload_bytes
 
 
 @dataclass

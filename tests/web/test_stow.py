@@ -20,7 +20,6 @@ import pydicom
 import pytest
 from pydicom import config as pydicom_config
 
-from integration.config import Settings
 from integration.dicom.intake import STOW_AE, split_part10
 from integration.dicom.samples import pydicom_test_file, write_ct_series
 from integration.dicom.storage import StorageFull
@@ -368,10 +367,6 @@ def test_a_chunked_body_streams_and_a_large_study_passes_through_the_file_spool(
     assert all(path.suffix == ".part" and path.stat().st_size == 0 for path in incoming)
 
 
-@pytest.mark.skipif(
-    "max_upload_bytes" not in Settings.model_fields,
-    reason="needs the max_upload_bytes setting in integration/config.py",
-)
 def test_a_chunked_body_above_the_request_limit_gets_413_and_stores_nothing(
     start_api: Callable[..., ApiProcess], migrated_postgres_url: str, users: dict[str, int]
 ) -> None:
