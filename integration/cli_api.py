@@ -6,7 +6,9 @@ The root command line (:mod:`worker.cli`) mounts it.
 from __future__ import annotations
 
 import socket
+import ssl
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -63,8 +65,26 @@ def api(
     log_level: Annotated[
         LogLevel, typer.Option(case_sensitive=False, help="Log level of pacs-vlm's and uvicorn's messages.")
     ] = LogLevel.INFO,
+    ssl_certfile: Annotated[
+        Path | None, typer.Option(help="PEM certificate (chain): serve HTTPS (TLS 1.2+) instead of HTTP.")
+    ] = None,
+    ssl_keyfile: Annotated[Path | None, typer.Option(help="Unencrypted PEM private key of --ssl-certfile.")] = None,
+    proxy_headers: Annotated[
+        bool, typer.Option(help="Trust X-Forwarded-For/-Proto from --forwarded-allow-ips (a reverse proxy).")
+    ] = True,
+    forwarded_allow_ips: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated addresses of the reverse proxy whose X-Forwarded-* headers are trusted "
+            "('*' trusts all; default: $FORWARDED_ALLOW_IPS or 127.0.0.1)."
+        ),
+    ] = None,
 ) -> None:
-    """Run the review API: GET /health (database, broker, storage, disk) and GET /metrics (Prometheus)."""
+    """Run the review API and page, STOW-RS, /health and /metrics, over HTTP or HTTPS.
+
+    Behind a TLS-terminating reverse proxy, keep the default HTTP and list the proxy in
+    --forwarded-allow-ips so the client's address and scheme (secure session cookie) are known.
+    """
     import uvicorn
     from sqlalchemy.exc import SQLAlchemyError
 
@@ -85,13 +105,33 @@ def api(
         settings.instance_root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise fail(f"cannot create the instance store {settings.instance_root}: {exc.strerror or exc}", 2) from None
+    if (ssl_certfile is None) != (ssl_keyfile is None):
+        raise fail("HTTPS needs both --ssl-certfile and --ssl-keyfile", 2)
+    tls: ssl.SSLContext | None = None
+    if ssl_certfile is not None and ssl_keyfile is not None:
+        from integration.dicom.tls import TlsConfigError, server_context
+
+        try:
+            tls = server_context(ssl_certfile, ssl_keyfile)
+            tls.set_alpn_protocols(["http/1.1"])
+        except TlsConfigError as exc:
+            raise fail(f"HTTPS: {exc}", 2) from None
     try:
         sock = bind_listening_socket(host, port)
     except OSError as exc:
         raise fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}", 2) from None
-    config = uvicorn.Config(create_app(settings), log_level=log_level.value, server_header=False)
+    config = uvicorn.Config(
+        create_app(settings),
+        log_level=log_level.value,
+        server_header=False,
+        proxy_headers=proxy_headers,
+        forwarded_allow_ips=forwarded_allow_ips,
+        # uvicorn calls the factory when it loads; the context was built (and its files checked) above
+        ssl_context_factory=(lambda _config, _default: tls) if tls is not None else None,
+    )
     server = uvicorn.Server(config)
-    console.print(f"review API on http://{host}:{port} (/health, /metrics)")
+    scheme = "https" if tls is not None else "http"
+    console.print(f"review API on {scheme}://{host}:{port} (/health, /metrics)")
     server.run(sockets=[sock])
     if not server.started:
         raise fail("the API server did not start (see the messages above)")

@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from integration.dicom.routing import RoutingRule
@@ -72,11 +72,22 @@ class Settings(BaseSettings):
     max_associations: Annotated[int, Field(ge=1)] = 16
     max_pdu_length: Annotated[int, Field(ge=4096, le=4_194_304)] = 131_072
     max_instance_bytes: Annotated[int, Field(ge=1024)] = 2_147_483_648
+    #: Largest STOW-RS request body (all parts together) and photo upload request.
+    max_upload_bytes: Annotated[int, Field(ge=1024)] = 4_294_967_296
     acse_timeout: Annotated[float, Field(gt=0)] = 30.0
     dimse_timeout: Annotated[float, Field(gt=0)] = 60.0
     network_timeout: Annotated[float, Field(gt=0)] = 60.0
     fsync: bool = True
     min_free_bytes: Annotated[int, Field(ge=0)] = 1_073_741_824
+    #: DICOM TLS (PS3.15 Annex B; TLS 1.2+, BCP 195 ciphers): the listener's PEM certificate (chain) and its
+    #: unencrypted private key.  Set both to serve TLS; checked when the listener starts.
+    tls_certificate: Path | None = None
+    tls_private_key: Path | None = None
+    #: PEM CA certificates: when set, every TLS peer must present a client certificate issued by one of them.
+    tls_ca_certificates: Path | None = None
+    #: Port of the TLS listener.  Unset (or equal to ``listen_port``): ``listen_port`` speaks TLS only.
+    #: Set to another port (2762 is IANA's dicom-tls): TLS there, plain TCP stays on ``listen_port``.
+    tls_port: Annotated[int, Field(ge=1, le=65535)] | None = None
 
     stable_seconds: Annotated[float, Field(gt=0)] = 30.0
     assembly_interval: Annotated[float, Field(gt=0)] = 1.0
@@ -93,6 +104,20 @@ class Settings(BaseSettings):
     #: ``auto`` (first GPU, else CPU), ``cpu`` or ``cuda:<n>``: one worker process per GPU.
     model_device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")] = "auto"
     max_new_tokens: Annotated[int, Field(ge=1, le=8192)] = 512
+    #: An OpenAI-compatible server (vLLM, SGLang, ``transformers serve``), ``http(s)://host:port``: when set,
+    #: the default model runs there instead of in the worker (``model`` is then not needed); named ``models``
+    #: still run in the worker.
+    model_server_url: Annotated[str, Field(pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$")] | None = None
+    #: The model's name at the server (vLLM's ``--served-model-name``); unset: the one ``/v1/models`` lists.
+    model_server_model: Annotated[str, Field(min_length=1, max_length=255)] | None = None
+    #: Sent as ``Authorization: Bearer <key>``.
+    model_server_api_key: SecretStr | None = None
+    #: Requests in flight at once per worker process, and seconds to wait for one answer.
+    model_server_concurrency: Annotated[int, Field(ge=1, le=256)] = 4
+    model_server_timeout: Annotated[float, Field(gt=0)] = 300.0
+    #: Whether the server is inside the hospital's trust boundary.  False (the default): only pixels and
+    #: de-identified minimum metadata leave (DICOM PS3.15 basic profile; see worker/outbound.py).
+    model_server_trusted: bool = False
     #: Images per study sent to the model; overrides the routing rule's number when set.
     max_images: Annotated[int, Field(ge=1, le=1024)] | None = None
     #: Which series go to the model and how they are shown: a JSON list of routing rule objects
@@ -154,6 +179,24 @@ class Settings(BaseSettings):
                 f"without commas (got {', '.join(map(repr, queues))})"
             )
         return self
+
+    @model_validator(mode="after")
+    def _tls_complete(self) -> Settings:
+        if (self.tls_certificate is None) != (self.tls_private_key is None):
+            raise ValueError("DICOM TLS needs both tls_certificate and tls_private_key (or neither)")
+        if self.tls_certificate is None and (self.tls_ca_certificates is not None or self.tls_port is not None):
+            raise ValueError("tls_ca_certificates and tls_port need tls_certificate and tls_private_key")
+        return self
+
+    @property
+    def tls_enabled(self) -> bool:
+        """Whether the listener serves DICOM TLS."""
+        return self.tls_certificate is not None
+
+    @property
+    def plain_listener(self) -> bool:
+        """Whether the listener serves plain TCP on ``listen_port`` (no TLS, or TLS on a port of its own)."""
+        return not self.tls_enabled or (self.tls_port is not None and self.tls_port != self.listen_port)
 
     @property
     def visibility_timeout(self) -> float:

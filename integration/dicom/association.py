@@ -47,6 +47,10 @@ class Peer:
     address: str
     port: int
     statuses: Counter[str] = field(default_factory=Counter)
+    #: Negotiated TLS version (``TLSv1.3``); empty on plain TCP.
+    tls_version: str = ""
+    #: Subject of the peer's verified client certificate (``CN=...,O=...``); empty when it sent none.
+    tls_subject: str = ""
 
     @property
     def source(self) -> str:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import ssl
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
@@ -37,6 +39,7 @@ from integration.dicom.association import (
 from integration.dicom.header import SopClassMismatch, file_meta_bytes, read_header
 from integration.dicom.storage import InstanceStore, StorageError, StorageFull, StoredFile
 from integration.dicom.structure import InvalidInstance
+from integration.dicom.tls import TlsConfigError, handshake_failure, server_context, subject_of
 from integration.dicom.transfer import ACCEPTED_TRANSFER_SYNTAXES
 from integration.store.audit import record_event
 from integration.store.ingest import Receipt, record_instance
@@ -112,13 +115,15 @@ class StorageSCP:
         """Log (AE and address) and audit a refused association."""
         calling_ae, reason = request.calling_ae, rejection.reason
         log.warning("association rejected: calling AE %r from %s: %s", calling_ae, peer.source, reason)
-        self._audit(request.calling_ae, "dicom.association.rejected", peer.source, {"reason": rejection.reason})
+        detail = {"reason": rejection.reason, **_transport(peer)}
+        self._audit(request.calling_ae, "dicom.association.rejected", peer.source, detail)
 
     def ended(self, peer: Peer, how: str) -> None:
         """Log and audit what an association stored when it is released or aborted."""
         counts = dict(peer.statuses)
         log.info("association from %r at %s %s: %s", peer.calling_ae, peer.source, how, counts or "no instances")
-        self._audit(peer.calling_ae, "dicom.association", peer.source, {"ended": how, "instances": counts})
+        detail = {"ended": how, "instances": counts, **_transport(peer)}
+        self._audit(peer.calling_ae, "dicom.association", peer.source, detail)
 
     def _audit(self, calling_ae: str, action: str, source: str, detail: dict[str, Any]) -> None:
         try:
@@ -222,6 +227,13 @@ class StorageSCP:
             self.store.remove(stored.relative_path)
 
 
+def _transport(peer: Peer) -> dict[str, str]:
+    """Audit detail of the connection's TLS: version and the client certificate's subject, if any."""
+    if not peer.tls_version:
+        return {}
+    return {"tls": peer.tls_version, "peer_certificate": peer.tls_subject or "none"}
+
+
 def acceptor_contexts() -> list[PresentationContext]:
     """Return the presentation contexts we accept: every storage SOP class, plus verification.
 
@@ -250,7 +262,15 @@ class Listener:
     Raises
     ------
     ListenerConfigError
-        If no calling AE is allowed and ``accept_any_calling_ae`` is off.
+        If no calling AE is allowed and ``accept_any_calling_ae`` is off, or a TLS file cannot be used.
+
+    Notes
+    -----
+    With ``tls_certificate`` set, ``listen_port`` speaks TLS only, unless ``tls_port`` names another
+    port: then TLS is served there and plain TCP stays on ``listen_port``.  A connection on the TLS
+    port is handed to an association only after its handshake succeeded (TLS 1.2+, and a client
+    certificate from ``tls_ca_certificates`` when that is set); a failed handshake is logged with the
+    peer's address and reason and closed, and the listener serves on.
     """
 
     #: Seconds :meth:`stop` waits for C-STOREs in progress before aborting their associations.
@@ -262,6 +282,14 @@ class Listener:
                 "no calling AE may send: set PACSVLM_CALLING_AES (JSON, e.g. '{\"MODALITY1\": {}}') "
                 "or PACSVLM_ACCEPT_ANY_CALLING_AE=true"
             )
+        try:
+            self.tls_context = (
+                server_context(settings.tls_certificate, settings.tls_private_key, settings.tls_ca_certificates)
+                if settings.tls_certificate is not None and settings.tls_private_key is not None
+                else None
+            )
+        except TlsConfigError as exc:
+            raise ListenerConfigError(f"DICOM TLS: {exc}") from None
         self.settings = settings
         self.store = InstanceStore(settings.instance_root, fsync=settings.fsync, min_free_bytes=settings.min_free_bytes)
         self.scp = StorageSCP(settings, self.store)
@@ -276,39 +304,71 @@ class Listener:
         # Storing blocks (fsync, commit): one thread per allowed association, plus audit work.
         self._storers = ThreadPoolExecutor(settings.max_associations + 2, thread_name_prefix="c-store")
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._server: asyncio.Server | None = None
+        self._servers: list[asyncio.Server] = []
         self._thread: threading.Thread | None = None
         self._active: dict[asyncio.Task[None], Association] = {}
+        self._handshaking: set[asyncio.Task[None]] = set()
         self._slots = 0
         self._port = 0
+        self._tls_port: int | None = None
 
     @property
     def port(self) -> int:
-        """The bound TCP port (useful when configured as 0)."""
+        """The bound port of ``listen_port`` (plain TCP, or TLS when that is the only port)."""
         return self._port
+
+    @property
+    def tls_port(self) -> int | None:
+        """The bound port that speaks TLS, or None without TLS."""
+        return self._tls_port
 
     def start(self) -> None:
         """Sweep leftovers of a crash, bind the port and start serving in a thread."""
         removed = self.store.sweep_incoming()
         if removed:
             log.warning("removed %d partial files left by an earlier stop", removed)
+        settings = self.settings
         loop = asyncio.new_event_loop()
         self._loop = loop
-        self._server = loop.run_until_complete(
-            asyncio.start_server(
-                self._on_connection,
-                self.settings.listen_host,
-                self.settings.listen_port,
-                limit=self.settings.max_pdu_length + 64,
-                reuse_address=True,
-            )
-        )
-        self._port = int(self._server.sockets[0].getsockname()[1])
+        try:
+            if settings.plain_listener:
+                self._port = self._bind(loop, settings.listen_port, secure=False)
+            if self.tls_context is not None:
+                tls_port = settings.tls_port if settings.plain_listener else settings.listen_port
+                assert tls_port is not None
+                self._tls_port = self._bind(loop, tls_port, secure=True)
+                if not settings.plain_listener:
+                    self._port = self._tls_port
+        except OSError:
+            for server in self._servers:
+                server.close()
+            loop.close()
+            self._loop = None
+            raise
         self._thread = threading.Thread(target=loop.run_forever, name="dicom-listener", daemon=True)
         self._thread.start()
         if self.assembler is not None:
             self.assembler.start()
-        log.info("listening as %r on %s:%d", self.settings.ae_title, self.settings.listen_host, self.port)
+        host = settings.listen_host
+        if settings.plain_listener:
+            log.info("listening as %r on %s:%d (plain TCP)", settings.ae_title, host, self.port)
+        if self._tls_port is not None:
+            clients = "client certificates required" if settings.tls_ca_certificates else "no client certificates"
+            log.info("listening as %r on %s:%d (TLS, %s)", settings.ae_title, host, self._tls_port, clients)
+
+    def _bind(self, loop: asyncio.AbstractEventLoop, port: int, *, secure: bool) -> int:
+        """Bind one server socket; connections on it are served by :meth:`_on_connection`."""
+        server = loop.run_until_complete(
+            asyncio.start_server(
+                partial(self._on_connection, secure=secure),
+                self.settings.listen_host,
+                port,
+                limit=self.settings.max_pdu_length + 64,
+                reuse_address=True,
+            )
+        )
+        self._servers.append(server)
+        return int(server.sockets[0].getsockname()[1])
 
     def stop(self) -> None:
         """Stop accepting, let C-STOREs in progress finish, end associations and the assembly loop."""
@@ -329,8 +389,10 @@ class Listener:
         self._loop = None
 
     async def _shutdown(self) -> None:
-        assert self._server is not None
-        self._server.close()
+        for server in self._servers:
+            server.close()
+        for task in list(self._handshaking):
+            task.cancel()
         deadline = asyncio.get_running_loop().time() + self.STOP_GRACE_SECONDS
         while any(a.storing for a in self._active.values()) and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)
@@ -338,9 +400,23 @@ class Listener:
             task.cancel()
         await asyncio.gather(*self._active, return_exceptions=True)
 
-    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _on_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, secure: bool = False
+    ) -> None:
         task = asyncio.current_task()
         assert task is not None
+        tls: tuple[str, str] | None = None
+        if secure:
+            self._handshaking.add(task)
+            try:
+                tls = await self._handshake(writer)
+            except asyncio.CancelledError:
+                writer.close()
+                return
+            finally:
+                self._handshaking.discard(task)
+            if tls is None:
+                return
         association = Association(
             reader,
             writer,
@@ -351,6 +427,8 @@ class Listener:
             self._take_slot,
             self._release_slot,
         )
+        if tls is not None:
+            association.peer.tls_version, association.peer.tls_subject = tls
         self._active[task] = association
         try:
             await association.run()
@@ -358,6 +436,31 @@ class Listener:
             pass  # cancelled by stop(); the association has sent its A-ABORT
         finally:
             self._active.pop(task, None)
+
+    async def _handshake(self, writer: asyncio.StreamWriter) -> tuple[str, str] | None:
+        """Run the TLS server handshake; return (version, client certificate subject), or None when refused."""
+        assert self.tls_context is not None
+        address = writer.get_extra_info("peername") or ("?", 0)
+        source = f"{address[0]}:{address[1]}"
+        sock = writer.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            await writer.start_tls(self.tls_context, ssl_handshake_timeout=self.limits.acse_timeout)
+        except (ConnectionResetError, ssl.SSLEOFError, EOFError, BrokenPipeError):
+            # a port probe, or a peer that gave up: nothing to refuse, not worth a warning
+            log.info("TLS connection from %s closed by the peer during the handshake", source)
+            writer.close()
+            return None
+        except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
+            log.warning("TLS connection from %s refused: %s", source, handshake_failure(exc))
+            writer.close()
+            return None
+        ssl_object = writer.get_extra_info("ssl_object")
+        version = ssl_object.version() if isinstance(ssl_object, ssl.SSLObject) else "TLS"
+        subject = subject_of(writer.get_extra_info("peercert"))
+        log.info("TLS %s from %s, client certificate %s", version, source, subject or "none")
+        return version or "TLS", subject
 
     def _run_blocking(self, function: Any, *args: Any) -> asyncio.Future[Any]:
         assert self._loop is not None

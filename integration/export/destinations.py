@@ -4,12 +4,20 @@
 
     [{"name": "pacs", "kind": "dicom", "ae_title": "ORTHANC", "host": "10.0.0.10", "port": 4242,
       "reports": "both"},
+     {"name": "pacs-tls", "kind": "dicom", "ae_title": "PACS", "host": "pacs.example.org", "port": 2762,
+      "tls": true, "ca_file": "/etc/pacs-vlm/tls/pacs-ca.pem",
+      "certificate": "/etc/pacs-vlm/tls/scu.pem", "private_key": "/etc/pacs-vlm/tls/scu.key"},
      {"name": "vna", "kind": "dicomweb", "url": "https://vna.example.org/dicom-web", "reports": "signed"},
      {"name": "ris", "kind": "http", "url": "https://ris.example.org/hl7", "documents": ["hl7"]},
      {"name": "ehr-drop", "kind": "folder", "folder": "/exports/fhir", "documents": ["fhir", "hl7"]}]
 
 DICOM peers (C-STORE) and DICOMweb servers (STOW-RS) take the SR; a folder or an HTTP endpoint takes
 FHIR and/or HL7 (a folder may also take the SR file).
+
+A DICOM peer with ``"tls": true`` is reached over DICOM TLS (TLS 1.2+, BCP 195 ciphers): its
+certificate must chain to ``ca_file`` (the system's CAs when omitted) and, unless
+``verify_hostname`` is false, name ``host``; ``certificate`` and ``private_key`` give our client
+certificate to peers that require one.
 """
 
 from __future__ import annotations
@@ -61,6 +69,14 @@ class Destination(BaseModel):
         Target folder (kind ``folder``).
     timeout : float
         Seconds per attempt.
+    tls : bool
+        Kind ``dicom``: associate over TLS.
+    ca_file : pathlib.Path, optional
+        PEM CA certificates the peer's certificate must chain to (the system's CAs when omitted).
+    certificate, private_key : pathlib.Path, optional
+        Our PEM client certificate and unencrypted key (both or neither), for peers that require one.
+    verify_hostname : bool
+        Check that the peer's certificate names ``host`` (a DNS name or IP address in subjectAltName).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -76,6 +92,11 @@ class Destination(BaseModel):
     folder: Path | None = None
     receiving_application: str = "RIS"
     timeout: float = Field(default=30.0, gt=0, le=600)
+    tls: bool = False
+    ca_file: Path | None = None
+    certificate: Path | None = None
+    private_key: Path | None = None
+    verify_hostname: bool = True
 
     @field_validator("name")
     @classmethod
@@ -96,6 +117,13 @@ class Destination(BaseModel):
                 raise ValueError("a dicom destination needs ae_title, host and port")
             if not _AE_TITLE.fullmatch(self.ae_title) or not self.ae_title.strip():
                 raise ValueError("ae_title must be 1-16 printable characters without backslash")
+        tls_files = (self.ca_file, self.certificate, self.private_key)
+        if any(f is not None for f in tls_files) and not (self.kind == "dicom" and self.tls):
+            raise ValueError("ca_file, certificate and private_key are for dicom destinations with tls true")
+        if self.tls and self.kind != "dicom":
+            raise ValueError("tls is for dicom destinations (use an https url for the others)")
+        if (self.certificate is None) != (self.private_key is None):
+            raise ValueError("a client certificate needs its private key (give both or neither)")
         if self.kind in ("dicomweb", "http") and not (self.url and self.url.startswith(("http://", "https://"))):
             raise ValueError(f"a {self.kind} destination needs an http(s) url")
         if self.kind == "folder" and self.folder is None:

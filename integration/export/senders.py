@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from integration.dicom.tls import TlsConfigError, client_context
 from integration.durable import replace_file
 from integration.export.destinations import Destination
 
@@ -90,13 +91,28 @@ def _c_store(destination: Destination, document: OutgoingDocument, calling_ae: s
     dataset = dcmread(BytesIO(document.content))
     syntax = str(dataset.file_meta.TransferSyntaxUID)
     ae = AE(ae_title=calling_ae)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = destination.timeout
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = destination.timeout
     ae.add_requested_context(document.sop_class_uid, [syntax])
     assert destination.host is not None and destination.port is not None
-    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title or "")
+    peer = f"{destination.ae_title}@{destination.host}:{destination.port}"
+    tls_args = None
+    if destination.tls:
+        try:
+            context = client_context(
+                ca_file=destination.ca_file,
+                certificate=destination.certificate,
+                private_key=destination.private_key,
+                verify_hostname=destination.verify_hostname,
+            )
+        except TlsConfigError as exc:
+            raise DeliveryFailed(f"TLS settings of destination {destination.name}: {exc}") from None
+        tls_args = (context, destination.host)  # SNI; checked against the certificate when verify_hostname
+    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title or "", tls_args=tls_args)
     if not assoc.is_established:
         state = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "not established"
-        raise DeliveryFailed(f"association with {destination.ae_title}@{destination.host}:{destination.port} {state}")
+        if tls_args is not None and not assoc.is_rejected:
+            state += " (over TLS: see the log for the handshake's reason)"
+        raise DeliveryFailed(f"association with {peer} {state}")
     try:
         answer = assoc.send_c_store(dataset)
     finally:
