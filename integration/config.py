@@ -112,6 +112,9 @@ class Settings(BaseSettings):
     model_server_model: Annotated[str, Field(min_length=1, max_length=255)] | None = None
     #: Sent as ``Authorization: Bearer <key>``.
     model_server_api_key: SecretStr | None = None
+    #: The served model's family (``models/registry.py``: image limit, system role); unset: guessed from
+    #: its name, else ``openai-compatible``.
+    model_server_family: Annotated[str, Field(min_length=1, max_length=32)] | None = None
     #: Requests in flight at once per worker process, and seconds to wait for one answer.
     model_server_concurrency: Annotated[int, Field(ge=1, le=256)] = 4
     model_server_timeout: Annotated[float, Field(gt=0)] = 300.0

@@ -6,6 +6,7 @@ No Docker engine is needed: ``docker-compose config`` validates and resolves the
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -16,7 +17,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO / "docker-compose.yml"
-PACSVLM_SERVICES = ("migrate", "listener", "api", "worker", "delivery")
+PACSVLM_SERVICES = ("migrate", "listener", "api", "worker", "delivery", "worker-vllm")
 
 
 @pytest.fixture(scope="module")
@@ -112,3 +113,32 @@ def test_vllm_is_optional_and_reserves_a_gpu(compose: dict[str, Any]) -> None:
     assert vllm["image"].startswith("vllm/vllm-openai")
     assert len(gpu_devices(vllm)) == 1
     assert any(v.split(":")[1] == "/models" for v in vllm["volumes"])
+    command = as_list(vllm["command"])
+    for flag in ("--model", "--served-model-name", "--max-model-len", "--limit-mm-per-prompt"):
+        assert flag in command, flag
+    assert int(command[command.index("--max-model-len") + 1]) >= 4096
+    assert json.loads(command[command.index("--limit-mm-per-prompt") + 1])["image"] >= 4
+    assert vllm["healthcheck"]["test"], "the worker waits for vLLM's health check"
+
+
+def test_vllm_worker_sends_the_default_model_to_the_vllm_service(
+    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from integration.config import Settings
+    from models.openai_backend import server_base
+
+    services = compose["services"]
+    worker, vllm = services["worker-vllm"], services["vllm"]
+    assert worker["profiles"] == ["vllm"]
+    assert as_list(worker["command"]) == as_list(services["worker"]["command"])  # the same queues
+    assert not gpu_devices(worker) and "PACSVLM_MODEL" not in worker["environment"]
+    assert worker["depends_on"]["vllm"]["condition"] == "service_healthy"
+    for key, value in worker["environment"].items():
+        monkeypatch.setenv(key, str(value))
+    settings = Settings()
+    assert settings.model is None and settings.model_server_url is not None
+    assert server_base(settings.model_server_url) == "http://vllm:8000"
+    command = as_list(vllm["command"])
+    assert settings.model_server_model == command[command.index("--served-model-name") + 1]
+    assert "--port" in command and command[command.index("--port") + 1] == "8000"
+    assert settings.model_server_trusted, "vLLM beside the worker is inside the trust boundary"

@@ -47,7 +47,7 @@ def worker(
     from worker.app import configure
 
     app = configure(settings)
-    model = f"model {settings.model} on {settings.model_device}" if analyses else "no model (deliveries only)"
+    model = _model_line(settings) if analyses else "no model (deliveries only)"
     named = f", second-opinion models {', '.join(sorted(settings.models))}" if analyses and settings.models else ""
     console.print(f"worker: {model}{named}, queue(s) {','.join(chosen)}")
     app.worker_main(
@@ -69,18 +69,43 @@ def worker(
     )
 
 
+def _model_line(settings: Settings) -> str:
+    """Say where the default model runs (a server URL carries no secret: the key is a separate setting)."""
+    if settings.model_server_url is None:
+        return f"model {settings.model} on {settings.model_device}"
+    from models.openai_backend import server_display
+
+    boundary = (
+        "inside the trust boundary"
+        if settings.model_server_trusted
+        else "outside the trust boundary: pixels and de-identified minimum metadata only"
+    )
+    name = settings.model_server_model or "(the one it lists)"
+    return f"model {name} at {server_display(settings.model_server_url)} ({boundary})"
+
+
 def _check_models(settings: Settings) -> None:
     """Refuse to start an analysis worker whose default or named models are not staged (nothing is loaded)."""
     from models.backend import ModelNotStaged
     from models.transformers_backend import TransformersBackend
 
-    if settings.model is None:
+    if settings.model is None and settings.model_server_url is None:
         raise fail(
             "no model configured: set PACSVLM_MODEL to the folder of a staged checkpoint "
-            "(see the README, 'Models'); weights are never downloaded at run time",
+            "(see the README, 'Models'; weights are never downloaded at run time), "
+            "or PACSVLM_MODEL_SERVER_URL to an OpenAI-compatible model server",
             2,
         )
-    for name, folder in [(None, settings.model), *settings.models.items()]:
+    if settings.model_server_url is not None:
+        from models.openai_backend import OpenAICompatibleBackend
+        from worker.model import served_backend_options
+
+        try:
+            OpenAICompatibleBackend(**served_backend_options(settings)).close()  # checks; connects to nothing
+        except ValueError as exc:
+            raise fail(f"model server settings (PACSVLM_MODEL_SERVER_*): {exc}", 2) from None
+    default = [] if settings.model_server_url is not None or settings.model is None else [(None, settings.model)]
+    for name, folder in [*default, *settings.models.items()]:
         try:
             TransformersBackend(folder, device=settings.model_device)  # checks the folder; loads nothing yet
         except ModelNotStaged as exc:

@@ -5,7 +5,9 @@ Loading a 7B model takes tens of seconds, longer than Celery allows in
 loads it and every later task reuses it.  A job names its model
 (``PACSVLM_MODELS`` key) or runs on the default one (``PACSVLM_MODEL``); a
 process that serves second opinions keeps every model it was asked for, so
-size the device for all of them.
+size the device for all of them.  With ``PACSVLM_MODEL_SERVER_URL`` set, the
+default model is an OpenAI-compatible server instead (nothing is loaded here);
+named models still run in this process.
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from integration.config import Settings
 from models.backend import ModelNotStaged, VisionLanguageBackend
 
 _lock = threading.Lock()
-_loaded: dict[tuple[Path, str, int], VisionLanguageBackend] = {}
+_loaded: dict[tuple[str, str, int], VisionLanguageBackend] = {}
 
 
 class ModelNotConfigured(ModelNotStaged):
@@ -89,8 +92,10 @@ def model_backend(settings: Settings, model_name: str | None = None) -> tuple[Vi
     ModelNotStaged
         The folder is missing or incomplete.
     """
+    if model_name is None and settings.model_server_url is not None:
+        return served_backend(settings), 0.0
     folder = model_folder(settings, model_name)
-    key = (folder.resolve(), settings.model_device, settings.max_new_tokens)
+    key = (str(folder.resolve()), settings.model_device, settings.max_new_tokens)
     with _lock:
         backend = _loaded.get(key)
         if backend is not None:
@@ -102,3 +107,61 @@ def model_backend(settings: Settings, model_name: str | None = None) -> tuple[Vi
         loaded.load()
         _loaded[key] = loaded
         return loaded, time.perf_counter() - started
+
+
+def served_backend_options(settings: Settings) -> dict[str, Any]:
+    """The keyword arguments of :class:`~models.openai_backend.OpenAICompatibleBackend` from the settings.
+
+    Parameters
+    ----------
+    settings : Settings
+        The settings (``model_server_*``, ``max_new_tokens``).
+
+    Returns
+    -------
+    dict
+        ``base_url``, ``model``, ``api_key``, ``family``, ``concurrency``, ``timeout``, ``max_new_tokens``
+        and ``outside_trust_boundary``.
+    """
+    assert settings.model_server_url is not None
+    api_key = settings.model_server_api_key
+    return {
+        "base_url": settings.model_server_url,
+        "model": settings.model_server_model,
+        "api_key": api_key.get_secret_value() if api_key is not None else None,
+        "family": settings.model_server_family,
+        "concurrency": settings.model_server_concurrency,
+        "timeout": settings.model_server_timeout,
+        "max_new_tokens": settings.max_new_tokens,
+        "outside_trust_boundary": not settings.model_server_trusted,
+    }
+
+
+def served_backend(settings: Settings) -> VisionLanguageBackend:
+    """Return this process's backend for the configured model server (connections are opened lazily).
+
+    Parameters
+    ----------
+    settings : Settings
+        The settings (``model_server_*``, ``max_new_tokens``).
+
+    Returns
+    -------
+    VisionLanguageBackend
+        An :class:`~models.openai_backend.OpenAICompatibleBackend`, one per server setting and process.
+
+    Raises
+    ------
+    ValueError
+        When a model server setting is invalid.
+    """
+    from models.openai_backend import OpenAICompatibleBackend
+
+    options = served_backend_options(settings)
+    key = ("server", repr(sorted((name, hash(value)) for name, value in options.items())), settings.max_new_tokens)
+    with _lock:
+        backend = _loaded.get(key)
+        if backend is None:
+            backend = OpenAICompatibleBackend(**options)
+            _loaded[key] = backend
+        return backend

@@ -10,12 +10,13 @@ from PIL import Image
 
 from integration.config import Settings
 from integration.dicom.routing import DEFAULT_RULES
-from integration.dicom.selection import PreparedStudy, prepare_study
+from integration.dicom.selection import NoImages, PreparedStudy, prepare_study
 from integration.store.reports import ClaimedJob, DraftRecord, InstanceFile
 from models.backend import GenerationRequest, VisionLanguageBackend
 from models.draft import parse_draft
 from models.prompts import SYSTEM_PROMPT, render_prompt, select_template, template_named
 from models.registry import FAMILIES
+from worker.outbound import outbound_release
 
 
 def evidence_of(prepared: PreparedStudy) -> list[dict[str, Any]]:
@@ -84,7 +85,8 @@ def draft_study(
     Raises
     ------
     integration.dicom.selection.NoImages
-        Nothing in the study is an image for the model.
+        Nothing in the study is an image for the model (or, for a model server outside the trust
+        boundary, every image was withheld: see :mod:`worker.outbound`).
     models.prompts.UnknownPrompt
         ``prompt_name`` names no template.
     """
@@ -94,17 +96,28 @@ def draft_study(
     limit = settings.max_images
     if family is not None:
         limit = min(limit, family.max_images) if limit is not None else family.max_images
-    prepared = prepare_study(
-        [settings.instance_root / f.storage_path for f in files],
-        calling_ae=job.calling_ae,
-        rules=settings.routing_rules or DEFAULT_RULES,
-        max_images=limit,
-        image_size=settings.image_size,
-    )
+    release = outbound_release(settings, files, backend)
+    try:
+        prepared = prepare_study(
+            [settings.instance_root / f.storage_path for f in release.files],
+            calling_ae=job.calling_ae,
+            rules=settings.routing_rules or DEFAULT_RULES,
+            max_images=limit,
+            image_size=settings.image_size,
+        )
+    except NoImages as exc:
+        if not release.withheld:
+            raise
+        raise NoImages(
+            f"{exc}; {release.withheld} instance(s) with burned-in annotation or recognizable features were "
+            "withheld: they may not go to a model server outside the trust boundary (DICOM PS3.15 basic profile)",
+            exc.skipped,
+        ) from exc
     started = time.perf_counter()
     template = named or select_template(prepared.modality, prepared.body_part)
     question = clinical_question if clinical_question is not None else prepared.clinical_question
-    prompt = render_prompt(template, [image.label for image in prepared.images], question)
+    sent_question = release.question(question)
+    prompt = render_prompt(template, [image.label for image in prepared.images], sent_question)
     images = tuple(Image.fromarray(image.pixels) for image in prepared.images)
     request = GenerationRequest(
         request_id=f"analysis-job-{job.job_id}",
@@ -116,13 +129,16 @@ def draft_study(
     prompt_seconds = time.perf_counter() - started
     (result,) = backend.generate([request])
     started = time.perf_counter()
-    parsed = parse_draft(result.text, len(images))
+    parsed = release.annotate(
+        parse_draft(result.text, len(images)), question_dropped=bool(question) and not sent_question
+    )
     timings = {
         **{f"{name}_s": round(value, 4) for name, value in prepared.timings.items()},
         "prompt_s": round(prompt_seconds, 4),
         "load_s": round(load_seconds, 4),
         "generate_s": round(result.seconds, 4),
         "parse_s": round(time.perf_counter() - started, 4),
+        **release.timings(),
     }
     return DraftRecord(
         model_id=identity.model_id,
