@@ -16,18 +16,12 @@ its transfer syntax and data set; the stored file gets our own file meta, as a C
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
 import struct
 import threading
-import zlib
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
-from pathlib import Path
 from typing import Final
 
 from sqlalchemy import Connection, select, update
@@ -36,7 +30,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from integration.config import Settings
 from integration.dicom import status
 from integration.dicom.header import InstanceHeader, SopClassMismatch, file_meta_bytes, read_header
-from integration.dicom.storage import InstanceStore, StorageError, StorageFull, StoredFile
+from integration.dicom.storage import InstanceLocks, InstanceStore, StorageError, StorageFull, StoredFile
 from integration.dicom.structure import InvalidInstance
 from integration.dicom.transfer import ACCEPTED_TRANSFER_SYNTAXES
 from integration.store.ingest import Receipt, record_instance
@@ -187,62 +181,6 @@ class Outcome:
     def succeeded(self) -> bool:
         """Whether the instance is stored (now or before)."""
         return self.label in ("stored", "duplicate")
-
-
-class InstanceLocks:
-    """Mutual exclusion per SOP Instance UID bucket, across threads and processes sharing a store.
-
-    Parameters
-    ----------
-    folder : pathlib.Path
-        Where the bucket lock files live (created when missing).
-    buckets : int
-        Number of buckets (UIDs hash into them with CRC-32, the same in every process).
-    """
-
-    def __init__(self, folder: Path, buckets: int = 64) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        self.folder = folder
-        self._threads = [threading.Lock() for _ in range(buckets)]
-        self._fds: dict[int, int] = {}
-        self._open_lock = threading.Lock()
-
-    @contextmanager
-    def hold(self, key: str) -> Iterator[None]:
-        """Hold the lock of ``key``'s bucket for the ``with`` block.
-
-        Parameters
-        ----------
-        key : str
-            The SOP Instance UID.
-
-        Yields
-        ------
-        None
-        """
-        bucket = zlib.crc32(key.encode()) % len(self._threads)
-        with self._threads[bucket]:
-            fd = self._fd(bucket)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-
-    def _fd(self, bucket: int) -> int:
-        with self._open_lock:
-            fd = self._fds.get(bucket)
-            if fd is None:
-                fd = os.open(self.folder / f"{bucket:02d}.lock", os.O_RDWR | os.O_CREAT, 0o640)
-                self._fds[bucket] = fd
-            return fd
-
-    def close(self) -> None:
-        """Close the lock files."""
-        with self._open_lock:
-            fds, self._fds = list(self._fds.values()), {}
-        for fd in fds:
-            os.close(fd)
 
 
 class InstanceIntake:

@@ -37,7 +37,7 @@ from integration.dicom.association import (
     StoreRequest,
 )
 from integration.dicom.header import SopClassMismatch, file_meta_bytes, read_header
-from integration.dicom.storage import InstanceStore, StorageError, StorageFull, StoredFile
+from integration.dicom.storage import InstanceLocks, InstanceStore, StorageError, StorageFull, StoredFile
 from integration.dicom.structure import InvalidInstance
 from integration.dicom.tls import TlsConfigError, handshake_failure, server_context, subject_of
 from integration.dicom.transfer import ACCEPTED_TRANSFER_SYNTAXES
@@ -67,8 +67,9 @@ class StorageSCP:
     def __init__(self, settings: Settings, store: InstanceStore) -> None:
         self.settings = settings
         self.store = store
-        # Serialises concurrent stores of one SOP instance (first copy wins, no lost file).
-        self._instance_locks = [threading.Lock() for _ in range(64)]
+        # Serialises concurrent stores of one SOP instance, across threads and with the api's STOW-RS intake
+        # on the same store (first copy wins, no lost file).
+        self._instance_locks = InstanceLocks(store.root / ".locks")
         self._file_writers = ThreadPoolExecutor(settings.max_associations, thread_name_prefix="instance-writer")
 
     # -- association life cycle -------------------------------------------------
@@ -147,9 +148,8 @@ class StorageSCP:
         tuple of (int, str)
             Status code and one of ``stored``, ``duplicate``, ``refused``, ``error``.
         """
-        lock = self._instance_locks[hash(request.sop_instance_uid) % len(self._instance_locks)]
         try:
-            with lock:
+            with self._instance_locks.hold(request.sop_instance_uid):
                 return self._store_locked(request)
         except Exception:
             log.exception("C-STORE from %r failed unexpectedly", request.calling_ae)

@@ -13,15 +13,17 @@ so the store keeps a few empty temporary files created ahead of need
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import shutil
 import threading
 import uuid
+import zlib
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -319,4 +321,60 @@ class InstanceStore:
         with self._lock:
             fd = self._dir_fds.pop(directory, None)
         if fd is not None:
+            os.close(fd)
+
+
+class InstanceLocks:
+    """Mutual exclusion per SOP Instance UID bucket, across threads and processes sharing a store.
+
+    Parameters
+    ----------
+    folder : pathlib.Path
+        Where the bucket lock files live (created when missing).
+    buckets : int
+        Number of buckets (UIDs hash into them with CRC-32, the same in every process).
+    """
+
+    def __init__(self, folder: Path, buckets: int = 64) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder = folder
+        self._threads = [threading.Lock() for _ in range(buckets)]
+        self._fds: dict[int, int] = {}
+        self._open_lock = threading.Lock()
+
+    @contextmanager
+    def hold(self, key: str) -> Iterator[None]:
+        """Hold the lock of ``key``'s bucket for the ``with`` block.
+
+        Parameters
+        ----------
+        key : str
+            The SOP Instance UID.
+
+        Yields
+        ------
+        None
+        """
+        bucket = zlib.crc32(key.encode()) % len(self._threads)
+        with self._threads[bucket]:
+            fd = self._fd(bucket)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _fd(self, bucket: int) -> int:
+        with self._open_lock:
+            fd = self._fds.get(bucket)
+            if fd is None:
+                fd = os.open(self.folder / f"{bucket:02d}.lock", os.O_RDWR | os.O_CREAT, 0o640)
+                self._fds[bucket] = fd
+            return fd
+
+    def close(self) -> None:
+        """Close the lock files."""
+        with self._open_lock:
+            fds, self._fds = list(self._fds.values()), {}
+        for fd in fds:
             os.close(fd)

@@ -23,12 +23,11 @@ from integration.dicom.intake import (
     STUDY_UID_MISMATCH,
     TRANSFER_SYNTAX_NOT_SUPPORTED,
     InstanceIntake,
-    InstanceLocks,
     Origin,
     split_part10,
 )
 from integration.dicom.samples import pydicom_test_file
-from integration.dicom.storage import InstanceStore
+from integration.dicom.storage import InstanceLocks, InstanceStore
 from integration.dicom.structure import InvalidInstance
 from integration.store.jobs import complete_stable_studies
 from integration.store.session import session_scope
@@ -203,7 +202,7 @@ def test_a_study_stored_with_no_idle_time_is_complete_at_the_next_pass(
 LOCK_HOLDER = """
 import sys
 from pathlib import Path
-from integration.dicom.intake import InstanceLocks
+from integration.dicom.storage import InstanceLocks
 locks = InstanceLocks(Path(sys.argv[1]))
 with locks.hold(sys.argv[2]):
     print("held", flush=True)
