@@ -10,6 +10,8 @@ from integration.cli_audit import audit_app
 from integration.cli_deliveries import deliveries_app
 from integration.cli_reports import report_app
 from integration.cli_users import sites_app, users_app
+from worker.cli_eval import eval_app
+from worker.cli_models import models_app
 from worker.commands import demo, worker
 
 app = typer.Typer(
@@ -26,6 +28,8 @@ app.add_typer(deliveries_app, name="deliveries")
 app.add_typer(sites_app, name="sites")
 app.add_typer(users_app, name="users")
 app.add_typer(audit_app, name="audit")
+app.add_typer(models_app, name="models")
+app.add_typer(eval_app, name="eval")
 
 
 app.command("worker")(worker)
