@@ -49,3 +49,24 @@ def test_pipeline_benchmark_prints_the_overhead_line() -> None:
     lines = result.stdout.strip().splitlines()
     assert any("radiograph" in line for line in lines) and any("CT series" in line for line in lines)
     assert re.fullmatch(r"pipeline overhead_s=\d+\.\d{3}", lines[-1]), lines[-1]
+
+
+def test_short_fuzz_run_prints_the_table_and_the_summary_line(migrated_postgres_url: str, redis_url: str) -> None:
+    command = [
+        sys.executable,
+        "-m",
+        "bench.fuzz",
+        "--minutes",
+        "0.1",
+        "--database-url",
+        migrated_postgres_url,
+        "--broker-url",
+        redis_url,
+    ]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    for target in ("dataset", "pdu", "stow"):
+        assert any(line.lstrip("│ ").startswith(target) for line in lines), target
+    found = re.fullmatch(r"fuzz cases=(\d+) failures=0", lines[-1])
+    assert found and int(found[1]) >= 60, lines[-1]
