@@ -28,6 +28,9 @@ from integration.store.tables import AnalysisJob, utcnow
 
 log = logging.getLogger(__name__)
 
+#: A job running this long past the hard time limit lost its worker (the limit would have ended it).
+LOST_WORKER_MARGIN_SECONDS = 120.0
+
 
 @dataclass
 class PassResult:
@@ -85,7 +88,13 @@ class StudyAssembler:
             log.info("study complete: analysis job %d created", job_id)
         everything = self._broker_restarted()
         with session_scope(url) as session:
-            pending = jobs_to_send(session, utcnow(), self.settings.resend_after_seconds, everything=everything)
+            pending = jobs_to_send(
+                session,
+                utcnow(),
+                self.settings.resend_after_seconds,
+                everything=everything,
+                lost_after=self.settings.analysis_time_limit + LOST_WORKER_MARGIN_SECONDS,
+            )
         for item in pending:
             try:
                 send_analyze_study(self.settings, item.job_id, item.queue, item.send_count)

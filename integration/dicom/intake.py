@@ -196,6 +196,7 @@ class InstanceIntake:
 
     def __init__(self, settings: Settings, store: InstanceStore) -> None:
         self.database_url = settings.database_url
+        self.max_instance_bytes = settings.max_instance_bytes
         self.files = store
         self.locks = InstanceLocks(store.root / ".locks")
 
@@ -274,6 +275,7 @@ class InstanceIntake:
                 transfer_syntax_uid,
                 expected_sop_class_uid=expected_sop_class_uid,
                 expected_sop_instance_uid=expected_sop_instance_uid,
+                max_inflated_bytes=self.max_instance_bytes,
             )
         except SopClassMismatch as exc:
             return Outcome(status.DATASET_DOES_NOT_MATCH_SOP_CLASS, "refused", reason=str(exc))

@@ -163,6 +163,7 @@ class StorageSCP:
                 transfer_syntax,
                 expected_sop_class_uid=request.sop_class_uid,
                 expected_sop_instance_uid=request.sop_instance_uid,
+                max_inflated_bytes=self.settings.max_instance_bytes,
             )
         except SopClassMismatch as exc:
             log.warning("C-STORE from %r refused: %s", calling_ae, exc)

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from integration.store.tables import AnalysisJob, JobState, Site, Study, StudyState
@@ -89,9 +89,9 @@ def complete_stable_studies(
 
 
 def jobs_to_send(
-    session: Session, now: datetime, resend_after: float, *, everything: bool = False
+    session: Session, now: datetime, resend_after: float, *, everything: bool = False, lost_after: float | None = None
 ) -> list[PendingSend]:
-    """List queued jobs whose message was never sent or may have been lost.
+    """List queued jobs whose message was never sent or may have been lost, and running jobs whose worker was lost.
 
     Parameters
     ----------
@@ -103,19 +103,29 @@ def jobs_to_send(
         Seconds after which a queued, unstarted job is sent again.
     everything : bool
         Re-send every queued job (the broker restarted and lost its queues).
+    lost_after : float, optional
+        Seconds after which a job still ``running`` has outlived the worker's hard time limit: its worker
+        (machine) died without the broker noticing yet, so the job is sent again (the claim counts the
+        attempt; the draft is written once).  None: running jobs are left to the broker's redelivery.
 
     Returns
     -------
     list of PendingSend
         The jobs, oldest first.
     """
-    query = select(AnalysisJob.id, AnalysisJob.queue, AnalysisJob.send_count).where(
-        AnalysisJob.state == JobState.QUEUED
-    )
+    stale = now - timedelta(seconds=resend_after)
+    queued = AnalysisJob.state == JobState.QUEUED
     if not everything:
-        query = query.where(
-            or_(AnalysisJob.sent_at.is_(None), AnalysisJob.sent_at < now - timedelta(seconds=resend_after))
+        queued = and_(queued, or_(AnalysisJob.sent_at.is_(None), AnalysisJob.sent_at < stale))
+    wanted = queued
+    if lost_after is not None:
+        lost = and_(
+            AnalysisJob.state == JobState.RUNNING,
+            AnalysisJob.started_at < now - timedelta(seconds=lost_after),
+            or_(AnalysisJob.sent_at.is_(None), AnalysisJob.sent_at < now - timedelta(seconds=lost_after)),
         )
+        wanted = or_(queued, lost)
+    query = select(AnalysisJob.id, AnalysisJob.queue, AnalysisJob.send_count).where(wanted)
     rows = session.execute(query.order_by(AnalysisJob.id)).all()
     return [PendingSend(job_id, queue, count) for job_id, queue, count in rows]
 

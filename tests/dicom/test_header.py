@@ -318,20 +318,29 @@ def test_deflated_dataset_round_trip() -> None:
     assert got.transfer_syntax_uid == DeflatedExplicitVRLittleEndian
 
 
-def test_deflated_dataset_inflating_past_the_limit_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The real limit is 2 GiB; inflating that much in a unit test is too dear, so the limit is lowered.
+def test_deflated_dataset_inflating_past_the_limit_is_refused() -> None:
     ds = minimal_dataset(PatientComments="x" * 200_000)
     raw = encode(ds)
     packed = deflate(raw)
-    assert len(packed) < 2_000  # a small message that inflates a lot
-    monkeypatch.setattr(header, "MAX_INFLATED_BYTES", len(raw))
+    assert len(packed) < 2_000  # a small message that inflates a lot (still under the 64 MiB floor)
+    assert read_header(packed, DeflatedExplicitVRLittleEndian, max_inflated_bytes=len(raw)).sop_instance_uid == (
+        ds.SOPInstanceUID
+    )
+    with pytest.raises(InvalidInstance, match="size limit"):
+        read_header(packed, DeflatedExplicitVRLittleEndian, max_inflated_bytes=len(raw) - 1)
+    with pytest.raises(InvalidInstance, match="size limit"):
+        read_header(packed, DeflatedExplicitVRLittleEndian, max_inflated_bytes=4096)
+
+
+def test_a_deflate_bomb_is_refused_by_its_inflate_ratio_before_the_size_limit() -> None:
+    ds = minimal_dataset(PatientComments="x" * 200_000)
+    packed = deflate(encode(ds))
+    # a 100 MB data set deflated to ~100 kB: far beyond 64 x its size and above the 64 MiB floor
+    bomb = deflate(encode(minimal_dataset(PatientComments="x" * (100 * 1024**2))))
+    assert len(bomb) * header.MAX_INFLATE_RATIO < header.INFLATE_FLOOR_BYTES < 100 * 1024**2
     assert read_header(packed, DeflatedExplicitVRLittleEndian).sop_instance_uid == ds.SOPInstanceUID
-    monkeypatch.setattr(header, "MAX_INFLATED_BYTES", len(raw) - 1)
     with pytest.raises(InvalidInstance, match="size limit"):
-        read_header(packed, DeflatedExplicitVRLittleEndian)
-    monkeypatch.setattr(header, "MAX_INFLATED_BYTES", 4096)
-    with pytest.raises(InvalidInstance, match="size limit"):
-        read_header(packed, DeflatedExplicitVRLittleEndian)
+        read_header(bomb, DeflatedExplicitVRLittleEndian)
 
 
 def test_deflate_stream_cut_at_a_flush_point_is_refused() -> None:

@@ -362,3 +362,39 @@ def test_a_study_gets_the_site_of_its_calling_ae_when_it_becomes_stable(
         study = session.scalars(select(Study).where(Study.study_uid == study_uid)).one()
         site = session.get(Site, study.site_id) if study.site_id is not None else None
         assert site is not None and site.code == "NORTH"
+
+
+def test_reconciler_resends_a_job_whose_worker_was_lost_past_the_hard_time_limit(
+    settings: Settings, redis_url: str
+) -> None:
+    from integration.dicom.assembly import LOST_WORKER_MARGIN_SECONDS
+    from integration.store.reports import claim_job
+
+    study_uid = generate_uid()
+    record(settings, a_header(study_uid), past())
+    assembler = StudyAssembler(settings)
+    assert assembler.run_once().sent == 1
+    [(job_id, _, _, _)] = jobs(settings)
+    with session_scope(settings.database_url) as session:
+        claim_job(session, job_id, max_attempts=3, now=utcnow())  # a worker started it ...
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.flushdb()  # ... and its machine died with the message (no visibility redelivery for an hour)
+    finally:
+        client.close()
+    assert assembler.run_once().sent == 0  # running within the time limit: left alone
+
+    lost = settings.analysis_time_limit + LOST_WORKER_MARGIN_SECONDS + 1
+    with session_scope(settings.database_url) as session:
+        job = session.get(AnalysisJob, job_id)
+        assert job is not None and job.state == JobState.RUNNING
+        job.started_at = utcnow() - timedelta(seconds=lost)
+        job.sent_at = utcnow() - timedelta(seconds=lost)
+        session.commit()
+    assert assembler.run_once().sent == 1
+    [message] = queued_messages(redis_url)
+    assert_is_analyze_message(message, job_id)
+    assert assembler.run_once().sent == 0  # sent once, not on every pass
+    with session_scope(settings.database_url) as session:
+        again = claim_job(session, job_id, max_attempts=3, now=utcnow())
+    assert getattr(again, "attempt", None) == 2  # the new delivery counts as the second attempt
