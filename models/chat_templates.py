@@ -34,6 +34,29 @@ LLAVA_NEXT_MISTRAL = (
     "{% endif %}{% endfor %}"
 )
 
+#: LLaVA-Med v1.5 (``llava_mistral``, converted by ``pacs-vlm models convert --from llava-med``): its
+#: ``mistral_instruct`` conversation, Llama-2 separators with an empty system prompt and no separator before
+#: the first turn: ``[INST] <image>\n... [/INST]``, answers `` ... </s>``; the image goes before the text
+#: and a system prompt, where given, in front of both inside ``<<SYS>>``.  The tokenizer adds ``<s>``.
+LLAVA_MED = (
+    "{%- for message in messages -%}"
+    "{%- if message['content'] is string -%}{%- set items = [{'type': 'text', 'text': message['content']}] -%}"
+    "{%- else -%}{%- set items = message['content'] -%}{%- endif -%}"
+    "{%- if message['role'] == 'system' -%}{%- set system_text = items | selectattr('type', 'equalto', 'text') "
+    "| map(attribute='text') | join('') -%}{%- if system_text -%}{{ '[INST] <<SYS>>\n' + system_text + "
+    "'\n<</SYS>>\n\n' }}{%- endif -%}"
+    "{%- elif message['role'] == 'user' -%}"
+    "{%- if loop.first or messages[loop.index0 - 1]['role'] != 'system' -%}{{ '[INST] ' }}{%- endif -%}"
+    "{%- for item in items | selectattr('type', 'equalto', 'image') -%}{{ '<image>\n' }}{%- endfor -%}"
+    "{%- for item in items | selectattr('type', 'equalto', 'text') -%}{{ item['text'] }}{%- endfor -%}"
+    "{{ ' [/INST]' }}"
+    "{%- elif message['role'] == 'assistant' -%}"
+    "{%- for item in items | selectattr('type', 'equalto', 'text') -%}"
+    "{% generation %}{{ ' ' + item['text'] + ' ' + eos_token }}{% endgeneration %}{%- endfor -%}"
+    "{%- else -%}{{ raise_exception('LLaVA-Med has no ' + message['role'] + ' role') }}"
+    "{%- endif -%}{%- endfor -%}"
+)
+
 #: FreedomIntelligence/HuatuoGPT-Vision-*-hf: ``<|user|>\n<image>\n...\n<|assistant|>\n``, no system role.
 #: The model card gives this layout (as a vLLM ``--chat-template``); here it also places the images.
 HUATUOGPT_VISION = (

@@ -176,7 +176,8 @@ def inspect_checkpoint(model_dir: Path) -> StagedCheckpoint:
             directory=directory,
             repository=repository,
         )
-    if not any((directory / name).is_file() for name in _PROCESSOR_FILES):
+    # LongLLaVA's processor has CLIP-336 defaults of its own; the other families need the checkpoint's file
+    if family.name != "longllava" and not any((directory / name).is_file() for name in _PROCESSOR_FILES):
         raise ModelNotStaged(
             f"no image processor configuration ({' or '.join(_PROCESSOR_FILES)})",
             directory=directory,

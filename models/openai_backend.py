@@ -320,10 +320,10 @@ class OpenAICompatibleBackend:
         identity = self.identity
         family = FAMILIES.get(identity.family)
         for request in requests:
-            if family is not None and len(request.images) > family.max_images:
+            if family is not None and len(request.images) > family.image_limit:
                 raise ValueError(
                     f"request {request.request_id} has {len(request.images)} images; "
-                    f"{family.name} takes at most {family.max_images}"
+                    f"{family.name} takes at most {family.image_limit}"
                 )
         started = time.perf_counter()
         workers = min(self.concurrency, len(requests))

@@ -16,12 +16,18 @@ from typing import Any
 
 from models import chat_templates
 from models.backend import ModelNotStaged
+from models.longllava.prompt import LONGLLAVA_CHAT_TEMPLATE
 
 #: Bytes per parameter of bf16 weights.
 BF16_BYTES = 2
 #: Headroom on top of the weights: CUDA context, activations and the KV cache of a small batch.
 HEADROOM_FRACTION = 0.10
 HEADROOM_GIB = 2.0
+
+#: Tokens of a request kept for the prompt's text and the answer when a context budget is shared out among images.
+TEXT_TOKENS_RESERVED = 1536
+#: Most images any request may carry (the routing rules' and settings' limit).
+MOST_IMAGES = 1024
 
 #: Qwen2.5-VL's own recommended pixel cap (1280 visual tokens of 28x28 pixels per image).
 QWEN_MAX_IMAGE_PIXELS = 1280 * 28 * 28
@@ -86,6 +92,9 @@ class ModelFamily:
     name_hints : tuple of str
         Lower-case fragments of a directory or repository name that pick this family among those
         matching the configuration (for releases whose configuration does not tell them apart).
+    max_context_tokens : int or None
+        The token budget of one request (prompt, images and answer); with ``image_tokens`` it
+        bounds the images: see :attr:`image_limit`.  None: ``max_images`` alone.
     """
 
     name: str
@@ -101,6 +110,19 @@ class ModelFamily:
     max_image_pixels: int | None = None
     fallback_chat_template: str | None = None
     name_hints: tuple[str, ...] = ()
+    max_context_tokens: int | None = None
+
+    @property
+    def image_limit(self) -> int:
+        """Most images per request: ``max_images``, and no more than the token budget holds.
+
+        The budget less :data:`TEXT_TOKENS_RESERVED` for the text, divided by ``image_tokens``:
+        a whole CT series goes to a family whose budget holds it, a sample to the others.
+        """
+        if self.max_context_tokens is None or not self.image_tokens:
+            return self.max_images
+        budget = max(self.max_context_tokens - TEXT_TOKENS_RESERVED, 0) // self.image_tokens
+        return max(1, min(self.max_images, budget))
 
 
 FAMILIES: dict[str, ModelFamily] = {
@@ -125,6 +147,7 @@ FAMILIES: dict[str, ModelFamily] = {
             ),
             gpu_memory_gib=_memory_by_size({"7B": 7.57, "13B": 13.35, "34B": 34.76}),
             architectures=("LlavaForConditionalGeneration", "LlavaNextForConditionalGeneration"),
+            max_context_tokens=4096,
         ),
         ModelFamily(
             name="huatuogpt-vision",
@@ -178,14 +201,38 @@ FAMILIES: dict[str, ModelFamily] = {
             architectures=("Qwen2_5_VLForConditionalGeneration",),
             max_image_pixels=QWEN_MAX_IMAGE_PIXELS,
         ),
+        ModelFamily(
+            name="longllava",
+            description=(
+                "LongLLaVA (LongLLaVA-9B, LongLLaVA-53B-A13B, LongLLaVAMed-9B): a Jamba hybrid (Mamba and "
+                "attention) language model, CLIP ViT-L/14-336 and an MLP projector with 2D pooling to 144 visual "
+                "tokens per image, made for many images: a whole CT series fits one prompt. Architecture code in "
+                "models.longllava (no remote code); prompts '<|startoftext|><|User|>\\n<image>\\n...\\n"
+                "<|startoftext|><|Assistant|>\\n' without a system role."
+            ),
+            model_types=("longllava", "llava_jamba", "jamba"),
+            max_images=MOST_IMAGES,
+            image_tokens=144,
+            supports_system_prompt=False,
+            examples=(
+                "FreedomIntelligence/LongLLaVA-9B",
+                "FreedomIntelligence/LongLLaVA-53B-A13B",
+                "FreedomIntelligence/LongLLaVAMed-9B",
+            ),
+            gpu_memory_gib=_memory_by_size({"9B": 9.3, "53B": 52.3}),  # 53B-A13B: 53B in all, 13B active
+            architectures=("LongLlavaForConditionalGeneration", "LlavaJambaForCausalLM"),
+            fallback_chat_template=LONGLLAVA_CHAT_TEMPLATE,
+            max_context_tokens=131072,
+        ),
     )
 }
 
 #: Checkpoints users are likely to try that need something else first (model_type -> what to do).
 _KNOWN_UNSUPPORTED = {
     "llava_mistral": (
-        "this is LLaVA-Med v1.5 in the original LLaVA code layout; convert it once to the llava-hf "
-        "layout (LlavaForConditionalGeneration) and stage the converted directory"
+        "this is LLaVA-Med v1.5 in the original LLaVA code layout; convert it once to the llava-hf layout "
+        "with `pacs-vlm models convert --from llava-med <dir> --to <new dir> --vision-tower <local copy of "
+        "openai/clip-vit-large-patch14-336>` and stage the converted directory"
     ),
     "llava_llama": (
         "this checkpoint is in the original LLaVA code layout; use its llava-hf release "
@@ -195,7 +242,6 @@ _KNOWN_UNSUPPORTED = {
         "this HuatuoGPT-Vision checkpoint is in the original LLaVA code layout; use the -hf release "
         "(FreedomIntelligence/HuatuoGPT-Vision-7B-hf)"
     ),
-    "jamba": "LongLLaVA (a Jamba hybrid) needs its own architecture code, which transformers does not ship",
     "gemma3_text": (
         "this is a text-only Gemma 3 model (e.g. medgemma-27b-text-it) without a vision tower; "
         "use google/medgemma-4b-it or google/medgemma-27b-it"

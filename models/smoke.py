@@ -312,6 +312,49 @@ def _qwen2_5_vl() -> tuple[Any, Any, dict[str, Any]]:
     return model, (image_processor, tokenizer, chat_templates.QWEN2_5_VL), generation
 
 
+#: LongLLaVA's vision input: CLIP's 336 pixels in 14-pixel patches (24 x 24), pooled to 12 x 12 = 144 tokens.
+LONGLLAVA_IMAGE_SIZE = 336
+
+
+def _longllava() -> tuple[Any, Any, dict[str, Any]]:
+    from transformers import CLIPImageProcessorPil, JambaConfig
+
+    from models.longllava.configuration import LongLlavaConfig
+    from models.longllava.modeling import LongLlavaForConditionalGeneration
+    from models.longllava.processing import LongLlavaProcessor
+
+    tokenizer = train_smoke_tokenizer(
+        special_tokens=("<|pad|>", "<|startoftext|>", "<|endoftext|>", "<|unk|>", "<image>"),
+        bos_token="<|startoftext|>",
+        eos_token="<|endoftext|>",
+        pad_token="<|pad|>",
+        unk_token="<|unk|>",
+        add_bos_token=True,
+        named_tokens={"image_token": "<image>"},
+    )
+    pad, bos, eos, image = _ids(tokenizer, "<|pad|>", "<|startoftext|>", "<|endoftext|>", "<image>")
+    # Dense (one expert) like LongLLaVA-9B; one attention layer per two layers (the real models: one per eight).
+    text = JambaConfig(
+        **_TEXT,
+        num_key_value_heads=2,
+        vocab_size=len(tokenizer),
+        num_experts=1,
+        attn_layer_period=2,
+        attn_layer_offset=1,
+        mamba_d_state=8,
+        mamba_dt_rank=8,
+        pad_token_id=pad,
+        bos_token_id=bos,
+        eos_token_id=eos,
+    )
+    config = LongLlavaConfig(text_config=text, vision_config=_clip_vision(LONGLLAVA_IMAGE_SIZE), image_token_id=image)
+    size = LONGLLAVA_IMAGE_SIZE
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+    processor = LongLlavaProcessor(image_processor, tokenizer, image_tokens=config.image_tokens)
+    model = LongLlavaForConditionalGeneration(config)
+    return model, processor, {"bos_token_id": bos, "eos_token_id": eos, "pad_token_id": pad}
+
+
 #: Smoke models that can be built: the registry's families, and a LLaVA-NeXT variant of ``llava``.
 SMOKE_BUILDERS: dict[str, tuple[str, Callable[[], tuple[Any, Any, dict[str, Any]]]]] = {
     "llava": ("llava", _llava),
@@ -319,6 +362,7 @@ SMOKE_BUILDERS: dict[str, tuple[str, Callable[[], tuple[Any, Any, dict[str, Any]
     "huatuogpt-vision": ("huatuogpt-vision", _huatuogpt_vision),
     "medgemma": ("medgemma", _medgemma),
     "qwen2.5-vl": ("qwen2.5-vl", _qwen2_5_vl),
+    "longllava": ("longllava", _longllava),
 }
 
 

@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING, Any
 from models.backend import GenerationRequest, GenerationResult, ModelIdentity
 from models.checkpoint import StagedCheckpoint, checkpoint_identity, inspect_checkpoint
 from models.images import prepare_images, square_padding_fill
+from models.longllava.prompt import has_vision_tower
 from models.processors import TemplateSource, ensure_image_chat_template, load_processor
-from models.registry import ModelFamily
+from models.registry import ModelFamily, UnsupportedModel
 
 if TYPE_CHECKING:
     import torch
@@ -145,6 +146,11 @@ class TransformersBackend:
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
         self._checkpoint: StagedCheckpoint = inspect_checkpoint(Path(model_dir))
+        if self.family.name == "longllava" and not has_vision_tower(self._checkpoint.config):
+            raise UnsupportedModel(
+                f"{self._checkpoint.directory} is a text-only Jamba model (no vision tower in config.json); "
+                "stage a LongLLaVA checkpoint such as FreedomIntelligence/LongLLaVA-9B"
+            )
         self._device_setting = device
         self._dtype_setting = dtype
         self.max_new_tokens = max_new_tokens
@@ -198,7 +204,13 @@ class TransformersBackend:
         device = resolve_device(self._device_setting)
         dtype = resolve_dtype(self._dtype_setting, device)
         directory = self._checkpoint.directory
-        processor = load_processor(directory, self.family)
+        longllava = self.family.name == "longllava"  # own architecture code, not AutoModel (no remote code)
+        if longllava:
+            from models.longllava.processing import LongLlavaProcessor
+
+            processor = LongLlavaProcessor.from_directory(directory)
+        else:
+            processor = load_processor(directory, self.family)
         template_source = ensure_image_chat_template(processor, self.family, directory)
         if template_source is TemplateSource.FAMILY:
             logger.warning(
@@ -215,7 +227,13 @@ class TransformersBackend:
         if direct:
             options["device_map"] = {"": device}
         model_class: Any = AutoModelForImageTextToText
+        if longllava:
+            from models.longllava.modeling import LongLlavaForConditionalGeneration
+
+            model_class = LongLlavaForConditionalGeneration
         model = model_class.from_pretrained(directory, **options)
+        if longllava:
+            model.config.image_token_id = processor.image_token_id
         if not direct:
             model = model.to(device)
         model.eval()
@@ -302,10 +320,10 @@ class TransformersBackend:
         if not requests:
             return []
         for request in requests:
-            if len(request.images) > self.family.max_images:
+            if len(request.images) > self.family.image_limit:
                 raise ValueError(
                     f"request {request.request_id} has {len(request.images)} images; "
-                    f"{self.family.name} takes at most {self.family.max_images}"
+                    f"{self.family.name} takes at most {self.family.image_limit}"
                 )
         self.load()
         loaded = self._loaded

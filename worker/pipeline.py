@@ -95,7 +95,8 @@ def draft_study(
     family = FAMILIES.get(identity.family)
     limit = settings.max_images
     if family is not None:
-        limit = min(limit, family.max_images) if limit is not None else family.max_images
+        # By the family's token budget: a whole series for LongLLaVA, a sample for 576-token LLaVA models.
+        limit = min(limit, family.image_limit) if limit is not None else family.image_limit
     release = outbound_release(settings, files, backend)
     try:
         prepared = prepare_study(

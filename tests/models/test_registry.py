@@ -49,7 +49,6 @@ def test_published_config_layouts_map_to_their_family(config: dict[str, Any], fa
     ("model_type", "advice"),
     [
         ("llava_mistral", "convert it once to the llava-hf layout"),
-        ("jamba", "LongLLaVA"),
         ("gemma3_text", "text-only"),
         ("bert", "Supported model types: llava: llava, llava_next"),
     ],
@@ -80,7 +79,7 @@ def test_a_missing_or_broken_config_is_a_staging_problem(tmp_path: Path) -> None
 
 
 def test_families_are_consistent() -> None:
-    assert set(FAMILIES) == {"llava", "huatuogpt-vision", "medgemma", "qwen2.5-vl"}
+    assert set(FAMILIES) == {"llava", "huatuogpt-vision", "medgemma", "qwen2.5-vl", "longllava"}
     for key, family in FAMILIES.items():
         assert family.name == key
         assert family.max_images >= 3
@@ -90,6 +89,7 @@ def test_families_are_consistent() -> None:
     assert FAMILIES["llava"].image_tokens == 576
     assert FAMILIES["huatuogpt-vision"].image_tokens == 576
     assert FAMILIES["medgemma"].image_tokens == 256
+    assert FAMILIES["longllava"].image_tokens == 144
     assert FAMILIES["qwen2.5-vl"].image_tokens is None
     assert FAMILIES["qwen2.5-vl"].max_image_pixels == 1280 * 28 * 28
     assert not FAMILIES["llava"].supports_system_prompt

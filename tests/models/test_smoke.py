@@ -54,5 +54,5 @@ def test_the_seed_decides_the_weights(smoke_dir: Callable[[str], Path], tmp_path
 
 def test_unknown_smoke_family(tmp_path: Path) -> None:
     with pytest.raises(KeyError, match="choose one of llava, llava-next"):
-        build_smoke_model("longllava", tmp_path)
+        build_smoke_model("no-such-family", tmp_path)
     assert not is_smoke_model(tmp_path)
