@@ -10,13 +10,26 @@ Prints a table and, per row, the ratio of the measured decode rate to the memory
 test suite runs it); its numbers mean nothing.
 
 The last line is ``gpu_generate <arch>_b1_studies_per_s=... <arch>_bN_studies_per_s=... ...``.
+
+``--case worker`` measures what a worker process gains from batching studies: a LLaVA-1.5-7B checkpoint with
+random weights is staged on disk (the smoke model's tokenizer, processor and chat template; ``--tiny``: the
+bench's toy LLaVA), loaded by :class:`~models.transformers_backend.TransformersBackend`, and ``--studies``
+studies (``--images`` images each) are drafted one after another, then from one thread each through the
+worker's :class:`~models.batching.BatchingBackend` (batches of ``--batch``), as Celery's threads pool does with
+``pacs-vlm worker --batch-size N``.  Generation is greedy and stops at the end-of-sequence token as in the
+worker.  Its last line is ``gpu_generate worker_sequential_studies_per_hour=... worker_batched_studies_per_hour=...
+worker_speedup=...``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -140,8 +153,9 @@ def build(arch: str, tiny: bool, device: Any, dtype: Any) -> Any:
 
     config = ARCHITECTURES[arch](tiny)
     torch.manual_seed(0)
+    model_class: Any = AutoModelForImageTextToText
     with torch.device(device):
-        model = AutoModelForImageTextToText.from_config(config, dtype=dtype)
+        model = model_class.from_config(config, dtype=dtype)
     return model.eval()
 
 
@@ -185,6 +199,157 @@ def bandwidth(device: Any) -> float | None:
     return next((value for key, value in HBM_BANDWIDTH.items() if key in name), None)
 
 
+@dataclass
+class WorkerRow:
+    """One way of drafting the same studies in a worker process."""
+
+    mode: str
+    studies: int
+    generate_calls: int
+    seconds: float
+    tokens_out: int
+
+    @property
+    def studies_per_hour(self) -> float:
+        """Studies drafted per hour on this device."""
+        return self.studies / self.seconds * 3600
+
+
+def stage_llava(directory: Path, tiny: bool, device: Any, dtype: Any) -> Path:
+    """Stage a LLaVA-1.5 checkpoint with random weights that the worker's backend loads like a real one.
+
+    The smoke model supplies the tokenizer, processor and chat template; the weights are the bench's LLaVA
+    architecture (7B, or toy sizes with ``tiny``), its image token and special tokens taken from the tokenizer.
+    """
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    from models.smoke import build_smoke_model
+
+    build_smoke_model("llava", directory)
+    staged = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    config = llava_config(tiny)
+    config.image_token_index = staged["image_token_index"]
+    config.vision_feature_layer = -2
+    config.vision_feature_select_strategy = "default"
+    vision = config.vision_config
+    config.image_seq_length = (vision.image_size // vision.patch_size) ** 2
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        setattr(config.text_config, name, staged["text_config"].get(name))
+    config.text_config.vocab_size = max(config.text_config.vocab_size, staged["text_config"]["vocab_size"])
+    (directory / "model.safetensors").unlink()
+    torch.manual_seed(0)
+    model_class: Any = AutoModelForImageTextToText
+    with torch.device(device):
+        model = model_class.from_config(config, dtype=dtype)
+    model.save_pretrained(directory)
+    del model
+    processor_file = directory / "processor_config.json"
+    processor = json.loads(processor_file.read_text(encoding="utf-8"))
+    processor["image_processor"]["size"] = {"shortest_edge": vision.image_size}
+    processor["image_processor"]["crop_size"] = {"height": vision.image_size, "width": vision.image_size}
+    processor["patch_size"] = vision.patch_size
+    processor_file.write_text(json.dumps(processor, indent=2) + "\n", encoding="utf-8")
+    return directory
+
+
+def study_requests(studies: int, images: int, new_tokens: int) -> list[Any]:
+    """Synthetic studies: grey gradient images with a bright square, one prompt each."""
+    from PIL import Image
+
+    from models.backend import GenerationRequest
+
+    def image(number: int) -> Image.Image:
+        picture = Image.linear_gradient("L").resize((512, 512)).point(lambda value: (value + 17 * number) % 256)
+        picture.paste(255, (128, 128, 256, 256))
+        return picture.convert("RGB")
+
+    return [
+        GenerationRequest(
+            request_id=f"study-{number}",
+            prompt=f"Describe the findings of study {number}.",
+            images=tuple(image(number * images + index) for index in range(images)),
+            system_prompt="You are a radiology assistant.",
+            max_new_tokens=new_tokens,
+        )
+        for number in range(studies)
+    ]
+
+
+def measure_worker(backend: Any, requests: list[Any], batch: int, wait_seconds: float, device: Any) -> list[WorkerRow]:
+    """Draft the studies one by one, then concurrently through the batcher; the same backend for both."""
+    import torch
+
+    from models.batching import BatchingBackend
+
+    def synchronize() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    backend.generate(requests[:1])  # warm-up (and the lazy load), at batch 1 and at the batch size
+    backend.generate(requests[:batch])
+    synchronize()
+    started = time.perf_counter()
+    sequential = [backend.generate([request])[0] for request in requests]
+    synchronize()
+    rows = [
+        WorkerRow(
+            "sequential",
+            len(requests),
+            len(requests),
+            time.perf_counter() - started,
+            sum(r.tokens_out for r in sequential),
+        )
+    ]
+    batcher = BatchingBackend(backend, batch_size=batch, wait_seconds=wait_seconds)
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=len(requests)) as pool:  # one thread per held message, like Celery's
+        batched = [result for results in pool.map(batcher.generate, [[r] for r in requests]) for result in results]
+    synchronize()
+    seconds = time.perf_counter() - started
+    batcher.close()
+    assert [r.request_id for r in batched] == [r.request_id for r in requests]
+    rows.append(WorkerRow("batched", len(requests), batcher.batches, seconds, sum(r.tokens_out for r in batched)))
+    return rows
+
+
+def main_worker(args: argparse.Namespace, device: Any, dtype: Any, console: Console) -> None:
+    """The worker-level case: sequential vs batched studies through the worker's backend and batcher."""
+    from models.transformers_backend import TransformersBackend
+
+    studies = args.studies or args.batch
+    arch = "llava-1.5-7b"
+    with tempfile.TemporaryDirectory(prefix="pacs-vlm-bench-") as folder:
+        directory = stage_llava(Path(folder) / arch, args.tiny, device, dtype)
+        backend = TransformersBackend(directory, device=str(device), max_new_tokens=args.new_tokens)
+        rows = measure_worker(
+            backend, study_requests(studies, args.images, args.new_tokens), args.batch, args.wait_ms / 1000, device
+        )
+    size = "toy sizes" if args.tiny else "random weights"
+    title = (
+        f"worker: {studies} studies of {args.images} images, up to {args.new_tokens} new tokens, "
+        f"batches of {args.batch}, {arch} ({size}), {device} {dtype}"
+    )
+    table = Table("mode", "studies", "calls", "seconds", "studies/h", "tok out", "tok/s", title=title)
+    for r in rows:
+        table.add_row(
+            r.mode,
+            str(r.studies),
+            str(r.generate_calls),
+            f"{r.seconds:.2f}",
+            f"{r.studies_per_hour:.1f}",
+            str(r.tokens_out),
+            f"{r.tokens_out / r.seconds:.1f}",
+        )
+    console.print(table)
+    sequential, batched = rows
+    print(
+        f"gpu_generate worker_sequential_studies_per_hour={sequential.studies_per_hour:.1f} "
+        f"worker_batched_studies_per_hour={batched.studies_per_hour:.1f} "
+        f"worker_speedup={batched.studies_per_hour / sequential.studies_per_hour:.2f}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="toy sizes on whatever device (for the test suite)")
@@ -192,6 +357,14 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=8, help="images per study (default 8)")
     parser.add_argument("--new-tokens", type=int, default=256, help="new tokens per study, forced (default 256)")
     parser.add_argument("--arch", choices=sorted(ARCHITECTURES), action="append", help="architectures (default all)")
+    parser.add_argument(
+        "--case",
+        choices=("generate", "worker"),
+        default="generate",
+        help="generate: the model alone (default); worker: studies through the worker's backend and batcher",
+    )
+    parser.add_argument("--studies", type=int, help="worker case: studies to draft (default: --batch)")
+    parser.add_argument("--wait-ms", type=float, default=200.0, help="worker case: batch wait window (default 200)")
     args = parser.parse_args()
     import torch
 
@@ -200,6 +373,9 @@ def main() -> None:
     console = Console()
     if device.type != "cuda" and not args.tiny:
         console.print("[yellow]no CUDA device: real-size models on the CPU will be very slow[/yellow]")
+    if args.case == "worker":
+        main_worker(args, device, dtype, console)
+        return
     hbm = bandwidth(device)
     rows: list[Row] = []
     for arch in args.arch or sorted(ARCHITECTURES):

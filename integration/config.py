@@ -104,6 +104,11 @@ class Settings(BaseSettings):
     #: ``auto`` (first GPU, else CPU), ``cpu`` or ``cuda:<n>``: one worker process per GPU.
     model_device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")] = "auto"
     max_new_tokens: Annotated[int, Field(ge=1, le=8192)] = 512
+    #: Studies one worker process drafts together: 1 (the default) drafts one at a time; N > 1 holds up to N
+    #: messages (a threads pool of N) and runs their requests to the in-process model as one batch.
+    batch_size: Annotated[int, Field(ge=1, le=64)] = 1
+    #: How long a batch waits for more studies after its first one arrives (milliseconds).
+    batch_wait_ms: Annotated[int, Field(ge=0, le=60000)] = 200
     #: An OpenAI-compatible server (vLLM, SGLang, ``transformers serve``), ``http(s)://host:port``: when set,
     #: the default model runs there instead of in the worker (``model`` is then not needed); named ``models``
     #: still run in the worker.

@@ -42,6 +42,21 @@ def test_tiny_gpu_generate_benchmark_runs_both_architectures_batched_and_not() -
     assert re.fullmatch(pattern, last), last
 
 
+def test_tiny_worker_case_drafts_studies_sequentially_and_batched() -> None:
+    command = [sys.executable, "-m", "bench.gpu_generate", "--tiny", "--case", "worker"]
+    command += ["--images", "2", "--new-tokens", "8", "--batch", "3", "--studies", "3"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    lines = result.stdout.strip().splitlines()
+    assert any(line.lstrip("│ ").startswith("sequential") for line in lines)
+    assert any(line.lstrip("│ ").startswith("batched") for line in lines)
+    pattern = (
+        r"gpu_generate worker_sequential_studies_per_hour=\d+\.\d "
+        r"worker_batched_studies_per_hour=\d+\.\d worker_speedup=\d+\.\d\d"
+    )
+    assert re.fullmatch(pattern, lines[-1]), lines[-1]
+
+
 def test_pipeline_benchmark_prints_the_overhead_line() -> None:
     command = [sys.executable, "-m", "bench.pipeline", "--slices", "40", "--rounds", "2"]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)

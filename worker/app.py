@@ -16,11 +16,20 @@ delivery by default); on Redis the transport option ``queue_order_strategy:
 "priority"`` (:func:`integration.queue.broker_options`) makes that order
 strict, so a waiting stat job always goes before the next routine one.  A job
 already running is never interrupted.
+
+Batching (``PACSVLM_BATCH_SIZE`` N > 1): the worker runs Celery's threads pool with N threads, so with
+prefetch 1 it holds at most N messages, each still acknowledged only after its task ran; a killed
+worker's N unacknowledged messages are delivered again.  The tasks' generation requests meet in one
+micro-batcher (:mod:`models.batching`) that owns the process's single loaded model; at shutdown the
+batcher drains before the process exits.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
+from celery.signals import worker_shutdown
 
 from integration.config import Settings
 from integration.queue import broker_options
@@ -64,4 +73,12 @@ def configure(settings: Settings) -> Celery:
         worker_send_task_events=False,
         enable_utc=True,
     )
+    worker_shutdown.connect(_drain_batchers, weak=False, dispatch_uid="pacs-vlm-drain-batchers")
     return app
+
+
+def _drain_batchers(**_: Any) -> None:
+    """At worker shutdown, run the requests still queued for the model and stop its thread."""
+    from worker.model import close_batchers
+
+    close_batchers()

@@ -23,6 +23,23 @@ def worker(
     device: Annotated[
         str | None, typer.Option(help="Override PACSVLM_MODEL_DEVICE for this process: auto, cpu or cuda:<n>.")
     ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=64,
+            help="Override PACSVLM_BATCH_SIZE: studies drafted together in one model batch (1: one at a time). "
+            "Above 1 the worker holds that many messages in a threads pool.",
+        ),
+    ] = None,
+    batch_wait_ms: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=60000,
+            help="Override PACSVLM_BATCH_WAIT_MS: how long a batch waits for more studies after its first.",
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="Log level.")] = "info",
 ) -> None:
     """Run one Celery worker process that drafts reports (start one per GPU)."""
@@ -33,6 +50,10 @@ def worker(
     if device is not None:
         os.environ["PACSVLM_MODEL_DEVICE"] = device  # the pool's child process reads the settings again
         get_settings.cache_clear()
+    for name, value in (("PACSVLM_BATCH_SIZE", batch_size), ("PACSVLM_BATCH_WAIT_MS", batch_wait_ms)):
+        if value is not None:
+            os.environ[name] = str(value)  # the tasks read the settings again
+            get_settings.cache_clear()
     settings = load_settings()
     try:
         ensure_schema(settings.database_url)
@@ -49,16 +70,15 @@ def worker(
     app = configure(settings)
     model = _model_line(settings) if analyses else "no model (deliveries only)"
     named = f", second-opinion models {', '.join(sorted(settings.models))}" if analyses and settings.models else ""
-    console.print(f"worker: {model}{named}, queue(s) {','.join(chosen)}")
+    batching = analyses and settings.batch_size > 1
+    batches = f", batches of up to {settings.batch_size} ({settings.batch_wait_ms} ms window)" if batching else ""
+    console.print(f"worker: {model}{named}, queue(s) {','.join(chosen)}{batches}")
     app.worker_main(
         [
             "worker",
             "--queues",
             ",".join(chosen),
-            "--concurrency",
-            "1",
-            "--pool",
-            "prefork",
+            *_pool_options(settings.batch_size if batching else 1),
             "--loglevel",
             log_level.upper(),
             "--hostname",
@@ -67,6 +87,17 @@ def worker(
             "--without-mingle",
         ]
     )
+
+
+def _pool_options(batch_size: int) -> list[str]:
+    """Celery pool options: one prefork child, or for batching a threads pool holding ``batch_size`` messages.
+
+    With prefetch multiplier 1 (:func:`worker.app.configure`) a pool of N takes at most N messages; each is
+    acknowledged only after its task ran, so a killed worker loses none of them.
+    """
+    if batch_size <= 1:
+        return ["--concurrency", "1", "--pool", "prefork"]
+    return ["--concurrency", str(batch_size), "--pool", "threads"]
 
 
 def _model_line(settings: Settings) -> str:

@@ -105,8 +105,46 @@ def model_backend(settings: Settings, model_name: str | None = None) -> tuple[Vi
         started = time.perf_counter()
         loaded = TransformersBackend(folder, device=settings.model_device, max_new_tokens=settings.max_new_tokens)
         loaded.load()
-        _loaded[key] = loaded
-        return loaded, time.perf_counter() - started
+        _loaded[key] = batched(settings, loaded)
+        return _loaded[key], time.perf_counter() - started
+
+
+def batched(settings: Settings, backend: VisionLanguageBackend) -> VisionLanguageBackend:
+    """Wrap an in-process backend in a micro-batcher when ``PACSVLM_BATCH_SIZE`` is above 1.
+
+    Parameters
+    ----------
+    settings : Settings
+        The settings (``batch_size``, ``batch_wait_ms``, ``analysis_soft_time_limit``).
+    backend : VisionLanguageBackend
+        The loaded backend; the batcher's single model thread becomes its only caller.
+
+    Returns
+    -------
+    VisionLanguageBackend
+        ``backend`` itself (batch size 1) or a :class:`~models.batching.BatchingBackend` around it.
+    """
+    if settings.batch_size <= 1:
+        return backend
+    from models.batching import BatchingBackend
+
+    # Celery's threads pool enforces no time limits: a caller gives up after the soft limit instead.
+    return BatchingBackend(
+        backend,
+        batch_size=settings.batch_size,
+        wait_seconds=settings.batch_wait_ms / 1000,
+        timeout=settings.analysis_soft_time_limit,
+    )
+
+
+def close_batchers() -> None:
+    """Drain and stop this process's model batchers (at worker shutdown; queued requests still run)."""
+    from models.batching import BatchingBackend
+
+    with _lock:
+        batchers = [backend for backend in _loaded.values() if isinstance(backend, BatchingBackend)]
+    for batcher in batchers:
+        batcher.close()
 
 
 def served_backend_options(settings: Settings) -> dict[str, Any]:

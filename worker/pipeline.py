@@ -138,6 +138,7 @@ def draft_study(
         "prompt_s": round(prompt_seconds, 4),
         "load_s": round(load_seconds, 4),
         "generate_s": round(result.seconds, 4),
+        "batch_size": getattr(result, "batch_size", 1),
         "parse_s": round(time.perf_counter() - started, 4),
         **release.timings(),
     }

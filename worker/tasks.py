@@ -23,6 +23,7 @@ from integration.store.reports import SkippedJob, claim_job, fail_job, instance_
 from integration.store.session import session_scope
 from integration.store.tables import utcnow
 from models.backend import ModelNotStaged
+from models.batching import BatchTimeout
 from models.prompts import UnknownPrompt, template_named
 from worker.app import app
 from worker.model import UnknownModel, model_backend
@@ -79,7 +80,7 @@ def analyze_study(self: Any, job_id: int) -> str:
     except (NoImages, ModelNotStaged, UnknownModel, UnknownPrompt) as exc:
         _fail(job_id, str(exc))
         return "failed"
-    except SoftTimeLimitExceeded:
+    except (SoftTimeLimitExceeded, BatchTimeout):
         _fail(job_id, f"analysis took longer than {settings.analysis_soft_time_limit:.0f} s (soft time limit)")
         return "failed"
     except Exception as exc:
