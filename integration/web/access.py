@@ -12,6 +12,7 @@ from fastapi import HTTPException, status
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
+from integration.dicom.header import is_valid_uid
 from integration.store.tables import Report, Study, UserRole
 from integration.web.auth import CurrentUser
 
@@ -58,6 +59,8 @@ def study_for(session: Session, user: CurrentUser, study_uid: str) -> Study:
     fastapi.HTTPException
         404 when it does not exist or belongs to another site.
     """
+    if not is_valid_uid(study_uid):  # also keeps bytes PostgreSQL refuses (NUL) away from the query
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such study")
     study: Study | None = session.scalar(visible(select(Study).where(Study.study_uid == study_uid), user))
     if study is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such study")

@@ -82,6 +82,10 @@ def events_csv(rows: list[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
+#: Filter values without control characters (PostgreSQL refuses NUL in text; nothing audited holds them).
+PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
+
+
 def audit_router() -> APIRouter:
     """Build the router of ``GET /api/audit`` (administrators only).
 
@@ -100,7 +104,9 @@ def audit_router() -> APIRouter:
     )
     def audit_events(
         request: Request,
-        actor: Annotated[str | None, Query(min_length=1, max_length=128, description="Exactly this actor.")] = None,
+        actor: Annotated[
+            str | None, Query(min_length=1, max_length=128, pattern=PRINTABLE, description="Exactly this actor.")
+        ] = None,
         action: Annotated[
             str | None,
             Query(
@@ -109,8 +115,10 @@ def audit_router() -> APIRouter:
                 description="Exactly this action, or a prefix ending in a dot (report.).",
             ),
         ] = None,
-        object_type: Annotated[str | None, Query(min_length=1, max_length=32, description="study, report, ...")] = None,
-        object_id: Annotated[str | None, Query(min_length=1, max_length=UID_LENGTH)] = None,
+        object_type: Annotated[
+            str | None, Query(min_length=1, max_length=32, pattern=PRINTABLE, description="study, report, ...")
+        ] = None,
+        object_id: Annotated[str | None, Query(min_length=1, max_length=UID_LENGTH, pattern=PRINTABLE)] = None,
         since: Annotated[datetime | None, Query(description="At or after (ISO 8601; no zone means UTC).")] = None,
         until: Annotated[datetime | None, Query(description="Before (ISO 8601; no zone means UTC).")] = None,
         limit: Annotated[int, Query(ge=1, le=MAX_QUERY_LIMIT)] = DEFAULT_QUERY_LIMIT,

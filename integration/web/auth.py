@@ -185,6 +185,10 @@ def sign_in(request: Request, username: str, password: str) -> tuple[str, Curren
     from integration.store.users import authenticate, check_login_allowed, create_session
 
     host = client_host(request)
+    if "\x00" in username:  # no account has one, and PostgreSQL refuses NUL in text: a failed sign-in as it is
+        with session_scope(_settings(request).database_url) as session:
+            record_event(session, actor=username.replace("\x00", ""), action="auth.login_failed", source=host)
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, BAD_CREDENTIALS)
     with session_scope(_settings(request).database_url) as session:
         wait = check_login_allowed(session, username, host)
         if wait is not None:

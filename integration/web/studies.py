@@ -20,6 +20,7 @@ from sqlalchemy import ColumnElement, Select, case, exists, func, select
 from sqlalchemy.orm import Session, aliased
 
 from integration.config import Settings
+from integration.dicom.header import is_valid_uid
 from integration.store.tables import Instance, Report, ReportStatus, Series, Site, Study, UserRole
 from integration.web.access import visible
 from integration.web.auth import CurrentUser, client_address, require_roles
@@ -292,6 +293,8 @@ def study_detail(session: Session, user: CurrentUser, study_uid: str) -> dict[st
     dict or None
         The study.
     """
+    if not is_valid_uid(study_uid):  # not a UID: no such study (and no NUL byte reaches PostgreSQL)
+        return None
     study = session.scalar(visible(select(Study).where(Study.study_uid == study_uid), user))
     if study is None:
         return None
