@@ -11,6 +11,8 @@ from importlib.metadata import PackageNotFoundError, version
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from integration.config import Settings
 from integration.web.audit import audit_router
@@ -65,7 +67,37 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(upload_router())
     app.include_router(pages_router())
     app.add_exception_handler(RequestValidationError, _invalid_request)
+    app.add_middleware(NoSniff)
     return app
+
+
+class NoSniff:
+    """ASGI middleware: every answer says ``X-Content-Type-Options: nosniff`` (JSON and files included).
+
+    A plain ASGI wrapper, so streamed request bodies (STOW-RS) pass through untouched.
+
+    Parameters
+    ----------
+    app : ASGI application
+        The wrapped application.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Add the header to the response start of HTTP requests."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_header(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers.setdefault("X-Content-Type-Options", "nosniff")
+            await send(message)
+
+        await self.app(scope, receive, send_with_header)
 
 
 async def _invalid_request(request: Request, exc: Exception) -> JSONResponse:

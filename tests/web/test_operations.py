@@ -53,6 +53,7 @@ def test_health_passes_on_postgres_redis_and_storage(
     api = start_api(**production_env)
     response = api.get("/health")
     assert response.status_code == 200, response.text
+    assert response.headers["x-content-type-options"] == "nosniff"  # every answer, JSON included
     body = response.json()
     assert body["status"] == "ok" and body["failing"] == []
     assert set(body["checks"]) == CHECKS
