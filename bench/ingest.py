@@ -462,7 +462,7 @@ class OurListener(Receiver):
         instances = self.data_dir / "instances"
         if instances.is_dir():
             for study in instances.iterdir():
-                if study.is_dir() and study.name != ".incoming":
+                if study.is_dir() and not study.name.startswith("."):  # keep .incoming spares and .locks
                     shutil.rmtree(study)
 
     def count(self) -> int:  # noqa: D102

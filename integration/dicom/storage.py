@@ -368,7 +368,12 @@ class InstanceLocks:
         with self._open_lock:
             fd = self._fds.get(bucket)
             if fd is None:
-                fd = os.open(self.folder / f"{bucket:02d}.lock", os.O_RDWR | os.O_CREAT, 0o640)
+                path = self.folder / f"{bucket:02d}.lock"
+                try:
+                    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o640)
+                except FileNotFoundError:  # the folder was removed (a store emptied by hand): make it again
+                    self.folder.mkdir(parents=True, exist_ok=True)
+                    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o640)
                 self._fds[bucket] = fd
             return fd
 

@@ -208,3 +208,16 @@ def test_many_folders_beyond_the_open_folder_cache(tmp_path: Path) -> None:
     assert len(store._dir_fds) == 3
     assert [(store.root / r).read_bytes() for r in written] == [bytes([i]) for i in range(10)]
     store.close()
+
+
+def test_instance_locks_make_their_folder_again_when_it_was_removed(tmp_path: Path) -> None:
+    from integration.dicom.storage import InstanceLocks
+
+    folder = tmp_path / ".locks"
+    locks = InstanceLocks(folder)
+    shutil.rmtree(folder)  # a store emptied by hand
+    try:
+        with locks.hold("1.2.3.4"):
+            assert any(folder.glob("*.lock"))
+    finally:
+        locks.close()
