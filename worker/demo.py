@@ -179,6 +179,11 @@ def run_demo(*, keep: bool = False) -> int:
         console.print(
             f"[green]{drafted} of {len(study_uids)} studies drafted; any others failed with the reason shown[/green]"
         )
+        console.print(
+            "Review them in the browser (the review page reads the same folder):\n"
+            f"  PACSVLM_DATA_DIR={DEMO_DIR} pacs-vlm users add admin --role admin\n"
+            f"  PACSVLM_DATA_DIR={DEMO_DIR} pacs-vlm api --port 8000    # then open http://127.0.0.1:8000/"
+        )
         return 0
     console.print(f"[red]demo incomplete[/red]: see {log_path}")
     return 1
