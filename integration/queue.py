@@ -44,13 +44,15 @@ def broker_options(settings: Settings) -> dict[str, Any]:
     """
     if settings.broker_url.startswith("filesystem://"):
         folder = settings.broker_folder
-        for sub in ("queue", "processed"):
+        for sub in ("queue", "processed", "control"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
         return {
             "data_folder_in": str(folder / "queue"),
             "data_folder_out": str(folder / "queue"),
             "processed_folder": str(folder / "processed"),
             "store_processed": False,
+            # exchange tables: kombu's default is ./control, in whatever folder the process started
+            "control_folder": str(folder / "control"),
         }
     if settings.broker_url.startswith(("redis://", "rediss://")):
         return {"visibility_timeout": settings.visibility_timeout, "queue_order_strategy": "priority"}

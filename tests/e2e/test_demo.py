@@ -27,6 +27,9 @@ def test_demo_drafts_every_image_study_and_explains_the_rest(tmp_path: Path) -> 
     assert "7 of 8 studies drafted" in result.stdout
     assert result.stdout.count("AI-generated draft, not verified by a radiologist.") == 7
     assert (tmp_path / "var/smoke-model/llava/config.json").is_file()
+    assert "pacs-vlm api --port 8000" in result.stdout  # how to review the drafts in the browser
+    # the file-system queue keeps everything under the data folder, its exchange tables included
+    assert (tmp_path / "var/demo/broker/control").is_dir() and not (tmp_path / "control").exists()
     engine = create_engine(f"sqlite:///{tmp_path / 'var/demo/pacs-vlm.sqlite'}")
     with engine.connect() as conn:
         states = dict(conn.execute(text("SELECT state, count(*) FROM studies GROUP BY state")).all())
