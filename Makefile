@@ -4,7 +4,16 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint bench system-deps venv clean
+# Dependencies come from uv.lock only (`uv sync --locked` never resolves anew); `make lock` refreshes it.
+# uv itself is pinned and bootstrapped with pip into .uv/. The CPU build of torch comes from the
+# machine's wheel folder (the `cpu` extra, see pyproject.toml [tool.uv]).
+UV_VERSION := 0.13.9
+UV         := .uv/bin/uv
+EXTRAS     := --extra models --extra cpu --extra dev
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+export UV_PYTHON_DOWNLOADS    := never
+
+.PHONY: demo test lint bench lock system-deps venv clean
 
 demo: system-deps venv
 	$(BIN)/pacs-vlm demo
@@ -28,13 +37,17 @@ system-deps:
 
 venv: $(STAMP)
 
-# torch is pinned and installed first from the machine's local CPU wheel, so nothing later
-# pulls a newer torch with gigabytes of CUDA packages.
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[dev,models]"
+$(UV):
+	$(PYTHON) -m venv .uv
+	.uv/bin/pip install --quiet uv==$(UV_VERSION)
+
+$(STAMP): pyproject.toml uv.lock | $(UV)
+	$(UV) sync --locked --python $(PYTHON) $(EXTRAS)
 	touch $(STAMP)
 
+# On purpose only: re-resolve every dependency to its newest allowed release, then run `make test`.
+lock: $(UV)
+	$(UV) lock --upgrade --python $(PYTHON)
+
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .uv var .pytest_cache .mypy_cache .ruff_cache

@@ -33,14 +33,30 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def stage_in_hub_cache(model_dir: Path, cache: Path, repo_id: str) -> None:
+    """Lay ``model_dir``'s config out as hub repository ``repo_id`` of a Hugging Face cache (what listing reads)."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    revision = "0" * 40
+    snapshot = repo / "snapshots" / revision
+    snapshot.mkdir(parents=True, exist_ok=True)
+    (snapshot / "config.json").write_bytes((model_dir / "config.json").read_bytes())
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(revision)
+
+
 @dataclass
 class TransformersServe:
-    """``transformers serve <model_dir>`` in a subprocess (CPU, offline, pinned to that model)."""
+    """``transformers serve [model_dir]`` in a subprocess (CPU, offline).
 
-    model_dir: Path
+    With a ``model_dir`` the server is pinned to that model and lists it alone; without one it serves any
+    model it is asked for and lists what its hub cache holds (``hub_models``: repository id -> model folder).
+    """
+
+    model_dir: Path | None
     work_dir: Path
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    hub_models: dict[str, Path] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -51,12 +67,15 @@ class TransformersServe:
         return self.work_dir / f"transformers-serve-{self.port}.log"
 
     def start(self, timeout: float = 240.0) -> TransformersServe:
-        cache = self.work_dir / "hf-cache"  # an empty hub cache: /v1/models lists nothing instead of failing
+        cache = self.work_dir / "hf-cache"  # a hub cache of our own: /v1/models lists nothing from the machine's
         cache.mkdir(parents=True, exist_ok=True)
+        for repo_id, folder in self.hub_models.items():
+            stage_in_hub_cache(folder, cache, repo_id)
         env = {k: v for k, v in os.environ.items() if not k.startswith("PACSVLM_")}
         env.update(HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(cache), TRANSFORMERS_VERBOSITY="warning")
         binary = Path(sys.executable).parent / "transformers"
-        command = [str(binary), "serve", str(self.model_dir), "--device", "cpu", "--dtype", "float32"]
+        pinned = [str(self.model_dir)] if self.model_dir is not None else []
+        command = [str(binary), "serve", *pinned, "--device", "cpu", "--dtype", "float32"]
         command += ["--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"]
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -12,8 +12,9 @@ from sqlalchemy.engine import make_url
 
 from integration.store.session import engine_for
 
-#: The repository's ``alembic.ini`` (migrations live beside the packages, in ``migrations/``).
-ALEMBIC_INI = Path(__file__).resolve().parents[2] / "alembic.ini"
+#: ``alembic.ini`` and the revisions in ``migrations/`` are package data beside this module, so a plain
+#: wheel install (the container image) migrates as well as a source checkout.
+ALEMBIC_INI = Path(__file__).resolve().parent / "alembic.ini"
 
 
 class SchemaOutOfDate(RuntimeError):
@@ -34,7 +35,7 @@ def alembic_config(database_url: str) -> Config:
         The config.
     """
     if not ALEMBIC_INI.is_file():
-        raise FileNotFoundError(f"alembic.ini not found at {ALEMBIC_INI}: install pacs-vlm from its source tree")
+        raise FileNotFoundError(f"alembic.ini not found at {ALEMBIC_INI}: the pacs-vlm installation is incomplete")
     config = Config(str(ALEMBIC_INI))
     config.attributes["database_url"] = database_url
     return config

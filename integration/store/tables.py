@@ -1,7 +1,7 @@
 """SQLAlchemy 2.0 tables: studies, series, instances, analysis jobs, audit events, sites, users, sessions.
 
 The database is the source of truth for every state.  Schema changes go
-through Alembic revisions in ``migrations/``; a test checks for drift.
+through Alembic revisions in ``integration/store/migrations/``; a test checks for drift.
 """
 
 from __future__ import annotations

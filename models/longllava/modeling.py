@@ -208,7 +208,7 @@ class LongLlavaForConditionalGeneration(JambaPreTrainedModel, GenerationMixin): 
         pixel_values: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Any = None,
+        cache: Any = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
@@ -223,8 +223,9 @@ class LongLlavaForConditionalGeneration(JambaPreTrainedModel, GenerationMixin): 
             Token ids with ``image_tokens`` image tokens per image.
         pixel_values : torch.Tensor, optional
             The images, in prompt order.
-        attention_mask, position_ids, past_key_values, inputs_embeds, use_cache
-            As for transformers' Jamba.
+        attention_mask, position_ids, cache, inputs_embeds, use_cache
+            As for transformers' Jamba (``cache`` is the hybrid attention/Mamba cache, formerly
+            ``past_key_values``).
         labels : torch.LongTensor, optional
             Targets for a language-modelling loss.
         logits_to_keep : int or torch.Tensor
@@ -245,7 +246,7 @@ class LongLlavaForConditionalGeneration(JambaPreTrainedModel, GenerationMixin): 
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             use_cache=use_cache,
             **kwargs,
         )
@@ -255,4 +256,4 @@ class LongLlavaForConditionalGeneration(JambaPreTrainedModel, GenerationMixin): 
         loss = None
         if labels is not None:
             loss = self.loss_function(logits, labels, self.vocab_size, **kwargs)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache)

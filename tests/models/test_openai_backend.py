@@ -155,11 +155,33 @@ def test_a_4xx_is_a_permanent_error_with_the_servers_message(proxy: RecordingPro
     assert "Describe the findings" not in str(quoted.value)
 
 
-def test_without_a_model_name_the_server_must_list_exactly_one(proxy: RecordingProxy) -> None:
-    backend = OpenAICompatibleBackend(proxy.url + "/v1/", model=None)
-    with pytest.raises(ModelServerRefused, match=r"serves 0 models.*PACSVLM_MODEL_SERVER_MODEL"):
-        _ = backend.identity
+def test_without_a_model_name_the_backend_takes_the_one_model_a_pinned_server_lists(
+    proxy: RecordingProxy, smoke_model_dir: Path
+) -> None:
+    # transformers serve >= 5.25 lists the model it is pinned to (with a non-OpenAI "status": loaded/unloaded).
+    backend = OpenAICompatibleBackend(proxy.url + "/v1/", model=None, max_new_tokens=4)
+    assert backend.identity.model_id == str(smoke_model_dir)
+    assert backend.identity.revision == f"server:{backend.location}"
     assert [r.path for r in proxy.requests] == ["/v1/models"]
+    [result] = backend.generate([request(5)])
+    assert result.text
+    [chat] = proxy.chat_requests()
+    assert chat.json()["model"] == str(smoke_model_dir)
+
+
+def test_without_a_model_name_a_server_listing_several_must_be_told_which(
+    smoke_model_dir: Path, tmp_path: Path
+) -> None:
+    # An unpinned server lists every generative model of its hub cache: two here, so no guess is made.
+    hub_models = {"pacs/chest-a": smoke_model_dir, "pacs/chest-b": smoke_model_dir}
+    serve = TransformersServe(None, tmp_path, hub_models=hub_models).start()
+    try:
+        backend = OpenAICompatibleBackend(serve.url, model=None)
+        listed = r"\((pacs/chest-a, pacs/chest-b|pacs/chest-b, pacs/chest-a)\)"
+        with pytest.raises(ModelServerRefused, match=rf"serves 2 models {listed}: set PACSVLM_MODEL_SERVER_MODEL"):
+            _ = backend.identity
+    finally:
+        serve.stop()
 
 
 def test_a_server_that_does_not_answer_times_out_with_a_clear_error(
