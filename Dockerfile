@@ -1,6 +1,26 @@
-# pacs-vlm: one image for every process (listen, worker, api, db upgrade); docker-compose.yml picks the command.
-FROM python:3.11-slim
+# pacs-vlm images, installed from uv.lock (the same pins as `make test`), never editable.
+#   edge   (default): listener, api, migrate (`db upgrade`), delivery worker, worker-vllm; no torch.
+#   worker: the in-process GPU worker: edge + the `models` extra with torch's CUDA build (`gpu` extra).
+# docker-compose.yml picks the target and the command.
 
+# ---- build: the wheel and the locked requirements of each image ----
+FROM python:3.11-slim AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 UV_PYTHON_DOWNLOADS=never UV_NO_CACHE=1
+WORKDIR /src
+COPY pyproject.toml uv.lock README.md ./
+# uv at the version pyproject.toml requires ([tool.uv] required-version).
+RUN pip install "uv$(sed -n 's/^required-version = "\(.*\)"/\1/p' pyproject.toml)"
+COPY integration ./integration
+COPY worker ./worker
+COPY models ./models
+# --frozen: the lock as committed, never re-resolved (the test suite checks that it matches pyproject.toml).
+RUN mkdir /dist \
+    && uv build --wheel --out-dir /dist \
+    && uv export --quiet --frozen --no-emit-project --no-header -o /dist/edge.txt \
+    && uv export --quiet --frozen --no-emit-project --no-header --extra models --extra gpu -o /dist/worker.txt
+
+# ---- edge: every process but the in-process model worker ----
+FROM python:3.11-slim AS edge
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -12,26 +32,28 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends dcmtk \
     && rm -rf /var/lib/apt/lists/*
 
-# torch first and pinned, so installing the project never pulls a different build (see Makefile).
-RUN pip install torch==2.13.0
-
-WORKDIR /app
-COPY pyproject.toml README.md alembic.ini ./
-COPY integration ./integration
-COPY worker ./worker
-COPY models ./models
-COPY migrations ./migrations
-# Editable on purpose: `pacs-vlm db upgrade` finds alembic.ini and migrations/ beside the packages
-# (integration/store/migrate.py looks two folders above itself), which a plain wheel install lacks.
-RUN pip install --editable .
+# Hash-checked, no dependency resolution: exactly the versions in uv.lock, then the wheel without deps.
+COPY --from=build /dist /tmp/dist
+RUN pip install --require-hashes --no-deps -r /tmp/dist/edge.txt \
+    && pip install --no-deps /tmp/dist/pacs_vlm-*.whl \
+    && pip check
 
 RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/pacs-vlm --no-create-home pacsvlm \
     && mkdir -p /var/lib/pacs-vlm \
     && chown pacsvlm:pacsvlm /var/lib/pacs-vlm
 USER pacsvlm
+WORKDIR /var/lib/pacs-vlm
 VOLUME ["/var/lib/pacs-vlm"]
 
 # 11112: DICOM (C-ECHO, C-STORE); 8000: review API, STOW-RS, /metrics, /health.
 EXPOSE 11112 8000
 ENTRYPOINT ["pacs-vlm"]
 CMD ["--help"]
+
+# ---- worker: the model stack on top (transformers, torch 2.13.0 CUDA build with its nvidia wheels) ----
+FROM edge AS worker
+USER root
+RUN pip install --require-hashes --no-deps -r /tmp/dist/worker.txt \
+    && pip check \
+    && rm -rf /tmp/dist
+USER pacsvlm

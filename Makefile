@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 # Dependencies come from uv.lock only (`uv sync --locked` never resolves anew); `make lock` refreshes it.
 # uv itself is pinned and bootstrapped with pip into .uv/. The CPU build of torch comes from the
 # machine's wheel folder (the `cpu` extra, see pyproject.toml [tool.uv]).
-UV_VERSION := 0.13.9
+UV_VERSION := $(shell sed -n 's/^required-version = "==\(.*\)"/\1/p' pyproject.toml)
 UV         := .uv/bin/uv
 EXTRAS     := --extra models --extra cpu --extra dev
 export UV_PROJECT_ENVIRONMENT := $(VENV)
@@ -45,9 +45,11 @@ $(STAMP): pyproject.toml uv.lock | $(UV)
 	$(UV) sync --locked --python $(PYTHON) $(EXTRAS)
 	touch $(STAMP)
 
-# On purpose only: re-resolve every dependency to its newest allowed release, then run `make test`.
+# On purpose only, then `make test` and commit uv.lock with the change (README, Upgrading dependencies):
+#   make lock                      every dependency to its newest release that pyproject.toml allows
+#   make lock PACKAGES="pydicom"   only those; everything else keeps its pin (a new dependency is added)
 lock: $(UV)
-	$(UV) lock --upgrade --python $(PYTHON)
+	$(UV) lock --python $(PYTHON) $(if $(PACKAGES),$(addprefix --upgrade-package ,$(PACKAGES)),--upgrade)
 
 clean:
 	rm -rf $(VENV) .uv var .pytest_cache .mypy_cache .ruff_cache

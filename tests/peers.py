@@ -30,6 +30,9 @@ class ListenerProcess:
     extra_env: dict[str, str] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
     ae_title: str = "PACSVLM"
+    #: How to start it: the checkout's code by default; the packaging test runs an installed console script.
+    command: list[str] = field(default_factory=lambda: [sys.executable, "-m", "worker.cli", "listen"])
+    cwd: Path = REPO
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
 
@@ -56,8 +59,8 @@ class ListenerProcess:
         self.log_path = self.data_dir / "listener.log"
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "worker.cli", "listen"],
-            cwd=REPO,
+            self.command,
+            cwd=self.cwd,
             env=self.env(),
             stdout=log,
             stderr=subprocess.STDOUT,

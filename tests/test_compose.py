@@ -7,6 +7,7 @@ No Docker engine is needed: ``docker-compose config`` validates and resolves the
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -93,7 +94,23 @@ def test_pacsvlm_services_share_production_settings(compose: dict[str, Any]) -> 
         ), name
         assert env["PACSVLM_BROKER_URL"] == "redis://redis:6379/0", name
         assert env["PACSVLM_DATA_DIR"] == "/var/lib/pacs-vlm", name
+
+
+def test_the_model_worker_has_its_own_image_with_the_model_stack(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    edge = [name for name in PACSVLM_SERVICES if name != "worker"]
+    for name in edge:
+        assert services[name]["build"]["target"] == "edge", name
         assert services[name]["image"] == services["migrate"]["image"], name
+    worker = services["worker"]
+    assert worker["build"]["target"] == "worker"
+    assert worker["build"]["dockerfile"] == services["migrate"]["build"]["dockerfile"]
+    assert worker["image"] != services["migrate"]["image"]
+    dockerfile = (REPO / worker["build"]["dockerfile"]).read_text()
+    assert "AS edge" in dockerfile and "FROM edge AS worker" in dockerfile
+    worker_stage = dockerfile.split("FROM edge AS worker", 1)[1]
+    assert "/tmp/dist/worker.txt" in worker_stage
+    assert "--extra models --extra gpu -o /dist/worker.txt" in dockerfile
 
 
 def test_calling_ae_example_is_valid_settings(compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -110,7 +127,7 @@ def test_calling_ae_example_is_valid_settings(compose: dict[str, Any], monkeypat
 def test_vllm_is_optional_and_reserves_a_gpu(compose: dict[str, Any]) -> None:
     vllm = compose["services"]["vllm"]
     assert vllm["profiles"] == ["vllm"]
-    assert vllm["image"].startswith("vllm/vllm-openai")
+    assert re.fullmatch(r"vllm/vllm-openai:v\d+\.\d+\.\d+", vllm["image"]), "pin vLLM to a release"
     assert len(gpu_devices(vllm)) == 1
     assert any(v.split(":")[1] == "/models" for v in vllm["volumes"])
     command = as_list(vllm["command"])
