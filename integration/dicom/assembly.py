@@ -22,7 +22,13 @@ from integration.dicom.study_attributes import record_study_attributes
 from integration.queue import broker_identity, send_analyze_study, send_deliver
 from integration.store.audit import record_event
 from integration.store.deliveries import deliveries_to_resend
-from integration.store.jobs import complete_stable_studies, jobs_to_send, mark_sent, record_job_error
+from integration.store.jobs import (
+    complete_stable_studies,
+    jobs_to_send,
+    mark_sent,
+    record_job_error,
+    restart_receiving_timers,
+)
 from integration.store.session import session_scope
 from integration.store.tables import AnalysisJob, utcnow
 
@@ -159,7 +165,17 @@ class StudyAssembler:
         return restarted
 
     def start(self) -> None:
-        """Run passes every ``assembly_interval`` seconds in a daemon thread."""
+        """Give receiving studies a fresh idle timer, then run passes every ``assembly_interval`` seconds.
+
+        A study whose timer ran out while no listener ran is not complete: its sender retries now.
+        """
+        try:
+            with session_scope(self.settings.database_url) as session:
+                moved = restart_receiving_timers(session, utcnow(), self.settings.stable_seconds_for)
+            if moved:
+                log.info("idle timers restarted for %d studies still receiving", moved)
+        except SQLAlchemyError as exc:
+            log.warning("idle timers not restarted (database): %s", type(exc).__name__)
         self._stop.clear()
         self._thread = threading.Thread(target=self._loop, name="study-assembly", daemon=True)
         self._thread.start()

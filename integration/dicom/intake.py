@@ -33,7 +33,7 @@ from integration.dicom.header import InstanceHeader, SopClassMismatch, file_meta
 from integration.dicom.storage import InstanceLocks, InstanceStore, StorageError, StorageFull, StoredFile
 from integration.dicom.structure import InvalidInstance
 from integration.dicom.transfer import ACCEPTED_TRANSFER_SYNTAXES
-from integration.store.ingest import Receipt, record_instance
+from integration.store.ingest import Receipt, audit_conflict, record_instance
 from integration.store.session import run_with_reconnect
 from integration.store.tables import Study, utcnow
 
@@ -314,7 +314,7 @@ class InstanceIntake:
             refused.clear()
 
             def before_commit(receipt: Receipt) -> bool:
-                if receipt.duplicate:
+                if not receipt.added:
                     return False
                 if not _claim_study(connection, receipt.study_id, origin, received):
                     refused.append("site")
@@ -346,6 +346,11 @@ class InstanceIntake:
         except BaseException:
             self._undo(files["file"])
             raise
+        if receipt.conflict is not None:
+            self._undo(files["file"])
+            log.warning("instance from %r refused: %s", origin.calling_ae, receipt.conflict.reason)
+            audit_conflict(self.database_url, receipt, header, actor=f"ae:{origin.calling_ae}")
+            return Outcome(status.INSTANCE_OF_ANOTHER_STUDY, "refused", header, receipt.conflict.reason)
         if refused:
             self._undo(files["file"])
             log.warning("instance from %r refused: its study belongs to another site", origin.calling_ae)

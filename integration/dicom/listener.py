@@ -42,7 +42,7 @@ from integration.dicom.structure import InvalidInstance
 from integration.dicom.tls import TlsConfigError, handshake_failure, server_context, subject_of
 from integration.dicom.transfer import ACCEPTED_TRANSFER_SYNTAXES
 from integration.store.audit import record_event
-from integration.store.ingest import Receipt, record_instance
+from integration.store.ingest import Receipt, audit_conflict, record_instance
 from integration.store.session import run_with_reconnect, session_scope
 from integration.store.tables import utcnow
 
@@ -181,10 +181,10 @@ class StorageSCP:
 
         def file_is_durable(receipt: Receipt) -> bool:
             stored = writing.result()
-            if not stored.created and not receipt.duplicate:
+            if not stored.created and receipt.added:
                 stored = self.store.replace(relative, chunks)  # an orphan of an earlier crash
             outcome["file"] = stored
-            return not receipt.duplicate
+            return receipt.added
 
         try:
             receipt = run_with_reconnect(
@@ -210,6 +210,11 @@ class StorageSCP:
             self._undo_file(writing, outcome)
             log.error("C-STORE from %r refused: database unavailable (%s)", calling_ae, type(exc).__name__)
             return status.OUT_OF_RESOURCES, "refused"
+        if receipt.conflict is not None:
+            self._undo_file(writing, outcome)
+            log.warning("C-STORE from %r refused: %s", calling_ae, receipt.conflict.reason)
+            audit_conflict(self.settings.database_url, receipt, header, actor=f"ae:{calling_ae}")
+            return status.INSTANCE_OF_ANOTHER_STUDY, "refused"
         if receipt.duplicate:
             stored = outcome["file"]
             if stored.created:  # same SOP instance already stored under another study/series

@@ -21,6 +21,8 @@ UNRECOGNIZED_OPERATION: Final = 0x0211
 TRANSFER_SYNTAX_NOT_SUPPORTED: Final = 0xC122
 #: Refused: not authorized (an upload to a study of another site).
 NOT_AUTHORIZED: Final = 0x0124
+#: Error (0xA900, "does not match"): the instance's series or SOP instance belongs to another study.
+INSTANCE_OF_ANOTHER_STUDY: Final = DATASET_DOES_NOT_MATCH_SOP_CLASS
 
 NAMES: Final = {
     SUCCESS: "Success",

@@ -168,9 +168,11 @@ class InstanceStore:
             Any file-system failure; nothing is left behind.
         """
         size = sum(len(chunk) for chunk in chunks)
+        final = self.root / relative_path
+        if final.exists():  # a re-sent instance: the first copy stays, and costs no write or fsync
+            return StoredFile(relative_path, size, created=False)
         if self.min_free_bytes and self.free_bytes() - size < self.min_free_bytes:
             raise StorageFull("storage headroom exhausted")
-        final = self.root / relative_path
         try:
             tmp, fd = self._temporary_file()
         except OSError as exc:

@@ -2,48 +2,92 @@
 
 The transaction upserts the study (restarting its idle timer and, for a late
 arrival, bumping its version), upserts the series and inserts the instance.
-A SOP Instance UID already present is reported as a duplicate and changes
-nothing.  On PostgreSQL the three writes are one statement (data-modifying
-CTEs), so an instance costs one round trip plus the commit; SQLite runs them
-one by one (it is in-process, round trips are free).
+A SOP Instance UID already present in the same study is a duplicate: it adds
+nothing, but while the study is still receiving it restarts the idle timer
+(a sender re-sending a study is still sending it).  An instance whose series,
+or whose SOP instance, belongs to another study is a conflict: nothing is
+written, so no sender can slip an image into another patient's study through
+a reused UID.  On PostgreSQL the writes and the checks are one statement
+(data-modifying CTEs that read the pre-statement snapshot), so an instance
+costs one round trip plus the commit; SQLite runs them one by one (it is
+in-process, round trips are free).
 """
 
 from __future__ import annotations
 
+import enum
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, case
+from sqlalchemy import Connection, Table, case, select
 from sqlalchemy.dialects import sqlite
+from sqlalchemy.exc import SQLAlchemyError
 
 from integration.dicom.header import InstanceHeader
+from integration.store.audit import record_event
+from integration.store.session import session_scope
 from integration.store.tables import Instance, Series, Study, StudyState
+
+log = logging.getLogger(__name__)
+
+
+class Conflict(enum.StrEnum):
+    """Why an instance cannot join the study it names (nothing is written)."""
+
+    #: Its Series Instance UID is a series of another study.
+    SERIES = "series"
+    #: Its SOP Instance UID is stored in another study.
+    INSTANCE = "instance"
+
+    @property
+    def reason(self) -> str:
+        """What to tell the sender (names attributes, never values)."""
+        if self is Conflict.SERIES:
+            return "the Series Instance UID belongs to another study"
+        return "the SOP Instance UID is stored in another study"
 
 
 @dataclass(frozen=True)
 class Receipt:
-    """What a commit of one instance did.
+    """What recording one instance did.
 
     Attributes
     ----------
     study_id : int
-        Row id of the study.
+        Row id of the study (of the study the instance named, also for a conflict).
     study_version : int
         Version the instance belongs to.
     duplicate : bool
-        True when the SOP instance was already stored (nothing changed).
+        True when the SOP instance was already stored in this study (no instance row was added).
+    conflict : Conflict or None
+        Set when the instance's series or SOP instance belongs to another study: nothing was committed.
+    other_study_id : int or None
+        With a conflict, the row id of the study the series or SOP instance belongs to.
     """
 
     study_id: int
     study_version: int
     duplicate: bool
+    conflict: Conflict | None = None
+    other_study_id: int | None = None
+
+    @property
+    def added(self) -> bool:
+        """Whether the instance was added (neither a duplicate nor a conflict)."""
+        return not self.duplicate and self.conflict is None
 
 
 #: Driver-level SQL (psycopg named parameters): it skips SQLAlchemy's statement compilation on the hot path.
 _POSTGRES_RECORD = """
-    WITH study AS (
+    WITH previous AS (
+        SELECT id, state FROM studies WHERE study_uid = %(study_uid)s
+    ), stored AS (
+        SELECT series.study_id FROM instances JOIN series ON series.id = instances.series_id
+        WHERE instances.sop_instance_uid = %(sop_instance_uid)s
+    ), study AS (
         INSERT INTO studies (study_uid, state, version, calling_ae, first_received_at, last_received_at,
                              stable_after, updated_at)
         VALUES (%(study_uid)s, 'receiving', 1, %(calling_ae)s, %(now)s, %(now)s, %(stable_after)s, %(now)s)
@@ -59,17 +103,20 @@ _POSTGRES_RECORD = """
         INSERT INTO series (series_uid, study_id, modality, body_part, series_number)
         SELECT %(series_uid)s, study.id, %(modality)s, %(body_part)s, %(series_number)s FROM study
         ON CONFLICT (series_uid) DO UPDATE SET series_uid = excluded.series_uid
-        RETURNING id
+        RETURNING id, study_id
     ), instance_row AS (
         INSERT INTO instances (sop_instance_uid, sop_class_uid, series_id, study_version, instance_number,
                                storage_path, size_bytes, transfer_syntax_uid, calling_ae, received_at)
         SELECT %(sop_instance_uid)s, %(sop_class_uid)s, series_row.id, study.version, %(instance_number)s,
                %(storage_path)s, %(size_bytes)s, %(transfer_syntax_uid)s, %(calling_ae)s, %(now)s
         FROM series_row, study
+        WHERE series_row.study_id = study.id
         ON CONFLICT (sop_instance_uid) DO NOTHING
         RETURNING id
     )
-    SELECT study.id, study.version, (SELECT count(*) FROM instance_row) FROM study
+    SELECT study.id, study.version, (SELECT count(*) FROM instance_row), (SELECT study_id FROM series_row),
+           (SELECT study_id FROM stored), (SELECT state FROM previous)
+    FROM study
     """
 
 
@@ -107,13 +154,16 @@ def record_instance(
         Idle time after which the study is complete.
     before_commit : callable, optional
         Called with the provisional receipt before committing; returning False
-        rolls back, raising rolls back and propagates.
+        rolls back (a duplicate's timer restart is committed all the same),
+        raising rolls back and propagates.
 
     Returns
     -------
     Receipt
-        The study and version the instance joined, or ``duplicate=True``
-        (in which case nothing was committed).
+        The study and version the instance joined; ``duplicate=True`` when it
+        was already stored there (only the timer of a receiving study moved);
+        a ``conflict`` when its series or SOP instance is another study's
+        (nothing was committed).
     """
     params: dict[str, Any] = {
         "study_uid": header.study_uid,
@@ -132,24 +182,49 @@ def record_instance(
         "stable_after": received_at + timedelta(seconds=stable_seconds),
     }
     if connection.dialect.name == "postgresql":
-        study_id, version, inserted = connection.exec_driver_sql(_POSTGRES_RECORD, params).one()
+        row = connection.exec_driver_sql(_POSTGRES_RECORD, params).one()
+        study_id, version, inserted, series_study_id, stored_study_id, previous_state = row
     else:
-        study_id, version, inserted = _record_stepwise(connection, params)
-    receipt = Receipt(study_id, version, duplicate=not inserted)
+        study_id, version, inserted, series_study_id, stored_study_id, previous_state = _record_stepwise(
+            connection, params
+        )
+    receipt = _receipt(study_id, version, bool(inserted), series_study_id, stored_study_id)
     try:
         keep = before_commit(receipt) if before_commit is not None else True
     except BaseException:
         connection.rollback()
         raise
-    if receipt.duplicate or not keep:
-        connection.rollback()
-    else:
+    if receipt.duplicate and previous_state == StudyState.RECEIVING.value:
+        connection.commit()  # the upsert only restarted the receiving study's timer: keep that
+    elif receipt.added and keep:
         connection.commit()
+    else:
+        connection.rollback()
     return receipt
 
 
-def _record_stepwise(connection: Connection, p: dict[str, Any]) -> tuple[int, int, int]:
+def _receipt(
+    study_id: int, version: int, inserted: bool, series_study_id: int | None, stored_study_id: int | None
+) -> Receipt:
+    if stored_study_id is not None and stored_study_id != study_id:
+        return Receipt(study_id, version, False, Conflict.INSTANCE, stored_study_id)
+    if series_study_id is not None and series_study_id != study_id:
+        return Receipt(study_id, version, False, Conflict.SERIES, series_study_id)
+    return Receipt(study_id, version, duplicate=not inserted)
+
+
+def _record_stepwise(
+    connection: Connection, p: dict[str, Any]
+) -> tuple[int, int, int, int | None, int | None, str | None]:
     studies, series, instances = (cast(Table, m.__table__) for m in (Study, Series, Instance))
+    previous_state = connection.execute(
+        select(studies.c.state).where(studies.c.study_uid == p["study_uid"])
+    ).scalar_one_or_none()
+    stored_study_id = connection.execute(
+        select(series.c.study_id)
+        .join(instances, instances.c.series_id == series.c.id)
+        .where(instances.c.sop_instance_uid == p["sop_instance_uid"])
+    ).scalar_one_or_none()
     late = studies.c.state != StudyState.RECEIVING.value
     study_stmt = (
         sqlite.insert(studies)
@@ -187,9 +262,11 @@ def _record_stepwise(connection: Connection, p: dict[str, Any]) -> tuple[int, in
             series_number=p["series_number"],
         )
         .on_conflict_do_update(index_elements=[series.c.series_uid], set_={"series_uid": p["series_uid"]})
-        .returning(series.c.id)
+        .returning(series.c.id, series.c.study_id)
     )
-    series_id = connection.execute(series_stmt).scalar_one()
+    series_id, series_study_id = connection.execute(series_stmt).one()
+    if series_study_id != study_id or stored_study_id is not None:
+        return study_id, version, 0, series_study_id, stored_study_id, previous_state
     instance_stmt = (
         sqlite.insert(instances)
         .values(
@@ -208,4 +285,37 @@ def _record_stepwise(connection: Connection, p: dict[str, Any]) -> tuple[int, in
         .returning(instances.c.id)
     )
     inserted = connection.execute(instance_stmt).scalar_one_or_none()
-    return study_id, version, 0 if inserted is None else 1
+    return study_id, version, 0 if inserted is None else 1, series_study_id, stored_study_id, previous_state
+
+
+def audit_conflict(database_url: str, receipt: Receipt, header: InstanceHeader, *, actor: str) -> None:
+    """Record, on the study whose series or instance was claimed, that an instance naming another study was refused.
+
+    A database failure is logged, never raised: the sender's answer does not depend on the audit.
+
+    Parameters
+    ----------
+    database_url : str
+        SQLAlchemy URL (the event is committed in its own transaction).
+    receipt : Receipt
+        A receipt with a conflict.
+    header : InstanceHeader
+        The refused instance's header (UIDs only go into the event).
+    actor : str
+        The sender (``ae:<AE title>``).
+    """
+    assert receipt.conflict is not None
+    try:
+        with session_scope(database_url) as session:
+            affected = session.scalar(select(Study.study_uid).where(Study.id == receipt.other_study_id))
+            detail = {"reason": receipt.conflict.reason, "conflict": receipt.conflict.value}
+            record_event(
+                session,
+                actor=actor,
+                action="instance.refused",
+                object_type="study",
+                object_id=affected,
+                detail={**detail, "named_study": header.study_uid},
+            )
+    except SQLAlchemyError as exc:
+        log.warning("audit event instance.refused not recorded (database): %s", type(exc).__name__)

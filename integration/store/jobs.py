@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -29,6 +29,34 @@ class PendingSend:
     job_id: int
     queue: str
     send_count: int
+
+
+def restart_receiving_timers(session: Session, now: datetime, stable_seconds_for: Callable[[str], float]) -> int:
+    """Give every study still receiving a full idle time from ``now``; return how many moved.
+
+    Called when the listener starts: while it was away nobody could send, so a study whose timer ran
+    out meanwhile is not complete, its sender is about to retry.
+
+    Parameters
+    ----------
+    session : sqlalchemy.orm.Session
+        Open session (not committed here).
+    now : datetime
+        The start time (aware, UTC).
+    stable_seconds_for : callable
+        Idle seconds for a calling AE title.
+
+    Returns
+    -------
+    int
+        Studies whose timer was pushed back.
+    """
+    moved = 0
+    for study in session.scalars(select(Study).where(Study.state == StudyState.RECEIVING)):
+        fresh = now + timedelta(seconds=stable_seconds_for(study.calling_ae))
+        if study.stable_after < fresh:
+            study.stable_after, moved = fresh, moved + 1
+    return moved
 
 
 def complete_stable_studies(

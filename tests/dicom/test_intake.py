@@ -107,9 +107,10 @@ def test_store_records_source_site_and_keeps_the_first_copy(intake: InstanceInta
     again = intake.store_part10(raw, origin(north))
     assert (again.status, again.label) == (status.SUCCESS, "duplicate")
     moved = ds.copy()
-    moved.StudyInstanceUID = "1.2.3.4.5.6.7.8"  # same SOP instance under another study: still a duplicate
+    moved.StudyInstanceUID = "1.2.3.4.5.6.7.8"  # same SOP instance under another study: refused, first copy kept
     elsewhere = intake.store_part10(part10(moved), origin(north))
-    assert elsewhere.label == "duplicate"
+    assert (elsewhere.status, elsewhere.label) == (status.INSTANCE_OF_ANOTHER_STUDY, "refused")
+    assert elsewhere.reason == "the SOP Instance UID is stored in another study"
     assert stored_files(intake.files.root) == files and files[0].read_bytes() == stored
     assert db_rows(url, "SELECT count(*) FROM instances") == [(1,)]
     assert db_rows(url, "SELECT count(*) FROM studies") == [(1,)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -16,7 +17,7 @@ from integration.config import Settings
 from integration.dicom.assembly import StudyAssembler
 from integration.dicom.header import InstanceHeader
 from integration.queue import ANALYZE_STUDY
-from integration.store.ingest import Receipt, record_instance
+from integration.store.ingest import Conflict, Receipt, record_instance
 from integration.store.migrate import ensure_schema
 from integration.store.session import engine_for, session_scope
 from integration.store.tables import AnalysisJob, AuditEvent, Instance, JobState, Series, Study, StudyState, utcnow
@@ -198,14 +199,49 @@ def test_duplicate_instance_changes_nothing(settings: Settings) -> None:
         assert session.scalars(select(Study.stable_after)).one() == stable_after
 
 
-def test_duplicate_while_receiving_changes_nothing(settings: Settings) -> None:
+def test_duplicate_while_receiving_adds_nothing_but_restarts_the_timer(settings: Settings) -> None:
     study_uid = generate_uid()
     header = a_header(study_uid)
     first = record(settings, header, past())
     receipt = record(settings, header, utcnow())
     assert receipt == Receipt(first.study_id, 1, duplicate=True)
     assert counts(settings) == (1, 1, 1)
-    assert StudyAssembler(settings).run_once().jobs_created == 1  # the timer was not restarted
+    assert study_row(settings, study_uid) == (StudyState.RECEIVING, 1)
+    assert StudyAssembler(settings).run_once().jobs_created == 0  # the sender is still sending
+    time.sleep(settings.stable_seconds_for(CALLING_AE) + 0.5)
+    assert StudyAssembler(settings).run_once().jobs_created == 1
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def either_database(request: pytest.FixtureRequest, settings: Settings, tmp_path: Path) -> Settings:
+    """PostgreSQL (one statement) and SQLite (step by step): the two ways an instance is recorded."""
+    if request.param == "postgresql":
+        return settings
+    url = f"sqlite:///{tmp_path / 'embedded.sqlite'}"
+    ensure_schema(url)
+    return settings.model_copy(update={"database_url": url})
+
+
+def test_an_instance_of_another_studys_series_or_sop_instance_is_a_conflict_that_writes_nothing(
+    either_database: Settings,
+) -> None:
+    settings = either_database
+    study_uid = generate_uid()
+    victim = a_header(study_uid)
+    first = record(settings, victim, past())
+    before = counts(settings)
+    borrowed_series = a_header(generate_uid(), series_uid=victim.series_uid)
+    borrowed_instance = dataclasses.replace(a_header(generate_uid()), sop_instance_uid=victim.sop_instance_uid)
+
+    series_receipt = record(settings, borrowed_series, utcnow())
+    instance_receipt = record(settings, borrowed_instance, utcnow())
+
+    assert (series_receipt.conflict, series_receipt.other_study_id) == (Conflict.SERIES, first.study_id)
+    assert (instance_receipt.conflict, instance_receipt.other_study_id) == (Conflict.INSTANCE, first.study_id)
+    assert not series_receipt.added and not instance_receipt.added
+    assert counts(settings) == before  # no placeholder study, series or instance
+    with session_scope(settings.database_url) as session:
+        assert session.scalars(select(Study.study_uid)).all() == [study_uid]
 
 
 def test_reconciler_resends_a_lost_message(migrated_postgres_url: str, redis_url: str, tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ import httpx
 import pydicom
 import pytest
 from pydicom import config as pydicom_config
+from pydicom.uid import generate_uid
 
 from integration.dicom.intake import STOW_AE, split_part10
 from integration.dicom.samples import pydicom_test_file, write_ct_series
@@ -425,3 +426,34 @@ def test_orthanc_pushes_a_study_with_its_stow_rs_client(api: ApiProcess, migrate
         orthanc.post_json("/dicom-web/servers/pacsvlm/stow", {"Resources": [study], "Synchronous": True})
     assert db_rows(migrated_postgres_url, "SELECT sop_instance_uid FROM instances") == [(uid_of(CT),)]
     assert db_rows(migrated_postgres_url, "SELECT source FROM studies") == [("stow",)]
+
+
+def test_an_instance_reusing_another_studys_series_or_sop_instance_uid_is_refused(
+    api: ApiProcess, migrated_postgres_url: str
+) -> None:
+    # A NORTH study arrives; a SOUTH uploader then names a study of its own but reuses the NORTH series
+    # (or the NORTH instance): neither may join, or open, any study.
+    north = pydicom.dcmread(pydicom_test_file(CT))
+    assert stow(api, multipart([("application/dicom", encoded(north))])).status_code == 200
+    north_study = str(north.StudyInstanceUID)
+
+    same_series = north.copy()
+    same_series.StudyInstanceUID, same_series.SOPInstanceUID = generate_uid(), generate_uid()
+    same_instance = north.copy()
+    same_instance.StudyInstanceUID, same_instance.SeriesInstanceUID = generate_uid(), generate_uid()
+    same_instance.file_meta.MediaStorageSOPInstanceUID = north.SOPInstanceUID
+    same_series.file_meta.MediaStorageSOPInstanceUID = same_series.SOPInstanceUID
+    body = multipart([("application/dicom", encoded(same_series)), ("application/dicom", encoded(same_instance))])
+
+    answer = stow(api, body, user="up_south")
+
+    assert answer.status_code == 409, answer.text
+    assert failed(answer.json()) == [(str(same_series.SOPInstanceUID), 0xA900), (str(north.SOPInstanceUID), 0xA900)]
+    assert db_rows(migrated_postgres_url, "SELECT study_uid FROM studies") == [(north_study,)]
+    assert db_rows(migrated_postgres_url, "SELECT count(*) FROM instances") == [(1,)]
+    assert len(stored_files(api)) == 1
+    events = db_rows(
+        migrated_postgres_url,
+        "SELECT object_id, detail->>'conflict' FROM audit_events WHERE action = 'instance.refused' ORDER BY id",
+    )
+    assert events == [(north_study, "series"), (north_study, "instance")]
