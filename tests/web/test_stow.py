@@ -7,6 +7,7 @@ CT series; users and sites are made with the store functions.
 from __future__ import annotations
 
 import base64
+import copy
 import io
 import re
 import socket
@@ -437,9 +438,9 @@ def test_an_instance_reusing_another_studys_series_or_sop_instance_uid_is_refuse
     assert stow(api, multipart([("application/dicom", encoded(north))])).status_code == 200
     north_study = str(north.StudyInstanceUID)
 
-    same_series = north.copy()
+    same_series = copy.deepcopy(north)
     same_series.StudyInstanceUID, same_series.SOPInstanceUID = generate_uid(), generate_uid()
-    same_instance = north.copy()
+    same_instance = copy.deepcopy(north)
     same_instance.StudyInstanceUID, same_instance.SeriesInstanceUID = generate_uid(), generate_uid()
     same_instance.file_meta.MediaStorageSOPInstanceUID = north.SOPInstanceUID
     same_series.file_meta.MediaStorageSOPInstanceUID = same_series.SOPInstanceUID
