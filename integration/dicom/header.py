@@ -8,6 +8,7 @@ encodes the Part 10 preamble and file meta for storing those bytes as a file.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import struct
 import zlib
@@ -25,6 +26,7 @@ from integration.dicom.structure import (
     INSTANCE_NUMBER,
     MODALITY,
     NUMBER_OF_FRAMES,
+    PATIENT_IDENTITY,
     SERIES_NUMBER,
     SERIES_UID,
     SOP_CLASS_UID,
@@ -93,6 +95,9 @@ class InstanceHeader:
         From the series module, when present.
     series_number, instance_number : int or None
         From the header, when present and numeric.
+    patient_key : str or None
+        A digest of the patient identity (Patient ID, Issuer of Patient ID, Patient's Name, Birth Date; see
+        :func:`patient_key`): every instance of a study must carry the same. The values themselves are not kept.
     """
 
     sop_class_uid: str
@@ -104,6 +109,32 @@ class InstanceHeader:
     body_part: str | None = None
     series_number: int | None = None
     instance_number: int | None = None
+    patient_key: str | None = None
+
+
+def patient_key(values: dict[int, bytes]) -> str:
+    """Digest the patient identity of raw header values (SHA-256, hex).
+
+    Values are compared as sent, except for what encodings vary in without naming another patient: padding
+    (spaces, NULs), letter case of ASCII names and empty trailing name components (``DOE^JOHN^^``).
+
+    Parameters
+    ----------
+    values : dict of int to bytes
+        Raw top-level values by tag (absent attributes count as empty).
+
+    Returns
+    -------
+    str
+        64 hex digits.
+    """
+    parts = []
+    for tag in PATIENT_IDENTITY:
+        raw = values.get(tag, b"").strip(b" \x00")
+        if tag == PATIENT_IDENTITY[2]:
+            raw = raw.rstrip(b"^=").upper()
+        parts.append(raw)
+    return hashlib.sha256(b"\x1f".join(parts)).hexdigest()
 
 
 def _inflate(data: bytes | memoryview, max_inflated_bytes: int) -> bytes:
@@ -186,6 +217,7 @@ def read_header(
         body_part=_text(values.get(BODY_PART), 64),
         series_number=_integer(values.get(SERIES_NUMBER)),
         instance_number=_integer(values.get(INSTANCE_NUMBER)),
+        patient_key=patient_key(values),
     )
     if expected_sop_class_uid is not None and header.sop_class_uid != expected_sop_class_uid:
         raise SopClassMismatch("SOP Class UID differs from the C-STORE request")

@@ -23,6 +23,12 @@ SERIES_UID = 0x0020000E
 SERIES_NUMBER = 0x00200011
 INSTANCE_NUMBER = 0x00200013
 NUMBER_OF_FRAMES = 0x00280008
+PATIENT_NAME = 0x00100010
+PATIENT_ID = 0x00100020
+ISSUER_OF_PATIENT_ID = 0x00100021
+PATIENT_BIRTH_DATE = 0x00100030
+#: The patient identity an instance must share with the other instances of its study.
+PATIENT_IDENTITY = (PATIENT_ID, ISSUER_OF_PATIENT_ID, PATIENT_NAME, PATIENT_BIRTH_DATE)
 PIXEL_DATA = 0x7FE00010
 #: The top-level tags whose raw values :func:`walk_dataset` returns.
 WANTED = frozenset(
@@ -36,6 +42,7 @@ WANTED = frozenset(
         SERIES_NUMBER,
         INSTANCE_NUMBER,
         NUMBER_OF_FRAMES,
+        *PATIENT_IDENTITY,
     }
 )
 

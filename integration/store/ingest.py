@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, case, select
+from sqlalchemy import Connection, Table, case, func, select
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -41,13 +41,20 @@ class Conflict(enum.StrEnum):
     SERIES = "series"
     #: Its SOP Instance UID is stored in another study.
     INSTANCE = "instance"
+    #: Its patient identity (ID, issuer, name, birth date) differs from the study's.
+    PATIENT = "patient"
 
     @property
     def reason(self) -> str:
         """What to tell the sender (names attributes, never values)."""
-        if self is Conflict.SERIES:
-            return "the Series Instance UID belongs to another study"
-        return "the SOP Instance UID is stored in another study"
+        return _REASONS[self]
+
+
+_REASONS = {
+    Conflict.SERIES: "the Series Instance UID belongs to another study",
+    Conflict.INSTANCE: "the SOP Instance UID is stored in another study",
+    Conflict.PATIENT: "the patient identity (ID, issuer, name, birth date) differs from the study's",
+}
 
 
 @dataclass(frozen=True)
@@ -83,15 +90,17 @@ class Receipt:
 #: Driver-level SQL (psycopg named parameters): it skips SQLAlchemy's statement compilation on the hot path.
 _POSTGRES_RECORD = """
     WITH previous AS (
-        SELECT id, state FROM studies WHERE study_uid = %(study_uid)s
+        SELECT id, state, patient_key FROM studies WHERE study_uid = %(study_uid)s
     ), stored AS (
         SELECT series.study_id FROM instances JOIN series ON series.id = instances.series_id
         WHERE instances.sop_instance_uid = %(sop_instance_uid)s
     ), study AS (
         INSERT INTO studies (study_uid, state, version, calling_ae, first_received_at, last_received_at,
-                             stable_after, updated_at)
-        VALUES (%(study_uid)s, 'receiving', 1, %(calling_ae)s, %(now)s, %(now)s, %(stable_after)s, %(now)s)
+                             stable_after, updated_at, patient_key)
+        VALUES (%(study_uid)s, 'receiving', 1, %(calling_ae)s, %(now)s, %(now)s, %(stable_after)s, %(now)s,
+                %(patient_key)s)
         ON CONFLICT (study_uid) DO UPDATE SET
+            patient_key = COALESCE(studies.patient_key, excluded.patient_key),
             version = CASE WHEN studies.state <> 'receiving' THEN studies.version + 1 ELSE studies.version END,
             state = 'receiving',
             last_received_at = excluded.last_received_at,
@@ -115,7 +124,7 @@ _POSTGRES_RECORD = """
         RETURNING id
     )
     SELECT study.id, study.version, (SELECT count(*) FROM instance_row), (SELECT study_id FROM series_row),
-           (SELECT study_id FROM stored), (SELECT state FROM previous)
+           (SELECT study_id FROM stored), (SELECT state FROM previous), (SELECT patient_key FROM previous)
     FROM study
     """
 
@@ -180,15 +189,17 @@ def record_instance(
         "calling_ae": calling_ae,
         "now": received_at,
         "stable_after": received_at + timedelta(seconds=stable_seconds),
+        "patient_key": header.patient_key,
     }
+    row: tuple[Any, ...]
     if connection.dialect.name == "postgresql":
-        row = connection.exec_driver_sql(_POSTGRES_RECORD, params).one()
-        study_id, version, inserted, series_study_id, stored_study_id, previous_state = row
+        row = tuple(connection.exec_driver_sql(_POSTGRES_RECORD, params).one())
     else:
-        study_id, version, inserted, series_study_id, stored_study_id, previous_state = _record_stepwise(
-            connection, params
-        )
+        row = _record_stepwise(connection, params)
+    study_id, version, inserted, series_study_id, stored_study_id, previous_state, previous_key = row
     receipt = _receipt(study_id, version, bool(inserted), series_study_id, stored_study_id)
+    if receipt.conflict is None and previous_key is not None and previous_key != header.patient_key:
+        receipt = Receipt(study_id, version, False, Conflict.PATIENT, study_id)
     try:
         keep = before_commit(receipt) if before_commit is not None else True
     except BaseException:
@@ -215,11 +226,12 @@ def _receipt(
 
 def _record_stepwise(
     connection: Connection, p: dict[str, Any]
-) -> tuple[int, int, int, int | None, int | None, str | None]:
+) -> tuple[int, int, int, int | None, int | None, str | None, str | None]:
     studies, series, instances = (cast(Table, m.__table__) for m in (Study, Series, Instance))
-    previous_state = connection.execute(
-        select(studies.c.state).where(studies.c.study_uid == p["study_uid"])
-    ).scalar_one_or_none()
+    previous = connection.execute(
+        select(studies.c.state, studies.c.patient_key).where(studies.c.study_uid == p["study_uid"])
+    ).one_or_none()
+    previous_state, previous_key = previous if previous is not None else (None, None)
     stored_study_id = connection.execute(
         select(series.c.study_id)
         .join(instances, instances.c.series_id == series.c.id)
@@ -237,6 +249,7 @@ def _record_stepwise(
             last_received_at=p["now"],
             stable_after=p["stable_after"],
             updated_at=p["now"],
+            patient_key=p["patient_key"],
         )
         .on_conflict_do_update(
             index_elements=[studies.c.study_uid],
@@ -247,6 +260,7 @@ def _record_stepwise(
                 "stable_after": p["stable_after"],
                 "calling_ae": p["calling_ae"],
                 "updated_at": p["now"],
+                "patient_key": func.coalesce(studies.c.patient_key, p["patient_key"]),
             },
         )
         .returning(studies.c.id, studies.c.version)
@@ -266,7 +280,7 @@ def _record_stepwise(
     )
     series_id, series_study_id = connection.execute(series_stmt).one()
     if series_study_id != study_id or stored_study_id is not None:
-        return study_id, version, 0, series_study_id, stored_study_id, previous_state
+        return study_id, version, 0, series_study_id, stored_study_id, previous_state, previous_key
     instance_stmt = (
         sqlite.insert(instances)
         .values(
@@ -285,7 +299,8 @@ def _record_stepwise(
         .returning(instances.c.id)
     )
     inserted = connection.execute(instance_stmt).scalar_one_or_none()
-    return study_id, version, 0 if inserted is None else 1, series_study_id, stored_study_id, previous_state
+    inserted_count = 0 if inserted is None else 1
+    return study_id, version, inserted_count, series_study_id, stored_study_id, previous_state, previous_key
 
 
 def audit_conflict(database_url: str, receipt: Receipt, header: InstanceHeader, *, actor: str) -> None:

@@ -139,6 +139,9 @@ class Study(Base):
     priority: Mapped[str] = mapped_column(String(8), default="routine", server_default="routine")
     #: How the study arrived: ``dicom`` (C-STORE), ``stow`` (STOW-RS) or ``upload`` (photo upload).
     source: Mapped[str] = mapped_column(String(8), default="dicom", server_default="dicom")
+    #: Digest of the patient identity of the study's first instance (``InstanceHeader.patient_key``): an
+    #: instance naming another patient is refused, never merged.
+    patient_key: Mapped[str | None] = mapped_column(String(64))
     #: Worklist attributes, read from a stored instance when the study becomes stable (patient data: never logged).
     patient_id: Mapped[str | None] = mapped_column(String(64))
     patient_name: Mapped[str | None] = mapped_column(String(192))

@@ -221,7 +221,34 @@ def test_a_valid_minimal_dataset_is_accepted() -> None:
             modality="CT",
             series_number=3,
             instance_number=7,
+            patient_key=header.patient_key({}),  # no patient module: the identity of empty values
         )
+
+
+def test_the_patient_key_ignores_encoding_differences_but_not_another_patient() -> None:
+    identity = {
+        "PatientID": "MRN1",
+        "IssuerOfPatientID": "NORTH",
+        "PatientName": "DOE^JANE",
+        "PatientBirthDate": "19700101",
+    }
+
+    def key(implicit: bool = False, **changes: str) -> str | None:
+        ds = minimal_dataset(**{**identity, **changes})
+        return read_header(encode(ds, implicit=implicit), syntax(implicit)).patient_key
+
+    reference = key()
+    assert reference is not None and len(reference) == 64
+    assert key(implicit=True) == reference
+    assert key(PatientName="doe^jane^^") == key(PatientName="DOE^JANE ") == reference
+    for attribute, other in (
+        ("PatientID", "MRN2"),
+        ("IssuerOfPatientID", "SOUTH"),
+        ("PatientName", "DOE^JOHN"),
+        ("PatientBirthDate", "19700102"),
+    ):
+        assert key(**{attribute: other}) != reference, attribute
+    assert "MRN1" not in repr(read_header(encode(minimal_dataset(**identity), implicit=False), syntax(False)))
 
 
 @pytest.mark.usefixtures("no_write_validation")

@@ -99,3 +99,36 @@ def test_a_full_re_send_after_the_listener_was_killed_and_away_gives_one_draft_o
     assert db_rows(migrated_postgres_url, "SELECT study_version FROM analysis_jobs") == [(1,)]
     assert db_rows(migrated_postgres_url, "SELECT count(*), max(study_version) FROM instances") == [(40, 1)]
     assert "idle timers restarted for 1 studies still receiving" in second.log()
+
+
+def test_an_instance_naming_another_patient_is_refused_and_the_study_keeps_its_patient(
+    listener: ListenerProcess, tmp_path: Path
+) -> None:
+    series = write_ct_series(tmp_path / "ct", 3, rows=32, columns=32)
+    originals = [
+        rewritten(path, tmp_path / f"north{i}.dcm", PatientName="NORTH^ALICE") for i, path in enumerate(series)
+    ]
+    assert storescu(listener.port, originals[:2]).returncode == 0
+    study = str(pydicom.dcmread(originals[0], stop_before_pixels=True).StudyInstanceUID)
+
+    relabelled = rewritten(series[2], tmp_path / "evil.dcm", PatientName="EVIL^C")
+    other_id = rewritten(series[2], tmp_path / "other-id.dcm", PatientName="NORTH^ALICE", PatientID="X-999")
+    assert send_raw(listener.port, relabelled) == 0xA900
+    assert send_raw(listener.port, other_id) == 0xA900
+    # The same patient written differently (letter case, empty trailing name components) is the same patient.
+    same = rewritten(series[2], tmp_path / "same.dcm", PatientName="north^alice^^")
+    assert send_raw(listener.port, same) == 0x0000
+
+    assert db_rows(listener.database_url, "SELECT count(*) FROM instances") == [(3,)]
+    events = db_rows(
+        listener.database_url,
+        "SELECT object_id, detail->>'conflict' FROM audit_events WHERE action = 'instance.refused' ORDER BY id",
+    )
+    assert events == [(study, "patient"), (study, "patient")]
+    wait_until(
+        lambda: db_rows(listener.database_url, "SELECT state FROM studies") == [("queued",)],
+        timeout=30,
+        message="study queued",
+    )
+    [(name,)] = db_rows(listener.database_url, "SELECT patient_name FROM studies")
+    assert name.upper().rstrip("^") == "NORTH^ALICE"  # the worklist never shows the relabelled patient

@@ -434,3 +434,19 @@ def test_reconciler_resends_a_job_whose_worker_was_lost_past_the_hard_time_limit
     with session_scope(settings.database_url) as session:
         again = claim_job(session, job_id, max_attempts=3, now=utcnow())
     assert getattr(again, "attempt", None) == 2  # the new delivery counts as the second attempt
+
+
+def test_an_instance_of_another_patient_is_a_conflict_that_writes_nothing(either_database: Settings) -> None:
+    settings = either_database
+    study_uid = generate_uid()
+    first = record(settings, dataclasses.replace(a_header(study_uid), patient_key="a" * 64), past())
+    before = counts(settings)
+
+    other = record(settings, dataclasses.replace(a_header(study_uid), patient_key="b" * 64), utcnow())
+    unknown = record(settings, dataclasses.replace(a_header(study_uid), patient_key=None), utcnow())
+    same = record(settings, dataclasses.replace(a_header(study_uid), patient_key="a" * 64), utcnow())
+
+    assert (other.conflict, other.other_study_id) == (Conflict.PATIENT, first.study_id)
+    assert unknown.conflict is Conflict.PATIENT
+    assert same.added
+    assert counts(settings) == (before[0], before[1] + 1, before[2] + 1)
