@@ -5,8 +5,8 @@
 the first copy of a SOP instance wins), record the rows (:func:`~integration.store.ingest.record_instance`) and
 commit only once the file is safe; on any failure nothing is left half-written and a named DICOM status says
 why.  On top of the listener it records where the study came from: its ``source`` (when this instance opened
-the study) and its site (the uploader's, when the study has none yet; an instance for a study of another
-site is refused unless the sender may act for every site), in the same transaction.
+the study), in the same transaction; the study's site is the first sender's for good, and an instance for a
+study of another site is refused unless the sender may act for every site (``record_instance`` decides).
 
 Two stores of one SOP instance never overlap: a lock per SOP Instance UID bucket, held across threads (a
 ``threading.Lock``) and processes (``flock`` on a file in the store's ``.locks`` folder), spans the file write
@@ -307,18 +307,14 @@ class InstanceIntake:
             log.error("instance from %r refused: %s", origin.calling_ae, exc)
             return Outcome(status.OUT_OF_RESOURCES, "refused", header, "the file could not be written")
         files = {"file": written}
-        refused: list[str] = []
         received = utcnow()
 
         def work(connection: Connection) -> Receipt:
-            refused.clear()
 
             def before_commit(receipt: Receipt) -> bool:
                 if not receipt.added:
                     return False
-                if not _claim_study(connection, receipt.study_id, origin, received):
-                    refused.append("site")
-                    return False
+                _record_source(connection, receipt.study_id, origin, received)
                 if not files["file"].created:  # an orphan of a crash: no row refers to it
                     files["file"] = self.files.replace(relative, chunks)
                 return True
@@ -331,6 +327,8 @@ class InstanceIntake:
                 calling_ae=origin.calling_ae,
                 received_at=received,
                 stable_seconds=origin.stable_seconds,
+                site_id=origin.site_id,
+                any_site=origin.any_site,
                 before_commit=before_commit,
             )
 
@@ -350,11 +348,7 @@ class InstanceIntake:
             self._undo(files["file"])
             log.warning("instance from %r refused: %s", origin.calling_ae, receipt.conflict.reason)
             audit_conflict(self.database_url, receipt, header, actor=f"ae:{origin.calling_ae}")
-            return Outcome(status.INSTANCE_OF_ANOTHER_STUDY, "refused", header, receipt.conflict.reason)
-        if refused:
-            self._undo(files["file"])
-            log.warning("instance from %r refused: its study belongs to another site", origin.calling_ae)
-            return Outcome(NOT_AUTHORIZED, "refused", header, "the study belongs to another site")
+            return Outcome(status.for_conflict(receipt.conflict), "refused", header, receipt.conflict.reason)
         if receipt.duplicate:
             self._undo(files["file"])  # a first copy under another study or series path is kept
             return Outcome(status.SUCCESS, "duplicate", header)
@@ -366,23 +360,13 @@ class InstanceIntake:
             self.files.remove(written.relative_path)
 
 
-def _claim_study(connection: Connection, study_id: int, origin: Origin, received: datetime) -> bool:
-    """Give the study its source and site inside the recording transaction; False when it is another site's."""
-    if origin.site_id is None and origin.source == "dicom":
-        return True  # the listener's case: the column defaults already say so, no round trip
-    site_id, first_received = connection.execute(
-        select(Study.site_id, Study.first_received_at).where(Study.id == study_id)
-    ).one()
-    if site_id is not None and origin.site_id is not None and site_id != origin.site_id and not origin.any_site:
-        return False
-    values: dict[str, object] = {}
-    if site_id is None and origin.site_id is not None:
-        values["site_id"] = origin.site_id
-    if first_received == received:  # this instance opened the study
-        values["source"] = origin.source
-    if values:
-        connection.execute(update(Study).where(Study.id == study_id).values(**values))
-    return True
+def _record_source(connection: Connection, study_id: int, origin: Origin, received: datetime) -> None:
+    """Record how the study arrived when this instance opened it (inside the recording transaction)."""
+    if origin.source == "dicom":
+        return  # the column's default already says so: no round trip
+    first_received = connection.execute(select(Study.first_received_at).where(Study.id == study_id)).scalar_one()
+    if first_received == received:
+        connection.execute(update(Study).where(Study.id == study_id).values(source=origin.source))
 
 
 _intakes: dict[tuple[str, str, bool, int], InstanceIntake] = {}

@@ -22,6 +22,7 @@ from typing import Any
 
 from pynetdicom import AllStoragePresentationContexts, build_context
 from pynetdicom.presentation import PresentationContext
+from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from integration.config import Settings
@@ -44,13 +45,44 @@ from integration.dicom.transfer import ACCEPTED_TRANSFER_SYNTAXES
 from integration.store.audit import record_event
 from integration.store.ingest import Receipt, audit_conflict, record_instance
 from integration.store.session import run_with_reconnect, session_scope
-from integration.store.tables import utcnow
+from integration.store.tables import Site, utcnow
 
 log = logging.getLogger(__name__)
 
 
 class ListenerConfigError(ValueError):
     """The settings do not allow a safe listener (for example, nobody may send)."""
+
+
+class SiteDirectory:
+    """The site of each calling AE (``PACSVLM_CALLING_AES``, ``site``), as the row id its studies get.
+
+    Codes are looked up once; a code without a site row yet is looked up again on the next instance, so
+    ``pacs-vlm sites add`` takes effect without a restart.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._ids: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def site_id_for(self, calling_ae: str) -> int | None:
+        """Return the site row id of ``calling_ae``'s configured site, or None (no site, or not created yet)."""
+        peer = self.settings.calling_aes.get(calling_ae)
+        code = peer.site.upper() if peer is not None and peer.site else None
+        if code is None:
+            return None
+        with self._lock:
+            if code in self._ids:
+                return self._ids[code]
+        with session_scope(self.settings.database_url) as session:
+            site_id = session.scalar(select(Site.id).where(Site.code == code))
+        if site_id is None:
+            log.warning("calling AE %r names site %r, which does not exist: its studies get no site", calling_ae, code)
+            return None
+        with self._lock:
+            self._ids[code] = site_id
+        return site_id
 
 
 class StorageSCP:
@@ -71,6 +103,7 @@ class StorageSCP:
         # on the same store (first copy wins, no lost file).
         self._instance_locks = InstanceLocks(store.root / ".locks")
         self._file_writers = ThreadPoolExecutor(settings.max_associations, thread_name_prefix="instance-writer")
+        self._sites = SiteDirectory(settings)
 
     # -- association life cycle -------------------------------------------------
 
@@ -197,6 +230,7 @@ class StorageSCP:
                     calling_ae=calling_ae,
                     received_at=utcnow(),
                     stable_seconds=self.settings.stable_seconds_for(calling_ae),
+                    site_id=self._sites.site_id_for(calling_ae),
                     before_commit=file_is_durable,
                 ),
             )
@@ -214,7 +248,7 @@ class StorageSCP:
             self._undo_file(writing, outcome)
             log.warning("C-STORE from %r refused: %s", calling_ae, receipt.conflict.reason)
             audit_conflict(self.settings.database_url, receipt, header, actor=f"ae:{calling_ae}")
-            return status.INSTANCE_OF_ANOTHER_STUDY, "refused"
+            return status.for_conflict(receipt.conflict), "refused"
         if receipt.duplicate:
             stored = outcome["file"]
             if stored.created:  # same SOP instance already stored under another study/series

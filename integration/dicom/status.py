@@ -21,7 +21,7 @@ UNRECOGNIZED_OPERATION: Final = 0x0211
 TRANSFER_SYNTAX_NOT_SUPPORTED: Final = 0xC122
 #: Refused: not authorized (an upload to a study of another site).
 NOT_AUTHORIZED: Final = 0x0124
-#: Error (0xA900, "does not match"): the instance's series or SOP instance belongs to another study.
+#: Error (0xA900, "does not match"): the instance's series, SOP instance or patient is another study's.
 INSTANCE_OF_ANOTHER_STUDY: Final = DATASET_DOES_NOT_MATCH_SOP_CLASS
 
 NAMES: Final = {
@@ -35,3 +35,8 @@ NAMES: Final = {
     TRANSFER_SYNTAX_NOT_SUPPORTED: "Failure: Transfer Syntax Not Supported",
     NOT_AUTHORIZED: "Refused: Not Authorized",
 }
+
+
+def for_conflict(conflict: str) -> int:
+    """The status refusing an instance that conflicts with its study (``integration.store.ingest.Conflict``)."""
+    return NOT_AUTHORIZED if conflict == "site" else INSTANCE_OF_ANOTHER_STUDY

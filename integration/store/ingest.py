@@ -43,6 +43,8 @@ class Conflict(enum.StrEnum):
     INSTANCE = "instance"
     #: Its patient identity (ID, issuer, name, birth date) differs from the study's.
     PATIENT = "patient"
+    #: The study belongs to another site than the sender's (a study's site is fixed by its first instance).
+    SITE = "site"
 
     @property
     def reason(self) -> str:
@@ -54,6 +56,7 @@ _REASONS = {
     Conflict.SERIES: "the Series Instance UID belongs to another study",
     Conflict.INSTANCE: "the SOP Instance UID is stored in another study",
     Conflict.PATIENT: "the patient identity (ID, issuer, name, birth date) differs from the study's",
+    Conflict.SITE: "the study belongs to another site",
 }
 
 
@@ -90,22 +93,21 @@ class Receipt:
 #: Driver-level SQL (psycopg named parameters): it skips SQLAlchemy's statement compilation on the hot path.
 _POSTGRES_RECORD = """
     WITH previous AS (
-        SELECT id, state, patient_key FROM studies WHERE study_uid = %(study_uid)s
+        SELECT id, state, patient_key, site_id FROM studies WHERE study_uid = %(study_uid)s
     ), stored AS (
         SELECT series.study_id FROM instances JOIN series ON series.id = instances.series_id
         WHERE instances.sop_instance_uid = %(sop_instance_uid)s
     ), study AS (
         INSERT INTO studies (study_uid, state, version, calling_ae, first_received_at, last_received_at,
-                             stable_after, updated_at, patient_key)
+                             stable_after, updated_at, patient_key, site_id)
         VALUES (%(study_uid)s, 'receiving', 1, %(calling_ae)s, %(now)s, %(now)s, %(stable_after)s, %(now)s,
-                %(patient_key)s)
+                %(patient_key)s, %(site_id)s)
         ON CONFLICT (study_uid) DO UPDATE SET
             patient_key = COALESCE(studies.patient_key, excluded.patient_key),
             version = CASE WHEN studies.state <> 'receiving' THEN studies.version + 1 ELSE studies.version END,
             state = 'receiving',
             last_received_at = excluded.last_received_at,
             stable_after = excluded.stable_after,
-            calling_ae = excluded.calling_ae,
             updated_at = excluded.updated_at
         RETURNING id, version
     ), series_row AS (
@@ -124,7 +126,8 @@ _POSTGRES_RECORD = """
         RETURNING id
     )
     SELECT study.id, study.version, (SELECT count(*) FROM instance_row), (SELECT study_id FROM series_row),
-           (SELECT study_id FROM stored), (SELECT state FROM previous), (SELECT patient_key FROM previous)
+           (SELECT study_id FROM stored), (SELECT state FROM previous), (SELECT patient_key FROM previous),
+           (SELECT site_id FROM previous)
     FROM study
     """
 
@@ -138,6 +141,8 @@ def record_instance(
     calling_ae: str,
     received_at: datetime,
     stable_seconds: float,
+    site_id: int | None = None,
+    any_site: bool = False,
     before_commit: Callable[[Receipt], bool] | None = None,
 ) -> Receipt:
     """Add one received instance to the study it belongs to, and commit.
@@ -161,6 +166,11 @@ def record_instance(
         Arrival time (aware, UTC).
     stable_seconds : float
         Idle time after which the study is complete.
+    site_id : int, optional
+        The sender's site: a new study belongs to it for good; an existing study of another site (or of
+        none, when the sender has one, and the reverse) refuses the instance.
+    any_site : bool
+        The sender may add to a study of any site (administrators' uploads).
     before_commit : callable, optional
         Called with the provisional receipt before committing; returning False
         rolls back (a duplicate's timer restart is committed all the same),
@@ -190,14 +200,17 @@ def record_instance(
         "now": received_at,
         "stable_after": received_at + timedelta(seconds=stable_seconds),
         "patient_key": header.patient_key,
+        "site_id": site_id,
     }
     row: tuple[Any, ...]
     if connection.dialect.name == "postgresql":
         row = tuple(connection.exec_driver_sql(_POSTGRES_RECORD, params).one())
     else:
         row = _record_stepwise(connection, params)
-    study_id, version, inserted, series_study_id, stored_study_id, previous_state, previous_key = row
+    study_id, version, inserted, series_study_id, stored_study_id, previous_state, previous_key, previous_site = row
     receipt = _receipt(study_id, version, bool(inserted), series_study_id, stored_study_id)
+    if receipt.conflict is None and previous_state is not None and not any_site and previous_site != site_id:
+        receipt = Receipt(study_id, version, False, Conflict.SITE, study_id)
     if receipt.conflict is None and previous_key is not None and previous_key != header.patient_key:
         receipt = Receipt(study_id, version, False, Conflict.PATIENT, study_id)
     try:
@@ -224,14 +237,12 @@ def _receipt(
     return Receipt(study_id, version, duplicate=not inserted)
 
 
-def _record_stepwise(
-    connection: Connection, p: dict[str, Any]
-) -> tuple[int, int, int, int | None, int | None, str | None, str | None]:
+def _record_stepwise(connection: Connection, p: dict[str, Any]) -> tuple[Any, ...]:
     studies, series, instances = (cast(Table, m.__table__) for m in (Study, Series, Instance))
-    previous = connection.execute(
-        select(studies.c.state, studies.c.patient_key).where(studies.c.study_uid == p["study_uid"])
+    found = connection.execute(
+        select(studies.c.state, studies.c.patient_key, studies.c.site_id).where(studies.c.study_uid == p["study_uid"])
     ).one_or_none()
-    previous_state, previous_key = previous if previous is not None else (None, None)
+    previous = tuple(found) if found is not None else (None, None, None)
     stored_study_id = connection.execute(
         select(series.c.study_id)
         .join(instances, instances.c.series_id == series.c.id)
@@ -250,6 +261,7 @@ def _record_stepwise(
             stable_after=p["stable_after"],
             updated_at=p["now"],
             patient_key=p["patient_key"],
+            site_id=p["site_id"],
         )
         .on_conflict_do_update(
             index_elements=[studies.c.study_uid],
@@ -258,7 +270,6 @@ def _record_stepwise(
                 "state": StudyState.RECEIVING.value,
                 "last_received_at": p["now"],
                 "stable_after": p["stable_after"],
-                "calling_ae": p["calling_ae"],
                 "updated_at": p["now"],
                 "patient_key": func.coalesce(studies.c.patient_key, p["patient_key"]),
             },
@@ -280,7 +291,7 @@ def _record_stepwise(
     )
     series_id, series_study_id = connection.execute(series_stmt).one()
     if series_study_id != study_id or stored_study_id is not None:
-        return study_id, version, 0, series_study_id, stored_study_id, previous_state, previous_key
+        return study_id, version, 0, series_study_id, stored_study_id, *previous
     instance_stmt = (
         sqlite.insert(instances)
         .values(
@@ -300,7 +311,7 @@ def _record_stepwise(
     )
     inserted = connection.execute(instance_stmt).scalar_one_or_none()
     inserted_count = 0 if inserted is None else 1
-    return study_id, version, inserted_count, series_study_id, stored_study_id, previous_state, previous_key
+    return study_id, version, inserted_count, series_study_id, stored_study_id, *previous
 
 
 def audit_conflict(database_url: str, receipt: Receipt, header: InstanceHeader, *, actor: str) -> None:

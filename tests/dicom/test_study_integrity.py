@@ -15,6 +15,8 @@ import pydicom
 from pydicom.uid import generate_uid
 
 from integration.dicom.samples import write_ct_series
+from integration.store.session import session_scope
+from integration.store.users import create_site
 from tests.dicom.test_listener import send_raw, study_states
 from tests.peers import ListenerProcess, storescu, wait_until
 from tests.records import db_rows
@@ -132,3 +134,37 @@ def test_an_instance_naming_another_patient_is_refused_and_the_study_keeps_its_p
     )
     [(name,)] = db_rows(listener.database_url, "SELECT patient_name FROM studies")
     assert name.upper().rstrip("^") == "NORTH^ALICE"  # the worklist never shows the relabelled patient
+
+
+def test_a_studys_site_is_fixed_by_its_first_sender_and_other_sites_senders_are_refused(
+    listener_factory: Callable[..., ListenerProcess], migrated_postgres_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    with session_scope(migrated_postgres_url) as session:
+        north, south = (create_site(session, code, code.title()).id for code in ("NORTH", "SOUTH"))
+    calling_aes = {"CT_NORTH": {"site": "NORTH"}, "CT_SOUTH": {"site": "SOUTH"}, "PACS": {}}
+    listener = listener_factory(migrated_postgres_url, redis_url, calling_aes=calling_aes, stable_seconds=30.0)
+    series = write_ct_series(tmp_path / "ct", 4, rows=32, columns=32)
+    assert storescu(listener.port, series[:2], calling_ae="CT_NORTH").returncode == 0
+    study = str(pydicom.dcmread(series[0], stop_before_pixels=True).StudyInstanceUID)
+    # Inside the stable window, as the attack did: the study is still receiving.
+    assert db_rows(migrated_postgres_url, "SELECT state, site_id FROM studies") == [("receiving", north)]
+
+    assert send_raw(listener.port, series[2], calling_ae="CT_SOUTH") == 0x0124
+    assert send_raw(listener.port, series[3], calling_ae="PACS") == 0x0124  # no site is not every site
+    assert send_raw(listener.port, series[2], calling_ae="CT_NORTH") == 0x0000
+
+    assert db_rows(migrated_postgres_url, "SELECT site_id, calling_ae FROM studies") == [(north, "CT_NORTH")]
+    assert db_rows(migrated_postgres_url, "SELECT count(*) FROM instances") == [(3,)]
+    events = db_rows(
+        migrated_postgres_url,
+        "SELECT actor, object_id, detail->>'conflict' FROM audit_events WHERE action = 'instance.refused' ORDER BY id",
+    )
+    assert events == [("ae:CT_SOUTH", study, "site"), ("ae:PACS", study, "site")]
+
+    # A study opened by a sender without a site stays without one: a site's sender cannot claim it.
+    unsited = write_ct_series(tmp_path / "ct2", 2, rows=32, columns=32)
+    assert storescu(listener.port, unsited[:1], calling_ae="PACS").returncode == 0
+    assert send_raw(listener.port, unsited[1], calling_ae="CT_SOUTH") == 0x0124
+    other = str(pydicom.dcmread(unsited[0], stop_before_pixels=True).StudyInstanceUID)
+    assert db_rows(migrated_postgres_url, f"SELECT site_id FROM studies WHERE study_uid = '{other}'") == [(None,)]
+    assert south not in {row[0] for row in db_rows(migrated_postgres_url, "SELECT site_id FROM studies")}

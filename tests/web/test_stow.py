@@ -40,6 +40,7 @@ from integration.web.multipart_related import (
     parse_media_type,
 )
 from tests.orthanc import DICOMWEB_PLUGIN, ORTHANC, OrthancServer
+from tests.peers import storescu
 from tests.records import db_rows
 from tests.web.conftest import ApiProcess
 
@@ -458,3 +459,36 @@ def test_an_instance_reusing_another_studys_series_or_sop_instance_uid_is_refuse
         "SELECT object_id, detail->>'conflict' FROM audit_events WHERE action = 'instance.refused' ORDER BY id",
     )
     assert events == [(north_study, "series"), (north_study, "instance")]
+
+
+def test_another_sites_uploader_cannot_join_or_move_a_modalitys_study(
+    api: ApiProcess,
+    users: dict[str, int],
+    listener_factory: Callable[..., Any],
+    migrated_postgres_url: str,
+    redis_url: str,
+    tmp_path: Path,
+) -> None:
+    # A NORTH modality's study is still receiving (inside the stable window) when a SOUTH uploader STOWs an
+    # instance with its Study UID: refused, audited, and the study stays NORTH's.
+    listener = listener_factory(
+        migrated_postgres_url, redis_url, calling_aes={"CT_NORTH": {"site": "NORTH"}}, stable_seconds=30.0
+    )
+    series = write_ct_series(tmp_path / "ct", 2, rows=32, columns=32)
+    assert storescu(listener.port, series[:1], calling_ae="CT_NORTH").returncode == 0
+    study = str(pydicom.dcmread(series[0], stop_before_pixels=True).StudyInstanceUID)
+
+    answer = stow(api, multipart([("application/dicom", series[1].read_bytes())]), user="up_south")
+
+    assert answer.status_code == 409, answer.text
+    sop = str(pydicom.dcmread(series[1], stop_before_pixels=True).SOPInstanceUID)
+    assert failed(answer.json()) == [(sop, 0x0124)]
+    assert db_rows(migrated_postgres_url, "SELECT site_id, state FROM studies") == [(users["NORTH"], "receiving")]
+    assert db_rows(migrated_postgres_url, "SELECT count(*) FROM instances") == [(1,)]
+    events = db_rows(
+        migrated_postgres_url,
+        "SELECT object_id, detail->>'conflict' FROM audit_events WHERE action = 'instance.refused' ORDER BY id",
+    )
+    assert events == [(study, "site")]
+    # The NORTH uploader may add to it.
+    assert stow(api, multipart([("application/dicom", series[1].read_bytes())])).status_code == 200
