@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, case, func, select
+from sqlalchemy import Connection, Table, case, func, select, update
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -207,7 +207,16 @@ def record_instance(
         row = tuple(connection.exec_driver_sql(_POSTGRES_RECORD, params).one())
     else:
         row = _record_stepwise(connection, params)
-    study_id, version, inserted, series_study_id, stored_study_id, previous_state, previous_key, previous_site = row
+    (
+        study_id,
+        version,
+        inserted,
+        series_study_id,
+        stored_study_id,
+        previous_state,
+        previous_key,
+        previous_site,
+    ) = row
     receipt = _receipt(study_id, version, bool(inserted), series_study_id, stored_study_id)
     if receipt.conflict is None and previous_state is not None and not any_site and previous_site != site_id:
         receipt = Receipt(study_id, version, False, Conflict.SITE, study_id)
@@ -219,7 +228,14 @@ def record_instance(
         connection.rollback()
         raise
     if receipt.duplicate and previous_state == StudyState.RECEIVING.value:
-        connection.commit()  # the upsert only restarted the receiving study's timer: keep that
+        # Nothing of the instance is kept (not even a series row it named), only the timer restart.
+        connection.rollback()
+        connection.execute(
+            update(Study)
+            .where(Study.id == study_id, Study.state == StudyState.RECEIVING)
+            .values(last_received_at=received_at, stable_after=params["stable_after"], updated_at=received_at)
+        )
+        connection.commit()
     elif receipt.added and keep:
         connection.commit()
     else:

@@ -450,3 +450,15 @@ def test_an_instance_of_another_patient_is_a_conflict_that_writes_nothing(either
     assert unknown.conflict is Conflict.PATIENT
     assert same.added
     assert counts(settings) == (before[0], before[1] + 1, before[2] + 1)
+
+
+def test_a_re_sent_instance_under_another_series_uid_adds_no_series_row(either_database: Settings) -> None:
+    settings = either_database
+    header = a_header(generate_uid())
+    record(settings, header, past())
+    before = counts(settings)
+    receipt = record(settings, dataclasses.replace(header, series_uid=generate_uid()), utcnow())
+    assert receipt.duplicate and receipt.conflict is None
+    assert counts(settings) == before  # only the timer moved
+    with session_scope(settings.database_url) as session:
+        assert session.scalars(select(Study.stable_after)).one() > utcnow()
