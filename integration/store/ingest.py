@@ -73,9 +73,11 @@ class Receipt:
     duplicate : bool
         True when the SOP instance was already stored in this study (no instance row was added).
     conflict : Conflict or None
-        Set when the instance's series or SOP instance belongs to another study: nothing was committed.
+        Set when the instance cannot join its study (another study's series or SOP instance, another
+        patient, another site): nothing was committed.
     other_study_id : int or None
-        With a conflict, the row id of the study the series or SOP instance belongs to.
+        With a conflict, the row id of the study it concerns (the one whose series or SOP instance was
+        reused, else the named study itself).
     """
 
     study_id: int
@@ -181,8 +183,7 @@ def record_instance(
     Receipt
         The study and version the instance joined; ``duplicate=True`` when it
         was already stored there (only the timer of a receiving study moved);
-        a ``conflict`` when its series or SOP instance is another study's
-        (nothing was committed).
+        a ``conflict`` when it cannot join the study (nothing was committed).
     """
     params: dict[str, Any] = {
         "study_uid": header.study_uid,
@@ -217,11 +218,16 @@ def record_instance(
         previous_key,
         previous_site,
     ) = row
-    receipt = _receipt(study_id, version, bool(inserted), series_study_id, stored_study_id)
-    if receipt.conflict is None and previous_state is not None and not any_site and previous_site != site_id:
+    if stored_study_id is not None and stored_study_id != study_id:
+        receipt = Receipt(study_id, version, False, Conflict.INSTANCE, stored_study_id)
+    elif series_study_id is not None and series_study_id != study_id:
+        receipt = Receipt(study_id, version, False, Conflict.SERIES, series_study_id)
+    elif previous_state is not None and not any_site and previous_site != site_id:
         receipt = Receipt(study_id, version, False, Conflict.SITE, study_id)
-    if receipt.conflict is None and previous_key is not None and previous_key != header.patient_key:
+    elif previous_key is not None and previous_key != header.patient_key:
         receipt = Receipt(study_id, version, False, Conflict.PATIENT, study_id)
+    else:
+        receipt = Receipt(study_id, version, duplicate=not inserted)
     try:
         keep = before_commit(receipt) if before_commit is not None else True
     except BaseException:
@@ -241,16 +247,6 @@ def record_instance(
     else:
         connection.rollback()
     return receipt
-
-
-def _receipt(
-    study_id: int, version: int, inserted: bool, series_study_id: int | None, stored_study_id: int | None
-) -> Receipt:
-    if stored_study_id is not None and stored_study_id != study_id:
-        return Receipt(study_id, version, False, Conflict.INSTANCE, stored_study_id)
-    if series_study_id is not None and series_study_id != study_id:
-        return Receipt(study_id, version, False, Conflict.SERIES, series_study_id)
-    return Receipt(study_id, version, duplicate=not inserted)
 
 
 def _record_stepwise(connection: Connection, p: dict[str, Any]) -> tuple[Any, ...]:
