@@ -35,6 +35,7 @@ from integration.reports.sr import Algorithm, ReportForSr, Verification, build_d
 from integration.reports.sr_content import SeenFrame, SrFinding, sr_text
 from integration.store.revisions import (
     SIGNABLE,
+    NotReportOfRecord,
     ReportDocument,
     ReportNotSignable,
     SignedVersion,
@@ -43,6 +44,7 @@ from integration.store.revisions import (
     load_report,
     next_version,
     record_draft_sr_path,
+    record_refusal,
     record_signed_version,
     report_revisions,
 )
@@ -350,15 +352,20 @@ def sign_report(
     integration.store.revisions.UnknownReport
         No report has this id.
     integration.store.revisions.ReportNotSignable
-        The report was superseded or rejected.
+        The report was superseded or rejected; :class:`~integration.store.revisions.NotReportOfRecord` when it
+        is a second opinion or another report of the study is signed (a study has one report of record).
     integration.store.revisions.VersionTaken
         A concurrent signature took the version; sign again.
     """
     verification = Verification(author, organization, signed_at or utcnow())
     with session_scope(settings.database_url) as session:
         report = load_report(session, report_id)
+        row = session.get(Report, report_id)
+        refusal = record_refusal(session, row) if row is not None else None
     if report.status not in SIGNABLE:
         raise ReportNotSignable(f"report {report_id} is {report.status} and cannot be signed")
+    if refusal is not None:
+        raise NotReportOfRecord(refusal)
     images_seen = sorted({int(e["image"]) for e in _seen_frames(report.evidence)})
     edited = None if findings is None else checked_findings(findings, images_seen)
     draft_path = ensure_draft_sr(settings, report_id)

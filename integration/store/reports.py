@@ -21,6 +21,7 @@ from integration.store.tables import (
     Instance,
     JobState,
     Report,
+    ReportPurpose,
     ReportStatus,
     Series,
     Study,
@@ -199,7 +200,8 @@ def record_draft(session: Session, job_id: int, draft: DraftRecord, now: datetim
 
     Idempotent: a draft for the same study version, model, revision and
     prompt version is never written twice; the existing one's id is returned.
-    A draft of a job superseded meanwhile is kept with status ``superseded``.
+    A draft of a job superseded meanwhile is kept with status ``superseded``.  A second opinion's draft gets the
+    purpose ``second_opinion`` (material for the study's report of record, never signed).
 
     Parameters
     ----------
@@ -229,6 +231,7 @@ def record_draft(session: Session, job_id: int, draft: DraftRecord, now: datetim
         "status": (ReportStatus.DRAFT if current else ReportStatus.SUPERSEDED).value,
         "ai_generated": True,
         "verification": "UNVERIFIED",
+        "purpose": (ReportPurpose.SECOND_OPINION if job.purpose == ReportPurpose.SECOND_OPINION.value else ReportPurpose.PRIMARY).value,
         "created_at": now,
         **draft.__dict__,
     }

@@ -4,6 +4,11 @@ Every function that writes commits its own short transaction; files are written 
 :mod:`integration.reports.drafts` before the row that names them is committed.  A report row is
 locked while a version is added (``FOR UPDATE`` on PostgreSQL) and ``(report, version)`` is unique,
 so two signatures never get the same version.
+
+A study has one report of record (:func:`report_of_record`): its primary report.  A second opinion is never
+signed and a study never gets a second signed report: signing again adds a version to the signed report (an
+amendment with its predecessor chain).  :func:`record_refusal` says why a report may not be signed; the
+database enforces the same with a CHECK constraint and a partial unique index (migration 0007).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from integration.store.tables import (
     AuditEvent,
     Instance,
     Report,
+    ReportPurpose,
     ReportRevision,
     ReportStatus,
     RevisionStatus,
@@ -39,6 +45,10 @@ class UnknownReport(LookupError):
 
 class ReportNotSignable(ValueError):
     """The report may not be signed (superseded by a newer study version, or rejected)."""
+
+
+class NotReportOfRecord(ReportNotSignable):
+    """The report is not its study's report of record (a second opinion, or the study has a signed report)."""
 
 
 class VersionTaken(RuntimeError):
@@ -278,6 +288,73 @@ def next_version(session: Session, report_id: int) -> int:
     return int(newest or 1) + 1
 
 
+def report_of_record(session: Session, study_id: int) -> int | None:
+    """Return the id of a study's report of record: its signed report, else its newest primary draft.
+
+    Parameters
+    ----------
+    session : sqlalchemy.orm.Session
+        Open session.
+    study_id : int
+        The study.
+
+    Returns
+    -------
+    int or None
+        The report id; None when the study has neither (no primary draft yet, or only rejected ones).
+    """
+    signed = session.scalar(select(Report.id).where(Report.study_id == study_id, Report.status == ReportStatus.SIGNED))
+    if signed is not None:
+        return int(signed)
+    draft = session.scalar(
+        select(Report.id)
+        .where(
+            Report.study_id == study_id,
+            Report.status == ReportStatus.DRAFT,
+            Report.purpose == ReportPurpose.PRIMARY,
+        )
+        .order_by(Report.study_version.desc(), Report.id.desc())
+        .limit(1)
+    )
+    return int(draft) if draft is not None else None
+
+
+def record_refusal(session: Session, report: Report) -> str | None:
+    """Say why a report may not be signed as its study's report of record, or None when it may.
+
+    Parameters
+    ----------
+    session : sqlalchemy.orm.Session
+        Open session.
+    report : Report
+        The report to sign.
+
+    Returns
+    -------
+    str or None
+        A sentence for the radiologist: a second opinion is material for the report of record; a study
+        that has a signed report is amended (a new version of that report), never signed twice.
+    """
+    if report.purpose is ReportPurpose.SECOND_OPINION:
+        primary = report_of_record(session, report.study_id)
+        target = f"report {primary}" if primary is not None else "the study's primary report"
+        return (
+            f"report {report.id} is a second opinion: it is material for the study's report of record ({target}) "
+            f"and is not signed itself; copy its findings into {target} and sign that"
+        )
+    signed = session.scalar(
+        select(Report.id).where(
+            Report.study_id == report.study_id, Report.status == ReportStatus.SIGNED, Report.id != report.id
+        )
+    )
+    if signed is not None:
+        return (
+            f"this study already has a signed report of record (report {signed}); a later reading amends that "
+            f"report (a new version of report {signed}), it is never a second final report"
+        )
+    return None
+
+
 def record_signed_version(
     session: Session, signed: SignedVersion, *, before_commit: Callable[[Session, Report, int], object] | None = None
 ) -> int:
@@ -305,6 +382,8 @@ def record_signed_version(
         No report has this id.
     ReportNotSignable
         The report was superseded or rejected meanwhile.
+    NotReportOfRecord
+        The report is a second opinion, or another report of the study was signed (see :func:`record_refusal`).
     VersionTaken
         Another signature stored this version first.
     """
@@ -318,6 +397,9 @@ def record_signed_version(
         state = report.status.value
         session.rollback()
         raise ReportNotSignable(f"report {signed.report_id} is {state} and cannot be signed")
+    if (refusal := record_refusal(session, report)) is not None:
+        session.rollback()
+        raise NotReportOfRecord(refusal)
     revision = ReportRevision(
         report_id=report.id,
         version=signed.version,
@@ -338,6 +420,13 @@ def record_signed_version(
         session.rollback()
         raise VersionTaken(f"version {signed.version} of report {signed.report_id} was stored meanwhile") from exc
     report.status = ReportStatus.SIGNED
+    try:
+        session.flush()  # the database's own check: one signed report per study, never a second opinion
+    except IntegrityError as exc:
+        session.rollback()
+        raise NotReportOfRecord(
+            f"report {signed.report_id} cannot be signed: another report of this study was signed meanwhile"
+        ) from exc
     study = session.get(Study, report.study_id)
     if study is not None and study.version == report.study_version and study.state == StudyState.DRAFTED:
         study.state = StudyState.SIGNED

@@ -14,6 +14,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    CheckConstraint,
     DateTime,
     Enum,
     Float,
@@ -26,6 +27,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
 )
+from sqlalchemy import text as sql_text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -90,6 +92,17 @@ class ReportStatus(enum.StrEnum):
     SUPERSEDED = "superseded"
     SIGNED = "signed"
     REJECTED = "rejected"
+
+
+class ReportPurpose(enum.StrEnum):
+    """Why a report was drafted: the study's own reading, or a second opinion that is material for it.
+
+    A study has one report of record, its primary report; a second opinion is compared with it and its
+    findings may be copied into it, but it is never signed (a CHECK constraint of ``reports``).
+    """
+
+    PRIMARY = "primary"
+    SECOND_OPINION = "second_opinion"
 
 
 def _enum(kind: type[enum.StrEnum], name: str) -> Enum:
@@ -281,12 +294,26 @@ class Report(Base):
     sr_sop_instance_uid: Mapped[str | None] = mapped_column(String(UID_LENGTH), unique=True)
     sr_series_uid: Mapped[str | None] = mapped_column(String(UID_LENGTH))
     sr_path: Mapped[str | None] = mapped_column(String(255))
+    #: Primary (the study's report of record) or a second opinion (never signed); from the job's purpose.
+    purpose: Mapped[ReportPurpose] = mapped_column(
+        _enum(ReportPurpose, "report_purpose"), default=ReportPurpose.PRIMARY, server_default="primary"
+    )
 
     revisions: Mapped[list[ReportRevision]] = relationship(back_populates="report", order_by="ReportRevision.version")
 
     __table_args__ = (
         UniqueConstraint(
             "study_id", "study_version", "model_id", "model_revision", "prompt_version", name="uq_reports_draft_key"
+        ),
+        # One report of record per study: a second opinion is never signed ...
+        CheckConstraint(f"purpose = '{ReportPurpose.PRIMARY.value}' OR status != 'signed'", name="signed_is_primary"),
+        # ... and a study has at most one signed report (signing it again adds a version, never a second report).
+        Index(
+            "uq_reports_study_id_signed",
+            "study_id",
+            unique=True,
+            sqlite_where=sql_text("status = 'signed'"),
+            postgresql_where=sql_text("status = 'signed'"),
         ),
     )
 

@@ -90,6 +90,8 @@ def test_check_constraints_and_indexes_match_the_tables(database_url: str) -> No
             "ck_studies_study_state",
             "ck_analysis_jobs_job_state",
             "ck_reports_report_status",
+            "ck_reports_report_purpose",
+            "ck_reports_signed_is_primary",
             "ck_report_revisions_revision_status",
             "ck_deliveries_delivery_state",
             "ck_users_user_role",
