@@ -16,6 +16,7 @@ from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from integration.store.opinions import SECOND_OPINION
 from integration.store.tables import (
     AnalysisJob,
     Instance,
@@ -231,7 +232,7 @@ def record_draft(session: Session, job_id: int, draft: DraftRecord, now: datetim
         "status": (ReportStatus.DRAFT if current else ReportStatus.SUPERSEDED).value,
         "ai_generated": True,
         "verification": "UNVERIFIED",
-        "purpose": (ReportPurpose.SECOND_OPINION if job.purpose == ReportPurpose.SECOND_OPINION.value else ReportPurpose.PRIMARY).value,
+        "purpose": ReportPurpose.SECOND_OPINION.value if job.purpose == SECOND_OPINION else ReportPurpose.PRIMARY.value,
         "created_at": now,
         **draft.__dict__,
     }
