@@ -70,10 +70,34 @@ class Settings(BaseSettings):
     calling_aes: dict[str, CallingAE] = Field(default_factory=dict)
     accept_any_calling_ae: bool = False
     max_associations: Annotated[int, Field(ge=1)] = 16
+    #: Associations one calling AE, or one host, may hold at once (defaults: half of ``max_associations``;
+    #: all of them for a host, which may run several AEs).
+    max_associations_per_ae: Annotated[int, Field(ge=1)] | None = None
+    max_associations_per_host: Annotated[int, Field(ge=1)] | None = None
+    #: Slots only an AE and host holding no association may take (at most a quarter of ``max_associations``).
+    reserved_associations: Annotated[int, Field(ge=0)] = 2
+    #: Connections waiting to associate (TLS handshake, association request), in all and per host; more are
+    #: closed at once.
+    max_pending_connections: Annotated[int, Field(ge=1)] = 64
+    max_pending_per_host: Annotated[int, Field(ge=1)] = 16
+    #: A host rejected this many times within ``rejection_window`` seconds is turned away at connect for
+    #: ``rejected_host_block`` seconds (doubling while it keeps at it).
+    rejections_before_block: Annotated[int, Field(ge=1)] = 20
+    rejection_window: Annotated[float, Field(gt=0)] = 10.0
+    rejected_host_block: Annotated[float, Field(gt=0)] = 30.0
     max_pdu_length: Annotated[int, Field(ge=4096, le=4_194_304)] = 131_072
     max_instance_bytes: Annotated[int, Field(ge=1024)] = 2_147_483_648
     #: Largest STOW-RS request body (all parts together) and photo upload request.
     max_upload_bytes: Annotated[int, Field(ge=1024)] = 4_294_967_296
+    #: Largest body of any other request (JSON, forms): refused (413) before it is read.
+    max_request_bytes: Annotated[int, Field(ge=1024)] = 1_048_576
+    #: Most parts (instances) in one STOW-RS request; more is refused (413) as it arrives.
+    max_stow_parts: Annotated[int, Field(ge=1)] = 10_000
+    #: Most pixels of an uploaded photo (its DICOM file holds 3 bytes per pixel); more is refused unread.
+    max_photo_pixels: Annotated[int, Field(ge=1)] = 24_000_000
+    #: Uploads (STOW-RS requests and photos) one user may have in progress at once, and start per minute.
+    max_uploads_in_progress: Annotated[int, Field(ge=1)] = 4
+    max_uploads_per_minute: Annotated[int, Field(ge=1)] = 600
     acse_timeout: Annotated[float, Field(gt=0)] = 30.0
     dimse_timeout: Annotated[float, Field(gt=0)] = 60.0
     network_timeout: Annotated[float, Field(gt=0)] = 60.0
@@ -88,6 +112,17 @@ class Settings(BaseSettings):
     #: Port of the TLS listener.  Unset (or equal to ``listen_port``): ``listen_port`` speaks TLS only.
     #: Set to another port (2762 is IANA's dicom-tls): TLS there, plain TCP stays on ``listen_port``.
     tls_port: Annotated[int, Field(ge=1, le=65535)] | None = None
+
+    #: Addresses of reverse proxies whose X-Forwarded-For/-Proto the API believes (comma-separated; ``*`` for
+    #: any).  Empty (the default): no proxy is trusted and the client is the peer of the TCP connection.
+    forwarded_allow_ips: str = ""
+    #: ``/metrics`` and ``/openapi.json`` answer anyone when true; otherwise only loopback clients, an
+    #: administrator's session or ``Authorization: Bearer <operations_token>``.
+    operations_public: bool = False
+    operations_token: SecretStr | None = None
+    #: ``/health`` fails (503) when free space is below ``min_free_bytes`` plus this much: instances of
+    #: that size would already be refused.
+    health_free_margin_bytes: Annotated[int, Field(ge=0)] = 268_435_456
 
     stable_seconds: Annotated[float, Field(gt=0)] = 30.0
     assembly_interval: Annotated[float, Field(gt=0)] = 1.0

@@ -4,6 +4,13 @@ The task negotiates the association, then reads PDUs, reassembles DIMSE
 messages and answers C-ECHO and C-STORE.  Storing runs in a worker thread
 (file fsync and the database commit block), so many associations proceed
 at once while the event loop only moves bytes.
+
+Nothing is decoded before the requestor is known: the A-ASSOCIATE-RQ's fixed
+fields (calling and called AE) are checked, and a slot is taken, before the
+rest of the request is read; the rest is decoded in a separate thread.  A
+message's command set is bounded, and a large data set goes to a spool file
+as it arrives (:mod:`integration.dicom.spool`), so one association holds at
+most about one MiB whatever it sends.
 """
 
 from __future__ import annotations
@@ -21,12 +28,18 @@ from pynetdicom.presentation import PresentationContext
 
 from integration.dicom import dimse, status
 from integration.dicom import upper_layer as ul
+from integration.dicom.spool import SPOOL_THRESHOLD, DatasetSpool
 
 log = logging.getLogger(__name__)
 
 VERIFICATION_SOP_CLASS = "1.2.840.10008.1.1"
 #: Longest wait for a requestor to close the connection after our rejection or release answer.
 ARTIM_SECONDS = 5.0
+#: Largest command set (a C-STORE-RQ is a few hundred bytes; the biggest DIMSE commands stay under 1 KiB).
+MAX_COMMAND_BYTES = 64 * 1024
+#: What each PDV item is charged beyond its bytes when a data set's memory is counted (its Python objects),
+#: so a stream of empty or one-byte fragments cannot grow memory without growing the count.
+PDV_OVERHEAD_BYTES = 256
 
 
 @dataclass(frozen=True)
@@ -60,29 +73,58 @@ class Peer:
 
 @dataclass(frozen=True)
 class StoreRequest:
-    """A complete C-STORE: the request's fields and the data set bytes as received."""
+    """A complete C-STORE: the request's fields and the data set, as bytes or in a spool file.
+
+    Attributes
+    ----------
+    dataset : bytes
+        The data set as received (empty when it was spooled).
+    spool : DatasetSpool or None
+        The instance file with the data set, for data sets past :data:`SPOOL_THRESHOLD`; the service
+        closes it.
+    """
 
     sop_class_uid: str
     sop_instance_uid: str
     transfer_syntax: str
     dataset: bytes
     calling_ae: str
+    spool: DatasetSpool | None = None
 
 
 class AssociationService(Protocol):
     """What an association asks of the listener (implemented by :class:`~integration.dicom.listener.StorageSCP`)."""
 
-    def admit(self, request: ul.AssociationRequest, peer: Peer, *, slots_free: bool) -> Rejection | None:
-        """Return why the association is refused, or None to accept it."""
+    def admit(self, request: ul.RequestHeader, peer: Peer) -> Rejection | None:
+        """Return why a requestor is refused (AE titles, hosts), or None to go on; from the fixed fields only."""
 
-    def rejected(self, request: ul.AssociationRequest, peer: Peer, rejection: Rejection) -> None:
-        """Log and audit a refused association (blocking)."""
+    def open_spool(self, command: dimse.Command, transfer_syntax: str, calling_ae: str) -> DatasetSpool:
+        """Start the instance file of a large C-STORE data set (blocking; raises OSError when it cannot)."""
 
     def store_instance(self, request: StoreRequest) -> tuple[int, str]:
         """Store one instance; return the DIMSE status and an outcome label (blocking)."""
 
     def ended(self, peer: Peer, how: str) -> None:
         """Log and audit what an association did when it ends (blocking)."""
+
+
+class Gatekeeper(Protocol):
+    """The listener's shared resources as an association takes and gives them back (event-loop thread)."""
+
+    def take_slot(self, calling_ae: str, host: str) -> str | None:
+        """Take an association slot; return why none is free, or None."""
+
+    def release_slot(self, calling_ae: str, host: str) -> None:
+        """Give a slot back."""
+
+    def settled(self, host: str) -> None:
+        """The connection is no longer waiting to associate (accepted, rejected or gone)."""
+
+    def rejected(self, peer: Peer, rejection: Rejection) -> None:
+        """Count, log and audit a refused association (aggregated; never blocks)."""
+
+    def decode(self, function: Callable[..., Any], *args: Any) -> Awaitable[Any]:
+        """Run a CPU-bound decoding step off the event loop."""
 
 
 @dataclass(frozen=True)
@@ -101,10 +143,17 @@ class _Message:
 
     context_id: int
     command_fragments: list[memoryview] = field(default_factory=list)
+    command_bytes: int = 0
     command: dimse.Command | None = None
     dataset_fragments: list[memoryview] = field(default_factory=list)
+    #: Bytes of the data set received, and what the fragments held in memory are charged.
     dataset_bytes: int = 0
+    held_bytes: int = 0
     oversized: bool = False
+    #: Keep the data set (a C-STORE); any other command's data set is counted and dropped.
+    keeps_dataset: bool = False
+    spool: DatasetSpool | None = None
+    spool_failed: bool = False
 
 
 class Association:
@@ -122,10 +171,8 @@ class Association:
         Protocol limits.
     run_blocking : callable
         Runs a blocking callable off the event loop and returns an awaitable of its result.
-    slot : callable
-        Takes an association slot; returns False when all are taken.
-    release_slot : callable
-        Gives the slot back.
+    gate : Gatekeeper
+        Association slots, the pending-connection count, rejections and the decoding thread.
     """
 
     def __init__(
@@ -136,8 +183,7 @@ class Association:
         contexts: Sequence[PresentationContext],
         limits: Limits,
         run_blocking: Callable[..., Awaitable[Any]],
-        slot: Callable[[], bool],
-        release_slot: Callable[[], None],
+        gate: Gatekeeper,
     ) -> None:
         self.reader = reader
         self.writer = writer
@@ -145,13 +191,14 @@ class Association:
         self.contexts = contexts
         self.limits = limits
         self.run_blocking = run_blocking
-        self._slot = slot
-        self._release_slot = release_slot
+        self.gate = gate
         address = writer.get_extra_info("peername") or ("?", 0)
         self.peer = Peer(calling_ae="", address=str(address[0]), port=int(address[1]))
         self.accepted: dict[int, PresentationContext] = {}
         self.peer_max_length = 0
         self.storing = False
+        self._pending = True
+        self._message: _Message | None = None
 
     async def run(self) -> None:
         """Serve the connection; never raises (errors end the association)."""
@@ -183,44 +230,80 @@ class Association:
             raise
         finally:
             self.writer.close()
+            self._settle()
+            self._drop_spool()
             if holds_slot:
-                self._release_slot()
+                self.gate.release_slot(self.peer.calling_ae, self.peer.address)
                 if how:
                     await asyncio.shield(self.run_blocking(self.service.ended, self.peer, how))
 
+    def _settle(self) -> None:
+        if self._pending:
+            self._pending = False
+            self.gate.settled(self.peer.address)
+
     async def _negotiate(self) -> ul.AssociationRequest | None:
-        """Read the A-ASSOCIATE-RQ and accept or reject it; None when rejected."""
-        pdu_type, body = await asyncio.wait_for(
-            ul.read_pdu(self.reader, self.limits.max_pdu_length), self.limits.acse_timeout
+        """Read the A-ASSOCIATE-RQ and accept or reject it; None when rejected.
+
+        The fixed fields are checked (and a slot taken) before the rest is read, and the rest is
+        decoded off the event loop, so a request that will be refused costs no decoding at all.
+        """
+        acse_timeout = self.limits.acse_timeout
+        pdu_type, length = await asyncio.wait_for(
+            ul.read_pdu_header(self.reader, self.limits.max_pdu_length), acse_timeout
         )
         if pdu_type != ul.ASSOCIATE_RQ:
             raise ul.ProtocolError(f"expected A-ASSOCIATE-RQ, got PDU type 0x{pdu_type:02X}", ul.ABORT_UNEXPECTED_PDU)
-        request = ul.decode_associate_rq(body)
-        self.peer.calling_ae = request.calling_ae
-        has_slot = self._slot()
-        rejection = self.service.admit(request, self.peer, slots_free=has_slot)
+        if length < ul.ASSOCIATE_RQ_FIXED_LENGTH:
+            raise ul.ProtocolError(f"A-ASSOCIATE-RQ of {length} bytes is too short")
+        fixed = await asyncio.wait_for(self.reader.readexactly(ul.ASSOCIATE_RQ_FIXED_LENGTH), acse_timeout)
+        header = ul.parse_request_header(fixed)
+        self.peer.calling_ae = header.calling_ae
+        rejection = self.service.admit(header, self.peer)
+        if rejection is None:
+            busy = self.gate.take_slot(header.calling_ae, self.peer.address)
+            if busy is not None:
+                rejection = Rejection(
+                    busy, result=ul.REJECTED_TRANSIENT, source=ul.SOURCE_PRESENTATION, diagnostic=ul.REASON_LOCAL_LIMIT
+                )
+        rest = await asyncio.wait_for(self.reader.readexactly(length - ul.ASSOCIATE_RQ_FIXED_LENGTH), acse_timeout)
+        request: ul.AssociationRequest | None = None
+        answer = b""
+        if rejection is None:
+            try:
+                request, answer, self.accepted = await self.gate.decode(self._decode, fixed + rest)
+            except BaseException:
+                self.gate.release_slot(header.calling_ae, self.peer.address)
+                raise
+            if request.application_context != ul.APPLICATION_CONTEXT:
+                self.gate.release_slot(header.calling_ae, self.peer.address)
+                rejection = Rejection("application context not supported", diagnostic=ul.REASON_APPLICATION_CONTEXT)
+        self._settle()
         if rejection is not None:
-            if has_slot:
-                self._release_slot()
             self._send(ul.associate_rj(rejection.result, rejection.source, rejection.diagnostic))
             await self.writer.drain()
-            await self.run_blocking(self.service.rejected, request, self.peer, rejection)
+            self.gate.rejected(self.peer, rejection)
             await self._await_peer_close()
             return None
-        answer, self.accepted = ul.accept(request, self.contexts, self.limits.max_pdu_length)
+        assert request is not None
         self.peer_max_length = request.max_length
         self._send(answer)
         return request
 
+    def _decode(self, body: bytes) -> tuple[ul.AssociationRequest, bytes, dict[int, PresentationContext]]:
+        """Decode the request and negotiate its contexts (CPU-bound; runs in the decoding thread)."""
+        request = ul.decode_associate_rq(body)
+        answer, accepted = ul.accept(request, self.contexts, self.limits.max_pdu_length)
+        return request, answer, accepted
+
     async def _serve(self) -> str:
         """Exchange DIMSE messages until the peer releases or aborts; return how it ended."""
-        message: _Message | None = None
         while True:
             pdu_type, body = await asyncio.wait_for(
                 ul.read_pdu(self.reader, self.limits.max_pdu_length), self.limits.network_timeout
             )
             if pdu_type == ul.RELEASE_RQ:
-                if message is not None:
+                if self._message is not None:
                     raise ul.ProtocolError("A-RELEASE-RQ in the middle of a message", ul.ABORT_UNEXPECTED_PDU)
                 self._send(ul.release_rp())
                 await self.writer.drain()
@@ -231,44 +314,93 @@ class Association:
             if pdu_type != ul.P_DATA_TF:
                 raise ul.ProtocolError(f"unexpected PDU type 0x{pdu_type:02X}", ul.ABORT_UNEXPECTED_PDU)
             for pdv in ul.iter_pdvs(body):
-                message = await self._take(message, pdv)
+                self._message = await self._take(self._message, pdv)
 
     async def _take(self, message: _Message | None, pdv: ul.Pdv) -> _Message | None:
         """Add one PDV to the message being reassembled; dispatch it when complete."""
         if pdv.context_id not in self.accepted:
             raise ul.ProtocolError(f"PDV on presentation context {pdv.context_id}, which was not accepted")
         if message is None:
-            message = _Message(pdv.context_id)
+            message = self._message = _Message(pdv.context_id)
         elif pdv.context_id != message.context_id:
             raise ul.ProtocolError("PDV fragments of one message on different presentation contexts")
         if pdv.is_command:
-            if message.command is not None:
-                raise ul.ProtocolError("command fragment after the command set was complete", ul.ABORT_UNEXPECTED_PDU)
-            message.command_fragments.append(pdv.fragment)
-            if not pdv.is_last:
-                return message
-            try:
-                message.command = dimse.decode_command(b"".join(message.command_fragments))
-            except dimse.InvalidCommand as exc:
-                raise ul.ProtocolError(f"undecodable command set: {exc}") from exc
-            if message.command.has_dataset:
-                return message
-            await self._dispatch(message, b"")
-            return None
+            return await self._take_command(message, pdv)
         if message.command is None:
             raise ul.ProtocolError("data set fragment before its command set", ul.ABORT_UNEXPECTED_PDU)
         if not message.command.has_dataset:
             raise ul.ProtocolError("data set fragment for a command without a data set", ul.ABORT_UNEXPECTED_PDU)
         message.dataset_bytes += len(pdv.fragment)
         if message.dataset_bytes > self.limits.max_dataset_bytes:
-            message.oversized = True
-            message.dataset_fragments.clear()  # keep reading, answer a failure at the end
-        elif not message.oversized:
-            message.dataset_fragments.append(pdv.fragment)
+            if not message.oversized:
+                message.oversized = True
+                message.dataset_fragments.clear()  # keep reading, answer a failure at the end
+                self._drop_spool(message)
+        elif message.keeps_dataset and not message.oversized and not message.spool_failed:
+            if pdv.fragment:
+                message.dataset_fragments.append(pdv.fragment)
+            message.held_bytes += len(pdv.fragment) + PDV_OVERHEAD_BYTES
+            if message.held_bytes > SPOOL_THRESHOLD:
+                await self._spool(message)
         if not pdv.is_last:
             return message
-        await self._dispatch(message, b"".join(message.dataset_fragments))
+        if message.spool is not None:
+            await self._spool(message)
+            dataset = b""
+        else:
+            dataset = b"".join(message.dataset_fragments)
+            message.dataset_fragments.clear()
+        await self._dispatch(message, dataset)
         return None
+
+    async def _take_command(self, message: _Message, pdv: ul.Pdv) -> _Message | None:
+        if message.command is not None:
+            raise ul.ProtocolError("command fragment after the command set was complete", ul.ABORT_UNEXPECTED_PDU)
+        message.command_bytes += len(pdv.fragment) + PDV_OVERHEAD_BYTES
+        if message.command_bytes > MAX_COMMAND_BYTES:
+            raise ul.ProtocolError(f"command set larger than {MAX_COMMAND_BYTES} bytes")
+        message.command_fragments.append(pdv.fragment)
+        if not pdv.is_last:
+            return message
+        try:
+            message.command = dimse.decode_command(b"".join(message.command_fragments))
+        except dimse.InvalidCommand as exc:
+            raise ul.ProtocolError(f"undecodable command set: {exc}") from exc
+        message.command_fragments.clear()
+        if message.command.has_dataset:
+            message.keeps_dataset = message.command.command_field == dimse.C_STORE_RQ
+            return message
+        await self._dispatch(message, b"")
+        return None
+
+    async def _spool(self, message: _Message) -> None:
+        """Move the fragments held in memory to the message's spool file (started on first use)."""
+        command = message.command
+        assert command is not None
+        fragments, message.dataset_fragments, message.held_bytes = message.dataset_fragments, [], 0
+        if message.spool is None:
+            transfer_syntax = str(self.accepted[message.context_id].transfer_syntax[0])
+            try:
+                message.spool = await self.run_blocking(
+                    self.service.open_spool, command, transfer_syntax, self.peer.calling_ae
+                )
+            except OSError as exc:
+                log.error("C-STORE from %r: cannot spool its data set: %s", self.peer.calling_ae, exc)
+                message.spool_failed = True
+                return
+        spool = message.spool
+        assert spool is not None
+        await self.run_blocking(spool.append, fragments)
+        if spool.error is not None:
+            message.spool_failed = True
+            self._drop_spool(message)
+
+    def _drop_spool(self, message: _Message | None = None) -> None:
+        """Remove a spool file that will not become an instance (too large, failed, association gone)."""
+        message = message or self._message
+        if message is not None and message.spool is not None:
+            message.spool.close()
+            message.spool = None
 
     async def _dispatch(self, message: _Message, dataset: bytes) -> None:
         """Answer a complete request."""
@@ -296,6 +428,7 @@ class Association:
         command = message.command
         assert command is not None
         calling_ae = self.peer.calling_ae
+        refusal: int | None = None
         if message.oversized:
             log.warning(
                 "C-STORE from %r refused: data set of %d bytes exceeds the limit of %d",
@@ -303,19 +436,25 @@ class Association:
                 message.dataset_bytes,
                 self.limits.max_dataset_bytes,
             )
-            self.peer.statuses["refused"] += 1
-            return status.OUT_OF_RESOURCES
-        if command.affected_sop_class_uid != context.abstract_syntax:
+            refusal = status.OUT_OF_RESOURCES
+        elif message.spool_failed:
+            refusal = status.OUT_OF_RESOURCES  # logged where the spool failed
+        elif command.affected_sop_class_uid != context.abstract_syntax:
             log.warning("C-STORE from %r refused: SOP class differs from the presentation context's", calling_ae)
+            refusal = status.SOP_CLASS_NOT_SUPPORTED
+        if refusal is not None:
+            self._drop_spool(message)
             self.peer.statuses["refused"] += 1
-            return status.SOP_CLASS_NOT_SUPPORTED
+            return refusal
         request = StoreRequest(
             sop_class_uid=command.affected_sop_class_uid,
             sop_instance_uid=command.affected_sop_instance_uid,
             transfer_syntax=str(context.transfer_syntax[0]),
             dataset=dataset,
             calling_ae=calling_ae,
+            spool=message.spool,
         )
+        message.spool = None  # the service owns (and closes) it now
         self.storing = True
         try:
             code, outcome = await asyncio.shield(self.run_blocking(self.service.store_instance, request))

@@ -1,12 +1,11 @@
 """The DICOM listener (storage SCP): C-ECHO and C-STORE into the durable store.
 
-Handlers validate, store, commit and answer; analysis happens elsewhere.  A
-C-STORE is answered with success only after the file is on disk (fsync,
-atomic link) and its database row is committed; any failure leaves nothing
-half-written and answers a named failure status.
-
 The network side is an asyncio server (:mod:`integration.dicom.association`)
-running in its own thread; each C-STORE is stored in a worker thread.
+running in its own thread; each C-STORE is stored in a worker thread by
+:class:`~integration.dicom.storage_scp.StorageSCP`; analysis happens elsewhere.
+Every connection passes :class:`~integration.dicom.admission.ListenerAdmission`
+first, so what an unauthenticated peer can hold (connections, slots, decoding
+time, audit rows) is bounded.
 """
 
 from __future__ import annotations
@@ -16,262 +15,27 @@ import logging
 import socket
 import ssl
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
 from pynetdicom import AllStoragePresentationContexts, build_context
 from pynetdicom.presentation import PresentationContext
-from sqlalchemy import select
-from sqlalchemy.exc import SQLAlchemyError
 
 from integration.config import Settings
-from integration.dicom import status
-from integration.dicom import upper_layer as ul
+from integration.dicom.admission import AdmissionLimits, ListenerAdmission
 from integration.dicom.assembly import StudyAssembler
-from integration.dicom.association import (
-    VERIFICATION_SOP_CLASS,
-    Association,
-    Limits,
-    Peer,
-    Rejection,
-    StoreRequest,
-)
-from integration.dicom.header import SopClassMismatch, file_meta_bytes, read_header
-from integration.dicom.storage import InstanceLocks, InstanceStore, StorageError, StorageFull, StoredFile
-from integration.dicom.structure import InvalidInstance
+from integration.dicom.association import VERIFICATION_SOP_CLASS, Association, Limits
+from integration.dicom.storage import InstanceStore
+from integration.dicom.storage_scp import StorageSCP
 from integration.dicom.tls import TlsConfigError, handshake_failure, server_context, subject_of
 from integration.dicom.transfer import ACCEPTED_TRANSFER_SYNTAXES
-from integration.store.audit import record_event
-from integration.store.ingest import Receipt, audit_conflict, record_instance
-from integration.store.session import run_with_reconnect, session_scope
-from integration.store.tables import Site, utcnow
 
 log = logging.getLogger(__name__)
 
 
 class ListenerConfigError(ValueError):
     """The settings do not allow a safe listener (for example, nobody may send)."""
-
-
-class SiteDirectory:
-    """The site of each calling AE (``PACSVLM_CALLING_AES``, ``site``), as the row id its studies get.
-
-    Codes are looked up once; a code without a site row yet is looked up again on the next instance, so
-    ``pacs-vlm sites add`` takes effect without a restart.
-    """
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self._ids: dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    def site_id_for(self, calling_ae: str) -> int | None:
-        """Return the site row id of ``calling_ae``'s configured site, or None (no site, or not created yet)."""
-        peer = self.settings.calling_aes.get(calling_ae)
-        code = peer.site.upper() if peer is not None and peer.site else None
-        if code is None:
-            return None
-        with self._lock:
-            if code in self._ids:
-                return self._ids[code]
-        with session_scope(self.settings.database_url) as session:
-            site_id = session.scalar(select(Site.id).where(Site.code == code))
-        if site_id is None:
-            log.warning("calling AE %r names site %r, which does not exist: its studies get no site", calling_ae, code)
-            return None
-        with self._lock:
-            self._ids[code] = site_id
-        return site_id
-
-
-class StorageSCP:
-    """Admission, storage and audit of the storage SCP, bound to one store and one database.
-
-    Parameters
-    ----------
-    settings : Settings
-        The settings.
-    store : InstanceStore
-        Where instance files go.
-    """
-
-    def __init__(self, settings: Settings, store: InstanceStore) -> None:
-        self.settings = settings
-        self.store = store
-        # Serialises concurrent stores of one SOP instance, across threads and with the api's STOW-RS intake
-        # on the same store (first copy wins, no lost file).
-        self._instance_locks = InstanceLocks(store.root / ".locks")
-        self._file_writers = ThreadPoolExecutor(settings.max_associations, thread_name_prefix="instance-writer")
-        self._sites = SiteDirectory(settings)
-
-    # -- association life cycle -------------------------------------------------
-
-    def admit(self, request: ul.AssociationRequest, peer: Peer, *, slots_free: bool) -> Rejection | None:
-        """Decide on an association request: called AE, calling AE and its hosts, free slots.
-
-        Parameters
-        ----------
-        request : AssociationRequest
-            The decoded A-ASSOCIATE-RQ.
-        peer : Peer
-            The requestor's address.
-        slots_free : bool
-            Whether an association slot was available.
-
-        Returns
-        -------
-        Rejection or None
-            Why it is refused, or None to accept.
-        """
-        if request.application_context != ul.APPLICATION_CONTEXT:
-            return Rejection("application context not supported", diagnostic=ul.REASON_APPLICATION_CONTEXT)
-        if not request.protocol_version & 1:
-            return Rejection("protocol version not supported")
-        settings = self.settings
-        if not settings.accept_any_calling_ae and request.calling_ae not in settings.calling_aes:
-            return Rejection("calling AE not in the allowlist", diagnostic=ul.REASON_CALLING_AE)
-        if request.called_ae != settings.ae_title:
-            return Rejection(f"called AE is not ours ({request.called_ae!r})", diagnostic=ul.REASON_CALLED_AE)
-        allowed = settings.calling_aes.get(request.calling_ae)
-        if allowed is not None and allowed.hosts and peer.address not in allowed.hosts:
-            return Rejection("connected from a host not allowed for this calling AE", diagnostic=ul.REASON_CALLING_AE)
-        if not slots_free:
-            return Rejection(
-                "too many concurrent associations",
-                result=ul.REJECTED_TRANSIENT,
-                source=ul.SOURCE_PRESENTATION,
-                diagnostic=ul.REASON_LOCAL_LIMIT,
-            )
-        return None
-
-    def rejected(self, request: ul.AssociationRequest, peer: Peer, rejection: Rejection) -> None:
-        """Log (AE and address) and audit a refused association."""
-        calling_ae, reason = request.calling_ae, rejection.reason
-        log.warning("association rejected: calling AE %r from %s: %s", calling_ae, peer.source, reason)
-        detail = {"reason": rejection.reason, **_transport(peer)}
-        self._audit(request.calling_ae, "dicom.association.rejected", peer.source, detail)
-
-    def ended(self, peer: Peer, how: str) -> None:
-        """Log and audit what an association stored when it is released or aborted."""
-        counts = dict(peer.statuses)
-        log.info("association from %r at %s %s: %s", peer.calling_ae, peer.source, how, counts or "no instances")
-        detail = {"ended": how, "instances": counts, **_transport(peer)}
-        self._audit(peer.calling_ae, "dicom.association", peer.source, detail)
-
-    def _audit(self, calling_ae: str, action: str, source: str, detail: dict[str, Any]) -> None:
-        try:
-            with session_scope(self.settings.database_url) as session:
-                record_event(session, actor=f"ae:{calling_ae}", action=action, source=source, detail=detail)
-        except SQLAlchemyError as exc:
-            log.warning("audit event %s not recorded (database): %s", action, type(exc).__name__)
-
-    # -- C-STORE ------------------------------------------------------------------
-
-    def store_instance(self, request: StoreRequest) -> tuple[int, str]:
-        """Store one instance durably; return its DIMSE status and an outcome label.
-
-        Parameters
-        ----------
-        request : StoreRequest
-            The C-STORE request's UIDs, transfer syntax, data set bytes and calling AE.
-
-        Returns
-        -------
-        tuple of (int, str)
-            Status code and one of ``stored``, ``duplicate``, ``refused``, ``error``.
-        """
-        try:
-            with self._instance_locks.hold(request.sop_instance_uid):
-                return self._store_locked(request)
-        except Exception:
-            log.exception("C-STORE from %r failed unexpectedly", request.calling_ae)
-            return status.PROCESSING_FAILURE, "error"
-
-    def _store_locked(self, request: StoreRequest) -> tuple[int, str]:
-        data, transfer_syntax, calling_ae = request.dataset, request.transfer_syntax, request.calling_ae
-        try:
-            header = read_header(
-                data,
-                transfer_syntax,
-                expected_sop_class_uid=request.sop_class_uid,
-                expected_sop_instance_uid=request.sop_instance_uid,
-                max_inflated_bytes=self.settings.max_instance_bytes,
-            )
-        except SopClassMismatch as exc:
-            log.warning("C-STORE from %r refused: %s", calling_ae, exc)
-            return status.DATASET_DOES_NOT_MATCH_SOP_CLASS, "refused"
-        except InvalidInstance as exc:
-            log.warning("C-STORE from %r refused: %s", calling_ae, exc)
-            return status.CANNOT_UNDERSTAND, "refused"
-        relative = self.store.relative_path(header.study_uid, header.series_uid, header.sop_instance_uid)
-        meta = file_meta_bytes(header.sop_class_uid, header.sop_instance_uid, transfer_syntax, calling_ae)
-        chunks = (meta, data)
-        # The file is made durable in a helper thread while the database writes the rows;
-        # the rows are committed only once the file is safely on disk.
-        writing = self._file_writers.submit(self.store.write, relative, chunks)
-        outcome: dict[str, StoredFile] = {}
-
-        def file_is_durable(receipt: Receipt) -> bool:
-            stored = writing.result()
-            if not stored.created and receipt.added:
-                stored = self.store.replace(relative, chunks)  # an orphan of an earlier crash
-            outcome["file"] = stored
-            return receipt.added
-
-        try:
-            receipt = run_with_reconnect(
-                self.settings.database_url,
-                lambda connection: record_instance(
-                    connection,
-                    header,
-                    storage_path=relative,
-                    size_bytes=len(meta) + len(data),
-                    calling_ae=calling_ae,
-                    received_at=utcnow(),
-                    stable_seconds=self.settings.stable_seconds_for(calling_ae),
-                    site_id=self._sites.site_id_for(calling_ae),
-                    before_commit=file_is_durable,
-                ),
-            )
-        except StorageFull:
-            log.error("C-STORE from %r refused: storage headroom exhausted", calling_ae)
-            return status.OUT_OF_RESOURCES, "refused"
-        except StorageError as exc:
-            log.error("C-STORE from %r refused: %s", calling_ae, exc)
-            return status.OUT_OF_RESOURCES, "refused"
-        except SQLAlchemyError as exc:
-            self._undo_file(writing, outcome)
-            log.error("C-STORE from %r refused: database unavailable (%s)", calling_ae, type(exc).__name__)
-            return status.OUT_OF_RESOURCES, "refused"
-        if receipt.conflict is not None:
-            self._undo_file(writing, outcome)
-            log.warning("C-STORE from %r refused: %s", calling_ae, receipt.conflict.reason)
-            audit_conflict(self.settings.database_url, receipt, header, actor=f"ae:{calling_ae}")
-            return status.for_conflict(receipt.conflict), "refused"
-        if receipt.duplicate:
-            stored = outcome["file"]
-            if stored.created:  # same SOP instance already stored under another study/series
-                self.store.remove(relative)
-            log.info("C-STORE from %r: duplicate SOP instance, first copy kept", calling_ae)
-            return status.SUCCESS, "duplicate"
-        return status.SUCCESS, "stored"
-
-    def _undo_file(self, writing: Future[StoredFile], outcome: dict[str, StoredFile]) -> None:
-        """Remove the file of an instance whose rows were not committed (wait for the writer first)."""
-        try:
-            stored = outcome.get("file") or writing.result()
-        except OSError:
-            return  # nothing was linked
-        if stored.created:  # ours (written or replacing an orphan); never a first copy we found in place
-            self.store.remove(stored.relative_path)
-
-
-def _transport(peer: Peer) -> dict[str, str]:
-    """Audit detail of the connection's TLS: version and the client certificate's subject, if any."""
-    if not peer.tls_version:
-        return {}
-    return {"tls": peer.tls_version, "peer_certificate": peer.tls_subject or "none"}
 
 
 def acceptor_contexts() -> list[PresentationContext]:
@@ -315,6 +79,8 @@ class Listener:
 
     #: Seconds :meth:`stop` waits for C-STOREs in progress before aborting their associations.
     STOP_GRACE_SECONDS = 30.0
+    #: Seconds between reports of gathered rejections.
+    REPORT_SECONDS = 10.0
 
     def __init__(self, settings: Settings, *, assemble: bool = True) -> None:
         if not settings.calling_aes and not settings.accept_any_calling_ae:
@@ -343,12 +109,15 @@ class Listener:
         )
         # Storing blocks (fsync, commit): one thread per allowed association, plus audit work.
         self._storers = ThreadPoolExecutor(settings.max_associations + 2, thread_name_prefix="c-store")
+        self.admission = ListenerAdmission(
+            AdmissionLimits.from_settings(settings), self.scp.report_rejection, self._run_blocking
+        )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._servers: list[asyncio.Server] = []
         self._thread: threading.Thread | None = None
         self._active: dict[asyncio.Task[None], Association] = {}
         self._handshaking: set[asyncio.Task[None]] = set()
-        self._slots = 0
+        self._flusher: asyncio.TimerHandle | None = None
         self._port = 0
         self._tls_port: int | None = None
 
@@ -385,6 +154,7 @@ class Listener:
             loop.close()
             self._loop = None
             raise
+        self._flusher = loop.call_later(self.REPORT_SECONDS, self._flush_reports)
         self._thread = threading.Thread(target=loop.run_forever, name="dicom-listener", daemon=True)
         self._thread.start()
         if self.assembler is not None:
@@ -424,6 +194,7 @@ class Listener:
         if self._thread is not None:
             self._thread.join(timeout=10)
         loop.close()
+        self.admission.close()
         self._storers.shutdown(wait=True)
         self.store.close()
         self._loop = None
@@ -431,6 +202,9 @@ class Listener:
     async def _shutdown(self) -> None:
         for server in self._servers:
             server.close()
+        if self._flusher is not None:
+            self._flusher.cancel()
+        self.admission.flush(everything=True)
         for task in list(self._handshaking):
             task.cancel()
         deadline = asyncio.get_running_loop().time() + self.STOP_GRACE_SECONDS
@@ -445,6 +219,11 @@ class Listener:
     ) -> None:
         task = asyncio.current_task()
         assert task is not None
+        address = writer.get_extra_info("peername") or ("?", 0)
+        refused = self.admission.open(str(address[0]))
+        if refused is not None:
+            writer.transport.abort()  # no goodbye: this costs us nothing more
+            return
         tls: tuple[str, str] | None = None
         if secure:
             self._handshaking.add(task)
@@ -452,20 +231,14 @@ class Listener:
                 tls = await self._handshake(writer)
             except asyncio.CancelledError:
                 writer.close()
-                return
+                tls = None
             finally:
                 self._handshaking.discard(task)
             if tls is None:
+                self.admission.settled(str(address[0]))
                 return
         association = Association(
-            reader,
-            writer,
-            self.scp,
-            self.contexts,
-            self.limits,
-            self._run_blocking,
-            self._take_slot,
-            self._release_slot,
+            reader, writer, self.scp, self.contexts, self.limits, self._run_blocking, self.admission
         )
         if tls is not None:
             association.peer.tls_version, association.peer.tls_subject = tls
@@ -506,11 +279,8 @@ class Listener:
         assert self._loop is not None
         return self._loop.run_in_executor(self._storers, partial(function, *args))
 
-    def _take_slot(self) -> bool:
-        if self._slots >= self.settings.max_associations:
-            return False
-        self._slots += 1
-        return True
-
-    def _release_slot(self) -> None:
-        self._slots -= 1
+    def _flush_reports(self) -> None:
+        """Report gathered rejections, then schedule the next report."""
+        self.admission.flush()
+        assert self._loop is not None
+        self._flusher = self._loop.call_later(self.REPORT_SECONDS, self._flush_reports)

@@ -168,34 +168,96 @@ class InstanceStore:
             Any file-system failure; nothing is left behind.
         """
         size = sum(len(chunk) for chunk in chunks)
-        final = self.root / relative_path
-        if final.exists():  # a re-sent instance: the first copy stays, and costs no write or fsync
+        if (self.root / relative_path).exists():  # a re-sent instance: the first copy stays, no write or fsync
             return StoredFile(relative_path, size, created=False)
+        tmp, fd = self.temporary_file(size)
+        try:
+            for chunk in chunks:
+                write_all(fd, chunk)
+        except OSError as exc:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise StorageError(f"cannot write instance file: {exc.strerror or exc}") from exc
+        return self.commit_temporary(relative_path, tmp, fd, size)
+
+    def temporary_file(self, size: int) -> tuple[Path, int]:
+        """Open a new temporary file in the store for ``size`` bytes; the caller writes it, then commits it.
+
+        Parameters
+        ----------
+        size : int
+            Bytes that will be written (checked against the free-space headroom).
+
+        Returns
+        -------
+        tuple of (pathlib.Path, int)
+            Its path and an open descriptor, for :meth:`commit_temporary` (which closes it).
+
+        Raises
+        ------
+        StorageFull
+            Less free space than the configured headroom.
+        StorageError
+            The file cannot be created.
+        """
         if self.min_free_bytes and self.free_bytes() - size < self.min_free_bytes:
             raise StorageFull("storage headroom exhausted")
         try:
-            tmp, fd = self._temporary_file()
+            return self._temporary_file()
         except OSError as exc:
             raise StorageError(f"cannot write instance file: {exc.strerror or exc}") from exc
+
+    def commit_temporary(self, relative_path: str, tmp: Path, fd: int, size: int) -> StoredFile:
+        """Make a written temporary file durable under ``relative_path``; an existing file there is kept.
+
+        Parameters
+        ----------
+        relative_path : str
+            Target path from :meth:`relative_path`.
+        tmp : pathlib.Path
+            The temporary file, from :meth:`temporary_file`; removed in every case.
+        fd : int
+            Its open descriptor; closed in every case.
+        size : int
+            Its size.
+
+        Returns
+        -------
+        StoredFile
+            What was stored (``created`` False when a first copy was already in place).
+
+        Raises
+        ------
+        StorageError
+            Any file-system failure; nothing is left behind.
+        """
+        final = self.root / relative_path
         try:
             try:
-                for chunk in chunks:
-                    view = memoryview(chunk)
-                    while view:
-                        written = os.write(fd, view)
-                        view = view[written:]
-                if self.fsync:
+                if self.fsync and not final.exists():
                     os.fdatasync(fd)
             finally:
                 os.close(fd)
-            created = self._link(tmp, final)
-            if created and self.fsync:
-                self._fsync_dir(final.parent)
+            created = self.link_durably(tmp, relative_path)
         except OSError as exc:
             raise StorageError(f"cannot write instance file: {exc.strerror or exc}") from exc
         finally:
             tmp.unlink(missing_ok=True)
         return StoredFile(relative_path, size, created)
+
+    def link_durably(self, tmp: Path, relative_path: str) -> bool:
+        """Link a flushed temporary file under ``relative_path`` and flush its folder; False when one is there.
+
+        Raises
+        ------
+        OSError
+            The link or the flush failed.
+        """
+        final = self.root / relative_path
+        created = self._link(tmp, final)
+        if created and self.fsync:
+            self._fsync_dir(final.parent)
+        return created
 
     def _temporary_file(self) -> tuple[Path, int]:
         """Take a spare empty temporary file (or create one) and start refilling the spares."""
@@ -324,6 +386,14 @@ class InstanceStore:
             fd = self._dir_fds.pop(directory, None)
         if fd is not None:
             os.close(fd)
+
+
+def write_all(fd: int, chunk: bytes | memoryview) -> None:
+    """Write all of ``chunk`` to ``fd`` (``os.write`` may write less than asked)."""
+    view = memoryview(chunk)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
 
 
 class InstanceLocks:

@@ -38,8 +38,13 @@ APPLICATION_CONTEXT: Final = "1.2.840.10008.3.1.1.1"
 IMPLEMENTATION_CLASS_UID: Final = "1.2.826.0.1.3680043.10.1421.1"
 IMPLEMENTATION_VERSION: Final = "PACSVLM_1"
 
-#: Upper bound for an A-ASSOCIATE-RQ (hundreds of contexts fit in a few hundred KiB).
-MAX_ASSOCIATE_RQ_LENGTH: Final = 1 << 20
+#: Upper bound for an A-ASSOCIATE-RQ: the 128 presentation contexts a request may have (odd IDs 1-255), each
+#: with 8 transfer syntaxes of 64-character UIDs, plus role and extended negotiation for each, fit in ~100 KiB;
+#: real modalities and PACSs send 1-40 KiB.
+MAX_ASSOCIATE_RQ_LENGTH: Final = 128 * 1024
+#: The A-ASSOCIATE-RQ's fixed fields (protocol version, called and calling AE, reserved), read and checked
+#: before the rest of the request is read or decoded.
+ASSOCIATE_RQ_FIXED_LENGTH: Final = 68
 #: Upper bound for the small PDUs (release, abort).
 MAX_CONTROL_PDU_LENGTH: Final = 64
 
@@ -93,6 +98,43 @@ class Pdv:
     fragment: memoryview
 
 
+async def read_pdu_header(reader: asyncio.StreamReader, max_p_data_length: int) -> tuple[int, int]:
+    """Read a PDU's 6-byte header; return its type and the length of its variable field.
+
+    Parameters
+    ----------
+    reader : asyncio.StreamReader
+        The association's stream.
+    max_p_data_length : int
+        The largest P-DATA-TF variable field we accept (our Maximum Length Received).
+
+    Returns
+    -------
+    tuple of (int, int)
+        PDU type and length.
+
+    Raises
+    ------
+    ProtocolError
+        Unknown PDU type or a length above what that type may have.
+    asyncio.IncompleteReadError
+        The peer closed the connection.
+    """
+    header = await reader.readexactly(_PDU_HEADER.size)
+    pdu_type, length = _PDU_HEADER.unpack(header)
+    if pdu_type not in KNOWN_PDU_TYPES:
+        raise ProtocolError(f"unknown PDU type 0x{pdu_type:02X}", ABORT_UNEXPECTED_PDU)
+    if pdu_type == P_DATA_TF:
+        limit = max_p_data_length
+    elif pdu_type == ASSOCIATE_RQ:
+        limit = MAX_ASSOCIATE_RQ_LENGTH
+    else:
+        limit = MAX_CONTROL_PDU_LENGTH
+    if length > limit:
+        raise ProtocolError(f"PDU type 0x{pdu_type:02X} of {length} bytes exceeds the limit of {limit}")
+    return pdu_type, length
+
+
 async def read_pdu(reader: asyncio.StreamReader, max_p_data_length: int) -> tuple[int, bytes]:
     """Read one PDU and return its type and variable field.
 
@@ -115,18 +157,7 @@ async def read_pdu(reader: asyncio.StreamReader, max_p_data_length: int) -> tupl
     asyncio.IncompleteReadError
         The peer closed the connection.
     """
-    header = await reader.readexactly(_PDU_HEADER.size)
-    pdu_type, length = _PDU_HEADER.unpack(header)
-    if pdu_type not in KNOWN_PDU_TYPES:
-        raise ProtocolError(f"unknown PDU type 0x{pdu_type:02X}", ABORT_UNEXPECTED_PDU)
-    if pdu_type == P_DATA_TF:
-        limit = max_p_data_length
-    elif pdu_type == ASSOCIATE_RQ:
-        limit = MAX_ASSOCIATE_RQ_LENGTH
-    else:
-        limit = MAX_CONTROL_PDU_LENGTH
-    if length > limit:
-        raise ProtocolError(f"PDU type 0x{pdu_type:02X} of {length} bytes exceeds the limit of {limit}")
+    pdu_type, length = await read_pdu_header(reader, max_p_data_length)
     return pdu_type, await reader.readexactly(length)
 
 
@@ -234,6 +265,34 @@ def associate_rj(result: int, source: int, reason: int) -> bytes:
         The PDU.
     """
     return _PDU_HEADER.pack(ASSOCIATE_RJ, 4) + bytes((0, result, source, reason))
+
+
+@dataclass(frozen=True)
+class RequestHeader:
+    """The fixed fields of an A-ASSOCIATE-RQ, which say who asks before anything is decoded."""
+
+    protocol_version: int
+    called_ae: str
+    calling_ae: str
+
+
+def parse_request_header(fixed: bytes) -> RequestHeader:
+    """Read the protocol version and the called and calling AE titles from an A-ASSOCIATE-RQ's first 68 bytes.
+
+    Parameters
+    ----------
+    fixed : bytes
+        The first :data:`ASSOCIATE_RQ_FIXED_LENGTH` bytes of the request's variable field.
+
+    Returns
+    -------
+    RequestHeader
+        The fields (AE titles without padding; bytes that are not ASCII become U+FFFD and match no AE).
+    """
+    version = int.from_bytes(fixed[0:2], "big")
+    called = fixed[4:20].decode("ascii", "replace").strip(" \x00")
+    calling = fixed[20:36].decode("ascii", "replace").strip(" \x00")
+    return RequestHeader(protocol_version=version, called_ae=called, calling_ae=calling)
 
 
 @dataclass(frozen=True)

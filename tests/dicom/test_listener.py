@@ -354,7 +354,7 @@ def test_embedded_defaults_sqlite_and_file_system_queue(listener_factory, tmp_pa
 
 def test_association_limit_rejects_the_extra_association(listener_factory, migrated_postgres_url, redis_url) -> None:
     # pynetdicom keeps a bare TCP connection (our readiness probe) in its count until the ACSE timeout ends it.
-    env = {"PACSVLM_MAX_ASSOCIATIONS": "2", "PACSVLM_ACSE_TIMEOUT": "1"}
+    env = {"PACSVLM_MAX_ASSOCIATIONS": "2", "PACSVLM_MAX_ASSOCIATIONS_PER_AE": "2", "PACSVLM_ACSE_TIMEOUT": "1"}
     listener = listener_factory(migrated_postgres_url, redis_url, extra_env=env)
     ae = AE(ae_title="STORESCU")
     ae.add_requested_context("1.2.840.10008.1.1")
