@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from integration.config import Settings
+from integration.reports.readiness import check_ready
 from integration.reports.review_diff import ReviewDifference, review_difference
 from integration.store.audit import add_event, record_event
 from integration.store.reviews import (
@@ -32,7 +33,7 @@ from integration.store.reviews import (
     lock_draft,
     review_lock,
 )
-from integration.store.revisions import UnknownReport, next_version
+from integration.store.revisions import NotReportOfRecord, UnknownReport, next_version, record_refusal
 from integration.store.session import session_scope
 from integration.store.tables import (
     Report,
@@ -258,11 +259,15 @@ def sign_reviewed(
     organization: str,
     source: str | None = None,
     expected_seq: int | None = None,
+    confirm_unreviewed: int | None = None,
 ) -> int:
     """Sign a draft's working copy: the next version with a verified SR, its outcome, audit and deliveries.
 
-    Pending findings are signed as they are (they count as accepted), rejected ones are left out, edited
-    and added ones are signed with their text; impression and limitations come from the working copy.
+    Only a working copy that :mod:`integration.reports.readiness` finds ready is signed: every finding
+    reviewed, or the unreviewed ones confirmed by count (they are then signed as written and count as
+    accepted), and an unparsed model output edited.  Rejected findings are left out, edited and added ones
+    are signed with their text; impression and limitations come from the working copy.  Only the study's
+    report of record is signed (see :func:`integration.store.revisions.record_refusal`).
 
     Parameters
     ----------
@@ -278,6 +283,8 @@ def sign_reviewed(
         Where from (``host:port``).
     expected_seq : int, optional
         The change number the reviewer saw; a different one raises :class:`ReviewConflict`.
+    confirm_unreviewed : int, optional
+        How many unreviewed findings the radiologist confirmed signing as written.
 
     Returns
     -------
@@ -286,6 +293,10 @@ def sign_reviewed(
 
     Raises
     ------
+    ReviewIncomplete
+        Findings not reviewed and not confirmed, or an unparsed model output not edited.
+    NotReportOfRecord
+        The report is a second opinion, or the study already has a signed report.
     ReportClosed
         The report is not a draft.
     ReviewConflict
@@ -304,7 +315,12 @@ def sign_reviewed(
 
     with review_lock(settings.database_url, report_id):
         with session_scope(settings.database_url) as session:
-            _, copy = lock_draft(session, report_id, expected_seq, advisory=False)
+            report, copy = lock_draft(session, report_id, expected_seq, advisory=False)
+            structured = bool(report.structured)
+            refusal = record_refusal(session, report)
+        if refusal is not None:
+            raise NotReportOfRecord(refusal)
+        check_ready(copy, structured=structured, confirm_unreviewed=confirm_unreviewed)
 
         def _signed(session: Session, report: Report, revision_id: int) -> None:
             add_signed_outcome(session, report, revision_id, actor=actor, source=source, copy=copy)

@@ -11,6 +11,8 @@ JSON (radiologists and administrators; object-level 404 for other sites' studies
   agreement (:mod:`integration.reports.agreement`).
 
 Pages: ``GET /studies/{uid}/compare?a=&b=`` and its form, ``POST /studies/{uid}/second-opinions`` (303 back).
+The comparison page names the patient (a radiologist compares readings of someone, never of a UID) and the
+study's report of record: a second opinion is material for it, never a second signable report.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from sqlalchemy.orm import Session
 from integration.config import Settings
 from integration.reports.agreement import compare_drafts, finding_texts
 from integration.store.opinions import PROMPT_NAMES, OpinionRefused, request_second_opinion, study_opinions
+from integration.store.revisions import report_of_record
 from integration.store.tables import Report, ReportStatus, Study, UserRole
 from integration.web.access import report_for, study_for
 from integration.web.auth import CurrentUser, client_address, require_roles
@@ -360,12 +363,23 @@ def _compare_page(
             if len(current) == 2:
                 a, b = a or current[0], b or current[1]
         compared = comparison(session, user, study, a, b) if a is not None and b is not None else None
+        patient = {
+            "name": study.patient_name,
+            "id": study.patient_id,
+            "birth_date": study.patient_birth_date,
+            "sex": study.patient_sex,
+            "accession": study.accession_number,
+            "description": study.study_description,
+        }
+        of_record = report_of_record(session, study.id)
     requested = request.query_params.get("requested")
     return render(
         request,
         "comparison.html",
         {
             "study_uid": study_uid,
+            "patient": patient,
+            "report_of_record": of_record,
             "opinions": opinions,
             "compared": compared,
             "models": sorted(settings.models),

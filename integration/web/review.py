@@ -3,12 +3,15 @@
 * ``GET /api/reports/{id}``: the working copy, the draft's model, prompt and evidence, and its versions.
 * ``GET /api/reports/{id}/changes``: the change history.
 * ``POST /api/reports/{id}/changes``: one change (``{"action", "finding", "text", "expected_seq"}``).
-* ``POST /api/reports/{id}/sign``: sign the working copy (``{"expected_seq"}``).
+* ``POST /api/reports/{id}/sign``: sign the working copy (``{"expected_seq", "confirm_unreviewed"}``).
 * ``POST /api/reports/{id}/reject``: reject the whole draft (``{"reason"}``).
 
-For radiologists and administrators; a report of another site answers 404.  POSTs need the CSRF token
-(``X-CSRF-Token``).  A stale ``expected_seq`` or a report that is no longer a draft answers 409, an invalid
-change 422; the message says why.  Audit events carry ids, counts and lengths, never the text.
+For radiologists and administrators; a report of another site answers 404.  Only radiologists sign (an
+administrator administers: 403 with a message).  POSTs need the CSRF token (``X-CSRF-Token``).  A stale
+``expected_seq``, a report that is no longer a draft, a second opinion (material for the study's report of
+record, never signed) or a review that is not finished (findings neither reviewed nor confirmed by count,
+an unparsed model output not edited) answers 409, an invalid change 422; the message says why.  Audit events
+carry ids, counts and lengths, never the text.
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ class SignRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     expected_seq: int | None = Field(default=None, ge=0)
+    #: How many unreviewed findings the radiologist confirms signing as written (must match the count).
+    confirm_unreviewed: int | None = Field(default=None, ge=0, le=10_000)
 
 
 class RejectRequest(BaseModel):
@@ -96,7 +101,8 @@ def report_view(settings: Settings, user: CurrentUser, report_id: int) -> dict[s
     Returns
     -------
     dict
-        ``working_copy``, ``report`` (model, prompt, study, evidence, problems), ``changes`` (count) and
+        ``working_copy``, ``report`` (model, prompt, study, evidence, problems, purpose and the id of the
+        study's report of record), ``changes`` (count) and
         ``revisions`` (version, status, author, when).
 
     Raises
@@ -105,6 +111,7 @@ def report_view(settings: Settings, user: CurrentUser, report_id: int) -> dict[s
         404 when the report does not exist or belongs to another site.
     """
     from integration.store.reviews import change_count, working_copy
+    from integration.store.revisions import report_of_record
     from integration.store.session import session_scope
     from integration.store.tables import Study
     from integration.web.access import report_for
@@ -131,6 +138,8 @@ def report_view(settings: Settings, user: CurrentUser, report_id: int) -> dict[s
                 "model_family": report.model_family,
                 "prompt_version": report.prompt_version,
                 "structured": report.structured,
+                "purpose": report.purpose.value,
+                "report_of_record": report_of_record(session, report.study_id),
                 "created_at": report.created_at.isoformat(),
                 "problems": [str(p) for p in problems] if isinstance(problems, list) else [],
                 "evidence": [
@@ -154,6 +163,27 @@ def report_view(settings: Settings, user: CurrentUser, report_id: int) -> dict[s
         }
 
 
+#: What an administrator who tries to sign is told.
+NOT_A_SIGNER = "only radiologists sign reports: an administrator account administers and cannot sign a clinical report"
+
+
+def require_signer(user: CurrentUser) -> None:
+    """Refuse a signature by anyone but a radiologist.
+
+    Parameters
+    ----------
+    user : CurrentUser
+        The signed-in user.
+
+    Raises
+    ------
+    fastapi.HTTPException
+        403 with :data:`NOT_A_SIGNER` for any other role.
+    """
+    if user.role is not UserRole.RADIOLOGIST:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, NOT_A_SIGNER)
+
+
 def _check_visible(settings: Settings, user: CurrentUser, report_id: int) -> None:
     from integration.store.session import session_scope
     from integration.web.access import report_for
@@ -173,8 +203,9 @@ def refusal(exc: Exception) -> tuple[int, str]:
     Returns
     -------
     tuple of (int, str)
-        404 for an unknown report, 409 for a stale or closed draft, 503 when the study's images cannot be
-        read, 422 for invalid input.
+        404 for an unknown report, 409 for a stale or closed draft, a report that is not the study's report of
+        record or a review that is not finished, 503 when the study's images cannot be read, 422 for invalid
+        input.
 
     Raises
     ------
@@ -182,12 +213,13 @@ def refusal(exc: Exception) -> tuple[int, str]:
         ``exc`` itself when it is not a refusal.
     """
     from integration.reports.drafts import SourceUnavailable
+    from integration.reports.readiness import ReviewIncomplete
     from integration.store.reviews import ReportClosed, ReviewConflict, ReviewError
     from integration.store.revisions import ReportNotSignable, UnknownReport, VersionTaken
 
     if isinstance(exc, UnknownReport):
         return status.HTTP_404_NOT_FOUND, "no such report"
-    if isinstance(exc, ReportClosed | ReviewConflict | ReportNotSignable | VersionTaken):
+    if isinstance(exc, ReportClosed | ReviewConflict | ReportNotSignable | VersionTaken | ReviewIncomplete):
         return status.HTTP_409_CONFLICT, str(exc)
     if isinstance(exc, SourceUnavailable):
         return status.HTTP_503_SERVICE_UNAVAILABLE, f"cannot sign now: {exc}"
@@ -254,12 +286,13 @@ def review_router() -> APIRouter:
 
     @router.post("/{report_id}/sign", summary="Sign the working copy", dependencies=csrf)
     def post_sign(report_id: int, body: SignRequest, request: Request, user: Reviewer) -> dict[str, int]:
-        """Sign: a new version with a verified SR, its outcome and deliveries; 409 when stale or closed."""
+        """Sign: a new version with a verified SR, its outcome and deliveries; 409 when stale, closed or unready."""
         from integration.reports.review import sign_reviewed, signer_of
         from integration.store.session import session_scope
 
         settings = _settings(request)
         _check_visible(settings, user, report_id)
+        require_signer(user)
         with session_scope(settings.database_url) as session:
             person_name, organization = signer_of(session, user.id)
         try:
@@ -271,6 +304,7 @@ def review_router() -> APIRouter:
                 organization=organization,
                 source=client_address(request),
                 expected_seq=body.expected_seq,
+                confirm_unreviewed=body.confirm_unreviewed,
             )
         except (LookupError, ValueError, RuntimeError) as exc:
             raise _refused(exc) from None

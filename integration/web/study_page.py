@@ -1,11 +1,18 @@
 """The study page: images, the model's evidence and the draft editor (``/studies/{study_uid}``).
 
-The editor is plain HTML forms posting to the routes below, which call the review domain
-(:mod:`integration.store.reviews`, :mod:`integration.reports.review`) and redirect back (Post/Redirect/Get),
-so the page works without JavaScript; ``static/review.js`` only adds keyboard shortcuts and highlighting.
-Each form carries the change number the page showed (``expected_seq``): when someone else changed the
-draft meanwhile, the answer is a 409 page that shows the text that was not saved.  Opening the page is
-audited (``study.view``); changes, signing and rejecting are audited by the review domain
+The editor is one HTML form (:mod:`integration.web.review_form`: every box's text travels with every button,
+so nothing typed is lost) posting to routes that call the review domain (:mod:`integration.store.reviews`,
+:mod:`integration.reports.review`) and redirect back (Post/Redirect/Get), so the page works without
+JavaScript; ``static/review.js`` adds keyboard shortcuts, highlighting and a warning before leaving with
+unsaved text.  The form carries the change number the page showed (``expected_seq``): when someone else
+changed the draft meanwhile, the answer is a 409 page that shows the text that was not saved.
+
+Only the study's report of record (its primary report) can be signed, only by a radiologist, and only once
+every finding is reviewed or the unreviewed ones are confirmed by count; a second opinion is shown as
+material for the report of record, with a button per finding that copies it there.  The page shows the
+clinical question and, for photo uploads, the uploader's stated side, read from the study's first instance.
+
+Opening the page is audited (``study.view``); changes, signing and rejecting are audited by the review domain
 (``review.change``, ``report.sign``, ``report.reject``).
 """
 
@@ -20,11 +27,13 @@ from sqlalchemy import select
 
 from integration.config import Settings
 from integration.dicom.header import is_valid_uid
-from integration.store.tables import Report, ReportStatus, Site
+from integration.store.revisions import report_of_record
+from integration.store.tables import Report, ReportPurpose, ReportStatus, Site, UserRole
 from integration.web.access import report_for, study_for
 from integration.web.auth import CurrentUser, client_address
 from integration.web.csrf import require_csrf
 from integration.web.images import WindowName
+from integration.web.review_form import review_form_router
 from integration.web.studies import record_study_view
 from integration.web.study_view import (
     THUMBNAIL_SIZE,
@@ -33,6 +42,7 @@ from integration.web.study_view import (
     evidence_entries,
     revisions_of,
     study_images,
+    study_request,
 )
 from integration.web.templating import PageRoute, error_page, page_reviewer, render
 
@@ -47,6 +57,7 @@ NOTICES = {
     "add": "Finding added.",
     "impression": "Impression saved.",
     "limitations": "Limitations saved.",
+    "save": "Your text is saved.",
     "sign": "Report signed.",
     "reject-draft": "Draft rejected.",
 }
@@ -111,6 +122,11 @@ def _study_context(
         revisions = revisions_of(session, report.id) if report is not None else []
         evidence_numbers = sorted({entry[0] for entry in evidence_entries(report.evidence)}) if report else []
         problems = report.findings.get("problems") if report and isinstance(report.findings, dict) else None
+        of_record = report_of_record(session, study.id)
+        record = session.get(Report, of_record) if of_record is not None else None
+        # a second opinion's findings can be copied into the report of record while that is a draft
+        record_seq = working_copy(session, record.id).seq if record and record.status is ReportStatus.DRAFT else None
+        request_details = study_request(settings, session, study)
         record_study_view(session, user, request, study.study_uid, "page")
         session.expunge_all()
     decisions: dict[str, int] = {}
@@ -122,7 +138,13 @@ def _study_context(
         "reports": reports,
         "report": report,
         "copy": copy,
-        "editable": report is not None and report.status is ReportStatus.DRAFT,
+        "editable": report is not None and report.status is ReportStatus.DRAFT and report.id == of_record,
+        "second_opinion": report is not None and report.purpose is ReportPurpose.SECOND_OPINION,
+        "report_of_record": of_record,
+        "record_seq": record_seq,
+        "can_sign": user.role is UserRole.RADIOLOGIST,
+        "structured": report is None or bool(report.structured),
+        "asked": request_details,
         "decisions": decisions,
         "history": history,
         "revisions": revisions,
@@ -136,8 +158,25 @@ def _study_context(
     }
 
 
-def _checked_report(request: Request, user: CurrentUser, study_uid: str, report_id: int) -> None:
-    """Refuse (404) a report that is not one of this study's, or a study the user may not see."""
+def checked_report(request: Request, user: CurrentUser, study_uid: str, report_id: int) -> None:
+    """Refuse a report that is not one of this study's, or a study the user may not see.
+
+    Parameters
+    ----------
+    request : fastapi.Request
+        The request (its settings).
+    user : CurrentUser
+        The signed-in user.
+    study_uid : str
+        The study of the URL.
+    report_id : int
+        The report of the URL.
+
+    Raises
+    ------
+    fastapi.HTTPException
+        404 for an invalid UID, another site's study or a report of another study.
+    """
     from integration.store.session import session_scope
 
     if not is_valid_uid(study_uid):
@@ -148,8 +187,30 @@ def _checked_report(request: Request, user: CurrentUser, study_uid: str, report_
             raise HTTPException(status.HTTP_404_NOT_FOUND, "no such report for this study")
 
 
-def _refusal(request: Request, exc: Exception, back: str, unsaved: str | None = None) -> HTMLResponse:
-    """Answer a refused review action as a page: 409 for stale or closed drafts, 422 for invalid input."""
+def refusal_page(request: Request, exc: Exception, back: str, unsaved: str | None = None) -> HTMLResponse:
+    """Answer a refused review action as a page: 409 for stale, closed or unready drafts, 422 for invalid input.
+
+    Parameters
+    ----------
+    request : fastapi.Request
+        The request.
+    exc : Exception
+        What the review domain raised.
+    back : str
+        The page to go back to.
+    unsaved : str, optional
+        Text that was not saved (shown for 409 and 422 so it can be copied).
+
+    Returns
+    -------
+    fastapi.responses.HTMLResponse
+        The error page.
+
+    Raises
+    ------
+    Exception
+        ``exc`` itself when it is not a refusal (see :func:`integration.web.review.refusal`).
+    """
     from integration.store.reviews import ReviewConflict
     from integration.web.review import refusal
 
@@ -160,7 +221,8 @@ def _refusal(request: Request, exc: Exception, back: str, unsaved: str | None = 
     return error_page(request, code, message, back=back, unsaved=keep)
 
 
-def _see_other(url: str) -> RedirectResponse:
+def see_other(url: str) -> RedirectResponse:
+    """Answer 303 to a local URL (Post/Redirect/Get), never cached."""
     return RedirectResponse(url, status_code=status.HTTP_303_SEE_OTHER, headers={"Cache-Control": "no-store"})
 
 
@@ -173,6 +235,7 @@ def study_page_router() -> APIRouter:
         ``GET /studies/{study_uid}`` and the review forms' ``POST`` routes.
     """
     router = APIRouter(route_class=PageRoute, tags=["review page"])
+    router.include_router(review_form_router())
     csrf = [Depends(require_csrf)]
 
     @router.get("/studies/{study_uid}", response_class=HTMLResponse, summary="Study page")
@@ -209,7 +272,7 @@ def study_page_router() -> APIRouter:
         from integration.store.revisions import UnknownReport
         from integration.store.session import session_scope
 
-        _checked_report(request, user, study_uid, report_id)
+        checked_report(request, user, study_uid, report_id)
         back = study_url(study_uid, report_id)
         try:
             with session_scope(_settings(request).database_url) as session:
@@ -224,14 +287,14 @@ def study_page_router() -> APIRouter:
                     source=client_address(request),
                 )
         except (ReviewError, ReviewConflict, ReportClosed, UnknownReport) as exc:
-            return _refusal(request, exc, back, unsaved=text)
+            return refusal_page(request, exc, back, unsaved=text)
         if action == "add":
             anchor = f"finding-{copy.findings[-1].index}" if copy.findings else "findings"
         elif finding is not None:
             anchor = f"finding-{finding}"
         else:
             anchor = action if action in ("impression", "limitations") else "findings"
-        return _see_other(study_url(study_uid, report_id, done=action, anchor=anchor))
+        return see_other(study_url(study_uid, report_id, done=action, anchor=anchor))
 
     @router.post("/studies/{study_uid}/reports/{report_id}/sign", dependencies=csrf, summary="Sign a draft")
     def sign(
@@ -240,12 +303,15 @@ def study_page_router() -> APIRouter:
         request: Request,
         user: Reviewer,
         expected_seq: Annotated[int, Form(ge=0)],
+        confirm_unreviewed: Annotated[int | None, Form(ge=0, le=10_000)] = None,
     ) -> Response:
-        """Sign the working copy as the page showed it; the signed version is then shown read-only."""
+        """Sign the working copy as the page showed it (radiologists only; reviewed or confirmed findings)."""
         from integration.reports.review import sign_reviewed, signer_of
         from integration.store.session import session_scope
+        from integration.web.review import require_signer
 
-        _checked_report(request, user, study_uid, report_id)
+        checked_report(request, user, study_uid, report_id)
+        require_signer(user)
         settings = _settings(request)
         with session_scope(settings.database_url) as session:
             person_name, organization = signer_of(session, user.id)
@@ -258,10 +324,11 @@ def study_page_router() -> APIRouter:
                 organization=organization,
                 source=client_address(request),
                 expected_seq=expected_seq,
+                confirm_unreviewed=confirm_unreviewed,
             )
         except (LookupError, ValueError, RuntimeError) as exc:
-            return _refusal(request, exc, study_url(study_uid, report_id))
-        return _see_other(study_url(study_uid, report_id, done="sign", anchor="report"))
+            return refusal_page(request, exc, study_url(study_uid, report_id))
+        return see_other(study_url(study_uid, report_id, done="sign", anchor="report"))
 
     @router.post("/studies/{study_uid}/reports/{report_id}/reject", dependencies=csrf, summary="Reject a draft")
     def reject(
@@ -276,7 +343,7 @@ def study_page_router() -> APIRouter:
         from integration.reports.review import reject_draft, signer_of
         from integration.store.session import session_scope
 
-        _checked_report(request, user, study_uid, report_id)
+        checked_report(request, user, study_uid, report_id)
         settings = _settings(request)
         with session_scope(settings.database_url) as session:
             _, organization = signer_of(session, user.id)
@@ -291,7 +358,7 @@ def study_page_router() -> APIRouter:
                 expected_seq=expected_seq,
             )
         except (LookupError, ValueError, RuntimeError) as exc:
-            return _refusal(request, exc, study_url(study_uid, report_id), unsaved=reason)
-        return _see_other(study_url(study_uid, report_id, done="reject-draft", anchor="report"))
+            return refusal_page(request, exc, study_url(study_uid, report_id), unsaved=reason)
+        return see_other(study_url(study_uid, report_id, done="reject-draft", anchor="report"))
 
     return router

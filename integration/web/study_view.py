@@ -3,21 +3,37 @@
 Thumbnails and the large view are ``<img>`` elements pointing at the frame route of
 :mod:`integration.web.images`; each one knows which prompt images (``Image 1``, ``Image 2`` ...) of the
 report's evidence it is, so the page can mark them and a finding's citations can highlight them.
+
+The request a radiologist reads first (the clinical question and, for photo uploads, the side the uploader
+stated) is read from the study's first stored instance (:func:`study_request`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+import pydicom
 from fastapi import HTTPException, status
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from integration.config import Settings
 from integration.dicom.header import is_valid_uid
-from integration.store.tables import Delivery, Instance, Report, ReportRevision, ReportStatus, Series, Study
+from integration.dicom.referral import read_question
+from integration.store.tables import (
+    Delivery,
+    Instance,
+    Report,
+    ReportPurpose,
+    ReportRevision,
+    ReportStatus,
+    Series,
+    Study,
+)
 from integration.web.images import WINDOW_NAMES, window_for
 
 #: Most thumbnails per series (sampled evenly; the frames the model saw are always shown).
@@ -255,7 +271,7 @@ def _selected(
 
 
 def choose_report(reports: Sequence[Report], report_id: int | None) -> Report | None:
-    """Return the report to show: the one asked for, else the newest draft, else the newest.
+    """Return the report to show: the one asked for, else the report of record, else the newest draft or report.
 
     Parameters
     ----------
@@ -279,6 +295,11 @@ def choose_report(reports: Sequence[Report], report_id: int | None) -> Report | 
             if report.id == report_id:
                 return report
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such report for this study")
+    # the report of record first: a primary draft, else the signed report; second opinions after them
+    for wanted in (ReportStatus.DRAFT, ReportStatus.SIGNED):
+        for report in reports:
+            if report.status is wanted and report.purpose is ReportPurpose.PRIMARY:
+                return report
     drafts = [report for report in reports if report.status is ReportStatus.DRAFT]
     return drafts[0] if drafts else (reports[0] if reports else None)
 
@@ -332,3 +353,56 @@ def revisions_of(session: Session, report_id: int) -> list[dict[str, Any]]:
         }
         for revision in revisions
     ]
+
+
+#: How the page names a stated side (DICOM Laterality).
+SIDES = {"R": "right", "L": "left"}
+
+
+def study_request(settings: Settings, session: Session, study: Study) -> dict[str, str | None]:
+    """Return what was asked of the study: the clinical question and, for a photo upload, the stated side.
+
+    Parameters
+    ----------
+    settings : Settings
+        The instance store.
+    session : sqlalchemy.orm.Session
+        Open session.
+    study : Study
+        The study (already authorized).
+
+    Returns
+    -------
+    dict
+        ``question`` (cleaned, untrusted text: escaped where shown) and ``laterality`` (``right``, ``left``,
+        ``not stated``; None for studies that are not photo uploads); None where nothing is recorded or the
+        file cannot be read.
+    """
+    storage_path = session.scalar(
+        select(Instance.storage_path)
+        .join(Series, Instance.series_id == Series.id)
+        .where(Series.study_id == study.id)
+        .order_by(Instance.id)
+        .limit(1)
+    )
+    answer: dict[str, str | None] = {"question": None, "laterality": None}
+    if storage_path is None:
+        return answer
+    root = settings.instance_root.resolve()
+    path = (root / storage_path).resolve()
+    if not path.is_relative_to(root):
+        return answer
+    answer["question"] = read_question(path)
+    if study.source == "upload":
+        answer["laterality"] = _stated_side(path)
+    return answer
+
+
+def _stated_side(path: Path) -> str:
+    """The side a photo's uploader stated (Laterality, else Image Laterality), or ``not stated``."""
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Laterality", "ImageLaterality"])
+    except Exception:  # an unreadable header states no side
+        return "not stated"
+    value = str(ds.get("Laterality") or ds.get("ImageLaterality") or "").strip().upper()
+    return SIDES.get(value, "not stated")

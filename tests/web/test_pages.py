@@ -29,7 +29,7 @@ from integration.store.reports import DraftRecord, record_draft
 from integration.store.session import session_scope
 from integration.store.tables import AnalysisJob, AuditEvent, ReviewChange, Study, UserSession, utcnow
 from tests.dicom.test_study_attributes import ingest
-from tests.web.conftest import ApiProcess
+from tests.web.conftest import ApiProcess, sign_in_form_token
 from tests.web.test_auth import PASSWORD, add_user, cli
 
 COOKIE = "pacsvlm_session"
@@ -167,7 +167,8 @@ def world(start_api: Callable[..., ApiProcess], migrated_postgres_url: str, redi
 
 def sign_in(api: ApiProcess, username: str) -> httpx.Client:
     client = httpx.Client(base_url=api.url, timeout=30)
-    answer = client.post("/login", data={"username": username, "password": PASSWORD})
+    token = sign_in_form_token(client)
+    answer = client.post("/login", data={"username": username, "password": PASSWORD, "csrf_token": token})
     assert answer.status_code == 303, answer.text
     assert COOKIE in client.cookies
     return client
@@ -207,21 +208,35 @@ def test_sign_in_form_redirects_and_sign_out(world: World) -> None:
     assert form.status_code == 200 and 'name="password"' in form.text
     assert_page_headers(form)
 
-    wrong = anonymous.post("/login", data={"username": "north_rad", "password": "not the password"})
-    unknown = anonymous.post("/login", data={"username": "nobody", "password": PASSWORD})
+    token = sign_in_form_token(anonymous)
+    forged = anonymous.post("/login", data={"username": "north_rad", "password": PASSWORD})  # no token
+    foreign = httpx.post(api.url + "/login", data={"username": "north_rad", "password": PASSWORD, "csrf_token": token})
+    assert forged.status_code == foreign.status_code == 403 and COOKIE not in anonymous.cookies
+    assert "reload the page" in forged.text and COOKIE not in foreign.cookies  # a cross-site post has no cookie
+    wrong = anonymous.post(
+        "/login", data={"username": "north_rad", "password": "not the password", "csrf_token": token}
+    )
+    unknown = anonymous.post("/login", data={"username": "nobody", "password": PASSWORD, "csrf_token": token})
     assert wrong.status_code == unknown.status_code == 401
     assert "invalid username or password" in wrong.text and COOKIE not in anonymous.cookies
     assert "not the password" not in wrong.text
-    empty = anonymous.post("/login", data={"username": "north_rad"})
+    empty = anonymous.post("/login", data={"username": "north_rad", "csrf_token": token})
     assert empty.status_code == 422 and COOKIE not in anonymous.cookies
 
     # A local ``next`` is followed; another site's is not.
-    evil = anonymous.post("/login", data={"username": "north_rad", "password": PASSWORD, "next": "//evil.example/x"})
+    evil = anonymous.post(
+        "/login", data={"username": "north_rad", "password": PASSWORD, "next": "//evil.example/x", "csrf_token": token}
+    )
     assert evil.status_code == 303 and evil.headers["location"] == "/worklist"
-    back = httpx.post(
-        api.url + "/login",
-        data={"username": "north_rad", "password": PASSWORD, "next": "/worklist?sort=oldest"},
-        timeout=30,
+    other = httpx.Client(base_url=api.url, timeout=30)
+    back = other.post(
+        "/login",
+        data={
+            "username": "north_rad",
+            "password": PASSWORD,
+            "next": "/worklist?sort=oldest",
+            "csrf_token": sign_in_form_token(other),
+        },
     )
     assert back.status_code == 303 and back.headers["location"] == "/worklist?sort=oldest"
     cookie = back.headers["set-cookie"].lower()
@@ -335,7 +350,8 @@ def test_study_page_images_escaping_and_audit(world: World) -> None:
     assert f"/studies/{ct_uid}/instances/{sop}/frames/1.png?size=128&amp;window=lung" in html
     assert ">#1</span>" in html and ">#2</span>" in html and "Image 1" in html
     assert 'data-images="1 2"' in html  # the series thumbnail is both prompt images
-    assert html.count('name="csrf_token"') >= 8  # every form carries the token
+    assert html.count('name="csrf_token"') == html.count("<form") >= 3  # every form carries the token
+    assert html.count('id="review-form"') == 1  # one editor form: every box's text travels with every button
 
     # Images: decoded, the requested size, windows; cached privately.
     for size, window in ((64, "default"), (200, "lung"), (1024, "bone")):
@@ -452,7 +468,12 @@ def test_review_forms_csrf_conflicts_and_signing(world: World) -> None:
     assert "<script>window.__pwned" not in page.text and page.text.count("&lt;script&gt;window.__pwned") >= 2
     assert changes(world.settings, report) == [(1, "accept", "accepted"), (2, "add", HOSTILE)]
 
-    signed = post_form(radiologist, base + "/sign", csrf_token=token, expected_seq=2)
+    # Finding 2 was never reviewed: signing is refused until it is, or until the radiologist confirms the count.
+    unreviewed = post_form(radiologist, base + "/sign", csrf_token=token, expected_seq=2)
+    assert unreviewed.status_code == 409 and "1 finding was not reviewed" in unreviewed.text
+    miscounted = post_form(radiologist, base + "/sign", csrf_token=token, expected_seq=2, confirm_unreviewed=2)
+    assert miscounted.status_code == 409
+    signed = post_form(radiologist, base + "/sign", csrf_token=token, expected_seq=2, confirm_unreviewed=1)
     assert signed.status_code == 303, signed.text
     view = radiologist.get(signed.headers["location"])
     assert "Report signed." in view.text and "Version 2: signed" in view.text and "Verified SR written" in view.text

@@ -1,5 +1,6 @@
-// pacs-vlm review pages: keyboard shortcuts and image highlighting.
-// The pages work without this file: every action is a plain form or link.
+// pacs-vlm review pages: keyboard shortcuts, image highlighting, a warning before leaving unsaved text.
+// The pages work without this file: every action is a plain form or link (the study page's editor is one
+// form, so every box's text is saved with whatever button is pressed).
 (function () {
   "use strict";
 
@@ -125,10 +126,32 @@
     if (field) { field.focus(); field.scrollIntoView({ block: "center" }); }
   }
 
+  // ---- unsaved text: warn before leaving the page -------------------------
+  var submitting = false;
+  function unsavedText() {
+    return Array.prototype.some.call(document.querySelectorAll("main form textarea"), function (area) {
+      return area.value !== area.defaultValue;
+    });
+  }
+  document.querySelectorAll("main form").forEach(function (form) {
+    form.addEventListener("submit", function () { submitting = true; });
+  });
+  window.addEventListener("beforeunload", function (event) {
+    if (submitting || !unsavedText()) { return; }
+    event.preventDefault();
+    event.returnValue = "";  // older browsers need it set to show the prompt
+  });
+
   document.addEventListener("keydown", function (event) {
     if (event.key === "Enter" && (event.ctrlKey || event.metaKey) && event.target instanceof HTMLTextAreaElement) {
       var form = event.target.form;
-      if (form) { event.preventDefault(); form.requestSubmit(); }
+      if (form) {
+        event.preventDefault();
+        // the box's own button (Save edit, Add finding, Save impression ...) in the one review form
+        var box = event.target.closest("details, .section, .add-finding");
+        var button = box && box.querySelector('button[type="submit"]');
+        if (button && button.form === form) { form.requestSubmit(button); } else { form.requestSubmit(); }
+      }
       return;
     }
     if (event.key === "Escape") {
