@@ -666,7 +666,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         Deployment(Path(tmp), args.broker_url, args.database_url) as deploy,
     ):
         try:
-            listener = deploy.start_listener({"PACSVLM_NETWORK_TIMEOUT": "2", "PACSVLM_ACSE_TIMEOUT": "2"})
+            listener = deploy.start_listener(
+                {
+                    "PACSVLM_NETWORK_TIMEOUT": "2",
+                    "PACSVLM_ACSE_TIMEOUT": "2",
+                    "PACSVLM_REJECTIONS_BEFORE_BLOCK": "1000000",  # keep fuzzing, do not turn the fuzzer away
+                }
+            )
             auth = deploy.add_uploader()
             api_port = free_port()
             api = ManagedProcess(

@@ -31,7 +31,7 @@ from integration.dicom.association import Peer, Rejection
 log = logging.getLogger(__name__)
 
 #: Seconds over which repeated rejections of one (host, calling AE, reason) make one audit event.
-AUDIT_WINDOW_SECONDS: Final = 60.0
+AUDIT_WINDOW_SECONDS: Final = 10.0
 
 
 @dataclass(frozen=True)

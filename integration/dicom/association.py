@@ -260,13 +260,13 @@ class Association:
         header = ul.parse_request_header(fixed)
         self.peer.calling_ae = header.calling_ae
         rejection = self.service.admit(header, self.peer)
+        rest = await asyncio.wait_for(self.reader.readexactly(length - ul.ASSOCIATE_RQ_FIXED_LENGTH), acse_timeout)
         if rejection is None:
             busy = self.gate.take_slot(header.calling_ae, self.peer.address)
             if busy is not None:
                 rejection = Rejection(
                     busy, result=ul.REJECTED_TRANSIENT, source=ul.SOURCE_PRESENTATION, diagnostic=ul.REASON_LOCAL_LIMIT
                 )
-        rest = await asyncio.wait_for(self.reader.readexactly(length - ul.ASSOCIATE_RQ_FIXED_LENGTH), acse_timeout)
         request: ul.AssociationRequest | None = None
         answer = b""
         if rejection is None:

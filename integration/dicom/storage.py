@@ -9,6 +9,11 @@ has validated (digits and dots), never from raw input.
 Creating a file and opening a folder both wait for the file system's journal,
 so the store keeps a few empty temporary files created ahead of need
 (refilled in the background) and keeps the folders it flushes open.
+
+Several processes (the listener, each API process) share ``.incoming``: each store's temporary files are
+named after its owner token, and the store holds an exclusive ``flock`` on ``.owners/<token>`` while it
+lives, so :meth:`InstanceStore.sweep_incoming` removes only the files of stores that are gone (a listener
+start used to delete the API's spares, and the next STOW-RS instance failed with 0xA700).
 """
 
 from __future__ import annotations
@@ -78,6 +83,7 @@ class InstanceStore:
         self.min_free_bytes = min_free_bytes
         self.tmp_dir = self.root / ".incoming"
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self.owner, self._owner_fd = _claim_owner(self.root / ".owners")
         self._known_dirs: set[Path] = set()
         self._lock = threading.Lock()
         self._spares: list[tuple[Path, int]] = []
@@ -99,6 +105,10 @@ class InstanceStore:
             path.unlink(missing_ok=True)
         for fd in folders:
             os.close(fd)
+        if self._owner_fd is not None:
+            (self.root / ".owners" / self.owner).unlink(missing_ok=True)
+            os.close(self._owner_fd)
+            self._owner_fd = None
 
     def relative_path(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> str:
         """Return the store path of an instance, from validated UIDs only.
@@ -268,8 +278,8 @@ class InstanceStore:
         return spare if spare is not None else self._create_temporary()
 
     def _create_temporary(self) -> tuple[Path, int]:
-        tmp = self.tmp_dir / f"{uuid.uuid4().hex}.part"
-        return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        tmp = self.tmp_dir / f"{self.owner}-{uuid.uuid4().hex}.part"
+        return tmp, os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o640)
 
     def _refill(self) -> None:
         while True:
@@ -318,17 +328,28 @@ class InstanceStore:
             log.exception("could not remove an uncommitted instance file")
 
     def sweep_incoming(self) -> int:
-        """Delete temporary files left by a crash; call before accepting associations.
+        """Delete temporary files of stores that are gone (a crash); call before accepting associations.
+
+        Files of live stores (another process's spares, this store's own) are kept.
 
         Returns
         -------
         int
             Number of files removed.
         """
+        owners = self.root / ".owners"
+        alive: dict[str, bool] = {self.owner: True}
         removed = 0
         for path in self.tmp_dir.glob("*.part"):
-            path.unlink(missing_ok=True)
-            removed += 1
+            owner = path.name.split("-", 1)[0] if "-" in path.name else ""
+            if owner not in alive:
+                alive[owner] = bool(owner) and _owner_alive(owners / owner)
+            if not alive[owner]:
+                path.unlink(missing_ok=True)
+                removed += 1
+        for lock in owners.glob("*") if owners.is_dir() else ():
+            if not lock.name.startswith(".") and lock.name not in alive and not _owner_alive(lock):
+                lock.unlink(missing_ok=True)
         return removed
 
     def _link(self, tmp: Path, final: Path) -> bool:
@@ -394,6 +415,37 @@ def write_all(fd: int, chunk: bytes | memoryview) -> None:
     while view:
         written = os.write(fd, view)
         view = view[written:]
+
+
+def _claim_owner(folder: Path) -> tuple[str, int | None]:
+    """Create ``folder/<token>`` under an exclusive ``flock`` held for the store's life; return both."""
+    token = uuid.uuid4().hex
+    folder.mkdir(parents=True, exist_ok=True)
+    draft = folder / f".{token}.new"  # locked before it gets the name a sweep looks at
+    fd = os.open(draft, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o640)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.rename(draft, folder / token)
+    except OSError:
+        os.close(fd)
+        draft.unlink(missing_ok=True)
+        raise
+    return token, fd
+
+
+def _owner_alive(lock: Path) -> bool:
+    """Tell whether the store owning ``lock`` still lives (holds its ``flock``)."""
+    try:
+        fd = os.open(lock, os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 class InstanceLocks:

@@ -64,7 +64,12 @@ def fuzz_listener(
         migrated_postgres_url,
         redis_url,
         calling_aes={"FUZZER": {}, "STORESCU": {}},
-        extra_env={"PACSVLM_NETWORK_TIMEOUT": "2", "PACSVLM_ACSE_TIMEOUT": "2"},
+        # Mutated requests are rejected by the dozen: keep fuzzing instead of turning the fuzzer away.
+        extra_env={
+            "PACSVLM_NETWORK_TIMEOUT": "2",
+            "PACSVLM_ACSE_TIMEOUT": "2",
+            "PACSVLM_REJECTIONS_BEFORE_BLOCK": "1000000",
+        },
     )
 
 
