@@ -3,10 +3,15 @@
 The demo runs the listener on embedded defaults (SQLite, file-system queue,
 files under ``var/demo``) and sends the bundled sample studies and a generated
 CT series over DICOM C-STORE with :func:`send_files`.
+
+Its studies belong to a demo site and the demo adds a radiologist of that site
+(:func:`ensure_demo_reader`), so the drafts can be reviewed and signed in the browser as
+a radiologist would: a radiologist sees only their site's studies, and only radiologists sign.
 """
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 
 from pydicom import dcmread
@@ -17,6 +22,11 @@ from integration.config import CallingAE, Settings
 
 DEMO_AE = "PACSVLM_DEMO"
 DEMO_DIR = Path("var/demo")
+#: The demo's site and its radiologist.
+DEMO_SITE = "DEMO"
+DEMO_SITE_NAME = "Demo Hospital"
+DEMO_READER = "demo_rad"
+DEMO_READER_NAME = "Demo^Reader"
 
 
 def demo_settings(data_dir: Path = DEMO_DIR) -> Settings:
@@ -38,10 +48,39 @@ def demo_settings(data_dir: Path = DEMO_DIR) -> Settings:
         broker_url="",
         listen_host="127.0.0.1",
         listen_port=_free_port(),
-        calling_aes={DEMO_AE: CallingAE(stable_seconds=2)},
+        calling_aes={DEMO_AE: CallingAE(stable_seconds=2, site=DEMO_SITE)},
         assembly_interval=0.5,
         min_free_bytes=0,
     )
+
+
+def ensure_demo_reader(settings: Settings) -> str | None:
+    """Add the demo's site and its radiologist when they are missing.
+
+    Parameters
+    ----------
+    settings : Settings
+        The demo's settings (its database is migrated).
+
+    Returns
+    -------
+    str or None
+        The radiologist's new password (random, shown once by the demo), or None when the user existed.
+    """
+    from sqlalchemy import select
+
+    from integration.store.session import session_scope
+    from integration.store.tables import Site, User, UserRole
+    from integration.store.users import create_site, create_user
+
+    with session_scope(settings.database_url) as session:
+        if session.scalar(select(Site.id).where(Site.code == DEMO_SITE)) is None:
+            create_site(session, DEMO_SITE, DEMO_SITE_NAME)
+        if session.scalar(select(User.id).where(User.username == DEMO_READER)) is not None:
+            return None
+        password = secrets.token_urlsafe(12)
+        create_user(session, DEMO_READER, password, UserRole.RADIOLOGIST, DEMO_SITE, person_name=DEMO_READER_NAME)
+    return password
 
 
 def _free_port() -> int:

@@ -1,7 +1,8 @@
 """``pacs-vlm demo``: C-STORE in, draft out, on embedded defaults with no servers to install.
 
 Builds a tiny randomly initialised smoke-test model on first run (its text is
-noise: it shows the path, not a reading), starts the listener in this process
+noise: it shows the path, not a reading), adds a demo site and a radiologist of
+that site (whose password it prints once), starts the listener in this process
 and a worker (``pacs-vlm worker``) as a child process, sends the bundled sample
 studies and a generated CT series, waits until every study is drafted (or has
 failed with a stated reason, e.g. an RT dose object has no image for the
@@ -27,7 +28,7 @@ from rich.table import Table
 from rich.text import Text
 
 from integration.config import Settings
-from integration.demo import DEMO_DIR, demo_settings, send_files
+from integration.demo import DEMO_DIR, DEMO_READER, DEMO_SITE, demo_settings, ensure_demo_reader, send_files
 from integration.dicom.listener import Listener
 from integration.dicom.samples import write_ct_series, write_sample_studies
 from integration.reports.drafts import ensure_draft_sr
@@ -128,6 +129,7 @@ def run_demo(*, keep: bool = False) -> int:
     )
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     ensure_schema(settings.database_url)
+    password = ensure_demo_reader(settings)  # before any study arrives: the studies belong to its site
     listener = Listener(settings)
     listener.start()
     log_path = settings.data_dir / "worker.log"
@@ -179,10 +181,11 @@ def run_demo(*, keep: bool = False) -> int:
         console.print(
             f"[green]{drafted} of {len(study_uids)} studies drafted; any others failed with the reason shown[/green]"
         )
+        sign_in = f"password {password}" if password else "the password shown when the demo first created the user"
         console.print(
-            "Review them in the browser (the review page reads the same folder):\n"
-            f"  PACSVLM_DATA_DIR={DEMO_DIR} pacs-vlm users add admin --role admin\n"
-            f"  PACSVLM_DATA_DIR={DEMO_DIR} pacs-vlm api --port 8000    # then open http://127.0.0.1:8000/"
+            "Review and sign them in the browser (the review page reads the same folder):\n"
+            f"  PACSVLM_DATA_DIR={DEMO_DIR} pacs-vlm api --port 8000    # then open http://127.0.0.1:8000/\n"
+            f"  sign in as radiologist {DEMO_READER} (site {DEMO_SITE}), {sign_in}"
         )
         return 0
     console.print(f"[red]demo incomplete[/red]: see {log_path}")
