@@ -76,14 +76,15 @@ def api(
         str | None,
         typer.Option(
             help="Comma-separated addresses of the reverse proxy whose X-Forwarded-* headers are trusted "
-            "('*' trusts all; default: $FORWARDED_ALLOW_IPS or 127.0.0.1)."
+            "('*' trusts all; default: PACSVLM_FORWARDED_ALLOW_IPS, else no proxy is trusted)."
         ),
     ] = None,
 ) -> None:
     """Run the review API and page, STOW-RS, /health and /metrics, over HTTP or HTTPS.
 
     Behind a TLS-terminating reverse proxy, keep the default HTTP and list the proxy in
-    --forwarded-allow-ips so the client's address and scheme (secure session cookie) are known.
+    --forwarded-allow-ips (or PACSVLM_FORWARDED_ALLOW_IPS) so the client's address and scheme (secure
+    session cookie) are known; no proxy is trusted otherwise.
     """
     import uvicorn
     from sqlalchemy.exc import SQLAlchemyError
@@ -120,12 +121,16 @@ def api(
         sock = bind_listening_socket(host, port)
     except OSError as exc:
         raise fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}", 2) from None
+    trusted_proxies = (forwarded_allow_ips if forwarded_allow_ips is not None else settings.forwarded_allow_ips).strip()
+    if trusted_proxies != settings.forwarded_allow_ips:
+        settings = settings.model_copy(update={"forwarded_allow_ips": trusted_proxies})
     config = uvicorn.Config(
         create_app(settings),
         log_level=log_level.value,
         server_header=False,
-        proxy_headers=proxy_headers,
-        forwarded_allow_ips=forwarded_allow_ips,
+        # no trusted proxy (the default): the client is the TCP peer, whatever X-Forwarded-For says
+        proxy_headers=proxy_headers and bool(trusted_proxies),
+        forwarded_allow_ips=trusted_proxies or None,
         # uvicorn calls the factory when it loads; the context was built (and its files checked) above
         ssl_context_factory=(lambda _config, _default: tls) if tls is not None else None,
     )

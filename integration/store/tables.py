@@ -490,3 +490,22 @@ class UserSession(Base):
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     user: Mapped[User] = relationship()
+
+
+class SignInThrottle(Base):
+    """Recent failed sign-ins of one username from one source (or of any username, ``username=''``).
+
+    Updated by compare-and-swap statements (:mod:`integration.store.sign_in_throttle`) so concurrent
+    attempts are counted exactly, on SQLite and PostgreSQL alike.
+    """
+
+    __tablename__ = "sign_in_throttle"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(128))
+    source: Mapped[str] = mapped_column(String(128))
+    failures: Mapped[int] = mapped_column(Integer)
+    last_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (UniqueConstraint("username", "source"),)

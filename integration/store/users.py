@@ -1,16 +1,9 @@
-"""Sites, users and sign-in sessions of the review app, and sign-in throttling.
+"""Sites, users and sign-in sessions of the review app.
 
 Passwords are stored only as argon2id hashes; a session's random token lives only in the browser's
 cookie, the database keeps its SHA-256.  Every function that writes commits its own transaction.
 
-Sign-in throttling counts ``auth.login_failed`` rows of the audit trail, so every API process of a
-deployment sees the same counts and a restart forgets nothing: at most
-:data:`MAX_FAILED_LOGINS_PER_USERNAME` failures per username and :data:`MAX_FAILED_LOGINS_PER_HOST` per
-client host within :data:`LOGIN_WINDOW`.  A successful sign-in clears its username's count (failures
-before it no longer count, whichever host they came from); a host's count is never cleared by a success,
-so signing in to one's own account does not buy more guesses at others.  The host is the client address
-the API process sees (behind a reverse proxy, that of the proxy unless the server is told to trust its
-forwarded-for header).
+Sign-in throttling lives in :mod:`integration.store.sign_in_throttle`.
 """
 
 from __future__ import annotations
@@ -19,17 +12,17 @@ import contextlib
 import hashlib
 import re
 import secrets
-from datetime import datetime, timedelta
+from datetime import timedelta
 from functools import lru_cache
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import ColumnElement, delete, func, select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from integration.store.audit import record_event
-from integration.store.tables import AuditEvent, Site, User, UserRole, UserSession, utcnow
+from integration.store.tables import Site, User, UserRole, UserSession, utcnow
 
 #: Shortest password accepted.
 MIN_PASSWORD_LENGTH = 12
@@ -37,12 +30,6 @@ MIN_PASSWORD_LENGTH = 12
 MAX_PASSWORD_LENGTH = 1024
 #: Random bytes in a session token.
 TOKEN_BYTES = 32
-#: How far back failed sign-ins count.
-LOGIN_WINDOW = timedelta(minutes=15)
-#: Failed sign-ins for one username within the window before further attempts are refused.
-MAX_FAILED_LOGINS_PER_USERNAME = 5
-#: Failed sign-ins from one client host within the window before further attempts are refused.
-MAX_FAILED_LOGINS_PER_HOST = 20
 #: Longest DICOM person name (PN) value stored (the column's width; the standard allows 64 per component group).
 MAX_PERSON_NAME_LENGTH = 64
 #: Characters a person name may not hold: backslash (the DICOM value separator) and control characters.
@@ -429,61 +416,3 @@ def activate_user(session: Session, username: str, *, actor: str = "cli") -> Non
         When there is no such user.
     """
     _set_active(session, username, True, actor)
-
-
-def _wait_for(session: Session, match: ColumnElement[bool], since: datetime, limit: int, now: datetime) -> float | None:
-    """Seconds until fewer than ``limit`` failures matching ``match`` lie in the window, or None when already so.
-
-    With failures f1 (newest) ... fk in the window and k >= limit, the count drops below the limit when
-    f_limit leaves the window, so one indexed query for the limit-th newest failure suffices.
-    """
-    oldest_counted: datetime | None = session.scalar(
-        select(AuditEvent.at)
-        .where(AuditEvent.action == "auth.login_failed", AuditEvent.at > since, match)
-        .order_by(AuditEvent.at.desc())
-        .offset(limit - 1)
-        .limit(1)
-    )
-    if oldest_counted is None:
-        return None
-    return max(0.0, (oldest_counted + LOGIN_WINDOW - now).total_seconds())
-
-
-def check_login_allowed(session: Session, username: str, host: str | None) -> float | None:
-    """Say whether a sign-in attempt may go ahead, from the recent failures in the audit trail.
-
-    Parameters
-    ----------
-    session : sqlalchemy.orm.Session
-        Open session.
-    username : str
-        The username typed (as recorded as the actor of ``auth.login_failed``).
-    host : str, optional
-        The client's host (as recorded as the ``source`` of sign-in events); None skips the host check.
-
-    Returns
-    -------
-    float or None
-        None when the attempt may go ahead; otherwise the seconds to wait (the ``Retry-After``).
-    """
-    now = utcnow()
-    window_start = now - LOGIN_WINDOW
-    actor = username[:128]
-    last_success = session.scalar(
-        select(func.max(AuditEvent.at)).where(
-            AuditEvent.action == "auth.login", AuditEvent.actor == actor, AuditEvent.at > window_start
-        )
-    )
-    waits = [
-        _wait_for(
-            session,
-            AuditEvent.actor == actor,
-            max(window_start, last_success) if last_success else window_start,
-            MAX_FAILED_LOGINS_PER_USERNAME,
-            now,
-        )
-    ]
-    if host is not None:
-        waits.append(_wait_for(session, AuditEvent.source == host, window_start, MAX_FAILED_LOGINS_PER_HOST, now))
-    found: list[float] = [wait for wait in waits if wait is not None]
-    return max(found) if found else None

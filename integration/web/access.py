@@ -1,7 +1,8 @@
 """Object-level authorization: which studies and reports a signed-in user may see.
 
 A radiologist or uploader sees only the studies of their own site; administrators see every site.  Anything
-else answers 404, exactly like something that does not exist, so ids of other sites' studies leak nothing.
+else answers 404, exactly like something that does not exist, so ids of other sites' studies leak nothing;
+such an attempt on something that does exist is audited (``access.cross_site``, aggregated).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from sqlalchemy.orm import Session
 from integration.dicom.header import is_valid_uid
 from integration.store.tables import Report, Study, UserRole
 from integration.web.auth import CurrentUser
+from integration.web.refusals import CrossSiteRefused
 
 
 def visible(query: Select[Any], user: CurrentUser) -> Select[Any]:
@@ -57,12 +59,14 @@ def study_for(session: Session, user: CurrentUser, study_uid: str) -> Study:
     Raises
     ------
     fastapi.HTTPException
-        404 when it does not exist or belongs to another site.
+        404 when it does not exist or belongs to another site (then a :class:`CrossSiteRefused`).
     """
     if not is_valid_uid(study_uid):  # also keeps bytes PostgreSQL refuses (NUL) away from the query
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such study")
     study: Study | None = session.scalar(visible(select(Study).where(Study.study_uid == study_uid), user))
     if study is None:
+        if session.scalar(select(Study.id).where(Study.study_uid == study_uid)) is not None:
+            raise CrossSiteRefused("no such study", "study", study_uid)
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such study")
     return study
 
@@ -87,11 +91,13 @@ def report_for(session: Session, user: CurrentUser, report_id: int) -> Report:
     Raises
     ------
     fastapi.HTTPException
-        404 when it does not exist or its study belongs to another site.
+        404 when it does not exist or its study belongs to another site (then a :class:`CrossSiteRefused`).
     """
     report: Report | None = session.scalar(
         visible(select(Report).join(Study, Report.study_id == Study.id).where(Report.id == report_id), user)
     )
     if report is None:
+        if session.scalar(select(Report.id).where(Report.id == report_id)) is not None:
+            raise CrossSiteRefused("no such report", "report", str(report_id))
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such report")
     return report

@@ -6,21 +6,30 @@ worklist under ``/api/studies``.  The review pages and STOW-RS intake add their 
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 
-from fastapi import FastAPI, Request
+import anyio
+from fastapi import FastAPI, Request, Response
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from starlette.datastructures import MutableHeaders
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Scope
 
 from integration.config import Settings
 from integration.web.audit import audit_router
 from integration.web.auth import auth_router
+from integration.web.guards import AnswerHeaders, OperationsGate, database_unavailable
 from integration.web.health import health_router
+from integration.web.limits import BodyLimit, UploadGate
 from integration.web.metrics import metrics_router
 from integration.web.opinions import opinions_router
 from integration.web.pages import pages_router
+from integration.web.refusals import RefusalAudit, audit_http_refusal, record_refusal
 from integration.web.review import review_router
 from integration.web.stow import stow_router
 from integration.web.studies import studies_router
@@ -47,7 +56,14 @@ def create_app(settings: Settings) -> FastAPI:
     fastapi.FastAPI
         The application, with its own metrics registry.
     """
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await anyio.to_thread.run_sync(app.state.refusals.close)
+
     app = FastAPI(
+        lifespan=lifespan,
         title="pacs-vlm",
         summary="Review API beside the PACS: draft reports for radiologist review, operations endpoints.",
         version=_version(),
@@ -56,6 +72,8 @@ def create_app(settings: Settings) -> FastAPI:
         redoc_url=None,
     )
     app.state.settings = settings
+    app.state.refusals = RefusalAudit(settings.database_url)
+    app.state.upload_gate = UploadGate.from_settings(settings)
     app.include_router(health_router(settings))
     app.include_router(metrics_router(settings))
     app.include_router(auth_router())
@@ -67,37 +85,31 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(upload_router())
     app.include_router(pages_router())
     app.add_exception_handler(RequestValidationError, _invalid_request)
-    app.add_middleware(NoSniff)
+    app.add_exception_handler(StarletteHTTPException, _refused)
+    for outage in (OperationalError, InterfaceError, PoolTimeout):
+        app.add_exception_handler(outage, database_unavailable)
+    app.add_middleware(BodyLimit, settings=settings, on_refusal=_body_refused)
+    app.add_middleware(OperationsGate, settings=settings)
+    app.add_middleware(AnswerHeaders)
     return app
 
 
-class NoSniff:
-    """ASGI middleware: every answer says ``X-Content-Type-Options: nosniff`` (JSON and files included).
+async def _refused(request: Request, exc: Exception) -> Response:
+    """Answer an HTTP error as FastAPI does, after auditing it when it is a refusal worth tracing."""
+    assert isinstance(exc, StarletteHTTPException)
+    from fastapi import HTTPException
 
-    A plain ASGI wrapper, so streamed request bodies (STOW-RS) pass through untouched.
+    if isinstance(exc, HTTPException):
+        audit_http_refusal(request, exc)
+    return await http_exception_handler(request, exc)
 
-    Parameters
-    ----------
-    app : ASGI application
-        The wrapped application.
-    """
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Add the header to the response start of HTTP requests."""
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_header(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                headers.setdefault("X-Content-Type-Options", "nosniff")
-            await send(message)
-
-        await self.app(scope, receive, send_with_header)
+def _body_refused(scope: Scope, limit: int) -> None:
+    """Audit a body refused by :class:`BodyLimit` (aggregated)."""
+    request = Request(scope)
+    record_refusal(
+        request, "request.too_large", reason=f"body above {limit} bytes", detail={"path": scope["path"][:200]}
+    )
 
 
 async def _invalid_request(request: Request, exc: Exception) -> JSONResponse:

@@ -109,7 +109,9 @@ def current_user(request: Request) -> CurrentUser:
         with session_scope(_settings(request).database_url) as session:
             user = user_for_token(session, token)
             if user is not None:
-                return CurrentUser(user.id, user.username, user.role, user.site_id)
+                signed_in = CurrentUser(user.id, user.username, user.role, user.site_id)
+                request.state.user = signed_in  # the actor of refusals audited later in the request
+                return signed_in
     raise HTTPException(status.HTTP_401_UNAUTHORIZED, "not signed in")
 
 
@@ -154,14 +156,80 @@ def client_host(request: Request) -> str | None:
     return request.client.host if request.client else None
 
 
-def sign_in(request: Request, username: str, password: str) -> tuple[str, CurrentUser]:
-    """Sign a person in: throttle check, credential check, new session, audit.
+def check_credentials(
+    request: Request,
+    username: str,
+    password: str,
+    *,
+    unauthorized: Callable[[str], HTTPException] | None = None,
+    via: str | None = None,
+) -> CurrentUser:
+    """Check a username and password behind the sign-in throttle; blocking (argon2).
 
-    The one sign-in step of the JSON API and of the HTML sign-in form.  Too many recent failed sign-ins
-    for the username or from the client's host give 429 (audited ``auth.login_throttled``) before the
-    password is looked at; wrong credentials, an unknown user and a deactivated user all give the same
-    401 (audited ``auth.login_failed``); success opens a session (audited ``auth.login``).  The caller
-    sets the cookie (:func:`set_session_cookie`).
+    The attempt is first counted atomically for its (username, source) and its source
+    (:func:`integration.store.sign_in_throttle.reserve_attempt`), so concurrent guesses never get past the
+    limit; an attempt that must wait gives 429 (audited ``auth.login_throttled``, aggregated) before the
+    password is looked at.  Wrong credentials, an unknown user and a deactivated user all give the same 401
+    (audited ``auth.login_failed``); a success clears the (username, source) count.
+
+    Parameters
+    ----------
+    request : fastapi.Request
+        The request (settings and client address).
+    username, password : str
+        What the person typed.
+    unauthorized : callable, optional
+        Builds the 401 (HTTP Basic adds its challenge); a plain 401 by default.
+    via : str, optional
+        How the credentials came (``basic``), recorded in the audit detail.
+
+    Returns
+    -------
+    CurrentUser
+        The user.
+
+    Raises
+    ------
+    fastapi.HTTPException
+        401 on bad credentials; 429 with ``Retry-After`` (seconds) when the attempt must wait.
+    """
+    from integration.store.audit import record_event
+    from integration.store.session import session_scope
+    from integration.store.sign_in_throttle import attempt_succeeded, reserve_attempt
+    from integration.store.users import authenticate
+    from integration.web.refusals import record_refusal
+
+    refuse = unauthorized or (lambda message: HTTPException(status.HTTP_401_UNAUTHORIZED, message))
+    host = client_host(request)
+    extra = {"via": via} if via else {}
+    actor = username.replace("\x00", "")[:128]
+    if "\x00" in username:  # no account has one, and PostgreSQL refuses NUL in text: a failed sign-in as it is
+        with session_scope(_settings(request).database_url) as session:
+            record_event(session, actor=actor, action="auth.login_failed", source=host, detail=extra or None)
+        raise refuse(BAD_CREDENTIALS)
+    with session_scope(_settings(request).database_url) as session:
+        wait = reserve_attempt(session, username, host)
+        if wait is not None:
+            retry_after = max(1, math.ceil(wait))
+            record_refusal(
+                request, "auth.login_throttled", actor=actor, detail={"retry_after_seconds": retry_after, **extra}
+            )
+            raise HTTPException(
+                status.HTTP_429_TOO_MANY_REQUESTS, TOO_MANY_ATTEMPTS, headers={"Retry-After": str(retry_after)}
+            )
+        user = authenticate(session, username, password)
+        if user is None:
+            record_event(session, actor=actor, action="auth.login_failed", source=host, detail=extra or None)
+            raise refuse(BAD_CREDENTIALS)
+        attempt_succeeded(session, username, host)
+        return CurrentUser(user.id, user.username, user.role, user.site_id)
+
+
+def sign_in(request: Request, username: str, password: str) -> tuple[str, CurrentUser]:
+    """Sign a person in: throttled credential check (:func:`check_credentials`), new session, audit.
+
+    The one sign-in step of the JSON API and of the HTML sign-in form; success opens a session (audited
+    ``auth.login``).  The caller sets the cookie (:func:`set_session_cookie`).
 
     Parameters
     ----------
@@ -182,38 +250,24 @@ def sign_in(request: Request, username: str, password: str) -> tuple[str, Curren
     """
     from integration.store.audit import record_event
     from integration.store.session import session_scope
-    from integration.store.users import authenticate, check_login_allowed, create_session
+    from integration.store.tables import User
+    from integration.store.users import create_session
 
-    host = client_host(request)
-    if "\x00" in username:  # no account has one, and PostgreSQL refuses NUL in text: a failed sign-in as it is
-        with session_scope(_settings(request).database_url) as session:
-            record_event(session, actor=username.replace("\x00", ""), action="auth.login_failed", source=host)
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, BAD_CREDENTIALS)
+    signed_in = check_credentials(request, username, password)
     with session_scope(_settings(request).database_url) as session:
-        wait = check_login_allowed(session, username, host)
-        if wait is not None:
-            retry_after = max(1, math.ceil(wait))
-            record_event(
-                session,
-                actor=username,
-                action="auth.login_throttled",
-                source=host,
-                detail={"retry_after_seconds": retry_after},
-            )
-            raise HTTPException(
-                status.HTTP_429_TOO_MANY_REQUESTS,
-                TOO_MANY_ATTEMPTS,
-                headers={"Retry-After": str(retry_after)},
-            )
-        user = authenticate(session, username, password)
-        if user is None:
-            record_event(session, actor=username, action="auth.login_failed", source=host)
+        user = session.get(User, signed_in.id)
+        if user is None or not user.active:  # deactivated between the check and now
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, BAD_CREDENTIALS)
         token = create_session(session, user, SESSION_TTL)
         record_event(
-            session, actor=user.username, action="auth.login", object_type="user", object_id=str(user.id), source=host
+            session,
+            actor=user.username,
+            action="auth.login",
+            object_type="user",
+            object_id=str(user.id),
+            source=client_host(request),
         )
-        return token, CurrentUser(user.id, user.username, user.role, user.site_id)
+    return token, signed_in
 
 
 def set_session_cookie(response: Response, request: Request, token: str) -> None:

@@ -11,9 +11,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-from fastapi import HTTPException, Request, status
+from fastapi import Request
 
 from integration.web.auth import SESSION_COOKIE
+from integration.web.refusals import CsrfRefused
 
 #: The header scripts send the token in.
 CSRF_HEADER = "X-CSRF-Token"
@@ -68,8 +69,8 @@ async def require_csrf(request: Request) -> None:
 
     Raises
     ------
-    fastapi.HTTPException
-        403 when the token is missing or wrong.
+    CsrfRefused
+        403 when the token is missing or wrong (audited).
     """
     if request.method in SAFE_METHODS:
         return
@@ -84,4 +85,4 @@ async def require_csrf(request: Request) -> None:
         value = form.get(CSRF_FIELD)
         sent = value if isinstance(value, str) else None
     if sent is None or not hmac.compare_digest(sent, expected):
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "missing or invalid CSRF token; reload the page")
+        raise CsrfRefused("missing or invalid CSRF token; reload the page")

@@ -261,7 +261,11 @@ def check_storage(settings: Settings) -> CheckOutcome:
 
 
 def check_disk(settings: Settings) -> CheckOutcome:
-    """The instance store's file system has at least ``min_free_bytes`` free.
+    """The instance store's file system has room: ``min_free_bytes`` plus ``health_free_margin_bytes`` free.
+
+    An instance is refused when storing it would leave less than ``min_free_bytes`` free, so just above that
+    minimum most instances are already refused: the check fails as soon as less than the margin is left
+    above it (with a zero ``min_free_bytes`` the headroom check is off, and so is the margin).
 
     Parameters
     ----------
@@ -271,16 +275,27 @@ def check_disk(settings: Settings) -> CheckOutcome:
     Returns
     -------
     CheckOutcome
-        ``free_bytes`` and ``min_free_bytes``; failed below the minimum (C-STORE is refused then).
+        ``free_bytes``, ``min_free_bytes`` and ``required_free_bytes``; failed below the requirement.
     """
     root = settings.instance_root
     if not root.is_dir():
         return CheckOutcome(False, "instance store folder is missing", {"min_free_bytes": settings.min_free_bytes})
     free = shutil.disk_usage(root).free
-    values = {"free_bytes": free, "min_free_bytes": settings.min_free_bytes}
+    required = settings.min_free_bytes + (settings.health_free_margin_bytes if settings.min_free_bytes else 0)
+    values = {"free_bytes": free, "min_free_bytes": settings.min_free_bytes, "required_free_bytes": required}
     if free < settings.min_free_bytes:
-        return CheckOutcome(False, "free space below PACSVLM_MIN_FREE_BYTES: C-STORE is refused", values)
-    return CheckOutcome(True, "free space above PACSVLM_MIN_FREE_BYTES", values)
+        return CheckOutcome(
+            False, "free space below PACSVLM_MIN_FREE_BYTES: every C-STORE and upload is refused", values
+        )
+    if free < required:
+        room = free - settings.min_free_bytes
+        return CheckOutcome(
+            False,
+            f"free space within PACSVLM_HEALTH_FREE_MARGIN_BYTES of the minimum: instances above {room} bytes "
+            "are refused",
+            values,
+        )
+    return CheckOutcome(True, "free space above PACSVLM_MIN_FREE_BYTES and its margin", values)
 
 
 #: The checks of ``GET /health``, in answer order.

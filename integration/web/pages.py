@@ -6,12 +6,16 @@
 * Frames as PNG (:mod:`integration.web.images`); static files under ``/static``.
 
 Pages without a session redirect to the sign-in form.  Forms carry the CSRF token; state-changing routes
-check it.  Every template is autoescaped: model output and patient data are shown as text.
+check it, the sign-in form included (its token is a random value in the form and in a cookie, since there is
+no session yet: a cross-site page cannot sign a victim's browser in to the attacker's account).  Every
+template is autoescaped: model output and patient data are shown as text.
 """
 
 from __future__ import annotations
 
+import hmac
 import os
+import secrets
 from collections.abc import Mapping
 from os import PathLike
 from typing import Annotated
@@ -25,10 +29,13 @@ from integration.store.tables import UserRole
 from integration.web.auth import CurrentUser, current_user, set_session_cookie, sign_in, sign_out
 from integration.web.csrf import require_csrf
 from integration.web.images import images_router
+from integration.web.refusals import CsrfRefused
 from integration.web.study_page import study_page_router
 from integration.web.templating import STATIC_DIR, PageRoute, local_path, render, sign_in_redirect
 from integration.web.worklist_page import worklist_page_router
 
+#: The cookie holding the sign-in form's CSRF token (the form's hidden field must match it).
+LOGIN_CSRF_COOKIE = "pacsvlm_login_csrf"
 #: Where each role lands after signing in.
 HOME = {UserRole.RADIOLOGIST: "/worklist", UserRole.ADMIN: "/worklist", UserRole.UPLOADER: "/upload"}
 
@@ -99,7 +106,7 @@ def pages_router() -> APIRouter:
         if user is not None:
             target = local_path(next, HOME[user.role])
             return _redirect(HOME[user.role] if target.startswith("/login") else target)
-        return render(request, "login.html", {"next": local_path(next, ""), "message": None, "username": ""})
+        return _login_page(request, {"next": local_path(next, ""), "message": None, "username": ""})
 
     @router.post("/login", response_class=HTMLResponse, summary="Sign in from the form")
     def login(
@@ -107,8 +114,12 @@ def pages_router() -> APIRouter:
         username: Annotated[str, Form(max_length=256)] = "",
         password: Annotated[str, Form(max_length=1024)] = "",
         next: Annotated[str, Form(max_length=2000)] = "",
+        csrf_token: Annotated[str, Form(max_length=128)] = "",
     ) -> Response:
-        """Check the credentials (throttled and audited as ``POST /api/login``); on success go on, else 401."""
+        """Check the form's token, then the credentials (throttled and audited as ``POST /api/login``)."""
+        expected = request.cookies.get(LOGIN_CSRF_COOKIE, "")
+        if not expected or not hmac.compare_digest(csrf_token.encode(), expected.encode()):
+            raise CsrfRefused("the sign-in form has expired or came from another site; reload the page")
         if not username or not password:
             return _login_refused(request, status.HTTP_422_UNPROCESSABLE_CONTENT, "enter a username and password", next)
         try:
@@ -132,6 +143,25 @@ def pages_router() -> APIRouter:
     return router
 
 
+def _login_page(request: Request, context: dict[str, object], status_code: int = status.HTTP_200_OK) -> HTMLResponse:
+    """Render the sign-in form with a fresh CSRF token, also set as a cookie for the form's post to match.
+
+    The token of a form sent before signing in cannot come from a session, so the form and a cookie carry
+    the same random value (a cross-site page can make the browser post but can read neither).
+    """
+    token = request.cookies.get(LOGIN_CSRF_COOKIE) or secrets.token_urlsafe(32)
+    page = render(request, "login.html", {**context, "login_csrf_token": token}, status_code=status_code)
+    page.set_cookie(
+        LOGIN_CSRF_COOKIE,
+        token,
+        path="/login",
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+    return page
+
+
 def _login_refused(
     request: Request,
     status_code: int,
@@ -142,7 +172,7 @@ def _login_refused(
 ) -> HTMLResponse:
     """Show the sign-in form again with one message (the username kept, never the password)."""
     context = {"next": local_path(next, ""), "message": message, "username": username[:256]}
-    page = render(request, "login.html", context, status_code=status_code)
+    page = _login_page(request, context, status_code=status_code)
     for name, value in (headers or {}).items():
         page.headers[name] = value
     return page

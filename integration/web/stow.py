@@ -11,22 +11,25 @@ included) and the Failed SOP Sequence (with the DICOM failure reason), and HTTP 
 failed) or 409 (none stored).  No instance is coerced or has elements discarded, so there are no warnings.
 RetrieveURL is left out: this server offers no WADO-RS to retrieve from.
 
+A request holds at most ``PACSVLM_MAX_STOW_PARTS`` parts (413 as soon as one more begins), which also bounds
+the answer; the body is parsed and spooled in worker threads, a megabyte at a time, so a body of a million
+tiny parts cannot stall the event loop (``/health`` took 21.8 s before).  Each user has a few uploads in
+progress at most (:class:`~integration.web.limits.UploadGate`, 429 beyond).
+
 Senders authenticate with HTTP Basic (DICOMweb clients; throttled like the sign-in form) or with the
-review app's session cookie plus the CSRF token header.  Uploaders and administrators may store; a study
-gets the uploader's site, ``source='stow'`` and the pseudo calling AE :data:`~integration.dicom.intake.STOW_AE`.
+review app's session cookie plus the CSRF token header (:mod:`integration.web.dicomweb_auth`).  Uploaders
+and administrators may store; a study gets the uploader's site, ``source='stow'`` and the pseudo calling
+AE :data:`~integration.dicom.intake.STOW_AE`.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import json
 import logging
-import math
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -42,15 +45,9 @@ from integration.dicom.structure import InvalidInstance
 from integration.store.audit import record_event
 from integration.store.session import session_scope
 from integration.store.tables import UserRole
-from integration.web.auth import (
-    BAD_CREDENTIALS,
-    TOO_MANY_ATTEMPTS,
-    CurrentUser,
-    client_address,
-    client_host,
-    current_user,
-)
-from integration.web.csrf import require_csrf
+from integration.web.auth import CurrentUser, client_address
+from integration.web.dicomweb_auth import dicomweb_user
+from integration.web.limits import UploadGate
 from integration.web.multipart_related import (
     MalformedMultipart,
     MultipartRelatedParser,
@@ -69,92 +66,6 @@ _ACCEPTABLE = frozenset({DICOM_JSON, "application/json", "application/*", "*/*"}
 _DICOM = "application/dicom"
 #: Bytes kept from the start of each part: enough for the file meta of an instance refused for its size.
 _HEAD_BYTES = 4096
-
-
-#: The challenge of a 401: DICOMweb clients answer it with HTTP Basic credentials.
-BASIC_CHALLENGE = 'Basic realm="pacs-vlm DICOMweb", charset="UTF-8"'
-
-
-def _unauthorized(message: str) -> HTTPException:
-    return HTTPException(status.HTTP_401_UNAUTHORIZED, message, headers={"WWW-Authenticate": BASIC_CHALLENGE})
-
-
-def _basic_user(request: Request, authorization: str) -> CurrentUser:
-    """Check HTTP Basic credentials like a sign-in (throttled, failures audited); blocking."""
-    from integration.store.users import authenticate, check_login_allowed
-
-    scheme, _, encoded = authorization.partition(" ")
-    if scheme.lower() != "basic":
-        raise _unauthorized("use HTTP Basic authentication, or sign in")
-    try:
-        username, colon, password = base64.b64decode(encoded.strip(), validate=True).decode("utf-8").partition(":")
-    except (binascii.Error, UnicodeDecodeError):
-        raise _unauthorized("malformed HTTP Basic credentials") from None
-    if not colon or not username:
-        raise _unauthorized("malformed HTTP Basic credentials")
-    settings: Settings = request.app.state.settings
-    host = client_host(request)
-    with session_scope(settings.database_url) as session:
-        wait = check_login_allowed(session, username, host)
-        if wait is not None:
-            retry_after = max(1, math.ceil(wait))
-            record_event(
-                session,
-                actor=username,
-                action="auth.login_throttled",
-                source=host,
-                detail={"retry_after_seconds": retry_after, "via": "basic"},
-            )
-            raise HTTPException(
-                status.HTTP_429_TOO_MANY_REQUESTS, TOO_MANY_ATTEMPTS, headers={"Retry-After": str(retry_after)}
-            )
-        user = authenticate(session, username, password)
-        if user is None:
-            record_event(session, actor=username, action="auth.login_failed", source=host, detail={"via": "basic"})
-            raise _unauthorized(BAD_CREDENTIALS)
-        return CurrentUser(user.id, user.username, user.role, user.site_id)
-
-
-async def dicomweb_user(request: Request, roles: tuple[UserRole, ...]) -> tuple[CurrentUser, str]:
-    """Authenticate a DICOMweb request: HTTP Basic, or the session cookie with the CSRF token header.
-
-    A request with an ``Authorization`` header is judged by it alone (a browser cannot send a cross-site
-    ``multipart/related`` body without a CORS preflight, which this server never grants).
-
-    Parameters
-    ----------
-    request : fastapi.Request
-        The request.
-    roles : tuple of UserRole
-        The roles admitted.
-
-    Returns
-    -------
-    tuple of (CurrentUser, str)
-        The user and how they authenticated (``basic`` or ``session``).
-
-    Raises
-    ------
-    fastapi.HTTPException
-        401 with ``WWW-Authenticate: Basic`` without valid credentials, 429 when sign-ins are throttled,
-        403 without the CSRF token (cookie) or for another role.
-    """
-    authorization = request.headers.get("authorization")
-    if authorization:
-        user = await anyio.to_thread.run_sync(_basic_user, request, authorization)
-        via = "basic"
-    else:
-        try:
-            user = await anyio.to_thread.run_sync(current_user, request)
-        except HTTPException as exc:
-            if exc.status_code == status.HTTP_401_UNAUTHORIZED:
-                raise _unauthorized("sign in, or use HTTP Basic authentication") from None
-            raise
-        await require_csrf(request)
-        via = "session"
-    if user.role not in roles:
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "not allowed for your role")
-    return user, via
 
 
 def max_upload_bytes(settings: Settings) -> int:
@@ -192,38 +103,90 @@ class _Result:
     study_uid: str | None
 
 
-async def _receive(request: Request, boundary: str, spool: PartSpool, body_limit: int, part_limit: int) -> list[_Part]:
-    """Stream the body into the spool; return the parts (400/413 as HTTP errors, nothing stored yet)."""
-    parser = MultipartRelatedParser(boundary)
-    parts: list[_Part] = []
+#: Body bytes gathered on the event loop before they are parsed and spooled in a worker thread.
+_BATCH_BYTES = 1024 * 1024
+
+
+#: Body bytes still read (and dropped) after a refusal, so that the client reads the answer, not a reset.
+_DRAIN_BYTES = 64 * 1024 * 1024
+
+
+class _TooManyParts(Exception):
+    """The body opens more parts than a request may hold."""
+
+
+@dataclass
+class _Reception:
+    """Parses and spools the body in worker threads (never on the event loop); counts the parts."""
+
+    parser: MultipartRelatedParser
+    spool: PartSpool
+    part_limit: int
+    max_parts: int
+    parts: list[_Part] = field(default_factory=list)
     current: _Part | None = None
-    received = 0
-    async for chunk in request.stream():
-        received += len(chunk)
-        if received > body_limit:
-            raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, f"the request body exceeds {body_limit} bytes")
-        for event in parser.feed(chunk):
+
+    def consume(self, chunk: bytes) -> None:
+        """Parse a piece of the body (blocking); 413 when it opens more parts than allowed."""
+        for event in self.parser.feed(chunk):
             if isinstance(event, PartStart):
+                if len(self.parts) >= self.max_parts:
+                    raise _TooManyParts
                 media = parse_media_type(event.headers.get("content-type"))
-                current = _Part(dicom=media is None or media.essence == _DICOM, offset=spool.size)
+                self.current = _Part(dicom=media is None or media.essence == _DICOM, offset=self.spool.size)
             elif isinstance(event, PartData):
-                assert current is not None
-                current.length += len(event.data)
-                if not current.dicom or current.oversized:
-                    continue
-                if len(current.head) < _HEAD_BYTES:
-                    current.head += event.data[: _HEAD_BYTES - len(current.head)]
-                if current.length > part_limit:
-                    current.oversized = True
-                    spool.truncate(current.offset)
-                else:
-                    spool.append(event.data)
+                self._data(event.data)
             elif isinstance(event, PartEnd):
-                assert current is not None
-                parts.append(current)
-                current = None
-    parser.close()
-    return parts
+                assert self.current is not None
+                self.parts.append(self.current)
+                self.current = None
+
+    def _data(self, data: bytes) -> None:
+        current = self.current
+        assert current is not None
+        current.length += len(data)
+        if not current.dicom or current.oversized:
+            return
+        if len(current.head) < _HEAD_BYTES:
+            current.head += data[: _HEAD_BYTES - len(current.head)]
+        if current.length > self.part_limit:
+            current.oversized = True
+            self.spool.truncate(current.offset)
+        else:
+            self.spool.append(data)
+
+
+async def _receive(
+    request: Request, boundary: str, spool: PartSpool, body_limit: int, part_limit: int, max_parts: int
+) -> list[_Part]:
+    """Stream the body into the spool; return the parts (400/413 as HTTP errors, nothing stored yet)."""
+    reception = _Reception(MultipartRelatedParser(boundary), spool, part_limit, max_parts)
+    received = 0
+    batch = bytearray()
+    stream = request.stream()
+    try:
+        async for chunk in stream:
+            received += len(chunk)
+            if received > body_limit:
+                raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, f"the request body exceeds {body_limit} bytes")
+            batch += chunk
+            if len(batch) >= _BATCH_BYTES:
+                piece, batch = bytes(batch), bytearray()
+                await anyio.to_thread.run_sync(reception.consume, piece)
+        if batch:
+            await anyio.to_thread.run_sync(reception.consume, bytes(batch))
+    except _TooManyParts:
+        drained = 0
+        async for chunk in stream:  # read on (and drop) a little, so the client can read the answer
+            drained += len(chunk)
+            if drained > _DRAIN_BYTES:
+                break
+        raise HTTPException(
+            status.HTTP_413_CONTENT_TOO_LARGE,
+            f"a STOW-RS request may hold at most {max_parts} instances; send the others in another request",
+        ) from None
+    reception.parser.close()
+    return reception.parts
 
 
 def _store_parts(
@@ -365,8 +328,14 @@ def _audit(settings: Settings, request: Request, user: CurrentUser, via: str, re
 
 
 async def _stow(request: Request, study_uid: str | None) -> Response:
-    settings: Settings = request.app.state.settings
     user, via = await dicomweb_user(request, (UserRole.UPLOADER, UserRole.ADMIN))
+    gate: UploadGate = request.app.state.upload_gate
+    with gate.admit(user.id):
+        return await _stow_admitted(request, study_uid, user, via)
+
+
+async def _stow_admitted(request: Request, study_uid: str | None, user: CurrentUser, via: str) -> Response:
+    settings: Settings = request.app.state.settings
     if study_uid is not None and not is_valid_uid(study_uid):
         raise HTTPException(status.HTTP_400_BAD_REQUEST, "the study UID in the path is not a valid DICOM UID")
     boundary = _check_media_types(request)
@@ -382,7 +351,9 @@ async def _stow(request: Request, study_uid: str | None) -> Response:
     spool = PartSpool(intake.files.tmp_dir, room=_room_check(intake.files))
     try:
         try:
-            parts = await _receive(request, boundary, spool, body_limit, settings.max_instance_bytes)
+            parts = await _receive(
+                request, boundary, spool, body_limit, settings.max_instance_bytes, settings.max_stow_parts
+            )
         except MalformedMultipart as exc:
             raise HTTPException(status.HTTP_400_BAD_REQUEST, f"malformed multipart body: {exc}") from None
         except ClientDisconnect:

@@ -23,6 +23,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from integration.store.tables import UserRole
 from integration.web.auth import CurrentUser, current_user
 from integration.web.csrf import csrf_token
+from integration.web.refusals import audit_http_refusal
 
 #: Folder of the page templates.
 TEMPLATE_DIR = Path(__file__).parent / "templates"
@@ -298,6 +299,7 @@ class PageRoute(APIRoute):
             try:
                 return await handler(request)
             except HTTPException as exc:
+                audit_http_refusal(request, exc)
                 if exc.status_code == status.HTTP_401_UNAUTHORIZED and request.method == "GET":
                     return sign_in_redirect(request)
                 unsaved = await unsaved_text(request)

@@ -7,7 +7,11 @@ cookie, send the CSRF token (hidden ``csrf_token`` field or ``X-CSRF-Token`` hea
 declare its length (411 otherwise; 413 above the limit), so nothing unbounded is read.  Bad input answers 422
 naming every bad field and stores nothing.  The photo is converted (:mod:`integration.dicom.photo`) and
 stored through the listener's intake (:mod:`integration.dicom.intake`) as a new study of the uploader's
-site with ``source='upload'``, complete at once: the next assembly pass queues it.  Audited ``upload.photo``.
+site with ``source='upload'``, complete at once: the next assembly pass queues it.  Audited ``upload.photo``;
+refusals are audited too (``upload.refused``, aggregated).  A photo may have at most
+``PACSVLM_MAX_PHOTO_PIXELS`` pixels (its DICOM file holds 3 bytes a pixel: a 160 kB PNG of 49 megapixels
+became a 147 MB file and cost 1.1 GiB to convert), checked from its header before decoding; each user has a
+few uploads in progress at most (:class:`~integration.web.limits.UploadGate`).
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ from integration.store.session import session_scope
 from integration.store.tables import UserRole
 from integration.web.auth import CurrentUser, client_address, current_user
 from integration.web.csrf import require_csrf
+from integration.web.limits import PHOTO_BODY_BYTES, UploadGate
+from integration.web.refusals import record_refusal
 from integration.web.templating import PageRoute, render
 
 log = logging.getLogger(__name__)
@@ -54,8 +60,6 @@ FIELDS = (
     "clinical_question",
     "study_description",
 )
-#: Largest request body: the photo plus room for the fields and the multipart framing.
-MAX_BODY_BYTES = MAX_PHOTO_BYTES + 256 * 1024
 #: Roles that may upload.
 UPLOAD_ROLES = frozenset({UserRole.UPLOADER, UserRole.ADMIN})
 #: Decoding and converting hold a few copies of the pixels: at most this many at once per process.
@@ -87,10 +91,26 @@ def uploader(request: Request) -> CurrentUser:
     return user
 
 
-def _convert(data: bytes, details: PhotoDetails) -> tuple[PhotoInstance, tuple[int, int]]:
+def max_photo_pixels(settings: Settings) -> int:
+    """Return the most pixels a photo may have: its DICOM file (3 bytes a pixel) must fit the limits.
+
+    Parameters
+    ----------
+    settings : Settings
+        ``max_photo_pixels`` and ``max_instance_bytes``.
+
+    Returns
+    -------
+    int
+        Pixels; a photo with more is refused from its header, before any pixel is decoded.
+    """
+    return max(1, min(settings.max_photo_pixels, settings.max_instance_bytes // 3, MAX_PHOTO_PIXELS))
+
+
+def _convert(data: bytes, details: PhotoDetails, max_pixels: int) -> tuple[PhotoInstance, tuple[int, int]]:
     """Decode and wrap the photo (blocking, memory-hungry: a bounded number at once)."""
     with _CONVERSIONS:
-        pixels = decode_photo(data, max_pixels=MAX_PHOTO_PIXELS)
+        pixels = decode_photo(data, max_pixels=max_pixels)
         rows, columns = int(pixels.shape[0]), int(pixels.shape[1])
         return photo_to_dicom(pixels, details), (rows, columns)
 
@@ -130,7 +150,7 @@ async def _read_form(request: Request) -> FormData:
     declared = request.headers.get("content-length")
     if declared is None or not declared.isdigit():
         raise HTTPException(status.HTTP_411_LENGTH_REQUIRED, "the request must declare its Content-Length")
-    if int(declared) > MAX_BODY_BYTES:
+    if int(declared) > PHOTO_BODY_BYTES:
         raise HTTPException(
             status.HTTP_413_CONTENT_TOO_LARGE, f"the photo may have at most {MAX_PHOTO_BYTES // 1024**2} MiB"
         )
@@ -162,6 +182,17 @@ async def receive_photo(request: Request, user: CurrentUser) -> tuple[PhotoInsta
     fastapi.HTTPException
         411/413/415 for the body, 403 without the CSRF token, 503/500 when storing failed.
     """
+    gate: UploadGate = request.app.state.upload_gate
+    with gate.admit(user.id):
+        try:
+            return await _receive_photo(request, user)
+        except PhotoInvalid as exc:
+            fields = ", ".join(sorted(exc.errors))  # the fields' names only, never what was typed
+            record_refusal(request, "upload.refused", reason=f"invalid photo upload: {fields}")
+            raise
+
+
+async def _receive_photo(request: Request, user: CurrentUser) -> tuple[PhotoInstance, dict[str, str]]:
     settings: Settings = request.app.state.settings
     form = await _read_form(request)
     try:
@@ -180,7 +211,7 @@ async def receive_photo(request: Request, user: CurrentUser) -> tuple[PhotoInsta
             errors["file"] = f"is larger than {MAX_PHOTO_BYTES // 1024**2} MiB"
         if errors or details is None:
             raise PhotoInvalid(errors)
-        instance, shape = await anyio.to_thread.run_sync(_convert, data, details)
+        instance, shape = await anyio.to_thread.run_sync(_convert, data, details, max_photo_pixels(settings))
     finally:
         await form.close()
     await anyio.to_thread.run_sync(_store, settings, request, user, instance, shape)

@@ -33,7 +33,7 @@ from integration.store.reports import DraftRecord, record_draft
 from integration.store.session import session_scope
 from integration.store.tables import AnalysisJob, JobState, ReportRevision, ReviewChange, Study, utcnow
 from tests.dicom.test_study_attributes import ingest
-from tests.web.conftest import ApiProcess
+from tests.web.conftest import ApiProcess, sign_in_form_token
 from tests.web.test_pages import (
     api_for,
     assert_page_headers,
@@ -279,8 +279,10 @@ def test_sql_injection_in_filters_forms_and_paths_is_harmless(scene: Scene) -> N
 
     # The sign-in form and the JSON sign-in: the strings are a wrong username or password, nothing more.
     anonymous = httpx.Client(base_url=api.url, timeout=30)
+    login_token = sign_in_form_token(anonymous)
     for value in SQL:
         for fields in ({"username": value, "password": value}, {"username": "north_rad", "password": value}):
+            fields["csrf_token"] = login_token
             answer = check(anonymous.post("/login", data=fields), ("login form", fields["username"][:40]))
             assert answer.status_code in (401, 422, 429), answer.status_code
             assert "pacsvlm_session" not in anonymous.cookies
@@ -366,8 +368,8 @@ def test_sql_injection_in_filters_forms_and_paths_is_harmless(scene: Scene) -> N
         *((radiologist, "GET", "/api/studies", {"params": {name: NUL_VALUE}}) for name in WORKLIST_FILTERS),
         *((radiologist, "GET", "/worklist", {"params": {name: NUL_VALUE}}) for name in WORKLIST_FILTERS),
         *((admin, "GET", "/api/audit", {"params": {name: NUL_VALUE}}) for name in AUDIT_FILTERS),
-        (anonymous, "POST", "/login", {"data": {"username": NUL_VALUE, "password": "x"}}),
-        (anonymous, "POST", "/login", {"data": {"username": "x", "password": NUL_VALUE}}),
+        (anonymous, "POST", "/login", {"data": {"username": NUL_VALUE, "password": "x", "csrf_token": login_token}}),
+        (anonymous, "POST", "/login", {"data": {"username": "x", "password": NUL_VALUE, "csrf_token": login_token}}),
         (anonymous, "POST", "/api/login", {"json": {"username": NUL_VALUE, "password": "x"}}),
         (radiologist, "POST", base + "/changes", {"data": {**fields, "text": NUL_VALUE}}),
         (radiologist, "POST", f"/api/studies/{north}/second-opinions", {"json": {"model": NUL_VALUE}, "headers": csrf}),
@@ -436,7 +438,9 @@ def test_hostile_text_reaches_every_page_escaped(scene: Scene) -> None:
     assert rejected.status_code == 303, rejected.text
     stored = photo(uploader, {**FORM, "patient_name": UPLOADED_NAME}, {"X-CSRF-Token": upload_token})
     assert stored.status_code == 201, stored.text
-    failed = httpx.post(api.url + "/login", data={"username": SCRIPT, "password": "wrong password!!"}, timeout=30)
+    visitor = httpx.Client(base_url=api.url, timeout=30)
+    fields = {"username": SCRIPT, "password": "wrong password!!", "csrf_token": sign_in_form_token(visitor)}
+    failed = visitor.post("/login", data=fields)
     assert failed.status_code == 401
     assert_escaped(failed, SCRIPT_ESCAPED)  # the typed username shown back in the form, escaped
 

@@ -28,6 +28,7 @@ TABLES = {
     "sites",
     "users",
     "user_sessions",
+    "sign_in_throttle",
 }
 
 

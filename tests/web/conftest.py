@@ -89,3 +89,13 @@ def start_api(tmp_path: Path) -> Iterator[Callable[..., ApiProcess]]:
     yield start
     for api in started:
         api.stop()
+
+
+def sign_in_form_token(client: httpx.Client) -> str:
+    """Open the sign-in form as a browser would (its CSRF cookie kept by the client) and return its token."""
+    import re
+
+    page = client.get("/login")
+    found = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+    assert found, f"no CSRF token in the sign-in form ({page.status_code})"
+    return found.group(1)

@@ -117,21 +117,23 @@ def test_https_served_directly(
 
 
 def test_behind_a_reverse_proxy_the_forwarded_scheme_makes_the_cookie_secure(
-    api_with: Callable[..., tuple[int, Path]], migrated_postgres_url: str
+    api_with: Callable[..., tuple[int, Path]], env: dict[str, str], migrated_postgres_url: str
 ) -> None:
     add_user(migrated_postgres_url, "rad", "admin", None)
-    port, _ = api_with()  # the proxy (127.0.0.1, trusted by default) terminates TLS and speaks HTTP to us
+    forged_headers = {"X-Forwarded-Proto": "https", "X-Forwarded-For": "10.6.6.6"}
+    by_default, _ = api_with()  # issue 13 item 9: no proxy is trusted unless configured (127.0.0.1 was)
+    assert not session_cookie_is_secure(login(f"http://127.0.0.1:{by_default}", headers=forged_headers))
+
+    env["PACSVLM_FORWARDED_ALLOW_IPS"] = "127.0.0.1"  # the proxy on this host terminates TLS, speaks HTTP to us
+    port, _ = api_with()
     url = f"http://127.0.0.1:{port}"
     assert session_cookie_is_secure(login(url, headers={"X-Forwarded-Proto": "https", "X-Forwarded-For": "10.1.2.3"}))
     assert not session_cookie_is_secure(login(url))  # plain HTTP straight to the API: no Secure flag
 
     untrusted, _ = api_with("--forwarded-allow-ips", "10.9.9.9")  # only that proxy's headers count
-    forged = login(
-        f"http://127.0.0.1:{untrusted}", headers={"X-Forwarded-Proto": "https", "X-Forwarded-For": "10.6.6.6"}
-    )
-    assert not session_cookie_is_secure(forged)
+    assert not session_cookie_is_secure(login(f"http://127.0.0.1:{untrusted}", headers=forged_headers))
     sources = db_rows(migrated_postgres_url, "SELECT source FROM audit_events WHERE action = 'auth.login' ORDER BY id")
-    assert [source for (source,) in sources] == ["10.1.2.3", "127.0.0.1", "127.0.0.1"]  # the client behind the proxy
+    assert [source for (source,) in sources] == ["127.0.0.1", "10.1.2.3", "127.0.0.1", "127.0.0.1"]
 
 
 @pytest.mark.parametrize(

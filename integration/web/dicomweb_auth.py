@@ -1,0 +1,81 @@
+"""Who sends a DICOMweb request: HTTP Basic credentials (DICOMweb clients) or the review app's session.
+
+HTTP Basic credentials are checked exactly like a sign-in (:func:`integration.web.auth.check_credentials`:
+the same atomic per-source back-off, failures audited), so the Basic route is no way around the sign-in
+throttle.  A session cookie also needs the CSRF token header.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+import anyio
+from fastapi import HTTPException, Request, status
+
+from integration.store.tables import UserRole
+from integration.web.auth import CurrentUser, check_credentials, current_user
+from integration.web.csrf import require_csrf
+
+#: The challenge of a 401: DICOMweb clients answer it with HTTP Basic credentials.
+BASIC_CHALLENGE = 'Basic realm="pacs-vlm DICOMweb", charset="UTF-8"'
+
+
+def _unauthorized(message: str) -> HTTPException:
+    return HTTPException(status.HTTP_401_UNAUTHORIZED, message, headers={"WWW-Authenticate": BASIC_CHALLENGE})
+
+
+def _basic_user(request: Request, authorization: str) -> CurrentUser:
+    """Check HTTP Basic credentials like a sign-in (throttled, failures audited); blocking."""
+    scheme, _, encoded = authorization.partition(" ")
+    if scheme.lower() != "basic":
+        raise _unauthorized("use HTTP Basic authentication, or sign in")
+    try:
+        username, colon, password = base64.b64decode(encoded.strip(), validate=True).decode("utf-8").partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        raise _unauthorized("malformed HTTP Basic credentials") from None
+    if not colon or not username:
+        raise _unauthorized("malformed HTTP Basic credentials")
+    return check_credentials(request, username, password, unauthorized=_unauthorized, via="basic")
+
+
+async def dicomweb_user(request: Request, roles: tuple[UserRole, ...]) -> tuple[CurrentUser, str]:
+    """Authenticate a DICOMweb request: HTTP Basic, or the session cookie with the CSRF token header.
+
+    A request with an ``Authorization`` header is judged by it alone (a browser cannot send a cross-site
+    ``multipart/related`` body without a CORS preflight, which this server never grants).
+
+    Parameters
+    ----------
+    request : fastapi.Request
+        The request.
+    roles : tuple of UserRole
+        The roles admitted.
+
+    Returns
+    -------
+    tuple of (CurrentUser, str)
+        The user and how they authenticated (``basic`` or ``session``).
+
+    Raises
+    ------
+    fastapi.HTTPException
+        401 with ``WWW-Authenticate: Basic`` without valid credentials, 429 when sign-ins are throttled,
+        403 without the CSRF token (cookie) or for another role.
+    """
+    authorization = request.headers.get("authorization")
+    if authorization:
+        user = await anyio.to_thread.run_sync(_basic_user, request, authorization)
+        via = "basic"
+    else:
+        try:
+            user = await anyio.to_thread.run_sync(current_user, request)
+        except HTTPException as exc:
+            if exc.status_code == status.HTTP_401_UNAUTHORIZED:
+                raise _unauthorized("sign in, or use HTTP Basic authentication") from None
+            raise
+        await require_csrf(request)
+        via = "session"
+    if user.role not in roles:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "not allowed for your role")
+    return user, via
