@@ -65,10 +65,28 @@ def study_for(session: Session, user: CurrentUser, study_uid: str) -> Study:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such study")
     study: Study | None = session.scalar(visible(select(Study).where(Study.study_uid == study_uid), user))
     if study is None:
-        if session.scalar(select(Study.id).where(Study.study_uid == study_uid)) is not None:
-            raise CrossSiteRefused("no such study", "study", study_uid)
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such study")
+        raise study_not_found(session, study_uid)
     return study
+
+
+def study_not_found(session: Session, study_uid: str) -> HTTPException:
+    """Return the 404 for a study the user may not see: a :class:`CrossSiteRefused` when it exists elsewhere.
+
+    Parameters
+    ----------
+    session : sqlalchemy.orm.Session
+        Open session.
+    study_uid : str
+        The Study Instance UID asked for (valid).
+
+    Returns
+    -------
+    fastapi.HTTPException
+        The error to raise (the same answer either way; only the audit tells them apart).
+    """
+    if session.scalar(select(Study.id).where(Study.study_uid == study_uid)) is not None:
+        return CrossSiteRefused("no such study", "study", study_uid)
+    return HTTPException(status.HTTP_404_NOT_FOUND, "no such study")
 
 
 def report_for(session: Session, user: CurrentUser, report_id: int) -> Report:

@@ -107,6 +107,8 @@ class _Result:
 _BATCH_BYTES = 1024 * 1024
 
 
+#: Bytes fed to the parser at once (a part takes at least 10 bytes: at most a few thousand events at once).
+_PARSE_BYTES = 64 * 1024
 #: Body bytes still read (and dropped) after a refusal, so that the client reads the answer, not a reset.
 _DRAIN_BYTES = 64 * 1024 * 1024
 
@@ -127,8 +129,13 @@ class _Reception:
     current: _Part | None = None
 
     def consume(self, chunk: bytes) -> None:
-        """Parse a piece of the body (blocking); 413 when it opens more parts than allowed."""
-        for event in self.parser.feed(chunk):
+        """Parse a piece of the body (blocking), 64 KiB at a time so that tiny parts make few events at once."""
+        view = memoryview(chunk)
+        for start in range(0, len(view), _PARSE_BYTES):
+            self._events(bytes(view[start : start + _PARSE_BYTES]))
+
+    def _events(self, piece: bytes) -> None:
+        for event in self.parser.feed(piece):
             if isinstance(event, PartStart):
                 if len(self.parts) >= self.max_parts:
                     raise _TooManyParts

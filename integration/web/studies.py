@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, aliased
 from integration.config import Settings
 from integration.dicom.header import is_valid_uid
 from integration.store.tables import Instance, Report, ReportStatus, Series, Site, Study, UserRole
-from integration.web.access import visible
+from integration.web.access import study_not_found, visible
 from integration.web.auth import CurrentUser, client_address, require_roles
 
 #: Most rows one worklist answer carries.
@@ -410,10 +410,13 @@ def studies_router() -> APIRouter:
         settings: Settings = request.app.state.settings
         with session_scope(settings.database_url) as session:
             found = study_detail(session, user, study_uid)
-            if found is not None:
-                record_study_view(session, user, request, study_uid, "api")
-        if found is None:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, "no such study")
+            if found is None:
+                raise (
+                    study_not_found(session, study_uid)
+                    if is_valid_uid(study_uid)
+                    else HTTPException(status.HTTP_404_NOT_FOUND, "no such study")
+                )
+            record_study_view(session, user, request, study_uid, "api")
         return found
 
     return router
