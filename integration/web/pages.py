@@ -143,7 +143,7 @@ def pages_router() -> APIRouter:
     return router
 
 
-def _login_page(request: Request, context: dict[str, object], status_code: int = status.HTTP_200_OK) -> HTMLResponse:
+def _login_page(request: Request, context: Mapping[str, object], status_code: int = status.HTTP_200_OK) -> HTMLResponse:
     """Render the sign-in form with a fresh CSRF token, also set as a cookie for the form's post to match.
 
     The token of a form sent before signing in cannot come from a session, so the form and a cookie carry
