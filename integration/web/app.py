@@ -1,7 +1,10 @@
 """The FastAPI application of ``pacs-vlm api``, built from settings (nothing happens at import time).
 
 Operations: ``GET /health`` and ``GET /metrics``.  Review: ``POST /api/login``, ``POST /api/logout`` and the
-worklist under ``/api/studies``.  The review pages and STOW-RS intake add their routers here.
+worklist under ``/api/studies``.  The review pages and STOW-RS intake add their routers here.  In front of
+every route: the answer headers and the operations gate (:mod:`integration.web.guards`) and the body limit
+(:mod:`integration.web.limits`); HTTP refusals worth tracing are audited (:mod:`integration.web.refusals`)
+and a database outage answers 503.
 """
 
 from __future__ import annotations

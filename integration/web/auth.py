@@ -1,12 +1,12 @@
 """Sign-in for the review app: ``POST /api/login``, ``POST /api/logout`` and the ``current_user`` dependency.
 
 A session is a random token in an HttpOnly, SameSite=Strict cookie (Secure over https); the database keeps
-only its SHA-256.  Sign-ins, failed, throttled or not, are audited with the client's host as their source
-(no port, so failures per host can be counted); application logs name neither usernames nor passwords.
-:func:`sign_in` is the one sign-in step, shared by ``POST /api/login`` and the HTML sign-in form; too many
-recent failures for a username or from a host give 429 with ``Retry-After`` (limits and window in
-:mod:`integration.store.users`).  A deactivated user's cookie stops working at once and their sign-in gets
-the same 401 as a wrong password.
+only its SHA-256.  Sign-ins are audited with the client's host as their source (throttled ones aggregated);
+application logs name neither usernames nor passwords.  :func:`check_credentials` is the one credential
+check (sign-in form, ``POST /api/login``, DICOMweb HTTP Basic): each attempt is counted atomically per
+username and source before argon2 runs, and an attempt that must wait gets 429 with ``Retry-After``
+(back-off in :mod:`integration.store.sign_in_throttle`; never a lock-out from another source).  A
+deactivated user's cookie stops working at once and their sign-in gets the same 401 as a wrong password.
 """
 
 from __future__ import annotations
@@ -140,8 +140,8 @@ def require_roles(*roles: UserRole) -> Callable[[CurrentUser], CurrentUser]:
 def client_host(request: Request) -> str | None:
     """Return the client's host (no port), or None when unknown.
 
-    Sign-in events are audited with this as their ``source`` so that failures from one host can be counted
-    with an exact match (see :func:`integration.store.users.check_login_allowed`).
+    Sign-in events are audited with this as their ``source``, and sign-in attempts are throttled per
+    username and this source (see :mod:`integration.store.sign_in_throttle`).
 
     Parameters
     ----------
