@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from integration.config import Settings
 from integration.dicom.samples import write_ct_series
+from integration.reports.readiness import ReviewIncomplete
 from integration.reports.review import reject_draft, sign_reviewed, signer_of
 from integration.reports.sr import Verification, read_sr
 from integration.store.migrate import upgrade
@@ -290,8 +291,20 @@ def test_signing_the_working_copy_stores_the_version_its_sr_and_the_outcome(sett
     change(settings, draft, "impression", text="Nodule; CT follow-up in 3 months.")
     with pytest.raises(ReviewConflict):
         sign_reviewed(settings, draft, actor="rad", person_name="Doe^Jane", organization="X", expected_seq=4)
+    # finding 1 was never reviewed: refused unless the radiologist confirms exactly that count
+    for confirmed in (None, 0, 2):
+        with pytest.raises(ReviewIncomplete, match="1 finding was not reviewed"):
+            sign_reviewed(
+                settings, draft, actor="rad", person_name="Doe^Jane", organization="X", confirm_unreviewed=confirmed
+            )
     revision_id = sign_reviewed(
-        settings, draft, actor="rad", person_name="Doe^Jane", organization="St Elsewhere", expected_seq=5
+        settings,
+        draft,
+        actor="rad",
+        person_name="Doe^Jane",
+        organization="St Elsewhere",
+        expected_seq=5,
+        confirm_unreviewed=1,
     )
     with pytest.raises(ReportClosed, match="signed"):
         change(settings, draft, "accept", finding=0)
@@ -327,6 +340,18 @@ def test_signing_the_working_copy_stores_the_version_its_sr_and_the_outcome(sett
     assert event.actor == "rad" and event.object_id == str(draft)
     assert event.detail is not None and event.detail["seq"] == 5 and event.detail["added"] == 1
     assert "effusion" not in repr(event.detail)
+
+
+def test_an_unparsed_model_output_is_signed_only_after_the_radiologist_writes(settings: Settings, draft: int) -> None:
+    with session_scope(settings.database_url) as session:
+        session.execute(update(Report).where(Report.id == draft).values(structured=False))
+    change(settings, draft, "accept", finding=0)
+    change(settings, draft, "accept", finding=1)
+    with pytest.raises(ReviewIncomplete, match="could not be parsed"):
+        sign_reviewed(settings, draft, actor="rad", person_name="Doe^Jane", organization="X")
+    change(settings, draft, "impression", text="Written by the radiologist.")
+    sign_reviewed(settings, draft, actor="rad", person_name="Doe^Jane", organization="X")
+    assert copy_of(settings, draft).status == "signed"
 
 
 def test_nothing_to_sign_is_refused(settings: Settings, draft: int) -> None:
