@@ -8,8 +8,11 @@ socket and says whether it was answered:
     flips, element lengths up to ``0xFFFFFFFF``, VRs, truncation, inserted bytes, a file meta group
     in front), sent as one C-STORE on an Explicit VR Little Endian (or Deflated) context;
 ``pdu``
-    an A-ASSOCIATE-RQ with mutated fields and lengths, or a P-DATA-TF after a valid association with
-    mutated PDU lengths, PDV item lengths, context ids and control bytes;
+    an A-ASSOCIATE-RQ with mutated fields and lengths; its fixed fields alone (protocol version, AE
+    titles: what the listener judges before reading further) mutated, declared longer or shorter than
+    sent, or half-sent and left; a P-DATA-TF after a valid association with mutated PDU lengths, PDV
+    item lengths, context ids and control bytes; or a command set mutated, split into many fragments
+    or grown past its bound;
 ``stow``
     a ``multipart/related`` STOW-RS body with mutated file meta and data set bytes, boundaries,
     part headers and media types.
@@ -433,7 +436,11 @@ class DatasetCase:
 
 @dataclass(frozen=True)
 class PduCase:
-    """A mutated A-ASSOCIATE-RQ (``associate``) or P-DATA-TF after a valid association (``pdata``)."""
+    """One case of the ``pdu`` target.
+
+    ``kind`` is ``associate`` (a mutated A-ASSOCIATE-RQ), ``preassociation`` (its fixed fields), or,
+    after a valid association, ``pdata`` (a P-DATA-TF) or ``command`` (a command set).
+    """
 
     kind: str
     mutations: tuple[Mutation, ...]
@@ -467,7 +474,7 @@ def pdu_cases() -> st.SearchStrategy[PduCase]:
     """Cases of the ``pdu`` target."""
     return st.builds(
         PduCase,
-        kind=st.sampled_from(["associate", "pdata"]),
+        kind=st.sampled_from(["associate", "preassociation", "pdata", "command"]),
         mutations=st.lists(_mutation, max_size=3).map(tuple),
         pdu_length=st.one_of(st.none(), LENGTHS),
         item_length=st.one_of(st.none(), LENGTHS),
@@ -516,6 +523,10 @@ def run_pdu_case(port: int, case: PduCase, timeout: float) -> Answer:
             except OSError:
                 return Answer(0)
             return read_answer(sock, timeout)
+    if case.kind == "preassociation":
+        return _run_preassociation_case(port, case, timeout)
+    if case.kind == "command":
+        return _run_command_case(port, case, timeout)
     data, sop_uid = ct_instance()
     fragment = mutate(data[:4096], case.mutations)
     item = bytearray(pdv(case.context_id, fragment, command=False, last=False))
@@ -581,6 +592,47 @@ def failed(answer: Answer) -> bool:
 def answer_label(answer: Answer) -> str:
     """Label of an answer for tables (HTTP statuses as ``HTTP 400``)."""
     return f"HTTP {answer.status}" if answer.pdu_type == -1 else answer.label
+
+
+def _run_preassociation_case(port: int, case: PduCase, timeout: float) -> Answer:
+    """Mutate only the request's 68 fixed bytes; declare a (fuzzed) length; send all, or stop half-way."""
+    raw = associate_rq()
+    fixed = mutate(raw[6:74], case.mutations)[:68].ljust(68, b"\x00")
+    body = fixed + raw[74:]
+    declared = len(body) if case.pdu_length is None else case.pdu_length & 0xFFFFFFFF
+    sent = len(body) if case.item_length is None else min(len(body), case.item_length)
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        try:
+            sock.sendall(b"\x01\x00" + declared.to_bytes(4, "big") + body[:sent])
+        except OSError:
+            return Answer(0)
+        answer = read_answer(sock, timeout)  # a half-sent request is ended by the ACSE timeout
+        if answer.pdu_type == 0x02:
+            with contextlib.suppress(OSError):
+                sock.sendall(ABORT_RQ)
+        return answer
+
+
+def _run_command_case(port: int, case: PduCase, timeout: float) -> Answer:
+    """A mutated C-STORE command set, cut into fragments of a fuzzed size, some repeated past the bound."""
+    _, sop_uid = ct_instance()
+    command = mutate(store_command(sop_uid), case.mutations)
+    size = max(1, min(case.item_length or len(command), 16384))
+    repeats = 1 + (case.pdu_length or 0) % 8  # up to 8 copies, and past 64 KiB for the larger fragments
+    pieces = [command[i : i + size] for i in range(0, max(len(command), 1), size)] * repeats
+    if (case.pdu_length or 0) % 3 == 0:
+        pieces += [bytes(16384)] * 5  # grow past the command set bound
+    items = [pdv(1, piece, command=True, last=i == len(pieces) - 1) for i, piece in enumerate(pieces)]
+    with open_association(port, timeout) as sock:
+        try:
+            for item in items:
+                sock.sendall(p_data(item))
+        except OSError:
+            return Answer(0)
+        answer = read_answer(sock, timeout)
+        with contextlib.suppress(OSError):
+            sock.sendall(ABORT_RQ)
+        return answer
 
 
 def rss_bytes(pid: int) -> int:

@@ -19,19 +19,34 @@ import logging
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any, Final
 
 from integration.config import Settings
 from integration.dicom import upper_layer as ul
 from integration.dicom.association import Peer, Rejection
+from integration.dicom.negotiation import Negotiated, Negotiator
 
 log = logging.getLogger(__name__)
 
 #: Seconds over which repeated rejections of one (host, calling AE, reason) make one audit event.
 AUDIT_WINDOW_SECONDS: Final = 10.0
+#: Longest a blocked host's connection is held unread before it is closed (a loop of them waits, not spins).
+HOLD_SECONDS: Final = 10.0
+#: Association request bytes one host may have negotiated per second, and in one burst: modalities send
+#: 1-40 KiB per association, so this is hundreds of associations a minute, while a loop of maximal
+#: (128 KiB) requests gets two a second.
+NEGOTIATION_BYTES_PER_SECOND: Final = 256 * 1024
+NEGOTIATION_BURST_BYTES: Final = 2 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What happens to a new connection: ``refusal`` None to serve it; else closed after ``hold`` seconds."""
+
+    refusal: str | None = None
+    hold: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -156,20 +171,29 @@ class ConnectionGate:
         self.pending_by_host: Counter[str] = Counter()
         self._hosts: dict[str, _HostRecord] = {}
 
-    def open(self, host: str) -> str | None:
-        """Count a new connection from ``host`` as pending; return why it is closed at once, or None."""
+    def open(self, host: str) -> Verdict:
+        """Count a new connection from ``host`` as pending (or held); say whether to serve it.
+
+        A blocked host's connection is held unread for a while (counted as pending, so a host cannot
+        hold more than its share) before it is closed: a loop of requests then waits instead of spinning.
+        """
         record = self._hosts.get(host)
         now = self.clock()
+        room = self.pending < self.limits.pending and self.pending_by_host[host] < self.limits.pending_per_host
         if record is not None and record.blocked_until > now:
             record.turned_away += 1
-            return "host turned away after repeated rejections"
+            hold = min(record.blocked_until - now, HOLD_SECONDS) if room else 0.0
+            if hold:
+                self.pending += 1
+                self.pending_by_host[host] += 1
+            return Verdict("host turned away after repeated rejections", hold)
         if self.pending >= self.limits.pending:
-            return "too many connections waiting to associate"
-        if self.pending_by_host[host] >= self.limits.pending_per_host:
-            return "too many connections from this host waiting to associate"
+            return Verdict("too many connections waiting to associate")
+        if not room:
+            return Verdict("too many connections from this host waiting to associate")
         self.pending += 1
         self.pending_by_host[host] += 1
-        return None
+        return Verdict()
 
     def settled(self, host: str) -> None:
         """The pending connection from ``host`` associated or ended."""
@@ -215,6 +239,42 @@ class ConnectionGate:
             del self._hosts[host]
         for host in [h for h, r in self._hosts.items() if r.rejections and r.rejections[-1] < horizon]:
             del self._hosts[host]
+
+
+class NegotiationBudget:
+    """Association request bytes each host may have negotiated: a token bucket per host.
+
+    Parameters
+    ----------
+    rate, burst : float
+        Bytes per second, and the bucket's size.
+    clock : callable
+        Monotonic seconds.
+    """
+
+    def __init__(
+        self,
+        rate: float = NEGOTIATION_BYTES_PER_SECOND,
+        burst: float = NEGOTIATION_BURST_BYTES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.rate, self.burst, self.clock = rate, burst, clock
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def spend(self, host: str, size: int) -> str | None:
+        """Take ``size`` bytes from ``host``'s bucket; return why not (the bucket is short), or None."""
+        now = self.clock()
+        tokens, since = self._buckets.get(host, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - since) * self.rate)
+        if tokens < size:
+            self._buckets[host] = (tokens, now)
+            return "too many association requests from this host"
+        if len(self._buckets) >= 4096:  # forget full buckets (idle hosts)
+            full = [h for h, (t, at) in self._buckets.items() if t + (now - at) * self.rate >= self.burst]
+            for idle in full:
+                del self._buckets[idle]
+        self._buckets[host] = (tokens - size, now)
+        return None
 
 
 @dataclass
@@ -290,6 +350,8 @@ class ListenerAdmission:
         thread).  ``reason`` names the cause without patient data.
     run_blocking : callable
         Runs a blocking callable off the event loop.
+    negotiator : Negotiator
+        Decodes and negotiates association requests in its own process.
     """
 
     def __init__(
@@ -297,18 +359,23 @@ class ListenerAdmission:
         limits: AdmissionLimits,
         report: Callable[[str, str, str, int], None],
         run_blocking: Callable[..., Awaitable[Any]],
+        negotiator: Negotiator,
     ) -> None:
         self.slots = AssociationSlots(limits)
         self.gate = ConnectionGate(limits)
+        self.budget = NegotiationBudget()
         self.digest = RejectionDigest(report)
         self.report = report
         self.run_blocking = run_blocking
-        # One thread decodes association requests: a flood of them takes at most that thread's share.
-        self._decoder = ThreadPoolExecutor(1, thread_name_prefix="acse-decode")
+        self.negotiator = negotiator
 
-    def open(self, host: str) -> str | None:
-        """Admit a new connection as pending; return why it is closed at once, or None."""
+    def open(self, host: str) -> Verdict:
+        """Admit a new connection as pending, or say how it is refused."""
         return self.gate.open(host)
+
+    def spend(self, host: str, size: int) -> str | None:
+        """Charge an association request's size to its host; return why it is refused, or None."""
+        return self.budget.spend(host, size)
 
     def take_slot(self, calling_ae: str, host: str) -> str | None:
         """Take an association slot; return why none is free, or None."""
@@ -325,7 +392,7 @@ class ListenerAdmission:
     def rejected(self, peer: Peer, rejection: Rejection) -> None:
         """Count a refused association; report the first of its kind now and the rest by :meth:`flush`."""
         transient = rejection.result == ul.REJECTED_TRANSIENT
-        blocked_for = self.gate.rejected(peer.address, counts=not transient)
+        blocked_for = self.gate.rejected(peer.address, counts=rejection.abusive or not transient)
         first = self.digest.add(peer.address, peer.calling_ae, rejection.reason)
         if first is not None:
             self._report(*first)
@@ -340,13 +407,23 @@ class ListenerAdmission:
         for host, count in self.gate.turned_away().items():
             self._report(host, "", "connections turned away while the host is blocked", count)
 
-    def decode(self, function: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
-        """Run a decoding step in the decoding thread."""
-        return asyncio.get_running_loop().run_in_executor(self._decoder, partial(function, *args))
+    async def negotiate(self, body: bytes) -> Negotiated:
+        """Decode and negotiate a request in the negotiation process.
+
+        Raises
+        ------
+        ProtocolError
+            The request cannot be decoded, or the negotiation process died (a new one takes the next).
+        """
+        try:
+            return await asyncio.wrap_future(self.negotiator.submit(body))
+        except BrokenProcessPool:  # the process died with this request in it; the next one starts anew
+            self.negotiator.restart()
+            raise ul.ProtocolError("the association could not be negotiated", ul.ABORT_NOT_SPECIFIED) from None
 
     def close(self) -> None:
-        """Stop the decoding thread."""
-        self._decoder.shutdown(wait=False, cancel_futures=True)
+        """Stop the negotiation process."""
+        self.negotiator.close()
 
     def _report(self, host: str, calling_ae: str, reason: str, count: int) -> None:
         self.run_blocking(self.report, host, calling_ae, reason, count)

@@ -7,7 +7,8 @@ at once while the event loop only moves bytes.
 
 Nothing is decoded before the requestor is known: the A-ASSOCIATE-RQ's fixed
 fields (calling and called AE) are checked, and a slot is taken, before the
-rest of the request is read; the rest is decoded in a separate thread.  A
+rest of the request is read; the rest is decoded in a separate process
+(:mod:`integration.dicom.negotiation`).  A
 message's command set is bounded, and a large data set goes to a spool file
 as it arrives (:mod:`integration.dicom.spool`), so one association holds at
 most about one MiB whatever it sends.
@@ -20,14 +21,13 @@ import contextlib
 import logging
 import socket
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from pynetdicom.presentation import PresentationContext
-
 from integration.dicom import dimse, status
 from integration.dicom import upper_layer as ul
+from integration.dicom.negotiation import AcceptedContext, Negotiated
 from integration.dicom.spool import SPOOL_THRESHOLD, DatasetSpool
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,8 @@ class Rejection:
     result: int = ul.REJECTED_PERMANENT
     source: int = ul.SOURCE_SERVICE_USER
     diagnostic: int = ul.REASON_NO_REASON
+    #: Counts towards turning the host away even though it is transient (a host over its request budget).
+    abusive: bool = False
 
 
 @dataclass
@@ -117,14 +119,17 @@ class Gatekeeper(Protocol):
     def release_slot(self, calling_ae: str, host: str) -> None:
         """Give a slot back."""
 
+    def spend(self, host: str, size: int) -> str | None:
+        """Charge an association request's size to its host; return why it is refused, or None."""
+
     def settled(self, host: str) -> None:
         """The connection is no longer waiting to associate (accepted, rejected or gone)."""
 
     def rejected(self, peer: Peer, rejection: Rejection) -> None:
         """Count, log and audit a refused association (aggregated; never blocks)."""
 
-    def decode(self, function: Callable[..., Any], *args: Any) -> Awaitable[Any]:
-        """Run a CPU-bound decoding step off the event loop."""
+    def negotiate(self, body: bytes) -> Awaitable[Negotiated]:
+        """Decode and negotiate an A-ASSOCIATE-RQ's variable field off the listener's interpreter."""
 
 
 @dataclass(frozen=True)
@@ -165,14 +170,12 @@ class Association:
         The connection.
     service : AssociationService
         Admission, storage and audit.
-    contexts : sequence of PresentationContext
-        The contexts we accept (abstract syntax and transfer syntaxes).
     limits : Limits
         Protocol limits.
     run_blocking : callable
         Runs a blocking callable off the event loop and returns an awaitable of its result.
     gate : Gatekeeper
-        Association slots, the pending-connection count, rejections and the decoding thread.
+        Association slots, the pending-connection count, rejections and negotiation.
     """
 
     def __init__(
@@ -180,7 +183,6 @@ class Association:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         service: AssociationService,
-        contexts: Sequence[PresentationContext],
         limits: Limits,
         run_blocking: Callable[..., Awaitable[Any]],
         gate: Gatekeeper,
@@ -188,13 +190,12 @@ class Association:
         self.reader = reader
         self.writer = writer
         self.service = service
-        self.contexts = contexts
         self.limits = limits
         self.run_blocking = run_blocking
         self.gate = gate
         address = writer.get_extra_info("peername") or ("?", 0)
         self.peer = Peer(calling_ae="", address=str(address[0]), port=int(address[1]))
-        self.accepted: dict[int, PresentationContext] = {}
+        self.accepted: dict[int, AcceptedContext] = {}
         self.peer_max_length = 0
         self.storing = False
         self._pending = True
@@ -242,7 +243,7 @@ class Association:
             self._pending = False
             self.gate.settled(self.peer.address)
 
-    async def _negotiate(self) -> ul.AssociationRequest | None:
+    async def _negotiate(self) -> Negotiated | None:
         """Read the A-ASSOCIATE-RQ and accept or reject it; None when rejected.
 
         The fixed fields are checked (and a slot taken) before the rest is read, and the rest is
@@ -262,16 +263,20 @@ class Association:
         rejection = self.service.admit(header, self.peer)
         rest = await asyncio.wait_for(self.reader.readexactly(length - ul.ASSOCIATE_RQ_FIXED_LENGTH), acse_timeout)
         if rejection is None:
-            busy = self.gate.take_slot(header.calling_ae, self.peer.address)
+            over_budget = self.gate.spend(self.peer.address, length)
+            busy = over_budget or self.gate.take_slot(header.calling_ae, self.peer.address)
             if busy is not None:
                 rejection = Rejection(
-                    busy, result=ul.REJECTED_TRANSIENT, source=ul.SOURCE_PRESENTATION, diagnostic=ul.REASON_LOCAL_LIMIT
+                    busy,
+                    result=ul.REJECTED_TRANSIENT,
+                    source=ul.SOURCE_PRESENTATION,
+                    diagnostic=ul.REASON_LOCAL_LIMIT,
+                    abusive=over_budget is not None,
                 )
-        request: ul.AssociationRequest | None = None
-        answer = b""
+        request: Negotiated | None = None
         if rejection is None:
             try:
-                request, answer, self.accepted = await self.gate.decode(self._decode, fixed + rest)
+                request = await self.gate.negotiate(fixed + rest)
             except BaseException:
                 self.gate.release_slot(header.calling_ae, self.peer.address)
                 raise
@@ -286,15 +291,10 @@ class Association:
             await self._await_peer_close()
             return None
         assert request is not None
+        self.accepted = request.accepted
         self.peer_max_length = request.max_length
-        self._send(answer)
+        self._send(request.answer)
         return request
-
-    def _decode(self, body: bytes) -> tuple[ul.AssociationRequest, bytes, dict[int, PresentationContext]]:
-        """Decode the request and negotiate its contexts (CPU-bound; runs in the decoding thread)."""
-        request = ul.decode_associate_rq(body)
-        answer, accepted = ul.accept(request, self.contexts, self.limits.max_pdu_length)
-        return request, answer, accepted
 
     async def _serve(self) -> str:
         """Exchange DIMSE messages until the peer releases or aborts; return how it ended."""
@@ -379,7 +379,7 @@ class Association:
         assert command is not None
         fragments, message.dataset_fragments, message.held_bytes = message.dataset_fragments, [], 0
         if message.spool is None:
-            transfer_syntax = str(self.accepted[message.context_id].transfer_syntax[0])
+            transfer_syntax = self.accepted[message.context_id].transfer_syntax
             try:
                 message.spool = await self.run_blocking(
                     self.service.open_spool, command, transfer_syntax, self.peer.calling_ae
@@ -424,7 +424,7 @@ class Association:
         self._send(ul.p_data(message.context_id, response, is_command=True, peer_max_length=self.peer_max_length))
         await self.writer.drain()
 
-    async def _store(self, message: _Message, context: PresentationContext, dataset: bytes) -> int:
+    async def _store(self, message: _Message, context: AcceptedContext, dataset: bytes) -> int:
         command = message.command
         assert command is not None
         calling_ae = self.peer.calling_ae
@@ -449,7 +449,7 @@ class Association:
         request = StoreRequest(
             sop_class_uid=command.affected_sop_class_uid,
             sop_instance_uid=command.affected_sop_instance_uid,
-            transfer_syntax=str(context.transfer_syntax[0]),
+            transfer_syntax=context.transfer_syntax,
             dataset=dataset,
             calling_ae=calling_ae,
             spool=message.spool,

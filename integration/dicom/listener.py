@@ -26,6 +26,7 @@ from integration.config import Settings
 from integration.dicom.admission import AdmissionLimits, ListenerAdmission
 from integration.dicom.assembly import StudyAssembler
 from integration.dicom.association import VERIFICATION_SOP_CLASS, Association, Limits
+from integration.dicom.negotiation import Negotiator
 from integration.dicom.storage import InstanceStore
 from integration.dicom.storage_scp import StorageSCP
 from integration.dicom.tls import TlsConfigError, handshake_failure, server_context, subject_of
@@ -109,8 +110,9 @@ class Listener:
         )
         # Storing blocks (fsync, commit): one thread per allowed association, plus audit work.
         self._storers = ThreadPoolExecutor(settings.max_associations + 2, thread_name_prefix="c-store")
+        self.negotiator = Negotiator(self.contexts, settings.max_pdu_length)
         self.admission = ListenerAdmission(
-            AdmissionLimits.from_settings(settings), self.scp.report_rejection, self._run_blocking
+            AdmissionLimits.from_settings(settings), self.scp.report_rejection, self._run_blocking, self.negotiator
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._servers: list[asyncio.Server] = []
@@ -220,8 +222,13 @@ class Listener:
         task = asyncio.current_task()
         assert task is not None
         address = writer.get_extra_info("peername") or ("?", 0)
-        refused = self.admission.open(str(address[0]))
-        if refused is not None:
+        verdict = self.admission.open(str(address[0]))
+        if verdict.refusal is not None:
+            if verdict.hold:
+                try:
+                    await asyncio.sleep(verdict.hold)  # held unread: a loop of requests waits here
+                finally:
+                    self.admission.settled(str(address[0]))
             writer.transport.abort()  # no goodbye: this costs us nothing more
             return
         tls: tuple[str, str] | None = None
@@ -237,9 +244,7 @@ class Listener:
             if tls is None:
                 self.admission.settled(str(address[0]))
                 return
-        association = Association(
-            reader, writer, self.scp, self.contexts, self.limits, self._run_blocking, self.admission
-        )
+        association = Association(reader, writer, self.scp, self.limits, self._run_blocking, self.admission)
         if tls is not None:
             association.peer.tls_version, association.peer.tls_subject = tls
         self._active[task] = association

@@ -87,6 +87,9 @@ class ProtocolError(Exception):
         super().__init__(message)
         self.reason = reason
 
+    def __reduce__(self) -> tuple[type[ProtocolError], tuple[str, int]]:
+        return (ProtocolError, (str(self), self.reason))  # raised in the negotiation process, re-raised here
+
 
 @dataclass(frozen=True, slots=True)
 class Pdv:

@@ -125,6 +125,28 @@ def test_mutated_pdus_are_answered_or_aborted_in_time(fuzz_listener: ListenerPro
     assert send_store(fuzz_listener.port, data, sop_uid).status == 0  # still serving
 
 
+def test_mutated_request_fixed_fields_and_command_sets_are_answered_in_time(fuzz_listener: ListenerProcess) -> None:
+    rss_before = rss_bytes(listener_pid(fuzz_listener))
+    answers: Counter[str] = Counter()
+    kinds: Counter[str] = Counter()
+
+    @FUZZ_SETTINGS
+    @given(case=pdu_cases().filter(lambda case: case.kind in ("preassociation", "command")))
+    def one(case: PduCase) -> None:
+        answer = run_pdu_case(fuzz_listener.port, case, ANSWER_TIMEOUT)
+        answers[answer_label(answer)] += 1
+        kinds[case.kind] += 1
+        assert not failed(answer), f"no answer within {ANSWER_TIMEOUT} s for {case}"
+
+    one()
+    assert kinds["preassociation"] >= 10 and kinds["command"] >= 10, kinds
+    assert "A-ASSOCIATE-RJ" in answers and "A-ABORT" in answers, answers
+    assert our_errors(fuzz_listener) == []
+    assert_alive_and_bounded(fuzz_listener, rss_before)
+    data, sop_uid = ct_instance()
+    assert send_store(fuzz_listener.port, data, sop_uid).status == 0  # still serving
+
+
 def test_mutated_stow_bodies_get_http_answers_below_500(
     start_api: Callable[..., ApiProcess], migrated_postgres_url: str
 ) -> None:

@@ -111,14 +111,15 @@ def test_flood_of_maximal_requests_costs_no_decoding_and_its_host_is_turned_away
     request = maximal_request("INTRUDER")
     assert len(request) > 100 * 1024
     cpu_before = cpu_seconds(pid)
-    answers = attack_loop(port, "INTRUDER", 8.0, source="127.0.0.11")
+    answers = attack_loop(port, "INTRUDER", 12.0, source="127.0.0.11")
     cpu = cpu_seconds(pid) - cpu_before
-    # pynetdicom decodes one such request in ~50 ms; turning one away costs a fraction of a millisecond.
-    assert sum(answers.values()) > 300, answers
-    per_request = cpu / sum(answers.values())
-    assert per_request < 0.002, f"listener used {cpu:.1f} s of CPU for {answers}"
-    assert answers["A-ASSOCIATE-RJ"] == 20, answers  # PACSVLM_REJECTIONS_BEFORE_BLOCK, then turned away
-    assert answers["closed"] + answers["refused"] == sum(answers.values()) - 20
+    # 20 rejections (PACSVLM_REJECTIONS_BEFORE_BLOCK) from the fixed fields alone, then the host is turned
+    # away: its next connection is held unread and closed, so the loop waits instead of spinning.
+    assert answers["A-ASSOCIATE-RJ"] == 20, answers
+    assert set(answers) <= {"A-ASSOCIATE-RJ", "timeout", "closed", "refused"} and len(answers) >= 2, answers
+    assert sum(answers.values()) < 30, answers
+    # pynetdicom decodes one such request in ~50 ms; refusing one from its fixed fields costs far less.
+    assert cpu < 1.0, f"listener used {cpu:.1f} s of CPU for {answers}"
     assert legit_stores(port, 5, "FUZZER")  # another host is not affected
     rows = lambda: db_rows(  # noqa: E731
         hostile_listener.database_url,
@@ -130,9 +131,9 @@ def test_flood_of_maximal_requests_costs_no_decoding_and_its_host_is_turned_away
         return sum(count for reason, count in rows() if reason == "calling AE not in the allowlist")
 
     wait_until(lambda: rejected_by_ae() == 20, timeout=40, message="digest of the rejections")
-    reasons = rows()
-    assert any("turned away" in str(reason) and count > 100 for reason, count in reasons), reasons
-    assert len(reasons) <= 6, reasons  # the first, the repeats, the block, the turned away: not thousands
+    reasons = [reason for reason, _ in rows()]
+    assert any("host turned away for 30 s" in str(reason) for reason in reasons), reasons
+    assert len(reasons) <= 5, reasons  # the first, the repeats, the block, the turned away: never one per request
 
 
 def test_half_sent_requests_and_idle_connections_hold_little(hostile_listener: ListenerProcess) -> None:
