@@ -276,15 +276,35 @@ def large_instance(megabytes: int) -> tuple[bytes, str, str]:
     return buffer.getvalue(), str(dataset.SOPInstanceUID), str(dataset.StudyInstanceUID)
 
 
-def send_large(port: int, data: bytes, sop_uid: str, calling_ae: str = "FUZZER") -> Answer:
+def deflated_instance(megabytes: int) -> tuple[bytes, str, str]:
+    """A :func:`large_instance` whose pixel data deflates about 50 times, deflated (for the Deflated context 3)."""
+    import random
+    import zlib
+
+    data, sop_uid, study_uid = large_instance(megabytes)
+    pixel_start = data.rfind(b"\xe0\x7f\x10\x00OW") + 12  # the value of Pixel Data (explicit VR, long form)
+    pixel_end = pixel_start + int.from_bytes(data[pixel_start - 4 : pixel_start], "little")
+    noise = random.Random(7).randbytes(2**20)
+    block = bytearray(2**20)
+    for offset in range(0, len(block), 1024):
+        block[offset : offset + 14] = noise[offset : offset + 14]  # 14 random bytes per KiB: deflates ~50x
+    body = bytearray(data)
+    for start in range(pixel_start, pixel_end, len(block)):
+        end = min(start + len(block), pixel_end)
+        body[start:end] = block[: end - start]
+    compressor = zlib.compressobj(1, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return compressor.compress(bytes(body)) + compressor.flush(), sop_uid, study_uid
+
+
+def send_large(port: int, data: bytes, sop_uid: str, calling_ae: str = "FUZZER", context_id: int = 1) -> Answer:
     """Store one data set in 128 KiB PDUs on a fresh association; return the answer."""
     sock = open_association(port, 60, calling_ae)
     step = 131072 - 6
     with sock:
-        sock.sendall(p_data(pdv(1, store_command(sop_uid), command=True, last=True)))
+        sock.sendall(p_data(pdv(context_id, store_command(sop_uid), command=True, last=True)))
         for start in range(0, len(data), step):
             last = start + step >= len(data)
-            sock.sendall(p_data(pdv(1, data[start : start + step], command=False, last=last)))
+            sock.sendall(p_data(pdv(context_id, data[start : start + step], command=False, last=last)))
         answer = read_answer(sock, 120)
         with contextlib.suppress(OSError):
             sock.sendall(RELEASE_RQ)
@@ -402,6 +422,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         answer = send_large(port, data, sop_uid)
         del data
         rows.append(Row(f"one {args.large_mib} MiB instance", answer.label, f"peak {peak_rss_mib(pid):.0f} MiB"))
+        deflated, sop_uid, _ = deflated_instance(args.large_mib)
+        answer = send_large(port, deflated, sop_uid, context_id=3)
+        ratio = args.large_mib * 2**20 / len(deflated)
+        rows.append(
+            Row(
+                f"one {args.large_mib} MiB instance, deflated {len(deflated) / 2**20:.1f} MiB (x{ratio:.0f})",
+                answer.label,
+                f"peak {peak_rss_mib(pid):.0f} MiB",
+            )
+        )
+        del deflated
         peak = peak_rss_mib(pid)
         alive = listener.running()
     table = Table(title="hostile peers against pacs-vlm listen")

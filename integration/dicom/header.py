@@ -9,10 +9,16 @@ encodes the Part 10 preamble and file meta for storing those bytes as a file.
 from __future__ import annotations
 
 import hashlib
+import mmap
 import re
 import struct
+import tempfile
+import threading
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
@@ -56,6 +62,8 @@ MAX_INFLATE_RATIO = 64
 #: ... or to this size, whichever is larger, so small data sets of mostly zeros still pass.
 INFLATE_FLOOR_BYTES = 64 * 1024**2
 _INFLATE_CHUNK = 1024**2
+#: One inflation at a time per process: concurrent bombs cannot multiply the memory of one.
+_INFLATING = threading.Lock()
 
 
 class SopClassMismatch(InvalidInstance):
@@ -137,25 +145,51 @@ def patient_key(values: dict[int, bytes]) -> str:
     return hashlib.sha256(b"\x1f".join(parts)).hexdigest()
 
 
-def _inflate(data: bytes | memoryview, max_inflated_bytes: int) -> bytes:
-    """Inflate a deflated data set in chunks, refusing it as soon as it grows past its allowance."""
+@contextmanager
+def _inflated(data: bytes | memoryview, max_inflated_bytes: int, spill_dir: Path | None) -> Iterator[memoryview]:
+    """Inflate a deflated data set in chunks, refusing it as soon as it grows past its allowance.
+
+    With ``spill_dir`` the inflated bytes go to an unlinked file there and are walked through a memory
+    map, so the process holds only the pages the walk touches (element headers, not pixel data) instead
+    of the whole inflated data set; one inflation runs at a time per process.
+    """
     limit = min(max_inflated_bytes, max(INFLATE_FLOOR_BYTES, MAX_INFLATE_RATIO * len(data)))
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-    inflated = bytearray()
-    pending: bytes | memoryview = data
-    try:
-        while True:
-            inflated += inflater.decompress(pending, _INFLATE_CHUNK)
-            if len(inflated) > limit:
-                raise InvalidInstance("deflated data set inflates beyond the size limit")
-            pending = inflater.unconsumed_tail
-            if inflater.eof or not pending:
-                break
-    except zlib.error as exc:
-        raise InvalidInstance("deflated data set does not inflate") from exc
-    if not inflater.eof:
-        raise InvalidInstance("deflated data set is truncated")
-    return bytes(inflated)
+    with _INFLATING, tempfile.TemporaryFile(dir=spill_dir) if spill_dir else nullcontext() as spill:
+        inflated = bytearray()
+        size = 0
+        pending: bytes | memoryview = data
+        try:
+            while True:
+                chunk = inflater.decompress(pending, _INFLATE_CHUNK)
+                size += len(chunk)
+                if size > limit:
+                    raise InvalidInstance("deflated data set inflates beyond the size limit")
+                if spill is not None:
+                    spill.write(chunk)
+                else:
+                    inflated += chunk
+                pending = inflater.unconsumed_tail
+                if inflater.eof or not pending:
+                    break
+        except zlib.error as exc:
+            raise InvalidInstance("deflated data set does not inflate") from exc
+        if not inflater.eof:
+            raise InvalidInstance("deflated data set is truncated")
+        if spill is None or size == 0:
+            yield memoryview(inflated)
+            return
+        spill.flush()
+        mapped = mmap.mmap(spill.fileno(), size, prot=mmap.PROT_READ)
+        view = memoryview(mapped)
+        try:
+            yield view
+        finally:
+            try:
+                view.release()
+                mapped.close()
+            except BufferError:
+                pass  # still referenced (an exception's traceback): unmapped when that is freed
 
 
 def read_header(
@@ -165,6 +199,7 @@ def read_header(
     expected_sop_class_uid: str | None = None,
     expected_sop_instance_uid: str | None = None,
     max_inflated_bytes: int = MAX_INFLATED_BYTES,
+    spill_dir: Path | None = None,
 ) -> InstanceHeader:
     """Parse and validate a data set (without file meta) in a transfer syntax.
 
@@ -185,6 +220,8 @@ def read_header(
     max_inflated_bytes : int
         Largest inflated size of a deflated data set (the instance size limit); a data set may also
         inflate to at most :data:`MAX_INFLATE_RATIO` times its size (or :data:`INFLATE_FLOOR_BYTES`).
+    spill_dir : pathlib.Path, optional
+        Where a deflated data set is inflated to (a temporary file, memory-mapped); in memory without.
 
     Returns
     -------
@@ -197,12 +234,14 @@ def read_header(
         With a reason that names attributes, never their values.
     """
     if transfer_syntax_uid == DeflatedExplicitVRLittleEndian:
-        data = _inflate(data, max_inflated_bytes)
-    values = walk_dataset(
-        data,
-        implicit=transfer_syntax_uid == ImplicitVRLittleEndian,
-        little_endian=transfer_syntax_uid != ExplicitVRBigEndian,
-    )
+        with _inflated(data, max_inflated_bytes, spill_dir) as inflated:
+            values = walk_dataset(inflated, implicit=False, little_endian=True)
+    else:
+        values = walk_dataset(
+            data,
+            implicit=transfer_syntax_uid == ImplicitVRLittleEndian,
+            little_endian=transfer_syntax_uid != ExplicitVRBigEndian,
+        )
     for tag in _NUMERIC_IMAGE_TAGS:
         raw = values.get(tag)
         if raw is not None and raw.strip(b"\x00 ") and _integer(raw) is None:

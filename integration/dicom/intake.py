@@ -276,6 +276,7 @@ class InstanceIntake:
                 expected_sop_class_uid=expected_sop_class_uid,
                 expected_sop_instance_uid=expected_sop_instance_uid,
                 max_inflated_bytes=self.max_instance_bytes,
+                spill_dir=self.files.tmp_dir,
             )
         except SopClassMismatch as exc:
             return Outcome(status.DATASET_DOES_NOT_MATCH_SOP_CLASS, "refused", reason=str(exc))

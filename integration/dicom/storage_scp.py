@@ -180,6 +180,7 @@ class StorageSCP:
                     expected_sop_class_uid=request.sop_class_uid,
                     expected_sop_instance_uid=request.sop_instance_uid,
                     max_inflated_bytes=self.settings.max_instance_bytes,
+                    spill_dir=self.store.tmp_dir,
                 )
         except SopClassMismatch as exc:
             log.warning("C-STORE from %r refused: %s", calling_ae, exc)

@@ -22,6 +22,7 @@ from bench.hostile import (
     command_set_bomb,
     connect,
     cpu_seconds,
+    deflated_instance,
     empty_fragment_flood,
     hold_half_sent_requests,
     large_instance,
@@ -220,10 +221,24 @@ def test_large_instance_is_spooled_to_its_file_not_held_twice(hostile_listener: 
     answer = send_large(hostile_listener.port, data, sop_uid)
     assert answer.status == 0x0000, answer.label
     grown = peak_rss_mib(pid) - before
-    assert grown < 24, f"a 96 MiB instance raised the listener's peak RSS by {grown:.0f} MiB"  # was ~192
+    assert grown < 40, f"a 96 MiB instance raised the listener's peak RSS by {grown:.0f} MiB"  # was ~192
     stored = next(hostile_listener.instance_root.glob(f"{study_uid}/*/{sop_uid}.dcm"))
     assert stored.read_bytes() == file_meta_bytes(CT_IMAGE_STORAGE, sop_uid, EXPLICIT_LE, "FUZZER") + data
     assert hostile_listener.partial_files() == []
+
+
+def test_a_highly_deflated_instance_is_inflated_to_disk_not_memory(hostile_listener: ListenerProcess) -> None:
+    pid = pid_of(hostile_listener)
+    deflated, sop_uid, study_uid = deflated_instance(160)
+    assert 40 < 160 * 2**20 / len(deflated) < 64  # a ratio the listener accepts (up to 64)
+    reset_peak_rss(pid)
+    before = peak_rss_mib(pid)
+    answer = send_large(hostile_listener.port, deflated, sop_uid, context_id=3)
+    assert answer.status == 0x0000, answer.label
+    grown = peak_rss_mib(pid) - before
+    assert grown < 40, f"inflating 160 MiB raised the listener's peak RSS by {grown:.0f} MiB"  # was ~320
+    stored = next(hostile_listener.instance_root.glob(f"{study_uid}/*/{sop_uid}.dcm"))
+    assert stored.read_bytes().endswith(deflated)  # stored as received, deflated
 
 
 def test_a_legitimate_sender_keeps_its_pace_under_a_request_flood(hostile_listener: ListenerProcess) -> None:
