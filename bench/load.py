@@ -334,7 +334,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             model = build_smoke_model("llava", workdir / "smoke-model")
         try:
             with Deployment(workdir, args.broker_url, args.database_url) as deploy:
-                listener = deploy.start_listener({"PACSVLM_STABLE_SECONDS": "2", "PACSVLM_ASSEMBLY_INTERVAL": "0.5"})
+                listener = deploy.start_listener(
+                    {
+                        "PACSVLM_STABLE_SECONDS": "2",
+                        "PACSVLM_ASSEMBLY_INTERVAL": "0.5",
+                        # one modality AE opens every association here: let it hold them all
+                        "PACSVLM_MAX_ASSOCIATIONS": str(max(16, args.associations + 2)),
+                        "PACSVLM_MAX_ASSOCIATIONS_PER_AE": str(args.associations),
+                    }
+                )
                 worker = deploy.start_worker(model, {})
                 assert listener.process is not None
                 barrier = threading.Barrier(args.associations)
