@@ -40,10 +40,17 @@ class BodyTooLarge(HTTPException):
     ----------
     limit : int
         The route's limit in bytes.
+    path : str
+        The request path (a photo upload's message speaks of the photo).
     """
 
-    def __init__(self, limit: int) -> None:
-        super().__init__(status.HTTP_413_CONTENT_TOO_LARGE, f"the request body exceeds {limit} bytes")
+    def __init__(self, limit: int, path: str = "") -> None:
+        message = (
+            f"the photo may have at most {MAX_PHOTO_BYTES // 1024**2} MiB"
+            if path in PHOTO_PATHS
+            else f"the request body exceeds {limit} bytes"
+        )
+        super().__init__(status.HTTP_413_CONTENT_TOO_LARGE, message)
         self.limit = limit
 
 
@@ -117,7 +124,7 @@ class BodyLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise BodyTooLarge(limit)
+                    raise BodyTooLarge(limit, scope["path"])
             return message
 
         async def tracked(message: Message) -> None:
@@ -135,7 +142,7 @@ class BodyLimit:
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
         if self.on_refusal is not None:
             self.on_refusal(scope, limit)
-        exc = BodyTooLarge(limit)
+        exc = BodyTooLarge(limit, scope["path"])
         response = JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers={"Connection": "close"})
         await response(scope, receive, send)
 
