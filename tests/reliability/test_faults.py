@@ -199,7 +199,12 @@ def test_full_volume_refuses_with_out_of_resources_reports_on_health_and_recover
     failing_check: str,
 ) -> None:
     root = small_volume / "instances"
-    env = {"PACSVLM_STORAGE_DIR": str(root), "PACSVLM_MIN_FREE_BYTES": min_free_bytes}
+    # An 8 MiB volume: /health's margin above the minimum (256 MiB by default) is one instance here.
+    env = {
+        "PACSVLM_STORAGE_DIR": str(root),
+        "PACSVLM_MIN_FREE_BYTES": min_free_bytes,
+        "PACSVLM_HEALTH_FREE_MARGIN_BYTES": "262144",
+    }
     listener = listener_factory(migrated_postgres_url, redis_url, extra_env=env)
     api = start_api(PACSVLM_DATABASE_URL=migrated_postgres_url, PACSVLM_BROKER_URL=redis_url, **env)
     series = write_ct_series(tmp_path / "ct", 24, rows=256, columns=256)  # 131 kB each, 3.2 MB in all
@@ -225,7 +230,7 @@ def test_full_volume_refuses_with_out_of_resources_reports_on_health_and_recover
     if failing_check == "disk":
         disk = health.json()["checks"]["disk"]
         assert disk["free_bytes"] < disk["min_free_bytes"] == int(min_free_bytes)
-        assert "C-STORE is refused" in disk["detail"]
+        assert "every C-STORE and upload is refused" in disk["detail"]
 
     filler.unlink()  # space freed: the sender sends the whole series again
     retried = storescu(listener.port, series, extra=["-v"])
