@@ -355,7 +355,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     from rich.table import Table
 
-    from bench.ingest import BenchError, console, progress_console
+    from bench.ingest import BenchError, console, free_port, progress_console
     from bench.load import CALLING_AE, Deployment, percentile
 
     parser = argparse.ArgumentParser(
@@ -402,6 +402,30 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"p50 {loaded * 1000:.1f} ms ({loaded / unloaded:.2f}x)",
                 )
             )
+        # The same allowed-AE loop against a listener without the per-host budget and block: what the
+        # negotiation process alone keeps off the legitimate sender.
+        open_listener = deploy.start_listener(
+            {
+                "PACSVLM_STABLE_SECONDS": "3600",
+                "PACSVLM_ASSOCIATION_REQUEST_BUDGET": "0",
+                "PACSVLM_REJECTIONS_BEFORE_BLOCK": "1000000",
+            },
+            port=(open_port := free_port()),
+        )
+        legit_stores(open_port, 20, "FUZZER")
+        open_unloaded = percentile(legit_stores(open_port, args.instances, "FUZZER"), 0.5)
+        with attacker(open_port, CALLING_AE, duration, "127.0.0.6") as answers:
+            loaded = percentile(legit_stores(open_port, args.instances, "FUZZER"), 0.5)
+        ratios.append(loaded / open_unloaded)
+        sent = ", ".join(f"{k} x{v}" for k, v in sorted(answers.items()))
+        rows.append(
+            Row(
+                "under maximal requests, allowed AE, no budget or block",
+                f"attacker: {sent}; unloaded p50 {open_unloaded * 1000:.1f} ms",
+                f"p50 {loaded * 1000:.1f} ms ({loaded / open_unloaded:.2f}x)",
+            )
+        )
+        open_listener.stop()
         reset_peak_rss(pid)
         held = hold_half_sent_requests(port, "127.0.0.3", 600)
         idle = open_idle_connections(port, "127.0.0.4", 1500)

@@ -118,22 +118,23 @@ class Deployment:
             PACSVLM_LISTEN_PORT=str(self.dicom_port),
             PACSVLM_MIN_FREE_BYTES="0",
             PYTHONUNBUFFERED="1",
-            **extra,
         )
+        env.update(extra)
         return env
 
-    def start_listener(self, extra: dict[str, str]) -> ManagedProcess:
-        """Start ``pacs-vlm listen`` and wait for its port."""
+    def start_listener(self, extra: dict[str, str], port: int | None = None) -> ManagedProcess:
+        """Start ``pacs-vlm listen`` (on ``port``, else the deployment's) and wait for its port."""
+        port = port or self.dicom_port
         listener = ManagedProcess(
             "pacs-vlm listen",
             [sys.executable, "-m", "worker.cli", "listen"],
-            self.env(extra),
-            self.workdir / "listener.log",
+            self.env({**extra, "PACSVLM_LISTEN_PORT": str(port)}),
+            self.workdir / f"listener-{port}.log",
             cwd=REPO,
         )
         listener.start()
         self.processes.append(listener)
-        wait_until(lambda: port_open(self.dicom_port), "open DICOM port", listener)
+        wait_until(lambda: port_open(port), "open DICOM port", listener)
         return listener
 
     def start_worker(self, model_dir: Path, extra: dict[str, str]) -> ManagedProcess:

@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     rejections_before_block: Annotated[int, Field(ge=1)] = 20
     rejection_window: Annotated[float, Field(gt=0)] = 10.0
     rejected_host_block: Annotated[float, Field(gt=0)] = 30.0
+    #: Association request bytes one host may have negotiated per second (a burst of 8 seconds' worth); more
+    #: are rejected (transient) and count towards turning the host away.  0: no budget.
+    association_request_budget: Annotated[int, Field(ge=0)] = 262_144
     max_pdu_length: Annotated[int, Field(ge=4096, le=4_194_304)] = 131_072
     max_instance_bytes: Annotated[int, Field(ge=1024)] = 2_147_483_648
     #: Largest STOW-RS request body (all parts together) and photo upload request.

@@ -34,11 +34,10 @@ log = logging.getLogger(__name__)
 AUDIT_WINDOW_SECONDS: Final = 10.0
 #: Longest a blocked host's connection is held unread before it is closed (a loop of them waits, not spins).
 HOLD_SECONDS: Final = 10.0
-#: Association request bytes one host may have negotiated per second, and in one burst: modalities send
-#: 1-40 KiB per association, so this is hundreds of associations a minute, while a loop of maximal
-#: (128 KiB) requests gets two a second.
-NEGOTIATION_BYTES_PER_SECOND: Final = 256 * 1024
-NEGOTIATION_BURST_BYTES: Final = 2 * 1024 * 1024
+#: Association request bytes one host may have negotiated in one burst, in seconds of its budget
+#: (``PACSVLM_ASSOCIATION_REQUEST_BUDGET``, 256 KiB/s by default: modalities send 1-40 KiB per association,
+#: so that is hundreds of associations a minute, while a loop of maximal 128 KiB requests gets two a second).
+NEGOTIATION_BURST_SECONDS: Final = 8
 
 
 @dataclass(frozen=True)
@@ -67,6 +66,8 @@ class AdmissionLimits:
         Rejections of one host within ``rejection_window`` seconds after which it is turned away at accept.
     rejection_window, block_seconds : float
         That window, and how long the host is turned away (doubling while it keeps trying, up to 32x).
+    request_budget : int
+        Association request bytes per second one host may have negotiated (0: unlimited).
     """
 
     associations: int
@@ -78,6 +79,7 @@ class AdmissionLimits:
     rejections_before_block: int
     rejection_window: float
     block_seconds: float
+    request_budget: int = 0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AdmissionLimits:
@@ -93,6 +95,7 @@ class AdmissionLimits:
             rejections_before_block=settings.rejections_before_block,
             rejection_window=settings.rejection_window,
             block_seconds=settings.rejected_host_block,
+            request_budget=settings.association_request_budget,
         )
 
     def __post_init__(self) -> None:
@@ -252,17 +255,14 @@ class NegotiationBudget:
         Monotonic seconds.
     """
 
-    def __init__(
-        self,
-        rate: float = NEGOTIATION_BYTES_PER_SECOND,
-        burst: float = NEGOTIATION_BURST_BYTES,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.rate, self.burst, self.clock = rate, burst, clock
         self._buckets: dict[str, tuple[float, float]] = {}
 
     def spend(self, host: str, size: int) -> str | None:
         """Take ``size`` bytes from ``host``'s bucket; return why not (the bucket is short), or None."""
+        if not self.rate:
+            return None
         now = self.clock()
         tokens, since = self._buckets.get(host, (self.burst, now))
         tokens = min(self.burst, tokens + (now - since) * self.rate)
@@ -363,7 +363,7 @@ class ListenerAdmission:
     ) -> None:
         self.slots = AssociationSlots(limits)
         self.gate = ConnectionGate(limits)
-        self.budget = NegotiationBudget()
+        self.budget = NegotiationBudget(limits.request_budget, limits.request_budget * NEGOTIATION_BURST_SECONDS)
         self.digest = RejectionDigest(report)
         self.report = report
         self.run_blocking = run_blocking

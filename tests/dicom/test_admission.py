@@ -115,6 +115,7 @@ def test_rejections_spread_over_the_window_do_not_block() -> None:
 def test_negotiation_budget_lets_modalities_through_and_slows_a_loop_of_maximal_requests() -> None:
     clock = Clock()
     budget = NegotiationBudget(rate=256 * 1024, burst=2 * 1024 * 1024, clock=clock)
+    assert NegotiationBudget(rate=0, burst=0).spend("10.6.6.6", 10**9) is None  # 0: no budget
     assert all(budget.spend("10.0.0.1", 30 * 1024) is None for _ in range(60))  # a burst of 60 associations
     maximal = [budget.spend("10.6.6.6", 128 * 1024) for _ in range(40)]
     assert maximal.count(None) == 16 and maximal[-1] == "too many association requests from this host"
