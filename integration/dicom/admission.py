@@ -25,8 +25,8 @@ from typing import Any, Final
 
 from integration.config import Settings
 from integration.dicom import upper_layer as ul
-from integration.dicom.association import Peer, Rejection
 from integration.dicom.negotiation import Negotiated, Negotiator
+from integration.dicom.peer import Peer, Rejection
 
 log = logging.getLogger(__name__)
 
@@ -339,7 +339,7 @@ class RejectionDigest:
 class ListenerAdmission:
     """The listener's gatekeeper: slots, pending connections, rejected hosts, digested reports, decoding.
 
-    Implements :class:`~integration.dicom.association.Gatekeeper` for every association of one listener.
+    Implements :class:`~integration.dicom.peer.Gatekeeper` for every association of one listener.
 
     Parameters
     ----------

@@ -20,14 +20,14 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from integration.dicom import dimse, status
 from integration.dicom import upper_layer as ul
 from integration.dicom.negotiation import AcceptedContext, Negotiated
+from integration.dicom.peer import AssociationService, Gatekeeper, Limits, Peer, Rejection, StoreRequest
 from integration.dicom.spool import SPOOL_THRESHOLD, DatasetSpool
 
 log = logging.getLogger(__name__)
@@ -40,106 +40,6 @@ MAX_COMMAND_BYTES = 64 * 1024
 #: What each PDV item is charged beyond its bytes when a data set's memory is counted (its Python objects),
 #: so a stream of empty or one-byte fragments cannot grow memory without growing the count.
 PDV_OVERHEAD_BYTES = 256
-
-
-@dataclass(frozen=True)
-class Rejection:
-    """Why an association request is refused, with the A-ASSOCIATE-RJ fields."""
-
-    reason: str
-    result: int = ul.REJECTED_PERMANENT
-    source: int = ul.SOURCE_SERVICE_USER
-    diagnostic: int = ul.REASON_NO_REASON
-    #: Counts towards turning the host away even though it is transient (a host over its request budget).
-    abusive: bool = False
-
-
-@dataclass
-class Peer:
-    """Who is on the other end of an association."""
-
-    calling_ae: str
-    address: str
-    port: int
-    statuses: Counter[str] = field(default_factory=Counter)
-    #: Negotiated TLS version (``TLSv1.3``); empty on plain TCP.
-    tls_version: str = ""
-    #: Subject of the peer's verified client certificate (``CN=...,O=...``); empty when it sent none.
-    tls_subject: str = ""
-
-    @property
-    def source(self) -> str:
-        """``address:port`` for logs and audit events."""
-        return f"{self.address}:{self.port}"
-
-
-@dataclass(frozen=True)
-class StoreRequest:
-    """A complete C-STORE: the request's fields and the data set, as bytes or in a spool file.
-
-    Attributes
-    ----------
-    dataset : bytes
-        The data set as received (empty when it was spooled).
-    spool : DatasetSpool or None
-        The instance file with the data set, for data sets past :data:`SPOOL_THRESHOLD`; the service
-        closes it.
-    """
-
-    sop_class_uid: str
-    sop_instance_uid: str
-    transfer_syntax: str
-    dataset: bytes
-    calling_ae: str
-    spool: DatasetSpool | None = None
-
-
-class AssociationService(Protocol):
-    """What an association asks of the listener (implemented by :class:`~integration.dicom.listener.StorageSCP`)."""
-
-    def admit(self, request: ul.RequestHeader, peer: Peer) -> Rejection | None:
-        """Return why a requestor is refused (AE titles, hosts), or None to go on; from the fixed fields only."""
-
-    def open_spool(self, command: dimse.Command, transfer_syntax: str, calling_ae: str) -> DatasetSpool:
-        """Start the instance file of a large C-STORE data set (blocking; raises OSError when it cannot)."""
-
-    def store_instance(self, request: StoreRequest) -> tuple[int, str]:
-        """Store one instance; return the DIMSE status and an outcome label (blocking)."""
-
-    def ended(self, peer: Peer, how: str) -> None:
-        """Log and audit what an association did when it ends (blocking)."""
-
-
-class Gatekeeper(Protocol):
-    """The listener's shared resources as an association takes and gives them back (event-loop thread)."""
-
-    def take_slot(self, calling_ae: str, host: str) -> str | None:
-        """Take an association slot; return why none is free, or None."""
-
-    def release_slot(self, calling_ae: str, host: str) -> None:
-        """Give a slot back."""
-
-    def spend(self, host: str, size: int) -> str | None:
-        """Charge an association request's size to its host; return why it is refused, or None."""
-
-    def settled(self, host: str) -> None:
-        """The connection is no longer waiting to associate (accepted, rejected or gone)."""
-
-    def rejected(self, peer: Peer, rejection: Rejection) -> None:
-        """Count, log and audit a refused association (aggregated; never blocks)."""
-
-    def negotiate(self, body: bytes) -> Awaitable[Negotiated]:
-        """Decode and negotiate an A-ASSOCIATE-RQ's variable field off the listener's interpreter."""
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Protocol limits and timeouts, from the settings."""
-
-    max_pdu_length: int
-    acse_timeout: float
-    network_timeout: float
-    max_dataset_bytes: int
 
 
 @dataclass

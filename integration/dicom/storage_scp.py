@@ -21,8 +21,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from integration.config import Settings
 from integration.dicom import dimse, status
 from integration.dicom import upper_layer as ul
-from integration.dicom.association import Peer, Rejection, StoreRequest
 from integration.dicom.header import SopClassMismatch, file_meta_bytes, read_header
+from integration.dicom.peer import Peer, Rejection, StoreRequest
 from integration.dicom.spool import DatasetSpool
 from integration.dicom.storage import InstanceLocks, InstanceStore, StorageError, StorageFull, StoredFile
 from integration.dicom.structure import InvalidInstance
