@@ -290,12 +290,34 @@ class Settings(BaseSettings):
 
 
 @lru_cache(maxsize=1)
+def _environment_settings() -> Settings:
+    return Settings()
+
+
+_installed: Settings | None = None
+
+
 def get_settings() -> Settings:
-    """Return the process-wide settings, read from the environment once.
+    """Return the process-wide settings: those installed by :func:`install_settings`, else the environment's.
 
     Returns
     -------
     Settings
         The validated settings.
+
+    Raises
+    ------
+    pydantic.ValidationError
+        A ``PACSVLM_*`` variable is invalid.
     """
-    return Settings()
+    return _installed if _installed is not None else _environment_settings()
+
+
+def install_settings(settings: Settings | None) -> None:
+    """Make ``settings`` the process's settings (a command's overrides; forked children inherit them).
+
+    ``None`` goes back to reading the environment again.
+    """
+    global _installed
+    _installed = settings
+    _environment_settings.cache_clear()

@@ -19,12 +19,12 @@ TEST_REDIS_DB = int(os.environ.get("PACSVLM_TEST_REDIS_DB", "15"))
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """No PACSVLM_* variable of the caller's shell leaks into a test; settings are read afresh."""
-    from integration.config import get_settings
+    from integration.config import install_settings
 
     for name in list(os.environ):
         if name.upper().startswith("PACSVLM_") and not name.upper().startswith("PACSVLM_TEST_"):
             monkeypatch.delenv(name)
-    get_settings.cache_clear()
+    install_settings(None)
 
 
 @pytest.fixture(scope="session")

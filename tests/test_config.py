@@ -11,7 +11,7 @@ import pytest
 from pydantic import ValidationError
 from sqlalchemy.engine import make_url
 
-from integration.config import CallingAE, Settings, get_settings
+from integration.config import CallingAE, Settings, get_settings, install_settings
 from integration.dicom.routing import RoutingRule
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,9 +82,9 @@ def test_get_settings_reads_the_environment_once(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("PACSVLM_LISTEN_PORT", "3000")
     assert get_settings() is first
     assert first.listen_port == 2000
-    get_settings.cache_clear()
+    install_settings(None)
     assert get_settings().listen_port == 3000
-    get_settings.cache_clear()
+    install_settings(None)
 
 
 @pytest.mark.parametrize("title", ["A" * 17, "BAD\\AE", "", "   ", "ÄRZTE", "TAB\tAE"], ids=repr)

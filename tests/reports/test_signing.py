@@ -374,8 +374,8 @@ def test_the_worker_gives_every_draft_its_sr(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, smoke_model_dir: Path
 ) -> None:
     """analyze_study, run in this process with the smoke-test model: the draft, then its SR."""
-    from integration.config import get_settings
-    from worker.tasks import analyze_study
+    from integration.config import install_settings
+    from worker.tasks.analysis import analyze_study
 
     settings = Settings(data_dir=tmp_path / "var")
     upgrade(settings.database_url)
@@ -390,7 +390,7 @@ def test_the_worker_gives_every_draft_its_sr(
     environment |= {"MAX_NEW_TOKENS": 8, "MAX_IMAGES": 1, "IMAGE_SIZE": 64}
     for name, value in environment.items():
         monkeypatch.setenv(f"PACSVLM_{name}", str(value))
-    get_settings.cache_clear()
+    install_settings(None)
     assert str(analyze_study.apply(args=[job_id]).get()).startswith("report ")
     with session_scope(settings.database_url) as session:
         [report] = session.scalars(select(Report)).all()

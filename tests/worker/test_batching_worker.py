@@ -137,7 +137,7 @@ def test_a_killed_batching_worker_loses_none_of_the_studies_it_held(
 def test_the_batch_settings_wrap_the_loaded_model_in_a_batcher(smoke_model_dir: Path) -> None:
     from models.batching import BatchingBackend
     from models.transformers_backend import TransformersBackend
-    from worker.model import batched
+    from worker.backends import batched
 
     backend = TransformersBackend(smoke_model_dir, device="cpu")  # checked, not loaded
     assert batched(Settings(batch_size=1), backend) is backend

@@ -26,7 +26,7 @@ from integration.store.audit import add_event
 from integration.store.deliveries import DeliveryTarget, mark_delivered, mark_failed, start_attempt
 from integration.store.session import session_scope
 from integration.store.tables import utcnow
-from worker.app import app
+from worker.celery_app import app
 
 log = logging.getLogger(__name__)
 

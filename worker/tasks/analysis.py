@@ -25,8 +25,8 @@ from integration.store.tables import utcnow
 from models.backend import ModelNotStaged
 from models.batching import BatchTimeout
 from models.prompts import UnknownPrompt, template_named
-from worker.app import app
-from worker.model import UnknownModel, model_backend
+from worker.backends import UnknownModel, model_backend
+from worker.celery_app import app
 from worker.pipeline import draft_study
 
 log = logging.getLogger(__name__)

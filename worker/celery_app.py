@@ -34,7 +34,10 @@ from celery.signals import worker_shutdown
 from integration.config import Settings
 from integration.queue import broker_options
 
-app = Celery("pacs-vlm", set_as_current=False)
+#: The task modules; Celery imports them when a worker starts, so this module imports none of them.
+TASK_MODULES = ("worker.tasks.analysis", "worker.tasks.delivery")
+
+app = Celery("pacs-vlm", set_as_current=False, include=list(TASK_MODULES))
 
 
 def configure(settings: Settings) -> Celery:
@@ -48,11 +51,8 @@ def configure(settings: Settings) -> Celery:
     Returns
     -------
     celery.Celery
-        The configured app (with the tasks of :mod:`worker.tasks` registered).
+        The configured app (its ``include`` names the task modules).
     """
-    import worker.delivery_tasks
-    import worker.tasks  # noqa: F401  (registers the tasks)
-
     app.conf.update(
         broker_url=settings.broker_url,
         broker_transport_options=broker_options(settings),
@@ -79,6 +79,6 @@ def configure(settings: Settings) -> Celery:
 
 def _drain_batchers(**_: Any) -> None:
     """At worker shutdown, run the requests still queued for the model and stop its thread."""
-    from worker.model import close_batchers
+    from worker.backends import close_batchers
 
     close_batchers()

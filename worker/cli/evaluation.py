@@ -61,7 +61,7 @@ def _backend(model: Path | None, model_name: str | None) -> VisionLanguageBacken
     """Load the model the command names, or exit with the reason."""
     from integration.cli import load_settings
     from models.backend import ModelNotStaged
-    from worker.model import UnknownModel, model_backend
+    from worker.backends import UnknownModel, model_backend
 
     if model is not None and model_name is not None:
         raise _fail("give --model or --model-name, not both")

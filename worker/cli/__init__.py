@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import typer
 
-from integration.cli import db_app, listen, studies_app
-from integration.cli_api import api
-from integration.cli_audit import audit_app
-from integration.cli_deliveries import deliveries_app
+from integration.cli.api import api
+from integration.cli.audit import audit_app
+from integration.cli.database import db_app
+from integration.cli.deliveries import deliveries_app
+from integration.cli.listen import listen
+from integration.cli.studies import studies_app
+from integration.cli.users import sites_app, users_app
 from integration.cli_reports import report_app
-from integration.cli_users import sites_app, users_app
-from worker.cli_eval import eval_app
-from worker.cli_models import models_app
-from worker.commands import demo, worker
+from worker.cli.evaluation import eval_app
+from worker.cli.models import models_app
+from worker.cli.processes import demo, worker
 
 app = typer.Typer(
     help="pacs-vlm: a medical vision-language model beside your PACS (draft reports for radiologist review).",

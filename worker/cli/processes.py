@@ -43,18 +43,12 @@ def worker(
     log_level: Annotated[str, typer.Option(help="Log level.")] = "info",
 ) -> None:
     """Run one Celery worker process that drafts reports (start one per GPU)."""
-    from integration.config import get_settings
+    from integration.config import install_settings
     from integration.queue import worker_queues
     from integration.store.migrate import SchemaOutOfDate, ensure_schema
 
-    if device is not None:
-        os.environ["PACSVLM_MODEL_DEVICE"] = device  # the pool's child process reads the settings again
-        get_settings.cache_clear()
-    for name, value in (("PACSVLM_BATCH_SIZE", batch_size), ("PACSVLM_BATCH_WAIT_MS", batch_wait_ms)):
-        if value is not None:
-            os.environ[name] = str(value)  # the tasks read the settings again
-            get_settings.cache_clear()
-    settings = load_settings()
+    settings = load_settings(model_device=device, batch_size=batch_size, batch_wait_ms=batch_wait_ms)
+    install_settings(settings)  # the tasks, and the prefork child forked from this process, use these
     try:
         ensure_schema(settings.database_url)
     except SchemaOutOfDate as exc:
@@ -65,7 +59,7 @@ def worker(
     analyses = bool({settings.analysis_queue, settings.stat_queue} & set(chosen))
     if analyses:
         _check_models(settings)
-    from worker.app import configure
+    from worker.celery_app import configure
 
     app = configure(settings)
     model = _model_line(settings) if analyses else "no model (deliveries only)"
@@ -92,7 +86,7 @@ def worker(
 def _pool_options(batch_size: int) -> list[str]:
     """Celery pool options: one prefork child, or for batching a threads pool holding ``batch_size`` messages.
 
-    With prefetch multiplier 1 (:func:`worker.app.configure`) a pool of N takes at most N messages; each is
+    With prefetch multiplier 1 (:func:`worker.celery_app.configure`) a pool of N takes at most N messages; each is
     acknowledged only after its task ran, so a killed worker loses none of them.
     """
     if batch_size <= 1:
@@ -129,7 +123,7 @@ def _check_models(settings: Settings) -> None:
         )
     if settings.model_server_url is not None:
         from models.openai_backend import OpenAICompatibleBackend
-        from worker.model import served_backend_options
+        from worker.backends import served_backend_options
 
         try:
             OpenAICompatibleBackend(**served_backend_options(settings)).close()  # checks; connects to nothing

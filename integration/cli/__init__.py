@@ -1,0 +1,62 @@
+"""The hospital-facing edge's commands, one module per command group; this module holds what they share.
+
+The root command line (:mod:`worker.cli`) mounts them; only it may import both the edge and the worker.
+"""
+
+from __future__ import annotations
+
+import typer
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
+from rich.console import Console
+
+from integration.config import Settings, get_settings
+
+console = Console(stderr=True)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Return validated settings, with a command's non-``None`` option overrides, or exit with a readable message.
+
+    Parameters
+    ----------
+    **overrides
+        Settings fields a command's options override (``None``: not given).
+
+    Returns
+    -------
+    Settings
+        The settings.
+    """
+    try:
+        settings = get_settings()
+        given = {name: value for name, value in overrides.items() if value is not None}
+        return Settings.model_validate(settings.model_dump() | given) if given else settings
+    except SettingsError as exc:
+        console.print(f"[red]invalid settings:[/red] {exc} (JSON values such as PACSVLM_CALLING_AES must be JSON)")
+        raise typer.Exit(2) from None
+    except ValidationError as exc:
+        console.print("[red]invalid settings:[/red]")
+        for error in exc.errors():
+            field = ".".join(str(part) for part in error["loc"])
+            console.print(f"  PACSVLM_{field.upper()}: {error['msg']}")
+        raise typer.Exit(2) from None
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print an error line and return the exit to raise.
+
+    Parameters
+    ----------
+    message : str
+        What went wrong and what to do.
+    code : int
+        Exit status.
+
+    Returns
+    -------
+    typer.Exit
+        Raise it.
+    """
+    console.print(f"[red]error:[/red] {message}")
+    return typer.Exit(code)

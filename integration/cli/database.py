@@ -1,0 +1,40 @@
+"""``pacs-vlm db``: the database schema (Alembic migrations)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from integration.cli import console, load_settings
+
+db_app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")] = "head") -> None:
+    """Upgrade the database schema (default: to the newest revision)."""
+    from integration.store.migrate import upgrade
+
+    settings = load_settings()
+    upgrade(settings.database_url, revision)
+    console.print(f"schema upgraded to {revision}")
+
+
+@db_app.command("downgrade")
+def db_downgrade(revision: Annotated[str, typer.Argument(help="Target revision ('base' drops all tables).")]) -> None:
+    """Downgrade the database schema to a revision."""
+    from integration.store.migrate import downgrade
+
+    settings = load_settings()
+    downgrade(settings.database_url, revision)
+    console.print(f"schema downgraded to {revision}")
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Show the schema revision of the database and of the code."""
+    from integration.store.migrate import current_revision, head_revision
+
+    settings = load_settings()
+    typer.echo(f"database: {current_revision(settings.database_url) or 'empty'}  code: {head_revision()}")

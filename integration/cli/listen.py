@@ -1,0 +1,52 @@
+"""``pacs-vlm listen``: the DICOM listener process."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Annotated
+
+import typer
+
+from integration.cli import console, fail, load_settings
+
+
+def listen(
+    port: Annotated[int | None, typer.Option(help="TCP port (overrides PACSVLM_LISTEN_PORT).")] = None,
+    ae_title: Annotated[str | None, typer.Option(help="Our AE title (overrides PACSVLM_AE_TITLE).")] = None,
+    tls_port: Annotated[
+        int | None, typer.Option(help="DICOM TLS port beside the plain one (overrides PACSVLM_TLS_PORT).")
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="Log level of pacs-vlm's own messages.")] = "INFO",
+) -> None:
+    """Run the DICOM listener (C-ECHO, C-STORE) and study assembly until stopped.
+
+    DICOM TLS is served when PACSVLM_TLS_CERTIFICATE and PACSVLM_TLS_PRIVATE_KEY are set: on the listen
+    port only, or on PACSVLM_TLS_PORT beside plain TCP on the listen port.
+    """
+    from integration.dicom.listener import Listener, ListenerConfigError
+    from integration.logs import configure_logging
+    from integration.store.migrate import SchemaOutOfDate, ensure_schema
+
+    configure_logging(log_level)
+    settings = load_settings(listen_port=port, ae_title=ae_title, tls_port=tls_port)
+    try:
+        ensure_schema(settings.database_url)
+        listener = Listener(settings)
+        listener.start()
+    except (ListenerConfigError, SchemaOutOfDate) as exc:
+        raise fail(str(exc), 2) from None
+    except OSError as exc:
+        ports = ", ".join(str(p) for p in (settings.listen_port, settings.tls_port) if p is not None)
+        raise fail(f"cannot listen on {settings.listen_host} port {ports}: {exc.strerror or exc}") from None
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    if settings.plain_listener:
+        console.print(f"listening as [bold]{settings.ae_title}[/bold] on {settings.listen_host}:{listener.port}")
+    if listener.tls_port is not None:
+        console.print(
+            f"listening as [bold]{settings.ae_title}[/bold] on {settings.listen_host}:{listener.tls_port} (TLS)"
+        )
+    stop.wait()
+    listener.stop()
