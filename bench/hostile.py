@@ -35,7 +35,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.fuzz import (
+from bench.wire import (
     ABORT_RQ,
     RELEASE_RQ,
     Answer,

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from bench.fuzz import associate_rq
 from bench.hostile import maximal_request
+from bench.wire import associate_rq
 from integration.config import Settings
 from integration.dicom import upper_layer as ul
 from integration.dicom.admission import (

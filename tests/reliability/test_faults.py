@@ -18,7 +18,7 @@ import psutil
 import pytest
 import redis
 
-from bench.fuzz import ABORT_RQ, ct_instance, open_association, p_data, pdv, send_store, store_command
+from bench.wire import ABORT_RQ, ct_instance, open_association, p_data, pdv, send_store, store_command
 from integration.config import Settings
 from integration.dicom.samples import pydicom_test_file, write_ct_series
 from tests.peers import ListenerProcess, WorkerProcess, storescu, wait_until

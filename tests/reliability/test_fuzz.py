@@ -22,19 +22,17 @@ from bench.fuzz import (
     PduCase,
     StowCase,
     answer_label,
-    ct_instance,
     dataset_cases,
-    element_headers,
     failed,
     pdu_cases,
     rss_bytes,
     run_dataset_case,
     run_pdu_case,
     run_stow_case,
-    send_store,
     stow_cases,
 )
 from bench.load import peak_rss_bytes
+from bench.wire import ct_instance, element_headers, send_store
 from integration.store.session import session_scope
 from integration.store.tables import UserRole
 from integration.store.users import create_site, create_user

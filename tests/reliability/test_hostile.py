@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from bench.fuzz import ABORT_RQ, CT_IMAGE_STORAGE, EXPLICIT_LE, associate_rq, read_answer
 from bench.hostile import (
     REQUEST_LIMIT,
     attack_loop,
@@ -34,6 +33,7 @@ from bench.hostile import (
     send_large,
     still_open,
 )
+from bench.wire import ABORT_RQ, CT_IMAGE_STORAGE, EXPLICIT_LE, associate_rq, read_answer
 from integration.dicom.header import file_meta_bytes
 from integration.store.migrate import upgrade
 from tests.peers import ListenerProcess, wait_until
