@@ -16,8 +16,8 @@ from typing import Annotated
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from integration.dicom.routing import RoutingRule
 from integration.export.destinations import Destination, unique_names
+from integration.imaging.routing import RoutingRule
 
 _AE_TITLE = re.compile(r"^[\x20-\x7e]{1,16}$")
 #: Names of configured models (``PACSVLM_MODELS`` keys), as stored in ``analysis_jobs.model_name``.
@@ -168,7 +168,7 @@ class Settings(BaseSettings):
     max_images: Annotated[int, Field(ge=1, le=1024)] | None = None
     #: Which series go to the model and how they are shown: a JSON list of routing rule objects
     #: (``[{"modality": "CT", "max_images": 4}]``), tried in order; the first that accepts a series of the
-    #: study is used.  Unset means ``integration.dicom.routing.DEFAULT_RULES``; an empty list is refused.
+    #: study is used.  Unset means ``integration.imaging.routing.DEFAULT_RULES``; an empty list is refused.
     routing_rules: Annotated[list[RoutingRule], Field(min_length=1)] | None = None
     #: Longest image side before padding to square (the processor resizes further).
     image_size: Annotated[int, Field(ge=64, le=4096)] = 1024

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from sqlalchemy.engine import make_url
 
 from integration.config import CallingAE, Settings, get_settings, install_settings
-from integration.dicom.routing import RoutingRule
+from integration.imaging.routing import RoutingRule
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,7 +8,7 @@ profile (Table E.1-1):
 - no clinical question: Reason for the Requested Procedure (0040,1002) is ``X`` (removed);
 - no patient name, id, birth date, UIDs, accession number, institution, dates, series or study
   description: image labels hold only modality, series number, slice or image position and window
-  (:func:`integration.dicom.selection.prepare_study` builds them from nothing else), the task text is
+  (:func:`integration.imaging.selection.prepare_study` builds them from nothing else), the task text is
   fixed per template, and the request id never leaves;
 - no images whose pixels may carry identifying text or features: instances with Burned In Annotation
   (0028,0301) or Recognizable Visual Features (0028,0302) ``YES`` are withheld, and the draft says so

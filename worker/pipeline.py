@@ -9,8 +9,8 @@ from typing import Any
 from PIL import Image
 
 from integration.config import Settings
-from integration.dicom.routing import DEFAULT_RULES
-from integration.dicom.selection import NoImages, PreparedStudy, prepare_study
+from integration.imaging.routing import DEFAULT_RULES
+from integration.imaging.selection import NoImages, PreparedStudy, prepare_study
 from integration.store.reports import ClaimedJob, DraftRecord, InstanceFile
 from models.backend import GenerationRequest, VisionLanguageBackend
 from models.draft import parse_draft
@@ -73,7 +73,7 @@ def draft_study(
         Time this job spent loading the model (recorded with the timings).
     clinical_question : str or None
         The referrer's question; None takes the one in the study's first image instance
-        (:attr:`~integration.dicom.selection.PreparedStudy.clinical_question`).
+        (:attr:`~integration.imaging.selection.PreparedStudy.clinical_question`).
     prompt_name : str or None
         A prompt template to use instead of the one chosen by modality and body part (a second opinion's).
 
@@ -84,7 +84,7 @@ def draft_study(
 
     Raises
     ------
-    integration.dicom.selection.NoImages
+    integration.imaging.selection.NoImages
         Nothing in the study is an image for the model (or, for a model server outside the trust
         boundary, every image was withheld: see :mod:`worker.outbound`).
     models.prompts.UnknownPrompt

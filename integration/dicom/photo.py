@@ -5,7 +5,7 @@ highdicom has no VL Photographic Image class, so a photo becomes a Secondary Cap
 RGB pixels stored uncompressed (exactly the decoded image, upright after the EXIF orientation), a new study,
 series and instance, the patient module from the form, Body Part Examined, and the referrer's clinical question
 in Request Attributes Sequence > Reason for the Requested Procedure (0040,1002), where the draft's prompt
-reads it (:mod:`integration.dicom.referral`).
+reads it (:mod:`integration.imaging.referral`).
 
 Everything typed is checked against its value representation (length, characters, dates) and refused with
 one message per field; the image is checked before it is decoded (format, declared size) so a

@@ -1,8 +1,8 @@
 """Images for the review page: one frame of a stored instance as PNG, rendered on the server.
 
 ``GET /studies/{study_uid}/instances/{sop_instance_uid}/frames/{n}.png?size=&window=`` decodes the frame
-with the same pipeline the model's images come from (:mod:`integration.dicom.pixels`,
-:mod:`integration.dicom.windows`, :mod:`integration.dicom.imaging`), scales its longest side to ``size``
+with the same pipeline the model's images come from (:mod:`integration.imaging.pixels`,
+:mod:`integration.imaging.windows`, :mod:`integration.imaging.frames`), scales its longest side to ``size``
 and answers a PNG.  The UIDs are checked before anything else, the instance must belong to a study the
 user may see (404 otherwise, as for one that does not exist), and the file path comes from the database,
 never from the request.
@@ -23,9 +23,9 @@ from sqlalchemy import select
 
 from integration.config import Settings
 from integration.dicom.header import is_valid_uid
-from integration.dicom.imaging import fit, render_frame
-from integration.dicom.pixels import UndecodableImage, decode_frame
-from integration.dicom.windows import WINDOW_PRESETS
+from integration.imaging.frames import fit, render_frame
+from integration.imaging.pixels import UndecodableImage, decode_frame
+from integration.imaging.windows import WINDOW_PRESETS
 from integration.store.tables import Instance, Series, Study
 from integration.web.access import visible
 from integration.web.auth import CurrentUser
@@ -75,7 +75,7 @@ def render_png(path: Path, frame_number: int, size: int, window: str) -> bytes:
     size : int
         Longest side of the PNG, in pixels (smaller frames are enlarged, larger ones shrunk).
     window : str
-        ``"default"`` or a name of :data:`~integration.dicom.windows.WINDOW_PRESETS`.
+        ``"default"`` or a name of :data:`~integration.imaging.windows.WINDOW_PRESETS`.
 
     Returns
     -------

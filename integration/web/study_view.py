@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from integration.config import Settings
 from integration.dicom.header import is_valid_uid
-from integration.dicom.referral import read_question
+from integration.imaging.referral import read_question
 from integration.store.tables import (
     Delivery,
     Instance,

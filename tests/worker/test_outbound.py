@@ -19,7 +19,7 @@ from pydicom.sequence import Sequence as DicomSequence
 
 from integration.config import Settings
 from integration.dicom.samples import write_ct_series
-from integration.dicom.selection import NoImages
+from integration.imaging.selection import NoImages
 from integration.store.reports import ClaimedJob, DraftRecord, InstanceFile
 from models.openai_backend import OpenAICompatibleBackend
 from tests.model_server import RecordingProxy, TransformersServe

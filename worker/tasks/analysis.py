@@ -13,8 +13,8 @@ from typing import Any
 from celery.exceptions import SoftTimeLimitExceeded
 
 from integration.config import Settings, get_settings
-from integration.dicom.selection import NoImages
 from integration.export.outbox import queue_deliveries
+from integration.imaging.selection import NoImages
 from integration.queue import ANALYZE_STUDY
 from integration.reports.drafts import ensure_draft_sr
 from integration.store.jobs import record_job_error

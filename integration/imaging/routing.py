@@ -3,7 +3,7 @@
 Settings (:mod:`integration.config`) read rules from ``PACSVLM_ROUTING_RULES``,
 and every process imports the settings, so this module imports only pydantic
 and the standard library: no numpy, no pydicom.  The rules are applied by
-:func:`integration.dicom.selection.choose_series`.
+:func:`integration.imaging.selection.choose_series`.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 if TYPE_CHECKING:
-    from integration.dicom.slices import Series
+    from integration.imaging.slices import Series
 
-#: Names of the CT window presets (the keys of :data:`integration.dicom.windows.WINDOW_PRESETS`,
+#: Names of the CT window presets (the keys of :data:`integration.imaging.windows.WINDOW_PRESETS`,
 #: repeated here so that the settings can check a rule without importing numpy).
 WINDOW_PRESET_NAMES = ("lung", "mediastinum", "bone", "brain", "soft_tissue")
 #: Most images one rule may send.
@@ -44,7 +44,7 @@ class RoutingRule(BaseModel):
     max_images : int
         Images sent to the model (split between the windows).
     windows : tuple of str
-        :data:`~integration.dicom.windows.WINDOW_PRESETS` names, one image per
+        :data:`~integration.imaging.windows.WINDOW_PRESETS` names, one image per
         window and slice (CT only); empty for the header's window or an automatic one.
     montage : bool
         Tile ``montage_grid`` x ``montage_grid`` slices into each image.

@@ -1,7 +1,7 @@
 """Pixel data to values: decode one frame of a DICOM image and apply the modality LUT.
 
 The first two stages of the grayscale pipeline of PS3.4 N.2 (the VOI stage is
-in :mod:`integration.dicom.windows`, display in :mod:`integration.dicom.imaging`):
+in :mod:`integration.imaging.windows`, display in :mod:`integration.imaging.frames`):
 
 1. decode the frame with pydicom's decoders (YCbCr is converted to RGB there);
 2. modality LUT: the Modality LUT Sequence, or Rescale Slope and Intercept

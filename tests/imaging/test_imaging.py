@@ -14,9 +14,9 @@ from pydicom.pixels.processing import apply_color_lut
 from pydicom.sequence import Sequence
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
-from integration.dicom.imaging import fit, frame_to_rgb, pad_to_square, render_frame
-from integration.dicom.pixels import UndecodableImage, decode_frame, number_of_frames
-from integration.dicom.windows import (
+from integration.imaging.frames import fit, frame_to_rgb, pad_to_square, render_frame
+from integration.imaging.pixels import UndecodableImage, decode_frame, number_of_frames
+from integration.imaging.windows import (
     WINDOW_PRESETS,
     VoiFunction,
     Window,

@@ -2,8 +2,8 @@
 
 The grayscale pipeline follows PS3.4 N.2 without a presentation state:
 
-1. decode the frame and apply the modality LUT (:mod:`integration.dicom.pixels`);
-2. VOI: a window, a VOI LUT, or the frame's own value range (:mod:`integration.dicom.windows`);
+1. decode the frame and apply the modality LUT (:mod:`integration.imaging.pixels`);
+2. VOI: a window, a VOI LUT, or the frame's own value range (:mod:`integration.imaging.windows`);
 3. MONOCHROME1 is inverted, so that high values are always bright.
 
 Colour frames (RGB, YBR_*, PALETTE COLOR) are only converted to 8-bit RGB.
@@ -22,8 +22,8 @@ import numpy.typing as npt
 from PIL import Image
 from pydicom.dataset import Dataset
 
-from integration.dicom.pixels import MONOCHROME1, UINT8_MAX, Frame, ImageArray, decode_frame
-from integration.dicom.windows import Window, apply_voi
+from integration.imaging.pixels import MONOCHROME1, UINT8_MAX, Frame, ImageArray, decode_frame
+from integration.imaging.windows import Window, apply_voi
 
 
 @dataclass(frozen=True, eq=False)

@@ -1,6 +1,6 @@
 """The VOI stage: which window a grayscale frame is shown with, and the window maths.
 
-Stage 3 of the grayscale pipeline of PS3.4 N.2 (after :mod:`integration.dicom.pixels`):
+Stage 3 of the grayscale pipeline of PS3.4 N.2 (after :mod:`integration.imaging.pixels`):
 an explicit :class:`Window`, else the VOI LUT Sequence, else the header's
 Window Center/Width (LINEAR, LINEAR_EXACT or SIGMOID), else a CT preset
 chosen by body part, else the frame's own value range.
@@ -21,7 +21,7 @@ import numpy.typing as npt
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-from integration.dicom.pixels import (
+from integration.imaging.pixels import (
     DISPLAY_BITS,
     UINT8_MAX,
     Frame,

@@ -3,7 +3,7 @@
 :func:`prepare_study` reads only the headers of a study's files, drops what
 is not an image for the model (reports, presentation states, RT objects,
 documents, waveforms, raw data, localizers ...), picks series with the first
-:class:`~integration.dicom.routing.RoutingRule` that accepts one, sorts the
+:class:`~integration.imaging.routing.RoutingRule` that accepts one, sorts the
 slices along the slice normal and samples them evenly.  Only the chosen frames
 are then decoded, windowed, fitted and padded to square.  Each
 :class:`ModelImage` records exactly which SOP instances and frames it shows
@@ -27,13 +27,13 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
-from integration.dicom.imaging import fit, pad_to_square, render_frame
-from integration.dicom.instances import Instance, read_instances, skip_reason
-from integration.dicom.pixels import Frame, ImageArray, UndecodableImage, decode_frame
-from integration.dicom.referral import read_question
-from integration.dicom.routing import DEFAULT_RULES, RoutingRule
-from integration.dicom.slices import Series, SeriesFrame, even_sample, group_series, series_frames, series_order
-from integration.dicom.windows import WINDOW_PRESETS, Window
+from integration.imaging.frames import fit, pad_to_square, render_frame
+from integration.imaging.instances import Instance, read_instances, skip_reason
+from integration.imaging.pixels import Frame, ImageArray, UndecodableImage, decode_frame
+from integration.imaging.referral import read_question
+from integration.imaging.routing import DEFAULT_RULES, RoutingRule
+from integration.imaging.slices import Series, SeriesFrame, even_sample, group_series, series_frames, series_order
+from integration.imaging.windows import WINDOW_PRESETS, Window
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ class PreparedStudy:
         Seconds spent in ``read``, ``select``, ``decode``, ``preprocess`` and ``total``.
     clinical_question : str or None
         The referrer's question from the first image instance's header (see
-        :mod:`integration.dicom.referral`): untrusted, cleaned and capped; patient data, never logged.
+        :mod:`integration.imaging.referral`): untrusted, cleaned and capped; patient data, never logged.
     """
 
     images: list[ModelImage]

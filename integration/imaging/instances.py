@@ -36,8 +36,8 @@ from pydicom.uid import (
     XRayRadiationDoseSRStorage,
 )
 
-from integration.dicom.pixels import UndecodableImage, number_of_frames
-from integration.dicom.windows import body_region
+from integration.imaging.pixels import UndecodableImage, number_of_frames
+from integration.imaging.windows import body_region
 
 #: Header attributes read from every file; pixel data is only seen to be there, not read.
 HEADER_KEYWORDS = (
@@ -125,7 +125,7 @@ class Instance:
     body_part : str or None
         Body Part Examined as written (upper case).
     region : str or None
-        Body region from :func:`integration.dicom.windows.body_region`.
+        Body region from :func:`integration.imaging.windows.body_region`.
     series_number, instance_number : int or None
         Numbers as written.
     image_type : tuple of str

@@ -15,7 +15,7 @@ from typing import TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from integration.dicom.instances import Instance
+from integration.imaging.instances import Instance
 
 _Item = TypeVar("_Item")
 #: Slices whose normals' cosine is below this are not one stack (they are not sorted by position).
