@@ -9,9 +9,15 @@ Nothing is decoded before the requestor is known: the A-ASSOCIATE-RQ's fixed
 fields (calling and called AE) are checked, and a slot is taken, before the
 rest of the request is read; the rest is decoded in a separate process
 (:mod:`integration.dicom.negotiation`).  A
-message's command set is bounded, and a large data set goes to a spool file
-as it arrives (:mod:`integration.dicom.spool`), so one association holds at
-most about one MiB whatever it sends.
+message's command set is bounded, and a data set is gathered once, into one
+buffer (never fragments plus a joined copy); past one MiB it goes to its
+instance file as it arrives (:mod:`integration.intake.spool`), so one
+association holds at most about one MiB whatever it sends.
+
+Timeouts (PS3.8 9.1.4 leaves them to the implementation): an association may
+wait ``network_timeout`` between messages, but once a DIMSE message has begun
+each next PDU of it must come within ``dimse_timeout``; either one passed ends
+the association with an A-ABORT.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from integration.dicom import dimse, status
 from integration.dicom import upper_layer as ul
 from integration.dicom.negotiation import AcceptedContext, Negotiated
 from integration.dicom.peer import AssociationService, Gatekeeper, Limits, Peer, Rejection, StoreRequest
-from integration.dicom.spool import SPOOL_THRESHOLD, DatasetSpool
+from integration.intake.spool import SPOOL_THRESHOLD, DatasetSpool
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +48,10 @@ MAX_COMMAND_BYTES = 64 * 1024
 PDV_OVERHEAD_BYTES = 256
 
 
+class _Stalled(TimeoutError):
+    """The peer sent nothing within the timeout that applied (its text says which, when not the idle one)."""
+
+
 @dataclass
 class _Message:
     """A DIMSE message being reassembled from PDV fragments."""
@@ -50,8 +60,9 @@ class _Message:
     command_fragments: list[memoryview] = field(default_factory=list)
     command_bytes: int = 0
     command: dimse.Command | None = None
-    dataset_fragments: list[memoryview] = field(default_factory=list)
-    #: Bytes of the data set received, and what the fragments held in memory are charged.
+    #: The data set received so far (not yet spooled), gathered once as it arrives.
+    dataset: bytearray = field(default_factory=bytearray)
+    #: Bytes of the data set received, and what the part held in memory is charged.
     dataset_bytes: int = 0
     held_bytes: int = 0
     oversized: bool = False
@@ -118,9 +129,9 @@ class Association:
             log.warning("association with %r at %s aborted: %s", self.peer.calling_ae, self.peer.source, exc)
             self._send(ul.abort(ul.ABORT_SOURCE_PROVIDER, exc.reason))
             how = "aborted"
-        except TimeoutError:
-            peer = self.peer
-            log.warning("association with %r at %s aborted: idle past the timeout", peer.calling_ae, peer.source)
+        except TimeoutError as exc:
+            peer, what = self.peer, str(exc) or "idle past the timeout"
+            log.warning("association with %r at %s aborted: %s", peer.calling_ae, peer.source, what)
             self._send(ul.abort(ul.ABORT_SOURCE_PROVIDER, ul.ABORT_NOT_SPECIFIED))
             how = "aborted"
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -199,9 +210,12 @@ class Association:
     async def _serve(self) -> str:
         """Exchange DIMSE messages until the peer releases or aborts; return how it ended."""
         while True:
-            pdu_type, body = await asyncio.wait_for(
-                ul.read_pdu(self.reader, self.limits.max_pdu_length), self.limits.network_timeout
-            )
+            in_message = self._message is not None
+            timeout = self.limits.dimse_timeout if in_message else self.limits.network_timeout
+            try:
+                pdu_type, body = await asyncio.wait_for(ul.read_pdu(self.reader, self.limits.max_pdu_length), timeout)
+            except TimeoutError:
+                raise _Stalled("a DIMSE message stalled past the DIMSE timeout" if in_message else "") from None
             if pdu_type == ul.RELEASE_RQ:
                 if self._message is not None:
                     raise ul.ProtocolError("A-RELEASE-RQ in the middle of a message", ul.ABORT_UNEXPECTED_PDU)
@@ -234,11 +248,10 @@ class Association:
         if message.dataset_bytes > self.limits.max_dataset_bytes:
             if not message.oversized:
                 message.oversized = True
-                message.dataset_fragments.clear()  # keep reading, answer a failure at the end
+                message.dataset = bytearray()  # keep reading, answer a failure at the end
                 self._drop_spool(message)
         elif message.keeps_dataset and not message.oversized and not message.spool_failed:
-            if pdv.fragment:
-                message.dataset_fragments.append(pdv.fragment)
+            message.dataset += pdv.fragment
             message.held_bytes += len(pdv.fragment) + PDV_OVERHEAD_BYTES
             if message.held_bytes > SPOOL_THRESHOLD:
                 await self._spool(message)
@@ -246,11 +259,7 @@ class Association:
             return message
         if message.spool is not None:
             await self._spool(message)
-            dataset = b""
-        else:
-            dataset = b"".join(message.dataset_fragments)
-            message.dataset_fragments.clear()
-        await self._dispatch(message, dataset)
+        await self._dispatch(message)
         return None
 
     async def _take_command(self, message: _Message, pdv: ul.Pdv) -> _Message | None:
@@ -270,14 +279,14 @@ class Association:
         if message.command.has_dataset:
             message.keeps_dataset = message.command.command_field == dimse.C_STORE_RQ
             return message
-        await self._dispatch(message, b"")
+        await self._dispatch(message)
         return None
 
     async def _spool(self, message: _Message) -> None:
         """Move the fragments held in memory to the message's spool file (started on first use)."""
         command = message.command
         assert command is not None
-        fragments, message.dataset_fragments, message.held_bytes = message.dataset_fragments, [], 0
+        held, message.dataset, message.held_bytes = message.dataset, bytearray(), 0
         if message.spool is None:
             transfer_syntax = self.accepted[message.context_id].transfer_syntax
             try:
@@ -290,7 +299,7 @@ class Association:
                 return
         spool = message.spool
         assert spool is not None
-        await self.run_blocking(spool.append, fragments)
+        await self.run_blocking(spool.append, [held])
         if spool.error is not None:
             message.spool_failed = True
             self._drop_spool(message)
@@ -302,16 +311,20 @@ class Association:
             message.spool.close()
             message.spool = None
 
-    async def _dispatch(self, message: _Message, dataset: bytes) -> None:
-        """Answer a complete request."""
+    async def _dispatch(self, message: _Message) -> None:
+        """Answer a complete request (a C-CANCEL-RQ gets no answer, PS3.7 9.3.2.3)."""
         command = message.command
         assert command is not None
         context = self.accepted[message.context_id]
+        if command.command_field == dimse.C_CANCEL_RQ:
+            # We run no operation a cancel could stop (C-ECHO and C-STORE answer at once): nothing to do.
+            log.info("C-CANCEL-RQ from %r at %s: nothing to cancel", self.peer.calling_ae, self.peer.source)
+            return
         if command.command_field == dimse.C_ECHO_RQ:
             verification = context.abstract_syntax == VERIFICATION_SOP_CLASS
             code = status.SUCCESS if verification else status.SOP_CLASS_NOT_SUPPORTED
         elif command.command_field == dimse.C_STORE_RQ:
-            code = await self._store(message, context, dataset)
+            code = await self._store(message, context)
         else:
             log.warning(
                 "DIMSE command 0x%04X from %r at %s is not supported",
@@ -324,7 +337,7 @@ class Association:
         self._send(ul.p_data(message.context_id, response, is_command=True, peer_max_length=self.peer_max_length))
         await self.writer.drain()
 
-    async def _store(self, message: _Message, context: AcceptedContext, dataset: bytes) -> int:
+    async def _store(self, message: _Message, context: AcceptedContext) -> int:
         command = message.command
         assert command is not None
         calling_ae = self.peer.calling_ae
@@ -350,11 +363,11 @@ class Association:
             sop_class_uid=command.affected_sop_class_uid,
             sop_instance_uid=command.affected_sop_instance_uid,
             transfer_syntax=context.transfer_syntax,
-            dataset=dataset,
+            dataset=message.dataset,
             calling_ae=calling_ae,
             spool=message.spool,
         )
-        message.spool = None  # the service owns (and closes) it now
+        message.spool, message.dataset = None, bytearray()  # the service owns (and closes) them now
         self.storing = True
         try:
             code, outcome = await asyncio.shield(self.run_blocking(self.service.store_instance, request))

@@ -1,8 +1,9 @@
 """The DICOM listener (storage SCP): C-ECHO and C-STORE into the durable store.
 
 The network side is an asyncio server (:mod:`integration.dicom.association`)
-running in its own thread; each C-STORE is stored in a worker thread by
-:class:`~integration.dicom.storage_scp.StorageSCP`; analysis happens elsewhere.
+running in its own thread; each C-STORE is stored in a worker thread through
+the one intake (:class:`~integration.intake.intake.InstanceIntake`, called by
+:class:`~integration.dicom.storage_scp.StorageSCP`); analysis happens elsewhere.
 Every connection passes :class:`~integration.dicom.admission.ListenerAdmission`
 first, so what an unauthenticated peer can hold (connections, slots, decoding
 time, audit rows) is bounded.
@@ -28,10 +29,11 @@ from integration.dicom.assembly import StudyAssembler
 from integration.dicom.association import VERIFICATION_SOP_CLASS, Association
 from integration.dicom.negotiation import Negotiator
 from integration.dicom.peer import Limits
-from integration.dicom.storage import InstanceStore
 from integration.dicom.storage_scp import StorageSCP
 from integration.dicom.tls import TlsConfigError, handshake_failure, server_context, subject_of
-from integration.dicom.transfer import ACCEPTED_TRANSFER_SYNTAXES
+from integration.intake.intake import InstanceIntake
+from integration.intake.storage import InstanceStore
+from integration.intake.transfer import ACCEPTED_TRANSFER_SYNTAXES
 
 log = logging.getLogger(__name__)
 
@@ -100,13 +102,15 @@ class Listener:
             raise ListenerConfigError(f"DICOM TLS: {exc}") from None
         self.settings = settings
         self.store = InstanceStore(settings.instance_root, fsync=settings.fsync, min_free_bytes=settings.min_free_bytes)
-        self.scp = StorageSCP(settings, self.store)
+        self.intake = InstanceIntake(settings, self.store)
+        self.scp = StorageSCP(settings, self.intake)
         self.assembler = StudyAssembler(settings) if assemble else None
         self.contexts = acceptor_contexts()
         self.limits = Limits(
             max_pdu_length=settings.max_pdu_length,
             acse_timeout=settings.acse_timeout,
             network_timeout=settings.network_timeout,
+            dimse_timeout=settings.dimse_timeout,
             max_dataset_bytes=settings.max_instance_bytes,
         )
         # Storing blocks (fsync, commit): one thread per allowed association, plus audit work.
@@ -199,7 +203,7 @@ class Listener:
         loop.close()
         self.admission.close()
         self._storers.shutdown(wait=True)
-        self.store.close()
+        self.intake.close()
         self._loop = None
 
     async def _shutdown(self) -> None:

@@ -16,7 +16,7 @@ from typing import Protocol
 from integration.dicom import dimse
 from integration.dicom import upper_layer as ul
 from integration.dicom.negotiation import Negotiated
-from integration.dicom.spool import DatasetSpool
+from integration.intake.spool import DatasetSpool
 
 
 @dataclass(frozen=True)
@@ -56,8 +56,8 @@ class StoreRequest:
 
     Attributes
     ----------
-    dataset : bytes
-        The data set as received (empty when it was spooled).
+    dataset : bytearray
+        The data set as received, gathered once (empty when it was spooled).
     spool : DatasetSpool or None
         The instance file with the data set, for data sets past :data:`SPOOL_THRESHOLD`; the service
         closes it.
@@ -66,7 +66,7 @@ class StoreRequest:
     sop_class_uid: str
     sop_instance_uid: str
     transfer_syntax: str
-    dataset: bytes
+    dataset: bytes | bytearray
     calling_ae: str
     spool: DatasetSpool | None = None
 
@@ -115,5 +115,7 @@ class Limits:
 
     max_pdu_length: int
     acse_timeout: float
+    #: Longest wait for an idle association's next message, and for the next PDU of a message under way.
     network_timeout: float
+    dimse_timeout: float
     max_dataset_bytes: int

@@ -1,8 +1,14 @@
-"""Named DIMSE status codes the listener answers with (PS3.4 Annex B and PS3.7 Annex C)."""
+"""Named DIMSE status codes the listener answers with (PS3.4 Annex B and PS3.7 Annex C).
+
+The intake names what became of an instance; :func:`for_result` is the one place that turns that name into
+the status a C-STORE (or a STOW-RS failure reason, PS3.18 Table 10.5.3-2) carries.
+"""
 
 from __future__ import annotations
 
 from typing import Final
+
+from integration.intake.outcome import Result
 
 SUCCESS: Final = 0x0000
 #: Refused: out of resources (storage full, database unavailable, write failed).
@@ -37,6 +43,22 @@ NAMES: Final = {
 }
 
 
-def for_conflict(conflict: str) -> int:
-    """The status refusing an instance that conflicts with its study (``integration.store.ingest.Conflict``)."""
-    return NOT_AUTHORIZED if conflict == "site" else INSTANCE_OF_ANOTHER_STUDY
+#: The status of each intake result.
+FOR_RESULT: Final = {
+    Result.STORED: SUCCESS,
+    Result.DUPLICATE: SUCCESS,
+    Result.TRANSFER_SYNTAX_NOT_SUPPORTED: TRANSFER_SYNTAX_NOT_SUPPORTED,
+    Result.SOP_CLASS_NOT_SUPPORTED: SOP_CLASS_NOT_SUPPORTED,
+    Result.DOES_NOT_MATCH_REQUEST: DATASET_DOES_NOT_MATCH_SOP_CLASS,
+    Result.CANNOT_UNDERSTAND: CANNOT_UNDERSTAND,
+    Result.NOT_THE_NAMED_STUDY: DATASET_DOES_NOT_MATCH_SOP_CLASS,
+    Result.CONFLICTS_WITH_STUDY: INSTANCE_OF_ANOTHER_STUDY,
+    Result.OTHER_SITE: NOT_AUTHORIZED,
+    Result.OUT_OF_RESOURCES: OUT_OF_RESOURCES,
+    Result.PROCESSING_FAILURE: PROCESSING_FAILURE,
+}
+
+
+def for_result(result: Result) -> int:
+    """The DIMSE status answering an intake result."""
+    return FOR_RESULT[result]

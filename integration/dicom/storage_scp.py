@@ -1,8 +1,8 @@
-"""The storage SCP's decisions: who may associate, and each C-STORE into the durable store.
+"""The storage SCP's decisions: who may associate, and each C-STORE handed to the intake.
 
-A C-STORE is answered with success only after the file is on disk (fsync,
-atomic link) and its database row is committed; any failure leaves nothing
-half-written and answers a named failure status.  The network side
+A C-STORE is stored by :class:`~integration.intake.intake.InstanceIntake` (success only after the file is
+durable and its row committed; nothing half-written on failure); here its origin is named (the calling AE's
+site and idle time) and its outcome mapped to a DIMSE status.  The network side
 (:mod:`integration.dicom.association`) calls in here from worker threads.
 """
 
@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import nullcontext
-from functools import partial
 from typing import Any
 
 from sqlalchemy import select
@@ -21,15 +18,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from integration.config import Settings
 from integration.dicom import dimse, status
 from integration.dicom import upper_layer as ul
-from integration.dicom.header import SopClassMismatch, file_meta_bytes, read_header
 from integration.dicom.peer import Peer, Rejection, StoreRequest
-from integration.dicom.spool import DatasetSpool
-from integration.dicom.storage import InstanceLocks, InstanceStore, StorageError, StorageFull, StoredFile
-from integration.dicom.structure import InvalidInstance
+from integration.intake.intake import InstanceIntake
+from integration.intake.outcome import Origin
+from integration.intake.spool import DatasetSpool
 from integration.store.audit import record_event
-from integration.store.ingest import Receipt, audit_conflict, record_instance
-from integration.store.session import run_with_reconnect, session_scope
-from integration.store.tables import Site, utcnow
+from integration.store.session import session_scope
+from integration.store.tables import Site
 
 log = logging.getLogger(__name__)
 
@@ -72,17 +67,13 @@ class StorageSCP:
     ----------
     settings : Settings
         The settings.
-    store : InstanceStore
-        Where instance files go.
+    intake : InstanceIntake
+        The one way in: every C-STORE is stored there.
     """
 
-    def __init__(self, settings: Settings, store: InstanceStore) -> None:
+    def __init__(self, settings: Settings, intake: InstanceIntake) -> None:
         self.settings = settings
-        self.store = store
-        # Serialises concurrent stores of one SOP instance, across threads and with the api's STOW-RS intake
-        # on the same store (first copy wins, no lost file).
-        self._instance_locks = InstanceLocks(store.root / ".locks")
-        self._file_writers = ThreadPoolExecutor(settings.max_associations, thread_name_prefix="instance-writer")
+        self.intake = intake
         self._sites = SiteDirectory(settings)
 
     # -- association life cycle -------------------------------------------------
@@ -103,7 +94,9 @@ class StorageSCP:
             Why it is refused, or None to go on.
         """
         if not request.protocol_version & 1:
-            return Rejection("protocol version not supported")
+            return Rejection(
+                "protocol version not supported", source=ul.SOURCE_ACSE, diagnostic=ul.REASON_PROTOCOL_VERSION
+            )
         settings = self.settings
         if not settings.accept_any_calling_ae and request.calling_ae not in settings.calling_aes:
             return Rejection("calling AE not in the allowlist", diagnostic=ul.REASON_CALLING_AE)
@@ -138,126 +131,45 @@ class StorageSCP:
     # -- C-STORE ------------------------------------------------------------------
 
     def store_instance(self, request: StoreRequest) -> tuple[int, str]:
-        """Store one instance durably; return its DIMSE status and an outcome label.
+        """Store one instance through the intake; return its DIMSE status and an outcome label.
 
         Parameters
         ----------
         request : StoreRequest
-            The C-STORE request's UIDs, transfer syntax, data set bytes and calling AE.
+            The C-STORE request's UIDs, transfer syntax, data set (in memory or spooled) and calling AE.
 
         Returns
         -------
         tuple of (int, str)
             Status code and one of ``stored``, ``duplicate``, ``refused``, ``error``.
         """
+        calling_ae = request.calling_ae
         try:
-            with self._instance_locks.hold(request.sop_instance_uid):
-                return self._store_locked(request)
-        except Exception:
-            log.exception("C-STORE from %r failed unexpectedly", request.calling_ae)
-            return status.PROCESSING_FAILURE, "error"
-        finally:
+            origin = Origin(
+                calling_ae=calling_ae,
+                source="dicom",
+                site_id=self._sites.site_id_for(calling_ae),
+                stable_seconds=self.settings.stable_seconds_for(calling_ae),
+            )
+        except SQLAlchemyError as exc:
             if request.spool is not None:
                 request.spool.close()
-
-    def open_spool(self, command: dimse.Command, transfer_syntax: str, calling_ae: str) -> DatasetSpool:
-        """Start the instance file of a large data set: its file meta, from the C-STORE request's UIDs.
-
-        The data set must carry the same UIDs (checked when it is stored), so the meta is the stored file's.
-        """
-        meta = file_meta_bytes(
-            command.affected_sop_class_uid, command.affected_sop_instance_uid, transfer_syntax, calling_ae
-        )
-        return DatasetSpool(self.store, meta)
-
-    def _store_locked(self, request: StoreRequest) -> tuple[int, str]:
-        transfer_syntax, calling_ae, spool = request.transfer_syntax, request.calling_ae, request.spool
-        try:
-            with spool.dataset() if spool is not None else nullcontext(request.dataset) as data:
-                header = read_header(
-                    data,
-                    transfer_syntax,
-                    expected_sop_class_uid=request.sop_class_uid,
-                    expected_sop_instance_uid=request.sop_instance_uid,
-                    max_inflated_bytes=self.settings.max_instance_bytes,
-                    spill_dir=self.store.tmp_dir,
-                )
-        except SopClassMismatch as exc:
-            log.warning("C-STORE from %r refused: %s", calling_ae, exc)
-            return status.DATASET_DOES_NOT_MATCH_SOP_CLASS, "refused"
-        except InvalidInstance as exc:
-            log.warning("C-STORE from %r refused: %s", calling_ae, exc)
-            return status.CANNOT_UNDERSTAND, "refused"
-        except StorageError as exc:
-            log.error("C-STORE from %r refused: %s", calling_ae, exc)
-            return status.OUT_OF_RESOURCES, "refused"
-        relative = self.store.relative_path(header.study_uid, header.series_uid, header.sop_instance_uid)
-        # The file is made durable in a helper thread while the database writes the rows;
-        # the rows are committed only once the file is safely on disk.
-        if spool is not None:
-            size = spool.size
-            write = partial(spool.commit, relative)
-        else:
-            meta = file_meta_bytes(header.sop_class_uid, header.sop_instance_uid, transfer_syntax, calling_ae)
-            size = len(meta) + len(request.dataset)
-            write = partial(self.store.write, relative, (meta, request.dataset))
-        writing = self._file_writers.submit(write)
-        outcome: dict[str, StoredFile] = {}
-
-        def file_is_durable(receipt: Receipt) -> bool:
-            stored = writing.result()
-            if not stored.created and receipt.added:  # an orphan of an earlier crash: ours replaces it
-                self.store.remove(relative)
-                stored = write()
-            outcome["file"] = stored
-            return receipt.added
-
-        try:
-            receipt = run_with_reconnect(
-                self.settings.database_url,
-                lambda connection: record_instance(
-                    connection,
-                    header,
-                    storage_path=relative,
-                    size_bytes=size,
-                    calling_ae=calling_ae,
-                    received_at=utcnow(),
-                    stable_seconds=self.settings.stable_seconds_for(calling_ae),
-                    site_id=self._sites.site_id_for(calling_ae),
-                    before_commit=file_is_durable,
-                ),
-            )
-        except StorageFull:
-            log.error("C-STORE from %r refused: storage headroom exhausted", calling_ae)
-            return status.OUT_OF_RESOURCES, "refused"
-        except StorageError as exc:
-            log.error("C-STORE from %r refused: %s", calling_ae, exc)
-            return status.OUT_OF_RESOURCES, "refused"
-        except SQLAlchemyError as exc:
-            self._undo_file(writing, outcome)
             log.error("C-STORE from %r refused: database unavailable (%s)", calling_ae, type(exc).__name__)
             return status.OUT_OF_RESOURCES, "refused"
-        if receipt.conflict is not None:
-            self._undo_file(writing, outcome)
-            log.warning("C-STORE from %r refused: %s", calling_ae, receipt.conflict.reason)
-            audit_conflict(self.settings.database_url, receipt, header, actor=f"ae:{calling_ae}")
-            return status.for_conflict(receipt.conflict), "refused"
-        if receipt.duplicate:
-            stored = outcome["file"]
-            if stored.created:  # same SOP instance already stored under another study/series
-                self.store.remove(relative)
-            log.info("C-STORE from %r: duplicate SOP instance, first copy kept", calling_ae)
-            return status.SUCCESS, "duplicate"
-        return status.SUCCESS, "stored"
+        outcome = self.intake.store(
+            request.spool if request.spool is not None else memoryview(request.dataset),
+            request.transfer_syntax,
+            origin,
+            expected_sop_class_uid=request.sop_class_uid,
+            expected_sop_instance_uid=request.sop_instance_uid,
+        )
+        return status.for_result(outcome.result), outcome.label
 
-    def _undo_file(self, writing: Future[StoredFile], outcome: dict[str, StoredFile]) -> None:
-        """Remove the file of an instance whose rows were not committed (wait for the writer first)."""
-        try:
-            stored = outcome.get("file") or writing.result()
-        except OSError:
-            return  # nothing was linked
-        if stored.created:  # ours (written or replacing an orphan); never a first copy we found in place
-            self.store.remove(stored.relative_path)
+    def open_spool(self, command: dimse.Command, transfer_syntax: str, calling_ae: str) -> DatasetSpool:
+        """Start the instance file of a large data set: its file meta, from the C-STORE request's UIDs."""
+        return self.intake.open_spool(
+            command.affected_sop_class_uid, command.affected_sop_instance_uid, transfer_syntax, calling_ae
+        )
 
 
 def _transport(peer: Peer) -> dict[str, str]:

@@ -23,6 +23,8 @@ from pynetdicom.pdu_primitives import (
 )
 from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
 
+from integration.intake.header import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
+
 ASSOCIATE_RQ: Final = 0x01
 ASSOCIATE_AC: Final = 0x02
 ASSOCIATE_RJ: Final = 0x03
@@ -34,9 +36,8 @@ KNOWN_PDU_TYPES: Final = frozenset({ASSOCIATE_RQ, ASSOCIATE_AC, ASSOCIATE_RJ, P_
 
 #: The DICOM application context name (PS3.7 Annex A.2.1).
 APPLICATION_CONTEXT: Final = "1.2.840.10008.3.1.1.1"
-#: Our implementation class UID and version name, sent in every A-ASSOCIATE-AC.
-IMPLEMENTATION_CLASS_UID: Final = "1.2.826.0.1.3680043.10.1421.1"
-IMPLEMENTATION_VERSION: Final = "PACSVLM_1"
+# Our implementation class UID and version name, sent in every A-ASSOCIATE-AC, are those of our files' meta
+# (:data:`IMPLEMENTATION_CLASS_UID`, a UUID-derived 2.25 UID: the project owns no registered root).
 
 #: Upper bound for an A-ASSOCIATE-RQ: the 128 presentation contexts a request may have (odd IDs 1-255), each
 #: with 8 transfer syntaxes of 64-character UIDs, plus role and extended negotiation for each, fit in ~100 KiB;
@@ -52,17 +53,23 @@ MAX_CONTROL_PDU_LENGTH: Final = 64
 REJECTED_PERMANENT: Final = 1
 REJECTED_TRANSIENT: Final = 2
 SOURCE_SERVICE_USER: Final = 1
+SOURCE_ACSE: Final = 2
 SOURCE_PRESENTATION: Final = 3
+# ... reasons of the service user (source 1)
 REASON_NO_REASON: Final = 1
 REASON_APPLICATION_CONTEXT: Final = 2
 REASON_CALLING_AE: Final = 3
 REASON_CALLED_AE: Final = 7
+# ... of the ACSE provider (source 2)
+REASON_PROTOCOL_VERSION: Final = 2
+# ... and of the presentation provider (source 3)
 REASON_LOCAL_LIMIT: Final = 2
 
 # A-ABORT source / reason (PS3.8 9.3.8).
 ABORT_SOURCE_USER: Final = 0
 ABORT_SOURCE_PROVIDER: Final = 2
 ABORT_NOT_SPECIFIED: Final = 0
+ABORT_UNRECOGNIZED_PDU: Final = 1
 ABORT_UNEXPECTED_PDU: Final = 2
 ABORT_INVALID_PARAMETER: Final = 6
 
@@ -126,7 +133,7 @@ async def read_pdu_header(reader: asyncio.StreamReader, max_p_data_length: int) 
     header = await reader.readexactly(_PDU_HEADER.size)
     pdu_type, length = _PDU_HEADER.unpack(header)
     if pdu_type not in KNOWN_PDU_TYPES:
-        raise ProtocolError(f"unknown PDU type 0x{pdu_type:02X}", ABORT_UNEXPECTED_PDU)
+        raise ProtocolError(f"unknown PDU type 0x{pdu_type:02X}", ABORT_UNRECOGNIZED_PDU)
     if pdu_type == P_DATA_TF:
         limit = max_p_data_length
     elif pdu_type == ASSOCIATE_RQ:

@@ -26,7 +26,7 @@ from sqlalchemy import Connection, Table, case, func, select, update
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
-from integration.dicom.header import InstanceHeader
+from integration.intake.header import InstanceHeader
 from integration.store.audit import record_event
 from integration.store.session import session_scope
 from integration.store.tables import Instance, Series, Study, StudyState

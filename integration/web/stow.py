@@ -5,7 +5,7 @@ up to a few megabytes, then an unnamed temporary file on the instance store's fi
 checked against the per-instance size limit and the whole body against the per-request limit (a part
 without a Content-Type is taken as the body's ``type``, ``application/dicom``).  Only once the
 body is complete and well formed are its parts stored, one by one, through the same intake as the DICOM
-listener (:mod:`integration.dicom.intake`): a malformed or oversized request stores nothing.  Each instance
+listener (:mod:`integration.intake`): a malformed or oversized request stores nothing.  Each instance
 succeeds or fails on its own; the answer is DICOM JSON with the Referenced SOP Sequence (stored, duplicates
 included) and the Failed SOP Sequence (with the DICOM failure reason), and HTTP 200 (all stored), 202 (some
 failed) or 409 (none stored).  No instance is coerced or has elements discarded, so there are no warnings.
@@ -19,7 +19,7 @@ progress at most (:class:`~integration.web.limits.UploadGate`, 429 beyond).
 Senders authenticate with HTTP Basic (DICOMweb clients; throttled like the sign-in form) or with the
 review app's session cookie plus the CSRF token header (:mod:`integration.web.dicomweb_auth`).  Uploaders
 and administrators may store; a study gets the uploader's site, ``source='stow'`` and the pseudo calling
-AE :data:`~integration.dicom.intake.STOW_AE`.
+AE :data:`~integration.intake.outcome.STOW_AE`.
 """
 
 from __future__ import annotations
@@ -38,10 +38,12 @@ from starlette.requests import ClientDisconnect
 
 from integration.config import Settings
 from integration.dicom import status as dicom_status
-from integration.dicom.header import is_valid_uid
-from integration.dicom.intake import STOW_AE, InstanceIntake, Origin, Outcome, intake_for, split_part10
-from integration.dicom.storage import InstanceStore, StorageFull
-from integration.dicom.structure import InvalidInstance
+from integration.intake.header import is_valid_uid
+from integration.intake.intake import InstanceIntake, intake_for
+from integration.intake.outcome import STOW_AE, Origin, Result, StoreOutcome
+from integration.intake.part10 import split_part10
+from integration.intake.storage import InstanceStore, StorageFull
+from integration.intake.structure import InvalidInstance
 from integration.store.audit import record_event
 from integration.store.session import session_scope
 from integration.store.tables import UserRole
@@ -97,7 +99,7 @@ class _Part:
 
 @dataclass(frozen=True)
 class _Result:
-    outcome: Outcome
+    outcome: StoreOutcome
     sop_class_uid: str | None
     sop_instance_uid: str | None
     study_uid: str | None
@@ -205,9 +207,9 @@ def _store_parts(
         for part in parts:
             sop_class = sop_instance = None
             if not part.dicom:
-                outcome = Outcome(dicom_status.CANNOT_UNDERSTAND, "refused", reason="the part is not application/dicom")
+                outcome = StoreOutcome(Result.CANNOT_UNDERSTAND, reason="the part is not application/dicom")
             elif part.oversized:
-                outcome = Outcome(dicom_status.OUT_OF_RESOURCES, "refused", reason="above the size limit")
+                outcome = StoreOutcome(Result.OUT_OF_RESOURCES, reason="above the size limit")
                 with contextlib.suppress(InvalidInstance):
                     meta = split_part10(part.head)
                     sop_class, sop_instance = meta.sop_class_uid, meta.sop_instance_uid
@@ -216,7 +218,7 @@ def _store_parts(
                 try:
                     file = split_part10(piece)
                 except InvalidInstance as exc:
-                    outcome = Outcome(dicom_status.CANNOT_UNDERSTAND, "refused", reason=str(exc))
+                    outcome = StoreOutcome(Result.CANNOT_UNDERSTAND, reason=str(exc))
                 else:
                     sop_class, sop_instance = file.sop_class_uid, file.sop_instance_uid
                     outcome = intake.store(
@@ -276,7 +278,7 @@ def stow_answer(results: list[_Result]) -> tuple[int, dict[str, Any]]:
         if result.outcome.succeeded:
             referenced.append(item)
         else:
-            failed.append({**item, "00081197": {"vr": "US", "Value": [result.outcome.status]}})
+            failed.append({**item, "00081197": {"vr": "US", "Value": [dicom_status.for_result(result.outcome.result)]}})
     answer: dict[str, Any] = {}
     if failed:
         answer["00081198"] = {"vr": "SQ", "Value": failed}

@@ -6,7 +6,7 @@ needed) take ``multipart/form-data``: ``file`` plus the patient and request fiel
 cookie, send the CSRF token (hidden ``csrf_token`` field or ``X-CSRF-Token`` header).  The body must
 declare its length (411 otherwise; 413 above the limit), so nothing unbounded is read.  Bad input answers 422
 naming every bad field and stores nothing.  The photo is converted (:mod:`integration.dicom.photo`) and
-stored through the listener's intake (:mod:`integration.dicom.intake`) as a new study of the uploader's
+stored through the listener's intake (:mod:`integration.intake`) as a new study of the uploader's
 site with ``source='upload'``, complete at once: the next assembly pass queues it.  Audited ``upload.photo``;
 refusals are audited too (``upload.refused``, aggregated).  A photo may have at most
 ``PACSVLM_MAX_PHOTO_PIXELS`` pixels (its DICOM file holds 3 bytes a pixel: a 160 kB PNG of 49 megapixels
@@ -26,7 +26,6 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.datastructures import FormData, UploadFile
 
 from integration.config import Settings
-from integration.dicom.intake import UPLOAD_AE, Origin, intake_for
 from integration.dicom.photo import (
     MAX_PHOTO_BYTES,
     MAX_PHOTO_PIXELS,
@@ -37,7 +36,8 @@ from integration.dicom.photo import (
     photo_to_dicom,
     validate_details,
 )
-from integration.dicom.status import OUT_OF_RESOURCES
+from integration.intake.intake import intake_for
+from integration.intake.outcome import UPLOAD_AE, Origin, Result
 from integration.store.audit import record_event
 from integration.store.session import session_scope
 from integration.store.tables import UserRole
@@ -128,8 +128,8 @@ def _store(
     )
     outcome = intake_for(settings).store_part10(instance.part10, origin)
     if not outcome.succeeded:
-        log.error("photo upload by user %d not stored: %s (status 0x%04X)", user.id, outcome.reason, outcome.status)
-        if outcome.status == OUT_OF_RESOURCES:
+        log.error("photo upload by user %d not stored: %s (%s)", user.id, outcome.reason, outcome.result)
+        if outcome.result is Result.OUT_OF_RESOURCES:
             raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the photo could not be stored now; try again")
         raise HTTPException(status.HTTP_500_INTERNAL_SERVER_ERROR, "the photo could not be stored")
     with session_scope(settings.database_url) as session:

@@ -14,7 +14,6 @@ import pydicom
 import pytest
 from PIL import Image
 
-from integration.dicom.intake import split_part10
 from integration.dicom.photo import (
     PHOTO_MODALITY,
     PhotoDetails,
@@ -23,7 +22,8 @@ from integration.dicom.photo import (
     photo_to_dicom,
     validate_details,
 )
-from integration.dicom.referral import read_question
+from integration.imaging.referral import read_question
+from integration.intake.part10 import split_part10
 
 DCIODVFY = "/usr/bin/dciodvfy"
 FORM = {

@@ -12,10 +12,10 @@ from sqlalchemy import select
 
 from integration.config import Settings
 from integration.dicom.assembly import StudyAssembler
-from integration.dicom.header import InstanceHeader
 from integration.dicom.samples import pydicom_test_file
-from integration.dicom.storage import InstanceStore
 from integration.dicom.study_attributes import StudyAttributes, read_study_attributes
+from integration.intake.header import InstanceHeader
+from integration.intake.storage import InstanceStore
 from integration.store.ingest import record_instance
 from integration.store.session import engine_for, session_scope
 from integration.store.tables import AnalysisJob, Study, StudyState, utcnow

@@ -1,4 +1,4 @@
-"""The shared intake step (integration/dicom/intake.py) on a real PostgreSQL database and a real instance store.
+"""The one intake (integration/intake/intake.py) on a real PostgreSQL database and a real instance store.
 
 Instances are pydicom's bundled test files (read from the wheel's folder; nothing is fetched).
 """
@@ -17,18 +17,12 @@ from pydicom import config as pydicom_config
 
 from integration.config import Settings
 from integration.dicom import status
-from integration.dicom.intake import (
-    NOT_AUTHORIZED,
-    STOW_AE,
-    STUDY_UID_MISMATCH,
-    TRANSFER_SYNTAX_NOT_SUPPORTED,
-    InstanceIntake,
-    Origin,
-    split_part10,
-)
 from integration.dicom.samples import pydicom_test_file
-from integration.dicom.storage import InstanceLocks, InstanceStore
-from integration.dicom.structure import InvalidInstance
+from integration.intake.intake import InstanceIntake
+from integration.intake.outcome import STOW_AE, Origin, Result
+from integration.intake.part10 import split_part10
+from integration.intake.storage import InstanceLocks, InstanceStore
+from integration.intake.structure import InvalidInstance
 from integration.store.jobs import complete_stable_studies
 from integration.store.session import session_scope
 from integration.store.tables import utcnow
@@ -88,7 +82,7 @@ def test_store_records_source_site_and_keeps_the_first_copy(intake: InstanceInta
     north, _ = sites(url)
     raw = pydicom_test_file("CT_small.dcm").read_bytes()
     first = intake.store_part10(raw, origin(north))
-    assert (first.status, first.label) == (status.SUCCESS, "stored")
+    assert (first.result, first.label) == (Result.STORED, "stored")
     ds = pydicom.dcmread(pydicom_test_file("CT_small.dcm"))
     files = stored_files(intake.files.root)
     assert [f.relative_to(intake.files.root).as_posix() for f in files] == [
@@ -105,11 +99,11 @@ def test_store_records_source_site_and_keeps_the_first_copy(intake: InstanceInta
     ]
 
     again = intake.store_part10(raw, origin(north))
-    assert (again.status, again.label) == (status.SUCCESS, "duplicate")
+    assert (again.result, again.label) == (Result.DUPLICATE, "duplicate")
     moved = ds.copy()
     moved.StudyInstanceUID = "1.2.3.4.5.6.7.8"  # same SOP instance under another study: refused, first copy kept
     elsewhere = intake.store_part10(part10(moved), origin(north))
-    assert (elsewhere.status, elsewhere.label) == (status.INSTANCE_OF_ANOTHER_STUDY, "refused")
+    assert (elsewhere.result, elsewhere.label) == (Result.CONFLICTS_WITH_STUDY, "refused")
     assert elsewhere.reason == "the SOP Instance UID is stored in another study"
     assert stored_files(intake.files.root) == files and files[0].read_bytes() == stored
     assert db_rows(url, "SELECT count(*) FROM instances") == [(1,)]
@@ -126,7 +120,7 @@ def test_an_instance_for_another_sites_study_is_refused_unless_sent_by_an_admini
     second = ds.copy()
     second.SOPInstanceUID = "1.2.3.999.1"
     refused = intake.store_part10(part10(second), origin(south))
-    assert (refused.status, refused.label) == (NOT_AUTHORIZED, "refused")
+    assert (refused.result, refused.label) == (Result.OTHER_SITE, "refused")
     assert len(stored_files(intake.files.root)) == 1
     assert db_rows(url, "SELECT count(*) FROM instances") == [(1,)]
     by_admin = intake.store_part10(part10(second), origin(None, any_site=True))
@@ -139,25 +133,25 @@ def test_refusals_have_their_own_statuses_and_leave_nothing(
 ) -> None:
     ds = pydicom.dcmread(pydicom_test_file("CT_small.dcm"))
     raw = part10(ds)
-    assert intake.store_part10(raw, origin(None), expected_study_uid="1.2.3").status == STUDY_UID_MISMATCH
+    assert intake.store_part10(raw, origin(None), expected_study_uid="1.2.3").result is Result.NOT_THE_NAMED_STUDY
     lying = split_part10(raw)
     assert (
-        intake.store(lying.dataset, lying.transfer_syntax_uid, origin(None), expected_sop_class_uid="1.2.3").status
-        == status.DATASET_DOES_NOT_MATCH_SOP_CLASS
+        intake.store(lying.dataset, lying.transfer_syntax_uid, origin(None), expected_sop_class_uid="1.2.3").result
+        is Result.DOES_NOT_MATCH_REQUEST
     )
-    assert intake.store(lying.dataset, "1.2.3.4", origin(None)).status == TRANSFER_SYNTAX_NOT_SUPPORTED
+    assert intake.store(lying.dataset, "1.2.3.4", origin(None)).result is Result.TRANSFER_SYNTAX_NOT_SUPPORTED
     not_storage = ds.copy()
     not_storage.SOPClassUID = "1.2.840.10008.1.1"  # verification: no storage SOP class
     not_storage.file_meta.MediaStorageSOPClassUID = pydicom.uid.UID("1.2.840.10008.1.1")
-    assert intake.store_part10(part10(not_storage), origin(None)).status == status.SOP_CLASS_NOT_SUPPORTED
+    assert intake.store_part10(part10(not_storage), origin(None)).result is Result.SOP_CLASS_NOT_SUPPORTED
     for name in ("badVR.dcm", "MR_truncated.dcm"):
         assert (
-            intake.store_part10(pydicom_test_file(name).read_bytes(), origin(None)).status == status.CANNOT_UNDERSTAND
+            intake.store_part10(pydicom_test_file(name).read_bytes(), origin(None)).result is Result.CANNOT_UNDERSTAND
         )
     with pydicom_config.disable_value_validation():
         escaping = ds.copy()
         escaping.StudyInstanceUID = "../../../../" + str(tmp_path / "escaped")
-        assert intake.store_part10(part10(escaping), origin(None)).status == status.CANNOT_UNDERSTAND
+        assert intake.store_part10(part10(escaping), origin(None)).result is Result.CANNOT_UNDERSTAND
     assert not (tmp_path / "escaped").exists()
     assert stored_files(intake.files.root) == []
     assert db_rows(migrated_postgres_url, "SELECT count(*) FROM instances") == [(0,)]
@@ -174,8 +168,25 @@ def test_database_unreachable_refuses_with_out_of_resources_and_removes_the_file
         outcome = intake.store_part10(pydicom_test_file("CT_small.dcm").read_bytes(), origin(None))
     finally:
         intake.close()
-    assert (outcome.status, outcome.label) == (status.OUT_OF_RESOURCES, "refused")
+    assert (outcome.result, outcome.label) == (Result.OUT_OF_RESOURCES, "refused")
     assert stored_files(settings.instance_root) == []
+
+
+def test_each_result_has_its_dicom_status() -> None:
+    assert {result: status.for_result(result) for result in Result} == {
+        Result.STORED: status.SUCCESS,
+        Result.DUPLICATE: status.SUCCESS,
+        Result.TRANSFER_SYNTAX_NOT_SUPPORTED: status.TRANSFER_SYNTAX_NOT_SUPPORTED,
+        Result.SOP_CLASS_NOT_SUPPORTED: status.SOP_CLASS_NOT_SUPPORTED,
+        Result.DOES_NOT_MATCH_REQUEST: status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+        Result.CANNOT_UNDERSTAND: status.CANNOT_UNDERSTAND,
+        Result.NOT_THE_NAMED_STUDY: status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+        Result.CONFLICTS_WITH_STUDY: status.INSTANCE_OF_ANOTHER_STUDY,
+        Result.OTHER_SITE: status.NOT_AUTHORIZED,
+        Result.OUT_OF_RESOURCES: status.OUT_OF_RESOURCES,
+        Result.PROCESSING_FAILURE: status.PROCESSING_FAILURE,
+    }
+    assert [result for result in Result if result.succeeded] == [Result.STORED, Result.DUPLICATE]
 
 
 def test_an_orphaned_file_of_a_crash_is_replaced(intake: InstanceIntake, migrated_postgres_url: str) -> None:
@@ -203,7 +214,7 @@ def test_a_study_stored_with_no_idle_time_is_complete_at_the_next_pass(
 LOCK_HOLDER = """
 import sys
 from pathlib import Path
-from integration.dicom.storage import InstanceLocks
+from integration.intake.storage import InstanceLocks
 locks = InstanceLocks(Path(sys.argv[1]))
 with locks.hold(sys.argv[2]):
     print("held", flush=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from pydicom.uid import generate_uid
 
-from integration.dicom.storage import InstanceStore, StorageError, StorageFull, StoredFile
+from integration.intake.storage import InstanceStore, StorageError, StorageFull, StoredFile
 
 
 @pytest.fixture(params=[True, False], ids=["fsync", "no-fsync"])
@@ -211,7 +211,7 @@ def test_many_folders_beyond_the_open_folder_cache(tmp_path: Path) -> None:
 
 
 def test_instance_locks_make_their_folder_again_when_it_was_removed(tmp_path: Path) -> None:
-    from integration.dicom.storage import InstanceLocks
+    from integration.intake.storage import InstanceLocks
 
     folder = tmp_path / ".locks"
     locks = InstanceLocks(folder)

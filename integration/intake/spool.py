@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from integration.dicom.storage import InstanceStore, StorageError, StorageFull, StoredFile, write_all
+from integration.intake.storage import InstanceStore, StorageError, StorageFull, StoredFile, write_all
 
 log = logging.getLogger(__name__)
 

@@ -25,8 +25,8 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from integration.dicom import header
-from integration.dicom.header import (
+from integration.intake import header
+from integration.intake.header import (
     IMPLEMENTATION_CLASS_UID,
     IMPLEMENTATION_VERSION,
     InstanceHeader,
@@ -35,7 +35,7 @@ from integration.dicom.header import (
     is_valid_uid,
     read_header,
 )
-from integration.dicom.structure import SOP_INSTANCE_UID, STUDY_UID, InvalidInstance, walk_dataset
+from integration.intake.structure import SOP_INSTANCE_UID, STUDY_UID, InvalidInstance, walk_dataset
 
 #: pydicom warns about the invalid values these tests write on purpose.
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")

@@ -3,7 +3,7 @@
 A file is written to a temporary name on the same file system, flushed with
 ``fsync``, then hard-linked to its final name (which never replaces an
 existing file, so the first copy of a SOP instance wins) and the directory is
-flushed.  Paths are built only from UIDs that :mod:`integration.dicom.header`
+flushed.  Paths are built only from UIDs that :mod:`integration.intake.header`
 has validated (digits and dots), never from raw input.
 
 Creating a file and opening a folder both wait for the file system's journal,
@@ -32,7 +32,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
-from integration.dicom.header import is_valid_uid
+from integration.intake.header import is_valid_uid
 
 log = logging.getLogger(__name__)
 
