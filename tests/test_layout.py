@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ast
+import io
 import os
 import subprocess
 import sys
 import textwrap
+import tokenize
 from pathlib import Path
 
 import pytest
@@ -140,3 +143,62 @@ def test_listen_with_malformed_calling_aes_is_a_settings_error(tmp_path: Path) -
     assert result.returncode == 2, output
     assert "PACSVLM_CALLING_AES" in output
     assert "Traceback" not in output
+
+
+#: Most lines of code a module may hold (docstrings, comments and blank lines not counted).
+MAX_MODULE_LINES = 400
+SIZED_PACKAGES = ("integration", "worker", "models", "bench")
+
+
+def lines_of_code(source: str) -> int:
+    """Count the lines that hold code: no docstring, comment or blank line."""
+    tree = ast.parse(source)
+    docstrings: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) and node.body:
+            first = node.body[0]
+            value = first.value if isinstance(first, ast.Expr) else None
+            if isinstance(value, ast.Constant) and isinstance(value.value, str):
+                docstrings.update(range(first.lineno, (first.end_lineno or first.lineno) + 1))
+    skipped = {tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER}
+    code: set[int] = set()
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type not in skipped:
+            code.update(range(token.start[0], token.end[0] + 1))
+    return len(code - docstrings)
+
+
+def test_lines_of_code_counts_code_only() -> None:
+    source = textwrap.dedent(
+        '''
+        """Module.
+
+        More.
+        """
+
+        # a comment
+
+
+        def f(x: int) -> int:
+            """One.
+
+            Two.
+            """
+            return (
+                x + 1
+            )
+        '''
+    )
+    assert lines_of_code(source) == 4
+
+
+def test_no_module_is_over_the_size_limit() -> None:
+    sizes = {
+        path.relative_to(ROOT).as_posix(): lines_of_code(path.read_text())
+        for package in SIZED_PACKAGES
+        for path in sorted((ROOT / package).rglob("*.py"))
+        if "migrations" not in path.parts
+    }
+    assert len(sizes) > 100  # the walk found the packages
+    over = {name: size for name, size in sizes.items() if size > MAX_MODULE_LINES}
+    assert not over, f"modules over {MAX_MODULE_LINES} lines of code (split them by concern): {over}"
