@@ -13,9 +13,9 @@ from fastapi import HTTPException, status
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
-from integration.dicom.header import is_valid_uid
+from integration.intake.header import is_valid_uid
 from integration.store.tables import Report, Study, UserRole
-from integration.web.auth import CurrentUser
+from integration.web.deps import CurrentUser
 from integration.web.refusals import CrossSiteRefused
 
 
@@ -61,7 +61,7 @@ def study_for(session: Session, user: CurrentUser, study_uid: str) -> Study:
     fastapi.HTTPException
         404 when it does not exist or belongs to another site (then a :class:`CrossSiteRefused`).
     """
-    if not is_valid_uid(study_uid):  # also keeps bytes PostgreSQL refuses (NUL) away from the query
+    if not is_valid_uid(study_uid):  # routes refuse such UIDs (422); this keeps NUL bytes from PostgreSQL
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such study")
     study: Study | None = session.scalar(visible(select(Study).where(Study.study_uid == study_uid), user))
     if study is None:
@@ -118,4 +118,19 @@ def report_for(session: Session, user: CurrentUser, report_id: int) -> Report:
         if session.scalar(select(Report.id).where(Report.id == report_id)) is not None:
             raise CrossSiteRefused("no such report", "report", str(report_id))
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such report")
+    return report
+
+
+def report_of_study(session: Session, user: CurrentUser, study_uid: str, report_id: int) -> Report:
+    """Return a report of this study when the user may see the study.
+
+    Raises
+    ------
+    fastapi.HTTPException
+        404 for another site's study or report, or a report of another study.
+    """
+    study = study_for(session, user, study_uid)
+    report = report_for(session, user, report_id)
+    if report.study_id != study.id:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such report for this study")
     return report

@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 
 import anyio
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -100,8 +100,6 @@ def create_app(settings: Settings) -> FastAPI:
 async def _refused(request: Request, exc: Exception) -> Response:
     """Answer an HTTP error as FastAPI does, after auditing it when it is a refusal worth tracing."""
     assert isinstance(exc, StarletteHTTPException)
-    from fastapi import HTTPException
-
     if isinstance(exc, HTTPException):
         audit_http_refusal(request, exc)
     return await http_exception_handler(request, exc)

@@ -13,13 +13,13 @@ import json
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, HTTPException, Query, Response, status
 from fastapi.responses import JSONResponse
 
-from integration.config import Settings
-from integration.store.audit import DEFAULT_QUERY_LIMIT, MAX_QUERY_LIMIT
-from integration.store.tables import UID_LENGTH, UserRole
-from integration.web.auth import require_roles
+from integration.store.audit import DEFAULT_QUERY_LIMIT, MAX_QUERY_LIMIT, event_as_json, query_events
+from integration.store.tables import UID_LENGTH
+from integration.web.deps import Admin, DbSession
+from integration.web.schemas import AuditPage
 
 #: What an action filter may look like: dotted words, optionally ending in a dot for a prefix (``report.``).
 ACTION_PATTERN = r"^[A-Za-z0-9_:-]+(\.[A-Za-z0-9_:-]+)*\.?$"
@@ -99,11 +99,15 @@ def audit_router() -> APIRouter:
     @router.get(
         "/audit",
         summary="Audit events, newest first (administrators only)",
-        responses={403: {"description": "not an administrator"}, 422: {"description": "a filter is invalid"}},
-        dependencies=[Depends(require_roles(UserRole.ADMIN))],
+        responses={
+            200: {"model": AuditPage, "content": {"text/csv": {"schema": {"type": "string"}}}},
+            403: {"description": "not an administrator"},
+            422: {"description": "a filter is invalid"},
+        },
     )
     def audit_events(
-        request: Request,
+        session: DbSession,
+        admin: Admin,
         actor: Annotated[
             str | None, Query(min_length=1, max_length=128, pattern=PRINTABLE, description="Exactly this actor.")
         ] = None,
@@ -126,26 +130,21 @@ def audit_router() -> APIRouter:
         format: Annotated[Literal["json", "csv"], Query()] = "json",
     ) -> Response:
         """One page of audit events; ``next_before_id`` is null when the page is not full."""
-        from integration.store.audit import event_as_json, query_events
-        from integration.store.session import session_scope
-
         since, until = _aware(since), _aware(until)
         if since is not None and until is not None and since >= until:
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "since must be before until")
-        settings: Settings = request.app.state.settings
-        with session_scope(settings.database_url) as session:
-            events = query_events(
-                session,
-                actor=actor,
-                action=action,
-                object_type=object_type,
-                object_id=object_id,
-                since=since,
-                until=until,
-                limit=limit,
-                before_id=before_id,
-            )
-            rows = [event_as_json(event) for event in events]
+        events = query_events(
+            session,
+            actor=actor,
+            action=action,
+            object_type=object_type,
+            object_id=object_id,
+            since=since,
+            until=until,
+            limit=limit,
+            before_id=before_id,
+        )
+        rows = [event_as_json(event) for event in events]
         next_before_id = rows[-1]["id"] if len(rows) == limit else None
         headers = {"Cache-Control": "no-store"}
         if format == "csv":

@@ -1,4 +1,4 @@
-"""Sign-in for the review app: ``POST /api/login``, ``POST /api/logout`` and the ``current_user`` dependency.
+"""Sign-in for the review app: ``POST /api/login``, ``POST /api/logout``, and the sign-in steps the forms share.
 
 A session is a random token in an HttpOnly, SameSite=Strict cookie (Secure over https); the database keeps
 only its SHA-256.  Sign-ins are audited with the client's host as their source (throttled ones aggregated);
@@ -7,24 +7,28 @@ check (sign-in form, ``POST /api/login``, DICOMweb HTTP Basic): each attempt is 
 username and source before argon2 runs, and an attempt that must wait gets 429 with ``Retry-After``
 (back-off in :mod:`integration.store.sign_in_throttle`; never a lock-out from another source).  A
 deactivated user's cookie stops working at once and their sign-in gets the same 401 as a wrong password.
+Who the signed-in user of a request is, is a dependency (:func:`integration.web.deps.current_user`).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import timedelta
-from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from pydantic import BaseModel, Field
 
-from integration.config import Settings
-from integration.store.tables import UserRole
+from integration.store.audit import record_event
+from integration.store.session import session_scope
+from integration.store.sign_in_throttle import attempt_succeeded, reserve_attempt
+from integration.store.tables import User
+from integration.store.users import authenticate, create_session, end_session, user_for_token
+from integration.web.csrf import require_csrf
+from integration.web.deps import SESSION_COOKIE, CurrentUser, app_settings, client_address, client_host
+from integration.web.refusals import record_refusal
+from integration.web.schemas import SignedIn
 
-#: The session cookie's name.
-SESSION_COOKIE = "pacsvlm_session"
 #: How long a sign-in lasts.
 SESSION_TTL = timedelta(hours=8)
 #: The one answer to wrong credentials (the same for an unknown user, a wrong password and a deactivated user).
@@ -33,127 +37,11 @@ BAD_CREDENTIALS = "invalid username or password"
 TOO_MANY_ATTEMPTS = "too many failed sign-ins: try again later"
 
 
-@dataclass(frozen=True)
-class CurrentUser:
-    """The signed-in user of a request.
-
-    Attributes
-    ----------
-    id : int
-        User id.
-    username : str
-        Sign-in name.
-    role : UserRole
-        What the user may do.
-    site_id : int or None
-        The user's site; None for a global administrator.
-    """
-
-    id: int
-    username: str
-    role: UserRole
-    site_id: int | None
-
-
 class LoginRequest(BaseModel):
     """The body of ``POST /api/login``."""
 
     username: str = Field(min_length=1, max_length=256)
     password: str = Field(min_length=1, max_length=1024)
-
-
-def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
-
-
-def client_address(request: Request) -> str | None:
-    """Return ``host:port`` of the client, or None when unknown.
-
-    Parameters
-    ----------
-    request : fastapi.Request
-        The request.
-
-    Returns
-    -------
-    str or None
-        The address.
-    """
-    return f"{request.client.host}:{request.client.port}" if request.client else None
-
-
-def current_user(request: Request) -> CurrentUser:
-    """FastAPI dependency: the user of the request's session cookie.
-
-    Parameters
-    ----------
-    request : fastapi.Request
-        The request.
-
-    Returns
-    -------
-    CurrentUser
-        The signed-in user.
-
-    Raises
-    ------
-    fastapi.HTTPException
-        401 when the cookie is missing, unknown or expired, or the user is inactive.
-    """
-    from integration.store.session import session_scope
-    from integration.store.users import user_for_token
-
-    token = request.cookies.get(SESSION_COOKIE)
-    if token:
-        with session_scope(_settings(request).database_url) as session:
-            user = user_for_token(session, token)
-            if user is not None:
-                signed_in = CurrentUser(user.id, user.username, user.role, user.site_id)
-                request.state.user = signed_in  # the actor of refusals audited later in the request
-                return signed_in
-    raise HTTPException(status.HTTP_401_UNAUTHORIZED, "not signed in")
-
-
-def require_roles(*roles: UserRole) -> Callable[[CurrentUser], CurrentUser]:
-    """Build a dependency that admits only the given roles.
-
-    Parameters
-    ----------
-    *roles : UserRole
-        The roles admitted.
-
-    Returns
-    -------
-    callable
-        A FastAPI dependency returning the :class:`CurrentUser`; 401 when not signed in, 403 for other roles.
-    """
-
-    def dependency(user: Annotated[CurrentUser, Depends(current_user)]) -> CurrentUser:
-        if user.role not in roles:
-            raise HTTPException(status.HTTP_403_FORBIDDEN, "not allowed for your role")
-        return user
-
-    return dependency
-
-
-def client_host(request: Request) -> str | None:
-    """Return the client's host (no port), or None when unknown.
-
-    Sign-in events are audited with this as their ``source``, and sign-in attempts are throttled per
-    username and this source (see :mod:`integration.store.sign_in_throttle`).
-
-    Parameters
-    ----------
-    request : fastapi.Request
-        The request.
-
-    Returns
-    -------
-    str or None
-        The host address.
-    """
-    return request.client.host if request.client else None
 
 
 def check_credentials(
@@ -193,21 +81,15 @@ def check_credentials(
     fastapi.HTTPException
         401 on bad credentials; 429 with ``Retry-After`` (seconds) when the attempt must wait.
     """
-    from integration.store.audit import record_event
-    from integration.store.session import session_scope
-    from integration.store.sign_in_throttle import attempt_succeeded, reserve_attempt
-    from integration.store.users import authenticate
-    from integration.web.refusals import record_refusal
-
     refuse = unauthorized or (lambda message: HTTPException(status.HTTP_401_UNAUTHORIZED, message))
     host = client_host(request)
     extra = {"via": via} if via else {}
     actor = username.replace("\x00", "")[:128]
     if "\x00" in username:  # no account has one, and PostgreSQL refuses NUL in text: a failed sign-in as it is
-        with session_scope(_settings(request).database_url) as session:
+        with session_scope(app_settings(request).database_url) as session:
             record_event(session, actor=actor, action="auth.login_failed", source=host, detail=extra or None)
         raise refuse(BAD_CREDENTIALS)
-    with session_scope(_settings(request).database_url) as session:
+    with session_scope(app_settings(request).database_url) as session:
         wait = reserve_attempt(session, username, host)
         if wait is not None:
             retry_after = max(1, math.ceil(wait))
@@ -248,13 +130,8 @@ def sign_in(request: Request, username: str, password: str) -> tuple[str, Curren
     fastapi.HTTPException
         401 on bad credentials; 429 with ``Retry-After`` (seconds) when throttled.
     """
-    from integration.store.audit import record_event
-    from integration.store.session import session_scope
-    from integration.store.tables import User
-    from integration.store.users import create_session
-
     signed_in = check_credentials(request, username, password)
-    with session_scope(_settings(request).database_url) as session:
+    with session_scope(app_settings(request).database_url) as session:
         user = session.get(User, signed_in.id)
         if user is None or not user.active:  # deactivated between the check and now
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, BAD_CREDENTIALS)
@@ -304,13 +181,9 @@ def sign_out(request: Request, response: Response) -> None:
     response : fastapi.Response
         The answer, whose cookie is cleared.
     """
-    from integration.store.audit import record_event
-    from integration.store.session import session_scope
-    from integration.store.users import end_session, user_for_token
-
     token = request.cookies.get(SESSION_COOKIE)
     if token:
-        with session_scope(_settings(request).database_url) as session:
+        with session_scope(app_settings(request).database_url) as session:
             user = user_for_token(session, token)
             if end_session(session, token) and user is not None:
                 record_event(session, actor=user.username, action="auth.logout", source=client_address(request))
@@ -332,13 +205,11 @@ def auth_router() -> APIRouter:
         summary="Sign in",
         responses={401: {"description": BAD_CREDENTIALS}, 429: {"description": "too many failed sign-ins"}},
     )
-    def login(body: LoginRequest, request: Request, response: Response) -> dict[str, str]:
+    def login(body: LoginRequest, request: Request, response: Response) -> SignedIn:
         """Check the credentials and set the session cookie; 401 with one generic message, 429 when throttled."""
         token, user = sign_in(request, body.username, body.password)
         set_session_cookie(response, request, token)
-        return {"username": user.username, "role": user.role.value}
-
-    from integration.web.csrf import require_csrf
+        return SignedIn(username=user.username, role=user.role.value)
 
     @router.post(
         "/logout",

@@ -13,7 +13,7 @@ import hmac
 
 from fastapi import Request
 
-from integration.web.auth import SESSION_COOKIE
+from integration.web.deps import SESSION_COOKIE
 from integration.web.refusals import CsrfRefused
 
 #: The header scripts send the token in.

@@ -14,8 +14,9 @@ import anyio
 from fastapi import HTTPException, Request, status
 
 from integration.store.tables import UserRole
-from integration.web.auth import CurrentUser, check_credentials, current_user
+from integration.web.auth import check_credentials
 from integration.web.csrf import require_csrf
+from integration.web.deps import CurrentUser, current_user
 
 #: The challenge of a 401: DICOMweb clients answer it with HTTP Basic credentials.
 BASIC_CHALLENGE = 'Basic realm="pacs-vlm DICOMweb", charset="UTF-8"'

@@ -21,11 +21,15 @@ import logging
 import anyio
 from fastapi import HTTPException, Request, status
 from fastapi.responses import JSONResponse, Response
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from integration.config import Settings
 from integration.store.tables import UserRole
+from integration.web.deps import SESSION_COOKIE, current_user
+from integration.web.health import describe_error
+from integration.web.templating import error_page
 
 log = logging.getLogger(__name__)
 
@@ -116,10 +120,6 @@ class OperationsGate:
 
 
 def _is_admin(request: Request) -> bool:
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from integration.web.auth import SESSION_COOKIE, current_user
-
     if SESSION_COOKIE not in request.cookies:
         return False
     try:
@@ -143,13 +143,9 @@ async def database_unavailable(request: Request, exc: Exception) -> Response:
     fastapi.Response
         503 with ``Retry-After: 30``.
     """
-    from integration.web.health import describe_error
-
     log.error("%s %s: database unavailable: %s", request.method, request.url.path, describe_error(exc))
     headers = {"Retry-After": "30", "Cache-Control": "no-store"}
     if "text/html" in request.headers.get("accept", ""):
-        from integration.web.templating import error_page
-
         page = error_page(request, status.HTTP_503_SERVICE_UNAVAILABLE, DATABASE_UNAVAILABLE)
         page.headers.update(headers)
         return page

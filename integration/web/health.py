@@ -20,11 +20,17 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Any, TypeVar
 
+import redis
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from sqlalchemy import text
 
 from integration.config import Settings
+from integration.queue import broker_options, producer
+from integration.store.session import engine_for
+from integration.web.schemas import Health
 
 T = TypeVar("T")
 
@@ -155,8 +161,6 @@ def check_database(settings: Settings) -> CheckOutcome:
     CheckOutcome
         Passed, with the database's dialect.
     """
-    from integration.store.session import engine_for
-
     engine = engine_for(settings.database_url)
     with engine.connect() as connection:
         connection.execute(text("SELECT 1")).scalar_one()
@@ -188,10 +192,6 @@ def ping_broker(settings: Settings, timeout: float = CHECK_TIMEOUT_SECONDS) -> s
     """
     url = settings.broker_url
     if url.startswith(("redis://", "rediss://")):
-        import redis
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry
-
         client = redis.Redis.from_url(
             url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0)
         )
@@ -201,13 +201,9 @@ def ping_broker(settings: Settings, timeout: float = CHECK_TIMEOUT_SECONDS) -> s
             client.close()
         return "redis answered PING"
     if url.startswith("filesystem://"):
-        from integration.queue import broker_options
-
         folder = Path(broker_options(settings)["data_folder_in"])  # creates the folders, as a producer does
         _write_probe(folder)
         return "file-system broker folder is writable"
-    from integration.queue import producer
-
     with producer(settings).connection_for_write() as connection:
         connection.ensure_connection(max_retries=1, timeout=timeout)
         return f"{connection.transport_cls} broker accepted a connection"
@@ -365,7 +361,11 @@ def health_router(settings: Settings) -> APIRouter:
     """
     router = APIRouter(tags=["operations"])
 
-    @router.get("/health", summary="Health of this process and what it depends on")
+    @router.get(
+        "/health",
+        summary="Health of this process and what it depends on",
+        responses={200: {"model": Health}, 503: {"model": Health, "description": "a check failed"}},
+    )
     def health() -> JSONResponse:
         """Run the checks: 200 when all pass, 503 naming the failing ones."""
         results = run_checks(settings)

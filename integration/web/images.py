@@ -16,20 +16,20 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import pydicom
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, HTTPException, Query, Response, status
 from fastapi import Path as PathParam
 from PIL import Image
 from sqlalchemy import select
 
 from integration.config import Settings
-from integration.dicom.header import is_valid_uid
 from integration.imaging.frames import fit, render_frame
 from integration.imaging.pixels import UndecodableImage, decode_frame
 from integration.imaging.windows import WINDOW_PRESETS
+from integration.store.session import session_scope
 from integration.store.tables import Instance, Series, Study
 from integration.web.access import visible
-from integration.web.auth import CurrentUser
-from integration.web.templating import PageRoute, page_reviewer
+from integration.web.deps import AppSettings, CurrentUser, PageReviewer, StudyUid, Uid
+from integration.web.templating import PageRoute
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +123,6 @@ def instance_path(settings: Settings, user: CurrentUser, study_uid: str, sop_ins
     fastapi.HTTPException
         404 when the instance does not exist, is not in that study, or the study is another site's.
     """
-    from integration.store.session import session_scope
-
     with session_scope(settings.database_url) as session:
         storage_path: str | None = session.scalar(
             visible(
@@ -161,18 +159,15 @@ def images_router() -> APIRouter:
         responses={200: {"content": {"image/png": {}}}},
     )
     def frame_png(
-        study_uid: str,
-        sop_instance_uid: str,
+        study_uid: StudyUid,
+        sop_instance_uid: Annotated[Uid, PathParam(max_length=64)],
         frame: Annotated[int, PathParam(ge=1, le=100_000)],
-        request: Request,
-        user: Annotated[CurrentUser, Depends(page_reviewer)],
+        settings: AppSettings,
+        user: PageReviewer,
         size: Annotated[int, Query(ge=MIN_IMAGE_SIZE, le=MAX_IMAGE_SIZE)] = DEFAULT_IMAGE_SIZE,
         window: Annotated[WindowName, Query()] = "default",
     ) -> Response:
         """The frame as PNG, its longest side ``size`` pixels; 404 for another site's study."""
-        if not (is_valid_uid(study_uid) and is_valid_uid(sop_instance_uid)):
-            raise HTTPException(status.HTTP_404_NOT_FOUND, "no such image")
-        settings: Settings = request.app.state.settings
         path = instance_path(settings, user, study_uid, sop_instance_uid)
         try:
             png = render_png(path, frame, size, window)

@@ -28,6 +28,8 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import SQLAlchemyError
 
 from integration.config import Settings
+from integration.queue import queue_depth, worker_queues
+from integration.store.session import engine_for
 from integration.store.tables import (
     AnalysisJob,
     Delivery,
@@ -282,8 +284,6 @@ def queue_depths(settings: Settings, queues: Sequence[str]) -> tuple[bool, dict[
     tuple of (bool, dict of str to int)
         Whether the broker answered, and each queue's depth (``-1`` when it could not be read).
     """
-    from integration.queue import queue_depth
-
     depths = dict.fromkeys(queues, -1)
     if not settings.broker_url.startswith("filesystem://"):
         try:
@@ -326,8 +326,6 @@ class OperationsCollector:
         iterable of Metric
             The metric families of this scrape.
         """
-        from integration.store.session import engine_for
-
         metrics: list[Metric] = []
         try:
             with engine_for(self.settings.database_url).connect() as connection:
@@ -337,8 +335,6 @@ class OperationsCollector:
         metrics.append(
             GaugeMetricFamily("pacsvlm_database_up", "1 when the database answered", value=int(bool(metrics)))
         )
-        from integration.queue import worker_queues
-
         queues = list(dict.fromkeys(worker_queues(self.settings)))  # stat, analysis, delivery
         reachable, depths = queue_depths(self.settings, queues)
         metrics.append(GaugeMetricFamily("pacsvlm_broker_up", "1 when the broker answered", value=int(reachable)))

@@ -27,19 +27,20 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from integration.config import Settings
+from integration.queue import send_analyze_study
 from integration.reports.agreement import compare_drafts, finding_texts
+from integration.store.jobs import mark_sent, record_job_error
 from integration.store.opinions import PROMPT_NAMES, OpinionRefused, request_second_opinion, study_opinions
 from integration.store.revisions import report_of_record
-from integration.store.tables import Report, ReportStatus, Study, UserRole
+from integration.store.session import session_scope
+from integration.store.tables import Report, ReportStatus, Study, utcnow
 from integration.web.access import report_for, study_for
-from integration.web.auth import CurrentUser, client_address, require_roles
 from integration.web.csrf import require_csrf
-from integration.web.templating import PageRoute, page_reviewer, render
+from integration.web.deps import AppSettings, CurrentUser, DbSession, PageReviewer, Reviewer, StudyUid, client_address
+from integration.web.schemas import Comparison, OpinionQueued, StudyOpinions
+from integration.web.templating import PageRoute, render
 
 log = logging.getLogger(__name__)
-
-Reviewer = Annotated[CurrentUser, Depends(require_roles(UserRole.RADIOLOGIST, UserRole.ADMIN))]
-PageReviewer = Annotated[CurrentUser, Depends(page_reviewer)]
 
 
 class OpinionRequest(BaseModel):
@@ -53,11 +54,6 @@ class OpinionRequest(BaseModel):
     prompt: str | None = None
     #: Stat priority: the stat queue, which workers take first.
     stat: bool = False
-
-
-def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
 
 
 def check_choice(settings: Settings, model: str | None, prompt: str | None) -> None:
@@ -88,34 +84,16 @@ def check_choice(settings: Settings, model: str | None, prompt: str | None) -> N
         )
 
 
-def queue_opinion(request: Request, user: CurrentUser, study_uid: str, body: OpinionRequest) -> dict[str, Any]:
-    """Check, store and send a second-opinion request.
-
-    Parameters
-    ----------
-    request : fastapi.Request
-        The request (settings, client address).
-    user : CurrentUser
-        The requester.
-    study_uid : str
-        The study.
-    body : OpinionRequest
-        What is asked for.
-
-    Returns
-    -------
-    dict
-        ``job_id``, ``queue``, ``priority``, and ``sent`` (False when the broker was away: the listener's
-        reconciler sends the job later).
+def queue_opinion(
+    request: Request, settings: Settings, user: CurrentUser, study_uid: str, body: OpinionRequest
+) -> OpinionQueued:
+    """Check and store a second-opinion request (committed), then send it (``sent``: False when the broker was away).
 
     Raises
     ------
     fastapi.HTTPException
         404 (not the user's study), 422 (unknown model or prompt), 409 (duplicate, or still receiving).
     """
-    from integration.store.session import session_scope
-
-    settings = _settings(request)
     check_choice(settings, body.model, body.prompt)
     queue = settings.stat_queue if body.stat else settings.analysis_queue
     with session_scope(settings.database_url) as session:
@@ -134,7 +112,7 @@ def queue_opinion(request: Request, user: CurrentUser, study_uid: str, body: Opi
         except OpinionRefused as exc:
             raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
     sent = send_opinion(settings, job_id, queue)
-    return {"job_id": job_id, "queue": queue, "priority": "stat" if body.stat else "routine", "sent": sent}
+    return OpinionQueued(job_id=job_id, queue=queue, priority="stat" if body.stat else "routine", sent=sent)
 
 
 def send_opinion(settings: Settings, job_id: int, queue: str) -> bool:
@@ -155,11 +133,6 @@ def send_opinion(settings: Settings, job_id: int, queue: str) -> bool:
         True when the broker took the message; False when it was away (the error is kept on the job and
         the listener's reconciler sends it later).
     """
-    from integration.queue import send_analyze_study
-    from integration.store.jobs import mark_sent, record_job_error
-    from integration.store.session import session_scope
-    from integration.store.tables import utcnow
-
     try:
         send_analyze_study(settings, job_id, queue, 0)
     except Exception as exc:  # kombu raises many kinds when the broker is away
@@ -254,35 +227,28 @@ def _api_router() -> APIRouter:
         dependencies=[Depends(require_csrf)],
         responses={404: {}, 409: {"description": "already asked, or still receiving"}, 422: {}},
     )
-    def request_opinion(study_uid: str, body: OpinionRequest, request: Request, user: Reviewer) -> dict[str, Any]:
+    def request_opinion(
+        study_uid: StudyUid, body: OpinionRequest, request: Request, settings: AppSettings, user: Reviewer
+    ) -> OpinionQueued:
         """Queue another analysis of the study's current version with another model or prompt, maybe stat."""
-        return queue_opinion(request, user, study_uid, body)
+        return queue_opinion(request, settings, user, study_uid, body)
 
     @router.get("/studies/{study_uid}/opinions", summary="A study's analyses and drafts")
-    def list_opinions(study_uid: str, request: Request, user: Reviewer) -> dict[str, Any]:
+    def list_opinions(study_uid: StudyUid, settings: AppSettings, session: DbSession, user: Reviewer) -> StudyOpinions:
         """The study's jobs (model, prompt, purpose, priority, state, report id) and drafts."""
-        from integration.store.session import session_scope
-
-        settings = _settings(request)
-        with session_scope(settings.database_url) as session:
-            answer = study_opinions(session, study_for(session, user, study_uid))
-        answer["models"] = sorted(settings.models)
-        answer["prompts"] = list(PROMPT_NAMES)
-        return answer
+        answer = study_opinions(session, study_for(session, user, study_uid))
+        return StudyOpinions.model_validate({**answer, "models": sorted(settings.models), "prompts": PROMPT_NAMES})
 
     @router.get("/studies/{study_uid}/comparison", summary="Two drafts side by side")
     def compare(
-        study_uid: str,
-        request: Request,
+        study_uid: StudyUid,
+        session: DbSession,
         user: Reviewer,
         a: Annotated[int, Query(ge=1)],
         b: Annotated[int, Query(ge=1)],
-    ) -> dict[str, Any]:
+    ) -> Comparison:
         """Two reports of the study with their findings matched and an agreement score."""
-        from integration.store.session import session_scope
-
-        with session_scope(_settings(request).database_url) as session:
-            return comparison(session, user, study_for(session, user, study_uid), a, b)
+        return Comparison.model_validate(comparison(session, user, study_for(session, user, study_uid), a, b))
 
     return router
 
@@ -292,14 +258,16 @@ def _page_router() -> APIRouter:
 
     @router.get("/studies/{study_uid}/compare", response_class=HTMLResponse, summary="Comparison page")
     def compare_page(
-        study_uid: str,
+        study_uid: StudyUid,
         request: Request,
+        settings: AppSettings,
+        session: DbSession,
         user: PageReviewer,
         a: Annotated[int | None, Query(ge=1)] = None,
         b: Annotated[int | None, Query(ge=1)] = None,
     ) -> HTMLResponse:
         """Two drafts side by side (by default the first two of the current version) and the request form."""
-        return _compare_page(request, user, study_uid, a, b)
+        return _compare_page(request, settings, session, user, study_uid, a, b)
 
     @router.post(
         "/studies/{study_uid}/second-opinions",
@@ -307,8 +275,10 @@ def _page_router() -> APIRouter:
         dependencies=[Depends(require_csrf)],
     )
     def request_opinion_form(
-        study_uid: str,
+        study_uid: StudyUid,
         request: Request,
+        settings: AppSettings,
+        session: DbSession,
         user: PageReviewer,
         model: Annotated[str, Form(max_length=64)] = "",
         prompt: Annotated[str, Form(max_length=64)] = "",
@@ -321,13 +291,14 @@ def _page_router() -> APIRouter:
         first = int(a) if a.isdigit() else None
         second = int(b) if b.isdigit() else None
         try:
-            answer = queue_opinion(request, user, study_uid, body)
+            answer = queue_opinion(request, settings, user, study_uid, body)
         except HTTPException as exc:
             if exc.status_code == status.HTTP_404_NOT_FOUND:
                 raise
-            return _compare_page(request, user, study_uid, first, second, error=str(exc.detail), code=exc.status_code)
+            error, code = str(exc.detail), exc.status_code
+            return _compare_page(request, settings, session, user, study_uid, first, second, error=error, code=code)
         query = "&".join(f"{name}={value}" for name, value in (("a", first), ("b", second)) if value)
-        target = f"/studies/{study_uid}/compare?requested={answer['job_id']}" + (f"&{query}" if query else "")
+        target = f"/studies/{study_uid}/compare?requested={answer.job_id}" + (f"&{query}" if query else "")
         return RedirectResponse(target, status_code=status.HTTP_303_SEE_OTHER, headers={"Cache-Control": "no-store"})
 
     return router
@@ -335,6 +306,8 @@ def _page_router() -> APIRouter:
 
 def _compare_page(
     request: Request,
+    settings: Settings,
+    session: Session,
     user: CurrentUser,
     study_uid: str,
     a: int | None,
@@ -343,35 +316,32 @@ def _compare_page(
     error: str | None = None,
     code: int = status.HTTP_200_OK,
 ) -> HTMLResponse:
-    from integration.store.session import session_scope
-
-    settings = _settings(request)
-    with session_scope(settings.database_url) as session:
-        study = study_for(session, user, study_uid)
-        opinions = study_opinions(session, study)
-        if a is None or b is None:
-            current = session.scalars(
-                select(Report.id)
-                .where(
-                    Report.study_id == study.id,
-                    Report.study_version == study.version,
-                    Report.status != ReportStatus.SUPERSEDED,
-                )
-                .order_by(Report.id)
-                .limit(2)
-            ).all()
-            if len(current) == 2:
-                a, b = a or current[0], b or current[1]
-        compared = comparison(session, user, study, a, b) if a is not None and b is not None else None
-        patient = {
-            "name": study.patient_name,
-            "id": study.patient_id,
-            "birth_date": study.patient_birth_date,
-            "sex": study.patient_sex,
-            "accession": study.accession_number,
-            "description": study.study_description,
-        }
-        of_record = report_of_record(session, study.id)
+    """Render the comparison page: two drafts (by default the first two of the current version), the form."""
+    study = study_for(session, user, study_uid)
+    opinions = study_opinions(session, study)
+    if a is None or b is None:
+        current = session.scalars(
+            select(Report.id)
+            .where(
+                Report.study_id == study.id,
+                Report.study_version == study.version,
+                Report.status != ReportStatus.SUPERSEDED,
+            )
+            .order_by(Report.id)
+            .limit(2)
+        ).all()
+        if len(current) == 2:
+            a, b = a or current[0], b or current[1]
+    compared = comparison(session, user, study, a, b) if a is not None and b is not None else None
+    patient = {
+        "name": study.patient_name,
+        "id": study.patient_id,
+        "birth_date": study.patient_birth_date,
+        "sex": study.patient_sex,
+        "accession": study.accession_number,
+        "description": study.study_description,
+    }
+    of_record = report_of_record(session, study.id)
     requested = request.query_params.get("requested")
     return render(
         request,

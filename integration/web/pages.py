@@ -26,8 +26,9 @@ from fastapi.staticfiles import StaticFiles
 from starlette.types import Scope
 
 from integration.store.tables import UserRole
-from integration.web.auth import CurrentUser, current_user, set_session_cookie, sign_in, sign_out
+from integration.web.auth import set_session_cookie, sign_in, sign_out
 from integration.web.csrf import require_csrf
+from integration.web.deps import CurrentUser, current_user
 from integration.web.images import images_router
 from integration.web.refusals import CsrfRefused
 from integration.web.study_page import study_page_router

@@ -22,6 +22,10 @@ from typing import Any
 
 from fastapi import HTTPException, Request, status
 
+from integration.store.audit import record_event
+from integration.store.session import session_scope
+from integration.web.limits import PHOTO_PATHS, STOW_PREFIX
+
 log = logging.getLogger(__name__)
 
 #: Seconds during which repeats of one refusal are counted, not written.
@@ -176,9 +180,6 @@ class RefusalAudit:
                 next_flush = self._clock() + self.window
 
     def _write(self, key: Key, count: int, detail: dict[str, Any]) -> None:
-        from integration.store.audit import record_event
-        from integration.store.session import session_scope
-
         action, actor, source, object_type, object_id, reason = key
         body = {**detail, "count": count, **({"reason": reason} if reason else {})}
         try:
@@ -279,8 +280,6 @@ def audit_http_refusal(request: Request, exc: HTTPException) -> None:
     exc : fastapi.HTTPException
         The error answered.
     """
-    from integration.web.limits import PHOTO_PATHS, STOW_PREFIX
-
     reason = str(exc.detail) if isinstance(exc.detail, str) else None
     if isinstance(exc, CsrfRefused):
         record_refusal(request, "access.csrf_refused", reason=reason)

@@ -17,18 +17,23 @@ carry ids, counts and lengths, never the text.
 from __future__ import annotations
 
 import dataclasses
-from typing import Annotated, Any, Literal
+from typing import Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from integration.config import Settings
-from integration.store.tables import ReportRevision, UserRole
-from integration.web.auth import CurrentUser, client_address, require_roles
+from integration.store.reviews import WorkingCopy as StoredWorkingCopy
+from integration.store.reviews import change_count, change_history, working_copy
+from integration.store.revisions import report_of_record
+from integration.store.tables import ReportRevision, Study
+from integration.web import review_actions as actions
+from integration.web.access import report_for
 from integration.web.csrf import require_csrf
+from integration.web.deps import AppSettings, CurrentUser, DbSession, Reviewer, client_address
+from integration.web.schemas import Rejected, ReportView, ReviewChange, Signed, WorkingCopy
 
-Reviewer = Annotated[CurrentUser, Depends(require_roles(UserRole.RADIOLOGIST, UserRole.ADMIN))]
 #: Longest text a request may carry (the store refuses more than its own, smaller limits with a message).
 MAX_REQUEST_TEXT = 100_000
 
@@ -63,69 +68,28 @@ class RejectRequest(BaseModel):
     expected_seq: int | None = Field(default=None, ge=0)
 
 
-def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
+def working_copy_answer(copy: StoredWorkingCopy) -> WorkingCopy:
+    """The working copy as the API answers it."""
+    return WorkingCopy.model_validate(dataclasses.asdict(copy))
 
 
-def working_copy_json(copy: Any) -> dict[str, Any]:
-    """Return a working copy as JSON-ready data.
-
-    Parameters
-    ----------
-    copy : integration.store.reviews.WorkingCopy
-        The working copy.
-
-    Returns
-    -------
-    dict
-        Its fields; ``findings`` a list of ``{"index", "text", "draft_text", "images", "decision"}``.
-    """
-    data = dataclasses.asdict(copy)
-    data["findings"] = [{**finding, "images": list(finding["images"])} for finding in data["findings"]]
-    return data
-
-
-def report_view(settings: Settings, user: CurrentUser, report_id: int) -> dict[str, Any]:
-    """Return what the review page needs of a report: working copy, draft summary, versions.
-
-    Parameters
-    ----------
-    settings : Settings
-        The database.
-    user : CurrentUser
-        The signed-in user (object-level authorization).
-    report_id : int
-        The report.
-
-    Returns
-    -------
-    dict
-        ``working_copy``, ``report`` (model, prompt, study, evidence, problems, purpose and the id of the
-        study's report of record), ``changes`` (count) and
-        ``revisions`` (version, status, author, when).
+def report_view(session: Session, user: CurrentUser, report_id: int) -> ReportView:
+    """Return what the review page needs of a report: working copy, draft summary, number of changes, versions.
 
     Raises
     ------
     fastapi.HTTPException
         404 when the report does not exist or belongs to another site.
     """
-    from integration.store.reviews import change_count, working_copy
-    from integration.store.revisions import report_of_record
-    from integration.store.session import session_scope
-    from integration.store.tables import Study
-    from integration.web.access import report_for
-
-    with session_scope(settings.database_url) as session:
-        report = report_for(session, user, report_id)
-        study = session.get(Study, report.study_id)
-        copy = working_copy(session, report_id)
-        revisions = session.scalars(
-            select(ReportRevision).where(ReportRevision.report_id == report_id).order_by(ReportRevision.version)
-        ).all()
-        problems = report.findings.get("problems") if isinstance(report.findings, dict) else None
-        return {
-            "working_copy": working_copy_json(copy),
+    report = report_for(session, user, report_id)
+    study = session.get(Study, report.study_id)
+    revisions = session.scalars(
+        select(ReportRevision).where(ReportRevision.report_id == report_id).order_by(ReportRevision.version)
+    ).all()
+    problems = report.findings.get("problems") if isinstance(report.findings, dict) else None
+    return ReportView.model_validate(
+        {
+            "working_copy": working_copy_answer(working_copy(session, report_id)),
             "report": {
                 "id": report.id,
                 "status": report.status.value,
@@ -161,179 +125,69 @@ def report_view(settings: Settings, user: CurrentUser, report_id: int) -> dict[s
                 for r in revisions
             ],
         }
-
-
-#: What an administrator who tries to sign is told.
-NOT_A_SIGNER = "only radiologists sign reports: an administrator account administers and cannot sign a clinical report"
-
-
-def require_signer(user: CurrentUser) -> None:
-    """Refuse a signature by anyone but a radiologist.
-
-    Parameters
-    ----------
-    user : CurrentUser
-        The signed-in user.
-
-    Raises
-    ------
-    fastapi.HTTPException
-        403 with :data:`NOT_A_SIGNER` for any other role.
-    """
-    if user.role is not UserRole.RADIOLOGIST:
-        raise HTTPException(status.HTTP_403_FORBIDDEN, NOT_A_SIGNER)
-
-
-def _check_visible(settings: Settings, user: CurrentUser, report_id: int) -> None:
-    from integration.store.session import session_scope
-    from integration.web.access import report_for
-
-    with session_scope(settings.database_url) as session:
-        report_for(session, user, report_id)
-
-
-def refusal(exc: Exception) -> tuple[int, str]:
-    """Return the HTTP status and message of a refused review action (the messages are written to be shown).
-
-    Parameters
-    ----------
-    exc : Exception
-        What the review domain raised.
-
-    Returns
-    -------
-    tuple of (int, str)
-        404 for an unknown report, 409 for a stale or closed draft, a report that is not the study's report of
-        record or a review that is not finished, 503 when the study's images cannot be read, 422 for invalid
-        input.
-
-    Raises
-    ------
-    Exception
-        ``exc`` itself when it is not a refusal.
-    """
-    from integration.reports.drafts import SourceUnavailable
-    from integration.reports.readiness import ReviewIncomplete
-    from integration.store.reviews import ReportClosed, ReviewConflict, ReviewError
-    from integration.store.revisions import ReportNotSignable, UnknownReport, VersionTaken
-
-    if isinstance(exc, UnknownReport):
-        return status.HTTP_404_NOT_FOUND, "no such report"
-    if isinstance(exc, ReportClosed | ReviewConflict | ReportNotSignable | VersionTaken | ReviewIncomplete):
-        return status.HTTP_409_CONFLICT, str(exc)
-    if isinstance(exc, SourceUnavailable):
-        return status.HTTP_503_SERVICE_UNAVAILABLE, f"cannot sign now: {exc}"
-    if isinstance(exc, ReviewError | ValueError):
-        return status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)
-    raise exc
-
-
-def _refused(exc: Exception) -> HTTPException:
-    """Turn a review error into its HTTP answer."""
-    return HTTPException(*refusal(exc))
+    )
 
 
 def review_router() -> APIRouter:
-    """Build the review API router.
-
-    Returns
-    -------
-    fastapi.APIRouter
-        The routes under ``/api/reports``.
-    """
+    """Build the review API router: the routes under ``/api/reports``."""
     router = APIRouter(prefix="/api/reports", tags=["review"])
     csrf = [Depends(require_csrf)]
 
     @router.get("/{report_id}", summary="A report's working copy")
-    def get_report(report_id: int, request: Request, user: Reviewer) -> dict[str, Any]:
+    def get_report(report_id: int, session: DbSession, user: Reviewer) -> ReportView:
         """The working copy with the draft's model, prompt and evidence; 404 for another site's report."""
-        return report_view(_settings(request), user, report_id)
+        return report_view(session, user, report_id)
 
     @router.get("/{report_id}/changes", summary="A report's review changes")
-    def get_changes(report_id: int, request: Request, user: Reviewer) -> list[dict[str, Any]]:
+    def get_changes(report_id: int, session: DbSession, user: Reviewer) -> list[ReviewChange]:
         """Every change, oldest first: seq, actor, at, action, finding, before, after."""
-        from integration.store.reviews import change_history
-        from integration.store.session import session_scope
-        from integration.web.access import report_for
-
-        with session_scope(_settings(request).database_url) as session:
-            report_for(session, user, report_id)
-            return change_history(session, report_id)
+        report_for(session, user, report_id)
+        return [ReviewChange.model_validate(change) for change in change_history(session, report_id)]
 
     @router.post("/{report_id}/changes", summary="Change the working copy", dependencies=csrf)
-    def post_change(report_id: int, body: ChangeRequest, request: Request, user: Reviewer) -> dict[str, Any]:
+    def post_change(
+        report_id: int, body: ChangeRequest, request: Request, settings: AppSettings, user: Reviewer
+    ) -> WorkingCopy:
         """Record one change; answers the new working copy (409 when stale or closed, 422 when invalid)."""
-        from integration.store.reviews import ReportClosed, ReviewConflict, ReviewError, record_change
-        from integration.store.session import session_scope
-
-        settings = _settings(request)
-        _check_visible(settings, user, report_id)
-        with session_scope(settings.database_url) as session:
-            try:
-                copy = record_change(
-                    session,
-                    report_id,
-                    actor=user.username,
-                    action=body.action,
-                    finding=body.finding,
-                    text=body.text,
-                    expected_seq=body.expected_seq,
-                    source=client_address(request),
-                )
-            except (ReviewError, ReviewConflict, ReportClosed) as exc:
-                raise _refused(exc) from None
-        return working_copy_json(copy)
+        edit = actions.Change(body.action, body.finding, body.text)
+        try:
+            copy = actions.change(
+                settings, user, report_id, edit, expected_seq=body.expected_seq, source=client_address(request)
+            )
+        except actions.REFUSED as exc:
+            raise HTTPException(*actions.refusal(exc)) from None
+        return working_copy_answer(copy)
 
     @router.post("/{report_id}/sign", summary="Sign the working copy", dependencies=csrf)
-    def post_sign(report_id: int, body: SignRequest, request: Request, user: Reviewer) -> dict[str, int]:
+    def post_sign(report_id: int, body: SignRequest, request: Request, settings: AppSettings, user: Reviewer) -> Signed:
         """Sign: a new version with a verified SR, its outcome and deliveries; 409 when stale, closed or unready."""
-        from integration.reports.review import sign_reviewed, signer_of
-        from integration.store.session import session_scope
-
-        settings = _settings(request)
-        _check_visible(settings, user, report_id)
-        require_signer(user)
-        with session_scope(settings.database_url) as session:
-            person_name, organization = signer_of(session, user.id)
         try:
-            revision_id = sign_reviewed(
+            return actions.sign(
                 settings,
+                user,
                 report_id,
-                actor=user.username,
-                person_name=person_name,
-                organization=organization,
-                source=client_address(request),
                 expected_seq=body.expected_seq,
                 confirm_unreviewed=body.confirm_unreviewed,
+                source=client_address(request),
             )
-        except (LookupError, ValueError, RuntimeError) as exc:
-            raise _refused(exc) from None
-        with session_scope(settings.database_url) as session:
-            version = session.scalar(select(ReportRevision.version).where(ReportRevision.id == revision_id))
-        return {"revision_id": revision_id, "version": int(version or 0)}
+        except actions.REFUSED as exc:
+            raise HTTPException(*actions.refusal(exc)) from None
 
     @router.post("/{report_id}/reject", summary="Reject the draft", dependencies=csrf)
-    def post_reject(report_id: int, body: RejectRequest, request: Request, user: Reviewer) -> dict[str, int]:
+    def post_reject(
+        report_id: int, body: RejectRequest, request: Request, settings: AppSettings, user: Reviewer
+    ) -> Rejected:
         """Reject the whole draft with a reason; 409 when it is not a draft any more."""
-        from integration.reports.review import reject_draft, signer_of
-        from integration.store.session import session_scope
-
-        settings = _settings(request)
-        _check_visible(settings, user, report_id)
-        with session_scope(settings.database_url) as session:
-            _, organization = signer_of(session, user.id)
         try:
-            revision_id = reject_draft(
+            return actions.reject(
                 settings,
+                user,
                 report_id,
-                actor=user.username,
                 reason=body.reason,
-                source=client_address(request),
-                organization=organization,
                 expected_seq=body.expected_seq,
+                source=client_address(request),
             )
-        except (LookupError, ValueError, RuntimeError) as exc:
-            raise _refused(exc) from None
-        return {"revision_id": revision_id}
+        except actions.REFUSED as exc:
+            raise HTTPException(*actions.refusal(exc)) from None
 
     return router

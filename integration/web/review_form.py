@@ -7,29 +7,34 @@ Whatever button was pressed (``do``: ``accept:N``, ``reject:N``, ``reset:N``, ``
 review changes it amounts to; then the button's own action runs.  Accepting finding 2 therefore keeps the
 impression typed a moment before, and signing signs what is on the screen, not what was last saved.
 
-Every change is one :func:`integration.store.reviews.record_change` call against the change number the page
-showed (``expected_seq``), so a draft someone else changed meanwhile answers 409 and shows the text that was
-not saved.  Signing goes through the same rules as the API (:func:`integration.reports.review.sign_reviewed`:
-the report of record only, reviewed or confirmed findings, radiologists only).
+Every change is one review action (:mod:`integration.web.review_actions`, the same as the JSON API's) against
+the change number the page showed (``expected_seq``), so a draft someone else changed meanwhile answers 409
+and shows the text that was not saved.  Signing goes through the same rules as the API (the report of record
+only, reviewed or confirmed findings, radiologists only).  The answers of every review form of the page
+(303 back to it, or a refusal page) are built here.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Annotated
+from typing import Any
+from urllib.parse import urlencode
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Request, Response, status
+from fastapi.responses import HTMLResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
+from integration.config import Settings
 from integration.reports.sr_content import sr_text
-from integration.store.reviews import WorkingCopy
-from integration.web.auth import CurrentUser, client_address
+from integration.store.reviews import ReviewConflict, ReviewError, WorkingCopy, working_copy
+from integration.store.session import session_scope
+from integration.web import review_actions as actions
+from integration.web.access import report_of_study
 from integration.web.csrf import require_csrf
-from integration.web.templating import PageRoute, page_reviewer
-
-Reviewer = Annotated[CurrentUser, Depends(page_reviewer)]
+from integration.web.deps import AppSettings, CurrentUser, PageReviewer, StudyUid, client_address
+from integration.web.review_actions import Change
+from integration.web.templating import PageRoute, error_page
 
 #: The buttons of the form: an action on one finding, or one of the whole-form actions.
 _FINDING_BUTTON = re.compile(r"^(accept|reject|reset|edit):(\d{1,5})$")
@@ -38,13 +43,49 @@ _FORM_BUTTONS = frozenset({"add", "impression", "limitations", "save", "sign"})
 MAX_FORM_FIELDS = 2 * 200 + 20
 
 
-@dataclass(frozen=True)
-class Change:
-    """One review change the form amounts to."""
+def study_url(study_uid: str, report_id: int | None = None, done: str | None = None, anchor: str = "") -> str:
+    """The study page's URL, showing ``report_id`` with the notice ``done`` (see ``study_page.NOTICES``)."""
+    params: dict[str, Any] = {}
+    if report_id is not None:
+        params["report"] = report_id
+    if done is not None:
+        params["done"] = done
+    return f"/studies/{study_uid}" + (f"?{urlencode(params)}" if params else "") + (f"#{anchor}" if anchor else "")
 
-    action: str
-    finding: int | None = None
-    text: str | None = None
+
+def see_other(url: str) -> RedirectResponse:
+    """Answer 303 to a local URL (Post/Redirect/Get), never cached."""
+    return RedirectResponse(url, status_code=status.HTTP_303_SEE_OTHER, headers={"Cache-Control": "no-store"})
+
+
+def back_to_page(
+    study_uid: str, report_id: int, action: str, finding: int | None, copy: WorkingCopy | None
+) -> RedirectResponse:
+    """Go back to the page with the notice of ``action``, at the part of the page it concerns."""
+    if action == "add" and copy is not None:
+        anchor = f"finding-{copy.findings[-1].index}" if copy.findings else "findings"
+    elif finding is not None:
+        anchor = f"finding-{finding}"
+    elif action == "sign":
+        anchor = "report"
+    else:
+        anchor = action if action in ("impression", "limitations") else "findings"
+    return see_other(study_url(study_uid, report_id, done=action, anchor=anchor))
+
+
+def refusal_page(request: Request, exc: Exception, back: str, unsaved: str | None = None) -> HTMLResponse:
+    """Answer a refused review action as a page that keeps the text not saved (409 and 422).
+
+    Raises
+    ------
+    Exception
+        ``exc`` itself when it is not a refusal (see :func:`integration.web.review_actions.refusal`).
+    """
+    code, message = actions.refusal(exc)
+    if isinstance(exc, ReviewConflict):
+        message = f"Someone else changed this draft while you were reading it ({exc}). Nothing of yours was saved."
+    keep = unsaved if code in (status.HTTP_409_CONFLICT, status.HTTP_422_UNPROCESSABLE_CONTENT) else None
+    return error_page(request, code, message, back=back, unsaved=keep)
 
 
 def _differs(typed: str | None, current: str) -> bool:
@@ -55,18 +96,8 @@ def _differs(typed: str | None, current: str) -> bool:
 def typed_changes(copy: WorkingCopy, fields: Mapping[str, str]) -> list[Change]:
     """Return the changes of the text typed in the form's boxes that the working copy does not hold yet.
 
-    Parameters
-    ----------
-    copy : WorkingCopy
-        The working copy the page showed.
-    fields : mapping of str to str
-        The form.
-
-    Returns
-    -------
-    list of Change
-        Edits of findings (a box left empty is not an edit), the impression, the limitations and a new
-        finding, in that order.
+    Edits of findings (a box left empty is not an edit), the impression, the limitations and a new finding,
+    in that order.
     """
     changes = []
     for finding in copy.findings:
@@ -85,16 +116,6 @@ def typed_changes(copy: WorkingCopy, fields: Mapping[str, str]) -> list[Change]:
 def button_change(do: str) -> Change | None:
     """Return the change a button makes beyond saving the typed text (None for save, sign, edit, add ...).
 
-    Parameters
-    ----------
-    do : str
-        The pressed button's value.
-
-    Returns
-    -------
-    Change or None
-        ``accept``, ``reject`` or ``reset`` of one finding.
-
     Raises
     ------
     ValueError
@@ -109,116 +130,57 @@ def button_change(do: str) -> Change | None:
     return None if action == "edit" else Change(action, index)
 
 
-def _unsaved(fields: Mapping[str, str], copy: WorkingCopy | None) -> str | None:
+def _unsaved(fields: Mapping[str, str], copy: WorkingCopy) -> str | None:
     """The text of the form that differs from the working copy, to show when nothing could be saved."""
-    if copy is None:
-        return None
     texts = [change.text for change in typed_changes(copy, fields) if change.text]
     return "\n\n".join(texts) or None
 
 
 def apply_review_form(
-    request: Request, user: CurrentUser, study_uid: str, report_id: int, fields: Mapping[str, str]
+    request: Request, settings: Settings, user: CurrentUser, study_uid: str, report_id: int, fields: Mapping[str, str]
 ) -> Response:
     """Save the typed text, run the pressed button's action and go back to the page (or sign).
 
-    Parameters
-    ----------
-    request : fastapi.Request
-        The request (settings, client address).
-    user : CurrentUser
-        The radiologist or administrator.
-    study_uid : str
-        The study.
-    report_id : int
-        The draft.
-    fields : mapping of str to str
-        The form's text fields.
+    Returns 303 back to the page, or a refusal page (409 stale or not ready to sign, 422 invalid).
 
-    Returns
-    -------
-    fastapi.Response
-        303 back to the page, or an error page (409 stale or not ready to sign, 422 invalid).
+    Raises
+    ------
+    fastapi.HTTPException
+        404 for another site's study or a report of another study, 403 when a non-radiologist signs.
     """
-    from integration.reports.review import sign_reviewed, signer_of
-    from integration.store.reviews import ReportClosed, ReviewConflict, ReviewError, record_change, working_copy
-    from integration.store.revisions import UnknownReport
-    from integration.store.session import session_scope
-    from integration.web.review import require_signer
-    from integration.web.study_page import checked_report, refusal_page, see_other, study_url
-
-    settings = request.app.state.settings
-    checked_report(request, user, study_uid, report_id)
-    back = study_url(study_uid, report_id)
     do = fields.get("do") or "save"
     seq_text = fields.get("expected_seq", "")
     confirm_text = fields.get("confirm_unreviewed", "")
-    copy: WorkingCopy | None = None
+    source = client_address(request)
+    with session_scope(settings.database_url) as session:
+        report_of_study(session, user, study_uid, report_id)
+        copy = working_copy(session, report_id)
     try:
         if not seq_text.isdigit() or (confirm_text and not confirm_text.isdigit()):
             raise ReviewError("the form is incomplete: reload the page")
         button = button_change(do)
         if do == "sign":
-            require_signer(user)
-        with session_scope(settings.database_url) as session:
-            copy = working_copy(session, report_id)
+            actions.require_signer(user)
         changes = typed_changes(copy, fields)
         if do == "add" and not any(change.action == "add" for change in changes):
             raise ReviewError("type the new finding before adding it")
         seq = int(seq_text)
         for change in [*changes, *([button] if button else [])]:
-            with session_scope(settings.database_url) as session:
-                saved = record_change(
-                    session,
-                    report_id,
-                    actor=user.username,
-                    action=change.action,
-                    finding=change.finding,
-                    text=change.text,
-                    expected_seq=seq,
-                    source=client_address(request),
-                )
-            seq, copy = saved.seq, saved
+            copy = actions.change(settings, user, report_id, change, expected_seq=seq, source=source)
+            seq = copy.seq
         if do == "sign":
-            with session_scope(settings.database_url) as session:
-                person_name, organization = signer_of(session, user.id)
-            sign_reviewed(
-                settings,
-                report_id,
-                actor=user.username,
-                person_name=person_name,
-                organization=organization,
-                source=client_address(request),
-                expected_seq=seq,
-                confirm_unreviewed=int(confirm_text) if confirm_text else None,
-            )
-            return see_other(study_url(study_uid, report_id, done="sign", anchor="report"))
-    except (ReviewError, ReviewConflict, ReportClosed, UnknownReport, LookupError, ValueError, RuntimeError) as exc:
-        return refusal_page(request, exc, back, unsaved=_unsaved(fields, copy))
-    return see_other(_after(study_uid, report_id, do, copy))
-
-
-def _after(study_uid: str, report_id: int, do: str, copy: WorkingCopy | None) -> str:
-    """Where the page goes back to: the notice of the pressed button, at the part of the page it concerns."""
-    from integration.web.study_page import study_url
-
+            confirm = int(confirm_text) if confirm_text else None
+            actions.sign(settings, user, report_id, expected_seq=seq, confirm_unreviewed=confirm, source=source)
+    except actions.REFUSED as exc:
+        return refusal_page(request, exc, study_url(study_uid, report_id), unsaved=_unsaved(fields, copy))
     match = _FINDING_BUTTON.match(do)
     if match is not None:
-        return study_url(study_uid, report_id, done=match.group(1), anchor=f"finding-{match.group(2)}")
-    if do == "add" and copy is not None and copy.findings:
-        return study_url(study_uid, report_id, done="add", anchor=f"finding-{copy.findings[-1].index}")
-    anchor = do if do in ("impression", "limitations") else "findings"
-    return study_url(study_uid, report_id, done=do, anchor=anchor)
+        return back_to_page(study_uid, report_id, match.group(1), int(match.group(2)), copy)
+    return back_to_page(study_uid, report_id, do, None, copy)
 
 
 def review_form_router() -> APIRouter:
-    """Build the route of the review page's form.
-
-    Returns
-    -------
-    fastapi.APIRouter
-        ``POST /studies/{study_uid}/reports/{report_id}/review``.
-    """
+    """Build the route of the review page's form, ``POST /studies/{study_uid}/reports/{report_id}/review``."""
     router = APIRouter(route_class=PageRoute, tags=["review page"])
 
     @router.post(
@@ -226,12 +188,14 @@ def review_form_router() -> APIRouter:
         dependencies=[Depends(require_csrf)],
         summary="Save the review page's text and run its button",
     )
-    async def review(study_uid: str, report_id: int, request: Request, user: Reviewer) -> Response:
+    async def review(
+        study_uid: StudyUid, report_id: int, request: Request, settings: AppSettings, user: PageReviewer
+    ) -> Response:
         """Save every box's typed text, then accept/reject/reset a finding, add, save or sign."""
         form = await request.form(max_fields=MAX_FORM_FIELDS)
         fields = {name: value for name, value in form.multi_items() if isinstance(value, str) and name != "do"}
         buttons = [value for name, value in form.multi_items() if name == "do" and isinstance(value, str)]
         fields["do"] = buttons[-1] if buttons else "save"
-        return await run_in_threadpool(apply_review_form, request, user, study_uid, report_id, fields)
+        return await run_in_threadpool(apply_review_form, request, settings, user, study_uid, report_id, fields)
 
     return router

@@ -14,21 +14,19 @@ from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sqlalchemy import ColumnElement, Select, case, exists, func, select
 from sqlalchemy.orm import Session, aliased
 
-from integration.config import Settings
-from integration.dicom.header import is_valid_uid
-from integration.store.tables import Instance, Report, ReportStatus, Series, Site, Study, UserRole
-from integration.web.access import study_not_found, visible
-from integration.web.auth import CurrentUser, client_address, require_roles
+from integration.store.audit import record_event
+from integration.store.tables import Instance, Report, ReportStatus, Series, Site, Study
+from integration.web import schemas
+from integration.web.access import study_for, visible
+from integration.web.deps import CurrentUser, DbSession, Reviewer, StudyUid, client_address
 
 #: Most rows one worklist answer carries.
 WORKLIST_LIMIT = 500
-
-Reviewer = Annotated[CurrentUser, Depends(require_roles(UserRole.RADIOLOGIST, UserRole.ADMIN))]
 
 _CODE = re.compile(r"^[A-Za-z0-9_-]{1,16}$")
 
@@ -276,28 +274,8 @@ def _order(sort: WorklistSort) -> list[ColumnElement[Any]]:
     return [stat_first, *newest]
 
 
-def study_detail(session: Session, user: CurrentUser, study_uid: str) -> dict[str, Any] | None:
-    """Return one study with its series and reports, or None when it is absent or not the user's to see.
-
-    Parameters
-    ----------
-    session : sqlalchemy.orm.Session
-        Open session.
-    user : CurrentUser
-        The signed-in user.
-    study_uid : str
-        Study Instance UID.
-
-    Returns
-    -------
-    dict or None
-        The study.
-    """
-    if not is_valid_uid(study_uid):  # not a UID: no such study (and no NUL byte reaches PostgreSQL)
-        return None
-    study = session.scalar(visible(select(Study).where(Study.study_uid == study_uid), user))
-    if study is None:
-        return None
+def study_detail(session: Session, study: Study) -> schemas.StudyDetail:
+    """Return a study (already authorized) with its series and reports."""
     instance_counts = dict(
         session.execute(
             select(Series.id, func.count(Instance.id))
@@ -308,7 +286,7 @@ def study_detail(session: Session, user: CurrentUser, study_uid: str) -> dict[st
     )
     site_code = session.scalar(select(Site.code).where(Site.id == study.site_id)) if study.site_id else None
     reports = session.scalars(select(Report).where(Report.study_id == study.id).order_by(Report.id)).all()
-    return {
+    detail = {
         "study_uid": study.study_uid,
         "state": study.state.value,
         "version": study.version,
@@ -350,26 +328,11 @@ def study_detail(session: Session, user: CurrentUser, study_uid: str) -> dict[st
             for report in reports
         ],
     }
+    return schemas.StudyDetail.model_validate(detail)
 
 
 def record_study_view(session: Session, user: CurrentUser, request: Request, study_uid: str, via: str) -> None:
-    """Audit that a user opened a study (``study.view``; no patient data in the record).
-
-    Parameters
-    ----------
-    session : sqlalchemy.orm.Session
-        Open session.
-    user : CurrentUser
-        The viewer.
-    request : fastapi.Request
-        The request (for the client address).
-    study_uid : str
-        The study.
-    via : str
-        ``"api"`` or ``"page"``.
-    """
-    from integration.store.audit import record_event
-
+    """Audit that a user opened a study (``study.view`` via ``api`` or ``page``; no patient data in the record)."""
     record_event(
         session,
         actor=user.username,
@@ -382,41 +345,21 @@ def record_study_view(session: Session, user: CurrentUser, request: Request, stu
 
 
 def studies_router() -> APIRouter:
-    """Build the worklist router.
-
-    Returns
-    -------
-    fastapi.APIRouter
-        ``GET /api/studies`` and ``GET /api/studies/{study_uid}``.
-    """
+    """Build the worklist router: ``GET /api/studies`` and ``GET /api/studies/{study_uid}``."""
     router = APIRouter(prefix="/api", tags=["review"])
 
     @router.get("/studies", summary="Worklist")
     def list_studies(
-        request: Request, user: Reviewer, filters: Annotated[WorklistFilter, Query()]
-    ) -> list[dict[str, Any]]:
+        session: DbSession, user: Reviewer, filters: Annotated[WorklistFilter, Query()]
+    ) -> list[schemas.WorklistRow]:
         """The studies of the user's site (administrators: all sites), filtered; stat first, then newest."""
-        from integration.store.session import session_scope
-
-        settings: Settings = request.app.state.settings
-        with session_scope(settings.database_url) as session:
-            return [row.as_json() for row in worklist(session, user, filters)]
+        return [schemas.WorklistRow.model_validate(row.as_json()) for row in worklist(session, user, filters)]
 
     @router.get("/studies/{study_uid}", summary="One study with its reports")
-    def get_study(study_uid: str, request: Request, user: Reviewer) -> dict[str, Any]:
+    def get_study(study_uid: StudyUid, request: Request, session: DbSession, user: Reviewer) -> schemas.StudyDetail:
         """One study of the user's site with its series and reports; 404 for any other.  Audited (study.view)."""
-        from integration.store.session import session_scope
-
-        settings: Settings = request.app.state.settings
-        with session_scope(settings.database_url) as session:
-            found = study_detail(session, user, study_uid)
-            if found is None:
-                raise (
-                    study_not_found(session, study_uid)
-                    if is_valid_uid(study_uid)
-                    else HTTPException(status.HTTP_404_NOT_FOUND, "no such study")
-                )
-            record_study_view(session, user, request, study_uid, "api")
-        return found
+        detail = study_detail(session, study_for(session, user, study_uid))
+        record_study_view(session, user, request, study_uid, "api")
+        return detail
 
     return router

@@ -19,21 +19,22 @@ Opening the page is audited (``study.view``); changes, signing and rejecting are
 from __future__ import annotations
 
 from typing import Annotated, Any
-from urllib.parse import urlencode
 
-from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request, Response, status
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi import APIRouter, Depends, Form, Query, Request, Response
+from fastapi.responses import HTMLResponse
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from integration.config import Settings
-from integration.dicom.header import is_valid_uid
+from integration.store.reviews import change_history, working_copy
 from integration.store.revisions import report_of_record
 from integration.store.tables import Report, ReportPurpose, ReportStatus, Site, UserRole
-from integration.web.access import report_for, study_for
-from integration.web.auth import CurrentUser, client_address
+from integration.web import review_actions as actions
+from integration.web.access import study_for
 from integration.web.csrf import require_csrf
+from integration.web.deps import AppSettings, CurrentUser, DbSession, PageReviewer, StudyUid, client_address
 from integration.web.images import WindowName
-from integration.web.review_form import review_form_router
+from integration.web.review_form import back_to_page, refusal_page, review_form_router, see_other, study_url
 from integration.web.studies import record_study_view
 from integration.web.study_view import (
     THUMBNAIL_SIZE,
@@ -44,9 +45,7 @@ from integration.web.study_view import (
     study_images,
     study_request,
 )
-from integration.web.templating import PageRoute, error_page, page_reviewer, render
-
-Reviewer = Annotated[CurrentUser, Depends(page_reviewer)]
+from integration.web.templating import PageRoute, render
 
 #: What the page says after a change, by the ``done`` query parameter (only these; nothing is echoed).
 NOTICES = {
@@ -65,40 +64,10 @@ NOTICES = {
 MAX_FORM_TEXT = 100_000
 
 
-def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
-
-
-def study_url(study_uid: str, report_id: int | None = None, done: str | None = None, anchor: str = "") -> str:
-    """Return the study page's URL.
-
-    Parameters
-    ----------
-    study_uid : str
-        The study.
-    report_id : int, optional
-        The report to show.
-    done : str, optional
-        A key of :data:`NOTICES`.
-    anchor : str
-        Fragment (without ``#``).
-
-    Returns
-    -------
-    str
-        The local URL.
-    """
-    params: dict[str, Any] = {}
-    if report_id is not None:
-        params["report"] = report_id
-    if done is not None:
-        params["done"] = done
-    return f"/studies/{study_uid}" + (f"?{urlencode(params)}" if params else "") + (f"#{anchor}" if anchor else "")
-
-
 def _study_context(
     request: Request,
+    settings: Settings,
+    session: Session,
     user: CurrentUser,
     study_uid: str,
     report_id: int | None,
@@ -107,28 +76,22 @@ def _study_context(
     window: str | None,
 ) -> dict[str, Any]:
     """Read everything the page shows, and audit the view."""
-    from integration.store.reviews import change_history, working_copy
-    from integration.store.session import session_scope
-
-    settings = _settings(request)
-    with session_scope(settings.database_url) as session:
-        study = study_for(session, user, study_uid)
-        site = session.scalar(select(Site.code).where(Site.id == study.site_id)) if study.site_id else None
-        reports = list(session.scalars(select(Report).where(Report.study_id == study.id).order_by(Report.id.desc())))
-        report = choose_report(reports, report_id)
-        images = study_images(session, study, report, image=image, frame=frame, window=window)
-        copy = working_copy(session, report.id) if report is not None else None
-        history = change_history(session, report.id) if report is not None else []
-        revisions = revisions_of(session, report.id) if report is not None else []
-        evidence_numbers = sorted({entry[0] for entry in evidence_entries(report.evidence)}) if report else []
-        problems = report.findings.get("problems") if report and isinstance(report.findings, dict) else None
-        of_record = report_of_record(session, study.id)
-        record = session.get(Report, of_record) if of_record is not None else None
-        # a second opinion's findings can be copied into the report of record while that is a draft
-        record_seq = working_copy(session, record.id).seq if record and record.status is ReportStatus.DRAFT else None
-        request_details = study_request(settings, session, study)
-        record_study_view(session, user, request, study.study_uid, "page")
-        session.expunge_all()
+    study = study_for(session, user, study_uid)
+    site = session.scalar(select(Site.code).where(Site.id == study.site_id)) if study.site_id else None
+    reports = list(session.scalars(select(Report).where(Report.study_id == study.id).order_by(Report.id.desc())))
+    report = choose_report(reports, report_id)
+    images = study_images(session, study, report, image=image, frame=frame, window=window)
+    copy = working_copy(session, report.id) if report is not None else None
+    history = change_history(session, report.id) if report is not None else []
+    revisions = revisions_of(session, report.id) if report is not None else []
+    evidence_numbers = sorted({entry[0] for entry in evidence_entries(report.evidence)}) if report else []
+    problems = report.findings.get("problems") if report and isinstance(report.findings, dict) else None
+    of_record = report_of_record(session, study.id)
+    record = session.get(Report, of_record) if of_record is not None else None
+    # a second opinion's findings can be copied into the report of record while that is a draft
+    record_seq = working_copy(session, record.id).seq if record and record.status is ReportStatus.DRAFT else None
+    request_details = study_request(settings, session, study)
+    record_study_view(session, user, request, study.study_uid, "page")
     decisions: dict[str, int] = {}
     for finding in copy.findings if copy else ():
         decisions[finding.decision] = decisions.get(finding.decision, 0) + 1
@@ -158,91 +121,19 @@ def _study_context(
     }
 
 
-def checked_report(request: Request, user: CurrentUser, study_uid: str, report_id: int) -> None:
-    """Refuse a report that is not one of this study's, or a study the user may not see.
-
-    Parameters
-    ----------
-    request : fastapi.Request
-        The request (its settings).
-    user : CurrentUser
-        The signed-in user.
-    study_uid : str
-        The study of the URL.
-    report_id : int
-        The report of the URL.
-
-    Raises
-    ------
-    fastapi.HTTPException
-        404 for an invalid UID, another site's study or a report of another study.
-    """
-    from integration.store.session import session_scope
-
-    if not is_valid_uid(study_uid):
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such study")
-    with session_scope(_settings(request).database_url) as session:
-        study = study_for(session, user, study_uid)
-        if report_for(session, user, report_id).study_id != study.id:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, "no such report for this study")
-
-
-def refusal_page(request: Request, exc: Exception, back: str, unsaved: str | None = None) -> HTMLResponse:
-    """Answer a refused review action as a page: 409 for stale, closed or unready drafts, 422 for invalid input.
-
-    Parameters
-    ----------
-    request : fastapi.Request
-        The request.
-    exc : Exception
-        What the review domain raised.
-    back : str
-        The page to go back to.
-    unsaved : str, optional
-        Text that was not saved (shown for 409 and 422 so it can be copied).
-
-    Returns
-    -------
-    fastapi.responses.HTMLResponse
-        The error page.
-
-    Raises
-    ------
-    Exception
-        ``exc`` itself when it is not a refusal (see :func:`integration.web.review.refusal`).
-    """
-    from integration.store.reviews import ReviewConflict
-    from integration.web.review import refusal
-
-    code, message = refusal(exc)
-    if isinstance(exc, ReviewConflict):
-        message = f"Someone else changed this draft while you were reading it ({exc}). Nothing of yours was saved."
-    keep = unsaved if code in (status.HTTP_409_CONFLICT, status.HTTP_422_UNPROCESSABLE_CONTENT) else None
-    return error_page(request, code, message, back=back, unsaved=keep)
-
-
-def see_other(url: str) -> RedirectResponse:
-    """Answer 303 to a local URL (Post/Redirect/Get), never cached."""
-    return RedirectResponse(url, status_code=status.HTTP_303_SEE_OTHER, headers={"Cache-Control": "no-store"})
-
-
 def study_page_router() -> APIRouter:
-    """Build the study page router.
-
-    Returns
-    -------
-    fastapi.APIRouter
-        ``GET /studies/{study_uid}`` and the review forms' ``POST`` routes.
-    """
+    """Build the study page router: ``GET /studies/{study_uid}`` and the review forms' ``POST`` routes."""
     router = APIRouter(route_class=PageRoute, tags=["review page"])
     router.include_router(review_form_router())
     csrf = [Depends(require_csrf)]
 
     @router.get("/studies/{study_uid}", response_class=HTMLResponse, summary="Study page")
     def study_page(
-        study_uid: str,
+        study_uid: StudyUid,
         request: Request,
-        user: Reviewer,
+        settings: AppSettings,
+        session: DbSession,
+        user: PageReviewer,
         report: Annotated[int | None, Query(ge=1)] = None,
         image: Annotated[str | None, Query(max_length=64)] = None,
         frame: Annotated[int | None, Query(ge=1, le=100_000)] = None,
@@ -250,114 +141,85 @@ def study_page_router() -> APIRouter:
         done: Annotated[str | None, Query(max_length=32)] = None,
     ) -> HTMLResponse:
         """The study with its images, the model's evidence and the draft editor; 404 for other sites."""
-        if not is_valid_uid(study_uid):
-            raise HTTPException(status.HTTP_404_NOT_FOUND, "no such study")
-        context = _study_context(request, user, study_uid, report, image, frame, window)
+        context = _study_context(request, settings, session, user, study_uid, report, image, frame, window)
         context["notice"] = NOTICES.get(done or "")
         return render(request, "study.html", context)
 
     @router.post("/studies/{study_uid}/reports/{report_id}/changes", dependencies=csrf, summary="Change a draft")
     def change(
-        study_uid: str,
+        study_uid: StudyUid,
         report_id: int,
         request: Request,
-        user: Reviewer,
+        settings: AppSettings,
+        user: PageReviewer,
         action: Annotated[str, Form(max_length=16)],
         expected_seq: Annotated[int, Form(ge=0)],
         finding: Annotated[int | None, Form(ge=0, le=10_000)] = None,
         text: Annotated[str | None, Form(max_length=MAX_FORM_TEXT)] = None,
     ) -> Response:
         """Record one change (accept, reject, edit, reset, add, impression, limitations) and go back."""
-        from integration.store.reviews import ReportClosed, ReviewConflict, ReviewError, record_change
-        from integration.store.revisions import UnknownReport
-        from integration.store.session import session_scope
-
-        checked_report(request, user, study_uid, report_id)
-        back = study_url(study_uid, report_id)
+        edit = actions.Change(action, finding, text)
         try:
-            with session_scope(_settings(request).database_url) as session:
-                copy = record_change(
-                    session,
-                    report_id,
-                    actor=user.username,
-                    action=action,
-                    finding=finding,
-                    text=text,
-                    expected_seq=expected_seq,
-                    source=client_address(request),
-                )
-        except (ReviewError, ReviewConflict, ReportClosed, UnknownReport) as exc:
-            return refusal_page(request, exc, back, unsaved=text)
-        if action == "add":
-            anchor = f"finding-{copy.findings[-1].index}" if copy.findings else "findings"
-        elif finding is not None:
-            anchor = f"finding-{finding}"
-        else:
-            anchor = action if action in ("impression", "limitations") else "findings"
-        return see_other(study_url(study_uid, report_id, done=action, anchor=anchor))
+            copy = actions.change(
+                settings,
+                user,
+                report_id,
+                edit,
+                expected_seq=expected_seq,
+                source=client_address(request),
+                study_uid=study_uid,
+            )
+        except actions.REFUSED as exc:
+            return refusal_page(request, exc, study_url(study_uid, report_id), unsaved=text)
+        return back_to_page(study_uid, report_id, action, finding, copy)
 
     @router.post("/studies/{study_uid}/reports/{report_id}/sign", dependencies=csrf, summary="Sign a draft")
     def sign(
-        study_uid: str,
+        study_uid: StudyUid,
         report_id: int,
         request: Request,
-        user: Reviewer,
+        settings: AppSettings,
+        user: PageReviewer,
         expected_seq: Annotated[int, Form(ge=0)],
         confirm_unreviewed: Annotated[int | None, Form(ge=0, le=10_000)] = None,
     ) -> Response:
         """Sign the working copy as the page showed it (radiologists only; reviewed or confirmed findings)."""
-        from integration.reports.review import sign_reviewed, signer_of
-        from integration.store.session import session_scope
-        from integration.web.review import require_signer
-
-        checked_report(request, user, study_uid, report_id)
-        require_signer(user)
-        settings = _settings(request)
-        with session_scope(settings.database_url) as session:
-            person_name, organization = signer_of(session, user.id)
         try:
-            sign_reviewed(
+            actions.sign(
                 settings,
+                user,
                 report_id,
-                actor=user.username,
-                person_name=person_name,
-                organization=organization,
-                source=client_address(request),
                 expected_seq=expected_seq,
                 confirm_unreviewed=confirm_unreviewed,
+                source=client_address(request),
+                study_uid=study_uid,
             )
-        except (LookupError, ValueError, RuntimeError) as exc:
+        except actions.REFUSED as exc:
             return refusal_page(request, exc, study_url(study_uid, report_id))
-        return see_other(study_url(study_uid, report_id, done="sign", anchor="report"))
+        return back_to_page(study_uid, report_id, "sign", None, None)
 
     @router.post("/studies/{study_uid}/reports/{report_id}/reject", dependencies=csrf, summary="Reject a draft")
     def reject(
-        study_uid: str,
+        study_uid: StudyUid,
         report_id: int,
         request: Request,
-        user: Reviewer,
+        settings: AppSettings,
+        user: PageReviewer,
         expected_seq: Annotated[int, Form(ge=0)],
         reason: Annotated[str, Form(max_length=MAX_FORM_TEXT)] = "",
     ) -> Response:
         """Reject the whole draft with a reason (required)."""
-        from integration.reports.review import reject_draft, signer_of
-        from integration.store.session import session_scope
-
-        checked_report(request, user, study_uid, report_id)
-        settings = _settings(request)
-        with session_scope(settings.database_url) as session:
-            _, organization = signer_of(session, user.id)
         try:
-            reject_draft(
+            actions.reject(
                 settings,
+                user,
                 report_id,
-                actor=user.username,
                 reason=reason,
-                source=client_address(request),
-                organization=organization,
                 expected_seq=expected_seq,
+                source=client_address(request),
+                study_uid=study_uid,
             )
-        except (LookupError, ValueError, RuntimeError) as exc:
+        except actions.REFUSED as exc:
             return refusal_page(request, exc, study_url(study_uid, report_id), unsaved=reason)
         return see_other(study_url(study_uid, report_id, done="reject-draft", anchor="report"))
 

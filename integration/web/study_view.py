@@ -22,8 +22,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from integration.config import Settings
-from integration.dicom.header import is_valid_uid
 from integration.imaging.referral import read_question
+from integration.intake.header import is_valid_uid
 from integration.store.tables import (
     Delivery,
     Instance,

@@ -20,8 +20,6 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.routing import APIRoute
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from integration.store.tables import UserRole
-from integration.web.auth import CurrentUser, current_user
 from integration.web.csrf import csrf_token
 from integration.web.refusals import audit_http_refusal
 
@@ -131,7 +129,7 @@ def when(value: object) -> str:
 def render(request: Request, template_name: str, context: dict[str, Any], status_code: int = 200) -> HTMLResponse:
     """Render a page.
 
-    The context gets ``request``, ``user`` (the signed-in :class:`~integration.web.auth.CurrentUser` a page
+    The context gets ``request``, ``user`` (the signed-in :class:`~integration.web.deps.CurrentUser` a page
     dependency left in ``request.state.user``, or None) and ``csrf_token`` (for the hidden ``csrf_token`` field
     of every form and the ``csrf-token`` meta tag) unless the caller gave them.
 
@@ -314,34 +312,3 @@ class PageRoute(APIRoute):
                 return error_page(request, status.HTTP_422_UNPROCESSABLE_CONTENT, validation_message(exc))
 
         return page_handler
-
-
-#: Roles that read and sign reports.
-REVIEW_ROLES = frozenset({UserRole.RADIOLOGIST, UserRole.ADMIN})
-
-
-def page_reviewer(request: Request) -> CurrentUser:
-    """FastAPI dependency of the review pages: the signed-in radiologist or administrator.
-
-    The user is also left in ``request.state.user`` for :func:`render`.
-
-    Parameters
-    ----------
-    request : fastapi.Request
-        The request.
-
-    Returns
-    -------
-    CurrentUser
-        The user.
-
-    Raises
-    ------
-    fastapi.HTTPException
-        401 without a session (a :class:`PageRoute` redirects to the sign-in form), 403 for other roles.
-    """
-    user = current_user(request)
-    request.state.user = user
-    if user.role not in REVIEW_ROLES:
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "this page is for radiologists and administrators")
-    return user

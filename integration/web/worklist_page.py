@@ -8,16 +8,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
 from sqlalchemy import select
 
-from integration.config import Settings
 from integration.store.tables import Series, Site, Study, UserRole
 from integration.web.access import visible
-from integration.web.auth import CurrentUser
+from integration.web.deps import DbSession, PageReviewer
 from integration.web.studies import ReportFilter, WorklistFilter, WorklistSort, worklist
-from integration.web.templating import PageRoute, page_reviewer, render
+from integration.web.templating import PageRoute, render
 
 #: Labels of the sort orders, as the page shows them.
 SORT_LABELS = {
@@ -29,38 +28,29 @@ SORT_LABELS = {
 
 
 def worklist_page_router() -> APIRouter:
-    """Build the worklist page router.
-
-    Returns
-    -------
-    fastapi.APIRouter
-        ``GET /worklist``.
-    """
+    """Build the worklist page router: ``GET /worklist``."""
     router = APIRouter(route_class=PageRoute, tags=["review page"])
 
     @router.get("/worklist", response_class=HTMLResponse, summary="Worklist page")
     def worklist_page(
         request: Request,
-        user: Annotated[CurrentUser, Depends(page_reviewer)],
+        session: DbSession,
+        user: PageReviewer,
         filters: Annotated[WorklistFilter, Query()],
     ) -> HTMLResponse:
         """The studies the user may review, filtered and sorted; each row links to its study page."""
-        from integration.store.session import session_scope
-
-        settings: Settings = request.app.state.settings
-        with session_scope(settings.database_url) as session:
-            rows = worklist(session, user, filters)
-            modalities = sorted(
-                m
-                for m in session.scalars(
-                    visible(
-                        select(Series.modality).distinct().join(Study, Series.study_id == Study.id),
-                        user,
-                    )
+        rows = worklist(session, user, filters)
+        modalities = sorted(
+            m
+            for m in session.scalars(
+                visible(
+                    select(Series.modality).distinct().join(Study, Series.study_id == Study.id),
+                    user,
                 )
-                if m
             )
-            sites = list(session.scalars(select(Site.code).order_by(Site.code))) if user.role is UserRole.ADMIN else []
+            if m
+        )
+        sites = list(session.scalars(select(Site.code).order_by(Site.code))) if user.role is UserRole.ADMIN else []
         return render(
             request,
             "worklist.html",
