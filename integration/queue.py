@@ -21,7 +21,7 @@ DELIVER = "pacs_vlm.deliver"
 
 
 def broker_options(settings: Settings) -> dict[str, Any]:
-    """Return the Celery broker transport options for the configured broker.
+    """Return Celery's ``broker_transport_options`` for the configured broker.
 
     The embedded default is kombu's file-system transport in
     ``<data_dir>/broker`` (no server); Redis gets a visibility timeout above
@@ -31,16 +31,6 @@ def broker_options(settings: Settings) -> dict[str, Any]:
     robin), and Redis answers from the first non-empty list, so a worker
     started with ``--queues analysis.stat,analysis,delivery`` takes every stat
     job before the next routine one.
-
-    Parameters
-    ----------
-    settings : Settings
-        The settings.
-
-    Returns
-    -------
-    dict
-        ``broker_transport_options`` for Celery.
     """
     if settings.broker_url.startswith("filesystem://"):
         folder = settings.broker_folder
@@ -71,55 +61,19 @@ def _producer_app(broker_url: str, options: tuple[tuple[str, Any], ...]) -> Cele
 
 
 def producer(settings: Settings) -> Celery:
-    """Return a Celery app that only sends (built once per broker URL).
-
-    Parameters
-    ----------
-    settings : Settings
-        The settings.
-
-    Returns
-    -------
-    celery.Celery
-        The producing app.
-    """
+    """Return a Celery app that only sends (built once per broker URL)."""
     return _producer_app(settings.broker_url, tuple(sorted(broker_options(settings).items())))
 
 
 def worker_queues(settings: Settings) -> list[str]:
-    """Return the queues a worker consumes by default, first-served first: stat, analysis, delivery.
-
-    Parameters
-    ----------
-    settings : Settings
-        The settings.
-
-    Returns
-    -------
-    list of str
-        Queue names in priority order.
-    """
+    """Return the queues a worker consumes by default, first-served first: stat, analysis, delivery."""
     return [settings.stat_queue, settings.analysis_queue, settings.delivery_queue]
 
 
 def send_analyze_study(settings: Settings, job_id: int, queue: str, send_count: int) -> str:
-    """Send the ``analyze_study(job_id)`` message.
+    """Send the ``analyze_study(job_id)`` message to ``queue`` and return the task id.
 
-    Parameters
-    ----------
-    settings : Settings
-        The settings.
-    job_id : int
-        The analysis job's id.
-    queue : str
-        Queue to send to.
-    send_count : int
-        How many times this job was sent before; makes the task id unique per send.
-
-    Returns
-    -------
-    str
-        The task id.
+    ``send_count`` is how many times this job was sent before; it makes the task id unique per send.
 
     Raises
     ------
@@ -139,16 +93,7 @@ def send_analyze_study(settings: Settings, job_id: int, queue: str, send_count: 
 
 
 def send_deliver(settings: Settings, delivery_id: int, *, countdown: float | None = None) -> None:
-    """Send the ``deliver(delivery_id)`` message to the delivery queue.
-
-    Parameters
-    ----------
-    settings : Settings
-        The settings.
-    delivery_id : int
-        The delivery row.
-    countdown : float, optional
-        Seconds before a worker may run it.
+    """Send the ``deliver(delivery_id)`` message to the delivery queue, runnable after ``countdown`` seconds.
 
     Raises
     ------
@@ -166,18 +111,7 @@ def send_deliver(settings: Settings, delivery_id: int, *, countdown: float | Non
 
 
 def broker_identity(settings: Settings) -> str | None:
-    """Return an id that changes when the broker restarts (Redis ``run_id``).
-
-    Parameters
-    ----------
-    settings : Settings
-        The settings.
-
-    Returns
-    -------
-    str or None
-        The Redis server's run id, or None for brokers without one.
-    """
+    """Return an id that changes when the broker restarts (Redis ``run_id``); None for brokers without one."""
     if not settings.broker_url.startswith(("redis://", "rediss://")):
         return None
     return str(_redis_client(settings.broker_url).info("server")["run_id"])
@@ -192,20 +126,7 @@ def _redis_client(url: str) -> Any:
 
 
 def queue_depth(settings: Settings, queue: str) -> int:
-    """Return the number of messages waiting in a queue.
-
-    Parameters
-    ----------
-    settings : Settings
-        The settings.
-    queue : str
-        Queue name.
-
-    Returns
-    -------
-    int
-        Messages waiting (not counting those a worker holds).
-    """
+    """Return the number of messages waiting in a queue (not counting those a worker holds)."""
     with producer(settings).connection_for_write() as connection:
         channel = connection.default_channel
         declared = channel.queue_declare(queue=queue, passive=False, durable=True, auto_delete=False)

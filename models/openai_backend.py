@@ -71,12 +71,8 @@ class ModelServerTimeout(ModelServerUnavailable):
 class ModelServerRefused(ModelNotStaged):
     """The model server refused a request (4xx): a permanent failure, with the server's message.
 
-    Parameters
-    ----------
-    problem : str
-        What the server said, already cleaned and truncated.
-    directory, repository : None
-        Unused; kept so the error pickles like :class:`~models.backend.ModelNotStaged`.
+    ``problem`` is what the server said, already cleaned and truncated; ``directory`` and ``repository``
+    are unused, kept so the error pickles like :class:`~models.backend.ModelNotStaged`.
     """
 
     def __init__(self, problem: str, *, directory: Any = None, repository: str | None = None) -> None:
@@ -89,15 +85,8 @@ class ModelServerRefused(ModelNotStaged):
 def family_for_served_name(name: str) -> str:
     """Guess a served model's family from its name (``google/medgemma-4b-it`` -> ``medgemma``).
 
-    Parameters
-    ----------
-    name : str
-        The model's name at the server (often its Hugging Face repository id).
-
-    Returns
-    -------
-    str
-        A key of :data:`models.registry.FAMILIES`, or :data:`GENERIC_FAMILY` when the name tells none.
+    ``name`` is the model's name at the server (often its Hugging Face repository id). Returns a key of
+    :data:`models.registry.FAMILIES`, or :data:`GENERIC_FAMILY` when the name tells none.
     """
     lowered = name.lower()
     for family in FAMILIES.values():
@@ -110,17 +99,7 @@ def family_for_served_name(name: str) -> str:
 
 
 def server_base(url: str) -> str:
-    """Normalise a server URL to its base: no trailing slash, no trailing ``/v1``.
-
-    Parameters
-    ----------
-    url : str
-        ``http(s)://host:port`` or ``http(s)://host:port/v1`` (the OpenAI clients' convention).
-
-    Returns
-    -------
-    str
-        The base URL that ``/v1/...`` paths are appended to.
+    """Normalise a server URL to the base that ``/v1/...`` paths are appended to: no trailing slash or ``/v1``.
 
     Raises
     ------
@@ -135,34 +114,15 @@ def server_base(url: str) -> str:
 
 
 def server_display(url: str) -> str:
-    """A server URL as it may be shown or logged: ``scheme://host:port/path``, never a user or password.
-
-    Parameters
-    ----------
-    url : str
-        The configured server URL.
-
-    Returns
-    -------
-    str
-        The base URL without user information.
-    """
+    """A server URL as it may be shown or logged: ``scheme://host:port/path``, never a user or password."""
     parts = urlsplit(server_base(url))
     return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
 
 
 def png_data_url(image: Image.Image) -> str:
-    """Encode an image's pixels alone as a PNG data URL (no text chunks, EXIF or colour profile).
+    """Encode an image's pixels alone as a ``data:image/png;base64,...`` URL (no text chunks, EXIF or colour profile).
 
-    Parameters
-    ----------
-    image : PIL.Image.Image
-        Any PIL image; modes other than L, RGB and RGBA are converted to RGB.
-
-    Returns
-    -------
-    str
-        ``data:image/png;base64,...``.
+    Modes other than L, RGB and RGBA are converted to RGB.
     """
     mode = image.mode if image.mode in ("L", "RGB", "RGBA") else "RGB"
     source = image if image.mode == mode else image.convert(mode)
@@ -294,17 +254,7 @@ class OpenAICompatibleBackend:
         return [entry for entry in data if isinstance(entry, dict)]
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
-        """Answer a batch of requests, at most ``concurrency`` at a time.
-
-        Parameters
-        ----------
-        requests : sequence of GenerationRequest
-            The batch.
-
-        Returns
-        -------
-        list of GenerationResult
-            One per request, in request order.
+        """Answer a batch of requests, at most ``concurrency`` at a time; one result per request, in order.
 
         Raises
         ------
@@ -336,18 +286,7 @@ class OpenAICompatibleBackend:
         ]
 
     def chat_body(self, request: GenerationRequest) -> dict[str, Any]:
-        """The chat completion request body for one request (what goes over the wire).
-
-        Parameters
-        ----------
-        request : GenerationRequest
-            A request.
-
-        Returns
-        -------
-        dict
-            The JSON body.
-        """
+        """The chat completion JSON body for one request (what goes over the wire)."""
         identity = self.identity
         family = FAMILIES.get(identity.family)
         prompt = request.prompt

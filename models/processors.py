@@ -43,20 +43,7 @@ def torchvision_available() -> bool:
 
 
 def processor_route(family: ModelFamily, *, has_torchvision: bool) -> ProcessorRoute:
-    """Choose how to build the processor of a family.
-
-    Parameters
-    ----------
-    family : ModelFamily
-        The checkpoint's family.
-    has_torchvision : bool
-        Whether torchvision is installed.
-
-    Returns
-    -------
-    ProcessorRoute
-        ``AUTO`` unless the family's ``AutoProcessor`` needs torchvision and it is missing.
-    """
+    """Return ``AUTO`` unless the family's ``AutoProcessor`` needs torchvision and it is missing."""
     if family.name in VIDEO_PROCESSOR_FAMILIES and not has_torchvision:
         return ProcessorRoute.QWEN_IMAGE_ONLY
     return ProcessorRoute.AUTO
@@ -77,17 +64,8 @@ _PROBE = ({"role": "user", "content": [{"type": "image"}, {"type": "text", "text
 def load_chat_template(model_dir: Path) -> str | None:
     """Read a checkpoint's processor-level chat template.
 
-    Parameters
-    ----------
-    model_dir : Path
-        The staged model directory.
-
-    Returns
-    -------
-    str or None
-        The Jinja template from ``chat_template.jinja``, ``chat_template.json`` or
-        ``processor_config.json`` (in that order); None when there is none (the tokenizer may
-        still carry one).
+    The Jinja template from ``chat_template.jinja``, ``chat_template.json`` or ``processor_config.json``
+    (in that order); None when there is none (the tokenizer may still carry one).
     """
     jinja = model_dir / "chat_template.jinja"
     if jinja.is_file():
@@ -121,21 +99,8 @@ def ensure_image_chat_template(processor: Any, family: ModelFamily, model_dir: P
 
     Tries the processor's template, then the tokenizer's (checkpoints converted with transformers
     4.x keep it in ``tokenizer_config.json``), then the family's documented layout, and keeps the
-    first that renders the image placeholder for a one-image conversation.
-
-    Parameters
-    ----------
-    processor : object
-        A loaded processor (its ``chat_template`` is set to the chosen template).
-    family : ModelFamily
-        The checkpoint's family.
-    model_dir : Path
-        The staged model directory (for the error message).
-
-    Returns
-    -------
-    TemplateSource
-        Where the chosen template comes from.
+    first that renders the image placeholder for a one-image conversation. Sets the processor's
+    ``chat_template`` and returns where the chosen one comes from; ``model_dir`` is for the error message.
 
     Raises
     ------
@@ -170,6 +135,11 @@ class QwenVLImageOnlyProcessor:
         The checkpoint's tokenizer.
     chat_template : str or None
         The checkpoint's chat template (None: the tokenizer's, if any).
+
+    Raises
+    ------
+    ValueError
+        When the tokenizer has no image token (not a Qwen2.5-VL tokenizer).
     """
 
     def __init__(self, image_processor: Any, tokenizer: Any, chat_template: str | None = None) -> None:
@@ -185,18 +155,7 @@ class QwenVLImageOnlyProcessor:
 
     @classmethod
     def from_directory(cls, model_dir: Path) -> QwenVLImageOnlyProcessor:
-        """Build the processor from a staged checkpoint's files, offline.
-
-        Parameters
-        ----------
-        model_dir : Path
-            The staged model directory.
-
-        Returns
-        -------
-        QwenVLImageOnlyProcessor
-            The processor, with the PIL image processor, the tokenizer and the chat template.
-        """
+        """Build the processor (PIL image processor, tokenizer, chat template) from a staged checkpoint, offline."""
         from transformers import AutoImageProcessor, AutoTokenizer
 
         image_processor_class: Any = AutoImageProcessor
@@ -207,21 +166,19 @@ class QwenVLImageOnlyProcessor:
     def apply_chat_template(
         self, conversation: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = False, tokenize: bool = False
     ) -> str:
-        """Render one conversation with the checkpoint's chat template.
+        """Render one conversation with the checkpoint's chat template, one ``<|image_pad|>`` per image.
 
         Parameters
         ----------
         conversation : sequence of Mapping
             Messages with ``role`` and ``content`` (a list of ``{"type": "image"}`` and ``{"type": "text"}``).
-        add_generation_prompt : bool
-            Whether to open the assistant's turn.
         tokenize : bool
             Must be False: tokenising happens in :meth:`__call__` together with the images.
 
-        Returns
-        -------
-        str
-            The prompt, with one ``<|image_pad|>`` per image.
+        Raises
+        ------
+        ValueError
+            When ``tokenize`` is True.
         """
         if tokenize:
             raise ValueError("render with tokenize=False and pass the text and images to the processor")
@@ -252,8 +209,6 @@ class QwenVLImageOnlyProcessor:
             Each prompt's images, in placeholder order.
         padding : bool
             Pad to the longest prompt (on the tokenizer's ``padding_side``).
-        return_tensors : str
-            Tensor type, ``"pt"``.
         add_special_tokens : bool
             Whether the tokenizer adds its special tokens (Qwen's add none).
 
@@ -305,41 +260,17 @@ class QwenVLImageOnlyProcessor:
         return "".join(expanded)
 
     def batch_decode(self, sequences: Any, *, skip_special_tokens: bool = True) -> list[str]:
-        """Decode token sequences with the tokenizer.
-
-        Parameters
-        ----------
-        sequences : array-like
-            Token ids, one row per sequence.
-        skip_special_tokens : bool
-            Leave out special tokens.
-
-        Returns
-        -------
-        list of str
-            The decoded texts.
-        """
+        """Decode token sequences (one row per sequence) with the tokenizer."""
         return list(self.tokenizer.batch_decode(sequences, skip_special_tokens=skip_special_tokens))
 
 
 def load_processor(model_dir: Path, family: ModelFamily, *, has_torchvision: bool | None = None) -> Any:
     """Load a staged checkpoint's processor, offline.
 
-    Parameters
-    ----------
-    model_dir : Path
-        The staged model directory.
-    family : ModelFamily
-        Its family.
-    has_torchvision : bool, optional
-        Whether torchvision is installed; detected when not given (tests pass it to pick a route).
-
-    Returns
-    -------
-    object
-        A transformers processor, or a :class:`QwenVLImageOnlyProcessor`; either renders chat
-        templates (``apply_chat_template``), turns prompts and images into model inputs
-        (``__call__``) and has a ``tokenizer``.
+    ``has_torchvision`` is detected when not given (tests pass it to pick a route). Returns a transformers
+    processor or a :class:`QwenVLImageOnlyProcessor`; either renders chat templates
+    (``apply_chat_template``), turns prompts and images into model inputs (``__call__``) and has a
+    ``tokenizer``.
     """
     available = torchvision_available() if has_torchvision is None else has_torchvision
     if processor_route(family, has_torchvision=available) is ProcessorRoute.QWEN_IMAGE_ONLY:

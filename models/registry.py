@@ -38,17 +38,10 @@ class UnsupportedModel(ValueError):
 
 
 def bf16_memory_gib(parameters_billion: float) -> float:
-    """GPU memory to plan for a model in bf16, rounded up to half a GiB.
+    """GPU memory to plan for a model in bf16, in GiB, rounded up to half a GiB.
 
-    Parameters
-    ----------
-    parameters_billion : float
-        Parameter count of the whole checkpoint (vision tower and projector included), in billions.
-
-    Returns
-    -------
-    float
-        Weights (2 bytes per parameter) plus 10 % and 2 GiB of headroom, in GiB.
+    ``parameters_billion`` counts the whole checkpoint (vision tower and projector included), in
+    billions. Weights (2 bytes per parameter) plus 10 % and 2 GiB of headroom.
     """
     weights_gib = parameters_billion * 1e9 * BF16_BYTES / 2**30
     return math.ceil((weights_gib * (1 + HEADROOM_FRACTION) + HEADROOM_GIB) * 2) / 2
@@ -252,16 +245,6 @@ _KNOWN_UNSUPPORTED = {
 def read_model_config(model_dir: Path) -> dict[str, Any]:
     """Read a staged directory's ``config.json``.
 
-    Parameters
-    ----------
-    model_dir : Path
-        The staged model directory.
-
-    Returns
-    -------
-    dict
-        The parsed configuration.
-
     Raises
     ------
     ModelNotStaged
@@ -284,18 +267,8 @@ def read_model_config(model_dir: Path) -> dict[str, Any]:
 def family_for_config(config: Mapping[str, Any], name: str = "") -> ModelFamily:
     """Find the family of a parsed ``config.json``.
 
-    Parameters
-    ----------
-    config : Mapping
-        The checkpoint's configuration.
-    name : str
-        The checkpoint's directory or repository name, if known.
-
-    Returns
-    -------
-    ModelFamily
-        The matching family: one that names the language model's type, else one whose name hint
-        the name contains, else the generic one.
+    The family that names the language model's type, else one whose name hint ``name`` (the
+    checkpoint's directory or repository name, if known) contains, else the generic one.
 
     Raises
     ------
@@ -330,16 +303,6 @@ def family_for_config(config: Mapping[str, Any], name: str = "") -> ModelFamily:
 
 def detect_family(model_dir: Path) -> ModelFamily:
     """Recognise the family of a staged checkpoint from its ``config.json``.
-
-    Parameters
-    ----------
-    model_dir : Path
-        The staged model directory.
-
-    Returns
-    -------
-    ModelFamily
-        The family the checkpoint belongs to.
 
     Raises
     ------

@@ -108,20 +108,10 @@ class Frame:
 def number_of_frames(ds: Dataset) -> int:
     """Return the number of frames of an image (1 when Number of Frames is absent or zero).
 
-    Parameters
-    ----------
-    ds : pydicom.dataset.Dataset
-        The image's header.
-
-    Returns
-    -------
-    int
-        Number of frames.
-
     Raises
     ------
     UndecodableImage
-        If Number of Frames is not a whole number.
+        If Number of Frames is not a whole number, or is negative.
     """
     value = ds.get("NumberOfFrames")
     if value is None or value == "":
@@ -136,22 +126,11 @@ def number_of_frames(ds: Dataset) -> int:
 
 
 def frame_attributes(ds: Dataset, frame_index: int = 0) -> Dataset:
-    """Return the attributes that govern the display of one frame.
+    """Return the attributes that govern the display of one frame (0-based ``frame_index``).
 
-    Top-level attributes are overridden by the Pixel Value Transformation and
-    Frame VOI LUT macros of the shared, then the per-frame, functional groups.
-
-    Parameters
-    ----------
-    ds : pydicom.dataset.Dataset
-        The image.
-    frame_index : int
-        0-based frame index.
-
-    Returns
-    -------
-    pydicom.dataset.Dataset
-        A new, flat data set (the elements are shared with ``ds``).
+    Top-level attributes are overridden by the Pixel Value Transformation and Frame VOI LUT macros of
+    the shared, then the per-frame, functional groups. The result is a new, flat data set whose
+    elements are shared with ``ds``.
     """
     view = Dataset()
     for keyword in _FRAME_VIEW_KEYWORDS:
@@ -175,11 +154,6 @@ def decode_frame(ds: Dataset, frame_index: int = 0) -> Frame:
         A complete image (read with its pixel data).
     frame_index : int
         0-based frame index (the DICOM frame number minus one).
-
-    Returns
-    -------
-    Frame
-        The decoded frame.
 
     Raises
     ------
@@ -207,17 +181,9 @@ def decode_frame(ds: Dataset, frame_index: int = 0) -> Frame:
 
 
 def first_number(value: object) -> float | None:
-    """Return the first value of a (possibly multi-valued) number attribute, or None.
+    """Return the first value of a (possibly multi-valued) DS/IS or number attribute.
 
-    Parameters
-    ----------
-    value : object
-        The attribute's value (a DS or IS text, a number, or several of them).
-
-    Returns
-    -------
-    float or None
-        The first value; None when absent, empty, not a number or not finite.
+    None when absent, empty, not a number or not finite.
     """
     if isinstance(value, MultiValue | list | tuple):
         value = value[0] if len(value) else None
@@ -231,7 +197,7 @@ def first_number(value: object) -> float | None:
 
 
 def lookup_table(item: Dataset, little_endian: bool, signed: bool) -> tuple[int, npt.NDArray[np.int64]]:
-    """Return a LUT's first mapped value and its entries (PS3.3 C.11.1.1).
+    """Return a LUT's first mapped value and its entries, as many as the LUT Descriptor says (PS3.3 C.11.1.1).
 
     Parameters
     ----------
@@ -241,13 +207,6 @@ def lookup_table(item: Dataset, little_endian: bool, signed: bool) -> tuple[int,
         Byte order of LUT Data encoded as OW.
     signed : bool
         Whether the first mapped value is a signed 16-bit number.
-
-    Returns
-    -------
-    first_mapped : int
-        The value mapped by the first entry.
-    table : numpy.ndarray
-        The entries, as many as the LUT Descriptor says.
 
     Raises
     ------
@@ -272,22 +231,7 @@ def lookup_table(item: Dataset, little_endian: bool, signed: bool) -> tuple[int,
 
 
 def look_up(values: npt.NDArray[Any], first_mapped: int, table: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-    """Map values through a table; values outside it take the first or last entry.
-
-    Parameters
-    ----------
-    values : numpy.ndarray
-        The values (rounded to whole numbers before the look-up).
-    first_mapped : int
-        The value mapped by the table's first entry.
-    table : numpy.ndarray
-        The entries (from :func:`lookup_table`).
-
-    Returns
-    -------
-    numpy.ndarray
-        The looked-up values, same shape as ``values``.
-    """
+    """Map values (rounded to integers) through a :func:`lookup_table`; values outside take the first or last entry."""
     index = np.clip(np.rint(values).astype(np.int64) - first_mapped, 0, table.size - 1)
     return np.asarray(table[index], dtype=np.int64)
 

@@ -153,10 +153,10 @@ def prepare_study(
 ) -> PreparedStudy:
     """Choose and prepare the images of one study for the model.
 
+    Returns the images, how they were chosen, and the clinical question of the first image instance.
+
     Parameters
     ----------
-    files : sequence of pathlib.Path
-        The study's DICOM files.
     calling_ae : str, optional
         The calling AE title the study came from (for rules that name one).
     rules : sequence of RoutingRule
@@ -168,11 +168,6 @@ def prepare_study(
         Longest side of an image, in pixels, before padding to square: larger
         images are shrunk to it, smaller ones are kept (a montage is made this
         size).  None keeps the native size.
-
-    Returns
-    -------
-    PreparedStudy
-        The images, how they were chosen, and the clinical question of the first image instance.
 
     Raises
     ------
@@ -229,27 +224,10 @@ def prepare_study(
 def choose_series(
     series: Sequence[Series], rules: Sequence[RoutingRule], calling_ae: str | None
 ) -> tuple[RoutingRule, list[Series]]:
-    """Find the first rule that accepts a series and the series it takes.
+    """Find the first rule (in order) that accepts a series, and the series it takes.
 
-    A rule takes the accepted series with the most frames (ties: the lower
-    Series Number, then the UID), or, with ``across_series``, every accepted
-    series.
-
-    Parameters
-    ----------
-    series : sequence of Series
-        The study's image series.
-    rules : sequence of RoutingRule
-        The rules, in order.
-    calling_ae : str or None
-        The calling AE title of the study.
-
-    Returns
-    -------
-    rule : RoutingRule
-        The rule used.
-    series : list of Series
-        The chosen series, in :func:`group_series` order.
+    A rule takes the accepted series with the most frames (ties: the lower Series Number, then the
+    UID), or, with ``across_series``, every accepted series, in :func:`group_series` order.
 
     Raises
     ------

@@ -81,18 +81,7 @@ class SeriesFrame:
 
 
 def group_series(instances: Sequence[Instance]) -> list[Series]:
-    """Group image instances by series, each sorted by :func:`sort_slices`.
-
-    Parameters
-    ----------
-    instances : sequence of Instance
-        Image instances.
-
-    Returns
-    -------
-    list of Series
-        In order of Series Number, then Series Instance UID.
-    """
+    """Group image instances by series, each sorted by :func:`sort_slices`, in :func:`series_order`."""
     by_uid: dict[str, list[Instance]] = {}
     for instance in instances:
         by_uid.setdefault(instance.series_uid, []).append(instance)
@@ -106,25 +95,13 @@ def group_series(instances: Sequence[Instance]) -> list[Series]:
 
 
 def sort_slices(instances: Sequence[Instance]) -> tuple[list[Instance], bool]:
-    """Sort the instances of a series along the slice normal.
+    """Sort the instances of one series along the slice normal; also return whether sorted by position.
 
     The normal is the cross product of Image Orientation (Patient)'s row and
     column directions; each slice's place is its Image Position (Patient)
     projected on it (ascending).  When any instance lacks position or
     orientation, or the slices are not parallel, the order is by Instance
     Number, then SOP Instance UID.
-
-    Parameters
-    ----------
-    instances : sequence of Instance
-        Instances of one series.
-
-    Returns
-    -------
-    instances : list of Instance
-        Sorted.
-    by_position : bool
-        True when sorted by position.
     """
     normal = _common_normal(instances)
     if normal is None:
@@ -133,20 +110,9 @@ def sort_slices(instances: Sequence[Instance]) -> tuple[list[Instance], bool]:
 
 
 def even_sample(items: Sequence[_Item], count: int) -> list[_Item]:
-    """Pick ``count`` items evenly spaced, the first and the last included.
+    """Pick ``count`` items evenly spaced, in order, without repeats, the first and the last included.
 
-    Parameters
-    ----------
-    items : sequence
-        The items, in order.
-    count : int
-        How many to pick; all items when there are no more than that; the
-        middle one when 1.
-
-    Returns
-    -------
-    list
-        The picked items, in order, without repeats.
+    All items when there are no more than ``count``; the middle one when ``count`` is 1.
     """
     total = len(items)
     if count >= total:
@@ -161,18 +127,7 @@ def even_sample(items: Sequence[_Item], count: int) -> list[_Item]:
 
 
 def series_frames(series: Series) -> list[SeriesFrame]:
-    """List every frame of a series in order, each with its place for labels.
-
-    Parameters
-    ----------
-    series : Series
-        The series.
-
-    Returns
-    -------
-    list of SeriesFrame
-        Instances in series order, frames in frame order within each.
-    """
+    """List every frame of a series with its place for labels: instances in series order, frames in frame order."""
     total = series.frames
     frames: list[SeriesFrame] = []
     for instance in series.instances:
@@ -183,18 +138,7 @@ def series_frames(series: Series) -> list[SeriesFrame]:
 
 
 def series_order(series: Series) -> tuple[float, str]:
-    """Return the sort key of a series: Series Number (missing last), then UID.
-
-    Parameters
-    ----------
-    series : Series
-        The series.
-
-    Returns
-    -------
-    tuple of (float, str)
-        The Series Number (infinity when missing) and the Series Instance UID.
-    """
+    """Return the sort key of a series: Series Number (missing last), then UID."""
     return (series.number if series.number is not None else math.inf, series.uid)
 
 

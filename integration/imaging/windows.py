@@ -110,20 +110,10 @@ _WORD = re.compile(r"[A-Z0-9]+")
 
 
 def body_region(ds: Dataset) -> str | None:
-    """Return the body region an image shows, from Body Part Examined or the descriptions.
+    """Return the body region an image shows (a key of :data:`BODY_REGION_KEYWORDS`, ``"CHEST"`` ...), or None.
 
     Body Part Examined is read first, then the Series Description, then the
     Study Description; the first of them that names a region decides.
-
-    Parameters
-    ----------
-    ds : pydicom.dataset.Dataset
-        The image's header.
-
-    Returns
-    -------
-    str or None
-        A key of :data:`BODY_REGION_KEYWORDS` (``"CHEST"``, ``"HEAD"`` ...), or None.
     """
     for keyword in ("BodyPartExamined", "SeriesDescription", "StudyDescription"):
         words = _words(ds.get(keyword))
@@ -134,18 +124,9 @@ def body_region(ds: Dataset) -> str | None:
 
 
 def header_window(ds: Dataset) -> Window | None:
-    """Return the first Window Center/Width pair of the header, with its VOI LUT Function.
+    """Return the header's first Window Center/Width pair, with its VOI LUT Function, as window ``"header"``.
 
-    Parameters
-    ----------
-    ds : pydicom.dataset.Dataset
-        The image's header (or a frame's attribute view).
-
-    Returns
-    -------
-    Window or None
-        The window named ``"header"``; None when absent or invalid (a width of
-        zero, a text that is no number).
+    None when absent or invalid (a width of zero, a text that is no number).
     """
     center = first_number(ds.get("WindowCenter"))
     width = first_number(ds.get("WindowWidth"))
@@ -160,21 +141,11 @@ def header_window(ds: Dataset) -> Window | None:
 
 
 def preset_window(ds: Dataset) -> Window | None:
-    """Return the CT preset for an image's body part (bone reconstructions get the bone window).
+    """Return the CT preset for an image's body part (bone reconstructions get the bone window); None if not CT.
 
     Presets are in Hounsfield units, so they apply only to CT images with a
     modality LUT (Rescale Intercept or a Modality LUT Sequence), not to, say,
     8-bit secondary captures of a CT.
-
-    Parameters
-    ----------
-    ds : pydicom.dataset.Dataset
-        The image's header (or a frame's attribute view).
-
-    Returns
-    -------
-    Window or None
-        A :data:`WINDOW_PRESETS` entry for CT; None for other images.
     """
     if str(ds.get("Modality", "")).strip().upper() != "CT":
         return None
@@ -189,34 +160,13 @@ def preset_window(ds: Dataset) -> Window | None:
 def choose_window(ds: Dataset) -> Window | None:
     """Return the window an image is shown with when none is asked for: the header's, else a CT preset.
 
-    Parameters
-    ----------
-    ds : pydicom.dataset.Dataset
-        The image's header (or a frame's attribute view).
-
-    Returns
-    -------
-    Window or None
-        None when the frame's own value range is to be used instead.
+    None when the frame's own value range is to be used instead.
     """
     return header_window(ds) or preset_window(ds)
 
 
 def apply_window(values: ValueArray, window: Window) -> ImageArray:
-    """Map values through a window to 0..255 (PS3.3 C.11.2.1.2 and C.11.2.1.3).
-
-    Parameters
-    ----------
-    values : numpy.ndarray
-        Values after the modality LUT.
-    window : Window
-        The window.
-
-    Returns
-    -------
-    numpy.ndarray
-        uint8 gray values, same shape as ``values``.
-    """
+    """Map values after the modality LUT through a window to uint8 0..255 (PS3.3 C.11.2.1.2 and C.11.2.1.3)."""
     center = np.float32(window.center)
     width = np.float32(window.width)
     if window.function is VoiFunction.SIGMOID:
@@ -236,8 +186,6 @@ def apply_voi(frame: Frame, window: Window | None) -> tuple[ImageArray, str]:
 
     Parameters
     ----------
-    frame : Frame
-        A decoded grayscale frame.
     window : Window or None
         The window to use; when None, the VOI LUT Sequence, the header window,
         a CT preset or the frame's value range are used, in that order.

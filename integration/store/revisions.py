@@ -113,18 +113,6 @@ class SignedVersion:
 def load_report(session: Session, report_id: int) -> ReportDocument:
     """Return a report with its study UID.
 
-    Parameters
-    ----------
-    session : sqlalchemy.orm.Session
-        Open session.
-    report_id : int
-        The report.
-
-    Returns
-    -------
-    ReportDocument
-        The report.
-
     Raises
     ------
     UnknownReport
@@ -156,20 +144,7 @@ def load_report(session: Session, report_id: int) -> ReportDocument:
 
 
 def report_revisions(session: Session, report_id: int) -> list[RevisionRecord]:
-    """Return a report's versions after the draft, oldest first.
-
-    Parameters
-    ----------
-    session : sqlalchemy.orm.Session
-        Open session.
-    report_id : int
-        The report.
-
-    Returns
-    -------
-    list of RevisionRecord
-        Versions 2, 3 ...
-    """
+    """Return a report's versions after the draft (2, 3 ...), oldest first."""
     rows = session.scalars(
         select(ReportRevision).where(ReportRevision.report_id == report_id).order_by(ReportRevision.version)
     )
@@ -197,19 +172,10 @@ def instance_paths(
 ) -> dict[str, str]:
     """Return where the study's instances are stored: the ones asked for, else the study's first.
 
-    Parameters
-    ----------
-    session : sqlalchemy.orm.Session
-        Open session.
-    study_id, study_version : int
-        The study, as of the report's version.
-    sop_instance_uids : collection of str
-        Instances wanted (the report's evidence); empty asks for any one instance of the study.
-
-    Returns
-    -------
-    dict of str to str
-        SOP Instance UID to storage path (relative to the instance store), in arrival order.
+    ``study_id`` and ``study_version`` give the study as of the report's version;
+    ``sop_instance_uids`` are the instances wanted (the report's evidence), empty asks for any one
+    instance of the study. Maps SOP Instance UID to storage path (relative to the instance store), in
+    arrival order.
     """
     query = (
         select(Instance.sop_instance_uid, Instance.storage_path)
@@ -225,19 +191,13 @@ def instance_paths(
 def fix_draft_sr_uids(session: Session, report_id: int, sop_instance_uid: str, series_uid: str) -> tuple[str, str]:
     """Give a draft its SR's UIDs once, and commit; UIDs already given are kept and returned.
 
-    Parameters
-    ----------
-    session : sqlalchemy.orm.Session
-        Open session.
-    report_id : int
-        The draft.
-    sop_instance_uid, series_uid : str
-        Fresh UIDs, used only when the draft has none yet.
+    The fresh ``sop_instance_uid`` and ``series_uid`` are used only when the draft has none yet. Returns
+    the draft SR's SOP Instance UID and Series Instance UID, as stored.
 
-    Returns
-    -------
-    tuple of str
-        The draft SR's SOP Instance UID and Series Instance UID, as stored.
+    Raises
+    ------
+    UnknownReport
+        No report has this id.
     """
     session.execute(
         update(Report)
@@ -254,36 +214,13 @@ def fix_draft_sr_uids(session: Session, report_id: int, sop_instance_uid: str, s
 
 
 def record_draft_sr_path(session: Session, report_id: int, sr_path: str) -> None:
-    """Record where the draft's SR file is (relative to the data folder), and commit.
-
-    Parameters
-    ----------
-    session : sqlalchemy.orm.Session
-        Open session.
-    report_id : int
-        The draft.
-    sr_path : str
-        The file, relative to ``settings.data_dir``.
-    """
+    """Record where the draft's SR file is (relative to ``settings.data_dir``), and commit."""
     session.execute(update(Report).where(Report.id == report_id).values(sr_path=sr_path))
     session.commit()
 
 
 def next_version(session: Session, report_id: int) -> int:
-    """Return the version a new signature of a report gets (2 for the first).
-
-    Parameters
-    ----------
-    session : sqlalchemy.orm.Session
-        Open session.
-    report_id : int
-        The report.
-
-    Returns
-    -------
-    int
-        One above the newest version (the draft is version 1).
-    """
+    """Return the version a new signature of a report gets: one above the newest (the draft is version 1)."""
     newest = session.scalar(select(func.max(ReportRevision.version)).where(ReportRevision.report_id == report_id))
     return int(newest or 1) + 1
 
@@ -291,17 +228,7 @@ def next_version(session: Session, report_id: int) -> int:
 def report_of_record(session: Session, study_id: int) -> int | None:
     """Return the id of a study's report of record: its signed report, else its newest primary draft.
 
-    Parameters
-    ----------
-    session : sqlalchemy.orm.Session
-        Open session.
-    study_id : int
-        The study.
-
-    Returns
-    -------
-    int or None
-        The report id; None when the study has neither (no primary draft yet, or only rejected ones).
+    None when the study has neither (no primary draft yet, or only rejected ones).
     """
     signed = session.scalar(select(Report.id).where(Report.study_id == study_id, Report.status == ReportStatus.SIGNED))
     if signed is not None:
@@ -322,18 +249,8 @@ def report_of_record(session: Session, study_id: int) -> int | None:
 def record_refusal(session: Session, report: Report) -> str | None:
     """Say why a report may not be signed as its study's report of record, or None when it may.
 
-    Parameters
-    ----------
-    session : sqlalchemy.orm.Session
-        Open session.
-    report : Report
-        The report to sign.
-
-    Returns
-    -------
-    str or None
-        A sentence for the radiologist: a second opinion is material for the report of record; a study
-        that has a signed report is amended (a new version of that report), never signed twice.
+    The sentence is for the radiologist: a second opinion is material for the report of record; a study
+    that has a signed report is amended (a new version of that report), never signed twice.
     """
     if report.purpose is ReportPurpose.SECOND_OPINION:
         primary = report_of_record(session, report.study_id)
@@ -360,21 +277,16 @@ def record_signed_version(
 ) -> int:
     """Store a signed version, mark the report (and its study, when current) signed, audit it; commit.
 
+    Returns the revision id.
+
     Parameters
     ----------
-    session : sqlalchemy.orm.Session
-        Open session.
     signed : SignedVersion
         The version; its SR file is already written.
     before_commit : callable, optional
         Called with the session, the report and the new revision's id before the commit, to add rows that must
         commit with the version (the review outcome and its audit event).  Without it a ``report.sign`` audit
         event naming the author is added.
-
-    Returns
-    -------
-    int
-        The revision id.
 
     Raises
     ------

@@ -52,33 +52,17 @@ def _dummy_hash() -> str:
 
 
 def hash_token(token: str) -> str:
-    """Return the SHA-256 hex digest under which a session token is stored.
-
-    Parameters
-    ----------
-    token : str
-        The raw token from the cookie.
-
-    Returns
-    -------
-    str
-        64 hex digits.
-    """
+    """Return the SHA-256 hex digest (64 hex digits) under which a session token is stored."""
     return hashlib.sha256(token.encode()).hexdigest()
 
 
 def check_password_strength(password: str) -> None:
     """Refuse passwords that are too short (or absurdly long).
 
-    Parameters
-    ----------
-    password : str
-        The candidate password.
-
     Raises
     ------
     UserError
-        When it is shorter than :data:`MIN_PASSWORD_LENGTH` characters or too long.
+        When it is shorter than :data:`MIN_PASSWORD_LENGTH` or longer than :data:`MAX_PASSWORD_LENGTH`.
     """
     if len(password) < MIN_PASSWORD_LENGTH:
         raise UserError(f"the password is too weak: use at least {MIN_PASSWORD_LENGTH} characters")
@@ -91,17 +75,10 @@ def create_site(session: Session, code: str, name: str) -> Site:
 
     Parameters
     ----------
-    session : sqlalchemy.orm.Session
-        Open session.
     code : str
-        Short unique code (stored upper case, e.g. ``NORTH``).
+        Short unique code (1 to 16 characters, stored upper case, e.g. ``NORTH``).
     name : str
         Human-readable name.
-
-    Returns
-    -------
-    Site
-        The new site.
 
     Raises
     ------
@@ -129,16 +106,6 @@ def validate_person_name(value: str) -> str:
     Up to three component groups separated by ``=`` (alphabetic, ideographic, phonetic), each of up to
     five components separated by ``^`` (family, given, middle, prefix, suffix); no backslash or control
     characters; at most :data:`MAX_PERSON_NAME_LENGTH` characters in all; some name in it.
-
-    Parameters
-    ----------
-    value : str
-        The candidate name.
-
-    Returns
-    -------
-    str
-        The name without surrounding spaces.
 
     Raises
     ------
@@ -172,23 +139,14 @@ def create_user(
 
     Parameters
     ----------
-    session : sqlalchemy.orm.Session
-        Open session.
     username : str
         Unique sign-in name.
     password : str
         The password (only its hash is stored).
-    role : UserRole
-        What the user may do.
     site_code : str, optional
         The user's site; required for radiologists and uploaders, optional for administrators.
     person_name : str, optional
         The name signed reports carry, as a DICOM person name (``Doe^Jane``).
-
-    Returns
-    -------
-    User
-        The new user.
 
     Raises
     ------
@@ -228,38 +186,15 @@ def create_user(
 
 
 def list_users(session: Session) -> list[tuple[User, Site | None]]:
-    """Return every user with their site, by username.
-
-    Parameters
-    ----------
-    session : sqlalchemy.orm.Session
-        Open session.
-
-    Returns
-    -------
-    list of tuple of (User, Site or None)
-        The rows.
-    """
+    """Return every user with their site, by username."""
     rows = session.execute(select(User, Site).outerjoin(Site, User.site_id == Site.id).order_by(User.username))
     return [(user, site) for user, site in rows]
 
 
 def authenticate(session: Session, username: str, password: str) -> User | None:
-    """Check a username and password; rehash the password when the hash parameters are outdated.
+    """Return the active user for these credentials, or None; rehash the password when the hash parameters are outdated.
 
     An unknown username costs one hash verification too, so timing does not tell which usernames exist.
-
-    Parameters
-    ----------
-    session : sqlalchemy.orm.Session
-        Open session.
-    username, password : str
-        What the person typed.
-
-    Returns
-    -------
-    User or None
-        The active user, or None when the credentials are wrong or the user is inactive.
     """
     user = session.scalar(select(User).where(User.username == username)) if len(username) <= 64 else None
     if user is None or len(password) > MAX_PASSWORD_LENGTH:
@@ -279,22 +214,7 @@ def authenticate(session: Session, username: str, password: str) -> User | None:
 
 
 def create_session(session: Session, user: User, ttl: timedelta) -> str:
-    """Open a sign-in session for a user and commit.
-
-    Parameters
-    ----------
-    session : sqlalchemy.orm.Session
-        Open session.
-    user : User
-        The signed-in user.
-    ttl : datetime.timedelta
-        How long the session lasts.
-
-    Returns
-    -------
-    str
-        The raw token for the cookie (never stored).
-    """
+    """Open a sign-in session lasting ``ttl``, commit, and return the raw token for the cookie (never stored)."""
     token = secrets.token_urlsafe(TOKEN_BYTES)
     now = utcnow()
     session.add(
@@ -309,17 +229,7 @@ def create_session(session: Session, user: User, ttl: timedelta) -> str:
 def user_for_token(session: Session, token: str) -> User | None:
     """Return the user of a live session and note that it was seen; commits.
 
-    Parameters
-    ----------
-    session : sqlalchemy.orm.Session
-        Open session.
-    token : str
-        The raw token from the cookie.
-
-    Returns
-    -------
-    User or None
-        The user, or None when the token is unknown, the session expired or the user is inactive.
+    None when the token is unknown, the session expired or the user is inactive.
     """
     now = utcnow()
     found = session.execute(
@@ -338,20 +248,7 @@ def user_for_token(session: Session, token: str) -> User | None:
 
 
 def end_session(session: Session, token: str) -> bool:
-    """End a sign-in session and commit.
-
-    Parameters
-    ----------
-    session : sqlalchemy.orm.Session
-        Open session.
-    token : str
-        The raw token from the cookie.
-
-    Returns
-    -------
-    bool
-        Whether a session was ended.
-    """
+    """End a sign-in session, commit, and return whether one was ended."""
     result = session.execute(delete(UserSession).where(UserSession.token_hash == hash_token(token)))
     session.commit()
     return bool(getattr(result, "rowcount", 0))
@@ -381,14 +278,7 @@ def _set_active(session: Session, username: str, active: bool, actor: str) -> in
 def deactivate_user(session: Session, username: str, *, actor: str = "cli") -> None:
     """Stop a user from signing in and end all their sessions at once; audit ``user.deactivated``; commit.
 
-    Parameters
-    ----------
-    session : sqlalchemy.orm.Session
-        Open session.
-    username : str
-        The user.
-    actor : str
-        Who deactivates (recorded in the audit trail).
+    ``actor`` is who deactivates (recorded in the audit trail).
 
     Raises
     ------
@@ -399,16 +289,7 @@ def deactivate_user(session: Session, username: str, *, actor: str = "cli") -> N
 
 
 def activate_user(session: Session, username: str, *, actor: str = "cli") -> None:
-    """Let a deactivated user sign in again; audit ``user.activated``; commit.
-
-    Parameters
-    ----------
-    session : sqlalchemy.orm.Session
-        Open session.
-    username : str
-        The user.
-    actor : str
-        Who activates (recorded in the audit trail).
+    """Let a deactivated user sign in again; audit ``user.activated`` (by ``actor``); commit.
 
     Raises
     ------

@@ -119,16 +119,6 @@ class ReportPair:
 def read_records(path: Path) -> list[Any]:
     """Read a JSON list, or JSON Lines, from a file.
 
-    Parameters
-    ----------
-    path : Path
-        The file.
-
-    Returns
-    -------
-    list
-        The records.
-
     Raises
     ------
     DatasetError
@@ -169,17 +159,7 @@ def _json_lines(path: Path, text: str, whole: json.JSONDecodeError) -> list[Any]
 
 
 def detect_layout(record: Any) -> str:
-    """Tell the VQA layout from one record's keys.
-
-    Parameters
-    ----------
-    record : Any
-        The first record of a file.
-
-    Returns
-    -------
-    str
-        One of :data:`VQA_FORMATS`.
+    """Tell the VQA layout (one of :data:`VQA_FORMATS`) from a file's first record's keys.
 
     Raises
     ------
@@ -200,18 +180,7 @@ def detect_layout(record: Any) -> str:
 
 
 def default_image_folder(path: Path) -> Path:
-    """Return where a file's images are looked for when no folder is given.
-
-    Parameters
-    ----------
-    path : Path
-        The JSON file.
-
-    Returns
-    -------
-    Path
-        ``images/`` or ``imgs/`` beside the file when there is one, else the file's folder.
-    """
+    """Return ``images/`` or ``imgs/`` beside the JSON file when there is one, else the file's folder."""
     for name in IMAGE_FOLDERS:
         if (path.parent / name).is_dir():
             return path.parent / name
@@ -223,19 +192,12 @@ def resolve_image(folder: Path, name: Any, *, where: str, try_suffixes: bool = F
 
     Parameters
     ----------
-    folder : Path
-        The image folder.
     name : Any
         The relative file name from the record.
     where : str
         Names the file and item in errors.
     try_suffixes : bool
         Also try :data:`IMAGE_SUFFIXES` when the name has no file.
-
-    Returns
-    -------
-    Path
-        The image file.
 
     Raises
     ------
@@ -289,12 +251,10 @@ def load_vqa(
     language: str = "en",
     limit: int | None = None,
 ) -> VqaSet:
-    """Read a VQA file and check its images.
+    """Read a VQA file (JSON or JSON Lines) and check its images.
 
     Parameters
     ----------
-    path : Path
-        The JSON (or JSON Lines) file.
     image_folder : Path, optional
         Where the images are (default: :func:`default_image_folder`).
     layout : str
@@ -303,11 +263,6 @@ def load_vqa(
         Keep items in this language (SLAKE ``q_lang``); ``all`` keeps every item.
     limit : int, optional
         Keep at most this many items (the first ones, after the language filter).
-
-    Returns
-    -------
-    VqaSet
-        The items.
 
     Raises
     ------
@@ -349,21 +304,14 @@ def _pick(record: Mapping[str, Any], names: Iterable[str]) -> Any:
 
 
 def load_report_pairs(path: Path, *, image_folder: Path | None = None, limit: int | None = None) -> list[ReportPair]:
-    """Read report pairs and check their images.
+    """Read report pairs (JSON or JSON Lines), in file order, and check their images.
 
     Parameters
     ----------
-    path : Path
-        The JSON (or JSON Lines) file.
     image_folder : Path, optional
         Where the images are (default: :func:`default_image_folder`).
     limit : int, optional
         Keep at most this many pairs.
-
-    Returns
-    -------
-    list of ReportPair
-        The pairs, in file order.
 
     Raises
     ------

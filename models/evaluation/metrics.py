@@ -34,52 +34,17 @@ _CLAUSE_END = re.compile(r"[.,;:\n]")
 
 
 def tokens(text: str) -> list[str]:
-    """Return the tokens of a text: NFKC, case folded, split on punctuation and white space.
-
-    Parameters
-    ----------
-    text : str
-        Any text.
-
-    Returns
-    -------
-    list of str
-        The tokens, in order (articles kept).
-    """
+    """Return a text's tokens, in order: NFKC, case folded, split on punctuation and white space (articles kept)."""
     return _NOT_WORD.sub(" ", unicodedata.normalize("NFKC", text).casefold()).split()
 
 
 def normalise_answer(text: str) -> str:
-    """Return an answer as compared: tokens joined by single spaces, articles dropped.
-
-    Parameters
-    ----------
-    text : str
-        An answer or a prediction.
-
-    Returns
-    -------
-    str
-        The normalised text ('' when nothing is left).
-    """
+    """Return an answer as compared: tokens joined by single spaces, articles dropped ('' when nothing is left)."""
     return " ".join(token for token in tokens(text) if token not in ARTICLES)
 
 
 def closed_correct(prediction: str, answer: str) -> bool:
-    """Whether a prediction answers a closed-ended question right (see the module's rules).
-
-    Parameters
-    ----------
-    prediction : str
-        The model's answer (untrusted text).
-    answer : str
-        The reference answer.
-
-    Returns
-    -------
-    bool
-        True when the prediction is right.
-    """
+    """Whether a prediction (untrusted text) answers a closed-ended question right (see the module's rules)."""
     expected = normalise_answer(answer)
     if not expected:
         return False
@@ -93,18 +58,8 @@ def closed_correct(prediction: str, answer: str) -> bool:
 def open_recall(prediction: str, answer: str) -> float:
     """Return the fraction of the reference answer's tokens present in the prediction (0..1).
 
-    Parameters
-    ----------
-    prediction : str
-        The model's answer (untrusted text).
-    answer : str
-        The reference answer.
-
-    Returns
-    -------
-    float
-        ``sum(min(count in reference, count in prediction)) / tokens in reference``; 0.0 when the
-        reference has no tokens.
+    ``sum(min(count in reference, count in prediction)) / tokens in reference``; 0.0 when the
+    reference has no tokens.
     """
     reference = Counter(normalise_answer(answer).split())
     total = sum(reference.values())
@@ -131,18 +86,7 @@ class RougeL:
 
 
 def longest_common_subsequence(a: Sequence[str], b: Sequence[str]) -> int:
-    """Return the length of the longest common subsequence of two token lists.
-
-    Parameters
-    ----------
-    a, b : sequence of str
-        Token lists.
-
-    Returns
-    -------
-    int
-        The LCS length (dynamic programming, O(len(a) * len(b)) time, O(len(b)) memory).
-    """
+    """Return the LCS length of two token lists (dynamic programming, O(len(a) * len(b)) time, O(len(b)) memory)."""
     if not a or not b:
         return 0
     previous = [0] * (len(b) + 1)
@@ -157,17 +101,7 @@ def longest_common_subsequence(a: Sequence[str], b: Sequence[str]) -> int:
 def rouge_l(candidate: str, reference: str) -> RougeL:
     """Return ROUGE-L (sentence level, LCS over the whole text) of a candidate against a reference.
 
-    Parameters
-    ----------
-    candidate : str
-        The draft (untrusted text).
-    reference : str
-        The reference report.
-
-    Returns
-    -------
-    RougeL
-        Precision, recall and F-measure; all 0.0 when either text has no tokens.
+    All 0.0 when either text has no tokens.
     """
     cand, ref = tokens(candidate), tokens(reference)
     lcs = longest_common_subsequence(cand, ref)
@@ -178,17 +112,6 @@ def rouge_l(candidate: str, reference: str) -> RougeL:
 
 
 def mean(values: Iterable[float]) -> float | None:
-    """Return the mean of some scores, or None when there are none.
-
-    Parameters
-    ----------
-    values : iterable of float
-        Scores.
-
-    Returns
-    -------
-    float or None
-        The arithmetic mean.
-    """
+    """Return the arithmetic mean of some scores, or None when there are none."""
     collected = list(values)
     return sum(collected) / len(collected) if collected else None

@@ -44,34 +44,13 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 def vqa_prompt(question: str) -> str:
-    """Write the VQA prompt for one question.
-
-    Parameters
-    ----------
-    question : str
-        The question (control characters removed, length capped).
-
-    Returns
-    -------
-    str
-        The instruction, then ``Question: ...``.
-    """
+    """Write the VQA prompt: the instruction, then ``Question: ...`` (control characters removed, length capped)."""
     cleaned = " ".join(_CONTROL.sub(" ", question).split())[:MAX_QUESTION_CHARS]
     return f"{VQA_PROMPT.task}\nQuestion: {cleaned}"
 
 
 def open_images(paths: Sequence[Path]) -> tuple[Image.Image, ...]:
-    """Open image files as RGB images, fully read.
-
-    Parameters
-    ----------
-    paths : sequence of Path
-        Image files.
-
-    Returns
-    -------
-    tuple of PIL.Image.Image
-        The images, in order.
+    """Open image files as RGB images, fully read, in order.
 
     Raises
     ------
@@ -90,11 +69,6 @@ def open_images(paths: Sequence[Path]) -> tuple[Image.Image, ...]:
 
 def check_images(paths: Sequence[Path]) -> None:
     """Check that every file is an image PIL can read, before any model is loaded.
-
-    Parameters
-    ----------
-    paths : sequence of Path
-        Image files.
 
     Raises
     ------
@@ -226,25 +200,16 @@ def run_vqa(
     max_new_tokens: int = 64,
     progress: Callable[[list[VqaPrediction]], None] | None = None,
 ) -> list[VqaPrediction]:
-    """Ask the model every question and score the answers.
+    """Ask the model every question and score the answers; one prediction per item, in order.
 
     Parameters
     ----------
-    backend : VisionLanguageBackend
-        The model.
-    items : sequence of VqaItem
-        The questions.
     batch_size : int
         Requests per ``backend.generate`` call.
     max_new_tokens : int
         Answer length cap.
     progress : callable, optional
         Called with each batch's scored predictions as soon as they are in (to write them at once).
-
-    Returns
-    -------
-    list of VqaPrediction
-        One per item, in order.
     """
     predictions: list[VqaPrediction] = []
     for batch in _batches(len(items), batch_size):
@@ -273,17 +238,9 @@ def run_vqa(
 def findings_document(text: str, n_images: int = 0) -> dict[str, Any]:
     """Return a report's findings JSON, one finding per sentence (for finding-level agreement).
 
-    Parameters
-    ----------
-    text : str
-        A report: the model's JSON draft, sections (``Findings:``/``Impression:``) or plain prose.
-    n_images : int
-        Images the model saw (for the draft parser's image references).
-
-    Returns
-    -------
-    dict
-        ``{"findings": [{"text": ...}], "impression": ...}``; prose without sections is all findings.
+    ``text`` is the model's JSON draft, sections (``Findings:``/``Impression:``) or plain prose;
+    ``n_images`` is how many images the model saw (for the draft parser's image references). Returns
+    ``{"findings": [{"text": ...}], "impression": ...}``; prose without sections is all findings.
     """
     parsed = parse_draft(text, n_images)
     sentences = [
@@ -296,18 +253,7 @@ def findings_document(text: str, n_images: int = 0) -> dict[str, Any]:
 
 
 def report_text(document: Mapping[str, Any]) -> str:
-    """Flatten a findings document to prose (findings, then the impression).
-
-    Parameters
-    ----------
-    document : mapping
-        Output of :func:`findings_document`.
-
-    Returns
-    -------
-    str
-        The sentences joined by spaces.
-    """
+    """Flatten a :func:`findings_document` to prose: findings, then the impression, joined by spaces."""
     parts = [str(finding.get("text", "")) for finding in document.get("findings", [])]
     parts.append(str(document.get("impression") or ""))
     return " ".join(part for part in parts if part)
@@ -333,27 +279,18 @@ def run_reports(
     """Draft the reports that have no draft, and score every draft against its reference.
 
     Pairs are taken ``batch_size`` at a time, in file order; those without a draft go to the model
-    in one ``backend.generate`` call per batch.
+    in one ``backend.generate`` call per batch. Returns one score per pair, in order.
 
     Parameters
     ----------
     backend : VisionLanguageBackend or None
         The model; may be None when every pair carries its draft.
-    pairs : sequence of ReportPair
-        The pairs.
     compare : callable, optional
         Finding-level agreement of two findings documents (0..1).
-    batch_size : int
-        Pairs per batch.
     max_new_tokens : int
         Draft length cap.
     progress : callable, optional
         Called with each batch's scores as soon as they are in.
-
-    Returns
-    -------
-    list of ReportScore
-        One per pair, in order.
 
     Raises
     ------
@@ -391,39 +328,13 @@ def run_reports(
 
 
 def vqa_scores(name: str, predictions: Sequence[VqaPrediction]) -> SetScores:
-    """Summarise a VQA set's predictions.
-
-    Parameters
-    ----------
-    name : str
-        The set's name.
-    predictions : sequence of VqaPrediction
-        Its scored predictions.
-
-    Returns
-    -------
-    SetScores
-        Closed-ended accuracy and open-ended recall (means).
-    """
+    """Summarise a VQA set's predictions: closed-ended accuracy and open-ended recall (means)."""
     closed = [float(p.correct) for p in predictions if p.correct is not None]
     recalls = [p.recall for p in predictions if p.recall is not None]
     return SetScores(name, len(predictions), len(closed), len(recalls), mean(closed), mean(recalls))
 
 
 def report_scores(name: str, scores: Sequence[ReportScore]) -> SetScores:
-    """Summarise a set of report pairs.
-
-    Parameters
-    ----------
-    name : str
-        The set's name.
-    scores : sequence of ReportScore
-        Its scored pairs.
-
-    Returns
-    -------
-    SetScores
-        Mean ROUGE-L F-measure and mean finding-level agreement.
-    """
+    """Summarise a set of report pairs: mean ROUGE-L F-measure and mean finding-level agreement."""
     agreements = [s.agreement for s in scores if s.agreement is not None]
     return SetScores(name, len(scores), rouge_l=mean(s.rouge.fmeasure for s in scores), agreement=mean(agreements))

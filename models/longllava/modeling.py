@@ -42,10 +42,7 @@ from models.longllava.configuration import LongLlavaConfig
 class LongLlavaVisionTower(nn.Module):
     """CLIP vision model with LongLLaVA's feature selection and 2D pooling.
 
-    Parameters
-    ----------
-    config : LongLlavaConfig
-        The model configuration (its ``vision_config``, ``vision_feature_layer``, ``pooling`` and ``pooled_grid``).
+    Built from the configuration's ``vision_config``, ``vision_feature_layer``, ``pooling`` and ``pooled_grid``.
     """
 
     def __init__(self, config: LongLlavaConfig) -> None:
@@ -57,18 +54,7 @@ class LongLlavaVisionTower(nn.Module):
         self.pooled_grid = config.pooled_grid
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Encode images into pooled patch features.
-
-        Parameters
-        ----------
-        pixel_values : torch.Tensor
-            Images, shape (images, 3, height, width).
-
-        Returns
-        -------
-        torch.Tensor
-            Shape (images, pooled_grid ** 2, vision hidden size).
-        """
+        """Encode images (images, 3, height, width) into pooled patch features (images, pooled_grid ** 2, width)."""
         outputs = self.vision_tower(pixel_values, output_hidden_states=True)
         patches = outputs.hidden_states[self.feature_layer][:, 1:]
         count, length, width = patches.shape
@@ -87,13 +73,7 @@ class LongLlavaVisionTower(nn.Module):
 
 
 class LongLlavaModel(JambaModel):  # type: ignore[no-untyped-call]
-    """The Jamba language model with LongLLaVA's vision tower and projector beside it.
-
-    Parameters
-    ----------
-    config : LongLlavaConfig
-        The model configuration; the Jamba layers are built from its ``text_config``.
-    """
+    """The Jamba language model (from the ``text_config``) with LongLLaVA's vision tower and projector."""
 
     def __init__(self, config: LongLlavaConfig) -> None:
         text_config: Any = config.text_config
@@ -106,18 +86,7 @@ class LongLlavaModel(JambaModel):  # type: ignore[no-untyped-call]
         )
 
     def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Visual tokens of images, in the language model's width.
-
-        Parameters
-        ----------
-        pixel_values : torch.Tensor
-            Images, shape (images, 3, height, width).
-
-        Returns
-        -------
-        torch.Tensor
-            Shape (images, tokens per image, hidden size).
-        """
+        """Visual tokens of images (images, 3, height, width) as (images, tokens per image, language model width)."""
         projector: Any = self.mm_projector[0]
         features = self.vision_tower(pixel_values.to(projector.weight.dtype))
         projected: torch.Tensor = self.mm_projector(features)
@@ -128,19 +97,8 @@ class LongLlavaModel(JambaModel):  # type: ignore[no-untyped-call]
     ) -> torch.Tensor:
         """Embed a prompt, with each image token replaced by the next visual token.
 
-        Parameters
-        ----------
-        input_ids : torch.LongTensor
-            Token ids, shape (batch, length); image tokens may lie beyond the vocabulary.
-        pixel_values : torch.Tensor or None
-            The images of the batch, in prompt order.
-        image_token_id : int or None
-            The image token's id.
-
-        Returns
-        -------
-        torch.Tensor
-            Shape (batch, length, hidden size).
+        ``input_ids`` is (batch, length), its image tokens may lie beyond the vocabulary; ``pixel_values``
+        holds the batch's images in prompt order. Returns (batch, length, hidden size).
 
         Raises
         ------
@@ -174,13 +132,7 @@ def register_weight_conversions() -> None:
 
 
 class LongLlavaForConditionalGeneration(JambaPreTrainedModel, GenerationMixin):  # type: ignore[no-untyped-call]
-    """LongLLaVA: images and text in, text out; ``generate`` comes from transformers' ``GenerationMixin``.
-
-    Parameters
-    ----------
-    config : LongLlavaConfig
-        The model configuration.
-    """
+    """LongLLaVA: images and text in, text out; ``generate`` comes from transformers' ``GenerationMixin``."""
 
     config_class = LongLlavaConfig
     config: LongLlavaConfig  # type: ignore[assignment]
@@ -215,7 +167,7 @@ class LongLlavaForConditionalGeneration(JambaPreTrainedModel, GenerationMixin): 
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs: Any,
     ) -> CausalLMOutputWithPast:
-        """Run the model on a prompt (and its images, on the first step).
+        """Run the model on a prompt (and its images, on the first step): logits, loss (with labels) and the cache.
 
         Parameters
         ----------
@@ -233,10 +185,10 @@ class LongLlavaForConditionalGeneration(JambaPreTrainedModel, GenerationMixin): 
         **kwargs
             Passed to the Jamba layers.
 
-        Returns
-        -------
-        transformers.modeling_outputs.CausalLMOutputWithPast
-            Logits, loss (with labels) and the hybrid cache.
+        Raises
+        ------
+        ValueError
+            When neither ``input_ids`` nor ``inputs_embeds`` is given.
         """
         if inputs_embeds is None:
             if input_ids is None:

@@ -37,6 +37,11 @@ class LongLlavaProcessor:
         The prompt template; None: the LongLLaVA format (:mod:`models.longllava.prompt`).
     image_tokens : int
         Visual tokens per image (144).
+
+    Raises
+    ------
+    ValueError
+        When ``image_tokens`` is not positive.
     """
 
     def __init__(
@@ -61,16 +66,7 @@ class LongLlavaProcessor:
     def from_directory(cls, model_dir: Path) -> LongLlavaProcessor:
         """Build the processor from a staged checkpoint's files, offline.
 
-        Parameters
-        ----------
-        model_dir : Path
-            The staged model directory.
-
-        Returns
-        -------
-        LongLlavaProcessor
-            The tokenizer, the CLIP image processor (defaults for CLIP-336 when the directory has
-            no ``preprocessor_config.json``), the chat template and the tokens per image.
+        The CLIP image processor gets CLIP-336 defaults when the directory has no ``preprocessor_config.json``.
         """
         from transformers import AutoTokenizer, CLIPImageProcessorPil
 
@@ -87,13 +83,7 @@ class LongLlavaProcessor:
         return cls(image_processor, tokenizer, load_chat_template(model_dir), _image_tokens(model_dir))
 
     def save_pretrained(self, directory: Path) -> None:
-        """Write the tokenizer, ``preprocessor_config.json`` and ``chat_template.jinja``.
-
-        Parameters
-        ----------
-        directory : Path
-            The checkpoint directory.
-        """
+        """Write the tokenizer, ``preprocessor_config.json`` and ``chat_template.jinja`` to a checkpoint directory."""
         self.tokenizer.save_pretrained(directory)
         self.image_processor.save_pretrained(directory)
         (Path(directory) / "chat_template.jinja").write_text(self.chat_template, encoding="utf-8")
@@ -101,22 +91,20 @@ class LongLlavaProcessor:
     def apply_chat_template(
         self, conversation: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = False, tokenize: bool = False
     ) -> str:
-        """Render one conversation in the LongLLaVA format.
+        """Render one conversation in the LongLLaVA format, one ``<image>`` per image.
 
         Parameters
         ----------
         conversation : sequence of Mapping
             Messages with ``role`` and ``content`` (a string, or ``{"type": "image"}`` and
             ``{"type": "text"}`` items).
-        add_generation_prompt : bool
-            Whether to open the assistant's turn.
         tokenize : bool
             Must be False: tokenising happens in :meth:`__call__` together with the images.
 
-        Returns
-        -------
-        str
-            The prompt, with one ``<image>`` per image.
+        Raises
+        ------
+        ValueError
+            When ``tokenize`` is True.
         """
         if tokenize:
             raise ValueError("render with tokenize=False and pass the text and images to the processor")
@@ -129,18 +117,7 @@ class LongLlavaProcessor:
         return str(rendered)
 
     def expand_image_tokens(self, prompt: str) -> str:
-        """Replace each ``<image>`` by ``image_tokens`` image tokens.
-
-        Parameters
-        ----------
-        prompt : str
-            A rendered prompt.
-
-        Returns
-        -------
-        str
-            The prompt as the language model reads it.
-        """
+        """Replace each ``<image>`` by ``image_tokens`` image tokens: the prompt as the language model reads it."""
         return prompt.replace(IMAGE_PLACEHOLDER, IMAGE_PLACEHOLDER * self.image_tokens)
 
     def __call__(
@@ -162,8 +139,6 @@ class LongLlavaProcessor:
             Each prompt's images, in placeholder order.
         padding : bool
             Pad to the longest prompt (on the tokenizer's ``padding_side``).
-        return_tensors : str
-            Tensor type, ``"pt"``.
         add_special_tokens : bool
             Whether the tokenizer adds its special tokens (the template writes ``<|startoftext|>`` itself).
 
@@ -203,20 +178,7 @@ class LongLlavaProcessor:
         return BatchFeature(data=data)
 
     def batch_decode(self, sequences: Any, *, skip_special_tokens: bool = True) -> list[str]:
-        """Decode token sequences with the tokenizer.
-
-        Parameters
-        ----------
-        sequences : array-like
-            Token ids, one row per sequence.
-        skip_special_tokens : bool
-            Leave out special tokens.
-
-        Returns
-        -------
-        list of str
-            The decoded texts.
-        """
+        """Decode token sequences (one row per sequence) with the tokenizer."""
         return list(self.tokenizer.batch_decode(sequences, skip_special_tokens=skip_special_tokens))
 
 
