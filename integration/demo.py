@@ -30,18 +30,7 @@ DEMO_READER_NAME = "Demo^Reader"
 
 
 def demo_settings(data_dir: Path = DEMO_DIR) -> Settings:
-    """Return the demo's settings: embedded defaults, a short stable timer, a free port.
-
-    Parameters
-    ----------
-    data_dir : pathlib.Path
-        Folder for the database, files and queue.
-
-    Returns
-    -------
-    Settings
-        The settings.
-    """
+    """Return the demo's settings: embedded defaults in ``data_dir``, a short stable timer, a free port."""
     return Settings(
         data_dir=data_dir,
         database_url="",
@@ -55,17 +44,9 @@ def demo_settings(data_dir: Path = DEMO_DIR) -> Settings:
 
 
 def ensure_demo_reader(settings: Settings) -> str | None:
-    """Add the demo's site and its radiologist when they are missing.
+    """Add the demo's site and its radiologist when they are missing (the database is migrated already).
 
-    Parameters
-    ----------
-    settings : Settings
-        The demo's settings (its database is migrated).
-
-    Returns
-    -------
-    str or None
-        The radiologist's new password (random, shown once by the demo), or None when the user existed.
+    Returns the radiologist's new password (random, shown once by the demo), or None when the user existed.
     """
     from sqlalchemy import select
 
@@ -92,21 +73,12 @@ def _free_port() -> int:
 
 
 def send_files(settings: Settings, files: list[Path], progress: Progress) -> dict[str, int]:
-    """Send files over one association with C-STORE, each in its own transfer syntax.
+    """Send files over one association with C-STORE, each in its own transfer syntax; count answers per status name.
 
-    Parameters
-    ----------
-    settings : Settings
-        Where the listener is.
-    files : list of pathlib.Path
-        DICOM files.
-    progress : rich.progress.Progress
-        Progress display.
-
-    Returns
-    -------
-    dict of str to int
-        Count of answers per status name.
+    Raises
+    ------
+    RuntimeError
+        When the listener refuses the association.
     """
     ae = AE(ae_title=DEMO_AE)
     pairs = set()

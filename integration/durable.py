@@ -15,14 +15,8 @@ from pathlib import Path
 def replace_file(path: Path, content: bytes | memoryview, *, fsync: bool = True) -> None:
     """Write ``content`` to ``path`` so that a reader sees the old file or the whole new one, never half.
 
-    Parameters
-    ----------
-    path : pathlib.Path
-        Final name; replaced atomically if present. Missing folders are created.
-    content : bytes-like
-        The whole file.
-    fsync : bool
-        Flush the file and the folders it made or changed to stable storage before returning.
+    ``path`` is replaced atomically if present; missing folders are created. With ``fsync`` the file
+    and the folders it made or changed are flushed to stable storage before returning.
 
     Raises
     ------

@@ -6,13 +6,7 @@ import logging
 
 
 def configure_logging(level: str = "INFO") -> None:
-    """Configure the root logger for a pacs-vlm process.
-
-    Parameters
-    ----------
-    level : str
-        Level name for pacs-vlm's own loggers; libraries log warnings and up.
-    """
+    """Configure the root logger: ``level`` for pacs-vlm's own loggers; libraries log warnings and up."""
     logging.basicConfig(
         level=logging.WARNING,
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",

@@ -117,19 +117,10 @@ class VisionLanguageBackend(Protocol):
 
 
 def staging_instructions(directory: Path | None, repository: str | None) -> str:
-    """Say how a user stages model weights for this service.
+    """Say, in one paragraph with the commands to run, how a user stages model weights for this service.
 
-    Parameters
-    ----------
-    directory : Path or None
-        Where the model is expected (``<dir>`` when unknown).
-    repository : str or None
-        Hugging Face repository to download (an example when unknown).
-
-    Returns
-    -------
-    str
-        One paragraph with the commands to run.
+    ``directory`` is where the model is expected (``<dir>`` when unknown); ``repository`` the Hugging
+    Face repository to download (an example when unknown).
     """
     target = str(directory) if directory is not None else "<dir>"
     repo = repository or f"<repo, e.g. {EXAMPLE_REPOSITORY}>"

@@ -125,17 +125,9 @@ class BatchingBackend:
             return len(self._queue)
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
-        """Queue requests for the model thread and wait for their results.
+        """Queue this caller's requests for the model thread and wait: one :class:`BatchedResult` per request, in order.
 
-        Parameters
-        ----------
-        requests : sequence of GenerationRequest
-            This caller's requests (they may run in different batches).
-
-        Returns
-        -------
-        list of GenerationResult
-            One :class:`BatchedResult` per request, in request order.
+        The requests may run in different batches.
 
         Raises
         ------
@@ -172,10 +164,7 @@ class BatchingBackend:
     def close(self, timeout: float | None = None) -> None:
         """Take no new requests, run every queued one, and stop the model thread.
 
-        Parameters
-        ----------
-        timeout : float, optional
-            Seconds to wait for the queue to drain (None: until it has).
+        ``timeout`` is the seconds to wait for the queue to drain (None: until it has).
         """
         with self._changed:
             self._closed = True

@@ -145,16 +145,6 @@ def _has_chat_template(directory: Path) -> bool:
 def inspect_checkpoint(model_dir: Path) -> StagedCheckpoint:
     """Check that a directory holds a complete, supported checkpoint (reads only small files).
 
-    Parameters
-    ----------
-    model_dir : Path
-        The staged model directory.
-
-    Returns
-    -------
-    StagedCheckpoint
-        The checkpoint, its family and its weight files.
-
     Raises
     ------
     ModelNotStaged
@@ -203,20 +193,11 @@ def _downloaded_commit(directory: Path, filename: str) -> str | None:
 
 
 def recorded_revision(directory: Path, weight_files: tuple[Path, ...]) -> str | None:
-    """The Hugging Face commit the checkpoint was downloaded at, where that is recorded.
+    """The 40-digit Hugging Face commit the checkpoint was downloaded at, where that is recorded.
 
-    Parameters
-    ----------
-    directory : Path
-        The staged model directory.
-    weight_files : tuple of Path
-        Its weight files; each must have been downloaded at the same commit as ``config.json``.
-
-    Returns
-    -------
-    str or None
-        The 40-digit commit from a Hugging Face cache snapshot path or from the download metadata
-        that ``hf download --local-dir`` writes; None when not recorded or when files disagree.
+    Read from a Hugging Face cache snapshot path or from the download metadata that ``hf download
+    --local-dir`` writes; every weight file must have been downloaded at the same commit as
+    ``config.json``. None when not recorded or when files disagree.
     """
     if directory.parent.name == "snapshots" and _COMMIT.match(directory.name):
         return directory.name
@@ -250,35 +231,17 @@ def _repository_hint(directory: Path, config: dict[str, Any]) -> str | None:
 def model_id_for(directory: Path, config: dict[str, Any]) -> str:
     """The model's id: its Hugging Face repository where the directory shows it, else the directory name.
 
-    Parameters
-    ----------
-    directory : Path
-        The staged model directory.
-    config : dict
-        Its parsed ``config.json``.
-
-    Returns
-    -------
-    str
-        ``org/name`` from a Hugging Face cache path, from ``_name_or_path`` or from the README when
-        that repository's name is the directory's name (a fine-tune often keeps its base model's
-        ``_name_or_path``, which must not be taken for its own); otherwise the directory name.
+    ``org/name`` from a Hugging Face cache path, from ``_name_or_path`` or from the README when that
+    repository's name is the directory's name (a fine-tune often keeps its base model's
+    ``_name_or_path``, which must not be taken for its own).
     """
     return _repository_hint(directory, config) or directory.name
 
 
 def checkpoint_identity(checkpoint: StagedCheckpoint) -> ModelIdentity:
-    """Identify a staged checkpoint: model id, revision (or weights fingerprint) and family.
+    """Identify a checkpoint that passed :func:`inspect_checkpoint`: model id, revision (or fingerprint), family.
 
-    Parameters
-    ----------
-    checkpoint : StagedCheckpoint
-        A checkpoint that passed :func:`inspect_checkpoint`.
-
-    Returns
-    -------
-    ModelIdentity
-        The identity recorded with every draft.
+    The identity is recorded with every draft.
     """
     revision = recorded_revision(checkpoint.directory, checkpoint.weight_files)
     if revision is None:

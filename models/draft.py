@@ -92,17 +92,8 @@ class ParsedDraft:
 def parse_draft(text: str, n_images: int) -> ParsedDraft:
     """Parse model output into a draft; never raises.
 
-    Parameters
-    ----------
-    text : str
-        The model's output.
-    n_images : int
-        How many images the model was shown (image references outside 1..n are dropped).
-
-    Returns
-    -------
-    ParsedDraft
-        The structured draft, or the text as one flagged free-text finding.
+    Image references outside 1..``n_images`` (the images the model was shown) are dropped. Output that
+    cannot be structured becomes one flagged free-text finding.
     """
     raw = clean(text, MAX_RAW_CHARS)
     problems: list[str] = []

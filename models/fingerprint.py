@@ -59,17 +59,7 @@ class SafetensorsHeader:
 
 
 def read_safetensors_header(path: Path) -> SafetensorsHeader:
-    """Read and check the header of a safetensors file.
-
-    Parameters
-    ----------
-    path : Path
-        The ``.safetensors`` file.
-
-    Returns
-    -------
-    SafetensorsHeader
-        The parsed header.
+    """Read and check the header of a ``.safetensors`` file.
 
     Raises
     ------
@@ -105,16 +95,8 @@ def read_safetensors_header(path: Path) -> SafetensorsHeader:
 def sample_offsets(data_length: int) -> list[tuple[int, int]]:
     """Where to sample a shard's data: ``(offset, length)`` pairs relative to the data start.
 
-    Parameters
-    ----------
-    data_length : int
-        Bytes of tensor data.
-
-    Returns
-    -------
-    list of tuple of int
-        One span covering everything for small data, else evenly spaced 1 MiB spans from the first
-        to the last byte.
+    One span covering everything for small data, else evenly spaced 1 MiB spans from the first to the
+    last byte.
     """
     if data_length <= SAMPLE_BYTES * SAMPLES_PER_SHARD:
         return [(0, data_length)] if data_length else []
@@ -134,19 +116,9 @@ def _update_with_span(digest: Any, stream: BinaryIO, offset: int, length: int) -
 
 
 def weights_fingerprint(model_dir: Path, shards: Sequence[Path] | None = None) -> str:
-    """Fingerprint a checkpoint's configuration and weights.
+    """Fingerprint a checkpoint's ``config.json`` and weights: ``sha256:`` followed by 40 hex digits.
 
-    Parameters
-    ----------
-    model_dir : Path
-        The staged model directory (its ``config.json`` is included).
-    shards : sequence of Path, optional
-        The safetensors files to cover; default: every ``*.safetensors`` file in ``model_dir``.
-
-    Returns
-    -------
-    str
-        ``sha256:`` followed by 40 hex digits.
+    ``shards`` are the safetensors files to cover; default: every ``*.safetensors`` file in ``model_dir``.
 
     Raises
     ------

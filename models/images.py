@@ -18,20 +18,7 @@ from PIL import Image
 
 
 def pad_to_square(image: Image.Image, fill: tuple[int, int, int]) -> Image.Image:
-    """Pad an RGB image to a square, centred, without cropping or scaling.
-
-    Parameters
-    ----------
-    image : PIL.Image.Image
-        An RGB image.
-    fill : tuple of int
-        Colour of the added border.
-
-    Returns
-    -------
-    PIL.Image.Image
-        The image itself when already square, else a new square image.
-    """
+    """Pad an RGB image to a square with ``fill``, centred, without cropping or scaling (itself when already square)."""
     width, height = image.size
     if width == height:
         return image
@@ -42,20 +29,7 @@ def pad_to_square(image: Image.Image, fill: tuple[int, int, int]) -> Image.Image
 
 
 def cap_pixels(image: Image.Image, max_pixels: int) -> Image.Image:
-    """Scale an image down, keeping its aspect ratio, so that it has at most ``max_pixels`` pixels.
-
-    Parameters
-    ----------
-    image : PIL.Image.Image
-        The image.
-    max_pixels : int
-        Pixel budget (width times height).
-
-    Returns
-    -------
-    PIL.Image.Image
-        The image itself when within budget, else a resized copy.
-    """
+    """Scale an image down, keeping its aspect ratio, to at most ``max_pixels`` (width times height); else itself."""
     width, height = image.size
     if width * height <= max_pixels:
         return image
@@ -67,16 +41,8 @@ def cap_pixels(image: Image.Image, max_pixels: int) -> Image.Image:
 def square_padding_fill(image_processor: Any) -> tuple[int, int, int] | None:
     """The padding colour for processors that centre-crop a single tile, else None.
 
-    Parameters
-    ----------
-    image_processor : object
-        A transformers image processor.
-
-    Returns
-    -------
-    tuple of int or None
-        The processor's mean colour in 0-255 when it centre-crops and has no any-resolution tiling
-        (LLaVA-NeXT's ``image_grid_pinpoints``); None otherwise.
+    The processor's mean colour in 0-255 when it centre-crops and has no any-resolution tiling
+    (LLaVA-NeXT's ``image_grid_pinpoints``).
     """
     if not getattr(image_processor, "do_center_crop", False) or getattr(image_processor, "image_grid_pinpoints", None):
         return None
@@ -89,21 +55,10 @@ def square_padding_fill(image_processor: Any) -> tuple[int, int, int] | None:
 def prepare_images(
     images: Sequence[Image.Image], *, square_fill: tuple[int, int, int] | None, max_pixels: int | None
 ) -> list[Image.Image]:
-    """Convert to RGB, cap the pixel count and pad to square, as the model needs.
+    """Convert one request's images to RGB, cap the pixel count and pad to square, as the model needs.
 
-    Parameters
-    ----------
-    images : sequence of PIL.Image.Image
-        One request's images.
-    square_fill : tuple of int or None
-        Padding colour when images must be square (see :func:`square_padding_fill`).
-    max_pixels : int or None
-        Pixel cap of the family.
-
-    Returns
-    -------
-    list of PIL.Image.Image
-        Prepared images, in order.
+    ``square_fill`` is the padding colour when images must be square (see :func:`square_padding_fill`);
+    ``max_pixels`` the family's pixel cap.
     """
     prepared = []
     for image in images:

@@ -121,20 +121,7 @@ TEMPLATES: tuple[PromptTemplate, ...] = (
 
 
 def select_template(modality: str | None, body_part: str | None) -> PromptTemplate:
-    """Return the first template that applies (the last one applies to everything).
-
-    Parameters
-    ----------
-    modality : str or None
-        The study's modality.
-    body_part : str or None
-        Its body part (Body Part Examined or a description keyword).
-
-    Returns
-    -------
-    PromptTemplate
-        The template.
-    """
+    """Return the first template that applies to the modality and body part (the last one applies to everything)."""
     return next(t for t in TEMPLATES if t.matches(modality, body_part))
 
 
@@ -143,28 +130,12 @@ class UnknownPrompt(LookupError):
 
 
 def template_names() -> tuple[str, ...]:
-    """Return the names of the prompt templates, in the order they are tried.
-
-    Returns
-    -------
-    tuple of str
-        The names (``ct-chest``, ``general`` ...).
-    """
+    """Return the names of the prompt templates (``ct-chest``, ``general`` ...), in the order they are tried."""
     return tuple(t.name for t in TEMPLATES)
 
 
 def template_named(name: str) -> PromptTemplate:
     """Return the current template of this name (a second opinion's prompt override).
-
-    Parameters
-    ----------
-    name : str
-        A template name, e.g. ``ct-chest``.
-
-    Returns
-    -------
-    PromptTemplate
-        The template.
 
     Raises
     ------
@@ -180,19 +151,9 @@ def template_named(name: str) -> PromptTemplate:
 def render_prompt(template: PromptTemplate, image_labels: Sequence[str], clinical_question: str | None = None) -> str:
     """Write the user prompt: numbered images, the task, the clinical question, the output format.
 
-    Parameters
-    ----------
-    template : PromptTemplate
-        The template.
-    image_labels : sequence of str
-        One short label per image, in the order the images are given (no patient data).
-    clinical_question : str or None
-        The referrer's question (from a telemedicine upload), quoted as untrusted text.
-
-    Returns
-    -------
-    str
-        The prompt text that goes with the images.
+    ``image_labels`` has one short label per image, in the order the images are given (no patient
+    data); ``clinical_question`` is the referrer's question (from a telemedicine upload), quoted as
+    untrusted text.
     """
     lines = [f"Image {index}: {label}" for index, label in enumerate(image_labels, start=1)]
     lines.append("")

@@ -391,6 +391,8 @@ def _keep_template_in_tokenizer_config(directory: Path) -> None:
 def build_smoke_model(family: str, directory: Path, *, seed: int = 0) -> Path:
     """Build a tiny randomly initialised checkpoint of a family's architecture.
 
+    Returns ``directory``, ready for :class:`~models.transformers_backend.TransformersBackend`.
+
     Parameters
     ----------
     family : str
@@ -400,11 +402,6 @@ def build_smoke_model(family: str, directory: Path, *, seed: int = 0) -> Path:
         Where to write the checkpoint (created; existing files of the same names are replaced).
     seed : int
         Seed of the random weights: the same seed gives the same weights.
-
-    Returns
-    -------
-    Path
-        ``directory``, ready for :class:`~models.transformers_backend.TransformersBackend`.
 
     Raises
     ------
@@ -442,15 +439,7 @@ def build_smoke_model(family: str, directory: Path, *, seed: int = 0) -> Path:
 def is_smoke_model(model_dir: Path) -> bool:
     """Whether a directory holds a smoke-test model (its text is noise).
 
-    Parameters
-    ----------
-    model_dir : Path
-        A staged model directory.
-
-    Returns
-    -------
-    bool
-        True when it carries the marker file or the ``pacs_vlm_smoke_test`` configuration field.
+    True when it carries the marker file or the ``pacs_vlm_smoke_test`` configuration field.
     """
     if (model_dir / SMOKE_MARKER_FILE).is_file():
         return True

@@ -67,7 +67,7 @@ def train_smoke_tokenizer(
     named_tokens: Mapping[str, str] | None = None,
     vocab_size: int = SMOKE_VOCAB_SIZE,
 ) -> Any:
-    """Train a byte-level BPE tokenizer with a family's special tokens.
+    """Train a byte-level BPE tokenizer with a family's special tokens; a fast tokenizer ready for ``save_pretrained``.
 
     Parameters
     ----------
@@ -84,10 +84,10 @@ def train_smoke_tokenizer(
     vocab_size : int
         Target vocabulary size.
 
-    Returns
-    -------
-    transformers.TokenizersBackend
-        A fast tokenizer, ready for ``save_pretrained``.
+    Raises
+    ------
+    ValueError
+        When a named or required token is not in ``special_tokens``, or ``add_bos_token`` has no ``bos_token``.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import TokenizersBackend

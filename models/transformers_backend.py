@@ -49,17 +49,9 @@ class _LoadedModel:
 
 
 def resolve_device(device: str) -> str:
-    """Turn a device setting into a torch device string.
+    """Turn a device setting into ``cpu`` or ``cuda:N``.
 
-    Parameters
-    ----------
-    device : str
-        ``auto`` (the first GPU when there is one, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``.
-
-    Returns
-    -------
-    str
-        ``cpu`` or ``cuda:N``.
+    ``auto`` is the first GPU when there is one, else the CPU; also ``cpu``, ``cuda`` or ``cuda:N``.
 
     Raises
     ------
@@ -81,20 +73,7 @@ def resolve_device(device: str) -> str:
 
 
 def resolve_dtype(dtype: str, device: str) -> torch.dtype:
-    """Turn a dtype setting into a torch dtype: ``auto`` is bf16 on a GPU and fp32 on the CPU.
-
-    Parameters
-    ----------
-    dtype : str
-        One of :data:`DTYPES`.
-    device : str
-        The resolved device.
-
-    Returns
-    -------
-    torch.dtype
-        The weights' dtype.
-    """
+    """Turn a dtype setting (one of :data:`DTYPES`) into a torch dtype: ``auto`` is bf16 on a GPU, fp32 on the CPU."""
     import torch
 
     if dtype == "auto":
@@ -278,17 +257,9 @@ class TransformersBackend:
         return messages
 
     def render_prompt(self, request: GenerationRequest) -> str:
-        """The prompt exactly as the model reads it, before image placeholders are expanded.
+        """The prompt exactly as the model reads it (the chat template applied), before image placeholders are expanded.
 
-        Parameters
-        ----------
-        request : GenerationRequest
-            A request.
-
-        Returns
-        -------
-        str
-            The checkpoint's chat template applied to the request (loads the model if needed).
+        Loads the model if needed.
         """
         self.load()
         loaded = self._loaded
@@ -300,17 +271,9 @@ class TransformersBackend:
         return str(loaded.processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False))
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
-        """Answer a batch of requests in one ``generate`` call (greedy, left-padded).
+        """Answer a batch of requests in one ``generate`` call (greedy, left-padded); one result per request, in order.
 
-        Parameters
-        ----------
-        requests : sequence of GenerationRequest
-            The batch; each request has its own images and token limit.
-
-        Returns
-        -------
-        list of GenerationResult
-            One result per request, in request order.
+        Each request has its own images and token limit.
 
         Raises
         ------

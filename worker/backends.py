@@ -33,19 +33,7 @@ class UnknownModel(LookupError):
 
 
 def model_folder(settings: Settings, model_name: str | None = None) -> Path:
-    """Return the staged folder of the default model or of a named one.
-
-    Parameters
-    ----------
-    settings : Settings
-        The settings (``model`` and ``models``).
-    model_name : str, optional
-        A ``PACSVLM_MODELS`` key; None for the default model.
-
-    Returns
-    -------
-    Path
-        The model's folder.
+    """Return the staged folder of the default model or of a named one (a ``PACSVLM_MODELS`` key).
 
     Raises
     ------
@@ -71,17 +59,8 @@ def model_folder(settings: Settings, model_name: str | None = None) -> Path:
 def model_backend(settings: Settings, model_name: str | None = None) -> tuple[VisionLanguageBackend, float]:
     """Return this process's backend for a model, loading it the first time.
 
-    Parameters
-    ----------
-    settings : Settings
-        The settings (``model``, ``models``, ``model_device``, ``max_new_tokens``).
-    model_name : str, optional
-        A ``PACSVLM_MODELS`` key; None (the default) for ``PACSVLM_MODEL``.
-
-    Returns
-    -------
-    tuple of (VisionLanguageBackend, float)
-        The backend and the seconds spent loading it in this call (0.0 when it was loaded before).
+    ``model_name`` is a ``PACSVLM_MODELS`` key; None (the default) for ``PACSVLM_MODEL``. Returns the
+    backend and the seconds spent loading it in this call (0.0 when it was loaded before).
 
     Raises
     ------
@@ -110,19 +89,9 @@ def model_backend(settings: Settings, model_name: str | None = None) -> tuple[Vi
 
 
 def batched(settings: Settings, backend: VisionLanguageBackend) -> VisionLanguageBackend:
-    """Wrap an in-process backend in a micro-batcher when ``PACSVLM_BATCH_SIZE`` is above 1.
+    """Wrap an in-process backend in a :class:`~models.batching.BatchingBackend` when ``PACSVLM_BATCH_SIZE`` is above 1.
 
-    Parameters
-    ----------
-    settings : Settings
-        The settings (``batch_size``, ``batch_wait_ms``, ``analysis_soft_time_limit``).
-    backend : VisionLanguageBackend
-        The loaded backend; the batcher's single model thread becomes its only caller.
-
-    Returns
-    -------
-    VisionLanguageBackend
-        ``backend`` itself (batch size 1) or a :class:`~models.batching.BatchingBackend` around it.
+    The batcher's single model thread becomes the backend's only caller.
     """
     if settings.batch_size <= 1:
         return backend
@@ -148,19 +117,7 @@ def close_batchers() -> None:
 
 
 def served_backend_options(settings: Settings) -> dict[str, Any]:
-    """The keyword arguments of :class:`~models.openai_backend.OpenAICompatibleBackend` from the settings.
-
-    Parameters
-    ----------
-    settings : Settings
-        The settings (``model_server_*``, ``max_new_tokens``).
-
-    Returns
-    -------
-    dict
-        ``base_url``, ``model``, ``api_key``, ``family``, ``concurrency``, ``timeout``, ``max_new_tokens``
-        and ``outside_trust_boundary``.
-    """
+    """The keyword arguments of :class:`~models.openai_backend.OpenAICompatibleBackend` from ``model_server_*``."""
     assert settings.model_server_url is not None
     api_key = settings.model_server_api_key
     return {
@@ -176,17 +133,7 @@ def served_backend_options(settings: Settings) -> dict[str, Any]:
 
 
 def served_backend(settings: Settings) -> VisionLanguageBackend:
-    """Return this process's backend for the configured model server (connections are opened lazily).
-
-    Parameters
-    ----------
-    settings : Settings
-        The settings (``model_server_*``, ``max_new_tokens``).
-
-    Returns
-    -------
-    VisionLanguageBackend
-        An :class:`~models.openai_backend.OpenAICompatibleBackend`, one per server setting and process.
+    """Return this process's backend for the model server, one per server setting and process (connections open lazily).
 
     Raises
     ------

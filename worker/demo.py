@@ -50,18 +50,7 @@ DSRDUMP_SKIPPED = ("has obs context", "Language of Content Item")
 
 
 def smoke_model(console: Console) -> Path:
-    """Return the smoke-test model folder, building it on first use.
-
-    Parameters
-    ----------
-    console : rich.console.Console
-        Where to say what happens.
-
-    Returns
-    -------
-    pathlib.Path
-        The model folder.
-    """
+    """Return the smoke-test model folder, building it on first use (and saying so on ``console``)."""
     folder = SMOKE_MODEL_DIR / SMOKE_FAMILY
     if not (folder / "config.json").is_file():
         from models.smoke import build_smoke_model
@@ -73,18 +62,7 @@ def smoke_model(console: Console) -> Path:
 
 
 def worker_environment(settings: Settings) -> dict[str, str]:
-    """Return the environment of the demo's worker process (the demo's settings as variables).
-
-    Parameters
-    ----------
-    settings : Settings
-        The demo's settings.
-
-    Returns
-    -------
-    dict of str to str
-        The environment.
-    """
+    """Return the environment of the demo's worker process (the demo's settings as variables)."""
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("PACSVLM_")}
     env.update(
         PACSVLM_DATA_DIR=str(settings.data_dir.resolve()),
@@ -102,15 +80,8 @@ def worker_environment(settings: Settings) -> dict[str, str]:
 def run_demo(*, keep: bool = False) -> int:
     """Run the demo and return the process exit status.
 
-    Parameters
-    ----------
-    keep : bool
-        Keep ``var/demo`` from an earlier run instead of starting empty.
-
-    Returns
-    -------
-    int
-        0 when every study was stored, assembled, queued and then drafted (or failed with a reason).
+    0 when every study was stored, assembled, queued and then drafted (or failed with a reason).
+    ``keep`` keeps ``var/demo`` from an earlier run instead of starting empty.
     """
     console = Console()
     if not keep:
@@ -193,17 +164,7 @@ def run_demo(*, keep: bool = False) -> int:
 
 
 def print_outcomes(console: Console, outcomes: list[StudyOutcome], settings: Settings) -> None:
-    """Print a table of the studies and each draft's text.
-
-    Parameters
-    ----------
-    console : rich.console.Console
-        Where to print.
-    outcomes : list of StudyOutcome
-        The studies.
-    settings : Settings
-        Where things are stored (for the footer).
-    """
+    """Print a table of the studies and each draft's text, with where things are stored as a footer."""
     table = Table("study", "state", "report", "prompt", "images seen", "tokens out", "note", title="Analysis")
     for o in outcomes:
         table.add_row(
@@ -235,15 +196,6 @@ def print_draft_sr(console: Console, settings: Settings, report_id: int) -> None
 
     The worker writes the SR right after the draft; :func:`ensure_draft_sr` returns that file (or writes
     it, with the same UIDs, if the worker was stopped in between).
-
-    Parameters
-    ----------
-    console : rich.console.Console
-        Where to print.
-    settings : Settings
-        The demo's settings.
-    report_id : int
-        The draft report.
     """
     try:
         path = ensure_draft_sr(settings, report_id)

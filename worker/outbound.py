@@ -60,46 +60,19 @@ class OutboundRelease:
     withheld: int = 0
 
     def question(self, question: str | None) -> str | None:
-        """The clinical question as it may be sent: None when de-identifying (PS3.15: removed).
-
-        Parameters
-        ----------
-        question : str or None
-            The referrer's question.
-
-        Returns
-        -------
-        str or None
-            The question, or None.
-        """
+        """The referrer's question as it may be sent: None when de-identifying (PS3.15: removed)."""
         return None if self.deidentified else question
 
     def timings(self) -> dict[str, float]:
-        """Entries for the draft's timings: ``deidentified`` (1.0) and ``withheld_images`` when applied.
-
-        Returns
-        -------
-        dict of str to float
-            Empty when the policy did not apply.
-        """
+        """Entries for the draft's timings: ``deidentified`` (1.0) and ``withheld_images``; empty when not applied."""
         if not self.deidentified:
             return {}
         return {"deidentified": 1.0, "withheld_images": float(self.withheld)}
 
     def annotate(self, parsed: ParsedDraft, question_dropped: bool) -> ParsedDraft:
-        """Tell the reviewer what the model was not given.
+        """Tell the reviewer what the model was not given: add problems (and, for withheld images, limitations).
 
-        Parameters
-        ----------
-        parsed : ParsedDraft
-            The parsed model output.
-        question_dropped : bool
-            Whether the study had a clinical question that was not sent.
-
-        Returns
-        -------
-        ParsedDraft
-            The draft with problems (and, for withheld images, limitations) added.
+        ``question_dropped`` says whether the study had a clinical question that was not sent.
         """
         if not self.deidentified:
             return parsed
@@ -119,18 +92,7 @@ class OutboundRelease:
 
 
 def leaves_trust_boundary(backend: VisionLanguageBackend) -> bool:
-    """Whether requests to this backend leave the hospital's trust boundary.
-
-    Parameters
-    ----------
-    backend : VisionLanguageBackend
-        The backend a study goes to.
-
-    Returns
-    -------
-    bool
-        True for a model server not declared trusted.
-    """
+    """Whether requests to this backend leave the hospital's trust boundary (a model server not declared trusted)."""
     return isinstance(backend, OpenAICompatibleBackend) and backend.outside_trust_boundary
 
 
@@ -139,20 +101,8 @@ def outbound_release(
 ) -> OutboundRelease:
     """Decide which of a study's instances may go to a backend.
 
-    Parameters
-    ----------
-    settings : Settings
-        The settings (instance store).
-    files : sequence of InstanceFile
-        The study's instances.
-    backend : VisionLanguageBackend
-        Where the request goes.
-
-    Returns
-    -------
-    OutboundRelease
-        All instances for a trusted backend; for an untrusted one, those whose header does not say
-        ``YES`` to burned-in annotation or recognizable visual features.
+    All instances for a trusted backend; for an untrusted one, those whose header does not say
+    ``YES`` to burned-in annotation or recognizable visual features.
     """
     if not leaves_trust_boundary(backend):
         return OutboundRelease(list(files), deidentified=False)
@@ -161,18 +111,9 @@ def outbound_release(
 
 
 def identifying_pixels(path: Path) -> bool:
-    """Whether a file's header says its pixels carry burned-in text or recognizable features.
+    """Whether a stored file's Burned In Annotation or Recognizable Visual Features is ``YES``.
 
-    Parameters
-    ----------
-    path : Path
-        A stored DICOM file.
-
-    Returns
-    -------
-    bool
-        True when Burned In Annotation or Recognizable Visual Features is ``YES``.  A header that
-        cannot be read is left to the image selection, which skips it.
+    A header that cannot be read is left to the image selection, which skips it.
     """
     try:
         header = pydicom.dcmread(path, force=True, stop_before_pixels=True, specific_tags=list(WITHHELD_WHEN_YES))

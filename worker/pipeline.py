@@ -22,16 +22,8 @@ from worker.outbound import outbound_release
 def evidence_of(prepared: PreparedStudy) -> list[dict[str, Any]]:
     """Return exactly what the model saw: per image number, the SOP instances and frames in it.
 
-    Parameters
-    ----------
-    prepared : PreparedStudy
-        The selected images.
-
-    Returns
-    -------
-    list of dict
-        One entry per instance frame: ``image`` (1-based, as numbered in the prompt), SOP class and
-        instance UIDs, series UID, ``frame`` (1-based) and the window used.
+    One entry per instance frame: ``image`` (1-based, as numbered in the prompt), SOP class and
+    instance UIDs, series UID, ``frame`` (1-based) and the window used.
     """
     return [
         {
@@ -57,18 +49,14 @@ def draft_study(
     clinical_question: str | None = None,
     prompt_name: str | None = None,
 ) -> DraftRecord:
-    """Draft a report for one study version.
+    """Draft a report for one study version; the draft is ready to store.
 
     Parameters
     ----------
     settings : Settings
         The settings (routing rules, image limits, new-token limit).
-    job : ClaimedJob
-        The job being run.
     files : sequence of InstanceFile
         The study's stored instances at the job's version.
-    backend : VisionLanguageBackend
-        The loaded model.
     load_seconds : float
         Time this job spent loading the model (recorded with the timings).
     clinical_question : str or None
@@ -76,11 +64,6 @@ def draft_study(
         (:attr:`~integration.imaging.selection.PreparedStudy.clinical_question`).
     prompt_name : str or None
         A prompt template to use instead of the one chosen by modality and body part (a second opinion's).
-
-    Returns
-    -------
-    DraftRecord
-        The draft, ready to store.
 
     Raises
     ------

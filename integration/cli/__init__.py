@@ -16,18 +16,7 @@ console = Console(stderr=True)
 
 
 def load_settings(**overrides: object) -> Settings:
-    """Return validated settings, with a command's non-``None`` option overrides, or exit with a readable message.
-
-    Parameters
-    ----------
-    **overrides
-        Settings fields a command's options override (``None``: not given).
-
-    Returns
-    -------
-    Settings
-        The settings.
-    """
+    """Return validated settings, with a command's non-``None`` option overrides, or exit with a readable message."""
     try:
         settings = get_settings()
         given = {name: value for name, value in overrides.items() if value is not None}
@@ -44,19 +33,6 @@ def load_settings(**overrides: object) -> Settings:
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
-    """Print an error line and return the exit to raise.
-
-    Parameters
-    ----------
-    message : str
-        What went wrong and what to do.
-    code : int
-        Exit status.
-
-    Returns
-    -------
-    typer.Exit
-        Raise it.
-    """
+    """Print an error line (what went wrong and what to do) and return the ``typer.Exit`` to raise."""
     console.print(f"[red]error:[/red] {message}")
     return typer.Exit(code)

@@ -27,19 +27,7 @@ class LogLevel(StrEnum):
 
 
 def bind_listening_socket(host: str, port: int) -> socket.socket:
-    """Bind a TCP socket for the server, so a taken port is a readable error before uvicorn starts.
-
-    Parameters
-    ----------
-    host : str
-        Address (IPv4, IPv6 or a name).
-    port : int
-        TCP port.
-
-    Returns
-    -------
-    socket.socket
-        The bound socket (uvicorn listens on it).
+    """Bind a TCP socket (IPv4, IPv6 or a name) for uvicorn to listen on, so a taken port is a readable error first.
 
     Raises
     ------

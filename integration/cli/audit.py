@@ -26,20 +26,10 @@ _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
 def parse_time(value: str, now: datetime) -> datetime:
-    """Read a time given on the command line.
+    """Read a time given on the command line as an aware time.
 
-    Parameters
-    ----------
-    value : str
-        ISO 8601 (``2025-03-01``, ``2025-03-01T08:00``, ``2025-03-01T08:00+01:00``; no zone means UTC) or a
-        time before ``now`` such as ``15m``, ``2h``, ``7d``, ``1w``.
-    now : datetime.datetime
-        The current aware time.
-
-    Returns
-    -------
-    datetime.datetime
-        An aware time.
+    ISO 8601 (``2025-03-01``, ``2025-03-01T08:00``, ``2025-03-01T08:00+01:00``; no zone means UTC) or a
+    time before ``now`` (aware) such as ``15m``, ``2h``, ``7d``, ``1w``.
 
     Raises
     ------
@@ -58,17 +48,7 @@ def parse_time(value: str, now: datetime) -> datetime:
 
 
 def parse_object(value: str) -> tuple[str, str | None]:
-    """Read ``--object``: ``TYPE`` or ``TYPE:ID`` (``study:1.2.840...``, ``report:42``).
-
-    Parameters
-    ----------
-    value : str
-        What was given.
-
-    Returns
-    -------
-    tuple of (str, str or None)
-        The object type and, when given, its id.
+    """Read ``--object``: ``TYPE`` or ``TYPE:ID`` (``study:1.2.840...``, ``report:42``) as the type and the id or None.
 
     Raises
     ------

@@ -46,19 +46,8 @@ class RenderedFrame:
 def render_frame(frame: Frame, window: Window | None = None) -> RenderedFrame:
     """Show a decoded frame as 8-bit RGB.
 
-    Parameters
-    ----------
-    frame : Frame
-        The decoded frame.
-    window : Window, optional
-        The window to use for a grayscale frame; when omitted, the VOI LUT
-        Sequence, the header window, a CT preset or the frame's value range
-        are used, in that order.  Ignored for colour frames.
-
-    Returns
-    -------
-    RenderedFrame
-        The pixels and the name of the VOI stage used.
+    For a grayscale frame without ``window``, the VOI LUT Sequence, the header window, a CT preset or
+    the frame's value range are used, in that order; ``window`` is ignored for colour frames.
     """
     if frame.is_colour:
         return RenderedFrame(frame.values, None)
@@ -69,21 +58,9 @@ def render_frame(frame: Frame, window: Window | None = None) -> RenderedFrame:
 
 
 def frame_to_rgb(ds: Dataset, frame_index: int = 0, window: Window | None = None) -> ImageArray:
-    """Return one frame of an image as uint8 RGB, shape (rows, columns, 3).
+    """Return one frame (0-based ``frame_index``) of a complete image as shown: uint8 RGB, shape (rows, columns, 3).
 
-    Parameters
-    ----------
-    ds : pydicom.dataset.Dataset
-        A complete image (read with its pixel data).
-    frame_index : int
-        0-based frame index (the DICOM frame number minus one).
-    window : Window, optional
-        The window for a grayscale frame (see :func:`render_frame`).
-
-    Returns
-    -------
-    numpy.ndarray
-        The frame as shown.
+    ``window`` is as for :func:`render_frame`.
 
     Raises
     ------
@@ -94,20 +71,9 @@ def frame_to_rgb(ds: Dataset, frame_index: int = 0, window: Window | None = None
 
 
 def pad_to_square(image: npt.NDArray[Any], fill: int = 0) -> npt.NDArray[Any]:
-    """Pad an image evenly on both sides to a square; nothing is ever cropped.
+    """Pad an image evenly on both sides to a square of side max(rows, columns); nothing is ever cropped.
 
-    Parameters
-    ----------
-    image : numpy.ndarray
-        Shape (rows, columns) or (rows, columns, channels).
-    fill : int
-        Value of the added pixels.
-
-    Returns
-    -------
-    numpy.ndarray
-        A square image of side max(rows, columns) with ``image`` centred in it
-        (the input itself when already square).
+    Works on (rows, columns) or (rows, columns, channels); the input itself when already square.
     """
     rows, columns = image.shape[:2]
     if rows == columns:
@@ -121,23 +87,10 @@ def pad_to_square(image: npt.NDArray[Any], fill: int = 0) -> npt.NDArray[Any]:
 
 
 def fit(image: ImageArray, size: int, *, upscale: bool = False) -> ImageArray:
-    """Resize an image so that its longest side is ``size``, keeping the aspect ratio.
+    """Resize a uint8 image so that its longest side is ``size`` pixels, keeping the aspect ratio.
 
-    Shrinking averages areas (box filter); enlarging is bilinear.
-
-    Parameters
-    ----------
-    image : numpy.ndarray
-        uint8, shape (rows, columns) or (rows, columns, 3).
-    size : int
-        The longest side wanted, in pixels.
-    upscale : bool
-        Also enlarge images smaller than ``size`` (by default they are kept as they are).
-
-    Returns
-    -------
-    numpy.ndarray
-        The resized image (the input itself when no resizing is needed).
+    Shrinking averages areas (box filter); enlarging is bilinear, and only with ``upscale`` (by default
+    smaller images are kept as they are). Returns the input itself when no resizing is needed.
 
     Raises
     ------

@@ -159,17 +159,8 @@ class Instance:
 def read_instances(files: Sequence[Path]) -> tuple[list[Instance], list[tuple[str, str]]]:
     """Read the headers of a study's files (never the pixel data).
 
-    Parameters
-    ----------
-    files : sequence of pathlib.Path
-        The files.
-
-    Returns
-    -------
-    instances : list of Instance
-        The readable instances, each SOP instance once.
-    skipped : list of (str, str)
-        Unreadable files (by file name) and duplicate instances, with reasons.
+    Returns the readable instances, each SOP instance once, and the skipped ones: unreadable files (by
+    file name) and duplicate instances, with reasons.
     """
     instances: list[Instance] = []
     skipped: list[tuple[str, str]] = []
@@ -190,16 +181,6 @@ def read_instances(files: Sequence[Path]) -> tuple[list[Instance], list[tuple[st
 
 def read_instance(path: Path) -> Instance:
     """Read the header of one file.
-
-    Parameters
-    ----------
-    path : pathlib.Path
-        The file.
-
-    Returns
-    -------
-    Instance
-        What the header says.
 
     Raises
     ------
@@ -237,18 +218,7 @@ def read_instance(path: Path) -> Instance:
 
 
 def skip_reason(instance: Instance) -> str | None:
-    """Return why an instance is not an image for the model, or None when it is one.
-
-    Parameters
-    ----------
-    instance : Instance
-        The instance.
-
-    Returns
-    -------
-    str or None
-        The reason, naming the SOP class where that is the reason.
-    """
+    """Return why an instance is not an image for the model (naming the SOP class where that is why), or None."""
     uid = instance.sop_class_uid
     for root, reason in NON_IMAGE_SOP_CLASSES:
         if uid == root or uid.startswith(f"{root}."):

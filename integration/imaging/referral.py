@@ -38,18 +38,10 @@ _SPACE = re.compile(r"\s+")
 
 
 def clean_question(value: Any) -> str | None:
-    """Turn a header value into a safe one-line question, or None when nothing is left.
+    """Turn a header value (string, multi-valued string or anything else) into a safe one-line question.
 
-    Parameters
-    ----------
-    value : Any
-        The element's value (a string, a multi-valued string, or anything else).
-
-    Returns
-    -------
-    str or None
-        Control and format characters removed, white space collapsed, at most
-        :data:`MAX_QUESTION_CHARS` characters.
+    Control and format characters removed, white space collapsed, at most :data:`MAX_QUESTION_CHARS`
+    characters; None when nothing is left.
     """
     if value is None:
         return None
@@ -60,18 +52,7 @@ def clean_question(value: Any) -> str | None:
 
 
 def question_in(ds: Dataset) -> str | None:
-    """Return the clinical question a dataset carries, looked for in the order of the module's docstring.
-
-    Parameters
-    ----------
-    ds : pydicom.dataset.Dataset
-        An instance's header.
-
-    Returns
-    -------
-    str or None
-        The cleaned question, or None when the dataset has none.
-    """
+    """Return the cleaned clinical question a header carries (looked for in the module docstring's order), or None."""
     candidates: list[Any] = []
     try:
         requests = ds.get("RequestAttributesSequence")
@@ -89,18 +70,7 @@ def question_in(ds: Dataset) -> str | None:
 
 
 def read_question(path: Path) -> str | None:
-    """Read the clinical question from a DICOM file's header (pixel data is not read).
-
-    Parameters
-    ----------
-    path : pathlib.Path
-        A DICOM file.
-
-    Returns
-    -------
-    str or None
-        The cleaned question, or None when the file has none or cannot be read.
-    """
+    """Read the cleaned clinical question from a DICOM file's header (no pixel data); None when none or unreadable."""
     try:
         ds = pydicom.dcmread(path, force=True, stop_before_pixels=True, specific_tags=QUESTION_TAGS)
         return question_in(ds)

@@ -101,20 +101,7 @@ class RoutingRule(BaseModel):
         return self
 
     def accepts(self, series: Series, calling_ae: str | None) -> bool:
-        """Tell whether this rule accepts a series of a study sent by ``calling_ae``.
-
-        Parameters
-        ----------
-        series : Series
-            The series.
-        calling_ae : str or None
-            The calling AE title of the study (None when unknown).
-
-        Returns
-        -------
-        bool
-            True when every set criterion matches.
-        """
+        """Tell whether every set criterion accepts a series of a study sent by ``calling_ae`` (None when unknown)."""
         if self.calling_ae is not None and (calling_ae or "").strip() != self.calling_ae:
             return False
         if self.modality is not None and series.modality != self.modality:

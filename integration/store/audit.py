@@ -30,8 +30,6 @@ def add_event(
 
     Parameters
     ----------
-    session : sqlalchemy.orm.Session
-        Open session.
     actor : str
         Who acted: a user name, ``ae:<AE title>`` for a DICOM peer, ``system`` for the worker.
     action : str
@@ -66,23 +64,7 @@ def record_event(
     source: str | None = None,
     detail: dict[str, Any] | None = None,
 ) -> None:
-    """Append one audit event and commit (with whatever else the session holds).
-
-    Parameters
-    ----------
-    session : sqlalchemy.orm.Session
-        Open session.
-    actor : str
-        Who acted: a user name, or ``ae:<AE title>`` for a DICOM peer.
-    action : str
-        What happened, dotted (``dicom.association``, ``study.queued``).
-    object_type, object_id : str, optional
-        What it happened to (``study`` and its UID, say).
-    source : str, optional
-        Where from (``host:port``).
-    detail : dict, optional
-        Counts and reasons; never patient data.
-    """
+    """Append one audit event (as :func:`add_event`) and commit, with whatever else the session holds."""
     add_event(
         session,
         actor=actor,
@@ -114,14 +96,8 @@ def query_events(
 
     Parameters
     ----------
-    session : sqlalchemy.orm.Session
-        Open session.
-    actor : str, optional
-        Exactly this actor.
     action : str, optional
         Exactly this action, or, when it ends with a dot (``report.``), every action starting with it.
-    object_type, object_id : str, optional
-        Exactly this object type / object id.
     since : datetime.datetime, optional
         Events at or after this aware time.
     until : datetime.datetime, optional
@@ -130,11 +106,6 @@ def query_events(
         Most rows returned; clamped to 1 ... :data:`MAX_QUERY_LIMIT`.
     before_id : int, optional
         Only events with a smaller id (the previous page's last id).
-
-    Returns
-    -------
-    list of AuditEvent
-        The events, newest first.
     """
     query = select(AuditEvent)
     if actor is not None:
@@ -161,16 +132,8 @@ def query_events(
 def event_as_json(event: AuditEvent) -> dict[str, Any]:
     """Return one audit event as a JSON object.
 
-    Parameters
-    ----------
-    event : AuditEvent
-        The event.
-
-    Returns
-    -------
-    dict
-        ``id``, ``at`` (ISO 8601, UTC), ``actor``, ``action``, ``object_type``, ``object_id``, ``source``
-        and ``detail``.
+    ``id``, ``at`` (ISO 8601, UTC), ``actor``, ``action``, ``object_type``, ``object_id``, ``source``
+    and ``detail``.
     """
     return {
         "id": event.id,

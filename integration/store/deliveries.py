@@ -44,23 +44,9 @@ def create_deliveries(
 ) -> list[int]:
     """Create the deliveries of one report version (existing ones are kept) and commit.
 
-    Parameters
-    ----------
-    session : sqlalchemy.orm.Session
-        Open session.
-    report_id : int
-        The report.
-    revision_id : int or None
-        The signed revision, or None for the draft.
-    planned : iterable of PlannedDelivery
-        Destination and document pairs.
-    now : datetime
-        Current time (aware, UTC).
-
-    Returns
-    -------
-    list of int
-        Ids of this version's deliveries that are still pending (new or earlier), to send.
+    ``revision_id`` is the signed revision, or None for the draft; ``planned`` gives destination and
+    document pairs; ``now`` is aware UTC. Returns the ids of this version's deliveries that are still
+    pending (new or earlier), to send.
     """
     subject = subject_of(report_id, revision_id)
     insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
@@ -92,19 +78,9 @@ def create_deliveries(
 
 
 def start_attempt(session: Session, delivery_id: int) -> DeliveryTarget | None:
-    """Count an attempt of a pending delivery and commit; None when it is not pending.
+    """Count an attempt of a pending delivery and commit; return what to send.
 
-    Parameters
-    ----------
-    session : sqlalchemy.orm.Session
-        Open session.
-    delivery_id : int
-        The delivery.
-
-    Returns
-    -------
-    DeliveryTarget or None
-        What to send, or None (delivered, dead letter or unknown: a duplicate message changes nothing).
+    None when it is not pending (delivered, dead letter or unknown: a duplicate message changes nothing).
     """
     query = select(Delivery).where(Delivery.id == delivery_id)
     if session.get_bind().dialect.name == "postgresql":
@@ -140,20 +116,11 @@ def mark_delivered(session: Session, delivery_id: int, now: datetime) -> None:
 def mark_failed(
     session: Session, delivery_id: int, error: str, *, dead: bool, next_attempt_at: datetime | None
 ) -> None:
-    """Record a failed attempt (``dead_letter`` when no attempts are left) and commit.
+    """Record a failed attempt and commit.
 
-    Parameters
-    ----------
-    session : sqlalchemy.orm.Session
-        Open session.
-    delivery_id : int
-        The delivery.
-    error : str
-        What went wrong (no patient data).
-    dead : bool
-        No attempts left: the delivery becomes ``dead_letter``.
-    next_attempt_at : datetime or None
-        When the next attempt is due.
+    ``error`` says what went wrong (no patient data; capped at 2000 characters); ``dead`` means no
+    attempts are left: the delivery becomes ``dead_letter``; else the next attempt is due at
+    ``next_attempt_at``.
     """
     values: dict[str, object] = {"last_error": error[:2000], "next_attempt_at": None if dead else next_attempt_at}
     if dead:
@@ -163,21 +130,10 @@ def mark_failed(
 
 
 def retry_deliveries(session: Session, delivery_ids: Sequence[int] | None, now: datetime) -> list[int]:
-    """Make dead-letter deliveries pending again with fresh attempts, and commit.
+    """Make dead-letter deliveries pending again with fresh attempts, commit, and return those to send.
 
-    Parameters
-    ----------
-    session : sqlalchemy.orm.Session
-        Open session.
-    delivery_ids : sequence of int or None
-        These deliveries (dead letter or pending), or every dead letter when None.
-    now : datetime
-        Current time (aware, UTC).
-
-    Returns
-    -------
-    list of int
-        The deliveries made pending (to send).
+    ``delivery_ids`` names deliveries (dead letter or pending), or None for every dead letter; ``now``
+    is aware UTC.
     """
     query = select(Delivery.id).where(Delivery.state != DeliveryState.DELIVERED)
     if delivery_ids is None:
@@ -196,21 +152,9 @@ def retry_deliveries(session: Session, delivery_ids: Sequence[int] | None, now: 
 
 
 def list_deliveries(session: Session, state: DeliveryState | None = None, limit: int = 100) -> list[Delivery]:
-    """Return deliveries, newest first, optionally in one state.
+    """Return at most ``limit`` deliveries, newest first, optionally in one state.
 
-    Parameters
-    ----------
-    session : sqlalchemy.orm.Session
-        Open session.
-    state : DeliveryState or None
-        Only this state.
-    limit : int
-        Maximum rows.
-
-    Returns
-    -------
-    list of Delivery
-        The rows (detached from the session once it closes; read attributes only).
+    The rows are detached from the session once it closes; read attributes only.
     """
     query = select(Delivery).order_by(Delivery.id.desc()).limit(limit)
     if state is not None:
@@ -223,24 +167,9 @@ def deliveries_to_resend(session: Session, now: datetime, overdue_seconds: float
 
     A pending delivery is due at ``next_attempt_at``; one still pending ``overdue_seconds`` after that
     lost its message (a broker restarted without persistence, a worker gone with a held retry). After
-    a broker restart every pending delivery is re-sent.  A duplicate message is harmless: an attempt
-    starts only on a pending delivery, and re-sending a document leaves no duplicate at the destination.
-
-    Parameters
-    ----------
-    session : sqlalchemy.orm.Session
-        Open session.
-    now : datetime
-        Current time (aware, UTC).
-    overdue_seconds : float
-        Grace after the due time.
-    everything : bool
-        Re-send every pending delivery.
-
-    Returns
-    -------
-    list of int
-        The deliveries to send again.
+    a broker restart (``everything``) every pending delivery is re-sent.  A duplicate message is
+    harmless: an attempt starts only on a pending delivery, and re-sending a document leaves no
+    duplicate at the destination. ``now`` is aware UTC.
     """
     query = select(Delivery.id).where(Delivery.state == DeliveryState.PENDING)
     if not everything:

@@ -32,24 +32,11 @@ class PendingSend:
 
 
 def restart_receiving_timers(session: Session, now: datetime, stable_seconds_for: Callable[[str], float]) -> int:
-    """Give every study still receiving a full idle time from ``now``; return how many moved.
+    """Give every study still receiving a full idle time from ``now``; return how many moved. Does not commit.
 
     Called when the listener starts: while it was away nobody could send, so a study whose timer ran
-    out meanwhile is not complete, its sender is about to retry.
-
-    Parameters
-    ----------
-    session : sqlalchemy.orm.Session
-        Open session (not committed here).
-    now : datetime
-        The start time (aware, UTC).
-    stable_seconds_for : callable
-        Idle seconds for a calling AE title.
-
-    Returns
-    -------
-    int
-        Studies whose timer was pushed back.
+    out meanwhile is not complete, its sender is about to retry. ``stable_seconds_for`` gives the idle
+    seconds for a calling AE title.
     """
     moved = 0
     for study in session.scalars(select(Study).where(Study.state == StudyState.RECEIVING)):
@@ -62,7 +49,7 @@ def restart_receiving_timers(session: Session, now: datetime, stable_seconds_for
 def complete_stable_studies(
     session: Session, now: datetime, queue: str, limit: int = 100, sites: Mapping[str, str] | None = None
 ) -> list[int]:
-    """Turn studies idle past their timer into ``stable`` studies with a new job, and commit.
+    """Turn studies idle past their timer into ``stable`` studies with a new job, and commit; return the job ids.
 
     Queued jobs of older versions of the same study are superseded, so a late
     arrival never mixes with an earlier draft.  On PostgreSQL the studies are
@@ -70,21 +57,12 @@ def complete_stable_studies(
 
     Parameters
     ----------
-    session : sqlalchemy.orm.Session
-        Open session.
-    now : datetime
-        Current time (aware, UTC).
     queue : str
         Queue the new jobs go to.
     limit : int
         Studies handled per call.
     sites : mapping of str to str, optional
         Site code per calling AE: a study without a site gets its sender's (unknown codes are left unset).
-
-    Returns
-    -------
-    list of int
-        Ids of the jobs created.
     """
     studies = session.scalars(
         select(Study)
@@ -121,12 +99,10 @@ def jobs_to_send(
 ) -> list[PendingSend]:
     """List queued jobs whose message was never sent or may have been lost, and running jobs whose worker was lost.
 
+    Oldest first.
+
     Parameters
     ----------
-    session : sqlalchemy.orm.Session
-        Open session.
-    now : datetime
-        Current time (aware, UTC).
     resend_after : float
         Seconds after which a queued, unstarted job is sent again.
     everything : bool
@@ -135,11 +111,6 @@ def jobs_to_send(
         Seconds after which a job still ``running`` has outlived the worker's hard time limit: its worker
         (machine) died without the broker noticing yet, so the job is sent again (the claim counts the
         attempt; the draft is written once).  None: running jobs are left to the broker's redelivery.
-
-    Returns
-    -------
-    list of PendingSend
-        The jobs, oldest first.
     """
     stale = now - timedelta(seconds=resend_after)
     queued = AnalysisJob.state == JobState.QUEUED
@@ -159,17 +130,7 @@ def jobs_to_send(
 
 
 def mark_sent(session: Session, job_id: int, now: datetime) -> None:
-    """Record that a job's message reached the broker, and commit.
-
-    Parameters
-    ----------
-    session : sqlalchemy.orm.Session
-        Open session.
-    job_id : int
-        The job.
-    now : datetime
-        Send time (aware, UTC).
-    """
+    """Record that a job's message reached the broker at ``now`` (aware, UTC), and commit."""
     job = session.get(AnalysisJob, job_id)
     if job is None:
         return
@@ -183,16 +144,6 @@ def mark_sent(session: Session, job_id: int, now: datetime) -> None:
 
 
 def record_job_error(session: Session, job_id: int, error: str) -> None:
-    """Keep the last error of a job (a send the broker refused, an attempt to be retried), and commit.
-
-    Parameters
-    ----------
-    session : sqlalchemy.orm.Session
-        Open session.
-    job_id : int
-        The job.
-    error : str
-        What went wrong (no patient data).
-    """
+    """Keep a job's last error (a send the broker refused, an attempt to be retried; no patient data), and commit."""
     session.execute(update(AnalysisJob).where(AnalysisJob.id == job_id).values(last_error=error[:2000]))
     session.commit()

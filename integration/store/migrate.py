@@ -24,15 +24,10 @@ class SchemaOutOfDate(RuntimeError):
 def alembic_config(database_url: str) -> Config:
     """Return an Alembic config bound to a database URL.
 
-    Parameters
-    ----------
-    database_url : str
-        SQLAlchemy URL.
-
-    Returns
-    -------
-    alembic.config.Config
-        The config.
+    Raises
+    ------
+    FileNotFoundError
+        When ``alembic.ini`` is missing (the installation is incomplete).
     """
     if not ALEMBIC_INI.is_file():
         raise FileNotFoundError(f"alembic.ini not found at {ALEMBIC_INI}: the pacs-vlm installation is incomplete")
@@ -42,28 +37,12 @@ def alembic_config(database_url: str) -> Config:
 
 
 def upgrade(database_url: str, revision: str = "head") -> None:
-    """Upgrade the schema to ``revision``.
-
-    Parameters
-    ----------
-    database_url : str
-        SQLAlchemy URL.
-    revision : str
-        Target revision.
-    """
+    """Upgrade the schema to ``revision``."""
     command.upgrade(alembic_config(database_url), revision)
 
 
 def downgrade(database_url: str, revision: str) -> None:
-    """Downgrade the schema to ``revision`` (``base`` drops every table).
-
-    Parameters
-    ----------
-    database_url : str
-        SQLAlchemy URL.
-    revision : str
-        Target revision.
-    """
+    """Downgrade the schema to ``revision`` (``base`` drops every table)."""
     command.downgrade(alembic_config(database_url), revision)
 
 
@@ -80,11 +59,6 @@ def head_revision() -> str | None:
 
 def ensure_schema(database_url: str) -> None:
     """Bring an embedded (SQLite) database to head; require head elsewhere.
-
-    Parameters
-    ----------
-    database_url : str
-        SQLAlchemy URL.
 
     Raises
     ------

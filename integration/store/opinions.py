@@ -59,21 +59,8 @@ def duplicate_of(session: Session, study: Study, model_name: str | None, prompt_
 
     A job of the same model and prompt that is queued or running covers it, and so does a report of this
     version from the same model with that prompt (by its prompt version's name when a prompt is named; from
-    a job that named no prompt otherwise).
-
-    Parameters
-    ----------
-    session : sqlalchemy.orm.Session
-        Open session.
-    study : Study
-        The study.
-    model_name, prompt_name : str or None
-        The request (None: the worker's default model, the prompt chosen by modality and body part).
-
-    Returns
-    -------
-    str or None
-        A sentence naming the job or report, or None when nothing covers it.
+    a job that named no prompt otherwise). None for ``model_name``/``prompt_name`` means the worker's
+    default model and the prompt chosen by modality and body part. Returns a sentence naming the job or report.
     """
     this_version = and_(AnalysisJob.study_id == study.id, AnalysisJob.study_version == study.version)
     pending = session.scalar(
@@ -125,12 +112,10 @@ def request_second_opinion(
     """Queue a second analysis of the study's current version, audit it (``opinion.requested``) and commit.
 
     The caller then sends the job's message (:func:`integration.queue.send_analyze_study`); until it is
-    sent, the job is a queued row the listener's reconciler sends.
+    sent, the job is a queued row the listener's reconciler sends. Returns the new job's id.
 
     Parameters
     ----------
-    session : sqlalchemy.orm.Session
-        Open session.
     study : Study
         The study (already checked to be the requester's to see).
     model_name : str or None
@@ -147,11 +132,6 @@ def request_second_opinion(
         Where the request came from (for the audit event).
     now : datetime, optional
         Current time (aware, UTC).
-
-    Returns
-    -------
-    int
-        The new job's id.
 
     Raises
     ------
@@ -207,20 +187,7 @@ def request_second_opinion(
 
 
 def job_choice(session: Session, job_id: int) -> JobChoice | None:
-    """Return the model and prompt a job asks for (None when the job does not exist).
-
-    Parameters
-    ----------
-    session : sqlalchemy.orm.Session
-        Open session.
-    job_id : int
-        The job.
-
-    Returns
-    -------
-    JobChoice or None
-        Its model and prompt names.
-    """
+    """Return the model and prompt a job asks for (None when the job does not exist)."""
     row = session.execute(
         select(AnalysisJob.model_name, AnalysisJob.prompt_name).where(AnalysisJob.id == job_id)
     ).one_or_none()
@@ -230,18 +197,8 @@ def job_choice(session: Session, job_id: int) -> JobChoice | None:
 def study_opinions(session: Session, study: Study) -> dict[str, Any]:
     """Return a study's analysis jobs and reports, oldest first: what was asked, of whom, and what came of it.
 
-    Parameters
-    ----------
-    session : sqlalchemy.orm.Session
-        Open session.
-    study : Study
-        The study.
-
-    Returns
-    -------
-    dict
-        ``study_uid``, ``version``, ``priority``, ``jobs`` (model, prompt, purpose, priority, state,
-        report id ...) and ``drafts`` (report id, model id, prompt version, status ...).
+    ``study_uid``, ``version``, ``priority``, ``jobs`` (model, prompt, purpose, priority, state,
+    report id ...) and ``drafts`` (report id, model id, prompt version, status ...).
     """
     jobs = session.scalars(select(AnalysisJob).where(AnalysisJob.study_id == study.id).order_by(AnalysisJob.id)).all()
     reports = session.scalars(select(Report).where(Report.study_id == study.id).order_by(Report.id)).all()

@@ -36,22 +36,7 @@ class StudySummary:
 
 
 def study_summaries(session: Session, limit: int = 50, study_uids: list[str] | None = None) -> list[StudySummary]:
-    """Return studies, newest first, with series, instance and job counts.
-
-    Parameters
-    ----------
-    session : sqlalchemy.orm.Session
-        Open session.
-    limit : int
-        Maximum rows.
-    study_uids : list of str, optional
-        Only these studies.
-
-    Returns
-    -------
-    list of StudySummary
-        The rows.
-    """
+    """Return at most ``limit`` studies (or only ``study_uids``), newest first, with series, instance and job counts."""
     series_count = select(func.count(Series.id)).where(Series.study_id == Study.id).correlate(Study).scalar_subquery()
     instance_count = (
         select(func.count(Instance.id))

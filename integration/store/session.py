@@ -29,21 +29,11 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 def engine_for(url: str) -> Engine:
     """Return the (cached) engine for a database URL.
 
-    SQLite files get WAL with ``synchronous=FULL`` so a commit is durable;
+    SQLite files get WAL with ``synchronous=FULL`` so a commit is durable.
     Connections are not pinged before use (a round trip per checkout is too
     dear on the C-STORE path); a connection that a database restart broke is
     invalidated by SQLAlchemy on first use, and :func:`run_with_reconnect`
     retries once on a fresh one.
-
-    Parameters
-    ----------
-    url : str
-        SQLAlchemy database URL.
-
-    Returns
-    -------
-    sqlalchemy.Engine
-        The engine.
     """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -65,18 +55,7 @@ def _factory(url: str) -> sessionmaker[Session]:
 
 @contextmanager
 def session_scope(url: str) -> Iterator[Session]:
-    """Open a session that commits on success and rolls back on error.
-
-    Parameters
-    ----------
-    url : str
-        SQLAlchemy database URL.
-
-    Yields
-    ------
-    sqlalchemy.orm.Session
-        The session.
-    """
+    """Open a session that commits on success and rolls back on error."""
     session = _factory(url)()
     try:
         yield session
@@ -89,19 +68,9 @@ def session_scope(url: str) -> Iterator[Session]:
 
 
 def run_with_reconnect(url: str, work: Callable[[Connection], T]) -> T:
-    """Run ``work`` on a pooled connection, retrying once if that connection was dead.
+    """Run ``work`` on a pooled connection, retrying once if that connection was dead; return its result.
 
-    Parameters
-    ----------
-    url : str
-        SQLAlchemy database URL.
-    work : callable
-        Receives an open connection; commits or rolls back itself.
-
-    Returns
-    -------
-    object
-        What ``work`` returned.
+    ``work`` receives an open connection and commits or rolls back itself.
 
     Raises
     ------

@@ -47,20 +47,10 @@ _KEY_LENGTH = 128
 
 
 def delay_after(failures: int, free: int) -> timedelta:
-    """Return how long the next attempt must wait after ``failures`` counted failures.
+    """Return how long the next attempt must wait after ``failures`` counted failures (this attempt included).
 
-    Parameters
-    ----------
-    failures : int
-        Failures counted so far (this attempt included).
-    free : int
-        Failures allowed without a wait.
-
-    Returns
-    -------
-    datetime.timedelta
-        Zero below ``free``; :data:`FIRST_DELAY` at ``free``, doubling with each further one up to
-        :data:`MAX_DELAY`.
+    Zero below ``free`` (failures allowed without a wait); :data:`FIRST_DELAY` at ``free``, doubling
+    with each further one up to :data:`MAX_DELAY`.
     """
     if failures < free:
         return timedelta(0)
@@ -117,19 +107,9 @@ def _reserve(session: Session, username: str, source: str, free: int, now: datet
 def reserve_attempt(session: Session, username: str, source: str | None) -> float | None:
     """Count a sign-in attempt as a failure before its password is checked, unless it must wait; commit.
 
-    Parameters
-    ----------
-    session : sqlalchemy.orm.Session
-        Open session (committed or rolled back here).
-    username : str
-        The username typed.
-    source : str, optional
-        The client's address; None when unknown.
-
-    Returns
-    -------
-    float or None
-        None when the attempt may go ahead (and is counted); otherwise the seconds to wait (nothing counted).
+    The session is committed or rolled back here; ``source`` is the client's address (None when
+    unknown). Returns None when the attempt may go ahead (and is counted); otherwise the seconds to
+    wait (nothing counted).
     """
     now = utcnow()
     user, where = username[:_KEY_LENGTH], (source or "")[:_KEY_LENGTH]
@@ -145,17 +125,7 @@ def reserve_attempt(session: Session, username: str, source: str | None) -> floa
 
 
 def attempt_succeeded(session: Session, username: str, source: str | None) -> None:
-    """Clear the (username, source) row and give the reservation back to the source; commit.
-
-    Parameters
-    ----------
-    session : sqlalchemy.orm.Session
-        Open session.
-    username : str
-        The username that signed in.
-    source : str, optional
-        The client's address.
-    """
+    """Clear the (username, source) row and give the reservation back to the source; commit."""
     user, where = username[:_KEY_LENGTH], (source or "")[:_KEY_LENGTH]
     session.execute(delete(SignInThrottle).where(SignInThrottle.username == user, SignInThrottle.source == where))
     session.execute(

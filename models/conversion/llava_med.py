@@ -83,16 +83,6 @@ class LlavaMedSource:
 def inspect_llava_med(directory: Path) -> LlavaMedSource:
     """Check that a directory holds an original LLaVA-Med v1.5 checkpoint this converter handles.
 
-    Parameters
-    ----------
-    directory : Path
-        The original checkpoint's directory.
-
-    Returns
-    -------
-    LlavaMedSource
-        The checkpoint.
-
     Raises
     ------
     ConversionError
@@ -321,6 +311,8 @@ def convert_llava_med(
 ) -> Path:
     """Convert an original LLaVA-Med v1.5 checkpoint to transformers' Llava layout.
 
+    Returns ``target_dir``, ready for :class:`~models.transformers_backend.TransformersBackend`.
+
     Parameters
     ----------
     source_dir : Path
@@ -330,13 +322,6 @@ def convert_llava_med(
     vision_tower_dir : Path, optional
         A local copy of the CLIP model the checkpoint names (``mm_vision_tower``); required when the
         checkpoint does not carry the tower's weights.
-    overwrite : bool
-        Replace a non-empty ``target_dir``.
-
-    Returns
-    -------
-    Path
-        ``target_dir``, ready for :class:`~models.transformers_backend.TransformersBackend`.
 
     Raises
     ------

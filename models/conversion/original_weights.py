@@ -29,16 +29,6 @@ CLIP_VISION_PREFIX = "vision_model."
 def read_json_object(path: Path) -> dict[str, Any]:
     """Read a JSON file that must hold an object.
 
-    Parameters
-    ----------
-    path : Path
-        The file.
-
-    Returns
-    -------
-    dict
-        Its content.
-
     Raises
     ------
     ConversionError
@@ -58,15 +48,7 @@ def read_json_object(path: Path) -> dict[str, Any]:
 def weight_files(directory: Path) -> list[Path]:
     """The weight files of a checkpoint directory, all present.
 
-    Parameters
-    ----------
-    directory : Path
-        The checkpoint directory.
-
-    Returns
-    -------
-    list of Path
-        The shards named by an index, else the single weights file, else every ``*.safetensors``.
+    The shards named by an index, else the single weights file, else every ``*.safetensors``.
 
     Raises
     ------
@@ -99,17 +81,7 @@ def weight_files(directory: Path) -> list[Path]:
 
 
 def read_tensors(files: list[Path]) -> dict[str, torch.Tensor]:
-    """Read every tensor of the given weight files into CPU memory.
-
-    Parameters
-    ----------
-    files : list of Path
-        Safetensors or PyTorch ``.bin`` files.
-
-    Returns
-    -------
-    dict of str to torch.Tensor
-        Tensors by name.
+    """Read every tensor of the given safetensors or PyTorch ``.bin`` files into CPU memory, by name.
 
     Raises
     ------
@@ -180,11 +152,6 @@ def read_vision_tower(directory: Path, *, expected_name: str) -> VisionTower:
     expected_name : str
         The tower the LLaVA checkpoint names (for messages).
 
-    Returns
-    -------
-    VisionTower
-        The vision encoder's configuration, weights and normalisation.
-
     Raises
     ------
     ConversionError
@@ -221,20 +188,11 @@ CLIP_HEAD_DIM = 64
 
 
 def infer_clip_vision_config(tensors: dict[str, Any]) -> Any:
-    """Infer a CLIP vision configuration from the encoder's weight shapes.
+    """Infer a ``CLIPVisionConfig`` from the encoder's weight shapes.
 
     Used when a checkpoint carries its (fine-tuned) vision tower but no CLIP directory is given;
     everything follows from the shapes except the head count, which assumes CLIP's 64-wide heads.
-
-    Parameters
-    ----------
-    tensors : dict of str to torch.Tensor
-        The encoder's weights, named as in ``CLIPVisionModel`` without ``vision_model.``.
-
-    Returns
-    -------
-    transformers.CLIPVisionConfig
-        The configuration.
+    ``tensors`` are named as in ``CLIPVisionModel`` without ``vision_model.``.
 
     Raises
     ------

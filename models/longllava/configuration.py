@@ -45,16 +45,9 @@ _TOP_LEVEL_KEYS = frozenset({"architectures", "transformers_version", "torch_dty
 def nest_published_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """Turn an original LongLLaVA ``config.json`` (flat Jamba + ``mm_*`` keys) into this package's form.
 
-    Parameters
-    ----------
-    config : Mapping
-        A parsed ``config.json``; one that already has ``text_config`` is returned unchanged (copied).
-
-    Returns
-    -------
-    dict
-        ``text_config`` (the Jamba settings), ``vision_config`` (CLIP ViT-L/14-336), the projector,
-        pooling and vision-layer settings, and the top-level keys (``architectures`` ...).
+    ``text_config`` (the Jamba settings), ``vision_config`` (CLIP ViT-L/14-336), the projector,
+    pooling and vision-layer settings, and the top-level keys (``architectures`` ...). A configuration
+    that already has ``text_config`` is returned unchanged (copied).
     """
     if "text_config" in config:
         return dict(config)
@@ -126,16 +119,7 @@ class LongLlavaConfig(PreTrainedConfig):  # type: ignore[no-untyped-call]
     def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> Any:
         """Build the configuration from a parsed ``config.json``, flat (published) or nested.
 
-        Parameters
-        ----------
-        config_dict : dict
-            The parsed configuration.
-        **kwargs
-            Passed on to ``PreTrainedConfig.from_dict``.
-
-        Returns
-        -------
-        LongLlavaConfig
-            The configuration (with the unused keyword arguments when ``return_unused_kwargs``).
+        ``kwargs`` go to ``PreTrainedConfig.from_dict`` (the unused ones are returned too when
+        ``return_unused_kwargs``).
         """
         return super().from_dict(nest_published_config(config_dict), **kwargs)

@@ -43,14 +43,6 @@ LONGLLAVA_CHAT_TEMPLATE = (
 def has_vision_tower(config: Mapping[str, Any]) -> bool:
     """Whether a Jamba-based ``config.json`` is LongLLaVA's (it has a vision tower) rather than a text-only Jamba.
 
-    Parameters
-    ----------
-    config : Mapping
-        A parsed ``config.json``.
-
-    Returns
-    -------
-    bool
-        True for this package's nested form (``vision_config``) and the original flat form (``mm_vision_tower``).
+    True for this package's nested form (``vision_config``) and the original flat form (``mm_vision_tower``).
     """
     return bool(config.get("vision_config") or config.get("mm_vision_tower"))
