@@ -79,12 +79,10 @@ class GenerationRequest:
 
 @dataclass(frozen=True)
 class GenerationResult:
-    """The model's answer to one request (untrusted text).
+    """The model's answer to one request (untrusted text), under the request's id.
 
     Attributes
     ----------
-    request_id : str
-        The request's id.
     text : str
         Newly generated text only, special tokens removed.
     tokens_in : int

@@ -36,16 +36,7 @@ _TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
 class StagedCheckpoint:
     """A model directory that passed the cheap completeness checks.
 
-    Attributes
-    ----------
-    directory : Path
-        The directory.
-    family : ModelFamily
-        Its family.
-    config : dict
-        Its parsed ``config.json``.
-    weight_files : tuple of Path
-        The safetensors files that hold its weights.
+    With its family, its parsed ``config.json`` and the safetensors files that hold its weights.
     """
 
     directory: Path

@@ -14,17 +14,7 @@ from integration.store.tables import AnalysisJob, JobState, Site, Study, StudySt
 
 @dataclass(frozen=True)
 class PendingSend:
-    """A job whose message must be (re)sent.
-
-    Attributes
-    ----------
-    job_id : int
-        The job.
-    queue : str
-        Its queue.
-    send_count : int
-        How often it was sent already.
-    """
+    """A job whose message must be (re)sent to its queue; ``send_count`` is how often it was sent already."""
 
     job_id: int
     queue: str

@@ -13,17 +13,7 @@ from integration.store.tables import AnalysisJob, Instance, Series, Study
 
 @dataclass(frozen=True)
 class StudySummary:
-    """One study with its counts.
-
-    Attributes
-    ----------
-    study_uid, state, calling_ae : str
-        Identity, state and sender.
-    version, series, instances, jobs : int
-        Version and counts.
-    last_received_at : datetime
-        Arrival of its newest instance.
-    """
+    """One study (UID, state, sender, version) with series, instance and job counts and its newest arrival time."""
 
     study_uid: str
     state: str

@@ -58,17 +58,7 @@ _LLAVA_ONLY_KEYS = frozenset(
 
 @dataclass(frozen=True)
 class LlavaMedSource:
-    """An original LLaVA-Med v1.5 checkpoint that passed the checks.
-
-    Attributes
-    ----------
-    directory : Path
-        The checkpoint directory.
-    config : dict
-        Its ``config.json``.
-    files : list of Path
-        Its weight files.
-    """
+    """An original LLaVA-Med v1.5 checkpoint that passed the checks: its directory, ``config.json`` and weight files."""
 
     directory: Path
     config: dict[str, Any]

@@ -89,8 +89,6 @@ class VqaPrediction:
 
     Attributes
     ----------
-    item : VqaItem
-        The item.
     prediction : str
         The model's answer (untrusted text).
     correct : bool or None
@@ -126,8 +124,6 @@ class ReportScore:
 
     Attributes
     ----------
-    pair : ReportPair
-        The pair.
     draft : str
         The draft text scored (the model's draft flattened to text, or the given draft).
     rouge : RougeL
@@ -166,8 +162,6 @@ class SetScores:
 
     Attributes
     ----------
-    name : str
-        The set's name.
     n : int
         Items scored.
     closed_n, open_n : int
