@@ -14,8 +14,8 @@ import pytest
 from pydicom import config as pydicom_config
 from pynetdicom import AE, _config
 
-from integration.dicom.header import file_meta_bytes
 from integration.dicom.samples import BROKEN_SAMPLES, pydicom_test_file, write_ct_series, write_sample_studies
+from integration.intake.header import file_meta_bytes
 from tests.peers import ListenerProcess, storescu, storescu_each_syntax, wait_until
 from tests.proxy import CuttableProxy
 from tests.records import db_rows, queued_messages
@@ -380,8 +380,12 @@ def test_idle_association_is_closed_after_the_network_timeout(listener_factory, 
     ae.add_requested_context("1.2.840.10008.1.1")
     assoc = ae.associate("127.0.0.1", listener.port, ae_title="PACSVLM")
     assert assoc.is_established
+    opened = time.monotonic()
     wait_until(lambda: not assoc.is_established, timeout=15, message="the listener to end the idle association")
-    assert assoc.is_aborted or assoc.is_released
+    # ended by the listener's A-ABORT once idle for the timeout: not released, and not at once
+    assert assoc.is_aborted and not assoc.is_released
+    assert time.monotonic() - opened > 0.9
+    wait_until(lambda: "idle past the timeout" in listener.log(), timeout=10, message="abort log line")
 
 
 def test_storage_below_headroom_refuses_with_out_of_resources(
