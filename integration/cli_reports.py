@@ -199,14 +199,15 @@ def show_command(report_id: ReportId) -> None:
         out.print(Text(f"SR: {settings.data_dir / revision.sr_path if revision.sr_path else '-'}"))
 
 
-def _print_content(out: Console, title: str, document: dict[str, Any]) -> None:
-    """Print a findings document; its text is untrusted (model output), so never read as markup."""
+def _print_content(out: Console, title: str, stored: object) -> None:
+    """Print a stored findings document; its text is untrusted (model output), so never read as markup."""
+    from integration.findings import Document
+
+    document = Document.read(stored)
     table = Table("#", "finding", "images", title=Text(title), title_justify="left")
-    for number, finding in enumerate(document.get("findings", []), start=1):
-        if isinstance(finding, dict):
-            images = ", ".join(str(i) for i in finding.get("images", []))
-            table.add_row(str(number), Text(str(finding.get("text", ""))), images or "-")
+    for number, finding in enumerate(document.findings, start=1):
+        table.add_row(str(number), Text(finding.text), ", ".join(map(str, finding.images)) or "-")
     out.print(table)
-    for heading in ("impression", "limitations"):
-        if document.get(heading):
-            out.print(Text(f"{heading.capitalize()}: {document[heading]}"))
+    for heading, text in (("Impression", document.impression), ("Limitations", document.limitations)):
+        if text:
+            out.print(Text(f"{heading}: {text}"))

@@ -13,6 +13,7 @@ from sqlalchemy import select
 
 from integration.config import Settings
 from integration.export.senders import OutgoingDocument
+from integration.findings import Document
 from integration.reports.document import ReportDocument
 from integration.store.deliveries import DeliveryTarget
 from integration.store.session import session_scope
@@ -115,7 +116,7 @@ def report_document(settings: Settings, target: DeliveryTarget) -> ReportDocumen
             .order_by(Instance.id)
             .limit(1)
         ).one_or_none()
-        findings = (revision.findings if revision is not None else report.findings) or {}
+        content = Document.read(revision.findings if revision is not None else report.findings)
         text = revision.text if revision is not None else report.text
         issued = revision.created_at if revision is not None else report.created_at
         author = revision.author if revision is not None else ""
@@ -128,9 +129,9 @@ def report_document(settings: Settings, target: DeliveryTarget) -> ReportDocumen
         header,
         report_key=target.subject,
         status="draft" if revision is None else "signed",
-        findings=[(f.get("text", ""), tuple(f.get("images", ()))) for f in findings.get("findings", [])],
-        impression=findings.get("impression", ""),
-        limitations=findings.get("limitations", ""),
+        findings=content.findings,
+        impression=content.impression,
+        limitations=content.limitations,
         text=text,
         model_id=model[0],
         model_revision=model[1],

@@ -1,7 +1,7 @@
 """How far two drafts of one study agree: findings matched one to one, and the impressions compared.
 
-Pure functions on the stored findings JSON (``{"findings": [{"text": ...}], "impression": ...}``); no
-database.  Used to put a second opinion beside the first.
+Pure functions on findings documents (:class:`integration.findings.Document`, or stored JSON read by
+:meth:`~integration.findings.Document.read`); no database.  Used to put a second opinion beside the first.
 
 Method
 ------
@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from rapidfuzz import fuzz
+
+from integration.findings import Document
 
 #: Least similarity (0..1) at which two findings can be the same finding.
 MATCH_THRESHOLD = 0.7
@@ -171,28 +173,9 @@ def _similarity_steps(a: str, b: str) -> int:
     return round(fuzz.token_sort_ratio(a, b) * SCALE / 100)
 
 
-def finding_texts(findings: Mapping[str, Any] | None) -> list[str]:
-    """Return the texts of a draft's findings, in order (tolerant of malformed stored JSON).
-
-    Parameters
-    ----------
-    findings : mapping or None
-        A report's findings JSON.
-
-    Returns
-    -------
-    list of str
-        One text per finding.
-    """
-    items = (findings or {}).get("findings") or []
-    if not isinstance(items, list):
-        return []
-    return [str(item.get("text", "")) if isinstance(item, Mapping) else str(item) for item in items]
-
-
-def _impression(findings: Mapping[str, Any] | None) -> str:
-    value = (findings or {}).get("impression")
-    return value if isinstance(value, str) else ""
+def finding_texts(findings: object) -> list[str]:
+    """Return the texts of a draft's findings, in order, as :meth:`Document.read` reads stored JSON."""
+    return [finding.text for finding in Document.read(findings).findings]
 
 
 def compare_texts(
@@ -235,24 +218,25 @@ def compare_texts(
     )
 
 
-def compare_drafts(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> Agreement:
+def compare_drafts(a: object, b: object) -> Agreement:
     """Compare two drafts' findings JSON.
 
     Parameters
     ----------
-    a, b : mapping or None
-        The findings JSON of two reports.
+    a, b : Document, mapping or None
+        The findings documents of two reports (stored JSON is read by :meth:`Document.read`).
 
     Returns
     -------
     Agreement
         Matched findings, the unmatched ones of each side, the score and the impression similarity.
     """
-    a_texts, b_texts = finding_texts(a), finding_texts(b)
+    first, second = Document.read(a), Document.read(b)
+    a_texts, b_texts = finding_texts(first), finding_texts(second)
     matched, only_a, only_b = compare_texts(a_texts, b_texts)
     total = len(a_texts) + len(b_texts)
     score = 1.0 if total == 0 else 2 * len(matched) / total
-    return Agreement(matched, only_a, only_b, score, similarity(_impression(a), _impression(b)))
+    return Agreement(matched, only_a, only_b, score, similarity(first.impression, second.impression))
 
 
 def _min_cost_assignment(cost: Sequence[Sequence[int]]) -> dict[int, int]:

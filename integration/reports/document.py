@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone, tzinfo
 from typing import TYPE_CHECKING, Literal, TypedDict
 
+from integration.findings import Finding
+
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
@@ -32,22 +34,6 @@ _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _DICOM_DATE = re.compile(r"^(\d{4})(\d{2})(\d{2})$")
 _DICOM_TIME = re.compile(r"^(\d{2})(\d{2})?(\d{2})?(?:\.(\d{1,6}))?$")
 _DICOM_OFFSET = re.compile(r"^([+-])(\d{2})(\d{2})$")
-
-
-@dataclass(frozen=True)
-class ReportFinding:
-    """One finding and the images it rests on.
-
-    Attributes
-    ----------
-    text : str
-        The finding as written (untrusted text).
-    images : tuple of int
-        Image numbers (1-based, in the order the report's images were listed).
-    """
-
-    text: str
-    images: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -112,7 +98,7 @@ class ReportDocument:
         When this version was made (timezone-aware).
     text : str
         The full report text; when blank, :attr:`body_text` composes it from the sections.
-    findings : tuple of ReportFinding
+    findings : tuple of Finding
         The findings, in report order.
     impression, limitations : str
         Report sections ('' when absent).
@@ -148,7 +134,7 @@ class ReportDocument:
     study_uid: str
     issued: datetime
     text: str
-    findings: tuple[ReportFinding, ...] = ()
+    findings: tuple[Finding, ...] = ()
     impression: str = ""
     limitations: str = ""
     accession_number: str = ""
@@ -222,7 +208,7 @@ def from_dicom_header(
     status: ReportState,
     issued: datetime,
     text: str,
-    findings: Iterable[ReportFinding | tuple[str, Iterable[int]]] = (),
+    findings: Iterable[Finding | tuple[str, Iterable[int]]] = (),
     impression: str = "",
     limitations: str = "",
     model_id: str = "",
@@ -246,8 +232,8 @@ def from_dicom_header(
         When the version was made (timezone-aware).
     text : str
         The full report text.
-    findings : iterable of ReportFinding or (str, iterable of int)
-        The findings, as :class:`ReportFinding` or ``(text, image numbers)`` pairs.
+    findings : iterable of Finding or (str, iterable of int)
+        The findings, as :class:`Finding` or ``(text, image numbers)`` pairs.
     impression, limitations, model_id, model_revision, prompt_version, author, organization : str
         As in :class:`ReportDocument`.
     local_timezone : datetime.tzinfo, optional
@@ -321,11 +307,11 @@ def dicom_study_fields(header: Dataset, *, local_timezone: tzinfo | None = None)
     )
 
 
-def _finding(item: ReportFinding | tuple[str, Iterable[int]]) -> ReportFinding:
-    if isinstance(item, ReportFinding):
+def _finding(item: Finding | tuple[str, Iterable[int]]) -> Finding:
+    if isinstance(item, Finding):
         return item
     text, images = item
-    return ReportFinding(str(text), tuple(int(image) for image in images))
+    return Finding(str(text), tuple(int(image) for image in images))
 
 
 def _text(header: Dataset, keyword: str) -> str:

@@ -17,11 +17,10 @@ written to a temporary name in its folder, flushed, renamed into place and the f
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from datetime import UTC, datetime
 from io import BytesIO
 from pathlib import Path
-from typing import Any
 
 from pydicom import Dataset, dcmread, dcmwrite
 from pydicom.errors import InvalidDicomError
@@ -31,8 +30,17 @@ from sqlalchemy.orm import Session
 from integration.config import Settings
 from integration.dicom.header import is_valid_uid
 from integration.durable import replace_file
+from integration.findings import (
+    MAX_SECTION_CHARS,
+    Document,
+    Evidence,
+    edited_findings,
+    edited_text,
+    evidence_of,
+    images_of,
+)
 from integration.reports.sr import Algorithm, ReportForSr, Verification, build_draft_sr, build_signed_sr
-from integration.reports.sr_content import SeenFrame, SrFinding, sr_text
+from integration.reports.sr_content import SeenFrame
 from integration.store.revisions import (
     SIGNABLE,
     NotReportOfRecord,
@@ -54,16 +62,10 @@ from integration.store.tables import Report, utcnow
 log = logging.getLogger(__name__)
 
 REPORTS_FOLDER = "reports"
-#: Most findings a signed version may have.
-MAX_FINDINGS = 500
 
 
 class SourceUnavailable(RuntimeError):
     """No stored instance of the report's study can be read (patient and study data come from one)."""
-
-
-class InvalidFindings(ValueError):
-    """Edited findings that are not a list of ``{"text": str, "images": [int, ...]}``."""
 
 
 def sr_path_of(study_uid: str, sop_instance_uid: str) -> str:
@@ -114,23 +116,10 @@ def _instance_file(settings: Settings, storage_path: str) -> Path:
     return path
 
 
-def _seen_frames(evidence: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """The evidence entries that name a valid instance (others are logged and left out)."""
-    entries = []
-    for entry in evidence:
-        uids = (entry.get("sop_class_uid"), entry.get("sop_instance_uid"), entry.get("series_uid"))
-        numbers = (entry.get("image"), entry.get("frame") or 1)
-        if all(is_valid_uid(uid) for uid in uids) and all(isinstance(n, int) and n > 0 for n in numbers):
-            entries.append(dict(entry))
-        else:
-            log.warning("evidence entry without valid UIDs, image or frame number left out of the SR")
-    return entries
-
-
 def _study_headers(settings: Settings, report: ReportDocument) -> tuple[Dataset, tuple[SeenFrame, ...]]:
     """Read the headers of the instances the model saw: the source data set and each one's frame count."""
     entries = _seen_frames(report.evidence)
-    wanted = list(dict.fromkeys(str(e["sop_instance_uid"]) for e in entries))
+    wanted = list(dict.fromkeys(e.sop_instance_uid for e in entries))
     with session_scope(settings.database_url) as session:
         paths = instance_paths(session, report.study_id, report.study_version, wanted)
         fallback = instance_paths(session, report.study_id, report.study_version, ())
@@ -143,33 +132,30 @@ def _study_headers(settings: Settings, report: ReportDocument) -> tuple[Dataset,
     source = next((headers[uid] for uid in [*wanted, *fallback] if uid in headers), None)
     if source is None:
         raise SourceUnavailable(f"no stored instance of study {report.study_uid} can be read")
-    most = {uid: max(int(e.get("frame") or 1) for e in entries if e["sop_instance_uid"] == uid) for uid in wanted}
+    most = {uid: max(e.frame for e in entries if e.sop_instance_uid == uid) for uid in wanted}
     counts = {uid: int(headers[uid].get("NumberOfFrames") or 1) if uid in headers else most[uid] for uid in wanted}
     frames = tuple(
-        SeenFrame(
-            image=int(e["image"]),
-            sop_class_uid=str(e["sop_class_uid"]),
-            sop_instance_uid=str(e["sop_instance_uid"]),
-            series_uid=str(e["series_uid"]),
-            frame=int(e.get("frame") or 1),
-            number_of_frames=counts[str(e["sop_instance_uid"])],
-        )
+        SeenFrame(e.image, e.sop_class_uid, e.sop_instance_uid, e.series_uid, e.frame, counts[e.sop_instance_uid])
         for e in entries
     )
     return source, frames
 
 
+def _seen_frames(evidence: object) -> tuple[Evidence, ...]:
+    """The valid evidence entries (others are logged and left out)."""
+    entries = evidence_of(evidence)
+    if len(entries) != (len(evidence) if isinstance(evidence, list) else 0):
+        log.warning("evidence entry without valid UIDs, image or frame number left out of the SR")
+    return entries
+
+
 def _report_for_sr(
-    report: ReportDocument, content: Mapping[str, Any], evidence: tuple[SeenFrame, ...], made_at: datetime
+    report: ReportDocument, content: Document, evidence: tuple[SeenFrame, ...], made_at: datetime
 ) -> ReportForSr:
     return ReportForSr(
-        findings=tuple(
-            SrFinding(str(f.get("text", "")), tuple(int(i) for i in f.get("images", ()) if isinstance(i, int)))
-            for f in content.get("findings", ())
-            if isinstance(f, Mapping)
-        ),
-        impression=str(content.get("impression") or ""),
-        limitations=str(content.get("limitations") or ""),
+        findings=content.findings,
+        impression=content.impression,
+        limitations=content.limitations,
         evidence=evidence,
         algorithm=Algorithm(report.model_id, report.model_revision, report.model_family, report.prompt_version),
         created_at=made_at,
@@ -211,7 +197,7 @@ def ensure_draft_sr(settings: Settings, report_id: int) -> Path:
     path = settings.data_dir / relative
     if not path.is_file():
         source, evidence = _study_headers(settings, report)
-        content = _report_for_sr(report, report.findings, evidence, report.created_at)
+        content = _report_for_sr(report, Document.read(report.findings), evidence, report.created_at)
         document = build_draft_sr(content, source, sop_instance_uid=sop_uid, series_instance_uid=series_uid)
         write_document(path, document, fsync=settings.fsync)
         log.info("report %d: draft SR %s written", report_id, relative)
@@ -221,63 +207,13 @@ def ensure_draft_sr(settings: Settings, report_id: int) -> Path:
     return path
 
 
-def checked_findings(value: object, images_seen: Sequence[int] = ()) -> list[dict[str, Any]]:
-    """Return edited findings in the stored layout, or say what is wrong with them.
-
-    Parameters
-    ----------
-    value : object
-        A list of ``{"text": str, "images": [int, ...]}`` (``images`` optional), as parsed from JSON.
-    images_seen : sequence of int
-        The image numbers of the draft; a finding may cite only these (any, when empty).
-
-    Returns
-    -------
-    list of dict
-        ``[{"text": ..., "images": [...]}]`` with safe text.
-
-    Raises
-    ------
-    InvalidFindings
-        Not a list of such objects, an empty text, or an image the model never saw.
-    """
-    if not isinstance(value, list):
-        raise InvalidFindings('findings must be a JSON list of {"text": ..., "images": [...]} objects')
-    if len(value) > MAX_FINDINGS:
-        raise InvalidFindings(f"at most {MAX_FINDINGS} findings")
-    seen = set(images_seen)
-    findings = []
-    for number, finding in enumerate(value, start=1):
-        if not isinstance(finding, dict) or not isinstance(finding.get("text"), str):
-            raise InvalidFindings(f'finding {number} must be an object with a "text" string')
-        images = finding.get("images", [])
-        if not isinstance(images, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in images):
-            raise InvalidFindings(f'finding {number}: "images" must be a list of image numbers')
-        if seen and (unknown := sorted(set(images) - seen)):
-            raise InvalidFindings(f"finding {number} cites image(s) {unknown}; the draft has images {sorted(seen)}")
-        if not (text := sr_text(finding["text"])):
-            raise InvalidFindings(f"finding {number} has no text")
-        findings.append({"text": text, "images": list(dict.fromkeys(images))})
-    return findings
-
-
-def _stored_findings(document: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The findings of a stored version, leniently: entries without text are left out."""
-    findings = []
-    for finding in document.get("findings", ()):
-        if isinstance(finding, Mapping) and (text := sr_text(finding.get("text", ""))):
-            images = [i for i in finding.get("images", ()) if isinstance(i, int) and not isinstance(i, bool)]
-            findings.append({"text": text, "images": images})
-    return findings
-
-
-def signed_text(content: Mapping[str, Any], report: ReportDocument, verification: Verification, version: int) -> str:
+def signed_text(content: Document, report: ReportDocument, verification: Verification, version: int) -> str:
     """Render a signed version as plain text: the content, then who signed it and that it was AI-assisted.
 
     Parameters
     ----------
-    content : mapping
-        The findings document (``findings``, ``impression``, ``limitations``).
+    content : Document
+        What is signed.
     report : ReportDocument
         The report (the model that drafted it).
     verification : Verification
@@ -291,12 +227,12 @@ def signed_text(content: Mapping[str, Any], report: ReportDocument, verification
         The text.
     """
     lines = ["FINDINGS:"]
-    for finding in content["findings"]:
-        refs = f" [images {', '.join(map(str, finding['images']))}]" if finding["images"] else ""
-        lines.append(f"- {finding['text']}{refs}")
-    for heading, key in (("IMPRESSION:", "impression"), ("LIMITATIONS:", "limitations")):
-        if content.get(key):
-            lines += ["", heading, str(content[key])]
+    for finding in content.findings:
+        refs = f" [images {', '.join(map(str, finding.images))}]" if finding.images else ""
+        lines.append(f"- {finding.text}{refs}")
+    for heading, section in (("IMPRESSION:", content.impression), ("LIMITATIONS:", content.limitations)):
+        if section:
+            lines += ["", heading, section]
     when = verification.verified_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines += [
         "",
@@ -313,7 +249,7 @@ def sign_report(
     *,
     author: str,
     organization: str,
-    findings: list[dict[str, Any]] | None = None,
+    findings: object = None,
     impression: str | None = None,
     limitations: str | None = None,
     signed_at: datetime | None = None,
@@ -331,10 +267,11 @@ def sign_report(
         The radiologist as a DICOM person name (``"Doe^Jane"``).
     organization : str
         The radiologist's organization.
-    findings : list of dict, optional
-        Edited findings (``[{"text": ..., "images": [...]}]``); the previous version's when None.
+    findings : list, optional
+        Edited findings (``[{"text": ..., "images": [...]}]`` or :class:`~integration.findings.Finding`),
+        read strictly by :func:`~integration.findings.edited_findings`; the previous version's when None.
     impression, limitations : str, optional
-        Edited text; the previous version's when None.
+        Edited text (see :func:`~integration.findings.edited_text`); the previous version's when None.
     signed_at : datetime, optional
         When (aware); now when None.
     before_commit : callable, optional
@@ -348,7 +285,7 @@ def sign_report(
     Raises
     ------
     ValueError
-        An invalid name or organization, or malformed findings (:class:`InvalidFindings`).
+        An invalid name or organization, or malformed findings or text (:class:`InvalidFindings`).
     integration.store.revisions.UnknownReport
         No report has this id.
     integration.store.revisions.ReportNotSignable
@@ -366,20 +303,22 @@ def sign_report(
         raise ReportNotSignable(f"report {report_id} is {report.status} and cannot be signed")
     if refusal is not None:
         raise NotReportOfRecord(refusal)
-    images_seen = sorted({int(e["image"]) for e in _seen_frames(report.evidence)})
-    edited = None if findings is None else checked_findings(findings, images_seen)
+    images_seen = images_of(_seen_frames(report.evidence))
+    edited = None if findings is None else edited_findings(findings, images_seen)
+    impression, limitations = (
+        None if value is None else edited_text(value, MAX_SECTION_CHARS, name, required=False)
+        for name, value in (("impression", impression), ("limitations", limitations))
+    )
     draft_path = ensure_draft_sr(settings, report_id)
     with session_scope(settings.database_url) as session:
         previous = [r for r in report_revisions(session, report_id) if r.status == "signed" and r.sr_sop_instance_uid]
         version = next_version(session, report_id)
-    before = previous[-1].findings if previous else report.findings
-    content = {
-        "findings": _stored_findings(before) if edited is None else edited,
-        "impression": sr_text(before.get("impression") or "") if impression is None else sr_text(impression),
-        "limitations": sr_text(before.get("limitations") or "") if limitations is None else sr_text(limitations),
-        "structured": True,
-        "problems": [],
-    }
+    before = Document.read(previous[-1].findings if previous else report.findings)
+    content = Document(
+        before.findings if edited is None else edited,
+        before.impression if impression is None else impression,
+        before.limitations if limitations is None else limitations,
+    )
     predecessor = Dataset()
     predecessor.SOPClassUID = ComprehensiveSRStorage
     predecessor.StudyInstanceUID = report.study_uid
@@ -406,7 +345,7 @@ def sign_report(
     signed = SignedVersion(
         report_id=report_id,
         version=version,
-        findings=content,
+        findings=content.as_json(),
         text=signed_text(content, report, verification, version),
         author=author,
         organization=organization,

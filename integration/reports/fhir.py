@@ -52,7 +52,8 @@ from fhir.resources.R4B.narrative import Narrative
 from fhir.resources.R4B.observation import Observation
 from fhir.resources.R4B.reference import Reference
 
-from integration.reports.document import AI_DRAFT_NOTICE, PersonName, ReportDocument, ReportFinding
+from integration.findings import Finding, clean_text
+from integration.reports.document import AI_DRAFT_NOTICE, PersonName, ReportDocument
 
 #: The FHIR release of the models used (R4B, the R4 technical correction).
 FHIR_VERSION = "4.3.0"
@@ -62,7 +63,6 @@ DIAGNOSTIC_SERVICE_SECTIONS = "http://terminology.hl7.org/CodeSystem/v2-0074"
 IDENTIFIER_TYPES = "http://terminology.hl7.org/CodeSystem/v2-0203"
 OBSERVATION_CATEGORIES = "http://terminology.hl7.org/CodeSystem/observation-category"
 OBSERVATION_VALUES = "http://terminology.hl7.org/CodeSystem/v3-ObservationValue"
-DATA_ABSENT_REASONS = "http://terminology.hl7.org/CodeSystem/data-absent-reason"
 #: Report and finding codes (LOINC).
 REPORT_CODE = ("18748-4", "Diagnostic imaging study")
 FINDING_CODE = ("18782-3", "Radiology Study observation (narrative)")
@@ -74,8 +74,6 @@ DEVICE_ID = "device"
 _STATUS = {"draft": "preliminary", "signed": "final"}
 _NOT_ID = re.compile(r"[^A-Za-z0-9.-]")
 _OID = re.compile(r"^[0-2](\.(0|[1-9][0-9]*))+$")
-# Characters a FHIR string (and XHTML) must not carry: C0 controls but tab, LF, CR; DEL.
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 def diagnostic_report_json(doc: ReportDocument) -> str:
@@ -118,19 +116,19 @@ def diagnostic_report(doc: ReportDocument) -> DiagnosticReport:
         for number, finding in enumerate(doc.findings, start=1)
     ]
     organization = (
-        Reference(type="Organization", display=_clean(doc.organization)) if _clean(doc.organization) else None
+        Reference(type="Organization", display=clean_text(doc.organization)) if clean_text(doc.organization) else None
     )
     performers = [ref for ref in (radiologist, organization) if ref is not None]
-    body = _clean(doc.body_text)
+    body = clean_text(doc.body_text)
     return DiagnosticReport(
         id=resource_id(doc.report_key),
         meta=_ai_meta() if doc.is_draft else None,
         text=_narrative(doc, body),
         contained=[*([device] if device is not None else []), *observations] or None,
-        basedOn=[_order(doc.accession_number)] if _clean(doc.accession_number) else None,
+        basedOn=[_order(doc.accession_number)] if clean_text(doc.accession_number) else None,
         status=status,
         category=[_concept(DIAGNOSTIC_SERVICE_SECTIONS, "RAD", "Radiology")],
-        code=_concept(LOINC, *REPORT_CODE, text=_clean(doc.study_description) or None),
+        code=_concept(LOINC, *REPORT_CODE, text=clean_text(doc.study_description) or None),
         subject=subject,
         effectiveDateTime=doc.study_datetime,
         issued=doc.issued,
@@ -138,7 +136,7 @@ def diagnostic_report(doc: ReportDocument) -> DiagnosticReport:
         resultsInterpreter=[radiologist] if radiologist is not None else None,
         result=[Reference(reference=f"#{obs.id}", type="Observation") for obs in observations] or None,
         imagingStudy=[study],
-        conclusion=_clean(doc.impression).strip() or None,
+        conclusion=clean_text(doc.impression) or None,
         presentedForm=[
             Attachment(
                 contentType=TEXT_PLAIN,
@@ -171,10 +169,6 @@ def resource_id(report_key: str) -> str:
     return "pacsvlm-" + hashlib.sha256(report_key.encode("utf-8")).hexdigest()[:40]
 
 
-def _clean(text: str) -> str:
-    return _CONTROL.sub("", text)
-
-
 def _concept(system: str, code: str, display: str, *, text: str | None = None) -> CodeableConcept:
     return CodeableConcept(coding=[Coding(system=system, code=code, display=display)], text=text)
 
@@ -184,18 +178,18 @@ def _ai_meta() -> Meta:
 
 
 def _author_display(author: str) -> str:
-    name = PersonName.from_dicom(_clean(author))
-    return name.display or _clean(author).strip()
+    name = PersonName.from_dicom(clean_text(author))
+    return name.display or clean_text(author)
 
 
 def _subject(doc: ReportDocument) -> Reference | None:
-    patient_id = _clean(doc.patient_id).strip()
-    display = PersonName.from_dicom(_clean(doc.patient_name)).display or None
+    patient_id = clean_text(doc.patient_id)
+    display = PersonName.from_dicom(clean_text(doc.patient_name)).display or None
     if not patient_id and display is None:
         return None
     identifier = None
     if patient_id:
-        issuer = _clean(doc.patient_id_issuer).strip()
+        issuer = clean_text(doc.patient_id_issuer)
         identifier = Identifier(
             type=_concept(IDENTIFIER_TYPES, "MR", "Medical record number"),
             system=f"urn:oid:{issuer}" if _OID.fullmatch(issuer) else None,
@@ -210,27 +204,25 @@ def _imaging_study(study_uid: str) -> Reference:
 
 
 def _order(accession_number: str) -> Reference:
-    identifier = Identifier(
-        type=_concept(IDENTIFIER_TYPES, "ACSN", "Accession ID"), value=_clean(accession_number).strip()
-    )
+    identifier = Identifier(type=_concept(IDENTIFIER_TYPES, "ACSN", "Accession ID"), value=clean_text(accession_number))
     return Reference(type="ServiceRequest", identifier=identifier)
 
 
 def _device_display(doc: ReportDocument) -> str:
-    model = _clean(doc.model_id).strip() or "unknown model"
-    revision = _clean(doc.model_revision).strip()
+    model = clean_text(doc.model_id) or "unknown model"
+    revision = clean_text(doc.model_revision)
     return f"{model} (revision {revision})" if revision else model
 
 
 def _device(doc: ReportDocument) -> Device:
     versions = [
-        DeviceVersion(type=CodeableConcept(text=label), value=_clean(value).strip())
+        DeviceVersion(type=CodeableConcept(text=label), value=clean_text(value))
         for label, value in (("model revision", doc.model_revision), ("prompt version", doc.prompt_version))
-        if _clean(value).strip()
+        if clean_text(value)
     ]
     return Device(
         id=DEVICE_ID,
-        deviceName=[DeviceDeviceName(name=_clean(doc.model_id).strip() or "unknown model", type="model-name")],
+        deviceName=[DeviceDeviceName(name=clean_text(doc.model_id) or "unknown model", type="model-name")],
         type=CodeableConcept(text="Medical vision-language model (AI report drafting)"),
         version=versions or None,
         note=[Annotation(text=AI_DRAFT_NOTICE)],
@@ -240,7 +232,7 @@ def _device(doc: ReportDocument) -> Device:
 def _observation(
     doc: ReportDocument,
     number: int,
-    finding: ReportFinding,
+    finding: Finding,
     *,
     status: str,
     subject: Reference | None,
@@ -252,7 +244,6 @@ def _observation(
         notes.append(Annotation(text=AI_DRAFT_NOTICE))
     if finding.images:
         notes.append(Annotation(text="Images: " + ", ".join(str(image) for image in finding.images)))
-    text = _clean(finding.text).strip()
     return Observation(
         id=f"finding-{number}",
         status=status,
@@ -262,8 +253,7 @@ def _observation(
         effectiveDateTime=doc.study_datetime,
         issued=doc.issued,
         performer=[radiologist] if radiologist is not None else None,
-        valueString=text or None,
-        dataAbsentReason=None if text else _concept(DATA_ABSENT_REASONS, "unknown", "Unknown"),
+        valueString=finding.text,
         note=notes or None,
         derivedFrom=[study],
         device=Reference(reference=f"#{DEVICE_ID}", type="Device", display=_device_display(doc))

@@ -36,6 +36,7 @@ from datetime import date, datetime
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.core import Group, Message, Segment
 
+from integration.findings import clean_text
 from integration.reports.document import AI_DRAFT_NOTICE, PersonName, ReportDocument
 
 #: MSH-3: our application name.
@@ -55,7 +56,6 @@ HL7_NULL = '""'
 _RESULT_STATUS = {"draft": "P", "signed": "F"}
 _SEX = {"M": "M", "F": "F", "O": "O"}
 _ESCAPES = (("\\", "\\E\\"), ("|", "\\F\\"), ("^", "\\S\\"), ("&", "\\T\\"), ("~", "\\R\\"))
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\x85\u2028\u2029]")
 _LINE_BREAK = re.compile(r"\r\n|[\r\n]")
 _NOT_CONTROL_ID = re.compile(r"[^A-Za-z0-9.-]")
 
@@ -114,7 +114,7 @@ def escape_text(text: str) -> str:
         ``&`` as ``\T\``, ``~`` as ``\R\``; line breaks become spaces and other
         control characters are removed, so no value can end a segment.
     """
-    text = _CONTROL.sub("", _LINE_BREAK.sub(" ", text).replace("\t", " "))
+    text = _LINE_BREAK.sub(" ", clean_text(text, strip=False)).replace("\t", " ")
     for char, sequence in _ESCAPES:
         text = text.replace(char, sequence)
     return text

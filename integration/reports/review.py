@@ -20,15 +20,15 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from integration.config import Settings
+from integration.findings import MAX_SECTION_CHARS, Document, clean_text
 from integration.reports.readiness import check_ready
 from integration.reports.review_diff import ReviewDifference, review_difference
 from integration.store.audit import add_event, record_event
 from integration.store.reviews import (
-    MAX_SECTION_CHARS,
     ReviewConflict,
     ReviewError,
     WorkingCopy,
-    clean_text,
+    checked_text,
     decisions_as_matches,
     lock_draft,
     review_lock,
@@ -52,8 +52,9 @@ log = logging.getLogger(__name__)
 #: The organization a signature carries when the signer has no site.
 DEFAULT_ORGANIZATION = "pacs-vlm"
 
-_NOT_IN_PERSON_NAME = re.compile(r"[\\=\x00-\x1f\x7f-\x9f]")
-_NOT_IN_LO = re.compile(r"[\\\x00-\x1f\x7f-\x9f]")
+# What a DICOM PN or LO value may not hold once cleaned: the value separator, line breaks and tabs.
+_NOT_IN_PERSON_NAME = re.compile(r"[\\=\t\n\r]")
+_NOT_IN_LO = re.compile(r"[\\\t\n\r]")
 
 
 def signer_of(session: Session, user_id: int) -> tuple[str, str]:
@@ -87,23 +88,15 @@ def signer_of(session: Session, user_id: int) -> tuple[str, str]:
     if row is None:
         raise LookupError(f"no user with id {user_id}")
     username, person_name, site_name = row
-    name = _NOT_IN_PERSON_NAME.sub(" ", person_name or username).strip()
+    name = _NOT_IN_PERSON_NAME.sub(" ", clean_text(person_name or username)).strip()
     parts = name.split("^")
     if len(parts) > 5:
         name = "^".join([*parts[:4], " ".join(parts[4:])])
     name = name[:63].strip(" ^") or "UNKNOWN"
     if "^" not in name:
         name += "^"  # a family name only: without a caret the name reads as the retired form
-    organization = _NOT_IN_LO.sub(" ", site_name or "").strip()[:64].strip() or DEFAULT_ORGANIZATION
+    organization = _NOT_IN_LO.sub(" ", clean_text(site_name or "")).strip()[:64].strip() or DEFAULT_ORGANIZATION
     return name, organization
-
-
-def _draft_document(copy: WorkingCopy) -> dict[str, Any]:
-    return {
-        "findings": [{"text": f.draft_text} for f in copy.findings if f.draft_text is not None],
-        "impression": copy.draft_impression,
-        "limitations": copy.draft_limitations,
-    }
 
 
 def _add_outcome(
@@ -184,7 +177,7 @@ def add_signed_outcome(
     if copy is None:
         difference = review_difference(report.findings, revision.findings)
     else:
-        difference = review_difference(_draft_document(copy), revision.findings, matches=decisions_as_matches(copy))
+        difference = review_difference(copy.draft, revision.findings, matches=decisions_as_matches(copy))
     _add_outcome(session, report, revision_id, "signed", difference)
     detail: dict[str, Any] = {"revision_id": revision_id, "version": revision.version, **_counts(difference)}
     if copy is not None:
@@ -241,7 +234,7 @@ def record_signed_outcome(
         if session.scalar(select(ReviewOutcome.id).where(ReviewOutcome.revision_id == revision_id)) is not None:
             if copy is None:
                 return review_difference(report.findings, revision.findings)
-            return review_difference(_draft_document(copy), revision.findings, matches=decisions_as_matches(copy))
+            return review_difference(copy.draft, revision.findings, matches=decisions_as_matches(copy))
         difference = add_signed_outcome(session, report, revision_id, actor=actor, source=source, copy=copy)
         try:
             session.commit()
@@ -390,7 +383,7 @@ def reject_draft(
     integration.store.revisions.UnknownReport
         No report has this id.
     """
-    why = clean_text(reason, MAX_SECTION_CHARS, "the reason", required=True)
+    why = checked_text(reason, MAX_SECTION_CHARS, "the reason", required=True)
     with session_scope(settings.database_url) as session:
         report, copy = lock_draft(session, report_id, expected_seq)
         version = next_version(session, report_id)
@@ -398,7 +391,7 @@ def reject_draft(
             report_id=report_id,
             version=version,
             status=RevisionStatus.REJECTED,
-            findings={"findings": [], "impression": "", "limitations": "", "structured": True, "problems": []},
+            findings=Document().as_json(),
             text=why,
             author=actor[:128],
             organization=organization[:128],
@@ -411,7 +404,7 @@ def reject_draft(
             session.rollback()
             raise ReviewConflict(f"report {report_id} was signed or rejected meanwhile: reload it") from exc
         report.status = ReportStatus.REJECTED
-        difference = review_difference(_draft_document(copy), {"findings": []})
+        difference = review_difference(copy.draft, Document())
         _add_outcome(session, report, revision.id, "rejected", difference)
         revision_id = int(revision.id)
         record_event(

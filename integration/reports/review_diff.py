@@ -12,11 +12,13 @@ first, then the most similar remaining signed finding, when at least :data:`MATC
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from rapidfuzz.distance import Levenshtein
+
+from integration.findings import Document
 
 #: Least normalised similarity for an inferred match of a draft finding to a signed one.
 MATCH_SIMILARITY = 0.5
@@ -53,43 +55,15 @@ class ReviewDifference:
     detail: dict[str, Any]
 
 
-def finding_texts(document: Mapping[str, Any]) -> list[str]:
-    """Return the texts of a findings document's findings (entries without a text string are left out).
-
-    Parameters
-    ----------
-    document : mapping
-        ``{"findings": [{"text": ..., "images": [...]}, ...], ...}``.
-
-    Returns
-    -------
-    list of str
-        The texts, stripped, in order.
-    """
-    entries = document.get("findings")
-    texts = []
-    for entry in entries if isinstance(entries, list) else ():
-        if isinstance(entry, Mapping) and isinstance(entry.get("text"), str) and entry["text"].strip():
-            texts.append(entry["text"].strip())
-    return texts
+def finding_texts(document: object) -> list[str]:
+    """Return the texts of a stored findings document's findings, as :meth:`Document.read` reads them."""
+    return [finding.text for finding in Document.read(document).findings]
 
 
-def content_text(document: Mapping[str, Any]) -> str:
-    """Return the text the edit distance is measured on: the findings, one a line, then the impression.
-
-    Parameters
-    ----------
-    document : mapping
-        A findings document.
-
-    Returns
-    -------
-    str
-        The finding texts and the impression (left out when empty), joined by newlines.
-    """
-    impression = document.get("impression")
-    tail = [impression.strip()] if isinstance(impression, str) and impression.strip() else []
-    return "\n".join(finding_texts(document) + tail)
+def content_text(document: object) -> str:
+    """Return the text the edit distance is measured on: the findings, one a line, then the impression."""
+    read = Document.read(document)
+    return "\n".join([finding.text for finding in read.findings] + ([read.impression] if read.impression else []))
 
 
 def infer_matches(draft: Sequence[str], signed: Sequence[str]) -> list[int | None]:
@@ -127,15 +101,15 @@ def infer_matches(draft: Sequence[str], signed: Sequence[str]) -> list[int | Non
 
 
 def review_difference(
-    draft: Mapping[str, Any], signed: Mapping[str, Any], *, matches: Sequence[int | None] | None = None
+    draft: object, signed: object, *, matches: Sequence[int | None] | None = None
 ) -> ReviewDifference:
     """Compare a draft with what was signed.
 
     Parameters
     ----------
-    draft, signed : mapping
-        Findings documents (``{"findings": [{"text", "images"}], "impression", "limitations"}``); for a
-        rejected draft pass an empty signed document (every draft finding counts as rejected).
+    draft, signed : Document or mapping
+        Findings documents, or stored JSON read by :meth:`Document.read`; for a rejected draft pass an
+        empty signed document (every draft finding counts as rejected).
     matches : sequence of int or None, optional
         Per draft finding (as listed by :func:`finding_texts`), the index of the signed finding it became,
         or None when it was left out; inferred from the texts (:func:`infer_matches`) when not given.
@@ -150,7 +124,8 @@ def review_difference(
     ValueError
         ``matches`` of the wrong length, naming a signed finding that does not exist, or one twice.
     """
-    before, after = finding_texts(draft), finding_texts(signed)
+    old_document, new_document = Document.read(draft), Document.read(signed)
+    before, after = finding_texts(old_document), finding_texts(new_document)
     pairs = infer_matches(before, after) if matches is None else list(matches)
     used = [j for j in pairs if j is not None]
     if len(pairs) != len(before) or len(set(used)) != len(used) or any(not 0 <= j < len(after) for j in used):
@@ -166,7 +141,7 @@ def review_difference(
         counts[outcome] += 1
         per_finding.append({"index": index, "outcome": outcome, "signed": j, "distance": distance})
     added = [{"signed": j, "text": after[j]} for j in range(len(after)) if j not in set(used)]
-    old, new = content_text(draft), content_text(signed)
+    old, new = content_text(old_document), content_text(new_document)
     distance = Levenshtein.distance(old, new)
     longest = max(len(old), len(new))
     return ReviewDifference(
@@ -180,12 +155,7 @@ def review_difference(
         detail={
             "findings": per_finding,
             "added": added,
-            "impression_changed": _section(draft, "impression") != _section(signed, "impression"),
-            "limitations_changed": _section(draft, "limitations") != _section(signed, "limitations"),
+            "impression_changed": old_document.impression != new_document.impression,
+            "limitations_changed": old_document.limitations != new_document.limitations,
         },
     )
-
-
-def _section(document: Mapping[str, Any], key: str) -> str:
-    value = document.get(key)
-    return value.strip() if isinstance(value, str) else ""

@@ -32,17 +32,17 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian
 from pydicom.valuerep import DA, DT, TM
 
+from integration.findings import Finding, clean_text
 from integration.reports.sr_content import (
+    MAX_TEXT_CHARS,
     ReadFinding,
     SeenFrame,
-    SrFinding,
     algorithm_items,
     coding_schemes,
     language_items,
     read_content,
     report_sections,
     root_container,
-    sr_text,
 )
 
 DRAFT_SERIES_NUMBER = 9901
@@ -89,7 +89,7 @@ class ReportForSr:
 
     Attributes
     ----------
-    findings : tuple of SrFinding
+    findings : tuple of Finding
         The findings, each with the image numbers it cites.
     impression, limitations : str
         Free text; '' when none.
@@ -101,7 +101,7 @@ class ReportForSr:
         When the content was made (aware): the draft's creation time for a draft.
     """
 
-    findings: tuple[SrFinding, ...]
+    findings: tuple[Finding, ...]
     impression: str
     limitations: str
     evidence: tuple[SeenFrame, ...]
@@ -223,9 +223,9 @@ def _content(report: ReportForSr, verification: Verification | None) -> hd.sr.Co
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
             uid=algorithm.device_uid,
-            name=sr_text(f"pacs-vlm {algorithm.model_family}", 64),
+            name=clean_text(f"pacs-vlm {algorithm.model_family}", 64),
             manufacturer_name=MANUFACTURER,
-            model_name=sr_text(algorithm.model_id) or "unknown",
+            model_name=clean_text(algorithm.model_id, MAX_TEXT_CHARS) or "unknown",
         ),
     )
     person = None

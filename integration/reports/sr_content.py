@@ -20,13 +20,12 @@ of this reading", so it is a code of our own private scheme ``99PACSVLM`` (priva
 attached to the root as HAS CONCEPT MOD, as TID 1501 attaches it, since the whole document comes from
 one algorithm (IHE AI Results asks for its name and version).
 
-Model output is untrusted text: :func:`sr_text` removes what would break the encoding (control
-characters, lone surrogates, non-characters) and caps the length well below the UT limit.
+Model output is untrusted text: findings arrive as :class:`integration.findings.Finding` (clean, capped),
+and every other text goes through :func:`integration.findings.clean_text`, capped well below the UT limit.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -41,8 +40,12 @@ from highdicom.sr import (
     TextContentItem,
 )
 
+from integration.findings import Finding, clean_text
+
 #: Longest TEXT value we write, in characters (UT allows 2**32 - 2 bytes; a report needs far less).
 MAX_TEXT_CHARS = 65_536
+#: Kept for importers not yet moved (``integration.web.review_form``): the cleaner is :func:`clean_text`.
+sr_text = clean_text
 #: Our private coding scheme (PS3.3 8.1: private coding scheme designators begin with "99").
 PRIVATE_SCHEME = "99PACSVLM"
 
@@ -59,37 +62,6 @@ ALGORITHM_PARAMETERS = CodedConcept("111002", "DCM", "Algorithm Parameters")
 DEVICE_OBSERVER_UID = CodedConcept("121012", "DCM", "Device Observer UID")
 PERSON_OBSERVER_NAME = CodedConcept("121008", "DCM", "Person Observer Name")
 ENGLISH = CodedConcept("en", "RFC5646", "English")
-
-# C0 controls but TAB, LF and CR; DEL and C1 controls; lone surrogates; the non-characters U+FFFE/U+FFFF.
-_UNSAFE = re.compile(r"[\x00-\x08\x0b-\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
-
-
-def sr_text(value: object, limit: int = MAX_TEXT_CHARS) -> str:
-    """Return untrusted text as a safe SR TEXT value.
-
-    Parameters
-    ----------
-    value : object
-        The text (model output or a reviewer's edit).
-    limit : int
-        Most characters kept; a longer text is cut and ends with an ellipsis.
-
-    Returns
-    -------
-    str
-        The text without control characters, lone surrogates or non-characters, whitespace-trimmed
-        (UT ignores trailing spaces) and at most ``limit`` characters long.
-    """
-    text = _UNSAFE.sub("", str(value)).strip()
-    return text if len(text) <= limit else text[: limit - 1].rstrip() + "\u2026"
-
-
-@dataclass(frozen=True)
-class SrFinding:
-    """One finding and the images (1-based, as numbered in the prompt) it was inferred from."""
-
-    text: str
-    images: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -173,13 +145,13 @@ def _container(name: CodedConcept, items: Sequence[ContentItem], *, template_id:
     return container
 
 
-def finding_item(finding: SrFinding, evidence: Sequence[SeenFrame]) -> TextContentItem:
+def finding_item(finding: Finding, evidence: Sequence[SeenFrame]) -> TextContentItem:
     """Return one TEXT Finding with an INFERRED FROM IMAGE item per instance it cites.
 
     Parameters
     ----------
-    finding : SrFinding
-        The finding (text is made safe here).
+    finding : Finding
+        The finding (its text is clean).
     evidence : sequence of SeenFrame
         What the model saw, to turn image numbers into instances and frames.
 
@@ -188,7 +160,7 @@ def finding_item(finding: SrFinding, evidence: Sequence[SeenFrame]) -> TextConte
     highdicom.sr.TextContentItem
         The content item.
     """
-    item = _text(FINDING, sr_text(finding.text) or "(empty finding)")
+    item = _text(FINDING, finding.text)
     references = references_of(finding.images, evidence)
     if references:
         item.ContentSequence = ContentSequence(
@@ -207,13 +179,13 @@ def finding_item(finding: SrFinding, evidence: Sequence[SeenFrame]) -> TextConte
 
 
 def report_sections(
-    findings: Sequence[SrFinding], impression: str, limitations: str, evidence: Sequence[SeenFrame]
+    findings: Sequence[Finding], impression: str, limitations: str, evidence: Sequence[SeenFrame]
 ) -> list[ContentItem]:
     """Return the Findings and Impressions sections (TID 2001), leaving out empty ones.
 
     Parameters
     ----------
-    findings : sequence of SrFinding
+    findings : sequence of Finding
         The findings.
     impression, limitations : str
         Free text; '' when none.
@@ -227,11 +199,11 @@ def report_sections(
     """
     sections: list[ContentItem] = []
     items: list[ContentItem] = [finding_item(finding, evidence) for finding in findings]
-    if limitations_text := sr_text(limitations):
+    if limitations_text := clean_text(limitations, MAX_TEXT_CHARS):
         items.append(_text(LIMITATIONS, limitations_text))
     if items:
         sections.append(_container(FINDINGS, items, template_id="2001"))
-    if impression_text := sr_text(impression):
+    if impression_text := clean_text(impression, MAX_TEXT_CHARS):
         sections.append(_container(IMPRESSIONS, [_text(IMPRESSION, impression_text)], template_id="2001"))
     return sections
 
@@ -252,9 +224,9 @@ def algorithm_items(name: str, version: str, parameters: Sequence[str]) -> list[
         The TEXT items.
     """
     template = hd.sr.AlgorithmIdentification(
-        name=sr_text(name) or "unknown",
-        version=sr_text(version) or "unknown",
-        parameters=[sr_text(p) for p in parameters if sr_text(p)] or None,
+        name=clean_text(name, MAX_TEXT_CHARS) or "unknown",
+        version=clean_text(version, MAX_TEXT_CHARS) or "unknown",
+        parameters=[text for p in parameters if (text := clean_text(p, MAX_TEXT_CHARS))] or None,
     )
     return [*template]
 

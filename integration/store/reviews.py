@@ -17,7 +17,7 @@ unique ``(report, seq)`` constraint turns a concurrent change into :class:`Revie
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
@@ -26,19 +26,22 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from integration.dicom.header import is_valid_uid
-from integration.reports.sr_content import sr_text
+from integration.findings import (
+    MAX_FINDING_CHARS,
+    MAX_FINDINGS,
+    MAX_SECTION_CHARS,
+    Document,
+    Finding,
+    InvalidFindings,
+    edited_text,
+    evidence_of,
+    images_of,
+)
 from integration.store.audit import add_event
 from integration.store.revisions import UnknownReport
 from integration.store.session import engine_for
 from integration.store.tables import Report, ReportStatus, ReviewChange, utcnow
 
-#: Longest finding text (characters, after control characters are removed); as models/draft.py.
-MAX_FINDING_CHARS = 2000
-#: Longest impression or limitations text; as models/draft.py.
-MAX_SECTION_CHARS = 4000
-#: Most findings a working copy may have (the draft's and added ones together).
-MAX_FINDINGS = 200
 #: Most changes one draft may collect.
 MAX_CHANGES = 5000
 #: The actions a change may be.
@@ -117,60 +120,29 @@ class WorkingCopy:
 
     @property
     def signed_findings(self) -> list[dict[str, Any]]:
-        """The findings a signature stores: every one but the rejected, as ``{"text", "images"}``."""
-        return [{"text": f.text, "images": list(f.images)} for f in self.findings if f.decision != "rejected"]
+        """The findings a signature stores: every one but the rejected, as stored (``{"text", "images"}``)."""
+        return [Finding(f.text, f.images).as_json() for f in self.findings if f.decision != "rejected"]
+
+    @property
+    def draft(self) -> Document:
+        """The draft as the working copy read it (its findings with text, impression and limitations)."""
+        findings = tuple(Finding(f.draft_text, f.images) for f in self.findings if f.draft_text is not None)
+        return Document(findings, self.draft_impression, self.draft_limitations)
 
 
 def evidence_images(evidence: object) -> frozenset[int]:
-    """Return the image numbers a draft's evidence names with valid UIDs (the images a finding may cite).
+    """Return the image numbers a draft's stored evidence names validly: the images a finding may cite."""
+    return images_of(evidence_of(evidence))
 
-    Parameters
-    ----------
-    evidence : object
-        The report's evidence: a list of ``{"image", "sop_class_uid", "sop_instance_uid", "series_uid", ...}``.
 
-    Returns
-    -------
-    frozenset of int
-        The 1-based image numbers; the rule of :func:`integration.reports.drafts.sign_report`.
+def draft_findings(document: object, images_seen: Collection[int] = ()) -> list[WorkingFinding]:
+    """Return a draft's findings (read by :meth:`integration.findings.Document.read`) as pending working findings.
+
+    Citations of images outside ``images_seen`` (when given) are dropped: a signature would refuse them,
+    and a reviewer cannot change citations.
     """
-    images = set()
-    for entry in evidence if isinstance(evidence, list) else ():
-        if not isinstance(entry, Mapping):
-            continue
-        uids = (entry.get("sop_class_uid"), entry.get("sop_instance_uid"), entry.get("series_uid"))
-        numbers = (entry.get("image"), entry.get("frame") or 1)
-        if all(is_valid_uid(uid) for uid in uids) and all(type(n) is int and n > 0 for n in numbers):
-            images.add(int(entry["image"]))
-    return frozenset(images)
-
-
-def draft_findings(document: Mapping[str, Any], images_seen: Collection[int] = ()) -> list[WorkingFinding]:
-    """Return a draft's findings as pending working findings (entries without text are left out).
-
-    Parameters
-    ----------
-    document : mapping
-        The draft's findings document (``{"findings": [{"text", "images"}], ...}``).
-    images_seen : collection of int
-        The images of the draft's evidence: citations of other images are dropped (a signature would
-        refuse them, and a reviewer cannot change citations).  Empty: every citation is kept.
-
-    Returns
-    -------
-    list of WorkingFinding
-        In the draft's order, indexed from 0.
-    """
-    findings: list[WorkingFinding] = []
-    entries = document.get("findings")
-    for entry in entries if isinstance(entries, list) else ():
-        if not isinstance(entry, Mapping) or not (body := sr_text(entry.get("text", ""))):
-            continue
-        raw = entry.get("images")
-        cited = (i for i in (raw if isinstance(raw, list) else ()) if type(i) is int and i > 0)
-        images = tuple(dict.fromkeys(i for i in cited if not images_seen or i in images_seen))
-        findings.append(WorkingFinding(len(findings), body, body, images, "pending"))
-    return findings
+    findings = Document.read(document, images_seen).findings
+    return [WorkingFinding(index, f.text, f.text, f.images, "pending") for index, f in enumerate(findings)]
 
 
 def _decided(finding: WorkingFinding, status: str) -> WorkingFinding:
@@ -225,18 +197,16 @@ def _report(session: Session, report_id: int, *, lock: bool = False, advisory: b
 
 
 def _working_copy(session: Session, report: Report) -> WorkingCopy:
-    document = report.findings if isinstance(report.findings, Mapping) else {}
-    impression = sr_text(document.get("impression") or "")
-    limitations = sr_text(document.get("limitations") or "")
+    document = Document.read(report.findings)
     copy = WorkingCopy(
         report_id=report.id,
         status=report.status.value,
         seq=0,
         findings=tuple(draft_findings(document, evidence_images(report.evidence))),
-        impression=impression,
-        limitations=limitations,
-        draft_impression=impression,
-        draft_limitations=limitations,
+        impression=document.impression,
+        limitations=document.limitations,
+        draft_impression=document.impression,
+        draft_limitations=document.limitations,
     )
     changes = session.scalars(
         select(ReviewChange).where(ReviewChange.report_id == report.id).order_by(ReviewChange.seq)
@@ -316,38 +286,12 @@ def lock_draft(
     return report, copy
 
 
-def clean_text(value: str | None, limit: int, what: str, *, required: bool) -> str:
-    """Return untrusted text without control characters, or refuse it.
-
-    Parameters
-    ----------
-    value : str or None
-        The text a reviewer sent.
-    limit : int
-        Most characters accepted.
-    what : str
-        What it is, for the message (``"finding text"``).
-    required : bool
-        Refuse empty text.
-
-    Returns
-    -------
-    str
-        The text, stripped.
-
-    Raises
-    ------
-    ReviewError
-        No text, empty text when required, or longer than ``limit``.
-    """
-    if not isinstance(value, str):
-        raise ReviewError(f"{what} is required")
-    cleaned = sr_text(value, limit=len(value) + 1)
-    if required and not cleaned:
-        raise ReviewError(f"{what} must not be empty")
-    if len(cleaned) > limit:
-        raise ReviewError(f"{what} is {len(cleaned)} characters long; at most {limit} are allowed")
-    return cleaned
+def checked_text(value: str | None, limit: int, what: str, *, required: bool) -> str:
+    """Return a reviewer's text cleaned, or raise :class:`ReviewError` (see ``findings.edited_text``)."""
+    try:
+        return edited_text(value, limit, what, required=required)
+    except InvalidFindings as exc:
+        raise ReviewError(str(exc)) from None
 
 
 def _before_after(
@@ -359,17 +303,17 @@ def _before_after(
             raise ReviewError("an added finding takes no finding index")
         if len(copy.findings) >= MAX_FINDINGS:
             raise ReviewError(f"a report may have at most {MAX_FINDINGS} findings")
-        return None, clean_text(body, MAX_FINDING_CHARS, "finding text", required=True)
+        return None, checked_text(body, MAX_FINDING_CHARS, "finding text", required=True)
     if action in ("impression", "limitations"):
         if finding is not None:
             raise ReviewError(f"a change of the {action} takes no finding index")
         section = copy.impression if action == "impression" else copy.limitations
-        return section, clean_text(body, MAX_SECTION_CHARS, action, required=False)
+        return section, checked_text(body, MAX_SECTION_CHARS, action, required=False)
     if finding is None or not 0 <= finding < len(copy.findings):
         raise ReviewError(f"finding {finding} does not exist: the report has findings 0 to {len(copy.findings) - 1}")
     current = copy.findings[finding]
     if action == "edit":
-        return current.text, clean_text(body, MAX_FINDING_CHARS, "finding text", required=True)
+        return current.text, checked_text(body, MAX_FINDING_CHARS, "finding text", required=True)
     if body is not None:
         raise ReviewError(f"{action} takes no text")
     if action == "reset":

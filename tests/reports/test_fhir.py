@@ -16,11 +16,11 @@ from fhir.resources.R4B.observation import Observation
 from pydicom.dataset import Dataset
 
 from integration.dicom.samples import pydicom_test_file
+from integration.findings import Finding
 from integration.reports.document import (
     AI_DRAFT_NOTICE,
     PersonName,
     ReportDocument,
-    ReportFinding,
     dicom_study_fields,
     from_dicom_header,
 )
@@ -38,7 +38,7 @@ def make_doc(kind: str = "draft", **changes: object) -> ReportDocument:
         study_uid=STUDY_UID,
         issued=ISSUED,
         text="FINDINGS:\n- Small nodule right upper lobe [images 1, 2]\n- " + HOSTILE + "\n\nIMPRESSION:\nNodule.",
-        findings=(ReportFinding("Small nodule right upper lobe", (1, 2)), ReportFinding(HOSTILE, ())),
+        findings=(Finding("Small nodule right upper lobe", (1, 2)), Finding(HOSTILE, ())),
         impression="Nodule.",
         limitations="Single series.",
         accession_number="ACC123",
@@ -297,13 +297,13 @@ def test_from_dicom_header_builds_the_whole_document() -> None:
         status="signed",
         issued=ISSUED,
         text="Normal.",
-        findings=[("No nodule", [3, 4]), ReportFinding("No effusion")],
+        findings=[("No nodule", [3, 4]), Finding("No effusion")],
         impression="Normal.",
         author="Smith^Jane",
         organization="General Hospital",
     )
     assert doc.patient_id == "1CT1" and doc.study_uid == header.StudyInstanceUID
-    assert doc.findings == (ReportFinding("No nodule", (3, 4)), ReportFinding("No effusion", ()))
+    assert doc.findings == (Finding("No nodule", (3, 4)), Finding("No effusion", ()))
     report = parsed(doc)
     assert report.status == "final" and [obs.valueString for obs in observations(report)] == [
         "No nodule",

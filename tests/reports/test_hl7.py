@@ -14,7 +14,8 @@ from hl7apy.parser import parse_message
 from pydicom.dataset import Dataset
 
 from integration.dicom.samples import pydicom_test_file
-from integration.reports.document import AI_DRAFT_NOTICE, ReportDocument, ReportFinding, from_dicom_header
+from integration.findings import Finding
+from integration.reports.document import AI_DRAFT_NOTICE, ReportDocument, from_dicom_header
 from integration.reports.hl7 import control_id, escape_text, oru_r01, report_lines
 
 STUDY_UID = "1.2.826.0.1.3680043.8.498.1"
@@ -30,7 +31,7 @@ def make_doc(kind: str = "draft", **changes: object) -> ReportDocument:
         study_uid=STUDY_UID,
         issued=ISSUED,
         text="FINDINGS:\n- Small nodule [images 1, 2]\n- " + HOSTILE + "\n\nIMPRESSION:\nNodule.",
-        findings=(ReportFinding("Small nodule", (1, 2)), ReportFinding(HOSTILE, ())),
+        findings=(Finding("Small nodule", (1, 2)), Finding(HOSTILE, ())),
         impression="Nodule.",
         accession_number="ACC123",
         study_description="CT Chest",

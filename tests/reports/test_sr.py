@@ -13,6 +13,7 @@ from pydicom import Dataset
 from pydicom.uid import generate_uid
 
 from integration.dicom.samples import pydicom_test_file, write_ct_series
+from integration.findings import MAX_FINDING_CHARS, Document, Finding, InvalidFindings, clean_text
 from integration.reports.sr import (
     Algorithm,
     ReportForSr,
@@ -22,7 +23,7 @@ from integration.reports.sr import (
     build_signed_sr,
     read_sr,
 )
-from integration.reports.sr_content import MAX_TEXT_CHARS, ImageReference, SeenFrame, SrFinding, sr_text
+from integration.reports.sr_content import ImageReference, SeenFrame
 
 DCIODVFY = shutil.which("dciodvfy") or "/usr/bin/dciodvfy"
 DSRDUMP = shutil.which("dsrdump") or "/usr/bin/dsrdump"
@@ -77,13 +78,13 @@ def multiframe() -> tuple[Dataset, tuple[SeenFrame, ...]]:
     return header, seen
 
 
-def a_report(seen: tuple[SeenFrame, ...], findings: tuple[SrFinding, ...] | None = None) -> ReportForSr:
+def a_report(seen: tuple[SeenFrame, ...], findings: tuple[Finding, ...] | None = None) -> ReportForSr:
     return ReportForSr(
         findings=findings
         or (
-            SrFinding("Spiculated nodule in the right upper lobe.", (1, 2)),
-            SrFinding("No pleural effusion.", (2,)),
-            SrFinding("Degenerative changes, not tied to an image.", ()),
+            Finding("Spiculated nodule in the right upper lobe.", (1, 2)),
+            Finding("No pleural effusion.", (2,)),
+            Finding("Degenerative changes, not tied to an image.", ()),
         ),
         impression="Suspicious right upper lobe nodule; CT follow-up advised.",
         limitations="Single series; no prior studies for comparison.",
@@ -172,7 +173,7 @@ def test_multiframe_references_carry_frame_numbers(
     multiframe: tuple[Dataset, tuple[SeenFrame, ...]], tmp_path: Path
 ) -> None:
     source, seen = multiframe
-    report = a_report(seen, (SrFinding("Finding on image 1", (1,)), SrFinding("Finding on both", (1, 2))))
+    report = a_report(seen, (Finding("Finding on image 1", (1,)), Finding("Finding on both", (1, 2))))
     draft, signed, _, _ = draft_and_signed(source, report, tmp_path)
     uid = seen[0].sop_instance_uid
     for reading in (draft, signed):
@@ -184,20 +185,25 @@ def test_multiframe_references_carry_frame_numbers(
 def test_hostile_model_text_still_makes_a_valid_sr(ct: tuple[Dataset, tuple[SeenFrame, ...]], tmp_path: Path) -> None:
     source, seen = ct
     hostile = (
-        SrFinding("bell\x07 null\x00 esc\x1b[31m red \x9b C1 \ud800 lone surrogate \ufffe", (1,)),
-        SrFinding("x" * 100_000, (2,)),
-        SrFinding("<script>alert(1)</script> [red]markup[/red] back\\slash ^caret^ =eq Ünïcödé 肺结节 🫁", (3,)),
-        SrFinding("   ", ()),
+        ("bell\x07 null\x00 esc\x1b[31m red \x9b C1 \ud800 lone surrogate \ufffe", [1]),
+        ("x" * 100_000, [2]),
+        ("<script>alert(1)</script> [red]markup[/red] back\\slash ^caret^ =eq Ünïcödé 肺结节 🫁", [3]),
+        ("   ", []),
     )
-    report = a_report(seen, hostile)
+    for text, images in (hostile[0], hostile[1], hostile[3]):  # unsafe text cannot become a finding as it is ...
+        with pytest.raises(InvalidFindings):
+            Finding(text, tuple(images))
+    stored = {"findings": [{"text": text, "images": images} for text, images in hostile]}
+    document = Document.read(stored)  # ... only through the lenient reading of the stored document
+    report = a_report(seen, document.findings)
     draft, signed, _, _ = draft_and_signed(source, report, tmp_path)
     for reading in (draft, signed):
         texts = [f.text for f in reading.findings]
         assert texts[0] == "bell null esc[31m red  C1  lone surrogate"
-        assert len(texts[1]) == MAX_TEXT_CHARS and texts[1].endswith("\u2026")
-        assert texts[2] == hostile[2].text
-        assert texts[3] == "(empty finding)"
-        assert [f.text for f in reading.findings] == [sr_text(f.text) or "(empty finding)" for f in hostile]
+        assert len(texts[1]) == MAX_FINDING_CHARS and texts[1].endswith("\u2026")
+        assert texts[2] == hostile[2][0]
+        assert len(texts) == 3  # the finding without text is left out
+        assert texts == [clean_text(text, MAX_FINDING_CHARS) for text, _ in hostile[:3]]
 
 
 def test_non_ascii_patient_names_survive_the_utf8_report(tmp_path: Path) -> None:

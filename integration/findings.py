@@ -1,0 +1,353 @@
+"""The findings document: one type for what a draft or a signed version says, and the rules it keeps.
+
+A report's ``findings`` column holds ``{"findings": [{"text", "images"}], "impression", "limitations",
+"structured", "problems"}``, written by the worker from model output (untrusted) and by signing from a
+radiologist's edits.  Every reader in ``integration`` goes through this module, so there is one rule for
+what a finding is, how many a report may have, how long its texts may be, which images it may cite and how
+untrusted text is made safe:
+
+* :meth:`Document.read` reads stored JSON leniently (old drafts, odd model output, corrupt rows): what does
+  not fit is left out or cut, never raised, so a reviewer always sees what can be shown.
+* :func:`edited_findings` and :func:`edited_text` read a person's edits strictly and raise
+  :class:`InvalidFindings` naming the problem: a signature must say exactly what was meant.
+* :func:`clean_text` is the one cleaner of untrusted text in ``integration`` (SR, FHIR, HL7, the review
+  page and the working copy use it).
+
+The value objects validate themselves: a :class:`Finding`, :class:`Evidence` or :class:`Document` that
+exists keeps the limits and holds only text that :func:`clean_text` leaves as it is.
+
+It sits at the top of ``integration``, not in ``reports``, because the store's review working copy reads
+it too and the store may not import ``reports``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from integration.dicom.header import is_valid_uid
+
+#: Most findings a document may hold: what signing accepted (the review API stopped at 200, drafts at 50).
+MAX_FINDINGS = 500
+#: Longest finding text, in characters: the model contract's cap and the review API's limit.
+MAX_FINDING_CHARS = 2000
+#: Longest impression, limitations or problem text: the model contract's cap and the review API's limit.
+MAX_SECTION_CHARS = 4000
+
+# C0 controls but TAB, LF and CR; DEL and C1 controls; lone surrogates; the non-characters U+FFFE/U+FFFF.
+_UNSAFE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
+_SEPARATORS = re.compile(r"[\u2028\u2029]")
+
+
+class InvalidFindings(ValueError):
+    """Findings or text that break the document's rules; the message says which and is safe to show."""
+
+
+def clean_text(value: object, limit: int | None = None, *, strip: bool = True) -> str:
+    """Return untrusted text without the characters that break a report's encodings.
+
+    Parameters
+    ----------
+    value : object
+        The text (model output, a reviewer's edit, a free-text DICOM attribute); other values are
+        turned into their ``str``.
+    limit : int, optional
+        Most characters kept; a longer text is cut and ends with an ellipsis (``limit`` in all).
+    strip : bool
+        Trim white space at both ends.
+
+    Returns
+    -------
+    str
+        The text without C0 controls (but TAB, LF, CR), DEL, C1 controls, lone surrogates or the
+        non-characters U+FFFE/U+FFFF; the line and paragraph separators U+2028/U+2029 become LF.
+    """
+    text = _SEPARATORS.sub("\n", _UNSAFE.sub("", str(value)))
+    text = text.strip() if strip else text
+    if limit is None or len(text) <= limit:
+        return text
+    return text[: limit - 1].rstrip() + "\u2026"
+
+
+def _is_number(value: object) -> bool:
+    """Whether a JSON value is a 1-based image or frame number (an int, not a bool)."""
+    return type(value) is int and value > 0
+
+
+def _is_clean(text: object, limit: int, *, required: bool) -> bool:
+    return isinstance(text, str) and (bool(text) or not required) and clean_text(text, limit) == text
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """One frame of one instance that the model saw, as one of its numbered images.
+
+    Attributes
+    ----------
+    image : int
+        1-based image number, as numbered in the prompt and cited by findings.
+    sop_class_uid, sop_instance_uid, series_uid : str
+        The instance (valid DICOM UIDs).
+    frame : int
+        1-based frame number.
+
+    Raises
+    ------
+    InvalidFindings
+        From the constructor: an invalid UID, or a number that is not a positive int.
+    """
+
+    image: int
+    sop_class_uid: str
+    sop_instance_uid: str
+    series_uid: str
+    frame: int = 1
+
+    def __post_init__(self) -> None:
+        uids = (self.sop_class_uid, self.sop_instance_uid, self.series_uid)
+        if not (all(is_valid_uid(uid) for uid in uids) and _is_number(self.image) and _is_number(self.frame)):
+            raise InvalidFindings("evidence needs valid SOP Class, SOP Instance and Series UIDs, image and frame")
+
+    @classmethod
+    def read(cls, entry: object) -> Evidence | None:
+        """Return a stored evidence entry as Evidence, or None when it breaks the rule (never raises)."""
+        if not isinstance(entry, Mapping):
+            return None
+        try:
+            uids = entry["sop_class_uid"], entry["sop_instance_uid"], entry["series_uid"]
+            return cls(entry["image"], *uids, frame=entry.get("frame") or 1)
+        except (KeyError, InvalidFindings):
+            return None
+
+
+def evidence_of(entries: object) -> tuple[Evidence, ...]:
+    """Return the valid entries of a report's stored evidence (a list of mappings), in order."""
+    read = (Evidence.read(entry) for entry in (entries if isinstance(entries, list) else ()))
+    return tuple(evidence for evidence in read if evidence is not None)
+
+
+def images_of(evidence: Iterable[Evidence]) -> frozenset[int]:
+    """Return the image numbers of some evidence: the images a finding may cite."""
+    return frozenset(entry.image for entry in evidence)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One finding and the images it rests on.
+
+    Attributes
+    ----------
+    text : str
+        The finding: clean (see :func:`clean_text`), not empty, at most :data:`MAX_FINDING_CHARS`.
+    images : tuple of int
+        The image numbers it cites (1-based, as numbered in the prompt), each once.
+
+    Raises
+    ------
+    InvalidFindings
+        From the constructor, when the text or the images break these rules.
+    """
+
+    text: str
+    images: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not _is_clean(self.text, MAX_FINDING_CHARS, required=True):
+            raise InvalidFindings(f"a finding needs clean text of 1 to {MAX_FINDING_CHARS} characters")
+        images = self.images
+        if not (isinstance(images, tuple) and all(map(_is_number, images)) and len(set(images)) == len(images)):
+            raise InvalidFindings("a finding cites a tuple of distinct image numbers (1, 2, ...)")
+
+    @classmethod
+    def read(cls, entry: object, images_seen: Collection[int] = ()) -> Finding | None:
+        """Read a stored finding leniently (never raises).
+
+        Parameters
+        ----------
+        entry : object
+            ``{"text": str, "images": [int, ...]}`` as stored.
+        images_seen : collection of int
+            The images of the report's evidence: citations of others are dropped.  Empty: all kept.
+
+        Returns
+        -------
+        Finding or None
+            The finding with its text cleaned and cut, and its valid citations; None when it has no text.
+        """
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("text"), str):
+            return None
+        text = clean_text(entry["text"], MAX_FINDING_CHARS)
+        raw = entry.get("images")
+        cited = (i for i in (raw if isinstance(raw, list | tuple) else ()) if _is_number(i))
+        images = tuple(dict.fromkeys(i for i in cited if not images_seen or i in images_seen))
+        return cls(text, images) if text else None
+
+    def as_json(self) -> dict[str, Any]:
+        """Return the finding as stored: ``{"text": ..., "images": [...]}``."""
+        return {"text": self.text, "images": list(self.images)}
+
+
+@dataclass(frozen=True)
+class Document:
+    """What a draft or a signed version says: the findings document stored with each report version.
+
+    Attributes
+    ----------
+    findings : tuple of Finding
+        In report order; at most :data:`MAX_FINDINGS`.
+    impression, limitations : str
+        Clean text, at most :data:`MAX_SECTION_CHARS` each ('' when none).
+    structured : bool
+        False when the model's output could not be structured (it is then one free-text finding).
+    problems : tuple of str
+        What the draft parser repaired or dropped, and what the model was not given (for the reviewer).
+
+    Raises
+    ------
+    InvalidFindings
+        From the constructor, when a field breaks these rules.
+    """
+
+    findings: tuple[Finding, ...] = ()
+    impression: str = ""
+    limitations: str = ""
+    structured: bool = True
+    problems: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.findings, tuple) and all(isinstance(f, Finding) for f in self.findings)):
+            raise InvalidFindings("a document's findings are a tuple of Finding")
+        if len(self.findings) > MAX_FINDINGS:
+            raise InvalidFindings(f"a report may have at most {MAX_FINDINGS} findings")
+        for section in (self.impression, self.limitations, *self.problems):
+            if not _is_clean(section, MAX_SECTION_CHARS, required=False):
+                raise InvalidFindings(f"impression, limitations and problems: clean text, at most {MAX_SECTION_CHARS}")
+        if not isinstance(self.structured, bool) or not isinstance(self.problems, tuple):
+            raise InvalidFindings("structured is a bool and problems a tuple of str")
+
+    @classmethod
+    def read(cls, stored: object, images_seen: Collection[int] = ()) -> Document:
+        """Read a stored findings document leniently (never raises).
+
+        Parameters
+        ----------
+        stored : object
+            The JSON as stored (a mapping; anything else reads as an empty document), or a Document.
+        images_seen : collection of int
+            The images of the report's evidence: citations of others are dropped.  Empty: all kept.
+
+        Returns
+        -------
+        Document
+            Findings without text left out, those beyond :data:`MAX_FINDINGS` dropped, texts cleaned and
+            cut; an impression, limitations or problem that is not a string reads as none.
+        """
+        if isinstance(stored, Document) and not images_seen:
+            return stored
+        if isinstance(stored, Document):
+            stored = stored.as_json()
+        if not isinstance(stored, Mapping):
+            return cls()
+        entries = stored.get("findings")
+        read = (Finding.read(entry, images_seen) for entry in (entries if isinstance(entries, list) else ()))
+        findings = tuple(finding for finding in read if finding is not None)[:MAX_FINDINGS]
+        problems = stored.get("problems")
+        return cls(
+            findings=findings,
+            impression=_section(stored.get("impression")),
+            limitations=_section(stored.get("limitations")),
+            structured=stored.get("structured") is not False,
+            problems=tuple(text for p in (problems if isinstance(problems, list) else ()) if (text := _section(p))),
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        """Return the document as stored."""
+        return {
+            "findings": [finding.as_json() for finding in self.findings],
+            "impression": self.impression,
+            "limitations": self.limitations,
+            "structured": self.structured,
+            "problems": list(self.problems),
+        }
+
+
+def _section(value: object) -> str:
+    return clean_text(value, MAX_SECTION_CHARS) if isinstance(value, str) else ""
+
+
+def edited_text(value: object, limit: int, what: str, *, required: bool) -> str:
+    """Return a person's text without control characters, or refuse it.
+
+    Parameters
+    ----------
+    value : object
+        The text sent (a string).
+    limit : int
+        Most characters accepted (:data:`MAX_FINDING_CHARS` or :data:`MAX_SECTION_CHARS`).
+    what : str
+        What it is, for the message (``"finding text"``).
+    required : bool
+        Refuse empty text.
+
+    Returns
+    -------
+    str
+        The text, cleaned (see :func:`clean_text`) and stripped.
+
+    Raises
+    ------
+    InvalidFindings
+        Not a string, empty when required, or longer than ``limit`` once cleaned.
+    """
+    if not isinstance(value, str):
+        raise InvalidFindings(f"{what} is required")
+    cleaned = clean_text(value)
+    if required and not cleaned:
+        raise InvalidFindings(f"{what} must not be empty")
+    if len(cleaned) > limit:
+        raise InvalidFindings(f"{what} is {len(cleaned)} characters long; at most {limit} are allowed")
+    return cleaned
+
+
+def edited_findings(value: object, images_seen: Collection[int] = ()) -> tuple[Finding, ...]:
+    """Read edited findings strictly: a list of ``{"text": str, "images": [int, ...]}`` or of Finding.
+
+    Parameters
+    ----------
+    value : object
+        The list, as parsed from JSON (``images`` optional; repeated image numbers count once).
+    images_seen : collection of int
+        The images of the draft's evidence; a finding may cite only these (any, when empty).
+
+    Returns
+    -------
+    tuple of Finding
+        The findings, texts cleaned.
+
+    Raises
+    ------
+    InvalidFindings
+        Not a list, more than :data:`MAX_FINDINGS`, an entry without a text string, an empty or too long
+        text, images that are not a list of positive image numbers, or an image the draft does not have.
+    """
+    if not isinstance(value, list | tuple):
+        raise InvalidFindings('findings must be a JSON list of {"text": ..., "images": [...]} objects')
+    if len(value) > MAX_FINDINGS:
+        raise InvalidFindings(f"at most {MAX_FINDINGS} findings")
+    seen = set(images_seen)
+    findings = []
+    for number, entry in enumerate(value, start=1):
+        if isinstance(entry, Finding):
+            entry = entry.as_json()
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("text"), str):
+            raise InvalidFindings(f'finding {number} must be an object with a "text" string')
+        images = entry.get("images", [])
+        if not isinstance(images, list) or not all(map(_is_number, images)):
+            raise InvalidFindings(f'finding {number}: "images" must be a list of image numbers (1, 2, ...)')
+        if seen and (unknown := sorted(set(images) - seen)):
+            raise InvalidFindings(f"finding {number} cites image(s) {unknown}; the draft has images {sorted(seen)}")
+        text = edited_text(entry["text"], MAX_FINDING_CHARS, f"finding {number}", required=True)
+        findings.append(Finding(text, tuple(dict.fromkeys(images))))
+    return tuple(findings)
