@@ -20,20 +20,7 @@ from integration.web.refusals import CrossSiteRefused
 
 
 def visible(query: Select[Any], user: CurrentUser) -> Select[Any]:
-    """Restrict a query that selects from ``studies`` to the studies the user may see.
-
-    Parameters
-    ----------
-    query : sqlalchemy.Select
-        A query over :class:`Study` (joined tables allowed).
-    user : CurrentUser
-        The signed-in user.
-
-    Returns
-    -------
-    sqlalchemy.Select
-        The restricted query.
-    """
+    """Restrict a query over :class:`Study` (joined tables allowed) to the studies the user may see."""
     if user.role is UserRole.ADMIN:
         return query
     return query.where(Study.site_id == user.site_id, Study.site_id.is_not(None))
@@ -41,20 +28,6 @@ def visible(query: Select[Any], user: CurrentUser) -> Select[Any]:
 
 def study_for(session: Session, user: CurrentUser, study_uid: str) -> Study:
     """Return the study with this UID when the user may see it.
-
-    Parameters
-    ----------
-    session : sqlalchemy.orm.Session
-        Open session.
-    user : CurrentUser
-        The signed-in user.
-    study_uid : str
-        Study Instance UID.
-
-    Returns
-    -------
-    Study
-        The study.
 
     Raises
     ------
@@ -65,25 +38,12 @@ def study_for(session: Session, user: CurrentUser, study_uid: str) -> Study:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such study")
     study: Study | None = session.scalar(visible(select(Study).where(Study.study_uid == study_uid), user))
     if study is None:
-        raise study_not_found(session, study_uid)
+        raise _study_not_found(session, study_uid)
     return study
 
 
-def study_not_found(session: Session, study_uid: str) -> HTTPException:
-    """Return the 404 for a study the user may not see: a :class:`CrossSiteRefused` when it exists elsewhere.
-
-    Parameters
-    ----------
-    session : sqlalchemy.orm.Session
-        Open session.
-    study_uid : str
-        The Study Instance UID asked for (valid).
-
-    Returns
-    -------
-    fastapi.HTTPException
-        The error to raise (the same answer either way; only the audit tells them apart).
-    """
+def _study_not_found(session: Session, study_uid: str) -> HTTPException:
+    """The 404 for a study the user may not see: a :class:`CrossSiteRefused` (audited) when it exists elsewhere."""
     if session.scalar(select(Study.id).where(Study.study_uid == study_uid)) is not None:
         return CrossSiteRefused("no such study", "study", study_uid)
     return HTTPException(status.HTTP_404_NOT_FOUND, "no such study")
@@ -91,20 +51,6 @@ def study_not_found(session: Session, study_uid: str) -> HTTPException:
 
 def report_for(session: Session, user: CurrentUser, report_id: int) -> Report:
     """Return the report with this id when the user may see its study.
-
-    Parameters
-    ----------
-    session : sqlalchemy.orm.Session
-        Open session.
-    user : CurrentUser
-        The signed-in user.
-    report_id : int
-        Report id.
-
-    Returns
-    -------
-    Report
-        The report.
 
     Raises
     ------

@@ -84,16 +84,6 @@ def client_host(request: Request) -> str | None:
 def current_user(request: Request) -> CurrentUser:
     """Return the user of the request's session cookie, also left in ``request.state.user``.
 
-    Parameters
-    ----------
-    request : fastapi.Request
-        The request.
-
-    Returns
-    -------
-    CurrentUser
-        The signed-in user.
-
     Raises
     ------
     fastapi.HTTPException

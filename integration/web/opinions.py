@@ -164,23 +164,7 @@ def _report_view(report: Report) -> dict[str, Any]:
 
 
 def comparison(session: Session, user: CurrentUser, study: Study, a: int, b: int) -> dict[str, Any]:
-    """Return two reports of one study side by side with their agreement.
-
-    Parameters
-    ----------
-    session : sqlalchemy.orm.Session
-        Open session.
-    user : CurrentUser
-        The signed-in user.
-    study : Study
-        The study (already checked to be the user's).
-    a, b : int
-        Report ids.
-
-    Returns
-    -------
-    dict
-        ``study_uid``, ``a``, ``b`` (model, prompt, findings, impression ...) and ``agreement``.
+    """Return two reports of one study (already checked to be the user's) side by side with their agreement.
 
     Raises
     ------

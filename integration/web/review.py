@@ -149,11 +149,9 @@ def review_router() -> APIRouter:
         report_id: int, body: ChangeRequest, request: Request, settings: AppSettings, user: Reviewer
     ) -> WorkingCopy:
         """Record one change; answers the new working copy (409 when stale or closed, 422 when invalid)."""
-        edit = actions.Change(body.action, body.finding, body.text)
+        edit = actions.Change(action=body.action, finding=body.finding, text=body.text)
         try:
-            copy = actions.change(
-                settings, user, report_id, edit, expected_seq=body.expected_seq, source=client_address(request)
-            )
+            copy = actions.Review(settings, user, report_id, client_address(request)).change(edit, body.expected_seq)
         except actions.REFUSED as exc:
             raise HTTPException(*actions.refusal(exc)) from None
         return working_copy_answer(copy)
@@ -161,15 +159,9 @@ def review_router() -> APIRouter:
     @router.post("/{report_id}/sign", summary="Sign the working copy", dependencies=csrf)
     def post_sign(report_id: int, body: SignRequest, request: Request, settings: AppSettings, user: Reviewer) -> Signed:
         """Sign: a new version with a verified SR, its outcome and deliveries; 409 when stale, closed or unready."""
+        review = actions.Review(settings, user, report_id, client_address(request))
         try:
-            return actions.sign(
-                settings,
-                user,
-                report_id,
-                expected_seq=body.expected_seq,
-                confirm_unreviewed=body.confirm_unreviewed,
-                source=client_address(request),
-            )
+            return review.sign(body.expected_seq, body.confirm_unreviewed)
         except actions.REFUSED as exc:
             raise HTTPException(*actions.refusal(exc)) from None
 
@@ -178,15 +170,9 @@ def review_router() -> APIRouter:
         report_id: int, body: RejectRequest, request: Request, settings: AppSettings, user: Reviewer
     ) -> Rejected:
         """Reject the whole draft with a reason; 409 when it is not a draft any more."""
+        review = actions.Review(settings, user, report_id, client_address(request))
         try:
-            return actions.reject(
-                settings,
-                user,
-                report_id,
-                reason=body.reason,
-                expected_seq=body.expected_seq,
-                source=client_address(request),
-            )
+            return review.reject(body.reason, body.expected_seq)
         except actions.REFUSED as exc:
             raise HTTPException(*actions.refusal(exc)) from None
 

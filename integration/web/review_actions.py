@@ -1,9 +1,9 @@
 """The review actions, written once for the JSON API and the study page's forms: change, sign, reject.
 
 :mod:`integration.web.review` (JSON) and :mod:`integration.web.review_form` / :mod:`integration.web.study_page`
-(HTML forms) call these and differ only in how they answer: the API raises the HTTP error of
-:func:`refusal`, a form shows it as a page that keeps the text that was not saved.  Each action checks that
-the user may see the report (404 otherwise, :mod:`integration.web.access`) and runs in its own
+(HTML forms) call the actions of a :class:`Review` and differ only in how they answer: the API raises the
+HTTP error of :func:`refusal`, a form shows it as a page that keeps the text that was not saved.  Each action
+checks that the user may see the report (404 otherwise, :mod:`integration.web.access`) and runs in its own
 transactions; the review domain (:mod:`integration.store.reviews`, :mod:`integration.reports.review`)
 decides and audits.
 """
@@ -11,6 +11,7 @@ decides and audits.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypedDict
 
 from fastapi import HTTPException, status
 from sqlalchemy import select
@@ -34,13 +35,21 @@ REFUSED = (LookupError, ValueError, RuntimeError)
 NOT_A_SIGNER = "only radiologists sign reports: an administrator account administers and cannot sign a clinical report"
 
 
-@dataclass(frozen=True)
-class Change:
+class Change(TypedDict):
     """One change of a working copy: ``action`` on finding ``finding`` (when it concerns one) with ``text``."""
 
     action: str
-    finding: int | None = None
-    text: str | None = None
+    finding: int | None
+    text: str | None
+
+
+class _Decision(TypedDict):
+    """What signing and rejecting record of the decider."""
+
+    actor: str
+    organization: str
+    source: str | None
+    expected_seq: int | None
 
 
 def require_signer(user: CurrentUser) -> None:
@@ -86,115 +95,76 @@ def refusal(exc: Exception) -> tuple[int, str]:
     raise exc
 
 
-def _check_visible(session: Session, user: CurrentUser, report_id: int, study_uid: str | None) -> None:
-    """404 unless the user may see the report (and it is a report of ``study_uid``, when given)."""
-    if study_uid is None:
-        report_for(session, user, report_id)
-    else:
-        report_of_study(session, user, study_uid, report_id)
+@dataclass(frozen=True)
+class Review:
+    """Who reviews which report, from where: the context of the review actions.
 
-
-def change(
-    settings: Settings,
-    user: CurrentUser,
-    report_id: int,
-    edit: Change,
-    *,
-    expected_seq: int | None,
-    source: str | None,
-    study_uid: str | None = None,
-) -> WorkingCopy:
-    """Record one change of the working copy and return the new copy.
+    Attributes
+    ----------
+    settings : Settings
+        The database and the instance store.
+    user : CurrentUser
+        The reviewer; each action answers 404 unless they may see the report.
+    report_id : int
+        The report.
+    source : str or None
+        The client's address, for the audit.
+    study_uid : str or None
+        The study of the page the action came from: the report must be one of its (404 otherwise).
 
     Raises
     ------
     fastapi.HTTPException
-        404 when the user may not see the report (or it is not one of ``study_uid``).
+        From every action: 404 when the user may not see the report.
     LookupError, ValueError, RuntimeError
-        A refusal of the review domain (see :func:`refusal`).
+        From every action: a refusal of the review domain (stale, closed, invalid, review unfinished), whose
+        answer :func:`refusal` gives.
     """
-    with session_scope(settings.database_url) as session:
-        _check_visible(session, user, report_id, study_uid)
-        return record_change(
-            session,
-            report_id,
-            actor=user.username,
-            action=edit.action,
-            finding=edit.finding,
-            text=edit.text,
-            expected_seq=expected_seq,
-            source=source,
+
+    settings: Settings
+    user: CurrentUser
+    report_id: int
+    source: str | None
+    study_uid: str | None = None
+
+    def _check_visible(self, session: Session) -> None:
+        if self.study_uid is None:
+            report_for(session, self.user, self.report_id)
+        else:
+            report_of_study(session, self.user, self.study_uid, self.report_id)
+
+    def change(self, edit: Change, expected_seq: int | None) -> WorkingCopy:
+        """Record one change of the working copy and return the new copy."""
+        with session_scope(self.settings.database_url) as session:
+            self._check_visible(session)
+            actor, source = self.user.username, self.source
+            return record_change(session, self.report_id, actor=actor, expected_seq=expected_seq, source=source, **edit)
+
+    def sign(self, expected_seq: int | None, confirm_unreviewed: int | None) -> Signed:
+        """Sign the working copy as the signer saw it: a new version, its verified SR, outcome and deliveries.
+
+        Only a radiologist signs: anyone else gets a 403 :class:`fastapi.HTTPException`.
+        """
+        person_name, decision = self._decider(expected_seq, signing=True)
+        revision_id = sign_reviewed(
+            self.settings, self.report_id, person_name=person_name, confirm_unreviewed=confirm_unreviewed, **decision
         )
+        with session_scope(self.settings.database_url) as session:
+            version = session.scalar(select(ReportRevision.version).where(ReportRevision.id == revision_id))
+        return Signed(revision_id=revision_id, version=int(version or 0))
 
+    def reject(self, reason: str, expected_seq: int | None) -> Rejected:
+        """Reject the whole draft with a reason."""
+        _, decision = self._decider(expected_seq, signing=False)
+        return Rejected(revision_id=reject_draft(self.settings, self.report_id, reason=reason, **decision))
 
-def sign(
-    settings: Settings,
-    user: CurrentUser,
-    report_id: int,
-    *,
-    expected_seq: int | None,
-    confirm_unreviewed: int | None,
-    source: str | None,
-    study_uid: str | None = None,
-) -> Signed:
-    """Sign the working copy as the signer saw it: a new version, its verified SR, outcome and deliveries.
-
-    Raises
-    ------
-    fastapi.HTTPException
-        404 when the user may not see the report (or it is not one of ``study_uid``), 403 when the user is
-        not a radiologist.
-    LookupError, ValueError, RuntimeError
-        A refusal of the review domain: stale, closed, not the report of record, review unfinished.
-    """
-    with session_scope(settings.database_url) as session:
-        _check_visible(session, user, report_id, study_uid)
-        require_signer(user)
-        person_name, organization = signer_of(session, user.id)
-    revision_id = sign_reviewed(
-        settings,
-        report_id,
-        actor=user.username,
-        person_name=person_name,
-        organization=organization,
-        source=source,
-        expected_seq=expected_seq,
-        confirm_unreviewed=confirm_unreviewed,
-    )
-    with session_scope(settings.database_url) as session:
-        version = session.scalar(select(ReportRevision.version).where(ReportRevision.id == revision_id))
-    return Signed(revision_id=revision_id, version=int(version or 0))
-
-
-def reject(
-    settings: Settings,
-    user: CurrentUser,
-    report_id: int,
-    *,
-    reason: str,
-    expected_seq: int | None,
-    source: str | None,
-    study_uid: str | None = None,
-) -> Rejected:
-    """Reject the whole draft with a reason.
-
-    Raises
-    ------
-    fastapi.HTTPException
-        404 when the user may not see the report (or it is not one of ``study_uid``).
-    LookupError, ValueError, RuntimeError
-        A refusal of the review domain: not a draft any more, stale, no reason.
-    """
-    with session_scope(settings.database_url) as session:
-        _check_visible(session, user, report_id, study_uid)
-        _, organization = signer_of(session, user.id)
-    revision_id = reject_draft(
-        settings,
-        report_id,
-        actor=user.username,
-        reason=reason,
-        source=source,
-        organization=organization,
-        expected_seq=expected_seq,
-    )
-    return Rejected(revision_id=revision_id)
+    def _decider(self, expected_seq: int | None, *, signing: bool) -> tuple[str, _Decision]:
+        """Check the report and the role; return the signer's person name and what the decision records."""
+        with session_scope(self.settings.database_url) as session:
+            self._check_visible(session)
+            if signing:
+                require_signer(self.user)
+            person_name, organization = signer_of(session, self.user.id)
+        return person_name, _Decision(
+            actor=self.user.username, organization=organization, source=self.source, expected_seq=expected_seq
+        )

@@ -103,13 +103,13 @@ def typed_changes(copy: WorkingCopy, fields: Mapping[str, str]) -> list[Change]:
     for finding in copy.findings:
         typed = fields.get(f"text-{finding.index}")
         if _differs(typed, finding.text) and typed is not None and typed.strip():
-            changes.append(Change("edit", finding.index, typed))
+            changes.append(Change(action="edit", finding=finding.index, text=typed))
     for section, current in (("impression", copy.impression), ("limitations", copy.limitations)):
         if _differs(fields.get(section), current):
-            changes.append(Change(section, None, fields[section]))
+            changes.append(Change(action=section, finding=None, text=fields[section]))
     new = fields.get("new_finding")
     if isinstance(new, str) and new.strip():
-        changes.append(Change("add", None, new))
+        changes.append(Change(action="add", finding=None, text=new))
     return changes
 
 
@@ -127,12 +127,12 @@ def button_change(do: str) -> Change | None:
     if match is None:
         raise ValueError(f"unknown review action {do[:32]!r}")
     action, index = match.group(1), int(match.group(2))
-    return None if action == "edit" else Change(action, index)
+    return None if action == "edit" else Change(action=action, finding=index, text=None)
 
 
 def _unsaved(fields: Mapping[str, str], copy: WorkingCopy) -> str | None:
     """The text of the form that differs from the working copy, to show when nothing could be saved."""
-    texts = [change.text for change in typed_changes(copy, fields) if change.text]
+    texts = [text for change in typed_changes(copy, fields) if (text := change["text"])]
     return "\n\n".join(texts) or None
 
 
@@ -151,7 +151,6 @@ def apply_review_form(
     do = fields.get("do") or "save"
     seq_text = fields.get("expected_seq", "")
     confirm_text = fields.get("confirm_unreviewed", "")
-    source = client_address(request)
     with session_scope(settings.database_url) as session:
         report_of_study(session, user, study_uid, report_id)
         copy = working_copy(session, report_id)
@@ -162,15 +161,15 @@ def apply_review_form(
         if do == "sign":
             actions.require_signer(user)
         changes = typed_changes(copy, fields)
-        if do == "add" and not any(change.action == "add" for change in changes):
+        if do == "add" and not any(change["action"] == "add" for change in changes):
             raise ReviewError("type the new finding before adding it")
         seq = int(seq_text)
+        review = actions.Review(settings, user, report_id, client_address(request))
         for change in [*changes, *([button] if button else [])]:
-            copy = actions.change(settings, user, report_id, change, expected_seq=seq, source=source)
+            copy = review.change(change, seq)
             seq = copy.seq
         if do == "sign":
-            confirm = int(confirm_text) if confirm_text else None
-            actions.sign(settings, user, report_id, expected_seq=seq, confirm_unreviewed=confirm, source=source)
+            review.sign(seq, int(confirm_text) if confirm_text else None)
     except actions.REFUSED as exc:
         return refusal_page(request, exc, study_url(study_uid, report_id), unsaved=_unsaved(fields, copy))
     match = _FINDING_BUTTON.match(do)

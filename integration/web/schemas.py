@@ -7,9 +7,10 @@ is passed on as the JSON it is.  Field order is the order clients have always se
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, computed_field, field_serializer
 
 
 class SignedIn(BaseModel):
@@ -19,8 +20,8 @@ class SignedIn(BaseModel):
     role: str
 
 
-class WorklistRow(BaseModel):
-    """One study of ``GET /api/studies`` (patient data: shown to the reviewer, never logged)."""
+class StudyHeader(BaseModel):
+    """What identifies a study to a reviewer (patient data: shown to the reviewer, never logged)."""
 
     study_uid: str
     state: str
@@ -35,12 +36,26 @@ class WorklistRow(BaseModel):
     accession_number: str | None
     study_date: str | None
     study_description: str | None
+
+
+class WorklistRow(StudyHeader):
+    """One study of ``GET /api/studies`` and of the worklist page."""
+
     modalities: list[str]
     series_count: int
-    last_received_at: str
+    last_received_at: datetime
     report_id: int | None
     report_status: str | None
-    modality_count: int
+
+    @field_serializer("last_received_at")
+    def _iso(self, moment: datetime) -> str:
+        return moment.isoformat()
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def modality_count(self) -> int:
+        """How many modalities the study's series have."""
+        return len(self.modalities)
 
 
 class SeriesSummary(BaseModel):
@@ -69,22 +84,9 @@ class StudyReport(BaseModel):
     created_at: str
 
 
-class StudyDetail(BaseModel):
+class StudyDetail(StudyHeader):
     """The answer of ``GET /api/studies/{uid}``."""
 
-    study_uid: str
-    state: str
-    version: int
-    priority: str
-    source: str
-    site: str | None
-    patient_id: str | None
-    patient_name: str | None
-    patient_birth_date: str | None
-    patient_sex: str | None
-    accession_number: str | None
-    study_date: str | None
-    study_description: str | None
     last_received_at: str
     series: list[SeriesSummary]
     reports: list[StudyReport]

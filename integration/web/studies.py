@@ -9,7 +9,6 @@ takes the same filters and sort orders as the worklist page (:class:`WorklistFil
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -103,93 +102,14 @@ class WorklistFilter(BaseModel):
         return self
 
 
-@dataclass(frozen=True)
-class WorklistRow:
-    """One study on the worklist (patient data: shown to the reviewer, never logged).
-
-    Attributes
-    ----------
-    study_uid, state, priority, source : str
-        Identity, state, ``routine``/``stat`` and how it arrived.
-    version : int
-        Study version.
-    site : str or None
-        Site code.
-    patient_id, patient_name, patient_birth_date, patient_sex : str or None
-        Patient attributes (the name as a DICOM person name).
-    accession_number, study_date, study_description : str or None
-        Study attributes (the date as ``YYYYMMDD``).
-    modalities : tuple of str
-        Modalities of its series, sorted.
-    series_count : int
-        Number of series.
-    last_received_at : datetime
-        Arrival of its newest instance.
-    report_id : int or None
-        Its newest report.
-    report_status : str or None
-        That report's status.
-    """
-
-    study_uid: str
-    state: str
-    priority: str
-    source: str
-    version: int
-    site: str | None
-    patient_id: str | None
-    patient_name: str | None
-    patient_birth_date: str | None
-    patient_sex: str | None
-    accession_number: str | None
-    study_date: str | None
-    study_description: str | None
-    modalities: tuple[str, ...]
-    series_count: int
-    last_received_at: datetime
-    report_id: int | None
-    report_status: str | None
-
-    def as_json(self) -> dict[str, Any]:
-        """Return the row as JSON-ready values.
-
-        Returns
-        -------
-        dict
-            The fields, times as ISO 8601, modalities as a list (and their count as ``modality_count``).
-        """
-        row = asdict(self)
-        row["modalities"] = list(self.modalities)
-        row["modality_count"] = len(self.modalities)
-        row["last_received_at"] = self.last_received_at.isoformat()
-        return row
-
-
 #: Order of report statuses in the ``status`` sort: what needs reading first.
 _STATUS_ORDER = {ReportStatus.DRAFT.value: 0, ReportStatus.REJECTED.value: 2, ReportStatus.SUPERSEDED.value: 3}
 
 
 def worklist(
     session: Session, user: CurrentUser, filters: WorklistFilter | None = None, limit: int | None = None
-) -> list[WorklistRow]:
-    """Return the studies the user may review, filtered and sorted, with their newest report.
-
-    Parameters
-    ----------
-    session : sqlalchemy.orm.Session
-        Open session.
-    user : CurrentUser
-        The signed-in user.
-    filters : WorklistFilter, optional
-        Filters and order; by default every study, stat first, then newest received.
-    limit : int, optional
-        Maximum rows, overriding ``filters.limit``.
-
-    Returns
-    -------
-    list of WorklistRow
-        One row per study.
-    """
+) -> list[schemas.WorklistRow]:
+    """Return the studies the user may review, filtered and sorted (``limit`` overrides ``filters.limit``)."""
     filters = filters or WorklistFilter()
     latest = aliased(Report)
     newest_id = select(func.max(latest.id)).where(latest.study_id == Study.id).correlate(Study).scalar_subquery()
@@ -210,21 +130,9 @@ def worklist(
         if modality:
             modalities.setdefault(study_id, set()).add(modality)
     return [
-        WorklistRow(
-            study_uid=study.study_uid,
-            state=study.state.value,
-            priority=study.priority,
-            source=study.source,
-            version=study.version,
-            site=site_code,
-            patient_id=study.patient_id,
-            patient_name=study.patient_name,
-            patient_birth_date=study.patient_birth_date,
-            patient_sex=study.patient_sex,
-            accession_number=study.accession_number,
-            study_date=study.study_date,
-            study_description=study.study_description,
-            modalities=tuple(sorted(modalities.get(study.id, ()))),
+        schemas.WorklistRow(
+            **_header(study, site_code),
+            modalities=sorted(modalities.get(study.id, ())),
             series_count=series,
             last_received_at=study.last_received_at,
             report_id=report_id,
@@ -232,6 +140,25 @@ def worklist(
         )
         for study, site_code, series, report_id, report_status in rows
     ]
+
+
+def _header(study: Study, site_code: str | None) -> dict[str, Any]:
+    """The fields of :class:`~integration.web.schemas.StudyHeader` of a study."""
+    return {
+        "study_uid": study.study_uid,
+        "state": study.state.value,
+        "priority": study.priority,
+        "source": study.source,
+        "version": study.version,
+        "site": site_code,
+        "patient_id": study.patient_id,
+        "patient_name": study.patient_name,
+        "patient_birth_date": study.patient_birth_date,
+        "patient_sex": study.patient_sex,
+        "accession_number": study.accession_number,
+        "study_date": study.study_date,
+        "study_description": study.study_description,
+    }
 
 
 def _filtered(query: Select[Any], filters: WorklistFilter) -> Select[Any]:
@@ -287,19 +214,7 @@ def study_detail(session: Session, study: Study) -> schemas.StudyDetail:
     site_code = session.scalar(select(Site.code).where(Site.id == study.site_id)) if study.site_id else None
     reports = session.scalars(select(Report).where(Report.study_id == study.id).order_by(Report.id)).all()
     detail = {
-        "study_uid": study.study_uid,
-        "state": study.state.value,
-        "version": study.version,
-        "priority": study.priority,
-        "source": study.source,
-        "site": site_code,
-        "patient_id": study.patient_id,
-        "patient_name": study.patient_name,
-        "patient_birth_date": study.patient_birth_date,
-        "patient_sex": study.patient_sex,
-        "accession_number": study.accession_number,
-        "study_date": study.study_date,
-        "study_description": study.study_description,
+        **_header(study, site_code),
         "last_received_at": study.last_received_at.isoformat(),
         "series": [
             {
@@ -353,7 +268,7 @@ def studies_router() -> APIRouter:
         session: DbSession, user: Reviewer, filters: Annotated[WorklistFilter, Query()]
     ) -> list[schemas.WorklistRow]:
         """The studies of the user's site (administrators: all sites), filtered; stat first, then newest."""
-        return [schemas.WorklistRow.model_validate(row.as_json()) for row in worklist(session, user, filters)]
+        return worklist(session, user, filters)
 
     @router.get("/studies/{study_uid}", summary="One study with its reports")
     def get_study(study_uid: StudyUid, request: Request, session: DbSession, user: Reviewer) -> schemas.StudyDetail:

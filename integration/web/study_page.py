@@ -1,8 +1,8 @@
 """The study page: images, the model's evidence and the draft editor (``/studies/{study_uid}``).
 
 The editor is one HTML form (:mod:`integration.web.review_form`: every box's text travels with every button,
-so nothing typed is lost) posting to routes that call the review domain (:mod:`integration.store.reviews`,
-:mod:`integration.reports.review`) and redirect back (Post/Redirect/Get), so the page works without
+so nothing typed is lost) posting to routes that call the review actions the JSON API calls too
+(:mod:`integration.web.review_actions`) and redirect back (Post/Redirect/Get), so the page works without
 JavaScript; ``static/review.js`` adds keyboard shortcuts, highlighting and a warning before leaving with
 unsaved text.  The form carries the change number the page showed (``expected_seq``): when someone else
 changed the draft meanwhile, the answer is a 409 page that shows the text that was not saved.
@@ -158,17 +158,9 @@ def study_page_router() -> APIRouter:
         text: Annotated[str | None, Form(max_length=MAX_FORM_TEXT)] = None,
     ) -> Response:
         """Record one change (accept, reject, edit, reset, add, impression, limitations) and go back."""
-        edit = actions.Change(action, finding, text)
+        review = actions.Review(settings, user, report_id, client_address(request), study_uid)
         try:
-            copy = actions.change(
-                settings,
-                user,
-                report_id,
-                edit,
-                expected_seq=expected_seq,
-                source=client_address(request),
-                study_uid=study_uid,
-            )
+            copy = review.change(actions.Change(action=action, finding=finding, text=text), expected_seq)
         except actions.REFUSED as exc:
             return refusal_page(request, exc, study_url(study_uid, report_id), unsaved=text)
         return back_to_page(study_uid, report_id, action, finding, copy)
@@ -184,16 +176,9 @@ def study_page_router() -> APIRouter:
         confirm_unreviewed: Annotated[int | None, Form(ge=0, le=10_000)] = None,
     ) -> Response:
         """Sign the working copy as the page showed it (radiologists only; reviewed or confirmed findings)."""
+        review = actions.Review(settings, user, report_id, client_address(request), study_uid)
         try:
-            actions.sign(
-                settings,
-                user,
-                report_id,
-                expected_seq=expected_seq,
-                confirm_unreviewed=confirm_unreviewed,
-                source=client_address(request),
-                study_uid=study_uid,
-            )
+            review.sign(expected_seq, confirm_unreviewed)
         except actions.REFUSED as exc:
             return refusal_page(request, exc, study_url(study_uid, report_id))
         return back_to_page(study_uid, report_id, "sign", None, None)
@@ -209,16 +194,9 @@ def study_page_router() -> APIRouter:
         reason: Annotated[str, Form(max_length=MAX_FORM_TEXT)] = "",
     ) -> Response:
         """Reject the whole draft with a reason (required)."""
+        review = actions.Review(settings, user, report_id, client_address(request), study_uid)
         try:
-            actions.reject(
-                settings,
-                user,
-                report_id,
-                reason=reason,
-                expected_seq=expected_seq,
-                source=client_address(request),
-                study_uid=study_uid,
-            )
+            review.reject(reason, expected_seq)
         except actions.REFUSED as exc:
             return refusal_page(request, exc, study_url(study_uid, report_id), unsaved=reason)
         return see_other(study_url(study_uid, report_id, done="reject-draft", anchor="report"))

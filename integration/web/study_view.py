@@ -75,34 +75,12 @@ class Tile:
         return (self.sop_instance_uid, self.frame, self.window)
 
     def src(self, size: int) -> str:
-        """Return the URL of the rendered frame.
-
-        Parameters
-        ----------
-        size : int
-            Longest side in pixels.
-
-        Returns
-        -------
-        str
-            The frame route's URL.
-        """
+        """The frame route's URL of the frame rendered with its longest side ``size`` pixels."""
         query = urlencode({"size": size, "window": self.window})
         return f"/studies/{self.study_uid}/instances/{self.sop_instance_uid}/frames/{self.frame}.png?{query}"
 
     def page_url(self, report_id: int | None) -> str:
-        """Return the study page's URL with this frame in the large view (works without JavaScript).
-
-        Parameters
-        ----------
-        report_id : int or None
-            The report shown.
-
-        Returns
-        -------
-        str
-            The URL, anchored at the viewer.
-        """
+        """The study page's URL showing ``report_id`` with this frame in the large view (no JavaScript needed)."""
         params: dict[str, Any] = {"image": self.sop_instance_uid, "frame": self.frame, "window": self.window}
         if report_id is not None:
             params = {"report": report_id, **params}
