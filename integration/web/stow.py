@@ -47,7 +47,7 @@ from integration.intake.structure import InvalidInstance
 from integration.store.audit import record_event
 from integration.store.session import session_scope
 from integration.store.tables import UserRole
-from integration.web.auth import CurrentUser, client_address
+from integration.web.deps import CurrentUser, app_settings, client_address
 from integration.web.dicomweb_auth import dicomweb_user
 from integration.web.limits import UploadGate
 from integration.web.multipart_related import (
@@ -344,7 +344,7 @@ async def _stow(request: Request, study_uid: str | None) -> Response:
 
 
 async def _stow_admitted(request: Request, study_uid: str | None, user: CurrentUser, via: str) -> Response:
-    settings: Settings = request.app.state.settings
+    settings = app_settings(request)
     if study_uid is not None and not is_valid_uid(study_uid):
         raise HTTPException(status.HTTP_400_BAD_REQUEST, "the study UID in the path is not a valid DICOM UID")
     boundary = _check_media_types(request)

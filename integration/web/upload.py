@@ -41,10 +41,11 @@ from integration.intake.outcome import UPLOAD_AE, Origin, Result
 from integration.store.audit import record_event
 from integration.store.session import session_scope
 from integration.store.tables import UserRole
-from integration.web.auth import CurrentUser, client_address, current_user
 from integration.web.csrf import require_csrf
+from integration.web.deps import CurrentUser, app_settings, client_address, current_user
 from integration.web.limits import PHOTO_BODY_BYTES, UploadGate
 from integration.web.refusals import record_refusal
+from integration.web.schemas import StoredPhoto
 from integration.web.templating import PageRoute, render
 
 log = logging.getLogger(__name__)
@@ -193,7 +194,7 @@ async def receive_photo(request: Request, user: CurrentUser) -> tuple[PhotoInsta
 
 
 async def _receive_photo(request: Request, user: CurrentUser) -> tuple[PhotoInstance, dict[str, str]]:
-    settings: Settings = request.app.state.settings
+    settings = app_settings(request)
     form = await _read_form(request)
     try:
         fields = {name: value for name in FIELDS if isinstance(value := form.get(name), str)}
@@ -240,6 +241,7 @@ def upload_router() -> APIRouter:
         411: {"description": "no Content-Length"},
         413: {"description": "photo above the size limit"},
         422: {"description": "invalid fields, each named"},
+        201: {"model": StoredPhoto, "description": "the new study's UIDs"},
     }
 
     @router.post("/api/uploads/photo", status_code=status.HTTP_201_CREATED, summary="Upload a photo", responses=errors)
