@@ -42,7 +42,7 @@ from integration.store.audit import record_event
 from integration.store.session import session_scope
 from integration.store.tables import UserRole
 from integration.web.csrf import require_csrf
-from integration.web.deps import CurrentUser, app_settings, client_address, current_user
+from integration.web.deps import CurrentUser, app_settings, client_address, require_roles
 from integration.web.limits import PHOTO_BODY_BYTES, UploadGate
 from integration.web.refusals import record_refusal
 from integration.web.schemas import StoredPhoto
@@ -61,35 +61,15 @@ FIELDS = (
     "clinical_question",
     "study_description",
 )
-#: Roles that may upload.
-UPLOAD_ROLES = frozenset({UserRole.UPLOADER, UserRole.ADMIN})
 #: Decoding and converting hold a few copies of the pixels: at most this many at once per process.
 _CONVERSIONS = threading.BoundedSemaphore(2)
 
 
-def uploader(request: Request) -> CurrentUser:
-    """FastAPI dependency: the signed-in uploader or administrator (left in ``request.state.user``).
-
-    Parameters
-    ----------
-    request : fastapi.Request
-        The request.
-
-    Returns
-    -------
-    CurrentUser
-        The user.
-
-    Raises
-    ------
-    fastapi.HTTPException
-        401 without a session, 403 for other roles.
-    """
-    user = current_user(request)
-    request.state.user = user
-    if user.role not in UPLOAD_ROLES:
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "uploading is for uploaders and administrators")
-    return user
+#: The signed-in uploader or administrator (401 without a session, 403 for other roles).
+Uploader = Annotated[
+    CurrentUser,
+    Depends(require_roles(UserRole.UPLOADER, UserRole.ADMIN, refusal="uploading is for uploaders and administrators")),
+]
 
 
 def max_photo_pixels(settings: Settings) -> int:
@@ -245,7 +225,7 @@ def upload_router() -> APIRouter:
     }
 
     @router.post("/api/uploads/photo", status_code=status.HTTP_201_CREATED, summary="Upload a photo", responses=errors)
-    async def upload_photo(request: Request, user: Annotated[CurrentUser, Depends(uploader)]) -> JSONResponse:
+    async def upload_photo(request: Request, user: Uploader) -> JSONResponse:
         """Convert a JPEG/PNG photo with its patient and request details into a new DICOM study."""
         try:
             instance, _ = await receive_photo(request, user)
@@ -257,12 +237,12 @@ def upload_router() -> APIRouter:
     pages = APIRouter(route_class=PageRoute, tags=["upload page"])
 
     @pages.get("/upload", response_class=HTMLResponse, summary="Photo upload page")
-    def upload_page(request: Request, user: Annotated[CurrentUser, Depends(uploader)]) -> HTMLResponse:
+    def upload_page(request: Request, user: Uploader) -> HTMLResponse:
         """The upload form."""
         return _page(request)
 
     @pages.post("/upload", response_class=HTMLResponse, summary="Photo upload from the page")
-    async def upload_from_page(request: Request, user: Annotated[CurrentUser, Depends(uploader)]) -> HTMLResponse:
+    async def upload_from_page(request: Request, user: Uploader) -> HTMLResponse:
         """Store the photo and show the page again: the new study's UID, or what to correct."""
         try:
             instance, _ = await receive_photo(request, user)
