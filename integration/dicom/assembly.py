@@ -20,7 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from integration.config import Settings
 from integration.dicom.study_attributes import record_study_attributes
 from integration.queue import broker_identity, send_analyze_study, send_deliver
-from integration.store.audit import record_event
+from integration.store.audit import add_event
 from integration.store.deliveries import deliveries_to_resend
 from integration.store.jobs import (
     complete_stable_studies,
@@ -114,7 +114,7 @@ class StudyAssembler:
                 mark_sent(session, item.job_id, utcnow())
                 job = session.get(AnalysisJob, item.job_id)
                 study_uid = job.study.study_uid if job else None
-                record_event(
+                add_event(  # commits with the job's sent state, at the end of this scope
                     session,
                     actor="pacs-vlm",
                     action="study.queued" if item.send_count == 0 else "study.requeued",

@@ -64,7 +64,11 @@ def record_event(
     source: str | None = None,
     detail: dict[str, Any] | None = None,
 ) -> None:
-    """Append one audit event (as :func:`add_event`) and commit, with whatever else the session holds."""
+    """Going away (issue 14): use :func:`add_event`, in the caller's session scope.
+
+    Appends one audit event (as :func:`add_event`) and commits, with whatever else the session holds; kept
+    only until its callers outside the store (web/, dicom/storage_scp, reports/review, store/ingest) move.
+    """
     add_event(
         session,
         actor=actor,
@@ -74,7 +78,7 @@ def record_event(
         source=source,
         detail=detail,
     )
-    session.commit()
+    session.commit()  # transaction: committed here until web/auth.check_credentials owns its scope (issue 14)
 
 
 def query_events(

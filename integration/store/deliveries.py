@@ -42,7 +42,7 @@ def subject_of(report_id: int, revision_id: int | None) -> str:
 def create_deliveries(
     session: Session, report_id: int, revision_id: int | None, planned: Iterable[PlannedDelivery], now: datetime
 ) -> list[int]:
-    """Create the deliveries of one report version (existing ones are kept) and commit.
+    """Create the deliveries of one report version (existing ones are kept); the caller commits, then sends.
 
     ``revision_id`` is the signed revision, or None for the draft; ``planned`` gives destination and
     document pairs; ``now`` is aware UTC. Returns the ids of this version's deliveries that are still
@@ -73,21 +73,20 @@ def create_deliveries(
             .order_by(Delivery.id)
         )
     )
-    session.commit()
     return ids
 
 
 def start_attempt(session: Session, delivery_id: int) -> DeliveryTarget | None:
-    """Count an attempt of a pending delivery and commit; return what to send.
+    """Count an attempt of a pending delivery (its row locked); return what to send.
 
     None when it is not pending (delivered, dead letter or unknown: a duplicate message changes nothing).
+    The task calls it in a short session scope of its own, so the lock is gone before the document is sent.
     """
     query = select(Delivery).where(Delivery.id == delivery_id)
     if session.get_bind().dialect.name == "postgresql":
         query = query.with_for_update()
     delivery = session.scalars(query).one_or_none()
     if delivery is None or delivery.state != DeliveryState.PENDING:
-        session.rollback()
         return None
     delivery.attempts += 1
     target = DeliveryTarget(
@@ -99,24 +98,22 @@ def start_attempt(session: Session, delivery_id: int) -> DeliveryTarget | None:
         delivery.document,
         delivery.attempts,
     )
-    session.commit()
     return target
 
 
 def mark_delivered(session: Session, delivery_id: int, now: datetime) -> None:
-    """Record a successful delivery and commit."""
+    """Record a successful delivery."""
     session.execute(
         update(Delivery)
         .where(Delivery.id == delivery_id)
         .values(state=DeliveryState.DELIVERED.value, delivered_at=now, last_error=None, next_attempt_at=None)
     )
-    session.commit()
 
 
 def mark_failed(
     session: Session, delivery_id: int, error: str, *, dead: bool, next_attempt_at: datetime | None
 ) -> None:
-    """Record a failed attempt and commit.
+    """Record a failed attempt.
 
     ``error`` says what went wrong (no patient data; capped at 2000 characters); ``dead`` means no
     attempts are left: the delivery becomes ``dead_letter``; else the next attempt is due at
@@ -126,11 +123,10 @@ def mark_failed(
     if dead:
         values["state"] = DeliveryState.DEAD_LETTER.value
     session.execute(update(Delivery).where(Delivery.id == delivery_id).values(**values))
-    session.commit()
 
 
 def retry_deliveries(session: Session, delivery_ids: Sequence[int] | None, now: datetime) -> list[int]:
-    """Make dead-letter deliveries pending again with fresh attempts, commit, and return those to send.
+    """Make dead-letter deliveries pending again with fresh attempts; return those to send.
 
     ``delivery_ids`` names deliveries (dead letter or pending), or None for every dead letter; ``now``
     is aware UTC.
@@ -147,7 +143,6 @@ def retry_deliveries(session: Session, delivery_ids: Sequence[int] | None, now: 
             .where(Delivery.id.in_(ids))
             .values(state=DeliveryState.PENDING.value, attempts=0, next_attempt_at=now)
         )
-    session.commit()
     return ids
 
 
@@ -163,7 +158,7 @@ def list_deliveries(session: Session, state: DeliveryState | None = None, limit:
 
 
 def deliveries_to_resend(session: Session, now: datetime, overdue_seconds: float, *, everything: bool) -> list[int]:
-    """Return pending deliveries whose message may be lost, and mark them as re-sent now; commit.
+    """Return pending deliveries whose message may be lost, and mark them as re-sent now.
 
     A pending delivery is due at ``next_attempt_at``; one still pending ``overdue_seconds`` after that
     lost its message (a broker restarted without persistence, a worker gone with a held retry). After
@@ -177,5 +172,4 @@ def deliveries_to_resend(session: Session, now: datetime, overdue_seconds: float
     ids = list(session.scalars(query.order_by(Delivery.id).limit(500)))
     if ids:
         session.execute(update(Delivery).where(Delivery.id.in_(ids)).values(next_attempt_at=now))
-    session.commit()
     return ids

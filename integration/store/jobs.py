@@ -22,7 +22,7 @@ class PendingSend:
 
 
 def restart_receiving_timers(session: Session, now: datetime, stable_seconds_for: Callable[[str], float]) -> int:
-    """Give every study still receiving a full idle time from ``now``; return how many moved. Does not commit.
+    """Give every study still receiving a full idle time from ``now``; return how many moved.
 
     Called when the listener starts: while it was away nobody could send, so a study whose timer ran
     out meanwhile is not complete, its sender is about to retry. ``stable_seconds_for`` gives the idle
@@ -39,7 +39,7 @@ def restart_receiving_timers(session: Session, now: datetime, stable_seconds_for
 def complete_stable_studies(
     session: Session, now: datetime, queue: str, limit: int = 100, sites: Mapping[str, str] | None = None
 ) -> list[int]:
-    """Turn studies idle past their timer into ``stable`` studies with a new job, and commit; return the job ids.
+    """Turn studies idle past their timer into ``stable`` studies with a new job; return the job ids (flushed).
 
     Queued jobs of older versions of the same study are superseded, so a late
     arrival never mixes with an earlier draft.  On PostgreSQL the studies are
@@ -80,7 +80,7 @@ def complete_stable_studies(
         if study.site_id is None and code is not None:
             study.site_id = session.scalar(select(Site.id).where(Site.code == code.upper()))
         jobs.append(job)
-    session.commit()
+    session.flush()
     return [job.id for job in jobs]
 
 
@@ -120,7 +120,7 @@ def jobs_to_send(
 
 
 def mark_sent(session: Session, job_id: int, now: datetime) -> None:
-    """Record that a job's message reached the broker at ``now`` (aware, UTC), and commit."""
+    """Record that a job's message reached the broker at ``now`` (aware, UTC)."""
     job = session.get(AnalysisJob, job_id)
     if job is None:
         return
@@ -130,10 +130,8 @@ def mark_sent(session: Session, job_id: int, now: datetime) -> None:
     if study is not None and study.state == StudyState.STABLE and study.version == job.study_version:
         study.state = StudyState.QUEUED
         study.updated_at = now
-    session.commit()
 
 
 def record_job_error(session: Session, job_id: int, error: str) -> None:
-    """Keep a job's last error (a send the broker refused, an attempt to be retried; no patient data), and commit."""
+    """Keep a job's last error (a send the broker refused, an attempt to be retried; no patient data)."""
     session.execute(update(AnalysisJob).where(AnalysisJob.id == job_id).values(last_error=error[:2000]))
-    session.commit()

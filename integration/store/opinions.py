@@ -109,10 +109,11 @@ def request_second_opinion(
     source: str | None = None,
     now: datetime | None = None,
 ) -> int:
-    """Queue a second analysis of the study's current version, audit it (``opinion.requested``) and commit.
+    """Queue a second analysis of the study's current version, audit it (``opinion.requested``).
 
-    The caller then sends the job's message (:func:`integration.queue.send_analyze_study`); until it is
-    sent, the job is a queued row the listener's reconciler sends. Returns the new job's id.
+    The caller's scope commits, then the caller sends the job's message
+    (:func:`integration.queue.send_analyze_study`); until it is sent, the job is a queued row the listener's
+    reconciler sends. Returns the new job's id.
 
     Parameters
     ----------
@@ -145,11 +146,9 @@ def request_second_opinion(
         session.execute(select(Study.id).where(Study.id == study.id).with_for_update())
         session.refresh(study)
     if study.state == StudyState.RECEIVING:
-        session.rollback()
         raise StudyNotReady("the study is still receiving images; ask again once it is complete")
     duplicate = duplicate_of(session, study, model_name, prompt_name)
     if duplicate is not None:
-        session.rollback()
         raise DuplicateOpinion(duplicate)
     priority = STAT if stat else ROUTINE
     job = AnalysisJob(
@@ -182,7 +181,6 @@ def request_second_opinion(
             "study_version": study.version,
         },
     )
-    session.commit()
     return int(job.id)
 
 

@@ -1,9 +1,9 @@
 """Analysis jobs as the worker sees them: claim, fail, and record the draft report.
 
-Every function commits its own short transaction, so the database always says
-where a job stands while the model runs outside any transaction.  A job row is
-locked while its state changes (``FOR UPDATE`` on PostgreSQL), so two
-deliveries of one task never both run it.
+Functions add and flush; the caller's session scope commits.  The worker runs each step in a short
+scope of its own (claim, read the instances, record the draft or fail the job), so the database always
+says where a job stands while the model runs outside any transaction.  A job row is locked while its
+state changes (``FOR UPDATE`` on PostgreSQL), so two deliveries of one task never both run it.
 """
 
 from __future__ import annotations
@@ -90,11 +90,12 @@ def _locked_job(session: Session, job_id: int) -> AnalysisJob | None:
 
 
 def claim_job(session: Session, job_id: int, *, max_attempts: int, now: datetime) -> ClaimedJob | SkippedJob:
-    """Start a delivery of a job: count the attempt and mark it running, or say why not, and commit.
+    """Start a delivery of a job: count the attempt and mark it running, or say why not.
 
-    A delivery of a job that is already running counts as a new attempt (the
-    earlier worker was lost); past ``max_attempts`` the job ends ``failed``
-    with the reason, so a study that keeps killing the worker stops there.
+    Call it in a short session scope of its own (the task's claim step): the row lock is released and the
+    claim committed before the model runs for minutes.  A delivery of a job that is already running counts
+    as a new attempt (the earlier worker was lost); past ``max_attempts`` the job ends ``failed`` with the
+    reason, so a study that keeps killing the worker stops there.
 
     Parameters
     ----------
@@ -114,12 +115,9 @@ def claim_job(session: Session, job_id: int, *, max_attempts: int, now: datetime
     """
     job = _locked_job(session, job_id)
     if job is None:
-        session.rollback()
         return SkippedJob(job_id, "no such job")
     if job.state in FINISHED:
-        state = job.state.value
-        session.rollback()
-        return SkippedJob(job_id, f"job already {state}")
+        return SkippedJob(job_id, f"job already {job.state.value}")
     study = session.get(Study, job.study_id)
     assert study is not None
     job.attempts += 1
@@ -127,15 +125,12 @@ def claim_job(session: Session, job_id: int, *, max_attempts: int, now: datetime
         cause = job.last_error or "the worker was lost while analysing this study"
         reason = f"gave up after {max_attempts} attempts: {cause}"
         _fail(session, job, study, reason, now)
-        session.commit()
         return SkippedJob(job_id, reason)
     job.state = JobState.RUNNING
     job.started_at = now
     if study.version == job.study_version and study.state in (StudyState.QUEUED, StudyState.RUNNING):
         study.state = StudyState.RUNNING
-    claimed = ClaimedJob(job.id, study.id, study.study_uid, job.study_version, job.attempts, study.calling_ae)
-    session.commit()
-    return claimed
+    return ClaimedJob(job.id, study.id, study.study_uid, job.study_version, job.attempts, study.calling_ae)
 
 
 def instance_files(session: Session, study_id: int, study_version: int) -> list[InstanceFile]:
@@ -165,7 +160,7 @@ def instance_files(session: Session, study_id: int, study_version: int) -> list[
 
 
 def fail_job(session: Session, job_id: int, reason: str, now: datetime) -> None:
-    """End a job as ``failed`` with its reason (and its study, when it is the current version); commit.
+    """End a job as ``failed`` with its reason (and its study, when it is the current version).
 
     Parameters
     ----------
@@ -180,12 +175,10 @@ def fail_job(session: Session, job_id: int, reason: str, now: datetime) -> None:
     """
     job = _locked_job(session, job_id)
     if job is None or job.state in FINISHED:
-        session.rollback()
         return
     study = session.get(Study, job.study_id)
     assert study is not None
     _fail(session, job, study, reason, now)
-    session.commit()
 
 
 def _fail(session: Session, job: AnalysisJob, study: Study, reason: str, now: datetime) -> None:
@@ -197,7 +190,7 @@ def _fail(session: Session, job: AnalysisJob, study: Study, reason: str, now: da
 
 
 def record_draft(session: Session, job_id: int, draft: DraftRecord, now: datetime) -> int:
-    """Store the draft of a job once, finish the job and move the study on; commit.
+    """Store the draft of a job once, finish the job and move the study on.
 
     Idempotent: a draft for the same study version, model, revision and
     prompt version is never written twice; the existing one's id is returned.
@@ -263,7 +256,6 @@ def record_draft(session: Session, job_id: int, draft: DraftRecord, now: datetim
         )
         if study.state in (StudyState.QUEUED, StudyState.RUNNING, StudyState.FAILED):
             study.state = StudyState.DRAFTED
-    session.commit()
     return int(report_id)
 
 

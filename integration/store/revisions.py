@@ -1,6 +1,6 @@
 """Reports as documents: the draft's SR identity, and the radiologist's signed versions (v2, v3 ...).
 
-Every function that writes commits its own short transaction; files are written by
+Functions that write add and flush; the caller's short session scope commits, and files are written by
 :mod:`integration.reports.drafts` before the row that names them is committed.  A report row is
 locked while a version is added (``FOR UPDATE`` on PostgreSQL) and ``(report, version)`` is unique,
 so two signatures never get the same version.
@@ -189,10 +189,12 @@ def instance_paths(
 
 
 def fix_draft_sr_uids(session: Session, report_id: int, sop_instance_uid: str, series_uid: str) -> tuple[str, str]:
-    """Give a draft its SR's UIDs once, and commit; UIDs already given are kept and returned.
+    """Give a draft its SR's UIDs once; UIDs already given are kept and returned.
 
-    The fresh ``sop_instance_uid`` and ``series_uid`` are used only when the draft has none yet. Returns
-    the draft SR's SOP Instance UID and Series Instance UID, as stored.
+    The fresh ``sop_instance_uid`` and ``series_uid`` are used only when the draft has none yet. Returns the
+    draft SR's SOP Instance UID and Series Instance UID, as stored: the read after the conditional update sees
+    UIDs a concurrent call committed first (PostgreSQL waits on the row, then reads afresh; SQLite serialises
+    writers), so no commit is needed in between; the caller commits before it writes the file.
 
     Raises
     ------
@@ -204,7 +206,6 @@ def fix_draft_sr_uids(session: Session, report_id: int, sop_instance_uid: str, s
         .where(Report.id == report_id, Report.sr_sop_instance_uid.is_(None))
         .values(sr_sop_instance_uid=sop_instance_uid, sr_series_uid=series_uid)
     )
-    session.commit()
     stored = session.execute(
         select(Report.sr_sop_instance_uid, Report.sr_series_uid).where(Report.id == report_id)
     ).one_or_none()
@@ -214,9 +215,8 @@ def fix_draft_sr_uids(session: Session, report_id: int, sop_instance_uid: str, s
 
 
 def record_draft_sr_path(session: Session, report_id: int, sr_path: str) -> None:
-    """Record where the draft's SR file is (relative to ``settings.data_dir``), and commit."""
+    """Record where the draft's SR file is (relative to ``settings.data_dir``)."""
     session.execute(update(Report).where(Report.id == report_id).values(sr_path=sr_path))
-    session.commit()
 
 
 def next_version(session: Session, report_id: int) -> int:
@@ -275,18 +275,19 @@ def record_refusal(session: Session, report: Report) -> str | None:
 def record_signed_version(
     session: Session, signed: SignedVersion, *, before_commit: Callable[[Session, Report, int], object] | None = None
 ) -> int:
-    """Store a signed version, mark the report (and its study, when current) signed, audit it; commit.
+    """Store a signed version, mark the report (and its study, when current) signed, and audit it.
 
-    Returns the revision id.
+    Returns the revision id.  The caller's scope commits; a refusal raises, and that scope rolls back.
 
     Parameters
     ----------
     signed : SignedVersion
         The version; its SR file is already written.
     before_commit : callable, optional
-        Called with the session, the report and the new revision's id before the commit, to add rows that must
-        commit with the version (the review outcome and its audit event).  Without it a ``report.sign`` audit
-        event naming the author is added.
+        Called with the session, the report and the new revision's id, to add rows that must commit with the
+        version (the review outcome and its audit event).  Without it a ``report.sign`` audit event naming the
+        author is added.  Going away (issue 14): the caller owns the transaction, so it can add those rows
+        itself after this returns, in the same scope.
 
     Raises
     ------
@@ -306,11 +307,8 @@ def record_signed_version(
     if report is None:
         raise UnknownReport(f"no report with id {signed.report_id}")
     if report.status not in SIGNABLE:
-        state = report.status.value
-        session.rollback()
-        raise ReportNotSignable(f"report {signed.report_id} is {state} and cannot be signed")
+        raise ReportNotSignable(f"report {signed.report_id} is {report.status.value} and cannot be signed")
     if (refusal := record_refusal(session, report)) is not None:
-        session.rollback()
         raise NotReportOfRecord(refusal)
     revision = ReportRevision(
         report_id=report.id,
@@ -329,13 +327,11 @@ def record_signed_version(
     try:
         session.flush()
     except IntegrityError as exc:
-        session.rollback()
         raise VersionTaken(f"version {signed.version} of report {signed.report_id} was stored meanwhile") from exc
     report.status = ReportStatus.SIGNED
     try:
         session.flush()  # the database's own check: one signed report per study, never a second opinion
     except IntegrityError as exc:
-        session.rollback()
         raise NotReportOfRecord(
             f"report {signed.report_id} cannot be signed: another report of this study was signed meanwhile"
         ) from exc
@@ -355,5 +351,4 @@ def record_signed_version(
                 detail={"version": signed.version, "revision_id": revision.id},
             )
         )
-    session.commit()
     return int(revision.id)

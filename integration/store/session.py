@@ -55,7 +55,7 @@ def _factory(url: str) -> sessionmaker[Session]:
 
 @contextmanager
 def session_scope(url: str) -> Iterator[Session]:
-    """Open a session that commits on success and rolls back on error."""
+    """Open one use case's transaction: a session that commits once on success and rolls back on error."""
     session = _factory(url)()
     try:
         yield session

@@ -13,8 +13,10 @@ failures from one source never stop the same person signing in from another: str
 anyone out.  A row left alone for :data:`QUIET_RESET` starts again from zero.
 
 The source is the client address the API process sees (a reverse proxy's own address unless
-``PACSVLM_FORWARDED_ALLOW_IPS`` names it).  These functions commit: a reservation must be visible to every
-other API process before the password is checked.
+``PACSVLM_FORWARDED_ALLOW_IPS`` names it).  A reservation must be visible to every other API process
+before the password is checked, and must outlive the 401 that follows: :func:`reserve_attempt` still
+commits itself until its caller reserves in a session scope of its own (issue 14);
+:func:`attempt_succeeded` leaves the commit to the caller's scope.
 """
 
 from __future__ import annotations
@@ -105,27 +107,30 @@ def _reserve(session: Session, username: str, source: str, free: int, now: datet
 
 
 def reserve_attempt(session: Session, username: str, source: str | None) -> float | None:
-    """Count a sign-in attempt as a failure before its password is checked, unless it must wait; commit.
+    """Count a sign-in attempt as a failure before its password is checked, unless it must wait.
 
-    The session is committed or rolled back here; ``source`` is the client's address (None when
-    unknown). Returns None when the attempt may go ahead (and is counted); otherwise the seconds to
-    wait (nothing counted).
+    Call it first in a fresh session scope (a session already in a transaction is refused): its reads then see
+    the latest committed rows, as the compare-and-swap needs.  It commits (or, when the attempt must wait,
+    rolls back) itself until web/auth.check_credentials reserves in a scope of its own (issue 14).
+    ``source`` is the client's address (None when unknown). Returns None when the attempt may go ahead (and
+    is counted); otherwise the seconds to wait (nothing counted).
     """
+    if session.in_transaction():
+        raise RuntimeError("reserve_attempt must start its session's transaction: call it first in a fresh scope")
     now = utcnow()
     user, where = username[:_KEY_LENGTH], (source or "")[:_KEY_LENGTH]
-    session.commit()  # start from a fresh transaction: the rows read below are the latest committed
     wait = _reserve(session, ANY_USERNAME, where, FREE_ATTEMPTS_PER_SOURCE, now)
     if wait is None and user != ANY_USERNAME:
         wait = _reserve(session, user, where, FREE_ATTEMPTS_PER_USERNAME, now)
     if wait is None:
-        session.commit()
+        session.commit()  # transaction: committed here until web/auth.check_credentials owns its scope (issue 14)
     else:
-        session.rollback()  # a refused attempt counts nowhere
+        session.rollback()  # a refused attempt counts nowhere (the same exception as the commit above)
     return wait
 
 
 def attempt_succeeded(session: Session, username: str, source: str | None) -> None:
-    """Clear the (username, source) row and give the reservation back to the source; commit."""
+    """Clear the (username, source) row and give the reservation back to the source (the caller's scope commits)."""
     user, where = username[:_KEY_LENGTH], (source or "")[:_KEY_LENGTH]
     session.execute(delete(SignInThrottle).where(SignInThrottle.username == user, SignInThrottle.source == where))
     session.execute(
@@ -138,4 +143,3 @@ def attempt_succeeded(session: Session, username: str, source: str | None) -> No
         .values(failures=SignInThrottle.failures - 1)
         .execution_options(synchronize_session=False)
     )
-    session.commit()

@@ -1,7 +1,8 @@
 """Sites, users and sign-in sessions of the review app.
 
 Passwords are stored only as argon2id hashes; a session's random token lives only in the browser's
-cookie, the database keeps its SHA-256.  Every function that writes commits its own transaction.
+cookie, the database keeps its SHA-256.  Functions that write add and flush; the caller's session scope
+commits (one transaction per use case).
 
 Sign-in throttling lives in :mod:`integration.store.sign_in_throttle`.
 """
@@ -21,7 +22,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from integration.store.audit import record_event
+from integration.store.audit import add_event
 from integration.store.tables import Site, User, UserRole, UserSession, utcnow
 
 #: Shortest password accepted.
@@ -71,7 +72,7 @@ def check_password_strength(password: str) -> None:
 
 
 def create_site(session: Session, code: str, name: str) -> Site:
-    """Add a site and commit.
+    """Add a site (flushed, so its id is known); the caller's scope commits.
 
     Parameters
     ----------
@@ -93,9 +94,8 @@ def create_site(session: Session, code: str, name: str) -> Site:
     site = Site(code=code, name=name.strip()[:128])
     session.add(site)
     try:
-        session.commit()
-    except IntegrityError:
-        session.rollback()
+        session.flush()
+    except IntegrityError:  # taken meanwhile, past the check above: the caller's scope rolls back
         raise UserError(f"site {code!r} already exists") from None
     return site
 
@@ -135,7 +135,7 @@ def create_user(
     site_code: str | None,
     person_name: str | None = None,
 ) -> User:
-    """Add a user with an argon2id password hash and commit.
+    """Add a user with an argon2id password hash (flushed, so its id is known); the caller's scope commits.
 
     Parameters
     ----------
@@ -178,9 +178,8 @@ def create_user(
     )
     session.add(user)
     try:
-        session.commit()
-    except IntegrityError:
-        session.rollback()
+        session.flush()
+    except IntegrityError:  # taken meanwhile, past the check above: the caller's scope rolls back
         raise UserError(f"user {username!r} already exists") from None
     return user
 
@@ -208,13 +207,12 @@ def authenticate(session: Session, username: str, password: str) -> User | None:
     if not user.active:
         return None
     if _hasher().check_needs_rehash(user.password_hash):
-        user.password_hash = _hasher().hash(password)
-        session.commit()
+        user.password_hash = _hasher().hash(password)  # committed by the caller's scope
     return user
 
 
 def create_session(session: Session, user: User, ttl: timedelta) -> str:
-    """Open a sign-in session lasting ``ttl``, commit, and return the raw token for the cookie (never stored)."""
+    """Open a sign-in session lasting ``ttl`` and return the raw token for the cookie (never stored)."""
     token = secrets.token_urlsafe(TOKEN_BYTES)
     now = utcnow()
     session.add(
@@ -222,12 +220,11 @@ def create_session(session: Session, user: User, ttl: timedelta) -> str:
             token_hash=hash_token(token), user_id=user.id, created_at=now, expires_at=now + ttl, last_seen_at=now
         )
     )
-    session.commit()
     return token
 
 
 def user_for_token(session: Session, token: str) -> User | None:
-    """Return the user of a live session and note that it was seen; commits.
+    """Return the user of a live session and note that it was seen (the caller's scope commits).
 
     None when the token is unknown, the session expired or the user is inactive.
     """
@@ -243,19 +240,17 @@ def user_for_token(session: Session, token: str) -> User | None:
     if user_session.expires_at <= now or not user.active:
         return None
     user_session.last_seen_at = now
-    session.commit()
     return user
 
 
 def end_session(session: Session, token: str) -> bool:
-    """End a sign-in session, commit, and return whether one was ended."""
+    """End a sign-in session and return whether one was ended."""
     result = session.execute(delete(UserSession).where(UserSession.token_hash == hash_token(token)))
-    session.commit()
     return bool(getattr(result, "rowcount", 0))
 
 
 def _set_active(session: Session, username: str, active: bool, actor: str) -> int:
-    """Mark a user active or not, end their sessions when deactivating, audit, commit; return sessions ended."""
+    """Mark a user active or not, end their sessions when deactivating, audit; return sessions ended."""
     user = session.scalar(select(User).where(User.username == username.strip()))
     if user is None:
         raise UserError(f"unknown user {username!r}: see 'pacs-vlm users list'")
@@ -264,7 +259,7 @@ def _set_active(session: Session, username: str, active: bool, actor: str) -> in
     if not active:
         result = session.execute(delete(UserSession).where(UserSession.user_id == user.id))
         ended = int(getattr(result, "rowcount", 0) or 0)
-    record_event(  # commits the change and its audit row together
+    add_event(  # the change and its audit row commit together, in the caller's scope
         session,
         actor=actor,
         action="user.deactivated" if not active else "user.activated",
@@ -276,7 +271,7 @@ def _set_active(session: Session, username: str, active: bool, actor: str) -> in
 
 
 def deactivate_user(session: Session, username: str, *, actor: str = "cli") -> None:
-    """Stop a user from signing in and end all their sessions at once; audit ``user.deactivated``; commit.
+    """Stop a user from signing in and end all their sessions at once; audit ``user.deactivated``.
 
     ``actor`` is who deactivates (recorded in the audit trail).
 
@@ -289,7 +284,7 @@ def deactivate_user(session: Session, username: str, *, actor: str = "cli") -> N
 
 
 def activate_user(session: Session, username: str, *, actor: str = "cli") -> None:
-    """Let a deactivated user sign in again; audit ``user.activated`` (by ``actor``); commit.
+    """Let a deactivated user sign in again; audit ``user.activated`` (by ``actor``).
 
     Raises
     ------

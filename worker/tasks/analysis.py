@@ -54,7 +54,7 @@ def analyze_study(self: Any, job_id: int) -> str:
     """
     settings = get_settings()
     url = settings.database_url
-    with session_scope(url) as session:
+    with session_scope(url) as session:  # the claim step commits (and unlocks the job) before the model runs
         claimed = claim_job(session, job_id, max_attempts=settings.analysis_max_attempts, now=utcnow())
     if isinstance(claimed, SkippedJob):
         log.info("analysis job %d not run: %s", job_id, claimed.reason)

@@ -70,7 +70,7 @@ def deliver(self: Any, delivery_id: int) -> str:
         return _failed(self, settings, target, f"{type(exc).__name__}: {exc}")
     with session_scope(settings.database_url) as session:
         _audit(session, target, "export.delivered")
-        mark_delivered(session, delivery_id, utcnow())  # commits the audit row with the state
+        mark_delivered(session, delivery_id, utcnow())  # the scope commits the audit row with the state
     log.info("delivery %d (%s %s to %s): %s", delivery_id, target.subject, target.document, target.destination, receipt)
     return "delivered"
 
