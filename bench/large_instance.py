@@ -65,7 +65,8 @@ def write_multiframe(path: Path, frames: int) -> tuple[str, str]:
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.SOPClassUID = MULTIFRAME_WORD_SC
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
     ds.PatientName, ds.PatientID, ds.Modality = "LARGE^INSTANCE", "LARGE1", "OT"
     ds.SeriesNumber, ds.InstanceNumber = 1, 1
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"

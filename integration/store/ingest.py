@@ -20,18 +20,64 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from sqlalchemy import Connection, Table, case, func, select, update
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
-from integration.intake.header import InstanceHeader
 from integration.store.audit import record_event
 from integration.store.session import session_scope
 from integration.store.tables import Instance, Series, Study, StudyState
 
 log = logging.getLogger(__name__)
+
+
+class ReceivedInstance(Protocol):
+    """What recording needs of an instance's validated header (the intake's ``InstanceHeader`` is one).
+
+    A protocol, so the store depends on no layer above it.
+    """
+
+    @property
+    def study_uid(self) -> str:
+        """Study Instance UID."""
+
+    @property
+    def series_uid(self) -> str:
+        """Series Instance UID."""
+
+    @property
+    def sop_instance_uid(self) -> str:
+        """SOP Instance UID."""
+
+    @property
+    def sop_class_uid(self) -> str:
+        """SOP Class UID."""
+
+    @property
+    def transfer_syntax_uid(self) -> str:
+        """Transfer syntax of the stored data set."""
+
+    @property
+    def modality(self) -> str | None:
+        """Modality, when present."""
+
+    @property
+    def body_part(self) -> str | None:
+        """Body Part Examined, when present."""
+
+    @property
+    def series_number(self) -> int | None:
+        """Series Number, when numeric."""
+
+    @property
+    def instance_number(self) -> int | None:
+        """Instance Number, when numeric."""
+
+    @property
+    def patient_key(self) -> str | None:
+        """Digest of the patient identity (never the values)."""
 
 
 class Conflict(enum.StrEnum):
@@ -136,7 +182,7 @@ _POSTGRES_RECORD = """
 
 def record_instance(
     connection: Connection,
-    header: InstanceHeader,
+    header: ReceivedInstance,
     *,
     storage_path: str,
     size_bytes: int,
@@ -156,7 +202,7 @@ def record_instance(
     ----------
     connection : sqlalchemy.Connection
         Open connection (no transaction in progress).
-    header : InstanceHeader
+    header : ReceivedInstance
         The instance's validated header.
     storage_path : str
         Its path in the instance store.
@@ -326,7 +372,7 @@ def _record_stepwise(connection: Connection, p: dict[str, Any]) -> tuple[Any, ..
     return study_id, version, inserted_count, series_study_id, stored_study_id, *previous
 
 
-def audit_conflict(database_url: str, receipt: Receipt, header: InstanceHeader, *, actor: str) -> None:
+def audit_conflict(database_url: str, receipt: Receipt, header: ReceivedInstance, *, actor: str) -> None:
     """Record, on the study whose series or instance was claimed, that an instance naming another study was refused.
 
     A database failure is logged, never raised: the sender's answer does not depend on the audit.
@@ -337,7 +383,7 @@ def audit_conflict(database_url: str, receipt: Receipt, header: InstanceHeader, 
         SQLAlchemy URL (the event is committed in its own transaction).
     receipt : Receipt
         A receipt with a conflict.
-    header : InstanceHeader
+    header : ReceivedInstance
         The refused instance's header (UIDs only go into the event).
     actor : str
         The sender (``ae:<AE title>``).

@@ -10,9 +10,11 @@ import socket
 import struct
 import time
 import uuid
+from collections.abc import Callable
 
 import pydicom
-from pynetdicom import AE, pdu
+from pynetdicom import AE, build_context, pdu
+from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
 
 from integration.intake.header import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
 from tests.dicom.test_listener import CT_IMAGE_STORAGE, command_set, raw_associate, read_raw_pdu
@@ -75,9 +77,8 @@ def test_an_unsupported_protocol_version_is_rejected_by_the_acse_provider(listen
     assert (pdu_type, body[1], body[2], body[3]) == (ASSOCIATE_RJ, 1, 2, 2)
 
 
-def pynetdicom_request(calling_ae: str, called_ae: str) -> object:
-    from pynetdicom import build_context
-    from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
+def pynetdicom_request(calling_ae: str, called_ae: str) -> A_ASSOCIATE:
+    """An A-ASSOCIATE request primitive with one verification context."""
 
     primitive = A_ASSOCIATE()
     primitive.application_context_name = "1.2.840.10008.3.1.1.1"
@@ -105,7 +106,7 @@ def test_a_c_cancel_gets_no_response(listener: ListenerProcess) -> None:
 
 
 def test_a_stalled_dimse_message_is_aborted_after_the_dimse_timeout(
-    listener_factory, migrated_postgres_url: str, redis_url: str
+    listener_factory: Callable[..., ListenerProcess], migrated_postgres_url: str, redis_url: str
 ) -> None:
     env = {"PACSVLM_DIMSE_TIMEOUT": "1", "PACSVLM_NETWORK_TIMEOUT": "30"}
     listener = listener_factory(migrated_postgres_url, redis_url, extra_env=env)

@@ -6,6 +6,7 @@ the data set goes to its instance file as it arrives and is stored byte for byte
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from bench.hostile import peak_rss_mib, reset_peak_rss
@@ -14,13 +15,13 @@ from tests.peers import ListenerProcess
 
 
 def test_a_large_multiframe_instance_is_stored_with_little_listener_memory(
-    listener_factory, migrated_postgres_url: str, redis_url: str, tmp_path: Path
+    listener_factory: Callable[..., ListenerProcess], migrated_postgres_url: str, redis_url: str, tmp_path: Path
 ) -> None:
     frames = 64  # 128 MiB of pixel data
     source = tmp_path / "large.dcm"
     sop_uid, study_uid = write_multiframe(source, frames)
     env = {"PACSVLM_MAX_INSTANCE_BYTES": str(frames * FRAME_BYTES + 2**20)}
-    listener: ListenerProcess = listener_factory(migrated_postgres_url, redis_url, extra_env=env)
+    listener = listener_factory(migrated_postgres_url, redis_url, extra_env=env)
     assert listener.process is not None
     pid = listener.process.pid
     warm = tmp_path / "warm.dcm"
