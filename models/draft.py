@@ -23,7 +23,9 @@ MAX_RAW_CHARS = 20000
 #: Shown with every draft: what it is, and that nobody has verified it.
 AI_DRAFT_NOTICE = "AI-generated draft, not verified by a radiologist."
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# The models side's one cleaner removes what integration.findings.clean_text removes (models may not import it):
+# C0 controls but TAB, LF and CR; DEL and C1 controls; lone surrogates; the non-characters U+FFFE/U+FFFF.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
 _SECTION = re.compile(
     r"^\s*(?:#+\s*|\*\*)?(findings|impression|conclusion|limitations?)\s*(?:\*\*)?\s*:?\s*(?:\*\*)?\s*(.*)$", re.I
 )
@@ -112,9 +114,24 @@ def parse_draft(text: str, n_images: int) -> ParsedDraft:
     return ParsedDraft(findings, "", "", structured=False, problems=tuple(problems), raw_text=raw)
 
 
-def clean(text: Any, limit: int) -> str:
-    """Return ``text`` as a string without control characters, whitespace-trimmed and capped."""
-    value = _CONTROL.sub("", str(text)).strip()
+def clean(text: Any, limit: int, *, one_line: bool = False) -> str:
+    """Return untrusted ``text`` as a string without control characters, whitespace-trimmed and capped.
+
+    Parameters
+    ----------
+    text : Any
+        Model output, a referrer's question, a server's message; other values become their ``str``.
+    limit : int
+        Most characters kept; a longer text is cut and ends with an ellipsis.
+    one_line : bool
+        Turn every run of white space and control characters into one space (for a prompt or a log line).
+
+    Returns
+    -------
+    str
+        The text; the characters removed are those :func:`integration.findings.clean_text` removes.
+    """
+    value = " ".join(_CONTROL.sub(" ", str(text)).split()) if one_line else _CONTROL.sub("", str(text)).strip()
     return value if len(value) <= limit else value[: limit - 1].rstrip() + "\u2026"
 
 

@@ -23,7 +23,6 @@ import base64
 import difflib
 import io
 import logging
-import re
 import threading
 import time
 from collections.abc import Sequence
@@ -35,6 +34,7 @@ import httpx
 from PIL import Image
 
 from models.backend import GenerationRequest, GenerationResult, ModelIdentity, ModelNotStaged
+from models.draft import clean
 from models.registry import FAMILIES, ModelFamily
 
 logger = logging.getLogger(__name__)
@@ -57,7 +57,6 @@ NAME_HINTS: tuple[tuple[str, str], ...] = (
     ("medgemma", "medgemma"),
     ("llava", "llava"),
 )
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
 
 
 class ModelServerUnavailable(RuntimeError):
@@ -232,9 +231,11 @@ class OpenAICompatibleBackend:
         if name is None:
             listed = self._models()
             if len(listed) != 1:
-                names = ", ".join(str(entry.get("id")) for entry in listed[:5]) or "none"
+                names = clean(
+                    ", ".join(str(entry.get("id")) for entry in listed[:5]), MAX_SERVER_MESSAGE_CHARS, one_line=True
+                )
                 raise ModelServerRefused(
-                    f"model server {self.location} serves {len(listed)} models ({_clean(names)}): "
+                    f"model server {self.location} serves {len(listed)} models ({names or 'none'}): "
                     "set PACSVLM_MODEL_SERVER_MODEL to the one to use"
                 )
             entry = listed[0]
@@ -389,13 +390,6 @@ def _retry_after(response: httpx.Response) -> float:
         return 0.0
 
 
-def _clean(text: str) -> str:
-    cleaned = " ".join(_CONTROL.sub(" ", text).split())
-    if len(cleaned) > MAX_SERVER_MESSAGE_CHARS:
-        cleaned = cleaned[: MAX_SERVER_MESSAGE_CHARS - 3] + "..."
-    return cleaned
-
-
 def _server_message(response: httpx.Response, quotable: Sequence[str]) -> str:
     """The server's error message, cleaned and truncated; withheld when it quotes what was sent."""
     try:
@@ -413,4 +407,4 @@ def _server_message(response: httpx.Response, quotable: Sequence[str]) -> str:
             match = difflib.SequenceMatcher(None, said, sent, autojunk=False).find_longest_match()
             if match.size >= QUOTE_CHARS:
                 return "(message withheld: it quotes the request)"
-    return _clean(said) or response.reason_phrase or "no message"
+    return clean(said, MAX_SERVER_MESSAGE_CHARS, one_line=True) or response.reason_phrase or "no message"

@@ -8,13 +8,13 @@ version and drafts stay comparable per prompt version.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from models.draft import clean
+
 #: Longest clinical question quoted in a prompt (it is untrusted text from the referrer).
 MAX_QUESTION_CHARS = 500
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 #: The JSON layout every template asks for (the parser also accepts plain sections).
 OUTPUT_FORMAT = (
@@ -159,7 +159,7 @@ def render_prompt(template: PromptTemplate, image_labels: Sequence[str], clinica
     lines.append("")
     lines.append(template.task)
     if clinical_question:
-        question = " ".join(_CONTROL.sub(" ", clinical_question).split())[:MAX_QUESTION_CHARS].replace('"', "'")
+        question = clean(clinical_question, MAX_QUESTION_CHARS, one_line=True).replace('"', "'")
         lines.append(f'The referring clinician asks: "{question}" Address it in the impression.')
     lines.append(OUTPUT_FORMAT)
     return "\n".join(lines)

@@ -17,7 +17,7 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from models.backend import GenerationRequest, VisionLanguageBackend
-from models.draft import parse_draft
+from models.draft import clean, parse_draft
 from models.evaluation.datasets import DatasetError, ReportPair, VqaItem
 from models.evaluation.metrics import RougeL, closed_correct, mean, open_recall, rouge_l
 from models.prompts import SYSTEM_PROMPT, PromptTemplate, render_prompt, template_named
@@ -40,13 +40,11 @@ MAX_QUESTION_CHARS = 1000
 FindingAgreement = Callable[[Mapping[str, Any], Mapping[str, Any]], float]
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 def vqa_prompt(question: str) -> str:
     """Write the VQA prompt: the instruction, then ``Question: ...`` (control characters removed, length capped)."""
-    cleaned = " ".join(_CONTROL.sub(" ", question).split())[:MAX_QUESTION_CHARS]
-    return f"{VQA_PROMPT.task}\nQuestion: {cleaned}"
+    return f"{VQA_PROMPT.task}\nQuestion: {clean(question, MAX_QUESTION_CHARS, one_line=True)}"
 
 
 def open_images(paths: Sequence[Path]) -> tuple[Image.Image, ...]:
@@ -229,13 +227,8 @@ def run_vqa(
     return predictions
 
 
-def findings_document(text: str, n_images: int = 0) -> dict[str, Any]:
-    """Return a report's findings JSON, one finding per sentence (for finding-level agreement).
-
-    ``text`` is the model's JSON draft, sections (``Findings:``/``Impression:``) or plain prose;
-    ``n_images`` is how many images the model saw (for the draft parser's image references). Returns
-    ``{"findings": [{"text": ...}], "impression": ...}``; prose without sections is all findings.
-    """
+def _sentences(text: str, n_images: int) -> tuple[list[str], str]:
+    """A report as the model contract parses it (:func:`models.draft.parse_draft`): finding sentences, impression."""
     parsed = parse_draft(text, n_images)
     sentences = [
         sentence.strip()
@@ -243,20 +236,37 @@ def findings_document(text: str, n_images: int = 0) -> dict[str, Any]:
         for sentence in _SENTENCE_END.split(finding.text)
         if sentence.strip(" -*\u2022")
     ]
-    return {"findings": [{"text": sentence} for sentence in sentences], "impression": parsed.impression}
+    return sentences, parsed.impression
 
 
-def report_text(document: Mapping[str, Any]) -> str:
-    """Flatten a :func:`findings_document` to prose: findings, then the impression, joined by spaces."""
-    parts = [str(finding.get("text", "")) for finding in document.get("findings", [])]
-    parts.append(str(document.get("impression") or ""))
-    return " ".join(part for part in parts if part)
+def findings_document(text: str, n_images: int = 0) -> dict[str, Any]:
+    """Return a report's findings JSON, one finding per sentence (for finding-level agreement).
+
+    Parameters
+    ----------
+    text : str
+        A report: the model's JSON draft, sections (``Findings:``/``Impression:``) or plain prose.
+    n_images : int
+        Images the model saw (for the draft parser's image references).
+
+    Returns
+    -------
+    dict
+        ``{"findings": [{"text": ...}], "impression": ...}`` (the stored layout, which
+        :data:`FindingAgreement` functions read); prose without sections is all findings.
+    """
+    return _document(*_sentences(text, n_images))
+
+
+def _document(sentences: Sequence[str], impression: str) -> dict[str, Any]:
+    return {"findings": [{"text": sentence} for sentence in sentences], "impression": impression}
 
 
 def _score_pair(pair: ReportPair, draft: str, drafted: bool, compare: FindingAgreement | None) -> ReportScore:
-    draft_document = findings_document(draft, len(pair.images))
-    text = report_text(draft_document) if drafted else draft
-    agreement = compare(draft_document, findings_document(pair.reference)) if compare is not None else None
+    sentences, impression = _sentences(draft, len(pair.images))
+    text = " ".join(part for part in [*sentences, impression] if part) if drafted else draft
+    reference = findings_document(pair.reference)
+    agreement = None if compare is None else compare(_document(sentences, impression), reference)
     prompt = template_named(REPORT_TEMPLATE).key if drafted else None
     return ReportScore(pair, text, rouge_l(text, pair.reference), agreement, prompt)
 
