@@ -71,18 +71,7 @@ _HEAD_BYTES = 4096
 
 
 def max_upload_bytes(settings: Settings) -> int:
-    """Return the largest request body a STOW-RS request may have.
-
-    Parameters
-    ----------
-    settings : Settings
-        The settings (``max_upload_bytes``).
-
-    Returns
-    -------
-    int
-        Bytes.
-    """
+    """The largest request body a STOW-RS request may have, in bytes."""
     return settings.max_upload_bytes
 
 
@@ -260,18 +249,7 @@ def _uid_element(uid: str | None) -> dict[str, Any]:
 
 
 def stow_answer(results: list[_Result]) -> tuple[int, dict[str, Any]]:
-    """Build the STOW-RS response: the HTTP status and the DICOM JSON Store Instances Response.
-
-    Parameters
-    ----------
-    results : list
-        What became of each part, in order.
-
-    Returns
-    -------
-    tuple of (int, dict)
-        200 when all were stored, 202 when some failed, 409 when none was stored; and the data set.
-    """
+    """The HTTP status (200 all stored, 202 some failed, 409 none stored) and the Store Instances Response."""
     referenced, failed = [], []
     for result in results:
         item = {"00081150": _uid_element(result.sop_class_uid), "00081155": _uid_element(result.sop_instance_uid)}
@@ -396,13 +374,7 @@ def _json(answer: dict[str, Any]) -> bytes:
 
 
 def stow_router() -> APIRouter:
-    """Build the STOW-RS router.
-
-    Returns
-    -------
-    fastapi.APIRouter
-        ``POST /dicomweb/studies`` and ``POST /dicomweb/studies/{study_uid}``.
-    """
+    """Build the STOW-RS router: ``POST /dicomweb/studies`` and ``POST /dicomweb/studies/{study_uid}``."""
     router = APIRouter(prefix="/dicomweb", tags=["dicomweb"])
     errors: dict[int | str, dict[str, Any]] = {
         400: {"description": "malformed multipart body or study UID"},
