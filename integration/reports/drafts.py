@@ -28,7 +28,6 @@ from pydicom.uid import ComprehensiveSRStorage, generate_uid
 from sqlalchemy.orm import Session
 
 from integration.config import Settings
-from integration.dicom.header import is_valid_uid
 from integration.durable import replace_file
 from integration.findings import (
     MAX_SECTION_CHARS,
@@ -39,6 +38,7 @@ from integration.findings import (
     evidence_of,
     images_of,
 )
+from integration.intake.header import is_valid_uid
 from integration.reports.sr import Algorithm, ReportForSr, Verification, build_draft_sr, build_signed_sr
 from integration.reports.sr_content import SeenFrame
 from integration.store.revisions import (
