@@ -31,7 +31,10 @@ The last line printed is::
     ingest ours_vs_storescp=<ratio> ours_vs_orthanc=<ratio>
 
 where a ratio is our throughput divided by theirs (their median seconds over
-ours); above 1.00 means faster than them.
+ours); above 1.00 means faster than them.  With ``--baseline <checkout>`` a
+fifth receiver, ``ours-baseline``, runs our listener from that checkout (the
+tree before a change) in the same rounds, and the line ends with
+``baseline_vs_orthanc=<ratio>``: a before/after comparison under one load.
 """
 
 from __future__ import annotations
@@ -534,6 +537,18 @@ class PynetdicomFloor(Receiver):
         return self.server.log_tail()
 
 
+class BaselineListener(OurListener):
+    """Our listener run from another checkout (``--baseline``): the tree before a change, in the same rounds."""
+
+    name = "ours-baseline"
+    #: The checkout it runs from (set by ``--baseline``).
+    checkout = REPO
+
+    def __init__(self, workdir: Path) -> None:
+        super().__init__(workdir)
+        self.server.cwd = self.checkout  # ``python -m worker.cli`` imports the checkout's packages first
+
+
 RECEIVERS: tuple[type[Receiver], ...] = (StoreSCP, Orthanc, OurListener, PynetdicomFloor)
 
 
@@ -652,7 +667,7 @@ def expect_count(receiver: Receiver, expected: int, when: str) -> None:
         )
 
 
-def run_benchmark(instances: int, rounds: int) -> tuple[list[Result], int]:
+def run_benchmark(instances: int, rounds: int, kinds: Sequence[type[Receiver]] = RECEIVERS) -> tuple[list[Result], int]:
     """Generate the series, start the receivers, send ``rounds`` times to each and stop everything.
 
     Parameters
@@ -661,11 +676,13 @@ def run_benchmark(instances: int, rounds: int) -> tuple[list[Result], int]:
         Instances in the series.
     rounds : int
         Sends per receiver; the receivers alternate within each round.
+    kinds : sequence of Receiver classes
+        The receivers (default :data:`RECEIVERS`).
 
     Returns
     -------
     results : list of Result
-        One per receiver, in :data:`RECEIVERS` order.
+        One per receiver, in ``kinds`` order.
     total_bytes : int
         Size of the series' files.
     """
@@ -686,8 +703,8 @@ def run_benchmark(instances: int, rounds: int) -> tuple[list[Result], int]:
             total_bytes = sum(path.stat().st_size for path in files)
 
             receivers: list[Receiver] = []
-            starting = progress.add_task("starting receivers", total=len(RECEIVERS))
-            for cls in RECEIVERS:
+            starting = progress.add_task("starting receivers", total=len(kinds))
+            for cls in kinds:
                 receiver = cls(workdir / cls.name)
                 stack.callback(receiver.stop)  # registered first: a failed start is cleaned up too
                 receiver.start()
@@ -764,7 +781,10 @@ def summary_line(results: Sequence[Result]) -> str:
     """
     median = {result.name: result.median for result in results}
     ours = median["ours"]
-    return f"ingest ours_vs_storescp={median['storescp'] / ours:.2f} ours_vs_orthanc={median['orthanc'] / ours:.2f}"
+    line = f"ingest ours_vs_storescp={median['storescp'] / ours:.2f} ours_vs_orthanc={median['orthanc'] / ours:.2f}"
+    if BaselineListener.name in median:
+        line += f" baseline_vs_orthanc={median['orthanc'] / median[BaselineListener.name]:.2f}"
+    return line
 
 
 # --------------------------------------------------------------------------- command line
@@ -828,6 +848,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help=f"instances in the series, 512x512 16-bit each (default {DEFAULT_INSTANCES})",
     )
     parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="also run our listener from this checkout (e.g. a git worktree of the commit before a change) "
+        "in the same rounds, as 'ours-baseline'",
+    )
+    parser.add_argument(
         "--quick",
         action="store_true",
         help=f"smoke run: {QUICK_INSTANCES} instances, {QUICK_ROUNDS} round (unless given explicitly)",
@@ -864,7 +890,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
-        results, total_bytes = run_benchmark(args.instances, args.rounds)
+        kinds = RECEIVERS
+        if args.baseline is not None:
+            BaselineListener.checkout = args.baseline.resolve()
+            kinds = (*RECEIVERS, BaselineListener)
+        results, total_bytes = run_benchmark(args.instances, args.rounds, kinds)
     except BenchError as exc:
         progress_console.print("[red]benchmark failed:[/red]", end=" ")
         progress_console.print(str(exc), markup=False, highlight=False)
