@@ -16,7 +16,7 @@ from typing import Annotated
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from integration.export.destinations import Destination, unique_names
+from integration.destinations import Destination, unique_names
 from integration.imaging.routing import RoutingRule
 
 _AE_TITLE = re.compile(r"^[\x20-\x7e]{1,16}$")

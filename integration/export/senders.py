@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import httpx
 
+from integration.destinations import Destination
 from integration.dicom.tls import TlsConfigError, client_context
 from integration.durable import replace_file
-from integration.export.destinations import Destination
 
 #: Statuses a C-STORE SCP may answer that still mean "stored" (success and warnings, PS3.4 B.2.3).
 STORED_STATUSES = frozenset({0x0000, 0xB000, 0xB006, 0xB007})

@@ -20,8 +20,8 @@ import pydicom
 import pytest
 
 from integration.config import Settings
+from integration.destinations import Destination
 from integration.dicom.samples import pydicom_test_file
-from integration.export.destinations import Destination
 from integration.export.outbox import queue_deliveries
 from integration.export.senders import OutgoingDocument, send
 from integration.reports.drafts import ensure_draft_sr

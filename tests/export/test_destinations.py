@@ -11,7 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from integration.config import Settings
-from integration.export.destinations import Destination
+from integration.destinations import Destination
 from tests.peers import REPO
 
 

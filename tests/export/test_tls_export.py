@@ -11,7 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from integration.config import Settings
-from integration.export.destinations import Destination
+from integration.destinations import Destination
 from integration.export.senders import DeliveryFailed, OutgoingDocument, send
 from integration.reports.drafts import ensure_draft_sr
 from tests.certificates import Certificates, Pair, make_certificates
