@@ -19,7 +19,7 @@ from datetime import timedelta
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from pydantic import BaseModel, Field
 
-from integration.store.audit import record_event
+from integration.store.audit import add_event
 from integration.store.session import session_scope
 from integration.store.sign_in_throttle import attempt_succeeded, reserve_attempt
 from integration.store.tables import User
@@ -85,13 +85,14 @@ def check_credentials(
     host = client_host(request)
     extra = {"via": via} if via else {}
     actor = username.replace("\x00", "")[:128]
+    url = app_settings(request).database_url
     if "\x00" in username:  # no account has one, and PostgreSQL refuses NUL in text: a failed sign-in as it is
-        with session_scope(app_settings(request).database_url) as session:
-            record_event(session, actor=actor, action="auth.login_failed", source=host, detail=extra or None)
+        with session_scope(url) as session:
+            add_event(session, actor=actor, action="auth.login_failed", source=host, detail=extra or None)
         raise refuse(BAD_CREDENTIALS)
-    with session_scope(app_settings(request).database_url) as session:
+    with session_scope(url) as session:  # the attempt is counted (committed) before argon2 runs
         wait = reserve_attempt(session, username, host)
-        if wait is not None:
+        if wait is not None:  # raised inside the scope: a refused attempt counts nowhere
             retry_after = max(1, math.ceil(wait))
             record_refusal(
                 request, "auth.login_throttled", actor=actor, detail={"retry_after_seconds": retry_after, **extra}
@@ -99,12 +100,13 @@ def check_credentials(
             raise HTTPException(
                 status.HTTP_429_TOO_MANY_REQUESTS, TOO_MANY_ATTEMPTS, headers={"Retry-After": str(retry_after)}
             )
+    with session_scope(url) as session:
         user = authenticate(session, username, password)
-        if user is None:
-            record_event(session, actor=actor, action="auth.login_failed", source=host, detail=extra or None)
-            raise refuse(BAD_CREDENTIALS)
-        attempt_succeeded(session, username, host)
-        return CurrentUser(user.id, user.username, user.role, user.site_id)
+        if user is not None:
+            attempt_succeeded(session, username, host)
+            return CurrentUser(user.id, user.username, user.role, user.site_id)
+        add_event(session, actor=actor, action="auth.login_failed", source=host, detail=extra or None)
+    raise refuse(BAD_CREDENTIALS)  # after the scope has committed the failure's audit event
 
 
 def sign_in(request: Request, username: str, password: str) -> tuple[str, CurrentUser]:
@@ -136,7 +138,7 @@ def sign_in(request: Request, username: str, password: str) -> tuple[str, Curren
         if user is None or not user.active:  # deactivated between the check and now
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, BAD_CREDENTIALS)
         token = create_session(session, user, SESSION_TTL)
-        record_event(
+        add_event(
             session,
             actor=user.username,
             action="auth.login",
@@ -186,7 +188,7 @@ def sign_out(request: Request, response: Response) -> None:
         with session_scope(app_settings(request).database_url) as session:
             user = user_for_token(session, token)
             if end_session(session, token) and user is not None:
-                record_event(session, actor=user.username, action="auth.logout", source=client_address(request))
+                add_event(session, actor=user.username, action="auth.logout", source=client_address(request))
     response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
 
 

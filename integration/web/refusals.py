@@ -22,7 +22,7 @@ from typing import Any
 
 from fastapi import HTTPException, Request, status
 
-from integration.store.audit import record_event
+from integration.store.audit import add_event
 from integration.store.session import session_scope
 from integration.web.limits import PHOTO_PATHS, STOW_PREFIX
 
@@ -184,7 +184,7 @@ class RefusalAudit:
         body = {**detail, "count": count, **({"reason": reason} if reason else {})}
         try:
             with session_scope(self.database_url) as session:
-                record_event(
+                add_event(
                     session,
                     actor=actor,
                     action=action,

@@ -44,7 +44,7 @@ from integration.intake.outcome import STOW_AE, Origin, Result, StoreOutcome
 from integration.intake.part10 import split_part10
 from integration.intake.storage import InstanceStore, StorageFull
 from integration.intake.structure import InvalidInstance
-from integration.store.audit import record_event
+from integration.store.audit import add_event
 from integration.store.session import session_scope
 from integration.store.tables import UserRole
 from integration.web.deps import CurrentUser, app_settings, client_address
@@ -298,7 +298,7 @@ def _audit(settings: Settings, request: Request, user: CurrentUser, via: str, re
         per_study.setdefault(study, Counter())[label] += 1
     with session_scope(settings.database_url) as session:
         for study, counts in per_study.items():
-            record_event(
+            add_event(
                 session,
                 actor=user.username,
                 action="upload.stow",

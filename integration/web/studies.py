@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from sqlalchemy import ColumnElement, Select, case, exists, func, select
 from sqlalchemy.orm import Session, aliased
 
-from integration.store.audit import record_event
+from integration.store.audit import add_event
 from integration.store.tables import Instance, Report, ReportStatus, Series, Site, Study
 from integration.web import schemas
 from integration.web.access import study_for, visible
@@ -248,7 +248,7 @@ def study_detail(session: Session, study: Study) -> schemas.StudyDetail:
 
 def record_study_view(session: Session, user: CurrentUser, request: Request, study_uid: str, via: str) -> None:
     """Audit that a user opened a study (``study.view`` via ``api`` or ``page``; no patient data in the record)."""
-    record_event(
+    add_event(
         session,
         actor=user.username,
         action="study.view",

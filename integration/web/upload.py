@@ -38,7 +38,7 @@ from integration.dicom.photo import (
 )
 from integration.intake.intake import intake_for
 from integration.intake.outcome import UPLOAD_AE, Origin, Result
-from integration.store.audit import record_event
+from integration.store.audit import add_event
 from integration.store.session import session_scope
 from integration.store.tables import UserRole
 from integration.web.csrf import require_csrf
@@ -114,7 +114,7 @@ def _store(
             raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the photo could not be stored now; try again")
         raise HTTPException(status.HTTP_500_INTERNAL_SERVER_ERROR, "the photo could not be stored")
     with session_scope(settings.database_url) as session:
-        record_event(
+        add_event(
             session,
             actor=user.username,
             action="upload.photo",

@@ -19,7 +19,7 @@ from sqlalchemy import select
 from integration.config import Settings
 from integration.store.migrate import upgrade
 from integration.store.session import session_scope
-from integration.store.tables import AuditEvent, ReportRevision, Site, Study, UserRole
+from integration.store.tables import AuditEvent, ReportRevision, SignInThrottle, Site, Study, UserRole
 from integration.store.users import create_site, create_user
 from integration.web.app import create_app
 from integration.web.csrf import csrf_token_for_session
@@ -75,6 +75,10 @@ def signed_in(world: World, username: str) -> TestClient:
 def test_sign_in_worklist_and_study_json(world: World, app: TestClient) -> None:
     wrong = app.post("/api/login", json={"username": "north_rad", "password": "nope"})
     assert wrong.status_code == 401 and wrong.json() == {"detail": "invalid username or password"}
+    with session_scope(world.settings.database_url) as session:  # the failure is audited, its attempt counted
+        failed = session.scalars(select(AuditEvent.actor).where(AuditEvent.action == "auth.login_failed")).all()
+        counted = session.scalars(select(SignInThrottle.username)).all()
+    assert failed == ["north_rad"] and "north_rad" in counted
     assert app.get("/api/studies").status_code == 401
     answer = app.post("/api/login", json={"username": "north_rad", "password": PASSWORD})
     assert answer.status_code == 200 and answer.json() == {"username": "north_rad", "role": "radiologist"}
