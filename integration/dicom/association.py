@@ -15,8 +15,8 @@ instance file as it arrives (:mod:`integration.intake.spool`), so one
 association holds at most about one MiB whatever it sends.
 
 Timeouts (PS3.8 9.1.4 leaves them to the implementation): an association may
-wait ``network_timeout`` between messages, but once a DIMSE message has begun
-each next PDU of it must come within ``dimse_timeout``; either one passed ends
+wait ``network_timeout`` for any PDU, and once a DIMSE message has begun each
+next PDU of it must also come within ``dimse_timeout``; either one passed ends
 the association with an A-ABORT.
 """
 
@@ -210,12 +210,13 @@ class Association:
     async def _serve(self) -> str:
         """Exchange DIMSE messages until the peer releases or aborts; return how it ended."""
         while True:
-            in_message = self._message is not None
-            timeout = self.limits.dimse_timeout if in_message else self.limits.network_timeout
+            limits = self.limits
+            dimse_bound = self._message is not None and limits.dimse_timeout < limits.network_timeout
+            timeout = limits.dimse_timeout if dimse_bound else limits.network_timeout
             try:
-                pdu_type, body = await asyncio.wait_for(ul.read_pdu(self.reader, self.limits.max_pdu_length), timeout)
+                pdu_type, body = await asyncio.wait_for(ul.read_pdu(self.reader, limits.max_pdu_length), timeout)
             except TimeoutError:
-                raise _Stalled("a DIMSE message stalled past the DIMSE timeout" if in_message else "") from None
+                raise _Stalled("a DIMSE message stalled past the DIMSE timeout" if dimse_bound else "") from None
             if pdu_type == ul.RELEASE_RQ:
                 if self._message is not None:
                     raise ul.ProtocolError("A-RELEASE-RQ in the middle of a message", ul.ABORT_UNEXPECTED_PDU)

@@ -115,7 +115,7 @@ class Limits:
 
     max_pdu_length: int
     acse_timeout: float
-    #: Longest wait for an idle association's next message, and for the next PDU of a message under way.
+    #: Longest wait for any PDU; and, when shorter, for the next PDU of a DIMSE message under way.
     network_timeout: float
     dimse_timeout: float
     max_dataset_bytes: int
