@@ -166,7 +166,7 @@ class InstanceIntake:
                 (expected_study_uid, expected_sop_class_uid, expected_sop_instance_uid),
             )
         except Exception:
-            log.exception("storing an instance from %r failed unexpectedly", origin.calling_ae)
+            log.exception("%s failed unexpectedly", _sender(origin))
             return StoreOutcome(Result.PROCESSING_FAILURE, reason="processing failure")
         finally:
             if isinstance(dataset, DatasetSpool):
@@ -200,7 +200,7 @@ class InstanceIntake:
         except InvalidInstance as exc:
             return self._refused(Result.CANNOT_UNDERSTAND, origin, str(exc))
         except StorageError as exc:  # the spool failed or is gone
-            log.error("instance from %r refused: %s", origin.calling_ae, exc)
+            log.error("%s refused: %s", _sender(origin), exc)
             return StoreOutcome(Result.OUT_OF_RESOURCES, reason="the file could not be written")
         if header.sop_class_uid not in storage_sop_classes():
             return self._refused(Result.SOP_CLASS_NOT_SUPPORTED, origin, "not a storage SOP class", header)
@@ -263,27 +263,27 @@ class InstanceIntake:
         try:
             receipt = run_with_reconnect(self.database_url, work)
         except StorageFull:
-            log.error("instance from %r refused: storage headroom exhausted", origin.calling_ae)
+            log.error("%s refused: storage headroom exhausted", _sender(origin))
             return StoreOutcome(Result.OUT_OF_RESOURCES, header, "storage headroom exhausted")
         except StorageError as exc:  # nothing was linked
-            log.error("instance from %r refused: %s", origin.calling_ae, exc)
+            log.error("%s refused: %s", _sender(origin), exc)
             return StoreOutcome(Result.OUT_OF_RESOURCES, header, "the file could not be written")
         except SQLAlchemyError as exc:
             self._undo(writing, files)
-            log.error("instance from %r refused: database unavailable (%s)", origin.calling_ae, type(exc).__name__)
+            log.error("%s refused: database unavailable (%s)", _sender(origin), type(exc).__name__)
             return StoreOutcome(Result.OUT_OF_RESOURCES, header, "database unavailable")
         except BaseException:
             self._undo(writing, files)
             raise
         if receipt.conflict is not None:
             self._undo(writing, files)
-            log.warning("instance from %r refused: %s", origin.calling_ae, receipt.conflict.reason)
+            log.warning("%s refused: %s", _sender(origin), receipt.conflict.reason)
             audit_conflict(self.database_url, receipt, header, actor=f"ae:{origin.calling_ae}")
             result = Result.OTHER_SITE if receipt.conflict is Conflict.SITE else Result.CONFLICTS_WITH_STUDY
             return StoreOutcome(result, header, receipt.conflict.reason)
         if receipt.duplicate:
             self._undo(writing, files)  # a first copy under another study or series path is kept
-            log.info("instance from %r: duplicate SOP instance, first copy kept", origin.calling_ae)
+            log.info("%s: duplicate SOP instance, first copy kept", _sender(origin))
             return StoreOutcome(Result.DUPLICATE, header)
         return StoreOutcome(Result.STORED, header)
 
@@ -298,8 +298,17 @@ class InstanceIntake:
 
     @staticmethod
     def _refused(result: Result, origin: Origin, reason: str, header: InstanceHeader | None = None) -> StoreOutcome:
-        log.warning("instance from %r refused: %s", origin.calling_ae, reason)
+        log.warning("%s refused: %s", _sender(origin), reason)
         return StoreOutcome(result, header, reason)
+
+
+#: How log lines name an instance by how it came (the sender's AE title follows; no patient data).
+_ARRIVALS = {"dicom": "C-STORE", "stow": "STOW-RS instance", "upload": "photo upload"}
+
+
+def _sender(origin: Origin) -> str:
+    """``C-STORE from 'CT1'``: what the log says of an instance's arrival."""
+    return f"{_ARRIVALS.get(origin.source, 'instance')} from {origin.calling_ae!r}"
 
 
 def _record_source(connection: Connection, study_id: int, origin: Origin, received: datetime) -> None:
