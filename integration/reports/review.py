@@ -1,10 +1,10 @@
-"""Closing a review: sign the working copy (a verified SR, its outcome, deliveries) or reject the draft.
+"""Closing a review: sign the working copy (a verified SR and its outcome) or reject the draft.
 
 Signing reuses :func:`integration.reports.drafts.sign_report` for the version and its SR, with the
 :class:`~integration.store.tables.ReviewOutcome` (how the signed report differs from the draft, see
-:mod:`integration.reports.review_diff`), audits ``report.sign`` and queues the deliveries.  The report's
-review lock (:func:`integration.store.reviews.review_lock`) is held meanwhile, so a change or a second
-signature waits and then finds the report closed.
+:mod:`integration.reports.review_diff`) and audits ``report.sign``; the caller queues the deliveries
+(export is above reports).  The report's review lock (:func:`integration.store.reviews.review_lock`) is
+held meanwhile, so a change or a second signature waits and then finds the report closed.
 
 The signed version, its outcome and the ``report.sign`` audit event commit in one transaction.
 """
@@ -23,7 +23,7 @@ from integration.config import Settings
 from integration.findings import MAX_SECTION_CHARS, Document, clean_text
 from integration.reports.readiness import check_ready
 from integration.reports.review_diff import ReviewDifference, review_difference
-from integration.store.audit import add_event, record_event
+from integration.store.audit import add_event
 from integration.store.reviews import (
     ReviewConflict,
     ReviewError,
@@ -254,7 +254,7 @@ def sign_reviewed(
     expected_seq: int | None = None,
     confirm_unreviewed: int | None = None,
 ) -> int:
-    """Sign a draft's working copy: the next version with a verified SR, its outcome, audit and deliveries.
+    """Sign a draft's working copy: the next version with a verified SR, its outcome and audit (not its deliveries).
 
     Only a working copy that :mod:`integration.reports.readiness` finds ready is signed: every finding
     reviewed, or the unreviewed ones confirmed by count (they are then signed as written and count as
@@ -303,7 +303,6 @@ def sign_reviewed(
     integration.reports.drafts.SourceUnavailable
         No instance of the study can be read.
     """
-    from integration.export.outbox import queue_deliveries
     from integration.reports.drafts import sign_report
 
     with review_lock(settings.database_url, report_id):
@@ -331,8 +330,7 @@ def sign_reviewed(
             limitations=copy.limitations,
             before_commit=lambda session, report, revision_id: _signed(session, report, revision_id),
         )
-    queued = queue_deliveries(settings, report_id, revision_id, "signed")
-    log.info("report %d: signed as revision %d, %d deliveries queued", report_id, revision_id, len(queued))
+    log.info("report %d: signed as revision %d", report_id, revision_id)
     return revision_id
 
 
@@ -407,7 +405,7 @@ def reject_draft(
         difference = review_difference(copy.draft, Document())
         _add_outcome(session, report, revision.id, "rejected", difference)
         revision_id = int(revision.id)
-        record_event(
+        add_event(
             session,
             actor=actor,
             action="report.reject",

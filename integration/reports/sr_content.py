@@ -44,8 +44,6 @@ from integration.findings import Finding, clean_text
 
 #: Longest TEXT value we write, in characters (UT allows 2**32 - 2 bytes; a report needs far less).
 MAX_TEXT_CHARS = 65_536
-#: Kept for importers not yet moved (``integration.web.review_form``): the cleaner is :func:`clean_text`.
-sr_text = clean_text
 #: Our private coding scheme (PS3.3 8.1: private coding scheme designators begin with "99").
 PRIVATE_SCHEME = "99PACSVLM"
 

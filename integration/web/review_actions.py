@@ -18,6 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from integration.config import Settings
+from integration.export.outbox import queue_deliveries
 from integration.reports.drafts import SourceUnavailable
 from integration.reports.readiness import ReviewIncomplete
 from integration.reports.review import reject_draft, sign_reviewed, signer_of
@@ -149,6 +150,7 @@ class Review:
         revision_id = sign_reviewed(
             self.settings, self.report_id, person_name=person_name, confirm_unreviewed=confirm_unreviewed, **decision
         )
+        queue_deliveries(self.settings, self.report_id, revision_id, "signed")
         with session_scope(self.settings.database_url) as session:
             version = session.scalar(select(ReportRevision.version).where(ReportRevision.id == revision_id))
         return Signed(revision_id=revision_id, version=int(version or 0))

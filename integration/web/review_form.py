@@ -26,7 +26,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
 from integration.config import Settings
-from integration.reports.sr_content import sr_text
+from integration.findings import clean_text
 from integration.store.reviews import ReviewConflict, ReviewError, WorkingCopy, working_copy
 from integration.store.session import session_scope
 from integration.web import review_actions as actions
@@ -90,7 +90,7 @@ def refusal_page(request: Request, exc: Exception, back: str, unsaved: str | Non
 
 def _differs(typed: str | None, current: str) -> bool:
     """Whether a box holds other text than the working copy (compared as the review domain stores it)."""
-    return isinstance(typed, str) and sr_text(typed, limit=len(typed) + 1) != current
+    return isinstance(typed, str) and clean_text(typed, limit=len(typed) + 1) != current
 
 
 def typed_changes(copy: WorkingCopy, fields: Mapping[str, str]) -> list[Change]:
