@@ -275,11 +275,9 @@ def lock_draft(
     report = _report(session, report_id, lock=True, advisory=advisory)
     if report.status != ReportStatus.DRAFT:
         state = report.status.value
-        session.rollback()
         raise ReportClosed(f"report {report_id} is {state}, not a draft: it cannot be changed")
     copy = _working_copy(session, report)
     if expected_seq is not None and expected_seq != copy.seq:
-        session.rollback()
         raise ReviewConflict(
             f"report {report_id} was changed meanwhile (change {copy.seq}, you saw {expected_seq}): reload it"
         )
@@ -375,13 +373,9 @@ def record_change(
     if action not in ACTIONS:
         raise ReviewError(f"unknown action {action[:32]!r}; use one of {', '.join(sorted(ACTIONS))}")
     _, copy = lock_draft(session, report_id, expected_seq)
-    try:
-        if copy.seq >= MAX_CHANGES:
-            raise ReviewError(f"report {report_id} has {copy.seq} changes, the most allowed: sign or reject it")
-        before, after = _before_after(copy, action, finding, text)
-    except ReviewError:
-        session.rollback()
-        raise
+    if copy.seq >= MAX_CHANGES:
+        raise ReviewError(f"report {report_id} has {copy.seq} changes, the most allowed: sign or reject it")
+    before, after = _before_after(copy, action, finding, text)
     change = ReviewChange(
         report_id=report_id,
         seq=copy.seq + 1,
@@ -403,9 +397,8 @@ def record_change(
         detail={"action": action, "finding": finding, "seq": change.seq},
     )
     try:
-        session.commit()
+        session.flush()  # the (report, seq) key: a concurrent change collides here; the caller's scope commits
     except IntegrityError as exc:
-        session.rollback()
         raise ReviewConflict(f"report {report_id} was changed meanwhile: reload it") from exc
     return _apply(copy, change)
 

@@ -109,9 +109,10 @@ def _reserve(session: Session, username: str, source: str, free: int, now: datet
 def reserve_attempt(session: Session, username: str, source: str | None) -> float | None:
     """Count a sign-in attempt as a failure before its password is checked, unless it must wait.
 
-    Call it first in a fresh session scope (a session already in a transaction is refused): its reads then see
-    the latest committed rows, as the compare-and-swap needs.  It commits (or, when the attempt must wait,
-    rolls back) itself until web/auth.check_credentials reserves in a scope of its own (issue 14).
+    Call it first in a fresh session scope of its own (a session already in a transaction is refused): its
+    reads then see the latest committed rows, as the compare-and-swap needs, and the scope commits the count
+    before the password is checked.  When the attempt must wait the caller raises inside that scope, so
+    nothing is counted.
     ``source`` is the client's address (None when unknown). Returns None when the attempt may go ahead (and
     is counted); otherwise the seconds to wait (nothing counted).
     """
@@ -122,10 +123,6 @@ def reserve_attempt(session: Session, username: str, source: str | None) -> floa
     wait = _reserve(session, ANY_USERNAME, where, FREE_ATTEMPTS_PER_SOURCE, now)
     if wait is None and user != ANY_USERNAME:
         wait = _reserve(session, user, where, FREE_ATTEMPTS_PER_USERNAME, now)
-    if wait is None:
-        session.commit()  # transaction: committed here until web/auth.check_credentials owns its scope (issue 14)
-    else:
-        session.rollback()  # a refused attempt counts nowhere (the same exception as the commit above)
     return wait
 
 

@@ -80,15 +80,7 @@ EXCEPTIONS = {
     ("session.py", "session_scope", "rollback"): "the use case failed",
     ("ingest.py", "record_instance", "commit"): "the durable-file hook: the rows commit once the file is on disk",
     ("ingest.py", "record_instance", "rollback"): "the durable-file hook: the file was not made durable",
-    ("sign_in_throttle.py", "reserve_attempt", "commit"): (
-        "the reservation must outlive the 401 and be seen by other API processes while argon2 runs; "
-        "until web/auth.check_credentials reserves in a scope of its own"
-    ),
-    ("sign_in_throttle.py", "reserve_attempt", "rollback"): "a refused attempt counts nowhere (as above)",
-    ("audit.py", "record_event", "commit"): "going away: until its callers in web/, dicom/, reports/ use add_event",
-    ("reviews.py", "record_change", "commit"): "store/reviews.py is outside this change (issue 14, review work)",
-    ("reviews.py", "record_change", "rollback"): "store/reviews.py is outside this change (issue 14, review work)",
-    ("reviews.py", "lock_draft", "rollback"): "store/reviews.py is outside this change (issue 14, review work)",
+    ("audit.py", "record_event", "commit"): "going away: until its callers in dicom/ and store/ingest use add_event",
     ("reviews.py", "review_lock", "commit"): "an advisory lock on a connection of its own, held across scopes",
 }
 
