@@ -262,7 +262,7 @@ def large_instance(megabytes: int) -> tuple[bytes, str, str]:
     from pydicom.filewriter import write_dataset
     from pydicom.uid import generate_uid
 
-    from integration.dicom.samples import pydicom_test_file
+    from integration.samples import pydicom_test_file
 
     dataset = pydicom.dcmread(pydicom_test_file("CT_small.dcm"))
     dataset.StudyInstanceUID, dataset.SeriesInstanceUID = generate_uid(), generate_uid()

@@ -122,7 +122,7 @@ def generate_series(folder: Path, instances: int, progress: Progress) -> list[Pa
     list of pathlib.Path
         The files, in slice order.
     """
-    from integration.dicom.samples import write_ct_series
+    from integration.samples import write_ct_series
 
     task = progress.add_task("generating CT series", total=instances)
     with ThreadPoolExecutor(max_workers=1) as pool:

@@ -208,7 +208,7 @@ def write_studies(folder: Path, studies: int, instances: int) -> list[list[Path]
     import pydicom
     from pydicom.uid import generate_uid
 
-    from integration.dicom.samples import pydicom_test_file
+    from integration.samples import pydicom_test_file
 
     template = pydicom.dcmread(pydicom_test_file("CT_small.dcm"))
     out: list[list[Path]] = []

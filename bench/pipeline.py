@@ -34,8 +34,8 @@ from rich.progress import Progress
 from rich.table import Table
 
 from integration.config import Settings
-from integration.dicom.header import read_header
-from integration.dicom.samples import write_ct_series
+from integration.intake.header import read_header
+from integration.samples import write_ct_series
 from integration.store.migrate import upgrade
 from integration.store.reports import ClaimedJob, claim_job, instance_files, record_draft
 from integration.store.session import session_scope

@@ -261,7 +261,7 @@ def _ct_dataset_template() -> bytes:
     from pydicom.filebase import DicomBytesIO
     from pydicom.filewriter import write_dataset
 
-    from integration.dicom.samples import pydicom_test_file
+    from integration.samples import pydicom_test_file
 
     ds = pydicom.dcmread(pydicom_test_file("CT_small.dcm"))
     out = DicomBytesIO()
@@ -326,6 +326,6 @@ def element_headers(data: bytes) -> list[ElementHeader]:
 
 def file_meta(sop_instance_uid: str, syntax: str = EXPLICIT_LE) -> bytes:
     """Return the Part 10 preamble and file meta group of a CT instance."""
-    from integration.dicom.header import file_meta_bytes
+    from integration.intake.header import file_meta_bytes
 
     return file_meta_bytes(CT_IMAGE_STORAGE, sop_instance_uid, syntax, "FUZZER")

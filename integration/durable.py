@@ -1,7 +1,7 @@
 """Replacing a whole file durably: temporary file in the same folder, flush, atomic rename, flushed folders.
 
 Used for documents that are written whole and may be rewritten with the same content (report SR files,
-documents delivered to a folder).  Received instances use :mod:`integration.dicom.storage`, whose first
+documents delivered to a folder).  Received instances use :mod:`integration.intake.storage`, whose first
 copy is never replaced.
 """
 

@@ -27,7 +27,7 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from integration.intake.header import is_valid_uid
+from integration.uids import is_valid_uid
 
 #: Most findings a document may hold: what signing accepted (the review API stopped at 200, drafts at 50).
 MAX_FINDINGS = 500

@@ -1,7 +1,7 @@
 """Task names and enqueue helpers: the edge sends tasks by name, never importing the worker.
 
 Messages carry only ids; the analysis-job row is the outbox, so a message that
-a broker loses is sent again by the reconciler (:mod:`integration.dicom.assembly`).
+a broker loses is sent again by the reconciler (:mod:`integration.intake.assembly`).
 """
 
 from __future__ import annotations

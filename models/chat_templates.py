@@ -8,6 +8,9 @@ fall back to the family's documented one, :data:`HUATUOGPT_VISION`.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 #: llava-hf/llava-1.5-*-hf: ``USER: <image>\n... ASSISTANT:``; a system message is rendered without a role.
 LLAVA_15 = (
     "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}"
@@ -139,3 +142,21 @@ QWEN2_5_VL = (
     "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
     "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+
+
+def load_chat_template(model_dir: Path) -> str | None:
+    """Read a checkpoint's processor-level chat template.
+
+    The Jinja template from ``chat_template.jinja``, ``chat_template.json`` or ``processor_config.json``
+    (in that order); None when there is none (the tokenizer may still carry one).
+    """
+    jinja = model_dir / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text(encoding="utf-8")
+    for name in ("chat_template.json", "processor_config.json"):
+        path = model_dir / name
+        if path.is_file():
+            template = json.loads(path.read_text(encoding="utf-8")).get("chat_template")
+            if isinstance(template, str) and template:
+                return template
+    return None

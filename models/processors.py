@@ -13,13 +13,13 @@ marks those tokens so that the model computes its 3-D (M-RoPE) positions.
 from __future__ import annotations
 
 import importlib.util
-import json
 from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from models.backend import ModelNotStaged
+from models.chat_templates import load_chat_template
 from models.registry import ModelFamily
 
 if TYPE_CHECKING:
@@ -59,24 +59,6 @@ class TemplateSource(StrEnum):
 
 #: A one-image conversation: a usable template renders the processor's image placeholder for it.
 _PROBE = ({"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe the image."}]},)
-
-
-def load_chat_template(model_dir: Path) -> str | None:
-    """Read a checkpoint's processor-level chat template.
-
-    The Jinja template from ``chat_template.jinja``, ``chat_template.json`` or ``processor_config.json``
-    (in that order); None when there is none (the tokenizer may still carry one).
-    """
-    jinja = model_dir / "chat_template.jinja"
-    if jinja.is_file():
-        return jinja.read_text(encoding="utf-8")
-    for name in ("chat_template.json", "processor_config.json"):
-        path = model_dir / name
-        if path.is_file():
-            template = json.loads(path.read_text(encoding="utf-8")).get("chat_template")
-            if isinstance(template, str) and template:
-                return template
-    return None
 
 
 def _template_text(template: object) -> str | None:

@@ -60,7 +60,7 @@ HIDDEN_TORCH = textwrap.dedent(
     sys.meta_path.insert(0, Refuse())
 
     import integration.dicom.listener
-    import integration.dicom.assembly
+    import integration.intake.assembly
     import integration.cli
     import worker.cli
 
@@ -202,3 +202,71 @@ def test_no_module_is_over_the_size_limit() -> None:
     assert len(sizes) > 100  # the walk found the packages
     over = {name: size for name, size in sizes.items() if size > MAX_MODULE_LINES}
     assert not over, f"modules over {MAX_MODULE_LINES} lines of code (split them by concern): {over}"
+
+
+def _strongly_connected(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Tarjan's algorithm: the groups of nodes that reach each other (a group of two or more is a cycle)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    groups: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for other in graph.get(node, ()):
+            if other not in index:
+                visit(other)
+                low[node] = min(low[node], low[other])
+            elif other in stack:
+                low[node] = min(low[node], index[other])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                member = stack.pop()
+                group.append(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                groups.append(sorted(group))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return groups
+
+
+def test_strongly_connected_finds_a_cycle() -> None:
+    assert _strongly_connected({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert _strongly_connected({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycles_between_modules_or_folders() -> None:
+    import grimp
+
+    graph = grimp.build_graph("integration", "worker", "models")
+    modules = {module: set(graph.find_modules_directly_imported_by(module)) for module in graph.modules}
+    assert len(modules) > 100
+
+    packages = {module.rsplit(".", 1)[0] for module in modules if "." in module}
+
+    def folder(module: str) -> str:
+        """A module's unit: its folder below a root package (``integration.web``), else the module itself.
+
+        A module directly in a root package (``integration.config``, ``models.registry``) is a unit of its own,
+        so a cycle through the root's modules and a subfolder is still found.
+        """
+        home = module if module in packages else module.rsplit(".", 1)[0]
+        return ".".join(home.split(".")[:2]) if "." in home else module
+
+    def related(one: str, other: str) -> bool:  # a root package's __init__ is the parent of every unit
+        return "." not in other or "." not in one
+
+    folders: dict[str, set[str]] = {}
+    for module, imported in modules.items():
+        home = folder(module)
+        folders.setdefault(home, set()).update(
+            folder(m) for m in imported if folder(m) != home and not related(folder(m), home)
+        )
+    assert not _strongly_connected(modules), "import cycles between modules"
+    assert not _strongly_connected(folders), "import cycles between folders"

@@ -30,8 +30,8 @@ from rich.text import Text
 from integration.config import Settings
 from integration.demo import DEMO_DIR, DEMO_READER, DEMO_SITE, demo_settings, ensure_demo_reader, send_files
 from integration.dicom.listener import Listener
-from integration.dicom.samples import write_ct_series, write_sample_studies
 from integration.reports.drafts import ensure_draft_sr
+from integration.samples import write_ct_series, write_sample_studies
 from integration.store.migrate import ensure_schema
 from integration.store.reports import StudyOutcome, study_outcomes
 from integration.store.session import session_scope

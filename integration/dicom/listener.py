@@ -25,12 +25,12 @@ from pynetdicom.presentation import PresentationContext
 
 from integration.config import Settings
 from integration.dicom.admission import AdmissionLimits, ListenerAdmission
-from integration.dicom.assembly import StudyAssembler
 from integration.dicom.association import VERIFICATION_SOP_CLASS, Association
 from integration.dicom.negotiation import Negotiator
 from integration.dicom.peer import Limits
 from integration.dicom.storage_scp import StorageSCP
 from integration.dicom.tls import TlsConfigError, handshake_failure, server_context, subject_of
+from integration.intake.assembly import StudyAssembler
 from integration.intake.intake import InstanceIntake
 from integration.intake.storage import InstanceStore
 from integration.intake.transfer import ACCEPTED_TRANSFER_SYNTAXES

@@ -22,7 +22,7 @@ from integration.dicom.peer import Peer, Rejection, StoreRequest
 from integration.intake.intake import InstanceIntake
 from integration.intake.outcome import Origin
 from integration.intake.spool import DatasetSpool
-from integration.store.audit import record_event
+from integration.store.audit import add_event
 from integration.store.session import session_scope
 from integration.store.tables import Site
 
@@ -124,7 +124,7 @@ class StorageSCP:
     def _audit(self, actor: str, action: str, source: str, detail: dict[str, Any]) -> None:
         try:
             with session_scope(self.settings.database_url) as session:
-                record_event(session, actor=actor, action=action, source=source, detail=detail)
+                add_event(session, actor=actor, action=action, source=source, detail=detail)
         except SQLAlchemyError as exc:
             log.warning("audit event %s not recorded (database): %s", action, type(exc).__name__)
 

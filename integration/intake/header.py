@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import mmap
-import re
 import struct
 import tempfile
 import threading
@@ -41,8 +40,8 @@ from integration.intake.structure import (
     InvalidInstance,
     walk_dataset,
 )
+from integration.uids import is_valid_uid
 
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 #: Our implementation class UID (file meta, A-ASSOCIATE-AC) and version name.  We own no registered root, so the
 #: UID is ``2.25.`` and the integer of one random (version 4) UUID, 8344aad5-19a3-4f97-aa48-67b1aae14c1b
 #: (PS3.5 B.2), computed once and fixed here.  An earlier value was no valid UUID (version nibble 9).
@@ -70,25 +69,6 @@ _INFLATING = threading.Lock()
 
 class SopClassMismatch(InvalidInstance):
     """The data set's SOP Class or Instance UID disagrees with the C-STORE request."""
-
-
-def is_valid_uid(value: object) -> bool:
-    """Tell whether ``value`` is a DICOM UID: digits and dots, at most 64 characters.
-
-    Leading zeros in a component are tolerated (common in the field); anything
-    that could act as a path (slashes, dots alone, other characters) is not.
-
-    Parameters
-    ----------
-    value : object
-        The candidate.
-
-    Returns
-    -------
-    bool
-        True for a valid UID.
-    """
-    return isinstance(value, str) and 0 < len(value) <= 64 and _UID.fullmatch(value) is not None
 
 
 @dataclass(frozen=True)

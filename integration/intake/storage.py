@@ -32,7 +32,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
-from integration.intake.header import is_valid_uid
+from integration.uids import is_valid_uid
 
 log = logging.getLogger(__name__)
 

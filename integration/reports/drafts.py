@@ -38,7 +38,6 @@ from integration.findings import (
     evidence_of,
     images_of,
 )
-from integration.intake.header import is_valid_uid
 from integration.reports.sr import Algorithm, ReportForSr, Verification, build_draft_sr, build_signed_sr
 from integration.reports.sr_content import SeenFrame
 from integration.store.revisions import (
@@ -58,6 +57,7 @@ from integration.store.revisions import (
 )
 from integration.store.session import session_scope
 from integration.store.tables import Report, utcnow
+from integration.uids import is_valid_uid
 
 log = logging.getLogger(__name__)
 

@@ -54,33 +54,6 @@ def add_event(
     )
 
 
-def record_event(
-    session: Session,
-    *,
-    actor: str,
-    action: str,
-    object_type: str | None = None,
-    object_id: str | None = None,
-    source: str | None = None,
-    detail: dict[str, Any] | None = None,
-) -> None:
-    """Going away (issue 14): use :func:`add_event`, in the caller's session scope.
-
-    Appends one audit event (as :func:`add_event`) and commits, with whatever else the session holds; kept
-    only until its callers outside the store (web/, dicom/storage_scp, reports/review, store/ingest) move.
-    """
-    add_event(
-        session,
-        actor=actor,
-        action=action,
-        object_type=object_type,
-        object_id=object_id,
-        source=source,
-        detail=detail,
-    )
-    session.commit()  # transaction: committed here until web/auth.check_credentials owns its scope (issue 14)
-
-
 def query_events(
     session: Session,
     *,

@@ -26,7 +26,7 @@ from sqlalchemy import Connection, Table, case, func, select, update
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
-from integration.store.audit import record_event
+from integration.store.audit import add_event
 from integration.store.session import session_scope
 from integration.store.tables import Instance, Series, Study, StudyState
 
@@ -393,7 +393,7 @@ def audit_conflict(database_url: str, receipt: Receipt, header: ReceivedInstance
         with session_scope(database_url) as session:
             affected = session.scalar(select(Study.study_uid).where(Study.id == receipt.other_study_id))
             detail = {"reason": receipt.conflict.reason, "conflict": receipt.conflict.value}
-            record_event(
+            add_event(
                 session,
                 actor=actor,
                 action="instance.refused",

@@ -13,8 +13,8 @@ from fastapi import HTTPException, status
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
-from integration.intake.header import is_valid_uid
 from integration.store.tables import Report, Study, UserRole
+from integration.uids import is_valid_uid
 from integration.web.deps import CurrentUser
 from integration.web.refusals import CrossSiteRefused
 

@@ -22,10 +22,10 @@ from pydantic import AfterValidator
 from sqlalchemy.orm import Session
 
 from integration.config import Settings
-from integration.intake.header import is_valid_uid
 from integration.store.session import session_scope
 from integration.store.tables import UserRole
 from integration.store.users import user_for_token
+from integration.uids import is_valid_uid
 
 #: The session cookie's name.
 SESSION_COOKIE = "pacsvlm_session"

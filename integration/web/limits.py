@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from integration.config import Settings
-from integration.dicom.photo import MAX_PHOTO_BYTES
+from integration.intake.photo import MAX_PHOTO_BYTES
 
 #: Largest photo upload body: the photo plus room for the form's fields and the multipart framing.
 PHOTO_BODY_BYTES = MAX_PHOTO_BYTES + 256 * 1024

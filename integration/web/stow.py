@@ -38,7 +38,6 @@ from starlette.requests import ClientDisconnect
 
 from integration.config import Settings
 from integration.dicom import status as dicom_status
-from integration.intake.header import is_valid_uid
 from integration.intake.intake import InstanceIntake, intake_for
 from integration.intake.outcome import STOW_AE, Origin, Result, StoreOutcome
 from integration.intake.part10 import split_part10
@@ -47,6 +46,7 @@ from integration.intake.structure import InvalidInstance
 from integration.store.audit import add_event
 from integration.store.session import session_scope
 from integration.store.tables import UserRole
+from integration.uids import is_valid_uid
 from integration.web.deps import CurrentUser, app_settings, client_address
 from integration.web.dicomweb_auth import dicomweb_user
 from integration.web.limits import UploadGate

@@ -23,7 +23,6 @@ from sqlalchemy.orm import Session
 
 from integration.config import Settings
 from integration.imaging.referral import read_question
-from integration.intake.header import is_valid_uid
 from integration.store.tables import (
     Delivery,
     Instance,
@@ -34,6 +33,7 @@ from integration.store.tables import (
     Series,
     Study,
 )
+from integration.uids import is_valid_uid
 from integration.web.images import WINDOW_NAMES, window_for
 
 #: Most thumbnails per series (sampled evenly; the frames the model saw are always shown).

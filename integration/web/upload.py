@@ -2,10 +2,10 @@
 
 ``POST /api/uploads/photo`` (JSON answers) and the page ``GET``/``POST /upload`` (HTML answers, no script
 needed) take ``multipart/form-data``: ``file`` plus the patient and request fields of
-:func:`integration.dicom.photo.validate_details`.  Uploaders and administrators, signed in with the session
+:func:`integration.intake.photo.validate_details`.  Uploaders and administrators, signed in with the session
 cookie, send the CSRF token (hidden ``csrf_token`` field or ``X-CSRF-Token`` header).  The body must
 declare its length (411 otherwise; 413 above the limit), so nothing unbounded is read.  Bad input answers 422
-naming every bad field and stores nothing.  The photo is converted (:mod:`integration.dicom.photo`) and
+naming every bad field and stores nothing.  The photo is converted (:mod:`integration.intake.photo`) and
 stored through the listener's intake (:mod:`integration.intake`) as a new study of the uploader's
 site with ``source='upload'``, complete at once: the next assembly pass queues it.  Audited ``upload.photo``;
 refusals are audited too (``upload.refused``, aggregated).  A photo may have at most
@@ -26,7 +26,9 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.datastructures import FormData, UploadFile
 
 from integration.config import Settings
-from integration.dicom.photo import (
+from integration.intake.intake import intake_for
+from integration.intake.outcome import UPLOAD_AE, Origin, Result
+from integration.intake.photo import (
     MAX_PHOTO_BYTES,
     MAX_PHOTO_PIXELS,
     PhotoDetails,
@@ -36,8 +38,6 @@ from integration.dicom.photo import (
     photo_to_dicom,
     validate_details,
 )
-from integration.intake.intake import intake_for
-from integration.intake.outcome import UPLOAD_AE, Origin, Result
 from integration.store.audit import add_event
 from integration.store.session import session_scope
 from integration.store.tables import UserRole

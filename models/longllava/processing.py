@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from models.chat_templates import load_chat_template
 from models.longllava.prompt import IMAGE_PLACEHOLDER, LONGLLAVA_CHAT_TEMPLATE
 
 if TYPE_CHECKING:
@@ -69,8 +70,6 @@ class LongLlavaProcessor:
         The CLIP image processor gets CLIP-336 defaults when the directory has no ``preprocessor_config.json``.
         """
         from transformers import AutoTokenizer, CLIPImageProcessorPil
-
-        from models.processors import load_chat_template
 
         tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
         processor_class: Any = CLIPImageProcessorPil

@@ -14,8 +14,8 @@ import pytest
 from pydicom import config as pydicom_config
 from pynetdicom import AE, _config
 
-from integration.dicom.samples import BROKEN_SAMPLES, pydicom_test_file, write_ct_series, write_sample_studies
 from integration.intake.header import file_meta_bytes
+from integration.samples import BROKEN_SAMPLES, pydicom_test_file, write_ct_series, write_sample_studies
 from tests.peers import ListenerProcess, storescu, storescu_each_syntax, wait_until
 from tests.proxy import CuttableProxy
 from tests.records import db_rows, queued_messages

@@ -14,7 +14,7 @@ from pathlib import Path
 import pydicom
 from pydicom.uid import generate_uid
 
-from integration.dicom.samples import write_ct_series
+from integration.samples import write_ct_series
 from integration.store.session import session_scope
 from integration.store.users import create_site
 from tests.dicom.test_listener import send_raw, study_states

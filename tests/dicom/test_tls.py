@@ -18,7 +18,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from integration.dicom.samples import write_ct_series
+from integration.samples import write_ct_series
 from tests.certificates import Certificates, make_certificates
 from tests.peers import REPO, SCU_AE, ListenerProcess, storescu, wait_until
 from tests.records import db_rows

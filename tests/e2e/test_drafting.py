@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pydicom
 
-from integration.dicom.samples import pydicom_test_file, write_ct_series
+from integration.samples import pydicom_test_file, write_ct_series
 from tests.peers import ListenerProcess, WorkerProcess, storescu, wait_until
 from tests.records import db_rows
 

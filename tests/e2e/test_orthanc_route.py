@@ -15,7 +15,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from integration.dicom.samples import write_ct_series, write_sample_studies
+from integration.samples import write_ct_series, write_sample_studies
 from tests.orthanc import ORTHANC, OrthancServer
 from tests.peers import ListenerProcess, wait_until
 from tests.records import db_rows, queued_messages

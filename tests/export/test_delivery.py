@@ -21,10 +21,10 @@ import pytest
 
 from integration.config import Settings
 from integration.destinations import Destination
-from integration.dicom.samples import pydicom_test_file
 from integration.export.outbox import queue_deliveries
 from integration.export.senders import OutgoingDocument, send
 from integration.reports.drafts import ensure_draft_sr
+from integration.samples import pydicom_test_file
 from integration.store.reports import ClaimedJob, DraftRecord, claim_job, record_draft
 from integration.store.session import session_scope
 from integration.store.tables import AnalysisJob, Instance, JobState, Series, Study, StudyState, utcnow

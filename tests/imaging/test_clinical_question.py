@@ -12,9 +12,9 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
 from integration.config import Settings
-from integration.dicom.samples import write_ct_series
 from integration.imaging.referral import MAX_QUESTION_CHARS, clean_question, question_in, read_question
 from integration.imaging.selection import prepare_study
+from integration.samples import write_ct_series
 from integration.store.reports import ClaimedJob, InstanceFile
 from models.backend import GenerationRequest, GenerationResult
 from models.transformers_backend import TransformersBackend

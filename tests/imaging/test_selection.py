@@ -27,12 +27,12 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from integration.dicom.samples import write_ct_series
 from integration.imaging.instances import read_instance
 from integration.imaging.routing import DEFAULT_RULES, WINDOW_PRESET_NAMES, RoutingRule
 from integration.imaging.selection import Evidence, ModelImage, NoImages, NoRoutingRule, prepare_study
 from integration.imaging.slices import even_sample, sort_slices
 from integration.imaging.windows import WINDOW_PRESETS
+from integration.samples import write_ct_series
 
 TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 AXIAL = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]

@@ -17,12 +17,12 @@ from pydicom import config as pydicom_config
 
 from integration.config import Settings
 from integration.dicom import status
-from integration.dicom.samples import pydicom_test_file
 from integration.intake.intake import InstanceIntake
 from integration.intake.outcome import STOW_AE, Origin, Result
 from integration.intake.part10 import split_part10
 from integration.intake.storage import InstanceLocks, InstanceStore
 from integration.intake.structure import InvalidInstance
+from integration.samples import pydicom_test_file
 from integration.store.jobs import complete_stable_studies
 from integration.store.session import session_scope
 from integration.store.tables import utcnow

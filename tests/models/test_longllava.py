@@ -14,9 +14,9 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from integration.dicom.samples import write_ct_series
 from integration.imaging.routing import RoutingRule
 from integration.imaging.selection import prepare_study
+from integration.samples import write_ct_series
 from models.backend import GenerationRequest
 from models.longllava.configuration import LongLlavaConfig, nest_published_config
 from models.longllava.modeling import LongLlavaForConditionalGeneration

@@ -13,12 +13,12 @@ import torch
 
 from models import chat_templates
 from models.backend import ModelNotStaged
+from models.chat_templates import load_chat_template
 from models.processors import (
     ProcessorRoute,
     QwenVLImageOnlyProcessor,
     TemplateSource,
     ensure_image_chat_template,
-    load_chat_template,
     load_processor,
     processor_route,
     torchvision_available,

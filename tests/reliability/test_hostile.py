@@ -34,7 +34,7 @@ from bench.hostile import (
     still_open,
 )
 from bench.wire import ABORT_RQ, CT_IMAGE_STORAGE, EXPLICIT_LE, associate_rq, read_answer
-from integration.dicom.header import file_meta_bytes
+from integration.intake.header import file_meta_bytes
 from integration.store.migrate import upgrade
 from tests.peers import ListenerProcess, wait_until
 from tests.records import db_rows

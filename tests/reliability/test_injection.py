@@ -27,8 +27,8 @@ import pytest
 from sqlalchemy import func, select, text, update
 
 from integration.config import Settings
-from integration.dicom.assembly import StudyAssembler
-from integration.dicom.samples import pydicom_test_file
+from integration.intake.assembly import StudyAssembler
+from integration.samples import pydicom_test_file
 from integration.store.reports import DraftRecord, record_draft
 from integration.store.session import session_scope
 from integration.store.tables import AnalysisJob, JobState, ReportRevision, ReviewChange, Study, utcnow

@@ -15,7 +15,6 @@ from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from fhir.resources.R4B.observation import Observation
 from pydicom.dataset import Dataset
 
-from integration.dicom.samples import pydicom_test_file
 from integration.findings import Finding
 from integration.reports.document import (
     AI_DRAFT_NOTICE,
@@ -25,6 +24,7 @@ from integration.reports.document import (
     from_dicom_header,
 )
 from integration.reports.fhir import diagnostic_report_json, resource_id
+from integration.samples import pydicom_test_file
 
 STUDY_UID = "1.2.826.0.1.3680043.8.498.1"
 HOSTILE = 'Nodule |^~\\& <script>alert("x")</script>\r\nMSH|^~\\&|EVIL'

@@ -13,10 +13,10 @@ from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.parser import parse_message
 from pydicom.dataset import Dataset
 
-from integration.dicom.samples import pydicom_test_file
 from integration.findings import Finding
 from integration.reports.document import AI_DRAFT_NOTICE, ReportDocument, from_dicom_header
 from integration.reports.hl7 import control_id, escape_text, oru_r01, report_lines
+from integration.samples import pydicom_test_file
 
 STUDY_UID = "1.2.826.0.1.3680043.8.498.1"
 HOSTILE = "Nodule |^~\\& \\H\\bold\\N\\ and \\X0D\\\r\nMSH|^~\\&|EVIL|\rPID|1||666\nOBX|99|TX|x||owned"

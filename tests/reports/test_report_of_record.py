@@ -16,9 +16,9 @@ from sqlalchemy import create_engine, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from integration.config import Settings
-from integration.dicom.samples import write_ct_series
 from integration.reports.drafts import sign_report
 from integration.reports.sr import read_sr
+from integration.samples import write_ct_series
 from integration.store import migrate
 from integration.store.revisions import NotReportOfRecord, report_of_record
 from integration.store.session import session_scope

@@ -17,10 +17,10 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 from integration.config import Settings
-from integration.dicom.samples import pydicom_test_file, write_ct_series
 from integration.findings import InvalidFindings
 from integration.reports.drafts import ensure_draft_sr, sign_report
 from integration.reports.sr import read_sr
+from integration.samples import pydicom_test_file, write_ct_series
 from integration.store.migrate import upgrade
 from integration.store.revisions import ReportNotSignable, UnknownReport
 from integration.store.session import session_scope

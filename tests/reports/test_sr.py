@@ -12,7 +12,6 @@ import pytest
 from pydicom import Dataset
 from pydicom.uid import generate_uid
 
-from integration.dicom.samples import pydicom_test_file, write_ct_series
 from integration.findings import MAX_FINDING_CHARS, Document, Finding, InvalidFindings, clean_text
 from integration.reports.sr import (
     Algorithm,
@@ -24,6 +23,7 @@ from integration.reports.sr import (
     read_sr,
 )
 from integration.reports.sr_content import ImageReference, SeenFrame
+from integration.samples import pydicom_test_file, write_ct_series
 
 DCIODVFY = shutil.which("dciodvfy") or "/usr/bin/dciodvfy"
 DSRDUMP = shutil.which("dsrdump") or "/usr/bin/dsrdump"

@@ -14,8 +14,8 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from sqlalchemy import func, select
 
 from integration.config import Settings
-from integration.dicom.assembly import StudyAssembler
-from integration.dicom.header import InstanceHeader
+from integration.intake.assembly import StudyAssembler
+from integration.intake.header import InstanceHeader
 from integration.queue import ANALYZE_STUDY
 from integration.store.ingest import Conflict, Receipt, record_instance
 from integration.store.migrate import ensure_schema
@@ -403,7 +403,7 @@ def test_a_study_gets_the_site_of_its_calling_ae_when_it_becomes_stable(
 def test_reconciler_resends_a_job_whose_worker_was_lost_past_the_hard_time_limit(
     settings: Settings, redis_url: str
 ) -> None:
-    from integration.dicom.assembly import LOST_WORKER_MARGIN_SECONDS
+    from integration.intake.assembly import LOST_WORKER_MARGIN_SECONDS
     from integration.store.reports import claim_job
 
     study_uid = generate_uid()

@@ -16,10 +16,10 @@ from sqlalchemy import select, text, update
 from typer.testing import CliRunner
 
 from integration.config import Settings
-from integration.dicom.samples import write_ct_series
 from integration.reports.readiness import ReviewIncomplete
 from integration.reports.review import reject_draft, sign_reviewed, signer_of
 from integration.reports.sr import Verification, read_sr
+from integration.samples import write_ct_series
 from integration.store.migrate import upgrade
 from integration.store.reviews import (
     MAX_FINDING_CHARS,

@@ -80,7 +80,6 @@ EXCEPTIONS = {
     ("session.py", "session_scope", "rollback"): "the use case failed",
     ("ingest.py", "record_instance", "commit"): "the durable-file hook: the rows commit once the file is on disk",
     ("ingest.py", "record_instance", "rollback"): "the durable-file hook: the file was not made durable",
-    ("audit.py", "record_event", "commit"): "going away: until its callers in dicom/ and store/ingest use add_event",
     ("reviews.py", "review_lock", "commit"): "an advisory lock on a connection of its own, held across scopes",
 }
 

@@ -23,9 +23,9 @@ from PIL import Image
 from pydicom.uid import generate_uid
 from sqlalchemy import select, update
 
-from integration.dicom.assembly import StudyAssembler
-from integration.dicom.samples import pydicom_test_file
+from integration.intake.assembly import StudyAssembler
 from integration.reports.sr import read_sr
+from integration.samples import pydicom_test_file
 from integration.store.session import session_scope
 from integration.store.tables import (
     AuditEvent,

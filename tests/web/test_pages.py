@@ -23,8 +23,8 @@ from pydicom.uid import generate_uid
 from sqlalchemy import func, select, update
 
 from integration.config import Settings
-from integration.dicom.assembly import StudyAssembler
-from integration.dicom.samples import pydicom_test_file
+from integration.intake.assembly import StudyAssembler
+from integration.samples import pydicom_test_file
 from integration.store.reports import DraftRecord, record_draft
 from integration.store.session import session_scope
 from integration.store.tables import AnalysisJob, AuditEvent, ReviewChange, Study, UserSession, utcnow

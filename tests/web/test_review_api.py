@@ -17,8 +17,8 @@ import pydicom
 from sqlalchemy import select, update
 
 from integration.config import Settings
-from integration.dicom.samples import write_ct_series
 from integration.reports.sr import read_sr
+from integration.samples import write_ct_series
 from integration.store.session import session_scope
 from integration.store.tables import (
     AuditEvent,

@@ -24,10 +24,11 @@ import redis
 from sqlalchemy import select
 
 from integration.config import Settings
-from integration.dicom.assembly import StudyAssembler
-from integration.dicom.intake import UPLOAD_AE, Origin, intake_for
-from integration.dicom.photo import PhotoDetails, photo_to_dicom
-from integration.dicom.samples import pydicom_test_file
+from integration.intake.assembly import StudyAssembler
+from integration.intake.intake import intake_for
+from integration.intake.outcome import UPLOAD_AE, Origin
+from integration.intake.photo import PhotoDetails, photo_to_dicom
+from integration.samples import pydicom_test_file
 from integration.store.migrate import upgrade
 from integration.store.opinions import request_second_opinion
 from integration.store.reports import DraftRecord, record_draft

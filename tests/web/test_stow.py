@@ -22,10 +22,10 @@ import pytest
 from pydicom import config as pydicom_config
 from pydicom.uid import generate_uid
 
-from integration.dicom.samples import pydicom_test_file, write_ct_series
 from integration.intake.outcome import STOW_AE
 from integration.intake.part10 import split_part10
 from integration.intake.storage import StorageFull
+from integration.samples import pydicom_test_file, write_ct_series
 from integration.store.jobs import complete_stable_studies
 from integration.store.session import session_scope
 from integration.store.tables import UserRole, utcnow

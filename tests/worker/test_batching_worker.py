@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from integration.config import Settings
-from integration.dicom.samples import write_ct_series
+from integration.samples import write_ct_series
 from tests.peers import REPO, ListenerProcess, WorkerProcess, stop_process, storescu, wait_until
 from tests.records import db_rows
 from tests.reliability.test_faults import age_unacknowledged_messages

@@ -18,8 +18,8 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
 from integration.config import Settings
-from integration.dicom.samples import write_ct_series
 from integration.imaging.selection import NoImages
+from integration.samples import write_ct_series
 from integration.store.reports import ClaimedJob, DraftRecord, InstanceFile
 from models.openai_backend import OpenAICompatibleBackend
 from tests.model_server import RecordingProxy, TransformersServe

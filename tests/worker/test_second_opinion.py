@@ -13,8 +13,8 @@ from pydantic import ValidationError
 from sqlalchemy import select
 
 from integration.config import Settings
-from integration.dicom.samples import pydicom_test_file, write_ct_series
 from integration.queue import broker_options, send_analyze_study, worker_queues
+from integration.samples import pydicom_test_file, write_ct_series
 from integration.store.opinions import PROMPT_NAMES, DuplicateOpinion, request_second_opinion
 from integration.store.session import session_scope
 from integration.store.tables import Study

@@ -10,8 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from integration.config import Settings
-from integration.dicom.samples import pydicom_test_file, write_ct_series
 from integration.queue import send_analyze_study
+from integration.samples import pydicom_test_file, write_ct_series
 from tests.peers import REPO, ListenerProcess, WorkerProcess, storescu, wait_until
 from tests.records import db_rows
 

@@ -11,11 +11,11 @@ from pydicom.uid import generate_uid
 from sqlalchemy import select
 
 from integration.config import Settings
-from integration.dicom.assembly import StudyAssembler
-from integration.dicom.samples import pydicom_test_file
-from integration.dicom.study_attributes import StudyAttributes, read_study_attributes
+from integration.intake.assembly import StudyAssembler
 from integration.intake.header import InstanceHeader
 from integration.intake.storage import InstanceStore
+from integration.intake.study_attributes import StudyAttributes, read_study_attributes
+from integration.samples import pydicom_test_file
 from integration.store.ingest import record_instance
 from integration.store.session import engine_for, session_scope
 from integration.store.tables import AnalysisJob, Study, StudyState, utcnow

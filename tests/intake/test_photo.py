@@ -1,4 +1,4 @@
-"""Photos to DICOM (integration/dicom/photo.py): validation, decoding, conversion checked by dciodvfy."""
+"""Photos to DICOM (integration/intake/photo.py): validation, decoding, conversion checked by dciodvfy."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ import pydicom
 import pytest
 from PIL import Image
 
-from integration.dicom.photo import (
+from integration.imaging.referral import read_question
+from integration.intake.part10 import split_part10
+from integration.intake.photo import (
     PHOTO_MODALITY,
     PhotoDetails,
     PhotoInvalid,
@@ -22,8 +24,6 @@ from integration.dicom.photo import (
     photo_to_dicom,
     validate_details,
 )
-from integration.imaging.referral import read_question
-from integration.intake.part10 import split_part10
 
 DCIODVFY = "/usr/bin/dciodvfy"
 FORM = {

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from sqlalchemy.exc import SQLAlchemyError
 
 from integration.config import Settings
-from integration.dicom.study_attributes import record_study_attributes
+from integration.intake.study_attributes import record_study_attributes
 from integration.queue import broker_identity, send_analyze_study, send_deliver
 from integration.store.audit import add_event
 from integration.store.deliveries import deliveries_to_resend
