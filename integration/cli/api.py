@@ -80,7 +80,7 @@ def api(
     from integration.logs import configure_logging
     from integration.store.migrate import SchemaOutOfDate, ensure_schema
     from integration.web.app import create_app
-    from integration.web.health import describe_error
+    from integration.web.ops.health import describe_error
 
     configure_logging(log_level.value)
     settings = load_settings()

@@ -2,9 +2,9 @@
 
 Operations: ``GET /health`` and ``GET /metrics``.  Review: ``POST /api/login``, ``POST /api/logout`` and the
 worklist under ``/api/studies``.  The review pages and STOW-RS intake add their routers here.  In front of
-every route: the answer headers and the operations gate (:mod:`integration.web.guards`) and the body limit
-(:mod:`integration.web.limits`); HTTP refusals worth tracing are audited (:mod:`integration.web.refusals`)
-and a database outage answers 503.
+every route: the answer headers and the operations gate (:mod:`integration.web.security.guards`) and the body
+limit (:mod:`integration.web.security.limits`); HTTP refusals worth tracing are audited
+(:mod:`integration.web.security.refusals`) and a database outage answers 503.
 """
 
 from __future__ import annotations
@@ -24,19 +24,19 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Scope
 
 from integration.config import Settings
-from integration.web.audit import audit_router
-from integration.web.auth import auth_router
-from integration.web.guards import AnswerHeaders, OperationsGate, database_unavailable
-from integration.web.health import health_router
-from integration.web.limits import BodyLimit, UploadGate
-from integration.web.metrics import metrics_router
-from integration.web.opinions import opinions_router
-from integration.web.pages import pages_router
-from integration.web.refusals import RefusalAudit, audit_http_refusal, record_refusal
-from integration.web.review import review_router
-from integration.web.stow import stow_router
-from integration.web.studies import studies_router
-from integration.web.upload import upload_router
+from integration.web.api.audit import audit_router
+from integration.web.api.opinions import opinions_router
+from integration.web.api.review import review_router
+from integration.web.api.studies import studies_router
+from integration.web.api.upload import upload_router
+from integration.web.dicomweb.stow import stow_router
+from integration.web.ops.health import health_router
+from integration.web.ops.metrics import metrics_router
+from integration.web.pages.pages import pages_router
+from integration.web.security.auth import auth_router
+from integration.web.security.guards import AnswerHeaders, OperationsGate, database_unavailable
+from integration.web.security.limits import BodyLimit, UploadGate
+from integration.web.security.refusals import RefusalAudit, audit_http_refusal, record_refusal
 
 
 def _version() -> str:

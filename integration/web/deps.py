@@ -8,7 +8,7 @@ themselves, so each route shows its inputs and the OpenAPI document describes th
 sent, and rolls back when the route raises.  The signed-in user is looked up in a short transaction of its
 own, since it notes the sign-in session as seen whatever the route then does.  A study UID that is not a
 DICOM UID answers 422 naming the parameter; one that is valid but belongs to another site answers 404
-(:mod:`integration.web.access`).
+(:mod:`integration.web.security.access`).
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ def require_roles(*roles: UserRole, refusal: str = "not allowed for your role") 
 
 #: Radiologists and administrators, for the JSON API.
 Reviewer = Annotated[CurrentUser, Depends(require_roles(UserRole.RADIOLOGIST, UserRole.ADMIN))]
-#: Radiologists and administrators, for the pages (a :class:`~integration.web.templating.PageRoute` shows 403).
+#: Radiologists and administrators, for the pages (a :class:`~integration.web.pages.templating.PageRoute` shows 403).
 PageReviewer = Annotated[
     CurrentUser,
     Depends(

@@ -31,7 +31,7 @@ from integration.store.tables import (
     utcnow,
 )
 from integration.store.users import hash_token
-from integration.web.csrf import csrf_token_for_session
+from integration.web.security.csrf import csrf_token_for_session
 from tests.peers import wait_until
 from tests.web.conftest import ApiProcess
 

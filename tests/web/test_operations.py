@@ -34,7 +34,7 @@ from integration.store.tables import (
     StudyState,
     utcnow,
 )
-from integration.web.health import CheckOutcome, run_checks
+from integration.web.ops.health import CheckOutcome, run_checks
 from tests.services import free_port
 from tests.web.conftest import ApiProcess, run_api
 

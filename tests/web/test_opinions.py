@@ -30,7 +30,7 @@ from integration.store.tables import (
     StudyState,
     utcnow,
 )
-from integration.web.csrf import csrf_token_for_session
+from integration.web.security.csrf import csrf_token_for_session
 from tests.records import db_rows, queued_messages
 from tests.services import free_port
 from tests.web.conftest import ApiProcess

@@ -31,7 +31,7 @@ from integration.store.tables import (
     Study,
     StudyState,
 )
-from integration.web.csrf import csrf_token_for_session
+from integration.web.security.csrf import csrf_token_for_session
 from tests.records import queued_messages
 from tests.reports.test_signing import DRAFT_FINDINGS, add_report, evidence_of, store_study
 from tests.reports.test_sr import check_with_tools

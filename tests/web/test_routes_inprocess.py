@@ -22,7 +22,7 @@ from integration.store.session import session_scope
 from integration.store.tables import AuditEvent, ReportRevision, SignInThrottle, Site, Study, UserRole
 from integration.store.users import create_site, create_user
 from integration.web.app import create_app
-from integration.web.csrf import csrf_token_for_session
+from integration.web.security.csrf import csrf_token_for_session
 from tests.web.test_auth import COOKIE, PASSWORD
 from tests.web.test_review_api import draft_of_site
 

@@ -30,8 +30,7 @@ from integration.store.jobs import complete_stable_studies
 from integration.store.session import session_scope
 from integration.store.tables import UserRole, utcnow
 from integration.store.users import create_site, create_user
-from integration.web.csrf import csrf_token_for_session
-from integration.web.multipart_related import (
+from integration.web.dicomweb.multipart_related import (
     MalformedMultipart,
     MultipartRelatedParser,
     PartData,
@@ -40,6 +39,7 @@ from integration.web.multipart_related import (
     PartStart,
     parse_media_type,
 )
+from integration.web.security.csrf import csrf_token_for_session
 from tests.orthanc import DICOMWEB_PLUGIN, ORTHANC, OrthancServer
 from tests.peers import storescu
 from tests.records import db_rows

@@ -18,7 +18,7 @@ from integration.samples import pydicom_test_file, write_ct_series
 from integration.store.opinions import PROMPT_NAMES, DuplicateOpinion, request_second_opinion
 from integration.store.session import session_scope
 from integration.store.tables import Study
-from integration.web.opinions import send_opinion
+from integration.web.api.opinions import send_opinion
 from models.prompts import UnknownPrompt, template_named, template_names
 from tests.peers import ListenerProcess, WorkerProcess, storescu, wait_until
 from tests.records import db_rows

@@ -9,9 +9,9 @@ from integration.cli.audit import audit_app
 from integration.cli.database import db_app
 from integration.cli.deliveries import deliveries_app
 from integration.cli.listen import listen
+from integration.cli.reports import report_app
 from integration.cli.studies import studies_app
 from integration.cli.users import sites_app, users_app
-from integration.cli_reports import report_app
 from worker.cli.evaluation import eval_app
 from worker.cli.models import models_app
 from worker.cli.processes import demo, worker

@@ -1,6 +1,6 @@
 """The worklist page: ``GET /worklist``, the studies of the user's site with filters and sort orders.
 
-The filters are the JSON worklist's (:class:`~integration.web.studies.WorklistFilter`): invalid values answer
+The filters are the JSON worklist's (:class:`~integration.web.api.studies.WorklistFilter`): invalid values answer
 a 422 page that names the parameter.  Stat studies come first by default, then the newest.
 """
 
@@ -13,10 +13,10 @@ from fastapi.responses import HTMLResponse
 from sqlalchemy import select
 
 from integration.store.tables import Series, Site, Study, UserRole
-from integration.web.access import visible
+from integration.web.api.studies import ReportFilter, WorklistFilter, WorklistSort, worklist
 from integration.web.deps import DbSession, PageReviewer
-from integration.web.studies import ReportFilter, WorklistFilter, WorklistSort, worklist
-from integration.web.templating import PageRoute, render
+from integration.web.pages.templating import PageRoute, render
+from integration.web.security.access import visible
 
 #: Labels of the sort orders, as the page shows them.
 SORT_LABELS = {

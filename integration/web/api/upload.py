@@ -11,7 +11,7 @@ site with ``source='upload'``, complete at once: the next assembly pass queues i
 refusals are audited too (``upload.refused``, aggregated).  A photo may have at most
 ``PACSVLM_MAX_PHOTO_PIXELS`` pixels (its DICOM file holds 3 bytes a pixel: a 160 kB PNG of 49 megapixels
 became a 147 MB file and cost 1.1 GiB to convert), checked from its header before decoding; each user has a
-few uploads in progress at most (:class:`~integration.web.limits.UploadGate`).
+few uploads in progress at most (:class:`~integration.web.security.limits.UploadGate`).
 """
 
 from __future__ import annotations
@@ -41,12 +41,12 @@ from integration.intake.photo import (
 from integration.store.audit import add_event
 from integration.store.session import session_scope
 from integration.store.tables import UserRole
-from integration.web.csrf import require_csrf
 from integration.web.deps import CurrentUser, app_settings, client_address, require_roles
-from integration.web.limits import PHOTO_BODY_BYTES, UploadGate
-from integration.web.refusals import record_refusal
+from integration.web.pages.templating import PageRoute, render
 from integration.web.schemas import StoredPhoto
-from integration.web.templating import PageRoute, render
+from integration.web.security.csrf import require_csrf
+from integration.web.security.limits import PHOTO_BODY_BYTES, UploadGate
+from integration.web.security.refusals import record_refusal
 
 log = logging.getLogger(__name__)
 

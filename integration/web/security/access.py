@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from integration.store.tables import Report, Study, UserRole
 from integration.uids import is_valid_uid
 from integration.web.deps import CurrentUser
-from integration.web.refusals import CrossSiteRefused
+from integration.web.security.refusals import CrossSiteRefused
 
 
 def visible(query: Select[Any], user: CurrentUser) -> Select[Any]:

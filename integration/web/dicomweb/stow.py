@@ -14,10 +14,10 @@ RetrieveURL is left out: this server offers no WADO-RS to retrieve from.
 A request holds at most ``PACSVLM_MAX_STOW_PARTS`` parts (413 as soon as one more begins), which also bounds
 the answer; the body is parsed and spooled in worker threads, a megabyte at a time, so a body of a million
 tiny parts cannot stall the event loop (``/health`` took 21.8 s before).  Each user has a few uploads in
-progress at most (:class:`~integration.web.limits.UploadGate`, 429 beyond).
+progress at most (:class:`~integration.web.security.limits.UploadGate`, 429 beyond).
 
 Senders authenticate with HTTP Basic (DICOMweb clients; throttled like the sign-in form) or with the
-review app's session cookie plus the CSRF token header (:mod:`integration.web.dicomweb_auth`).  Uploaders
+review app's session cookie plus the CSRF token header (:mod:`integration.web.security.dicomweb_auth`).  Uploaders
 and administrators may store; a study gets the uploader's site, ``source='stow'`` and the pseudo calling
 AE :data:`~integration.intake.outcome.STOW_AE`.
 """
@@ -48,9 +48,7 @@ from integration.store.session import session_scope
 from integration.store.tables import UserRole
 from integration.uids import is_valid_uid
 from integration.web.deps import CurrentUser, app_settings, client_address
-from integration.web.dicomweb_auth import dicomweb_user
-from integration.web.limits import UploadGate
-from integration.web.multipart_related import (
+from integration.web.dicomweb.multipart_related import (
     MalformedMultipart,
     MultipartRelatedParser,
     PartData,
@@ -59,6 +57,8 @@ from integration.web.multipart_related import (
     PartStart,
     parse_media_type,
 )
+from integration.web.security.dicomweb_auth import dicomweb_user
+from integration.web.security.limits import UploadGate
 
 log = logging.getLogger(__name__)
 

@@ -1,11 +1,12 @@
 """The review actions, written once for the JSON API and the study page's forms: change, sign, reject.
 
-:mod:`integration.web.review` (JSON) and :mod:`integration.web.review_form` / :mod:`integration.web.study_page`
-(HTML forms) call the actions of a :class:`Review` and differ only in how they answer: the API raises the
-HTTP error of :func:`refusal`, a form shows it as a page that keeps the text that was not saved.  Each action
-checks that the user may see the report (404 otherwise, :mod:`integration.web.access`) and runs in its own
-transactions; the review domain (:mod:`integration.store.reviews`, :mod:`integration.reports.review`)
-decides and audits.
+:mod:`integration.web.api.review` (JSON) and :mod:`integration.web.pages.review_form` /
+:mod:`integration.web.pages.study_page` (HTML forms) call the actions of a :class:`Review` and differ only
+in how they answer: the API raises the HTTP error of :func:`refusal`, a form shows it as a page that keeps
+the text that was not saved.  Each action checks that the user may see the report (404 otherwise,
+:mod:`integration.web.security.access`) and runs in its own transactions; the review domain
+(:mod:`integration.store.reviews`, :mod:`integration.reports.review`) decides and audits.  A signed
+report's deliveries are queued here, after signing (export sits above reports).
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ from integration.store.reviews import ReportClosed, ReviewConflict, ReviewError,
 from integration.store.revisions import ReportNotSignable, UnknownReport, VersionTaken
 from integration.store.session import session_scope
 from integration.store.tables import ReportRevision, UserRole
-from integration.web.access import report_for, report_of_study
 from integration.web.deps import CurrentUser
 from integration.web.schemas import Rejected, Signed
+from integration.web.security.access import report_for, report_of_study
 
 #: What the review domain raises when it refuses an action; :func:`refusal` gives each its answer.
 REFUSED = (LookupError, ValueError, RuntimeError)

@@ -21,8 +21,8 @@ from sqlalchemy.orm import Session, aliased
 from integration.store.audit import add_event
 from integration.store.tables import Instance, Report, ReportStatus, Series, Site, Study
 from integration.web import schemas
-from integration.web.access import study_for, visible
 from integration.web.deps import CurrentUser, DbSession, Reviewer, StudyUid, client_address
+from integration.web.security.access import study_for, visible
 
 #: Most rows one worklist answer carries.
 WORKLIST_LIMIT = 500

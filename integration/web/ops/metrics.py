@@ -45,7 +45,7 @@ from integration.store.tables import (
     Study,
     StudyState,
 )
-from integration.web.health import describe_error, ping_broker, start_in_thread
+from integration.web.ops.health import describe_error, ping_broker, start_in_thread
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Who sends a DICOMweb request: HTTP Basic credentials (DICOMweb clients) or the review app's session.
 
-HTTP Basic credentials are checked exactly like a sign-in (:func:`integration.web.auth.check_credentials`:
+HTTP Basic credentials are checked exactly like a sign-in (:func:`integration.web.security.auth.check_credentials`:
 the same atomic per-source back-off, failures audited), so the Basic route is no way around the sign-in
 throttle.  A session cookie also needs the CSRF token header.
 """
@@ -14,9 +14,9 @@ import anyio
 from fastapi import HTTPException, Request, status
 
 from integration.store.tables import UserRole
-from integration.web.auth import check_credentials
-from integration.web.csrf import require_csrf
 from integration.web.deps import CurrentUser, current_user
+from integration.web.security.auth import check_credentials
+from integration.web.security.csrf import require_csrf
 
 #: The challenge of a 401: DICOMweb clients answer it with HTTP Basic credentials.
 BASIC_CHALLENGE = 'Basic realm="pacs-vlm DICOMweb", charset="UTF-8"'

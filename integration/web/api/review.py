@@ -28,11 +28,11 @@ from integration.store.reviews import WorkingCopy as StoredWorkingCopy
 from integration.store.reviews import change_count, change_history, working_copy
 from integration.store.revisions import report_of_record
 from integration.store.tables import ReportRevision, Study
-from integration.web import review_actions as actions
-from integration.web.access import report_for
-from integration.web.csrf import require_csrf
+from integration.web.api import review_actions as actions
 from integration.web.deps import AppSettings, CurrentUser, DbSession, Reviewer, client_address
 from integration.web.schemas import Rejected, ReportView, ReviewChange, Signed, WorkingCopy
+from integration.web.security.access import report_for
+from integration.web.security.csrf import require_csrf
 
 #: Longest text a request may carry (the store refuses more than its own, smaller limits with a message).
 MAX_REQUEST_TEXT = 100_000

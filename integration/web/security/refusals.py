@@ -24,7 +24,7 @@ from fastapi import HTTPException, Request, status
 
 from integration.store.audit import add_event
 from integration.store.session import session_scope
-from integration.web.limits import PHOTO_PATHS, STOW_PREFIX
+from integration.web.security.limits import PHOTO_PATHS, STOW_PREFIX
 
 log = logging.getLogger(__name__)
 

@@ -28,8 +28,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from integration.config import Settings
 from integration.store.tables import UserRole
 from integration.web.deps import SESSION_COOKIE, current_user
-from integration.web.health import describe_error
-from integration.web.templating import error_page
+from integration.web.ops.health import describe_error
+from integration.web.pages.templating import error_page
 
 log = logging.getLogger(__name__)
 

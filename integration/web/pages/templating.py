@@ -1,7 +1,7 @@
 """Server-rendered HTML for the review app: one Jinja2 environment, strict security headers.
 
 Every template is autoescaped (model output and patient data are untrusted text).  Pages run no inline
-scripts: JavaScript lives in ``integration/web/static/*.js`` and the Content-Security-Policy allows only
+scripts: JavaScript lives in ``integration/web/pages/static/*.js`` and the Content-Security-Policy allows only
 same-origin scripts, styles and images.  Responses are never cached (they carry patient data).
 """
 
@@ -20,8 +20,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.routing import APIRoute
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from integration.web.csrf import csrf_token
-from integration.web.refusals import audit_http_refusal
+from integration.web.security.csrf import csrf_token
+from integration.web.security.refusals import audit_http_refusal
 
 #: Folder of the page templates.
 TEMPLATE_DIR = Path(__file__).parent / "templates"
@@ -138,7 +138,7 @@ def render(request: Request, template_name: str, context: dict[str, Any], status
     request : fastapi.Request
         The request.
     template_name : str
-        File name under ``integration/web/templates``, e.g. ``"worklist.html"``.
+        File name under ``integration/web/pages/templates``, e.g. ``"worklist.html"``.
     context : dict
         Template variables.
     status_code : int, optional

@@ -14,7 +14,7 @@ import hmac
 from fastapi import Request
 
 from integration.web.deps import SESSION_COOKIE
-from integration.web.refusals import CsrfRefused
+from integration.web.security.refusals import CsrfRefused
 
 #: The header scripts send the token in.
 CSRF_HEADER = "X-CSRF-Token"

@@ -34,11 +34,11 @@ from integration.store.opinions import PROMPT_NAMES, OpinionRefused, request_sec
 from integration.store.revisions import report_of_record
 from integration.store.session import session_scope
 from integration.store.tables import Report, ReportStatus, Study, utcnow
-from integration.web.access import report_for, study_for
-from integration.web.csrf import require_csrf
 from integration.web.deps import AppSettings, CurrentUser, DbSession, PageReviewer, Reviewer, StudyUid, client_address
+from integration.web.pages.templating import PageRoute, render
 from integration.web.schemas import Comparison, OpinionQueued, StudyOpinions
-from integration.web.templating import PageRoute, render
+from integration.web.security.access import report_for, study_for
+from integration.web.security.csrf import require_csrf
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ Whatever button was pressed (``do``: ``accept:N``, ``reject:N``, ``reset:N``, ``
 review changes it amounts to; then the button's own action runs.  Accepting finding 2 therefore keeps the
 impression typed a moment before, and signing signs what is on the screen, not what was last saved.
 
-Every change is one review action (:mod:`integration.web.review_actions`, the same as the JSON API's) against
+Every change is one review action (:mod:`integration.web.api.review_actions`, the same as the JSON API's) against
 the change number the page showed (``expected_seq``), so a draft someone else changed meanwhile answers 409
 and shows the text that was not saved.  Signing goes through the same rules as the API (the report of record
 only, reviewed or confirmed findings, radiologists only).  The answers of every review form of the page
@@ -29,12 +29,12 @@ from integration.config import Settings
 from integration.findings import clean_text
 from integration.store.reviews import ReviewConflict, ReviewError, WorkingCopy, working_copy
 from integration.store.session import session_scope
-from integration.web import review_actions as actions
-from integration.web.access import report_of_study
-from integration.web.csrf import require_csrf
+from integration.web.api import review_actions as actions
+from integration.web.api.review_actions import Change
 from integration.web.deps import AppSettings, CurrentUser, PageReviewer, StudyUid, client_address
-from integration.web.review_actions import Change
-from integration.web.templating import PageRoute, error_page
+from integration.web.pages.templating import PageRoute, error_page
+from integration.web.security.access import report_of_study
+from integration.web.security.csrf import require_csrf
 
 #: The buttons of the form: an action on one finding, or one of the whole-form actions.
 _FINDING_BUTTON = re.compile(r"^(accept|reject|reset|edit):(\d{1,5})$")
@@ -79,7 +79,7 @@ def refusal_page(request: Request, exc: Exception, back: str, unsaved: str | Non
     Raises
     ------
     Exception
-        ``exc`` itself when it is not a refusal (see :func:`integration.web.review_actions.refusal`).
+        ``exc`` itself when it is not a refusal (see :func:`integration.web.api.review_actions.refusal`).
     """
     code, message = actions.refusal(exc)
     if isinstance(exc, ReviewConflict):

@@ -1,9 +1,9 @@
 """The review pages: server-rendered HTML with light JavaScript, usable without it.
 
 * ``GET /`` goes to the worklist (or the sign-in form); ``GET``/``POST /login``, ``POST /logout``.
-* ``GET /worklist`` (:mod:`integration.web.worklist_page`).
-* ``GET /studies/{uid}`` and the review forms under it (:mod:`integration.web.study_page`).
-* Frames as PNG (:mod:`integration.web.images`); static files under ``/static``.
+* ``GET /worklist`` (:mod:`integration.web.pages.worklist_page`).
+* ``GET /studies/{uid}`` and the review forms under it (:mod:`integration.web.pages.study_page`).
+* Frames as PNG (:mod:`integration.web.api.images`); static files under ``/static``.
 
 Pages without a session redirect to the sign-in form.  Forms carry the CSRF token; state-changing routes
 check it, the sign-in form included (its token is a random value in the form and in a cookie, since there is
@@ -26,14 +26,14 @@ from fastapi.staticfiles import StaticFiles
 from starlette.types import Scope
 
 from integration.store.tables import UserRole
-from integration.web.auth import set_session_cookie, sign_in, sign_out
-from integration.web.csrf import require_csrf
+from integration.web.api.images import images_router
 from integration.web.deps import CurrentUser, current_user
-from integration.web.images import images_router
-from integration.web.refusals import CsrfRefused
-from integration.web.study_page import study_page_router
-from integration.web.templating import STATIC_DIR, PageRoute, local_path, render, sign_in_redirect
-from integration.web.worklist_page import worklist_page_router
+from integration.web.pages.study_page import study_page_router
+from integration.web.pages.templating import STATIC_DIR, PageRoute, local_path, render, sign_in_redirect
+from integration.web.pages.worklist_page import worklist_page_router
+from integration.web.security.auth import set_session_cookie, sign_in, sign_out
+from integration.web.security.csrf import require_csrf
+from integration.web.security.refusals import CsrfRefused
 
 #: The cookie holding the sign-in form's CSRF token (the form's hidden field must match it).
 LOGIN_CSRF_COOKIE = "pacsvlm_login_csrf"

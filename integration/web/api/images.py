@@ -27,9 +27,9 @@ from integration.imaging.pixels import UndecodableImage, decode_frame
 from integration.imaging.windows import WINDOW_PRESETS
 from integration.store.session import session_scope
 from integration.store.tables import Instance, Series, Study
-from integration.web.access import visible
 from integration.web.deps import AppSettings, CurrentUser, PageReviewer, StudyUid, Uid
-from integration.web.templating import PageRoute
+from integration.web.pages.templating import PageRoute
+from integration.web.security.access import visible
 
 log = logging.getLogger(__name__)
 

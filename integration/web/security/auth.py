@@ -24,10 +24,10 @@ from integration.store.session import session_scope
 from integration.store.sign_in_throttle import attempt_succeeded, reserve_attempt
 from integration.store.tables import User
 from integration.store.users import authenticate, create_session, end_session, user_for_token
-from integration.web.csrf import require_csrf
 from integration.web.deps import SESSION_COOKIE, CurrentUser, app_settings, client_address, client_host
-from integration.web.refusals import record_refusal
 from integration.web.schemas import SignedIn
+from integration.web.security.csrf import require_csrf
+from integration.web.security.refusals import record_refusal
 
 #: How long a sign-in lasts.
 SESSION_TTL = timedelta(hours=8)

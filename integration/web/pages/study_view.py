@@ -1,7 +1,7 @@
 """What the study page shows: the study's series and thumbnails, the frames the model saw, the report chosen.
 
 Thumbnails and the large view are ``<img>`` elements pointing at the frame route of
-:mod:`integration.web.images`; each one knows which prompt images (``Image 1``, ``Image 2`` ...) of the
+:mod:`integration.web.api.images`; each one knows which prompt images (``Image 1``, ``Image 2`` ...) of the
 report's evidence it is, so the page can mark them and a finding's citations can highlight them.
 
 The request a radiologist reads first (the clinical question and, for photo uploads, the side the uploader
@@ -34,7 +34,7 @@ from integration.store.tables import (
     Study,
 )
 from integration.uids import is_valid_uid
-from integration.web.images import WINDOW_NAMES, window_for
+from integration.web.api.images import WINDOW_NAMES, window_for
 
 #: Most thumbnails per series (sampled evenly; the frames the model saw are always shown).
 THUMBNAILS_PER_SERIES = 48

@@ -1,8 +1,8 @@
 """The study page: images, the model's evidence and the draft editor (``/studies/{study_uid}``).
 
-The editor is one HTML form (:mod:`integration.web.review_form`: every box's text travels with every button,
+The editor is one HTML form (:mod:`integration.web.pages.review_form`: every box's text travels with every button,
 so nothing typed is lost) posting to routes that call the review actions the JSON API calls too
-(:mod:`integration.web.review_actions`) and redirect back (Post/Redirect/Get), so the page works without
+(:mod:`integration.web.api.review_actions`) and redirect back (Post/Redirect/Get), so the page works without
 JavaScript; ``static/review.js`` adds keyboard shortcuts, highlighting and a warning before leaving with
 unsaved text.  The form carries the change number the page showed (``expected_seq``): when someone else
 changed the draft meanwhile, the answer is a 409 page that shows the text that was not saved.
@@ -29,14 +29,12 @@ from integration.config import Settings
 from integration.store.reviews import change_history, working_copy
 from integration.store.revisions import report_of_record
 from integration.store.tables import Report, ReportPurpose, ReportStatus, Site, UserRole
-from integration.web import review_actions as actions
-from integration.web.access import study_for
-from integration.web.csrf import require_csrf
+from integration.web.api import review_actions as actions
+from integration.web.api.images import WindowName
+from integration.web.api.studies import record_study_view
 from integration.web.deps import AppSettings, CurrentUser, DbSession, PageReviewer, StudyUid, client_address
-from integration.web.images import WindowName
-from integration.web.review_form import back_to_page, refusal_page, review_form_router, see_other, study_url
-from integration.web.studies import record_study_view
-from integration.web.study_view import (
+from integration.web.pages.review_form import back_to_page, refusal_page, review_form_router, see_other, study_url
+from integration.web.pages.study_view import (
     THUMBNAIL_SIZE,
     VIEWER_SIZE,
     choose_report,
@@ -45,7 +43,9 @@ from integration.web.study_view import (
     study_images,
     study_request,
 )
-from integration.web.templating import PageRoute, render
+from integration.web.pages.templating import PageRoute, render
+from integration.web.security.access import study_for
+from integration.web.security.csrf import require_csrf
 
 #: What the page says after a change, by the ``done`` query parameter (only these; nothing is echoed).
 NOTICES = {

@@ -1,0 +1,1 @@
+"""DICOMweb: STOW-RS intake and its streaming multipart/related parser."""

@@ -1,0 +1,1 @@
+"""The server-rendered review pages: worklist, study page and its forms, sign-in; templates and static files."""

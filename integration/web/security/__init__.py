@@ -1,0 +1,1 @@
+"""Who may do what: sign-in, sessions and CSRF, object-level access, DICOMweb credentials, request limits, refusals."""
