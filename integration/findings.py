@@ -23,6 +23,7 @@ it too and the store may not import ``reports``.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -45,7 +46,7 @@ class InvalidFindings(ValueError):
     """Findings or text that break the document's rules; the message says which and is safe to show."""
 
 
-def clean_text(value: object, limit: int | None = None, *, strip: bool = True) -> str:
+def clean_text(value: object, limit: int | None = None, *, strip: bool = True, one_line: bool = False) -> str:
     """Return untrusted text without the characters that break a report's encodings.
 
     Parameters
@@ -57,6 +58,9 @@ def clean_text(value: object, limit: int | None = None, *, strip: bool = True) -
         Most characters kept; a longer text is cut and ends with an ellipsis (``limit`` in all).
     strip : bool
         Trim white space at both ends.
+    one_line : bool
+        For a line of a prompt or a list: every control, format (bidi overrides, zero-width) and
+        line or paragraph separator character becomes a space, and runs of white space become one.
 
     Returns
     -------
@@ -64,11 +68,18 @@ def clean_text(value: object, limit: int | None = None, *, strip: bool = True) -
         The text without C0 controls (but TAB, LF, CR), DEL, C1 controls, lone surrogates or the
         non-characters U+FFFE/U+FFFF; the line and paragraph separators U+2028/U+2029 become LF.
     """
-    text = _SEPARATORS.sub("\n", _UNSAFE.sub("", str(value)))
-    text = text.strip() if strip else text
+    if one_line:
+        text = " ".join("".join(" " if _breaks_line(char) else char for char in str(value)).split())
+    else:
+        text = _SEPARATORS.sub("\n", _UNSAFE.sub("", str(value)))
+        text = text.strip() if strip else text
     if limit is None or len(text) <= limit:
         return text
     return text[: limit - 1].rstrip() + "\u2026"
+
+
+def _breaks_line(char: str) -> bool:
+    return unicodedata.category(char) in ("Cc", "Cf", "Cs", "Zl", "Zp") or char in "\ufffe\uffff"
 
 
 def _is_number(value: object) -> bool:

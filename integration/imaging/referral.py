@@ -14,8 +14,6 @@ nothing about it.
 
 from __future__ import annotations
 
-import re
-import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,8 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag, Tag
+
+from integration.findings import clean_text
 
 #: Longest clinical question kept (characters).
 MAX_QUESTION_CHARS = 500
@@ -34,7 +34,6 @@ QUESTION_KEYWORDS = (
     "ReasonForStudy",
 )
 QUESTION_TAGS: list[BaseTag] = [Tag(keyword) for keyword in QUESTION_KEYWORDS]
-_SPACE = re.compile(r"\s+")
 
 
 def clean_question(value: Any) -> str | None:
@@ -46,9 +45,7 @@ def clean_question(value: Any) -> str | None:
     if value is None:
         return None
     text = " ".join(str(part) for part in value) if isinstance(value, (list, tuple, MultiValue)) else str(value)
-    visible = "".join(" " if unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp") else char for char in text)
-    cleaned = _SPACE.sub(" ", visible).strip()[:MAX_QUESTION_CHARS].strip()
-    return cleaned or None
+    return clean_text(text, one_line=True)[:MAX_QUESTION_CHARS].strip() or None
 
 
 def question_in(ds: Dataset) -> str | None:

@@ -18,6 +18,7 @@ from pydicom.dataset import Dataset
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from integration.findings import clean_text
 from integration.store.tables import AnalysisJob, Instance, Series, Study
 
 log = logging.getLogger(__name__)
@@ -93,8 +94,7 @@ def _text(ds: Dataset, keyword: str, length: int) -> str | None:
         return None
     if value is None:
         return None
-    text = "".join(ch for ch in str(value) if ch.isprintable()).strip()
-    return text[:length] or None
+    return clean_text(value, one_line=True)[:length].strip() or None
 
 
 def record_study_attributes(session: Session, instance_root: Path, job_ids: Iterable[int]) -> int:

@@ -94,7 +94,7 @@ def test_values_are_cleaned_and_cut_to_the_column_lengths(tmp_path: Path) -> Non
     path = tmp_path / "mr.dcm"
     ds.save_as(path)
     attributes = read_study_attributes(path)
-    assert attributes.patient_name == "Doe^Jane[31m"  # the escape character is dropped
+    assert attributes.patient_name == "Doe^Jane [31m"  # the escape character is a space (one-line text rule)
     assert attributes.study_description == "D" * 64
     assert attributes.accession_number == "A1"
 
