@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.peers import ListenerProcess, WorkerProcess
-from tests.services import Postgres, RedisServer, machine_redis, start_postgres
+from tests.support.peers import ListenerProcess, WorkerProcess
+from tests.support.services import Postgres, RedisServer, machine_redis, start_postgres
 
 #: Redis database index the tests use on a shared server (flushed per test).
 TEST_REDIS_DB = int(os.environ.get("PACSVLM_TEST_REDIS_DB", "15"))

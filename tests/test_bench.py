@@ -6,7 +6,7 @@ import re
 import subprocess
 import sys
 
-from tests.peers import REPO
+from tests.support.peers import REPO
 
 
 def test_quick_ingest_benchmark_prints_a_table_and_the_summary_line() -> None:

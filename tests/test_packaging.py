@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from integration.store.migrate import head_revision
-from tests.peers import ListenerProcess
+from tests.support.peers import ListenerProcess
 from tests.test_lock import ROOT, uv
 
 ECHOSCU = "/usr/bin/echoscu"

@@ -18,7 +18,7 @@ from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
 
 from integration.intake.header import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
 from tests.dicom.test_listener import CT_IMAGE_STORAGE, command_set, raw_associate, read_raw_pdu
-from tests.peers import ListenerProcess, wait_until
+from tests.support.peers import ListenerProcess, wait_until
 
 ASSOCIATE_RJ, P_DATA_TF, ABORT = 0x03, 0x04, 0x07
 VERIFICATION = "1.2.840.10008.1.1"

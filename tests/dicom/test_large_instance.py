@@ -11,7 +11,7 @@ from pathlib import Path
 
 from bench.hostile import peak_rss_mib, reset_peak_rss
 from bench.large_instance import FRAME_BYTES, RSS_LIMIT_MIB, dataset_digest, storescu, write_multiframe
-from tests.peers import ListenerProcess
+from tests.support.peers import ListenerProcess
 
 
 def test_a_large_multiframe_instance_is_stored_with_little_listener_memory(

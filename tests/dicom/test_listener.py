@@ -16,10 +16,10 @@ from pynetdicom import AE, _config
 
 from integration.intake.header import file_meta_bytes
 from integration.samples import BROKEN_SAMPLES, pydicom_test_file, write_ct_series, write_sample_studies
-from tests.peers import ListenerProcess, storescu, storescu_each_syntax, wait_until
-from tests.proxy import CuttableProxy
-from tests.records import db_rows, queued_messages
-from tests.services import Postgres, start_redis
+from tests.support.peers import ListenerProcess, storescu, storescu_each_syntax, wait_until
+from tests.support.proxy import CuttableProxy
+from tests.support.records import db_rows, queued_messages
+from tests.support.services import Postgres, start_redis
 
 ANALYZE_STUDY = "pacs_vlm.analyze_study"
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"

@@ -18,8 +18,8 @@ from integration.samples import write_ct_series
 from integration.store.session import session_scope
 from integration.store.users import create_site
 from tests.dicom.test_listener import send_raw, study_states
-from tests.peers import ListenerProcess, storescu, wait_until
-from tests.records import db_rows
+from tests.support.peers import ListenerProcess, storescu, wait_until
+from tests.support.records import db_rows
 
 
 def rewritten(source: Path, target: Path, **values: str) -> Path:

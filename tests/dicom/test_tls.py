@@ -1,6 +1,6 @@
 """DICOM TLS on the listener with real peers: dcmtk storescu/echoscu over TLS, Python TLS clients, bad settings.
 
-Certificates are made by the test (``tests/certificates.py``): a CA, the listener's certificate, a modality's
+Certificates are made by the test (``tests/support/certificates.py``): a CA, the listener's certificate, a modality's
 client certificate and a client certificate of a rogue CA.
 """
 
@@ -19,10 +19,10 @@ import pydicom
 import pytest
 
 from integration.samples import write_ct_series
-from tests.certificates import Certificates, make_certificates
-from tests.peers import REPO, SCU_AE, ListenerProcess, storescu, wait_until
-from tests.records import db_rows
-from tests.services import free_port
+from tests.support.certificates import Certificates, make_certificates
+from tests.support.peers import REPO, SCU_AE, ListenerProcess, storescu, wait_until
+from tests.support.records import db_rows
+from tests.support.services import free_port
 
 ECHOSCU = "/usr/bin/echoscu"
 

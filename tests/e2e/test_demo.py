@@ -9,7 +9,7 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, text
 
-from tests.peers import REPO
+from tests.support.peers import REPO
 
 
 def test_demo_drafts_every_image_study_and_explains_the_rest(tmp_path: Path) -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pydicom
 
 from integration.samples import pydicom_test_file, write_ct_series
-from tests.peers import ListenerProcess, WorkerProcess, storescu, wait_until
-from tests.records import db_rows
+from tests.support.peers import ListenerProcess, WorkerProcess, storescu, wait_until
+from tests.support.records import db_rows
 
 
 def reports(url: str) -> list[tuple]:

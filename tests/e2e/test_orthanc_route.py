@@ -16,9 +16,9 @@ import pydicom
 import pytest
 
 from integration.samples import write_ct_series, write_sample_studies
-from tests.orthanc import ORTHANC, OrthancServer
-from tests.peers import ListenerProcess, wait_until
-from tests.records import db_rows, queued_messages
+from tests.support.orthanc import ORTHANC, OrthancServer
+from tests.support.peers import ListenerProcess, wait_until
+from tests.support.records import db_rows, queued_messages
 
 ANALYZE_STUDY = "pacs_vlm.analyze_study"
 CT_SLICES = 20

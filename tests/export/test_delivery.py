@@ -28,10 +28,10 @@ from integration.samples import pydicom_test_file
 from integration.store.reports import ClaimedJob, DraftRecord, claim_job, record_draft
 from integration.store.session import session_scope
 from integration.store.tables import AnalysisJob, Instance, JobState, Series, Study, StudyState, utcnow
-from tests.orthanc import DICOMWEB_PLUGIN, OrthancServer
-from tests.peers import REPO, WorkerProcess, wait_until
-from tests.records import db_rows
-from tests.services import free_port
+from tests.support.orthanc import DICOMWEB_PLUGIN, OrthancServer
+from tests.support.peers import REPO, WorkerProcess, wait_until
+from tests.support.records import db_rows
+from tests.support.services import free_port
 
 
 def stored_report(settings: Settings) -> int:

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from integration.config import Settings
 from integration.destinations import Destination
-from tests.peers import REPO
+from tests.support.peers import REPO
 
 
 def test_defaults_per_kind_and_report_rules() -> None:

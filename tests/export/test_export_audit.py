@@ -17,8 +17,8 @@ from integration.store.audit import query_events
 from integration.store.session import session_scope
 from integration.store.tables import AuditEvent, Report
 from tests.export.test_delivery import delivery_env, states, stored_report
-from tests.peers import WorkerProcess, wait_until
-from tests.services import free_port
+from tests.support.peers import WorkerProcess, wait_until
+from tests.support.services import free_port
 
 
 def export_events(url: str) -> list[AuditEvent]:

@@ -14,11 +14,11 @@ from integration.config import Settings
 from integration.destinations import Destination
 from integration.export.senders import DeliveryFailed, OutgoingDocument, send
 from integration.reports.drafts import ensure_draft_sr
-from tests.certificates import Certificates, Pair, make_certificates
 from tests.export.test_delivery import stored_report
-from tests.peers import ListenerProcess, wait_until
-from tests.records import db_rows
-from tests.services import free_port, stop_process, wait_for_port
+from tests.support.certificates import Certificates, Pair, make_certificates
+from tests.support.peers import ListenerProcess, wait_until
+from tests.support.records import db_rows
+from tests.support.services import free_port, stop_process, wait_for_port
 
 STORESCP = "/usr/bin/storescp"
 

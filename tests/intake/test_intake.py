@@ -27,7 +27,7 @@ from integration.store.jobs import complete_stable_studies
 from integration.store.session import session_scope
 from integration.store.tables import utcnow
 from integration.store.users import create_site
-from tests.records import db_rows
+from tests.support.records import db_rows
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -158,7 +158,7 @@ def test_refusals_have_their_own_statuses_and_leave_nothing(
 
 
 def test_database_unreachable_refuses_with_out_of_resources_and_removes_the_file(tmp_path: Path) -> None:
-    from tests.services import free_port
+    from tests.support.services import free_port
 
     settings = Settings(
         database_url=f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/none", storage_dir=tmp_path / "store"

@@ -17,7 +17,7 @@ from models.batching import BatchedResult, BatcherClosed, BatchingBackend, Batch
 from models.registry import FAMILIES
 from models.transformers_backend import TransformersBackend
 from tests.models.samples import radiograph
-from tests.peers import wait_until
+from tests.support.peers import wait_until
 
 Backends = Callable[[str], TransformersBackend]
 

@@ -1,6 +1,6 @@
 """The OpenAI-compatible backend against a real server: ``transformers serve`` running the tiny LLaVA on the CPU.
 
-A recording proxy (tests/model_server.py) sits between backend and server: it forwards requests unchanged,
+A recording proxy (tests/support/model_server.py) sits between backend and server: it forwards requests unchanged,
 keeps what it forwarded, and can answer with errors or hold answers back.  Nothing is mocked.
 """
 
@@ -31,8 +31,8 @@ from models.openai_backend import (
     server_base,
     server_display,
 )
-from tests.model_server import RecordingProxy, TransformersServe
-from tests.peers import wait_until
+from tests.support.model_server import RecordingProxy, TransformersServe
+from tests.support.peers import wait_until
 
 
 @pytest.fixture(scope="module")

@@ -21,9 +21,9 @@ import redis
 from bench.wire import ABORT_RQ, ct_instance, open_association, p_data, pdv, send_store, store_command
 from integration.config import Settings
 from integration.samples import pydicom_test_file, write_ct_series
-from tests.peers import ListenerProcess, WorkerProcess, storescu, wait_until
-from tests.records import db_rows, queued_messages
-from tests.services import start_redis
+from tests.support.peers import ListenerProcess, WorkerProcess, storescu, wait_until
+from tests.support.records import db_rows, queued_messages
+from tests.support.services import start_redis
 from tests.web.conftest import ApiProcess
 
 #: Tokens the smoke model generates per draft here: greedy decoding of random weights never stops early,

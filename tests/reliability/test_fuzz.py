@@ -36,8 +36,8 @@ from bench.wire import ct_instance, element_headers, send_store
 from integration.store.session import session_scope
 from integration.store.tables import UserRole
 from integration.store.users import create_site, create_user
-from tests.peers import ListenerProcess, wait_until
-from tests.records import db_rows
+from tests.support.peers import ListenerProcess, wait_until
+from tests.support.records import db_rows
 from tests.web.conftest import ApiProcess
 
 #: Seconds a case may take to be answered (the listener's network and ACSE timeouts are 2 s here).

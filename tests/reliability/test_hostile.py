@@ -36,9 +36,9 @@ from bench.hostile import (
 from bench.wire import ABORT_RQ, CT_IMAGE_STORAGE, EXPLICIT_LE, associate_rq, read_answer
 from integration.intake.header import file_meta_bytes
 from integration.store.migrate import upgrade
-from tests.peers import ListenerProcess, wait_until
-from tests.records import db_rows
-from tests.services import Postgres, RedisServer
+from tests.support.peers import ListenerProcess, wait_until
+from tests.support.records import db_rows
+from tests.support.services import Postgres, RedisServer
 
 #: A Redis index of its own: the per-test ``redis_url`` fixture flushes the tests' shared one.
 HOSTILE_REDIS_DB = 14

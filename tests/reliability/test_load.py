@@ -6,8 +6,8 @@ import re
 import subprocess
 import sys
 
-from tests.peers import REPO
-from tests.records import db_rows
+from tests.support.peers import REPO
+from tests.support.records import db_rows
 
 
 def test_small_load_stores_every_instance_once_and_drafts_every_study_once(

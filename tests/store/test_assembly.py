@@ -21,8 +21,8 @@ from integration.store.ingest import Conflict, Receipt, record_instance
 from integration.store.migrate import ensure_schema
 from integration.store.session import engine_for, session_scope
 from integration.store.tables import AnalysisJob, AuditEvent, Instance, JobState, Series, Study, StudyState, utcnow
-from tests.records import decode_message, queued_messages
-from tests.services import free_port
+from tests.support.records import decode_message, queued_messages
+from tests.support.services import free_port
 
 CALLING_AE = "CT1"
 

@@ -46,9 +46,9 @@ from integration.store.tables import (
     UserRole,
     utcnow,
 )
-from tests.records import db_rows
 from tests.reports.test_signing import DRAFT_FINDINGS, add_report, evidence_of, store_study
 from tests.reports.test_sr import check_with_tools
+from tests.support.records import db_rows
 from worker.cli import app
 
 NODULE, EFFUSION = (f["text"] for f in DRAFT_FINDINGS["findings"])

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.services import free_port, stop_process, wait_for_port
+from tests.support.services import free_port, stop_process, wait_for_port
 
 REPO = Path(__file__).resolve().parents[2]
 

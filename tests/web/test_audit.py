@@ -15,7 +15,7 @@ import pytest
 
 from integration.store.session import session_scope
 from integration.store.tables import AuditEvent, utcnow
-from tests.peers import wait_until
+from tests.support.peers import wait_until
 from tests.web.conftest import ApiProcess
 from tests.web.test_auth import add_user, cli, login, session_cookie
 

@@ -32,7 +32,7 @@ from integration.store.tables import (
 )
 from integration.store.users import hash_token
 from integration.web.security.csrf import csrf_token_for_session
-from tests.peers import wait_until
+from tests.support.peers import wait_until
 from tests.web.conftest import ApiProcess
 
 REPO = Path(__file__).resolve().parents[2]

@@ -16,8 +16,8 @@ from sqlalchemy import select
 from integration.store.session import session_scope
 from integration.store.tables import AuditEvent
 from integration.web.security.csrf import csrf_token_for_session
-from tests.peers import ListenerProcess, wait_until
-from tests.proxy import CuttableProxy
+from tests.support.peers import ListenerProcess, wait_until
+from tests.support.proxy import CuttableProxy
 from tests.web.conftest import ApiProcess, sign_in_form_token
 from tests.web.test_auth import add_study
 from tests.web.test_photo_upload import FORM, upload

@@ -16,9 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.certificates import Certificates, make_certificates
-from tests.records import db_rows
-from tests.services import free_port, stop_process, wait_for_port
+from tests.support.certificates import Certificates, make_certificates
+from tests.support.records import db_rows
+from tests.support.services import free_port, stop_process, wait_for_port
 from tests.web.conftest import run_api
 from tests.web.test_auth import COOKIE, PASSWORD, add_user
 

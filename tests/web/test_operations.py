@@ -35,7 +35,7 @@ from integration.store.tables import (
     utcnow,
 )
 from integration.web.ops.health import CheckOutcome, run_checks
-from tests.services import free_port
+from tests.support.services import free_port
 from tests.web.conftest import ApiProcess, run_api
 
 REPO = Path(__file__).resolve().parents[2]

@@ -31,8 +31,8 @@ from integration.store.tables import (
     utcnow,
 )
 from integration.web.security.csrf import csrf_token_for_session
-from tests.records import db_rows, queued_messages
-from tests.services import free_port
+from tests.support.records import db_rows, queued_messages
+from tests.support.services import free_port
 from tests.web.conftest import ApiProcess
 
 REPO = Path(__file__).resolve().parents[2]

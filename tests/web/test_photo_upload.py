@@ -27,7 +27,7 @@ from integration.store.session import session_scope
 from integration.store.tables import UserRole, utcnow
 from integration.store.users import create_site, create_user
 from integration.web.security.csrf import csrf_token_for_session
-from tests.records import db_rows
+from tests.support.records import db_rows
 from tests.web.conftest import ApiProcess
 
 PASSWORD = "correct horse battery staple"

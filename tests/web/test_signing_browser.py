@@ -36,7 +36,7 @@ from integration.store.reviews import working_copy
 from integration.store.session import session_scope
 from integration.store.tables import Report, ReportStatus, Site, Study, utcnow
 from tests.dicom.test_study_attributes import ingest
-from tests.services import Postgres, RedisServer
+from tests.support.services import Postgres, RedisServer
 from tests.web.conftest import ApiProcess
 from tests.web.test_auth import PASSWORD
 from tests.web.test_browser import CHROMIUM

@@ -40,9 +40,9 @@ from integration.web.dicomweb.multipart_related import (
     parse_media_type,
 )
 from integration.web.security.csrf import csrf_token_for_session
-from tests.orthanc import DICOMWEB_PLUGIN, ORTHANC, OrthancServer
-from tests.peers import storescu
-from tests.records import db_rows
+from tests.support.orthanc import DICOMWEB_PLUGIN, ORTHANC, OrthancServer
+from tests.support.peers import storescu
+from tests.support.records import db_rows
 from tests.web.conftest import ApiProcess
 
 PASSWORD = "correct horse battery staple"

@@ -19,9 +19,9 @@ import pytest
 
 from integration.config import Settings
 from integration.samples import write_ct_series
-from tests.peers import REPO, ListenerProcess, WorkerProcess, stop_process, storescu, wait_until
-from tests.records import db_rows
 from tests.reliability.test_faults import age_unacknowledged_messages
+from tests.support.peers import REPO, ListenerProcess, WorkerProcess, stop_process, storescu, wait_until
+from tests.support.records import db_rows
 
 STUDIES = 4
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from tests.model_server import RecordingProxy, TransformersServe
-from tests.peers import ListenerProcess, WorkerProcess, storescu, wait_until
-from tests.records import db_rows
+from tests.support.model_server import RecordingProxy, TransformersServe
+from tests.support.peers import ListenerProcess, WorkerProcess, storescu, wait_until
+from tests.support.records import db_rows
 from tests.worker.test_outbound import PATIENT, QUESTION, identified_study
 from tests.worker.test_worker import run_worker_command
 

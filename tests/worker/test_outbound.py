@@ -22,8 +22,8 @@ from integration.imaging.selection import NoImages
 from integration.samples import write_ct_series
 from integration.store.reports import ClaimedJob, DraftRecord, InstanceFile
 from models.openai_backend import OpenAICompatibleBackend
-from tests.model_server import RecordingProxy, TransformersServe
 from tests.models.test_openai_backend import png_chunks
+from tests.support.model_server import RecordingProxy, TransformersServe
 from worker.pipeline import draft_study
 
 QUESTION = "Persistent cough since March in this smoker, rule out tumour?"

@@ -20,8 +20,8 @@ from integration.store.session import session_scope
 from integration.store.tables import Study
 from integration.web.api.opinions import send_opinion
 from models.prompts import UnknownPrompt, template_named, template_names
-from tests.peers import ListenerProcess, WorkerProcess, storescu, wait_until
-from tests.records import db_rows
+from tests.support.peers import ListenerProcess, WorkerProcess, storescu, wait_until
+from tests.support.records import db_rows
 from tests.worker.test_worker import run_worker_command
 
 

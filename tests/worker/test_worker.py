@@ -12,8 +12,8 @@ from pathlib import Path
 from integration.config import Settings
 from integration.queue import send_analyze_study
 from integration.samples import pydicom_test_file, write_ct_series
-from tests.peers import REPO, ListenerProcess, WorkerProcess, storescu, wait_until
-from tests.records import db_rows
+from tests.support.peers import REPO, ListenerProcess, WorkerProcess, storescu, wait_until
+from tests.support.records import db_rows
 
 
 def run_worker_command(env: dict[str, str]) -> subprocess.CompletedProcess[str]:

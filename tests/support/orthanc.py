@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tests.services import free_port, stop_process
+from tests.support.services import free_port, stop_process
 
 ORTHANC = "/usr/sbin/Orthanc"
 #: Debian's orthanc-dicomweb package installs the plugin here.

@@ -11,9 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.services import free_port, stop_process, wait_for_port
+from tests.support.services import free_port, stop_process, wait_for_port
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 STORESCU = "/usr/bin/storescu"  # dcmtk's, not pynetdicom's console script of the same name
 SCU_AE = "STORESCU"
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from tests.peers import REPO
+from tests.support.peers import REPO
 
 
 def free_port() -> int:

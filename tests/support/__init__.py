@@ -1,0 +1,1 @@
+"""Helpers the tests share: real peers (listener, worker, Orthanc, model server), services, records, certificates."""
