@@ -9,7 +9,9 @@ fall back to the family's documented one, :data:`HUATUOGPT_VISION`.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 #: llava-hf/llava-1.5-*-hf: ``USER: <image>\n... ASSISTANT:``; a system message is rendered without a role.
 LLAVA_15 = (
@@ -160,3 +162,46 @@ def load_chat_template(model_dir: Path) -> str | None:
             if isinstance(template, str) and template:
                 return template
     return None
+
+
+class TemplateProcessor:
+    """What the hand-written processors share: a chat template rendered as text, and the tokenizer's decoding.
+
+    Subclasses set ``tokenizer`` and ``chat_template`` (None: the tokenizer's own) and tokenise in ``__call__``
+    together with the images.
+    """
+
+    tokenizer: Any
+    chat_template: str | None
+
+    def apply_chat_template(
+        self, conversation: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = False, tokenize: bool = False
+    ) -> str:
+        """Render one conversation with the processor's chat template, one image placeholder per image.
+
+        Parameters
+        ----------
+        conversation : sequence of Mapping
+            Messages with ``role`` and ``content`` (a string, or ``{"type": "image"}`` and
+            ``{"type": "text"}`` items).
+        tokenize : bool
+            Must be False: tokenising happens in ``__call__`` together with the images.
+
+        Raises
+        ------
+        ValueError
+            When ``tokenize`` is True.
+        """
+        if tokenize:
+            raise ValueError("render with tokenize=False and pass the text and images to the processor")
+        rendered = self.tokenizer.apply_chat_template(
+            list(conversation),
+            chat_template=self.chat_template or self.tokenizer.chat_template,
+            add_generation_prompt=add_generation_prompt,
+            tokenize=False,
+        )
+        return str(rendered)
+
+    def batch_decode(self, sequences: Any, *, skip_special_tokens: bool = True) -> list[str]:
+        """Decode token sequences (one row per sequence) with the tokenizer."""
+        return list(self.tokenizer.batch_decode(sequences, skip_special_tokens=skip_special_tokens))

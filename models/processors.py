@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from models.backend import ModelNotStaged
-from models.chat_templates import load_chat_template
+from models.chat_templates import TemplateProcessor, load_chat_template
 from models.registry import ModelFamily
 
 if TYPE_CHECKING:
@@ -106,7 +106,7 @@ def ensure_image_chat_template(processor: Any, family: ModelFamily, model_dir: P
     )
 
 
-class QwenVLImageOnlyProcessor:
+class QwenVLImageOnlyProcessor(TemplateProcessor):
     """Qwen2.5-VL's processor for images and text, without a video processor (no torchvision needed).
 
     Parameters
@@ -144,33 +144,6 @@ class QwenVLImageOnlyProcessor:
         image_processor = image_processor_class.from_pretrained(model_dir, local_files_only=True, backend="pil")
         tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
         return cls(image_processor, tokenizer, load_chat_template(model_dir))
-
-    def apply_chat_template(
-        self, conversation: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = False, tokenize: bool = False
-    ) -> str:
-        """Render one conversation with the checkpoint's chat template, one ``<|image_pad|>`` per image.
-
-        Parameters
-        ----------
-        conversation : sequence of Mapping
-            Messages with ``role`` and ``content`` (a list of ``{"type": "image"}`` and ``{"type": "text"}``).
-        tokenize : bool
-            Must be False: tokenising happens in :meth:`__call__` together with the images.
-
-        Raises
-        ------
-        ValueError
-            When ``tokenize`` is True.
-        """
-        if tokenize:
-            raise ValueError("render with tokenize=False and pass the text and images to the processor")
-        rendered = self.tokenizer.apply_chat_template(
-            list(conversation),
-            chat_template=self.chat_template or self.tokenizer.chat_template,
-            add_generation_prompt=add_generation_prompt,
-            tokenize=False,
-        )
-        return str(rendered)
 
     def __call__(
         self,
@@ -240,10 +213,6 @@ class QwenVLImageOnlyProcessor:
             expanded.append(self.image_token * next(counts))
             expanded.append(piece)
         return "".join(expanded)
-
-    def batch_decode(self, sequences: Any, *, skip_special_tokens: bool = True) -> list[str]:
-        """Decode token sequences (one row per sequence) with the tokenizer."""
-        return list(self.tokenizer.batch_decode(sequences, skip_special_tokens=skip_special_tokens))
 
 
 def load_processor(model_dir: Path, family: ModelFamily, *, has_torchvision: bool | None = None) -> Any:

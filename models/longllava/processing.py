@@ -10,11 +10,11 @@ is added (its id lies past the language model's vocabulary; the model never embe
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from models.chat_templates import load_chat_template
+from models.chat_templates import TemplateProcessor, load_chat_template
 from models.longllava.prompt import IMAGE_PLACEHOLDER, LONGLLAVA_CHAT_TEMPLATE
 
 if TYPE_CHECKING:
@@ -25,7 +25,7 @@ CLIP_IMAGE_SIZE = 336
 DEFAULT_IMAGE_TOKENS = 144
 
 
-class LongLlavaProcessor:
+class LongLlavaProcessor(TemplateProcessor):
     """Turns rendered prompts and their images into LongLLaVA's inputs.
 
     Parameters
@@ -44,6 +44,8 @@ class LongLlavaProcessor:
     ValueError
         When ``image_tokens`` is not positive.
     """
+
+    chat_template: str
 
     def __init__(
         self,
@@ -86,34 +88,6 @@ class LongLlavaProcessor:
         self.tokenizer.save_pretrained(directory)
         self.image_processor.save_pretrained(directory)
         (Path(directory) / "chat_template.jinja").write_text(self.chat_template, encoding="utf-8")
-
-    def apply_chat_template(
-        self, conversation: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = False, tokenize: bool = False
-    ) -> str:
-        """Render one conversation in the LongLLaVA format, one ``<image>`` per image.
-
-        Parameters
-        ----------
-        conversation : sequence of Mapping
-            Messages with ``role`` and ``content`` (a string, or ``{"type": "image"}`` and
-            ``{"type": "text"}`` items).
-        tokenize : bool
-            Must be False: tokenising happens in :meth:`__call__` together with the images.
-
-        Raises
-        ------
-        ValueError
-            When ``tokenize`` is True.
-        """
-        if tokenize:
-            raise ValueError("render with tokenize=False and pass the text and images to the processor")
-        rendered = self.tokenizer.apply_chat_template(
-            list(conversation),
-            chat_template=self.chat_template,
-            add_generation_prompt=add_generation_prompt,
-            tokenize=False,
-        )
-        return str(rendered)
 
     def expand_image_tokens(self, prompt: str) -> str:
         """Replace each ``<image>`` by ``image_tokens`` image tokens: the prompt as the language model reads it."""
@@ -175,10 +149,6 @@ class LongLlavaProcessor:
         if flat:
             data["pixel_values"] = self.image_processor(images=flat, return_tensors=return_tensors)["pixel_values"]
         return BatchFeature(data=data)
-
-    def batch_decode(self, sequences: Any, *, skip_special_tokens: bool = True) -> list[str]:
-        """Decode token sequences (one row per sequence) with the tokenizer."""
-        return list(self.tokenizer.batch_decode(sequences, skip_special_tokens=skip_special_tokens))
 
 
 def _image_tokens(model_dir: Path) -> int:
