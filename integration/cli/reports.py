@@ -104,14 +104,14 @@ def _sign(
     limitations: str | None,
 ) -> RevisionRecord:
     """Sign and return the new version; errors become readable exits."""
-    from integration.reports.drafts import SourceUnavailable, sign_report
+    from integration.reports.drafts import SourceUnavailable, prepare_signature
     from integration.reports.review import add_signed_outcome
     from integration.store.revisions import UnknownReport, VersionTaken, report_revisions
     from integration.store.session import session_scope
 
     findings, file_impression, file_limitations = edits
     try:
-        revision_id = sign_report(
+        prepared = prepare_signature(
             settings,
             report_id,
             author=author,
@@ -119,10 +119,9 @@ def _sign(
             findings=findings,
             impression=impression if impression is not None else file_impression,
             limitations=limitations if limitations is not None else file_limitations,
-            before_commit=lambda session, report, revision_id: add_signed_outcome(
-                session, report, revision_id, actor=author, source="cli"
-            ),
         )
+        with prepared.recorded() as (session, report, revision_id):
+            add_signed_outcome(session, report, revision_id, actor=author, source="cli")
     except (UnknownReport, ValueError) as exc:
         raise fail(str(exc), 2) from None
     except (SourceUnavailable, VersionTaken) as exc:

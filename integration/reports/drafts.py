@@ -17,7 +17,9 @@ written to a temporary name in its folder, flushed, renamed into place and the f
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from io import BytesIO
 from pathlib import Path
@@ -40,12 +42,14 @@ from integration.findings import (
 )
 from integration.reports.sr import Algorithm, ReportForSr, Verification, build_draft_sr, build_signed_sr
 from integration.reports.sr_content import SeenFrame
+from integration.store.audit import add_event
 from integration.store.revisions import (
     SIGNABLE,
     NotReportOfRecord,
     ReportDocument,
     ReportNotSignable,
     SignedVersion,
+    UnknownReport,
     fix_draft_sr_uids,
     instance_paths,
     load_report,
@@ -243,7 +247,52 @@ def signed_text(content: Document, report: ReportDocument, verification: Verific
     return "\n".join(lines)
 
 
-def sign_report(
+@dataclass(frozen=True)
+class PreparedSignature:
+    """A signed version ready to record: its verified SR is on disk, its rows are the caller's transaction.
+
+    Parameters
+    ----------
+    settings : Settings
+        Data folder and database.
+    signed : SignedVersion
+        The version's rows, naming the SR file.
+    """
+
+    settings: Settings
+    signed: SignedVersion
+
+    @contextmanager
+    def recorded(self) -> Iterator[tuple[Session, Report, int]]:
+        """Record the version in one transaction that the caller's block joins; on any failure remove the SR.
+
+        Yields the session, the report row and the new revision's id: what the block adds (the review outcome,
+        the audit event) commits with the version, or nothing does.
+
+        Raises
+        ------
+        integration.store.revisions.VersionTaken
+            A concurrent signature took the version; sign again.
+        integration.store.revisions.NotReportOfRecord
+            Another report of the study was signed meanwhile.
+        """
+        signed = self.signed
+        try:
+            with session_scope(self.settings.database_url) as session:
+                revision_id = record_signed_version(session, signed)
+                report = session.get(Report, signed.report_id)
+                if report is None:
+                    raise UnknownReport(f"no report {signed.report_id}")
+                yield session, report, revision_id
+        except BaseException:
+            (self.settings.data_dir / signed.sr_path).unlink(missing_ok=True)
+            raise
+        log.info(
+            "report %d: version %d signed by %s, SR %s", signed.report_id, signed.version, signed.author, signed.sr_path
+        )
+
+
+def prepare_signature(
     settings: Settings,
     report_id: int,
     *,
@@ -253,9 +302,10 @@ def sign_report(
     impression: str | None = None,
     limitations: str | None = None,
     signed_at: datetime | None = None,
-    before_commit: Callable[[Session, Report, int], object] | None = None,
-) -> int:
-    """Sign a report: store the radiologist's version and its verified SR (COMPLETE, VERIFIED).
+) -> PreparedSignature:
+    """Check a signature and write its verified SR (COMPLETE, VERIFIED); the caller records it.
+
+    Recording is :meth:`PreparedSignature.recorded`, in the caller's transaction.
 
     Parameters
     ----------
@@ -274,13 +324,11 @@ def sign_report(
         Edited text (see :func:`~integration.findings.edited_text`); the previous version's when None.
     signed_at : datetime, optional
         When (aware); now when None.
-    before_commit : callable, optional
-        Adds rows that commit with the version (see :func:`integration.store.revisions.record_signed_version`).
 
     Returns
     -------
-    int
-        The new revision's id.
+    PreparedSignature
+        The version to record, its SR file written.
 
     Raises
     ------
@@ -291,8 +339,6 @@ def sign_report(
     integration.store.revisions.ReportNotSignable
         The report was superseded or rejected; :class:`~integration.store.revisions.NotReportOfRecord` when it
         is a second opinion or another report of the study is signed (a study has one report of record).
-    integration.store.revisions.VersionTaken
-        A concurrent signature took the version; sign again.
     """
     verification = Verification(author, organization, signed_at or utcnow())
     with session_scope(settings.database_url) as session:
@@ -354,11 +400,39 @@ def sign_report(
         sr_series_uid=series_uid,
         sr_path=relative,
     )
-    try:
-        with session_scope(settings.database_url) as session:
-            revision_id = record_signed_version(session, signed, before_commit=before_commit)
-    except BaseException:
-        (settings.data_dir / relative).unlink(missing_ok=True)
-        raise
-    log.info("report %d: version %d signed by %s, SR %s", report_id, version, author, relative)
+    return PreparedSignature(settings, signed)
+
+
+def sign_report(
+    settings: Settings,
+    report_id: int,
+    *,
+    author: str,
+    organization: str,
+    findings: object = None,
+    impression: str | None = None,
+    limitations: str | None = None,
+    signed_at: datetime | None = None,
+) -> int:
+    """Sign a report in one step: :func:`prepare_signature`, then record it with a ``report.sign`` audit event.
+
+    The parameters and errors are :func:`prepare_signature`'s, and
+    :class:`~integration.store.revisions.VersionTaken` when a concurrent signature took the version.
+    Returns the new revision's id.
+    """
+    prepared = prepare_signature(
+        settings,
+        report_id,
+        author=author,
+        organization=organization,
+        findings=findings,
+        impression=impression,
+        limitations=limitations,
+        signed_at=signed_at,
+    )
+    with prepared.recorded() as (session, _, revision_id):
+        detail = {"version": prepared.signed.version, "revision_id": revision_id}
+        add_event(
+            session, actor=author, action="report.sign", object_type="report", object_id=str(report_id), detail=detail
+        )
     return revision_id

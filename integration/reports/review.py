@@ -147,8 +147,8 @@ def add_signed_outcome(
 ) -> ReviewDifference:
     """Add the outcome of a signed revision and its ``report.sign`` audit event to the session (no commit).
 
-    Used as the ``before_commit`` step of signing, so the version, its outcome and the audit event commit
-    together.
+    Called inside :meth:`~integration.reports.drafts.PreparedSignature.recorded`, so the version, its outcome
+    and the audit event commit together.
 
     Parameters
     ----------
@@ -303,7 +303,7 @@ def sign_reviewed(
     integration.reports.drafts.SourceUnavailable
         No instance of the study can be read.
     """
-    from integration.reports.drafts import sign_report
+    from integration.reports.drafts import prepare_signature
 
     with review_lock(settings.database_url, report_id):
         with session_scope(settings.database_url) as session:
@@ -314,13 +314,10 @@ def sign_reviewed(
             raise NotReportOfRecord(refusal)
         check_ready(copy, structured=structured, confirm_unreviewed=confirm_unreviewed)
 
-        def _signed(session: Session, report: Report, revision_id: int) -> None:
-            add_signed_outcome(session, report, revision_id, actor=actor, source=source, copy=copy)
-
         findings = copy.signed_findings
         if not findings and not copy.impression:
             raise ReviewError("nothing to sign: every finding is rejected and there is no impression; reject the draft")
-        revision_id = sign_report(
+        prepared = prepare_signature(
             settings,
             report_id,
             author=person_name,
@@ -328,8 +325,9 @@ def sign_reviewed(
             findings=findings,
             impression=copy.impression,
             limitations=copy.limitations,
-            before_commit=lambda session, report, revision_id: _signed(session, report, revision_id),
         )
+        with prepared.recorded() as (session, report, revision_id):
+            add_signed_outcome(session, report, revision_id, actor=actor, source=source, copy=copy)
     log.info("report %d: signed as revision %d", report_id, revision_id)
     return revision_id
 

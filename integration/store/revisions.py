@@ -13,7 +13,7 @@ database enforces the same with a CHECK constraint and a partial unique index (m
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -23,7 +23,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from integration.store.tables import (
-    AuditEvent,
     Instance,
     Report,
     ReportPurpose,
@@ -272,22 +271,16 @@ def record_refusal(session: Session, report: Report) -> str | None:
     return None
 
 
-def record_signed_version(
-    session: Session, signed: SignedVersion, *, before_commit: Callable[[Session, Report, int], object] | None = None
-) -> int:
-    """Store a signed version, mark the report (and its study, when current) signed, and audit it.
+def record_signed_version(session: Session, signed: SignedVersion) -> int:
+    """Store a signed version and mark the report (and its study, when current) signed.
 
-    Returns the revision id.  The caller's scope commits; a refusal raises, and that scope rolls back.
+    Returns the revision id.  The caller's scope commits, with the audit event and outcome it adds; a
+    refusal raises, and that scope rolls back.
 
     Parameters
     ----------
     signed : SignedVersion
         The version; its SR file is already written.
-    before_commit : callable, optional
-        Called with the session, the report and the new revision's id, to add rows that must commit with the
-        version (the review outcome and its audit event).  Without it a ``report.sign`` audit event naming the
-        author is added.  Going away (issue 14): the caller owns the transaction, so it can add those rows
-        itself after this returns, in the same scope.
 
     Raises
     ------
@@ -338,17 +331,4 @@ def record_signed_version(
     study = session.get(Study, report.study_id)
     if study is not None and study.version == report.study_version and study.state == StudyState.DRAFTED:
         study.state = StudyState.SIGNED
-    if before_commit is not None:
-        before_commit(session, report, int(revision.id))
-    else:
-        session.add(
-            AuditEvent(
-                at=signed.signed_at,
-                actor=signed.author[:128],
-                action="report.sign",
-                object_type="report",
-                object_id=str(report.id),
-                detail={"version": signed.version, "revision_id": revision.id},
-            )
-        )
     return int(revision.id)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pydicom
@@ -12,13 +12,11 @@ from sqlalchemy import select
 
 from integration.config import Settings
 from integration.intake.assembly import StudyAssembler
-from integration.intake.header import InstanceHeader
-from integration.intake.storage import InstanceStore
 from integration.intake.study_attributes import StudyAttributes, read_study_attributes
 from integration.samples import pydicom_test_file
-from integration.store.ingest import record_instance
-from integration.store.session import engine_for, session_scope
+from integration.store.session import session_scope
 from integration.store.tables import AnalysisJob, Study, StudyState, utcnow
+from tests.support.instances import ingest
 
 CALLING_AE = "CT1"
 
@@ -32,38 +30,6 @@ def settings(migrated_postgres_url: str, redis_url: str, tmp_path: Path) -> Sett
         stable_seconds=1,
         calling_aes={CALLING_AE: {}},
     )
-
-
-def ingest(settings: Settings, path: Path, received_at: datetime, calling_ae: str = CALLING_AE) -> pydicom.Dataset:
-    """Store a file in the instance store and record it, as the listener does; return its header."""
-    ds = pydicom.dcmread(path, stop_before_pixels=True)
-    header = InstanceHeader(
-        sop_class_uid=str(ds.SOPClassUID),
-        sop_instance_uid=str(ds.SOPInstanceUID),
-        study_uid=str(ds.StudyInstanceUID),
-        series_uid=str(ds.SeriesInstanceUID),
-        transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
-        modality=str(ds.Modality),
-        series_number=int(ds.SeriesNumber) if ds.get("SeriesNumber") not in (None, "") else None,
-        instance_number=int(ds.InstanceNumber) if ds.get("InstanceNumber") not in (None, "") else None,
-    )
-    store = InstanceStore(settings.instance_root, fsync=False)
-    try:
-        relative = store.relative_path(header.study_uid, header.series_uid, header.sop_instance_uid)
-        stored = store.write(relative, [path.read_bytes()])
-    finally:
-        store.close()
-    with engine_for(settings.database_url).connect() as connection:
-        record_instance(
-            connection,
-            header,
-            storage_path=stored.relative_path,
-            size_bytes=stored.size_bytes,
-            calling_ae=calling_ae,
-            received_at=received_at,
-            stable_seconds=settings.stable_seconds,
-        )
-    return ds
 
 
 def study(settings: Settings, uid: str) -> Study:

@@ -32,7 +32,7 @@ from integration.samples import pydicom_test_file
 from integration.store.reports import DraftRecord, record_draft
 from integration.store.session import session_scope
 from integration.store.tables import AnalysisJob, JobState, ReportRevision, ReviewChange, Study, utcnow
-from tests.dicom.test_study_attributes import ingest
+from tests.support.instances import ingest
 from tests.web.conftest import ApiProcess, sign_in_form_token
 from tests.web.test_pages import (
     api_for,

@@ -37,7 +37,7 @@ from integration.store.tables import (
     Study,
     utcnow,
 )
-from tests.dicom.test_study_attributes import ingest
+from tests.support.instances import ingest
 from tests.web.conftest import ApiProcess
 from tests.web.test_auth import PASSWORD
 from tests.web.test_pages import api_for, draft, evidence_of, ingest_settings, sites_and_users

@@ -35,7 +35,7 @@ from integration.store.reports import DraftRecord, record_draft
 from integration.store.reviews import working_copy
 from integration.store.session import session_scope
 from integration.store.tables import Report, ReportStatus, Site, Study, utcnow
-from tests.dicom.test_study_attributes import ingest
+from tests.support.instances import ingest
 from tests.support.services import Postgres, RedisServer
 from tests.web.conftest import ApiProcess
 from tests.web.test_auth import PASSWORD
