@@ -17,8 +17,8 @@ from pynetdicom import AE, build_context, pdu
 from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
 
 from integration.intake.header import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
-from tests.dicom.test_listener import CT_IMAGE_STORAGE, command_set, raw_associate, read_raw_pdu
 from tests.support.peers import ListenerProcess, wait_until
+from tests.support.raw_dicom import CT_IMAGE_STORAGE, command_set, raw_associate, read_raw_pdu
 
 ASSOCIATE_RJ, P_DATA_TF, ABORT = 0x03, 0x04, 0x07
 VERIFICATION = "1.2.840.10008.1.1"

@@ -17,8 +17,8 @@ from pydicom.uid import generate_uid
 from integration.samples import write_ct_series
 from integration.store.session import session_scope
 from integration.store.users import create_site
-from tests.dicom.test_listener import send_raw, study_states
 from tests.support.peers import ListenerProcess, storescu, wait_until
+from tests.support.raw_dicom import send_raw, study_states
 from tests.support.records import db_rows
 
 

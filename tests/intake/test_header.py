@@ -108,12 +108,8 @@ def syntax(implicit: bool, little_endian: bool = True) -> str:
 @pytest.fixture
 def no_write_validation() -> Iterator[None]:
     """Let pydicom write values it considers invalid (we want to send hostile data)."""
-    previous = pydicom_config.settings.writing_validation_mode
-    pydicom_config.settings.writing_validation_mode = pydicom_config.IGNORE
-    try:
+    with pydicom_config.disable_value_validation():
         yield
-    finally:
-        pydicom_config.settings.writing_validation_mode = previous
 
 
 def minimal_dataset(**overrides: str) -> Dataset:

@@ -33,8 +33,7 @@ from integration.store.reports import DraftRecord, record_draft
 from integration.store.session import session_scope
 from integration.store.tables import AnalysisJob, JobState, ReportRevision, ReviewChange, Study, utcnow
 from tests.support.instances import ingest
-from tests.web.conftest import ApiProcess, sign_in_form_token
-from tests.web.test_pages import (
+from tests.support.review_app import (
     api_for,
     assert_page_headers,
     copy_with_new_uids,
@@ -46,6 +45,7 @@ from tests.web.test_pages import (
     sign_in,
     sites_and_users,
 )
+from tests.web.conftest import ApiProcess, sign_in_form_token
 from tests.web.test_photo_upload import FORM, image_bytes, photo_pixels
 
 #: Classic SQL injection strings, a NUL byte and a very long value.

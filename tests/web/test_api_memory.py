@@ -19,9 +19,10 @@ import httpx
 import pytest
 from PIL import Image
 
+from tests.support.stow import PASSWORD, stow
 from tests.web.conftest import ApiProcess
 from tests.web.test_photo_upload import FORM, read_response, sign_in, upload
-from tests.web.test_stow import PASSWORD, stow, users  # noqa: F401 (the fixture)
+from tests.web.test_stow import users  # noqa: F401 (the fixture)
 
 MIB = 1024**2
 

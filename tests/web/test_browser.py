@@ -38,9 +38,9 @@ from integration.store.tables import (
     utcnow,
 )
 from tests.support.instances import ingest
+from tests.support.review_app import api_for, draft, evidence_of, ingest_settings, sites_and_users
 from tests.web.conftest import ApiProcess
 from tests.web.test_auth import PASSWORD
-from tests.web.test_pages import api_for, draft, evidence_of, ingest_settings, sites_and_users
 
 CHROMIUM = "/usr/bin/chromium"
 REPO = Path(__file__).resolve().parents[2]

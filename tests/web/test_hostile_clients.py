@@ -18,10 +18,11 @@ from integration.store.tables import AuditEvent
 from integration.web.security.csrf import csrf_token_for_session
 from tests.support.peers import ListenerProcess, wait_until
 from tests.support.proxy import CuttableProxy
+from tests.support.stow import PASSWORD, dicom, multipart, referenced, stow
 from tests.web.conftest import ApiProcess, sign_in_form_token
 from tests.web.test_auth import add_study
 from tests.web.test_photo_upload import FORM, upload
-from tests.web.test_stow import CT, MR, PASSWORD, dicom, multipart, referenced, stow, users  # noqa: F401
+from tests.web.test_stow import CT, MR, users  # noqa: F401 (the fixture)
 
 COOKIE = "pacsvlm_session"
 SOUTH_STUDY = "1.2.826.0.1.3680043.8.498.99"

@@ -19,18 +19,28 @@ import httpx
 import pydicom
 import pytest
 from PIL import Image
-from pydicom.uid import generate_uid
 from sqlalchemy import func, select, update
 
 from integration.config import Settings
 from integration.intake.assembly import StudyAssembler
 from integration.samples import pydicom_test_file
-from integration.store.reports import DraftRecord, record_draft
 from integration.store.session import session_scope
-from integration.store.tables import AnalysisJob, AuditEvent, ReviewChange, Study, UserSession, utcnow
+from integration.store.tables import AuditEvent, ReviewChange, Study, UserSession, utcnow
 from tests.support.instances import ingest
+from tests.support.review_app import (
+    api_for,
+    assert_page_headers,
+    copy_with_new_uids,
+    csrf_of,
+    draft,
+    evidence_of,
+    ingest_settings,
+    listed,
+    sign_in,
+    sites_and_users,
+)
 from tests.web.conftest import ApiProcess, sign_in_form_token
-from tests.web.test_auth import PASSWORD, add_user, cli
+from tests.web.test_auth import PASSWORD
 
 COOKIE = "pacsvlm_session"
 HOSTILE = '<script>window.__pwned = true</script><img src=x onerror="window.__pwned = true">'
@@ -48,96 +58,6 @@ class World:
     south: pydicom.Dataset  # SOUTH, drafted
     ct_report: int
     south_report: int
-
-
-def copy_with_new_uids(source: Path, target: Path, **changes: Any) -> Path:
-    """Write a copy of a sample file as a new study (fresh study, series and SOP instance UIDs)."""
-    ds = pydicom.dcmread(source)
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    for keyword, value in changes.items():
-        setattr(ds, keyword, value)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(target)
-    return target
-
-
-def job_of(settings: Settings, study_uid: str) -> int:
-    with session_scope(settings.database_url) as session:
-        return int(
-            session.scalars(
-                select(AnalysisJob.id)
-                .join(Study, AnalysisJob.study_id == Study.id)
-                .where(Study.study_uid == study_uid)
-                .order_by(AnalysisJob.id.desc())
-            ).first()
-            or 0
-        )
-
-
-def draft(settings: Settings, study_uid: str, findings: list[dict[str, Any]], evidence: list[dict[str, Any]]) -> int:
-    """Record a draft for the study's job, as the worker does."""
-    document = {
-        "findings": findings,
-        "impression": "<b>Impression</b> & more",
-        "limitations": "Single series.",
-        "structured": True,
-        "problems": [],
-    }
-    record = DraftRecord(
-        model_id="tiny/llava-test",
-        model_revision="rev1",
-        model_family="llava",
-        prompt_version="test/v1",
-        structured=True,
-        findings=document,
-        text="draft text",
-        raw_output="{}",
-        evidence=evidence,
-        timings={"total": 1.0},
-        tokens_in=10,
-        tokens_out=20,
-    )
-    with session_scope(settings.database_url) as session:
-        return record_draft(session, job_of(settings, study_uid), record, utcnow())
-
-
-def evidence_of(ds: pydicom.Dataset, image: int, frame: int = 1, window: str | None = None) -> dict[str, Any]:
-    return {
-        "image": image,
-        "sop_class_uid": str(ds.SOPClassUID),
-        "sop_instance_uid": str(ds.SOPInstanceUID),
-        "series_uid": str(ds.SeriesInstanceUID),
-        "frame": frame,
-        "window": window,
-    }
-
-
-def sites_and_users(url: str) -> None:
-    for code, name in (("NORTH", "North Hospital"), ("SOUTH", "South Hospital")):
-        assert cli(url, "sites", "add", code, name).returncode == 0
-    add_user(url, "north_rad", "radiologist", "NORTH")
-    add_user(url, "boss", "admin", None)
-    add_user(url, "upload", "uploader", "NORTH")
-
-
-def ingest_settings(url: str, redis_url: str, tmp_path: Path) -> Settings:
-    return Settings(
-        database_url=url,
-        broker_url=redis_url,
-        data_dir=tmp_path / "ingest",
-        stable_seconds=1,
-        fsync=False,
-        calling_aes={"CT1": {"site": "NORTH"}, "MR1": {"site": "NORTH"}, "SOUTH1": {"site": "SOUTH"}},
-    )
-
-
-def api_for(start_api: Callable[..., ApiProcess], settings: Settings) -> ApiProcess:
-    return start_api(
-        PACSVLM_DATABASE_URL=settings.database_url,
-        PACSVLM_BROKER_URL=settings.broker_url,
-        PACSVLM_STORAGE_DIR=str(settings.instance_root),
-    )
 
 
 @pytest.fixture
@@ -163,33 +83,6 @@ def world(start_api: Callable[..., ApiProcess], migrated_postgres_url: str, redi
     )
     south_report = draft(settings, str(south.StudyInstanceUID), [{"text": "South.", "images": [1]}], [])
     return World(settings, api_for(start_api, settings), ct, mr, south, ct_report, south_report)
-
-
-def sign_in(api: ApiProcess, username: str) -> httpx.Client:
-    client = httpx.Client(base_url=api.url, timeout=30)
-    token = sign_in_form_token(client)
-    answer = client.post("/login", data={"username": username, "password": PASSWORD, "csrf_token": token})
-    assert answer.status_code == 303, answer.text
-    assert COOKIE in client.cookies
-    return client
-
-
-def csrf_of(html: str) -> str:
-    found = re.search(r'<meta name="csrf-token" content="([0-9a-f]{64})">', html)
-    assert found, "no CSRF token in the page"
-    return found.group(1)
-
-
-def listed(html: str) -> list[str]:
-    return re.findall(r'class="open-study" data-nav-item href="/studies/([0-9.]+)"', html)
-
-
-def assert_page_headers(response: httpx.Response) -> None:
-    assert response.headers["content-type"].startswith("text/html")
-    assert response.headers["cache-control"] == "no-store"
-    assert response.headers["x-content-type-options"] == "nosniff"
-    policy = response.headers["content-security-policy"]
-    assert "default-src 'self'" in policy and "frame-ancestors 'none'" in policy and "unsafe-inline" not in policy
 
 
 def test_sign_in_form_redirects_and_sign_out(world: World) -> None:

@@ -36,11 +36,11 @@ from integration.store.reviews import working_copy
 from integration.store.session import session_scope
 from integration.store.tables import Report, ReportStatus, Site, Study, utcnow
 from tests.support.instances import ingest
+from tests.support.review_app import copy_with_new_uids, evidence_of, ingest_settings, job_of, sites_and_users
 from tests.support.services import Postgres, RedisServer
 from tests.web.conftest import ApiProcess
 from tests.web.test_auth import PASSWORD
 from tests.web.test_browser import CHROMIUM
-from tests.web.test_pages import copy_with_new_uids, evidence_of, ingest_settings, job_of, sites_and_users
 
 #: A Redis database of its own (the module's api and assembler share it; other tests flush theirs).
 REDIS_DB = 13
