@@ -29,7 +29,7 @@ from sqlalchemy import func, select, text, update
 from integration.config import Settings
 from integration.intake.assembly import StudyAssembler
 from integration.samples import pydicom_test_file
-from integration.store.reports import DraftRecord, record_draft
+from integration.store.reports import record_draft
 from integration.store.session import session_scope
 from integration.store.tables import AnalysisJob, JobState, ReportRevision, ReviewChange, Study, utcnow
 from tests.support.instances import ingest
@@ -38,6 +38,7 @@ from tests.support.review_app import (
     assert_page_headers,
     copy_with_new_uids,
     csrf_of,
+    draft_record,
     evidence_of,
     ingest_settings,
     job_of,
@@ -93,23 +94,6 @@ class Scene:
     primary: int
     second: int
     south_report: int
-
-
-def draft_record(model_id: str, document: dict[str, Any], evidence: list[dict[str, Any]]) -> DraftRecord:
-    return DraftRecord(
-        model_id=model_id,
-        model_revision="rev1",
-        model_family="llava",
-        prompt_version="ct-chest/v1",
-        structured=True,
-        findings=document,
-        text="draft text",
-        raw_output="{}",
-        evidence=evidence,
-        timings={"total": 1.0},
-        tokens_in=10,
-        tokens_out=20,
-    )
 
 
 def document(*findings: str, impression: str, limitations: str) -> dict[str, Any]:

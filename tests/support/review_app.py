@@ -54,8 +54,15 @@ def draft(settings: Settings, study_uid: str, findings: list[dict[str, Any]], ev
         "structured": True,
         "problems": [],
     }
-    record = DraftRecord(
-        model_id="tiny/llava-test",
+    record = draft_record("tiny/llava-test", document, evidence)
+    with session_scope(settings.database_url) as session:
+        return record_draft(session, job_of(settings, study_uid), record, utcnow())
+
+
+def draft_record(model_id: str, document: dict[str, Any], evidence: list[dict[str, Any]]) -> DraftRecord:
+    """A model's draft as the worker records it, with the given findings document and evidence."""
+    return DraftRecord(
+        model_id=model_id,
         model_revision="rev1",
         model_family="llava",
         prompt_version="test/v1",
@@ -68,8 +75,6 @@ def draft(settings: Settings, study_uid: str, findings: list[dict[str, Any]], ev
         tokens_in=10,
         tokens_out=20,
     )
-    with session_scope(settings.database_url) as session:
-        return record_draft(session, job_of(settings, study_uid), record, utcnow())
 
 
 def evidence_of(ds: pydicom.Dataset, image: int, frame: int = 1, window: str | None = None) -> dict[str, Any]:
