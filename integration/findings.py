@@ -1,10 +1,10 @@
 """The findings document: one type for what a draft or a signed version says, and the rules it keeps.
 
 A report's ``findings`` column holds ``{"findings": [{"text", "images"}], "impression", "limitations",
-"structured", "problems"}``, written by the worker from model output (untrusted) and by signing from a
-radiologist's edits.  Every reader in ``integration`` goes through this module, so there is one rule for
-what a finding is, how many a report may have, how long its texts may be, which images it may cite and how
-untrusted text is made safe:
+"structured", "problems", "comparison", "priors": [{"study_uid", ...}], "prior_note"}``, written by the
+worker from model output (untrusted) and by signing from a radiologist's edits.  Every reader in
+``integration`` goes through this module, so there is one rule for what a finding is, how many a report
+may have, how long its texts may be, which images it may cite and how untrusted text is made safe:
 
 * :meth:`Document.read` reads stored JSON leniently (old drafts, odd model output, corrupt rows): what does
   not fit is left out or cut, never raised, so a reviewer always sees what can be shown.
@@ -15,6 +15,11 @@ untrusted text is made safe:
 
 The value objects validate themselves: a :class:`Finding`, :class:`Evidence` or :class:`Document` that
 exists keeps the limits and holds only text that :func:`clean_text` leaves as it is.
+
+The comparison with prior studies travels in the same document: ``comparison`` is the model's (or the
+radiologist's) comparison statement, ``priors`` names the prior studies the model was given (a
+:class:`PriorReference` each) and ``prior_note`` says why there is none ("No prior study available.").
+:meth:`Document.as_text` renders it all as plain text with a ``COMPARISON:`` line.
 
 It sits at the top of ``integration``, not in ``reports``, because the store's review working copy reads
 it too and the store may not import ``reports``.
@@ -34,8 +39,18 @@ from integration.uids import is_valid_uid
 MAX_FINDINGS = 500
 #: Longest finding text, in characters: the model contract's cap and the review API's limit.
 MAX_FINDING_CHARS = 2000
-#: Longest impression, limitations or problem text: the model contract's cap and the review API's limit.
+#: Longest impression, limitations, comparison or problem text: the model contract's cap and the review API's limit.
 MAX_SECTION_CHARS = 4000
+#: Most prior studies a document names (the routing rules allow at most 5 per study).
+MAX_PRIORS = 16
+#: Longest note on why no prior was given.
+MAX_PRIOR_NOTE_CHARS = 500
+#: Longest texts of a prior reference, in characters: the DICOM value lengths of Modalities in Study (CS, as one
+#: line), Study Description (LO), Accession Number (SH) and a short source name.
+PRIOR_TEXT_LIMITS = {"modality": 64, "description": 64, "accession": 16, "report_source": 16}
+#: The plain-text line that carries the comparison, first in the report text.
+COMPARISON_HEADING = "COMPARISON:"
+_DATE = re.compile(r"\d{8}")
 
 # C0 controls but TAB, LF and CR; DEL and C1 controls; lone surrogates; the non-characters U+FFFE/U+FFFF.
 _UNSAFE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
@@ -103,11 +118,16 @@ class Evidence:
         The instance (valid DICOM UIDs).
     frame : int
         1-based frame number.
+    study_uid : str or None
+        The instance's study, where recorded (a prior study's images name their study).
+    prior : bool
+        Whether the image is of a prior study (shown to the model for comparison).
 
     Raises
     ------
     InvalidFindings
-        From the constructor: an invalid UID, or a number that is not a positive int.
+        From the constructor: an invalid UID, a number that is not a positive int, or a prior image
+        without its study.
     """
 
     image: int
@@ -115,11 +135,17 @@ class Evidence:
     sop_instance_uid: str
     series_uid: str
     frame: int = 1
+    study_uid: str | None = None
+    prior: bool = False
 
     def __post_init__(self) -> None:
         uids = (self.sop_class_uid, self.sop_instance_uid, self.series_uid)
         if not (all(is_valid_uid(uid) for uid in uids) and _is_number(self.image) and _is_number(self.frame)):
             raise InvalidFindings("evidence needs valid SOP Class, SOP Instance and Series UIDs, image and frame")
+        if not (self.study_uid is None or is_valid_uid(self.study_uid)) or not isinstance(self.prior, bool):
+            raise InvalidFindings("evidence's study_uid is a valid DICOM UID (or None) and prior a bool")
+        if self.prior and self.study_uid is None:
+            raise InvalidFindings("evidence of a prior study's image needs the prior's study_uid")
 
     @classmethod
     def read(cls, entry: object) -> Evidence | None:
@@ -128,7 +154,8 @@ class Evidence:
             return None
         try:
             uids = entry["sop_class_uid"], entry["sop_instance_uid"], entry["series_uid"]
-            return cls(entry["image"], *uids, frame=entry.get("frame") or 1)
+            study_uid, prior = entry.get("study_uid"), entry.get("prior") is True
+            return cls(entry["image"], *uids, frame=entry.get("frame") or 1, study_uid=study_uid, prior=prior)
         except (KeyError, InvalidFindings):
             return None
 
@@ -201,6 +228,96 @@ class Finding:
 
 
 @dataclass(frozen=True)
+class PriorReference:
+    """A prior study the model was given for comparison, as named in the findings document.
+
+    Attributes
+    ----------
+    study_uid : str
+        The prior's Study Instance UID (a valid DICOM UID).
+    study_date : str or None
+        Its study date, ``YYYYMMDD``.
+    modality, description, accession : str or None
+        Its modalities (``CT``, or ``CT SR`` for several), study description and accession number: one line of clean
+        text each, within :data:`PRIOR_TEXT_LIMITS`.
+    report_source : str or None
+        Where the prior's report text came from (``signed``, ``sr``, ``pdf``, ``fhir``); None without one.
+
+    Raises
+    ------
+    InvalidFindings
+        From the constructor: an invalid UID or date, or a text that is not clean one-line text within its limit.
+    """
+
+    study_uid: str
+    study_date: str | None = None
+    modality: str | None = None
+    description: str | None = None
+    accession: str | None = None
+    report_source: str | None = None
+
+    def __post_init__(self) -> None:
+        if not is_valid_uid(self.study_uid):
+            raise InvalidFindings("a prior reference needs a valid Study Instance UID")
+        if self.study_date is not None and not (isinstance(self.study_date, str) and _DATE.fullmatch(self.study_date)):
+            raise InvalidFindings("a prior's study date is YYYYMMDD (or None)")
+        for name, limit in PRIOR_TEXT_LIMITS.items():
+            value = getattr(self, name)
+            if value is not None and not (
+                _is_clean(value, limit, required=True) and clean_text(value, one_line=True) == value
+            ):
+                raise InvalidFindings(f"a prior's {name} is one line of clean text, 1 to {limit} characters (or None)")
+
+    @classmethod
+    def read(cls, entry: object) -> PriorReference | None:
+        """Read a stored prior reference leniently (never raises).
+
+        Texts are cleaned to one line and cut, a date that is not ``YYYYMMDD`` is left out; None without a valid UID.
+        """
+        if not isinstance(entry, Mapping) or not is_valid_uid(entry.get("study_uid")):
+            return None
+        date = entry.get("study_date")
+        texts = {name: _line(entry.get(name), limit) for name, limit in PRIOR_TEXT_LIMITS.items()}
+        valid_date = date if isinstance(date, str) and _DATE.fullmatch(date) else None
+        return cls(entry["study_uid"], valid_date, **texts)
+
+    @classmethod
+    def of(cls, study_uid: str, study_date: str | None = None, **texts: object) -> PriorReference:
+        """Build a reference from archive or store values (untrusted text: cleaned to one line and cut).
+
+        Parameters
+        ----------
+        study_uid : str
+            The prior's Study Instance UID.
+        study_date : str or None
+            ``YYYYMMDD``; anything else is left out.
+        **texts : object
+            ``modality``, ``description``, ``accession``, ``report_source`` (None or empty: none).
+
+        Raises
+        ------
+        InvalidFindings
+            The UID is not valid, or a keyword is not one of the texts.
+        """
+        if unknown := set(texts) - set(PRIOR_TEXT_LIMITS):
+            raise InvalidFindings(f"a prior reference has no {', '.join(sorted(unknown))}")
+        reference = cls.read({"study_uid": study_uid, "study_date": study_date, **texts})
+        if reference is None:
+            raise InvalidFindings("a prior reference needs a valid Study Instance UID")
+        return reference
+
+    def as_json(self) -> dict[str, Any]:
+        """Return the reference as stored."""
+        return {"study_uid": self.study_uid, "study_date": self.study_date} | {
+            name: getattr(self, name) for name in PRIOR_TEXT_LIMITS
+        }
+
+
+def _line(value: object, limit: int) -> str | None:
+    return (clean_text(value, limit, one_line=True) or None) if isinstance(value, str) else None
+
+
+@dataclass(frozen=True)
 class Document:
     """What a draft or a signed version says: the findings document stored with each report version.
 
@@ -214,6 +331,14 @@ class Document:
         False when the model's output could not be structured (it is then one free-text finding).
     problems : tuple of str
         What the draft parser repaired or dropped, and what the model was not given (for the reviewer).
+    comparison : str
+        The comparison with the prior studies (the model's statement, untrusted; then the radiologist's):
+        clean text, at most :data:`MAX_SECTION_CHARS` ('' when none).
+    priors : tuple of PriorReference
+        The prior studies the model was given, most recent first; at most :data:`MAX_PRIORS`.
+    prior_note : str
+        Why no prior was given ("No prior study available.", "A prior study exists but could not be
+        retrieved: ..."), or ''; clean text, at most :data:`MAX_PRIOR_NOTE_CHARS`.
 
     Raises
     ------
@@ -226,8 +351,19 @@ class Document:
     limitations: str = ""
     structured: bool = True
     problems: tuple[str, ...] = ()
+    comparison: str = ""
+    priors: tuple[PriorReference, ...] = ()
+    prior_note: str = ""
 
     def __post_init__(self) -> None:
+        if not (isinstance(self.priors, tuple) and all(isinstance(p, PriorReference) for p in self.priors)):
+            raise InvalidFindings("a document's priors are a tuple of PriorReference")
+        if len(self.priors) > MAX_PRIORS:
+            raise InvalidFindings(f"a document names at most {MAX_PRIORS} prior studies")
+        if not _is_clean(self.comparison, MAX_SECTION_CHARS, required=False):
+            raise InvalidFindings(f"the comparison is clean text of at most {MAX_SECTION_CHARS} characters")
+        if not _is_clean(self.prior_note, MAX_PRIOR_NOTE_CHARS, required=False):
+            raise InvalidFindings(f"the prior note is clean text of at most {MAX_PRIOR_NOTE_CHARS} characters")
         if not (isinstance(self.findings, tuple) and all(isinstance(f, Finding) for f in self.findings)):
             raise InvalidFindings("a document's findings are a tuple of Finding")
         if len(self.findings) > MAX_FINDINGS:
@@ -253,7 +389,8 @@ class Document:
         -------
         Document
             Findings without text left out, those beyond :data:`MAX_FINDINGS` dropped, texts cleaned and
-            cut; an impression, limitations or problem that is not a string reads as none.
+            cut; an impression, limitations, comparison, prior note or problem that is not a string reads as
+            none; priors without a valid UID left out (old drafts have no comparison, priors or prior note).
         """
         if isinstance(stored, Document) and not images_seen:
             return stored
@@ -265,12 +402,18 @@ class Document:
         read = (Finding.read(entry, images_seen) for entry in (entries if isinstance(entries, list) else ()))
         findings = tuple(finding for finding in read if finding is not None)[:MAX_FINDINGS]
         problems = stored.get("problems")
+        priors = stored.get("priors")
+        references = (PriorReference.read(entry) for entry in (priors if isinstance(priors, list) else ()))
+        note = stored.get("prior_note")
         return cls(
             findings=findings,
             impression=_section(stored.get("impression")),
             limitations=_section(stored.get("limitations")),
             structured=stored.get("structured") is not False,
             problems=tuple(text for p in (problems if isinstance(problems, list) else ()) if (text := _section(p))),
+            comparison=_section(stored.get("comparison")),
+            priors=tuple(reference for reference in references if reference is not None)[:MAX_PRIORS],
+            prior_note=clean_text(note, MAX_PRIOR_NOTE_CHARS) if isinstance(note, str) else "",
         )
 
     def as_json(self) -> dict[str, Any]:
@@ -281,7 +424,72 @@ class Document:
             "limitations": self.limitations,
             "structured": self.structured,
             "problems": list(self.problems),
+            "comparison": self.comparison,
+            "priors": [prior.as_json() for prior in self.priors],
+            "prior_note": self.prior_note,
         }
+
+    def as_text(self, *, notice: str | None = None) -> str:
+        """Return the document as plain report text: the comparison line, findings, impression, limitations.
+
+        Parameters
+        ----------
+        notice : str, optional
+            A line put first (a draft's AI notice), followed by an empty line.
+
+        Returns
+        -------
+        str
+            ``COMPARISON: <text>`` (see :func:`comparison_line`; left out when there is nothing to say),
+            ``FINDINGS:`` with one ``- text [images 1, 2]`` line per finding, then ``IMPRESSION:`` and
+            ``LIMITATIONS:`` when not empty.
+        """
+        return "\n".join(text_lines(self.findings, self.impression, self.limitations, self.comparison_text, notice))
+
+    @property
+    def comparison_text(self) -> str:
+        """What the comparison line says: the comparison, else the prior note ('' when neither)."""
+        return self.comparison or self.prior_note
+
+
+def comparison_line(comparison: str) -> str:
+    """Return the report text's comparison line, ``COMPARISON: <text>``."""
+    return f"{COMPARISON_HEADING} {comparison}"
+
+
+def text_lines(
+    findings: Iterable[Finding], impression: str, limitations: str, comparison: str = "", notice: str | None = None
+) -> list[str]:
+    """Return a report's plain-text lines, the one layout of every text rendering (drafts, signed versions, SR).
+
+    Parameters
+    ----------
+    findings : iterable of Finding
+        Anything with ``text`` and ``images``, in report order.
+    impression, limitations : str
+        The sections ('' when none: left out).
+    comparison : str
+        The comparison (or the note that there is no prior); '' leaves the line out.
+    notice : str, optional
+        A first line (a draft's AI notice), followed by an empty line.
+
+    Returns
+    -------
+    list of str
+        ``[notice, ""]``, ``COMPARISON: ...`` and ``""``, ``FINDINGS:``, ``- text [images 1, 2]``, then
+        ``""``, ``IMPRESSION:``, text and ``""``, ``LIMITATIONS:``, text.
+    """
+    lines = [notice, ""] if notice else []
+    if comparison:
+        lines += [comparison_line(comparison), ""]
+    lines.append("FINDINGS:")
+    for finding in findings:
+        refs = f" [images {', '.join(map(str, finding.images))}]" if finding.images else ""
+        lines.append(f"- {finding.text}{refs}")
+    for heading, section in (("IMPRESSION:", impression), ("LIMITATIONS:", limitations)):
+        if section:
+            lines += ["", heading, section]
+    return lines
 
 
 def _section(value: object) -> str:

@@ -1,4 +1,5 @@
-"""The findings document type: lenient reading of stored JSON, strict reading of edits, evidence, the cleaner."""
+"""The findings document type: lenient reading of stored JSON, strict reading of edits, evidence, the cleaner,
+the comparison with priors and the plain-text rendering."""
 
 from __future__ import annotations
 
@@ -7,11 +8,14 @@ import pytest
 from integration.findings import (
     MAX_FINDING_CHARS,
     MAX_FINDINGS,
+    MAX_PRIOR_NOTE_CHARS,
+    MAX_PRIORS,
     MAX_SECTION_CHARS,
     Document,
     Evidence,
     Finding,
     InvalidFindings,
+    PriorReference,
     clean_text,
     edited_findings,
     edited_text,
@@ -65,6 +69,9 @@ def test_a_document_validates_itself() -> None:
         "limitations": "lim",
         "structured": False,
         "problems": ["repaired"],
+        "comparison": "",
+        "priors": [],
+        "prior_note": "",
     }
     assert Document.read(document.as_json()) == document and Document.read(document) is document
 
@@ -172,3 +179,100 @@ def test_evidence_has_one_validity_rule() -> None:
     assert [(e.image, e.frame) for e in evidence_of(stored)] == [(1, 1), (2, 4), (2, 5)]
     assert images_of(evidence_of(stored)) == frozenset({1, 2})
     assert evidence_of({"image": 1}) == () and evidence_of(None) == ()
+
+
+PRIOR = PriorReference(f"{UID}.9", "20240301", "CT", "CT CHEST W/O", "A123", "sr")
+
+
+def test_a_prior_reference_validates_itself() -> None:
+    assert PRIOR.as_json() == {
+        "study_uid": f"{UID}.9",
+        "study_date": "20240301",
+        "modality": "CT",
+        "description": "CT CHEST W/O",
+        "accession": "A123",
+        "report_source": "sr",
+    }
+    assert PriorReference.read(PRIOR.as_json()) == PRIOR and PriorReference(f"{UID}.9").modality is None
+    for kwargs in (
+        {"study_uid": "1.2.x"},
+        {"study_uid": f"{UID}.9", "study_date": "2024-03-01"},
+        {"study_uid": f"{UID}.9", "description": "two\nlines"},
+        {"study_uid": f"{UID}.9", "description": ""},
+        {"study_uid": f"{UID}.9", "accession": "A" * 17},
+        {"study_uid": f"{UID}.9", "modality": "CT\x07"},
+    ):
+        with pytest.raises(InvalidFindings, match="prior"):
+            PriorReference(**kwargs)
+    built = PriorReference.of(f"{UID}.9", "1.3.2024", description=" CT\u202e chest\n " + "x" * 80, accession="")
+    assert built.study_date is None and built.accession is None
+    assert (
+        built.description is not None and built.description.startswith("CT chest xx") and len(built.description) == 64
+    )
+    with pytest.raises(InvalidFindings, match="valid Study Instance UID"):
+        PriorReference.of("../1")
+    with pytest.raises(InvalidFindings, match="no patient_name"):
+        PriorReference.of(f"{UID}.9", patient_name="DOE^JANE")
+
+
+def test_the_comparison_and_priors_round_trip_and_old_drafts_read_without_them() -> None:
+    document = Document(
+        (Finding("Nodule grown", (3,)),), "imp", comparison="Nodule larger than on the prior.", priors=(PRIOR,)
+    )
+    stored = document.as_json()
+    assert stored["comparison"] == "Nodule larger than on the prior." and stored["priors"] == [PRIOR.as_json()]
+    assert Document.read(stored) == document
+    old = {"findings": [{"text": "a", "images": [1]}], "impression": "", "limitations": "", "structured": True}
+    assert Document.read(old) == Document((Finding("a", (1,)),))
+    assert (Document.read(old).comparison, Document.read(old).priors, Document.read(old).prior_note) == ("", (), "")
+    odd = {
+        "comparison": " Unchanged\x00 " + "c" * MAX_SECTION_CHARS,
+        "priors": [PRIOR.as_json(), {"study_uid": "bad"}, "junk", {"study_uid": f"{UID}.8", "study_date": 5}],
+        "prior_note": ["not", "text"],
+    }
+    read = Document.read(odd)
+    assert read.comparison.startswith("Unchanged c") and len(read.comparison) == MAX_SECTION_CHARS
+    assert read.priors == (PRIOR, PriorReference(f"{UID}.8")) and read.prior_note == ""
+    assert len(Document.read({"priors": [PRIOR.as_json()] * (MAX_PRIORS + 3)}).priors) == MAX_PRIORS
+    assert Document.read({"prior_note": "n" * 900}).prior_note.endswith("\u2026")
+    for kwargs in (
+        {"comparison": "bell\x07"},
+        {"comparison": "c" * (MAX_SECTION_CHARS + 1)},
+        {"prior_note": "n" * (MAX_PRIOR_NOTE_CHARS + 1)},
+        {"priors": [PRIOR]},
+        {"priors": (PRIOR.as_json(),)},
+        {"priors": (PRIOR,) * (MAX_PRIORS + 1)},
+    ):
+        with pytest.raises(InvalidFindings):
+            Document(**kwargs)
+    assert edited_text(" Stable\x07 ", MAX_SECTION_CHARS, "comparison", required=False) == "Stable"
+
+
+def test_the_text_has_a_comparison_line_from_the_comparison_or_the_prior_note() -> None:
+    document = Document((Finding("Nodule", (1, 2)),), "Growing nodule.", comparison="Nodule new since 2024.")
+    assert document.as_text(notice="AI draft.").splitlines() == [
+        "AI draft.",
+        "",
+        "COMPARISON: Nodule new since 2024.",
+        "",
+        "FINDINGS:",
+        "- Nodule [images 1, 2]",
+        "",
+        "IMPRESSION:",
+        "Growing nodule.",
+    ]
+    none = Document((Finding("Clear"),), prior_note="No prior study available.")
+    assert none.as_text().splitlines()[0] == "COMPARISON: No prior study available."
+    assert Document((Finding("Clear"),)).as_text() == "FINDINGS:\n- Clear"  # old drafts: as before
+    assert Document(comparison="Stable.", prior_note="ignored").comparison_text == "Stable."
+
+
+def test_evidence_of_a_prior_image_names_its_study() -> None:
+    prior = Evidence.read(entry(1, study_uid=f"{UID}.9", prior=True))
+    assert prior is not None and prior.prior and prior.study_uid == f"{UID}.9"
+    current = Evidence.read(entry(2, study_uid=f"{UID}.7"))
+    assert current is not None and not current.prior and current.study_uid == f"{UID}.7"
+    assert Evidence.read(entry(1, prior="yes")) == Evidence.read(entry(1))  # only true is true
+    assert Evidence.read(entry(1, prior=True)) is None and Evidence.read(entry(1, study_uid="x/y")) is None
+    with pytest.raises(InvalidFindings, match="prior's study_uid"):
+        Evidence(1, f"{UID}.1", f"{UID}.2", f"{UID}.3", prior=True)
