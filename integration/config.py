@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from integration.destinations import Destination, unique_names
 from integration.imaging.routing import RoutingRule
+from integration.prior_sources import PriorSource, unique_source_names
 
 _AE_TITLE = re.compile(r"^[\x20-\x7e]{1,16}$")
 #: Names of configured models (``PACSVLM_MODELS`` keys), as stored in ``analysis_jobs.model_name``.
@@ -183,6 +184,16 @@ class Settings(BaseSettings):
     delivery_backoff_seconds: Annotated[float, Field(gt=0)] = 30.0
     delivery_backoff_max_seconds: Annotated[float, Field(gt=0)] = 3600.0
     analysis_time_limit: Annotated[float, Field(gt=0)] = 1860.0
+    #: Archives prior studies are searched in and fetched from (JSON list; see integration/prior_sources.py).
+    #: Our own store is always searched first; empty: local priors only.
+    prior_sources: list[PriorSource] = Field(default_factory=list)
+    #: A stable study waits at most this long for its prior search before its analysis job is created
+    #: (0: never waits; a prior that is not ready by then is "not available", with the reason recorded).
+    prior_wait_seconds: Annotated[float, Field(ge=0, le=3600)] = 60.0
+    #: A FHIR server asked for a prior's DiagnosticReport when neither we nor the archive hold its report.
+    prior_fhir_url: Annotated[str, Field(pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$")] | None = None
+    #: Sent to ``prior_fhir_url`` as ``Authorization: Bearer <token>``.
+    prior_fhir_token: SecretStr | None = None
 
     @field_validator("ae_title")
     @classmethod
@@ -193,6 +204,11 @@ class Settings(BaseSettings):
     @classmethod
     def _destination_names_unique(cls, value: list[Destination]) -> list[Destination]:
         return unique_names(value)
+
+    @field_validator("prior_sources")
+    @classmethod
+    def _prior_source_names_unique(cls, value: list[PriorSource]) -> list[PriorSource]:
+        return unique_source_names(value)
 
     @field_validator("models")
     @classmethod
