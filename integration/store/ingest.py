@@ -7,7 +7,11 @@ nothing, but while the study is still receiving it restarts the idle timer
 (a sender re-sending a study is still sending it).  An instance whose series,
 or whose SOP instance, belongs to another study is a conflict: nothing is
 written, so no sender can slip an image into another patient's study through
-a reused UID.  On PostgreSQL the writes and the checks are one statement
+a reused UID.  An instance that opens a study (sent to be drafted) also
+opens the study's prior search, in the same transaction.  An instance sent as
+a prior (a C-MOVE or C-GET arrival of a requested prior) joins only a study
+reserved as a prior (:func:`integration.store.priors.reserve_prior_study`);
+anything else is refused.  On PostgreSQL the writes and the checks are one statement
 (data-modifying CTEs that read the pre-statement snapshot), so an instance
 costs one round trip plus the commit; SQLite runs them one by one (it is
 in-process, round trips are free).
@@ -28,7 +32,16 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from integration.store.audit import add_event
 from integration.store.session import session_scope
-from integration.store.tables import Instance, Series, Study, StudyState
+from integration.store.tables import (
+    ROLE_CURRENT,
+    ROLE_PRIOR,
+    Instance,
+    PriorSearch,
+    PriorSearchState,
+    Series,
+    Study,
+    StudyState,
+)
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +104,8 @@ class Conflict(enum.StrEnum):
     PATIENT = "patient"
     #: The study belongs to another site than the sender's (a study's site is fixed by its first instance).
     SITE = "site"
+    #: Sent as a prior, but its study was not reserved as a prior (nobody asked for it).
+    NOT_REQUESTED = "not_requested"
 
     @property
     def reason(self) -> str:
@@ -103,6 +118,7 @@ _REASONS = {
     Conflict.INSTANCE: "the SOP Instance UID is stored in another study",
     Conflict.PATIENT: "the patient identity (ID, issuer, name, birth date) differs from the study's",
     Conflict.SITE: "the study belongs to another site",
+    Conflict.NOT_REQUESTED: "not a requested prior",
 }
 
 
@@ -124,6 +140,8 @@ class Receipt:
     other_study_id : int or None
         With a conflict, the row id of the study it concerns (the one whose series or SOP instance was
         reused, else the named study itself).
+    new_study : bool
+        True when the instance opened a new study (sent to be drafted; its prior search was opened with it).
     """
 
     study_id: int
@@ -131,6 +149,7 @@ class Receipt:
     duplicate: bool
     conflict: Conflict | None = None
     other_study_id: int | None = None
+    new_study: bool = False
 
     @property
     def added(self) -> bool:
@@ -141,7 +160,7 @@ class Receipt:
 #: Driver-level SQL (psycopg named parameters): it skips SQLAlchemy's statement compilation on the hot path.
 _POSTGRES_RECORD = """
     WITH previous AS (
-        SELECT id, state, patient_key, site_id FROM studies WHERE study_uid = %(study_uid)s
+        SELECT id, state, patient_key, site_id, role FROM studies WHERE study_uid = %(study_uid)s
     ), stored AS (
         SELECT series.study_id FROM instances JOIN series ON series.id = instances.series_id
         WHERE instances.sop_instance_uid = %(sop_instance_uid)s
@@ -158,6 +177,11 @@ _POSTGRES_RECORD = """
             stable_after = excluded.stable_after,
             updated_at = excluded.updated_at
         RETURNING id, version
+    ), search AS (
+        INSERT INTO prior_searches (study_id, state, created_at, attempts)
+        SELECT study.id, 'pending', %(now)s, 0 FROM study
+        WHERE %(role)s = 'current' AND NOT EXISTS (SELECT 1 FROM previous)
+        ON CONFLICT (study_id) DO NOTHING
     ), series_row AS (
         INSERT INTO series (series_uid, study_id, modality, body_part, series_number)
         SELECT %(series_uid)s, study.id, %(modality)s, %(body_part)s, %(series_number)s FROM study
@@ -175,7 +199,7 @@ _POSTGRES_RECORD = """
     )
     SELECT study.id, study.version, (SELECT count(*) FROM instance_row), (SELECT study_id FROM series_row),
            (SELECT study_id FROM stored), (SELECT state FROM previous), (SELECT patient_key FROM previous),
-           (SELECT site_id FROM previous)
+           (SELECT site_id FROM previous), (SELECT role FROM previous)
     FROM study
     """
 
@@ -191,6 +215,7 @@ def record_instance(
     stable_seconds: float,
     site_id: int | None = None,
     any_site: bool = False,
+    role: str = ROLE_CURRENT,
     before_commit: Callable[[Receipt], bool] | None = None,
 ) -> Receipt:
     """Add one received instance to the study it belongs to, and commit.
@@ -219,6 +244,9 @@ def record_instance(
         none, when the sender has one, and the reverse) refuses the instance.
     any_site : bool
         The sender may add to a study of any site (administrators' uploads).
+    role : str
+        ``current`` (sent to be drafted: a new study opens its prior search) or ``prior`` (a requested prior:
+        only a study reserved as a prior takes it, else :attr:`Conflict.NOT_REQUESTED`).
     before_commit : callable, optional
         Called with the provisional receipt before committing; returning False
         rolls back (a duplicate's timer restart is committed all the same),
@@ -248,6 +276,7 @@ def record_instance(
         "stable_after": received_at + timedelta(seconds=stable_seconds),
         "patient_key": header.patient_key,
         "site_id": site_id,
+        "role": role,
     }
     row: tuple[Any, ...]
     if connection.dialect.name == "postgresql":
@@ -263,8 +292,11 @@ def record_instance(
         previous_state,
         previous_key,
         previous_site,
+        previous_role,
     ) = row
-    if stored_study_id is not None and stored_study_id != study_id:
+    if role == ROLE_PRIOR and (previous_state is None or previous_role != ROLE_PRIOR):
+        receipt = Receipt(study_id, version, False, Conflict.NOT_REQUESTED, study_id)
+    elif stored_study_id is not None and stored_study_id != study_id:
         receipt = Receipt(study_id, version, False, Conflict.INSTANCE, stored_study_id)
     elif series_study_id is not None and series_study_id != study_id:
         receipt = Receipt(study_id, version, False, Conflict.SERIES, series_study_id)
@@ -273,7 +305,8 @@ def record_instance(
     elif previous_key is not None and previous_key != header.patient_key:
         receipt = Receipt(study_id, version, False, Conflict.PATIENT, study_id)
     else:
-        receipt = Receipt(study_id, version, duplicate=not inserted)
+        new_study = previous_state is None and role == ROLE_CURRENT and bool(inserted)
+        receipt = Receipt(study_id, version, duplicate=not inserted, new_study=new_study)
     try:
         keep = before_commit(receipt) if before_commit is not None else True
     except BaseException:
@@ -298,9 +331,11 @@ def record_instance(
 def _record_stepwise(connection: Connection, p: dict[str, Any]) -> tuple[Any, ...]:
     studies, series, instances = (cast(Table, m.__table__) for m in (Study, Series, Instance))
     found = connection.execute(
-        select(studies.c.state, studies.c.patient_key, studies.c.site_id).where(studies.c.study_uid == p["study_uid"])
+        select(studies.c.state, studies.c.patient_key, studies.c.site_id, studies.c.role).where(
+            studies.c.study_uid == p["study_uid"]
+        )
     ).one_or_none()
-    previous = tuple(found) if found is not None else (None, None, None)
+    previous = tuple(found) if found is not None else (None, None, None, None)
     stored_study_id = connection.execute(
         select(series.c.study_id)
         .join(instances, instances.c.series_id == series.c.id)
@@ -335,6 +370,13 @@ def _record_stepwise(connection: Connection, p: dict[str, Any]) -> tuple[Any, ..
         .returning(studies.c.id, studies.c.version)
     )
     study_id, version = connection.execute(study_stmt).one()
+    if found is None and p["role"] == ROLE_CURRENT:
+        searches = cast(Table, PriorSearch.__table__)
+        connection.execute(
+            sqlite.insert(searches)
+            .values(study_id=study_id, state=PriorSearchState.PENDING.value, created_at=p["now"], attempts=0)
+            .on_conflict_do_nothing(index_elements=[searches.c.study_id])
+        )
     series_stmt = (
         sqlite.insert(series)
         .values(

@@ -6,10 +6,19 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, exists, or_, select, update
 from sqlalchemy.orm import Session
 
-from integration.store.tables import AnalysisJob, JobState, Site, Study, StudyState
+from integration.store.tables import (
+    ROLE_CURRENT,
+    AnalysisJob,
+    JobState,
+    PriorSearch,
+    PriorSearchState,
+    Site,
+    Study,
+    StudyState,
+)
 
 
 @dataclass(frozen=True)
@@ -37,13 +46,21 @@ def restart_receiving_timers(session: Session, now: datetime, stable_seconds_for
 
 
 def complete_stable_studies(
-    session: Session, now: datetime, queue: str, limit: int = 100, sites: Mapping[str, str] | None = None
+    session: Session,
+    now: datetime,
+    queue: str,
+    limit: int = 100,
+    sites: Mapping[str, str] | None = None,
+    *,
+    prior_wait_seconds: float = 0.0,
 ) -> list[int]:
     """Turn studies idle past their timer into ``stable`` studies with a new job; return the job ids (flushed).
 
     Queued jobs of older versions of the same study are superseded, so a late
     arrival never mixes with an earlier draft.  On PostgreSQL the studies are
-    locked with ``SKIP LOCKED`` so several listeners can share the work.
+    locked with ``SKIP LOCKED`` so several listeners can share the work.  Priors
+    (role ``prior``) are never completed; a study whose prior search is still
+    pending or running waits for it, at most ``prior_wait_seconds`` past its timer.
 
     Parameters
     ----------
@@ -53,10 +70,18 @@ def complete_stable_studies(
         Studies handled per call.
     sites : mapping of str to str, optional
         Site code per calling AE: a study without a site gets its sender's (unknown codes are left unset).
+    prior_wait_seconds : float
+        How long past its idle timer a study waits for its prior search to finish (0: it does not wait).
     """
+    searching = exists().where(
+        PriorSearch.study_id == Study.id,
+        PriorSearch.state.in_((PriorSearchState.PENDING, PriorSearchState.RUNNING)),
+    )
+    waited = Study.stable_after <= now - timedelta(seconds=prior_wait_seconds)
     studies = session.scalars(
         select(Study)
-        .where(Study.state == StudyState.RECEIVING, Study.stable_after <= now)
+        .where(Study.state == StudyState.RECEIVING, Study.stable_after <= now, Study.role == ROLE_CURRENT)
+        .where(or_(waited, ~searching))
         .order_by(Study.stable_after)
         .limit(limit)
         .with_for_update(skip_locked=True)

@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from integration.store.tables import AnalysisJob, Instance, Series, Study
+from integration.store.tables import ROLE_CURRENT, AnalysisJob, Instance, Series, Study
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,10 @@ class StudySummary:
 
 
 def study_summaries(session: Session, limit: int = 50, study_uids: list[str] | None = None) -> list[StudySummary]:
-    """Return at most ``limit`` studies (or only ``study_uids``), newest first, with series, instance and job counts."""
+    """Return at most ``limit`` studies (or only ``study_uids``), newest first, with series, instance and job counts.
+
+    Priors retrieved for other studies are listed only when named in ``study_uids``.
+    """
     series_count = select(func.count(Series.id)).where(Series.study_id == Study.id).correlate(Study).scalar_subquery()
     instance_count = (
         select(func.count(Instance.id))
@@ -50,6 +53,8 @@ def study_summaries(session: Session, limit: int = 50, study_uids: list[str] | N
     ).order_by(Study.last_received_at.desc())
     if study_uids is not None:
         query = query.where(Study.study_uid.in_(study_uids))
+    else:
+        query = query.where(Study.role == ROLE_CURRENT)
     rows = session.execute(query.limit(limit)).all()
     return [
         StudySummary(uid, str(state), version, series, instances, jobs, ae, last)

@@ -1,4 +1,4 @@
-"""SQLAlchemy 2.0 tables: studies, series, instances, analysis jobs, audit events, sites, users, sessions.
+"""SQLAlchemy 2.0 tables: studies, series, instances, analysis jobs, audit events, sites, users, sessions, priors.
 
 The database is the source of truth for every state.  Schema changes go
 through Alembic revisions in ``integration/store/migrations/``; a test checks for drift.
@@ -105,6 +105,30 @@ class ReportPurpose(enum.StrEnum):
     SECOND_OPINION = "second_opinion"
 
 
+#: ``studies.role`` of a study sent to us to be drafted.
+ROLE_CURRENT = "current"
+#: ``studies.role`` of a study retrieved as another study's prior: never queued, never on the worklist.
+ROLE_PRIOR = "prior"
+
+
+class PriorSearchState(enum.StrEnum):
+    """Where the search for a study's priors stands (one search per study, opened by its first instance)."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class PriorState(enum.StrEnum):
+    """Where one chosen prior of a study stands."""
+
+    FOUND = "found"
+    FETCHING = "fetching"
+    READY = "ready"
+    UNAVAILABLE = "unavailable"
+
+
 def _enum(kind: type[enum.StrEnum], name: str) -> Enum:
     return Enum(
         kind,
@@ -163,11 +187,20 @@ class Study(Base):
     accession_number: Mapped[str | None] = mapped_column(String(16))
     study_date: Mapped[str | None] = mapped_column(String(8))
     study_description: Mapped[str | None] = mapped_column(String(64))
+    #: Issuer of Patient ID (a worklist attribute): Patient IDs of different issuers are different patients.
+    issuer_of_patient_id: Mapped[str | None] = mapped_column(String(64))
+    #: ``current`` (sent to us to be drafted) or ``prior`` (retrieved as another study's prior: never queued,
+    #: never on the worklist).  A study that arrived as a current study stays one.
+    role: Mapped[str] = mapped_column(String(8), default=ROLE_CURRENT, server_default=ROLE_CURRENT)
 
     series: Mapped[list[Series]] = relationship(back_populates="study")
     jobs: Mapped[list[AnalysisJob]] = relationship(back_populates="study")
 
-    __table_args__ = (Index("ix_studies_state_stable_after", "state", "stable_after"),)
+    __table_args__ = (
+        Index("ix_studies_state_stable_after", "state", "stable_after"),
+        # the patient's other studies (local prior candidates)
+        Index("ix_studies_patient_id_site_id", "patient_id", "site_id"),
+    )
 
 
 class Series(Base):
@@ -509,3 +542,66 @@ class SignInThrottle(Base):
     next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
     __table_args__ = (UniqueConstraint("username", "source"),)
+
+
+class PriorSearch(Base):
+    """The search for one study's priors: opened pending with the study's first instance, claimed by a fetcher.
+
+    A study whose search is pending or running waits for it (up to ``prior_wait_seconds`` past its idle
+    timer) before its analysis job is created, so the draft sees the prior.
+    """
+
+    __tablename__ = "prior_searches"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), unique=True)
+    state: Mapped[PriorSearchState] = mapped_column(
+        _enum(PriorSearchState, "prior_search_state"), default=PriorSearchState.PENDING
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    #: Why the search failed or found nothing usable (no patient data).
+    reason: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+
+    __table_args__ = (Index("ix_prior_searches_state_started_at", "state", "started_at"),)
+
+
+class StudyPrior(Base):
+    """One prior chosen for a study: its metadata, its report, and how its retrieval went.
+
+    ``prior_study_id`` is our copy of it (a study of role ``prior``, or one we hold already); the UID is
+    kept when that row is gone.  ``source`` is ``local`` or the configured source's name.
+    """
+
+    __tablename__ = "study_priors"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    prior_study_id: Mapped[int | None] = mapped_column(ForeignKey("studies.id", ondelete="SET NULL"), index=True)
+    prior_study_uid: Mapped[str] = mapped_column(String(UID_LENGTH))
+    #: 1 for the most recent chosen prior, then 2 ...
+    rank: Mapped[int] = mapped_column(Integer, default=1)
+    source: Mapped[str] = mapped_column(String(64))
+    state: Mapped[PriorState] = mapped_column(_enum(PriorState, "prior_state"), default=PriorState.FOUND)
+    #: Why it is unavailable (no patient data).
+    reason: Mapped[str | None] = mapped_column(Text)
+    study_date: Mapped[str | None] = mapped_column(String(8))
+    #: The prior's modalities, separated by backslashes as in DICOM.
+    modality: Mapped[str | None] = mapped_column(String(64))
+    description: Mapped[str | None] = mapped_column(String(64))
+    accession: Mapped[str | None] = mapped_column(String(16))
+    #: The prior's report text (untrusted: cleaned before it reaches a prompt) and where it came from:
+    #: ``signed`` (our signed report), ``sr``, ``pdf`` (a PDF exists; no text), ``fhir``.
+    report_text: Mapped[str | None] = mapped_column(Text)
+    report_source: Mapped[str | None] = mapped_column(String(8))
+    #: The series retrieved (or chosen for retrieval).
+    series_uids: Mapped[list[str]] = mapped_column(JSON, default=list)
+    instances: Mapped[int] = mapped_column(Integer, default=0)
+    bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    __table_args__ = (UniqueConstraint("study_id", "prior_study_uid", name="uq_study_priors_study_id_prior_study_uid"),)

@@ -29,6 +29,8 @@ TABLES = {
     "users",
     "user_sessions",
     "sign_in_throttle",
+    "prior_searches",
+    "study_priors",
 }
 
 
@@ -96,6 +98,8 @@ def test_check_constraints_and_indexes_match_the_tables(database_url: str) -> No
             "ck_report_revisions_revision_status",
             "ck_deliveries_delivery_state",
             "ck_users_user_role",
+            "ck_prior_searches_prior_search_state",
+            "ck_study_priors_prior_state",
         }
         with engine.connect() as connection, pytest.raises(IntegrityError):
             connection.execute(

@@ -19,7 +19,7 @@ from sqlalchemy import ColumnElement, Select, case, exists, func, select
 from sqlalchemy.orm import Session, aliased
 
 from integration.store.audit import add_event
-from integration.store.tables import Instance, Report, ReportStatus, Series, Site, Study
+from integration.store.tables import ROLE_CURRENT, Instance, Report, ReportStatus, Series, Site, Study
 from integration.web import schemas
 from integration.web.deps import CurrentUser, DbSession, Reviewer, StudyUid, client_address
 from integration.web.security.access import study_for, visible
@@ -118,6 +118,7 @@ def worklist(
         select(Study, Site.code, series_count, Report.id, Report.status)
         .outerjoin(Site, Study.site_id == Site.id)
         .outerjoin(Report, Report.id == newest_id)
+        .where(Study.role == ROLE_CURRENT)  # a prior is shown beside its study, never on its own
     )
     query = _filtered(visible(query, user), filters)
     query = query.order_by(*_order(filters.sort)).limit(limit or filters.limit)
