@@ -54,9 +54,15 @@ class GenerationRequest:
     images : tuple of PIL.Image.Image
         Model-ready images (already windowed, converted and sampled by the caller).
     system_prompt : str or None
-        System instruction; prepended to the prompt for families without a system role.
+        System instruction; prepended to the user's text for families without a system role.
     max_new_tokens : int
         Upper bound on generated tokens (the backend's own limit still applies).
+    preamble : str or None
+        Text of the user's turn placed after the system prompt and before the images (the task, the
+        patient, the prior studies: see :func:`models.prompts.render_prompt_parts`), so that the stable
+        part of a prompt comes first.  Where a chat template renders every image before any text
+        (the LLaVA families), it goes before the prompt instead.  None or '': none (the prompt renders
+        exactly as without this field).
     """
 
     request_id: str
@@ -64,6 +70,7 @@ class GenerationRequest:
     images: tuple[Image.Image, ...]
     system_prompt: str | None = None
     max_new_tokens: int = 512
+    preamble: str | None = None
 
     def __post_init__(self) -> None:
         if not self.request_id:

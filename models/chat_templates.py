@@ -164,6 +164,63 @@ def load_chat_template(model_dir: Path) -> str | None:
     return None
 
 
+#: Two texts of a probe conversation: an image between them is rendered between them by an interleaving template.
+_BEFORE, _AFTER = "PROBE-PREAMBLE", "PROBE-PROMPT"
+
+
+def interleaves_images(processor: Any) -> bool:
+    """Whether a processor's chat template renders a user's images where they are among its texts.
+
+    Qwen2.5-VL's, Gemma 3's, HuatuoGPT-Vision's and LongLLaVA's do; the LLaVA families' render every
+    image first and then the texts joined, so a preamble cannot go before their images.  Found by rendering
+    ``[text, image, text]`` and ``[text, text]``: an interleaving template puts something between the texts
+    only in the first.  False when the template cannot render either.
+    """
+
+    def between(items: list[dict[str, Any]]) -> str | None:
+        try:
+            rendered = processor.apply_chat_template(
+                [{"role": "user", "content": items}], add_generation_prompt=True, tokenize=False
+            )
+        except Exception:  # a text-only template, or one that refuses the probe
+            return None
+        start, end = str(rendered).find(_BEFORE), str(rendered).find(_AFTER)
+        return str(rendered)[start + len(_BEFORE) : end] if 0 <= start < end else None
+
+    text = [{"type": "text", "text": _BEFORE}, {"type": "text", "text": _AFTER}]
+    with_image, without = between([text[0], {"type": "image"}, text[1]]), between(text)
+    return with_image is not None and without is not None and with_image != without
+
+
+def user_turn(
+    prompt: str, preamble: str | None, images: list[dict[str, Any]], *, interleaved: bool
+) -> list[dict[str, Any]]:
+    """Return a user turn's content: the preamble, the images, the prompt (the layout of every backend).
+
+    Parameters
+    ----------
+    prompt : str
+        The text after the images.
+    preamble : str or None
+        The text before the images (None or '': none); it ends with a line break so that an image
+        placeholder starts a line.  Where ``interleaved`` is False (the template renders images first),
+        it is put in front of the prompt, separated by an empty line.
+    images : list of dict
+        The image items, in order (``{"type": "image"}`` or ``{"type": "image_url", ...}``).
+    interleaved : bool
+        Whether the template renders images where they are among the texts (:func:`interleaves_images`).
+
+    Returns
+    -------
+    list of dict
+        The content items; without a preamble ``[*images, {"type": "text", "text": prompt}]`` as before.
+    """
+    if preamble and not interleaved:
+        prompt = f"{preamble}\n\n{prompt}"
+    head = [{"type": "text", "text": f"{preamble}\n"}] if preamble and interleaved else []
+    return [*head, *images, {"type": "text", "text": prompt}]
+
+
 class TemplateProcessor:
     """What the hand-written processors share: a chat template rendered as text, and the tokenizer's decoding.
 

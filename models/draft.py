@@ -4,6 +4,13 @@ The model is asked for a JSON object; real models wrap it in prose or code
 fences, use other key names, or answer with plain sections.  The parser takes
 what it can and never raises: output it cannot structure is kept as free text
 and flagged, so a radiologist still sees it.
+
+Given prior studies, the model also writes a comparison ("new", "unchanged",
+"interval decrease"): kept as :attr:`ParsedDraft.comparison`, stored as the
+findings document's ``comparison`` (:class:`integration.findings.Document`).
+Image numbers index one list, the prior's images first, so a finding that
+cites a prior image cites it like any other; the worker's evidence says which
+images are the prior's.
 """
 
 from __future__ import annotations
@@ -27,8 +34,11 @@ AI_DRAFT_NOTICE = "AI-generated draft, not verified by a radiologist."
 # C0 controls but TAB, LF and CR; DEL and C1 controls; lone surrogates; the non-characters U+FFFE/U+FFFF.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
 _SECTION = re.compile(
-    r"^\s*(?:#+\s*|\*\*)?(findings|impression|conclusion|limitations?)\s*(?:\*\*)?\s*:?\s*(?:\*\*)?\s*(.*)$", re.I
+    r"^\s*(?:#+\s*|\*\*)?(findings|impression|conclusion|limitations?|comparisons?)\s*(?:\*\*)?\s*:?\s*(?:\*\*)?\s*(.*)$",
+    re.I,
 )
+#: A comparison heading needs its colon (or a line to itself): "Comparison with the prior ..." is a sentence.
+_COMPARISON_HEADING = re.compile(r"^\s*(?:#+\s*|\*\*)?comparisons?\s*(?:\*\*)?\s*(?::|$)", re.I)
 _IMAGE_REF = re.compile(r"\[?\(?\b(?:images?|img|slices?)\s*#?\s*((?:\d+\s*(?:,|and|&|-|to)?\s*)+)\)?\]?", re.I)
 _BULLET = re.compile(r"^\s*(?:[-*\u2022]|\d+[.)])\s+")
 
@@ -59,6 +69,8 @@ class ParsedDraft:
         What the parser had to repair or drop (shown to the reviewer, stored with the draft).
     raw_text : str
         The output as received (control characters removed, length capped).
+    comparison : str
+        The comparison with the prior studies ('' when none was given), at most :data:`MAX_SECTION_CHARS`.
     """
 
     findings: tuple[Finding, ...]
@@ -67,20 +79,29 @@ class ParsedDraft:
     structured: bool
     problems: tuple[str, ...] = field(default=())
     raw_text: str = ""
+    comparison: str = ""
 
     def as_json(self) -> dict[str, Any]:
-        """Return the JSON document stored with the report."""
+        """Return the JSON document stored with the report (``comparison`` included; the worker adds the priors)."""
         return {
             "findings": [{"text": f.text, "images": list(f.images)} for f in self.findings],
             "impression": self.impression,
             "limitations": self.limitations,
             "structured": self.structured,
             "problems": list(self.problems),
+            "comparison": self.comparison,
         }
 
-    def as_text(self) -> str:
-        """Return the plain-text report, headed by the AI-draft notice."""
-        lines = [AI_DRAFT_NOTICE, "", "FINDINGS:"]
+    def as_text(self, prior_note: str = "") -> str:
+        """Return the plain-text report, headed by the AI-draft notice.
+
+        The layout of :meth:`integration.findings.Document.as_text`: a ``COMPARISON:`` line with the
+        comparison, else ``prior_note`` (why no prior was given), left out when both are empty.
+        """
+        lines = [AI_DRAFT_NOTICE, ""]
+        if comparison := self.comparison or clean(prior_note, MAX_SECTION_CHARS):
+            lines += [f"COMPARISON: {comparison}", ""]
+        lines.append("FINDINGS:")
         for finding in self.findings:
             refs = f" [images {', '.join(map(str, finding.images))}]" if finding.images else ""
             lines.append(f"- {finding.text}{refs}")
@@ -89,6 +110,10 @@ class ParsedDraft:
         if self.limitations:
             lines += ["", "LIMITATIONS:", self.limitations]
         return "\n".join(lines)
+
+
+#: What a parser gives: findings, impression, limitations, comparison.
+_Parts = tuple[tuple[Finding, ...], str, str, str]
 
 
 def parse_draft(text: str, n_images: int) -> ParsedDraft:
@@ -103,15 +128,20 @@ def parse_draft(text: str, n_images: int) -> ParsedDraft:
     if document is not None:
         draft = _from_json(document, n_images, problems)
         if draft is not None:
-            return ParsedDraft(*draft, structured=True, problems=tuple(problems), raw_text=raw)
+            return _structured(draft, problems, raw)
         problems.append("JSON without findings; read as sections")
     sections = _from_sections(raw, n_images, problems)
     if sections is not None:
-        return ParsedDraft(*sections, structured=True, problems=tuple(problems), raw_text=raw)
+        return _structured(sections, problems, raw)
     problems.append("output not structured; kept as free text")
     body = clean(raw, MAX_SECTION_CHARS)
     findings = (Finding(body),) if body else ()
     return ParsedDraft(findings, "", "", structured=False, problems=tuple(problems), raw_text=raw)
+
+
+def _structured(parts: _Parts, problems: list[str], raw: str) -> ParsedDraft:
+    findings, impression, limitations, comparison = parts
+    return ParsedDraft(findings, impression, limitations, True, tuple(problems), raw, comparison)
 
 
 def clean(text: Any, limit: int, *, one_line: bool = False) -> str:
@@ -159,9 +189,7 @@ def _pick(document: dict[str, Any], *names: str) -> Any:
     return None
 
 
-def _from_json(
-    document: dict[str, Any], n_images: int, problems: list[str]
-) -> tuple[tuple[Finding, ...], str, str] | None:
+def _from_json(document: dict[str, Any], n_images: int, problems: list[str]) -> _Parts | None:
     items = _pick(document, "findings", "finding", "observations")
     if isinstance(items, str | dict):
         items = [items]
@@ -180,27 +208,36 @@ def _from_json(
             findings.append(Finding(text, images))
     impression = clean(_section_value(_pick(document, "impression", "conclusion", "summary")), MAX_SECTION_CHARS)
     limitations = clean(_section_value(_pick(document, "limitations", "limitation")), MAX_SECTION_CHARS)
+    comparison = clean(_section_value(_pick(document, *_COMPARISON_KEYS)), MAX_SECTION_CHARS)
     if not findings and not impression:
         return None
-    return _capped(findings, problems), impression, limitations
+    return _capped(findings, problems), impression, limitations, comparison
+
+
+#: JSON keys read as the comparison (the prompt asks for ``comparison``).
+_COMPARISON_KEYS = ("comparison", "comparisons", "comparison_with_prior", "prior_comparison", "interval_change")
 
 
 def _section_value(value: Any) -> str:
     if value is None:
         return ""
+    if isinstance(value, dict):
+        value = _pick(value, "text", "statement", "comparison", "description") or ""
     if isinstance(value, list):
-        return " ".join(str(v) for v in value)
+        return " ".join(_section_value(v) for v in value)
     return str(value)
 
 
-def _from_sections(text: str, n_images: int, problems: list[str]) -> tuple[tuple[Finding, ...], str, str] | None:
+def _from_sections(text: str, n_images: int, problems: list[str]) -> _Parts | None:
     sections: dict[str, list[str]] = {}
     current: str | None = None
     for line in text.splitlines():
         match = _SECTION.match(line)
+        if match and match.group(1).lower().startswith("comparison") and not _COMPARISON_HEADING.match(line):
+            match = None
         if match:
             name = match.group(1).lower()
-            current = "impression" if name == "conclusion" else "limitations" if name.startswith("limit") else name
+            current = _SECTION_NAMES.get(name, name)
             sections.setdefault(current, [])
             rest = match.group(2).strip(" *")
             if rest:
@@ -216,7 +253,12 @@ def _from_sections(text: str, n_images: int, problems: list[str]) -> tuple[tuple
             findings.append(Finding(text_line, _refs_in_text(text_line, n_images, problems)))
     impression = clean(" ".join(s.strip() for s in sections.get("impression", [])), MAX_SECTION_CHARS)
     limitations = clean(" ".join(s.strip() for s in sections.get("limitations", [])), MAX_SECTION_CHARS)
-    return _capped(findings, problems), impression, limitations
+    comparison = clean(" ".join(s.strip() for s in sections.get("comparison", [])), MAX_SECTION_CHARS)
+    return _capped(findings, problems), impression, limitations, comparison
+
+
+#: Section headings read as another: ``Conclusion:`` is the impression.
+_SECTION_NAMES = {"conclusion": "impression", "limitation": "limitations", "comparisons": "comparison"}
 
 
 def _capped(findings: list[Finding], problems: list[str]) -> tuple[Finding, ...]:

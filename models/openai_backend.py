@@ -1,9 +1,10 @@
 """A backend that sends requests to an OpenAI-compatible server (vLLM, SGLang, ``transformers serve``).
 
 Each :class:`~models.backend.GenerationRequest` becomes one ``POST {base}/v1/chat/completions``: a
-system message, then one user message whose content is the images, in order, as
-``data:image/png;base64,...`` URLs followed by the text.  The server applies its own chat template
-(messages are sent, never a rendered prompt).  Decoding is greedy (``temperature: 0``).
+system message, then one user message whose content is the request's preamble (a text part, when it has
+one), the images, in order, as ``data:image/png;base64,...`` URLs, and the prompt (a text part).  The
+server applies its own chat template (messages are sent, never a rendered prompt).  Decoding is greedy
+(``temperature: 0``).
 
 The requests of a batch run concurrently, at most ``concurrency`` at a time per backend.  Connection
 errors, 408, 429 and 5xx answers are retried with exponential backoff (``Retry-After`` honoured up to
@@ -34,6 +35,7 @@ import httpx
 from PIL import Image
 
 from models.backend import GenerationRequest, GenerationResult, ModelIdentity, ModelNotStaged
+from models.chat_templates import user_turn
 from models.draft import clean
 from models.registry import FAMILIES, ModelFamily
 
@@ -291,16 +293,18 @@ class OpenAICompatibleBackend:
         identity = self.identity
         family = FAMILIES.get(identity.family)
         prompt = request.prompt
+        preamble = request.preamble or ""
         system = (request.system_prompt or "").strip()
         messages: list[dict[str, Any]] = []
         if system and (family is None or family.supports_system_prompt):
             messages.append({"role": "system", "content": system})
+        elif system and preamble:
+            preamble = f"{system}\n\n{preamble}"  # the family's template has no system role
         elif system:
             prompt = f"{system}\n\n{prompt}"  # the family's template has no system role
-        content: list[dict[str, Any]] = [
-            {"type": "image_url", "image_url": {"url": png_data_url(image)}} for image in request.images
-        ]
-        content.append({"type": "text", "text": prompt})
+        images = [{"type": "image_url", "image_url": {"url": png_data_url(image)}} for image in request.images]
+        # The server's template places the parts; one that renders images first still reads the preamble first.
+        content = user_turn(prompt, preamble, images, interleaved=True)
         messages.append({"role": "user", "content": content})
         return {
             "model": identity.model_id,
@@ -312,7 +316,7 @@ class OpenAICompatibleBackend:
 
     def _complete(self, request: GenerationRequest) -> tuple[str, int, int]:
         body = self.chat_body(request)
-        quotable = [request.prompt, request.system_prompt or ""]
+        quotable = [request.prompt, request.system_prompt or "", request.preamble or ""]
         with self._slots:
             response = self._send("POST", "/v1/chat/completions", body, quotable)
         document = _json_of(response, self.location)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from models.backend import GenerationRequest, GenerationResult, ModelIdentity
+from models.chat_templates import interleaves_images, user_turn
 from models.checkpoint import StagedCheckpoint, checkpoint_identity, inspect_checkpoint
 from models.images import prepare_images, square_padding_fill
 from models.longllava.prompt import has_vision_tower
@@ -46,6 +47,7 @@ class _LoadedModel:
     pad_token_id: int | None
     square_fill: tuple[int, int, int] | None
     control_tokens: tuple[str, ...]
+    interleaved: bool = True
 
 
 def resolve_device(device: str) -> str:
@@ -241,18 +243,23 @@ class TransformersBackend:
             pad_token_id=pad_token_id,
             square_fill=square_padding_fill(getattr(processor, "image_processor", None)),
             control_tokens=control_tokens,
+            interleaved=interleaves_images(processor),
         )
 
-    def _conversation(self, request: GenerationRequest, control_tokens: tuple[str, ...]) -> list[dict[str, Any]]:
+    def _conversation(self, request: GenerationRequest, loaded: _LoadedModel) -> list[dict[str, Any]]:
+        control_tokens = loaded.control_tokens
         prompt = _without_control_tokens(request.prompt, control_tokens)
+        preamble = _without_control_tokens(request.preamble or "", control_tokens)
         system = _without_control_tokens(request.system_prompt or "", control_tokens).strip()
         messages: list[dict[str, Any]] = []
         if system and self.family.supports_system_prompt:
             messages.append({"role": "system", "content": [{"type": "text", "text": system}]})
+        elif system and preamble:
+            preamble = f"{system}\n\n{preamble}"  # no system role: the system prompt comes first all the same
         elif system:
             prompt = f"{system}\n\n{prompt}"
-        content: list[dict[str, Any]] = [{"type": "image"} for _ in request.images]
-        content.append({"type": "text", "text": prompt})
+        images: list[dict[str, Any]] = [{"type": "image"} for _ in request.images]
+        content = user_turn(prompt, preamble, images, interleaved=loaded.interleaved)
         messages.append({"role": "user", "content": content})
         return messages
 
@@ -267,7 +274,7 @@ class TransformersBackend:
         return self._render(loaded, request)
 
     def _render(self, loaded: _LoadedModel, request: GenerationRequest) -> str:
-        conversation = self._conversation(request, loaded.control_tokens)
+        conversation = self._conversation(request, loaded)
         return str(loaded.processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False))
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:

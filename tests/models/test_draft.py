@@ -94,13 +94,13 @@ def test_parser_never_raises_and_references_stay_in_range(text: str, n_images: i
 @pytest.mark.parametrize(
     ("modality", "body_part", "expected"),
     [
-        ("CT", "CHEST", "ct-chest/v1"),
-        ("CT", "HEAD", "ct-head/v1"),
-        ("CT", "ABDOMEN", "ct/v1"),
-        ("MR", "KNEE", "mr/v1"),
-        ("DX", "CHEST", "radiograph-chest/v1"),
-        ("US", None, "general/v1"),
-        (None, None, "general/v1"),
+        ("CT", "CHEST", "ct-chest/v2"),
+        ("CT", "HEAD", "ct-head/v2"),
+        ("CT", "ABDOMEN", "ct/v2"),
+        ("MR", "KNEE", "mr/v2"),
+        ("DX", "CHEST", "radiograph-chest/v2"),
+        ("US", None, "general/v2"),
+        (None, None, "general/v2"),
     ],
 )
 def test_template_selection(modality: str | None, body_part: str | None, expected: str) -> None:
