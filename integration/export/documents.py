@@ -138,5 +138,7 @@ def report_document(settings: Settings, target: DeliveryTarget) -> ReportDocumen
         prompt_version=model[2],
         author=author,
         organization=organization,
+        comparison=content.comparison_text,
+        priors=content.priors,
         issued=issued,
     )

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone, tzinfo
 from typing import TYPE_CHECKING, Literal, TypedDict
 
-from integration.findings import Finding
+from integration.findings import Finding, PriorReference, text_lines
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -121,6 +121,11 @@ class ReportDocument:
         The signing radiologist (DICOM PN string); required for signed reports.
     organization : str
         The institution issuing the report ('' when not configured).
+    comparison : str
+        The comparison with prior studies, or why there is none ("No prior study available."); '' when the
+        version records neither (older reports).
+    priors : tuple of PriorReference
+        The prior studies compared with.
 
     Raises
     ------
@@ -150,6 +155,8 @@ class ReportDocument:
     prompt_version: str = ""
     author: str = ""
     organization: str = ""
+    comparison: str = ""
+    priors: tuple[PriorReference, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.report_key.strip():
@@ -175,16 +182,8 @@ class ReportDocument:
         """The report text; composed from the sections when :attr:`text` is blank."""
         if self.text.strip():
             return self.text
-        lines = [AI_DRAFT_NOTICE, ""] if self.is_draft else []
-        lines.append("FINDINGS:")
-        for finding in self.findings:
-            refs = f" [images {', '.join(map(str, finding.images))}]" if finding.images else ""
-            lines.append(f"- {finding.text}{refs}")
-        if self.impression:
-            lines += ["", "IMPRESSION:", self.impression]
-        if self.limitations:
-            lines += ["", "LIMITATIONS:", self.limitations]
-        return "\n".join(lines)
+        notice = AI_DRAFT_NOTICE if self.is_draft else None
+        return "\n".join(text_lines(self.findings, self.impression, self.limitations, self.comparison, notice))
 
 
 class DicomStudyFields(TypedDict):
@@ -216,6 +215,8 @@ def from_dicom_header(
     prompt_version: str = "",
     author: str = "",
     organization: str = "",
+    comparison: str = "",
+    priors: tuple[PriorReference, ...] = (),
     local_timezone: tzinfo | None = None,
 ) -> ReportDocument:
     """Build a report document: the report's own fields plus the study's DICOM header.
@@ -234,7 +235,9 @@ def from_dicom_header(
         The full report text.
     findings : iterable of Finding or (str, iterable of int)
         The findings, as :class:`Finding` or ``(text, image numbers)`` pairs.
-    impression, limitations, model_id, model_revision, prompt_version, author, organization : str
+    impression, limitations, model_id, model_revision, prompt_version, author, organization, comparison : str
+        As in :class:`ReportDocument`.
+    priors : tuple of PriorReference
         As in :class:`ReportDocument`.
     local_timezone : datetime.tzinfo, optional
         See :func:`dicom_study_fields`.
@@ -263,6 +266,8 @@ def from_dicom_header(
         prompt_version=prompt_version,
         author=author,
         organization=organization,
+        comparison=comparison,
+        priors=priors,
     )
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from io import BytesIO
 from pathlib import Path
@@ -139,7 +139,15 @@ def _study_headers(settings: Settings, report: ReportDocument) -> tuple[Dataset,
     most = {uid: max(e.frame for e in entries if e.sop_instance_uid == uid) for uid in wanted}
     counts = {uid: int(headers[uid].get("NumberOfFrames") or 1) if uid in headers else most[uid] for uid in wanted}
     frames = tuple(
-        SeenFrame(e.image, e.sop_class_uid, e.sop_instance_uid, e.series_uid, e.frame, counts[e.sop_instance_uid])
+        SeenFrame(
+            e.image,
+            e.sop_class_uid,
+            e.sop_instance_uid,
+            e.series_uid,
+            e.frame,
+            counts[e.sop_instance_uid],
+            study_uid=e.study_uid if e.prior else None,  # a prior's instances: Pertinent Other Evidence
+        )
         for e in entries
     )
     return source, frames
@@ -163,6 +171,9 @@ def _report_for_sr(
         evidence=evidence,
         algorithm=Algorithm(report.model_id, report.model_revision, report.model_family, report.prompt_version),
         created_at=made_at,
+        comparison=content.comparison,
+        priors=content.priors,
+        prior_note=content.prior_note,
     )
 
 
@@ -230,13 +241,7 @@ def signed_text(content: Document, report: ReportDocument, verification: Verific
     str
         The text.
     """
-    lines = ["FINDINGS:"]
-    for finding in content.findings:
-        refs = f" [images {', '.join(map(str, finding.images))}]" if finding.images else ""
-        lines.append(f"- {finding.text}{refs}")
-    for heading, section in (("IMPRESSION:", content.impression), ("LIMITATIONS:", content.limitations)):
-        if section:
-            lines += ["", heading, section]
+    lines = content.as_text().split("\n")  # COMPARISON: (when there is one), FINDINGS:, IMPRESSION:, LIMITATIONS:
     when = verification.verified_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines += [
         "",
@@ -360,10 +365,13 @@ def prepare_signature(
         previous = [r for r in report_revisions(session, report_id) if r.status == "signed" and r.sr_sop_instance_uid]
         version = next_version(session, report_id)
     before = Document.read(previous[-1].findings if previous else report.findings)
-    content = Document(
-        before.findings if edited is None else edited,
-        before.impression if impression is None else impression,
-        before.limitations if limitations is None else limitations,
+    content = replace(  # the comparison, the priors compared with and the prior note stay the draft's
+        before,
+        findings=before.findings if edited is None else edited,
+        impression=before.impression if impression is None else impression,
+        limitations=before.limitations if limitations is None else limitations,
+        structured=True,
+        problems=(),
     )
     predecessor = Dataset()
     predecessor.SOPClassUID = ComprehensiveSRStorage

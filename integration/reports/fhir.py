@@ -25,7 +25,15 @@ not allow a Device as DiagnosticReport.performer).
   accession number (type ACSN).
 - ``effectiveDateTime``: the study date/time; ``issued``: when the version was made.
 - ``conclusion``: the impression; ``presentedForm``: the report text,
-  base64 ``text/plain; charset=utf-8``.
+  base64 ``text/plain; charset=utf-8`` (with its ``COMPARISON:`` line).
+- the comparison with prior studies (or the line saying there was none, or why
+  it could not be fetched): a contained Observation ``#comparison``, first in
+  ``result``, coded LOINC 18834-2 "Radiology Comparison study (narrative)" (the
+  code DICOM's TID 2000 uses for the same section), ``derivedFrom`` the current
+  study and each prior study compared with (ImagingStudy by Study Instance UID).
+  R4 has no ``DiagnosticReport.note`` and no comparison element (R6 adds
+  ``DiagnosticReport.comparison``; IHE IDR back-ports it as an extension), so an
+  Observation is the extension-free R4 way.
 - signed: ``performer`` and ``resultsInterpreter`` are the radiologist
   (Practitioner display); drafts: the security label AIAST ("Artificial
   Intelligence asserted"), a narrative and Observation notes saying
@@ -52,7 +60,7 @@ from fhir.resources.R4B.narrative import Narrative
 from fhir.resources.R4B.observation import Observation
 from fhir.resources.R4B.reference import Reference
 
-from integration.findings import Finding, clean_text
+from integration.findings import clean_text
 from integration.reports.document import AI_DRAFT_NOTICE, PersonName, ReportDocument
 
 #: The FHIR release of the models used (R4B, the R4 technical correction).
@@ -66,6 +74,9 @@ OBSERVATION_VALUES = "http://terminology.hl7.org/CodeSystem/v3-ObservationValue"
 #: Report and finding codes (LOINC).
 REPORT_CODE = ("18748-4", "Diagnostic imaging study")
 FINDING_CODE = ("18782-3", "Radiology Study observation (narrative)")
+COMPARISON_CODE = ("18834-2", "Radiology Comparison study (narrative)")
+#: Id of the contained comparison Observation.
+COMPARISON_ID = "comparison"
 #: Content type of the presented form.
 TEXT_PLAIN = "text/plain; charset=utf-8"
 #: Id of the contained AI Device in drafts.
@@ -112,9 +123,33 @@ def diagnostic_report(doc: ReportDocument) -> DiagnosticReport:
     radiologist = None if doc.is_draft else Reference(type="Practitioner", display=_author_display(doc.author))
     device = _device(doc) if doc.is_draft else None
     observations = [
-        _observation(doc, number, finding, status=status, subject=subject, study=study, radiologist=radiologist)
+        _observation(
+            doc,
+            f"finding-{number}",
+            finding.text,
+            images=finding.images,
+            status=status,
+            subject=subject,
+            derived_from=[study],
+            radiologist=radiologist,
+        )
         for number, finding in enumerate(doc.findings, start=1)
     ]
+    if comparison := clean_text(doc.comparison):
+        studies = [study, *(_imaging_study(prior.study_uid) for prior in doc.priors)]
+        observations.insert(
+            0,
+            _observation(
+                doc,
+                COMPARISON_ID,
+                comparison,
+                status=status,
+                subject=subject,
+                derived_from=studies,
+                radiologist=radiologist,
+                code=_concept(LOINC, *COMPARISON_CODE, text="Comparison"),
+            ),
+        )
     organization = (
         Reference(type="Organization", display=clean_text(doc.organization)) if clean_text(doc.organization) else None
     )
@@ -231,31 +266,34 @@ def _device(doc: ReportDocument) -> Device:
 
 def _observation(
     doc: ReportDocument,
-    number: int,
-    finding: Finding,
+    observation_id: str,
+    text: str,
     *,
     status: str,
     subject: Reference | None,
-    study: Reference,
+    derived_from: list[Reference],
     radiologist: Reference | None,
+    images: tuple[int, ...] = (),
+    code: CodeableConcept | None = None,
 ) -> Observation:
+    """A contained Observation: a finding (the default code) or the comparison."""
     notes = []
     if doc.is_draft:
         notes.append(Annotation(text=AI_DRAFT_NOTICE))
-    if finding.images:
-        notes.append(Annotation(text="Images: " + ", ".join(str(image) for image in finding.images)))
+    if images:
+        notes.append(Annotation(text="Images: " + ", ".join(str(image) for image in images)))
     return Observation(
-        id=f"finding-{number}",
+        id=observation_id,
         status=status,
         category=[_concept(OBSERVATION_CATEGORIES, "imaging", "Imaging")],
-        code=_concept(LOINC, *FINDING_CODE, text="Finding"),
+        code=code or _concept(LOINC, *FINDING_CODE, text="Finding"),
         subject=subject,
         effectiveDateTime=doc.study_datetime,
         issued=doc.issued,
         performer=[radiologist] if radiologist is not None else None,
-        valueString=finding.text,
+        valueString=text,
         note=notes or None,
-        derivedFrom=[study],
+        derivedFrom=derived_from,
         device=Reference(reference=f"#{DEVICE_ID}", type="Device", display=_device_display(doc))
         if doc.is_draft
         else None,

@@ -11,8 +11,16 @@ and checked with ``Message.validate()`` before it is returned::
     OBR|1|<accession>|<accession>|^<study description>|||<study date/time>|...|<issued>||RAD|P or F|...|<radiologist>
     NTE|1||AI-generated draft, not verified by a radiologist. Model ...        (drafts only)
     OBX|1|ST|110180^Study Instance UID^DCM||<study uid>||||||P or F
-    OBX|2|TX|18748-4^Diagnostic imaging study^LN|1|<report line 1>||||||P or F|||<study date/time>||<radiologist>
-    OBX|3|TX|...                                                               (one OBX per report line)
+    OBX|2|ST|121018^Procedure Study Instance UID^DCM|2.1|<prior study uid>|...  (one per prior compared with)
+    OBX|3|TX|18834-2^Radiology Comparison study^LN|2|<comparison line 1>|...    (one OBX per comparison line)
+    OBX|4|TX|18748-4^Diagnostic imaging study^LN|1|<report line 1>||||||P or F|||<study date/time>||<radiologist>
+    OBX|5|TX|...                                                               (one OBX per report line)
+
+The comparison with prior studies (or the line saying there was none, or why it could not be fetched) has
+its own TX observation, coded like the report text with LOINC: 18834-2, the comparison section's code that
+DICOM's TID 2000 and the FHIR DiagnosticReport use too; the prior studies it rests on are named by their
+Study Instance UIDs in the same observation sub-ID group (2, 2.1, 2.2 ...), as DICOM's Procedure Study
+Instance UID (121018).  The report text lines carry it as well (its ``COMPARISON:`` line).
 
 Result status (OBR-25, OBX-11) is ``P`` for drafts and ``F`` for signed
 reports; signed reports name the radiologist as principal result interpreter
@@ -48,6 +56,9 @@ CHARACTER_SET = "UNICODE UTF-8"
 #: OBX-3 of the report text lines and of the study UID.
 REPORT_TEXT_ID = ("18748-4", "Diagnostic imaging study", "LN")
 STUDY_UID_ID = ("110180", "Study Instance UID", "DCM")
+#: OBX-3 of the comparison lines and of the prior studies' UIDs.
+COMPARISON_ID = ("18834-2", "Radiology Comparison study", "LN")
+PRIOR_STUDY_UID_ID = ("121018", "Procedure Study Instance UID", "DCM")
 #: MSH-10 is an ST of at most 20 characters in v2.5.1.
 MAX_CONTROL_ID = 20
 #: The HL7 explicit null, for required fields without a value.
@@ -93,7 +104,17 @@ def oru_r01(doc: ReportDocument, *, receiving_application: str = "RIS", receivin
         nte.nte_1 = "1"
         nte.nte_3 = escape_text(_draft_note(doc))
     _observation(order, 1, "ST", STUDY_UID_ID, "", escape_text(doc.study_uid), status, doc)
-    for number, line in enumerate(report_lines(doc.body_text), start=2):
+    number = 1
+    if comparison := report_lines(clean_text(doc.comparison)):
+        for rank, prior in enumerate(doc.priors, start=1):
+            number += 1
+            uid = escape_text(prior.study_uid)
+            _observation(order, number, "ST", PRIOR_STUDY_UID_ID, f"2.{rank}", uid, status, doc)
+        for line in comparison:
+            number += 1
+            _observation(order, number, "TX", COMPARISON_ID, "2", escape_text(line), status, doc)
+    for line in report_lines(doc.body_text):
+        number += 1
         _observation(order, number, "TX", REPORT_TEXT_ID, "1", escape_text(line), status, doc)
     message.validate()
     return str(message.to_er7())

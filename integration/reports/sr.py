@@ -4,7 +4,12 @@ Both are Comprehensive SR documents following TID 2000 (content tree: :mod:`inte
 in the source study (same Study Instance UID, patient and study modules copied from one of its instances),
 as IHE AI Results asks: the observer is a device (TID 1004, the model) with the algorithm's name and
 version (TID 4019), every finding references the instances (and frames) it was inferred from, and the
-Current Requested Procedure Evidence Sequence lists every instance the model saw.
+Current Requested Procedure Evidence Sequence lists every instance of the study that the model saw.
+
+Comparison (:mod:`integration.reports.sr_priors`): each prior study the model was given is described in a
+Prior Procedure Descriptions section, the comparison statement (or "No prior study available.", or why the
+prior could not be fetched) is a Previous Findings section, and the prior's instances that the model saw are
+listed, with the prior's Study Instance UID, in the Pertinent Other Evidence Sequence (0040,A385).
 
 * A **draft** is Completion Flag PARTIAL, Verification Flag UNVERIFIED, Preliminary Flag PRELIMINARY,
   instance 1 of its own series, series number :data:`DRAFT_SERIES_NUMBER`, described as
@@ -32,7 +37,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian
 from pydicom.valuerep import DA, DT, TM
 
-from integration.findings import Finding, clean_text
+from integration.findings import Finding, PriorReference, clean_text
 from integration.reports.sr_content import (
     MAX_TEXT_CHARS,
     ReadFinding,
@@ -44,6 +49,7 @@ from integration.reports.sr_content import (
     report_sections,
     root_container,
 )
+from integration.reports.sr_priors import ReadComparison, comparison_sections, read_comparison
 
 DRAFT_SERIES_NUMBER = 9901
 SIGNED_SERIES_NUMBER = 9902
@@ -99,6 +105,12 @@ class ReportForSr:
         The model, its revision and the prompt version.
     created_at : datetime
         When the content was made (aware): the draft's creation time for a draft.
+    comparison : str
+        The comparison with the prior studies ('' when none).
+    priors : tuple of PriorReference
+        The prior studies the model was given (their images are in ``evidence`` with their ``study_uid``).
+    prior_note : str
+        Why there is no prior ('' when nothing was recorded: the SR then says "No prior study available.").
     """
 
     findings: tuple[Finding, ...]
@@ -107,6 +119,9 @@ class ReportForSr:
     evidence: tuple[SeenFrame, ...]
     algorithm: Algorithm
     created_at: datetime
+    comparison: str = ""
+    priors: tuple[PriorReference, ...] = ()
+    prior_note: str = ""
 
 
 @dataclass(frozen=True)
@@ -183,6 +198,8 @@ class SrReading:
     verifying_observers: tuple[VerifyingObserver, ...] = field(default=())
     predecessors: tuple[str, ...] = field(default=())
     evidence: tuple[str, ...] = field(default=())
+    other_evidence: tuple[tuple[str, str], ...] = field(default=())
+    comparison: ReadComparison = field(default_factory=ReadComparison)
 
 
 def _software_version() -> str:
@@ -193,7 +210,11 @@ def _software_version() -> str:
 
 
 def _evidence_datasets(source: Dataset, evidence: tuple[SeenFrame, ...]) -> list[Dataset]:
-    """Datasets for highdicom: the first carries the source's patient and study modules."""
+    """Datasets for highdicom: the first carries the source's patient and study modules.
+
+    A prior study's instance keeps its own Study Instance UID, so highdicom lists it in the Pertinent Other
+    Evidence Sequence rather than the Current Requested Procedure Evidence Sequence.
+    """
     first = Dataset()
     first.update(source)
     for keyword in _PATIENT_STUDY_TYPE2:
@@ -207,14 +228,19 @@ def _evidence_datasets(source: Dataset, evidence: tuple[SeenFrame, ...]) -> list
         if frame.sop_instance_uid in seen:
             continue
         seen.add(frame.sop_instance_uid)
-        ds = first if len(seen) == 1 else Dataset()
-        ds.StudyInstanceUID = source.StudyInstanceUID
+        ds = first if len(seen) == 1 and frame.study_uid is None else Dataset()
+        ds.StudyInstanceUID = frame.study_uid or source.StudyInstanceUID
         ds.SeriesInstanceUID = frame.series_uid
         ds.SOPClassUID = frame.sop_class_uid
         ds.SOPInstanceUID = frame.sop_instance_uid
         if ds is not first:
             datasets.append(ds)
     return datasets
+
+
+def _ordered(evidence: tuple[SeenFrame, ...]) -> tuple[SeenFrame, ...]:
+    """The current study's frames first: the first instance seen becomes the source's dataset."""
+    return tuple(sorted(evidence, key=lambda frame: frame.study_uid is not None))
 
 
 def _content(report: ReportForSr, verification: Verification | None) -> hd.sr.ContainerContentItem:
@@ -244,6 +270,7 @@ def _content(report: ReportForSr, verification: Verification | None) -> hd.sr.Co
             algorithm.model_revision,
             [f"prompt version: {algorithm.prompt_version}", f"model family: {algorithm.model_family}"],
         ),
+        *comparison_sections(report.priors, report.comparison, report.prior_note),
         *report_sections(report.findings, report.impression, report.limitations, report.evidence),
     ]
     return root_container(items)
@@ -265,7 +292,7 @@ def _document(
         # The patient's name is copied as the modality wrote it; highdicom's advice on its form is not ours to act on.
         warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name")
         document = hd.sr.ComprehensiveSR(
-            evidence=_evidence_datasets(source, report.evidence),
+            evidence=_evidence_datasets(source, _ordered(report.evidence)),
             content=_content(report, verification),
             series_instance_uid=series_instance_uid,
             series_number=SIGNED_SERIES_NUMBER if signed else DRAFT_SERIES_NUMBER,
@@ -383,7 +410,8 @@ def read_sr(dataset: Dataset) -> SrReading:
     -------
     SrReading
         Flags, findings with their image references, impression, limitations, algorithm, observers,
-        predecessors and evidence.
+        predecessors, evidence (the current study's instances; ``other_evidence``: the other studies'
+        ``(study UID, SOP Instance UID)``) and the comparison.
 
     Raises
     ------
@@ -391,7 +419,8 @@ def read_sr(dataset: Dataset) -> SrReading:
         If the dataset is not an SR document.
     """
     document = hd.sr.ComprehensiveSR.from_dataset(dataset)
-    content = read_content(next(iter(document.content)))
+    root = next(iter(document.content))
+    content = read_content(root)
     observers = tuple(
         VerifyingObserver(
             str(item.VerifyingObserverName), str(item.VerifyingOrganization), str(item.VerificationDateTime)
@@ -424,4 +453,10 @@ def read_sr(dataset: Dataset) -> SrReading:
         verifying_observers=observers,
         predecessors=predecessors,
         evidence=tuple(uid for _study, _series, uid, _class in document.get_evidence(current_procedure_only=True)),
+        other_evidence=tuple(
+            (str(study), str(uid))
+            for study, _series, uid, _class in document.get_evidence()
+            if str(study) != str(document.StudyInstanceUID)
+        ),
+        comparison=read_comparison(root),
     )

@@ -76,6 +76,9 @@ class SeenFrame:
         1-based frame number.
     number_of_frames : int
         Frames in the instance: frame numbers are referenced only for multi-frame instances.
+    study_uid : str or None
+        The instance's study when it is a prior study's (shown to the model for comparison); None for the
+        current study's instances.
     """
 
     image: int
@@ -84,6 +87,7 @@ class SeenFrame:
     series_uid: str
     frame: int = 1
     number_of_frames: int = 1
+    study_uid: str | None = None
 
 
 @dataclass(frozen=True)

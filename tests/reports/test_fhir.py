@@ -15,7 +15,7 @@ from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from fhir.resources.R4B.observation import Observation
 from pydicom.dataset import Dataset
 
-from integration.findings import Finding
+from integration.findings import Finding, PriorReference
 from integration.reports.document import (
     AI_DRAFT_NOTICE,
     PersonName,
@@ -311,3 +311,34 @@ def test_from_dicom_header_builds_the_whole_document() -> None:
     ]
     with pytest.raises(ValueError, match="author"):
         from_dicom_header(header, report_key="signed:6", status="signed", issued=ISSUED, text="x")
+
+
+PRIOR_UID = "1.2.826.0.1.3680043.8.498.7"
+COMPARISON = "Compared with the CT of 2025-01-10, the nodule is unchanged."
+
+
+def test_comparison_is_an_observation_derived_from_the_prior_and_in_the_text() -> None:
+    prior = PriorReference.of(PRIOR_UID, "20250110", modality="CT", description="CT Chest")
+    for kind in ("draft", "signed"):
+        doc = make_doc(kind, text="", comparison=COMPARISON, priors=(prior,))
+        report = parsed(doc)
+        comparison, *findings = observations(report)
+        assert comparison.id == "comparison" and comparison.valueString == COMPARISON
+        assert comparison.code.coding[0].code == "18834-2" and comparison.status == report.status
+        assert [ref.identifier.value for ref in comparison.derivedFrom] == [
+            f"urn:oid:{STUDY_UID}",
+            f"urn:oid:{PRIOR_UID}",
+        ]
+        assert [ref.reference for ref in report.result][:2] == ["#comparison", "#finding-1"]
+        assert [f.id for f in findings] == ["finding-1", "finding-2"]
+        text = base64.b64decode(json.loads(diagnostic_report_json(doc))["presentedForm"][0]["data"]).decode()
+        assert f"COMPARISON: {COMPARISON}" in text and text.index("COMPARISON:") < text.index("FINDINGS:")
+        assert [ref.identifier.value for ref in report.imagingStudy] == [f"urn:oid:{STUDY_UID}"]
+
+
+def test_no_prior_line_travels_and_older_reports_have_no_comparison() -> None:
+    report = parsed(make_doc(comparison="No prior study available."))
+    [comparison] = [obs for obs in observations(report) if obs.id == "comparison"]
+    assert comparison.valueString == "No prior study available."
+    assert [ref.identifier.value for ref in comparison.derivedFrom] == [f"urn:oid:{STUDY_UID}"]
+    assert all(obs.id != "comparison" for obs in observations(parsed(make_doc())))

@@ -13,7 +13,7 @@ from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.parser import parse_message
 from pydicom.dataset import Dataset
 
-from integration.findings import Finding
+from integration.findings import Finding, PriorReference
 from integration.reports.document import AI_DRAFT_NOTICE, ReportDocument, from_dicom_header
 from integration.reports.hl7 import control_id, escape_text, oru_r01, report_lines
 from integration.samples import pydicom_test_file
@@ -213,3 +213,26 @@ def test_missing_optional_fields_still_give_a_valid_message() -> None:
 def test_sex_codes(sex: str, code: str) -> None:
     pid = parse(oru_r01(make_doc("draft", patient_sex=sex))).oru_r01_patient_result.oru_r01_patient.pid
     assert pid.pid_8.to_er7() == code
+
+
+def test_comparison_has_its_own_observation_naming_the_prior() -> None:
+    prior_uid = "1.2.826.0.1.3680043.8.498.7"
+    comparison = "Compared with the CT of 2025-01-10 | nodule unchanged."
+    prior = PriorReference.of(prior_uid, "20250110", modality="CT")
+    for kind, status in (("draft", "P"), ("signed", "F")):
+        message = parse(oru_r01(make_doc(kind, comparison=comparison, priors=(prior,))))
+        obx = obx_segments(message)
+        codes = [segment.obx_3.obx_3_1.value for segment in obx]
+        assert codes[:4] == ["110180", "121018", "18834-2", "18748-4"]
+        assert (obx[1].obx_2.value, obx[1].obx_4.value, obx[1].obx_5.value) == ("ST", "2.1", prior_uid)
+        assert (obx[2].obx_2.value, obx[2].obx_4.value) == ("TX", "2")
+        assert unescape(obx[2].obx_5.value) == comparison
+        assert [segment.obx_1.value for segment in obx] == [str(n) for n in range(1, len(obx) + 1)]
+        assert {segment.obx_11.value for segment in obx} == {status}
+
+
+def test_no_prior_line_and_older_reports() -> None:
+    obx = obx_segments(parse(oru_r01(make_doc(comparison="No prior study available."))))
+    assert [s.obx_3.obx_3_1.value for s in obx[:3]] == ["110180", "18834-2", "18748-4"]
+    assert obx[1].obx_5.value == "No prior study available."
+    assert "18834-2" not in oru_r01(make_doc())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import subprocess
 from datetime import UTC, datetime
@@ -12,7 +13,7 @@ import pytest
 from pydicom import Dataset
 from pydicom.uid import generate_uid
 
-from integration.findings import MAX_FINDING_CHARS, Document, Finding, InvalidFindings, clean_text
+from integration.findings import MAX_FINDING_CHARS, Document, Finding, InvalidFindings, PriorReference, clean_text
 from integration.reports.sr import (
     Algorithm,
     ReportForSr,
@@ -23,6 +24,7 @@ from integration.reports.sr import (
     read_sr,
 )
 from integration.reports.sr_content import ImageReference, SeenFrame
+from integration.reports.sr_priors import ReadComparison, ReadPrior
 from integration.samples import pydicom_test_file, write_ct_series
 
 DCIODVFY = shutil.which("dciodvfy") or "/usr/bin/dciodvfy"
@@ -244,3 +246,69 @@ def test_verification_refuses_bad_names_and_organizations(name: str, organizatio
 def test_verification_needs_an_aware_time() -> None:
     with pytest.raises(ValueError, match="timezone"):
         Verification("Doe^Jane", "St Elsewhere", datetime(2026, 11, 24, 9, 30))
+
+
+@pytest.fixture(scope="module")
+def prior_ct(tmp_path_factory: pytest.TempPathFactory) -> tuple[SeenFrame, ...]:
+    """Two slices of another CT study (the prior), seen as images 1 and 2 before the current ones."""
+    files = write_ct_series(tmp_path_factory.mktemp("prior"), 2, rows=16, columns=16)
+    headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+    return tuple(
+        SeenFrame(n, str(h.SOPClassUID), str(h.SOPInstanceUID), str(h.SeriesInstanceUID), study_uid=h.StudyInstanceUID)
+        for n, h in enumerate(headers, start=1)
+    )
+
+
+def test_sr_names_the_comparison_study_and_references_its_instances_as_other_evidence(
+    ct: tuple[Dataset, tuple[SeenFrame, ...]], prior_ct: tuple[SeenFrame, ...], tmp_path: Path
+) -> None:
+    source, seen = ct
+    prior_uid = str(prior_ct[0].study_uid)
+    assert prior_uid != source.StudyInstanceUID
+    current = tuple(dataclasses.replace(frame, image=frame.image + 2) for frame in seen)
+    prior = PriorReference.of(prior_uid, "20240301", modality="CT", description="CT CHEST W CONTRAST", accession="A1")
+    findings = (Finding("Nodule in the right upper lobe, unchanged in size.", (1, 3)), Finding("No effusion.", (4,)))
+    report = dataclasses.replace(
+        a_report((*prior_ct, *current), findings),
+        comparison="Compared with the CT of 2024-03-01: the nodule is unchanged.",
+        priors=(prior,),
+    )
+    draft, signed, _, document = draft_and_signed(source, report, tmp_path)
+    for reading in (draft, signed):
+        [named] = reading.comparison.priors
+        assert named == ReadPrior(prior_uid, "CT, 2024-03-01: CT CHEST W CONTRAST", "20240301", "CT", "A1")
+        assert reading.comparison.statements == ("Compared with the CT of 2024-03-01: the nodule is unchanged.",)
+        assert reading.evidence == tuple(s.sop_instance_uid for s in seen)  # the current study's, where they were
+        assert reading.other_evidence == tuple((prior_uid, s.sop_instance_uid) for s in prior_ct)
+        assert refs(reading.findings[0].references) == [
+            (prior_ct[0].sop_instance_uid, ()),
+            (seen[0].sop_instance_uid, ()),
+        ]
+    [other] = document.PertinentOtherEvidenceSequence
+    assert other.StudyInstanceUID == prior_uid
+    assert [item.StudyInstanceUID for item in document.CurrentRequestedProcedureEvidenceSequence] == [
+        source.StudyInstanceUID
+    ]
+
+
+@pytest.mark.parametrize(
+    ("note", "said"),
+    [
+        ("", "No prior study available."),
+        (
+            "Prior study not available: the PACS did not answer in 60 s.",
+            "Prior study not available: the PACS did not answer in 60 s.",
+        ),
+    ],
+)
+def test_sr_without_a_prior_says_so(
+    ct: tuple[Dataset, tuple[SeenFrame, ...]], tmp_path: Path, note: str, said: str
+) -> None:
+    source, seen = ct
+    draft, signed, _, document = draft_and_signed(
+        source, dataclasses.replace(a_report(seen), prior_note=note), tmp_path
+    )
+    for reading in (draft, signed):
+        assert reading.comparison == ReadComparison((), (said,))
+        assert reading.other_evidence == ()
+    assert "PertinentOtherEvidenceSequence" not in document
