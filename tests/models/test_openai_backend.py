@@ -7,6 +7,7 @@ keeps what it forwarded, and can answer with errors or hold answers back.  Nothi
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import logging
 import pickle
@@ -123,6 +124,30 @@ def test_a_family_with_a_system_role_gets_a_system_message(proxy: RecordingProxy
     system, user = sent.json()["messages"]
     assert system == {"role": "system", "content": "You are a radiology assistant."}
     assert user["content"][-1]["text"] == request(1).prompt
+
+
+def test_the_preamble_is_sent_before_the_images_and_the_prompt_after(
+    proxy: RecordingProxy, smoke_model_dir: Path
+) -> None:
+    preamble = 'Chest CT.\nPrior study (412 days earlier): CT. Its report: "Nodule six millimetres."'
+    with_prior = dataclasses.replace(request(4), preamble=preamble)
+    (result,) = backend_for(proxy.url, smoke_model_dir).generate([with_prior])  # the real server renders it
+    assert result.tokens_out >= 1
+    backend_for(proxy.url, smoke_model_dir, family=GENERIC_FAMILY).generate([with_prior])
+    backend_for(proxy.url, smoke_model_dir).generate([request(4)])
+    llava, generic, plain = (sent.json()["messages"] for sent in proxy.chat_requests())
+    assert all(sent.status == 200 for sent in proxy.chat_requests())
+    [user] = llava  # llava: no system role, the system prompt opens the preamble
+    assert [part["type"] for part in user["content"]] == ["text", "image_url", "image_url", "text"]
+    assert user["content"][0]["text"] == f"You are a radiology assistant.\n\n{preamble}\n"
+    assert user["content"][-1]["text"] == request(4).prompt
+    system, user = generic
+    assert system["content"] == "You are a radiology assistant." and user["content"][0]["text"] == f"{preamble}\n"
+    [user] = plain  # no preamble: as before
+    assert [part["type"] for part in user["content"]] == ["image_url", "image_url", "text"]
+    proxy.fail_next(1, 422, message="cannot read: Prior study (412 days earlier): CT. Its report")
+    with pytest.raises(ModelServerRefused, match="withheld"):
+        backend_for(proxy.url, smoke_model_dir).generate([with_prior])
 
 
 def test_503_answers_are_retried(
