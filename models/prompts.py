@@ -17,8 +17,10 @@ capped, its double quotes made single, and quoted.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import date, datetime
 
 from models.draft import clean
 
@@ -305,6 +307,74 @@ def render_prompt_parts(
         lines.append(COMPARE_REQUEST)
     lines.append(OUTPUT_FORMAT)
     return PromptParts("\n".join(preamble), "\n".join(lines))
+
+
+def prior_when(prior_date: str | None, current_date: str | None, *, exact: bool) -> str:
+    """Say when a prior study was made, for :attr:`PriorContext.when`.
+
+    Parameters
+    ----------
+    prior_date, current_date : str or None
+        DICOM dates, ``YYYYMMDD``.
+    exact : bool
+        True: ``"on 2024-03-01"`` (an in-process model); False: ``"412 days earlier"`` (a model server
+        outside the trust boundary: no dates leave it).
+
+    Returns
+    -------
+    str
+        The phrase; ``"at an unknown date"`` when the dates do not tell.
+    """
+    prior, current = _dicom_date(prior_date), _dicom_date(current_date)
+    if exact and prior is not None:
+        return f"on {prior.isoformat()}"
+    if prior is not None and current is not None and prior <= current:
+        days = (current - prior).days
+        return "the same day" if days == 0 else f"{days} day{'s' if days != 1 else ''} earlier"
+    return "at an unknown date"
+
+
+def age_in_years(patient_age: str | None, birth_date: str | None, study_date: str | None) -> int | None:
+    """Return the patient's age at the study, in whole years: Patient's Age, else birth and study dates.
+
+    ``patient_age`` is a DICOM AS value (``067Y``, ``018M``, ``003W``, ``010D``); the dates are ``YYYYMMDD``.
+    None when neither tells (or the result is not 0 to 150).
+    """
+    match = re.fullmatch(r"\s*(\d{1,3})\s*([DWMY])\s*", patient_age or "", re.I)
+    years: int | None = None
+    if match:
+        per_year = {"D": 365.25, "W": 52.18, "M": 12, "Y": 1}[match.group(2).upper()]
+        years = int(int(match.group(1)) // per_year)
+    elif (born := _dicom_date(birth_date)) is not None and (seen := _dicom_date(study_date)) is not None:
+        years = seen.year - born.year - ((seen.month, seen.day) < (born.month, born.day))
+    return years if years is not None and 0 <= years <= 150 else None
+
+
+def age_text(years: int | None, *, band: bool) -> str | None:
+    """Say an age for :attr:`PatientContext.age`: ``"67 years"``, or as a decade band (``"60-69 years"``).
+
+    A band for a model server outside the trust boundary; ages of 90 and over are ``"90 years or older"``
+    either way (HIPAA Safe Harbor).  None for None.
+    """
+    if years is None:
+        return None
+    if years >= 90:
+        return "90 years or older"
+    if band:
+        return f"{years // 10 * 10}-{years // 10 * 10 + 9} years"
+    return f"{years} year{'s' if years != 1 else ''}"
+
+
+def sex_text(patient_sex: str | None) -> str | None:
+    """Say a DICOM Patient's Sex (``F``, ``M``, ``O``) for :attr:`PatientContext.sex`; None when not given."""
+    return {"F": "female", "M": "male", "O": "other"}.get((patient_sex or "").strip().upper())
+
+
+def _dicom_date(value: str | None) -> date | None:
+    try:
+        return datetime.strptime((value or "").strip(), "%Y%m%d").date()
+    except ValueError:
+        return None
 
 
 def _field(value: object, limit: int = MAX_PROMPT_FIELD_CHARS) -> str:

@@ -14,9 +14,13 @@ from models.prompts import (
     TEMPLATES,
     PatientContext,
     PriorContext,
+    age_in_years,
+    age_text,
+    prior_when,
     render_prompt,
     render_prompt_parts,
     select_template,
+    sex_text,
 )
 
 CHEST = select_template("CT", "CHEST")
@@ -140,3 +144,30 @@ def test_the_text_carries_the_comparison_or_the_prior_note() -> None:
         none.as_text(prior_note="No prior study available.").splitlines()[2] == "COMPARISON: No prior study available."
     )
     assert none.as_text().splitlines()[:3] == [AI_DRAFT_NOTICE, "", "FINDINGS:"]  # as before
+
+
+def test_when_age_and_sex_are_said_exactly_in_process_and_coarsely_outside() -> None:
+    assert prior_when("20240301", "20250416", exact=True) == "on 2024-03-01"
+    assert prior_when("20240301", "20250416", exact=False) == "411 days earlier"
+    assert prior_when("20250415", "20250416", exact=False) == "1 day earlier"
+    assert prior_when("20250416", "20250416", exact=False) == "the same day"
+    assert prior_when("2024", "20250416", exact=True) == prior_when(None, None, exact=False) == "at an unknown date"
+    assert age_in_years("067Y", "19000101", "20250416") == 67  # Patient's Age first
+    assert (age_in_years("018M", None, None), age_in_years("010D", None, None)) == (1, 0)
+    assert age_in_years(None, "19580417", "20250416") == 66 and age_in_years(None, "19580416", "20250416") == 67
+    assert age_in_years("x", "bad", None) is None and age_in_years("999Y", None, None) is None
+    assert (age_text(67, band=False), age_text(67, band=True), age_text(1, band=False)) == (
+        "67 years",
+        "60-69 years",
+        "1 year",
+    )
+    assert (
+        age_text(93, band=False) == age_text(95, band=True) == "90 years or older" and age_text(None, band=True) is None
+    )
+    assert (sex_text("f"), sex_text("M "), sex_text("O"), sex_text(""), sex_text(None)) == (
+        "female",
+        "male",
+        "other",
+        None,
+        None,
+    )
