@@ -19,13 +19,14 @@ def listen(
     ] = None,
     log_level: Annotated[str, typer.Option(help="Log level of pacs-vlm's own messages.")] = "INFO",
 ) -> None:
-    """Run the DICOM listener (C-ECHO, C-STORE) and study assembly until stopped.
+    """Run the DICOM listener (C-ECHO, C-STORE), study assembly and the prior fetcher until stopped.
 
     DICOM TLS is served when PACSVLM_TLS_CERTIFICATE and PACSVLM_TLS_PRIVATE_KEY are set: on the listen
     port only, or on PACSVLM_TLS_PORT beside plain TCP on the listen port.
     """
     from integration.dicom.listener import Listener, ListenerConfigError
     from integration.logs import configure_logging
+    from integration.priors.fetcher import PriorFetcher
     from integration.store.migrate import SchemaOutOfDate, ensure_schema
 
     configure_logging(log_level)
@@ -33,6 +34,11 @@ def listen(
     try:
         ensure_schema(settings.database_url)
         listener = Listener(settings)
+        # Prefetch: a study's first stored instance wakes the fetcher, which queries the archives at once.
+        fetcher = PriorFetcher(settings, listener.intake)
+        listener.intake.on_new_study = fetcher.wake
+        if listener.assembler is not None:  # a fetcher runs: a stable study waits (bounded) for its prior search
+            listener.assembler.prior_wait_seconds = settings.prior_wait_seconds
         listener.start()
     except (ListenerConfigError, SchemaOutOfDate) as exc:
         raise fail(str(exc), 2) from None
@@ -48,5 +54,7 @@ def listen(
         console.print(
             f"listening as [bold]{settings.ae_title}[/bold] on {settings.listen_host}:{listener.tls_port} (TLS)"
         )
+    fetcher.start()
     stop.wait()
+    fetcher.stop()
     listener.stop()
