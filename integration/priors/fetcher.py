@@ -73,8 +73,8 @@ WORKERS = 2
 MIN_LEASE_SECONDS = 300.0
 
 
-class SearchFailed(Exception):
-    """A search cannot go on (no readable instance, no rule); the message is the recorded reason."""
+class NothingToSearch(Exception):
+    """A search ends before any source is asked (no readable instance, no rule); the message is its reason."""
 
 
 @dataclass
@@ -184,7 +184,7 @@ class PriorFetcher:
         try:
             search = self._begin(study_id, started)
             reason = self._work(search)
-        except SearchFailed as exc:
+        except NothingToSearch as exc:
             state, reason = PriorSearchState.DONE, str(exc)
         except (ArchiveError, OSError) as exc:
             state, reason = PriorSearchState.FAILED, f"{type(exc).__name__}: {exc}"
@@ -222,19 +222,19 @@ class PriorFetcher:
                 .limit(1)
             )
         if row is None or first is None:
-            raise SearchFailed("the study has no stored instance")
+            raise NothingToSearch("the study has no stored instance")
         if row.role != "current":
-            raise SearchFailed("a prior study has no priors of its own")
+            raise NothingToSearch("a prior study has no priors of its own")
         try:
             current = CurrentStudy.from_file(
                 self.settings.instance_root / first, study_id=study_id, site_id=row.site_id, calling_ae=row.calling_ae
             )
         except Exception as exc:  # a damaged file: pydicom raises many kinds
-            raise SearchFailed(f"the first instance is unreadable ({type(exc).__name__})") from None
+            raise NothingToSearch(f"the first instance is unreadable ({type(exc).__name__})") from None
         parts = tuple(p for p in (current.body_part, current.region) if p)
         rule = rule_for(self.rules, current.modality, parts, current.calling_ae)
         if rule is None:
-            raise SearchFailed("no routing rule accepts the study")
+            raise NothingToSearch("no routing rule accepts the study")
         return _Search(current, rule, started)
 
     def _work(self, search: _Search) -> str | None:

@@ -28,7 +28,7 @@ from tests.support.priors import PRIOR_IMPRESSION, PRIOR_REPORT_TEXT, PriorPacs,
 from tests.support.services import free_port
 
 
-def _settings(url: str, redis_url: str, tmp_path: Path, source: PriorSource) -> Settings:
+def _settings(url: str, redis_url: str, tmp_path: Path, source: PriorSource, poll: float = 0.2) -> Settings:
     return Settings(
         database_url=url,
         broker_url=redis_url,
@@ -37,7 +37,7 @@ def _settings(url: str, redis_url: str, tmp_path: Path, source: PriorSource) -> 
         fsync=False,
         prior_sources=[source],
         prior_wait_seconds=30,
-        assembly_interval=0.2,
+        assembly_interval=poll,
     )
 
 
@@ -70,10 +70,12 @@ def intake(
     intake.close()
 
 
+@pytest.mark.parametrize("kind", ["dimse", "dicomweb"])
 def test_prefetch_on_the_first_instance_fetches_only_the_chosen_series(
-    migrated_postgres_url: str, redis_url: str, tmp_path: Path, prior_pacs: PriorPacs, intake: InstanceIntake
+    migrated_postgres_url: str, redis_url: str, tmp_path: Path, prior_pacs: PriorPacs, intake: InstanceIntake, kind: str
 ) -> None:
-    settings = _settings(migrated_postgres_url, redis_url, tmp_path, prior_pacs.source())
+    # The fetcher polls only every 60 s: the search is started by the first instance's wake-up.
+    settings = _settings(migrated_postgres_url, redis_url, tmp_path, prior_pacs.source(kind), poll=60)
     ct = prior_pacs.data.ct
     thin, report = ct.series_named("Chest 2.5mm").uid, ct.series_named("Report").uid
     fetcher = PriorFetcher(settings, intake)
