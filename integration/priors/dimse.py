@@ -60,58 +60,26 @@ _PENDING = frozenset({0xFF00, 0xFF01})
 _CANCELLED = 0xFE00
 
 _RETRIEVE_CLASS_NAMES = (
-    "CTImageStorage",
-    "EnhancedCTImageStorage",
-    "LegacyConvertedEnhancedCTImageStorage",
-    "MRImageStorage",
-    "EnhancedMRImageStorage",
-    "EnhancedMRColorImageStorage",
-    "LegacyConvertedEnhancedMRImageStorage",
-    "ComputedRadiographyImageStorage",
-    "DigitalXRayImageStorageForPresentation",
-    "DigitalXRayImageStorageForProcessing",
-    "DigitalMammographyXRayImageStorageForPresentation",
-    "DigitalMammographyXRayImageStorageForProcessing",
-    "DigitalIntraOralXRayImageStorageForPresentation",
-    "DigitalIntraOralXRayImageStorageForProcessing",
-    "BreastTomosynthesisImageStorage",
-    "BreastProjectionXRayImageStorageForPresentation",
-    "BreastProjectionXRayImageStorageForProcessing",
-    "UltrasoundImageStorage",
-    "UltrasoundMultiFrameImageStorage",
-    "EnhancedUSVolumeStorage",
-    "NuclearMedicineImageStorage",
-    "PositronEmissionTomographyImageStorage",
-    "EnhancedPETImageStorage",
-    "LegacyConvertedEnhancedPETImageStorage",
-    "XRayAngiographicImageStorage",
-    "EnhancedXAImageStorage",
-    "XRayRadiofluoroscopicImageStorage",
-    "EnhancedXRFImageStorage",
-    "XRay3DAngiographicImageStorage",
-    "XRay3DCraniofacialImageStorage",
-    "SecondaryCaptureImageStorage",
-    "MultiFrameSingleBitSecondaryCaptureImageStorage",
-    "MultiFrameGrayscaleByteSecondaryCaptureImageStorage",
-    "MultiFrameGrayscaleWordSecondaryCaptureImageStorage",
-    "MultiFrameTrueColorSecondaryCaptureImageStorage",
-    "VLPhotographicImageStorage",
-    "VLEndoscopicImageStorage",
-    "VLMicroscopicImageStorage",
-    "BasicTextSRStorage",
-    "EnhancedSRStorage",
-    "ComprehensiveSRStorage",
-    "Comprehensive3DSRStorage",
-    "ExtensibleSRStorage",
-    "XRayRadiationDoseSRStorage",
-    "EnhancedXRayRadiationDoseSRStorage",
-    "RadiopharmaceuticalRadiationDoseSRStorage",
-    "PatientRadiationDoseSRStorage",
-    "KeyObjectSelectionDocumentStorage",
-    "MammographyCADSRStorage",
-    "ChestCADSRStorage",
-    "EncapsulatedPDFStorage",
-    "EncapsulatedCDAStorage",
+    *("CTImageStorage", "EnhancedCTImageStorage", "LegacyConvertedEnhancedCTImageStorage", "MRImageStorage"),
+    *("EnhancedMRImageStorage", "EnhancedMRColorImageStorage", "LegacyConvertedEnhancedMRImageStorage"),
+    *("ComputedRadiographyImageStorage", "DigitalXRayImageStorageForPresentation"),
+    *("DigitalXRayImageStorageForProcessing", "DigitalMammographyXRayImageStorageForPresentation"),
+    *("DigitalMammographyXRayImageStorageForProcessing", "BreastTomosynthesisImageStorage"),
+    *("BreastProjectionXRayImageStorageForPresentation", "BreastProjectionXRayImageStorageForProcessing"),
+    *("DigitalIntraOralXRayImageStorageForPresentation", "DigitalIntraOralXRayImageStorageForProcessing"),
+    *("UltrasoundImageStorage", "UltrasoundMultiFrameImageStorage", "EnhancedUSVolumeStorage"),
+    *("NuclearMedicineImageStorage", "PositronEmissionTomographyImageStorage", "EnhancedPETImageStorage"),
+    *("LegacyConvertedEnhancedPETImageStorage", "XRayAngiographicImageStorage", "EnhancedXAImageStorage"),
+    *("XRayRadiofluoroscopicImageStorage", "EnhancedXRFImageStorage", "XRay3DAngiographicImageStorage"),
+    *("XRay3DCraniofacialImageStorage", "SecondaryCaptureImageStorage"),
+    *("MultiFrameSingleBitSecondaryCaptureImageStorage", "MultiFrameGrayscaleByteSecondaryCaptureImageStorage"),
+    *("MultiFrameGrayscaleWordSecondaryCaptureImageStorage", "MultiFrameTrueColorSecondaryCaptureImageStorage"),
+    *("VLPhotographicImageStorage", "VLEndoscopicImageStorage", "VLMicroscopicImageStorage", "BasicTextSRStorage"),
+    *("EnhancedSRStorage", "ComprehensiveSRStorage", "Comprehensive3DSRStorage", "ExtensibleSRStorage"),
+    *("XRayRadiationDoseSRStorage", "EnhancedXRayRadiationDoseSRStorage"),
+    *("RadiopharmaceuticalRadiationDoseSRStorage", "PatientRadiationDoseSRStorage"),
+    *("KeyObjectSelectionDocumentStorage", "MammographyCADSRStorage", "ChestCADSRStorage", "EncapsulatedPDFStorage"),
+    *("EncapsulatedCDAStorage",),
 )
 #: Storage SOP classes proposed (SCP role) for C-GET: what a prior is made of, within pynetdicom's 128 contexts.
 RETRIEVE_SOP_CLASSES: tuple[str, ...] = tuple(
@@ -161,6 +129,7 @@ class _Tally:
     """What came through one retrieval's C-STORE sub-operations."""
 
     sink: InstanceSink
+    received: int = 0
     stored: int = 0
     duplicates: int = 0
     failed: int = 0
@@ -169,8 +138,9 @@ class _Tally:
 
     def on_store(self, event: Any) -> int:
         data = event.request.DataSet.getvalue()
-        syntax = str(event.context.transfer_syntax[0])
+        syntax = str(event.context.transfer_syntax)  # the accepted context: (id, abstract syntax, transfer syntax)
         self.bytes += len(data)
+        self.received += 1
         try:
             outcome = self.sink(data, syntax)
         except Exception:
@@ -342,12 +312,12 @@ class DimseArchive:
         with opened as assoc:
             for series_uid in series_uids:
                 identifier = _identifier("SERIES", StudyInstanceUID=study_uid, SeriesInstanceUID=series_uid)
-                before = tally.stored + tally.duplicates
+                before, refused_before = tally.received, tally.failed
                 if moving:
                     answers = assoc.send_c_move(identifier, self.calling_ae, MOVE, msg_id=1)
                 else:
                     answers = assoc.send_c_get(identifier, GET, msg_id=1)
-                final = _final(answers, "C-MOVE" if moving else "C-GET", self._peer)
+                final = self._final(answers, "C-MOVE" if moving else "C-GET")
                 code = int(final.Status)
                 completed = _number(final, "NumberOfCompletedSuboperations") or 0
                 warned = _number(final, "NumberOfWarningSuboperations") or 0
@@ -355,9 +325,9 @@ class DimseArchive:
                 if moving:
                     moved[0] += completed + warned
                     moved[1] += failed
-                else:
-                    tally.failed = max(tally.failed, failed)
-                arrived = completed + warned if moving else tally.stored + tally.duplicates - before
+                else:  # the PACS's failures include those we refused; the rest never reached us
+                    tally.failed += max(0, failed - (tally.failed - refused_before))
+                arrived = completed + warned if moving else tally.received - before
                 table = QR_MOVE_SERVICE_CLASS_STATUS if moving else QR_GET_SERVICE_CLASS_STATUS
                 if code not in (0x0000, 0xB000):
                     name = _status_name(code, table)
@@ -385,9 +355,11 @@ class DimseArchive:
         found: list[Dataset] = []
         cancelled = False
         final: Dataset | None = None
+        started = time.monotonic()
         for status, answer in assoc.send_c_find(identifier, FIND, msg_id=1):
             code = int(status.Status) if "Status" in status else None
             if code in _PENDING:
+                started = time.monotonic()  # a timeout counts from the last answer
                 if answer is not None and not cancelled:
                     found.append(answer)
                 if first_only and not cancelled:
@@ -396,11 +368,30 @@ class DimseArchive:
                 continue
             final = status
         if final is None or "Status" not in final:
-            raise ArchiveError(f"{self._peer}: no C-FIND answer (the association ended or timed out)")
+            raise ArchiveError(f"{self._peer}: {self._no_answer('C-FIND', started)}")
         code = int(final.Status)
         if code not in (0x0000, _CANCELLED):
             raise ArchiveError(f"{self._peer}: C-FIND failed {_status_name(code, QR_FIND_SERVICE_CLASS_STATUS)}")
         return found
+
+    def _final(self, answers: Iterator[tuple[Dataset, Dataset | None]], operation: str) -> Dataset:
+        """Drain a C-GET/C-MOVE's responses; return the final status (pending ones only count progress)."""
+        final: Dataset | None = None
+        started = time.monotonic()
+        for status, _ in answers:
+            if "Status" in status and int(status.Status) in _PENDING:
+                started = time.monotonic()  # a timeout counts from the last answer
+                continue
+            final = status
+        if final is None or "Status" not in final:
+            raise ArchiveError(f"{self._peer}: {self._no_answer(operation, started)}")
+        return final
+
+    def _no_answer(self, operation: str, started: float) -> str:
+        """Why a DIMSE operation ended without a final status: the PACS ended it, or its next answer timed out."""
+        if time.monotonic() - started < 0.9 * self.source.timeout:
+            return f"the PACS ended the {operation} (does it allow our AE title {self.calling_ae!r} to ask?)"
+        return f"no {operation} answer within {self.source.timeout:g} s"
 
     @contextmanager
     def _association(
@@ -409,7 +400,7 @@ class DimseArchive:
         abstract_syntaxes: Sequence[str],
         *,
         roles: bool = False,
-        handlers: Sequence[tuple[Any, Callable[[Any], int]]] = (),
+        handlers: Sequence[tuple[Any, Callable[[Any], Any]]] = (),
     ) -> Iterator[Association]:
         """Open one association for an operation; release it afterwards (abort it when the operation failed)."""
         ae = AE(ae_title=self.calling_ae)
@@ -422,6 +413,8 @@ class DimseArchive:
             else:
                 ae.add_requested_context(uid)
         extended = [build_role(uid, scp_role=True) for uid in RETRIEVE_SOP_CLASSES] if roles else None
+        connected: list[bool] = []  # EVT_CONN_OPEN: the TCP connection was made (an abort is then the peer's)
+        bound: list[Any] = [*handlers, (evt.EVT_CONN_OPEN, lambda event: connected.append(True))]
         assert self.source.host is not None and self.source.port is not None
         assoc = ae.associate(
             self.source.host,
@@ -429,11 +422,12 @@ class DimseArchive:
             ae_title=self.source.ae_title or "",
             max_pdu=self.max_pdu,
             ext_neg=extended,  # type: ignore[arg-type]  # a list of one of the accepted item kinds
-            evt_handlers=list(handlers) or None,
+            evt_handlers=bound,
             tls_args=self._tls,
         )
         if not assoc.is_established:
-            raise ArchiveError(f"{self._peer}: {operation} association {_why_not(assoc, self.calling_ae, self._tls)}")
+            why = _why_not(assoc, self.calling_ae, self._tls, bool(connected))
+            raise ArchiveError(f"{self._peer}: {operation} association {why}")
         try:
             if not any(cx.abstract_syntax == abstract_syntaxes[0] for cx in assoc.accepted_contexts):
                 raise ArchiveError(f"{self._peer}: the PACS does not offer Study Root {operation}")
@@ -451,21 +445,11 @@ def _check_patient_id(patient_id: str) -> None:
         raise ValueError("a prior search needs one non-empty Patient ID (an empty one matches every patient)")
 
 
-def _final(answers: Iterator[tuple[Dataset, Dataset | None]], operation: str, peer: str) -> Dataset:
-    """Drain a C-GET/C-MOVE's responses; return the final status (pending ones only count progress)."""
-    final: Dataset | None = None
-    for status, _ in answers:
-        if "Status" in status and int(status.Status) in _PENDING:
-            continue
-        final = status
-    if final is None or "Status" not in final:
-        raise ArchiveError(f"{peer}: no {operation} answer (the association ended or timed out)")
-    return final
-
-
-def _why_not(assoc: Association, calling_ae: str, tls: object) -> str:
+def _why_not(assoc: Association, calling_ae: str, tls: object, connected: bool) -> str:
+    if not connected:
+        return "not established: no connection (is the PACS up and its host and port right?)"
     if assoc.is_rejected:
         return f"rejected (does the PACS know our AE title {calling_ae!r}?)"
     if assoc.is_aborted:
         return "aborted" + (" (over TLS: see the log for the handshake's reason)" if tls else "")
-    return "not established (no connection: is the PACS up and its host and port right?)"
+    return "not established (no answer to the association request)"
