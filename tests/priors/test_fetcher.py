@@ -7,7 +7,8 @@ decoys that must never be used (the same Patient ID under another issuer, a name
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -23,8 +24,9 @@ from integration.priors.fetcher import PriorFetcher
 from integration.store.priors import claim_searches, priors_view
 from integration.store.session import session_scope
 from integration.store.tables import AnalysisJob, PriorSearchState, PriorState, Study, utcnow
-from tests.support.peers import wait_until
+from tests.support.peers import ListenerProcess, storescu, wait_until
 from tests.support.priors import PRIOR_IMPRESSION, PRIOR_REPORT_TEXT, PriorPacs, build_current_study
+from tests.support.records import db_rows
 from tests.support.services import free_port
 
 
@@ -143,3 +145,25 @@ def test_pacs_down_fails_the_search_with_a_reason_and_the_draft_goes_ahead(
     assert view.search_state is PriorSearchState.FAILED and view.priors == ()
     assert view.search_reason is not None and view.search_reason.startswith("pacs: ")
     assert StudyAssembler(settings, wait_for_priors=True).run_once().jobs_created == 1
+
+
+def test_the_listener_prefetches_by_c_move_and_the_job_waits_for_the_prior(
+    listener_factory: Callable[..., ListenerProcess], migrated_postgres_url: str, redis_url: str, prior_pacs: PriorPacs
+) -> None:
+    """``pacs-vlm listen`` end to end: the first C-STORE starts the search, the PACS sends the prior by C-MOVE."""
+    source = prior_pacs.source(name="pacs-move", retrieve="move").model_dump(mode="json")
+    listener = listener_factory(
+        migrated_postgres_url,
+        redis_url,
+        stable_seconds=0.5,
+        extra_env={"PACSVLM_PRIOR_SOURCES": json.dumps([source]), "PACSVLM_PRIOR_WAIT_SECONDS": "60"},
+    )
+    prior_pacs.register(port=listener.port)
+    current = build_current_study(listener.data_dir / "sent", slices=2)
+    assert storescu(listener.port, current.files).returncode == 0
+    url = migrated_postgres_url
+    wait_until(lambda: db_rows(url, "SELECT id FROM analysis_jobs"), 60, message=f"a job\n{listener.log()}")
+    (prior,) = db_rows(url, "SELECT prior_study_uid, source, state, instances, report_source FROM study_priors")
+    assert prior == (prior_pacs.data.ct.uid, "pacs-move", "ready", 21, "sr")
+    jobs = db_rows(url, "SELECT s.study_uid FROM analysis_jobs j JOIN studies s ON s.id = j.study_id")
+    assert jobs == [(current.uid,)]
