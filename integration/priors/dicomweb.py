@@ -111,13 +111,12 @@ class DicomwebArchive:
 
         Raises
         ------
-        ValueError
-            An empty Patient ID (it would match every patient) or one holding a backslash.
         ArchiveError
-            The archive cannot be asked or answered an error.
+            The archive cannot be asked or answered an error, or the Patient ID cannot be asked for (an empty one
+            would match every patient; one with a backslash would be two).
         """
         if not patient_id.strip() or "\\" in patient_id:
-            raise ValueError("a prior search needs one non-empty Patient ID (an empty one matches every patient)")
+            raise ArchiveError("a prior search needs one non-empty Patient ID (an empty one matches every patient)")
         filters = {"PatientID": patient_id} | ({"IssuerOfPatientID": issuer} if issuer else {})
         with self._asking("QIDO-RS studies"):
             answers = self._client.search_for_studies(

@@ -208,10 +208,9 @@ class DimseArchive:
 
         Raises
         ------
-        ValueError
-            An empty Patient ID (it would match every patient) or one holding a backslash.
         ArchiveError
-            The PACS cannot be asked or answered a failure.
+            The PACS cannot be asked or answered a failure, or the Patient ID cannot be asked for (an empty one
+            would match every patient; one with a backslash would be two).
         """
         _check_patient_id(patient_id)
         keys = {
@@ -442,7 +441,7 @@ class DimseArchive:
 
 def _check_patient_id(patient_id: str) -> None:
     if not patient_id.strip() or "\\" in patient_id:
-        raise ValueError("a prior search needs one non-empty Patient ID (an empty one matches every patient)")
+        raise ArchiveError("a prior search needs one non-empty Patient ID (an empty one matches every patient)")
 
 
 def _why_not(assoc: Association, calling_ae: str, tls: object, connected: bool) -> str:

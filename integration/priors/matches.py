@@ -20,7 +20,8 @@ InstanceSink = Callable[[bytes, str], StoreOutcome]
 class ArchiveError(RuntimeError):
     """The archive could not be asked or did not answer: unreachable, refused, timed out, a failure status.
 
-    The message says why in a few words, naming the source, never patient data (safe to log and store).
+    Also raised when the question cannot be asked (an empty Patient ID would match every patient).  The
+    message says why in a few words, naming the source, never patient data (safe to log and store).
     """
 
 

@@ -262,7 +262,7 @@ def test_an_empty_patient_id_is_never_sent() -> None:
     for kind in ("dimse", "dicomweb"):
         archive = open_archive(unreachable(kind), Settings())
         for patient_id in ("", "  ", "A\\B"):
-            with pytest.raises(ValueError, match="non-empty Patient ID"):
+            with pytest.raises(ArchiveError, match="non-empty Patient ID"):
                 archive.find_studies(patient_id, None)
 
 
