@@ -167,3 +167,5 @@ def test_the_listener_prefetches_by_c_move_and_the_job_waits_for_the_prior(
     assert prior == (prior_pacs.data.ct.uid, "pacs-move", "ready", 21, "sr")
     jobs = db_rows(url, "SELECT s.study_uid FROM analysis_jobs j JOIN studies s ON s.id = j.study_id")
     assert jobs == [(current.uid,)]
+    # Stable 0.5 s after its last instance, the study waited for its search (about 2 s) before its job.
+    assert db_rows(url, "SELECT j.created_at >= p.finished_at FROM analysis_jobs j, prior_searches p") == [(True,)]
