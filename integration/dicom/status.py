@@ -25,7 +25,7 @@ PROCESSING_FAILURE: Final = 0x0110
 UNRECOGNIZED_OPERATION: Final = 0x0211
 #: Failure: the transfer syntax is not one we accept (STOW-RS parts; the listener negotiates instead).
 TRANSFER_SYNTAX_NOT_SUPPORTED: Final = 0xC122
-#: Refused: not authorized (an upload to a study of another site).
+#: Refused: not authorized (an upload to a study of another site, an unrequested instance from a prior source).
 NOT_AUTHORIZED: Final = 0x0124
 #: Error (0xA900, "does not match"): the instance's series, SOP instance or patient is another study's.
 INSTANCE_OF_ANOTHER_STUDY: Final = DATASET_DOES_NOT_MATCH_SOP_CLASS
@@ -54,6 +54,7 @@ FOR_RESULT: Final = {
     Result.NOT_THE_NAMED_STUDY: DATASET_DOES_NOT_MATCH_SOP_CLASS,
     Result.CONFLICTS_WITH_STUDY: INSTANCE_OF_ANOTHER_STUDY,
     Result.OTHER_SITE: NOT_AUTHORIZED,
+    Result.NOT_REQUESTED: NOT_AUTHORIZED,
     Result.OUT_OF_RESOURCES: OUT_OF_RESOURCES,
     Result.PROCESSING_FAILURE: PROCESSING_FAILURE,
 }

@@ -2,14 +2,22 @@
 
 A C-STORE is stored by :class:`~integration.intake.intake.InstanceIntake` (success only after the file is
 durable and its row committed; nothing half-written on failure); here its origin is named (the calling AE's
-site and idle time) and its outcome mapped to a DIMSE status.  The network side
+site and idle time) and its outcome mapped to a DIMSE status.
+
+A prior source that retrieves by C-MOVE (``PACSVLM_PRIOR_SOURCES``, ``"retrieve": "move"``) sends its
+instances to our listener from its own AE title: that AE is admitted without being a calling AE, but only from
+the source's host, and whatever it sends is stored as a prior, which only a study reserved as a prior takes
+(anything else is refused, ``Refused: Not Authorized``), so the listener is not opened to new studies from
+it.  An AE that also is a configured calling AE keeps its ordinary origin.  The network side
 (:mod:`integration.dicom.association`) calls in here from worker threads.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 import threading
+from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import select
@@ -75,6 +83,8 @@ class StorageSCP:
         self.settings = settings
         self.intake = intake
         self._sites = SiteDirectory(settings)
+        #: AE title of each C-MOVE prior source -> the addresses it may connect from (resolved once, here).
+        self.move_sources = move_source_hosts(getattr(settings, "prior_sources", []))
 
     # -- association life cycle -------------------------------------------------
 
@@ -98,14 +108,30 @@ class StorageSCP:
                 "protocol version not supported", source=ul.SOURCE_ACSE, diagnostic=ul.REASON_PROTOCOL_VERSION
             )
         settings = self.settings
-        if not settings.accept_any_calling_ae and request.calling_ae not in settings.calling_aes:
+        move_hosts = None if request.calling_ae in settings.calling_aes else self.move_sources.get(request.calling_ae)
+        if move_hosts is None and not settings.accept_any_calling_ae and request.calling_ae not in settings.calling_aes:
             return Rejection("calling AE not in the allowlist", diagnostic=ul.REASON_CALLING_AE)
         if request.called_ae != settings.ae_title:
             return Rejection(f"called AE is not ours ({request.called_ae!r})", diagnostic=ul.REASON_CALLED_AE)
         allowed = settings.calling_aes.get(request.calling_ae)
-        if allowed is not None and allowed.hosts and peer.address not in allowed.hosts:
+        hosts = move_hosts if move_hosts is not None else (allowed.hosts if allowed is not None else None)
+        if hosts and peer.address not in hosts:
             return Rejection("connected from a host not allowed for this calling AE", diagnostic=ul.REASON_CALLING_AE)
         return None
+
+    def origin_for(self, calling_ae: str) -> Origin:
+        """Name the origin of a C-STORE: a calling AE's site and idle time, or a C-MOVE prior source's prior.
+
+        Raises
+        ------
+        sqlalchemy.exc.SQLAlchemyError
+            When the calling AE's site cannot be looked up.
+        """
+        stable_seconds = self.settings.stable_seconds_for(calling_ae)
+        if calling_ae not in self.settings.calling_aes and calling_ae in self.move_sources:
+            # a retrieved prior: its study was reserved (with the current study's site) before the C-MOVE
+            return Origin(calling_ae, "dicom", None, stable_seconds, any_site=True, role="prior")
+        return Origin(calling_ae, "dicom", self._sites.site_id_for(calling_ae), stable_seconds)
 
     def report_rejection(self, host: str, calling_ae: str, reason: str, count: int) -> None:
         """Log and audit refused associations: the first of a kind, or ``count`` gathered repeats."""
@@ -145,12 +171,7 @@ class StorageSCP:
         """
         calling_ae = request.calling_ae
         try:
-            origin = Origin(
-                calling_ae=calling_ae,
-                source="dicom",
-                site_id=self._sites.site_id_for(calling_ae),
-                stable_seconds=self.settings.stable_seconds_for(calling_ae),
-            )
+            origin = self.origin_for(calling_ae)
         except SQLAlchemyError as exc:
             if request.spool is not None:
                 request.spool.close()
@@ -170,6 +191,30 @@ class StorageSCP:
         return self.intake.open_spool(
             command.affected_sop_class_uid, command.affected_sop_instance_uid, transfer_syntax, calling_ae
         )
+
+
+def move_source_hosts(sources: Iterable[Any]) -> dict[str, frozenset[str]]:
+    """Return the AE title of each C-MOVE prior source with the addresses it may connect from.
+
+    A source's ``host`` is taken as written and as resolved now (a name the resolver does not know adds
+    nothing), so admission, which runs on the event loop, never waits for a resolver.
+
+    Parameters
+    ----------
+    sources : iterable of PriorSource
+        ``settings.prior_sources`` (only ``kind="dimse"`` with ``retrieve="move"`` count).
+    """
+    found: dict[str, set[str]] = {}
+    for source in sources:
+        if source.kind != "dimse" or source.retrieve != "move" or not source.ae_title or not source.host:
+            continue
+        addresses = found.setdefault(source.ae_title, set())
+        addresses.add(source.host)
+        try:
+            addresses.update(str(info[4][0]) for info in socket.getaddrinfo(source.host, None))
+        except (OSError, UnicodeError):
+            log.warning("prior source %r: host does not resolve; only its literal address is admitted", source.name)
+    return {ae: frozenset(hosts) for ae, hosts in found.items()}
 
 
 def _transport(peer: Peer) -> dict[str, str]:

@@ -6,7 +6,9 @@ nothing: the next pass finds the study and queues it.  The same loop is the
 outbox reconciler: jobs whose message never reached the broker, whose message
 is old, or that were queued before the broker restarted (Redis ``run_id``
 changed) are sent again; the worker's task is idempotent.  Studies that become stable also get their
-worklist attributes (patient, accession, date, description) from one stored instance's header.
+worklist attributes (patient, accession, date, description) from one stored instance's header.  Where a
+prior fetcher runs beside the assembler, a stable study whose prior search is still open waits for it, at
+most ``prior_wait_seconds``, so its draft sees the prior; without one nobody finishes searches, so nothing waits.
 """
 
 from __future__ import annotations
@@ -67,10 +69,14 @@ class StudyAssembler:
     ----------
     settings : Settings
         The settings.
+    wait_for_priors : bool
+        A prior fetcher runs beside this assembler: a study waits for its prior search (at most
+        ``settings.prior_wait_seconds`` past its idle timer) before its job is created.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, wait_for_priors: bool = False) -> None:
         self.settings = settings
+        self.prior_wait_seconds = float(getattr(settings, "prior_wait_seconds", 60.0)) if wait_for_priors else 0.0
         self._broker_id: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -87,7 +93,13 @@ class StudyAssembler:
         url = self.settings.database_url
         with session_scope(url) as session:
             sites = {ae: peer.site for ae, peer in self.settings.calling_aes.items() if peer.site}
-            created = complete_stable_studies(session, utcnow(), self.settings.analysis_queue, sites=sites)
+            created = complete_stable_studies(
+                session,
+                utcnow(),
+                self.settings.analysis_queue,
+                sites=sites,
+                prior_wait_seconds=self.prior_wait_seconds,
+            )
         result.jobs_created = len(created)
         self._record_attributes(created)
         for job_id in created:

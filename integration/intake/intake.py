@@ -65,9 +65,16 @@ class InstanceIntake:
         Database URL, instance size limit, and ``max_associations`` (the writer threads).
     store : InstanceStore
         Where instance files go; closed with the intake.
+    on_new_study : callable, optional
+        Called with the row id of each study an instance opened (sent to be drafted), after the commit: the
+        prior fetcher starts its search at once.  It may also be set later (:attr:`on_new_study`); what it
+        raises is logged, never the sender's failure.
     """
 
-    def __init__(self, settings: Settings, store: InstanceStore) -> None:
+    def __init__(
+        self, settings: Settings, store: InstanceStore, *, on_new_study: Callable[[int], None] | None = None
+    ) -> None:
+        self.on_new_study = on_new_study
         self.database_url = settings.database_url
         self.max_instance_bytes = settings.max_instance_bytes
         self.files = store
@@ -257,6 +264,7 @@ class InstanceIntake:
                 stable_seconds=origin.stable_seconds,
                 site_id=origin.site_id,
                 any_site=origin.any_site,
+                role=origin.role,
                 before_commit=file_is_durable,
             )
 
@@ -279,13 +287,26 @@ class InstanceIntake:
             self._undo(writing, files)
             log.warning("%s refused: %s", _sender(origin), receipt.conflict.reason)
             audit_conflict(self.database_url, receipt, header, actor=f"ae:{origin.calling_ae}")
-            result = Result.OTHER_SITE if receipt.conflict is Conflict.SITE else Result.CONFLICTS_WITH_STUDY
-            return StoreOutcome(result, header, receipt.conflict.reason)
+            return StoreOutcome(
+                _CONFLICT_RESULTS.get(receipt.conflict, Result.CONFLICTS_WITH_STUDY), header, receipt.conflict.reason
+            )
         if receipt.duplicate:
             self._undo(writing, files)  # a first copy under another study or series path is kept
             log.info("%s: duplicate SOP instance, first copy kept", _sender(origin))
             return StoreOutcome(Result.DUPLICATE, header)
+        if receipt.new_study:
+            self._opened(receipt.study_id)
         return StoreOutcome(Result.STORED, header)
+
+    def _opened(self, study_id: int) -> None:
+        """Tell the ``on_new_study`` callback of a study just opened (its failure is logged only)."""
+        callback = self.on_new_study
+        if callback is None:
+            return
+        try:
+            callback(study_id)
+        except Exception:
+            log.exception("study %d: new-study callback failed", study_id)
 
     def _undo(self, writing: Future[StoredFile], files: dict[str, StoredFile]) -> None:
         """Remove the file of an instance whose rows were not committed (wait for the writer first)."""
@@ -301,6 +322,9 @@ class InstanceIntake:
         log.warning("%s refused: %s", _sender(origin), reason)
         return StoreOutcome(result, header, reason)
 
+
+#: The result of each conflict that is not :attr:`Result.CONFLICTS_WITH_STUDY`.
+_CONFLICT_RESULTS = {Conflict.SITE: Result.OTHER_SITE, Conflict.NOT_REQUESTED: Result.NOT_REQUESTED}
 
 #: How log lines name an instance by how it came (the sender's AE title follows; no patient data).
 _ARRIVALS = {"dicom": "C-STORE", "stow": "STOW-RS instance", "upload": "photo upload"}

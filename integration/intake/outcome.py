@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Literal
 
 from integration.intake.header import InstanceHeader
 
@@ -40,6 +40,8 @@ class Result(enum.StrEnum):
     CONFLICTS_WITH_STUDY = "conflicts with its study"
     #: Its study belongs to another site than the sender's.
     OTHER_SITE = "study of another site"
+    #: Sent as a prior (a C-MOVE arrival from a prior source), but its study is not a prior we asked for.
+    NOT_REQUESTED = "not a requested prior"
     #: No room or no database now (storage headroom, a failed write, the database unreachable): try later.
     OUT_OF_RESOURCES = "out of resources"
     #: An unexpected error in our own code.
@@ -68,6 +70,9 @@ class Origin:
     any_site : bool
         The sender may add to a study of any site (administrators); otherwise a study of another
         site refuses the instance with :attr:`Result.OTHER_SITE`.
+    role : {"current", "prior"}
+        ``current``: sent to be drafted (a new study opens its prior search).  ``prior``: a retrieved prior,
+        stored only into a study reserved as a prior (else :attr:`Result.NOT_REQUESTED`), never queued.
     """
 
     calling_ae: str
@@ -75,6 +80,7 @@ class Origin:
     site_id: int | None
     stable_seconds: float
     any_site: bool = False
+    role: Literal["current", "prior"] = "current"
 
 
 @dataclass(frozen=True)

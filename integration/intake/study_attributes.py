@@ -1,4 +1,4 @@
-"""Worklist attributes of a study (patient, accession, date, description), read from one stored instance.
+"""Worklist attributes of a study (patient, issuer, accession, date, description), read from one stored instance.
 
 The listener answers C-STORE without looking past the identifying UIDs; when a study becomes stable the
 assembly loop reads the header of one of its stored instances (pixel data is never read) and copies these
@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 #: Study column and the DICOM keyword it is read from, with the column's length.
 STUDY_COLUMNS: Mapping[str, tuple[str, int]] = {
     "patient_id": ("PatientID", 64),
+    "issuer_of_patient_id": ("IssuerOfPatientID", 64),
     "patient_name": ("PatientName", 192),
     "patient_birth_date": ("PatientBirthDate", 8),
     "patient_sex": ("PatientSex", 16),
@@ -43,6 +44,8 @@ class StudyAttributes:
     ----------
     patient_id, patient_name, patient_birth_date, patient_sex : str or None
         Patient module (the name as the DICOM person name, ``Family^Given``).
+    issuer_of_patient_id : str or None
+        Issuer of Patient ID: the same Patient ID of another issuer is another patient.
     accession_number, study_date, study_description : str or None
         General study module (the date as ``YYYYMMDD``).
     """
@@ -51,6 +54,7 @@ class StudyAttributes:
     patient_name: str | None = None
     patient_birth_date: str | None = None
     patient_sex: str | None = None
+    issuer_of_patient_id: str | None = None
     accession_number: str | None = None
     study_date: str | None = None
     study_description: str | None = None

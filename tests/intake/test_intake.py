@@ -24,6 +24,7 @@ from integration.intake.storage import InstanceLocks, InstanceStore
 from integration.intake.structure import InvalidInstance
 from integration.samples import pydicom_test_file
 from integration.store.jobs import complete_stable_studies
+from integration.store.priors import reserve_prior_study
 from integration.store.session import session_scope
 from integration.store.tables import utcnow
 from integration.store.users import create_site
@@ -183,6 +184,7 @@ def test_each_result_has_its_dicom_status() -> None:
         Result.NOT_THE_NAMED_STUDY: status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
         Result.CONFLICTS_WITH_STUDY: status.INSTANCE_OF_ANOTHER_STUDY,
         Result.OTHER_SITE: status.NOT_AUTHORIZED,
+        Result.NOT_REQUESTED: status.NOT_AUTHORIZED,
         Result.OUT_OF_RESOURCES: status.OUT_OF_RESOURCES,
         Result.PROCESSING_FAILURE: status.PROCESSING_FAILURE,
     }
@@ -252,3 +254,38 @@ def test_instance_locks_exclude_other_processes(tmp_path: Path) -> None:
     with locks.hold("1.2.3"):  # free again once the other process let go
         pass
     locks.close()
+
+
+def test_a_new_study_is_announced_and_a_prior_is_stored_only_into_its_reservation(
+    intake: InstanceIntake, migrated_postgres_url: str
+) -> None:
+    url, opened = migrated_postgres_url, list[int]()
+    intake.on_new_study = opened.append
+    ct = pydicom.dcmread(pydicom_test_file("CT_small.dcm"))
+    assert intake.store_part10(part10(ct), origin(None)).result is Result.STORED
+    ct.SOPInstanceUID = "1.2.826.0.1.3680043.8.498.1"
+    assert intake.store_part10(part10(ct), origin(None)).result is Result.STORED
+    [(study_id, role)] = db_rows(url, "SELECT id, role FROM studies")
+    assert opened == [study_id] and role == "current"  # announced once, after the commit
+
+    mr = part10(pydicom.dcmread(pydicom_test_file("MR_small.dcm")))
+    prior = Origin(calling_ae="PACS", source="dicom", site_id=None, stable_seconds=0, any_site=True, role="prior")
+    refused = intake.store_part10(mr, prior)
+    assert (refused.result, refused.label, refused.reason) == (Result.NOT_REQUESTED, "refused", "not a requested prior")
+    assert len(stored_files(intake.files.root)) == 2
+    with session_scope(url) as session:
+        prior_id, _ = reserve_prior_study(
+            session, str(pydicom.dcmread(io.BytesIO(mr)).StudyInstanceUID), None, "PACS", utcnow()
+        )
+
+    def broken(study_id: int) -> None:
+        raise RuntimeError("the fetcher is gone")
+
+    intake.on_new_study = broken
+    assert intake.store_part10(mr, prior).result is Result.STORED
+    assert opened == [study_id]  # a prior opens no study
+    assert db_rows(url, "SELECT study_id FROM prior_searches") == [(study_id,)]
+    ct.SOPInstanceUID, ct.StudyInstanceUID = "1.2.826.0.1.3680043.8.498.2", "1.2.826.0.1.3680043.8.498.3"
+    ct.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498.4"
+    assert intake.store_part10(part10(ct), origin(None)).result is Result.STORED  # the callback's failure is logged
+    assert prior_id in {row[0] for row in db_rows(url, "SELECT id FROM studies WHERE role = 'prior'")}

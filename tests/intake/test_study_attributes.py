@@ -65,6 +65,14 @@ def test_values_are_cleaned_and_cut_to_the_column_lengths(tmp_path: Path) -> Non
     assert attributes.accession_number == "A1"
 
 
+def test_the_issuer_of_patient_id_is_read(tmp_path: Path) -> None:
+    ds = pydicom.dcmread(pydicom_test_file("MR_small.dcm"))
+    ds.IssuerOfPatientID = "HOSPITAL-A "
+    path = tmp_path / "mr.dcm"
+    ds.save_as(path)
+    assert read_study_attributes(path).issuer_of_patient_id == "HOSPITAL-A"
+
+
 def test_a_stable_study_gets_its_worklist_attributes(settings: Settings, tmp_path: Path) -> None:
     past = utcnow() - timedelta(seconds=60)
     ct = ingest(settings, pydicom_test_file("CT_small.dcm"), past)
