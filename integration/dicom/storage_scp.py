@@ -84,7 +84,7 @@ class StorageSCP:
         self.intake = intake
         self._sites = SiteDirectory(settings)
         #: AE title of each C-MOVE prior source -> the addresses it may connect from (resolved once, here).
-        self.move_sources = move_source_hosts(getattr(settings, "prior_sources", []))
+        self.move_sources = move_source_hosts(settings.prior_sources)
 
     # -- association life cycle -------------------------------------------------
 

@@ -76,7 +76,7 @@ class StudyAssembler:
 
     def __init__(self, settings: Settings, *, wait_for_priors: bool = False) -> None:
         self.settings = settings
-        self.prior_wait_seconds = float(getattr(settings, "prior_wait_seconds", 60.0)) if wait_for_priors else 0.0
+        self.prior_wait_seconds = float(settings.prior_wait_seconds) if wait_for_priors else 0.0
         self._broker_id: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
