@@ -12,6 +12,9 @@ every finding is reviewed or the unreviewed ones are confirmed by count; a secon
 material for the report of record, with a button per finding that copies it there.  The page shows the
 clinical question and, for photo uploads, the uploader's stated side, read from the study's first instance.
 
+Beside the current images the page shows the study's prior studies (:mod:`integration.web.pages.prior_view`):
+each prior's large view in the current view's window, its report, or the line saying why there is none.
+
 Opening the page is audited (``study.view``); changes, signing and rejecting are audited by the review domain
 (``review.change``, ``report.sign``, ``report.reject``).
 """
@@ -33,6 +36,7 @@ from integration.web.api import review_actions as actions
 from integration.web.api.images import WindowName
 from integration.web.api.studies import record_study_view
 from integration.web.deps import AppSettings, CurrentUser, DbSession, PageReviewer, StudyUid, client_address
+from integration.web.pages.prior_view import prior_panel, series_stack
 from integration.web.pages.review_form import back_to_page, refusal_page, review_form_router, see_other, study_url
 from integration.web.pages.study_view import (
     THUMBNAIL_SIZE,
@@ -74,6 +78,8 @@ def _study_context(
     image: str | None,
     frame: int | None,
     window: str | None,
+    prior_image: str | None = None,
+    prior_frame: int | None = None,
 ) -> dict[str, Any]:
     """Read everything the page shows, and audit the view."""
     study = study_for(session, user, study_uid)
@@ -81,6 +87,15 @@ def _study_context(
     reports = list(session.scalars(select(Report).where(Report.study_id == study.id).order_by(Report.id.desc())))
     report = choose_report(reports, report_id)
     images = study_images(session, study, report, image=image, frame=frame, window=window)
+    shown = images.selected
+    priors = prior_panel(
+        session,
+        study,
+        report,
+        window=shown.window if shown else "default",
+        prior_image=prior_image,
+        prior_frame=prior_frame,
+    )
     copy = working_copy(session, report.id) if report is not None else None
     history = change_history(session, report.id) if report is not None else []
     revisions = revisions_of(session, report.id) if report is not None else []
@@ -114,7 +129,9 @@ def _study_context(
         "problems": [str(p) for p in problems] if isinstance(problems, list) else [],
         "images": images,
         "evidence_numbers": evidence_numbers,
-        "cite_tiles": {tile.images[0]: tile for tile in reversed(images.model_tiles)},
+        "cite_tiles": {tile.images[0]: tile for tile in reversed([*priors.model_tiles, *images.model_tiles])},
+        "priors": priors,
+        "current_stack": series_stack(session, study.id, shown.series_uid) if shown else (),
         "thumbnail_size": THUMBNAIL_SIZE,
         "viewer_size": VIEWER_SIZE,
         "report_url": f"/studies/{study.study_uid}/reports/{report.id}" if report else None,
@@ -139,9 +156,13 @@ def study_page_router() -> APIRouter:
         frame: Annotated[int | None, Query(ge=1, le=100_000)] = None,
         window: Annotated[WindowName | None, Query()] = None,
         done: Annotated[str | None, Query(max_length=32)] = None,
+        prior_image: Annotated[str | None, Query(max_length=64)] = None,
+        prior_frame: Annotated[int | None, Query(ge=1, le=100_000)] = None,
     ) -> HTMLResponse:
-        """The study with its images, the model's evidence and the draft editor; 404 for other sites."""
-        context = _study_context(request, settings, session, user, study_uid, report, image, frame, window)
+        """The study with its images and its priors', the model's evidence and the draft editor; 404 for other sites."""
+        context = _study_context(
+            request, settings, session, user, study_uid, report, image, frame, window, prior_image, prior_frame
+        )
         context["notice"] = NOTICES.get(done or "")
         return render(request, "study.html", context)
 

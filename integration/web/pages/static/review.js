@@ -28,24 +28,99 @@
   var helpClose = document.getElementById("help-close");
   if (helpClose) { helpClose.addEventListener("click", function () { toggleHelp(false); }); }
 
-  // ---- images: large view, highlighting -----------------------------------
-  var viewer = document.getElementById("viewer-image");
-  var caption = document.getElementById("viewer-caption");
+  // ---- images: large views (the current study's and each prior's), highlighting ----
+  // A tile with data-viewer="prior-N" belongs to prior N's large view; others to the current one.
+  // The priors' large views use the current view's window; where the current view and a prior both show a
+  // volume (data-stack: the series' slices in order) they scroll together by relative position.
   var tiles = Array.prototype.slice.call(document.querySelectorAll("[data-tile]"));
+  var panes = Array.prototype.slice.call(document.querySelectorAll("[data-viewer-pane]")).map(function (figure) {
+    var image = figure.querySelector("img");
+    var stack = (figure.getAttribute("data-stack") || "").split(" ").filter(Boolean);
+    return {
+      id: figure.id, figure: figure, image: image, caption: figure.querySelector("figcaption"), stack: stack,
+      index: image ? stack.indexOf(image.getAttribute("data-sop")) : -1, study: figure.getAttribute("data-study"),
+      size: figure.getAttribute("data-size"), prior: figure.hasAttribute("data-prior")
+    };
+  });
+  var main = panes.filter(function (pane) { return !pane.prior; })[0];
+  var viewer = main && main.image;
+  var linkScroll = document.getElementById("link-scroll");
+
+  function paneOf(tile) {
+    var id = tile.getAttribute("data-viewer") || "viewer";
+    return panes.filter(function (pane) { return pane.id === id; })[0];
+  }
+
+  function windowOf(src) {
+    return new URL(src, location.href).searchParams.get("window") || "default";
+  }
+
+  function withWindow(src, name) {
+    var url = new URL(src, location.href);
+    url.searchParams.set("window", name);
+    return url.pathname + url.search;
+  }
+
+  function setWindow(name) {
+    panes.forEach(function (pane) {
+      if (pane.prior && pane.image) { pane.image.src = withWindow(pane.image.getAttribute("src"), name); }
+    });
+  }
 
   function show(tile) {
-    if (!viewer || !tile) { return; }
-    viewer.src = tile.getAttribute("data-large");
-    viewer.alt = tile.getAttribute("data-label") || "";
-    if (caption) {
+    var pane = tile && paneOf(tile);
+    if (!pane || !pane.image) { return; }
+    var large = tile.getAttribute("data-large");
+    pane.image.src = pane.prior && viewer ? withWindow(large, windowOf(viewer.getAttribute("src"))) : large;
+    pane.image.alt = tile.getAttribute("data-label") || "";
+    pane.image.setAttribute("data-sop", tile.getAttribute("data-sop") || "");
+    pane.index = pane.stack.indexOf(tile.getAttribute("data-sop"));
+    if (pane.caption) {
       var numbers = (tile.getAttribute("data-images") || "").trim();
-      caption.textContent = (tile.getAttribute("data-label") || "") + (numbers ? " · model image " + numbers.split(" ").join(", ") : "");
+      pane.caption.textContent = (tile.getAttribute("data-label") || "") + (numbers ? " · model image " + numbers.split(" ").join(", ") : "");
     }
     tiles.forEach(function (other) {
+      if (paneOf(other) !== pane) { return; }
       other.classList.toggle("current", other === tile);
       if (other === tile) { other.setAttribute("aria-current", "true"); } else { other.removeAttribute("aria-current"); }
     });
+    if (!pane.prior) {
+      setWindow(windowOf(large));
+      if (pane.index >= 0) { follow(pane); }
+    }
   }
+
+  function slice(pane, index) {
+    if (!pane.image || pane.stack.length < 2) { return; }
+    pane.index = Math.max(0, Math.min(pane.stack.length - 1, index));
+    var sop = pane.stack[pane.index];
+    var name = windowOf((viewer || pane.image).getAttribute("src"));
+    pane.image.src = "/studies/" + pane.study + "/instances/" + sop + "/frames/1.png?size=" + pane.size + "&window=" + encodeURIComponent(name);
+    pane.image.setAttribute("data-sop", sop);
+    if (pane.caption) { pane.caption.textContent = "Slice " + (pane.index + 1) + " of " + pane.stack.length; }
+  }
+
+  function follow(source) {
+    if (!linkScroll || !linkScroll.checked || source.stack.length < 2 || source.index < 0) { return; }
+    var position = source.index / (source.stack.length - 1);
+    panes.forEach(function (pane) {
+      if (pane !== source && pane.stack.length > 1) { slice(pane, Math.round(position * (pane.stack.length - 1))); }
+    });
+  }
+
+  function scrollSlices(pane, delta) {
+    if (!pane || pane.stack.length < 2) { return; }
+    slice(pane, (pane.index < 0 ? 0 : pane.index) + delta);
+    follow(pane);
+  }
+
+  panes.forEach(function (pane) {
+    if (!pane.image || pane.stack.length < 2) { return; }
+    pane.image.addEventListener("wheel", function (event) {
+      event.preventDefault();
+      scrollSlices(pane, event.deltaY > 0 ? 1 : -1);
+    }, { passive: false });
+  });
 
   function highlight(numbers) {
     var wanted = {};
@@ -78,10 +153,11 @@
   });
 
   function stepImage(delta) {
-    if (!tiles.length) { return; }
-    var index = tiles.findIndex(function (tile) { return tile.classList.contains("current"); });
-    var next = index < 0 ? 0 : (index + delta + tiles.length) % tiles.length;
-    show(tiles[next]);
+    var own = tiles.filter(function (tile) { return !tile.hasAttribute("data-viewer"); });
+    if (!own.length) { return; }
+    var index = own.findIndex(function (tile) { return tile.classList.contains("current"); });
+    var next = index < 0 ? 0 : (index + delta + own.length) % own.length;
+    show(own[next]);
   }
 
   // ---- findings (study page) or rows (worklist): j/k ----------------------
@@ -179,6 +255,8 @@
       case "i": focusField("impression-text"); break;
       case "[": stepImage(-1); break;
       case "]": stepImage(1); break;
+      case ",": scrollSlices(main, -1); break;
+      case ".": scrollSlices(main, 1); break;
       default: return;
     }
     event.preventDefault();
