@@ -1,8 +1,11 @@
 """Series of a study: image instances grouped by series, slices in order, frames sampled evenly.
 
 Slices are sorted along the slice normal (from Image Position and Orientation
-(Patient)), else by Instance Number; :func:`even_sample` then picks frames
-evenly spaced, the first and the last included.
+(Patient)), else by Instance Number; :func:`even_sample` then takes the centre
+of each of k equal segments of the volume.  It never takes the first and the
+last slice for a sample of two: on a chest CT those are the lung apex and the
+upper abdomen, with nothing of the chest in between; the centres of two halves
+(a quarter and three quarters of the way down) both show lung and mediastinum.
 """
 
 from __future__ import annotations
@@ -110,20 +113,19 @@ def sort_slices(instances: Sequence[Instance]) -> tuple[list[Instance], bool]:
 
 
 def even_sample(items: Sequence[_Item], count: int) -> list[_Item]:
-    """Pick ``count`` items evenly spaced, in order, without repeats, the first and the last included.
+    """Pick ``count`` items that represent the sequence: the centre of each of ``count`` equal segments.
 
-    All items when there are no more than ``count``; the middle one when ``count`` is 1.
+    Item ``floor((i + 0.5) * n / count)`` for ``i`` in ``0 .. count - 1`` of ``n`` items, in order and
+    without repeats (segments are at least one item long): 2 of 300 are items 75 and 225, 1 of 300 is
+    item 150.  All items when there are no more than ``count``; none when ``count`` is not positive.
     """
     total = len(items)
     if count >= total:
         return list(items)
     if count <= 0:
         return []
-    if count == 1:
-        return [items[(total - 1) // 2]]
-    span = count - 1
-    # Round half up with integers: index_k = round(k * (total - 1) / span).
-    return [items[(2 * k * (total - 1) + span) // (2 * span)] for k in range(count)]
+    # floor((2i + 1) * n / 2k) in integers: exact for any n and k.
+    return [items[(2 * i + 1) * total // (2 * count)] for i in range(count)]
 
 
 def series_frames(series: Series) -> list[SeriesFrame]:

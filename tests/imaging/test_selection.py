@@ -4,20 +4,16 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pydicom
 import pytest
 from pydantic import ValidationError
-from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     CTImageStorage,
     DigitalXRayImageStorageForPresentation,
     EncapsulatedPDFStorage,
-    ExplicitVRLittleEndian,
     GrayscaleSoftcopyPresentationStateStorage,
     KeyObjectSelectionDocumentStorage,
     MRImageStorage,
@@ -29,92 +25,20 @@ from pydicom.uid import (
 
 from integration.imaging.instances import read_instance
 from integration.imaging.routing import DEFAULT_RULES, WINDOW_PRESET_NAMES, RoutingRule
-from integration.imaging.selection import Evidence, ModelImage, NoImages, NoRoutingRule, prepare_study
+from integration.imaging.selection import Evidence, NoImages, NoRoutingRule, prepare_study
 from integration.imaging.slices import even_sample, sort_slices
 from integration.imaging.windows import WINDOW_PRESETS
 from integration.samples import write_ct_series
-
-TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
-AXIAL = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-SAGITTAL = [0.0, 1.0, 0.0, 0.0, 0.0, -1.0]
-PATIENT_NAME = "Doe^Jane"
-PATIENT_ID = "PID-73519"
-
-
-def dataset(
-    series_uid: str,
-    *,
-    sop_class: str = CTImageStorage,
-    modality: str = "CT",
-    position: Sequence[float] | None = None,
-    orientation: Sequence[float] | None = AXIAL,
-    number: int | None = None,
-    value: int = 0,
-    shape: tuple[int, ...] = (8, 8),
-    series_number: int = 1,
-    pixels: bool = True,
-    **attributes: object,
-) -> Dataset:
-    """An instance of ``series_uid``: a uint16 image filled with ``value`` (frames first in ``shape``)."""
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID = sop_class
-    ds.SOPInstanceUID = generate_uid()
-    ds.StudyInstanceUID = "1.2.826.0.1.3680043.8.498.1"
-    ds.SeriesInstanceUID = series_uid
-    ds.PatientName = PATIENT_NAME
-    ds.PatientID = PATIENT_ID
-    ds.PatientBirthDate = "19600229"
-    ds.Modality = modality
-    ds.SeriesNumber = series_number
-    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-    if number is not None:
-        ds.InstanceNumber = number
-    if position is not None:
-        ds.ImagePositionPatient = list(position)
-    if orientation is not None and position is not None:
-        ds.ImageOrientationPatient = list(orientation)
-    if pixels:
-        array = np.full(shape, value, dtype=np.uint16)
-        if len(shape) == 3:
-            ds.NumberOfFrames = shape[0]
-        ds.Rows, ds.Columns = shape[-2:]
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.BitsAllocated = 16
-        ds.BitsStored = 16
-        ds.HighBit = 15
-        ds.PixelRepresentation = 0
-        ds.PixelData = array.tobytes()
-    if modality == "CT":
-        ds.RescaleIntercept = -1024
-        ds.RescaleSlope = 1
-    for keyword, item in attributes.items():
-        setattr(ds, keyword, item)
-    return ds
-
-
-def write(folder: Path, datasets: Sequence[Dataset]) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for ds in datasets:
-        path = folder / f"{ds.SOPInstanceUID}.dcm"
-        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return paths
-
-
-def axial_series(count: int, **attributes: Any) -> list[Dataset]:
-    uid = generate_uid()
-    return [dataset(uid, position=[0.0, 0.0, float(z)], number=z + 1, **attributes) for z in range(count)]
-
-
-def uids(images: Sequence[ModelImage]) -> list[list[str]]:
-    return [[e.sop_instance_uid for e in image.evidence] for image in images]
-
+from tests.imaging.builders import (
+    PATIENT_ID,
+    PATIENT_NAME,
+    SAGITTAL,
+    TEST_FILES,
+    axial_series,
+    dataset,
+    uids,
+    write,
+)
 
 CT_ONLY = [RoutingRule(name="ct", modality="CT", max_images=7)]
 
@@ -204,15 +128,16 @@ def test_oblique_slices_follow_the_normal_and_missing_positions_fall_back(tmp_pa
 
 
 @pytest.mark.parametrize(("total", "count"), [(300, 8), (10, 4), (7, 7), (5, 9), (2, 2), (100, 2), (9, 1), (0, 3)])
-def test_even_sample_includes_both_ends(total: int, count: int) -> None:
+def test_even_sample_takes_the_centre_of_each_equal_segment(total: int, count: int) -> None:
     items = list(range(total))
     picked = even_sample(items, count)
     assert len(picked) == min(total, count)
     assert picked == sorted(set(picked))
-    if count >= 2 and total:
-        assert picked[0] == 0 and picked[-1] == total - 1
+    if total > count:
+        assert picked == [int((i + 0.5) * total / count) for i in range(count)]
+        assert picked[0] > 0 and picked[-1] < total - 1, "never the first and last slice"
     if count == 1 and total:
-        assert picked == [(total - 1) // 2]
+        assert picked == [total // 2]
     assert even_sample(items, count) == picked, "deterministic"
     if total > count >= 2:
         gaps = np.diff(picked)
@@ -222,8 +147,8 @@ def test_even_sample_includes_both_ends(total: int, count: int) -> None:
 def test_evidence_names_exactly_the_sampled_instances(tmp_path: Path) -> None:
     study = axial_series(20)
     prepared = prepare_study(write(tmp_path, study), rules=[RoutingRule(modality="CT", max_images=5)])
-    # round(k * 19 / 4) for k = 0..4
-    expected = [study[i] for i in (0, 5, 10, 14, 19)]
+    # floor((i + 0.5) * 20 / 5) for i = 0..4: the centres of five segments of four slices
+    expected = [study[i] for i in (2, 6, 10, 14, 18)]
     assert [image.evidence for image in prepared.images] == [
         (Evidence(CTImageStorage, ds.SOPInstanceUID, ds.SeriesInstanceUID, 1),) for ds in expected
     ]
@@ -238,7 +163,7 @@ def test_frames_of_a_multi_frame_instance_are_sampled_evenly(tmp_path: Path) -> 
         shape=(10, 6, 6),
     )
     prepared = prepare_study(write(tmp_path, [ds]), max_images=4)
-    assert [[e.frame for e in image.evidence] for image in prepared.images] == [[1], [4], [7], [10]]
+    assert [[e.frame for e in image.evidence] for image in prepared.images] == [[2], [4], [7], [9]]
     assert {e.sop_instance_uid for image in prepared.images for e in image.evidence} == {ds.SOPInstanceUID}
     assert prepared.images[1].label == "OT series 1, frame 4/10, automatic window"
     assert prepared.rule.name == "default"
@@ -268,8 +193,9 @@ def test_default_rules_chest_ct_in_lung_and_mediastinum_windows(tmp_path: Path) 
     assert (prepared.rule.name, prepared.modality, prepared.body_part) == ("ct-chest", "CT", "CHEST")
     assert [image.window for image in prepared.images] == ["lung"] * 4 + ["mediastinum"] * 4
     assert uids(prepared.images[:4]) == uids(prepared.images[4:])
-    assert prepared.images[0].label == "CT series 1, slice 1/30, lung window"
-    assert prepared.images[7].label == "CT series 1, slice 30/30, mediastinum window"
+    # Four positions, the centres of four segments of the 30 slices (0-based 3, 11, 18, 26).
+    assert prepared.images[0].label == "CT series 1, slice 4/30, lung window"
+    assert prepared.images[7].label == "CT series 1, slice 27/30, mediastinum window"
     assert set(prepared.timings) == {"read", "select", "decode", "preprocess", "total"}
     assert prepared.rule in DEFAULT_RULES
     single = prepare_study(write(tmp_path / "again", axial_series(30, BodyPartExamined="CHEST")), max_images=1)
@@ -326,7 +252,7 @@ def test_whole_series_passes_every_slice_unless_the_caller_caps_it(tmp_path: Pat
     rule = RoutingRule(modality="CT", whole_series=True, max_images=2)
     assert uids(prepare_study(paths, rules=[rule]).images) == [[ds.SOPInstanceUID] for ds in study]
     capped = prepare_study(paths, rules=[rule], max_images=3)
-    assert uids(capped.images) == [[study[i].SOPInstanceUID] for i in (0, 6, 11)]
+    assert uids(capped.images) == [[study[i].SOPInstanceUID] for i in (2, 6, 10)]
 
 
 def test_images_are_square_and_shrunk_but_not_enlarged(tmp_path: Path) -> None:
@@ -387,7 +313,8 @@ def test_generated_ct_series_end_to_end(tmp_path: Path) -> None:
     prepared = prepare_study(paths)
     assert prepared.rule.name == "ct-chest"
     assert len(prepared.images) == 8
-    # write_ct_series places slice i at z = -i, so the last written file is the lowest slice.
-    first_uid = pydicom.dcmread(paths[-1], stop_before_pixels=True).SOPInstanceUID
+    # write_ct_series places slice i at z = -i, so in position order the files are reversed; the first
+    # of four segment centres is sorted index floor(0.5 * 30 / 4) = 3: the fourth file from the end.
+    first_uid = pydicom.dcmread(paths[-4], stop_before_pixels=True).SOPInstanceUID
     assert prepared.images[0].evidence[0].sop_instance_uid == first_uid
     assert all(image.pixels.shape == (64, 64, 3) for image in prepared.images)
