@@ -1,14 +1,25 @@
 """The header pass: what each file of a study is, read without its pixel data.
 
 :func:`read_instances` reads only the headers of a study's files;
-:func:`skip_reason` says why an instance is not an image for the model
-(reports, presentation states, RT objects, documents, waveforms, raw data,
-localizers ...).
+:func:`skip_reason` says why an instance is not an image for the model at all
+(reports, presentation states, RT objects, documents, waveforms, raw data ...);
+:func:`derived_kind` says why an image is derived or secondary (localizers,
+dose report and protocol screens, screen captures, scanned documents,
+reformats): such an image is a picture of the study rather than of the
+patient, or a second view of images already there, and the routing rules
+leave it out unless one asks for it (``include_derived``).
+
+A Secondary Capture is secondary by definition (its Image Type says so), so a
+capture counts as derived only by what it captured: a workstation screen, a
+scanned document or a drawing (Conversion Type), or a screen Image Type or
+description.  A photograph taken by a camera (``DI``, as the photo upload
+writes, or ``DV``) or a scanned film (``SI``, ``DF``) stays an image.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +62,7 @@ HEADER_KEYWORDS = (
     "SeriesNumber",
     "InstanceNumber",
     "ImageType",
+    "ConversionType",
     "ImagePositionPatient",
     "ImageOrientationPatient",
     "NumberOfFrames",
@@ -103,7 +115,25 @@ NON_IMAGE_SOP_CLASSES: tuple[tuple[str, str], ...] = (
     ("1.2.840.10008.5.1.4.39", "color palette"),
 )
 #: Image Type values that mark a localizer (scout, topogram, surview).
-LOCALIZER_IMAGE_TYPES = frozenset({"LOCALIZER", "SCOUT"})
+LOCALIZER_IMAGE_TYPES = frozenset({"LOCALIZER", "SCOUT", "TOPOGRAM", "SURVIEW"})
+#: Image Type values of screens: dose reports, protocol pages, screen captures.
+SCREEN_IMAGE_TYPES: tuple[tuple[frozenset[str], str], ...] = (
+    (frozenset({"DOSE_INFO", "DOSE INFO", "DOSE_REPORT", "DOSE REPORT"}), "dose report"),
+    (frozenset({"CSA REPORT", "CSA RESULTS"}), "protocol or report screen"),
+    (frozenset({"SCREEN SAVE", "SCREEN_SAVE", "SCREEN SHOT", "SCREENSHOT", "SCREEN CAPTURE"}), "screen capture"),
+)
+#: Root of the Secondary Capture SOP classes (single-frame, and the multi-frame ones under it).
+SECONDARY_CAPTURE = f"{_STORAGE}.7"
+#: Conversion Types of a Secondary Capture that are not a picture of the patient.
+DERIVED_CONVERSIONS = {"WSD": "screen capture", "SD": "scanned document", "DRW": "drawing"}
+#: Modalities of derived objects.
+DERIVED_MODALITIES = {"DOC": "scanned document", "KO": "key object selection"}
+#: Series Description phrases of dose reports, protocol pages and screen captures ("LOW DOSE CHEST" is none).
+DERIVED_DESCRIPTIONS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"\bDOSE[ _-]*(REPORT|INFO|SUMMARY|SHEET|SR)\b"), "dose report"),
+    (re.compile(r"\bPATIENT[ _-]*PROTOCOL\b"), "protocol or report screen"),
+    (re.compile(r"\bSCREEN[ _-]*(SHOT|SAVE|CAPTURE)S?\b"), "screen capture"),
+)
 
 
 class UnreadableInstance(ValueError):
@@ -138,6 +168,8 @@ class Instance:
         Number of frames.
     has_pixels : bool
         Whether the file holds pixel data.
+    derived : str or None
+        Why the image is derived or secondary (:func:`derived_kind`), None for an original image.
     """
 
     path: Path
@@ -154,6 +186,7 @@ class Instance:
     orientation: tuple[float, float, float, float, float, float] | None
     frames: int
     has_pixels: bool
+    derived: str | None = None
 
 
 def read_instances(files: Sequence[Path]) -> tuple[list[Instance], list[tuple[str, str]]]:
@@ -199,35 +232,105 @@ def read_instance(path: Path) -> Instance:
         frames = number_of_frames(ds)
     except UndecodableImage as exc:
         raise UnreadableInstance(str(exc)) from exc
+    modality = _upper_text(ds.get("Modality"))
+    image_type = _image_type(ds.get("ImageType"))
+    derived = derived_kind(
+        identity["SOPClassUID"],
+        image_type,
+        modality=modality,
+        conversion_type=_upper_text(ds.get("ConversionType")),
+        description=_upper_text(ds.get("SeriesDescription")),
+    )
     return Instance(
         path=path,
         sop_class_uid=identity["SOPClassUID"],
         sop_instance_uid=identity["SOPInstanceUID"],
         series_uid=identity["SeriesInstanceUID"],
-        modality=_upper_text(ds.get("Modality")),
+        modality=modality,
         body_part=_upper_text(ds.get("BodyPartExamined")),
         region=body_region(ds),
         series_number=_whole_number(ds.get("SeriesNumber")),
         instance_number=_whole_number(ds.get("InstanceNumber")),
-        image_type=_image_type(ds.get("ImageType")),
+        image_type=image_type,
         position=_position(ds.get("ImagePositionPatient")),
         orientation=_orientation(ds.get("ImageOrientationPatient")),
         frames=frames,
         has_pixels=any(keyword in ds for keyword in _PIXEL_DATA_KEYWORDS),
+        derived=derived,
     )
 
 
 def skip_reason(instance: Instance) -> str | None:
-    """Return why an instance is not an image for the model (naming the SOP class where that is why), or None."""
+    """Return why an instance is not an image for the model (naming the SOP class where that is why), or None.
+
+    Derived images (:attr:`Instance.derived`) are images: whether they are shown is the routing rule's choice.
+    """
     uid = instance.sop_class_uid
     for root, reason in NON_IMAGE_SOP_CLASSES:
-        if uid == root or uid.startswith(f"{root}."):
+        if _in_family(uid, root):
             return f"{reason} ({_sop_class_name(uid)})"
     if not instance.has_pixels:
         return f"no pixel data ({_sop_class_name(uid)})"
-    if LOCALIZER_IMAGE_TYPES.intersection(instance.image_type):
-        return "localizer"
     return None
+
+
+def derived_kind(
+    sop_class_uid: str,
+    image_type: Sequence[str],
+    *,
+    modality: str | None = None,
+    conversion_type: str | None = None,
+    description: str | None = None,
+) -> str | None:
+    """Return why an image is derived or secondary (``"localizer"``, ``"dose report"`` ...), or None.
+
+    Works on plain attributes, so that the series-level query results of an archive (SOP classes and
+    Image Type of an instance, the Series Description) are judged as the files we hold are.
+
+    Parameters
+    ----------
+    sop_class_uid : str
+        SOP Class UID.
+    image_type : sequence of str
+        Image Type values (any case).
+    modality : str, optional
+        Modality.
+    conversion_type : str, optional
+        Conversion Type of a Secondary Capture.
+    description : str, optional
+        Series Description (read for its words only; never logged).
+
+    Returns
+    -------
+    str or None
+        ``"localizer"``, ``"dose report"``, ``"protocol or report screen"``, ``"screen capture"``,
+        ``"scanned document"``, ``"drawing"``, ``"key object selection"`` or ``"reformat or projection"``
+        (Image Type DERIVED, SECONDARY outside a Secondary Capture: MPR, MIP, volume rendering ...); None for
+        an original image.
+    """
+    values = tuple(value.strip().upper() for value in image_type)
+    if LOCALIZER_IMAGE_TYPES.intersection(values):
+        return "localizer"
+    for marks, kind in SCREEN_IMAGE_TYPES:
+        if marks.intersection(values):
+            return kind
+    mode = (modality or "").strip().upper()
+    if mode in DERIVED_MODALITIES:
+        return DERIVED_MODALITIES[mode]
+    text = (description or "").upper()
+    for pattern, kind in DERIVED_DESCRIPTIONS:
+        if pattern.search(text):
+            return kind
+    if _in_family(sop_class_uid, SECONDARY_CAPTURE):
+        return DERIVED_CONVERSIONS.get((conversion_type or "").strip().upper())
+    if values[:2] == ("DERIVED", "SECONDARY"):
+        return "reformat or projection"
+    return None
+
+
+def _in_family(uid: str, root: str) -> bool:
+    """Tell whether a UID is ``root`` or one of the UIDs under it."""
+    return uid == root or uid.startswith(f"{root}.")
 
 
 def _sop_class_name(uid: str) -> str:

@@ -1,19 +1,55 @@
-"""Routing rules: which series of a study go to the model, and how they are shown.
+"""Routing rules: which series of a study go to the model, how they are shown, and which priors go with them.
 
 Settings (:mod:`integration.config`) read rules from ``PACSVLM_ROUTING_RULES``,
 and every process imports the settings, so this module imports only pydantic
 and the standard library: no numpy, no pydicom.  The rules are applied by
-:func:`integration.imaging.selection.choose_series`.
+:func:`integration.imaging.selection.choose_series` to the series of a study we
+hold, and, through :meth:`RoutingRule.accepts_attributes`, to the series-level
+query results of an archive (the series of a prior worth fetching).
+
+Slices or windows
+-----------------
+A rule's ``max_images`` is shared between its ``windows``: 8 images in two
+windows are 4 slice positions, each shown twice.  The default chest CT rule
+keeps two windows (lung, mediastinum) and so samples fewer positions, because
+lung parenchyma is black in a mediastinal window and the mediastinum, hila,
+vessels and pleural fluid are a flat white in a lung window: a radiologist reads
+a chest CT in both, and a model shown one window cannot report on the other
+half of the anatomy at all, whereas four evenly spaced positions (the centres of
+four equal segments: upper, mid-upper, mid-lower and lower chest) still pass
+through every lobe.  The head rule keeps the brain window only (eight
+positions): haemorrhage, infarct and mass effect are small and level-dependent,
+so positions matter more there, and a bone window would halve them for a
+finding (a fracture) that a trauma rule can ask for with ``windows``.  The other
+rules use the header's window (one per slice, the most positions).
+
+How images are given (:data:`Presentation`)
+--------------------------------------------
+``"separate"``: one image per chosen slice and window (multi-image models);
+``"montage"``: every chosen slice and window tiled into one labelled grid
+(single-image models); ``"series"``: every frame of the chosen series in each
+window (long-context models).  The model registry names one per family with
+these same strings; this module does not import it.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+# Re-exported: the region words are routing's vocabulary too (priors match regions through this module).
+from integration.imaging.regions import BODY_REGION_KEYWORDS as BODY_REGION_KEYWORDS
+from integration.imaging.regions import body_region as body_region
+
 if TYPE_CHECKING:
     from integration.imaging.slices import Series
+
+#: How a model is given the chosen images (see the module docstring).
+Presentation = Literal["montage", "separate", "series"]
+#: The values of :data:`Presentation`.
+PRESENTATIONS: tuple[Presentation, ...] = ("montage", "separate", "series")
 
 #: Names of the CT window presets (the keys of :data:`integration.imaging.windows.WINDOW_PRESETS`,
 #: repeated here so that the settings can check a rule without importing numpy).
@@ -22,6 +58,40 @@ WINDOW_PRESET_NAMES = ("lung", "mediastinum", "bone", "brain", "soft_tissue")
 MAX_IMAGES_LIMIT = 1024
 #: Largest montage grid (tiles per side).
 MAX_MONTAGE_GRID = 4
+
+
+class PriorPolicy(BaseModel):
+    """Which earlier studies of the patient are compared with a study a rule routes.
+
+    Attributes
+    ----------
+    count : int
+        Most priors per study (0: none), the most recent first.
+    lookback_days : int
+        How far back a prior may be (default about 5 years).
+    modalities : tuple of str
+        Modalities a prior may have; empty: the modality of the current series.
+    match_region : bool
+        Whether the prior must show the same body region (by body part, or similar study descriptions).
+    max_images : int or None
+        Prior images given to the model; None: half the current study's image budget.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    count: int = Field(default=1, ge=0, le=5)
+    lookback_days: int = Field(default=1826, ge=1, le=36500)
+    modalities: tuple[str, ...] = ()
+    match_region: bool = True
+    max_images: int | None = Field(default=None, ge=1, le=64)
+
+    @field_validator("modalities")
+    @classmethod
+    def _modalities(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        cleaned = tuple(dict.fromkeys(m.strip().upper() for m in value))
+        if any(not m for m in cleaned):
+            raise ValueError("a prior modality is empty")
+        return cleaned
 
 
 class RoutingRule(BaseModel):
@@ -55,6 +125,12 @@ class RoutingRule(BaseModel):
         ``max_images`` is ignored, a caller's ``max_images`` still caps it).
     across_series : bool
         Take images from every accepted series rather than the largest one (radiographs).
+    include_derived : bool
+        Derived and secondary series (localizers, dose reports, screen captures, scanned documents,
+        reformats: see :func:`integration.imaging.instances.derived_kind`) may be chosen; by default
+        they never are.
+    priors : PriorPolicy
+        Which prior studies go with a study this rule routes.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -69,6 +145,8 @@ class RoutingRule(BaseModel):
     montage_grid: int = Field(default=2, ge=2, le=MAX_MONTAGE_GRID)
     whole_series: bool = False
     across_series: bool = False
+    include_derived: bool = False
+    priors: PriorPolicy = PriorPolicy()
 
     @field_validator("modality", "body_part")
     @classmethod
@@ -102,11 +180,25 @@ class RoutingRule(BaseModel):
 
     def accepts(self, series: Series, calling_ae: str | None) -> bool:
         """Tell whether every set criterion accepts a series of a study sent by ``calling_ae`` (None when unknown)."""
+        return self.accepts_attributes(series.modality, _series_body_parts(series), calling_ae)
+
+    def accepts_attributes(
+        self, modality: str | None, body_parts: Iterable[str | None], calling_ae: str | None
+    ) -> bool:
+        """Tell whether every set criterion accepts a series with these attributes (as :meth:`accepts` does).
+
+        For the series-level query results of an archive.  ``body_parts`` are Body Part Examined values
+        or regions (a description may be given too): the rule's ``body_part`` matches one of them, upper
+        case, or the region one of them names (:func:`body_region`).  ``calling_ae`` is None when unknown.
+        """
         if self.calling_ae is not None and (calling_ae or "").strip() != self.calling_ae:
             return False
-        if self.modality is not None and series.modality != self.modality:
+        if self.modality is not None and (modality or "").strip().upper() != self.modality:
             return False
-        return self.body_part is None or self.body_part in _series_body_parts(series)
+        if self.body_part is None:
+            return True
+        parts = {part.strip().upper() for part in body_parts if part}
+        return self.body_part in parts or self.body_part in {body_region(part) for part in parts}
 
 
 #: The rules used when none are configured: the first that accepts a series wins.

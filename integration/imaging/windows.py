@@ -31,6 +31,7 @@ from integration.imaging.pixels import (
     look_up,
     lookup_table,
 )
+from integration.imaging.regions import body_region as region_named
 
 #: Percentiles of the frame used as its window when the header gives none (non-CT).
 AUTO_WINDOW_PERCENTILES = (0.5, 99.5)
@@ -92,16 +93,6 @@ WINDOW_PRESETS: Mapping[str, Window] = MappingProxyType(
 )
 #: Preset for CT images whose body part has no preset of its own.
 DEFAULT_CT_PRESET = "soft_tissue"
-#: Body regions and the words (in Body Part Examined or a description) that name them.
-BODY_REGION_KEYWORDS: Mapping[str, frozenset[str]] = MappingProxyType(
-    {
-        "HEAD": frozenset({"HEAD", "BRAIN", "SKULL", "CRANIUM", "CEREBRAL", "NEURO"}),
-        "CHEST": frozenset({"CHEST", "LUNG", "LUNGS", "THORAX", "THORACIC", "PULMONARY", "THORAXAP"}),
-        "ABDOMEN": frozenset({"ABDOMEN", "ABDOMINAL", "LIVER", "KIDNEY", "PANCREAS"}),
-        "PELVIS": frozenset({"PELVIS", "PELVIC", "HIP"}),
-        "SPINE": frozenset({"SPINE", "CSPINE", "TSPINE", "LSPINE", "SPINAL"}),
-    }
-)
 #: The CT preset of each body region that has one.
 REGION_PRESETS: Mapping[str, str] = MappingProxyType({"HEAD": "brain", "CHEST": "lung"})
 #: Words of a series description that ask for the bone window (bone reconstructions).
@@ -110,17 +101,15 @@ _WORD = re.compile(r"[A-Z0-9]+")
 
 
 def body_region(ds: Dataset) -> str | None:
-    """Return the body region an image shows (a key of :data:`BODY_REGION_KEYWORDS`, ``"CHEST"`` ...), or None.
+    """Return the body region an image shows (``"CHEST"``, ``"HEAD"`` ...), or None.
+
+    The words are those of :func:`integration.imaging.regions.body_region`.
 
     Body Part Examined is read first, then the Series Description, then the
     Study Description; the first of them that names a region decides.
     """
-    for keyword in ("BodyPartExamined", "SeriesDescription", "StudyDescription"):
-        words = _words(ds.get(keyword))
-        for region, names in BODY_REGION_KEYWORDS.items():
-            if words & names:
-                return region
-    return None
+    texts = [" ".join(_words(ds.get(k))) for k in ("BodyPartExamined", "SeriesDescription", "StudyDescription")]
+    return region_named(*texts)
 
 
 def header_window(ds: Dataset) -> Window | None:
