@@ -12,7 +12,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from models import chat_templates
 from models.backend import ModelNotStaged
@@ -28,6 +28,16 @@ HEADROOM_GIB = 2.0
 TEXT_TOKENS_RESERVED = 1536
 #: Most images any request may carry (the routing rules' and settings' limit).
 MOST_IMAGES = 1024
+
+#: How a family is given a study's images: the values of ``integration.imaging.routing.Presentation``
+#: (the models package does not import the integration one; a test keeps the two equal).
+#: ``"montage"``: one labelled grid of the chosen slices and windows (models trained on one image);
+#: ``"separate"``: one image per slice and window (multi-image models); ``"series"``: every frame of
+#: the chosen series (long-context models).
+ImagePresentation = Literal["montage", "separate", "series"]
+#: The presentation of a model whose family is not registered (an OpenAI-compatible server's
+#: generic model): separate images, as every chat-completions API takes them.
+DEFAULT_IMAGE_PRESENTATION: ImagePresentation = "separate"
 
 #: Qwen2.5-VL's own recommended pixel cap (1280 visual tokens of 28x28 pixels per image).
 QWEN_MAX_IMAGE_PIXELS = 1280 * 28 * 28
@@ -88,6 +98,9 @@ class ModelFamily:
     max_context_tokens : int or None
         The token budget of one request (prompt, images and answer); with ``image_tokens`` it
         bounds the images: see :attr:`image_limit`.  None: ``max_images`` alone.
+    image_presentation : {"separate", "montage", "series"}
+        How the family is given a study's images (:data:`ImagePresentation`): what
+        ``integration.imaging.selection.prepare_study`` is asked for, as trained.
     """
 
     name: str
@@ -104,6 +117,7 @@ class ModelFamily:
     fallback_chat_template: str | None = None
     name_hints: tuple[str, ...] = ()
     max_context_tokens: int | None = None
+    image_presentation: ImagePresentation = DEFAULT_IMAGE_PRESENTATION
 
     @property
     def image_limit(self) -> int:
@@ -141,6 +155,8 @@ FAMILIES: dict[str, ModelFamily] = {
             gpu_memory_gib=_memory_by_size({"7B": 7.57, "13B": 13.35, "34B": 34.76}),
             architectures=("LlavaForConditionalGeneration", "LlavaNextForConditionalGeneration"),
             max_context_tokens=4096,
+            # Trained on one image per conversation (LLaVA-Med, converted to this layout, too).
+            image_presentation="montage",
         ),
         ModelFamily(
             name="huatuogpt-vision",
@@ -160,6 +176,7 @@ FAMILIES: dict[str, ModelFamily] = {
             architectures=("LlavaForConditionalGeneration",),
             fallback_chat_template=chat_templates.HUATUOGPT_VISION,
             name_hints=("huatuogpt-vision",),
+            image_presentation="separate",  # multi-image
         ),
         ModelFamily(
             name="medgemma",
@@ -174,6 +191,7 @@ FAMILIES: dict[str, ModelFamily] = {
             examples=("google/medgemma-4b-it", "google/medgemma-27b-it"),
             gpu_memory_gib=_memory_by_size({"4B": 4.30, "27B": 27.43}),
             architectures=("Gemma3ForConditionalGeneration",),
+            image_presentation="separate",  # multi-image
         ),
         ModelFamily(
             name="qwen2.5-vl",
@@ -193,6 +211,7 @@ FAMILIES: dict[str, ModelFamily] = {
             gpu_memory_gib=_memory_by_size({"7B": 8.29, "32B": 33.45}),
             architectures=("Qwen2_5_VLForConditionalGeneration",),
             max_image_pixels=QWEN_MAX_IMAGE_PIXELS,
+            image_presentation="separate",  # multi-image
         ),
         ModelFamily(
             name="longllava",
@@ -216,6 +235,7 @@ FAMILIES: dict[str, ModelFamily] = {
             architectures=("LongLlavaForConditionalGeneration", "LlavaJambaForCausalLM"),
             fallback_chat_template=LONGLLAVA_CHAT_TEMPLATE,
             max_context_tokens=131072,
+            image_presentation="series",
         ),
     )
 }

@@ -6,12 +6,23 @@ import json
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 
+from integration.imaging.routing import PRESENTATIONS
+from integration.imaging.selection import prepare_study
+from integration.samples import write_ct_series
 from models.backend import ModelNotStaged
-from models.registry import FAMILIES, UnsupportedModel, bf16_memory_gib, detect_family, family_for_config
+from models.registry import (
+    DEFAULT_IMAGE_PRESENTATION,
+    FAMILIES,
+    ImagePresentation,
+    UnsupportedModel,
+    bf16_memory_gib,
+    detect_family,
+    family_for_config,
+)
 from tests.models.samples import SMOKE_NAMES, family_of
 
 
@@ -111,3 +122,28 @@ def test_gpu_memory_is_bf16_weights_plus_headroom() -> None:
         for size, gib in family.gpu_memory_gib.items():
             billions = float(size.removesuffix("B"))
             assert billions * 2 * 1e9 / 2**30 < gib < billions * 2.6 * 1e9 / 2**30 + 3
+
+
+def test_each_family_says_how_it_is_given_a_studys_images() -> None:
+    assert set(get_args(ImagePresentation)) == set(PRESENTATIONS), "the same strings as the imaging side"
+    assert {name: family.image_presentation for name, family in FAMILIES.items()} == {
+        "llava": "montage",  # LLaVA-1.5 / LLaVA-NeXT / converted LLaVA-Med: trained on one image
+        "huatuogpt-vision": "separate",
+        "medgemma": "separate",
+        "qwen2.5-vl": "separate",
+        "longllava": "series",
+    }
+    assert DEFAULT_IMAGE_PRESENTATION == "separate", "an unregistered served model (OpenAI-compatible)"
+
+
+def test_each_family_gets_no_more_images_than_it_takes(tmp_path: Path) -> None:
+    files = write_ct_series(tmp_path, 40, rows=16, columns=16)
+    counts = {
+        name: len(
+            prepare_study(
+                files, max_images=family.image_limit, image_size=32, presentation=family.image_presentation
+            ).images
+        )
+        for name, family in FAMILIES.items()
+    }
+    assert counts == {"llava": 1, "huatuogpt-vision": 4, "medgemma": 8, "qwen2.5-vl": 8, "longllava": 80}
