@@ -437,7 +437,7 @@ def _montage_label(tiles: Sequence[SeriesFrame], windows: Sequence[str | None]) 
     """
     order = list(dict.fromkeys(windows))
     positions = list({(t.instance.sop_instance_uid, t.frame): t for t in tiles}.values())
-    head = f"montage of {len(positions)} {positions[0].kind}s"
+    head = f"montage of {len(positions)} {positions[0].kind}{'' if len(positions) == 1 else 's'}"
     if len(order) > 1:
         head += f" x {len(order)} windows ({len(tiles)} tiles, numbered row by row)"
         keys = [

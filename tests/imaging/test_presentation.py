@@ -62,6 +62,10 @@ def test_a_montage_is_one_image_of_every_position_in_every_window_labelled_and_i
         assert len(np.unique(tile[24:-1, :-1])) == len(np.unique(tile[:-1, 78:-1])) == 1, "nothing burned elsewhere"
         assert not tile[-1].any() and not tile[:, -1].any(), "a black edge between tiles"
     assert not tiles[8].any(), "the ninth cell of the 3x3 grid is empty"
+    single = write(tmp_path / "one", axial_series(1, **CHEST))
+    (one,) = prepare_study(single, presentation="montage", image_size=64).images
+    assert one.label.startswith("montage of 1 slice x 2 windows (2 tiles, numbered row by row): CT series 1, slice 1/1")
+    assert [e.window for e in one.evidence] == ["lung", "mediastinum"]
 
 
 def test_a_montage_in_the_header_window_numbers_its_tiles(tmp_path: Path) -> None:
