@@ -16,12 +16,18 @@ profile (Table E.1-1):
 - no metadata in the image files: the backend re-encodes pixels alone as PNG (no text chunks, EXIF or
   colour profile).
 
+Priors (issue 15) follow the same rules: a prior is placed in time as "N days earlier", never by its
+date; its description is not sent; its report text goes through :func:`deidentify_text` (dates, long
+numbers, the patient's and named physicians' names removed); the patient's age is sent as a decade band
+and the sex not at all (Patient's Age is ``X`` and Patient's Sex ``Z`` in Table E.1-1).
+
 In-process models and trusted servers get the full prompt, clinical question included.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,3 +130,48 @@ def identifying_pixels(path: Path) -> bool:
         if element is not None and str(element.value or "").strip().upper() == "YES":
             return True
     return False
+
+
+#: What replaces a removed date, number or name in text sent outside the trust boundary.
+REMOVED = "[removed]"
+_MONTHS = r"(?:jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*\.?"
+_DATES = re.compile(
+    r"\b(?:\d{1,4}[./-]\d{1,2}[./-]\d{1,4}"  # 2024-03-01, 01/03/2024, 1.3.24
+    r"|(?:19|20)\d{6}"  # 20240301 (DICOM DA)
+    rf"|\d{{1,2}}(?:st|nd|rd|th)?\s+{_MONTHS}(?:,?\s+\d{{2,4}})?"  # 1 March 2024, 1st Mar
+    rf"|{_MONTHS}\s+\d{{1,2}}(?:st|nd|rd|th)?(?:,?\s+\d{{2,4}})?"  # March 1, 2024
+    rf"|{_MONTHS}\s+(?:19|20)\d{{2}})\b",  # March 2024
+    re.IGNORECASE,
+)
+#: Identifier-like tokens: at least four digits among letters, digits and hyphens (MRNs, accessions, phone numbers).
+_IDENTIFIERS = re.compile(r"\b(?=[A-Za-z0-9-]*(?:\d[^\d\s]*){4})[A-Za-z0-9][A-Za-z0-9-]{3,}\b")
+_TITLED_NAMES = re.compile(r"\b(?:Dr|Doctor|Prof|Mr|Mrs|Ms)\.?\s+[A-Z][A-Za-z'-]+(?:\s+[A-Z][A-Za-z'-]+)?")
+
+
+def deidentify_text(text: str, names: Sequence[str] = ()) -> str:
+    """Remove what identifies a patient from report text sent outside the trust boundary.
+
+    Dates (numeric, DICOM and written forms), identifier-like tokens (four digits or more), titled names
+    (``Dr Smith``) and each word of ``names`` (the patient's and physicians' person names, any component
+    of two letters or more) become ``[removed]``; measurements (``12 mm``, ``1.5 cm``) are kept.
+    """
+    words = {part.lower() for name in names for part in re.split(r"[\^\s,]+", name) if len(part.strip(".-'")) >= 2}
+    cleaned = _DATES.sub(REMOVED, text)
+    cleaned = _TITLED_NAMES.sub(REMOVED, cleaned)
+    cleaned = _IDENTIFIERS.sub(REMOVED, cleaned)
+    if words:
+        pattern = re.compile(
+            r"\b(?:" + "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True)) + r")\b", re.I
+        )
+        cleaned = pattern.sub(REMOVED, cleaned)
+    return cleaned
+
+
+def age_band(years: int | None) -> str | None:
+    """A decade band (``"50-59 years"``), ``"90 years or older"`` above 89, None when unknown."""
+    if years is None or years < 0:
+        return None
+    if years >= 90:
+        return "90 years or older"
+    low = years // 10 * 10
+    return f"{low}-{low + 9} years"

@@ -9,21 +9,25 @@ from typing import Any
 from PIL import Image
 
 from integration.config import Settings
-from integration.imaging.routing import DEFAULT_RULES
+from integration.imaging.routing import DEFAULT_RULES, RoutingRule
 from integration.imaging.selection import NoImages, PreparedStudy, prepare_study
+from integration.store.priors import PriorsView
 from integration.store.reports import ClaimedJob, DraftRecord, InstanceFile
+from integration.store.tables import PriorState
 from models.backend import GenerationRequest, VisionLanguageBackend
 from models.draft import parse_draft
-from models.prompts import SYSTEM_PROMPT, render_prompt, select_template, template_named
-from models.registry import FAMILIES
+from models.prompts import SYSTEM_PROMPT, render_prompt_parts, select_template, template_named
+from models.registry import DEFAULT_IMAGE_PRESENTATION, FAMILIES
+from worker.comparison import build_comparison, prior_image_budget, read_current_header
 from worker.outbound import outbound_release
 
 
-def evidence_of(prepared: PreparedStudy) -> list[dict[str, Any]]:
+def evidence_of(prepared: PreparedStudy, first: int = 1) -> list[dict[str, Any]]:
     """Return exactly what the model saw: per image number, the SOP instances and frames in it.
 
-    One entry per instance frame: ``image`` (1-based, as numbered in the prompt), SOP class and
-    instance UIDs, series UID, ``frame`` (1-based) and the window used.
+    One entry per instance frame: ``image`` (1-based, as numbered in the prompt; the current study's
+    images are numbered from ``first``, after the prior images), SOP class and instance UIDs, series
+    UID, ``frame`` (1-based) and the window used.
     """
     return [
         {
@@ -32,11 +36,27 @@ def evidence_of(prepared: PreparedStudy) -> list[dict[str, Any]]:
             "sop_instance_uid": ev.sop_instance_uid,
             "series_uid": ev.series_uid,
             "frame": ev.frame,
-            "window": image.window,
+            "window": ev.window or image.window,
         }
-        for number, image in enumerate(prepared.images, start=1)
+        for number, image in enumerate(prepared.images, start=first)
         for ev in image.evidence
     ]
+
+
+def rule_for(files: Sequence[InstanceFile], rules: Sequence[RoutingRule], calling_ae: str | None) -> RoutingRule | None:
+    """The first rule that accepts a series of the study by its recorded modality and body part (None: none does).
+
+    A cheap look before the images are read: it sets the prior images' share of the image budget.
+    """
+    series = {(f.modality, f.body_part) for f in files}
+    return next(
+        (
+            rule
+            for rule in rules
+            if any(rule.accepts_attributes(modality, [part] if part else [], calling_ae) for modality, part in series)
+        ),
+        None,
+    )
 
 
 def draft_study(
@@ -48,6 +68,7 @@ def draft_study(
     load_seconds: float = 0.0,
     clinical_question: str | None = None,
     prompt_name: str | None = None,
+    priors: PriorsView | None = None,
 ) -> DraftRecord:
     """Draft a report for one study version; the draft is ready to store.
 
@@ -64,6 +85,9 @@ def draft_study(
         (:attr:`~integration.imaging.selection.PreparedStudy.clinical_question`).
     prompt_name : str or None
         A prompt template to use instead of the one chosen by modality and body part (a second opinion's).
+    priors : PriorsView or None
+        The study's prior search and priors (:mod:`worker.comparison`); None: the draft says no prior
+        is available.
 
     Raises
     ------
@@ -80,14 +104,22 @@ def draft_study(
     if family is not None:
         # By the family's token budget: a whole series for LongLLaVA, a sample for 576-token LLaVA models.
         limit = min(limit, family.image_limit) if limit is not None else family.image_limit
+    presentation = family.image_presentation if family is not None else DEFAULT_IMAGE_PRESENTATION
+    rules = settings.routing_rules or DEFAULT_RULES
     release = outbound_release(settings, files, backend)
+    prior_budget = 0
+    rule = rule_for(release.files, rules, job.calling_ae)
+    has_prior_images = priors is not None and any(p.state is PriorState.READY and p.files for p in priors.priors)
+    if rule is not None and has_prior_images and presentation != "montage":
+        prior_budget = prior_image_budget(rule, limit if limit is not None else rule.max_images)
     try:
         prepared = prepare_study(
             [settings.instance_root / f.storage_path for f in release.files],
             calling_ae=job.calling_ae,
-            rules=settings.routing_rules or DEFAULT_RULES,
-            max_images=limit,
+            rules=rules,
+            max_images=(limit - prior_budget) if limit is not None else None,
             image_size=settings.image_size,
+            presentation=presentation,
         )
     except NoImages as exc:
         if not release.withheld:
@@ -98,14 +130,35 @@ def draft_study(
             exc.skipped,
         ) from exc
     started = time.perf_counter()
+    current = read_current_header(settings.instance_root / release.files[0].storage_path)
+    comparison = build_comparison(
+        priors,
+        instance_root=settings.instance_root,
+        current=current,
+        rule=prepared.rule,
+        rules=rules,
+        image_budget=prior_budget,
+        image_size=settings.image_size,
+        deidentified=release.deidentified,
+    )
     template = named or select_template(prepared.modality, prepared.body_part)
     question = clinical_question if clinical_question is not None else prepared.clinical_question
     sent_question = release.question(question)
-    prompt = render_prompt(template, [image.label for image in prepared.images], sent_question)
-    images = tuple(Image.fromarray(image.pixels) for image in prepared.images)
+    parts = render_prompt_parts(
+        template,
+        [image.label for image in prepared.images],
+        sent_question,
+        priors=comparison.contexts,
+        prior_labels=comparison.labels,
+        patient=current.patient(release.deidentified),
+        no_prior=comparison.note or None,
+    )
+    model_images = [*comparison.images, *prepared.images]
+    images = tuple(Image.fromarray(image.pixels) for image in model_images)
     request = GenerationRequest(
         request_id=f"analysis-job-{job.job_id}",
-        prompt=prompt,
+        prompt=parts.prompt,
+        preamble=parts.preamble,
         images=images,
         system_prompt=SYSTEM_PROMPT,
         max_new_tokens=settings.max_new_tokens,
@@ -116,6 +169,11 @@ def draft_study(
     parsed = release.annotate(
         parse_draft(result.text, len(images)), question_dropped=bool(question) and not sent_question
     )
+    findings = {
+        **parsed.as_json(),
+        "priors": [reference.as_json() for reference in comparison.references],
+        "prior_note": comparison.note,
+    }
     timings = {
         **{f"{name}_s": round(value, 4) for name, value in prepared.timings.items()},
         "prompt_s": round(prompt_seconds, 4),
@@ -123,6 +181,7 @@ def draft_study(
         "generate_s": round(result.seconds, 4),
         "batch_size": getattr(result, "batch_size", 1),
         "parse_s": round(time.perf_counter() - started, 4),
+        **comparison.timings,
         **release.timings(),
     }
     return DraftRecord(
@@ -131,10 +190,10 @@ def draft_study(
         model_family=identity.family,
         prompt_version=template.key,
         structured=parsed.structured,
-        findings=parsed.as_json(),
-        text=parsed.as_text(),
+        findings=findings,
+        text=parsed.as_text(prior_note=comparison.note),
         raw_output=parsed.raw_text,
-        evidence=evidence_of(prepared),
+        evidence=[*comparison.evidence, *evidence_of(prepared, first=len(comparison.images) + 1)],
         timings=timings,
         tokens_in=result.tokens_in,
         tokens_out=result.tokens_out,

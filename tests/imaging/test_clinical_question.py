@@ -17,6 +17,7 @@ from integration.imaging.selection import prepare_study
 from integration.samples import write_ct_series
 from integration.store.reports import ClaimedJob, InstanceFile
 from models.backend import GenerationRequest, GenerationResult
+from models.prompts import template_named
 from models.transformers_backend import TransformersBackend
 from worker.pipeline import draft_study
 
@@ -118,4 +119,4 @@ def test_the_question_reaches_the_rendered_prompt(
     assert draft.prompt_version.startswith("ct")
 
     explicit = draft_study(settings, job, instance_files, backend, clinical_question="Fracture?", prompt_name="general")
-    assert 'asks: "Fracture?"' in backend.rendered[0] and explicit.prompt_version == "general/v1"
+    assert 'asks: "Fracture?"' in backend.rendered[0] and explicit.prompt_version == template_named("general").key

@@ -19,6 +19,7 @@ from integration.queue import ANALYZE_STUDY
 from integration.reports.drafts import ensure_draft_sr
 from integration.store.jobs import record_job_error
 from integration.store.opinions import JobChoice, job_choice
+from integration.store.priors import priors_view
 from integration.store.reports import SkippedJob, claim_job, fail_job, instance_files, record_draft
 from integration.store.session import session_scope
 from integration.store.tables import utcnow
@@ -65,6 +66,7 @@ def analyze_study(self: Any, job_id: int) -> str:
         with session_scope(url) as session:
             choice = job_choice(session, job_id) or JobChoice(None, None)
             files = instance_files(session, claimed.study_id, claimed.study_version)
+            priors = priors_view(session, claimed.study_id)
         log.info(
             "analysis job %d: model %s, prompt %s",
             job_id,
@@ -75,7 +77,13 @@ def analyze_study(self: Any, job_id: int) -> str:
             template_named(choice.prompt_name)  # an unknown prompt fails before a model is loaded
         backend, load_seconds = model_backend(settings, choice.model_name)
         draft = draft_study(
-            settings, claimed, files, backend, load_seconds=load_seconds, prompt_name=choice.prompt_name
+            settings,
+            claimed,
+            files,
+            backend,
+            load_seconds=load_seconds,
+            prompt_name=choice.prompt_name,
+            priors=priors,
         )
     except (NoImages, ModelNotStaged, UnknownModel, UnknownPrompt) as exc:
         _fail(job_id, str(exc))

@@ -1,0 +1,324 @@
+"""What a draft is compared with: the prior studies found for it, as prompt text, images and references.
+
+A radiologist reads a study against the patient's previous one; so does the model.  The listener's prior
+fetcher (:mod:`integration.priors.fetcher`) finds and retrieves priors while the current study arrives,
+and records them (:mod:`integration.store.priors`); this module turns that record into what one draft
+needs: a :class:`~models.prompts.PriorContext` per prior (when, what, its report), the prior's images
+(chosen with the same routing rule as the current study, labelled as prior and given first), the
+:class:`~integration.findings.PriorReference` list the findings document, the SR and the review page name,
+and the one line that says why there is no prior when there is none.
+
+For a model server outside the trust boundary the rules of :mod:`worker.outbound` apply: the prior is
+placed in time by days, not by date; its description is not sent; its report text is de-identified; the
+patient's age goes as a band and the sex not at all.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pydicom
+
+from integration.findings import InvalidFindings, PriorReference
+from integration.imaging.routing import RoutingRule
+from integration.imaging.selection import ModelImage, NoImages, prepare_study
+from integration.store.priors import PriorsView, PriorView
+from integration.store.tables import PriorSearchState, PriorState
+from models.prompts import PatientContext, PriorContext
+from worker.outbound import age_band, deidentify_text
+
+log = logging.getLogger(__name__)
+
+#: The draft's line when the search found no prior (the SR and the page say the same).
+NO_PRIOR = "No prior study available."
+#: Opening of the line when a prior exists or may exist but is not there in time.
+NOT_AVAILABLE = "Prior study not available"
+#: Header attributes holding person names that a de-identified prior report must not carry.
+NAME_KEYWORDS = ("PatientName", "ReferringPhysicianName", "PerformingPhysicianName", "NameOfPhysiciansReadingStudy")
+_SEXES = {"M": "male", "F": "female", "O": "other"}
+
+
+@dataclass(frozen=True)
+class CurrentHeader:
+    """What the comparison needs of the current study's header: its date, the patient and the names to remove.
+
+    Attributes
+    ----------
+    study_date : str or None
+        ``YYYYMMDD``.
+    age_years : int or None
+        From Patient's Age, else from the birth date and the study date.
+    sex : str or None
+        ``male``, ``female``, ``other``.
+    names : tuple of str
+        Person names in the header (patient, physicians): removed from prior report text that leaves the
+        trust boundary.
+    """
+
+    study_date: str | None = None
+    age_years: int | None = None
+    sex: str | None = None
+    names: tuple[str, ...] = ()
+
+    def patient(self, deidentified: bool) -> PatientContext | None:
+        """The patient as the model is told: age and sex, or for an untrusted server an age band only."""
+        if deidentified:
+            band = age_band(self.age_years)
+            return PatientContext(age=band) if band else None
+        if self.age_years is None and self.sex is None:
+            return None
+        age = f"{self.age_years} years" if self.age_years is not None else None
+        return PatientContext(age=age, sex=self.sex)
+
+
+@dataclass
+class Comparison:
+    """The priors of one draft, ready for the prompt, the evidence and the findings document.
+
+    Attributes
+    ----------
+    contexts : list of PriorContext
+        One per prior given to the model, most recent first.
+    references : list of PriorReference
+        The same priors, as the findings document names them.
+    images : list of ModelImage
+        The prior images, in the order given (before the current study's).
+    evidence : list of dict
+        The draft's evidence entries of those images (numbers 1..len(images), ``prior`` true).
+    note : str
+        Why there is no prior ('' when one is given).
+    timings : dict of str to float
+        ``priors`` (count) and ``prior_images``, for the draft's timings.
+    """
+
+    contexts: list[PriorContext] = field(default_factory=list)
+    references: list[PriorReference] = field(default_factory=list)
+    images: list[ModelImage] = field(default_factory=list)
+    evidence: list[dict[str, Any]] = field(default_factory=list)
+    note: str = NO_PRIOR
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def labels(self) -> list[str]:
+        """The prior images' labels, in order."""
+        return [image.label for image in self.images]
+
+
+def read_current_header(path: Path) -> CurrentHeader:
+    """Read the study date, the patient's age and sex and the person names from one instance of the study.
+
+    A file that cannot be read gives an empty header (the draft goes on without them).
+    """
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    except Exception:
+        log.warning("the current study's header could not be read for the comparison")
+        return CurrentHeader()
+    study_date = _date_text(ds.get("StudyDate"))
+    age = _age_years(str(ds.get("PatientAge") or ""), _date_text(ds.get("PatientBirthDate")), study_date)
+    sex = _SEXES.get(str(ds.get("PatientSex") or "").strip().upper())
+    names = tuple(str(value) for keyword in NAME_KEYWORDS for value in _values(ds.get(keyword)) if str(value).strip())
+    return CurrentHeader(study_date, age, sex, names)
+
+
+def build_comparison(
+    view: PriorsView | None,
+    *,
+    instance_root: Path,
+    current: CurrentHeader,
+    rule: RoutingRule,
+    rules: Sequence[RoutingRule],
+    image_budget: int,
+    image_size: int | None,
+    deidentified: bool,
+) -> Comparison:
+    """Turn the recorded priors of a study into what its draft is given.
+
+    Parameters
+    ----------
+    view : PriorsView or None
+        The study's prior search and priors (None: no search was made).
+    instance_root : pathlib.Path
+        Root of the instance store.
+    current : CurrentHeader
+        The current study's date, patient and names.
+    rule : RoutingRule
+        The current study's routing rule: its ``priors`` policy says how many prior images; the prior's
+        images are chosen with it first, then with ``rules``.
+    image_budget : int
+        Prior images this draft may carry in all (0: the report text only).
+    deidentified : bool
+        The model server is outside the trust boundary.
+    """
+    comparison = Comparison(note=_note(view))
+    ready = [prior for prior in (view.priors if view is not None else ()) if prior.state is PriorState.READY]
+    ready.sort(key=lambda prior: prior.rank)
+    if not ready:
+        comparison.timings = {"priors": 0.0, "prior_images": 0.0}
+        return comparison
+    comparison.note = ""
+    per_prior = image_budget // len(ready) if image_budget > 0 else 0
+    for prior in ready:
+        images = _prior_images(prior, instance_root, (rule, *rules), per_prior, image_size) if per_prior else []
+        first = len(comparison.images) + 1
+        comparison.images.extend(images)
+        comparison.evidence.extend(_evidence(images, first, prior.prior_study_uid))
+        comparison.contexts.append(_context(prior, current, len(images), deidentified))
+        reference = _reference(prior)
+        if reference is not None:
+            comparison.references.append(reference)
+    comparison.timings = {"priors": float(len(ready)), "prior_images": float(len(comparison.images))}
+    return comparison
+
+
+def prior_image_budget(rule: RoutingRule, limit: int) -> int:
+    """Prior images a draft may carry: the rule's ``priors.max_images``, else half of ``limit`` (none below 2).
+
+    The current study keeps at least half of the budget: its images are what is being reported.
+    """
+    if rule.priors.count == 0 or limit < 2:
+        return 0
+    wanted = rule.priors.max_images if rule.priors.max_images is not None else limit // 2
+    return max(0, min(wanted, limit // 2))
+
+
+def _note(view: PriorsView | None) -> str:
+    """What the draft says when it has no prior, from the search's state."""
+    if view is None or view.search_state is None:
+        return NO_PRIOR
+    if view.search_state in (PriorSearchState.PENDING, PriorSearchState.RUNNING):
+        return f"{NOT_AVAILABLE}: the prior search did not finish before the draft was made."
+    if view.search_state is PriorSearchState.FAILED:
+        return f"{NOT_AVAILABLE}: {view.search_reason or 'the prior search failed'}."
+    unavailable = [prior for prior in view.priors if prior.state is PriorState.UNAVAILABLE]
+    if unavailable:
+        return f"{NOT_AVAILABLE}: {unavailable[0].reason or 'it could not be retrieved'}."
+    pending = [prior for prior in view.priors if prior.state in (PriorState.FOUND, PriorState.FETCHING)]
+    if pending:
+        return f"{NOT_AVAILABLE}: it was still being retrieved when the draft was made."
+    return NO_PRIOR
+
+
+def _prior_images(
+    prior: PriorView, root: Path, rules: Sequence[RoutingRule], budget: int, image_size: int | None
+) -> list[ModelImage]:
+    """The prior's images chosen like the current study's, relabelled as prior (none when it has no image)."""
+    if not prior.files:
+        return []
+    try:
+        prepared = prepare_study(
+            [root / f.storage_path for f in prior.files], rules=rules, max_images=budget, image_size=image_size
+        )
+    except NoImages as exc:
+        log.info("prior study %s gives no image for the model: %s", prior.prior_study_uid, exc)
+        return []
+    return [
+        ModelImage(image.pixels, image.evidence, image.window, f"prior study, {image.label}")
+        for image in prepared.images
+    ]
+
+
+def _evidence(images: Sequence[ModelImage], first: int, study_uid: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "image": number,
+            "sop_class_uid": ev.sop_class_uid,
+            "sop_instance_uid": ev.sop_instance_uid,
+            "series_uid": ev.series_uid,
+            "frame": ev.frame,
+            "window": image.window,
+            "study_uid": study_uid,
+            "prior": True,
+        }
+        for number, image in enumerate(images, start=first)
+        for ev in image.evidence
+    ]
+
+
+def _context(prior: PriorView, current: CurrentHeader, images: int, deidentified: bool) -> PriorContext:
+    """The prior as the model is told: by date, or for an untrusted server by days and without description."""
+    report = prior.report_text
+    if deidentified:
+        days = _days_between(prior.study_date, current.study_date)
+        when = f"{days} days earlier" if days is not None else "earlier"
+        if report:
+            report = deidentify_text(report, current.names)
+        return PriorContext(
+            when=when, modality=prior.modality, report=report, report_source=prior.report_source, images=images
+        )
+    when = f"on {_iso(prior.study_date)}" if prior.study_date else "earlier"
+    return PriorContext(
+        when=when,
+        modality=prior.modality,
+        description=prior.description,
+        report=report,
+        report_source=prior.report_source,
+        images=images,
+    )
+
+
+def _reference(prior: PriorView) -> PriorReference | None:
+    """The prior as the findings document names it (left out, with a log line, when its record is not valid)."""
+    try:
+        return PriorReference.of(
+            prior.prior_study_uid,
+            prior.study_date,
+            modality=prior.modality,
+            description=prior.description,
+            accession=prior.accession,
+            report_source=prior.report_source,
+        )
+    except InvalidFindings as exc:
+        log.warning("prior study %s not named in the draft: %s", prior.prior_study_uid, exc)
+        return None
+
+
+def _values(element: Any) -> list[Any]:
+    if element is None:
+        return []
+    if isinstance(element, (list, tuple, pydicom.multival.MultiValue)):
+        return list(element)
+    return [element]
+
+
+def _date_text(value: Any) -> str | None:
+    text = str(value or "").strip()
+    return text if len(text) == 8 and text.isdigit() else None
+
+
+def _parse(text: str | None) -> date | None:
+    if not text:
+        return None
+    try:
+        return date(int(text[:4]), int(text[4:6]), int(text[6:8]))
+    except ValueError:
+        return None
+
+
+def _iso(text: str | None) -> str:
+    parsed = _parse(text)
+    return parsed.isoformat() if parsed else "an unknown date"
+
+
+def _days_between(earlier: str | None, later: str | None) -> int | None:
+    first, second = _parse(earlier), _parse(later)
+    if first is None or second is None:
+        return None
+    return (second - first).days
+
+
+def _age_years(age: str, birth_date: str | None, study_date: str | None) -> int | None:
+    """Patient's Age (``054Y``, ``006M``), else whole years between the birth date and the study date."""
+    age = age.strip().upper()
+    if len(age) == 4 and age[:3].isdigit() and age[3] in "DWMY":
+        value = int(age[:3])
+        return {"Y": value, "M": value // 12, "W": value // 52, "D": value // 365}[age[3]]
+    born, studied = _parse(birth_date), _parse(study_date)
+    if born is None or studied is None or studied < born:
+        return None
+    return studied.year - born.year - ((studied.month, studied.day) < (born.month, born.day))
