@@ -22,6 +22,7 @@ from integration.store.priors import PriorsView, PriorView
 from integration.store.reports import ClaimedJob, InstanceFile
 from integration.store.tables import PriorSearchState, PriorState
 from models.backend import GenerationRequest, GenerationResult
+from models.prompts import PatientContext
 from models.transformers_backend import TransformersBackend
 from worker.comparison import NO_PRIOR, NOT_AVAILABLE, CurrentHeader, build_comparison, read_current_header
 from worker.outbound import REMOVED
@@ -115,7 +116,8 @@ def test_the_prior_report_and_images_reach_the_model_before_the_current_study(
     medgemma: PromptRecordingBackend,
 ) -> None:
     settings, job, current, prior, prior_uid = study()
-    draft = draft_study(settings, job, current, medgemma, priors=view(PriorSearchState.DONE, [prior_view(prior, prior_uid)]))
+    priors = view(PriorSearchState.DONE, [prior_view(prior, prior_uid)])
+    draft = draft_study(settings, job, current, medgemma, priors=priors)
     (prompt,) = medgemma.rendered
     (request,) = medgemma.requests
     assert len(request.images) == 4  # half of the budget for the prior, half for the current study
@@ -164,11 +166,11 @@ def test_without_a_prior_the_draft_says_so_and_why(
 def test_outside_the_trust_boundary_a_prior_is_placed_by_days_and_its_report_deidentified(
     study: Callable[[], tuple[Settings, ClaimedJob, list[InstanceFile], list[InstanceFile], str]],
 ) -> None:
-    settings, job, current, prior, prior_uid = study()
+    settings, _job, current, prior, prior_uid = study()
     header = read_current_header(settings.instance_root / current[0].storage_path)
     assert header == CurrentHeader("20260317", 67, "female", ("Kowalczyk^Agnieszka",))
-    assert header.patient(deidentified=True) is not None and header.patient(deidentified=True).age == "60-69 years"
-    assert header.patient(deidentified=True).sex is None  # type: ignore[union-attr]
+    assert header.patient(deidentified=True) == PatientContext(age="60-69 years")  # a band, no sex
+    assert header.patient(deidentified=False) == PatientContext(age="67 years", sex="female")
     from integration.imaging.routing import DEFAULT_RULES
 
     comparison = build_comparison(
