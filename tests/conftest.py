@@ -1,4 +1,4 @@
-"""Shared fixtures: real PostgreSQL, Redis and listener processes."""
+"""Shared fixtures: real PostgreSQL, Redis and listener processes, and the PACS holding prior studies."""
 
 from __future__ import annotations
 
@@ -11,6 +11,9 @@ import redis
 
 from tests.support.peers import ListenerProcess, WorkerProcess
 from tests.support.services import Postgres, RedisServer, machine_redis, start_postgres
+
+#: Fixtures defined beside their peers: ``prior_pacs`` (Orthanc holding prior studies, one per session).
+pytest_plugins = ["tests.support.priors"]
 
 #: Redis database index the tests use on a shared server (flushed per test).
 TEST_REDIS_DB = int(os.environ.get("PACSVLM_TEST_REDIS_DB", "15"))

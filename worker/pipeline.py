@@ -9,7 +9,7 @@ from typing import Any
 from PIL import Image
 
 from integration.config import Settings
-from integration.imaging.routing import DEFAULT_RULES, RoutingRule
+from integration.imaging.routing import DEFAULT_RULES, first_rule_accepting
 from integration.imaging.selection import NoImages, PreparedStudy, prepare_study
 from integration.store.priors import PriorsView
 from integration.store.reports import ClaimedJob, DraftRecord, InstanceFile
@@ -41,22 +41,6 @@ def evidence_of(prepared: PreparedStudy, first: int = 1) -> list[dict[str, Any]]
         for number, image in enumerate(prepared.images, start=first)
         for ev in image.evidence
     ]
-
-
-def rule_for(files: Sequence[InstanceFile], rules: Sequence[RoutingRule], calling_ae: str | None) -> RoutingRule | None:
-    """The first rule that accepts a series of the study by its recorded modality and body part (None: none does).
-
-    A cheap look before the images are read: it sets the prior images' share of the image budget.
-    """
-    series = {(f.modality, f.body_part) for f in files}
-    return next(
-        (
-            rule
-            for rule in rules
-            if any(rule.accepts_attributes(modality, [part] if part else [], calling_ae) for modality, part in series)
-        ),
-        None,
-    )
 
 
 def draft_study(
@@ -108,7 +92,8 @@ def draft_study(
     rules = settings.routing_rules or DEFAULT_RULES
     release = outbound_release(settings, files, backend)
     prior_budget = 0
-    rule = rule_for(release.files, rules, job.calling_ae)
+    series = {(f.modality, (f.body_part,)) for f in release.files}
+    rule = first_rule_accepting(rules, series, job.calling_ae)
     has_prior_images = priors is not None and any(p.state is PriorState.READY and p.files for p in priors.priors)
     if rule is not None and has_prior_images and presentation != "montage":
         prior_budget = prior_image_budget(rule, limit if limit is not None else rule.max_images)

@@ -34,7 +34,7 @@ these same strings; this module does not import it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -199,6 +199,23 @@ class RoutingRule(BaseModel):
             return True
         parts = {part.strip().upper() for part in body_parts if part}
         return self.body_part in parts or self.body_part in {body_region(part) for part in parts}
+
+
+def first_rule_accepting(
+    rules: Sequence[RoutingRule],
+    series: Iterable[tuple[str | None, Iterable[str | None]]],
+    calling_ae: str | None,
+) -> RoutingRule | None:
+    """Return the first rule (in order) that accepts one of the series, given as (modality, body parts); else None.
+
+    The look that needs no file: a study's recorded series, an archive's series-level answers, a first
+    instance's header.
+    """
+    pairs = [(modality, tuple(parts)) for modality, parts in series]
+    for rule in rules:
+        if any(rule.accepts_attributes(modality, parts, calling_ae) for modality, parts in pairs):
+            return rule
+    return None
 
 
 #: The rules used when none are configured: the first that accepts a series wins.

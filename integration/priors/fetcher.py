@@ -36,7 +36,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from integration.config import Settings
-from integration.imaging.routing import DEFAULT_RULES, RoutingRule
+from integration.imaging.routing import DEFAULT_RULES, RoutingRule, first_rule_accepting
 from integration.intake.intake import InstanceIntake
 from integration.intake.outcome import Origin, StoreOutcome
 from integration.priors.archive import ArchiveError, PriorArchive, StudyMatch, open_archive
@@ -48,7 +48,6 @@ from integration.priors.matching import (
     choose_priors,
     is_local,
     prior_series_rule,
-    rule_for,
 )
 from integration.priors.reports import PriorReport, prior_report
 from integration.store.priors import (
@@ -232,7 +231,7 @@ class PriorFetcher:
         except Exception as exc:  # a damaged file: pydicom raises many kinds
             raise NothingToSearch(f"the first instance is unreadable ({type(exc).__name__})") from None
         parts = tuple(p for p in (current.body_part, current.region) if p)
-        rule = rule_for(self.rules, current.modality, parts, current.calling_ae)
+        rule = first_rule_accepting(self.rules, [(current.modality, parts)], current.calling_ae)
         if rule is None:
             raise NothingToSearch("no routing rule accepts the study")
         return _Search(current, rule, started)

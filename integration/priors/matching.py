@@ -21,7 +21,7 @@ are unit-tested without a PACS.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -292,14 +292,6 @@ def series_kind(series: SeriesMatch) -> str:
         classes[0] if classes else "", series.image_types, modality=modality, description=series.description
     )
     return "derived" if kind else "image"
-
-
-def rule_for(
-    rules: Sequence[RoutingRule], modality: str | None, body_parts: Iterable[str], calling_ae: str | None
-) -> RoutingRule | None:
-    """The first rule that accepts a study's first instance (or a series) by its plain attributes."""
-    parts = tuple(body_parts)
-    return next((rule for rule in rules if rule.accepts_attributes(modality, parts, calling_ae)), None)
 
 
 def choose_prior_series(

@@ -16,7 +16,16 @@ from sqlalchemy import ColumnElement, and_, select
 from sqlalchemy.orm import Session
 
 from integration.store.audit import add_event
-from integration.store.tables import AnalysisJob, JobState, Report, ReportStatus, Study, StudyState, utcnow
+from integration.store.tables import (
+    ROLE_PRIOR,
+    AnalysisJob,
+    JobState,
+    Report,
+    ReportStatus,
+    Study,
+    StudyState,
+    utcnow,
+)
 
 #: Names of the prompt templates of ``models/prompts.py`` (the edge may not import ``models``; a test keeps
 #: the two lists equal).
@@ -39,6 +48,10 @@ class DuplicateOpinion(OpinionRefused):
 
 class StudyNotReady(OpinionRefused):
     """The study is still receiving instances (its version is not final yet)."""
+
+
+class PriorStudyNotDrafted(OpinionRefused):
+    """The study is a prior fetched for comparison: priors are never drafted."""
 
 
 @dataclass(frozen=True)
@@ -138,6 +151,8 @@ def request_second_opinion(
     ------
     StudyNotReady
         The study is still receiving instances.
+    PriorStudyNotDrafted
+        The study is a prior, fetched to compare another study with.
     DuplicateOpinion
         The same model and prompt already has a draft, or a queued or running job, for this version.
     """
@@ -145,6 +160,8 @@ def request_second_opinion(
     if session.get_bind().dialect.name == "postgresql":  # one request at a time per study: no twin jobs
         session.execute(select(Study.id).where(Study.id == study.id).with_for_update())
         session.refresh(study)
+    if study.role == ROLE_PRIOR:
+        raise PriorStudyNotDrafted("a prior study is not drafted: it is shown beside the study it was fetched for")
     if study.state == StudyState.RECEIVING:
         raise StudyNotReady("the study is still receiving images; ask again once it is complete")
     duplicate = duplicate_of(session, study, model_name, prompt_name)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pydicom
 from pydicom.data import get_testdata_file
 
-from integration.imaging.routing import DEFAULT_RULES, PriorPolicy, RoutingRule
+from integration.imaging.routing import DEFAULT_RULES, PriorPolicy, RoutingRule, first_rule_accepting
 from integration.priors.archive import SeriesMatch, StudyMatch
 from integration.priors.matching import (
     Candidate,
@@ -19,7 +19,6 @@ from integration.priors.matching import (
     choose_priors,
     description_similarity,
     prior_series_rule,
-    rule_for,
     series_kind,
 )
 from integration.store.priors import LocalStudy
@@ -163,7 +162,7 @@ PRIOR_CT = [
 
 
 def test_series_choice_takes_the_largest_accepted_series_and_the_sr() -> None:
-    rule = rule_for(DEFAULT_RULES, "CT", ("CHEST",), None)
+    rule = first_rule_accepting(DEFAULT_RULES, [("CT", ("CHEST",))], None)
     assert rule is not None and rule.name == "ct-chest"
     choice = choose_prior_series(PRIOR_CT, rule)
     assert choice.images == ("6.2",)
@@ -183,7 +182,7 @@ def test_series_choice_across_series_and_derived_on_request() -> None:
 
 
 def test_prior_of_another_modality_is_chosen_by_its_own_rule() -> None:
-    cr_rule = rule_for(DEFAULT_RULES, "CR", ("CHEST",), None)
+    cr_rule = first_rule_accepting(DEFAULT_RULES, [("CR", ("CHEST",))], None)
     assert cr_rule is not None and cr_rule.name == "cr"
     assert choose_prior_series(PRIOR_CT, cr_rule).images == ()
     rule = prior_series_rule(DEFAULT_RULES, cr_rule, PRIOR_CT, None)

@@ -14,6 +14,7 @@ from integration.intake.header import InstanceHeader
 from integration.store.ingest import Conflict, Receipt, record_instance
 from integration.store.jobs import complete_stable_studies
 from integration.store.migrate import ensure_schema
+from integration.store.opinions import PriorStudyNotDrafted, request_second_opinion
 from integration.store.priors import (
     claim_searches,
     finish_search,
@@ -163,6 +164,10 @@ def test_reserving_a_prior_is_idempotent_and_never_takes_a_current_study(migrate
         study = session.get(Study, first[0])
         assert study is not None
         assert (study.role, study.study_date, study.study_description) == (ROLE_PRIOR, "20240101", "CT CHEST")
+        with pytest.raises(PriorStudyNotDrafted, match="prior study is not drafted"):
+            request_second_opinion(
+                session, study, model_name=None, prompt_name=None, stat=False, requested_by="admin", queue="analysis"
+            )
 
     current = record(url, a_header(generate_uid()), now)
     with session_scope(url) as session:

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
 from sqlalchemy import select
 
-from integration.store.tables import Series, Site, Study, UserRole
+from integration.store.tables import ROLE_CURRENT, Series, Site, Study, UserRole
 from integration.web.api.studies import ReportFilter, WorklistFilter, WorklistSort, worklist
 from integration.web.deps import DbSession, PageReviewer
 from integration.web.pages.templating import PageRoute, render
@@ -44,7 +44,10 @@ def worklist_page_router() -> APIRouter:
             m
             for m in session.scalars(
                 visible(
-                    select(Series.modality).distinct().join(Study, Series.study_id == Study.id),
+                    select(Series.modality)
+                    .distinct()
+                    .join(Study, Series.study_id == Study.id)
+                    .where(Study.role == ROLE_CURRENT),
                     user,
                 )
             )
