@@ -312,6 +312,21 @@ class PriorReference:
             name: getattr(self, name) for name in PRIOR_TEXT_LIMITS
         }
 
+    @property
+    def named(self) -> str:
+        """The prior as a report's comparison line names it: ``CT CHEST WITH CONTRAST (CT) of 2024-03-01``."""
+        what = self.description or self.modality or "prior study"
+        if self.description and self.modality:
+            what = f"{self.description} ({self.modality})"
+        date = self.study_date
+        return f"{what} of {date[:4]}-{date[4:6]}-{date[6:]}" if date else what
+
+
+def compared_with(priors: Iterable[PriorReference]) -> str:
+    """The comparison line of a draft that was given priors but says nothing of them: what it was compared with."""
+    named = "; ".join(prior.named for prior in priors)
+    return f"Compared with {named}." if named else ""
+
 
 def _line(value: object, limit: int) -> str | None:
     return (clean_text(value, limit, one_line=True) or None) if isinstance(value, str) else None
@@ -448,8 +463,8 @@ class Document:
 
     @property
     def comparison_text(self) -> str:
-        """What the comparison line says: the comparison, else the prior note ('' when neither)."""
-        return self.comparison or self.prior_note
+        """What the comparison line says: the comparison, else the priors it was made with, else the prior note."""
+        return self.comparison or compared_with(self.priors) or self.prior_note
 
 
 def comparison_line(comparison: str) -> str:

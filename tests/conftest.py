@@ -101,6 +101,14 @@ def smoke_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_smoke_model("llava", tmp_path_factory.mktemp("smoke-llava") / "model")
 
 
+@pytest.fixture(scope="session")
+def smoke_medgemma_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny randomly initialised MedGemma (Gemma 3) checkpoint: a multi-image family, built once per session."""
+    from models.smoke import build_smoke_model
+
+    return build_smoke_model("medgemma", tmp_path_factory.mktemp("smoke-medgemma") / "model")
+
+
 @pytest.fixture
 def worker_factory(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     """Start ``pacs-vlm worker`` subprocesses; all are stopped after the test."""

@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +28,8 @@ from integration.imaging.routing import RoutingRule
 from integration.imaging.selection import ModelImage, NoImages, prepare_study
 from integration.store.priors import PriorsView, PriorView
 from integration.store.tables import PriorSearchState, PriorState
-from models.prompts import PatientContext, PriorContext
-from worker.outbound import age_band, deidentify_text
+from models.prompts import PatientContext, PriorContext, age_in_years, age_text, prior_when, sex_text
+from worker.outbound import deidentify_text
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +39,6 @@ NO_PRIOR = "No prior study available."
 NOT_AVAILABLE = "Prior study not available"
 #: Header attributes holding person names that a de-identified prior report must not carry.
 NAME_KEYWORDS = ("PatientName", "ReferringPhysicianName", "PerformingPhysicianName", "NameOfPhysiciansReadingStudy")
-_SEXES = {"M": "male", "F": "female", "O": "other"}
 
 
 @dataclass(frozen=True)
@@ -67,13 +65,9 @@ class CurrentHeader:
 
     def patient(self, deidentified: bool) -> PatientContext | None:
         """The patient as the model is told: age and sex, or for an untrusted server an age band only."""
-        if deidentified:
-            band = age_band(self.age_years)
-            return PatientContext(age=band) if band else None
-        if self.age_years is None and self.sex is None:
-            return None
-        age = f"{self.age_years} years" if self.age_years is not None else None
-        return PatientContext(age=age, sex=self.sex)
+        age = age_text(self.age_years, band=deidentified)
+        sex = None if deidentified else self.sex
+        return PatientContext(age=age, sex=sex) if age or sex else None
 
 
 @dataclass
@@ -120,8 +114,8 @@ def read_current_header(path: Path) -> CurrentHeader:
         log.warning("the current study's header could not be read for the comparison")
         return CurrentHeader()
     study_date = _date_text(ds.get("StudyDate"))
-    age = _age_years(str(ds.get("PatientAge") or ""), _date_text(ds.get("PatientBirthDate")), study_date)
-    sex = _SEXES.get(str(ds.get("PatientSex") or "").strip().upper())
+    age = age_in_years(str(ds.get("PatientAge") or ""), _date_text(ds.get("PatientBirthDate")), study_date)
+    sex = sex_text(str(ds.get("PatientSex") or ""))
     names = tuple(str(value) for keyword in NAME_KEYWORDS for value in _values(ds.get(keyword)) if str(value).strip())
     return CurrentHeader(study_date, age, sex, names)
 
@@ -243,15 +237,12 @@ def _evidence(images: Sequence[ModelImage], first: int, study_uid: str) -> list[
 def _context(prior: PriorView, current: CurrentHeader, images: int, deidentified: bool) -> PriorContext:
     """The prior as the model is told: by date, or for an untrusted server by days and without description."""
     report = prior.report_text
+    when = prior_when(prior.study_date, current.study_date, exact=not deidentified)
     if deidentified:
-        days = _days_between(prior.study_date, current.study_date)
-        when = f"{days} days earlier" if days is not None else "earlier"
-        if report:
-            report = deidentify_text(report, current.names)
+        report = deidentify_text(report, current.names) if report else None
         return PriorContext(
             when=when, modality=prior.modality, report=report, report_source=prior.report_source, images=images
         )
-    when = f"on {_iso(prior.study_date)}" if prior.study_date else "earlier"
     return PriorContext(
         when=when,
         modality=prior.modality,
@@ -289,36 +280,3 @@ def _values(element: Any) -> list[Any]:
 def _date_text(value: Any) -> str | None:
     text = str(value or "").strip()
     return text if len(text) == 8 and text.isdigit() else None
-
-
-def _parse(text: str | None) -> date | None:
-    if not text:
-        return None
-    try:
-        return date(int(text[:4]), int(text[4:6]), int(text[6:8]))
-    except ValueError:
-        return None
-
-
-def _iso(text: str | None) -> str:
-    parsed = _parse(text)
-    return parsed.isoformat() if parsed else "an unknown date"
-
-
-def _days_between(earlier: str | None, later: str | None) -> int | None:
-    first, second = _parse(earlier), _parse(later)
-    if first is None or second is None:
-        return None
-    return (second - first).days
-
-
-def _age_years(age: str, birth_date: str | None, study_date: str | None) -> int | None:
-    """Patient's Age (``054Y``, ``006M``), else whole years between the birth date and the study date."""
-    age = age.strip().upper()
-    if len(age) == 4 and age[:3].isdigit() and age[3] in "DWMY":
-        value = int(age[:3])
-        return {"Y": value, "M": value // 12, "W": value // 52, "D": value // 365}[age[3]]
-    born, studied = _parse(birth_date), _parse(study_date)
-    if born is None or studied is None or studied < born:
-        return None
-    return studied.year - born.year - ((studied.month, studied.day) < (born.month, born.day))

@@ -165,13 +165,3 @@ def deidentify_text(text: str, names: Sequence[str] = ()) -> str:
         )
         cleaned = pattern.sub(REMOVED, cleaned)
     return cleaned
-
-
-def age_band(years: int | None) -> str | None:
-    """A decade band (``"50-59 years"``), ``"90 years or older"`` above 89, None when unknown."""
-    if years is None or years < 0:
-        return None
-    if years >= 90:
-        return "90 years or older"
-    low = years // 10 * 10
-    return f"{low}-{low + 9} years"

@@ -9,6 +9,7 @@ from typing import Any
 from PIL import Image
 
 from integration.config import Settings
+from integration.findings import compared_with
 from integration.imaging.routing import DEFAULT_RULES, first_rule_accepting
 from integration.imaging.selection import NoImages, PreparedStudy, prepare_study
 from integration.store.priors import PriorsView
@@ -176,7 +177,7 @@ def draft_study(
         prompt_version=template.key,
         structured=parsed.structured,
         findings=findings,
-        text=parsed.as_text(prior_note=comparison.note),
+        text=parsed.as_text(prior_note=comparison.note or compared_with(comparison.references)),
         raw_output=parsed.raw_text,
         evidence=[*comparison.evidence, *evidence_of(prepared, first=len(comparison.images) + 1)],
         timings=timings,

@@ -276,3 +276,18 @@ def test_evidence_of_a_prior_image_names_its_study() -> None:
     assert Evidence.read(entry(1, prior=True)) is None and Evidence.read(entry(1, study_uid="x/y")) is None
     with pytest.raises(InvalidFindings, match="prior's study_uid"):
         Evidence(1, f"{UID}.1", f"{UID}.2", f"{UID}.3", prior=True)
+
+
+def test_a_draft_given_priors_but_silent_on_them_names_what_it_was_compared_with() -> None:
+    from integration.findings import compared_with
+
+    ct = PriorReference.of("1.2.3.4", "20240301", modality="CT", description="CT CHEST")
+    cr = PriorReference.of("1.2.3.5", None, modality="CR")
+    assert compared_with([ct, cr]) == "Compared with CT CHEST (CT) of 2024-03-01; CR."
+    assert compared_with([]) == ""
+    silent = Document(findings=(), priors=(ct,))
+    assert silent.comparison_text == "Compared with CT CHEST (CT) of 2024-03-01."
+    assert (
+        Document(findings=(), priors=(ct,), comparison="Effusion unchanged.").comparison_text == "Effusion unchanged."
+    )
+    assert Document(findings=(), prior_note="No prior study available.").comparison_text == "No prior study available."

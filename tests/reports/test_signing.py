@@ -37,8 +37,8 @@ from integration.store.tables import (
     utcnow,
 )
 from models.draft import AI_DRAFT_NOTICE
-from tests.reports.test_sr import check_with_tools
 from tests.support.peers import REPO
+from tests.support.sr_tools import check_with_tools
 from worker.cli import app
 
 DRAFT_FINDINGS = {

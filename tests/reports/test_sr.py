@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import shutil
-import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -26,31 +24,10 @@ from integration.reports.sr import (
 from integration.reports.sr_content import ImageReference, SeenFrame
 from integration.reports.sr_priors import ReadComparison, ReadPrior
 from integration.samples import pydicom_test_file, write_ct_series
+from tests.support.sr_tools import check_with_tools
 
-DCIODVFY = shutil.which("dciodvfy") or "/usr/bin/dciodvfy"
-DSRDUMP = shutil.which("dsrdump") or "/usr/bin/dsrdump"
 ALGORITHM = Algorithm("FreedomIntelligence/HuatuoGPT-Vision-7B-hf", "3f1c2a9", "huatuogpt-vision", "ct-chest/v1")
 SIGNED_AT = datetime(2026, 11, 24, 9, 30, tzinfo=UTC)
-#: dciodvfy warnings we accept: our private coding scheme (for "Limitations", declared in the Coding Scheme
-#: Identification Sequence) is not a DICOM defined term; a source's patient name form is copied as it is.
-ACCEPTED_WARNINGS = ("<99PACSVLM>", "(0x0010,0x0010) PN Patient's Name")
-
-
-def check_with_tools(path: Path) -> list[str]:
-    """Run dciodvfy (no 'Error' lines allowed) and dsrdump (exit 0); return dciodvfy's warnings."""
-    assert Path(DCIODVFY).is_file() and Path(DSRDUMP).is_file(), (
-        "install dicom3tools and dcmtk (scripts/system-deps.sh)"
-    )
-    verify = subprocess.run([DCIODVFY, str(path)], capture_output=True, text=True, errors="replace", timeout=60)
-    lines = (verify.stdout + verify.stderr).splitlines()
-    errors = [line for line in lines if line.startswith("Error")]
-    assert not errors, "\n".join(lines)
-    dump = subprocess.run([DSRDUMP, str(path)], capture_output=True, text=True, errors="replace", timeout=60)
-    assert dump.returncode == 0, dump.stdout + dump.stderr
-    warnings = [line for line in lines if line.startswith("Warning")]
-    unexpected = [line for line in warnings if not any(accepted in line for accepted in ACCEPTED_WARNINGS)]
-    assert not unexpected, "\n".join(lines)
-    return warnings
 
 
 def save(document: Dataset, path: Path) -> Path:

@@ -47,8 +47,8 @@ from integration.store.tables import (
     utcnow,
 )
 from tests.reports.test_signing import DRAFT_FINDINGS, add_report, evidence_of, store_study
-from tests.reports.test_sr import check_with_tools
 from tests.support.records import db_rows
+from tests.support.sr_tools import check_with_tools
 from worker.cli import app
 
 NODULE, EFFUSION = (f["text"] for f in DRAFT_FINDINGS["findings"])

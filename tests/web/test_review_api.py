@@ -33,8 +33,8 @@ from integration.store.tables import (
 )
 from integration.web.security.csrf import csrf_token_for_session
 from tests.reports.test_signing import DRAFT_FINDINGS, add_report, evidence_of, store_study
-from tests.reports.test_sr import check_with_tools
 from tests.support.records import queued_messages
+from tests.support.sr_tools import check_with_tools
 from tests.web.conftest import ApiProcess
 from tests.web.test_auth import COOKIE, add_user, cli, login, session_cookie
 

@@ -44,11 +44,8 @@ class PromptRecordingBackend(TransformersBackend):
 
 
 @pytest.fixture(scope="module")
-def medgemma(tmp_path_factory: pytest.TempPathFactory) -> PromptRecordingBackend:
-    from models.smoke import build_smoke_model
-
-    directory = build_smoke_model("medgemma", tmp_path_factory.mktemp("smoke") / "medgemma")
-    return PromptRecordingBackend(directory, device="cpu", max_new_tokens=4)
+def medgemma(smoke_medgemma_dir: Path) -> PromptRecordingBackend:
+    return PromptRecordingBackend(smoke_medgemma_dir, device="cpu", max_new_tokens=4)
 
 
 def stored(store: Path, folder: str, slices: int, **header: str) -> list[InstanceFile]:
@@ -137,6 +134,9 @@ def test_the_prior_report_and_images_reach_the_model_before_the_current_study(
     document = Document.read(draft.findings)
     assert [p.study_uid for p in document.priors] == [prior_uid] and document.priors[0].report_source == "sr"
     assert document.prior_note == "" and draft.timings["priors"] == 1.0 and draft.timings["prior_images"] == 2.0
+    named = "COMPARISON: Compared with CT CHEST WITH CONTRAST (CT) of 2024-03-01."
+    assert named in draft.text or f"COMPARISON: {document.comparison}" in draft.text  # noise model: usually silent
+    assert document.comparison_text in draft.text
 
 
 def test_without_a_prior_the_draft_says_so_and_why(
