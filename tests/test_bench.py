@@ -111,3 +111,17 @@ def test_short_hostile_run_prints_the_table_and_the_summary_line(migrated_postgr
     found = re.fullmatch(r"hostile legit_p50_ratio=(\d+\.\d\d) listener_peak_mib=(\d+)", lines[-1])
     assert found and int(found[2]) < 400, lines[-1]
     assert result.returncode == 0 or float(found[1]) > 2.0, lines[-1]
+
+
+def test_quick_priors_benchmark_fetches_the_prior_both_ways_and_prints_the_summary_line() -> None:
+    command = [sys.executable, "-m", "bench.priors", "--quick"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    rows = [line.strip("│ ").split("│") for line in lines if line.lstrip("│ ").startswith(("C-GET", "WADO-RS"))]
+    cells = {(row[0].strip(), row[1].strip()): [cell.strip() for cell in row] for row in rows}
+    assert set(cells) == {(r, m) for r in ("C-GET", "WADO-RS") for m in ("prefetch", "after-stable")}, lines
+    for row in cells.values():  # the prior was retrieved, and its report reached the prompt
+        assert row[9] == "ready" and int(row[6]) > 0 and row[11] == "yes", row
+    found = re.fullmatch(r"priors ready_after_stable_s=(\d+\.\d{3}) bytes_fetched_ratio=(\d+\.\d{3})", lines[-1])
+    assert found and 0 < float(found[2]) < 0.6, lines[-1]
