@@ -30,6 +30,7 @@ from rich.text import Text
 from integration.config import Settings
 from integration.demo import DEMO_DIR, DEMO_READER, DEMO_SITE, demo_settings, ensure_demo_reader, send_files
 from integration.dicom.listener import Listener
+from integration.priors.fetcher import PriorFetcher
 from integration.reports.drafts import ensure_draft_sr
 from integration.samples import write_ct_series, write_sample_studies
 from integration.store.migrate import ensure_schema
@@ -102,7 +103,9 @@ def run_demo(*, keep: bool = False) -> int:
     ensure_schema(settings.database_url)
     password = ensure_demo_reader(settings)  # before any study arrives: the studies belong to its site
     listener = Listener(settings)
+    fetcher = PriorFetcher.attach(settings, listener.intake, listener.assembler)  # as `pacs-vlm listen` runs it
     listener.start()
+    fetcher.start()
     log_path = settings.data_dir / "worker.log"
     with log_path.open("ab") as log_file:
         worker = subprocess.Popen(
@@ -143,6 +146,7 @@ def run_demo(*, keep: bool = False) -> int:
             worker.wait(timeout=30)
         except subprocess.TimeoutExpired:
             worker.kill()
+        fetcher.stop()
         listener.stop()
     print_outcomes(console, outcomes, settings)
     console.print(f"C-STORE answers: {answers}")

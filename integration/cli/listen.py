@@ -35,10 +35,7 @@ def listen(
         ensure_schema(settings.database_url)
         listener = Listener(settings)
         # Prefetch: a study's first stored instance wakes the fetcher, which queries the archives at once.
-        fetcher = PriorFetcher(settings, listener.intake)
-        listener.intake.on_new_study = fetcher.wake
-        if listener.assembler is not None:  # a fetcher runs: a stable study waits (bounded) for its prior search
-            listener.assembler.prior_wait_seconds = settings.prior_wait_seconds
+        fetcher = PriorFetcher.attach(settings, listener.intake, listener.assembler)
         listener.start()
     except (ListenerConfigError, SchemaOutOfDate) as exc:
         raise fail(str(exc), 2) from None

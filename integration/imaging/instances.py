@@ -125,7 +125,7 @@ SCREEN_IMAGE_TYPES: tuple[tuple[frozenset[str], str], ...] = (
 #: Root of the Secondary Capture SOP classes (single-frame, and the multi-frame ones under it).
 SECONDARY_CAPTURE = f"{_STORAGE}.7"
 #: Conversion Types of a Secondary Capture that are not a picture of the patient.
-DERIVED_CONVERSIONS = {"WSD": "screen capture", "SD": "scanned document", "DRW": "drawing"}
+DERIVED_CONVERSIONS = {"WSD": "secondary capture", "SD": "scanned document", "DRW": "drawing"}
 #: Modalities of derived objects.
 DERIVED_MODALITIES = {"DOC": "scanned document", "KO": "key object selection"}
 #: Series Description phrases of dose reports, protocol pages and screen captures ("LOW DOSE CHEST" is none).
@@ -304,9 +304,9 @@ def derived_kind(
     -------
     str or None
         ``"localizer"``, ``"dose report"``, ``"protocol or report screen"``, ``"screen capture"``,
-        ``"scanned document"``, ``"drawing"``, ``"key object selection"`` or ``"reformat or projection"``
-        (Image Type DERIVED, SECONDARY outside a Secondary Capture: MPR, MIP, volume rendering ...); None for
-        an original image.
+        ``"secondary capture"`` (a workstation's capture), ``"scanned document"``, ``"drawing"``,
+        ``"key object selection"`` or ``"reformat or projection"`` (Image Type DERIVED, SECONDARY outside a
+        Secondary Capture: MPR, MIP, volume rendering ...); None for an original image.
     """
     values = tuple(value.strip().upper() for value in image_type)
     if LOCALIZER_IMAGE_TYPES.intersection(values):

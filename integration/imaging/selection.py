@@ -52,6 +52,10 @@ from integration.imaging.windows import WINDOW_PRESETS, Window
 
 logger = logging.getLogger(__name__)
 
+#: Derived images a study is read from when it has no original image a rule accepts: a reformat-only export, or
+#: images captured on a workstation (Secondary Capture, Conversion Type WSD: nuclear medicine results are often
+#: sent so).  Localizers, dose and protocol screens, screenshots and scanned documents never are.
+FALLBACK_DERIVED_KINDS = frozenset({"reformat or projection", "secondary capture"})
 #: Most tiles of a ``"montage"`` presentation (a 4 x 4 grid).
 MONTAGE_MAX_TILES = MAX_MONTAGE_GRID**2
 
@@ -314,6 +318,17 @@ def _route(
             group_series(originals), rules, calling_ae, with_derived=group_series(images) if wanted else None
         )
     except NoRoutingRule as exc:
+        # A study of reformats or workstation captures only is read from them rather than refused
+        # (FALLBACK_DERIVED_KINDS); localizers, screens and documents stay out.
+        fallback = [i for i in images if i.derived in FALLBACK_DERIVED_KINDS]
+        if fallback and not originals:
+            try:
+                rule, chosen = choose_series(group_series(fallback), rules, calling_ae)
+            except NoRoutingRule:
+                pass
+            else:
+                skipped.extend(item for item in derived if item[0] not in {i.sop_instance_uid for i in fallback})
+                return rule, chosen
         skipped.extend(derived)
         if not originals:
             message = f"no image for the model among {file_count} file(s) (no rule takes derived images)"

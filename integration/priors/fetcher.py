@@ -37,6 +37,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from integration.config import Settings
 from integration.imaging.routing import DEFAULT_RULES, RoutingRule, first_rule_accepting
+from integration.intake.assembly import StudyAssembler
 from integration.intake.intake import InstanceIntake
 from integration.intake.outcome import Origin, StoreOutcome
 from integration.priors.archive import ArchiveError, PriorArchive, StudyMatch, open_archive
@@ -112,6 +113,19 @@ class PriorFetcher:
         self._free = threading.Semaphore(workers)
         self._pool: ThreadPoolExecutor | None = None
         self._thread: threading.Thread | None = None
+
+    @classmethod
+    def attach(cls, settings: Settings, intake: InstanceIntake, assembler: StudyAssembler | None) -> PriorFetcher:
+        """Build the fetcher of a listener: the intake's new studies wake it, stable studies wait for it.
+
+        A study's first stored instance wakes the fetcher (prefetch), and the assembler holds a stable study's
+        job until its prior search ends or ``prior_wait_seconds`` pass.  Start it after the listener.
+        """
+        fetcher = cls(settings, intake)
+        intake.on_new_study = fetcher.wake
+        if assembler is not None:
+            assembler.prior_wait_seconds = settings.prior_wait_seconds
+        return fetcher
 
     def start(self) -> None:
         """Start the claiming loop and its worker threads."""

@@ -97,7 +97,7 @@ def test_accepts_delegates_to_accepts_attributes(tmp_path: Path) -> None:
         (CTImageStorage, ["ORIGINAL", "PRIMARY"], {"description": "Dose Report"}, "dose report"),
         (SecondaryCaptureImageStorage, [*SECONDARY, "DOSE_INFO"], {}, "dose report"),
         (SecondaryCaptureImageStorage, [*SECONDARY, "SCREEN SAVE"], {}, "screen capture"),
-        (SecondaryCaptureImageStorage, SECONDARY, {"conversion_type": "WSD"}, "screen capture"),
+        (SecondaryCaptureImageStorage, SECONDARY, {"conversion_type": "WSD"}, "secondary capture"),
         (SecondaryCaptureImageStorage, SECONDARY, {"conversion_type": "SD"}, "scanned document"),
         (SecondaryCaptureImageStorage, SECONDARY, {"modality": "DOC"}, "scanned document"),
         (SecondaryCaptureImageStorage, [*SECONDARY, "OTHER"], {"conversion_type": "DI", "modality": "XC"}, None),

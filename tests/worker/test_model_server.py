@@ -63,7 +63,9 @@ def test_a_worker_drafts_a_study_through_the_model_server(
     uids = {str(getattr(pydicom.dcmread(f), k)) for f in files for k in ("StudyInstanceUID", "SOPInstanceUID")}
     for value in [*PATIENT.values(), QUESTION, *uids]:
         assert value.encode() not in sent.body, f"{value!r} left the trust boundary"
-    assert len(evidence) == len([p for p in json.loads(sent.body)["messages"][0]["content"] if p["type"] != "text"])
+    images = [p for p in json.loads(sent.body)["messages"][0]["content"] if p["type"] != "text"]
+    assert len(images) == 1 and len(evidence) > 1  # LLaVA takes one image: a labelled montage of every frame shown
+    assert {e["image"] for e in evidence} == {1}
     log = worker.log()
     assert "outside the trust boundary" in log and "worker-secret" not in log
     assert "Kowalczyk" not in log and "cough" not in log
