@@ -160,6 +160,22 @@ def test_a_study_of_derived_images_only_has_no_image_for_the_model(tmp_path: Pat
     assert len(prepare_study(paths, rules=[RoutingRule(include_derived=True)]).images) == 8
 
 
+def test_a_study_of_reformats_or_workstation_captures_only_is_read_from_them(tmp_path: Path) -> None:
+    _, derived = derived_study()
+    reformats = derived["reformat or projection"]
+    paths = write(tmp_path / "reformats", [*derived["localizer"], *reformats])
+    prepared = prepare_study(paths, rules=[RoutingRule(modality="CT", body_part="CHEST", max_images=3)])
+    assert prepared.series_uids == [reformats[0].SeriesInstanceUID]  # the localizer stays out even so
+    assert dict(prepared.skipped) == {derived["localizer"][0].SOPInstanceUID: "localizer (derived or secondary image)"}
+    series_uid = generate_uid()
+    captures = [
+        dataset(series_uid, sop_class=SecondaryCaptureImageStorage, modality="NM", number=n, ConversionType="WSD")
+        for n in (1, 2)
+    ]
+    assert derived_kind(SecondaryCaptureImageStorage, [], conversion_type="WSD") == "secondary capture"
+    assert len(prepare_study(write(tmp_path / "nm", captures)).images) == 2
+
+
 def test_an_uploaded_photo_is_still_an_image_for_the_model(tmp_path: Path) -> None:
     details = PhotoDetails("PH-7", "Photo^Patty", "19800101", "F", "HAND", "Lesion?", "Hand photo", "L")
     photo = photo_to_dicom(np.full((32, 48, 3), 120, dtype=np.uint8), details)
