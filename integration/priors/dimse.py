@@ -24,7 +24,9 @@ Nothing here logs or raises patient data: only AE titles, UIDs of studies and se
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -271,8 +273,11 @@ class DimseArchive:
                 if not series_uid:
                     continue
                 image_keys = {"StudyInstanceUID": study_uid, "SeriesInstanceUID": series_uid}
-                image_keys |= {"SOPInstanceUID": "", "SOPClassUID": "", "ImageType": "", "InstanceNumber": ""}
-                first = self._find(assoc, _identifier("IMAGE", **image_keys), first_only=True)
+                image_keys |= {"SOPInstanceUID": "", "SOPClassUID": "", "ImageType": ""}
+                # Instance 1 first: a PACS may go on answering a whole series' instances after our C-CANCEL.
+                first = self._find(assoc, _identifier("IMAGE", **image_keys, InstanceNumber="1"), first_only=True)
+                if not first:
+                    first = self._find(assoc, _identifier("IMAGE", **image_keys, InstanceNumber=""), first_only=True)
                 sop_class = _text(first[0], "SOPClassUID") if first else None
                 found.append(
                     SeriesMatch(
@@ -413,7 +418,12 @@ class DimseArchive:
                 ae.add_requested_context(uid)
         extended = [build_role(uid, scp_role=True) for uid in RETRIEVE_SOP_CLASSES] if roles else None
         connected: list[bool] = []  # EVT_CONN_OPEN: the TCP connection was made (an abort is then the peer's)
-        bound: list[Any] = [*handlers, (evt.EVT_CONN_OPEN, lambda event: connected.append(True))]
+
+        def opened(event: Any) -> None:
+            connected.append(True)
+            _no_delay(event)
+
+        bound: list[Any] = [*handlers, (evt.EVT_CONN_OPEN, opened)]
         assert self.source.host is not None and self.source.port is not None
         assoc = ae.associate(
             self.source.host,
@@ -437,6 +447,14 @@ class DimseArchive:
             raise
         if assoc.is_established:
             assoc.release()
+
+
+def _no_delay(event: Any) -> None:
+    """Send each PDU at once: without TCP_NODELAY a small C-FIND or C-GET message waits on Nagle and delayed ACKs."""
+    sock = getattr(getattr(getattr(event.assoc, "dul", None), "socket", None), "socket", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _check_patient_id(patient_id: str) -> None:
