@@ -58,7 +58,9 @@ class Settings(BaseSettings):
     (case-insensitive); dictionaries and lists are given as JSON.
     """
 
-    model_config = SettingsConfigDict(env_prefix="PACSVLM_", env_file=None, extra="ignore", env_ignore_empty=True)
+    model_config = SettingsConfigDict(
+        env_prefix="PACSVLM_", env_file=None, extra="ignore", env_ignore_empty=True, hide_input_in_errors=True
+    )
 
     data_dir: Path = Path("var")
     database_url: str = ""

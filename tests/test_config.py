@@ -236,3 +236,11 @@ def test_settings_import_neither_numpy_nor_pydicom() -> None:
         [sys.executable, "-c", code], cwd=ROOT, env=_clean_env(), capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_refused_setting_never_repeats_its_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    source = '{"name": "vna", "kind": "dicomweb", "url": "http://10.1.1.1/dw", "username": "u", "password": "hunter22"}'
+    monkeypatch.setenv("PACSVLM_PRIOR_SOURCES", f"[{source}]")
+    with pytest.raises(ValidationError, match="https only") as refused:
+        Settings()
+    assert "hunter22" not in str(refused.value)
