@@ -25,7 +25,7 @@ import pydicom
 
 from integration.findings import InvalidFindings, PriorReference
 from integration.imaging.routing import RoutingRule
-from integration.imaging.selection import ModelImage, NoImages, prepare_study
+from integration.imaging.selection import ModelImage, NoImages, evidence_entries, prepare_study
 from integration.store.priors import PriorsView, PriorView
 from integration.store.tables import PriorSearchState, PriorState
 from models.prompts import PatientContext, PriorContext, age_in_years, age_text, prior_when, sex_text
@@ -161,7 +161,7 @@ def build_comparison(
         images = _prior_images(prior, instance_root, (rule, *rules), per_prior, image_size) if per_prior else []
         first = len(comparison.images) + 1
         comparison.images.extend(images)
-        comparison.evidence.extend(_evidence(images, first, prior.prior_study_uid))
+        comparison.evidence.extend(evidence_entries(images, first, prior.prior_study_uid))
         comparison.contexts.append(_context(prior, current, len(images), deidentified))
         reference = _reference(prior)
         if reference is not None:
@@ -214,23 +214,6 @@ def _prior_images(
     return [
         ModelImage(image.pixels, image.evidence, image.window, f"prior study, {image.label}")
         for image in prepared.images
-    ]
-
-
-def _evidence(images: Sequence[ModelImage], first: int, study_uid: str) -> list[dict[str, Any]]:
-    return [
-        {
-            "image": number,
-            "sop_class_uid": ev.sop_class_uid,
-            "sop_instance_uid": ev.sop_instance_uid,
-            "series_uid": ev.series_uid,
-            "frame": ev.frame,
-            "window": image.window,
-            "study_uid": study_uid,
-            "prior": True,
-        }
-        for number, image in enumerate(images, start=first)
-        for ev in image.evidence
     ]
 
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any
 
 from PIL import Image
 
 from integration.config import Settings
 from integration.findings import compared_with
 from integration.imaging.routing import DEFAULT_RULES, first_rule_accepting
-from integration.imaging.selection import NoImages, PreparedStudy, prepare_study
+from integration.imaging.selection import NoImages, evidence_entries, prepare_study
 from integration.store.priors import PriorsView
 from integration.store.reports import ClaimedJob, DraftRecord, InstanceFile
 from integration.store.tables import PriorState
@@ -21,27 +20,6 @@ from models.prompts import SYSTEM_PROMPT, render_prompt_parts, select_template, 
 from models.registry import DEFAULT_IMAGE_PRESENTATION, FAMILIES
 from worker.comparison import build_comparison, prior_image_budget, read_current_header
 from worker.outbound import outbound_release
-
-
-def evidence_of(prepared: PreparedStudy, first: int = 1) -> list[dict[str, Any]]:
-    """Return exactly what the model saw: per image number, the SOP instances and frames in it.
-
-    One entry per instance frame: ``image`` (1-based, as numbered in the prompt; the current study's
-    images are numbered from ``first``, after the prior images), SOP class and instance UIDs, series
-    UID, ``frame`` (1-based) and the window used.
-    """
-    return [
-        {
-            "image": number,
-            "sop_class_uid": ev.sop_class_uid,
-            "sop_instance_uid": ev.sop_instance_uid,
-            "series_uid": ev.series_uid,
-            "frame": ev.frame,
-            "window": ev.window or image.window,
-        }
-        for number, image in enumerate(prepared.images, start=first)
-        for ev in image.evidence
-    ]
 
 
 def draft_study(
@@ -179,7 +157,7 @@ def draft_study(
         findings=findings,
         text=parsed.as_text(prior_note=comparison.note or compared_with(comparison.references)),
         raw_output=parsed.raw_text,
-        evidence=[*comparison.evidence, *evidence_of(prepared, first=len(comparison.images) + 1)],
+        evidence=[*comparison.evidence, *evidence_entries(prepared.images, first=len(comparison.images) + 1)],
         timings=timings,
         tokens_in=result.tokens_in,
         tokens_out=result.tokens_out,

@@ -37,6 +37,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -174,6 +175,31 @@ class _ImagePlan:
     windows: tuple[Window | None, ...]
     grid: int | None = None
     labelled: bool = False
+
+
+def evidence_entries(
+    images: Sequence[ModelImage], first: int = 1, prior_study_uid: str | None = None
+) -> list[dict[str, Any]]:
+    """Return exactly what the model saw, as a draft stores it: one entry per instance frame of each image.
+
+    Each entry: ``image`` (1-based, as numbered in the prompt, from ``first``), SOP class and instance UIDs,
+    series UID, ``frame`` (1-based) and the window it was shown in; for a prior study's images
+    (``prior_study_uid`` given) also ``study_uid`` and ``prior: true``.
+    """
+    prior = {"study_uid": prior_study_uid, "prior": True} if prior_study_uid else {}
+    return [
+        {
+            "image": number,
+            "sop_class_uid": ev.sop_class_uid,
+            "sop_instance_uid": ev.sop_instance_uid,
+            "series_uid": ev.series_uid,
+            "frame": ev.frame,
+            "window": ev.window or image.window,
+            **prior,
+        }
+        for number, image in enumerate(images, start=first)
+        for ev in image.evidence
+    ]
 
 
 def prepare_study(
