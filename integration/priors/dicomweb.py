@@ -33,7 +33,18 @@ from integration.intake.outcome import Result
 from integration.intake.part10 import split_part10
 from integration.intake.structure import InvalidInstance
 from integration.prior_sources import PriorSource
-from integration.priors.matches import ArchiveError, InstanceSink, RetrieveResult, SeriesMatch, StudyMatch
+from integration.priors.matches import (
+    ArchiveError,
+    InstanceSink,
+    RetrieveResult,
+    SeriesMatch,
+    StudyMatch,
+    check_patient_id,
+    element_text,
+    note_problem,
+    series_match,
+    study_match,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,29 +53,6 @@ _ACCEPT_DICOM = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 _STUDY_FIELDS = ("IssuerOfPatientID", "StudyDate", "ModalitiesInStudy", "StudyDescription", "AccessionNumber")
 _SERIES_FIELDS = ("Modality", "SeriesNumber", "SeriesDescription", "BodyPartExamined", "NumberOfSeriesRelatedInstances")
 _INSTANCE_FIELDS = ("SOPClassUID", "ImageType")
-
-
-def _text(ds: Dataset, keyword: str) -> str | None:
-    value = ds.get(keyword)
-    if value is None or value == "":
-        return None
-    return str(value).strip() or None
-
-
-def _values(ds: Dataset, keyword: str) -> tuple[str, ...]:
-    value = ds.get(keyword)
-    if value is None or value == "":
-        return ()
-    items = [value] if isinstance(value, str) else list(value)
-    return tuple(str(v).strip() for v in items if str(v).strip())
-
-
-def _number(ds: Dataset, keyword: str) -> int | None:
-    text = _text(ds, keyword)
-    try:
-        return int(float(text)) if text is not None else None
-    except ValueError:
-        return None
 
 
 def _dataset(item: dict[str, Any]) -> Dataset:
@@ -115,32 +103,14 @@ class DicomwebArchive:
             The archive cannot be asked or answered an error, or the Patient ID cannot be asked for (an empty one
             would match every patient; one with a backslash would be two).
         """
-        if not patient_id.strip() or "\\" in patient_id:
-            raise ArchiveError("a prior search needs one non-empty Patient ID (an empty one matches every patient)")
+        check_patient_id(patient_id)
         filters = {"PatientID": patient_id} | ({"IssuerOfPatientID": issuer} if issuer else {})
         with self._asking("QIDO-RS studies"):
             answers = self._client.search_for_studies(
                 fields=list(_STUDY_FIELDS), search_filters=filters, get_remaining=True
             )
-        matches = []
-        for ds in map(_dataset, answers):
-            study_uid, found_issuer = _text(ds, "StudyInstanceUID"), _text(ds, "IssuerOfPatientID")
-            if not study_uid or _text(ds, "PatientID") != patient_id:
-                continue
-            if issuer and found_issuer and found_issuer != issuer:
-                continue
-            matches.append(
-                StudyMatch(
-                    source=self.name,
-                    study_uid=study_uid,
-                    patient_id=patient_id,
-                    issuer=found_issuer,
-                    study_date=_text(ds, "StudyDate"),
-                    modalities=_values(ds, "ModalitiesInStudy"),
-                    description=_text(ds, "StudyDescription"),
-                    accession=_text(ds, "AccessionNumber"),
-                )
-            )
+        read = (study_match(ds, self.name, patient_id, issuer) for ds in map(_dataset, answers))
+        matches = [match for match in read if match is not None]
         log.info("prior source %s: %d studies found for a patient", self.name, len(matches))
         return matches
 
@@ -156,29 +126,14 @@ class DicomwebArchive:
         with self._asking("QIDO-RS series"):
             answers = self._client.search_for_series(study_uid, fields=list(_SERIES_FIELDS), get_remaining=True)
             for ds in map(_dataset, answers):
-                series_uid = _text(ds, "SeriesInstanceUID")
+                series_uid = element_text(ds, "SeriesInstanceUID")
                 if not series_uid:
                     continue
-                first = [
-                    _dataset(item)
-                    for item in self._client.search_for_instances(
-                        study_uid, series_uid, fields=list(_INSTANCE_FIELDS), limit=1
-                    )[:1]
-                ]
-                sop_class = _text(first[0], "SOPClassUID") if first else None
-                found.append(
-                    SeriesMatch(
-                        series_uid=series_uid,
-                        modality=_text(ds, "Modality"),
-                        series_number=_number(ds, "SeriesNumber"),
-                        description=_text(ds, "SeriesDescription"),
-                        body_part=_text(ds, "BodyPartExamined"),
-                        instances=_number(ds, "NumberOfSeriesRelatedInstances"),
-                        sop_class_uids=(sop_class,) if sop_class else (),
-                        image_types=_values(first[0], "ImageType") if first else (),
-                    )
-                )
-        found.sort(key=lambda s: (s.series_number is None, s.series_number or 0, s.series_uid))
+                first = self._client.search_for_instances(
+                    study_uid, series_uid, fields=list(_INSTANCE_FIELDS), limit=1
+                )[:1]
+                found.append(series_match(ds, _dataset(first[0]) if first else None))
+        found.sort(key=SeriesMatch.order)
         return found
 
     def retrieve(self, study_uid: str, series_uids: Sequence[str], sink: InstanceSink) -> RetrieveResult:
@@ -203,7 +158,7 @@ class DicomwebArchive:
                         split = split_part10(part)
                     except InvalidInstance as exc:
                         failed += 1
-                        _note(problems, f"a part is not a DICOM file: {exc}")
+                        note_problem(problems, f"a part is not a DICOM file: {exc}")
                         continue
                     outcome = sink(bytes(split.dataset), split.transfer_syntax_uid)
                     if outcome.result is Result.STORED:
@@ -212,11 +167,11 @@ class DicomwebArchive:
                         duplicates += 1
                     else:
                         failed += 1
-                        _note(problems, f"an instance was refused: {outcome.reason or outcome.result.value}")
+                        note_problem(problems, f"an instance was refused: {outcome.reason or outcome.result.value}")
             except ArchiveError as exc:
                 if arrived == 0:
                     raise
-                _note(problems, str(exc))
+                note_problem(problems, str(exc))
         seconds = time.monotonic() - started
         log.info(
             "prior source %s: WADO-RS of %d series of study %s: %d stored, %d duplicates, %d failed, %d bytes "
@@ -263,11 +218,6 @@ def _failure(exc: BaseException) -> str:
     if isinstance(exc, ValueError):
         return "answered something that is not DICOMweb"
     return f"failed ({type(exc).__name__})"
-
-
-def _note(problems: list[str], text: str) -> None:
-    if text not in problems and len(problems) < 10:
-        problems.append(text)
 
 
 def _series_parts(client: DICOMwebClient, study_uid: str, series_uid: str) -> Iterator[bytes]:

@@ -28,7 +28,7 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,7 +49,19 @@ from integration.intake.intake import storage_sop_classes
 from integration.intake.outcome import Result
 from integration.intake.transfer import ACCEPTED_TRANSFER_SYNTAXES
 from integration.prior_sources import PriorSource
-from integration.priors.matches import ArchiveError, InstanceSink, RetrieveResult, SeriesMatch, StudyMatch
+from integration.priors.matches import (
+    ArchiveError,
+    InstanceSink,
+    RetrieveResult,
+    SeriesMatch,
+    StudyMatch,
+    check_patient_id,
+    element_number,
+    element_text,
+    note_problem,
+    series_match,
+    study_match,
+)
 
 log = logging.getLogger(__name__)
 
@@ -89,30 +101,6 @@ RETRIEVE_SOP_CLASSES: tuple[str, ...] = tuple(
 )
 
 
-def _text(ds: Dataset | None, keyword: str) -> str | None:
-    value = None if ds is None else ds.get(keyword)
-    if value is None or value == "":
-        return None
-    text = str(value).strip()
-    return text or None
-
-
-def _values(ds: Dataset, keyword: str) -> tuple[str, ...]:
-    value = ds.get(keyword)
-    if value is None or value == "":
-        return ()
-    items = [value] if isinstance(value, str) or not isinstance(value, Iterable) else value
-    return tuple(str(v).strip() for v in items if str(v).strip())
-
-
-def _number(ds: Dataset, keyword: str) -> int | None:
-    text = _text(ds, keyword)
-    try:
-        return int(float(text)) if text is not None else None
-    except ValueError:
-        return None
-
-
 def _identifier(level: str, **keys: str) -> Dataset:
     ds = Dataset()
     ds.QueryRetrieveLevel = level
@@ -148,7 +136,7 @@ class _Tally:
         except Exception:
             log.exception("a retrieved instance could not be handed to the intake")
             self.failed += 1
-            self._problem("processing failure")
+            note_problem(self.problems, "processing failure")
             return PROCESSING_FAILURE
         if outcome.result is Result.STORED:
             self.stored += 1
@@ -156,12 +144,8 @@ class _Tally:
             self.duplicates += 1
         else:
             self.failed += 1
-            self._problem(f"an instance was refused: {outcome.reason or outcome.result.value}")
+            note_problem(self.problems, f"an instance was refused: {outcome.reason or outcome.result.value}")
         return for_result(outcome.result)
-
-    def _problem(self, text: str) -> None:
-        if text not in self.problems and len(self.problems) < 10:
-            self.problems.append(text)
 
 
 class DimseArchive:
@@ -214,7 +198,7 @@ class DimseArchive:
             The PACS cannot be asked or answered a failure, or the Patient ID cannot be asked for (an empty one
             would match every patient; one with a backslash would be two).
         """
-        _check_patient_id(patient_id)
+        check_patient_id(patient_id)
         keys = {
             "PatientID": patient_id,
             "IssuerOfPatientID": issuer or "",
@@ -226,26 +210,8 @@ class DimseArchive:
         }
         with self._association("C-FIND", [FIND]) as assoc:
             answers = self._find(assoc, _identifier("STUDY", **keys))
-        matches = []
-        for ds in answers:
-            study_uid, found_issuer = _text(ds, "StudyInstanceUID"), _text(ds, "IssuerOfPatientID")
-            # The PACS may match loosely (wildcards in an ID, an issuer it cannot match on): keep exact ones.
-            if not study_uid or _text(ds, "PatientID") != patient_id:
-                continue
-            if issuer and found_issuer and found_issuer != issuer:
-                continue
-            matches.append(
-                StudyMatch(
-                    source=self.name,
-                    study_uid=study_uid,
-                    patient_id=patient_id,
-                    issuer=found_issuer,
-                    study_date=_text(ds, "StudyDate"),
-                    modalities=_values(ds, "ModalitiesInStudy"),
-                    description=_text(ds, "StudyDescription"),
-                    accession=_text(ds, "AccessionNumber"),
-                )
-            )
+        read = (study_match(ds, self.name, patient_id, issuer) for ds in answers)
+        matches = [match for match in read if match is not None]
         log.info("prior source %s: %d studies found for a patient", self.name, len(matches))
         return matches
 
@@ -269,7 +235,7 @@ class DimseArchive:
         found = []
         with self._association("C-FIND", [FIND]) as assoc:
             for ds in self._find(assoc, _identifier("SERIES", **keys)):
-                series_uid = _text(ds, "SeriesInstanceUID")
+                series_uid = element_text(ds, "SeriesInstanceUID")
                 if not series_uid:
                     continue
                 image_keys = {"StudyInstanceUID": study_uid, "SeriesInstanceUID": series_uid}
@@ -278,20 +244,8 @@ class DimseArchive:
                 first = self._find(assoc, _identifier("IMAGE", **image_keys, InstanceNumber="1"), first_only=True)
                 if not first:
                     first = self._find(assoc, _identifier("IMAGE", **image_keys, InstanceNumber=""), first_only=True)
-                sop_class = _text(first[0], "SOPClassUID") if first else None
-                found.append(
-                    SeriesMatch(
-                        series_uid=series_uid,
-                        modality=_text(ds, "Modality"),
-                        series_number=_number(ds, "SeriesNumber"),
-                        description=_text(ds, "SeriesDescription"),
-                        body_part=_text(ds, "BodyPartExamined"),
-                        instances=_number(ds, "NumberOfSeriesRelatedInstances"),
-                        sop_class_uids=(sop_class,) if sop_class else (),
-                        image_types=_values(first[0], "ImageType") if first else (),
-                    )
-                )
-        found.sort(key=lambda s: (s.series_number is None, s.series_number or 0, s.series_uid))
+                found.append(series_match(ds, first[0] if first else None))
+        found.sort(key=SeriesMatch.order)
         return found
 
     def retrieve(self, study_uid: str, series_uids: Sequence[str], sink: InstanceSink) -> RetrieveResult:
@@ -323,9 +277,9 @@ class DimseArchive:
                     answers = assoc.send_c_get(identifier, GET, msg_id=1)
                 final = self._final(answers, "C-MOVE" if moving else "C-GET")
                 code = int(final.Status)
-                completed = _number(final, "NumberOfCompletedSuboperations") or 0
-                warned = _number(final, "NumberOfWarningSuboperations") or 0
-                failed = _number(final, "NumberOfFailedSuboperations") or 0
+                completed = element_number(final, "NumberOfCompletedSuboperations") or 0
+                warned = element_number(final, "NumberOfWarningSuboperations") or 0
+                failed = element_number(final, "NumberOfFailedSuboperations") or 0
                 if moving:
                     moved[0] += completed + warned
                     moved[1] += failed
@@ -455,11 +409,6 @@ def _no_delay(event: Any) -> None:
     if sock is not None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-def _check_patient_id(patient_id: str) -> None:
-    if not patient_id.strip() or "\\" in patient_id:
-        raise ArchiveError("a prior search needs one non-empty Patient ID (an empty one matches every patient)")
 
 
 def _why_not(assoc: Association, calling_ae: str, tls: object, connected: bool) -> str:

@@ -324,7 +324,7 @@ def choose_prior_series(
     ]
     if not rule.across_series and accepted:
         accepted = [max(accepted, key=lambda s: (s.instances or 0, -(s.series_number or 0)))]
-    accepted.sort(key=lambda s: (s.series_number is None, s.series_number or 0, s.series_uid))
+    accepted.sort(key=SeriesMatch.order)
     return SeriesChoice(
         images=tuple(s.series_uid for s in accepted),
         reports=tuple(s.series_uid for s in series if kinds[s.series_uid] == "report"),
