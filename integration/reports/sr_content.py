@@ -137,14 +137,18 @@ def references_of(images: Iterable[int], evidence: Sequence[SeenFrame]) -> tuple
     )
 
 
-def _text(name: CodedConcept, value: str) -> TextContentItem:
+def text_item(name: CodedConcept, value: str) -> TextContentItem:
+    """Return a TEXT item its parent CONTAINS."""
     return TextContentItem(name=name, value=value, relationship_type=RelationshipTypeValues.CONTAINS)
 
 
-def _container(name: CodedConcept, items: Sequence[ContentItem], *, template_id: str | None = None) -> ContentItem:
-    container = ContainerContentItem(name=name, template_id=template_id, relationship_type="CONTAINS")
-    container.ContentSequence = ContentSequence(items)
-    return container
+def container(
+    name: CodedConcept, items: Sequence[ContentItem], *, template_id: str | None = None
+) -> ContainerContentItem:
+    """Return a CONTAINER its parent CONTAINS, holding ``items``."""
+    section = ContainerContentItem(name=name, template_id=template_id, relationship_type="CONTAINS")
+    section.ContentSequence = ContentSequence(items)
+    return section
 
 
 def finding_item(finding: Finding, evidence: Sequence[SeenFrame]) -> TextContentItem:
@@ -162,7 +166,7 @@ def finding_item(finding: Finding, evidence: Sequence[SeenFrame]) -> TextContent
     highdicom.sr.TextContentItem
         The content item.
     """
-    item = _text(FINDING, finding.text)
+    item = text_item(FINDING, finding.text)
     references = references_of(finding.images, evidence)
     if references:
         item.ContentSequence = ContentSequence(
@@ -202,11 +206,11 @@ def report_sections(
     sections: list[ContentItem] = []
     items: list[ContentItem] = [finding_item(finding, evidence) for finding in findings]
     if limitations_text := clean_text(limitations, MAX_TEXT_CHARS):
-        items.append(_text(LIMITATIONS, limitations_text))
+        items.append(text_item(LIMITATIONS, limitations_text))
     if items:
-        sections.append(_container(FINDINGS, items, template_id="2001"))
+        sections.append(container(FINDINGS, items, template_id="2001"))
     if impression_text := clean_text(impression, MAX_TEXT_CHARS):
-        sections.append(_container(IMPRESSIONS, [_text(IMPRESSION, impression_text)], template_id="2001"))
+        sections.append(container(IMPRESSIONS, [text_item(IMPRESSION, impression_text)], template_id="2001"))
     return sections
 
 
@@ -279,12 +283,14 @@ class ReadContent:
     person_observers: tuple[str, ...]
 
 
-def _is(item: ContentItem, concept: CodedConcept) -> bool:
+def is_concept(item: ContentItem, concept: CodedConcept) -> bool:
+    """Whether a content item (as read back) has ``concept`` as its name (code value and scheme)."""
     name = item.name
     return bool(name.value == concept.value and name.scheme_designator == concept.scheme_designator)
 
 
-def _children(item: ContentItem) -> list[ContentItem]:
+def children(item: ContentItem) -> list[ContentItem]:
+    """Return a content item's children (its Content Sequence; [] when it has none)."""
     return list(item.ContentSequence) if "ContentSequence" in item else []
 
 
@@ -314,26 +320,26 @@ def read_content(root: ContentItem) -> ReadContent:
     algorithm: dict[str, list[str]] = {"name": [], "version": [], "parameters": []}
     device_uid = ""
     persons: list[str] = []
-    for item in _children(root):
-        if _is(item, ALGORITHM_NAME):
+    for item in children(root):
+        if is_concept(item, ALGORITHM_NAME):
             algorithm["name"].append(str(item.value))
-        elif _is(item, ALGORITHM_VERSION):
+        elif is_concept(item, ALGORITHM_VERSION):
             algorithm["version"].append(str(item.value))
-        elif _is(item, ALGORITHM_PARAMETERS):
+        elif is_concept(item, ALGORITHM_PARAMETERS):
             algorithm["parameters"].append(str(item.value))
-        elif _is(item, DEVICE_OBSERVER_UID):
+        elif is_concept(item, DEVICE_OBSERVER_UID):
             device_uid = str(item.value)
-        elif _is(item, PERSON_OBSERVER_NAME):
+        elif is_concept(item, PERSON_OBSERVER_NAME):
             persons.append(str(item.value))
-        for child in _children(item) if isinstance(item, ContainerContentItem) else []:
-            if _is(child, FINDING):
+        for child in children(item) if isinstance(item, ContainerContentItem) else []:
+            if is_concept(child, FINDING):
                 references = tuple(
-                    _image_reference(ref) for ref in _children(child) if isinstance(ref, ImageContentItem)
+                    _image_reference(ref) for ref in children(child) if isinstance(ref, ImageContentItem)
                 )
                 findings.append(ReadFinding(str(child.value), references))
-            elif _is(child, LIMITATIONS):
+            elif is_concept(child, LIMITATIONS):
                 limitations.append(str(child.value))
-            elif _is(child, IMPRESSION):
+            elif is_concept(child, IMPRESSION):
                 impression.append(str(child.value))
     return ReadContent(
         findings=tuple(findings),

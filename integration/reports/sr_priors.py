@@ -38,7 +38,6 @@ from highdicom.sr import (
     CodedConcept,
     ContainerContentItem,
     ContentItem,
-    ContentSequence,
     DateContentItem,
     RelationshipTypeValues,
     TextContentItem,
@@ -47,6 +46,7 @@ from highdicom.sr import (
 from pydicom.sr.codedict import Collection
 
 from integration.findings import PriorReference, clean_text
+from integration.reports.sr_content import children, container, is_concept, text_item
 
 PRIOR_PROCEDURE_DESCRIPTIONS = CodedConcept("55114-3", "LN", "Prior Procedure Descriptions")
 PREVIOUS_FINDINGS = CodedConcept("18834-2", "LN", "Previous Findings")
@@ -134,17 +134,13 @@ def _prior_section(prior: PriorReference) -> ContainerContentItem:
     ]
     if prior.accession:
         items.append(TextContentItem(name=ACCESSION_NUMBER, value=prior.accession, relationship_type=context))
-    items.append(
-        TextContentItem(name=PROCEDURE_DESCRIPTION, value=procedure_description(prior), relationship_type=contains)
-    )
+    items.append(text_item(PROCEDURE_DESCRIPTION, procedure_description(prior)))
     if prior.study_date:
         day = date(int(prior.study_date[:4]), int(prior.study_date[4:6]), int(prior.study_date[6:8]))
         items.append(DateContentItem(name=STUDY_DATE, value=day, relationship_type=contains))
     if (code := modality_code(prior.modality)) is not None:
         items.append(CodeContentItem(name=MODALITY, value=code, relationship_type=contains))
-    section = ContainerContentItem(name=PRIOR_PROCEDURE_DESCRIPTIONS, template_id="2001", relationship_type=contains)
-    section.ContentSequence = ContentSequence(items)
-    return section
+    return container(PRIOR_PROCEDURE_DESCRIPTIONS, items, template_id="2001")
 
 
 def comparison_statements(priors: Sequence[PriorReference], comparison: str, prior_note: str) -> list[str]:
@@ -194,22 +190,9 @@ def comparison_sections(
     sections = [_prior_section(prior) for prior in priors]
     statements = comparison_statements(priors, comparison, prior_note)
     if statements:
-        section = ContainerContentItem(
-            name=PREVIOUS_FINDINGS, template_id="2001", relationship_type=RelationshipTypeValues.CONTAINS
-        )
-        section.ContentSequence = ContentSequence(
-            [
-                TextContentItem(name=PREVIOUS_FINDING, value=text, relationship_type=RelationshipTypeValues.CONTAINS)
-                for text in statements
-            ]
-        )
-        sections.append(section)
+        items = [text_item(PREVIOUS_FINDING, text) for text in statements]
+        sections.append(container(PREVIOUS_FINDINGS, items, template_id="2001"))
     return sections
-
-
-def _is(item: ContentItem, concept: CodedConcept) -> bool:
-    name = item.name
-    return bool(name.value == concept.value and name.scheme_designator == concept.scheme_designator)
 
 
 def read_comparison(root: ContentItem) -> ReadComparison:
@@ -228,22 +211,21 @@ def read_comparison(root: ContentItem) -> ReadComparison:
     """
     priors: list[ReadPrior] = []
     statements: list[str] = []
-    for section in root.ContentSequence if "ContentSequence" in root else ():
-        children = list(section.ContentSequence) if "ContentSequence" in section else []
-        if _is(section, PRIOR_PROCEDURE_DESCRIPTIONS):
+    for section in children(root):
+        if is_concept(section, PRIOR_PROCEDURE_DESCRIPTIONS):
             values = {"uid": "", "description": "", "date": "", "modality": "", "accession": ""}
-            for child in children:
-                if _is(child, PROCEDURE_STUDY_INSTANCE_UID):
+            for child in children(section):
+                if is_concept(child, PROCEDURE_STUDY_INSTANCE_UID):
                     values["uid"] = str(child.value)
-                elif _is(child, PROCEDURE_DESCRIPTION):
+                elif is_concept(child, PROCEDURE_DESCRIPTION):
                     values["description"] = str(child.value)
-                elif _is(child, STUDY_DATE):
+                elif is_concept(child, STUDY_DATE):
                     values["date"] = str(child.Date)
-                elif _is(child, MODALITY):
+                elif is_concept(child, MODALITY):
                     values["modality"] = str(child.value.value)
-                elif _is(child, ACCESSION_NUMBER):
+                elif is_concept(child, ACCESSION_NUMBER):
                     values["accession"] = str(child.value)
             priors.append(ReadPrior(*values.values()))
-        elif _is(section, PREVIOUS_FINDINGS):
-            statements += [str(child.value) for child in children if _is(child, PREVIOUS_FINDING)]
+        elif is_concept(section, PREVIOUS_FINDINGS):
+            statements += [str(child.value) for child in children(section) if is_concept(child, PREVIOUS_FINDING)]
     return ReadComparison(tuple(priors), tuple(statements))
