@@ -12,10 +12,24 @@ from integration.intake.header import InstanceHeader
 from integration.intake.storage import InstanceStore
 from integration.store.ingest import record_instance
 from integration.store.session import engine_for
+from integration.store.tables import ROLE_CURRENT
 
 
-def ingest(settings: Settings, path: Path, received_at: datetime, calling_ae: str = "CT1") -> pydicom.Dataset:
-    """Store a file in the instance store and record it, as the listener does; return its header."""
+def ingest(
+    settings: Settings,
+    path: Path,
+    received_at: datetime,
+    calling_ae: str = "CT1",
+    *,
+    site_id: int | None = None,
+    role: str = ROLE_CURRENT,
+) -> pydicom.Dataset:
+    """Store a file in the instance store and record it, as the listener does; return its header.
+
+    ``site_id`` and ``role`` are as :func:`integration.store.ingest.record_instance` takes them: a prior
+    study's instances, as the prior fetcher's intake stores them, are ``role=ROLE_PRIOR`` of the site the
+    study was reserved for.
+    """
     ds = pydicom.dcmread(path, stop_before_pixels=True)
     header = InstanceHeader(
         sop_class_uid=str(ds.SOPClassUID),
@@ -42,5 +56,7 @@ def ingest(settings: Settings, path: Path, received_at: datetime, calling_ae: st
             calling_ae=calling_ae,
             received_at=received_at,
             stable_seconds=settings.stable_seconds,
+            site_id=site_id,
+            role=role,
         )
     return ds

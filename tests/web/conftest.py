@@ -1,4 +1,4 @@
-"""``pacs-vlm api`` as a real process for the web tests, and its fixture."""
+"""``pacs-vlm api`` as a real process for the web tests, and its fixture; headless Chromium for the browser tests."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -16,6 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.support.services import free_port, stop_process, wait_for_port
 
 REPO = Path(__file__).resolve().parents[2]
+#: The browser the browser tests drive (Debian package chromium), through Playwright.
+CHROMIUM = "/usr/bin/chromium"
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -99,3 +102,16 @@ def sign_in_form_token(client: httpx.Client) -> str:
     found = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
     assert found, f"no CSRF token in the sign-in form ({page.status_code})"
     return found.group(1)
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Any]:
+    """One headless Chromium for a module's browser tests (each test opens its own context); skips without it."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is not installed (Debian package chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+        yield browser
+        browser.close()

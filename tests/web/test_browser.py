@@ -39,10 +39,9 @@ from integration.store.tables import (
 )
 from tests.support.instances import ingest
 from tests.support.review_app import api_for, draft, evidence_of, ingest_settings, sites_and_users
-from tests.web.conftest import ApiProcess
+from tests.web.conftest import CHROMIUM, ApiProcess
 from tests.web.test_auth import PASSWORD
 
-CHROMIUM = "/usr/bin/chromium"
 REPO = Path(__file__).resolve().parents[2]
 SCREENSHOT = REPO / "docs" / "review-study-view.png"
 MR_ENCODINGS = ("MR_small.dcm", "MR_small_implicit.dcm", "MR_small_bigendian.dcm", "MR_small_RLE.dcm")

@@ -13,7 +13,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pydicom
@@ -22,13 +21,10 @@ from sqlalchemy import select
 
 from integration.config import Settings
 from integration.intake.assembly import StudyAssembler
-from integration.intake.header import InstanceHeader
-from integration.intake.storage import InstanceStore
 from integration.samples import pydicom_test_file
-from integration.store.ingest import record_instance
 from integration.store.migrate import upgrade
 from integration.store.priors import finish_search, record_prior, reserve_prior_study
-from integration.store.session import engine_for, session_scope
+from integration.store.session import session_scope
 from integration.store.tables import ROLE_PRIOR, PriorSearchState, PriorState, Site, Study, utcnow
 from tests.conftest import TEST_REDIS_DB
 from tests.support.instances import ingest
@@ -36,7 +32,7 @@ from tests.support.review_app import copy_with_new_uids, draft, evidence_of, ing
 from tests.support.services import Postgres, RedisServer
 from tests.web.conftest import ApiProcess
 from tests.web.test_auth import PASSWORD, add_user
-from tests.web.test_browser import CHROMIUM, mr_study
+from tests.web.test_browser import mr_study
 
 PRIOR_REPORT = "FINDINGS: <b>small</b> focus in the left frontal lobe.\nIMPRESSION: <script>x()</script> follow-up."
 UNREACHABLE = "the PACS did not answer within 60 s"
@@ -50,41 +46,6 @@ class World:
     prior: list[pydicom.Dataset]
     no_prior_uid: str
     unavailable_uid: str
-
-
-def ingest_prior(settings: Settings, path: Path, site_id: int) -> pydicom.Dataset:
-    """Store one instance into a study reserved as a prior, as the fetcher's intake does (role ``prior``)."""
-    ds = pydicom.dcmread(path, stop_before_pixels=True)
-    header = InstanceHeader(
-        sop_class_uid=str(ds.SOPClassUID),
-        sop_instance_uid=str(ds.SOPInstanceUID),
-        study_uid=str(ds.StudyInstanceUID),
-        series_uid=str(ds.SeriesInstanceUID),
-        transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
-        modality=str(ds.Modality),
-        series_number=int(ds.SeriesNumber),
-        instance_number=int(ds.InstanceNumber),
-    )
-    store = InstanceStore(settings.instance_root, fsync=False)
-    try:
-        stored = store.write(
-            store.relative_path(header.study_uid, header.series_uid, header.sop_instance_uid), [path.read_bytes()]
-        )
-    finally:
-        store.close()
-    with engine_for(settings.database_url).connect() as connection:
-        record_instance(
-            connection,
-            header,
-            storage_path=stored.relative_path,
-            size_bytes=stored.size_bytes,
-            calling_ae="PACS",
-            received_at=utcnow(),
-            stable_seconds=settings.stable_seconds,
-            site_id=site_id,
-            role=ROLE_PRIOR,
-        )
-    return ds
 
 
 def study_id(settings: Settings, study_uid: str) -> int:
@@ -112,7 +73,8 @@ def world(postgres: Postgres, redis_server: RedisServer, tmp_path_factory: pytes
     with session_scope(url) as session:
         prior_id, held = reserve_prior_study(session, prior_uid, north, "PACS", now, study_date="20030115")
     assert not held
-    prior = [ingest_prior(settings, path, north) for path in prior_files]
+    # Stored as the prior fetcher's intake stores them: role ``prior``, of the site the study was reserved for.
+    prior = [ingest(settings, path, utcnow(), "PACS", site_id=north, role=ROLE_PRIOR) for path in prior_files]
     current_uid = str(current[0].StudyInstanceUID)
     with session_scope(url) as session:
         for uid in (current_uid, no_prior.StudyInstanceUID):
@@ -147,18 +109,6 @@ def world(postgres: Postgres, redis_server: RedisServer, tmp_path_factory: pytes
     ).start()
     yield World(settings, api, current, prior, str(no_prior.StudyInstanceUID), str(unavailable.StudyInstanceUID))
     api.stop()
-
-
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[Any]:
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is not installed (Debian package chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
-        yield browser
-        browser.close()
 
 
 def images_loaded(page: Any) -> None:

@@ -40,7 +40,6 @@ from tests.support.review_app import copy_with_new_uids, evidence_of, ingest_set
 from tests.support.services import Postgres, RedisServer
 from tests.web.conftest import ApiProcess
 from tests.web.test_auth import PASSWORD
-from tests.web.test_browser import CHROMIUM
 
 #: A Redis database of its own (the module's api and assembler share it; other tests flush theirs).
 REDIS_DB = 13
@@ -74,18 +73,6 @@ def world(postgres: Postgres, redis_server: RedisServer, tmp_path_factory: pytes
     yield Module(settings, api)
     api.stop()
     redis.Redis.from_url(broker).flushdb()
-
-
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[Any]:
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is not installed (Debian package chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
-        yield browser
-        browser.close()
 
 
 def signed_in(chromium: Any, world: Module, username: str) -> Any:
@@ -122,6 +109,7 @@ def record(world: Module, job_id: int, findings: list[str], *, model: str = "tin
         "limitations": "",
         "structured": extra.get("structured", True),
         "problems": extra.pop("problems", []),
+        "prior_note": extra.pop("prior_note", ""),
     }
     draft = DraftRecord(
         model_id=model,
@@ -300,21 +288,25 @@ def test_an_administrator_does_not_sign(world: Module, chromium: Any, tmp_path: 
 def test_typed_text_survives_other_buttons_and_leaving_warns(world: Module, chromium: Any, tmp_path: Path) -> None:
     ds = mr_study(world, tmp_path)
     uid = str(ds.StudyInstanceUID)
-    report_id = primary_draft(world, ds, ["Finding one.", "Finding two."])
+    note = "No prior study available."
+    report_id = primary_draft(world, ds, ["Finding one.", "Finding two."], prior_note=note)
     page = signed_in(chromium, world, "north_rad")
     page.goto(f"{world.api.url}/studies/{uid}")
+    assert page.locator("#prior-note").inner_text() == note
 
-    # Type the impression, then accept finding 1 before saving it: the impression is kept.
+    # Type the impression and the comparison, then accept finding 1 before saving them: both are kept.
     page.fill("#impression-text", "Typed impression, not yet saved.")
+    page.fill("#comparison-text", "None available.")
     page.locator("#finding-1 summary").click()
     page.fill("#text-1", "Finding two, in my words.")
     with page.expect_navigation():
         page.locator("#finding-0 button[data-action='accept']").click()
     assert page.locator("#impression-text").input_value() == "Typed impression, not yet saved."
+    assert page.locator("#comparison-text").input_value() == "None available."
     assert page.locator("#finding-1 .finding-text").inner_text() == "Finding two, in my words."
     with session_scope(world.settings.database_url) as session:
         copy = working_copy(session, report_id)
-    assert copy.impression == "Typed impression, not yet saved."
+    assert copy.impression == "Typed impression, not yet saved." and copy.comparison == "None available."
     assert [f.decision for f in copy.findings] == ["accepted", "edited"]
 
     # Leaving with unsaved text asks first; staying keeps the text.
