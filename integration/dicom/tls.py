@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ssl
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 #: TLS 1.2 cipher suites of the BCP 195 profile (forward secrecy, AEAD only); TLS 1.3 suites stay OpenSSL's.
 BCP195_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL"
@@ -29,6 +29,34 @@ _SUBJECT_NAMES = {
 
 class TlsConfigError(ValueError):
     """A TLS setting cannot be used (the message names the file and what is wrong with it)."""
+
+
+class TlsPeer(Protocol):
+    """The settings of a DICOM peer we associate with (an export destination, a prior source)."""
+
+    @property
+    def host(self) -> str | None:
+        """The host we connect to (sent as SNI, and the name its certificate must hold)."""
+
+    @property
+    def tls(self) -> bool:
+        """Whether the association is over TLS."""
+
+    @property
+    def ca_file(self) -> Path | None:
+        """PEM CA certificates the peer's certificate must chain to (the system's CAs when None)."""
+
+    @property
+    def certificate(self) -> Path | None:
+        """Our PEM client certificate, for peers that require one."""
+
+    @property
+    def private_key(self) -> Path | None:
+        """Its unencrypted key."""
+
+    @property
+    def verify_hostname(self) -> bool:
+        """Whether the peer's certificate must name ``host``."""
 
 
 def _no_password() -> NoReturn:
@@ -148,6 +176,36 @@ def client_context(
     if certificate is not None and private_key is not None:
         _load_chain(context, certificate, private_key)
     return context
+
+
+def association_tls(peer: TlsPeer) -> tuple[ssl.SSLContext, str] | None:
+    """Return pynetdicom's ``tls_args`` for an association with a configured peer (None when it is not TLS).
+
+    Parameters
+    ----------
+    peer : TlsPeer
+        The peer's settings: its TLS files and whether to verify its host name.
+
+    Returns
+    -------
+    tuple of (ssl.SSLContext, str) or None
+        The client context (:func:`client_context`) and the peer's host, sent as SNI and checked against its
+        certificate when ``verify_hostname``.
+
+    Raises
+    ------
+    TlsConfigError
+        A TLS file cannot be used.
+    """
+    if not peer.tls:
+        return None
+    context = client_context(
+        ca_file=peer.ca_file,
+        certificate=peer.certificate,
+        private_key=peer.private_key,
+        verify_hostname=peer.verify_hostname,
+    )
+    return context, peer.host or ""
 
 
 def subject_of(certificate: dict[str, Any] | None) -> str:

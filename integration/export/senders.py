@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import httpx
 
 from integration.destinations import Destination
-from integration.dicom.tls import TlsConfigError, client_context
+from integration.dicom.tls import TlsConfigError, association_tls
 from integration.durable import replace_file
 
 #: Statuses a C-STORE SCP may answer that still mean "stored" (success and warnings, PS3.4 B.2.3).
@@ -95,18 +95,10 @@ def _c_store(destination: Destination, document: OutgoingDocument, calling_ae: s
     ae.add_requested_context(document.sop_class_uid, [syntax])
     assert destination.host is not None and destination.port is not None
     peer = f"{destination.ae_title}@{destination.host}:{destination.port}"
-    tls_args = None
-    if destination.tls:
-        try:
-            context = client_context(
-                ca_file=destination.ca_file,
-                certificate=destination.certificate,
-                private_key=destination.private_key,
-                verify_hostname=destination.verify_hostname,
-            )
-        except TlsConfigError as exc:
-            raise DeliveryFailed(f"TLS settings of destination {destination.name}: {exc}") from None
-        tls_args = (context, destination.host)  # SNI; checked against the certificate when verify_hostname
+    try:
+        tls_args = association_tls(destination)
+    except TlsConfigError as exc:
+        raise DeliveryFailed(f"TLS settings of destination {destination.name}: {exc}") from None
     assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title or "", tls_args=tls_args)
     if not assoc.is_established:
         state = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "not established"

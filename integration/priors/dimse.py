@@ -44,7 +44,7 @@ from pynetdicom.status import (
 )
 
 from integration.dicom.status import PROCESSING_FAILURE, for_result
-from integration.dicom.tls import TlsConfigError, client_context
+from integration.dicom.tls import TlsConfigError, association_tls
 from integration.intake.intake import storage_sop_classes
 from integration.intake.outcome import Result
 from integration.intake.transfer import ACCEPTED_TRANSFER_SYNTAXES
@@ -173,18 +173,10 @@ class DimseArchive:
         self.calling_ae = calling_ae
         self.max_pdu = max_pdu
         self._peer = f"prior source {source.name} ({source.ae_title}@{source.host}:{source.port})"
-        self._tls: tuple[Any, str] | None = None
-        if source.tls:
-            try:
-                context = client_context(
-                    ca_file=source.ca_file,
-                    certificate=source.certificate,
-                    private_key=source.private_key,
-                    verify_hostname=source.verify_hostname,
-                )
-            except TlsConfigError as exc:
-                raise ArchiveError(f"TLS settings of prior source {source.name}: {exc}") from None
-            self._tls = (context, source.host)
+        try:
+            self._tls = association_tls(source)
+        except TlsConfigError as exc:
+            raise ArchiveError(f"TLS settings of prior source {source.name}: {exc}") from None
 
     def close(self) -> None:
         """Nothing is held between operations."""
