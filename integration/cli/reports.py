@@ -38,10 +38,10 @@ def _database() -> Iterator[None]:
         raise fail(f"database not usable ({reason}): is it running, and did 'pacs-vlm db upgrade' run?") from None
 
 
-def _edits(path: Path | None) -> tuple[list[dict[str, Any]] | None, str | None, str | None]:
-    """Findings (and impression, limitations) from a JSON file: a list of findings or a findings document."""
+def _edits(path: Path | None) -> tuple[list[dict[str, Any]] | None, str | None, str | None, str | None]:
+    """Findings (and impression, limitations, comparison) from a JSON file: a list of findings or a document."""
     if path is None:
-        return None, None, None
+        return None, None, None, None
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
@@ -49,12 +49,12 @@ def _edits(path: Path | None) -> tuple[list[dict[str, Any]] | None, str | None, 
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise fail(f"{path} is not valid JSON: {exc}", 2) from None
     if isinstance(document, list):
-        return document, None, None
+        return document, None, None, None
     if isinstance(document, dict) and "findings" in document:
-        texts = {key: document.get(key) for key in ("impression", "limitations")}
+        texts = {key: document.get(key) for key in ("impression", "limitations", "comparison")}
         if any(value is not None and not isinstance(value, str) for value in texts.values()):
-            raise fail(f"{path}: impression and limitations must be strings", 2)
-        return document["findings"], texts["impression"], texts["limitations"]
+            raise fail(f"{path}: impression, limitations and comparison must be strings", 2)
+        return document["findings"], texts["impression"], texts["limitations"], texts["comparison"]
     raise fail(f'{path} must hold a list of {{"text", "images"}} findings or an object with "findings"', 2)
 
 
@@ -67,11 +67,13 @@ def sign_command(
         Path | None,
         typer.Option(
             help='Edited findings: a JSON list of {"text": ..., "images": [1, 2]} or a findings document '
-            '({"findings": [...], "impression": ..., "limitations": ...}). Unedited parts stay as they were.'
+            '({"findings": [...], "impression": ..., "limitations": ..., "comparison": ...}). Unedited parts stay '
+            "as they were."
         ),
     ] = None,
     impression: Annotated[str | None, typer.Option(help="Edited impression.")] = None,
     limitations: Annotated[str | None, typer.Option(help="Edited limitations.")] = None,
+    comparison: Annotated[str | None, typer.Option(help="Edited comparison with the prior studies.")] = None,
 ) -> None:
     """Sign a report: store the next version and its verified SR (COMPLETE, VERIFIED), which references the last."""
     edits = _edits(findings_file)
@@ -79,7 +81,7 @@ def sign_command(
     from integration.reports.review import record_signed_outcome
 
     with _database():
-        revision = _sign(settings, report_id, author, organization, edits, impression, limitations)
+        revision = _sign(settings, report_id, author, organization, edits, (impression, limitations, comparison))
         outcome = record_signed_outcome(settings, report_id, revision.revision_id, actor=author, source="cli")
     console.print(f"report {report_id}: version {revision.version} signed (revision {revision.revision_id})")
     console.print(
@@ -99,9 +101,8 @@ def _sign(
     report_id: int,
     author: str,
     organization: str,
-    edits: tuple[list[dict[str, Any]] | None, str | None, str | None],
-    impression: str | None,
-    limitations: str | None,
+    edits: tuple[list[dict[str, Any]] | None, str | None, str | None, str | None],
+    texts: tuple[str | None, str | None, str | None],
 ) -> RevisionRecord:
     """Sign and return the new version; errors become readable exits."""
     from integration.reports.drafts import SourceUnavailable, prepare_signature
@@ -109,7 +110,9 @@ def _sign(
     from integration.store.revisions import UnknownReport, VersionTaken, report_revisions
     from integration.store.session import session_scope
 
-    findings, file_impression, file_limitations = edits
+    findings, *from_file = edits
+    pairs = zip(texts, from_file, strict=True)
+    impression, limitations, comparison = (typed if typed is not None else read for typed, read in pairs)
     try:
         prepared = prepare_signature(
             settings,
@@ -117,8 +120,9 @@ def _sign(
             author=author,
             organization=organization,
             findings=findings,
-            impression=impression if impression is not None else file_impression,
-            limitations=limitations if limitations is not None else file_limitations,
+            impression=impression,
+            limitations=limitations,
+            comparison=comparison,
         )
         with prepared.recorded() as (session, report, revision_id):
             add_signed_outcome(session, report, revision_id, actor=author, source="cli")
@@ -207,6 +211,7 @@ def _print_content(out: Console, title: str, stored: object) -> None:
     for number, finding in enumerate(document.findings, start=1):
         table.add_row(str(number), Text(finding.text), ", ".join(map(str, finding.images)) or "-")
     out.print(table)
-    for heading, text in (("Impression", document.impression), ("Limitations", document.limitations)):
+    sections = (("Impression", document.impression), ("Limitations", document.limitations))
+    for heading, text in (*sections, ("Comparison", document.comparison_text)):
         if text:
             out.print(Text(f"{heading}: {text}"))

@@ -11,7 +11,7 @@ written to a temporary name in its folder, flushed, renamed into place and the f
 * :func:`sign_report` stores the radiologist's version (v2, v3 ...) with a new, verified SR.  Each
   version references the version it replaces (the draft for v2, v2 for v3 ...), so the Predecessor
   Documents Sequence forms a chain back to the draft.  What the radiologist does not edit (findings,
-  impression, limitations) is taken from that version.  Signed versions share one series per report.
+  impression, limitations, comparison) is taken from that version.  Signed versions share one series per report.
 """
 
 from __future__ import annotations
@@ -307,6 +307,7 @@ def prepare_signature(
     impression: str | None = None,
     limitations: str | None = None,
     signed_at: datetime | None = None,
+    comparison: str | None = None,
 ) -> PreparedSignature:
     """Check a signature and write its verified SR (COMPLETE, VERIFIED); the caller records it.
 
@@ -327,6 +328,9 @@ def prepare_signature(
         read strictly by :func:`~integration.findings.edited_findings`; the previous version's when None.
     impression, limitations : str, optional
         Edited text (see :func:`~integration.findings.edited_text`); the previous version's when None.
+    comparison : str, optional
+        The edited comparison with the prior studies, likewise; the priors compared with and the prior note
+        stay the draft's.
     signed_at : datetime, optional
         When (aware); now when None.
 
@@ -356,20 +360,21 @@ def prepare_signature(
         raise NotReportOfRecord(refusal)
     images_seen = images_of(_seen_frames(report.evidence))
     edited = None if findings is None else edited_findings(findings, images_seen)
-    impression, limitations = (
+    impression, limitations, comparison = (
         None if value is None else edited_text(value, MAX_SECTION_CHARS, name, required=False)
-        for name, value in (("impression", impression), ("limitations", limitations))
+        for name, value in (("impression", impression), ("limitations", limitations), ("comparison", comparison))
     )
     draft_path = ensure_draft_sr(settings, report_id)
     with session_scope(settings.database_url) as session:
         previous = [r for r in report_revisions(session, report_id) if r.status == "signed" and r.sr_sop_instance_uid]
         version = next_version(session, report_id)
     before = Document.read(previous[-1].findings if previous else report.findings)
-    content = replace(  # the comparison, the priors compared with and the prior note stay the draft's
+    content = replace(  # the priors compared with and the prior note stay the draft's
         before,
         findings=before.findings if edited is None else edited,
         impression=before.impression if impression is None else impression,
         limitations=before.limitations if limitations is None else limitations,
+        comparison=before.comparison if comparison is None else comparison,
         structured=True,
         problems=(),
     )
@@ -421,6 +426,7 @@ def sign_report(
     impression: str | None = None,
     limitations: str | None = None,
     signed_at: datetime | None = None,
+    comparison: str | None = None,
 ) -> int:
     """Sign a report in one step: :func:`prepare_signature`, then record it with a ``report.sign`` audit event.
 
@@ -437,6 +443,7 @@ def sign_report(
         impression=impression,
         limitations=limitations,
         signed_at=signed_at,
+        comparison=comparison,
     )
     with prepared.recorded() as (session, _, revision_id):
         detail = {"version": prepared.signed.version, "revision_id": revision_id}

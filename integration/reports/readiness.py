@@ -5,7 +5,7 @@ nobody read.  Every finding is accepted, edited or rejected first, or the radiol
 explicit confirmation that names how many, that the unreviewed findings are signed as written.  A draft whose
 model output could not be parsed ("model output not structured") holds whatever the model wrote in one
 piece: it is signed only after the radiologist has written something of their own (an edit, an added
-finding, an impression or limitations).  The rules are checked by the server (:func:`signing_refusal`
+finding, an impression, limitations or a comparison).  The rules are checked by the server (:func:`signing_refusal`
 is called by :func:`integration.reports.review.sign_reviewed`), whatever page or script asks.
 """
 
@@ -45,12 +45,14 @@ def written_by_reader(copy: WorkingCopy) -> bool:
     Returns
     -------
     bool
-        True when a finding was edited or added, or the impression or limitations differ from the model's.
+        True when a finding was edited or added, or the impression, limitations or comparison differ from the
+        model's.
     """
     return (
         any(finding.decision in ("edited", "added") for finding in copy.findings)
         or copy.impression != copy.draft_impression
         or copy.limitations != copy.draft_limitations
+        or copy.comparison != copy.draft_comparison
     )
 
 

@@ -259,8 +259,9 @@ def sign_reviewed(
     Only a working copy that :mod:`integration.reports.readiness` finds ready is signed: every finding
     reviewed, or the unreviewed ones confirmed by count (they are then signed as written and count as
     accepted), and an unparsed model output edited.  Rejected findings are left out, edited and added ones
-    are signed with their text; impression and limitations come from the working copy.  Only the study's
-    report of record is signed (see :func:`integration.store.revisions.record_refusal`).
+    are signed with their text; impression, limitations and comparison come from the working copy (the priors
+    compared with and the prior note stay the draft's).  Only the study's report of record is signed (see
+    :func:`integration.store.revisions.record_refusal`).
 
     Parameters
     ----------
@@ -325,6 +326,7 @@ def sign_reviewed(
             findings=findings,
             impression=copy.impression,
             limitations=copy.limitations,
+            comparison=copy.comparison,
         )
         with prepared.recorded() as (session, report, revision_id):
             add_signed_outcome(session, report, revision_id, actor=actor, source=source, copy=copy)

@@ -42,7 +42,8 @@ class ReviewDifference:
         ``1 - edit_distance / max(len(draft text), len(signed text))``; 1.0 when both are empty.
     detail : dict
         ``findings``: per draft finding ``{"index", "outcome", "signed" (index or None), "distance"}``;
-        ``added``: ``[{"signed": index, "text": ...}]``; ``impression_changed``, ``limitations_changed``.
+        ``added``: ``[{"signed": index, "text": ...}]``; ``impression_changed``, ``limitations_changed``,
+        ``comparison_changed``.
     """
 
     draft_findings: int
@@ -157,5 +158,6 @@ def review_difference(
             "added": added,
             "impression_changed": old_document.impression != new_document.impression,
             "limitations_changed": old_document.limitations != new_document.limitations,
+            "comparison_changed": old_document.comparison != new_document.comparison,
         },
     )

@@ -1,7 +1,7 @@
 """A reviewer's changes to a draft: the append-only change log and the working copy it gives.
 
 The draft itself is never modified.  Each change (accept, reject, edit, add, impression, limitations,
-reset) is one :class:`~integration.store.tables.ReviewChange` row numbered ``seq`` 1, 2, ... per report;
+comparison, reset) is one :class:`~integration.store.tables.ReviewChange` row numbered ``seq`` 1, 2, ... per report;
 the *working copy* a reviewer sees and signs is the draft with its changes applied in order.  A change
 names the ``seq`` it was made against (``expected_seq``), so two reviewers editing one draft cannot
 overwrite each other unnoticed: the second gets :class:`ReviewConflict`.
@@ -12,7 +12,7 @@ Every function that writes commits its own short transaction.  On PostgreSQL the
 unique ``(report, seq)`` constraint turns a concurrent change into :class:`ReviewConflict`.
 
 ``before`` and ``after`` of a change hold text for the actions that change text (``edit``, ``add``,
-``impression``, ``limitations``, ``reset``) and the finding's decision for ``accept`` and ``reject``.
+``impression``, ``limitations``, ``comparison``, ``reset``) and the finding's decision for ``accept`` and ``reject``.
 """
 
 from __future__ import annotations
@@ -45,11 +45,13 @@ from integration.store.tables import Report, ReportStatus, ReviewChange, utcnow
 #: Most changes one draft may collect.
 MAX_CHANGES = 5000
 #: The actions a change may be.
-ACTIONS = frozenset({"accept", "reject", "edit", "add", "impression", "limitations", "reset"})
+ACTIONS = frozenset({"accept", "reject", "edit", "add", "impression", "limitations", "comparison", "reset"})
 #: First key of the PostgreSQL advisory locks that serialise signing and changes of one report.
 REVIEW_LOCK_SPACE = 0x52455649  # "REVI"
 
 _FINDING_ACTIONS = frozenset({"accept", "reject", "edit", "reset"})
+#: The actions that replace a whole section of text (may be empty), each a field of :class:`WorkingCopy`.
+_SECTION_ACTIONS = ("impression", "limitations", "comparison")
 
 
 class ReviewError(ValueError):
@@ -107,6 +109,13 @@ class WorkingCopy:
         Current text.
     draft_impression, draft_limitations : str
         The model's text.
+    comparison : str
+        Current comparison with the prior studies (the report's COMPARISON line; when empty, the line names
+        the priors compared with, or says why there was none: ``prior_note``).
+    draft_comparison : str
+        The model's comparison.
+    prior_note : str
+        The draft's note of why no prior study was given ('' when priors were given); not editable.
     """
 
     report_id: int
@@ -117,6 +126,9 @@ class WorkingCopy:
     limitations: str
     draft_impression: str
     draft_limitations: str
+    comparison: str = ""
+    draft_comparison: str = ""
+    prior_note: str = ""
 
     @property
     def signed_findings(self) -> list[dict[str, Any]]:
@@ -125,9 +137,9 @@ class WorkingCopy:
 
     @property
     def draft(self) -> Document:
-        """The draft as the working copy read it (its findings with text, impression and limitations)."""
+        """The draft as the working copy read it (its findings with text, impression, limitations, comparison)."""
         findings = tuple(Finding(f.draft_text, f.images) for f in self.findings if f.draft_text is not None)
-        return Document(findings, self.draft_impression, self.draft_limitations)
+        return Document(findings, self.draft_impression, self.draft_limitations, comparison=self.draft_comparison)
 
 
 def evidence_images(evidence: object) -> frozenset[int]:
@@ -166,6 +178,8 @@ def _apply(copy: WorkingCopy, change: ReviewChange) -> WorkingCopy:
         copy = replace(copy, impression=change.after)
     elif action == "limitations" and change.after is not None:
         copy = replace(copy, limitations=change.after)
+    elif action == "comparison" and change.after is not None:
+        copy = replace(copy, comparison=change.after)
     elif action in _FINDING_ACTIONS and index is not None and 0 <= index < len(findings):
         finding = findings[index]
         if action == "accept":
@@ -207,6 +221,9 @@ def _working_copy(session: Session, report: Report) -> WorkingCopy:
         limitations=document.limitations,
         draft_impression=document.impression,
         draft_limitations=document.limitations,
+        comparison=document.comparison,
+        draft_comparison=document.comparison,
+        prior_note=document.prior_note,
     )
     changes = session.scalars(
         select(ReviewChange).where(ReviewChange.report_id == report.id).order_by(ReviewChange.seq)
@@ -302,10 +319,10 @@ def _before_after(
         if len(copy.findings) >= MAX_FINDINGS:
             raise ReviewError(f"a report may have at most {MAX_FINDINGS} findings")
         return None, checked_text(body, MAX_FINDING_CHARS, "finding text", required=True)
-    if action in ("impression", "limitations"):
+    if action in _SECTION_ACTIONS:
         if finding is not None:
             raise ReviewError(f"a change of the {action} takes no finding index")
-        section = copy.impression if action == "impression" else copy.limitations
+        section: str = getattr(copy, action)
         return section, checked_text(body, MAX_SECTION_CHARS, action, required=False)
     if finding is None or not 0 <= finding < len(copy.findings):
         raise ReviewError(f"finding {finding} does not exist: the report has findings 0 to {len(copy.findings) - 1}")
@@ -343,12 +360,12 @@ def record_change(
     action : str
         ``accept``, ``reject``, ``edit`` (finding, text), ``reset`` (finding: back to pending with the
         draft's text; an added finding is removed, i.e. rejected), ``add`` (text: a new finding without
-        images), ``impression`` or ``limitations`` (text, may be empty).
+        images), ``impression``, ``limitations`` or ``comparison`` (text, may be empty).
     finding : int, optional
         0-based index of the finding (see :class:`WorkingFinding`).
     text : str, optional
         Untrusted text: control characters are removed; refused when empty (edit, add) or longer than
-        :data:`MAX_FINDING_CHARS` (findings) or :data:`MAX_SECTION_CHARS` (impression, limitations).
+        :data:`MAX_FINDING_CHARS` (findings) or :data:`MAX_SECTION_CHARS` (impression, limitations, comparison).
     expected_seq : int, optional
         The change number the reviewer's copy was at; a different one raises :class:`ReviewConflict`.
     source : str, optional

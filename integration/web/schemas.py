@@ -113,6 +113,9 @@ class WorkingCopy(BaseModel):
     limitations: str
     draft_impression: str
     draft_limitations: str
+    comparison: str
+    draft_comparison: str
+    prior_note: str
 
 
 class Evidence(BaseModel):

@@ -34,6 +34,7 @@ def test_accepted_edited_and_added_findings_and_the_edit_distance() -> None:
         "added": [{"signed": 2, "text": "new"}],
         "impression_changed": False,
         "limitations_changed": False,
+        "comparison_changed": False,
     }
 
 
@@ -71,6 +72,8 @@ def test_the_content_text_and_empty_documents() -> None:
     assert (nothing.draft_findings, nothing.edit_distance, nothing.text_similarity) == (0, 0, 1.0)
     changed = review_difference(document("a", limitations="old"), document("a", limitations="new"))
     assert changed.detail["limitations_changed"] is True and changed.edit_distance == 0  # not in the content text
+    compared = review_difference({**document("a"), "comparison": "Stable."}, {**document("a"), "comparison": ""})
+    assert compared.detail["comparison_changed"] is True and compared.edit_distance == 0
 
 
 @pytest.mark.parametrize("matches", [[0], [0, 0], [0, 5], [None, -1]])

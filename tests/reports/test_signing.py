@@ -294,7 +294,8 @@ def cli_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, int]
 def test_report_sign_sr_and_show_on_the_command_line(cli_report: tuple[Settings, int], tmp_path: Path) -> None:
     sqlite_settings, report_id = cli_report
     edits = tmp_path / "edited.json"
-    edits.write_text(json.dumps({"findings": [{"text": "Edited [b]finding[/b]", "images": [2]}], "impression": "OK"}))
+    edited = {"findings": [{"text": "Edited [b]finding[/b]", "images": [2]}], "impression": "OK", "comparison": "None."}
+    edits.write_text(json.dumps(edited))
     sr = run_cli(sqlite_settings, "sr", str(report_id))
     assert sr.returncode == 0, sr.stderr
     assert Path(sr.stdout.strip()) == ensure_draft_sr(sqlite_settings, report_id)
@@ -310,7 +311,7 @@ def test_report_sign_sr_and_show_on_the_command_line(cli_report: tuple[Settings,
     shown = run_cli(sqlite_settings, "show", str(report_id))
     assert shown.returncode == 0, shown.stderr
     assert "Edited [b]finding[/b]" in shown.stdout and "Nodule in the right upper lobe." in shown.stdout
-    assert "v2 signed by Doe^Jane, St Elsewhere" in shown.stdout
+    assert "v2 signed by Doe^Jane, St Elsewhere" in shown.stdout and "Comparison: None." in shown.stdout
 
 
 SIGN = ["sign", "{id}", "--author", "Doe^Jane", "--organization", "X"]

@@ -105,6 +105,7 @@ def test_every_action_is_a_numbered_change_and_the_working_copy_replays_them(set
         ("add", {"text": "Old rib fracture."}, lambda c: c.findings[2].decision == "added"),
         ("impression", {"text": "Nodule."}, lambda c: c.impression == "Nodule."),
         ("limitations", {"text": ""}, lambda c: c.limitations == ""),
+        ("comparison", {"text": "Nodule unchanged."}, lambda c: c.comparison == "Nodule unchanged."),
         ("reject", {"finding": 0}, lambda c: c.findings[0].decision == "rejected"),
         ("accept", {"finding": 0}, lambda c: c.findings[0].decision == "accepted"),
         ("reject", {"finding": 1}, lambda c: c.findings[1].decision == "rejected"),
@@ -126,6 +127,7 @@ def test_every_action_is_a_numbered_change_and_the_working_copy_replays_them(set
     ]
     assert final.signed_findings == [{"text": NODULE, "images": [1, 2]}, {"text": EFFUSION, "images": [2]}]
     assert (final.draft_impression, final.draft_limitations) == (DRAFT_FINDINGS["impression"], "No prior studies.")
+    assert (final.comparison, final.draft_comparison, final.prior_note) == ("Nodule unchanged.", "", "")
     rows = history(settings, draft)
     assert [r["seq"] for r in rows] == list(range(1, len(steps) + 1))
     assert [r["action"] for r in rows] == [action for action, _, _ in steps]
@@ -136,9 +138,10 @@ def test_every_action_is_a_numbered_change_and_the_working_copy_replays_them(set
     assert picked[2] == (None, None, "Old rib fracture.")
     assert picked[3] == (None, DRAFT_FINDINGS["impression"], "Nodule.")
     assert picked[4] == (None, "No prior studies.", "")
-    assert picked[5] == (0, "accepted", "rejected")
-    assert picked[9] == (1, "Small left effusion.", EFFUSION)
-    assert picked[11] == (2, "Healed rib fracture.", None)
+    assert picked[5] == (None, "", "Nodule unchanged.")
+    assert picked[6] == (0, "accepted", "rejected")
+    assert picked[10] == (1, "Small left effusion.", EFFUSION)
+    assert picked[12] == (2, "Healed rib fracture.", None)
     with session_scope(settings.database_url) as session:
         assert session.get(Report, draft).findings == DRAFT_FINDINGS  # the draft itself never changes
 
@@ -159,6 +162,9 @@ def test_invalid_changes_are_refused_and_nothing_is_recorded(settings: Settings,
         ("edit", {"finding": 0, "text": "x" * (MAX_FINDING_CHARS + 1)}, f"at most {MAX_FINDING_CHARS}"),
         ("add", {"text": "y" * 1_000_000}, "1000000 characters long"),
         ("limitations", {"text": "z" * (MAX_SECTION_CHARS + 1)}, f"at most {MAX_SECTION_CHARS}"),
+        ("comparison", {"finding": 0, "text": "x"}, "no finding index"),
+        ("comparison", {}, "comparison is required"),
+        ("comparison", {"text": "c" * (MAX_SECTION_CHARS + 1)}, f"at most {MAX_SECTION_CHARS}"),
     ]
     for action, kwargs, message in cases:
         with pytest.raises(ReviewError, match=message):
@@ -280,7 +286,13 @@ def test_a_rejected_draft_is_closed_with_its_reason_and_outcome(settings: Settin
 
 def test_signing_the_working_copy_stores_the_version_its_sr_and_the_outcome(settings: Settings, draft: int) -> None:
     second = DRAFT_FINDINGS["findings"][1]
-    cites_unseen = {**DRAFT_FINDINGS, "findings": [{"text": NODULE, "images": [1, 2, 9]}, second]}
+    prior = {"study_uid": "1.2.3.4", "study_date": "2024-01-01", "modality": "CT", "description": "CT CHEST"}
+    cites_unseen = {
+        **DRAFT_FINDINGS,
+        "findings": [{"text": NODULE, "images": [1, 2, 9]}, second],
+        "comparison": "Nodule new since the prior.",
+        "priors": [prior],
+    }
     with session_scope(settings.database_url) as session:  # the model cited an image it never saw: dropped
         session.execute(update(Report).where(Report.id == draft).values(findings=cites_unseen))
     assert copy_of(settings, draft).findings[0].images == (1, 2)
@@ -289,8 +301,10 @@ def test_signing_the_working_copy_stores_the_version_its_sr_and_the_outcome(sett
     change(settings, draft, "add", text="Removed again.")
     change(settings, draft, "reset", finding=3)
     change(settings, draft, "impression", text="Nodule; CT follow-up in 3 months.")
+    assert copy_of(settings, draft).draft_comparison == "Nodule new since the prior."
+    change(settings, draft, "comparison", text="Nodule larger than on the prior.")
     with pytest.raises(ReviewConflict):
-        sign_reviewed(settings, draft, actor="rad", person_name="Doe^Jane", organization="X", expected_seq=4)
+        sign_reviewed(settings, draft, actor="rad", person_name="Doe^Jane", organization="X", expected_seq=5)
     # finding 1 was never reviewed: refused unless the radiologist confirms exactly that count
     for confirmed in (None, 0, 2):
         with pytest.raises(ReviewIncomplete, match="1 finding was not reviewed"):
@@ -303,7 +317,7 @@ def test_signing_the_working_copy_stores_the_version_its_sr_and_the_outcome(sett
         actor="rad",
         person_name="Doe^Jane",
         organization="St Elsewhere",
-        expected_seq=5,
+        expected_seq=6,
         confirm_unreviewed=1,
     )
     with pytest.raises(ReportClosed, match="signed"):
@@ -326,19 +340,24 @@ def test_signing_the_working_copy_stores_the_version_its_sr_and_the_outcome(sett
     assert [f["images"] for f in revision.findings["findings"]] == [[1, 2], [2], []]
     assert revision.findings["impression"] == "Nodule; CT follow-up in 3 months."
     assert revision.findings["limitations"] == "No prior studies."
+    assert revision.findings["comparison"] == "Nodule larger than on the prior."  # edited; the priors stay
+    assert [p["study_uid"] for p in revision.findings["priors"]] == ["1.2.3.4"]
+    assert revision.text.startswith("COMPARISON: Nodule larger than on the prior.\n")
     path = settings.data_dir / str(revision.sr_path)
     check_with_tools(path)
     reading = read_sr(pydicom.dcmread(path))
     assert (reading.completion_flag, reading.verification_flag) == ("COMPLETE", "VERIFIED")
     assert [f.text for f in reading.findings] == signed
+    assert reading.comparison.statements == ("Nodule larger than on the prior.",)
     assert [o.name for o in reading.verifying_observers] == ["Doe^Jane"]
     assert (outcome.outcome, outcome.revision_id, outcome.draft_findings) == ("signed", revision_id, 2)
     assert (outcome.accepted, outcome.edited, outcome.rejected, outcome.added) == (1, 1, 0, 1)
     assert outcome.detail["findings"][1] == {"index": 1, "outcome": "edited", "signed": 1, "distance": 17}
     assert outcome.detail["added"] == [{"signed": 2, "text": "Old rib fracture."}]
+    assert outcome.detail["comparison_changed"] and outcome.detail["impression_changed"]
     assert 0 < outcome.text_similarity < 1 and outcome.edit_distance > 0
     assert event.actor == "rad" and event.object_id == str(draft)
-    assert event.detail is not None and event.detail["seq"] == 5 and event.detail["added"] == 1
+    assert event.detail is not None and event.detail["seq"] == 6 and event.detail["added"] == 1
     assert "effusion" not in repr(event.detail)
 
 

@@ -135,10 +135,19 @@ def test_review_actions_through_the_json_api_and_the_forms(world: World) -> None
     assert (body["seq"], body["findings"][0]["decision"], body["findings"][0]["images"]) == (1, "accepted", [1, 2])
     assert list(body) == [
         *("report_id", "status", "seq", "findings", "impression", "limitations"),
-        *("draft_impression", "draft_limitations"),
+        *("draft_impression", "draft_limitations", "comparison", "draft_comparison", "prior_note"),
     ]
     stale = rad.post(api + "/changes", json={"action": "accept", "finding": 1, "expected_seq": 0})
     assert stale.status_code == 409
+    compared = rad.post(api + "/changes", json={"action": "comparison", "text": "Stable.", "expected_seq": 1})
+    assert compared.status_code == 200, compared.text
+    assert (compared.json()["seq"], compared.json()["comparison"], compared.json()["draft_comparison"]) == (
+        2,
+        "Stable.",
+        "",
+    )
+    too_long = rad.post(api + "/changes", json={"action": "comparison", "text": "x" * 5000, "finding": None})
+    assert too_long.status_code == 422 and "comparison" in too_long.text
     assert rad.post(api + "/changes", json={"action": "edit", "finding": 9, "text": "x"}).status_code == 422
     assert (
         rad.post(api + "/changes", json={"action": "accept", "finding": 1}, headers={"X-CSRF-Token": ""}).status_code
@@ -146,7 +155,8 @@ def test_review_actions_through_the_json_api_and_the_forms(world: World) -> None
     )
 
     # The page's one form: typed text saved first, then the button; the same actions, recorded the same way.
-    fields = {"do": "accept:1", "expected_seq": "1", "impression": "Nodule; CT in 3 months."}
+    comparison = "Compared with CT of 2024-01-01: <b>nodule</b> unchanged."
+    fields = {"do": "accept:1", "expected_seq": "2", "impression": "Nodule; CT in 3 months.", "comparison": comparison}
     accepted = rad.post(form + "/review", data=fields)
     assert accepted.status_code == 303, accepted.text
     assert (
@@ -155,9 +165,13 @@ def test_review_actions_through_the_json_api_and_the_forms(world: World) -> None
     changes = rad.get(api + "/changes").json()
     assert [(c["seq"], c["action"], c["finding"]) for c in changes] == [
         (1, "accept", 0),
-        (2, "impression", None),
-        (3, "accept", 1),
+        (2, "comparison", None),
+        (3, "impression", None),
+        (4, "comparison", None),
+        (5, "accept", 1),
     ]
+    page = rad.get(f"/studies/{world.north_uid}?report={world.north_report}").text
+    assert 'id="comparison-text"' in page and "&lt;b&gt;nodule&lt;/b&gt; unchanged" in page  # escaped
     conflict = rad.post(form + "/changes", data={"action": "edit", "finding": 0, "text": "Mine", "expected_seq": 1})
     assert (
         conflict.status_code == 409 and "Someone else changed this draft" in conflict.text and "Mine" in conflict.text
@@ -166,12 +180,15 @@ def test_review_actions_through_the_json_api_and_the_forms(world: World) -> None
     # Signing: an administrator may not (403 through either path); the radiologist signs through the form.
     assert admin.post(api + "/sign", json={"expected_seq": 3}).status_code == 403
     assert admin.post(form + "/sign", data={"expected_seq": "3"}).status_code == 403
-    signed = rad.post(form + "/review", data={"do": "sign", "expected_seq": "3"})
+    signed = rad.post(form + "/review", data={"do": "sign", "expected_seq": "5"})
     assert signed.status_code == 303, signed.text
     assert signed.headers["location"].endswith("done=sign#report")
     view = rad.get(api).json()
     assert [(r["version"], r["status"]) for r in view["revisions"]] == [(2, "signed")]
     assert view["report"]["status"] == "signed" and view["working_copy"]["impression"] == "Nodule; CT in 3 months."
+    with session_scope(world.settings.database_url) as session:
+        revision = session.scalars(select(ReportRevision).where(ReportRevision.report_id == world.north_report)).one()
+    assert revision.findings["comparison"] == comparison and f"COMPARISON: {comparison}\n" in revision.text
     again = rad.post(api + "/sign", json={"expected_seq": 3})
     assert again.status_code == 409, again.text
 

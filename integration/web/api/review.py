@@ -43,7 +43,7 @@ class ChangeRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    action: Literal["accept", "reject", "edit", "add", "impression", "limitations", "reset"]
+    action: Literal["accept", "reject", "edit", "add", "impression", "limitations", "comparison", "reset"]
     finding: int | None = Field(default=None, ge=0, le=10_000)
     text: str | None = Field(default=None, max_length=MAX_REQUEST_TEXT)
     expected_seq: int | None = Field(default=None, ge=0)

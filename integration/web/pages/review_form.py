@@ -2,10 +2,11 @@
 
 The study page's editor is a single ``<form>`` posting to ``POST /studies/{uid}/reports/{id}/review``.
 Whatever button was pressed (``do``: ``accept:N``, ``reject:N``, ``reset:N``, ``edit:N``, ``add``,
-``impression``, ``limitations``, ``save`` or ``sign``), the text the radiologist typed anywhere on the page
-(each finding's box ``text-N``, ``new_finding``, ``impression``, ``limitations``) is saved first, as the
-review changes it amounts to; then the button's own action runs.  Accepting finding 2 therefore keeps the
-impression typed a moment before, and signing signs what is on the screen, not what was last saved.
+``impression``, ``limitations``, ``comparison``, ``save`` or ``sign``), the text the radiologist typed anywhere
+on the page (each finding's box ``text-N``, ``new_finding``, ``impression``, ``limitations``, ``comparison``) is
+saved first, as the review changes it amounts to; then the button's own action runs.  Accepting finding 2
+therefore keeps the impression typed a moment before, and signing signs what is on the screen, not what was last
+saved.
 
 Every change is one review action (:mod:`integration.web.api.review_actions`, the same as the JSON API's) against
 the change number the page showed (``expected_seq``), so a draft someone else changed meanwhile answers 409
@@ -38,7 +39,9 @@ from integration.web.security.csrf import require_csrf
 
 #: The buttons of the form: an action on one finding, or one of the whole-form actions.
 _FINDING_BUTTON = re.compile(r"^(accept|reject|reset|edit):(\d{1,5})$")
-_FORM_BUTTONS = frozenset({"add", "impression", "limitations", "save", "sign"})
+_FORM_BUTTONS = frozenset({"add", "impression", "limitations", "comparison", "save", "sign"})
+#: The boxes of whole sections of the report, each a review action of its own name.
+_SECTIONS = ("impression", "limitations", "comparison")
 #: Most fields the form may carry: a box per finding (at most 200), the other boxes and hidden fields.
 MAX_FORM_FIELDS = 2 * 200 + 20
 
@@ -69,7 +72,7 @@ def back_to_page(
     elif action == "sign":
         anchor = "report"
     else:
-        anchor = action if action in ("impression", "limitations") else "findings"
+        anchor = action if action in _SECTIONS else "findings"
     return see_other(study_url(study_uid, report_id, done=action, anchor=anchor))
 
 
@@ -96,16 +99,16 @@ def _differs(typed: str | None, current: str) -> bool:
 def typed_changes(copy: WorkingCopy, fields: Mapping[str, str]) -> list[Change]:
     """Return the changes of the text typed in the form's boxes that the working copy does not hold yet.
 
-    Edits of findings (a box left empty is not an edit), the impression, the limitations and a new finding,
-    in that order.
+    Edits of findings (a box left empty is not an edit), the impression, the limitations, the comparison and a
+    new finding, in that order.
     """
     changes = []
     for finding in copy.findings:
         typed = fields.get(f"text-{finding.index}")
         if _differs(typed, finding.text) and typed is not None and typed.strip():
             changes.append(Change(action="edit", finding=finding.index, text=typed))
-    for section, current in (("impression", copy.impression), ("limitations", copy.limitations)):
-        if _differs(fields.get(section), current):
+    for section in _SECTIONS:
+        if _differs(fields.get(section), getattr(copy, section)):
             changes.append(Change(action=section, finding=None, text=fields[section]))
     new = fields.get("new_finding")
     if isinstance(new, str) and new.strip():

@@ -60,6 +60,7 @@ NOTICES = {
     "add": "Finding added.",
     "impression": "Impression saved.",
     "limitations": "Limitations saved.",
+    "comparison": "Comparison saved.",
     "save": "Your text is saved.",
     "sign": "Report signed.",
     "reject-draft": "Draft rejected.",
@@ -178,7 +179,7 @@ def study_page_router() -> APIRouter:
         finding: Annotated[int | None, Form(ge=0, le=10_000)] = None,
         text: Annotated[str | None, Form(max_length=MAX_FORM_TEXT)] = None,
     ) -> Response:
-        """Record one change (accept, reject, edit, reset, add, impression, limitations) and go back."""
+        """Record one change (accept, reject, edit, reset, add, impression, limitations, comparison) and go back."""
         review = actions.Review(settings, user, report_id, client_address(request), study_uid)
         try:
             copy = review.change(actions.Change(action=action, finding=finding, text=text), expected_seq)
