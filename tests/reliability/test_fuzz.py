@@ -128,7 +128,8 @@ def test_mutated_request_fixed_fields_and_command_sets_are_answered_in_time(fuzz
     answers: Counter[str] = Counter()
     kinds: Counter[str] = Counter()
 
-    @FUZZ_SETTINGS
+    # Derandomized: the answer mix asserted below (a rejection among them) must not depend on the draw.
+    @settings(FUZZ_SETTINGS, derandomize=True)
     @given(case=pdu_cases().filter(lambda case: case.kind in ("preassociation", "command")))
     def one(case: PduCase) -> None:
         answer = run_pdu_case(fuzz_listener.port, case, ANSWER_TIMEOUT)
