@@ -51,7 +51,7 @@ def test_a_study_is_drafted_against_its_prior_fetched_from_the_pacs(
         timeout=240,
         message=f"a draft; listener:\n{listener.log()[-2000:]}\nworker:\n{worker.log()[-3000:]}",
     )
-    ((findings, evidence, text, sr_path),) = db_rows(url, query)
+    ((findings, evidence, text, _sr_path),) = db_rows(url, query)
     prior_uid = prior_pacs.data.ct.uid
     document = Document.read(findings)
     assert [p.study_uid for p in document.priors] == [prior_uid] and document.priors[0].report_source == "sr"
