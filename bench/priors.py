@@ -316,6 +316,18 @@ def report(
     print(f"priors ready_after_stable_s={prefetch:.3f} bytes_fetched_ratio={ratio:.3f}")
 
 
+def start_pacs(scratch: Path, attempts: int = 3) -> PriorPacs:
+    """Start Orthanc on free ports, again on others when a port was taken between choosing and binding it."""
+    for attempt in range(1, attempts + 1):
+        pacs = PriorPacs(scratch / f"orthanc-{attempt}")
+        try:
+            return pacs.start()
+        except BenchError as exc:
+            if "already in use" not in str(exc) or attempt == attempts:
+                raise
+    raise AssertionError("unreachable")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m bench.priors", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -345,38 +357,39 @@ def main(argv: Sequence[str] | None = None) -> None:
         rounds = args.rounds
     databases = Databases(args.database_url)
     runs: list[Measurement] = []
-    with tempfile.TemporaryDirectory(prefix="pacsvlm-bench-priors-") as scratch:
-        pacs = PriorPacs(Path(scratch) / "orthanc")
-        with Progress(console=progress_console, transient=True) as progress:
-            task = progress.add_task("building the studies", total=None)
-            prior, current = prior_study(sizes), current_study(sizes)
-            pacs.start()
-            try:
-                progress.update(task, description="uploading the prior to Orthanc", total=len(prior.files))
-                pacs.upload(prior.files, lambda: progress.advance(task))
-                if pacs.instances() != len(prior.files):
-                    raise BenchError(f"Orthanc holds {pacs.instances()} instances, not {len(prior.files)}")
-                sources = pacs.sources()
-                total = rounds * len(RETRIEVALS) * len(MODES)
-                progress.update(task, description="measuring", total=total, completed=0)
-                for round_number in range(1, rounds + 1):
-                    for retrieval in RETRIEVALS:
-                        for mode in MODES:
-                            progress.update(task, description=f"round {round_number}: {retrieval} {mode}")
-                            runs.append(
-                                measure(
-                                    sources[retrieval],
-                                    retrieval,
-                                    mode,
-                                    current,
-                                    databases,
-                                    Path(scratch),
-                                    args.arrival_s,
-                                )
+    with (
+        tempfile.TemporaryDirectory(prefix="pacsvlm-bench-priors-") as scratch,
+        Progress(console=progress_console, transient=True) as progress,
+    ):
+        task = progress.add_task("building the studies", total=None)
+        prior, current = prior_study(sizes), current_study(sizes)
+        pacs = start_pacs(Path(scratch))
+        try:
+            progress.update(task, description="uploading the prior to Orthanc", total=len(prior.files))
+            pacs.upload(prior.files, lambda: progress.advance(task))
+            if pacs.instances() != len(prior.files):
+                raise BenchError(f"Orthanc holds {pacs.instances()} instances, not {len(prior.files)}")
+            sources = pacs.sources()
+            total = rounds * len(RETRIEVALS) * len(MODES)
+            progress.update(task, description="measuring", total=total, completed=0)
+            for round_number in range(1, rounds + 1):
+                for retrieval in RETRIEVALS:
+                    for mode in MODES:
+                        progress.update(task, description=f"round {round_number}: {retrieval} {mode}")
+                        runs.append(
+                            measure(
+                                sources[retrieval],
+                                retrieval,
+                                mode,
+                                current,
+                                databases,
+                                Path(scratch),
+                                args.arrival_s,
                             )
-                            progress.advance(task)
-            finally:
-                pacs.stop()
+                        )
+                        progress.advance(task)
+        finally:
+            pacs.stop()
     report(runs, prior.bytes, sizes, rounds, databases, args.arrival_s)
 
 
