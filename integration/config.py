@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from integration.destinations import Destination, unique_names
 from integration.imaging.routing import RoutingRule
+from integration.order_senders import OrderSender, check_sender_keys
 from integration.prior_sources import PriorSource, unique_source_names
 
 _AE_TITLE = re.compile(r"^[\x20-\x7e]{1,16}$")
@@ -197,6 +198,21 @@ class Settings(BaseSettings):
     #: Sent to ``prior_fhir_url`` as ``Authorization: Bearer <token>``.
     prior_fhir_token: SecretStr | None = None
 
+    #: HL7 v2 order listener (MLLP, ORM^O01 / OMI^O23): off unless a port is set; runs in ``pacs-vlm listen``.
+    mllp_port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    mllp_host: str = "0.0.0.0"
+    #: Who may send orders (JSON; see integration/order_senders.py).  Empty: every message is refused (AR).
+    hl7_senders: dict[str, OrderSender] = Field(default_factory=dict)
+    #: MLLP over TLS: the listener's PEM certificate and key (both or neither), and CAs a client certificate
+    #: must chain to (none asked for when unset).
+    mllp_tls_certificate: Path | None = None
+    mllp_tls_private_key: Path | None = None
+    mllp_tls_ca_certificates: Path | None = None
+    #: Largest HL7 message taken (bytes, framing excluded); a longer one is answered AR and dropped unread.
+    max_hl7_message_bytes: Annotated[int, Field(ge=1024, le=67_108_864)] = 1_048_576
+    #: Seconds an MLLP connection may stay idle (and a message may take to arrive) before it is closed.
+    mllp_timeout: Annotated[float, Field(gt=0)] = 60.0
+
     @field_validator("ae_title")
     @classmethod
     def _ae_title_valid(cls, value: str) -> str:
@@ -206,6 +222,11 @@ class Settings(BaseSettings):
     @classmethod
     def _destination_names_unique(cls, value: list[Destination]) -> list[Destination]:
         return unique_names(value)
+
+    @field_validator("hl7_senders")
+    @classmethod
+    def _hl7_senders_valid(cls, value: dict[str, OrderSender]) -> dict[str, OrderSender]:
+        return check_sender_keys(value)
 
     @field_validator("prior_sources")
     @classmethod

@@ -73,6 +73,10 @@ class StudyState(enum.StrEnum):
     SIGNED = "signed"
     FAILED = "failed"
     SUPERSEDED = "superseded"
+    #: Its order was cancelled or discontinued before a draft was written: it is never drafted.
+    CANCELLED = "cancelled"
+    #: Its MPPS was DISCONTINUED: not completed by the idle timer until a person releases it.
+    HELD = "held"
 
 
 class JobState(enum.StrEnum):
@@ -83,6 +87,8 @@ class JobState(enum.StrEnum):
     DONE = "done"
     FAILED = "failed"
     SUPERSEDED = "superseded"
+    #: The study's order was cancelled before the job drafted: nothing is drafted.
+    CANCELLED = "cancelled"
 
 
 class ReportStatus(enum.StrEnum):
@@ -92,6 +98,8 @@ class ReportStatus(enum.StrEnum):
     SUPERSEDED = "superseded"
     SIGNED = "signed"
     REJECTED = "rejected"
+    #: The draft's order was cancelled after it was drafted: withdrawn from every receiver, never signed.
+    WITHDRAWN = "withdrawn"
 
 
 class ReportPurpose(enum.StrEnum):
@@ -192,6 +200,11 @@ class Study(Base):
     #: ``current`` (sent to us to be drafted) or ``prior`` (retrieved as another study's prior: never queued,
     #: never on the worklist).  A study that arrived as a current study stays one.
     role: Mapped[str] = mapped_column(String(8), default=ROLE_CURRENT, server_default=ROLE_CURRENT)
+    #: The RIS order the study matched (accession number and patient ID with issuer).
+    order_id: Mapped[int | None] = mapped_column(ForeignKey("orders.id", ondelete="SET NULL"), index=True)
+    #: Why the study is not linked to the order its accession number names (e.g. another patient's): shown on
+    #: the worklist, never merged.
+    order_problem: Mapped[str | None] = mapped_column(String(128))
 
     series: Mapped[list[Series]] = relationship(back_populates="study")
     jobs: Mapped[list[AnalysisJob]] = relationship(back_populates="study")
@@ -443,6 +456,8 @@ class DeliveryState(enum.StrEnum):
     PENDING = "pending"
     DELIVERED = "delivered"
     DEAD_LETTER = "dead_letter"
+    #: Not sent, and never will be: its report version was withdrawn before the document left.
+    CANCELLED = "cancelled"
 
 
 class Delivery(Base):
@@ -605,3 +620,8 @@ class StudyPrior(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     __table_args__ = (UniqueConstraint("study_id", "prior_study_uid", name="uq_study_priors_study_id_prior_study_uid"),)
+
+
+# The RIS orders and MPPS tables live in their own module (this one is long enough); importing it here
+# puts them in ``Base.metadata`` wherever the tables are used.
+from integration.store import order_tables as _order_tables  # noqa: E402,F401

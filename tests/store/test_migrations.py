@@ -31,6 +31,10 @@ TABLES = {
     "sign_in_throttle",
     "prior_searches",
     "study_priors",
+    "orders",
+    "order_events",
+    "inbound_messages",
+    "performed_steps",
 }
 
 
