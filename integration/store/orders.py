@@ -21,12 +21,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Protocol
 
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from integration.orders.order import OrderControl, OrderMessage, OrderPriority
 from integration.store.audit import add_event
 from integration.store.order_tables import Order, OrderEvent, OrderStatus
 from integration.store.tables import (
@@ -39,6 +39,11 @@ from integration.store.tables import (
     Study,
     StudyState,
 )
+
+#: Order controls (HL7 ORC-1; :class:`integration.orders.order.OrderControl` values).
+NEW, CHANGE, CANCEL, DISCONTINUE = "NW", "XO", "CA", "DC"
+#: The order priority that puts work first (:class:`integration.orders.order.OrderPriority`).
+STAT = "stat"
 
 #: ``studies.order_problem`` of a study whose accession number names only other patients' orders.
 OTHER_PATIENT = "order is for another patient"
@@ -76,7 +81,75 @@ _LEFT_ALONE = frozenset(
 )
 #: Job states a cancelled order ends.
 _OPEN_JOBS = (JobState.QUEUED, JobState.RUNNING)
-_STOPPED = {OrderControl.CANCEL: OrderStatus.CANCELLED, OrderControl.DISCONTINUE: OrderStatus.DISCONTINUED}
+_STOPPED = {CANCEL: OrderStatus.CANCELLED, DISCONTINUE: OrderStatus.DISCONTINUED}
+
+
+class OrderMessage(Protocol):
+    """What applying needs of an order message (:class:`integration.orders.order.OrderMessage` is one).
+
+    A protocol, so the store imports nothing of the order parsers above it (no folder cycle).  ``control``
+    and ``priority`` are string enums (``"NW"``, ``"stat"``).
+    """
+
+    @property
+    def control(self) -> str:
+        """NW, XO, CA or DC."""
+
+    @property
+    def accession_number(self) -> str:
+        """The accession number."""
+
+    @property
+    def patient_id(self) -> str:
+        """The patient ID."""
+
+    @property
+    def issuer_of_patient_id(self) -> str:
+        """The issuer of the patient ID (``""`` when not sent)."""
+
+    @property
+    def priority(self) -> str:
+        """``routine`` or ``stat``."""
+
+    @property
+    def message_id(self) -> str | None:
+        """HL7 MSH-10 or the FHIR resource id/version."""
+
+    @property
+    def placer_order_number(self) -> str | None:
+        """The placer's order number."""
+
+    @property
+    def filler_order_number(self) -> str | None:
+        """The filler's (RIS) order number."""
+
+    @property
+    def procedure_code(self) -> str | None:
+        """The requested procedure's code."""
+
+    @property
+    def procedure_coding_system(self) -> str | None:
+        """Its coding system."""
+
+    @property
+    def procedure_text(self) -> str | None:
+        """The requested procedure as text."""
+
+    @property
+    def indication(self) -> str | None:
+        """Reason for exam (cleaned)."""
+
+    @property
+    def ordering_provider(self) -> str | None:
+        """Who ordered it (display text)."""
+
+    @property
+    def modality(self) -> str | None:
+        """The ordered modality."""
+
+    @property
+    def scheduled_at(self) -> datetime | None:
+        """When it is scheduled (aware UTC)."""
 
 
 @dataclass(frozen=True)
@@ -186,10 +259,10 @@ def apply_order(
     OrderResult
         What happened; ``refused`` with a reason that is safe to send back.
     """
-    control = message.control
+    control = str(message.control)
     order = _find_order(session, message)
     if order is None and control in _STOPPED:
-        return OrderResult(None, REFUSED, f"{control.value} for an order we do not hold")
+        return OrderResult(None, REFUSED, f"{control} for an order we do not hold")
     if order is not None and site_id is not None and order.site_id is not None and order.site_id != site_id:
         return OrderResult(None, REFUSED, "the order belongs to another site")
     created = False
@@ -197,7 +270,7 @@ def apply_order(
         order, created = _create_order(session, message, source=source, sender=sender, site_id=site_id, now=now)
     before = order.status
     if control not in _STOPPED and before != OrderStatus.SCHEDULED.value:
-        return OrderResult(order.id, REFUSED, f"{control.value} for an order that is {before}")
+        return OrderResult(order.id, REFUSED, f"{control} for an order that is {before}")
     changed: list[str] = []
     if control in _STOPPED:
         after = _STOPPED[control].value
@@ -223,7 +296,7 @@ def apply_order(
     session.add(
         OrderEvent(
             order_id=order.id,
-            control=control.value,
+            control=control,
             source=source,
             sender=sender[:128],
             message_id=message.message_id,
@@ -320,8 +393,8 @@ def _link(study: Study, orders: Sequence[Order]) -> None:
         # an order of the same issuer before one without; then the newest
         best = max(matching, key=lambda o: (o.issuer_of_patient_id == issuer, o.id))
         study.order_id, study.order_problem = best.id, None
-        if best.priority == OrderPriority.STAT.value:
-            study.priority = OrderPriority.STAT.value
+        if best.priority == STAT:
+            study.priority = STAT
         return
     if study.order_id is not None and study.order_id not in {order.id for order in orders}:
         return  # linked to an order of another accession number: not ours to judge here
@@ -359,7 +432,7 @@ def _create_order(
         "accession_number": message.accession_number.strip(),
         "patient_id": message.patient_id.strip(),
         "issuer_of_patient_id": message.issuer_of_patient_id.strip(),
-        "priority": message.priority.value,
+        "priority": str(message.priority),
         "status": OrderStatus.SCHEDULED.value,
         "source": source,
         "sender": sender[:128],
@@ -394,8 +467,8 @@ def _update_fields(order: Order, message: OrderMessage) -> list[str]:
         if value is not None and getattr(order, name) != value:
             setattr(order, name, value)
             changed.append(name)
-    if order.priority != message.priority.value:
-        order.priority = message.priority.value
+    if order.priority != str(message.priority):
+        order.priority = str(message.priority)
         changed.append("priority")
     return changed
 
@@ -416,8 +489,8 @@ def _apply_to_studies(session: Session, order: Order, *, actor: str, now: dateti
     withdrawn: list[int] = []
     stopped = order.status != OrderStatus.SCHEDULED.value
     for study in linked:
-        if order.priority == OrderPriority.STAT.value:
-            study.priority = OrderPriority.STAT.value
+        if order.priority == STAT:
+            study.priority = STAT
         if stopped and study.state not in _LEFT_ALONE:
             withdrawn += _stop_study(session, study, order.status, actor=actor, now=now)
     return [study.id for study in linked], withdrawn
