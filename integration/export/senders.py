@@ -1,14 +1,22 @@
-"""Sending one document to one destination: C-STORE SCU, STOW-RS, a folder, an HTTP endpoint.
+"""Sending one document to one destination: C-STORE SCU, STOW-RS, a folder, an HTTP endpoint, a RIS, a FHIR server.
 
 Each sender raises :class:`DeliveryFailed` with a short reason (no patient data) when the
 destination did not take the document; the delivery task turns that into a retry or a dead letter.
 Sending the same document again sends the same bytes (the same SR SOP Instance UID; the same file
-name in a folder), so a destination never holds duplicates.
+name in a folder; the same MSH-10 to a RIS; the same DiagnosticReport id to a FHIR server), so a
+destination never holds duplicates.  HTTP calls carry the destination's auth and client certificate
+(:mod:`integration.export.auth`); the MLLP sender, which waits for the RIS's ACK, is
+:mod:`integration.export.mllp`.
 """
 
 from __future__ import annotations
 
+import json
+import re
+import ssl
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import httpx
@@ -16,6 +24,7 @@ import httpx
 from integration.destinations import Destination
 from integration.dicom.tls import TlsConfigError, association_tls
 from integration.durable import replace_file
+from integration.export.auth import AuthUnavailable, http_client
 
 #: Statuses a C-STORE SCP may answer that still mean "stored" (success and warnings, PS3.4 B.2.3).
 STORED_STATUSES = frozenset({0x0000, 0xB000, 0xB006, 0xB007})
@@ -41,6 +50,8 @@ class OutgoingDocument:
         MIME type for HTTP.
     sop_class_uid, sop_instance_uid : str
         For ``sr``: the SR's UIDs.
+    resource_id : str
+        For ``fhir``: the DiagnosticReport's id, the same for every version of a report (``PUT`` target).
     """
 
     kind: str
@@ -49,6 +60,7 @@ class OutgoingDocument:
     media_type: str
     sop_class_uid: str = ""
     sop_instance_uid: str = ""
+    resource_id: str = ""
 
 
 def send(destination: Destination, document: OutgoingDocument, *, calling_ae: str) -> str:
@@ -79,6 +91,12 @@ def send(destination: Destination, document: OutgoingDocument, *, calling_ae: st
         return _stow_rs(destination, document)
     if destination.kind == "folder":
         return _to_folder(destination, document)
+    if destination.kind == "mllp":
+        from integration.export.mllp import send_mllp
+
+        return send_mllp(destination, document)
+    if destination.kind == "fhir":
+        return _fhir_put(destination, document)
     return _http_post(destination, document)
 
 
@@ -134,12 +152,39 @@ def _stow_rs(destination: Destination, document: OutgoingDocument) -> str:
     }
     url = destination.url.rstrip("/") + "/studies"
     try:
-        response = httpx.post(url, content=body, headers=headers, timeout=destination.timeout)
+        with authenticated(destination) as client:
+            response = client.post(url, content=body, headers=headers)
     except httpx.HTTPError as exc:
-        raise DeliveryFailed(f"STOW-RS to {url}: {type(exc).__name__}") from exc
+        raise DeliveryFailed(f"STOW-RS to {url}: {http_failure(exc)}") from None
     if response.status_code not in (200, 202):
         raise DeliveryFailed(f"STOW-RS to {url} answered HTTP {response.status_code}")
     return f"STOW-RS HTTP {response.status_code}"
+
+
+@contextmanager
+def authenticated(destination: Destination) -> Iterator[httpx.Client]:
+    """Open the httpx client of one attempt (auth, client certificate); unusable credentials fail the attempt.
+
+    Raises
+    ------
+    DeliveryFailed
+        A secret or TLS file cannot be used, or the OAuth2 token endpoint issued no token.
+    """
+    try:
+        with http_client(destination) as client:
+            yield client
+    except AuthUnavailable as exc:
+        raise DeliveryFailed(str(exc)) from None
+
+
+def http_failure(exc: httpx.HTTPError) -> str:
+    """Describe a failed HTTP call in a few words (the TLS handshake's reason when it was one)."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLError) and cause.reason:
+            return f"{type(exc).__name__} (TLS: {cause.reason})"
+        cause = cause.__cause__ or cause.__context__
+    return type(exc).__name__
 
 
 def _to_folder(destination: Destination, document: OutgoingDocument) -> str:
@@ -156,9 +201,58 @@ def _http_post(destination: Destination, document: OutgoingDocument) -> str:
     assert destination.url is not None
     headers = {"Content-Type": document.media_type, "Idempotency-Key": document.filename}
     try:
-        response = httpx.post(destination.url, content=document.content, headers=headers, timeout=destination.timeout)
+        with authenticated(destination) as client:
+            response = client.post(destination.url, content=document.content, headers=headers)
     except httpx.HTTPError as exc:
-        raise DeliveryFailed(f"POST to {destination.url}: {type(exc).__name__}") from exc
+        raise DeliveryFailed(f"POST to {destination.url}: {http_failure(exc)}") from None
     if not 200 <= response.status_code < 300:
         raise DeliveryFailed(f"POST to {destination.url} answered HTTP {response.status_code}")
     return f"HTTP {response.status_code}"
+
+
+_RESOURCE_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")  # FHIR R4 id
+
+
+def fhir_resource_id(document: OutgoingDocument) -> str:
+    """Return the DiagnosticReport id a FHIR document is ``PUT`` to: ``resource_id``, else the JSON's ``id``.
+
+    Raises
+    ------
+    DeliveryFailed
+        Neither gives a valid FHIR id.
+    """
+    value = document.resource_id
+    if not value:
+        try:
+            body = json.loads(document.content)
+        except ValueError:
+            body = None
+        value = body.get("id", "") if isinstance(body, dict) else ""
+    if not isinstance(value, str) or not _RESOURCE_ID.fullmatch(value):
+        raise DeliveryFailed("the FHIR document has no valid resource id to PUT")
+    return value
+
+
+def _fhir_put(destination: Destination, document: OutgoingDocument) -> str:
+    """``PUT {url}/DiagnosticReport/{id}`` (update-as-create: one resource per report across its versions)."""
+    assert destination.url is not None
+    url = f"{destination.url.rstrip('/')}/DiagnosticReport/{fhir_resource_id(document)}"
+    headers = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
+    try:
+        with authenticated(destination) as client:
+            response = client.put(url, content=document.content, headers=headers)
+    except httpx.HTTPError as exc:
+        raise DeliveryFailed(f"PUT {url}: {http_failure(exc)}") from None
+    if response.status_code not in (200, 201):
+        raise DeliveryFailed(f"PUT {url} answered HTTP {response.status_code}{_outcome(response)}")
+    return f"FHIR PUT HTTP {response.status_code}"
+
+
+def _outcome(response: httpx.Response) -> str:
+    """The first issue's code of an OperationOutcome answer, e.g. `` (invalid)`` (never its free text)."""
+    try:
+        body = response.json()
+        code = body["issue"][0]["code"] if body.get("resourceType") == "OperationOutcome" else ""
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        return ""
+    return f" ({code})" if isinstance(code, str) and re.fullmatch(r"[a-z-]{1,32}", code) else ""
