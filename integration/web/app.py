@@ -1,7 +1,8 @@
 """The FastAPI application of ``pacs-vlm api``, built from settings (nothing happens at import time).
 
 Operations: ``GET /health`` and ``GET /metrics``.  Review: ``POST /api/login``, ``POST /api/logout`` and the
-worklist under ``/api/studies``.  The review pages and STOW-RS intake add their routers here.  In front of
+worklist under ``/api/studies``.  The review pages, STOW-RS intake and FHIR orders (``/fhir/ServiceRequest``)
+add their routers here.  In front of
 every route: the answer headers and the operations gate (:mod:`integration.web.security.guards`) and the body
 limit (:mod:`integration.web.security.limits`); HTTP refusals worth tracing are audited
 (:mod:`integration.web.security.refusals`) and a database outage answers 503.
@@ -26,6 +27,7 @@ from starlette.types import Scope
 from integration.config import Settings
 from integration.web.api.audit import audit_router
 from integration.web.api.opinions import opinions_router
+from integration.web.api.orders import orders_router
 from integration.web.api.review import review_router
 from integration.web.api.studies import studies_router
 from integration.web.api.upload import upload_router
@@ -86,6 +88,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(audit_router())
     app.include_router(stow_router())
     app.include_router(upload_router())
+    app.include_router(orders_router())
     app.include_router(pages_router())
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(StarletteHTTPException, _refused)
