@@ -1,0 +1,476 @@
+"""HL7 v2 orders in: ORM^O01 (v2.3 to v2.5.1) and OMI^O23 (v2.5, v2.5.1) to :class:`OrderMessage`, and the ACK.
+
+The RIS is trusted to know its orders, not to send well-formed messages, so every step names what is wrong
+in the ACK (MSA-3 and ERR, HL7 table 0357 codes) and nothing is applied from a message that is not fully
+understood:
+
+* **AR** (rejected; nothing was looked at beyond the header): unsupported message type (200), event (201) or
+  version (203); missing MSH-9/10/12 (101); bad encoding characters, an undeclared or unknown character set
+  (102); segments out of order or missing (100); an unknown sender, a message too large, or our own failure
+  (207 -- the RIS may send it again).
+* **AE** (understood, cannot be applied): no accession number or patient ID (101), a value too long or a
+  date/time that is not one (102), an order control other than NW/XO/CA/DC (103), an order we do not hold
+  (204).
+
+Where the fields come from (IHE Scheduled Workflow conventions):
+
+* accession number: OMI ``IPC-1`` (the Imaging Procedure Control segment); ORM ``OBR-18`` (placer field 1,
+  the accession number of IHE SWF's ORM); OMI without IPC falls back to ``OBR-18``.
+* patient: ``PID-3`` (first repetition with an ID); issuer: its CX-4 namespace id (else universal id).
+* requested procedure: ``OBR-4`` (universal service ID: code^text^system, alternate triplet as fallback),
+  else ``OBR-44``.
+* priority: ``TQ1-9``, else ``ORC-7.6`` / ``OBR-27.6`` (quantity/timing), else ``OBR-5``; ``S``/``STAT``/
+  ``A``/``ASAP`` are stat, anything else routine.
+* indication: ``OBR-31`` (reason for study; each repetition's text, else its code), else ``OBR-13``.
+  ``ORC-16`` is the reason for the order control (why it was cancelled), not an indication.
+* ordering provider: ``ORC-12``, else ``OBR-16`` (XCN as "prefix given middle family suffix degree").
+* modality: OMI ``IPC-5``, else ``OBR-24`` (diagnostic service section; table 0074 ``NMR``/``NMS`` become
+  ``MR``/``NM``; values that are not a modality, such as ``RAD``, are dropped).
+* scheduled time: ``TQ1-7``, else ``OBR-36``, else ``ORC-7.4`` / ``OBR-27.4``.  A time without a zone offset
+  is taken as UTC (HL7 leaves it to the sender's local time, which we cannot know; configure the RIS to send
+  offsets).
+
+Character sets: MSH-18 names it (ASCII, 8859/1..9, 8859/15, UNICODE UTF-8).  Without MSH-18 the message is
+taken when it is valid UTF-8 (ASCII is, and many RIS send UTF-8 without saying so) and refused otherwise
+("undeclared character set"): guessing Latin-1 could silently garble a name.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
+
+from hl7apy.consts import VALIDATION_LEVEL
+from hl7apy.core import Element, Message
+from hl7apy.exceptions import ChildNotFound, HL7apyException
+from hl7apy.parser import parse_message
+
+from integration.orders.order import InvalidOrder, OrderControl, OrderMessage, OrderPriority
+
+#: Message types taken, with the versions each exists in.
+SUPPORTED = {"ORM^O01": ("2.3", "2.3.1", "2.4", "2.5", "2.5.1"), "OMI^O23": ("2.5", "2.5.1")}
+#: MSH-18 values and their Python codecs.
+CHARSETS = {"ASCII": "ascii", "UNICODE UTF-8": "utf-8", "UTF-8": "utf-8", "8859/15": "iso8859-15"}
+CHARSETS.update({f"8859/{n}": f"iso8859-{n}" for n in range(1, 10)})
+#: Table 0357 texts.
+ERROR_TEXT = {
+    100: "Segment sequence error",
+    101: "Required field missing",
+    102: "Data type error",
+    103: "Table value not found",
+    200: "Unsupported message type",
+    201: "Unsupported event code",
+    203: "Unsupported version id",
+    204: "Unknown key identifier",
+    207: "Application internal error",
+}
+MODALITIES = frozenset(
+    ["CR", "CT", "DX", "ES", "IO", "MG", "MR", "NM", "OT", "PT", "PX", "RF", "RG", "SC", "US", "XA", "XC"]
+)
+MODALITY_SYNONYMS = {"NMR": "MR", "NMS": "NM", "RX": "DX", "VUS": "US", "XRC": "XA"}
+STAT_PRIORITIES = frozenset({"S", "STAT", "A", "ASAP"})
+_TS = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.(\d{1,4}))?([+-]\d{4})?$")
+
+
+class HL7Error(Exception):
+    """A message answered AE or AR.
+
+    Attributes
+    ----------
+    ack_code : str
+        ``AE`` or ``AR``.
+    error_code : int
+        HL7 table 0357 code.
+    text : str
+        Why, safe to send back (names fields, never values).
+    """
+
+    def __init__(self, ack_code: str, error_code: int, text: str) -> None:
+        super().__init__(text)
+        self.ack_code, self.error_code, self.text = ack_code, error_code, text
+
+
+def _reject(code: int, text: str) -> HL7Error:
+    return HL7Error("AR", code, text)
+
+
+@dataclass(frozen=True)
+class Header:
+    """MSH of an inbound message, read from its bytes (before decoding, so even a refused one can be answered).
+
+    ``field`` and ``encoding`` are the delimiters; the other attributes are the raw MSH values we need.
+    """
+
+    field: str = "|"
+    encoding: str = "^~\\&"
+    sending_application: str = ""
+    sending_facility: str = ""
+    receiving_application: str = ""
+    receiving_facility: str = ""
+    message_type: str = ""
+    control_id: str = ""
+    processing_id: str = "P"
+    version: str = ""
+    charset: str = ""
+
+    @property
+    def sender(self) -> str:
+        """``<MSH-3>^<MSH-4>`` namespace ids: whom the allowlist and the idempotency key know."""
+        return f"{self.sending_application}^{self.sending_facility}"
+
+
+def _first(value: str, encoding: str) -> str:
+    """First component (and its first subcomponent) of a raw field."""
+    return value.split(encoding[0])[0].split(encoding[3])[0].strip()
+
+
+def read_header(raw: bytes) -> Header:
+    """Read MSH from the start of a message (only the first segment is looked at).
+
+    Raises
+    ------
+    HL7Error
+        AR when there is no MSH segment, its delimiters are not usable or MSH-9/10/12 is missing; the
+        error's header attribute is set when enough was read to answer the sender.
+    """
+    segment = raw.split(b"\r", 1)[0].split(b"\n", 1)[0].decode("latin-1")
+    if not segment.startswith("MSH") or len(segment) < 8:
+        raise _reject(100, "the message does not start with an MSH segment")
+    field, encoding = segment[3], segment[4:8]
+    delimiters = field + encoding
+    if len(set(delimiters)) != 5 or any(c.isalnum() or c.isspace() for c in delimiters):
+        raise _reject(102, "bad encoding characters in MSH-1/MSH-2 (expected |^~\\&)")
+    values = segment.split(field)  # values[n] is MSH-(n+1) for n >= 2; values[1] is MSH-2
+    if len(values) > 1 and values[1] != encoding:
+        raise _reject(102, "bad encoding characters in MSH-2 (expected four: component, repetition, escape, sub)")
+
+    def msh(n: int) -> str:
+        return values[n - 1] if len(values) >= n else ""
+
+    message_type = msh(9).split(encoding[0])
+    header = Header(
+        field=field,
+        encoding=encoding,
+        sending_application=_first(msh(3), encoding),
+        sending_facility=_first(msh(4), encoding),
+        receiving_application=_first(msh(5), encoding),
+        receiving_facility=_first(msh(6), encoding),
+        message_type="^".join(part.strip() for part in message_type[:2]),
+        control_id=msh(10).strip(),
+        processing_id=_first(msh(11), encoding) or "P",
+        version=_first(msh(12), encoding),
+        charset=msh(18).split(encoding[1])[0].strip().upper(),
+    )
+    return header
+
+
+def check_header(header: Header) -> None:
+    """Refuse (AR) a header we cannot answer for: missing MSH-9/10/12, unsupported type, event or version."""
+    if not header.control_id:
+        raise _reject(101, "MSH-10 (message control id) is missing")
+    if len(header.control_id) > 199 or len(header.sender) > 128:
+        raise _reject(102, "MSH-10 or MSH-3/MSH-4 is too long")
+    if not header.message_type.strip("^"):
+        raise _reject(101, "MSH-9 (message type) is missing")
+    if not header.version:
+        raise _reject(101, "MSH-12 (version id) is missing")
+    kind, _, event = header.message_type.partition("^")
+    if header.message_type not in SUPPORTED:
+        if kind in {name.split("^")[0] for name in SUPPORTED}:
+            raise _reject(201, f"event {event or '(none)'} of {kind} is not supported (ORM^O01, OMI^O23)")
+        raise _reject(200, f"message type {header.message_type} is not supported (ORM^O01, OMI^O23)")
+    if header.version not in SUPPORTED[header.message_type]:
+        versions = ", ".join(SUPPORTED[header.message_type])
+        raise _reject(203, f"{header.message_type} version {header.version} is not supported ({versions})")
+
+
+def decode(raw: bytes, header: Header) -> str:
+    """Decode a message by its MSH-18 (see the module docstring for messages without one).
+
+    Raises
+    ------
+    HL7Error
+        AR 102 for an unknown character set or bytes that are not in the declared or assumed one.
+    """
+    if header.charset:
+        codec = CHARSETS.get(header.charset)
+        if codec is None:
+            raise _reject(102, f"character set {header.charset[:20]} (MSH-18) is not supported")
+        try:
+            return raw.decode(codec)
+        except UnicodeDecodeError:
+            raise _reject(102, f"the message is not valid {header.charset} (MSH-18)") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _reject(102, "undeclared character set: non-ASCII bytes without MSH-18") from None
+
+
+def _check_sequence(element: Element) -> None:
+    """Each group's segments in the order and number its structure allows (Z segments anywhere)."""
+    entries = element.reference[1]
+    position, count = 0, 0
+    for child in element.children:
+        if child.name.startswith("Z"):
+            continue
+        names = [entry[0] for entry in entries]
+        found = next((j for j in range(position, len(entries)) if names[j] == child.name), None)
+        first = child.name if child.classname == "Segment" else _first_segment(child)
+        if found is None:
+            raise _reject(100, f"segment {first} is out of order or not allowed here")
+        count = count + 1 if found == position else 1
+        maximum = entries[found][2][1]
+        if maximum != -1 and count > maximum:
+            raise _reject(100, f"segment {first} is repeated where it may appear once")
+        position = found
+        if child.classname == "Group":
+            _check_sequence(child)
+
+
+def _first_segment(group: Element) -> str:
+    for child in group.children:
+        return str(child.name) if child.classname == "Segment" else _first_segment(child)
+    return str(group.name)
+
+
+def _segments(element: Element, name: str) -> list[Element]:
+    found: list[Element] = []
+    for child in element.children:
+        if child.classname == "Segment":
+            if child.name == name:
+                found.append(child)
+        else:
+            found.extend(_segments(child, name))
+    return found
+
+
+class _Fields:
+    """Positional, unescaped access to the fields hl7apy parsed (version-independent component positions)."""
+
+    def __init__(self, message: Message) -> None:
+        chars = message.encoding_chars
+        self.component, self.repetition = chars["COMPONENT"], chars["REPETITION"]
+        self.escape, self.sub = chars["ESCAPE"], chars["SUBCOMPONENT"]
+        self.field = chars["FIELD"]
+
+    def parts(self, segment: Element | None, n: int) -> list[list[list[str]]]:
+        """Repetitions of field ``n`` of ``segment``: components, each a list of its subcomponents."""
+        if segment is None:
+            return []
+        try:
+            fields = getattr(segment, f"{segment.name.lower()}_{n}")
+        except (ChildNotFound, AttributeError):
+            return []
+        out = []
+        for field in fields:
+            components = field.to_er7().split(self.component)
+            out.append([[self.unescape(s).strip() for s in c.split(self.sub)] for c in components])
+        return [r for r in out if any(any(c) for c in r)]
+
+    def reps(self, segment: Element | None, n: int) -> list[list[str]]:
+        """Repetitions of field ``n`` of ``segment``, each a list of its components (first subcomponents)."""
+        return [[c[0] for c in rep] for rep in self.parts(segment, n)]
+
+    def get(self, segment: Element | None, n: int, component: int = 1) -> str:
+        """Component ``component`` of the first repetition of field ``n`` ('' when absent)."""
+        reps = self.reps(segment, n)
+        return _at(reps[0], component) if reps else ""
+
+    def unescape(self, value: str) -> str:
+        e = self.escape
+        if e not in value:
+            return value
+        named = {"F": self.field, "S": self.component, "T": self.sub, "R": self.repetition, "E": e}
+
+        def one(match: re.Match[str]) -> str:
+            code = match.group(1)
+            if code in named:
+                return str(named[code])
+            if code.startswith("X") and re.fullmatch(r"X([0-9A-Fa-f]{2})+", code):
+                return bytes.fromhex(code[1:]).decode("latin-1")
+            return " " if code == ".br" else ""
+
+        return re.sub(re.escape(e) + r"([^" + re.escape(e) + r"]*)" + re.escape(e), one, value)
+
+
+def _at(components: list[str], n: int) -> str:
+    return components[n - 1] if len(components) >= n else ""
+
+
+def parse_orders(text: str, header: Header) -> list[OrderMessage]:
+    """Parse a decoded ORM^O01 / OMI^O23 into one :class:`OrderMessage` per order (ORC) group.
+
+    Raises
+    ------
+    HL7Error
+        AR for a structure that cannot be parsed (segment order, missing segments); AE for an order
+        that cannot be applied (see the module docstring).
+    """
+    text = text.replace("\r\n", "\r").replace("\n", "\r").strip("\r")
+    try:
+        message = parse_message(text, find_groups=True, validation_level=VALIDATION_LEVEL.TOLERANT)
+    except HL7apyException as exc:
+        raise _reject(100, f"the message cannot be parsed ({type(exc).__name__})") from None
+    if not message.children or message.children[0].name != "MSH":
+        raise _reject(100, "MSH is not the first segment")
+    _check_sequence(message)
+    fields = _Fields(message)
+    pids = _segments(message, "PID")
+    if not pids:
+        raise _reject(100, "the message has no PID segment")
+    order_groups = [c for c in message.children if c.classname == "Group" and c.name.endswith("_ORDER")]
+    if not order_groups or any(not _segments(group, "ORC") for group in order_groups):
+        raise _reject(100, "the message has no ORC segment")
+    patient_id, issuer = _patient(fields, pids[0])
+    return [_order(fields, group, patient_id, issuer, header) for group in order_groups]
+
+
+def _patient(fields: _Fields, pid: Element) -> tuple[str, str]:
+    """PID-3: the first repetition with an ID, and its issuer (CX-4 namespace id, else universal id)."""
+    for identifier in fields.parts(pid, 3):
+        if identifier[0][0]:
+            issuer = identifier[3] if len(identifier) >= 4 else [""]
+            return identifier[0][0], issuer[0] or (issuer[1] if len(issuer) > 1 else "")
+    raise HL7Error("AE", 101, "the order has no patient ID (PID-3)")
+
+
+def _order(fields: _Fields, group: Element, patient_id: str, issuer: str, header: Header) -> OrderMessage:
+    orc = _segments(group, "ORC")[0]
+    obr = next(iter(_segments(group, "OBR")), None)
+    ipc = next(iter(_segments(group, "IPC")), None)
+    tq1 = next(iter(_segments(group, "TQ1")), None)
+    control = fields.get(orc, 1).upper()
+    if control not in {c.value for c in OrderControl}:
+        raise HL7Error("AE", 103, f"order control {control[:4] or '(none)'} not supported (NW, XO, CA, DC)")
+    accession = fields.get(ipc, 1) or fields.get(obr, 18)
+    if not accession:
+        where = "IPC-1" if header.message_type == "OMI^O23" else "OBR-18"
+        raise HL7Error("AE", 101, f"the order has no accession number ({where})")
+    procedure = next(iter(fields.reps(obr, 4)), None) or next(iter(fields.reps(obr, 44)), None) or []
+    code, system, text = _at(procedure, 1), _at(procedure, 3), _at(procedure, 2)
+    if not code and not text:
+        code, text, system = _at(procedure, 4), _at(procedure, 5), _at(procedure, 6)
+    priority = (fields.get(tq1, 9) or fields.get(orc, 7, 6) or fields.get(obr, 27, 6) or fields.get(obr, 5)).upper()
+    reasons = [_at(r, 2) or _at(r, 1) for r in fields.reps(obr, 31)]
+    indication = "; ".join(r for r in reasons if r) or fields.get(obr, 13)
+    provider = next(iter(fields.reps(orc, 12) or fields.reps(obr, 16)), None)
+    raw_modality = (fields.get(ipc, 5) or fields.get(obr, 24)).upper()
+    modality = MODALITY_SYNONYMS.get(raw_modality, raw_modality)
+    scheduled = (
+        ("TQ1-7", fields.get(tq1, 7)),
+        ("OBR-36", fields.get(obr, 36)),
+        ("ORC-7", fields.get(orc, 7, 4)),
+        ("OBR-27", fields.get(obr, 27, 4)),
+    )
+    where, when = next(((w, v) for w, v in scheduled if v), ("", ""))
+    try:
+        return OrderMessage(
+            control=OrderControl(control),
+            accession_number=accession,
+            patient_id=patient_id,
+            issuer_of_patient_id=issuer,
+            placer_order_number=fields.get(orc, 2) or fields.get(obr, 2) or None,
+            filler_order_number=fields.get(orc, 3) or fields.get(obr, 3) or None,
+            procedure_code=code or None,
+            procedure_coding_system=system or None,
+            procedure_text=text or None,
+            indication=indication or None,
+            priority=OrderPriority.STAT if priority in STAT_PRIORITIES else OrderPriority.ROUTINE,
+            ordering_provider=_display_name(provider) if provider else None,
+            modality=modality if modality in MODALITIES else None,
+            scheduled_at=parse_timestamp(when, where) if when else None,
+            message_id=header.control_id,
+        )
+    except InvalidOrder as exc:
+        raise HL7Error("AE", 101 if str(exc).startswith("the order has no") else 102, str(exc)) from None
+
+
+def _display_name(xcn: list[str]) -> str:
+    """XCN as display text: prefix, given, middle, family, suffix, degree; the ID when no name is sent."""
+    parts = [_at(xcn, 6), _at(xcn, 3), _at(xcn, 4), _at(xcn, 2), _at(xcn, 5), _at(xcn, 7)]
+    return " ".join(p for p in parts if p) or _at(xcn, 1)
+
+
+def parse_timestamp(value: str, where: str = "date/time") -> datetime:
+    """HL7 TS/DTM (``YYYY[MM[DD[HH[MM[SS[.SSSS]]]]]][+/-ZZZZ]``) as an aware datetime; no zone means UTC.
+
+    Raises
+    ------
+    HL7Error
+        AE 102 when the value is not an HL7 date/time.
+    """
+    match = _TS.match(value.strip())
+    if match is None:
+        raise HL7Error("AE", 102, f"{where} is not an HL7 date/time")
+    year, month, day, hour, minute, second, fraction, zone = match.groups()
+    tz = UTC
+    if zone:
+        offset = timedelta(hours=int(zone[1:3]), minutes=int(zone[3:5]))
+        tz = timezone(-offset if zone[0] == "-" else offset)
+    try:
+        return datetime(
+            int(year), int(month or 1), int(day or 1), int(hour or 0), int(minute or 0), int(second or 0),
+            int((fraction or "0").ljust(6, "0")[:6]), tzinfo=tz,
+        ).astimezone(UTC)  # fmt: skip
+    except ValueError:
+        raise HL7Error("AE", 102, f"{where} is not a valid date/time") from None
+
+
+def _escape(value: str) -> str:
+    """Escape text for our ACK (standard delimiters: field, component, repetition, escape, subcomponent)."""
+    value = value.replace("\\", "\\E\\").replace("|", "\\F\\").replace("^", "\\S\\")
+    value = value.replace("&", "\\T\\").replace("~", "\\R\\")
+    return " ".join(value.split())
+
+
+def build_ack(header: Header | None, code: str, text: str | None = None, error_code: int | None = None) -> str:
+    """The ACK to ``header``'s message: MSH with sender and receiver swapped, MSA, and ERR when it failed.
+
+    The version is the message's when supported (else 2.5.1).  v2.3 to v2.4 carry the error in ERR-1
+    (segment^sequence^field^code) and MSA-6; v2.5+ in ERR-3 (code) and ERR-4 (severity ``E``).
+
+    Parameters
+    ----------
+    header : Header or None
+        The message's MSH (None when it could not be read: the ACK then names no receiver or control id).
+    code : str
+        ``AA``, ``AE`` or ``AR``.
+    text : str, optional
+        Why (MSA-3, ERR).
+    error_code : int, optional
+        HL7 table 0357 code (207 when ``code`` is not AA and none is given).
+
+    Returns
+    -------
+    str
+        The ACK, segments separated by carriage returns (without MLLP framing).
+    """
+    header = header or Header()
+    versions = {v for vs in SUPPORTED.values() for v in vs}
+    version = header.version if header.version in versions else "2.5.1"
+    event = header.message_type.partition("^")[2] or ""
+    message_type = "ACK" if not event else f"ACK^{_escape(event)}" + ("" if version == "2.3" else "^ACK")
+    now = datetime.now(UTC).strftime("%Y%m%d%H%M%S+0000")
+    msh = [
+        "MSH", "^~\\&", _escape(header.receiving_application), _escape(header.receiving_facility),
+        _escape(header.sending_application), _escape(header.sending_facility), now, "", message_type,
+        uuid.uuid4().hex[:20], _escape(header.processing_id)[:3] or "P", version,
+    ]  # fmt: skip
+    if header.charset in CHARSETS:
+        msh += ["", "", "", "", "", header.charset]
+    text = _escape(text or "")[:200]
+    segments = ["|".join(msh)]
+    if code == "AA":
+        segments.append("|".join(["MSA", "AA", _escape(header.control_id)] + ([text] if text else [])))
+        return "\r".join(segments)
+    error = error_code or 207
+    coded = f"{error}^{ERROR_TEXT.get(error, '')}^HL70357"
+    if version in ("2.3", "2.3.1", "2.4"):
+        segments.append("|".join(["MSA", code, _escape(header.control_id), text, "", "", coded]))
+        segments.append("|".join(["ERR", "^^^" + coded.replace("^", "&")]))
+    else:
+        segments.append("|".join(["MSA", code, _escape(header.control_id), text]))
+        segments.append("|".join(["ERR", "", "", coded, "E", "", "", "", text]))
+    return "\r".join(segments)
