@@ -1,0 +1,250 @@
+"""``/fhir/ServiceRequest`` in process (FastAPI's ``TestClient``, SQLite): auth, create, change, cancel, repeats.
+
+The EHR side is a plain HTTP client sending R4 ServiceRequests (fhir.resources validates what we answer);
+the order store, the studies it links and the worklist are the real ones.  The withdrawal sender
+(:mod:`integration.export.corrections`) is replaced by a recorder here: what it sends is its own tests'.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from fhir.resources.R4B.operationoutcome import OperationOutcome
+from fhir.resources.R4B.servicerequest import ServiceRequest
+from sqlalchemy import select, update
+
+from integration.config import Settings
+from integration.samples import write_ct_series
+from integration.store.migrate import upgrade
+from integration.store.order_tables import Order, OrderEvent
+from integration.store.session import session_scope
+from integration.store.tables import AuditEvent, Report, ReportStatus, Site, Study, StudyState, UserRole
+from integration.store.users import create_site, create_user
+from integration.web.app import create_app
+from integration.web.security.csrf import csrf_token_for_session
+from tests.orders.test_fhir_in import PATIENT, service_request
+from tests.reports.test_signing import add_report, evidence_of, store_study
+from tests.web.test_auth import COOKIE, PASSWORD
+
+FHIR = "application/fhir+json"
+
+
+@dataclass
+class World:
+    settings: Settings
+    study_id: int
+    report_id: int
+    withdrawn: list[tuple[list[int], str]]
+
+
+@pytest.fixture
+def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> World:
+    data_dir = tmp_path / "data"
+    url = f"sqlite:///{data_dir / 'pacs-vlm.sqlite'}"
+    upgrade(url)
+    settings = Settings(data_dir=data_dir, database_url=url, min_free_bytes=0)
+    with session_scope(url) as session:
+        create_site(session, "NORTH", "North Hospital")
+        create_site(session, "SOUTH", "South Hospital")
+        create_user(session, "north_ehr", PASSWORD, UserRole.UPLOADER, "NORTH")
+        create_user(session, "south_ehr", PASSWORD, UserRole.UPLOADER, "SOUTH")
+        create_user(session, "north_rad", PASSWORD, UserRole.RADIOLOGIST, "NORTH")
+        create_user(session, "boss", PASSWORD, UserRole.ADMIN, None)
+    # A drafted CT study of NORTH whose header names the order's accession number and patient.
+    study_id, headers = store_study(settings, write_ct_series(tmp_path / "ct", 2, rows=16, columns=16))
+    with session_scope(url) as session:
+        north = session.scalar(select(Site.id).where(Site.code == "NORTH"))
+        session.execute(
+            update(Study)
+            .where(Study.id == study_id)
+            .values(site_id=north, accession_number="ACC-1001", patient_id=PATIENT, issuer_of_patient_id=None)
+        )
+    report_id = add_report(settings, study_id, evidence_of(headers))
+    withdrawn: list[tuple[list[int], str]] = []
+    monkeypatch.setattr(
+        "integration.web.api.orders._withdraw", lambda _settings, ids: withdrawn.append((ids, "cancelled"))
+    )
+    return World(settings, study_id, report_id, withdrawn)
+
+
+@pytest.fixture
+def client(world: World) -> Iterator[TestClient]:
+    with TestClient(create_app(world.settings)) as test_client:
+        yield test_client
+
+
+def basic(username: str) -> dict[str, str]:
+    token = base64.b64encode(f"{username}:{PASSWORD}".encode()).decode()
+    return {"Authorization": f"Basic {token}", "Content-Type": FHIR}
+
+
+def outcome(answer: Any, status: int) -> str:
+    """Check an OperationOutcome answer and return its message."""
+    assert answer.status_code == status, answer.text
+    assert answer.headers["content-type"].startswith(FHIR)
+    return str(OperationOutcome.model_validate(answer.json()).issue[0].diagnostics)
+
+
+def body(**changes: Any) -> bytes:
+    return json.dumps(service_request(**changes)).encode()
+
+
+def order_row(world: World) -> Order:
+    with session_scope(world.settings.database_url) as session:
+        order = session.scalars(select(Order)).one()
+        session.expunge(order)
+        return order
+
+
+def events(world: World) -> list[dict[str, Any]]:
+    with session_scope(world.settings.database_url) as session:
+        return [
+            {"control": e.control, **(e.detail or {})}
+            for e in session.scalars(select(OrderEvent).order_by(OrderEvent.id))
+        ]
+
+
+def test_authentication_and_roles(world: World, client: TestClient) -> None:
+    assert "sign in" in outcome(
+        client.post("/fhir/ServiceRequest", content=body(), headers={"Content-Type": FHIR}), 401
+    )
+    with TestClient(create_app(world.settings)) as own:  # its refusal audit is written when it closes
+        wrong = own.post("/fhir/ServiceRequest", content=body(), headers=basic("north_rad"))
+        assert outcome(wrong, 403) == "not allowed for your role"
+    bad_password = basic("north_ehr") | {"Authorization": "Basic " + base64.b64encode(b"north_ehr:nope").decode()}
+    outcome(client.post("/fhir/ServiceRequest", content=body(), headers=bad_password), 401)
+    # A session cookie needs the CSRF token, as every other change does.
+    signed = TestClient(create_app(world.settings))
+    assert signed.post("/api/login", json={"username": "north_ehr", "password": PASSWORD}).status_code == 200
+    outcome(signed.post("/fhir/ServiceRequest", content=body(), headers={"Content-Type": FHIR}), 403)
+    token = csrf_token_for_session(signed.cookies[COOKIE])
+    created = signed.post("/fhir/ServiceRequest", content=body(), headers={"Content-Type": FHIR, "X-CSRF-Token": token})
+    assert created.status_code == 201, created.text
+    with session_scope(world.settings.database_url) as session:
+        refused = session.scalars(select(AuditEvent.action).where(AuditEvent.action.like("access.%"))).all()
+    assert "access.forbidden" in refused
+
+
+def test_create_change_repeat_and_cancel_over_put(world: World, client: TestClient) -> None:
+    headers = basic("north_ehr")
+    created = client.put("/fhir/ServiceRequest/sr-1", content=body(priority="stat"), headers=headers)
+    assert created.status_code == 201, created.text
+    assert created.headers["content-type"].startswith(FHIR) and created.headers["cache-control"] == "no-store"
+    assert created.headers["location"] == "/fhir/ServiceRequest/sr-1"
+    resource = ServiceRequest.model_validate(created.json())
+    assert (resource.id, resource.status, resource.priority) == ("sr-1", "active", "stat")
+    order = order_row(world)
+    assert (order.fhir_id, order.source, order.sender, order.indication) == (
+        "sr-1",
+        "fhir",
+        "api:north_ehr",
+        "Persistent cough, rule out mass; Weight loss",
+    )
+    with session_scope(world.settings.database_url) as session:
+        study = session.get(Study, world.study_id)
+        assert study is not None and (study.order_id, study.priority) == (order.id, "stat")
+        north = session.scalar(select(Site.id).where(Site.code == "NORTH"))
+    assert order.site_id == north
+
+    # The same content again changes nothing: 200, same fields, same update time.
+    again = client.put("/fhir/ServiceRequest/sr-1", content=body(priority="stat"), headers=headers)
+    assert again.status_code == 200 and again.json() == created.json()
+    assert order_row(world).updated_at == order.updated_at
+    # A change (XO): the indication.
+    changed = client.put(
+        "/fhir/ServiceRequest/sr-1",
+        content=body(priority="stat", reasonCode=[{"text": "Haemoptysis"}]),
+        headers=headers,
+    )
+    assert changed.status_code == 200 and changed.json()["reasonCode"] == [{"text": "Haemoptysis"}]
+    assert client.get("/fhir/ServiceRequest/sr-1", headers=headers).json() == changed.json()
+    # Not another patient under the same id.
+    moved = body(subject={"identifier": {"value": "SOMEONE-ELSE"}}, contained=[])
+    assert "cannot change its accession number or patient" in outcome(
+        client.put("/fhir/ServiceRequest/sr-1", content=moved, headers=headers), 409
+    )
+
+    # Revoked after the draft: the order is cancelled, the draft withdrawn and its withdrawal sent.
+    cancelled = client.put("/fhir/ServiceRequest/sr-1", content=body(status="revoked"), headers=headers)
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "revoked"
+    assert world.withdrawn == [([world.report_id], "cancelled")]
+    with session_scope(world.settings.database_url) as session:
+        report, study = session.get(Report, world.report_id), session.get(Study, world.study_id)
+        assert report is not None and report.status is ReportStatus.WITHDRAWN
+        assert study is not None and study.state is StudyState.CANCELLED
+    # Revoked again: nothing more is withdrawn; active again is refused (a cancelled order stays cancelled).
+    assert client.put("/fhir/ServiceRequest/sr-1", content=body(status="revoked"), headers=headers).status_code == 200
+    assert len(world.withdrawn) == 1
+    assert "cancelled" in outcome(client.put("/fhir/ServiceRequest/sr-1", content=body(), headers=headers), 409)
+    # Completed changes nothing and answers the order as it is.
+    done = client.put("/fhir/ServiceRequest/sr-1", content=body(status="completed"), headers=headers)
+    assert done.status_code == 200 and done.json()["status"] == "revoked"
+    assert [(e["control"], e["outcome"]) for e in events(world)] == [
+        ("NW", "created"),
+        ("XO", "unchanged"),
+        ("XO", "changed"),
+        ("CA", "cancelled"),
+        ("CA", "unchanged"),
+    ]
+    with session_scope(world.settings.database_url) as session:
+        audited = session.scalars(select(AuditEvent.detail).where(AuditEvent.action == "order.fhir")).all()
+    assert len(audited) == 5 and all(PATIENT not in json.dumps(detail) for detail in audited)
+
+
+def test_post_assigns_an_id_and_a_repeat_finds_the_same_order(world: World, client: TestClient) -> None:
+    headers = basic("north_ehr")
+    created = client.post("/fhir/ServiceRequest", content=body(), headers=headers)
+    assert created.status_code == 201, created.text
+    resource_id = created.json()["id"]
+    assert resource_id != "sr-1" and created.headers["location"] == f"/fhir/ServiceRequest/{resource_id}"
+    again = client.post("/fhir/ServiceRequest", content=body(), headers=headers)
+    assert again.status_code == 200 and again.json()["id"] == resource_id
+    # PUT under another id of the same order: refused, naming where it is.
+    elsewhere = client.put("/fhir/ServiceRequest/sr-9", content=body(id="sr-9"), headers=headers)
+    assert f"ServiceRequest/{resource_id}" in outcome(elsewhere, 409)
+    assert "completed ServiceRequest creates no order" in outcome(
+        client.post("/fhir/ServiceRequest", content=body(status="completed"), headers=headers), 422
+    )
+
+
+def test_sites_keep_their_orders(world: World, client: TestClient) -> None:
+    assert client.put("/fhir/ServiceRequest/sr-1", content=body(), headers=basic("north_ehr")).status_code == 201
+    south = basic("south_ehr")
+    assert outcome(client.get("/fhir/ServiceRequest/sr-1", headers=south), 404) == "no ServiceRequest sr-1"
+    assert outcome(client.put("/fhir/ServiceRequest/sr-1", content=body(status="revoked"), headers=south), 404)
+    assert "another site" in outcome(client.post("/fhir/ServiceRequest", content=body(), headers=south), 409)
+    assert order_row(world).status == "scheduled"
+    # The site's radiologist and the administrator may read it.
+    for reader in ("north_rad", "boss"):
+        assert client.get("/fhir/ServiceRequest/sr-1", headers=basic(reader)).json()["id"] == "sr-1"
+    assert outcome(client.get("/fhir/ServiceRequest/nope", headers=basic("boss")), 404)
+
+
+def test_bad_input_answers_an_operation_outcome(world: World, client: TestClient) -> None:
+    headers = basic("north_ehr")
+    assert "not JSON" in outcome(client.post("/fhir/ServiceRequest", content=b"{oops", headers=headers), 400)
+    assert "resourceType" in outcome(
+        client.post("/fhir/ServiceRequest", content=b'{"resourceType": "Patient"}', headers=headers), 400
+    )
+    invalid = client.post("/fhir/ServiceRequest", content=body(priority=7), headers=headers)
+    assert "priority" in outcome(invalid, 422)
+    bare = client.post("/fhir/ServiceRequest", content=body(subject={"reference": "Patient/1"}), headers=headers)
+    assert "subject is a reference without an identifier" in outcome(bare, 422)
+    assert "on-hold" in outcome(
+        client.post("/fhir/ServiceRequest", content=body(status="on-hold"), headers=headers), 422
+    )
+    assert "id must equal" in outcome(client.put("/fhir/ServiceRequest/sr-2", content=body(), headers=headers), 400)
+    assert "not a FHIR id" in outcome(client.put("/fhir/ServiceRequest/a%20b", content=body(), headers=headers), 400)
+    plain = headers | {"Content-Type": "text/plain"}
+    assert "application/fhir+json" in outcome(client.post("/fhir/ServiceRequest", content=body(), headers=plain), 415)
+    revoked = client.post("/fhir/ServiceRequest", content=body(status="revoked"), headers=headers)
+    assert "CA for an order we do not hold" in outcome(revoked, 409)
+    with session_scope(world.settings.database_url) as session:
+        assert session.scalars(select(Order)).all() == []
