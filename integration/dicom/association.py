@@ -1,7 +1,9 @@
 """One DICOM association on the listener, as an asyncio task.
 
 The task negotiates the association, then reads PDUs, reassembles DIMSE
-messages and answers C-ECHO and C-STORE.  Storing runs in a worker thread
+messages and answers C-ECHO, C-STORE, and the N-CREATE and N-SET of MPPS
+(their small data set is kept in memory, at most one MiB, and decoded in a
+worker thread by :class:`~integration.dicom.mpps_scp.MppsSCP`).  Storing runs in a worker thread
 (file fsync and the database commit block), so many associations proceed
 at once while the event loop only moves bytes.
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import socket
 from collections.abc import Awaitable, Callable
@@ -32,6 +35,7 @@ from typing import Any
 
 from integration.dicom import dimse, status
 from integration.dicom import upper_layer as ul
+from integration.dicom.mpps_scp import MAX_STEP_DATASET_BYTES, MPPS_SOP_CLASS, MppsSCP, StepRequest
 from integration.dicom.negotiation import AcceptedContext, Negotiated
 from integration.dicom.peer import AssociationService, Gatekeeper, Limits, Peer, Rejection, StoreRequest
 from integration.intake.spool import SPOOL_THRESHOLD, DatasetSpool
@@ -46,6 +50,9 @@ MAX_COMMAND_BYTES = 64 * 1024
 #: What each PDV item is charged beyond its bytes when a data set's memory is counted (its Python objects),
 #: so a stream of empty or one-byte fragments cannot grow memory without growing the count.
 PDV_OVERHEAD_BYTES = 256
+#: DIMSE-N requests (MPPS) whose small data set is kept in memory and handed to the MPPS service.
+_NORMALIZED = frozenset({dimse.N_CREATE_RQ, dimse.N_SET_RQ})
+_KEEPS_DATASET = frozenset({dimse.C_STORE_RQ, *_NORMALIZED})
 
 
 class _Stalled(TimeoutError):
@@ -66,7 +73,7 @@ class _Message:
     dataset_bytes: int = 0
     held_bytes: int = 0
     oversized: bool = False
-    #: Keep the data set (a C-STORE); any other command's data set is counted and dropped.
+    #: Keep the data set (a C-STORE, an N-CREATE or N-SET); any other command's data set is counted and dropped.
     keeps_dataset: bool = False
     spool: DatasetSpool | None = None
     spool_failed: bool = False
@@ -87,6 +94,8 @@ class Association:
         Runs a blocking callable off the event loop and returns an awaitable of its result.
     gate : Gatekeeper
         Association slots, the pending-connection count, rejections and negotiation.
+    steps : MppsSCP, optional
+        The MPPS service (N-CREATE / N-SET); without it those requests are unrecognized operations.
     """
 
     def __init__(
@@ -97,8 +106,10 @@ class Association:
         limits: Limits,
         run_blocking: Callable[..., Awaitable[Any]],
         gate: Gatekeeper,
+        steps: MppsSCP | None = None,
     ) -> None:
         self.reader = reader
+        self.steps = steps
         self.writer = writer
         self.service = service
         self.limits = limits
@@ -255,7 +266,10 @@ class Association:
             message.dataset += pdv.fragment
             message.held_bytes += len(pdv.fragment) + PDV_OVERHEAD_BYTES
             if message.held_bytes > SPOOL_THRESHOLD:
-                await self._spool(message)
+                if message.command.command_field == dimse.C_STORE_RQ:
+                    await self._spool(message)
+                elif message.held_bytes > MAX_STEP_DATASET_BYTES:  # an N-CREATE/N-SET stays in memory: capped
+                    message.oversized, message.dataset = True, bytearray()
         if not pdv.is_last:
             return message
         if message.spool is not None:
@@ -278,7 +292,7 @@ class Association:
             raise ul.ProtocolError(f"undecodable command set: {exc}") from exc
         message.command_fragments.clear()
         if message.command.has_dataset:
-            message.keeps_dataset = message.command.command_field == dimse.C_STORE_RQ
+            message.keeps_dataset = message.command.command_field in _KEEPS_DATASET
             return message
         await self._dispatch(message)
         return None
@@ -326,6 +340,8 @@ class Association:
             code = status.SUCCESS if verification else status.SOP_CLASS_NOT_SUPPORTED
         elif command.command_field == dimse.C_STORE_RQ:
             code = await self._store(message, context)
+        elif command.command_field in _NORMALIZED and self.steps is not None:
+            code, command = await self._step(message, context)
         else:
             log.warning(
                 "DIMSE command 0x%04X from %r at %s is not supported",
@@ -376,6 +392,32 @@ class Association:
             self.storing = False
         self.peer.statuses[outcome] += 1
         return int(code)
+
+    async def _step(self, message: _Message, context: AcceptedContext) -> tuple[int, dimse.Command]:
+        """Answer an MPPS N-CREATE or N-SET: its data set is decoded and recorded in a worker thread."""
+        command = message.command
+        assert command is not None and self.steps is not None
+        calling_ae, what = self.peer.calling_ae, "N-CREATE" if command.command_field == dimse.N_CREATE_RQ else "N-SET"
+        dataset, message.dataset = message.dataset, bytearray()
+        if context.abstract_syntax != MPPS_SOP_CLASS or command.affected_sop_class_uid != MPPS_SOP_CLASS:
+            log.warning("%s from %r refused: not the MPPS SOP class of an MPPS context", what, calling_ae)
+            return status.SOP_CLASS_NOT_SUPPORTED, command
+        if message.oversized:
+            log.warning(
+                "%s from %r refused: data set of %d bytes is too large", what, calling_ae, message.dataset_bytes
+            )
+            return status.RESOURCE_LIMITATION, command
+        request = StepRequest(
+            command_field=command.command_field,
+            sop_instance_uid=command.affected_sop_instance_uid,
+            transfer_syntax=context.transfer_syntax,
+            dataset=dataset,
+            calling_ae=calling_ae,
+        )
+        answer = await asyncio.shield(self.run_blocking(self.steps.handle, request))
+        if answer.sop_instance_uid != command.affected_sop_instance_uid:
+            command = dataclasses.replace(command, affected_sop_instance_uid=answer.sop_instance_uid)
+        return answer.status, command
 
     async def _await_peer_close(self) -> None:
         """After A-ASSOCIATE-RJ or A-RELEASE-RP the requestor closes the connection (PS3.8 9.1.5/9.2.6).

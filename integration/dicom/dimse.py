@@ -17,12 +17,16 @@ C_FIND_RQ: Final = 0x0020
 C_MOVE_RQ: Final = 0x0021
 C_ECHO_RQ: Final = 0x0030
 C_CANCEL_RQ: Final = 0x0FFF
+#: DIMSE-N requests of Modality Performed Procedure Step (PS3.7 10.3.5, 10.3.6).
+N_SET_RQ: Final = 0x0120
+N_CREATE_RQ: Final = 0x0140
 RESPONSE_BIT: Final = 0x8000
 #: CommandDataSetType value meaning "no data set follows".
 NO_DATASET: Final = 0x0101
 
 _COMMAND_GROUP_LENGTH: Final = 0x00000000
 _AFFECTED_SOP_CLASS_UID: Final = 0x00000002
+_REQUESTED_SOP_CLASS_UID: Final = 0x00000003
 _COMMAND_FIELD: Final = 0x00000100
 _MESSAGE_ID: Final = 0x00000110
 _MESSAGE_ID_BEING_RESPONDED_TO: Final = 0x00000120
@@ -30,6 +34,7 @@ _PRIORITY: Final = 0x00000700
 _COMMAND_DATASET_TYPE: Final = 0x00000800
 _STATUS: Final = 0x00000900
 _AFFECTED_SOP_INSTANCE_UID: Final = 0x00001000
+_REQUESTED_SOP_INSTANCE_UID: Final = 0x00001001
 
 _ELEMENT = struct.Struct("<HHI")
 _US = struct.Struct("<H")
@@ -43,7 +48,11 @@ class InvalidCommand(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Command:
-    """The fields of a request command set that the listener acts on."""
+    """The fields of a request command set that the listener acts on.
+
+    An N-SET-RQ names its object by Requested SOP Class / Instance UID (0000,0003 / 0000,1001); they are
+    decoded into the ``affected_*`` fields, which is what its N-SET-RSP carries back (PS3.7 10.3.6.2).
+    """
 
     command_field: int
     message_id: int
@@ -90,17 +99,26 @@ def decode_command(data: bytes) -> Command:
         dataset_type = _us(values[_COMMAND_DATASET_TYPE])
     except (KeyError, struct.error) as exc:
         raise InvalidCommand("command set lacks Command Field, Message ID or Command Data Set Type") from exc
+    if command_field == N_SET_RQ:
+        sop_class = values.get(_REQUESTED_SOP_CLASS_UID, b"")
+        sop_instance = values.get(_REQUESTED_SOP_INSTANCE_UID, b"")
+    else:
+        sop_class = values.get(_AFFECTED_SOP_CLASS_UID, b"")
+        sop_instance = values.get(_AFFECTED_SOP_INSTANCE_UID, b"")
     return Command(
         command_field=command_field,
         message_id=message_id,
         has_dataset=dataset_type != NO_DATASET,
-        affected_sop_class_uid=_uid(values.get(_AFFECTED_SOP_CLASS_UID, b"")),
-        affected_sop_instance_uid=_uid(values.get(_AFFECTED_SOP_INSTANCE_UID, b"")),
+        affected_sop_class_uid=_uid(sop_class),
+        affected_sop_instance_uid=_uid(sop_instance),
     )
 
 
 def encode_response(request: Command, status: int) -> bytes:
     """Encode the response command set to a request (no data set follows).
+
+    An N-CREATE-RSP or N-SET-RSP carries the Affected SOP Class and Instance UID of the object (for an
+    N-CREATE the SCP made the UID when the request had none: pass a :class:`Command` with it set).
 
     Parameters
     ----------

@@ -1,4 +1,4 @@
-"""The DICOM listener (storage SCP): C-ECHO and C-STORE into the durable store.
+"""The DICOM listener (storage and MPPS SCP): C-ECHO and C-STORE into the durable store, MPPS N-CREATE/N-SET.
 
 The network side is an asyncio server (:mod:`integration.dicom.association`)
 running in its own thread; each C-STORE is stored in a worker thread through
@@ -20,12 +20,14 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AllStoragePresentationContexts, build_context
 from pynetdicom.presentation import PresentationContext
 
 from integration.config import Settings
 from integration.dicom.admission import AdmissionLimits, ListenerAdmission
 from integration.dicom.association import VERIFICATION_SOP_CLASS, Association
+from integration.dicom.mpps_scp import MPPS_SOP_CLASS, MppsSCP
 from integration.dicom.negotiation import Negotiator
 from integration.dicom.peer import Limits
 from integration.dicom.storage_scp import StorageSCP
@@ -37,13 +39,16 @@ from integration.intake.transfer import ACCEPTED_TRANSFER_SYNTAXES
 
 log = logging.getLogger(__name__)
 
+#: An MPPS data set is small and decoded whole: uncompressed, never deflated (no inflating on our side).
+MPPS_TRANSFER_SYNTAXES: list[str] = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+
 
 class ListenerConfigError(ValueError):
     """The settings do not allow a safe listener (for example, nobody may send)."""
 
 
 def acceptor_contexts() -> list[PresentationContext]:
-    """Return the presentation contexts we accept: every storage SOP class, plus verification.
+    """Return the presentation contexts we accept: every storage SOP class, verification and MPPS.
 
     Returns
     -------
@@ -54,6 +59,7 @@ def acceptor_contexts() -> list[PresentationContext]:
         build_context(str(cx.abstract_syntax), ACCEPTED_TRANSFER_SYNTAXES) for cx in AllStoragePresentationContexts
     ]
     contexts.append(build_context(VERIFICATION_SOP_CLASS, ACCEPTED_TRANSFER_SYNTAXES[:3]))
+    contexts.append(build_context(MPPS_SOP_CLASS, MPPS_TRANSFER_SYNTAXES))
     return contexts
 
 
@@ -105,6 +111,7 @@ class Listener:
         self.intake = InstanceIntake(settings, self.store)
         self.scp = StorageSCP(settings, self.intake)
         self.assembler = StudyAssembler(settings) if assemble else None
+        self.mpps = MppsSCP(settings, on_complete=self.assembler.wake if self.assembler is not None else None)
         self.contexts = acceptor_contexts()
         self.limits = Limits(
             max_pdu_length=settings.max_pdu_length,
@@ -249,7 +256,9 @@ class Listener:
             if tls is None:
                 self.admission.settled(str(address[0]))
                 return
-        association = Association(reader, writer, self.scp, self.limits, self._run_blocking, self.admission)
+        association = Association(
+            reader, writer, self.scp, self.limits, self._run_blocking, self.admission, steps=self.mpps
+        )
         if tls is not None:
             association.peer.tls_version, association.peer.tls_subject = tls
         self._active[task] = association

@@ -27,6 +27,16 @@ UNRECOGNIZED_OPERATION: Final = 0x0211
 TRANSFER_SYNTAX_NOT_SUPPORTED: Final = 0xC122
 #: Refused: not authorized (an upload to a study of another site, an unrequested instance from a prior source).
 NOT_AUTHORIZED: Final = 0x0124
+#: Failure (DIMSE-N, PS3.7 Annex C): an attribute's value is not allowed (a bad step status, a malformed UID).
+INVALID_ATTRIBUTE_VALUE: Final = 0x0106
+#: Failure (N-CREATE): an object with this SOP Instance UID exists already.
+DUPLICATE_SOP_INSTANCE: Final = 0x0111
+#: Failure (N-SET): no object with the requested SOP Instance UID.
+NO_SUCH_OBJECT_INSTANCE: Final = 0x0112
+#: Failure (N-CREATE/N-SET): a required attribute (or the whole data set) is missing.
+MISSING_ATTRIBUTE: Final = 0x0120
+#: Failure (N-CREATE/N-SET): the request is larger than we take (a normalized data set is held in memory).
+RESOURCE_LIMITATION: Final = 0x0213
 #: Error (0xA900, "does not match"): the instance's series, SOP instance or patient is another study's.
 INSTANCE_OF_ANOTHER_STUDY: Final = DATASET_DOES_NOT_MATCH_SOP_CLASS
 
@@ -40,6 +50,11 @@ NAMES: Final = {
     UNRECOGNIZED_OPERATION: "Refused: Unrecognized Operation",
     TRANSFER_SYNTAX_NOT_SUPPORTED: "Failure: Transfer Syntax Not Supported",
     NOT_AUTHORIZED: "Refused: Not Authorized",
+    INVALID_ATTRIBUTE_VALUE: "Failure: Invalid Attribute Value",
+    DUPLICATE_SOP_INSTANCE: "Failure: Duplicate SOP Instance",
+    NO_SUCH_OBJECT_INSTANCE: "Failure: No Such Object Instance",
+    MISSING_ATTRIBUTE: "Failure: Missing Attribute",
+    RESOURCE_LIMITATION: "Failure: Resource Limitation",
 }
 
 
