@@ -187,8 +187,9 @@ def test_a_date_alone_is_not_a_scheduled_time() -> None:
 
 def test_the_stored_order_reads_back_as_a_valid_service_request() -> None:
     message = order_message(read(service_request(priority="stat")), exists=False)
-    fields = ("accession_number", "patient_id", "issuer_of_patient_id", "placer_order_number", "filler_order_number")
-    fields += ("procedure_code", "procedure_coding_system", "procedure_text", "indication", "ordering_provider")
+    fields: tuple[str, ...] = ("accession_number", "patient_id", "issuer_of_patient_id", "placer_order_number")
+    fields += ("filler_order_number", "procedure_code", "procedure_coding_system", "procedure_text", "indication")
+    fields += ("ordering_provider",)
     order = Order(
         **{name: getattr(message, name) for name in (*fields, "modality", "scheduled_at")},
         priority="stat",
