@@ -20,8 +20,23 @@ class SignedIn(BaseModel):
     role: str
 
 
+class StudyOrder(BaseModel):
+    """The RIS order a study is linked to: what the reading is for (``status``: scheduled, cancelled, discontinued)."""
+
+    accession_number: str
+    indication: str | None
+    priority: str
+    procedure: str | None
+    ordering_provider: str | None
+    status: str
+
+
 class StudyHeader(BaseModel):
-    """What identifies a study to a reviewer (patient data: shown to the reviewer, never logged)."""
+    """What identifies a study to a reviewer (patient data: shown to the reviewer, never logged).
+
+    ``order`` is the linked RIS order; ``order_problem`` says why a study with an accession number was not
+    linked (e.g. "order is for another patient"): the worklist flags it.
+    """
 
     study_uid: str
     state: str
@@ -36,6 +51,8 @@ class StudyHeader(BaseModel):
     accession_number: str | None
     study_date: str | None
     study_description: str | None
+    order: StudyOrder | None = None
+    order_problem: str | None = None
 
 
 class WorklistRow(StudyHeader):

@@ -248,3 +248,49 @@ def test_bad_input_answers_an_operation_outcome(world: World, client: TestClient
     assert "CA for an order we do not hold" in outcome(revoked, 409)
     with session_scope(world.settings.database_url) as session:
         assert session.scalars(select(Order)).all() == []
+
+
+def test_worklist_shows_the_order_and_flags_another_patients_order(
+    world: World, client: TestClient, tmp_path: Path
+) -> None:
+    # A second study of NORTH whose accession number the RIS gives to another patient's order.
+    other_id, _ = store_study(world.settings, write_ct_series(tmp_path / "other", 1, rows=16, columns=16))
+    with session_scope(world.settings.database_url) as session:
+        north = session.scalar(select(Site.id).where(Site.code == "NORTH"))
+        session.execute(
+            update(Study)
+            .where(Study.id == other_id)
+            .values(site_id=north, accession_number="ACC-2002", patient_id="SOMEONE-ELSE")
+        )
+        other_uid = session.scalars(select(Study.study_uid).where(Study.id == other_id)).one()
+    indication = [{"text": "<script>alert(1)</script> chest pain"}]
+    headers = basic("north_ehr")
+    linked = body(priority="stat", reasonCode=indication)
+    assert client.put("/fhir/ServiceRequest/sr-1", content=linked, headers=headers).status_code == 201
+    foreign = body(id="sr-2", identifier=[{**service_request()["identifier"][1], "value": "ACC-2002"}])
+    assert client.put("/fhir/ServiceRequest/sr-2", content=foreign, headers=headers).status_code == 201
+
+    reader = TestClient(create_app(world.settings))
+    assert reader.post("/api/login", json={"username": "north_rad", "password": PASSWORD}).status_code == 200
+    rows = {row["accession_number"]: row for row in reader.get("/api/studies").json()}
+    assert rows["ACC-1001"]["priority"] == "stat" and rows["ACC-1001"]["order_problem"] is None
+    assert rows["ACC-1001"]["order"] == {
+        "accession_number": "ACC-1001",
+        "indication": "<script>alert(1)</script> chest pain",
+        "priority": "stat",
+        "procedure": "CT chest",
+        "ordering_provider": "Dr. Ada Lovelace",
+        "status": "scheduled",
+    }
+    assert rows["ACC-2002"]["order"] is None
+    assert rows["ACC-2002"]["order_problem"] == "order is for another patient"
+    assert reader.get(f"/api/studies/{other_uid}").json()["order_problem"] == "order is for another patient"
+
+    page = reader.get("/worklist")
+    assert page.status_code == 200
+    assert "&#9888; order is for another patient" in page.text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; chest pain" in page.text and "<script>alert" not in page.text
+    study_page = reader.get(f"/studies/{other_uid}")
+    assert "Not linked to its order: order is for another patient" in study_page.text
+    linked_page = reader.get(f"/studies/{rows['ACC-1001']['study_uid']}")
+    assert 'id="order-indication"' in linked_page.text and "&lt;script&gt;alert(1)" in linked_page.text

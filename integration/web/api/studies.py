@@ -19,6 +19,7 @@ from sqlalchemy import ColumnElement, Select, case, exists, func, select
 from sqlalchemy.orm import Session, aliased
 
 from integration.store.audit import add_event
+from integration.store.order_tables import Order
 from integration.store.tables import ROLE_CURRENT, Instance, Report, ReportStatus, Series, Site, Study
 from integration.web import schemas
 from integration.web.deps import CurrentUser, DbSession, Reviewer, StudyUid, client_address
@@ -115,9 +116,10 @@ def worklist(
     newest_id = select(func.max(latest.id)).where(latest.study_id == Study.id).correlate(Study).scalar_subquery()
     series_count = select(func.count(Series.id)).where(Series.study_id == Study.id).correlate(Study).scalar_subquery()
     query: Select[Any] = (
-        select(Study, Site.code, series_count, Report.id, Report.status)
+        select(Study, Site.code, series_count, Report.id, Report.status, Order)
         .outerjoin(Site, Study.site_id == Site.id)
         .outerjoin(Report, Report.id == newest_id)
+        .outerjoin(Order, Order.id == Study.order_id)
         .where(Study.role == ROLE_CURRENT)  # a prior is shown beside its study, never on its own
     )
     query = _filtered(visible(query, user), filters)
@@ -132,19 +134,19 @@ def worklist(
             modalities.setdefault(study_id, set()).add(modality)
     return [
         schemas.WorklistRow(
-            **_header(study, site_code),
+            **_header(study, site_code, order),
             modalities=sorted(modalities.get(study.id, ())),
             series_count=series,
             last_received_at=study.last_received_at,
             report_id=report_id,
             report_status=ReportStatus(report_status).value if report_status is not None else None,
         )
-        for study, site_code, series, report_id, report_status in rows
+        for study, site_code, series, report_id, report_status, order in rows
     ]
 
 
-def _header(study: Study, site_code: str | None) -> dict[str, Any]:
-    """The fields of :class:`~integration.web.schemas.StudyHeader` of a study."""
+def _header(study: Study, site_code: str | None, order: Order | None) -> dict[str, Any]:
+    """The fields of :class:`~integration.web.schemas.StudyHeader` of a study and its linked order."""
     return {
         "study_uid": study.study_uid,
         "state": study.state.value,
@@ -159,7 +161,23 @@ def _header(study: Study, site_code: str | None) -> dict[str, Any]:
         "accession_number": study.accession_number,
         "study_date": study.study_date,
         "study_description": study.study_description,
+        "order": _order_summary(order),
+        "order_problem": study.order_problem,
     }
+
+
+def _order_summary(order: Order | None) -> schemas.StudyOrder | None:
+    """What the worklist and the study answer show of a linked order."""
+    if order is None:
+        return None
+    return schemas.StudyOrder(
+        accession_number=order.accession_number,
+        indication=order.indication,
+        priority=order.priority,
+        procedure=order.procedure_text or order.procedure_code,
+        ordering_provider=order.ordering_provider,
+        status=order.status,
+    )
 
 
 def _filtered(query: Select[Any], filters: WorklistFilter) -> Select[Any]:
@@ -214,8 +232,9 @@ def study_detail(session: Session, study: Study) -> schemas.StudyDetail:
     )
     site_code = session.scalar(select(Site.code).where(Site.id == study.site_id)) if study.site_id else None
     reports = session.scalars(select(Report).where(Report.study_id == study.id).order_by(Report.id)).all()
+    order = session.get(Order, study.order_id) if study.order_id is not None else None
     detail = {
-        **_header(study, site_code),
+        **_header(study, site_code, order),
         "last_received_at": study.last_received_at.isoformat(),
         "series": [
             {

@@ -29,6 +29,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from integration.config import Settings
+from integration.store.orders import order_for_study
 from integration.store.reviews import change_history, working_copy
 from integration.store.revisions import report_of_record
 from integration.store.tables import Report, ReportPurpose, ReportStatus, Site, UserRole
@@ -124,6 +125,7 @@ def _study_context(
         "can_sign": user.role is UserRole.RADIOLOGIST,
         "structured": report is None or bool(report.structured),
         "asked": request_details,
+        "order": order_for_study(session, study.id),
         "decisions": decisions,
         "history": history,
         "revisions": revisions,
