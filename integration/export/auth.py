@@ -126,7 +126,7 @@ def _fetch_token(destination: Destination, auth: OAuth2Auth, verify: ssl.SSLCont
             verify=verify,
         )
     except httpx.HTTPError as exc:
-        raise AuthUnavailable(f"{where}: {type(exc).__name__}") from None
+        raise AuthUnavailable(f"{where}: {http_failure(exc)}") from None
     try:
         answer = response.json()
     except ValueError:
@@ -176,6 +176,28 @@ class _OAuth2Flow(httpx.Auth):
             TOKENS.drop(self._destination, self._auth, token)
             request.headers["Authorization"] = f"Bearer {TOKENS.token(self._destination, self._auth, self._verify)}"
             yield request
+
+
+def http_failure(exc: httpx.HTTPError) -> str:
+    """Describe a failed HTTP call in a few words: its kind, and the TLS reason when TLS refused it.
+
+    Parameters
+    ----------
+    exc : httpx.HTTPError
+        What httpx raised.
+
+    Returns
+    -------
+    str
+        E.g. ``ConnectError (TLS: CERTIFICATE_VERIFY_FAILED)`` or ``ReadTimeout``.
+    """
+    cause: BaseException | None = exc
+    seen = 0
+    while cause is not None and seen < 8:
+        if isinstance(cause, ssl.SSLError) and cause.reason:
+            return f"{type(exc).__name__} (TLS: {cause.reason})"
+        cause, seen = cause.__cause__ or cause.__context__, seen + 1
+    return type(exc).__name__
 
 
 def tls_verify(destination: Destination) -> ssl.SSLContext | bool:

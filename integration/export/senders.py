@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-import ssl
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,7 +23,7 @@ import httpx
 from integration.destinations import Destination
 from integration.dicom.tls import TlsConfigError, association_tls
 from integration.durable import replace_file
-from integration.export.auth import AuthUnavailable, http_client
+from integration.export.auth import AuthUnavailable, http_client, http_failure
 
 #: Statuses a C-STORE SCP may answer that still mean "stored" (success and warnings, PS3.4 B.2.3).
 STORED_STATUSES = frozenset({0x0000, 0xB000, 0xB006, 0xB007})
@@ -175,16 +174,6 @@ def authenticated(destination: Destination) -> Iterator[httpx.Client]:
             yield client
     except AuthUnavailable as exc:
         raise DeliveryFailed(str(exc)) from None
-
-
-def http_failure(exc: httpx.HTTPError) -> str:
-    """Describe a failed HTTP call in a few words (the TLS handshake's reason when it was one)."""
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, ssl.SSLError) and cause.reason:
-            return f"{type(exc).__name__} (TLS: {cause.reason})"
-        cause = cause.__cause__ or cause.__context__
-    return type(exc).__name__
 
 
 def _to_folder(destination: Destination, document: OutgoingDocument) -> str:
