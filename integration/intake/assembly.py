@@ -79,6 +79,7 @@ class StudyAssembler:
         self.prior_wait_seconds = float(settings.prior_wait_seconds) if wait_for_priors else 0.0
         self._broker_id: str | None = None
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
 
     def run_once(self) -> PassResult:
@@ -192,14 +193,23 @@ class StudyAssembler:
         self._thread = threading.Thread(target=self._loop, name="study-assembly", daemon=True)
         self._thread.start()
 
+    def wake(self) -> None:
+        """Run the next pass now rather than after ``assembly_interval`` (a study became complete by MPPS)."""
+        self._wake.set()
+
     def stop(self) -> None:
         """Stop the background passes and wait for the current one to end."""
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.settings.assembly_interval):
+        while not self._stop.is_set():
+            self._wake.wait(self.settings.assembly_interval)
+            self._wake.clear()
+            if self._stop.is_set():
+                break
             try:
                 self.run_once()
             except SQLAlchemyError as exc:

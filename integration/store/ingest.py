@@ -14,7 +14,10 @@ reserved as a prior (:func:`integration.store.priors.reserve_prior_study`);
 anything else is refused.  On PostgreSQL the writes and the checks are one statement
 (data-modifying CTEs that read the pre-statement snapshot), so an instance
 costs one round trip plus the commit; SQLite runs them one by one (it is
-in-process, round trips are free).
+in-process, round trips are free).  The same statement says whether a
+procedure step (MPPS) of the study has ended; only then does a second
+transaction settle the study (:func:`integration.store.mpps.instance_arrived`).
+A study held because its step was discontinued stays held as instances arrive.
 """
 
 from __future__ import annotations
@@ -29,8 +32,11 @@ from typing import Any, Protocol, cast
 from sqlalchemy import Connection, Table, case, func, select, update
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from integration.store.audit import add_event
+from integration.store.mpps import instance_arrived
+from integration.store.order_tables import PerformedStep
 from integration.store.session import session_scope
 from integration.store.tables import (
     ROLE_CURRENT,
@@ -171,8 +177,9 @@ _POSTGRES_RECORD = """
                 %(patient_key)s, %(site_id)s)
         ON CONFLICT (study_uid) DO UPDATE SET
             patient_key = COALESCE(studies.patient_key, excluded.patient_key),
-            version = CASE WHEN studies.state <> 'receiving' THEN studies.version + 1 ELSE studies.version END,
-            state = 'receiving',
+            version = CASE WHEN studies.state NOT IN ('receiving', 'held') THEN studies.version + 1
+                           ELSE studies.version END,
+            state = CASE WHEN studies.state = 'held' THEN 'held' ELSE 'receiving' END,
             last_received_at = excluded.last_received_at,
             stable_after = excluded.stable_after,
             updated_at = excluded.updated_at
@@ -199,7 +206,8 @@ _POSTGRES_RECORD = """
     )
     SELECT study.id, study.version, (SELECT count(*) FROM instance_row), (SELECT study_id FROM series_row),
            (SELECT study_id FROM stored), (SELECT state FROM previous), (SELECT patient_key FROM previous),
-           (SELECT site_id FROM previous), (SELECT role FROM previous)
+           (SELECT site_id FROM previous), (SELECT role FROM previous),
+           EXISTS (SELECT 1 FROM performed_steps WHERE study_uid = %(study_uid)s AND ended_at IS NOT NULL)
     FROM study
     """
 
@@ -293,6 +301,7 @@ def record_instance(
         previous_key,
         previous_site,
         previous_role,
+        step_ended,
     ) = row
     if role == ROLE_PRIOR and (previous_state is None or previous_role != ROLE_PRIOR):
         receipt = Receipt(study_id, version, False, Conflict.NOT_REQUESTED, study_id)
@@ -323,9 +332,27 @@ def record_instance(
         connection.commit()
     elif receipt.added and keep:
         connection.commit()
+        if step_ended:
+            _settle_by_mpps(connection, receipt, header.sop_instance_uid, calling_ae, received_at)
     else:
         connection.rollback()
     return receipt
+
+
+def _settle_by_mpps(
+    connection: Connection, receipt: Receipt, sop_instance_uid: str, calling_ae: str, now: datetime
+) -> None:
+    """A step of the study has ended (MPPS): hold the study, or complete it when this was its last listed instance.
+
+    Runs after the instance is committed; a failure is logged only (the idle timer stays the fallback).
+    """
+    try:
+        with Session(bind=connection) as session:
+            instance_arrived(session, receipt.study_id, sop_instance_uid, calling_ae, now, new_study=receipt.new_study)
+            session.commit()
+    except SQLAlchemyError as exc:
+        connection.rollback()
+        log.warning("study %d not settled by its procedure step (database): %s", receipt.study_id, type(exc).__name__)
 
 
 def _record_stepwise(connection: Connection, p: dict[str, Any]) -> tuple[Any, ...]:
@@ -341,7 +368,8 @@ def _record_stepwise(connection: Connection, p: dict[str, Any]) -> tuple[Any, ..
         .join(instances, instances.c.series_id == series.c.id)
         .where(instances.c.sop_instance_uid == p["sop_instance_uid"])
     ).scalar_one_or_none()
-    late = studies.c.state != StudyState.RECEIVING.value
+    late = studies.c.state.not_in((StudyState.RECEIVING.value, StudyState.HELD.value))
+    held = studies.c.state == StudyState.HELD.value
     study_stmt = (
         sqlite.insert(studies)
         .values(
@@ -360,7 +388,7 @@ def _record_stepwise(connection: Connection, p: dict[str, Any]) -> tuple[Any, ..
             index_elements=[studies.c.study_uid],
             set_={
                 "version": case((late, studies.c.version + 1), else_=studies.c.version),
-                "state": StudyState.RECEIVING.value,
+                "state": case((held, StudyState.HELD.value), else_=StudyState.RECEIVING.value),
                 "last_received_at": p["now"],
                 "stable_after": p["stable_after"],
                 "updated_at": p["now"],
@@ -390,8 +418,15 @@ def _record_stepwise(connection: Connection, p: dict[str, Any]) -> tuple[Any, ..
         .returning(series.c.id, series.c.study_id)
     )
     series_id, series_study_id = connection.execute(series_stmt).one()
+    steps = cast(Table, PerformedStep.__table__)
+    step_ended = (
+        connection.execute(
+            select(steps.c.id).where(steps.c.study_uid == p["study_uid"], steps.c.ended_at.is_not(None)).limit(1)
+        ).first()
+        is not None
+    )
     if series_study_id != study_id or stored_study_id is not None:
-        return study_id, version, 0, series_study_id, stored_study_id, *previous
+        return study_id, version, 0, series_study_id, stored_study_id, *previous, step_ended
     instance_stmt = (
         sqlite.insert(instances)
         .values(
@@ -411,7 +446,7 @@ def _record_stepwise(connection: Connection, p: dict[str, Any]) -> tuple[Any, ..
     )
     inserted = connection.execute(instance_stmt).scalar_one_or_none()
     inserted_count = 0 if inserted is None else 1
-    return study_id, version, inserted_count, series_study_id, stored_study_id, *previous
+    return study_id, version, inserted_count, series_study_id, stored_study_id, *previous, step_ended
 
 
 def audit_conflict(database_url: str, receipt: Receipt, header: ReceivedInstance, *, actor: str) -> None:
