@@ -140,7 +140,8 @@ def reject_command(
     reason: Annotated[str, typer.Option(help="Why the draft is rejected (stored with the rejected version).")],
     author: Annotated[str, typer.Option(help="Who rejects it (stored as the rejected version's author).")],
 ) -> None:
-    """Reject a draft as a whole: a rejected version holding the reason; no SR, nothing delivered."""
+    """Reject a draft as a whole: a rejected version holding the reason, no SR; receivers that got it are told."""
+    from integration.export.corrections import withdraw_reports
     from integration.reports.review import reject_draft
     from integration.store.revisions import UnknownReport
 
@@ -152,7 +153,10 @@ def reject_command(
             raise fail(str(exc), 2) from None
         except RuntimeError as exc:
             raise fail(str(exc)) from None
+        withdrawals = withdraw_reports(settings, [report_id], "rejected")
     console.print(f"report {report_id}: draft rejected (revision {revision_id})")
+    if withdrawals:
+        console.print(f"withdrawals queued: {', '.join(map(str, withdrawals))}")
 
 
 @report_app.command("sr")

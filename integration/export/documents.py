@@ -2,6 +2,13 @@
 
 SR files are written once per report version (fixed SOP Instance UID), so every re-send sends the
 same instance; FHIR and HL7 are built deterministically from the stored report version.
+
+By subject: ``draft:<report id>`` is the draft (SR, FHIR ``preliminary``, HL7 ``P``);
+``signed:<revision id>`` a signed version (SR, FHIR ``final``, HL7 ``F``; ``amended`` / ``C`` when an
+earlier signed version of the report exists); ``withdrawn:<report id>`` takes a draft back (the IOCM
+rejection note referencing the draft's SR, FHIR ``entered-in-error``, HL7 ``C`` with ``W`` observations),
+issued at the withdrawal's creation time.  Every FHIR document of a report carries the report's one
+resource id (``OutgoingDocument.resource_id``), so its versions replace one another at the receiver.
 """
 
 from __future__ import annotations
@@ -14,8 +21,13 @@ from sqlalchemy import select
 from integration.config import Settings
 from integration.export.senders import OutgoingDocument
 from integration.findings import Document
-from integration.reports.document import ReportDocument
-from integration.store.deliveries import DeliveryTarget
+from integration.reports.document import ReportDocument, VersionRole
+from integration.store.deliveries import (
+    WITHDRAWN,
+    DeliveryTarget,
+    earlier_signed_revision,
+    withdrawal_created_at,
+)
 from integration.store.session import session_scope
 from integration.store.tables import Instance, Report, ReportRevision, Series, Study
 
@@ -49,7 +61,7 @@ def load_document(settings: Settings, target: DeliveryTarget) -> OutgoingDocumen
     """
     name = target.subject.replace(":", "-")
     if target.document == "sr":
-        path = sr_file(settings, target)
+        path = rejection_note_file(settings, target) if is_withdrawal(target) else sr_file(settings, target)
         content = path.read_bytes()
         header = dcmread(path, stop_before_pixels=True)
         return OutgoingDocument(
@@ -61,16 +73,52 @@ def load_document(settings: Settings, target: DeliveryTarget) -> OutgoingDocumen
             sop_instance_uid=str(header.SOPInstanceUID),
         )
     document = report_document(settings, target)
+    role = version_role(settings, target)
     if target.document == "fhir":
-        from integration.reports.fhir import diagnostic_report_json
+        from integration.reports.fhir import diagnostic_report_json, report_resource_id
 
-        return OutgoingDocument("fhir", diagnostic_report_json(document).encode(), f"{name}.fhir.json", FHIR_MEDIA_TYPE)
+        fhir_id = report_resource_id(target.report_id)
+        content = diagnostic_report_json(document, fhir_id=fhir_id, role=role).encode()
+        return OutgoingDocument("fhir", content, f"{name}.fhir.json", FHIR_MEDIA_TYPE, resource_id=fhir_id)
     from integration.reports.hl7 import oru_r01
 
     destination = next((d for d in settings.destinations if d.name == target.destination), None)
     receiving = destination.receiving_application if destination is not None else "RIS"
-    message = oru_r01(document, receiving_application=receiving)
+    message = oru_r01(document, receiving_application=receiving, role=role)
     return OutgoingDocument("hl7", message.encode(), f"{name}.hl7", HL7_MEDIA_TYPE)
+
+
+def is_withdrawal(target: DeliveryTarget) -> bool:
+    """Tell whether a delivery takes a draft back (subject ``withdrawn:<report id>``)."""
+    return target.subject.startswith(WITHDRAWN)
+
+
+def version_role(settings: Settings, target: DeliveryTarget) -> VersionRole:
+    """Return what a delivery's document does: ``withdrawn``, ``amended`` (signed after a signed one), ``original``."""
+    if is_withdrawal(target):
+        return "withdrawn"
+    if target.revision_id is None:
+        return "original"
+    with session_scope(settings.database_url) as session:
+        return "amended" if earlier_signed_revision(session, target.revision_id) else "original"
+
+
+def rejection_note_file(settings: Settings, target: DeliveryTarget) -> Path:
+    """Return the stored IOCM rejection note of a withdrawn draft's SR (written once).
+
+    Raises
+    ------
+    DocumentUnavailable
+        The report is gone, or its draft has no SR and none can be built.
+    """
+    from integration.reports.drafts import SourceUnavailable
+    from integration.reports.rejection_note import ensure_rejection_note
+    from integration.store.revisions import UnknownReport
+
+    try:
+        return ensure_rejection_note(settings, target.report_id)
+    except (UnknownReport, SourceUnavailable) as exc:
+        raise DocumentUnavailable(f"rejection note of report {target.report_id}: {exc}") from exc
 
 
 def sr_file(settings: Settings, target: DeliveryTarget) -> Path:
@@ -99,7 +147,11 @@ def sr_file(settings: Settings, target: DeliveryTarget) -> Path:
 
 
 def report_document(settings: Settings, target: DeliveryTarget) -> ReportDocument:
-    """Return the report document (FHIR/HL7 source) of the delivery's report version."""
+    """Return the report document (FHIR/HL7 source) of the delivery's report version.
+
+    A withdrawal's document is the draft's, keyed by the withdrawal's subject (its own HL7 control id) and
+    issued when the withdrawal was made.
+    """
     from integration.reports.document import from_dicom_header
 
     with session_scope(settings.database_url) as session:
@@ -107,6 +159,7 @@ def report_document(settings: Settings, target: DeliveryTarget) -> ReportDocumen
         if report is None:
             raise DocumentUnavailable(f"report {target.report_id} is gone")
         revision = session.get(ReportRevision, target.revision_id) if target.revision_id is not None else None
+        withdrawn_at = withdrawal_created_at(session, target.delivery_id) if is_withdrawal(target) else None
         study = session.get(Study, report.study_id)
         assert study is not None
         storage_path = session.scalars(
@@ -118,7 +171,7 @@ def report_document(settings: Settings, target: DeliveryTarget) -> ReportDocumen
         ).one_or_none()
         content = Document.read(revision.findings if revision is not None else report.findings)
         text = revision.text if revision is not None else report.text
-        issued = revision.created_at if revision is not None else report.created_at
+        issued = revision.created_at if revision is not None else withdrawn_at or report.created_at
         author = revision.author if revision is not None else ""
         organization = revision.organization if revision is not None else ""
         model = (report.model_id, report.model_revision, report.prompt_version)

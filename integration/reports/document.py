@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 
 #: Report version states: a model's draft, or a radiologist's signed report.
 ReportState = Literal["draft", "signed"]
+#: What a rendered version does to what a receiver already holds: the version as first sent (``original``),
+#: a signed version replacing an earlier signed one (``amended``), or the withdrawal of a draft (``withdrawn``).
+VersionRole = Literal["original", "amended", "withdrawn"]
 #: Shown with every draft wherever it is sent.
 AI_DRAFT_NOTICE = "AI-generated draft, not verified by a radiologist."
 
@@ -171,6 +174,18 @@ class ReportDocument:
             raise ValueError("study_datetime must be timezone-aware (or a date)")
         if self.status == "signed" and not self.author.strip():
             raise ValueError("a signed report needs its author")
+
+    def check_role(self, role: VersionRole) -> None:
+        """Refuse a role this version cannot have: only a signed version amends, only a draft is withdrawn.
+
+        Raises
+        ------
+        ValueError
+            ``amended`` for a draft, ``withdrawn`` for a signed version, or an unknown role.
+        """
+        allowed = {"original": ("draft", "signed"), "amended": ("signed",), "withdrawn": ("draft",)}
+        if self.status not in allowed.get(role, ()):
+            raise ValueError(f"a {self.status} version cannot be sent as {role!r}")
 
     @property
     def is_draft(self) -> bool:

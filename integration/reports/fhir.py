@@ -15,8 +15,20 @@ resend is the same resource with the same id.  Drafts also contain the AI
 Device that wrote them (referenced from each Observation's ``device``; R4 does
 not allow a Device as DiagnosticReport.performer).
 
-- ``status``: ``preliminary`` for drafts, ``final`` for signed reports (the
-  Observations likewise).
+- ``id``: one per report across all its versions (:func:`report_resource_id`:
+  draft, signed, amended and withdrawn are the same resource, ``PUT`` over one
+  another), so a receiver holds one DiagnosticReport per report, never a
+  preliminary and a final side by side.
+- ``status`` (the Observations likewise): ``preliminary`` for drafts,
+  ``final`` for the first signed version, ``amended`` for a signed version
+  after an earlier signed one, ``entered-in-error`` for a withdrawn draft.
+  ``amended`` rather than ``corrected``: FHIR defines ``corrected`` as the
+  special case of ``amended`` where the change fixes an error; a new signed
+  version may fix an error or add to the report, and nothing we record says
+  which, so we claim only the general status.  ``entered-in-error`` rather
+  than ``cancelled``: the draft was issued (a receiver may hold it) and must
+  not be used, which is what ``entered-in-error`` says; ``cancelled`` is for
+  a report that was never completed.
 - ``code``: LOINC 18748-4 "Diagnostic imaging study"; ``category``: v2-0074 RAD.
 - ``subject``: a logical reference by the DICOM Patient ID (type MR; the issuer
   as assigner, or as ``urn:oid:`` system when it is an OID).
@@ -61,7 +73,7 @@ from fhir.resources.R4B.observation import Observation
 from fhir.resources.R4B.reference import Reference
 
 from integration.findings import clean_text
-from integration.reports.document import AI_DRAFT_NOTICE, PersonName, ReportDocument
+from integration.reports.document import AI_DRAFT_NOTICE, PersonName, ReportDocument, VersionRole
 
 #: The FHIR release of the models used (R4B, the R4 technical correction).
 FHIR_VERSION = "4.3.0"
@@ -82,42 +94,71 @@ TEXT_PLAIN = "text/plain; charset=utf-8"
 #: Id of the contained AI Device in drafts.
 DEVICE_ID = "device"
 
-_STATUS = {"draft": "preliminary", "signed": "final"}
+_STATUS = {
+    ("draft", "original"): "preliminary",
+    ("signed", "original"): "final",
+    ("signed", "amended"): "amended",
+    ("draft", "withdrawn"): "entered-in-error",
+}
+#: What a withdrawn draft's narrative says first.
+WITHDRAWN_NOTICE = "Entered in error: this AI-generated draft was withdrawn and must not be used."
 _NOT_ID = re.compile(r"[^A-Za-z0-9.-]")
 _OID = re.compile(r"^[0-2](\.(0|[1-9][0-9]*))+$")
 
 
-def diagnostic_report_json(doc: ReportDocument) -> str:
+def diagnostic_report_json(doc: ReportDocument, *, fhir_id: str | None = None, role: VersionRole = "original") -> str:
     """Render a report version as FHIR R4 DiagnosticReport JSON.
 
     Parameters
     ----------
     doc : ReportDocument
         The report version.
+    fhir_id : str, optional
+        The resource id (:func:`report_resource_id` of the report); without it the id derives from the
+        version's key (:func:`resource_id`).
+    role : {"original", "amended", "withdrawn"}
+        What this version does to the resource a receiver holds (sets ``status``).
 
     Returns
     -------
     str
         Compact JSON of one DiagnosticReport with contained Observations; the
-        same document always gives the same string.
+        same arguments always give the same string.
+
+    Raises
+    ------
+    ValueError
+        ``amended`` for a draft or ``withdrawn`` for a signed version.
     """
-    return diagnostic_report(doc).model_dump_json()
+    return diagnostic_report(doc, fhir_id=fhir_id, role=role).model_dump_json()
 
 
-def diagnostic_report(doc: ReportDocument) -> DiagnosticReport:
+def diagnostic_report(
+    doc: ReportDocument, *, fhir_id: str | None = None, role: VersionRole = "original"
+) -> DiagnosticReport:
     """Build (and so validate) the DiagnosticReport of a report version.
 
     Parameters
     ----------
     doc : ReportDocument
         The report version.
+    fhir_id : str, optional
+        See :func:`diagnostic_report_json`.
+    role : {"original", "amended", "withdrawn"}
+        See :func:`diagnostic_report_json`.
 
     Returns
     -------
     fhir.resources.R4B.diagnosticreport.DiagnosticReport
         The validated resource; see the module docstring for its content.
+
+    Raises
+    ------
+    ValueError
+        ``amended`` for a draft or ``withdrawn`` for a signed version.
     """
-    status = _STATUS[doc.status]
+    doc.check_role(role)
+    status = _STATUS[(doc.status, role)]
     subject = _subject(doc)
     study = _imaging_study(doc.study_uid)
     radiologist = None if doc.is_draft else Reference(type="Practitioner", display=_author_display(doc.author))
@@ -156,9 +197,9 @@ def diagnostic_report(doc: ReportDocument) -> DiagnosticReport:
     performers = [ref for ref in (radiologist, organization) if ref is not None]
     body = clean_text(doc.body_text)
     return DiagnosticReport(
-        id=resource_id(doc.report_key),
+        id=fhir_id or resource_id(doc.report_key),
         meta=_ai_meta() if doc.is_draft else None,
-        text=_narrative(doc, body),
+        text=_narrative(doc, body, withdrawn=role == "withdrawn"),
         contained=[*([device] if device is not None else []), *observations] or None,
         basedOn=[_order(doc.accession_number)] if clean_text(doc.accession_number) else None,
         status=status,
@@ -181,6 +222,22 @@ def diagnostic_report(doc: ReportDocument) -> DiagnosticReport:
             )
         ],
     )
+
+
+def report_resource_id(report_id: int) -> str:
+    """Return the FHIR resource id of a report: the same for all its versions (``pacsvlm-report-12``).
+
+    Parameters
+    ----------
+    report_id : int
+        The report (``reports.id``).
+
+    Returns
+    -------
+    str
+        ``resource_id(f"report:{report_id}")``.
+    """
+    return resource_id(f"report:{report_id}")
 
 
 def resource_id(report_key: str) -> str:
@@ -300,8 +357,10 @@ def _observation(
     )
 
 
-def _narrative(doc: ReportDocument, body: str) -> Narrative:
+def _narrative(doc: ReportDocument, body: str, *, withdrawn: bool = False) -> Narrative:
     parts = ['<div xmlns="http://www.w3.org/1999/xhtml">']
+    if withdrawn:
+        parts.append(f"<p><b>{html.escape(WITHDRAWN_NOTICE)}</b></p>")
     if doc.is_draft:
         parts.append(f"<p><b>{html.escape(AI_DRAFT_NOTICE)}</b></p>")
     parts.append(f"<pre>{html.escape(body)}</pre></div>")

@@ -22,11 +22,24 @@ DICOM's TID 2000 and the FHIR DiagnosticReport use too; the prior studies it res
 Study Instance UIDs in the same observation sub-ID group (2, 2.1, 2.2 ...), as DICOM's Procedure Study
 Instance UID (121018).  The report text lines carry it as well (its ``COMPARISON:`` line).
 
-Result status (OBR-25, OBX-11) is ``P`` for drafts and ``F`` for signed
-reports; signed reports name the radiologist as principal result interpreter
-(OBR-32) and responsible observer (OBX-16).  The message control id derives
-from the report key, and the message date/time is the version's issue time, so
-a resend of the same version is byte-identical.
+Result status (OBR-25 from HL7 table 0123, OBX-11 from table 0085) says what
+the message does to what the receiver holds (``role``):
+
+============================  ======  ======
+version                       OBR-25  OBX-11
+============================  ======  ======
+draft                         ``P``   ``P``
+signed (the first signed)     ``F``   ``F``
+signed after a signed one     ``C``   ``C``   (correction: replaces the final result)
+withdrawn draft               ``C``   ``W``   (post the original as wrong; an NTE says it is withdrawn)
+============================  ======  ======
+
+Signed reports name the radiologist as principal result interpreter (OBR-32)
+and responsible observer (OBX-16).  The message control id derives from the
+report key (a withdrawal's key ``withdrawn:<report id>`` differs from the
+draft's ``draft:<report id>``, so each message has its own), and the message
+date/time is the version's issue time, so a resend of the same version is
+byte-identical.
 
 Every value is escaped by :func:`escape_text` (``\`` first, then ``|^&~``) and
 line breaks never reach a segment: the report text is split into one TX OBX
@@ -45,7 +58,7 @@ from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.core import Group, Message, Segment
 
 from integration.findings import clean_text
-from integration.reports.document import AI_DRAFT_NOTICE, PersonName, ReportDocument
+from integration.reports.document import AI_DRAFT_NOTICE, PersonName, ReportDocument, VersionRole
 
 #: MSH-3: our application name.
 SENDING_APPLICATION = "PACSVLM"
@@ -64,14 +77,28 @@ MAX_CONTROL_ID = 20
 #: The HL7 explicit null, for required fields without a value.
 HL7_NULL = '""'
 
-_RESULT_STATUS = {"draft": "P", "signed": "F"}
+#: (OBR-25, OBX-11) of a version by its status and role.
+_RESULT_STATUS = {
+    ("draft", "original"): ("P", "P"),
+    ("signed", "original"): ("F", "F"),
+    ("signed", "amended"): ("C", "C"),
+    ("draft", "withdrawn"): ("C", "W"),
+}
+#: The note a withdrawal carries (NTE), beside the draft's AI notice.
+WITHDRAWN_NOTICE = "Withdrawn: this AI-generated draft was withdrawn and must not be used."
 _SEX = {"M": "M", "F": "F", "O": "O"}
 _ESCAPES = (("\\", "\\E\\"), ("|", "\\F\\"), ("^", "\\S\\"), ("&", "\\T\\"), ("~", "\\R\\"))
 _LINE_BREAK = re.compile(r"\r\n|[\r\n]")
 _NOT_CONTROL_ID = re.compile(r"[^A-Za-z0-9.-]")
 
 
-def oru_r01(doc: ReportDocument, *, receiving_application: str = "RIS", receiving_facility: str = "") -> str:
+def oru_r01(
+    doc: ReportDocument,
+    *,
+    receiving_application: str = "RIS",
+    receiving_facility: str = "",
+    role: VersionRole = "original",
+) -> str:
     r"""Render a report version as an HL7 v2.5.1 ORU^R01 message.
 
     Parameters
@@ -80,6 +107,9 @@ def oru_r01(doc: ReportDocument, *, receiving_application: str = "RIS", receivin
         The report version.
     receiving_application, receiving_facility : str
         MSH-5 and MSH-6.
+    role : {"original", "amended", "withdrawn"}
+        What the message does (see the module docstring's result status table): ``amended`` for a signed
+        version after an earlier signed one, ``withdrawn`` for a draft taken back.
 
     Returns
     -------
@@ -89,20 +119,26 @@ def oru_r01(doc: ReportDocument, *, receiving_application: str = "RIS", receivin
 
     Raises
     ------
+    ValueError
+        ``amended`` for a draft or ``withdrawn`` for a signed version.
     hl7apy.exceptions.ValidationError
         If the message fails hl7apy's strict structure validation (a bug here).
     """
-    status = _RESULT_STATUS[doc.status]
+    doc.check_role(role)
+    order_status, status = _RESULT_STATUS[(doc.status, role)]
     message = Message("ORU_R01", version=HL7_VERSION, validation_level=VALIDATION_LEVEL.STRICT)
     _header(message, doc, receiving_application, receiving_facility)
     result = message.add_group("ORU_R01_PATIENT_RESULT")
     _patient(result.add_group("ORU_R01_PATIENT").add_segment("PID"), doc)
     order = result.add_group("ORU_R01_ORDER_OBSERVATION")
-    _order(order, doc, status)
-    if doc.is_draft:
+    _order(order, doc, order_status)
+    notes = [_draft_note(doc)] if doc.is_draft else []
+    if role == "withdrawn":
+        notes.append(WITHDRAWN_NOTICE)
+    for number, note in enumerate(notes, start=1):
         nte = order.add_segment("NTE")
-        nte.nte_1 = "1"
-        nte.nte_3 = escape_text(_draft_note(doc))
+        nte.nte_1 = str(number)
+        nte.nte_3 = escape_text(note)
     _observation(order, 1, "ST", STUDY_UID_ID, "", escape_text(doc.study_uid), status, doc)
     number = 1
     if comparison := report_lines(clean_text(doc.comparison)):

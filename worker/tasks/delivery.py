@@ -4,6 +4,12 @@ Each attempt is counted in the database; a failed attempt is retried after a wai
 ``DELIVERY_BACKOFF_SECONDS`` up to ``DELIVERY_BACKOFF_MAX_SECONDS``; after ``DELIVERY_MAX_ATTEMPTS`` the
 delivery is ``dead_letter`` with its last error, until ``pacs-vlm deliveries retry`` makes it pending again.
 
+A withdrawal (``withdrawn:<report id>``) waits while its original draft delivery is pending: the task
+looks again after the original's next attempt, without counting an attempt, so the retraction never
+reaches a receiver before the draft; it is cancelled when the original was cancelled or went dead letter.
+A draft delivery never attempted whose report was withdrawn, rejected or superseded meanwhile is
+cancelled instead of sent (:func:`integration.store.deliveries.start_attempt`).
+
 Every outcome is audited (actor ``system``, object the delivery): ``export.delivered``, ``export.failed``
 (an attempt failed, another follows) or ``export.dead_letter``, in the same transaction as the state it
 records.  The detail names the destination, the document, the report version and the attempt; never the
@@ -23,7 +29,7 @@ from integration.export.documents import DocumentUnavailable, load_document
 from integration.export.senders import DeliveryFailed, send
 from integration.queue import DELIVER
 from integration.store.audit import add_event
-from integration.store.deliveries import DeliveryTarget, mark_delivered, mark_failed, start_attempt
+from integration.store.deliveries import Deferred, DeliveryTarget, mark_delivered, mark_failed, start_attempt
 from integration.store.session import session_scope
 from integration.store.tables import utcnow
 from worker.celery_app import app
@@ -54,9 +60,12 @@ def deliver(self: Any, delivery_id: int) -> str:
     """
     settings = get_settings()
     with session_scope(settings.database_url) as session:
-        target = start_attempt(session, delivery_id)
+        target = start_attempt(session, delivery_id, min_wait=settings.delivery_backoff_seconds)
     if target is None:
         return "not pending"
+    if isinstance(target, Deferred):
+        log.info("withdrawal %d waits %.0f s for its original draft delivery", delivery_id, target.wait_seconds)
+        raise self.retry(countdown=target.wait_seconds)
     destination = next((d for d in settings.destinations if d.name == target.destination), None)
     try:
         if destination is None:

@@ -6,7 +6,8 @@ in how they answer: the API raises the HTTP error of :func:`refusal`, a form sho
 the text that was not saved.  Each action checks that the user may see the report (404 otherwise,
 :mod:`integration.web.security.access`) and runs in its own transactions; the review domain
 (:mod:`integration.store.reviews`, :mod:`integration.reports.review`) decides and audits.  A signed
-report's deliveries are queued here, after signing (export sits above reports).
+report's deliveries are queued here, after signing, and a rejected draft is withdrawn from the receivers
+that got it here, after rejecting (export sits above reports).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from integration.config import Settings
+from integration.export.corrections import withdraw_reports
 from integration.export.outbox import queue_deliveries
 from integration.reports.drafts import SourceUnavailable
 from integration.reports.readiness import ReviewIncomplete
@@ -157,9 +159,11 @@ class Review:
         return Signed(revision_id=revision_id, version=int(version or 0))
 
     def reject(self, reason: str, expected_seq: int | None) -> Rejected:
-        """Reject the whole draft with a reason."""
+        """Reject the whole draft with a reason, and withdraw it from every receiver that got it."""
         _, decision = self._decider(expected_seq, signing=False)
-        return Rejected(revision_id=reject_draft(self.settings, self.report_id, reason=reason, **decision))
+        revision_id = reject_draft(self.settings, self.report_id, reason=reason, **decision)
+        withdraw_reports(self.settings, [self.report_id], "rejected")
+        return Rejected(revision_id=revision_id)
 
     def _decider(self, expected_seq: int | None, *, signing: bool) -> tuple[str, _Decision]:
         """Check the report and the role; return the signer's person name and what the decision records."""
