@@ -190,6 +190,19 @@ def _fail(session: Session, job: AnalysisJob, study: Study, reason: str, now: da
 
 
 def record_draft(session: Session, job_id: int, draft: DraftRecord, now: datetime) -> int:
+    """Store the draft of a job once and return its id; see :func:`record_draft_superseding`."""
+    return record_draft_superseding(session, job_id, draft, now).report_id
+
+
+@dataclass(frozen=True)
+class RecordedDraft:
+    """A recorded draft and the older drafts of its study it superseded (to be withdrawn from receivers)."""
+
+    report_id: int
+    superseded: list[int]
+
+
+def record_draft_superseding(session: Session, job_id: int, draft: DraftRecord, now: datetime) -> RecordedDraft:
     """Store the draft of a job once, finish the job and move the study on.
 
     Idempotent: a draft for the same study version, model, revision and
@@ -210,8 +223,8 @@ def record_draft(session: Session, job_id: int, draft: DraftRecord, now: datetim
 
     Returns
     -------
-    int
-        The report id.
+    RecordedDraft
+        The report id, and the ids of the older drafts of the study this call marked ``superseded``.
     """
     job = _locked_job(session, job_id)
     assert job is not None
@@ -244,19 +257,23 @@ def record_draft(session: Session, job_id: int, draft: DraftRecord, now: datetim
         job.state = JobState.DONE
         job.finished_at = now
         job.last_error = None
+    superseded: list[int] = []
     if current:
-        session.execute(
-            update(Report)
-            .where(
-                Report.study_id == job.study_id,
-                Report.study_version < job.study_version,
-                Report.status == ReportStatus.DRAFT,
+        superseded = list(
+            session.scalars(
+                update(Report)
+                .where(
+                    Report.study_id == job.study_id,
+                    Report.study_version < job.study_version,
+                    Report.status == ReportStatus.DRAFT,
+                )
+                .values(status=ReportStatus.SUPERSEDED.value)
+                .returning(Report.id)
             )
-            .values(status=ReportStatus.SUPERSEDED.value)
         )
         if study.state in (StudyState.QUEUED, StudyState.RUNNING, StudyState.FAILED):
             study.state = StudyState.DRAFTED
-    return int(report_id)
+    return RecordedDraft(int(report_id), sorted(superseded))
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from typing import Any
 from celery.exceptions import SoftTimeLimitExceeded
 
 from integration.config import Settings, get_settings
+from integration.export.corrections import withdraw_reports
 from integration.export.outbox import queue_deliveries
 from integration.imaging.selection import NoImages
 from integration.queue import ANALYZE_STUDY
@@ -20,7 +21,7 @@ from integration.reports.drafts import ensure_draft_sr
 from integration.store.jobs import record_job_error
 from integration.store.opinions import JobChoice, job_choice
 from integration.store.priors import priors_view
-from integration.store.reports import SkippedJob, claim_job, fail_job, instance_files, record_draft
+from integration.store.reports import SkippedJob, claim_job, fail_job, instance_files, record_draft_superseding
 from integration.store.session import session_scope
 from integration.store.tables import utcnow
 from models.backend import ModelNotStaged
@@ -102,9 +103,12 @@ def analyze_study(self: Any, job_id: int) -> str:
         countdown = min(RETRY_BASE_SECONDS * 2 ** (claimed.attempt - 1), RETRY_MAX_SECONDS)
         raise self.retry(exc=exc, countdown=countdown) from exc
     with session_scope(url) as session:
-        report_id = record_draft(session, job_id, draft, utcnow())
+        recorded = record_draft_superseding(session, job_id, draft, utcnow())
+        report_id = recorded.report_id
     _write_draft_sr(settings, report_id)
     queue_deliveries(settings, report_id, None, "draft")
+    if recorded.superseded:  # the study's older drafts are taken back from the receivers that got them
+        withdraw_reports(settings, recorded.superseded, "superseded")
     log.info(
         "analysis job %d: draft report %d in %.1f s (%d tokens in, %d out, prompt %s)",
         job_id,
