@@ -274,14 +274,17 @@ class _Handler(MLLPRequestHandler):  # type: ignore[misc]
         if context is not None:
             try:
                 self.request = context.wrap_socket(self.request, server_side=True)
-            except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
+            except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError; the socket is closed
                 log.warning("MLLP TLS from %s refused: %s", self.client_address[0], handshake_failure(exc))
                 self.refused = True
+                return
         super().setup()
         with self.server.lock:
             self.server.connections.add(self.request)
 
     def finish(self) -> None:
+        if self.refused:
+            return
         with self.server.lock:
             self.server.connections.discard(self.request)
         with contextlib.suppress(OSError):
