@@ -1,4 +1,4 @@
-"""``pacs-vlm listen``: the DICOM listener process."""
+"""``pacs-vlm listen``: the DICOM listener process (and the HL7 order listener when ``mllp_port`` is set)."""
 
 from __future__ import annotations
 
@@ -22,10 +22,12 @@ def listen(
     """Run the DICOM listener (C-ECHO, C-STORE), study assembly and the prior fetcher until stopped.
 
     DICOM TLS is served when PACSVLM_TLS_CERTIFICATE and PACSVLM_TLS_PRIVATE_KEY are set: on the listen
-    port only, or on PACSVLM_TLS_PORT beside plain TCP on the listen port.
+    port only, or on PACSVLM_TLS_PORT beside plain TCP on the listen port.  With PACSVLM_MLLP_PORT set, HL7
+    orders (ORM^O01, OMI^O23) are taken over MLLP on that port too (TLS with PACSVLM_MLLP_TLS_*).
     """
     from integration.dicom.listener import Listener, ListenerConfigError
     from integration.logs import configure_logging
+    from integration.orders.mllp import OrderListener, OrderListenerConfigError
     from integration.priors.fetcher import PriorFetcher
     from integration.store.migrate import SchemaOutOfDate, ensure_schema
 
@@ -36,12 +38,21 @@ def listen(
         listener = Listener(settings)
         # Prefetch: a study's first stored instance wakes the fetcher, which queries the archives at once.
         fetcher = PriorFetcher.attach(settings, listener.intake, listener.assembler)
+        orders = OrderListener(settings) if settings.mllp_port is not None else None
         listener.start()
-    except (ListenerConfigError, SchemaOutOfDate) as exc:
+    except (ListenerConfigError, OrderListenerConfigError, SchemaOutOfDate) as exc:
         raise fail(str(exc), 2) from None
     except OSError as exc:
         ports = ", ".join(str(p) for p in (settings.listen_port, settings.tls_port) if p is not None)
         raise fail(f"cannot listen on {settings.listen_host} port {ports}: {exc.strerror or exc}") from None
+    if orders is not None:
+        try:
+            orders.start()
+        except OSError as exc:
+            listener.stop()
+            raise fail(
+                f"cannot listen for HL7 on {settings.mllp_host}:{settings.mllp_port}: {exc.strerror or exc}"
+            ) from None
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -51,7 +62,12 @@ def listen(
         console.print(
             f"listening as [bold]{settings.ae_title}[/bold] on {settings.listen_host}:{listener.tls_port} (TLS)"
         )
+    if orders is not None:
+        tls = " (TLS)" if orders.tls_context is not None else ""
+        console.print(f"listening for HL7 orders on {settings.mllp_host}:{orders.port}{tls}")
     fetcher.start()
     stop.wait()
     fetcher.stop()
+    if orders is not None:
+        orders.stop()
     listener.stop()

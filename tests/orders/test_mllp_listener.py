@@ -9,12 +9,13 @@ what it sends is its own tests'.
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +33,9 @@ from integration.store.users import create_site
 from tests.orders.samples import order_message, unframe
 from tests.reports.test_signing import add_report, evidence_of, store_study
 from tests.support.certificates import Certificates, make_certificates
+from tests.support.peers import ListenerProcess
 from tests.support.records import db_rows
-from tests.support.services import free_port
+from tests.support.services import free_port, wait_for_port
 
 SENDERS = {"RIS^NORTH": {}, "FENCED_RIS": {"hosts": ["10.9.9.9"]}}
 
@@ -347,3 +349,23 @@ def test_tls_with_client_certificates(migrated_postgres_url: str, tmp_path: Path
     finally:
         listener.stop()
     assert counts(settings) == (1, 2, 2)
+
+
+def test_pacs_vlm_listen_takes_orders(
+    listener_factory: Callable[..., ListenerProcess], migrated_postgres_url: str, redis_url: str
+) -> None:
+    mllp_port = free_port()
+    env = {
+        "PACSVLM_MLLP_PORT": str(mllp_port),
+        "PACSVLM_MLLP_HOST": "127.0.0.1",
+        "PACSVLM_HL7_SENDERS": json.dumps(SENDERS),
+    }
+    process = listener_factory(migrated_postgres_url, redis_url, extra_env=env)
+    wait_for_port("127.0.0.1", mllp_port, timeout=30)
+    with MLLPClient("127.0.0.1", mllp_port) as connected:
+        connected.socket.settimeout(30)
+        assert msa(send(connected, order_message(control_id="CLI-1"))) == ("AA", "CLI-1", "order created")
+    assert db_rows(migrated_postgres_url, "SELECT accession_number FROM orders") == [("ACC0001",)]
+    assert f"listening for HL7 orders on 127.0.0.1:{mllp_port}" in process.log()
+    process.stop()
+    assert "PAT001" not in process.log()
