@@ -102,6 +102,8 @@ class OrderListener:
         self._server = _Server(self, self.settings.mllp_host, self.settings.mllp_port, self.settings.mllp_timeout)
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.2,), name="mllp", daemon=True)
         self._thread.start()
+        if not self.settings.hl7_senders:
+            log.warning("no HL7 sender is allowed (PACSVLM_HL7_SENDERS is empty): every order will be refused")
         tls = "" if self.tls_context is None else " (TLS)"
         log.info("HL7 order listener on %s:%d%s", self.settings.mllp_host, self.port, tls)
         return self
