@@ -100,6 +100,7 @@ class StudyAssembler:
                 self.settings.analysis_queue,
                 sites=sites,
                 prior_wait_seconds=self.prior_wait_seconds,
+                stat_queue=self.settings.stat_queue,
             )
         result.jobs_created = len(created)
         self._record_attributes(created)

@@ -16,7 +16,7 @@ import threading
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydicom.uid import (
@@ -27,10 +27,13 @@ from pydicom.uid import (
 
 from integration import __version__
 from integration.intake.structure import (
+    ACCESSION_NUMBER,
     BODY_PART,
     INSTANCE_NUMBER,
+    ISSUER_OF_PATIENT_ID,
     MODALITY,
     NUMBER_OF_FRAMES,
+    PATIENT_ID,
     PATIENT_IDENTITY,
     SERIES_NUMBER,
     SERIES_UID,
@@ -88,6 +91,9 @@ class InstanceHeader:
     patient_key : str or None
         A digest of the patient identity (Patient ID, Issuer of Patient ID, Patient's Name, Birth Date; see
         :func:`patient_key`): every instance of a study must carry the same. The values themselves are not kept.
+    accession_number, patient_id, issuer_of_patient_id : str or None
+        What a new study is matched to its RIS order by (:func:`integration.store.orders.link_order`); patient
+        data, never logged (left out of the ``repr``).
     """
 
     sop_class_uid: str
@@ -100,6 +106,9 @@ class InstanceHeader:
     series_number: int | None = None
     instance_number: int | None = None
     patient_key: str | None = None
+    accession_number: str | None = field(default=None, repr=False)
+    patient_id: str | None = field(default=None, repr=False)
+    issuer_of_patient_id: str | None = field(default=None, repr=False)
 
 
 def patient_key(values: dict[int, bytes]) -> str:
@@ -239,6 +248,9 @@ def read_header(
         series_number=_integer(values.get(SERIES_NUMBER)),
         instance_number=_integer(values.get(INSTANCE_NUMBER)),
         patient_key=patient_key(values),
+        accession_number=_identifier(values.get(ACCESSION_NUMBER), 16),
+        patient_id=_identifier(values.get(PATIENT_ID), 64),
+        issuer_of_patient_id=_identifier(values.get(ISSUER_OF_PATIENT_ID), 64),
     )
     if expected_sop_class_uid is not None and header.sop_class_uid != expected_sop_class_uid:
         raise SopClassMismatch("SOP Class UID differs from the C-STORE request")
@@ -251,6 +263,18 @@ def _text(raw: bytes | None, limit: int) -> str | None:
     if not raw:
         return None
     text = raw.decode("ascii", "replace").strip(" \x00")
+    return text[:limit] or None
+
+
+def _identifier(raw: bytes | None, limit: int) -> str | None:
+    """An identifier compared with an order's (UTF-8 when it decodes, else Latin-1; the character set is not read)."""
+    if not raw:
+        return None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")
+    text = "".join(ch for ch in text if ch.isprintable()).strip(" \x00")
     return text[:limit] or None
 
 

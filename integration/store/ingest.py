@@ -37,6 +37,7 @@ from sqlalchemy.orm import Session
 from integration.store.audit import add_event
 from integration.store.mpps import instance_arrived
 from integration.store.order_tables import PerformedStep
+from integration.store.orders import link_order
 from integration.store.session import session_scope
 from integration.store.tables import (
     ROLE_CURRENT,
@@ -97,6 +98,18 @@ class ReceivedInstance(Protocol):
     @property
     def patient_key(self) -> str | None:
         """Digest of the patient identity (never the values)."""
+
+    @property
+    def accession_number(self) -> str | None:
+        """Accession Number: with the patient ID and issuer, what a new study is matched to its order by."""
+
+    @property
+    def patient_id(self) -> str | None:
+        """Patient ID (patient data: never logged)."""
+
+    @property
+    def issuer_of_patient_id(self) -> str | None:
+        """Issuer of Patient ID."""
 
 
 class Conflict(enum.StrEnum):
@@ -316,6 +329,8 @@ def record_instance(
     else:
         new_study = previous_state is None and role == ROLE_CURRENT and bool(inserted)
         receipt = Receipt(study_id, version, duplicate=not inserted, new_study=new_study)
+    if receipt.new_study and header.accession_number:
+        _link_new_study(connection, receipt.study_id, header)
     try:
         keep = before_commit(receipt) if before_commit is not None else True
     except BaseException:
@@ -353,6 +368,22 @@ def _settle_by_mpps(
     except SQLAlchemyError as exc:
         connection.rollback()
         log.warning("study %d not settled by its procedure step (database): %s", receipt.study_id, type(exc).__name__)
+
+
+def _link_new_study(connection: Connection, study_id: int, header: ReceivedInstance) -> None:
+    """Give a new current study its order-matching attributes and link it to its RIS order, in its transaction.
+
+    Only a study's first instance pays for this (one query for the orders of its accession number).
+    """
+    with Session(bind=connection) as session:
+        study = session.get(Study, study_id)
+        if study is None:
+            return
+        study.accession_number = header.accession_number
+        study.patient_id = header.patient_id
+        study.issuer_of_patient_id = header.issuer_of_patient_id
+        link_order(session, study)
+        session.flush()
 
 
 def _record_stepwise(connection: Connection, p: dict[str, Any]) -> tuple[Any, ...]:

@@ -9,6 +9,9 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, exists, or_, select, update
 from sqlalchemy.orm import Session
 
+from integration.store.audit import add_event
+from integration.store.order_tables import Order, OrderStatus
+from integration.store.orders import STAT, link_order
 from integration.store.tables import (
     ROLE_CURRENT,
     AnalysisJob,
@@ -53,6 +56,7 @@ def complete_stable_studies(
     sites: Mapping[str, str] | None = None,
     *,
     prior_wait_seconds: float = 0.0,
+    stat_queue: str | None = None,
 ) -> list[int]:
     """Turn studies idle past their timer into ``stable`` studies with a new job; return the job ids (flushed).
 
@@ -60,7 +64,13 @@ def complete_stable_studies(
     arrival never mixes with an earlier draft.  On PostgreSQL the studies are
     locked with ``SKIP LOCKED`` so several listeners can share the work.  Priors
     (role ``prior``) are never completed; a study whose prior search is still
-    pending or running waits for it, at most ``prior_wait_seconds`` past its timer.
+    pending or running waits for it, at most ``prior_wait_seconds`` past its timer.  Held studies (MPPS
+    discontinued) are not receiving, so never completed here.
+
+    The study's RIS order decides the rest (a study not linked yet is matched once more, in case its order
+    arrived while its first instance was being stored): a cancelled or discontinued order ends the study
+    ``cancelled`` without a job; a stat order makes the study stat, and a stat study's job is ``stat`` and
+    goes to ``stat_queue``.
 
     Parameters
     ----------
@@ -72,6 +82,8 @@ def complete_stable_studies(
         Site code per calling AE: a study without a site gets its sender's (unknown codes are left unset).
     prior_wait_seconds : float
         How long past its idle timer a study waits for its prior search to finish (0: it does not wait).
+    stat_queue : str, optional
+        Queue of the jobs of stat studies (None: ``queue``).
     """
     searching = exists().where(
         PriorSearch.study_id == Study.id,
@@ -97,16 +109,49 @@ def complete_stable_studies(
             )
             .values(state=JobState.SUPERSEDED, finished_at=now, last_error="superseded by a later study version")
         )
-        job = AnalysisJob(study_id=study.id, study_version=study.version, queue=queue, created_at=now)
-        session.add(job)
-        study.state = StudyState.STABLE
-        study.updated_at = now
         code = (sites or {}).get(study.calling_ae)
         if study.site_id is None and code is not None:
             study.site_id = session.scalar(select(Site.id).where(Site.code == code.upper()))
+        study.updated_at = now
+        order_status = _order_status(session, study)
+        if order_status is not None and order_status != OrderStatus.SCHEDULED.value:
+            study.state = StudyState.CANCELLED
+            add_event(
+                session,
+                actor="pacs-vlm",
+                action="study.cancelled",
+                object_type="study",
+                object_id=study.study_uid,
+                detail={"reason": f"the order was {order_status}", "study_version": study.version},
+            )
+            continue
+        stat = study.priority == STAT
+        job = AnalysisJob(
+            study_id=study.id,
+            study_version=study.version,
+            queue=(stat_queue or queue) if stat else queue,
+            priority=STAT if stat else "routine",
+            created_at=now,
+        )
+        session.add(job)
+        study.state = StudyState.STABLE
         jobs.append(job)
     session.flush()
     return [job.id for job in jobs]
+
+
+def _order_status(session: Session, study: Study) -> str | None:
+    """The status of the study's order (matching it once more when not linked; a stat order makes it stat)."""
+    if study.order_id is None and study.accession_number:
+        link_order(session, study)
+    if study.order_id is None:
+        return None
+    order = session.get(Order, study.order_id)
+    if order is None:
+        return None
+    if order.priority == STAT:
+        study.priority = STAT
+    return order.status
 
 
 def jobs_to_send(

@@ -17,6 +17,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from integration.store.opinions import SECOND_OPINION
+from integration.store.order_tables import Order, OrderStatus
 from integration.store.tables import (
     AnalysisJob,
     Instance,
@@ -30,7 +31,7 @@ from integration.store.tables import (
 )
 
 #: Job states after which a delivered task has nothing left to do.
-FINISHED = frozenset({JobState.DONE, JobState.FAILED, JobState.SUPERSEDED})
+FINISHED = frozenset({JobState.DONE, JobState.FAILED, JobState.SUPERSEDED, JobState.CANCELLED})
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,10 @@ class DraftRecord:
     tokens_out: int
 
 
+#: Study states a job of a cancelled order leaves ``cancelled``.
+_CANCELLABLE = (StudyState.STABLE, StudyState.QUEUED, StudyState.RUNNING, StudyState.FAILED)
+
+
 def _locked_job(session: Session, job_id: int) -> AnalysisJob | None:
     query = select(AnalysisJob).where(AnalysisJob.id == job_id)
     if session.get_bind().dialect.name == "postgresql":
@@ -120,6 +125,13 @@ def claim_job(session: Session, job_id: int, *, max_attempts: int, now: datetime
         return SkippedJob(job_id, f"job already {job.state.value}")
     study = session.get(Study, job.study_id)
     assert study is not None
+    stopped = _stopped_order(session, study)
+    if stopped is not None:  # cancelled before drafting: nothing is drafted
+        reason = f"the order was {stopped}"
+        job.state, job.finished_at, job.last_error = JobState.CANCELLED, now, reason
+        if study.version == job.study_version and study.state in _CANCELLABLE:
+            study.state = StudyState.CANCELLED
+        return SkippedJob(job_id, reason)
     job.attempts += 1
     if job.attempts > max_attempts:
         cause = job.last_error or "the worker was lost while analysing this study"
@@ -131,6 +143,14 @@ def claim_job(session: Session, job_id: int, *, max_attempts: int, now: datetime
     if study.version == job.study_version and study.state in (StudyState.QUEUED, StudyState.RUNNING):
         study.state = StudyState.RUNNING
     return ClaimedJob(job.id, study.id, study.study_uid, job.study_version, job.attempts, study.calling_ae)
+
+
+def _stopped_order(session: Session, study: Study) -> str | None:
+    """``cancelled`` or ``discontinued`` when the study's RIS order was, else None."""
+    if study.order_id is None:
+        return None
+    status = session.scalar(select(Order.status).where(Order.id == study.order_id))
+    return status if status is not None and status != OrderStatus.SCHEDULED.value else None
 
 
 def instance_files(session: Session, study_id: int, study_version: int) -> list[InstanceFile]:
@@ -231,11 +251,16 @@ def record_draft_superseding(session: Session, job_id: int, draft: DraftRecord, 
     study = session.get(Study, job.study_id)
     assert study is not None
     current = job.state != JobState.SUPERSEDED and study.version == job.study_version
+    # a job whose order was cancelled while it ran keeps its draft, withdrawn (never exported, never signed)
+    cancelled = job.state == JobState.CANCELLED
+    current = current and not cancelled
     values = {
         "study_id": job.study_id,
         "job_id": job.id,
         "study_version": job.study_version,
-        "status": (ReportStatus.DRAFT if current else ReportStatus.SUPERSEDED).value,
+        "status": (
+            ReportStatus.WITHDRAWN if cancelled else ReportStatus.DRAFT if current else ReportStatus.SUPERSEDED
+        ).value,
         "ai_generated": True,
         "verification": "UNVERIFIED",
         "purpose": ReportPurpose.SECOND_OPINION.value if job.purpose == SECOND_OPINION else ReportPurpose.PRIMARY.value,

@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
+from sqlalchemy import select
 
 from integration.config import Settings, get_settings
 from integration.export.corrections import withdraw_reports
@@ -20,10 +21,11 @@ from integration.queue import ANALYZE_STUDY
 from integration.reports.drafts import ensure_draft_sr
 from integration.store.jobs import record_job_error
 from integration.store.opinions import JobChoice, job_choice
+from integration.store.orders import order_for_study
 from integration.store.priors import priors_view
 from integration.store.reports import SkippedJob, claim_job, fail_job, instance_files, record_draft_superseding
 from integration.store.session import session_scope
-from integration.store.tables import utcnow
+from integration.store.tables import Report, ReportStatus, utcnow
 from models.backend import ModelNotStaged
 from models.batching import BatchTimeout
 from models.prompts import UnknownPrompt, template_named
@@ -68,6 +70,7 @@ def analyze_study(self: Any, job_id: int) -> str:
             choice = job_choice(session, job_id) or JobChoice(None, None)
             files = instance_files(session, claimed.study_id, claimed.study_version)
             priors = priors_view(session, claimed.study_id)
+            order = order_for_study(session, claimed.study_id)
         log.info(
             "analysis job %d: model %s, prompt %s",
             job_id,
@@ -85,6 +88,8 @@ def analyze_study(self: Any, job_id: int) -> str:
             load_seconds=load_seconds,
             prompt_name=choice.prompt_name,
             priors=priors,
+            # the order's reason for exam before the header's (dropped for an untrusted model server, like it)
+            clinical_question=order.indication if order is not None else None,
         )
     except (NoImages, ModelNotStaged, UnknownModel, UnknownPrompt) as exc:
         _fail(job_id, str(exc))
@@ -105,6 +110,10 @@ def analyze_study(self: Any, job_id: int) -> str:
     with session_scope(url) as session:
         recorded = record_draft_superseding(session, job_id, draft, utcnow())
         report_id = recorded.report_id
+        withdrawn = session.scalar(select(Report.status).where(Report.id == report_id)) == ReportStatus.WITHDRAWN
+    if withdrawn:  # the order was cancelled while the model ran: kept, never exported
+        log.info("analysis job %d: draft report %d withdrawn (its order was cancelled)", job_id, report_id)
+        return f"report {report_id} withdrawn"
     _write_draft_sr(settings, report_id)
     queue_deliveries(settings, report_id, None, "draft")
     if recorded.superseded:  # the study's older drafts are taken back from the receivers that got them

@@ -1,0 +1,476 @@
+"""RIS orders in the store: order controls and their history, matching studies, what an order changes.
+
+Studies are recorded by the real ingest (``record_instance``) and completed by the real assembly step
+(``complete_stable_studies``), on SQLite and PostgreSQL; drafts by the worker's store functions.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from sqlalchemy import select
+
+from integration.intake.header import InstanceHeader
+from integration.orders.order import OrderControl, OrderMessage, OrderPriority
+from integration.store.ingest import record_instance
+from integration.store.jobs import complete_stable_studies, mark_sent
+from integration.store.migrate import upgrade
+from integration.store.order_tables import Order, OrderEvent, OrderStatus
+from integration.store.orders import (
+    NO_PATIENT_ID,
+    OTHER_PATIENT,
+    OTHER_SITE,
+    OrderResult,
+    apply_order,
+    link_order,
+    order_for_study,
+)
+from integration.store.reports import DraftRecord, SkippedJob, claim_job, record_draft
+from integration.store.session import engine_for, session_scope
+from integration.store.tables import (
+    ROLE_PRIOR,
+    AnalysisJob,
+    AuditEvent,
+    JobState,
+    Report,
+    ReportPurpose,
+    ReportStatus,
+    Site,
+    Study,
+    StudyState,
+    utcnow,
+)
+
+ACCESSION = "ACC100"
+PATIENT = "MRN1"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        database = f"sqlite:///{tmp_path / 'orders.sqlite'}"
+        upgrade(database)
+        yield database
+    else:
+        yield request.getfixturevalue("migrated_postgres_url")
+
+
+def message(control: str = "NW", **fields: object) -> OrderMessage:
+    values: dict[str, object] = {"accession_number": ACCESSION, "patient_id": PATIENT, "message_id": "m1"}
+    values.update(fields)
+    return OrderMessage(control=OrderControl(control), **values)  # type: ignore[arg-type]
+
+
+def apply(url: str, msg: OrderMessage, site_id: int | None = None, sender: str = "RIS^NORTH") -> OrderResult:
+    with session_scope(url) as session:
+        return apply_order(session, msg, source="hl7", sender=sender, site_id=site_id, now=utcnow())
+
+
+def ingest(
+    url: str,
+    *,
+    accession: str | None = ACCESSION,
+    patient: str | None = PATIENT,
+    issuer: str | None = None,
+    received_at: datetime | None = None,
+    site_id: int | None = None,
+    study_uid: str | None = None,
+) -> int:
+    """Record one instance of a new study through the real ingest; return the study's id."""
+    header = InstanceHeader(
+        sop_class_uid=CTImageStorage,
+        sop_instance_uid=generate_uid(),
+        study_uid=study_uid or generate_uid(),
+        series_uid=generate_uid(),
+        transfer_syntax_uid=ExplicitVRLittleEndian,
+        modality="CT",
+        patient_key="k",
+        accession_number=accession,
+        patient_id=patient,
+        issuer_of_patient_id=issuer,
+    )
+    with engine_for(url).connect() as connection:
+        receipt = record_instance(
+            connection,
+            header,
+            storage_path=f"{header.sop_instance_uid}.dcm",
+            size_bytes=10,
+            calling_ae="CT1",
+            received_at=received_at or utcnow() - timedelta(minutes=5),
+            stable_seconds=1,
+            site_id=site_id,
+        )
+    assert receipt.added
+    return receipt.study_id
+
+
+def study(url: str, study_id: int) -> Study:
+    with session_scope(url) as session:
+        row = session.get(Study, study_id)
+        assert row is not None
+        session.expunge(row)
+        return row
+
+
+def complete(url: str) -> list[int]:
+    with session_scope(url) as session:
+        return complete_stable_studies(session, utcnow(), "analysis", stat_queue="analysis.stat")
+
+
+def a_draft() -> DraftRecord:
+    return DraftRecord(
+        model_id="smoke/llava",
+        model_revision="abc",
+        model_family="llava",
+        prompt_version="ct/v1",
+        structured=True,
+        findings={},
+        text="Normal.",
+        raw_output="Normal.",
+        evidence=[],
+        timings={},
+        tokens_in=1,
+        tokens_out=1,
+    )
+
+
+def drafted(url: str, study_id: int) -> int:
+    """Complete the study, claim its job and record a draft (as the worker does); return the report id."""
+    (job_id,) = complete(url)
+    with session_scope(url) as session:
+        mark_sent(session, job_id, utcnow())
+    with session_scope(url) as session:
+        claimed = claim_job(session, job_id, max_attempts=3, now=utcnow())
+        assert not isinstance(claimed, SkippedJob)
+    with session_scope(url) as session:
+        return record_draft(session, job_id, a_draft(), utcnow())
+
+
+# ------------------------------------------------------------------ order controls and history
+
+
+def test_new_order_is_stored_with_its_history_and_a_resend_changes_nothing(url: str) -> None:
+    scheduled = datetime(2026, 12, 5, 14, 0, tzinfo=UTC)
+    first = apply(
+        url,
+        message(
+            indication="Cough; pneumonia?",
+            priority=OrderPriority.ROUTINE,
+            procedure_code="CTCH",
+            procedure_text="CT chest",
+            ordering_provider="Dr Who",
+            modality="CT",
+            scheduled_at=scheduled,
+        ),
+    )
+    assert first.outcome == "created" and first.order_id is not None and first.reason is None
+    assert first.studies == [] and first.withdrawn_reports == []
+    again = apply(url, message(indication="Cough; pneumonia?", procedure_text="CT chest", message_id="m2"))
+    assert (again.outcome, again.order_id) == ("unchanged", first.order_id)
+    changed = apply(url, message("XO", indication="Fever", priority=OrderPriority.STAT, message_id="m3"))
+    assert changed.outcome == "changed"
+    with session_scope(url) as session:
+        order = session.get(Order, first.order_id)
+        assert order is not None
+        assert (order.indication, order.priority, order.procedure_text) == ("Fever", "stat", "CT chest")
+        assert order.scheduled_at == scheduled and order.source == "hl7" and order.sender == "RIS^NORTH"
+        events = session.scalars(select(OrderEvent).order_by(OrderEvent.id)).all()
+        assert [(e.control, e.message_id) for e in events] == [("NW", "m1"), ("NW", "m2"), ("XO", "m3")]
+        assert events[2].detail == {
+            "outcome": "changed",
+            "changed": ["indication", "priority"],
+            "status_before": "scheduled",
+            "status_after": "scheduled",
+        }
+        assert "Fever" not in str([e.detail for e in events])  # field names, never values
+
+
+def test_cancel_discontinue_and_what_is_refused(url: str) -> None:
+    refused = apply(url, message("CA"))
+    assert (refused.outcome, refused.order_id) == ("refused", None)
+    assert refused.reason == "CA for an order we do not hold"
+    assert apply(url, message("DC")).reason == "DC for an order we do not hold"
+    created = apply(url, message())
+    assert apply(url, message("DC")).outcome == "discontinued"
+    assert apply(url, message("CA")).outcome == "cancelled"
+    assert apply(url, message("CA")).outcome == "unchanged"
+    assert apply(url, message("DC")).outcome == "unchanged"  # a cancelled order stays cancelled
+    late = apply(url, message("XO", indication="x"))
+    assert (late.outcome, late.reason) == ("refused", "XO for an order that is cancelled")
+    assert apply(url, message("NW")).outcome == "refused"
+    with session_scope(url) as session:
+        order = session.get(Order, created.order_id)
+        assert order is not None and order.status == OrderStatus.CANCELLED.value
+        details = [e.detail for e in session.scalars(select(OrderEvent).order_by(OrderEvent.id))]
+        assert [(d or {})["status_after"] for d in details] == ["scheduled", "discontinued", "cancelled"] + [
+            "cancelled"
+        ] * 2
+
+
+def test_an_xo_for_an_order_not_held_creates_it_and_another_site_cannot_change_it(url: str) -> None:
+    with session_scope(url) as session:
+        north, south = Site(code="NORTH", name="North"), Site(code="SOUTH", name="South")
+        session.add_all([north, south])
+        session.flush()
+        north_id, south_id = north.id, south.id
+    assert apply(url, message("XO", indication="x"), site_id=north_id).outcome == "created"
+    other = apply(url, message("CA"), site_id=south_id)
+    assert (other.outcome, other.reason) == ("refused", "the order belongs to another site")
+    assert apply(url, message("CA"), site_id=north_id).outcome == "cancelled"
+
+
+def test_issuers_keep_patients_apart_and_an_order_without_issuer_is_found_by_one_with(url: str) -> None:
+    north = apply(url, message(issuer_of_patient_id="NORTH"))
+    south = apply(url, message(issuer_of_patient_id="SOUTH"))
+    assert north.outcome == south.outcome == "created" and north.order_id != south.order_id
+    # no issuer sent, two orders of that ID with issuers: ambiguous, so a new order (issuer "") is made
+    assert apply(url, message()).outcome == "created"
+    # an order without issuer is found by a message with one, when it is the only compatible one
+    alone = apply(url, message(accession_number="ACC200"))
+    assert apply(url, message("XO", accession_number="ACC200", issuer_of_patient_id="EAST")).order_id == (
+        alone.order_id
+    )
+
+
+# ------------------------------------------------------------------ matching
+
+
+def test_a_study_after_its_order_is_linked_at_ingest_and_a_stat_order_makes_it_stat(url: str) -> None:
+    order = apply(url, message(indication="Chest pain", priority=OrderPriority.STAT, modality="CT"))
+    study_id = ingest(url)
+    row = study(url, study_id)
+    assert row.order_id == order.order_id and row.order_problem is None and row.priority == "stat"
+    assert (row.accession_number, row.patient_id) == (ACCESSION, PATIENT)
+    with session_scope(url) as session:
+        view = order_for_study(session, study_id)
+    assert view is not None and (view.indication, view.priority, view.modality) == ("Chest pain", "stat", "CT")
+    assert view.status == "scheduled" and not view.stopped
+    (job_id,) = complete(url)
+    with session_scope(url) as session:
+        job = session.get(AnalysisJob, job_id)
+        assert job is not None and (job.queue, job.priority) == ("analysis.stat", "stat")
+
+
+def test_an_order_after_its_study_still_links_it(url: str) -> None:
+    study_id = ingest(url, issuer="NORTH")
+    assert study(url, study_id).order_id is None and study(url, study_id).order_problem is None
+    result = apply(url, message(issuer_of_patient_id="NORTH", priority=OrderPriority.STAT))
+    assert result.studies == [study_id]
+    assert study(url, study_id).order_id == result.order_id and study(url, study_id).priority == "stat"
+    (job_id,) = complete(url)
+    with session_scope(url) as session:
+        assert session.get(AnalysisJob, job_id).queue == "analysis.stat"  # type: ignore[union-attr]
+
+
+def test_another_patients_order_is_never_merged_but_flagged(url: str) -> None:
+    apply(url, message(patient_id="MRN2"))
+    study_id = ingest(url)
+    row = study(url, study_id)
+    assert row.order_id is None and row.order_problem == OTHER_PATIENT
+    # same ID of another issuer: another patient
+    apply(url, message(accession_number="ACC300", issuer_of_patient_id="SOUTH"))
+    other_issuer = ingest(url, accession="ACC300", issuer="NORTH")
+    assert study(url, other_issuer).order_problem == OTHER_PATIENT
+    # the study's patient's order arrives later: linked, flag gone
+    result = apply(url, message())
+    assert result.studies == [study_id]
+    row = study(url, study_id)
+    assert row.order_id == result.order_id and row.order_problem is None
+    # an order for another patient arriving after the study flags it too
+    late = ingest(url, accession="ACC400")
+    assert apply(url, message(accession_number="ACC400", patient_id="MRN9")).studies == []
+    assert study(url, late).order_problem == OTHER_PATIENT
+    no_patient = ingest(url, accession="ACC400", patient=None)
+    assert study(url, no_patient).order_problem == NO_PATIENT_ID
+
+
+def test_either_side_without_issuer_matches(url: str) -> None:
+    apply(url, message(issuer_of_patient_id="NORTH"))
+    assert study(url, ingest(url)).order_id is not None
+    apply(url, message(accession_number="ACC500"))
+    assert study(url, ingest(url, accession="ACC500", issuer="SOUTH")).order_id is not None
+
+
+def test_another_sites_order_is_not_linked(url: str) -> None:
+    with session_scope(url) as session:
+        north, south = Site(code="NORTH", name="North"), Site(code="SOUTH", name="South")
+        session.add_all([north, south])
+        session.flush()
+        north_id, south_id = north.id, south.id
+    apply(url, message(), site_id=north_id)
+    southern = ingest(url, site_id=south_id)
+    assert study(url, southern).order_id is None and study(url, southern).order_problem == OTHER_SITE
+    assert study(url, ingest(url, site_id=north_id)).order_id is not None
+
+
+def test_priors_are_never_linked(url: str) -> None:
+    apply(url, message())
+    now = utcnow()
+    with session_scope(url) as session:
+        prior = Study(
+            study_uid=generate_uid(),
+            calling_ae="PACS",
+            first_received_at=now,
+            last_received_at=now,
+            stable_after=now,
+            role=ROLE_PRIOR,
+            accession_number=ACCESSION,
+            patient_id=PATIENT,
+        )
+        session.add(prior)
+        session.flush()
+        link_order(session, prior)
+        assert prior.order_id is None and prior.order_problem is None
+        prior_id = prior.id
+    assert apply(url, message("XO", indication="x")).studies == []
+    assert study(url, prior_id).order_id is None
+
+
+# ------------------------------------------------------------------ cancellation
+
+
+def test_cancel_while_receiving_or_queued_means_no_job_and_no_draft(url: str) -> None:
+    apply(url, message())
+    receiving = ingest(url, received_at=utcnow())  # still receiving: the assembler cancels it on completion
+    result = apply(url, message("CA"))
+    assert result.outcome == "cancelled" and result.studies == [receiving] and result.withdrawn_reports == []
+    assert study(url, receiving).state == StudyState.RECEIVING
+    with session_scope(url) as session:
+        assert complete_stable_studies(session, utcnow() + timedelta(minutes=1), "analysis") == []
+    assert study(url, receiving).state == StudyState.CANCELLED
+    with session_scope(url) as session:
+        assert session.scalars(select(AnalysisJob)).all() == []
+        actions = session.scalars(select(AuditEvent.action)).all()
+        assert "study.cancelled" in actions
+
+    # queued: the job ends cancelled, and a delivery of its message drafts nothing
+    apply(url, message(accession_number="ACC600"))
+    queued = ingest(url, accession="ACC600")
+    (job_id,) = complete(url)
+    result = apply(url, message("DC", accession_number="ACC600"))
+    assert (result.outcome, result.studies) == ("discontinued", [queued])
+    assert study(url, queued).state == StudyState.CANCELLED
+    with session_scope(url) as session:
+        job = session.get(AnalysisJob, job_id)
+        assert job is not None and job.state == JobState.CANCELLED and job.last_error == "the order was discontinued"
+        assert claim_job(session, job_id, max_attempts=3, now=utcnow()) == SkippedJob(job_id, "job already cancelled")
+
+
+def test_a_job_whose_order_was_cancelled_before_it_started_is_cancelled_at_claim(url: str) -> None:
+    study_id = ingest(url)
+    (job_id,) = complete(url)
+    apply(url, message())  # linked now; then cancelled behind the store's back (as a concurrent writer could)
+    with session_scope(url) as session:
+        order = session.scalars(select(Order)).one()
+        order.status = OrderStatus.CANCELLED.value
+    with session_scope(url) as session:
+        skipped = claim_job(session, job_id, max_attempts=3, now=utcnow())
+    assert skipped == SkippedJob(job_id, "the order was cancelled")
+    assert study(url, study_id).state == StudyState.CANCELLED
+    with session_scope(url) as session:
+        assert session.get(AnalysisJob, job_id).state == JobState.CANCELLED  # type: ignore[union-attr]
+        assert session.scalars(select(Report)).all() == []
+
+
+def test_cancel_while_running_keeps_the_draft_withdrawn(url: str) -> None:
+    apply(url, message())
+    study_id = ingest(url)
+    (job_id,) = complete(url)
+    with session_scope(url) as session:
+        assert not isinstance(claim_job(session, job_id, max_attempts=3, now=utcnow()), SkippedJob)
+    assert apply(url, message("CA")).withdrawn_reports == []
+    with session_scope(url) as session:
+        report_id = record_draft(session, job_id, a_draft(), utcnow())
+    with session_scope(url) as session:
+        report = session.get(Report, report_id)
+        assert report is not None and report.status == ReportStatus.WITHDRAWN
+        assert session.get(AnalysisJob, job_id).state == JobState.CANCELLED  # type: ignore[union-attr]
+    assert study(url, study_id).state == StudyState.CANCELLED
+
+
+def test_cancel_after_drafting_withdraws_the_primary_draft(url: str) -> None:
+    apply(url, message())
+    study_id = ingest(url)
+    report_id = drafted(url, study_id)
+    assert study(url, study_id).state == StudyState.DRAFTED
+    with session_scope(url) as session:  # a second opinion's draft is not the report of record: left alone
+        opinion = session.get(Report, report_id)
+        assert opinion is not None
+        session.add(
+            Report(
+                **{
+                    **{c: getattr(opinion, c) for c in ("study_id", "study_version", "model_id", "model_family")},
+                    "model_revision": "other",
+                    "prompt_version": "ct/v1",
+                    "structured": True,
+                    "findings": {},
+                    "text": "",
+                    "raw_output": "",
+                    "evidence": [],
+                    "timings": {},
+                    "tokens_in": 0,
+                    "tokens_out": 0,
+                    "purpose": ReportPurpose.SECOND_OPINION,
+                }
+            )
+        )
+    result = apply(url, message("CA"))
+    assert (result.outcome, result.studies, result.withdrawn_reports) == ("cancelled", [study_id], [report_id])
+    with session_scope(url) as session:
+        statuses = {row[0]: row[1] for row in session.execute(select(Report.purpose, Report.status))}
+        assert statuses == {ReportPurpose.PRIMARY: ReportStatus.WITHDRAWN, ReportPurpose.SECOND_OPINION: "draft"}
+    assert study(url, study_id).state == StudyState.CANCELLED
+    assert apply(url, message("CA")).withdrawn_reports == []  # said once
+
+
+def test_a_signed_report_is_not_withdrawn(url: str) -> None:
+    apply(url, message())
+    study_id = ingest(url)
+    report_id = drafted(url, study_id)
+    with session_scope(url) as session:
+        session.get(Report, report_id).status = ReportStatus.SIGNED  # type: ignore[union-attr]
+        session.get(Study, study_id).state = StudyState.SIGNED  # type: ignore[union-attr]
+    assert apply(url, message("CA")).withdrawn_reports == []
+    assert study(url, study_id).state == StudyState.SIGNED
+
+
+def test_a_late_instance_of_a_cancelled_study_is_cancelled_again(url: str) -> None:
+    apply(url, message())
+    uid = generate_uid()
+    study_id = ingest(url, study_uid=uid)
+    complete(url)
+    apply(url, message("CA"))
+    ingest(url, study_uid=uid)  # a late arrival: a new study version, receiving again
+    row = study(url, study_id)
+    assert row.state == StudyState.RECEIVING and row.version == 2
+    assert complete(url) == []
+    assert study(url, study_id).state == StudyState.CANCELLED
+
+
+# ------------------------------------------------------------------ concurrency (PostgreSQL)
+
+
+def test_concurrent_new_orders_for_one_key_make_one_order(migrated_postgres_url: str) -> None:
+    url = migrated_postgres_url
+    results: list[OrderResult] = []
+    barrier = threading.Barrier(4)
+
+    def send(index: int) -> None:
+        barrier.wait()
+        results.append(apply(url, message(message_id=f"m{index}", indication=f"q{index % 2}")))
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(r.outcome for r in results).count("created") == 1
+    assert len({r.order_id for r in results}) == 1
+    with session_scope(url) as session:
+        assert len(session.scalars(select(Order)).all()) == 1
+        assert len(session.scalars(select(OrderEvent)).all()) == 4
