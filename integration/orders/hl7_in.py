@@ -1,16 +1,18 @@
-"""HL7 v2 orders in: ORM^O01 (v2.3 to v2.5.1) and OMI^O23 (v2.5, v2.5.1) to :class:`OrderMessage`, and the ACK.
+"""HL7 v2 orders in: ORM^O01 (v2.3 to v2.5.1) and OMI^O23 (v2.5, v2.5.1) to :class:`OrderMessage`.
+
+The MSH checks and the ACK are in :mod:`integration.orders.hl7_header` (re-exported here).
 
 The RIS is trusted to know its orders, not to send well-formed messages, so every step names what is wrong
 in the ACK (MSA-3 and ERR, HL7 table 0357 codes) and nothing is applied from a message that is not fully
 understood:
 
-* **AR** (rejected; nothing was looked at beyond the header): unsupported message type (200), event (201) or
-  version (203); missing MSH-9/10/12 (101); bad encoding characters, an undeclared or unknown character set
-  (102); segments out of order or missing (100); an unknown sender, a message too large, or our own failure
-  (207 -- the RIS may send it again).
-* **AE** (understood, cannot be applied): no accession number or patient ID (101), a value too long or a
-  date/time that is not one (102), an order control other than NW/XO/CA/DC (103), an order we do not hold
-  (204).
+* **AR** (rejected: not understood, or not from an allowed sender; not remembered, so it may be sent again):
+  unsupported message type (200), event (201) or version (203); missing MSH-9/10/12 (101); bad encoding
+  characters, an undeclared or unknown character set (102); segments out of order or missing (100); an
+  unknown sender, a message too large, or our own failure (207).
+* **AE** (understood, cannot be applied; remembered with the control id): no accession number or patient ID
+  (101), a value too long or a date/time that is not one (102), an order control other than NW/XO/CA/DC
+  (103), an order we do not hold or that belongs to another site (204), a change to a stopped order (206).
 
 Where the fields come from (IHE Scheduled Workflow conventions):
 
@@ -38,8 +40,6 @@ taken when it is valid UTF-8 (ASCII is, and many RIS send UTF-8 without saying s
 from __future__ import annotations
 
 import re
-import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 
 from hl7apy.consts import VALIDATION_LEVEL
@@ -47,165 +47,41 @@ from hl7apy.core import Element, Message
 from hl7apy.exceptions import ChildNotFound, HL7apyException
 from hl7apy.parser import parse_message
 
+from integration.orders.hl7_header import (
+    CHARSETS,
+    ERROR_TEXT,
+    SUPPORTED,
+    Header,
+    HL7Error,
+    build_ack,
+    check_header,
+    decode,
+    read_header,
+    reject,
+)
 from integration.orders.order import InvalidOrder, OrderControl, OrderMessage, OrderPriority
 
-#: Message types taken, with the versions each exists in.
-SUPPORTED = {"ORM^O01": ("2.3", "2.3.1", "2.4", "2.5", "2.5.1"), "OMI^O23": ("2.5", "2.5.1")}
-#: MSH-18 values and their Python codecs.
-CHARSETS = {"ASCII": "ascii", "UNICODE UTF-8": "utf-8", "UTF-8": "utf-8", "8859/15": "iso8859-15"}
-CHARSETS.update({f"8859/{n}": f"iso8859-{n}" for n in range(1, 10)})
-#: Table 0357 texts.
-ERROR_TEXT = {
-    100: "Segment sequence error",
-    101: "Required field missing",
-    102: "Data type error",
-    103: "Table value not found",
-    200: "Unsupported message type",
-    201: "Unsupported event code",
-    203: "Unsupported version id",
-    204: "Unknown key identifier",
-    207: "Application internal error",
-}
+__all__ = [
+    "CHARSETS",
+    "ERROR_TEXT",
+    "SUPPORTED",
+    "HL7Error",
+    "Header",
+    "build_ack",
+    "check_header",
+    "decode",
+    "parse_orders",
+    "parse_timestamp",
+    "read_header",
+]
+
+#: DICOM modalities an order may name (others, such as table 0074's ``RAD``, say nothing about the modality).
 MODALITIES = frozenset(
     ["CR", "CT", "DX", "ES", "IO", "MG", "MR", "NM", "OT", "PT", "PX", "RF", "RG", "SC", "US", "XA", "XC"]
 )
 MODALITY_SYNONYMS = {"NMR": "MR", "NMS": "NM", "RX": "DX", "VUS": "US", "XRC": "XA"}
 STAT_PRIORITIES = frozenset({"S", "STAT", "A", "ASAP"})
 _TS = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.(\d{1,4}))?([+-]\d{4})?$")
-
-
-class HL7Error(Exception):
-    """A message answered AE or AR.
-
-    Attributes
-    ----------
-    ack_code : str
-        ``AE`` or ``AR``.
-    error_code : int
-        HL7 table 0357 code.
-    text : str
-        Why, safe to send back (names fields, never values).
-    """
-
-    def __init__(self, ack_code: str, error_code: int, text: str) -> None:
-        super().__init__(text)
-        self.ack_code, self.error_code, self.text = ack_code, error_code, text
-
-
-def _reject(code: int, text: str) -> HL7Error:
-    return HL7Error("AR", code, text)
-
-
-@dataclass(frozen=True)
-class Header:
-    """MSH of an inbound message, read from its bytes (before decoding, so even a refused one can be answered).
-
-    ``field`` and ``encoding`` are the delimiters; the other attributes are the raw MSH values we need.
-    """
-
-    field: str = "|"
-    encoding: str = "^~\\&"
-    sending_application: str = ""
-    sending_facility: str = ""
-    receiving_application: str = ""
-    receiving_facility: str = ""
-    message_type: str = ""
-    control_id: str = ""
-    processing_id: str = "P"
-    version: str = ""
-    charset: str = ""
-
-    @property
-    def sender(self) -> str:
-        """``<MSH-3>^<MSH-4>`` namespace ids: whom the allowlist and the idempotency key know."""
-        return f"{self.sending_application}^{self.sending_facility}"
-
-
-def _first(value: str, encoding: str) -> str:
-    """First component (and its first subcomponent) of a raw field."""
-    return value.split(encoding[0])[0].split(encoding[3])[0].strip()
-
-
-def read_header(raw: bytes) -> Header:
-    """Read MSH from the start of a message (only the first segment is looked at).
-
-    Raises
-    ------
-    HL7Error
-        AR when there is no MSH segment, its delimiters are not usable or MSH-9/10/12 is missing; the
-        error's header attribute is set when enough was read to answer the sender.
-    """
-    segment = raw.split(b"\r", 1)[0].split(b"\n", 1)[0].decode("latin-1")
-    if not segment.startswith("MSH") or len(segment) < 8:
-        raise _reject(100, "the message does not start with an MSH segment")
-    field, encoding = segment[3], segment[4:8]
-    delimiters = field + encoding
-    if len(set(delimiters)) != 5 or any(c.isalnum() or c.isspace() for c in delimiters):
-        raise _reject(102, "bad encoding characters in MSH-1/MSH-2 (expected |^~\\&)")
-    values = segment.split(field)  # values[n] is MSH-(n+1) for n >= 2; values[1] is MSH-2
-    if len(values) > 1 and values[1] != encoding:
-        raise _reject(102, "bad encoding characters in MSH-2 (expected four: component, repetition, escape, sub)")
-
-    def msh(n: int) -> str:
-        return values[n - 1] if len(values) >= n else ""
-
-    message_type = msh(9).split(encoding[0])
-    header = Header(
-        field=field,
-        encoding=encoding,
-        sending_application=_first(msh(3), encoding),
-        sending_facility=_first(msh(4), encoding),
-        receiving_application=_first(msh(5), encoding),
-        receiving_facility=_first(msh(6), encoding),
-        message_type="^".join(part.strip() for part in message_type[:2]),
-        control_id=msh(10).strip(),
-        processing_id=_first(msh(11), encoding) or "P",
-        version=_first(msh(12), encoding),
-        charset=msh(18).split(encoding[1])[0].strip().upper(),
-    )
-    return header
-
-
-def check_header(header: Header) -> None:
-    """Refuse (AR) a header we cannot answer for: missing MSH-9/10/12, unsupported type, event or version."""
-    if not header.control_id:
-        raise _reject(101, "MSH-10 (message control id) is missing")
-    if len(header.control_id) > 199 or len(header.sender) > 128:
-        raise _reject(102, "MSH-10 or MSH-3/MSH-4 is too long")
-    if not header.message_type.strip("^"):
-        raise _reject(101, "MSH-9 (message type) is missing")
-    if not header.version:
-        raise _reject(101, "MSH-12 (version id) is missing")
-    kind, _, event = header.message_type.partition("^")
-    if header.message_type not in SUPPORTED:
-        if kind in {name.split("^")[0] for name in SUPPORTED}:
-            raise _reject(201, f"event {event or '(none)'} of {kind} is not supported (ORM^O01, OMI^O23)")
-        raise _reject(200, f"message type {header.message_type} is not supported (ORM^O01, OMI^O23)")
-    if header.version not in SUPPORTED[header.message_type]:
-        versions = ", ".join(SUPPORTED[header.message_type])
-        raise _reject(203, f"{header.message_type} version {header.version} is not supported ({versions})")
-
-
-def decode(raw: bytes, header: Header) -> str:
-    """Decode a message by its MSH-18 (see the module docstring for messages without one).
-
-    Raises
-    ------
-    HL7Error
-        AR 102 for an unknown character set or bytes that are not in the declared or assumed one.
-    """
-    if header.charset:
-        codec = CHARSETS.get(header.charset)
-        if codec is None:
-            raise _reject(102, f"character set {header.charset[:20]} (MSH-18) is not supported")
-        try:
-            return raw.decode(codec)
-        except UnicodeDecodeError:
-            raise _reject(102, f"the message is not valid {header.charset} (MSH-18)") from None
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise _reject(102, "undeclared character set: non-ASCII bytes without MSH-18") from None
 
 
 def _check_sequence(element: Element) -> None:
@@ -219,11 +95,11 @@ def _check_sequence(element: Element) -> None:
         found = next((j for j in range(position, len(entries)) if names[j] == child.name), None)
         first = child.name if child.classname == "Segment" else _first_segment(child)
         if found is None:
-            raise _reject(100, f"segment {first} is out of order or not allowed here")
+            raise reject(100, f"segment {first} is out of order or not allowed here")
         count = count + 1 if found == position else 1
         maximum = entries[found][2][1]
         if maximum != -1 and count > maximum:
-            raise _reject(100, f"segment {first} is repeated where it may appear once")
+            raise reject(100, f"segment {first} is repeated where it may appear once")
         position = found
         if child.classname == "Group":
             _check_sequence(child)
@@ -312,17 +188,17 @@ def parse_orders(text: str, header: Header) -> list[OrderMessage]:
     try:
         message = parse_message(text, find_groups=True, validation_level=VALIDATION_LEVEL.TOLERANT)
     except HL7apyException as exc:
-        raise _reject(100, f"the message cannot be parsed ({type(exc).__name__})") from None
+        raise reject(100, f"the message cannot be parsed ({type(exc).__name__})") from None
     if not message.children or message.children[0].name != "MSH":
-        raise _reject(100, "MSH is not the first segment")
+        raise reject(100, "MSH is not the first segment")
     _check_sequence(message)
     fields = _Fields(message)
     pids = _segments(message, "PID")
     if not pids:
-        raise _reject(100, "the message has no PID segment")
+        raise reject(100, "the message has no PID segment")
     order_groups = [c for c in message.children if c.classname == "Group" and c.name.endswith("_ORDER")]
     if not order_groups or any(not _segments(group, "ORC") for group in order_groups):
-        raise _reject(100, "the message has no ORC segment")
+        raise reject(100, "the message has no ORC segment")
     patient_id, issuer = _patient(fields, pids[0])
     return [_order(fields, group, patient_id, issuer, header) for group in order_groups]
 
@@ -416,61 +292,3 @@ def parse_timestamp(value: str, where: str = "date/time") -> datetime:
         ).astimezone(UTC)  # fmt: skip
     except ValueError:
         raise HL7Error("AE", 102, f"{where} is not a valid date/time") from None
-
-
-def _escape(value: str) -> str:
-    """Escape text for our ACK (standard delimiters: field, component, repetition, escape, subcomponent)."""
-    value = value.replace("\\", "\\E\\").replace("|", "\\F\\").replace("^", "\\S\\")
-    value = value.replace("&", "\\T\\").replace("~", "\\R\\")
-    return " ".join(value.split())
-
-
-def build_ack(header: Header | None, code: str, text: str | None = None, error_code: int | None = None) -> str:
-    """The ACK to ``header``'s message: MSH with sender and receiver swapped, MSA, and ERR when it failed.
-
-    The version is the message's when supported (else 2.5.1).  v2.3 to v2.4 carry the error in ERR-1
-    (segment^sequence^field^code) and MSA-6; v2.5+ in ERR-3 (code) and ERR-4 (severity ``E``).
-
-    Parameters
-    ----------
-    header : Header or None
-        The message's MSH (None when it could not be read: the ACK then names no receiver or control id).
-    code : str
-        ``AA``, ``AE`` or ``AR``.
-    text : str, optional
-        Why (MSA-3, ERR).
-    error_code : int, optional
-        HL7 table 0357 code (207 when ``code`` is not AA and none is given).
-
-    Returns
-    -------
-    str
-        The ACK, segments separated by carriage returns (without MLLP framing).
-    """
-    header = header or Header()
-    versions = {v for vs in SUPPORTED.values() for v in vs}
-    version = header.version if header.version in versions else "2.5.1"
-    event = header.message_type.partition("^")[2] or ""
-    message_type = "ACK" if not event else f"ACK^{_escape(event)}" + ("" if version == "2.3" else "^ACK")
-    now = datetime.now(UTC).strftime("%Y%m%d%H%M%S+0000")
-    msh = [
-        "MSH", "^~\\&", _escape(header.receiving_application), _escape(header.receiving_facility),
-        _escape(header.sending_application), _escape(header.sending_facility), now, "", message_type,
-        uuid.uuid4().hex[:20], _escape(header.processing_id)[:3] or "P", version,
-    ]  # fmt: skip
-    if header.charset in CHARSETS:
-        msh += ["", "", "", "", "", header.charset]
-    text = _escape(text or "")[:200]
-    segments = ["|".join(msh)]
-    if code == "AA":
-        segments.append("|".join(["MSA", "AA", _escape(header.control_id)] + ([text] if text else [])))
-        return "\r".join(segments)
-    error = error_code or 207
-    coded = f"{error}^{ERROR_TEXT.get(error, '')}^HL70357"
-    if version in ("2.3", "2.3.1", "2.4"):
-        segments.append("|".join(["MSA", code, _escape(header.control_id), text, "", "", coded]))
-        segments.append("|".join(["ERR", "^^^" + coded.replace("^", "&")]))
-    else:
-        segments.append("|".join(["MSA", code, _escape(header.control_id), text]))
-        segments.append("|".join(["ERR", "", "", coded, "E", "", "", "", text]))
-    return "\r".join(segments)

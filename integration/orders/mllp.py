@@ -38,7 +38,8 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from integration.config import Settings
 from integration.dicom.tls import TlsConfigError, handshake_failure, server_context
-from integration.orders.hl7_in import Header, HL7Error, build_ack, check_header, decode, parse_orders, read_header
+from integration.orders.hl7_header import CHARSETS, Header, HL7Error, build_ack, check_header, decode, read_header
+from integration.orders.hl7_in import parse_orders
 from integration.store.inbound import AlreadyAnswered, remember_ack, remembered_ack
 from integration.store.session import session_scope
 from integration.store.tables import Site
@@ -238,8 +239,6 @@ def _replay(code: str, stored: str | None) -> tuple[str, str | None, int | None]
 
 
 def _encode(ack: str, header: Header | None) -> bytes:
-    from integration.orders.hl7_in import CHARSETS
-
     codec = CHARSETS.get(header.charset, "utf-8") if header is not None else "utf-8"
     return ack.encode(codec, errors="replace")
 
