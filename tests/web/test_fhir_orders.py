@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from fastapi.testclient import TestClient
 from fhir.resources.R4B.operationoutcome import OperationOutcome
 from fhir.resources.R4B.servicerequest import ServiceRequest
 from sqlalchemy import select, update
+from typer.testing import CliRunner, Result
 
 from integration.config import Settings
 from integration.samples import write_ct_series
@@ -32,6 +34,7 @@ from integration.web.security.csrf import csrf_token_for_session
 from tests.orders.test_fhir_in import PATIENT, service_request
 from tests.reports.test_signing import add_report, evidence_of, store_study
 from tests.web.test_auth import COOKIE, PASSWORD
+from worker.cli import app as root
 
 FHIR = "application/fhir+json"
 
@@ -44,12 +47,12 @@ class World:
     withdrawn: list[tuple[list[int], str]]
 
 
-@pytest.fixture
-def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> World:
-    data_dir = tmp_path / "data"
-    url = f"sqlite:///{data_dir / 'pacs-vlm.sqlite'}"
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated database with the sites and users, made once per module (migrations and argon2 are slow)."""
+    path = tmp_path_factory.mktemp("template") / "pacs-vlm.sqlite"
+    url = f"sqlite:///{path}"
     upgrade(url)
-    settings = Settings(data_dir=data_dir, database_url=url, min_free_bytes=0)
     with session_scope(url) as session:
         create_site(session, "NORTH", "North Hospital")
         create_site(session, "SOUTH", "South Hospital")
@@ -57,6 +60,17 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> World:
         create_user(session, "south_ehr", PASSWORD, UserRole.UPLOADER, "SOUTH")
         create_user(session, "north_rad", PASSWORD, UserRole.RADIOLOGIST, "NORTH")
         create_user(session, "boss", PASSWORD, UserRole.ADMIN, None)
+    return path
+
+
+@pytest.fixture
+def world(template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> World:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    with sqlite3.connect(template) as source, sqlite3.connect(data_dir / "pacs-vlm.sqlite") as target:
+        source.backup(target)  # a consistent copy, WAL included
+    url = f"sqlite:///{data_dir / 'pacs-vlm.sqlite'}"
+    settings = Settings(data_dir=data_dir, database_url=url, min_free_bytes=0)
     # A drafted CT study of NORTH whose header names the order's accession number and patient.
     study_id, headers = store_study(settings, write_ct_series(tmp_path / "ct", 2, rows=16, columns=16))
     with session_scope(url) as session:
@@ -83,6 +97,14 @@ def client(world: World) -> Iterator[TestClient]:
 def basic(username: str) -> dict[str, str]:
     token = base64.b64encode(f"{username}:{PASSWORD}".encode()).decode()
     return {"Authorization": f"Basic {token}", "Content-Type": FHIR}
+
+
+def signed(world: World, username: str) -> TestClient:
+    """A client signed in once (a session, not argon2 on every request) that sends the CSRF token and FHIR JSON."""
+    client = TestClient(create_app(world.settings))
+    assert client.post("/api/login", json={"username": username, "password": PASSWORD}).status_code == 200
+    client.headers.update({"X-CSRF-Token": csrf_token_for_session(client.cookies[COOKIE]), "Content-Type": FHIR})
+    return client
 
 
 def outcome(answer: Any, status: int) -> str:
@@ -133,8 +155,8 @@ def test_authentication_and_roles(world: World, client: TestClient) -> None:
 
 
 def test_create_change_repeat_and_cancel_over_put(world: World, client: TestClient) -> None:
-    headers = basic("north_ehr")
-    created = client.put("/fhir/ServiceRequest/sr-1", content=body(priority="stat"), headers=headers)
+    ehr = signed(world, "north_ehr")
+    created = ehr.put("/fhir/ServiceRequest/sr-1", content=body(priority="stat"))
     assert created.status_code == 201, created.text
     assert created.headers["content-type"].startswith(FHIR) and created.headers["cache-control"] == "no-store"
     assert created.headers["location"] == "/fhir/ServiceRequest/sr-1"
@@ -154,25 +176,21 @@ def test_create_change_repeat_and_cancel_over_put(world: World, client: TestClie
     assert order.site_id == north
 
     # The same content again changes nothing: 200, same fields, same update time.
-    again = client.put("/fhir/ServiceRequest/sr-1", content=body(priority="stat"), headers=headers)
+    again = ehr.put("/fhir/ServiceRequest/sr-1", content=body(priority="stat"))
     assert again.status_code == 200 and again.json() == created.json()
     assert order_row(world).updated_at == order.updated_at
     # A change (XO): the indication.
-    changed = client.put(
-        "/fhir/ServiceRequest/sr-1",
-        content=body(priority="stat", reasonCode=[{"text": "Haemoptysis"}]),
-        headers=headers,
-    )
+    changed = ehr.put("/fhir/ServiceRequest/sr-1", content=body(priority="stat", reasonCode=[{"text": "Haemoptysis"}]))
     assert changed.status_code == 200 and changed.json()["reasonCode"] == [{"text": "Haemoptysis"}]
-    assert client.get("/fhir/ServiceRequest/sr-1", headers=headers).json() == changed.json()
+    assert ehr.get("/fhir/ServiceRequest/sr-1").json() == changed.json()
     # Not another patient under the same id.
     moved = body(subject={"identifier": {"value": "SOMEONE-ELSE"}}, contained=[])
     assert "cannot change its accession number or patient" in outcome(
-        client.put("/fhir/ServiceRequest/sr-1", content=moved, headers=headers), 409
+        ehr.put("/fhir/ServiceRequest/sr-1", content=moved), 409
     )
 
     # Revoked after the draft: the order is cancelled, the draft withdrawn and its withdrawal sent.
-    cancelled = client.put("/fhir/ServiceRequest/sr-1", content=body(status="revoked"), headers=headers)
+    cancelled = ehr.put("/fhir/ServiceRequest/sr-1", content=body(status="revoked"))
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "revoked"
     assert world.withdrawn == [([world.report_id], "cancelled")]
     with session_scope(world.settings.database_url) as session:
@@ -180,11 +198,11 @@ def test_create_change_repeat_and_cancel_over_put(world: World, client: TestClie
         assert report is not None and report.status is ReportStatus.WITHDRAWN
         assert study is not None and study.state is StudyState.CANCELLED
     # Revoked again: nothing more is withdrawn; active again is refused (a cancelled order stays cancelled).
-    assert client.put("/fhir/ServiceRequest/sr-1", content=body(status="revoked"), headers=headers).status_code == 200
+    assert ehr.put("/fhir/ServiceRequest/sr-1", content=body(status="revoked")).status_code == 200
     assert len(world.withdrawn) == 1
-    assert "cancelled" in outcome(client.put("/fhir/ServiceRequest/sr-1", content=body(), headers=headers), 409)
+    assert "cancelled" in outcome(ehr.put("/fhir/ServiceRequest/sr-1", content=body()), 409)
     # Completed changes nothing and answers the order as it is.
-    done = client.put("/fhir/ServiceRequest/sr-1", content=body(status="completed"), headers=headers)
+    done = ehr.put("/fhir/ServiceRequest/sr-1", content=body(status="completed"))
     assert done.status_code == 200 and done.json()["status"] == "revoked"
     assert [(e["control"], e["outcome"]) for e in events(world)] == [
         ("NW", "created"),
@@ -199,27 +217,27 @@ def test_create_change_repeat_and_cancel_over_put(world: World, client: TestClie
 
 
 def test_post_assigns_an_id_and_a_repeat_finds_the_same_order(world: World, client: TestClient) -> None:
-    headers = basic("north_ehr")
-    created = client.post("/fhir/ServiceRequest", content=body(), headers=headers)
+    ehr = signed(world, "north_ehr")
+    created = ehr.post("/fhir/ServiceRequest", content=body())
     assert created.status_code == 201, created.text
     resource_id = created.json()["id"]
     assert resource_id != "sr-1" and created.headers["location"] == f"/fhir/ServiceRequest/{resource_id}"
-    again = client.post("/fhir/ServiceRequest", content=body(), headers=headers)
+    again = ehr.post("/fhir/ServiceRequest", content=body())
     assert again.status_code == 200 and again.json()["id"] == resource_id
     # PUT under another id of the same order: refused, naming where it is.
-    elsewhere = client.put("/fhir/ServiceRequest/sr-9", content=body(id="sr-9"), headers=headers)
+    elsewhere = ehr.put("/fhir/ServiceRequest/sr-9", content=body(id="sr-9"))
     assert f"ServiceRequest/{resource_id}" in outcome(elsewhere, 409)
     assert "completed ServiceRequest creates no order" in outcome(
-        client.post("/fhir/ServiceRequest", content=body(status="completed"), headers=headers), 422
+        ehr.post("/fhir/ServiceRequest", content=body(status="completed")), 422
     )
 
 
 def test_sites_keep_their_orders(world: World, client: TestClient) -> None:
     assert client.put("/fhir/ServiceRequest/sr-1", content=body(), headers=basic("north_ehr")).status_code == 201
-    south = basic("south_ehr")
-    assert outcome(client.get("/fhir/ServiceRequest/sr-1", headers=south), 404) == "no ServiceRequest sr-1"
-    assert outcome(client.put("/fhir/ServiceRequest/sr-1", content=body(status="revoked"), headers=south), 404)
-    assert "another site" in outcome(client.post("/fhir/ServiceRequest", content=body(), headers=south), 409)
+    south = signed(world, "south_ehr")
+    assert outcome(south.get("/fhir/ServiceRequest/sr-1"), 404) == "no ServiceRequest sr-1"
+    assert outcome(south.put("/fhir/ServiceRequest/sr-1", content=body(status="revoked")), 404)
+    assert "another site" in outcome(south.post("/fhir/ServiceRequest", content=body()), 409)
     assert order_row(world).status == "scheduled"
     # The site's radiologist and the administrator may read it.
     for reader in ("north_rad", "boss"):
@@ -228,23 +246,19 @@ def test_sites_keep_their_orders(world: World, client: TestClient) -> None:
 
 
 def test_bad_input_answers_an_operation_outcome(world: World, client: TestClient) -> None:
-    headers = basic("north_ehr")
-    assert "not JSON" in outcome(client.post("/fhir/ServiceRequest", content=b"{oops", headers=headers), 400)
-    assert "resourceType" in outcome(
-        client.post("/fhir/ServiceRequest", content=b'{"resourceType": "Patient"}', headers=headers), 400
-    )
-    invalid = client.post("/fhir/ServiceRequest", content=body(priority=7), headers=headers)
+    ehr = signed(world, "north_ehr")
+    assert "not JSON" in outcome(ehr.post("/fhir/ServiceRequest", content=b"{oops"), 400)
+    assert "resourceType" in outcome(ehr.post("/fhir/ServiceRequest", content=b'{"resourceType": "Patient"}'), 400)
+    invalid = ehr.post("/fhir/ServiceRequest", content=body(priority=7))
     assert "priority" in outcome(invalid, 422)
-    bare = client.post("/fhir/ServiceRequest", content=body(subject={"reference": "Patient/1"}), headers=headers)
+    bare = ehr.post("/fhir/ServiceRequest", content=body(subject={"reference": "Patient/1"}))
     assert "subject is a reference without an identifier" in outcome(bare, 422)
-    assert "on-hold" in outcome(
-        client.post("/fhir/ServiceRequest", content=body(status="on-hold"), headers=headers), 422
-    )
-    assert "id must equal" in outcome(client.put("/fhir/ServiceRequest/sr-2", content=body(), headers=headers), 400)
-    assert "not a FHIR id" in outcome(client.put("/fhir/ServiceRequest/a%20b", content=body(), headers=headers), 400)
-    plain = headers | {"Content-Type": "text/plain"}
-    assert "application/fhir+json" in outcome(client.post("/fhir/ServiceRequest", content=body(), headers=plain), 415)
-    revoked = client.post("/fhir/ServiceRequest", content=body(status="revoked"), headers=headers)
+    assert "on-hold" in outcome(ehr.post("/fhir/ServiceRequest", content=body(status="on-hold")), 422)
+    assert "id must equal" in outcome(ehr.put("/fhir/ServiceRequest/sr-2", content=body()), 400)
+    assert "not a FHIR id" in outcome(ehr.put("/fhir/ServiceRequest/a%20b", content=body()), 400)
+    plain = {"Content-Type": "text/plain"}
+    assert "application/fhir+json" in outcome(ehr.post("/fhir/ServiceRequest", content=body(), headers=plain), 415)
+    revoked = ehr.post("/fhir/ServiceRequest", content=body(status="revoked"))
     assert "CA for an order we do not hold" in outcome(revoked, 409)
     with session_scope(world.settings.database_url) as session:
         assert session.scalars(select(Order)).all() == []
@@ -264,11 +278,11 @@ def test_worklist_shows_the_order_and_flags_another_patients_order(
         )
         other_uid = session.scalars(select(Study.study_uid).where(Study.id == other_id)).one()
     indication = [{"text": "<script>alert(1)</script> chest pain"}]
-    headers = basic("north_ehr")
+    ehr = signed(world, "north_ehr")
     linked = body(priority="stat", reasonCode=indication)
-    assert client.put("/fhir/ServiceRequest/sr-1", content=linked, headers=headers).status_code == 201
+    assert ehr.put("/fhir/ServiceRequest/sr-1", content=linked).status_code == 201
     foreign = body(id="sr-2", identifier=[{**service_request()["identifier"][1], "value": "ACC-2002"}])
-    assert client.put("/fhir/ServiceRequest/sr-2", content=foreign, headers=headers).status_code == 201
+    assert ehr.put("/fhir/ServiceRequest/sr-2", content=foreign).status_code == 201
 
     reader = TestClient(create_app(world.settings))
     assert reader.post("/api/login", json={"username": "north_rad", "password": PASSWORD}).status_code == 200
@@ -294,3 +308,29 @@ def test_worklist_shows_the_order_and_flags_another_patients_order(
     assert "Not linked to its order: order is for another patient" in study_page.text
     linked_page = reader.get(f"/studies/{rows['ACC-1001']['study_uid']}")
     assert 'id="order-indication"' in linked_page.text and "&lt;script&gt;alert(1)" in linked_page.text
+
+
+def test_orders_cli_lists_and_shows_the_history(world: World, client: TestClient) -> None:
+    ehr = signed(world, "north_ehr")
+    assert ehr.put("/fhir/ServiceRequest/sr-1", content=body()).status_code == 201
+    assert ehr.put("/fhir/ServiceRequest/sr-1", content=body(status="revoked")).status_code == 200
+
+    def orders(*args: str) -> Result:
+        """``pacs-vlm orders ...`` in process (the root command line, as the console script runs it)."""
+        env = {"PACSVLM_DATABASE_URL": world.settings.database_url, "COLUMNS": "250"}
+        return CliRunner().invoke(root, ["orders", *args], env=env)
+
+    helped = orders("--help")
+    assert helped.exit_code == 0 and "list" in helped.stdout and "show" in helped.stdout
+    listed = orders("list", "--status", "cancelled")
+    assert listed.exit_code == 0, listed.output
+    assert "ACC-1001" in listed.output and PATIENT in listed.output and "cancelled" in listed.output
+    shown = orders("show", "ACC-1001")
+    assert shown.exit_code == 0, shown.output
+    lines = shown.output.splitlines()
+    history = [line for line in lines if " NW " in line or " CA " in line]
+    assert len(history) == 2 and "created" in history[0] and "cancelled" in history[1]
+    assert "scheduled -> cancelled" in history[1] and "api:north_ehr" in history[1]
+    assert any("linked studies:" in line and "cancelled" in line for line in lines)
+    missing = orders("show", "NOPE")
+    assert missing.exit_code == 1 and "no order has this accession number" in missing.output

@@ -9,6 +9,7 @@ from integration.cli.audit import audit_app
 from integration.cli.database import db_app
 from integration.cli.deliveries import deliveries_app
 from integration.cli.listen import listen
+from integration.cli.orders import orders_app
 from integration.cli.reports import report_app
 from integration.cli.studies import studies_app
 from integration.cli.users import sites_app, users_app
@@ -27,6 +28,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(studies_app, name="studies")
 app.add_typer(report_app, name="report")
 app.add_typer(deliveries_app, name="deliveries")
+app.add_typer(orders_app, name="orders")
 app.add_typer(sites_app, name="sites")
 app.add_typer(users_app, name="users")
 app.add_typer(audit_app, name="audit")
