@@ -35,7 +35,7 @@ from typing import Any
 
 from integration.dicom import dimse, status
 from integration.dicom import upper_layer as ul
-from integration.dicom.mpps_scp import MAX_STEP_DATASET_BYTES, MPPS_SOP_CLASS, MppsSCP, StepRequest
+from integration.dicom.mpps_scp import MAX_STEP_DATASET_BYTES, MppsSCP, StepRequest
 from integration.dicom.negotiation import AcceptedContext, Negotiated
 from integration.dicom.peer import AssociationService, Gatekeeper, Limits, Peer, Rejection, StoreRequest
 from integration.intake.spool import SPOOL_THRESHOLD, DatasetSpool
@@ -394,26 +394,20 @@ class Association:
         return int(code)
 
     async def _step(self, message: _Message, context: AcceptedContext) -> tuple[int, dimse.Command]:
-        """Answer an MPPS N-CREATE or N-SET: its data set is decoded and recorded in a worker thread."""
+        """Answer an MPPS N-CREATE or N-SET: checked, decoded and recorded by the MPPS service in a worker thread."""
         command = message.command
         assert command is not None and self.steps is not None
-        calling_ae, what = self.peer.calling_ae, "N-CREATE" if command.command_field == dimse.N_CREATE_RQ else "N-SET"
-        dataset, message.dataset = message.dataset, bytearray()
-        if context.abstract_syntax != MPPS_SOP_CLASS or command.affected_sop_class_uid != MPPS_SOP_CLASS:
-            log.warning("%s from %r refused: not the MPPS SOP class of an MPPS context", what, calling_ae)
-            return status.SOP_CLASS_NOT_SUPPORTED, command
-        if message.oversized:
-            log.warning(
-                "%s from %r refused: data set of %d bytes is too large", what, calling_ae, message.dataset_bytes
-            )
-            return status.RESOURCE_LIMITATION, command
         request = StepRequest(
             command_field=command.command_field,
+            sop_class_uid=command.affected_sop_class_uid,
+            context_sop_class_uid=context.abstract_syntax,
             sop_instance_uid=command.affected_sop_instance_uid,
             transfer_syntax=context.transfer_syntax,
-            dataset=dataset,
-            calling_ae=calling_ae,
+            dataset=b"" if message.oversized else message.dataset,
+            calling_ae=self.peer.calling_ae,
+            oversized_bytes=message.dataset_bytes if message.oversized else 0,
         )
+        message.dataset = bytearray()
         answer = await asyncio.shield(self.run_blocking(self.steps.handle, request))
         if answer.sop_instance_uid != command.affected_sop_instance_uid:
             command = dataclasses.replace(command, affected_sop_instance_uid=answer.sop_instance_uid)

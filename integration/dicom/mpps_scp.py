@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from pydicom import Dataset
-from pydicom.datadict import DicomDictionary, dictionary_VR
+from pydicom.datadict import dictionary_has_tag, dictionary_VR
 from pydicom.filereader import read_dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 from sqlalchemy.exc import SQLAlchemyError
@@ -78,17 +78,24 @@ class StepRequest:
     ----------
     command_field : int
         :data:`~integration.dicom.dimse.N_CREATE_RQ` or :data:`~integration.dicom.dimse.N_SET_RQ`.
+    sop_class_uid, context_sop_class_uid : str
+        The SOP class the request names, and its presentation context's abstract syntax.
     sop_instance_uid : str
         Affected (N-CREATE) or Requested (N-SET) SOP Instance UID; empty when an N-CREATE left it to us.
     dataset : bytes
-        The data set as received, in ``transfer_syntax``.
+        The data set as received, in ``transfer_syntax`` (empty when it was too large to keep).
+    oversized_bytes : int
+        The size of a data set past :data:`MAX_STEP_DATASET_BYTES` (it was read and dropped); 0 otherwise.
     """
 
     command_field: int
+    sop_class_uid: str
+    context_sop_class_uid: str
     sop_instance_uid: str
     transfer_syntax: str
     dataset: bytes | bytearray
     calling_ae: str
+    oversized_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -130,6 +137,14 @@ class MppsSCP:
         """
         creating = request.command_field == dimse.N_CREATE_RQ
         what = "N-CREATE" if creating else "N-SET"
+        if request.context_sop_class_uid != MPPS_SOP_CLASS or request.sop_class_uid != MPPS_SOP_CLASS:
+            log.warning("MPPS %s from %r refused: not the MPPS SOP class of an MPPS context", what, request.calling_ae)
+            return StepAnswer(status.SOP_CLASS_NOT_SUPPORTED, request.sop_instance_uid)
+        if request.oversized_bytes:
+            log.warning(
+                "MPPS %s from %r refused: data set of %d bytes", what, request.calling_ae, request.oversized_bytes
+            )
+            return StepAnswer(status.RESOURCE_LIMITATION, request.sop_instance_uid)
         uid = request.sop_instance_uid or (generate_uid() if creating else "")
         if not _valid_uid(uid):
             log.warning("MPPS %s from %r refused: missing or malformed SOP Instance UID", what, request.calling_ae)
@@ -264,7 +279,7 @@ def _elements(data: memoryview, offset: int, end: int, implicit: bool, *, delimi
             else:
                 (length,) = _SHORT_LENGTH.unpack_from(data, offset + 6)
                 offset += 8
-        sequence = vr == b"SQ" or (implicit and tag in DicomDictionary and dictionary_VR(tag) == "SQ")
+        sequence = vr == b"SQ" or (implicit and dictionary_has_tag(tag) and dictionary_VR(tag) == "SQ")
         if length == _UNDEFINED:
             if not (sequence or vr in (b"UN", b"")):
                 raise InvalidStep("undefined length outside a sequence")

@@ -32,7 +32,7 @@ from tests.support.records import db_rows
 STABLE_SECONDS = 300.0
 
 SUCCESS, INVALID_ATTRIBUTE_VALUE, PROCESSING_FAILURE = 0x0000, 0x0106, 0x0110
-DUPLICATE_SOP_INSTANCE, NO_SUCH_OBJECT_INSTANCE = 0x0111, 0x0112
+DUPLICATE_SOP_INSTANCE, NO_SUCH_OBJECT_INSTANCE, RESOURCE_LIMITATION = 0x0111, 0x0112, 0x0213
 
 
 @pytest.fixture
@@ -246,7 +246,7 @@ def test_refusals_answer_the_right_status(
     assert db_rows(mpps_listener.database_url, "SELECT 1 FROM performed_steps WHERE sop_instance_uid = :u", u=made)
 
 
-def test_malformed_data_set_gets_a_failure_and_the_association_goes_on(
+def test_malformed_or_oversized_data_set_gets_a_failure_and_the_association_goes_on(
     mpps_listener: ListenerProcess, modality: Association, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     import pynetdicom.association
@@ -262,6 +262,11 @@ def test_malformed_data_set_gets_a_failure_and_the_association_goes_on(
         answer, _ = modality.send_n_create(in_progress(study_uid), ModalityPerformedProcedureStep, generate_uid())
         assert int(answer.Status) == PROCESSING_FAILURE
     monkeypatch.undo()
+
+    too_large = in_progress(study_uid)
+    too_large.add_new(0x00091010, "OB", b"\0" * (1024 * 1024 + 2))  # a step is held in memory: at most 1 MiB
+    answer, _ = modality.send_n_create(too_large, ModalityPerformedProcedureStep, generate_uid())
+    assert int(answer.Status) == RESOURCE_LIMITATION
 
     assert modality.is_established
     assert int(modality.send_c_echo().Status) == SUCCESS
