@@ -19,6 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from integration.findings import clean_text
+from integration.store.orders import link_order
 from integration.store.tables import AnalysisJob, Instance, Series, Study
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,8 @@ def record_study_attributes(session: Session, instance_root: Path, job_ids: Iter
     """Fill the worklist attributes of the studies of new analysis jobs, and commit.
 
     For each study the header of its newest stored instance is read.  A value found replaces the stored
-    one (a later study version may correct it); an attribute the header lacks keeps what was stored.
+    one (a later study version may correct it); an attribute the header lacks keeps what was stored.  The
+    study is then matched to its RIS order again (:func:`integration.store.orders.link_order`).
     A file that cannot be read is logged (study id only) and skipped.
 
     Parameters
@@ -147,6 +149,7 @@ def record_study_attributes(session: Session, instance_root: Path, job_ids: Iter
             value = getattr(attributes, column)
             if value is not None:
                 setattr(study, column, value)
+        link_order(session, study)  # the decoded values may match an order the raw header values did not
         updated += 1
     session.commit()
     return updated

@@ -11,12 +11,15 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pydicom
 import pytest
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from sqlalchemy import select
 
 from integration.intake.header import InstanceHeader
+from integration.intake.study_attributes import record_study_attributes
 from integration.orders.order import OrderControl, OrderMessage, OrderPriority
+from integration.samples import write_ct_series
 from integration.store.ingest import record_instance
 from integration.store.jobs import complete_stable_studies, mark_sent
 from integration.store.migrate import upgrade
@@ -80,6 +83,7 @@ def ingest(
     received_at: datetime | None = None,
     site_id: int | None = None,
     study_uid: str | None = None,
+    storage_path: str | None = None,
 ) -> int:
     """Record one instance of a new study through the real ingest; return the study's id."""
     header = InstanceHeader(
@@ -98,7 +102,7 @@ def ingest(
         receipt = record_instance(
             connection,
             header,
-            storage_path=f"{header.sop_instance_uid}.dcm",
+            storage_path=storage_path or f"{header.sop_instance_uid}.dcm",
             size_bytes=10,
             calling_ae="CT1",
             received_at=received_at or utcnow() - timedelta(minutes=5),
@@ -474,3 +478,20 @@ def test_concurrent_new_orders_for_one_key_make_one_order(migrated_postgres_url:
     with session_scope(url) as session:
         assert len(session.scalars(select(Order)).all()) == 1
         assert len(session.scalars(select(OrderEvent)).all()) == 4
+
+
+def test_the_worklist_attributes_of_a_completed_study_match_it_again(url: str, tmp_path: Path) -> None:
+    """A first instance without an accession number is not linked; the stored header read on completion is."""
+    (path,) = write_ct_series(tmp_path / "ct", 1, rows=16, columns=16)
+    ds = pydicom.dcmread(path)
+    ds.AccessionNumber, ds.PatientID = ACCESSION, PATIENT
+    ds.save_as(path)
+    order_id = apply(url, message(priority=OrderPriority.STAT)).order_id
+    study_id = ingest(url, accession=None, storage_path=str(path.relative_to(tmp_path)))
+    assert study(url, study_id).order_id is None
+    with session_scope(url) as session:
+        jobs = complete_stable_studies(session, utcnow(), "analysis")
+    with session_scope(url) as session:
+        assert record_study_attributes(session, tmp_path, jobs) == 1
+    row = study(url, study_id)
+    assert (row.order_id, row.priority, row.accession_number) == (order_id, "stat", ACCESSION)
