@@ -2,7 +2,8 @@
 
 The EHR side is a plain HTTP client sending R4 ServiceRequests (fhir.resources validates what we answer);
 the order store, the studies it links and the worklist are the real ones.  The withdrawal sender
-(:mod:`integration.export.corrections`) is replaced by a recorder here: what it sends is its own tests'.
+(:mod:`integration.export.corrections`) runs for real behind a recorder (the report went nowhere, so it sends
+nothing): what it sends to receivers is its own tests'.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from sqlalchemy import select, update
 from typer.testing import CliRunner, Result
 
 from integration.config import Settings
+from integration.export.corrections import withdraw_reports
 from integration.samples import write_ct_series
 from integration.store.migrate import upgrade
 from integration.store.order_tables import Order, OrderEvent
@@ -82,9 +84,12 @@ def world(template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Wo
         )
     report_id = add_report(settings, study_id, evidence_of(headers))
     withdrawn: list[tuple[list[int], str]] = []
-    monkeypatch.setattr(
-        "integration.web.api.orders._withdraw", lambda _settings, ids: withdrawn.append((ids, "cancelled"))
-    )
+
+    def recorded(settings: Settings, report_ids: list[int], reason: str) -> list[int]:
+        withdrawn.append((list(report_ids), reason))
+        return withdraw_reports(settings, report_ids, reason)  # the real one (no deliveries here: nothing to send)
+
+    monkeypatch.setattr("integration.web.api.orders.withdraw_reports", recorded)
     return World(settings, study_id, report_id, withdrawn)
 
 
@@ -192,7 +197,7 @@ def test_create_change_repeat_and_cancel_over_put(world: World, client: TestClie
     # Revoked after the draft: the order is cancelled, the draft withdrawn and its withdrawal sent.
     cancelled = ehr.put("/fhir/ServiceRequest/sr-1", content=body(status="revoked"))
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "revoked"
-    assert world.withdrawn == [([world.report_id], "cancelled")]
+    assert world.withdrawn == [([world.report_id], "order cancelled over FHIR")]
     with session_scope(world.settings.database_url) as session:
         report, study = session.get(Report, world.report_id), session.get(Study, world.study_id)
         assert report is not None and report.status is ReportStatus.WITHDRAWN

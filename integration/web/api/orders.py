@@ -23,7 +23,6 @@ the transaction has committed (:func:`integration.export.corrections.withdraw_re
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import secrets
@@ -36,6 +35,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from integration.config import Settings
+from integration.export.corrections import withdraw_reports
 from integration.orders.fhir_in import (
     FHIR_ID,
     InvalidServiceRequest,
@@ -188,14 +188,12 @@ def _apply(
 
 
 def _withdraw(settings: Settings, report_ids: list[int]) -> None:
-    """Send the withdrawal of drafts whose order was cancelled (after commit); failures are logged, not raised."""
+    """Send the withdrawal of drafts whose order was cancelled (after commit); failures are logged, not raised.
+
+    The order change is committed either way; a withdrawal not sent stays pending for the resend sweep.
+    """
     try:
-        corrections = importlib.import_module("integration.export.corrections")
-    except ImportError:
-        log.warning("reports %s withdrawn, but integration.export.corrections is missing: nothing sent", report_ids)
-        return
-    try:
-        corrections.withdraw_reports(settings, report_ids, "the order was cancelled")
+        withdraw_reports(settings, report_ids, "order cancelled over FHIR")
     except Exception:
         log.exception("sending the withdrawal of reports %s failed", report_ids)
 
