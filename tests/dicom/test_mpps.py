@@ -18,8 +18,8 @@ from pathlib import Path
 import pydicom
 import pytest
 from pydicom import Dataset
-from pydicom.uid import generate_uid
-from pynetdicom import AE, evt
+from pydicom.uid import ImplicitVRLittleEndian, generate_uid
+from pynetdicom import AE, DEFAULT_TRANSFER_SYNTAXES, evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import ModalityPerformedProcedureStep, Verification  # type: ignore[attr-defined]
 
@@ -42,14 +42,20 @@ def mpps_listener(
     return listener_factory(migrated_postgres_url, redis_url, stable_seconds=STABLE_SECONDS)
 
 
+def associate(port: int, syntaxes: list[str] | None = None) -> Association:
+    """pynetdicom as the modality: an association for MPPS (in ``syntaxes`` when given) and verification."""
+    ae = AE(ae_title="STORESCU")
+    ae.add_requested_context(ModalityPerformedProcedureStep, syntaxes or DEFAULT_TRANSFER_SYNTAXES)
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", port, ae_title="PACSVLM")
+    assert assoc.is_established
+    return assoc
+
+
 @pytest.fixture
 def modality(mpps_listener: ListenerProcess) -> Iterator[Association]:
-    """An association of pynetdicom as the modality: MPPS and verification."""
-    ae = AE(ae_title="STORESCU")
-    ae.add_requested_context(ModalityPerformedProcedureStep)
-    ae.add_requested_context(Verification)
-    assoc = ae.associate("127.0.0.1", mpps_listener.port, ae_title="PACSVLM")
-    assert assoc.is_established
+    """An association of pynetdicom as the modality (Explicit VR Little Endian, our preference)."""
+    assoc = associate(mpps_listener.port)
     yield assoc
     if assoc.is_established:
         assoc.release()
@@ -147,12 +153,15 @@ def test_completed_with_every_instance_stored_completes_the_study_at_once(
 
 
 def test_instances_arriving_after_completed_complete_the_study_with_the_last_one(
-    mpps_listener: ListenerProcess, modality: Association, tmp_path: Path
+    mpps_listener: ListenerProcess, tmp_path: Path
 ) -> None:
+    modality = associate(mpps_listener.port, [ImplicitVRLittleEndian])  # this modality speaks implicit VR only
     study_uid, files = ct_study(tmp_path / "ct", slices=3)
     code, uid = create(modality, study_uid)
     assert code == SUCCESS
     assert set_step(modality, uid, ended("COMPLETED", files)) == SUCCESS  # before any instance arrived
+    assert modality.accepted_contexts[0].transfer_syntax == [ImplicitVRLittleEndian]
+    modality.release()
 
     assert storescu(mpps_listener.port, files[:2]).returncode == 0
     time.sleep(1.5)  # several assembly passes: two of three listed instances are not enough
@@ -273,3 +282,37 @@ def test_malformed_or_oversized_data_set_gets_a_failure_and_the_association_goes
     code, _ = create(modality, study_uid)
     assert code == SUCCESS
     assert db_rows(mpps_listener.database_url, "SELECT count(*) FROM performed_steps") == [(1,)]
+
+
+def test_step_facts_read_both_syntaxes_and_undefined_length_sequences() -> None:
+    """The decoder on its own: what a step lists, in implicit and explicit VR, with delimited sequences."""
+    import struct
+
+    from integration.dicom.mpps_scp import InvalidStep, step_facts
+
+    def element(group: int, number: int, value: bytes, vr: bytes | None) -> bytes:
+        if vr is None:
+            return struct.pack("<HHI", group, number, len(value)) + value
+        return struct.pack("<HH2sH", group, number, vr, len(value)) + value
+
+    def delimited(tag: tuple[int, int], item: bytes, vr: bytes | None) -> bytes:
+        header = (
+            struct.pack("<HHI", *tag, 0xFFFFFFFF) if vr is None else struct.pack("<HH2sHI", *tag, vr, 0, 0xFFFFFFFF)
+        )
+        start, end = struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF), struct.pack("<HHI", 0xFFFE, 0xE00D, 0)
+        return header + start + item + end + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+
+    for syntax, vr in ((ImplicitVRLittleEndian, None), ("1.2.840.10008.1.2.1", True)):
+        ui, cs, sq = (b"UI", b"CS", b"SQ") if vr else (None, None, None)
+        reference = element(0x0008, 0x1155, b"1.2.3.4\0", ui)
+        series = delimited((0x0008, 0x1140), reference, sq)
+        data = (
+            element(0x0040, 0x0252, b"COMPLETED ", cs)
+            + delimited((0x0040, 0x0270), element(0x0020, 0x000D, b"1.2.3\0", ui), sq)
+            + delimited((0x0040, 0x0340), series, sq)
+        )
+        facts = step_facts(data, syntax)
+        assert (facts.status, facts.study_uid, facts.instance_uids) == ("COMPLETED", "1.2.3", ("1.2.3.4",)), syntax
+        for cut in (4, 8, 12, 20):
+            with pytest.raises(InvalidStep):
+                step_facts(data[:-cut], syntax)
