@@ -226,7 +226,6 @@ def apply_order(
     sender: str,
     site_id: int | None,
     now: datetime,
-    fhir_id: str | None = None,
 ) -> OrderResult:
     """Apply one order control (NW, XO, CA, DC) to the order it names, then to the order's studies.
 
@@ -251,8 +250,6 @@ def apply_order(
         The sender's site: a new order belongs to it; an order of another site is not changed.
     now : datetime
         Current time (aware, UTC).
-    fhir_id : str, optional
-        The FHIR ServiceRequest id, kept on the order (FHIR only).
 
     Returns
     -------
@@ -281,8 +278,6 @@ def apply_order(
             changed.append("status")
     else:
         changed = [] if created else _update_fields(order, message)
-    if fhir_id is not None and order.fhir_id != fhir_id:
-        order.fhir_id = fhir_id
     if changed:
         order.updated_at = now
     if created:
