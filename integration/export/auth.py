@@ -90,9 +90,10 @@ class TokenCache:
                 del self._tokens[key]
 
     def clear(self) -> None:
-        """Forget every token."""
+        """Forget every token (and the count of fetches)."""
         with self._lock:
             self._tokens.clear()
+            self.fetches = 0
 
 
 #: The process's token cache.

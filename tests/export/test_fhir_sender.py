@@ -1,11 +1,13 @@
 """FHIR update semantics: one DiagnosticReport per report, ``PUT {url}/DiagnosticReport/{id}`` for each version.
 
-Which FHIR server: none that a package registry here offers starts inside a test without Docker or a JVM
-download (HAPI FHIR and Blaze are Java servers; pyembeddedfhir drives Docker; fhirsnake only serves
-files and pins an old FastAPI).  ``sekmet-fhir`` (PyPI, FastAPI) is a real R4 server with update and
-history: see ``test_a_real_fhir_server_keeps_one_resource_with_its_versions`` below, which runs when it is
-installed.  Otherwise the server is :class:`FhirRecorder`, a real HTTP socket (``http.server`` in a
-thread) that acts like a FHIR server for update-as-create and checks what a server would:
+Which FHIR server: HAPI FHIR and Blaze are Java servers (no JVM download here); pyembeddedfhir drives
+Docker; fhirsnake only serves files and pins an old FastAPI.  ``sekmet-fhir`` (PyPI, FastAPI + SQLite) is a
+real R4 server with update-as-create, version history, strict inbound validation and a SMART token
+endpoint (client credentials with a client secret): ``test_a_real_fhir_server_...`` below starts it
+(``sekmet serve``) with OAuth2 in front, and runs wherever ``sekmet`` is installed (the project's dev
+dependencies, or ``PACSVLM_TEST_SEKMET`` naming its executable); it is skipped, saying so, where it is not.
+The other tests use :class:`FhirRecorder`, a real HTTP socket (``http.server`` in a thread) that acts like
+a FHIR server for update-as-create and checks what a server would:
 
 - the method is ``PUT`` and the URL is ``/fhir/DiagnosticReport/<id>`` with the id of the body's ``id``
   (FHIR: they must agree), the same id for every version of a report;
@@ -21,23 +23,32 @@ of the same version must succeed whatever version the server is at.
 from __future__ import annotations
 
 import json
+import os
 import re
-from collections.abc import Callable
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from pydantic import ValidationError
 
 from integration.config import Settings
 from integration.destinations import Destination
+from integration.export.auth import TOKENS
+from integration.export.documents import load_document
 from integration.export.outbox import queue_deliveries
 from integration.export.senders import DeliveryFailed, OutgoingDocument, fhir_resource_id, send
 from integration.reports.drafts import sign_report
+from integration.store.deliveries import DeliveryTarget
 from tests.export.test_delivery import delivery_env, states, stored_report
 from tests.support.http_peers import Answer, Recorder, Request
 from tests.support.peers import WorkerProcess, wait_until
 from tests.support.records import db_rows
+from tests.support.services import free_port, stop_process, wait_for_port
 
 FHIR_JSON = "application/fhir+json"
 TOKEN = "ehr-api-token-from-the-environment"
@@ -150,3 +161,75 @@ def test_refusals_and_the_resource_id(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(DeliveryFailed, match="no valid resource id"):
         send(destination, no_id, calling_ae="PACSVLM")
     assert len(ehr.versions["pacsvlm-1"]) == 2
+
+
+def sekmet_executable() -> str | None:
+    """``sekmet`` from PACSVLM_TEST_SEKMET, beside this interpreter, or on PATH."""
+    named = os.environ.get("PACSVLM_TEST_SEKMET")
+    if named:
+        return named
+    beside = Path(sys.executable).parent / "sekmet"
+    return str(beside) if beside.exists() else shutil.which("sekmet")
+
+
+@pytest.fixture
+def sekmet(tmp_path: Path) -> Iterator[tuple[str, str, str]]:
+    """A real FHIR R4 server (sekmet-fhir) requiring SMART/OAuth2 bearer tokens; yields (base, token url, secret)."""
+    executable = sekmet_executable()
+    if executable is None:
+        pytest.skip("sekmet-fhir (a FHIR R4 server on PyPI) is not installed: the FHIR recorder tests stand in")
+    port, secret = free_port(), "pacsvlm-client-secret-42"
+    base = f"http://127.0.0.1:{port}/fhir"
+    config = {
+        "base_url": base, "host": "127.0.0.1", "port": port, "data_dir": str(tmp_path / "sekmet"),
+        "simulator": {"enabled": False}, "validation": {"inbound": "strict"},
+        "server_auth": {"types": ["smart"], "token_lifetime": 3600, "smart_clients": [
+            {"client_id": "pacs-vlm", "client_secret": secret, "scopes": "system/DiagnosticReport.*"}]},
+    }  # fmt: skip
+    (tmp_path / "sekmet.yaml").write_text(json.dumps(config))  # JSON is YAML
+    log = (tmp_path / "sekmet.log").open("wb")
+    process = subprocess.Popen(
+        [executable, "serve", "-c", str(tmp_path / "sekmet.yaml")], cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT
+    )
+    try:
+        wait_for_port("127.0.0.1", port, timeout=60)
+        yield base, f"http://127.0.0.1:{port}/auth/token", secret
+    finally:
+        stop_process(process)
+        log.close()
+
+
+def test_a_real_fhir_server_keeps_one_resource_whose_versions_are_the_reports(
+    migrated_postgres_url: str, tmp_path: Path, sekmet: tuple[str, str, str]
+) -> None:
+    base, token_url, secret = sekmet
+    TOKENS.clear()
+    (tmp_path / "client-secret").write_text(secret)
+    destination = {
+        "name": "ehr", "kind": "fhir", "url": base, "reports": "both",
+        "auth": {"type": "oauth2", "token_url": token_url, "client_id": "pacs-vlm",
+                 "client_secret_file": str(tmp_path / "client-secret"), "scope": "system/DiagnosticReport.write"},
+    }  # fmt: skip
+    settings = Settings(data_dir=tmp_path / "data", database_url=migrated_postgres_url, destinations=[destination])
+    report_id = stored_report(settings)
+    draft = load_document(settings, DeliveryTarget(1, report_id, None, f"draft:{report_id}", "ehr", "fhir", 1))
+    ehr = settings.destinations[0]
+    assert send(ehr, draft, calling_ae="PACSVLM") == "FHIR PUT HTTP 201"
+    assert send(ehr, draft, calling_ae="PACSVLM") == "FHIR PUT HTTP 200"  # a resend is an update, not a duplicate
+    revision_id = sign_report(settings, report_id, author="Doe^Jane", organization="North")
+    signed = load_document(settings, DeliveryTarget(2, report_id, revision_id,
+                                                    f"signed:{revision_id}", "ehr", "fhir", 1))  # fmt: skip
+    assert send(ehr, signed, calling_ae="PACSVLM") == "FHIR PUT HTTP 200"
+    resource_id = fhir_resource_id(draft)
+    assert fhir_resource_id(signed) == resource_id
+    assert TOKENS.fetches == 1  # one token (write scope) for the three PUTs
+    reader = httpx.post(
+        token_url, data={"grant_type": "client_credentials", "scope": "system/DiagnosticReport.read"},
+        auth=("pacs-vlm", secret), timeout=10,
+    ).json()  # fmt: skip
+    headers = {"Authorization": f"Bearer {reader['access_token']}", "Accept": "application/fhir+json"}
+    history = httpx.get(f"{base}/DiagnosticReport/{resource_id}/_history", headers=headers, timeout=10).json()
+    statuses = [entry["resource"]["status"] for entry in history["entry"]]
+    assert history["total"] == 3 and statuses == ["final", "preliminary", "preliminary"]  # newest first
+    found = httpx.get(f"{base}/DiagnosticReport", headers=headers, timeout=10).json()
+    assert found["total"] == 1  # one report, one resource
