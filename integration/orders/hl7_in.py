@@ -40,11 +40,14 @@ taken when it is valid UTF-8 (ASCII is, and many RIS send UTF-8 without saying s
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
+from functools import lru_cache
 
 from hl7apy.consts import VALIDATION_LEVEL
-from hl7apy.core import Element, Message
-from hl7apy.exceptions import ChildNotFound, HL7apyException
+from hl7apy.core import Element
+from hl7apy.exceptions import HL7apyException
 from hl7apy.parser import parse_message
 
 from integration.orders.hl7_header import (
@@ -81,17 +84,59 @@ MODALITIES = frozenset(
 )
 MODALITY_SYNONYMS = {"NMR": "MR", "NMS": "NM", "RX": "DX", "VUS": "US", "XRC": "XA"}
 STAT_PRIORITIES = frozenset({"S", "STAT", "A", "ASAP"})
+_SEGMENT_NAME = re.compile(r"[A-Z][A-Z0-9]{2}")
 _TS = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.(\d{1,4}))?([+-]\d{4})?$")
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """Where a message's segments sit in its structure: the first PID, and each order group's segments."""
+
+    pid: int | None
+    orders: tuple[tuple[int, ...], ...]
+
+
+@lru_cache(maxsize=256)
+def _layout(message_type: str, version: str, names: tuple[str, ...]) -> _Layout:
+    """Check the segment order against hl7apy's structure of the message type and version; place the segments.
+
+    hl7apy groups a skeleton of the message (MSH with type and version, then the segment names alone):
+    building its objects for every component costs about 20 ms a message, the skeleton a few, and the
+    answer depends only on the names, so it is cached.  Raises HL7Error (AR 100) for a wrong order.
+    """
+    skeleton = "\r".join([f"MSH|^~\\&|||||||{message_type}||P|{version}", *names[1:]])
+    try:
+        message = parse_message(skeleton, find_groups=True, validation_level=VALIDATION_LEVEL.TOLERANT)
+    except HL7apyException as exc:
+        raise reject(100, f"the message cannot be parsed ({type(exc).__name__})") from None
+    _check_sequence(message)
+    placed = list(_walk(message, None))
+    if [name for name, _ in placed] != list(names):
+        raise reject(100, "the segments do not fit the message structure")
+    groups: dict[int, list[int]] = {}
+    for index, (_name, group) in enumerate(placed):
+        if group is not None:
+            groups.setdefault(group, []).append(index)
+    pid = next((index for index, (name, _) in enumerate(placed) if name == "PID"), None)
+    return _Layout(pid, tuple(tuple(indices) for indices in groups.values()))
+
+
+def _walk(element: Element, group: int | None) -> Iterator[tuple[str, int | None]]:
+    """Segment names depth first, each with the id of the top-level order group it is in (None outside)."""
+    for child in element.children:
+        if child.classname == "Segment":
+            yield str(child.name), group
+        else:
+            order_group = group if group is not None or not child.name.endswith("_ORDER") else id(child)
+            yield from _walk(child, order_group)
+
+
 def _check_sequence(element: Element) -> None:
-    """Each group's segments in the order and number its structure allows (Z segments anywhere)."""
+    """Each group's segments in the order and number its structure allows."""
     entries = element.reference[1]
+    names = [entry[0] for entry in entries]
     position, count = 0, 0
     for child in element.children:
-        if child.name.startswith("Z"):
-            continue
-        names = [entry[0] for entry in entries]
         found = next((j for j in range(position, len(entries)) if names[j] == child.name), None)
         first = child.name if child.classname == "Segment" else _first_segment(child)
         if found is None:
@@ -111,50 +156,38 @@ def _first_segment(group: Element) -> str:
     return str(group.name)
 
 
-def _segments(element: Element, name: str) -> list[Element]:
-    found: list[Element] = []
-    for child in element.children:
-        if child.classname == "Segment":
-            if child.name == name:
-                found.append(child)
-        else:
-            found.extend(_segments(child, name))
-    return found
+Segment = list[str]  # a segment's fields by number: [name, field 1, field 2, ...]
 
 
 class _Fields:
-    """Positional, unescaped access to the fields hl7apy parsed (version-independent component positions)."""
+    """Positional, unescaped field values (component positions are the same in every version we take)."""
 
-    def __init__(self, message: Message) -> None:
-        chars = message.encoding_chars
-        self.component, self.repetition = chars["COMPONENT"], chars["REPETITION"]
-        self.escape, self.sub = chars["ESCAPE"], chars["SUBCOMPONENT"]
-        self.field = chars["FIELD"]
+    def __init__(self, header: Header) -> None:
+        self.field = header.field
+        chars = header.encoding
+        self.component, self.repetition, self.escape, self.sub = chars[0], chars[1], chars[2], chars[3]
 
-    def parts(self, segment: Element | None, n: int) -> list[list[list[str]]]:
+    def parts(self, segment: Segment | None, n: int) -> list[list[list[str]]]:
         """Repetitions of field ``n`` of ``segment``: components, each a list of its subcomponents."""
-        if segment is None:
-            return []
-        try:
-            fields = getattr(segment, f"{segment.name.lower()}_{n}")
-        except (ChildNotFound, AttributeError):
+        if segment is None or len(segment) <= n:
             return []
         out = []
-        for field in fields:
-            components = field.to_er7().split(self.component)
+        for repetition in segment[n].split(self.repetition):
+            components = repetition.split(self.component)
             out.append([[self.unescape(s).strip() for s in c.split(self.sub)] for c in components])
         return [r for r in out if any(any(c) for c in r)]
 
-    def reps(self, segment: Element | None, n: int) -> list[list[str]]:
+    def reps(self, segment: Segment | None, n: int) -> list[list[str]]:
         """Repetitions of field ``n`` of ``segment``, each a list of its components (first subcomponents)."""
         return [[c[0] for c in rep] for rep in self.parts(segment, n)]
 
-    def get(self, segment: Element | None, n: int, component: int = 1) -> str:
+    def get(self, segment: Segment | None, n: int, component: int = 1) -> str:
         """Component ``component`` of the first repetition of field ``n`` ('' when absent)."""
         reps = self.reps(segment, n)
         return _at(reps[0], component) if reps else ""
 
     def unescape(self, value: str) -> str:
+        """Resolve HL7 escape sequences (delimiters, hex); formatting commands become a space or nothing."""
         e = self.escape
         if e not in value:
             return value
@@ -163,7 +196,7 @@ class _Fields:
         def one(match: re.Match[str]) -> str:
             code = match.group(1)
             if code in named:
-                return str(named[code])
+                return named[code]
             if code.startswith("X") and re.fullmatch(r"X([0-9A-Fa-f]{2})+", code):
                 return bytes.fromhex(code[1:]).decode("latin-1")
             return " " if code == ".br" else ""
@@ -178,32 +211,37 @@ def _at(components: list[str], n: int) -> str:
 def parse_orders(text: str, header: Header) -> list[OrderMessage]:
     """Parse a decoded ORM^O01 / OMI^O23 into one :class:`OrderMessage` per order (ORC) group.
 
+    The segment structure is checked with hl7apy (:func:`_layout`); Z segments are ignored.
+
     Raises
     ------
     HL7Error
         AR for a structure that cannot be parsed (segment order, missing segments); AE for an order
         that cannot be applied (see the module docstring).
     """
-    text = text.replace("\r\n", "\r").replace("\n", "\r").strip("\r")
-    try:
-        message = parse_message(text, find_groups=True, validation_level=VALIDATION_LEVEL.TOLERANT)
-    except HL7apyException as exc:
-        raise reject(100, f"the message cannot be parsed ({type(exc).__name__})") from None
-    if not message.children or message.children[0].name != "MSH":
+    lines = [line for line in text.replace("\r\n", "\r").replace("\n", "\r").split("\r") if line.strip()]
+    segments = [line.split(header.field) for line in lines if not line.startswith("Z")]
+    names = tuple(segment[0] for segment in segments)
+    if not names or names[0] != "MSH":
         raise reject(100, "MSH is not the first segment")
-    _check_sequence(message)
-    fields = _Fields(message)
-    pids = _segments(message, "PID")
-    if not pids:
+    bad = next((name for name in names if not _SEGMENT_NAME.fullmatch(name)), None)
+    if bad is not None:
+        raise reject(100, "a segment name is not three letters or digits")
+    layout = _layout(header.message_type, header.version, names)
+    if layout.pid is None:
         raise reject(100, "the message has no PID segment")
-    order_groups = [c for c in message.children if c.classname == "Group" and c.name.endswith("_ORDER")]
-    if not order_groups or any(not _segments(group, "ORC") for group in order_groups):
+    if not layout.orders or any(names[group[0]] != "ORC" for group in layout.orders):
         raise reject(100, "the message has no ORC segment")
-    patient_id, issuer = _patient(fields, pids[0])
-    return [_order(fields, group, patient_id, issuer, header) for group in order_groups]
+    fields = _Fields(header)
+    patient_id, issuer = _patient(fields, segments[layout.pid])
+    orders = []
+    for group in layout.orders:
+        members = [segments[index] for index in group]
+        orders.append(_order(fields, members, patient_id, issuer, header))
+    return orders
 
 
-def _patient(fields: _Fields, pid: Element) -> tuple[str, str]:
+def _patient(fields: _Fields, pid: Segment) -> tuple[str, str]:
     """PID-3: the first repetition with an ID, and its issuer (CX-4 namespace id, else universal id)."""
     for identifier in fields.parts(pid, 3):
         if identifier[0][0]:
@@ -212,11 +250,9 @@ def _patient(fields: _Fields, pid: Element) -> tuple[str, str]:
     raise HL7Error("AE", 101, "the order has no patient ID (PID-3)")
 
 
-def _order(fields: _Fields, group: Element, patient_id: str, issuer: str, header: Header) -> OrderMessage:
-    orc = _segments(group, "ORC")[0]
-    obr = next(iter(_segments(group, "OBR")), None)
-    ipc = next(iter(_segments(group, "IPC")), None)
-    tq1 = next(iter(_segments(group, "TQ1")), None)
+def _order(fields: _Fields, group: list[Segment], patient_id: str, issuer: str, header: Header) -> OrderMessage:
+    orc = group[0]
+    obr, ipc, tq1 = (next((s for s in group if s[0] == name), None) for name in ("OBR", "IPC", "TQ1"))
     control = fields.get(orc, 1).upper()
     if control not in {c.value for c in OrderControl}:
         raise HL7Error("AE", 103, f"order control {control[:4] or '(none)'} not supported (NW, XO, CA, DC)")

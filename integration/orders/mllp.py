@@ -194,17 +194,23 @@ class OrderListener:
         now = datetime.now(UTC)
         withdrawn: list[int] = []
         outcomes: list[str] = []
-        with session.begin_nested() as savepoint:
-            for message in orders:
-                result = apply_order(session, message, source="hl7", sender=header.sender, site_id=site_id, now=now)
-                if result.outcome == "refused":
+        # A refused order changes nothing; with several orders in one message, those applied before it are
+        # undone (a savepoint, taken only then: it costs two round trips).
+        savepoint = session.begin_nested() if len(orders) > 1 else None
+        order_id = None
+        for message in orders:
+            result = apply_order(session, message, source="hl7", sender=header.sender, site_id=site_id, now=now)
+            if result.outcome == "refused":
+                if savepoint is not None:
                     savepoint.rollback()
-                    reason = result.reason or "the order cannot be applied"
-                    code = next((c for phrase, c in REFUSAL_CODES if phrase in reason), 207)
-                    return "AE", reason, code, [], result.order_id
-                withdrawn.extend(result.withdrawn_reports)
-                outcomes.append(result.outcome)
-                order_id = result.order_id
+                reason = result.reason or "the order cannot be applied"
+                code = next((c for phrase, c in REFUSAL_CODES if phrase in reason), 207)
+                return "AE", reason, code, [], result.order_id
+            withdrawn.extend(result.withdrawn_reports)
+            outcomes.append(result.outcome)
+            order_id = result.order_id
+        if savepoint is not None:
+            savepoint.commit()
         return "AA", f"order {', '.join(dict.fromkeys(outcomes))}", None, withdrawn, order_id
 
     def _site_id(self, session: Any, header: Header) -> int | None:

@@ -9,8 +9,9 @@ Two copies arriving at once on two connections both find nothing remembered; the
 ``(sender, control_id)`` key makes the second :func:`remember_ack` fail with :class:`AlreadyAnswered`, its
 caller rolls back everything the copy did and answers with what the first one remembered.
 
-``ack_text`` holds what follows MSA-1: ``None`` for AA, and for AE ``"<table 0357 code> <text>"`` (for
-example ``"204 CA for an order we do not hold"``), so the repeated answer carries the same ERR code.
+``ack_text`` holds what follows MSA-1: for AA what was done (``order created``), and for AE
+``"<table 0357 code> <text>"`` (for example ``"204 CA for an order we do not hold"``), so the repeated answer
+carries the same ERR code.
 """
 
 from __future__ import annotations
@@ -68,19 +69,20 @@ def remember_ack(
     ------
     AlreadyAnswered
         When another transaction remembered this sender's ``control_id`` first; the caller's transaction
-        must then be rolled back (only the savepoint of this insert has been).
+        is then failed and must be rolled back (everything it did with it).  No savepoint is taken: a
+        savepoint costs two round trips on every message for a race that is rare.
     """
+    session.add(
+        InboundMessage(
+            sender=sender,
+            control_id=control_id,
+            message_type=message_type[:16],
+            ack_code=code,
+            ack_text=text,
+            order_id=order_id,
+        )
+    )
     try:
-        with session.begin_nested():
-            session.add(
-                InboundMessage(
-                    sender=sender,
-                    control_id=control_id,
-                    message_type=message_type[:16],
-                    ack_code=code,
-                    ack_text=text,
-                    order_id=order_id,
-                )
-            )
+        session.flush()
     except IntegrityError:
         raise AlreadyAnswered(control_id) from None

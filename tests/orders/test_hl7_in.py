@@ -188,3 +188,11 @@ def test_header_of_a_message_with_other_delimiters() -> None:
         control_id="MSG0001",
         version="2.5.1",
     )
+
+
+def test_z_segments_are_ignored_and_segment_names_checked() -> None:
+    lines = order_message().split("\r")
+    (order,) = parse("\r".join([lines[0], "ZDS|1.2.3^^Application^DICOM", *lines[1:], "ZXX|anything"]))
+    assert order.accession_number == "ACC0001"
+    error = refusal("\r".join([*lines, "ob|x"]))
+    assert (error.error_code, error.text) == (100, "a segment name is not three letters or digits")

@@ -369,3 +369,11 @@ def test_pacs_vlm_listen_takes_orders(
     assert f"listening for HL7 orders on 127.0.0.1:{mllp_port}" in process.log()
     process.stop()
     assert "PAT001" not in process.log()
+
+
+def test_a_refused_order_undoes_the_others_of_its_message(settings: Settings, client: MLLPClient) -> None:
+    text = order_message(control_id="TWO-1", accession="ACC0005")
+    text += "\rORC|CA|PL9\r" + "OBR|2|PL9" + "|" * 16 + "NOPE"
+    ack = send(client, text)
+    assert msa(ack) == ("AE", "TWO-1", "CA for an order we do not hold")
+    assert counts(settings) == (0, 0, 1)
