@@ -11,11 +11,13 @@ from __future__ import annotations
 import base64
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from fhir.resources.R4B.operationoutcome import OperationOutcome
@@ -35,6 +37,7 @@ from integration.web.app import create_app
 from integration.web.security.csrf import csrf_token_for_session
 from tests.orders.test_fhir_in import PATIENT, service_request
 from tests.reports.test_signing import add_report, evidence_of, store_study
+from tests.web.conftest import ApiProcess
 from tests.web.test_auth import COOKIE, PASSWORD
 from worker.cli import app as root
 
@@ -339,3 +342,37 @@ def test_orders_cli_lists_and_shows_the_history(world: World, client: TestClient
     assert any("linked studies:" in line and "cancelled" in line for line in lines)
     missing = orders("show", "NOPE")
     assert missing.exit_code == 1 and "no order has this accession number" in missing.output
+
+
+def test_orders_over_http_on_postgresql(
+    start_api: Callable[..., ApiProcess], migrated_postgres_url: str, tmp_path: Path
+) -> None:
+    """The real ``pacs-vlm api`` on PostgreSQL: an EHR's concurrent resends make one order, then it is cancelled."""
+    url = migrated_postgres_url
+    with session_scope(url) as session:
+        create_site(session, "NORTH", "North Hospital")
+        create_user(session, "north_ehr", PASSWORD, UserRole.UPLOADER, "NORTH")
+    api = start_api(PACSVLM_DATABASE_URL=url)
+    with httpx.Client(base_url=api.url, headers={"Content-Type": FHIR}) as ehr:
+        # Signed in once: concurrent HTTP Basic requests of one client would each be a throttled sign-in (429).
+        assert ehr.post("/api/login", json={"username": "north_ehr", "password": PASSWORD}).status_code == 200
+        ehr.headers["X-CSRF-Token"] = csrf_token_for_session(ehr.cookies[COOKIE])
+        # The same new order PUT 6 times at once (an EHR retrying): one order, one "created", the rest no change.
+        with ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(lambda _: ehr.put("/fhir/ServiceRequest/sr-1", content=body()), range(6)))
+        assert sorted(answer.status_code for answer in answers) == [200] * 5 + [201], [a.text for a in answers]
+        ehr.cookies.clear()  # HTTP Basic, one request at a time
+        ehr.auth = ("north_ehr", PASSWORD)
+        assert ehr.post("/fhir/ServiceRequest", content=body()).json()["id"] == "sr-1"
+        read = ehr.get("/fhir/ServiceRequest/sr-1")
+        assert read.status_code == 200 and read.headers["content-type"].startswith(FHIR)
+        assert ServiceRequest.model_validate(read.json()).status == "active"
+        cancelled = ehr.put("/fhir/ServiceRequest/sr-1", content=body(status="revoked"))
+        assert cancelled.status_code == 200 and cancelled.json()["status"] == "revoked"
+        assert "priority" in outcome(ehr.post("/fhir/ServiceRequest", content=body(priority=3)), 422)
+    with session_scope(url) as session:
+        orders = session.scalars(select(Order)).all()
+        outcomes = [(e.detail or {})["outcome"] for e in session.scalars(select(OrderEvent).order_by(OrderEvent.id))]
+    assert [(o.fhir_id, o.status) for o in orders] == [("sr-1", "cancelled")]
+    assert outcomes == ["created"] + ["unchanged"] * 6 + ["cancelled"]
+    assert PATIENT not in api.log_path.read_text(errors="replace")  # no patient data in the process log
