@@ -107,9 +107,9 @@ def basic(username: str) -> dict[str, str]:
     return {"Authorization": f"Basic {token}", "Content-Type": FHIR}
 
 
-def signed(world: World, username: str) -> TestClient:
+def signed(world: World, username: str, client: TestClient | None = None) -> TestClient:
     """A client signed in once (a session, not argon2 on every request) that sends the CSRF token and FHIR JSON."""
-    client = TestClient(create_app(world.settings))
+    client = client or TestClient(create_app(world.settings))
     assert client.post("/api/login", json={"username": username, "password": PASSWORD}).status_code == 200
     client.headers.update({"X-CSRF-Token": csrf_token_for_session(client.cookies[COOKIE]), "Content-Type": FHIR})
     return client
@@ -242,10 +242,18 @@ def test_post_assigns_an_id_and_a_repeat_finds_the_same_order(world: World, clie
 
 def test_sites_keep_their_orders(world: World, client: TestClient) -> None:
     assert client.put("/fhir/ServiceRequest/sr-1", content=body(), headers=basic("north_ehr")).status_code == 201
-    south = signed(world, "south_ehr")
-    assert outcome(south.get("/fhir/ServiceRequest/sr-1"), 404) == "no ServiceRequest sr-1"
-    assert outcome(south.put("/fhir/ServiceRequest/sr-1", content=body(status="revoked")), 404)
-    assert "another site" in outcome(south.post("/fhir/ServiceRequest", content=body()), 409)
+    with TestClient(create_app(world.settings)) as audited:  # its refusal audit is written when it closes
+        south = signed(world, "south_ehr", audited)
+        assert outcome(south.get("/fhir/ServiceRequest/sr-1"), 404) == "no ServiceRequest sr-1"
+        assert outcome(south.put("/fhir/ServiceRequest/sr-1", content=body(status="revoked")), 404)
+        assert "another site" in outcome(south.post("/fhir/ServiceRequest", content=body()), 409)
+    with session_scope(world.settings.database_url) as session:
+        cross = session.execute(
+            select(AuditEvent.actor, AuditEvent.object_type, AuditEvent.object_id).where(
+                AuditEvent.action == "access.cross_site"
+            )
+        ).all()
+    assert set(cross) == {("south_ehr", "order", "sr-1")}
     assert order_row(world).status == "scheduled"
     # The site's radiologist and the administrator may read it.
     for reader in ("north_rad", "boss"):

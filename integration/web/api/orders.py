@@ -52,7 +52,7 @@ from integration.store.session import session_scope
 from integration.store.tables import UserRole, utcnow
 from integration.web.deps import CurrentUser, app_settings, client_address
 from integration.web.security.dicomweb_auth import dicomweb_user
-from integration.web.security.refusals import audit_http_refusal
+from integration.web.security.refusals import CrossSiteRefused, audit_http_refusal
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,8 @@ class _Refusal(Exception):
     status_code: int
     message: str
     code: str = "invalid"
+    #: The order exists but belongs to another site (audited as ``access.cross_site``).
+    cross_site: bool = False
 
 
 @dataclass(frozen=True)
@@ -136,7 +138,7 @@ def _apply(
     with session_scope(settings.database_url) as session:
         held = _by_fhir_id(session, resource_id) if resource_id is not None else None
         if held is not None and _visible(held, user) is None:
-            raise _Refusal(404, f"no ServiceRequest {resource_id}", "not-found")
+            raise _Refusal(404, f"no ServiceRequest {resource_id}", "not-found", cross_site=True)
         if parsed.changes_nothing:
             if held is None:
                 raise _Refusal(422, "a completed ServiceRequest creates no order (send active)", "not-supported")
@@ -216,6 +218,8 @@ async def _take(request: Request, resource_id: str | None) -> Response:
     try:
         applied = await anyio.to_thread.run_sync(_apply, settings, user, parsed, resource_id, client_address(request))
     except _Refusal as refusal:
+        if refusal.cross_site and resource_id is not None:
+            audit_http_refusal(request, CrossSiteRefused(refusal.message, "order", resource_id))
         return outcome_answer(refusal.status_code, refusal.message, refusal.code)
     if applied.withdrawn_reports:
         await anyio.to_thread.run_sync(_withdraw, settings, applied.withdrawn_reports)
@@ -223,10 +227,12 @@ async def _take(request: Request, resource_id: str | None) -> Response:
     return fhir_answer(201 if applied.created else 200, applied.resource, {"Location": location})
 
 
-def _read(settings: Settings, user: CurrentUser, resource_id: str) -> dict[str, Any] | None:
+def _read(settings: Settings, user: CurrentUser, resource_id: str) -> dict[str, Any] | bool:
+    """The order as a ServiceRequest; else whether it exists (for another site) or not."""
     with session_scope(settings.database_url) as session:
-        order = _visible(_by_fhir_id(session, resource_id), user)
-        return service_request_json(order) if order is not None else None
+        held = _by_fhir_id(session, resource_id)
+        order = _visible(held, user)
+        return service_request_json(order) if order is not None else held is not None
 
 
 def orders_router() -> APIRouter:
@@ -258,8 +264,11 @@ def orders_router() -> APIRouter:
         if not FHIR_ID.fullmatch(resource_id):
             return outcome_answer(404, "no such ServiceRequest", "not-found")
         resource = await anyio.to_thread.run_sync(_read, app_settings(request), user, resource_id)
-        if resource is None:
-            return outcome_answer(404, f"no ServiceRequest {resource_id}", "not-found")
+        if isinstance(resource, bool):
+            message = f"no ServiceRequest {resource_id}"
+            if resource:
+                audit_http_refusal(request, CrossSiteRefused(message, "order", resource_id))
+            return outcome_answer(404, message, "not-found")
         return fhir_answer(200, resource)
 
     return router
