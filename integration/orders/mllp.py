@@ -259,6 +259,8 @@ class _Server(MLLPServer):  # type: ignore[misc]
         self.listener = listener
         self.connections: set[socket.socket] = set()
         self.lock = threading.Lock()
+        if ":" in host:
+            self.address_family = socket.AF_INET6
         super().__init__(host, port, {}, timeout=timeout, request_handler_class=_Handler)
 
     def close_connections(self) -> None:

@@ -377,3 +377,29 @@ def test_a_refused_order_undoes_the_others_of_its_message(settings: Settings, cl
     ack = send(client, text)
     assert msa(ack) == ("AE", "TWO-1", "CA for an order we do not hold")
     assert counts(settings) == (0, 0, 1)
+
+
+def test_frames_in_pieces_pipelined_and_idle_connections(migrated_postgres_url: str, tmp_path: Path) -> None:
+    """Framing edges no library client produces on demand, so a plain socket writes the bytes here."""
+    settings = make_settings(migrated_postgres_url, tmp_path, mllp_timeout=1.0)
+    listener = OrderListener(settings).start()
+    try:
+        with socket.create_connection(("127.0.0.1", listener.port), timeout=10) as raw:
+            first = b"\x0b" + order_message(control_id="P-1").encode() + b"\x1c"
+            for piece in (first[:5], first[5:40], first[40:], b"\r"):  # the end block split from its CR
+                raw.sendall(piece)
+                time.sleep(0.05)
+            second = b"\x0b" + order_message("XO", control_id="P-2").encode() + b"\x1c\r"
+            third = b"\x0b" + order_message("XO", control_id="P-3", priority="S").encode() + b"\x1c\r"
+            raw.sendall(second + b"\r\n" + third)  # two messages in one write, a line end between them
+            answers = b""
+            while answers.count(b"\x1c\r") < 3:
+                answers += raw.recv(4096)
+            acks = [hl7.parse(frame.strip(b"\x0b").decode()) for frame in answers.split(b"\x1c\r")[:3]]
+            assert [msa(ack)[:2] for ack in acks] == [("AA", "P-1"), ("AA", "P-2"), ("AA", "P-3")]
+            started = time.monotonic()
+            assert raw.recv(10) == b""  # idle past mllp_timeout: closed by the listener
+            assert time.monotonic() - started < 5
+    finally:
+        listener.stop()
+    assert orders(settings)[0][4] == "stat"
