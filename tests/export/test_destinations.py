@@ -22,6 +22,10 @@ def test_defaults_per_kind_and_report_rules() -> None:
     assert drop.documents == ("fhir", "hl7") and drop.takes("draft") and drop.takes("signed")
     ris = Destination(name="ris", kind="http", url="https://ris.example.org/hl7", documents=["hl7"], reports="drafts")
     assert ris.takes("draft") and not ris.takes("signed")
+    mllp = Destination(name="ris", kind="mllp", host="ris", port=2575, tls=True, ca_file="/ca.pem")
+    assert mllp.documents == ("hl7",) and mllp.uses_tls and mllp.sites == () and mllp.modalities == ()
+    fhir = Destination(name="ehr", kind="fhir", url="https://ehr/fhir", certificate="/c.pem", private_key="/c.key")
+    assert fhir.documents == ("fhir",) and fhir.uses_tls and fhir.auth is None
 
 
 @pytest.mark.parametrize(
@@ -34,6 +38,13 @@ def test_defaults_per_kind_and_report_rules() -> None:
         ({"kind": "http", "url": "https://x", "documents": ["sr"]}, "cannot take sr"),
         ({"kind": "folder"}, "needs folder"),
         ({"kind": "smtp"}, "Input should be"),
+        ({"kind": "mllp", "host": "ris"}, "an mllp destination needs host and port"),
+        ({"kind": "mllp", "host": "ris", "port": 2575, "documents": ["fhir"]}, "cannot take fhir"),
+        ({"kind": "mllp", "host": "ris", "port": 2575, "ca_file": "/ca.pem"}, "with tls true"),
+        ({"kind": "mllp", "host": "ris", "port": 2575, "receiving_facility": "A^B"}, "should match pattern"),
+        ({"kind": "fhir", "url": "ftp://x"}, "needs an http(s) url"),
+        ({"kind": "fhir", "url": "https://x", "documents": ["hl7"]}, "cannot take hl7"),
+        ({"kind": "fhir", "url": "https://x", "tls": True}, "tls is for dicom and mllp"),
     ],
 )
 def test_incomplete_destinations_are_refused(fields: dict[str, object], message: str) -> None:
