@@ -15,7 +15,10 @@ the file or variable, never what it holds.
 
 OAuth2 is the client-credentials grant (RFC 6749 section 4.4): the client authenticates to the token
 endpoint with HTTP Basic (``client_secret_basic``, the default) or with form fields
-(``client_authentication: "post"``, ``client_secret_post``); see :mod:`integration.export.auth`.
+(``client_authentication: "post"``, ``client_secret_post``); see :mod:`integration.export.auth`.  With
+``basic`` the id and secret are form-urlencoded before Base64 as RFC 6749 2.3.1 asks; a token endpoint that
+does not decode them (some do not) needs ``post`` when the id or secret has characters outside
+``A-Za-z0-9-._~``.
 """
 
 from __future__ import annotations
