@@ -125,6 +125,15 @@ def _layout(message_type: str, version: str, names: tuple[str, ...]) -> _Layout:
     return _Layout(pid, tuple(tuple(indices) for indices in groups.values()))
 
 
+def warm_up() -> None:
+    """Load hl7apy's structures of the usual layouts now, so the first orders do not wait for them."""
+    for message_type, versions in SUPPORTED.items():
+        middle = ("ORC", "TQ1", "OBR", "IPC") if message_type == "OMI^O23" else ("ORC", "OBR")
+        for version in versions:
+            _layout(message_type, version, ("MSH", "PID", "PV1", *middle))
+            _layout(message_type, version, ("MSH", "PID", *middle))
+
+
 def _walk(element: Element, group: int | None) -> Iterator[tuple[str, int | None]]:
     """Segment names depth first, each with the id of the top-level order group it is in (None outside)."""
     for child in element.children:

@@ -34,12 +34,13 @@ from typing import Any
 
 from hl7apy.mllp import MLLPRequestHandler, MLLPServer
 from sqlalchemy import select
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from integration.config import Settings
 from integration.dicom.tls import TlsConfigError, handshake_failure, server_context
 from integration.orders.hl7_header import CHARSETS, Header, HL7Error, build_ack, check_header, decode, read_header
-from integration.orders.hl7_in import parse_orders
+from integration.orders.hl7_in import parse_orders, warm_up
 from integration.store.inbound import AlreadyAnswered, remember_ack, remembered_ack
 from integration.store.session import session_scope
 from integration.store.tables import Site
@@ -90,6 +91,11 @@ class OrderListener:
                 raise OrderListenerConfigError(f"MLLP TLS: {exc}") from None
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        # SQLite takes one writer at a time: queueing here beats its busy handler's growing sleeps.
+        sqlite = make_url(settings.database_url).get_backend_name() == "sqlite"
+        self._one_writer: contextlib.AbstractContextManager[Any] = (
+            threading.Lock() if sqlite else contextlib.nullcontext()
+        )
 
     @property
     def port(self) -> int:
@@ -100,6 +106,7 @@ class OrderListener:
     def start(self) -> OrderListener:
         """Bind and serve in a background thread (raises OSError when the port cannot be bound)."""
         assert self.settings.mllp_port is not None
+        warm_up()
         self._server = _Server(self, self.settings.mllp_host, self.settings.mllp_port, self.settings.mllp_timeout)
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.2,), name="mllp", daemon=True)
         self._thread.start()
@@ -160,7 +167,7 @@ class OrderListener:
             orders, problem = [], exc
         for _attempt in range(3):
             try:
-                with session_scope(self.settings.database_url) as session:
+                with self._one_writer, session_scope(self.settings.database_url) as session:
                     remembered = remembered_ack(session, header.sender, header.control_id)
                     if remembered is not None:
                         log.info("HL7 control id %s from %s answered before", header.control_id, header.sender)
