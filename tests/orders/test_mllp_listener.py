@@ -27,6 +27,7 @@ from sqlalchemy import update
 from integration.config import Settings
 from integration.orders.mllp import OrderListener
 from integration.samples import write_ct_series
+from integration.store.migrate import upgrade
 from integration.store.session import session_scope
 from integration.store.tables import Study
 from integration.store.users import create_site
@@ -403,3 +404,28 @@ def test_frames_in_pieces_pipelined_and_idle_connections(migrated_postgres_url: 
     finally:
         listener.stop()
     assert orders(settings)[0][4] == "stat"
+
+
+def test_embedded_sqlite_with_eight_connections(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'pacs-vlm.sqlite'}"
+    upgrade(url)
+    settings = make_settings(url, tmp_path)
+    listener = OrderListener(settings).start()
+    answers: list[str] = []
+
+    def some(k: int) -> None:
+        with MLLPClient("127.0.0.1", listener.port) as connected:
+            for n in range(10):
+                ack = send(connected, order_message(control_id=f"E-{k}-{n}", accession=f"E{k}-{n}"))
+                answers.append(msa(ack)[0])
+
+    try:
+        threads = [threading.Thread(target=some, args=(k,)) for k in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    finally:
+        listener.stop()
+    assert answers == ["AA"] * 80
+    assert counts(settings) == (80, 80, 80)
