@@ -1,27 +1,25 @@
-"""RIS orders in the store: order controls and their history, matching studies, what an order changes.
+"""RIS orders in the store: order controls and their history, and matching studies to orders.
 
 Studies are recorded by the real ingest (``record_instance``) and completed by the real assembly step
-(``complete_stable_studies``), on SQLite and PostgreSQL; drafts by the worker's store functions.
+(``complete_stable_studies``), on SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 from sqlalchemy import select
 
-from integration.intake.header import InstanceHeader
 from integration.intake.study_attributes import record_study_attributes
-from integration.orders.order import OrderControl, OrderMessage, OrderPriority
+from integration.orders.order import OrderPriority
 from integration.samples import write_ct_series
-from integration.store.ingest import record_instance
-from integration.store.jobs import complete_stable_studies, mark_sent
+from integration.store.jobs import complete_stable_studies
 from integration.store.migrate import upgrade
 from integration.store.order_tables import Order, OrderEvent, OrderStatus
 from integration.store.orders import (
@@ -29,28 +27,18 @@ from integration.store.orders import (
     OTHER_PATIENT,
     OTHER_SITE,
     OrderResult,
-    apply_order,
     link_order,
     order_for_study,
 )
-from integration.store.reports import DraftRecord, SkippedJob, claim_job, record_draft
-from integration.store.session import engine_for, session_scope
+from integration.store.session import session_scope
 from integration.store.tables import (
     ROLE_PRIOR,
     AnalysisJob,
-    AuditEvent,
-    JobState,
-    Report,
-    ReportPurpose,
-    ReportStatus,
     Site,
     Study,
-    StudyState,
     utcnow,
 )
-
-ACCESSION = "ACC100"
-PATIENT = "MRN1"
+from tests.support.order_store import ACCESSION, PATIENT, apply, complete, ingest, message, study
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -61,98 +49,6 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield database
     else:
         yield request.getfixturevalue("migrated_postgres_url")
-
-
-def message(control: str = "NW", **fields: object) -> OrderMessage:
-    values: dict[str, object] = {"accession_number": ACCESSION, "patient_id": PATIENT, "message_id": "m1"}
-    values.update(fields)
-    return OrderMessage(control=OrderControl(control), **values)  # type: ignore[arg-type]
-
-
-def apply(url: str, msg: OrderMessage, site_id: int | None = None, sender: str = "RIS^NORTH") -> OrderResult:
-    with session_scope(url) as session:
-        return apply_order(session, msg, source="hl7", sender=sender, site_id=site_id, now=utcnow())
-
-
-def ingest(
-    url: str,
-    *,
-    accession: str | None = ACCESSION,
-    patient: str | None = PATIENT,
-    issuer: str | None = None,
-    received_at: datetime | None = None,
-    site_id: int | None = None,
-    study_uid: str | None = None,
-    storage_path: str | None = None,
-) -> int:
-    """Record one instance of a new study through the real ingest; return the study's id."""
-    header = InstanceHeader(
-        sop_class_uid=CTImageStorage,
-        sop_instance_uid=generate_uid(),
-        study_uid=study_uid or generate_uid(),
-        series_uid=generate_uid(),
-        transfer_syntax_uid=ExplicitVRLittleEndian,
-        modality="CT",
-        patient_key="k",
-        accession_number=accession,
-        patient_id=patient,
-        issuer_of_patient_id=issuer,
-    )
-    with engine_for(url).connect() as connection:
-        receipt = record_instance(
-            connection,
-            header,
-            storage_path=storage_path or f"{header.sop_instance_uid}.dcm",
-            size_bytes=10,
-            calling_ae="CT1",
-            received_at=received_at or utcnow() - timedelta(minutes=5),
-            stable_seconds=1,
-            site_id=site_id,
-        )
-    assert receipt.added
-    return receipt.study_id
-
-
-def study(url: str, study_id: int) -> Study:
-    with session_scope(url) as session:
-        row = session.get(Study, study_id)
-        assert row is not None
-        session.expunge(row)
-        return row
-
-
-def complete(url: str) -> list[int]:
-    with session_scope(url) as session:
-        return complete_stable_studies(session, utcnow(), "analysis", stat_queue="analysis.stat")
-
-
-def a_draft() -> DraftRecord:
-    return DraftRecord(
-        model_id="smoke/llava",
-        model_revision="abc",
-        model_family="llava",
-        prompt_version="ct/v1",
-        structured=True,
-        findings={},
-        text="Normal.",
-        raw_output="Normal.",
-        evidence=[],
-        timings={},
-        tokens_in=1,
-        tokens_out=1,
-    )
-
-
-def drafted(url: str, study_id: int) -> int:
-    """Complete the study, claim its job and record a draft (as the worker does); return the report id."""
-    (job_id,) = complete(url)
-    with session_scope(url) as session:
-        mark_sent(session, job_id, utcnow())
-    with session_scope(url) as session:
-        claimed = claim_job(session, job_id, max_attempts=3, now=utcnow())
-        assert not isinstance(claimed, SkippedJob)
-    with session_scope(url) as session:
-        return record_draft(session, job_id, a_draft(), utcnow())
 
 
 # ------------------------------------------------------------------ order controls and history
@@ -333,127 +229,6 @@ def test_priors_are_never_linked(url: str) -> None:
         prior_id = prior.id
     assert apply(url, message("XO", indication="x")).studies == []
     assert study(url, prior_id).order_id is None
-
-
-# ------------------------------------------------------------------ cancellation
-
-
-def test_cancel_while_receiving_or_queued_means_no_job_and_no_draft(url: str) -> None:
-    apply(url, message())
-    receiving = ingest(url, received_at=utcnow())  # still receiving: the assembler cancels it on completion
-    result = apply(url, message("CA"))
-    assert result.outcome == "cancelled" and result.studies == [receiving] and result.withdrawn_reports == []
-    assert study(url, receiving).state == StudyState.RECEIVING
-    with session_scope(url) as session:
-        assert complete_stable_studies(session, utcnow() + timedelta(minutes=1), "analysis") == []
-    assert study(url, receiving).state == StudyState.CANCELLED
-    with session_scope(url) as session:
-        assert session.scalars(select(AnalysisJob)).all() == []
-        actions = session.scalars(select(AuditEvent.action)).all()
-        assert "study.cancelled" in actions
-
-    # queued: the job ends cancelled, and a delivery of its message drafts nothing
-    apply(url, message(accession_number="ACC600"))
-    queued = ingest(url, accession="ACC600")
-    (job_id,) = complete(url)
-    result = apply(url, message("DC", accession_number="ACC600"))
-    assert (result.outcome, result.studies) == ("discontinued", [queued])
-    assert study(url, queued).state == StudyState.CANCELLED
-    with session_scope(url) as session:
-        job = session.get(AnalysisJob, job_id)
-        assert job is not None and job.state == JobState.CANCELLED and job.last_error == "the order was discontinued"
-        assert claim_job(session, job_id, max_attempts=3, now=utcnow()) == SkippedJob(job_id, "job already cancelled")
-
-
-def test_a_job_whose_order_was_cancelled_before_it_started_is_cancelled_at_claim(url: str) -> None:
-    study_id = ingest(url)
-    (job_id,) = complete(url)
-    apply(url, message())  # linked now; then cancelled behind the store's back (as a concurrent writer could)
-    with session_scope(url) as session:
-        order = session.scalars(select(Order)).one()
-        order.status = OrderStatus.CANCELLED.value
-    with session_scope(url) as session:
-        skipped = claim_job(session, job_id, max_attempts=3, now=utcnow())
-    assert skipped == SkippedJob(job_id, "the order was cancelled")
-    assert study(url, study_id).state == StudyState.CANCELLED
-    with session_scope(url) as session:
-        assert session.get(AnalysisJob, job_id).state == JobState.CANCELLED  # type: ignore[union-attr]
-        assert session.scalars(select(Report)).all() == []
-
-
-def test_cancel_while_running_keeps_the_draft_withdrawn(url: str) -> None:
-    apply(url, message())
-    study_id = ingest(url)
-    (job_id,) = complete(url)
-    with session_scope(url) as session:
-        assert not isinstance(claim_job(session, job_id, max_attempts=3, now=utcnow()), SkippedJob)
-    assert apply(url, message("CA")).withdrawn_reports == []
-    with session_scope(url) as session:
-        report_id = record_draft(session, job_id, a_draft(), utcnow())
-    with session_scope(url) as session:
-        report = session.get(Report, report_id)
-        assert report is not None and report.status == ReportStatus.WITHDRAWN
-        assert session.get(AnalysisJob, job_id).state == JobState.CANCELLED  # type: ignore[union-attr]
-    assert study(url, study_id).state == StudyState.CANCELLED
-
-
-def test_cancel_after_drafting_withdraws_the_primary_draft(url: str) -> None:
-    apply(url, message())
-    study_id = ingest(url)
-    report_id = drafted(url, study_id)
-    assert study(url, study_id).state == StudyState.DRAFTED
-    with session_scope(url) as session:  # a second opinion's draft is not the report of record: left alone
-        opinion = session.get(Report, report_id)
-        assert opinion is not None
-        session.add(
-            Report(
-                **{
-                    **{c: getattr(opinion, c) for c in ("study_id", "study_version", "model_id", "model_family")},
-                    "model_revision": "other",
-                    "prompt_version": "ct/v1",
-                    "structured": True,
-                    "findings": {},
-                    "text": "",
-                    "raw_output": "",
-                    "evidence": [],
-                    "timings": {},
-                    "tokens_in": 0,
-                    "tokens_out": 0,
-                    "purpose": ReportPurpose.SECOND_OPINION,
-                }
-            )
-        )
-    result = apply(url, message("CA"))
-    assert (result.outcome, result.studies, result.withdrawn_reports) == ("cancelled", [study_id], [report_id])
-    with session_scope(url) as session:
-        statuses = {row[0]: row[1] for row in session.execute(select(Report.purpose, Report.status))}
-        assert statuses == {ReportPurpose.PRIMARY: ReportStatus.WITHDRAWN, ReportPurpose.SECOND_OPINION: "draft"}
-    assert study(url, study_id).state == StudyState.CANCELLED
-    assert apply(url, message("CA")).withdrawn_reports == []  # said once
-
-
-def test_a_signed_report_is_not_withdrawn(url: str) -> None:
-    apply(url, message())
-    study_id = ingest(url)
-    report_id = drafted(url, study_id)
-    with session_scope(url) as session:
-        session.get(Report, report_id).status = ReportStatus.SIGNED  # type: ignore[union-attr]
-        session.get(Study, study_id).state = StudyState.SIGNED  # type: ignore[union-attr]
-    assert apply(url, message("CA")).withdrawn_reports == []
-    assert study(url, study_id).state == StudyState.SIGNED
-
-
-def test_a_late_instance_of_a_cancelled_study_is_cancelled_again(url: str) -> None:
-    apply(url, message())
-    uid = generate_uid()
-    study_id = ingest(url, study_uid=uid)
-    complete(url)
-    apply(url, message("CA"))
-    ingest(url, study_uid=uid)  # a late arrival: a new study version, receiving again
-    row = study(url, study_id)
-    assert row.state == StudyState.RECEIVING and row.version == 2
-    assert complete(url) == []
-    assert study(url, study_id).state == StudyState.CANCELLED
 
 
 # ------------------------------------------------------------------ concurrency (PostgreSQL)
