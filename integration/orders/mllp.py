@@ -36,12 +36,15 @@ from hl7apy.mllp import MLLPRequestHandler, MLLPServer
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from integration.config import Settings
 from integration.dicom.tls import TlsConfigError, handshake_failure, server_context
 from integration.orders.hl7_header import CHARSETS, Header, HL7Error, build_ack, check_header, decode, read_header
 from integration.orders.hl7_in import parse_orders, warm_up
+from integration.orders.order import OrderMessage
 from integration.store.inbound import AlreadyAnswered, remember_ack, remembered_ack
+from integration.store.orders import apply_order
 from integration.store.session import session_scope
 from integration.store.tables import Site
 
@@ -193,10 +196,8 @@ class OrderListener:
         raise HL7Error("AR", 207, "the order could not be stored now; send it again")
 
     def _apply_orders(
-        self, session: Any, header: Header, orders: list[Any]
+        self, session: Session, header: Header, orders: list[OrderMessage]
     ) -> tuple[str, str | None, int | None, list[int], int | None]:
-        from integration.store.orders import apply_order
-
         site_id = self._site_id(session, header)
         now = datetime.now(UTC)
         withdrawn: list[int] = []
@@ -220,7 +221,7 @@ class OrderListener:
             savepoint.commit()
         return "AA", f"order {', '.join(dict.fromkeys(outcomes))}", None, withdrawn, order_id
 
-    def _site_id(self, session: Any, header: Header) -> int | None:
+    def _site_id(self, session: Session, header: Header) -> int | None:
         senders = self.settings.hl7_senders
         entry = senders.get(header.sender) or senders.get(header.sending_application)
         if entry is None or entry.site is None:
