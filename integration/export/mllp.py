@@ -25,7 +25,7 @@ from hl7.client import CR, EB, SB, MLLPClient  # type: ignore[import-untyped]
 
 from integration.destinations import Destination
 from integration.dicom.tls import TlsConfigError, client_context, handshake_failure
-from integration.export.senders import DeliveryFailed, OutgoingDocument
+from integration.export.outgoing import DeliveryFailed, OutgoingDocument
 
 #: Longest ACK read (an ACK is a few hundred bytes; more is not an ACK).
 MAX_ACK_BYTES = 64 * 1024

@@ -16,7 +16,6 @@ import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import httpx
 
@@ -24,42 +23,10 @@ from integration.destinations import Destination
 from integration.dicom.tls import TlsConfigError, association_tls
 from integration.durable import replace_file
 from integration.export.auth import AuthUnavailable, http_client, http_failure
+from integration.export.outgoing import DeliveryFailed, OutgoingDocument
 
 #: Statuses a C-STORE SCP may answer that still mean "stored" (success and warnings, PS3.4 B.2.3).
 STORED_STATUSES = frozenset({0x0000, 0xB000, 0xB006, 0xB007})
-
-
-class DeliveryFailed(Exception):
-    """The destination did not take the document (the reason is safe to log and store)."""
-
-
-@dataclass(frozen=True)
-class OutgoingDocument:
-    """A document ready to send.
-
-    Attributes
-    ----------
-    kind : str
-        ``sr``, ``fhir`` or ``hl7``.
-    content : bytes
-        The bytes (a Part 10 file for ``sr``).
-    filename : str
-        Stable file name for folder destinations (same document, same name).
-    media_type : str
-        MIME type for HTTP.
-    sop_class_uid, sop_instance_uid : str
-        For ``sr``: the SR's UIDs.
-    resource_id : str
-        For ``fhir``: the DiagnosticReport's id, the same for every version of a report (``PUT`` target).
-    """
-
-    kind: str
-    content: bytes
-    filename: str
-    media_type: str
-    sop_class_uid: str = ""
-    sop_instance_uid: str = ""
-    resource_id: str = ""
 
 
 def send(destination: Destination, document: OutgoingDocument, *, calling_ae: str) -> str:

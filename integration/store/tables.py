@@ -621,7 +621,3 @@ class StudyPrior(Base):
 
     __table_args__ = (UniqueConstraint("study_id", "prior_study_uid", name="uq_study_priors_study_id_prior_study_uid"),)
 
-
-# The RIS orders and MPPS tables live in their own module (this one is long enough); importing it here
-# puts them in ``Base.metadata`` wherever the tables are used.
-from integration.store import order_tables as _order_tables  # noqa: E402,F401
