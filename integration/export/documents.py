@@ -84,7 +84,8 @@ def load_document(settings: Settings, target: DeliveryTarget) -> OutgoingDocumen
 
     destination = next((d for d in settings.destinations if d.name == target.destination), None)
     receiving = destination.receiving_application if destination is not None else "RIS"
-    message = oru_r01(document, receiving_application=receiving, role=role)
+    facility = destination.receiving_facility if destination is not None else ""
+    message = oru_r01(document, receiving_application=receiving, receiving_facility=facility, role=role)
     return OutgoingDocument("hl7", message.encode(), f"{name}.hl7", HL7_MEDIA_TYPE)
 
 

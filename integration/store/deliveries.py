@@ -148,9 +148,11 @@ def start_attempt(
     None when it is not pending (delivered, dead letter, cancelled or unknown: a duplicate message changes
     nothing), or when it is cancelled now instead of sent:
 
-    - a draft delivery never attempted whose report was withdrawn, rejected or superseded meanwhile (the
-      draft must not reach anyone any more, and it has reached no one);
-    - a withdrawal whose original draft delivery was cancelled or went dead letter (nothing to take back).
+    - a draft delivery whose report was withdrawn, rejected or superseded meanwhile (the draft must not reach
+      anyone any more; when an earlier attempt may have reached the receiver, its withdrawal takes it back);
+    - a withdrawal whose original draft delivery was never attempted (nothing to take back).  An original that
+      was attempted and then cancelled or given up (dead letter) may still have arrived (a RIS that stored the
+      message but whose ACK was lost): its withdrawal is sent.
 
     A withdrawal whose original draft delivery is still pending is :class:`Deferred` (no attempt counted;
     its ``next_attempt_at`` moves to the original's next attempt, at least ``min_wait`` seconds away), so
@@ -172,7 +174,8 @@ def start_attempt(
                 Delivery.document == delivery.document,
             )
         ).one_or_none()
-        if original is None or original.state in (DeliveryState.CANCELLED, DeliveryState.DEAD_LETTER):
+        ended = original is not None and original.state in (DeliveryState.CANCELLED, DeliveryState.DEAD_LETTER)
+        if original is None or (ended and original.attempts == 0):
             _cancel(delivery)
             return None
         if original.state == DeliveryState.PENDING:
@@ -180,7 +183,7 @@ def start_attempt(
             wait = max(min_wait, (due - now).total_seconds() + min_wait)
             delivery.next_attempt_at = now + timedelta(seconds=wait)
             return Deferred(delivery.id, wait)
-    elif delivery.subject.startswith(DRAFT) and delivery.attempts == 0:
+    elif delivery.subject.startswith(DRAFT):
         status = session.scalar(select(Report.status).where(Report.id == delivery.report_id))
         if status in CLOSED_DRAFT:
             _cancel(delivery)
@@ -209,10 +212,11 @@ def plan_withdrawals(session: Session, report_ids: Iterable[int], now: datetime)
     For each draft delivery (``draft:<report id>``) of a report that is withdrawn, rejected or superseded,
     its row locked:
 
-    - delivered, or pending with an attempt made (it may be in flight or at the receiver): a new pending
-      delivery ``withdrawn:<report id>`` for the same destination and document (sent after the original
-      settles, see :func:`start_attempt`);
-    - pending and never attempted, or dead letter: ``cancelled`` (no receiver holds it);
+    - delivered, or pending or dead letter with an attempt made (it may be in flight, or at a receiver whose
+      answer was lost): a new pending delivery ``withdrawn:<report id>`` for the same destination and document
+      (sent after the original settles, see :func:`start_attempt`); a dead letter is also ``cancelled``, so a
+      retry never sends the draft again;
+    - pending or dead letter and never attempted: ``cancelled`` (no receiver holds it);
     - cancelled already: nothing.
 
     Idempotent: a second call finds the withdrawals made and the deliveries cancelled, and adds nothing.
@@ -253,7 +257,10 @@ def plan_withdrawals(session: Session, report_ids: Iterable[int], now: datetime)
     for delivery in session.scalars(query).all():
         count = counts.setdefault(delivery.report_id, [0, 0])
         sent = delivery.state == DeliveryState.DELIVERED
-        if sent or (delivery.state == DeliveryState.PENDING and delivery.attempts > 0):
+        tried = delivery.state in (DeliveryState.PENDING, DeliveryState.DEAD_LETTER) and delivery.attempts > 0
+        if sent or tried:
+            if delivery.state == DeliveryState.DEAD_LETTER:
+                _cancel(delivery)
             created = session.execute(
                 insert(Delivery)
                 .values(

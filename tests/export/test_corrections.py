@@ -109,18 +109,19 @@ def test_what_left_is_withdrawn_what_did_not_is_cancelled_and_a_second_call_adds
     assert withdraw_reports(settings, [report_id], "rejected") == []  # still a draft: left alone
     set_status(settings, report_id, ReportStatus.REJECTED)
     sent = withdraw_reports(settings, [report_id], "rejected")
-    assert len(sent) == 2
+    assert len(sent) == 3
     assert deliveries(settings) == {
         ("draft", "sent"): ("delivered", 1),
-        ("draft", "trying"): ("pending", 2),  # goes on; its withdrawal follows it
+        ("draft", "trying"): ("pending", 2),  # may be in flight: its withdrawal follows it
         ("draft", "queued"): ("cancelled", 0),
-        ("draft", "dead"): ("cancelled", 3),
+        ("draft", "dead"): ("cancelled", 3),  # never sent again, but an attempt may have arrived ...
         ("draft", "cancelled"): ("cancelled", 0),
         ("withdrawn", "sent"): ("pending", 0),
         ("withdrawn", "trying"): ("pending", 0),
+        ("withdrawn", "dead"): ("pending", 0),  # ... (a RIS that stored it and lost its ACK): withdrawn too
     }
     assert withdraw_events(settings) == [
-        {"reason": "rejected", "withdrawals": 2, "cancelled": 2, "report": str(report_id)}
+        {"reason": "rejected", "withdrawals": 3, "cancelled": 1, "report": str(report_id)}
     ]
     before = deliveries(settings)
     assert withdraw_reports(settings, [report_id, report_id], "order cancelled") == []
@@ -153,8 +154,14 @@ def test_a_withdrawal_waits_for_its_original_and_is_cancelled_when_there_is_noth
         sending = start_attempt(session, withdrawal["sent"], now=now)  # its original was delivered
         assert isinstance(sending, DeliveryTarget) and sending.subject == f"withdrawn:{report_id}"
     assert deliveries(settings)[("withdrawn", "trying")] == ("pending", 0)  # no attempt counted while waiting
-    with session_scope(settings.database_url) as session:  # the original gives up: nothing to take back
+    with session_scope(settings.database_url) as session:  # the original gives up after attempts that may have
         session.execute(update(Delivery).where(Delivery.id == ids["trying"]).values(state=DeliveryState.DEAD_LETTER))
+    with session_scope(settings.database_url) as session:  # arrived (an ACK lost): the withdrawal is sent
+        after_attempts = start_attempt(session, withdrawal["trying"])
+        assert isinstance(after_attempts, DeliveryTarget) and after_attempts.attempt == 1
+    with session_scope(settings.database_url) as session:  # an original never attempted: nothing to take back
+        session.execute(update(Delivery).where(Delivery.id == ids["trying"]).values(attempts=0))
+        session.execute(update(Delivery).where(Delivery.id == withdrawal["trying"]).values(attempts=0))
     with session_scope(settings.database_url) as session:
         assert start_attempt(session, withdrawal["trying"]) is None
     assert deliveries(settings)[("withdrawn", "trying")] == ("cancelled", 0)
