@@ -247,6 +247,16 @@ def test_the_patient_key_ignores_encoding_differences_but_not_another_patient() 
     assert "MRN1" not in repr(read_header(encode(minimal_dataset(**identity), implicit=False), syntax(False)))
 
 
+def test_the_order_matching_values_are_read_but_never_shown() -> None:
+    ds = minimal_dataset(AccessionNumber="ACC7 ", PatientID="MRN\u00e91", IssuerOfPatientID="NORTH")
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    got = read_header(encode(ds, implicit=False), syntax(False))
+    assert (got.accession_number, got.patient_id, got.issuer_of_patient_id) == ("ACC7", "MRN\u00e91", "NORTH")
+    assert "ACC7" not in repr(got) and "NORTH" not in repr(got)
+    bare = read_header(encode(minimal_dataset(), implicit=True), syntax(True))
+    assert (bare.accession_number, bare.patient_id, bare.issuer_of_patient_id) == (None, None, None)
+
+
 @pytest.mark.usefixtures("no_write_validation")
 @pytest.mark.parametrize("keyword", UID_KEYWORDS)
 @pytest.mark.parametrize("bad", HOSTILE_UIDS, ids=repr)
