@@ -22,7 +22,7 @@ from pydicom import Dataset
 from pydicom.datadict import dictionary_has_tag, dictionary_VR
 from pydicom.filereader import read_dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from integration.config import Settings
 from integration.dicom import dimse, status
@@ -161,6 +161,9 @@ class MppsSCP:
                     result = record_created(session, uid, facts, request.calling_ae, utcnow())
                 else:
                     result = record_set(session, uid, facts, request.calling_ae, utcnow(), site_id=site_id)
+        except IntegrityError:  # the same N-CREATE committed by another association meanwhile
+            log.warning("MPPS %s from %r refused: duplicate", what, request.calling_ae)
+            return StepAnswer(status.DUPLICATE_SOP_INSTANCE, uid)
         except SQLAlchemyError as exc:
             log.error("MPPS %s from %r failed: database unavailable (%s)", what, request.calling_ae, type(exc).__name__)
             return StepAnswer(status.PROCESSING_FAILURE, uid)

@@ -15,8 +15,8 @@ anything else is refused.  On PostgreSQL the writes and the checks are one state
 (data-modifying CTEs that read the pre-statement snapshot), so an instance
 costs one round trip plus the commit; SQLite runs them one by one (it is
 in-process, round trips are free).  The same statement says whether a
-procedure step (MPPS) of the study has ended; only then does a second
-transaction settle the study (:func:`integration.store.mpps.instance_arrived`).
+procedure step (MPPS) of the study has ended; only then is the study settled by
+it, in the same transaction (:func:`integration.store.mpps.instance_arrived`).
 A study held because its step was discontinued stays held as instances arrive.
 """
 
@@ -331,6 +331,8 @@ def record_instance(
         receipt = Receipt(study_id, version, duplicate=not inserted, new_study=new_study)
     if receipt.new_study and header.accession_number:
         _link_new_study(connection, receipt.study_id, header)
+    if step_ended and receipt.added:
+        _settle_by_mpps(connection, receipt, header.sop_instance_uid, calling_ae, received_at)
     try:
         keep = before_commit(receipt) if before_commit is not None else True
     except BaseException:
@@ -347,8 +349,6 @@ def record_instance(
         connection.commit()
     elif receipt.added and keep:
         connection.commit()
-        if step_ended:
-            _settle_by_mpps(connection, receipt, header.sop_instance_uid, calling_ae, received_at)
     else:
         connection.rollback()
     return receipt
@@ -359,15 +359,12 @@ def _settle_by_mpps(
 ) -> None:
     """A step of the study has ended (MPPS): hold the study, or complete it when this was its last listed instance.
 
-    Runs after the instance is committed; a failure is logged only (the idle timer stays the fallback).
+    In the instance's transaction (the instance counts as stored; a study opened after its step was
+    discontinued is never seen receiving), and only when the recording statement found an ended step.
     """
-    try:
-        with Session(bind=connection) as session:
-            instance_arrived(session, receipt.study_id, sop_instance_uid, calling_ae, now, new_study=receipt.new_study)
-            session.commit()
-    except SQLAlchemyError as exc:
-        connection.rollback()
-        log.warning("study %d not settled by its procedure step (database): %s", receipt.study_id, type(exc).__name__)
+    with Session(bind=connection) as session:
+        instance_arrived(session, receipt.study_id, sop_instance_uid, calling_ae, now, new_study=receipt.new_study)
+        session.flush()
 
 
 def _link_new_study(connection: Connection, study_id: int, header: ReceivedInstance) -> None:

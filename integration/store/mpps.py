@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from integration.store.audit import add_event
@@ -127,9 +126,16 @@ def record_created(
     -------
     StepResult
         ``CREATED``; ``DUPLICATE`` when the UID is taken; ``INVALID_STATUS`` when the status is not IN PROGRESS.
+
+    Raises
+    ------
+    sqlalchemy.exc.IntegrityError
+        At flush or commit, when another transaction created a step with the same UID meanwhile (a duplicate).
     """
     if facts.status is not None and facts.status != StepStatus.IN_PROGRESS.value:
         return StepResult(StepOutcome.INVALID_STATUS, study_uid=facts.study_uid)
+    if session.scalar(select(PerformedStep.id).where(PerformedStep.sop_instance_uid == sop_instance_uid)):
+        return StepResult(StepOutcome.DUPLICATE, study_uid=facts.study_uid)
     step = PerformedStep(
         sop_instance_uid=sop_instance_uid,
         study_uid=facts.study_uid,
@@ -140,11 +146,7 @@ def record_created(
         created_at=now,
         updated_at=now,
     )
-    try:
-        with session.begin_nested():
-            session.add(step)
-    except IntegrityError:  # the unique SOP Instance UID: an N-CREATE sent twice
-        return StepResult(StepOutcome.DUPLICATE, study_uid=facts.study_uid)
+    session.add(step)  # the same UID created at the same moment elsewhere: IntegrityError at commit
     _audit(session, step, "mpps.created", calling_ae, StudyAction.NONE)
     return StepResult(StepOutcome.CREATED, study_uid=step.study_uid)
 

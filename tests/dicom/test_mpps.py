@@ -316,3 +316,18 @@ def test_step_facts_read_both_syntaxes_and_undefined_length_sequences() -> None:
         for cut in (4, 8, 12, 20):
             with pytest.raises(InvalidStep):
                 step_facts(data[:-cut], syntax)
+
+
+def test_a_study_whose_step_was_discontinued_before_its_instances_is_held_when_they_arrive(
+    mpps_listener: ListenerProcess, modality: Association, tmp_path: Path
+) -> None:
+    study_uid, files = ct_study(tmp_path / "ct", slices=2)
+    code, uid = create(modality, study_uid)
+    assert code == SUCCESS
+    assert set_step(modality, uid, ended("DISCONTINUED", files)) == SUCCESS
+    assert storescu(mpps_listener.port, files).returncode == 0
+    assert state_of(mpps_listener, study_uid) == ("held", 1)
+    [(step_status,)] = db_rows(
+        mpps_listener.database_url, "SELECT status FROM performed_steps WHERE sop_instance_uid = :u", u=uid
+    )
+    assert step_status == "DISCONTINUED"
