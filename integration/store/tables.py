@@ -73,7 +73,7 @@ class StudyState(enum.StrEnum):
     SIGNED = "signed"
     FAILED = "failed"
     SUPERSEDED = "superseded"
-    #: Its order was cancelled or discontinued before a draft was written: it is never drafted.
+    #: Its order was cancelled or discontinued: it is not drafted, and a draft it had is withdrawn.
     CANCELLED = "cancelled"
     #: Its MPPS was DISCONTINUED: not completed by the idle timer until a person releases it.
     HELD = "held"
@@ -213,6 +213,8 @@ class Study(Base):
         Index("ix_studies_state_stable_after", "state", "stable_after"),
         # the patient's other studies (local prior candidates)
         Index("ix_studies_patient_id_site_id", "patient_id", "site_id"),
+        # the studies an order's accession number names (order matching)
+        Index("ix_studies_accession_number", "accession_number"),
     )
 
 

@@ -122,6 +122,7 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('order_id', sa.Integer(), nullable=True))
         batch_op.add_column(sa.Column('order_problem', sa.String(length=128), nullable=True))
         batch_op.create_index(batch_op.f('ix_studies_order_id'), ['order_id'], unique=False)
+        batch_op.create_index('ix_studies_accession_number', ['accession_number'], unique=False)
         batch_op.create_foreign_key(batch_op.f('fk_studies_order_id_orders'), 'orders', ['order_id'], ['id'], ondelete='SET NULL')
     _enum_checks(widen=True)
 
@@ -136,6 +137,7 @@ def downgrade() -> None:
     _enum_checks(widen=False)
     with op.batch_alter_table('studies', schema=None) as batch_op:
         batch_op.drop_constraint(batch_op.f('fk_studies_order_id_orders'), type_='foreignkey')
+        batch_op.drop_index('ix_studies_accession_number')
         batch_op.drop_index(batch_op.f('ix_studies_order_id'))
         batch_op.drop_column('order_problem')
         batch_op.drop_column('order_id')
