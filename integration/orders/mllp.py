@@ -44,7 +44,7 @@ from integration.orders.hl7_header import CHARSETS, Header, HL7Error, build_ack,
 from integration.orders.hl7_in import parse_orders, warm_up
 from integration.orders.order import OrderMessage
 from integration.store.inbound import AlreadyAnswered, remember_ack, remembered_ack
-from integration.store.orders import apply_order
+from integration.store.orders import ANOTHER_SITE, NOT_HELD, STOPPED, apply_order
 from integration.store.session import session_scope
 from integration.store.tables import Site
 
@@ -54,8 +54,8 @@ log = logging.getLogger(__name__)
 DRAIN_FACTOR = 32
 #: Bytes of a too-large message kept to read its MSH from.
 HEADER_BYTES = 4096
-#: Table 0357 code of each refusal reason of :func:`~integration.store.orders.apply_order`.
-REFUSAL_CODES = (("we do not hold", 204), ("belongs to another site", 204), ("for an order that is", 206))
+#: Table 0357 code of each refusal of :func:`~integration.store.orders.apply_order` (207 for any other).
+REFUSAL_CODES = {NOT_HELD: 204, ANOTHER_SITE: 204, STOPPED: 206}
 _REMEMBERED = re.compile(r"^(\d{3}) (.*)$", re.DOTALL)
 
 
@@ -212,7 +212,7 @@ class OrderListener:
                 if savepoint is not None:
                     savepoint.rollback()
                 reason = result.reason or "the order cannot be applied"
-                code = next((c for phrase, c in REFUSAL_CODES if phrase in reason), 207)
+                code = REFUSAL_CODES.get(result.refusal or "", 207)
                 return "AE", reason, code, [], result.order_id
             withdrawn.extend(result.withdrawn_reports)
             outcomes.append(result.outcome)

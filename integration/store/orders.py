@@ -52,6 +52,10 @@ OTHER_SITE = "order is for another site"
 #: ``studies.order_problem`` of a study with an accession number of held orders but no patient ID to match.
 NO_PATIENT_ID = "study has no patient ID to match its order"
 
+#: Why :func:`apply_order` refused (``OrderResult.refusal``): a cancel for an order not held, another site's
+#: order, a new or changed order for an order that was cancelled or discontinued.
+NOT_HELD, ANOTHER_SITE, STOPPED = "not held", "another site", "stopped"
+
 #: Outcomes of :func:`apply_order`.
 CREATED, CHANGED, CANCELLED, DISCONTINUED, UNCHANGED, REFUSED = (
     "created",
@@ -164,6 +168,9 @@ class OrderResult:
         ``created``, ``changed``, ``cancelled``, ``discontinued``, ``unchanged`` or ``refused``.
     reason : str or None
         With ``refused``: why, safe to send back (names no patient data).
+    refusal : str or None
+        With ``refused``: which refusal (:data:`NOT_HELD`, :data:`ANOTHER_SITE`, :data:`STOPPED`), for the
+        caller's own error codes.
     studies : list of int
         Ids of the studies linked to the order after it was applied.
     withdrawn_reports : list of int
@@ -176,6 +183,7 @@ class OrderResult:
     reason: str | None = None
     studies: list[int] = field(default_factory=list)
     withdrawn_reports: list[int] = field(default_factory=list)
+    refusal: str | None = None
 
 
 @dataclass(frozen=True)
@@ -259,15 +267,15 @@ def apply_order(
     control = str(message.control)
     order = _find_order(session, message)
     if order is None and control in _STOPPED:
-        return OrderResult(None, REFUSED, f"{control} for an order we do not hold")
+        return OrderResult(None, REFUSED, f"{control} for an order we do not hold", refusal=NOT_HELD)
     if order is not None and site_id is not None and order.site_id is not None and order.site_id != site_id:
-        return OrderResult(None, REFUSED, "the order belongs to another site")
+        return OrderResult(None, REFUSED, "the order belongs to another site", refusal=ANOTHER_SITE)
     created = False
     if order is None:
         order, created = _create_order(session, message, source=source, sender=sender, site_id=site_id, now=now)
     before = order.status
     if control not in _STOPPED and before != OrderStatus.SCHEDULED.value:
-        return OrderResult(order.id, REFUSED, f"{control} for an order that is {before}")
+        return OrderResult(order.id, REFUSED, f"{control} for an order that is {before}", refusal=STOPPED)
     changed: list[str] = []
     if control in _STOPPED:
         after = _STOPPED[control].value
