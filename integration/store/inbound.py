@@ -16,11 +16,12 @@ carries the same ERR code.
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from integration.store.order_tables import InboundMessage
+from integration.store.tables import utcnow
 
 
 class AlreadyAnswered(Exception):
@@ -72,17 +73,17 @@ def remember_ack(
         is then failed and must be rolled back (everything it did with it).  No savepoint is taken: a
         savepoint costs two round trips on every message for a race that is rare.
     """
-    session.add(
-        InboundMessage(
-            sender=sender,
-            control_id=control_id,
-            message_type=message_type[:16],
-            ack_code=code,
-            ack_text=text,
-            order_id=order_id,
+    try:  # a plain INSERT: no unit of work to flush (this runs for every message)
+        session.execute(
+            insert(InboundMessage).values(
+                sender=sender,
+                control_id=control_id,
+                message_type=message_type[:16],
+                ack_code=code,
+                ack_text=text,
+                order_id=order_id,
+                received_at=utcnow(),
+            )
         )
-    )
-    try:
-        session.flush()
     except IntegrityError:
         raise AlreadyAnswered(control_id) from None

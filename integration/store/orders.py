@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
+from sqlalchemy import insert as sql_insert
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
@@ -296,8 +297,8 @@ def apply_order(
         outcome = CANCELLED if order.status == OrderStatus.CANCELLED.value else DISCONTINUED
     else:
         outcome = CHANGED
-    session.add(
-        OrderEvent(
+    session.execute(  # a plain INSERT of the history row (no unit of work to flush)
+        sql_insert(OrderEvent).values(
             order_id=order.id,
             control=control,
             source=source,
@@ -445,12 +446,15 @@ def _create_order(
         **{name: getattr(message, name) for name in _FIELDS},
     }
     insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-    inserted = session.execute(
+    # An inserted row comes back as the entity (one round trip; ours to change until commit).
+    inserted = session.scalars(
         insert(Order)
         .values(**values)
         .on_conflict_do_nothing(index_elements=["accession_number", "patient_id", "issuer_of_patient_id"])
-        .returning(Order.id)
-    ).scalar_one_or_none()
+        .returning(Order)
+    ).one_or_none()
+    if inserted is not None:
+        return inserted, True
     query = select(Order).where(
         Order.accession_number == values["accession_number"],
         Order.patient_id == values["patient_id"],
@@ -459,7 +463,7 @@ def _create_order(
     if session.get_bind().dialect.name == "postgresql":
         query = query.with_for_update()
     order = session.scalars(query.execution_options(populate_existing=True)).one()
-    return order, inserted is not None
+    return order, False
 
 
 def _update_fields(order: Order, message: OrderMessage) -> list[str]:
@@ -478,12 +482,14 @@ def _update_fields(order: Order, message: OrderMessage) -> list[str]:
 
 def _apply_to_studies(session: Session, order: Order, *, actor: str, now: datetime) -> tuple[list[int], list[int]]:
     """Link the studies naming the order's accession number, then apply priority and cancellation to them."""
-    others = session.scalars(select(Order).where(Order.accession_number == order.accession_number)).all()
     candidates = session.scalars(
         select(Study)
         .where(Study.accession_number == order.accession_number, Study.role == ROLE_CURRENT)
         .order_by(Study.id)
     ).all()
+    if not candidates:  # the usual case: the order comes before its study (no second query)
+        return [], []
+    others = session.scalars(select(Order).where(Order.accession_number == order.accession_number)).all()
     linked: list[Study] = []
     for study in candidates:
         _link(study, others)
