@@ -19,7 +19,7 @@ from pydicom import dcmread
 from sqlalchemy import select
 
 from integration.config import Settings
-from integration.export.senders import OutgoingDocument
+from integration.export.outgoing import OutgoingDocument
 from integration.findings import Document
 from integration.reports.document import ReportDocument, VersionRole
 from integration.store.deliveries import (

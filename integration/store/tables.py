@@ -622,4 +622,3 @@ class StudyPrior(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     __table_args__ = (UniqueConstraint("study_id", "prior_study_uid", name="uq_study_priors_study_id_prior_study_uid"),)
-

@@ -22,7 +22,8 @@ import pytest
 from integration.config import Settings
 from integration.destinations import Destination
 from integration.export.outbox import queue_deliveries
-from integration.export.senders import OutgoingDocument, send
+from integration.export.outgoing import OutgoingDocument
+from integration.export.senders import send
 from integration.reports.drafts import ensure_draft_sr
 from integration.samples import pydicom_test_file
 from integration.store.reports import ClaimedJob, DraftRecord, claim_job, record_draft

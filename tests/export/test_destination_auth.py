@@ -19,7 +19,8 @@ from pydantic import ValidationError
 
 from integration.destinations import Destination
 from integration.export.auth import TOKENS
-from integration.export.senders import DeliveryFailed, OutgoingDocument, send
+from integration.export.outgoing import DeliveryFailed, OutgoingDocument
+from integration.export.senders import send
 from tests.support.certificates import Certificates, make_certificates
 from tests.support.http_peers import Recorder, Request, TokenEndpoint, https_context
 

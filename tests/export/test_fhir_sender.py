@@ -41,7 +41,8 @@ from integration.destinations import Destination
 from integration.export.auth import TOKENS
 from integration.export.documents import load_document
 from integration.export.outbox import queue_deliveries
-from integration.export.senders import DeliveryFailed, OutgoingDocument, fhir_resource_id, send
+from integration.export.outgoing import DeliveryFailed, OutgoingDocument
+from integration.export.senders import fhir_resource_id, send
 from integration.reports.drafts import sign_report
 from integration.store.deliveries import DeliveryTarget
 from tests.export.test_delivery import delivery_env, states, stored_report

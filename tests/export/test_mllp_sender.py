@@ -20,7 +20,8 @@ from integration.destinations import Destination
 from integration.export.documents import load_document
 from integration.export.mllp import clean_reason, read_ack
 from integration.export.outbox import queue_deliveries
-from integration.export.senders import DeliveryFailed, OutgoingDocument, send
+from integration.export.outgoing import DeliveryFailed, OutgoingDocument
+from integration.export.senders import send
 from integration.store.deliveries import DeliveryTarget
 from tests.export.test_delivery import delivery_env, states, stored_report
 from tests.support.certificates import Certificates, make_certificates

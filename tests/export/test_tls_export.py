@@ -12,7 +12,8 @@ from pydantic import ValidationError
 
 from integration.config import Settings
 from integration.destinations import Destination
-from integration.export.senders import DeliveryFailed, OutgoingDocument, send
+from integration.export.outgoing import DeliveryFailed, OutgoingDocument
+from integration.export.senders import send
 from integration.reports.drafts import ensure_draft_sr
 from tests.export.test_delivery import stored_report
 from tests.support.certificates import Certificates, Pair, make_certificates

@@ -238,7 +238,8 @@ def test_requesting_second_opinions(
     assert db_rows(url, "SELECT priority FROM studies WHERE study_uid = :uid", uid=NORTH_STUDY) == [("stat",)]
 
     with session_scope(url) as session:
-        events = session.scalars(select(AuditEvent).where(AuditEvent.action == "opinion.requested").order_by(AuditEvent.id)).all()
+        requested = select(AuditEvent).where(AuditEvent.action == "opinion.requested")
+        events = session.scalars(requested.order_by(AuditEvent.id)).all()
         assert [(e.actor, e.object_type, e.object_id) for e in events][:2] == [
             ("dr_north", "study", NORTH_STUDY),
             ("boss", "study", NORTH_STUDY),

@@ -26,7 +26,8 @@ from sqlalchemy.orm import Session
 
 from integration.config import Settings, get_settings
 from integration.export.documents import DocumentUnavailable, load_document
-from integration.export.senders import DeliveryFailed, send
+from integration.export.outgoing import DeliveryFailed
+from integration.export.senders import send
 from integration.queue import DELIVER
 from integration.store.audit import add_event
 from integration.store.deliveries import Deferred, DeliveryTarget, mark_delivered, mark_failed, start_attempt
