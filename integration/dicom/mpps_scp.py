@@ -135,6 +135,13 @@ class MppsSCP:
         StepAnswer
             The status and the step's SOP Instance UID.
         """
+        try:
+            return self._handle(request)
+        except Exception:  # a fault of ours: the modality gets a failure, the association goes on
+            log.exception("MPPS request from %r failed", request.calling_ae)
+            return StepAnswer(status.PROCESSING_FAILURE, request.sop_instance_uid)
+
+    def _handle(self, request: StepRequest) -> StepAnswer:
         creating = request.command_field == dimse.N_CREATE_RQ
         what = "N-CREATE" if creating else "N-SET"
         if request.context_sop_class_uid != MPPS_SOP_CLASS or request.sop_class_uid != MPPS_SOP_CLASS:
