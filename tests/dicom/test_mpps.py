@@ -331,3 +331,34 @@ def test_a_study_whose_step_was_discontinued_before_its_instances_is_held_when_t
         mpps_listener.database_url, "SELECT status FROM performed_steps WHERE sop_instance_uid = :u", u=uid
     )
     assert step_status == "DISCONTINUED"
+
+
+def test_a_step_from_another_sites_modality_neither_completes_nor_holds_the_study(
+    listener_factory: Callable[..., ListenerProcess], migrated_postgres_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    from integration.store.session import session_scope
+    from integration.store.tables import Site
+
+    with session_scope(migrated_postgres_url) as session:
+        session.add_all([Site(code="NORTH", name="North"), Site(code="SOUTH", name="South")])
+    calling_aes = {"STORESCU": {"site": "NORTH"}, "SOUTHCT": {"site": "SOUTH"}}
+    listener = listener_factory(
+        migrated_postgres_url, redis_url, stable_seconds=STABLE_SECONDS, calling_aes=calling_aes
+    )
+    study_uid, files = ct_study(tmp_path / "ct", slices=2)
+    assert storescu(listener.port, files).returncode == 0  # a NORTH study
+
+    ae = AE(ae_title="SOUTHCT")
+    ae.add_requested_context(ModalityPerformedProcedureStep)
+    assoc = ae.associate("127.0.0.1", listener.port, ae_title="PACSVLM")
+    assert assoc.is_established
+    for final in ("COMPLETED", "DISCONTINUED"):
+        code, uid = create(assoc, study_uid)
+        assert code == SUCCESS
+        assert set_step(assoc, uid, ended(final, files)) == SUCCESS  # recorded, but it does not act
+    assoc.release()
+    time.sleep(1.0)  # several assembly passes
+    assert state_of(listener, study_uid) == ("receiving", 1)
+    assert not jobs_of(listener, study_uid)
+    details = db_rows(listener.database_url, "SELECT detail FROM audit_events WHERE action = 'mpps.updated'")
+    assert [d["study"] for (d,) in details] == ["ignored", "ignored"]
