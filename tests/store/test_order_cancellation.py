@@ -6,16 +6,12 @@ jobs are claimed and drafts recorded by the worker's store functions.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
-import pytest
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
 from integration.store.jobs import complete_stable_studies
-from integration.store.migrate import upgrade
 from integration.store.order_tables import Order, OrderStatus
 from integration.store.reports import SkippedJob, claim_job, record_draft
 from integration.store.session import session_scope
@@ -31,17 +27,6 @@ from integration.store.tables import (
     utcnow,
 )
 from tests.support.order_store import a_draft, apply, complete, drafted, ingest, message, study
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        database = f"sqlite:///{tmp_path / 'orders.sqlite'}"
-        upgrade(database)
-        yield database
-    else:
-        yield request.getfixturevalue("migrated_postgres_url")
-
 
 # ------------------------------------------------------------------ cancellation
 

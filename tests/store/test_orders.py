@@ -7,12 +7,10 @@ Studies are recorded by the real ingest (``record_instance``) and completed by t
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pydicom
-import pytest
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
@@ -20,7 +18,6 @@ from integration.intake.study_attributes import record_study_attributes
 from integration.orders.order import OrderPriority
 from integration.samples import write_ct_series
 from integration.store.jobs import complete_stable_studies
-from integration.store.migrate import upgrade
 from integration.store.order_tables import Order, OrderEvent, OrderStatus
 from integration.store.orders import (
     NO_PATIENT_ID,
@@ -39,17 +36,6 @@ from integration.store.tables import (
     utcnow,
 )
 from tests.support.order_store import ACCESSION, PATIENT, apply, complete, ingest, message, study
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        database = f"sqlite:///{tmp_path / 'orders.sqlite'}"
-        upgrade(database)
-        yield database
-    else:
-        yield request.getfixturevalue("migrated_postgres_url")
-
 
 # ------------------------------------------------------------------ order controls and history
 
