@@ -256,3 +256,20 @@ def test_the_worklist_attributes_of_a_completed_study_match_it_again(url: str, t
         assert record_study_attributes(session, tmp_path, jobs) == 1
     row = study(url, study_id)
     assert (row.order_id, row.priority, row.accession_number) == (order_id, "stat", ACCESSION)
+
+
+def test_a_change_to_routine_lowers_the_study_unless_a_stat_second_opinion_is_open(url: str) -> None:
+    apply(url, message(priority=OrderPriority.STAT))
+    study_id = ingest(url)
+    assert study(url, study_id).priority == "stat"
+    apply(url, message("XO", priority=OrderPriority.ROUTINE))
+    assert study(url, study_id).priority == "routine"
+    apply(url, message("XO", priority=OrderPriority.STAT))
+    with session_scope(url) as session:  # a radiologist's stat second opinion, still queued
+        session.add(
+            AnalysisJob(
+                study_id=study_id, study_version=1, queue="analysis.stat", priority="stat", purpose="second_opinion"
+            )
+        )
+    apply(url, message("XO", priority=OrderPriority.ROUTINE))
+    assert study(url, study_id).priority == "stat"
