@@ -205,6 +205,12 @@ def test_create_change_repeat_and_cancel_over_put(world: World, client: TestClie
         report, study = session.get(Report, world.report_id), session.get(Study, world.study_id)
         assert report is not None and report.status is ReportStatus.WITHDRAWN
         assert study is not None and study.state is StudyState.CANCELLED
+        study_uid = study.study_uid
+    reader = TestClient(create_app(world.settings))  # the radiologist sees why the draft is gone
+    assert reader.post("/api/login", json={"username": "north_rad", "password": PASSWORD}).status_code == 200
+    listed = reader.get("/api/studies", params={"status": "withdrawn"}).json()
+    assert [row["study_uid"] for row in listed] == [study_uid]
+    assert "This draft was withdrawn: its order was cancelled." in reader.get(f"/studies/{study_uid}").text
     # Revoked again: nothing more is withdrawn; active again is refused (a cancelled order stays cancelled).
     assert ehr.put("/fhir/ServiceRequest/sr-1", content=body(status="revoked")).status_code == 200
     assert len(world.withdrawn) == 1

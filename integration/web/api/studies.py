@@ -38,6 +38,7 @@ class ReportFilter(StrEnum):
     SIGNED = "signed"
     REJECTED = "rejected"
     SUPERSEDED = "superseded"
+    WITHDRAWN = "withdrawn"
     NONE = "none"
 
 
@@ -104,7 +105,12 @@ class WorklistFilter(BaseModel):
 
 
 #: Order of report statuses in the ``status`` sort: what needs reading first.
-_STATUS_ORDER = {ReportStatus.DRAFT.value: 0, ReportStatus.REJECTED.value: 2, ReportStatus.SUPERSEDED.value: 3}
+_STATUS_ORDER = {
+    ReportStatus.DRAFT.value: 0,
+    ReportStatus.REJECTED.value: 2,
+    ReportStatus.SUPERSEDED.value: 3,
+    ReportStatus.WITHDRAWN.value: 3,
+}
 
 
 def worklist(
