@@ -6,9 +6,10 @@ delivery is ``dead_letter`` with its last error, until ``pacs-vlm deliveries ret
 
 A withdrawal (``withdrawn:<report id>``) waits while its original draft delivery is pending: the task
 looks again after the original's next attempt, without counting an attempt, so the retraction never
-reaches a receiver before the draft; it is cancelled when the original was cancelled or went dead letter.
-A draft delivery never attempted whose report was withdrawn, rejected or superseded meanwhile is
-cancelled instead of sent (:func:`integration.store.deliveries.start_attempt`).
+reaches a receiver before the draft; it is cancelled when the original was never attempted, and sent when
+an attempt may have arrived (a dead letter whose ACK was lost).  A draft delivery whose report was
+withdrawn, rejected or superseded meanwhile is cancelled instead of sent
+(:func:`integration.store.deliveries.start_attempt`).
 
 Every outcome is audited (actor ``system``, object the delivery): ``export.delivered``, ``export.failed``
 (an attempt failed, another follows) or ``export.dead_letter``, in the same transaction as the state it
