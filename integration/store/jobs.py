@@ -10,8 +10,9 @@ from sqlalchemy import and_, exists, or_, select, update
 from sqlalchemy.orm import Session
 
 from integration.store.audit import add_event
+from integration.store.opinions import STAT
 from integration.store.order_tables import Order, OrderStatus
-from integration.store.orders import STAT, link_order
+from integration.store.orders import link_order
 from integration.store.tables import (
     ROLE_CURRENT,
     AnalysisJob,
