@@ -125,3 +125,14 @@ def test_quick_priors_benchmark_fetches_the_prior_both_ways_and_prints_the_summa
         assert row[9] == "ready" and int(row[6]) > 0 and row[11] == "yes", row
     found = re.fullmatch(r"priors ready_after_stable_s=(\d+\.\d{3}) bytes_fetched_ratio=(\d+\.\d{3})", lines[-1])
     assert found and 0 < float(found[2]) < 0.6, lines[-1]
+
+
+def test_quick_orders_benchmark_acknowledges_every_order_and_prints_the_summary_line() -> None:
+    command = [sys.executable, "-m", "bench.orders", "--quick", "--database-url", ""]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    lines = result.stdout.strip().splitlines()
+    assert any("SQLite" in line for line in lines)
+    found = re.fullmatch(r"orders acked=(\d+)/(\d+) p99_ms=(\d+\.\d)", lines[-1])
+    assert found is not None, lines[-1]
+    assert found.group(1) == found.group(2) == "200"
