@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -30,7 +28,7 @@ from integration.store.reports import ClaimedJob, DraftRecord, claim_job, record
 from integration.store.session import session_scope
 from integration.store.tables import AnalysisJob, Instance, JobState, Series, Study, StudyState, utcnow
 from tests.support.orthanc import DICOMWEB_PLUGIN, OrthancServer
-from tests.support.peers import REPO, WorkerProcess, wait_until
+from tests.support.peers import WorkerProcess, wait_until
 from tests.support.records import db_rows
 from tests.support.services import free_port
 
@@ -229,12 +227,7 @@ def test_a_destination_down_goes_dead_letter_and_a_retry_delivers_once_it_is_bac
     server = OrthancServer()
     server.dicom_port = server.config["DicomPort"] = port  # the PACS comes back where it was configured
     with server:
-        env = {k: v for k, v in worker.env().items() if k != "PYTHONUNBUFFERED"}
-        retried = subprocess.run(
-            [sys.executable, "-m", "worker.cli", "deliveries", "retry", "--dead-letters"],
-            cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
-        assert retried.returncode == 0, retried.stderr
+        worker.retry_dead_letters()
         wait_until(
             lambda: states(migrated_postgres_url) == {"pacs/sr": ("delivered", 1)},
             timeout=60,

@@ -7,8 +7,6 @@ and Redis; the document is the real ORU the delivery task builds from a stored r
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +23,7 @@ from integration.export.senders import send
 from integration.store.deliveries import DeliveryTarget
 from tests.export.test_delivery import delivery_env, states, stored_report
 from tests.support.certificates import Certificates, make_certificates
-from tests.support.peers import REPO, WorkerProcess, wait_until
+from tests.support.peers import WorkerProcess, wait_until
 from tests.support.records import db_rows
 from tests.support.ris import REFUSAL_DETAIL, REFUSAL_TEXT, Ris, ris_tls_context
 from tests.support.services import free_port
@@ -168,12 +166,7 @@ def test_through_the_delivery_worker_no_ack_then_ae_is_dead_letter_then_a_retry_
         [(error,)] = db_rows(migrated_postgres_url, "SELECT last_error FROM deliveries")
         assert error == f"the RIS answered AE: {REFUSAL_TEXT}"
         assert "no ACK from 127.0.0.1" in worker.log()  # the first attempt's reason, logged when it was retried
-        env = {k: v for k, v in worker.env().items() if k != "PYTHONUNBUFFERED"}
-        retried = subprocess.run(
-            [sys.executable, "-m", "worker.cli", "deliveries", "retry", "--dead-letters"],
-            cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
-        assert retried.returncode == 0, retried.stderr
+        worker.retry_dead_letters()
         wait_until(
             lambda: states(migrated_postgres_url) == {"ris/hl7": ("delivered", 1)},
             timeout=60,

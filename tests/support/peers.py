@@ -142,6 +142,15 @@ class WorkerProcess:
         )
         return self
 
+    def retry_dead_letters(self) -> None:
+        """Run ``pacs-vlm deliveries retry --dead-letters`` with this worker's settings (as an operator would)."""
+        env = {k: v for k, v in self.env().items() if k != "PYTHONUNBUFFERED"}
+        retried = subprocess.run(
+            [sys.executable, "-m", "worker.cli", "deliveries", "retry", "--dead-letters"],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert retried.returncode == 0, retried.stderr
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
 
