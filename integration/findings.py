@@ -28,12 +28,14 @@ it too and the store may not import ``reports``.
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from integration.draft_checks import CHECK_KINDS, CRITICAL_SOURCES, Check, CriticalMatch  # noqa: F401 (re-exported)
 from integration.uids import is_valid_uid
+from integration.untrusted import InvalidFindings, clean_text, is_line
+from integration.untrusted import is_clean as _is_clean
 
 #: Most findings a document may hold: what signing accepted (the review API stopped at 200, drafts at 50).
 MAX_FINDINGS = 500
@@ -51,59 +53,27 @@ PRIOR_TEXT_LIMITS = {"modality": 64, "description": 64, "accession": 16, "report
 #: The plain-text line that carries the comparison, first in the report text.
 COMPARISON_HEADING = "COMPARISON:"
 _DATE = re.compile(r"\d{8}")
-
-# C0 controls but TAB, LF and CR; DEL and C1 controls; lone surrogates; the non-characters U+FFFE/U+FFFF.
-_UNSAFE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
-_SEPARATORS = re.compile(r"[\u2028\u2029]")
-
-
-class InvalidFindings(ValueError):
-    """Findings or text that break the document's rules; the message says which and is safe to show."""
-
-
-def clean_text(value: object, limit: int | None = None, *, strip: bool = True, one_line: bool = False) -> str:
-    """Return untrusted text without the characters that break a report's encodings.
-
-    Parameters
-    ----------
-    value : object
-        The text (model output, a reviewer's edit, a free-text DICOM attribute); other values are
-        turned into their ``str``.
-    limit : int, optional
-        Most characters kept; a longer text is cut and ends with an ellipsis (``limit`` in all).
-    strip : bool
-        Trim white space at both ends.
-    one_line : bool
-        For a line of a prompt or a list: every control, format (bidi overrides, zero-width) and
-        line or paragraph separator character becomes a space, and runs of white space become one.
-
-    Returns
-    -------
-    str
-        The text without C0 controls (but TAB, LF, CR), DEL, C1 controls, lone surrogates or the
-        non-characters U+FFFE/U+FFFF; the line and paragraph separators U+2028/U+2029 become LF.
-    """
-    if one_line:
-        text = " ".join("".join(" " if _breaks_line(char) else char for char in str(value)).split())
-    else:
-        text = _SEPARATORS.sub("\n", _UNSAFE.sub("", str(value)))
-        text = text.strip() if strip else text
-    if limit is None or len(text) <= limit:
-        return text
-    return text[: limit - 1].rstrip() + "\u2026"
-
-
-def _breaks_line(char: str) -> bool:
-    return unicodedata.category(char) in ("Cc", "Cf", "Cs", "Zl", "Zp") or char in "\ufffe\uffff"
+#: A finding's laterality, as the draft schema names it (``models.draft_schema.LATERALITIES``).
+LATERALITIES = ("left", "right", "bilateral", "midline", "none")
+#: A finding's urgency category, most urgent first (``models.draft_schema.URGENCIES``).
+URGENCIES = ("critical", "urgent", "routine", "none")
+#: Longest one-line texts of a finding's schema fields and a document's decoding path or confidence method.
+SAFETY_TEXT_LIMITS = {
+    "region": 64,
+    "certainty": 32,
+    "message": 300,
+    "code": 48,
+    "label": 96,
+    "phrase": 160,
+    "name": 200,
+}
+#: Most certainty words a finding keeps.
+MAX_CERTAINTY_WORDS = 8
 
 
 def _is_number(value: object) -> bool:
     """Whether a JSON value is a 1-based image or frame number (an int, not a bool)."""
     return type(value) is int and value > 0
-
-
-def _is_clean(text: object, limit: int, *, required: bool) -> bool:
-    return isinstance(text, str) and (bool(text) or not required) and clean_text(text, limit) == text
 
 
 @dataclass(frozen=True)
@@ -181,15 +151,34 @@ class Finding:
         The finding: clean (see :func:`clean_text`), not empty, at most :data:`MAX_FINDING_CHARS`.
     images : tuple of int
         The image numbers it cites (1-based, as numbered in the prompt), each once.
+    laterality : str or None
+        One of :data:`LATERALITIES` as the model gave it (the draft schema), None when not given.
+    region : str or None
+        The body region the model named (one line, at most 64 characters), None when not given.
+    certainty : tuple of str
+        The certainty words the model used ("possible", "likely"), one line each, at most
+        :data:`MAX_CERTAINTY_WORDS`.
+    urgency : str or None
+        One of :data:`URGENCIES` as the model gave it, None when not given.
+    confidence : float or None
+        A draft finding's score in 0..1 from the token log-probabilities of its text (the document's
+        ``confidence_method`` names how); None when none was computed (a signed version's findings,
+        a server without log-probabilities).  It says how sure the model was of its words, not how likely
+        the finding is to be right.
 
     Raises
     ------
     InvalidFindings
-        From the constructor, when the text or the images break these rules.
+        From the constructor, when a field breaks these rules.
     """
 
     text: str
     images: tuple[int, ...] = ()
+    laterality: str | None = None
+    region: str | None = None
+    certainty: tuple[str, ...] = ()
+    urgency: str | None = None
+    confidence: float | None = None
 
     def __post_init__(self) -> None:
         if not _is_clean(self.text, MAX_FINDING_CHARS, required=True):
@@ -197,6 +186,21 @@ class Finding:
         images = self.images
         if not (isinstance(images, tuple) and all(map(_is_number, images)) and len(set(images)) == len(images)):
             raise InvalidFindings("a finding cites a tuple of distinct image numbers (1, 2, ...)")
+        if self.laterality is not None and self.laterality not in LATERALITIES:
+            raise InvalidFindings(f"a finding's laterality is one of {', '.join(LATERALITIES)} (or None)")
+        if self.urgency is not None and self.urgency not in URGENCIES:
+            raise InvalidFindings(f"a finding's urgency is one of {', '.join(URGENCIES)} (or None)")
+        if self.region is not None and not is_line(self.region, SAFETY_TEXT_LIMITS["region"]):
+            raise InvalidFindings("a finding's region is one line of clean text, 1 to 64 characters (or None)")
+        certainty = self.certainty
+        if not (
+            isinstance(certainty, tuple)
+            and len(certainty) <= MAX_CERTAINTY_WORDS
+            and all(is_line(word, SAFETY_TEXT_LIMITS["certainty"]) for word in certainty)
+        ):
+            raise InvalidFindings(f"a finding's certainty is a tuple of at most {MAX_CERTAINTY_WORDS} short words")
+        if self.confidence is not None and not _is_score(self.confidence):
+            raise InvalidFindings("a finding's confidence is a number from 0 to 1 (or None)")
 
     @classmethod
     def read(cls, entry: object, images_seen: Collection[int] = ()) -> Finding | None:
@@ -220,11 +224,35 @@ class Finding:
         raw = entry.get("images")
         cited = (i for i in (raw if isinstance(raw, list | tuple) else ()) if _is_number(i))
         images = tuple(dict.fromkeys(i for i in cited if not images_seen or i in images_seen))
-        return cls(text, images) if text else None
+        if not text:
+            return None
+        laterality, urgency, confidence = entry.get("laterality"), entry.get("urgency"), entry.get("confidence")
+        words = entry.get("certainty")
+        certainty = (_line(w, SAFETY_TEXT_LIMITS["certainty"]) for w in (words if isinstance(words, list) else ()))
+        return cls(
+            text,
+            images,
+            laterality=laterality if laterality in LATERALITIES else None,
+            region=_line(entry.get("region"), SAFETY_TEXT_LIMITS["region"]),
+            certainty=tuple(dict.fromkeys(w for w in certainty if w))[:MAX_CERTAINTY_WORDS],
+            urgency=urgency if urgency in URGENCIES else None,
+            confidence=float(confidence) if confidence is not None and _is_score(confidence) else None,
+        )
 
     def as_json(self) -> dict[str, Any]:
-        """Return the finding as stored: ``{"text": ..., "images": [...]}``."""
-        return {"text": self.text, "images": list(self.images)}
+        """Return the finding as stored: ``{"text": ..., "images": [...]}`` and each other field that is set."""
+        entry: dict[str, Any] = {"text": self.text, "images": list(self.images)}
+        for name in ("laterality", "region", "urgency", "confidence"):
+            if (value := getattr(self, name)) is not None:
+                entry[name] = value
+        if self.certainty:
+            entry["certainty"] = list(self.certainty)
+        return entry
+
+    @property
+    def bare(self) -> Finding:
+        """The finding with its text and images only (what a person's edit keeps)."""
+        return Finding(self.text, self.images)
 
 
 @dataclass(frozen=True)
@@ -328,6 +356,10 @@ def compared_with(priors: Iterable[PriorReference]) -> str:
     return f"Compared with {named}." if named else ""
 
 
+def _is_score(value: object) -> bool:
+    return type(value) in (int, float) and 0.0 <= float(value) <= 1.0  # type: ignore[arg-type]
+
+
 def _line(value: object, limit: int) -> str | None:
     return (clean_text(value, limit, one_line=True) or None) if isinstance(value, str) else None
 
@@ -354,6 +386,16 @@ class Document:
     prior_note : str
         Why no prior was given ("No prior study available.", "A prior study exists but could not be
         retrieved: ..."), or ''; clean text, at most :data:`MAX_PRIOR_NOTE_CHARS`.
+    checks : tuple of Check
+        Contradictions between the draft and the study's header (``integration/safety/consistency.py``);
+        a reviewer dismisses or fixes each before signing.
+    critical : tuple of CriticalMatch
+        The draft's findings that matched a critical result category (``integration/safety/critical.py``).
+    decoding : str
+        How the model's answer was decoded (``models.backend.Decoding``: ``grammar``, ``response_format``,
+        ``free``, ``free-fallback``), '' for old drafts and signed versions.
+    confidence_method : str
+        How the findings' ``confidence`` was computed, '' when none was.
 
     Raises
     ------
@@ -369,8 +411,20 @@ class Document:
     comparison: str = ""
     priors: tuple[PriorReference, ...] = ()
     prior_note: str = ""
+    checks: tuple[Check, ...] = ()
+    critical: tuple[CriticalMatch, ...] = ()
+    decoding: str = ""
+    confidence_method: str = ""
 
     def __post_init__(self) -> None:
+        if not (isinstance(self.checks, tuple) and all(isinstance(c, Check) for c in self.checks)):
+            raise InvalidFindings("a document's checks are a tuple of Check")
+        if not (isinstance(self.critical, tuple) and all(isinstance(c, CriticalMatch) for c in self.critical)):
+            raise InvalidFindings("a document's critical matches are a tuple of CriticalMatch")
+        for name in ("decoding", "confidence_method"):
+            value = getattr(self, name)
+            if value and not is_line(value, SAFETY_TEXT_LIMITS["name"]):
+                raise InvalidFindings(f"a document's {name} is one line of clean text (or '')")
         if not (isinstance(self.priors, tuple) and all(isinstance(p, PriorReference) for p in self.priors)):
             raise InvalidFindings("a document's priors are a tuple of PriorReference")
         if len(self.priors) > MAX_PRIORS:
@@ -420,6 +474,8 @@ class Document:
         priors = stored.get("priors")
         references = (PriorReference.read(entry) for entry in (priors if isinstance(priors, list) else ()))
         note = stored.get("prior_note")
+        checks = (Check.read(entry) for entry in _list(stored.get("checks")))
+        critical = (CriticalMatch.read(entry) for entry in _list(stored.get("critical")))
         return cls(
             findings=findings,
             impression=_section(stored.get("impression")),
@@ -429,11 +485,15 @@ class Document:
             comparison=_section(stored.get("comparison")),
             priors=tuple(reference for reference in references if reference is not None)[:MAX_PRIORS],
             prior_note=clean_text(note, MAX_PRIOR_NOTE_CHARS) if isinstance(note, str) else "",
+            checks=tuple(check for check in checks if check is not None),
+            critical=tuple(match for match in critical if match is not None),
+            decoding=_line(stored.get("decoding"), SAFETY_TEXT_LIMITS["name"]) or "",
+            confidence_method=_line(stored.get("confidence_method"), SAFETY_TEXT_LIMITS["name"]) or "",
         )
 
     def as_json(self) -> dict[str, Any]:
-        """Return the document as stored."""
-        return {
+        """Return the document as stored (``checks``, ``critical``, ``decoding``, ``confidence_method`` when set)."""
+        stored: dict[str, Any] = {
             "findings": [finding.as_json() for finding in self.findings],
             "impression": self.impression,
             "limitations": self.limitations,
@@ -443,6 +503,15 @@ class Document:
             "priors": [prior.as_json() for prior in self.priors],
             "prior_note": self.prior_note,
         }
+        if self.checks:
+            stored["checks"] = [check.as_json() for check in self.checks]
+        if self.critical:
+            stored["critical"] = [match.as_json() for match in self.critical]
+        if self.decoding:
+            stored["decoding"] = self.decoding
+        if self.confidence_method:
+            stored["confidence_method"] = self.confidence_method
+        return stored
 
     def as_text(self, *, notice: str | None = None) -> str:
         """Return the document as plain report text: the comparison line, findings, impression, limitations.
@@ -505,6 +574,10 @@ def text_lines(
         if section:
             lines += ["", heading, section]
     return lines
+
+
+def _list(value: object) -> list[Any]:
+    return value if isinstance(value, list) else []
 
 
 def _section(value: object) -> str:

@@ -6,8 +6,10 @@ Everything here is plain Python (no torch): the worker codes against these types
 
 from __future__ import annotations
 
+import enum
 import functools
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -63,6 +65,10 @@ class GenerationRequest:
         part of a prompt comes first.  Where a chat template renders every image before any text
         (the LLaVA families), it goes before the prompt instead.  None or '': none (the prompt renders
         exactly as without this field).
+    response_schema : Mapping or None
+        A JSON schema the answer must follow (:data:`models.draft_schema.DRAFT_SCHEMA`): an in-process
+        backend binds decoding to it with a grammar engine, a server backend sends it as
+        ``response_format``; the result's ``decoding`` says which path ran.  None: free decoding.
     """
 
     request_id: str
@@ -71,6 +77,7 @@ class GenerationRequest:
     system_prompt: str | None = None
     max_new_tokens: int = 512
     preamble: str | None = None
+    response_schema: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not self.request_id:
@@ -82,6 +89,40 @@ class GenerationRequest:
         for index, image in enumerate(self.images):
             if not isinstance(image, Image.Image):
                 raise TypeError(f"images[{index}] is a {type(image).__name__}, not a PIL image")
+
+
+class Decoding(enum.StrEnum):
+    """How an answer was decoded, recorded with the draft."""
+
+    #: In-process, every token bound to the schema by a grammar engine (xgrammar).
+    GRAMMAR = "grammar"
+    #: A model server given the schema as ``response_format`` (``json_schema``): vLLM, SGLang.
+    SERVER_SCHEMA = "response_format"
+    #: Free decoding, read by the lenient parser (no schema asked for).
+    FREE = "free"
+    #: Free decoding because the server refused ``response_format``; read by the lenient parser.
+    FREE_FALLBACK = "free-fallback"
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token: its text and the model's log-probability of it (natural log, <= 0).
+
+    Raises
+    ------
+    ValueError
+        From the constructor, when ``logprob`` is not a finite number <= 0 (a tiny positive rounding error is
+        clipped to 0).
+    """
+
+    text: str
+    logprob: float
+
+    def __post_init__(self) -> None:
+        value = float(self.logprob)
+        if not math.isfinite(value) or value > 1e-6:
+            raise ValueError(f"a token log-probability is finite and at most 0, not {self.logprob!r}")
+        object.__setattr__(self, "logprob", min(value, 0.0))
 
 
 @dataclass(frozen=True)
@@ -98,6 +139,12 @@ class GenerationResult:
         Tokens the model generated for this request (end-of-sequence token included).
     seconds : float
         Wall-clock time of the batch this request ran in.
+    token_logprobs : tuple of TokenLogprob
+        The generated tokens with the model's log-probability of each, in order, their texts joining to
+        ``text`` (up to the white space stripped at its ends); empty when the backend could not say (a
+        server without ``logprobs``).  Taken before any grammar mask, so they are the model's own.
+    decoding : Decoding
+        Which decoding path ran.
     """
 
     request_id: str
@@ -105,6 +152,8 @@ class GenerationResult:
     tokens_in: int
     tokens_out: int
     seconds: float
+    token_logprobs: tuple[TokenLogprob, ...] = ()
+    decoding: Decoding = Decoding.FREE
 
 
 @runtime_checkable

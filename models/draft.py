@@ -45,10 +45,37 @@ _BULLET = re.compile(r"^\s*(?:[-*\u2022]|\d+[.)])\s+")
 
 @dataclass(frozen=True)
 class Finding:
-    """One finding and the images (1-based, as numbered in the prompt) it rests on."""
+    """One finding and the images (1-based, as numbered in the prompt) it rests on.
+
+    The schema's other fields (:data:`models.draft_schema.DRAFT_SCHEMA`) are None or empty when the model did
+    not give them (free output, old drafts): ``laterality`` (one of ``LATERALITIES``), ``region`` (body
+    region, cleaned one line), ``certainty`` (the certainty words the model used), ``urgency`` (one of
+    ``URGENCIES``) and ``confidence`` (a score in 0..1 from the token log-probabilities of the finding's text,
+    see :mod:`models.confidence`; not a probability of being right).
+    """
 
     text: str
     images: tuple[int, ...] = ()
+    laterality: str | None = None
+    region: str | None = None
+    certainty: tuple[str, ...] = ()
+    urgency: str | None = None
+    confidence: float | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        """The finding as stored: ``text`` and ``images``, and each schema field that is set."""
+        entry: dict[str, Any] = {"text": self.text, "images": list(self.images)}
+        if self.laterality is not None:
+            entry["laterality"] = self.laterality
+        if self.region is not None:
+            entry["region"] = self.region
+        if self.certainty:
+            entry["certainty"] = list(self.certainty)
+        if self.urgency is not None:
+            entry["urgency"] = self.urgency
+        if self.confidence is not None:
+            entry["confidence"] = round(self.confidence, 4)
+        return entry
 
 
 @dataclass(frozen=True)
@@ -84,7 +111,7 @@ class ParsedDraft:
     def as_json(self) -> dict[str, Any]:
         """Return the JSON document stored with the report (``comparison`` included; the worker adds the priors)."""
         return {
-            "findings": [{"text": f.text, "images": list(f.images)} for f in self.findings],
+            "findings": [f.as_json() for f in self.findings],
             "impression": self.impression,
             "limitations": self.limitations,
             "structured": self.structured,
