@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -20,6 +20,7 @@ from integration.destinations import Destination, unique_names
 from integration.imaging.routing import RoutingRule
 from integration.order_senders import OrderSender, check_sender_keys
 from integration.prior_sources import PriorSource, unique_source_names
+from integration.safety_settings import AlertContact, CriticalCategory, unique_category_codes, unique_contact_names
 
 _AE_TITLE = re.compile(r"^[\x20-\x7e]{1,16}$")
 #: Names of configured models (``PACSVLM_MODELS`` keys), as stored in ``analysis_jobs.model_name``.
@@ -213,6 +214,40 @@ class Settings(BaseSettings):
     #: Seconds an MLLP connection may stay idle (and a message may take to arrive) before it is closed.
     mllp_timeout: Annotated[float, Field(gt=0)] = 60.0
 
+    # The safety net around the model (issue 17; RELIABILITY.md, "Clinical safety").
+    #: Bind in-process decoding to the draft's JSON schema (xgrammar); off: free decoding, lenient parser.
+    constrained_decoding: bool = True
+    #: Send the schema to a model server as ``response_format``: ``auto`` tries it and falls back to free
+    #: decoding when the server refuses it; ``json_schema`` always (a refusal fails the job); ``off`` never.
+    model_server_schema: Literal["auto", "json_schema", "off"] = "auto"
+    #: Finding confidence bands (``models.confidence``): below ``confidence_low`` is marked low on the review
+    #: page; at or above ``confidence_high`` is high.
+    confidence_low: Annotated[float, Field(ge=0, le=1)] = 0.5
+    confidence_high: Annotated[float, Field(ge=0, le=1)] = 0.8
+    #: Critical result categories (see integration/safety_settings.py); None: the ACR-based defaults.
+    critical_categories: list[CriticalCategory] | None = None
+    #: The review page's address as people reach it (``https://pacs-vlm.hospital.example``): links in notifications.
+    public_url: Annotated[str, Field(pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$")] | None = None
+    #: The escalation chain for critical findings, in order (see integration/safety_settings.py).
+    alert_contacts: list[AlertContact] = Field(default_factory=list)
+    #: Minutes a notified contact has to acknowledge before the next contact is notified.
+    alert_ack_minutes: Annotated[float, Field(gt=0, le=1440)] = 15.0
+    #: Tries per notification before it is a dead letter; backoff as for deliveries.
+    alert_max_attempts: Annotated[int, Field(ge=1, le=50)] = 8
+    #: SMTP server for e-mail contacts (plain, STARTTLS when ``smtp_starttls``; login when a user is set).
+    smtp_host: str | None = None
+    smtp_port: Annotated[int, Field(ge=1, le=65535)] = 25
+    smtp_from: Annotated[str, Field(min_length=3, max_length=254)] = "pacs-vlm@localhost"
+    smtp_starttls: bool = False
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_timeout: Annotated[float, Field(gt=0)] = 30.0
+    #: Burned-in text (OCR, tesseract) in an image bound for a model server outside the trust boundary:
+    #: ``withhold`` the image, ``redact`` the words that look like a name, id or date, or ``off``.
+    burned_in_text: Literal["withhold", "redact", "off"] = "withhold"
+    #: Tesseract languages for that OCR (``eng``, ``eng+deu``).
+    ocr_languages: Annotated[str, Field(pattern=r"^[a-z_]{3,16}(\+[a-z_]{3,16}){0,4}$")] = "eng"
+
     @field_validator("ae_title")
     @classmethod
     def _ae_title_valid(cls, value: str) -> str:
@@ -227,6 +262,22 @@ class Settings(BaseSettings):
     @classmethod
     def _hl7_senders_valid(cls, value: dict[str, OrderSender]) -> dict[str, OrderSender]:
         return check_sender_keys(value)
+
+    @field_validator("alert_contacts")
+    @classmethod
+    def _alert_contact_names_unique(cls, value: list[AlertContact]) -> list[AlertContact]:
+        return unique_contact_names(value)
+
+    @field_validator("critical_categories")
+    @classmethod
+    def _category_codes_unique(cls, value: list[CriticalCategory] | None) -> list[CriticalCategory] | None:
+        return unique_category_codes(value)
+
+    @model_validator(mode="after")
+    def _confidence_bands_ordered(self) -> Settings:
+        if self.confidence_low > self.confidence_high:
+            raise ValueError("confidence_low must not be above confidence_high")
+        return self
 
     @field_validator("prior_sources")
     @classmethod
