@@ -205,6 +205,8 @@ class Study(Base):
     #: Why the study is not linked to the order its accession number names (e.g. another patient's): shown on
     #: the worklist, never merged.
     order_problem: Mapped[str | None] = mapped_column(String(128))
+    #: Why the study became stat: the critical result categories of its draft (labels only, no patient data).
+    critical_reason: Mapped[str | None] = mapped_column(String(128))
 
     series: Mapped[list[Series]] = relationship(back_populates="study")
     jobs: Mapped[list[AnalysisJob]] = relationship(back_populates="study")

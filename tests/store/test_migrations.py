@@ -35,6 +35,8 @@ TABLES = {
     "order_events",
     "inbound_messages",
     "performed_steps",
+    "critical_alerts",
+    "alert_notifications",
 }
 
 
@@ -104,6 +106,8 @@ def test_check_constraints_and_indexes_match_the_tables(database_url: str) -> No
             "ck_users_user_role",
             "ck_prior_searches_prior_search_state",
             "ck_study_priors_prior_state",
+            "ck_critical_alerts_alert_state",
+            "ck_alert_notifications_notification_state",
         }
         with engine.connect() as connection, pytest.raises(IntegrityError):
             connection.execute(
