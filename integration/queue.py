@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 ANALYZE_STUDY = "pacs_vlm.analyze_study"
 #: The worker task that delivers one report document to one destination.
 DELIVER = "pacs_vlm.deliver"
+#: The worker task that sends one critical-finding notification to one contact (on the delivery queue).
+NOTIFY_ALERT = "pacs_vlm.notify_alert"
 
 
 def broker_options(settings: Settings) -> dict[str, Any]:
@@ -103,6 +105,24 @@ def send_deliver(settings: Settings, delivery_id: int, *, countdown: float | Non
     producer(settings).send_task(
         DELIVER,
         args=[delivery_id],
+        queue=settings.delivery_queue,
+        countdown=countdown,
+        retry=True,
+        retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
+    )
+
+
+def send_notify_alert(settings: Settings, notification_id: int, *, countdown: float | None = None) -> None:
+    """Send the ``notify_alert(notification_id)`` message to the delivery queue, runnable after ``countdown`` seconds.
+
+    Raises
+    ------
+    kombu.exceptions.OperationalError
+        If the broker cannot be reached (the notification stays pending; the listener's reconciler re-sends it).
+    """
+    producer(settings).send_task(
+        NOTIFY_ALERT,
+        args=[notification_id],
         queue=settings.delivery_queue,
         countdown=countdown,
         retry=True,

@@ -35,7 +35,7 @@ from integration.config import Settings
 from integration.queue import broker_options
 
 #: The task modules; Celery imports them when a worker starts, so this module imports none of them.
-TASK_MODULES = ("worker.tasks.analysis", "worker.tasks.delivery")
+TASK_MODULES = ("worker.tasks.analysis", "worker.tasks.delivery", "worker.tasks.alerts")
 
 app = Celery("pacs-vlm", set_as_current=False, include=list(TASK_MODULES))
 

@@ -1,0 +1,1 @@
+"""Critical findings reach a human: alerts from drafts, notifications (webhook, e-mail, HL7), escalation."""
