@@ -4,7 +4,28 @@ Each :class:`~models.backend.GenerationRequest` becomes one ``POST {base}/v1/cha
 system message, then one user message whose content is the request's preamble (a text part, when it has
 one), the images, in order, as ``data:image/png;base64,...`` URLs, and the prompt (a text part).  The
 server applies its own chat template (messages are sent, never a rendered prompt).  Decoding is greedy
-(``temperature: 0``).
+(``temperature: 0``).  The body and the answer's reading are :mod:`models.openai_wire`.
+
+Schema-bound output: a request with a ``response_schema`` is sent with ``response_format``
+(``json_schema``, strict) unless ``schema_mode`` is ``off``; the result's ``decoding`` says which path ran:
+
+- ``response_format`` (:attr:`~models.backend.Decoding.SERVER_SCHEMA`): the server took the schema and the
+  answer follows it (a JSON object with the schema's required keys, or one cut at ``max_tokens``);
+- ``free-fallback``: the server refused the schema, or took it and answered free text anyway
+  (``transformers serve`` ignores ``response_format`` with a warning); the lenient parser reads the answer;
+- ``free``: no schema asked for, or ``schema_mode`` ``off``.
+
+In ``auto`` mode a 400 or 422 answer to a request carrying ``response_format`` is tried once more without
+it (the refusal's message is not relied on: servers word it differently, or withhold it).  When that try is
+answered, the server is remembered as one without schema support (per backend, for the life of the
+process; logged once) and later requests go without ``response_format``; when it is refused too, the first
+refusal was about something else and that second refusal is raised, nothing remembered.  An answer that
+ignores the schema is remembered the same way.  In ``json_schema`` mode the schema is always sent and a
+refusal is a :class:`ModelServerRefused` (the job fails).
+
+Every request also asks for ``logprobs``; the answer's token log-probabilities become the result's
+``token_logprobs`` (empty when the server sends none).  A 400/422 whose message names ``logprobs`` is
+answered by sending the request again without it, and remembered.
 
 The requests of a batch run concurrently, at most ``concurrency`` at a time per backend.  Connection
 errors, 408, 429 and 5xx answers are retried with exponential backoff (``Retry-After`` honoured up to
@@ -20,9 +41,6 @@ profile.  What else may leave (the prompt text) is the caller's decision; see ``
 
 from __future__ import annotations
 
-import base64
-import difflib
-import io
 import logging
 import threading
 import time
@@ -32,23 +50,38 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-from PIL import Image
 
-from models.backend import GenerationRequest, GenerationResult, ModelIdentity, ModelNotStaged
-from models.chat_templates import user_turn
+from models import openai_wire as wire
+from models.backend import Decoding, GenerationRequest, GenerationResult, ModelIdentity
 from models.draft import clean
+from models.openai_wire import (
+    MAX_SERVER_MESSAGE_CHARS,
+    ModelServerRefused,
+    ModelServerTimeout,
+    ModelServerUnavailable,
+    png_data_url,
+)
 from models.registry import FAMILIES, ModelFamily
+
+__all__ = [
+    "GENERIC_FAMILY",
+    "SCHEMA_MODES",
+    "ModelServerRefused",
+    "ModelServerTimeout",
+    "ModelServerUnavailable",
+    "OpenAICompatibleBackend",
+    "family_for_served_name",
+    "png_data_url",
+    "server_base",
+    "server_display",
+]
 
 logger = logging.getLogger(__name__)
 
 #: Family recorded for a served model whose name names no registered family.
 GENERIC_FAMILY = "openai-compatible"
-#: Longest piece of a server's error message kept in an error (untrusted text).
-MAX_SERVER_MESSAGE_CHARS = 300
-#: A server message sharing this many consecutive characters with the request is withheld.
-QUOTE_CHARS = 24
-#: Status codes that are worth another attempt.
-RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+#: How a request's schema is sent (``PACSVLM_MODEL_SERVER_SCHEMA``): try and fall back, always, never.
+SCHEMA_MODES = ("auto", "json_schema", "off")
 #: Lower-case fragments of a served model's name that tell its family (first match wins).
 NAME_HINTS: tuple[tuple[str, str], ...] = (
     ("qwen2.5vl", "qwen2.5-vl"),
@@ -59,28 +92,6 @@ NAME_HINTS: tuple[tuple[str, str], ...] = (
     ("medgemma", "medgemma"),
     ("llava", "llava"),
 )
-
-
-class ModelServerUnavailable(RuntimeError):
-    """The model server could not be reached or kept failing (transient: the analysis task retries)."""
-
-
-class ModelServerTimeout(ModelServerUnavailable):
-    """The model server gave no answer within the request timeout (transient)."""
-
-
-class ModelServerRefused(ModelNotStaged):
-    """The model server refused a request (4xx): a permanent failure, with the server's message.
-
-    ``problem`` is what the server said, already cleaned and truncated; ``directory`` and ``repository``
-    are unused, kept so the error pickles like :class:`~models.backend.ModelNotStaged`.
-    """
-
-    def __init__(self, problem: str, *, directory: Any = None, repository: str | None = None) -> None:
-        self.problem = problem
-        self.directory = None
-        self.repository = None
-        RuntimeError.__init__(self, problem)
 
 
 def family_for_served_name(name: str) -> str:
@@ -120,19 +131,6 @@ def server_display(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
 
 
-def png_data_url(image: Image.Image) -> str:
-    """Encode an image's pixels alone as a ``data:image/png;base64,...`` URL (no text chunks, EXIF or colour profile).
-
-    Modes other than L, RGB and RGBA are converted to RGB.
-    """
-    mode = image.mode if image.mode in ("L", "RGB", "RGBA") else "RGB"
-    source = image if image.mode == mode else image.convert(mode)
-    bare = Image.frombytes(mode, source.size, source.tobytes())  # pixels only: .info is left behind
-    buffer = io.BytesIO()
-    bare.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
 class OpenAICompatibleBackend:
     """A vision-language model served over the OpenAI chat completions API.
 
@@ -160,6 +158,10 @@ class OpenAICompatibleBackend:
         Longest wait between tries.
     outside_trust_boundary : bool
         Whether the server is outside the hospital's trust boundary (the caller de-identifies what it sends).
+    schema_mode : {"auto", "json_schema", "off"}
+        How a request's ``response_schema`` is sent: ``auto`` tries ``response_format`` and falls back to free
+        decoding when the server refuses it; ``json_schema`` always sends it (a refusal is permanent); ``off``
+        never does.
 
     Raises
     ------
@@ -181,6 +183,7 @@ class OpenAICompatibleBackend:
         backoff: float = 1.0,
         backoff_max: float = 30.0,
         outside_trust_boundary: bool = True,
+        schema_mode: str = "auto",
     ) -> None:
         if concurrency < 1 or attempts < 1 or max_new_tokens < 1:
             raise ValueError("concurrency, attempts and max_new_tokens must be at least 1")
@@ -188,6 +191,8 @@ class OpenAICompatibleBackend:
             raise ValueError("timeout must be positive and backoff times not negative")
         if family is not None and family != GENERIC_FAMILY and family not in FAMILIES:
             raise ValueError(f"unknown family {family!r}: one of {', '.join([*FAMILIES, GENERIC_FAMILY])}")
+        if schema_mode not in SCHEMA_MODES:
+            raise ValueError(f"unknown schema mode {schema_mode!r}: one of {', '.join(SCHEMA_MODES)}")
         self.base_url = server_base(base_url)
         self.location = urlsplit(self.base_url).netloc.rpartition("@")[2]  # never a user:password
         self._model = model
@@ -199,6 +204,7 @@ class OpenAICompatibleBackend:
         self.backoff = backoff
         self.backoff_max = backoff_max
         self.outside_trust_boundary = outside_trust_boundary
+        self.schema_mode = schema_mode
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.Client(
             headers=headers,
@@ -209,6 +215,9 @@ class OpenAICompatibleBackend:
         self._slots = threading.BoundedSemaphore(concurrency)
         self._identity: ModelIdentity | None = None
         self._identity_lock = threading.Lock()
+        # What this server was found not to support (remembered for the life of the backend).
+        self._unsupported: set[str] = set()
+        self._unsupported_lock = threading.Lock()
 
     @property
     def identity(self) -> ModelIdentity:
@@ -251,7 +260,7 @@ class OpenAICompatibleBackend:
 
     def _models(self) -> list[dict[str, Any]]:
         response = self._send("GET", "/v1/models", None, ())
-        data = _json_of(response, self.location).get("data")
+        data = wire.json_of(self._success(response, ()), self.location).get("data")
         if not isinstance(data, list):
             raise ModelServerUnavailable(f"model server {self.location}: /v1/models answered without a model list")
         return [entry for entry in data if isinstance(entry, dict)]
@@ -284,55 +293,111 @@ class OpenAICompatibleBackend:
             answers = list(pool.map(self._complete, requests))
         seconds = time.perf_counter() - started
         return [
-            GenerationResult(request.request_id, text, tokens_in, tokens_out, seconds)
-            for request, (text, tokens_in, tokens_out) in zip(requests, answers, strict=True)
+            GenerationResult(
+                request.request_id,
+                answer.text,
+                answer.tokens_in,
+                answer.tokens_out,
+                seconds,
+                token_logprobs=answer.token_logprobs,
+                decoding=decoding,
+            )
+            for request, (answer, decoding) in zip(requests, answers, strict=True)
         ]
 
-    def chat_body(self, request: GenerationRequest) -> dict[str, Any]:
-        """The chat completion JSON body for one request (what goes over the wire)."""
-        identity = self.identity
-        family = FAMILIES.get(identity.family)
-        prompt = request.prompt
-        preamble = request.preamble or ""
-        system = (request.system_prompt or "").strip()
-        messages: list[dict[str, Any]] = []
-        if system and (family is None or family.supports_system_prompt):
-            messages.append({"role": "system", "content": system})
-        elif system and preamble:
-            preamble = f"{system}\n\n{preamble}"  # the family's template has no system role
-        elif system:
-            prompt = f"{system}\n\n{prompt}"  # the family's template has no system role
-        images = [{"type": "image_url", "image_url": {"url": png_data_url(image)}} for image in request.images]
-        # The server's template places the parts; one that renders images first still reads the preamble first.
-        content = user_turn(prompt, preamble, images, interleaved=True)
-        messages.append({"role": "user", "content": content})
-        return {
-            "model": identity.model_id,
-            "messages": messages,
-            "temperature": 0,
-            "max_tokens": min(request.max_new_tokens, self.max_new_tokens),
-            "stream": False,
-        }
+    @property
+    def schema_supported(self) -> bool:
+        """False once this server refused or ignored ``response_format`` (``auto`` mode: sent no more)."""
+        with self._unsupported_lock:
+            return "response_format" not in self._unsupported
 
-    def _complete(self, request: GenerationRequest) -> tuple[str, int, int]:
-        body = self.chat_body(request)
+    @property
+    def logprobs_supported(self) -> bool:
+        """False once this server refused ``logprobs`` (asked for no more)."""
+        with self._unsupported_lock:
+            return "logprobs" not in self._unsupported
+
+    def chat_body(self, request: GenerationRequest, *, schema: bool = True, logprobs: bool = True) -> dict[str, Any]:
+        """The chat completion JSON body for one request (what goes over the wire).
+
+        ``schema`` and ``logprobs`` False leave ``response_format`` and ``logprobs`` out; either is left out
+        anyway where the schema mode or what the server was found to support says so.
+        """
+        identity = self.identity
+        send_schema = schema and self._sends_schema(request)
+        return wire.chat_body(
+            request,
+            model=identity.model_id,
+            family=FAMILIES.get(identity.family),
+            max_tokens=min(request.max_new_tokens, self.max_new_tokens),
+            schema=request.response_schema if send_schema else None,
+            logprobs=logprobs and self.logprobs_supported,
+        )
+
+    def _sends_schema(self, request: GenerationRequest) -> bool:
+        if request.response_schema is None or self.schema_mode == "off":
+            return False
+        return self.schema_mode == "json_schema" or self.schema_supported
+
+    def _complete(self, request: GenerationRequest) -> tuple[wire.Answer, Decoding]:
         quotable = [request.prompt, request.system_prompt or "", request.preamble or ""]
-        with self._slots:
-            response = self._send("POST", "/v1/chat/completions", body, quotable)
-        document = _json_of(response, self.location)
-        choices = document.get("choices")
-        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-            raise ModelServerUnavailable(f"model server {self.location} answered without choices")
-        message = choices[0].get("message")
-        text = message.get("content") if isinstance(message, dict) else None
-        if isinstance(text, list):  # some servers answer with content parts
-            text = "".join(str(part.get("text", "")) for part in text if isinstance(part, dict))
-        usage = document.get("usage") if isinstance(document.get("usage"), dict) else {}
-        assert isinstance(usage, dict)
-        return str(text or "").strip(), _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
+        schema = self._sends_schema(request)
+        retried_without_schema = False
+        while True:
+            body = self.chat_body(request, schema=schema)
+            with self._slots:
+                response = self._send("POST", "/v1/chat/completions", body, quotable)
+            if response.is_success:
+                break
+            if "logprobs" in body and wire.refuses_field(response, "logprobs"):
+                self._remember_unsupported("logprobs", response.status_code)
+            elif "response_format" in body and self.schema_mode == "auto" and not retried_without_schema:
+                schema, retried_without_schema = False, True  # refused for the schema, or for something else?
+            else:
+                raise self._refusal(response, quotable, schema_sent="response_format" in body)
+        if retried_without_schema:  # answered without it: the schema was what the server refused
+            self._remember_unsupported("response_format", response.status_code)
+        answer = wire.read_answer(wire.json_of(response, self.location), self.location)
+        if request.response_schema is None or self.schema_mode == "off":
+            return answer, Decoding.FREE
+        if "response_format" not in body:
+            return answer, Decoding.FREE_FALLBACK
+        if wire.follows_schema(answer, request.response_schema):
+            return answer, Decoding.SERVER_SCHEMA
+        if self.schema_mode == "auto":
+            self._remember_unsupported("response_format", response.status_code)
+        else:  # json_schema: sent every time, as configured; the answer is still read leniently
+            logger.warning("model server %s answered a request with response_format in free text", self.location)
+        return answer, Decoding.FREE_FALLBACK
+
+    def _remember_unsupported(self, field: str, status: int) -> None:
+        with self._unsupported_lock:
+            if field in self._unsupported:
+                return
+            self._unsupported.add(field)
+        how = "refused it" if status >= 400 else "ignored it"
+        logger.warning(
+            "model server %s does not support %s (it %s, HTTP %d): requests go without it from now on",
+            self.location,
+            field,
+            how,
+            status,
+        )
+
+    def _refusal(self, response: httpx.Response, quotable: Sequence[str], *, schema_sent: bool) -> ModelServerRefused:
+        said = wire.server_message(response, quotable)
+        hint = " (sent with response_format: PACSVLM_MODEL_SERVER_SCHEMA=json_schema)" if schema_sent else ""
+        return ModelServerRefused(
+            f"model server {self.location} refused the request: HTTP {response.status_code}: {said}{hint}"
+        )
+
+    def _success(self, response: httpx.Response, quotable: Sequence[str]) -> httpx.Response:
+        if not response.is_success:
+            raise self._refusal(response, quotable, schema_sent=False)
+        return response
 
     def _send(self, method: str, path: str, body: dict[str, Any] | None, quotable: Sequence[str]) -> httpx.Response:
-        """One call with retries; returns a 2xx response or raises."""
+        """One call with retries; returns a 2xx answer or a refusal (4xx but 408, 409, 425, 429), or raises."""
         url = self.base_url + path
         problem = ""
         for attempt in range(1, self.attempts + 1):
@@ -349,15 +414,10 @@ class OpenAICompatibleBackend:
             except httpx.TransportError as exc:
                 problem = f"cannot connect ({type(exc).__name__})"
             else:
-                if response.is_success:
+                if response.is_success or response.status_code not in wire.RETRY_STATUS:
                     return response
-                said = _server_message(response, quotable)
-                if response.status_code not in RETRY_STATUS:
-                    raise ModelServerRefused(
-                        f"model server {self.location} refused the request: HTTP {response.status_code}: {said}"
-                    )
-                problem = f"HTTP {response.status_code}: {said}"
-                wait = max(wait, min(_retry_after(response), self.backoff_max))
+                problem = f"HTTP {response.status_code}: {wire.server_message(response, quotable)}"
+                wait = max(wait, min(wire.retry_after(response), self.backoff_max))
             if attempt < self.attempts:
                 logger.warning(
                     "model server %s, attempt %d of %d: %s; next try in %.1f s",
@@ -371,44 +431,3 @@ class OpenAICompatibleBackend:
         raise ModelServerUnavailable(
             f"model server {self.location} unavailable after {self.attempts} attempts: {problem}"
         )
-
-
-def _count(value: Any) -> int:
-    return value if isinstance(value, int) and value >= 0 else 0
-
-
-def _json_of(response: httpx.Response, location: str) -> dict[str, Any]:
-    try:
-        document = response.json()
-    except ValueError:
-        raise ModelServerUnavailable(f"model server {location} answered with something other than JSON") from None
-    if not isinstance(document, dict):
-        raise ModelServerUnavailable(f"model server {location} answered with JSON that is not an object")
-    return document
-
-
-def _retry_after(response: httpx.Response) -> float:
-    try:
-        return max(0.0, float(response.headers.get("retry-after", "0")))
-    except ValueError:
-        return 0.0
-
-
-def _server_message(response: httpx.Response, quotable: Sequence[str]) -> str:
-    """The server's error message, cleaned and truncated; withheld when it quotes what was sent."""
-    try:
-        document = response.json()
-    except ValueError:
-        document = response.text
-    if isinstance(document, dict):
-        error = document.get("error", document.get("detail", document.get("message", document)))
-        if isinstance(error, dict):
-            error = error.get("message", error)
-        document = error
-    said = str(document)
-    for sent in quotable:
-        if len(sent) >= QUOTE_CHARS:
-            match = difflib.SequenceMatcher(None, said, sent, autojunk=False).find_longest_match()
-            if match.size >= QUOTE_CHARS:
-                return "(message withheld: it quotes the request)"
-    return clean(said, MAX_SERVER_MESSAGE_CHARS, one_line=True) or response.reason_phrase or "no message"

@@ -129,6 +129,7 @@ def served_backend_options(settings: Settings) -> dict[str, Any]:
         "timeout": settings.model_server_timeout,
         "max_new_tokens": settings.max_new_tokens,
         "outside_trust_boundary": not settings.model_server_trusted,
+        "schema_mode": settings.model_server_schema,
     }
 
 
