@@ -5,13 +5,26 @@ nobody read.  Every finding is accepted, edited or rejected first, or the radiol
 explicit confirmation that names how many, that the unreviewed findings are signed as written.  A draft whose
 model output could not be parsed ("model output not structured") holds whatever the model wrote in one
 piece: it is signed only after the radiologist has written something of their own (an edit, an added
-finding, an impression, limitations or a comparison).  The rules are checked by the server (:func:`signing_refusal`
+finding, an impression, limitations or a comparison).  A draft's consistency checks (contradictions between
+its text and the study's header) are each dismissed or fixed first (:attr:`WorkingCopy.open_checks`); drafts
+recorded before checks existed have none.  The rules are checked by the server (:func:`signing_refusal`
 is called by :func:`integration.reports.review.sign_reviewed`), whatever page or script asks.
 """
 
 from __future__ import annotations
 
 from integration.store.reviews import ReviewError, WorkingCopy
+
+#: How a check's kind is named in a refusal (the kinds of ``integration.draft_checks.CHECK_KINDS``).
+CHECK_KIND_NAMES = {
+    "laterality": "laterality",
+    "sex": "sex-specific anatomy",
+    "region": "body region",
+    "modality": "modality",
+    "contrast": "contrast",
+    "image": "cited image",
+    "identifier": "identifier",
+}
 
 
 class ReviewIncomplete(ReviewError):
@@ -56,6 +69,28 @@ def written_by_reader(copy: WorkingCopy) -> bool:
     )
 
 
+def open_checks_refusal(copy: WorkingCopy) -> str | None:
+    """Say how many consistency checks are neither dismissed nor fixed, and of which kinds (None when none).
+
+    Parameters
+    ----------
+    copy : WorkingCopy
+        The working copy.
+
+    Returns
+    -------
+    str or None
+        ``"2 consistency checks are open (laterality, contrast): dismiss each or fix its finding (edit or
+        reject it) before signing"``.
+    """
+    checks = copy.open_checks
+    if not checks:
+        return None
+    kinds = ", ".join(dict.fromkeys(CHECK_KIND_NAMES.get(check.kind, check.kind) for check in checks))
+    noun = "consistency check is" if len(checks) == 1 else "consistency checks are"
+    return f"{len(checks)} {noun} open ({kinds}): dismiss each or fix its finding (edit or reject it) before signing"
+
+
 def signing_refusal(copy: WorkingCopy, *, structured: bool, confirm_unreviewed: int | None) -> str | None:
     """Say why a working copy may not be signed now, or None when it may.
 
@@ -72,21 +107,21 @@ def signing_refusal(copy: WorkingCopy, *, structured: bool, confirm_unreviewed: 
     Returns
     -------
     str or None
-        A sentence for the radiologist.
+        A sentence for the radiologist (open consistency checks first, see :func:`open_checks_refusal`).
     """
+    reasons = [checks] if (checks := open_checks_refusal(copy)) else []
     if not structured and not written_by_reader(copy):
-        return (
+        reasons.append(
             "the model's output could not be parsed (model output not structured): edit a finding, add one or "
             "write the impression before signing"
         )
-    pending = unreviewed_count(copy)
-    if pending and confirm_unreviewed != pending:
+    elif (pending := unreviewed_count(copy)) and confirm_unreviewed != pending:
         noun = "finding was" if pending == 1 else "findings were"
-        return (
+        reasons.append(
             f"{pending} {noun} not reviewed: accept, edit or reject each finding, or confirm that you sign "
             f"the {pending} unreviewed {'finding' if pending == 1 else 'findings'} as written"
         )
-    return None
+    return "; ".join(reasons) or None
 
 
 def check_ready(copy: WorkingCopy, *, structured: bool, confirm_unreviewed: int | None) -> None:

@@ -13,6 +13,12 @@ unique ``(report, seq)`` constraint turns a concurrent change into :class:`Revie
 
 ``before`` and ``after`` of a change hold text for the actions that change text (``edit``, ``add``,
 ``impression``, ``limitations``, ``comparison``, ``reset``) and the finding's decision for ``accept`` and ``reject``.
+
+The draft's consistency checks (:class:`integration.draft_checks.Check`) travel with the working copy: a
+reviewer either fixes the finding a check is about (edits or rejects it; for the draft as a whole, finding 0,
+edits the impression) or dismisses the check, a ``dismiss`` change whose ``after`` is the check's key
+(``"2:laterality"``).  :attr:`WorkingCopy.open_checks` are those neither fixed nor dismissed: signing refuses
+while there are any (:mod:`integration.reports.readiness`).
 """
 
 from __future__ import annotations
@@ -26,13 +32,13 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from integration.draft_checks import Check
 from integration.findings import (
     MAX_FINDING_CHARS,
     MAX_FINDINGS,
     MAX_SECTION_CHARS,
     Document,
     Finding,
-    InvalidFindings,
     edited_text,
     evidence_of,
     images_of,
@@ -41,11 +47,12 @@ from integration.store.audit import add_event
 from integration.store.revisions import UnknownReport
 from integration.store.session import engine_for
 from integration.store.tables import Report, ReportStatus, ReviewChange, utcnow
+from integration.untrusted import InvalidFindings
 
 #: Most changes one draft may collect.
 MAX_CHANGES = 5000
 #: The actions a change may be.
-ACTIONS = frozenset({"accept", "reject", "edit", "add", "impression", "limitations", "comparison", "reset"})
+ACTIONS = frozenset({"accept", "reject", "edit", "add", "impression", "limitations", "comparison", "reset", "dismiss"})
 #: First key of the PostgreSQL advisory locks that serialise signing and changes of one report.
 REVIEW_LOCK_SPACE = 0x52455649  # "REVI"
 
@@ -82,6 +89,9 @@ class WorkingFinding:
         Image numbers cited (as numbered in the prompt, 1-based).
     decision : str
         ``pending``, ``accepted``, ``edited``, ``rejected`` or ``added``.
+    confidence : float or None
+        The model's confidence in the wording of its draft text (see :class:`integration.findings.Finding`);
+        None for added findings and drafts without scores.
     """
 
     index: int
@@ -89,6 +99,7 @@ class WorkingFinding:
     draft_text: str | None
     images: tuple[int, ...]
     decision: str
+    confidence: float | None = None
 
 
 @dataclass(frozen=True)
@@ -116,6 +127,10 @@ class WorkingCopy:
         The model's comparison.
     prior_note : str
         The draft's note of why no prior study was given ('' when priors were given); not editable.
+    checks : tuple of Check
+        The draft's consistency checks (finding numbers 1-based, 0 for the draft as a whole).
+    dismissed : tuple of str
+        The keys of the checks a reviewer dismissed, in order.
     """
 
     report_id: int
@@ -129,6 +144,28 @@ class WorkingCopy:
     comparison: str = ""
     draft_comparison: str = ""
     prior_note: str = ""
+    checks: tuple[Check, ...] = ()
+    dismissed: tuple[str, ...] = ()
+
+    def check_state(self, check: Check) -> str:
+        """Say whether a check is ``dismissed``, ``fixed`` or still ``open``.
+
+        Fixed: its finding (the model's finding of that number) is edited or rejected; for the draft as a whole
+        (finding 0), the impression differs from the model's.
+        """
+        if check.key in self.dismissed:
+            return "dismissed"
+        if check.finding == 0:
+            return "fixed" if self.impression != self.draft_impression else "open"
+        drafted = [finding for finding in self.findings if finding.draft_text is not None]
+        if check.finding <= len(drafted) and drafted[check.finding - 1].decision in ("edited", "rejected"):
+            return "fixed"
+        return "open"
+
+    @property
+    def open_checks(self) -> tuple[Check, ...]:
+        """The checks neither dismissed nor fixed: signing waits for them."""
+        return tuple(check for check in self.checks if self.check_state(check) == "open")
 
     @property
     def signed_findings(self) -> list[dict[str, Any]]:
@@ -154,7 +191,9 @@ def draft_findings(document: object, images_seen: Collection[int] = ()) -> list[
     and a reviewer cannot change citations.
     """
     findings = Document.read(document, images_seen).findings
-    return [WorkingFinding(index, f.text, f.text, f.images, "pending") for index, f in enumerate(findings)]
+    return [
+        WorkingFinding(index, f.text, f.text, f.images, "pending", f.confidence) for index, f in enumerate(findings)
+    ]
 
 
 def _decided(finding: WorkingFinding, status: str) -> WorkingFinding:
@@ -180,6 +219,8 @@ def _apply(copy: WorkingCopy, change: ReviewChange) -> WorkingCopy:
         copy = replace(copy, limitations=change.after)
     elif action == "comparison" and change.after is not None:
         copy = replace(copy, comparison=change.after)
+    elif action == "dismiss" and change.after is not None and change.after not in copy.dismissed:
+        copy = replace(copy, dismissed=(*copy.dismissed, change.after))
     elif action in _FINDING_ACTIONS and index is not None and 0 <= index < len(findings):
         finding = findings[index]
         if action == "accept":
@@ -224,6 +265,7 @@ def _working_copy(session: Session, report: Report) -> WorkingCopy:
         comparison=document.comparison,
         draft_comparison=document.comparison,
         prior_note=document.prior_note,
+        checks=document.checks,
     )
     changes = session.scalars(
         select(ReviewChange).where(ReviewChange.report_id == report.id).order_by(ReviewChange.seq)
@@ -319,6 +361,8 @@ def _before_after(
         if len(copy.findings) >= MAX_FINDINGS:
             raise ReviewError(f"a report may have at most {MAX_FINDINGS} findings")
         return None, checked_text(body, MAX_FINDING_CHARS, "finding text", required=True)
+    if action == "dismiss":
+        return None, _dismissable(copy, finding, body)
     if action in _SECTION_ACTIONS:
         if finding is not None:
             raise ReviewError(f"a change of the {action} takes no finding index")
@@ -334,6 +378,19 @@ def _before_after(
     if action == "reset":
         return current.text, current.draft_text
     return current.decision, "rejected" if action == "reject" else _decided(current, "accepted").decision
+
+
+def _dismissable(copy: WorkingCopy, finding: int | None, key: str | None) -> str:
+    """The key of the check a ``dismiss`` change names, once checked: a check of the draft, not dismissed yet."""
+    if finding is not None:
+        raise ReviewError("a dismissal names its check by key (text), not by a finding index")
+    keys = [check.key for check in copy.checks]
+    if key not in keys:
+        named = ", ".join(keys) if keys else "none"
+        raise ReviewError(f"the draft has no check {str(key)[:32]!r} to dismiss (its checks: {named})")
+    if key in copy.dismissed:
+        raise ReviewError(f"check {key} is already dismissed")
+    return key
 
 
 def record_change(
@@ -360,7 +417,8 @@ def record_change(
     action : str
         ``accept``, ``reject``, ``edit`` (finding, text), ``reset`` (finding: back to pending with the
         draft's text; an added finding is removed, i.e. rejected), ``add`` (text: a new finding without
-        images), ``impression``, ``limitations`` or ``comparison`` (text, may be empty).
+        images), ``impression``, ``limitations`` or ``comparison`` (text, may be empty), ``dismiss`` (text:
+        the key of one of the draft's consistency checks, ``"2:laterality"``; audited with the key).
     finding : int, optional
         0-based index of the finding (see :class:`WorkingFinding`).
     text : str, optional
@@ -411,7 +469,12 @@ def record_change(
         object_type="report",
         object_id=str(report_id),
         source=source,
-        detail={"action": action, "finding": finding, "seq": change.seq},
+        detail={
+            "action": action,
+            "finding": finding,
+            "seq": change.seq,
+            **({"check": after} if action == "dismiss" else {}),
+        },
     )
     try:
         session.flush()  # the (report, seq) key: a concurrent change collides here; the caller's scope commits

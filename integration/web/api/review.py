@@ -2,7 +2,8 @@
 
 * ``GET /api/reports/{id}``: the working copy, the draft's model, prompt and evidence, and its versions.
 * ``GET /api/reports/{id}/changes``: the change history.
-* ``POST /api/reports/{id}/changes``: one change (``{"action", "finding", "text", "expected_seq"}``).
+* ``POST /api/reports/{id}/changes``: one change (``{"action", "finding", "text", "expected_seq"}``; a
+  consistency check is dismissed with ``{"action": "dismiss", "text": "<check key>"}``).
 * ``POST /api/reports/{id}/sign``: sign the working copy (``{"expected_seq", "confirm_unreviewed"}``).
 * ``POST /api/reports/{id}/reject``: reject the whole draft (``{"reason"}``).
 
@@ -10,8 +11,8 @@ For radiologists and administrators; a report of another site answers 404.  Only
 administrator administers: 403 with a message).  POSTs need the CSRF token (``X-CSRF-Token``).  A stale
 ``expected_seq``, a report that is no longer a draft, a second opinion (material for the study's report of
 record, never signed) or a review that is not finished (findings neither reviewed nor confirmed by count,
-an unparsed model output not edited) answers 409, an invalid change 422; the message says why.  Audit events
-carry ids, counts and lengths, never the text.
+an unparsed model output not edited, consistency checks neither dismissed nor fixed) answers 409, an invalid
+change 422; the message says why.  Audit events carry ids, counts and lengths, never the text.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ class ChangeRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    action: Literal["accept", "reject", "edit", "add", "impression", "limitations", "comparison", "reset"]
+    action: Literal["accept", "reject", "edit", "add", "impression", "limitations", "comparison", "reset", "dismiss"]
     finding: int | None = Field(default=None, ge=0, le=10_000)
     text: str | None = Field(default=None, max_length=MAX_REQUEST_TEXT)
     expected_seq: int | None = Field(default=None, ge=0)

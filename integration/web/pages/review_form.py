@@ -1,8 +1,8 @@
 """The review page's one form: every text box travels with every button, so typed text is never lost.
 
 The study page's editor is a single ``<form>`` posting to ``POST /studies/{uid}/reports/{id}/review``.
-Whatever button was pressed (``do``: ``accept:N``, ``reject:N``, ``reset:N``, ``edit:N``, ``add``,
-``impression``, ``limitations``, ``comparison``, ``save`` or ``sign``), the text the radiologist typed anywhere
+Whatever button was pressed (``do``: ``accept:N``, ``reject:N``, ``reset:N``, ``edit:N``, ``dismiss:<check key>``,
+``add``, ``impression``, ``limitations``, ``comparison``, ``save`` or ``sign``), the text the radiologist typed anywhere
 on the page (each finding's box ``text-N``, ``new_finding``, ``impression``, ``limitations``, ``comparison``) is
 saved first, as the review changes it amounts to; then the button's own action runs.  Accepting finding 2
 therefore keeps the impression typed a moment before, and signing signs what is on the screen, not what was last
@@ -27,9 +27,9 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
 from integration.config import Settings
-from integration.findings import clean_text
 from integration.store.reviews import ReviewConflict, ReviewError, WorkingCopy, working_copy
 from integration.store.session import session_scope
+from integration.untrusted import clean_text
 from integration.web.api import review_actions as actions
 from integration.web.api.review_actions import Change
 from integration.web.deps import AppSettings, CurrentUser, PageReviewer, StudyUid, client_address
@@ -39,6 +39,8 @@ from integration.web.security.csrf import require_csrf
 
 #: The buttons of the form: an action on one finding, or one of the whole-form actions.
 _FINDING_BUTTON = re.compile(r"^(accept|reject|reset|edit):(\d{1,5})$")
+#: The Dismiss button of a consistency check: ``dismiss:<finding>:<kind>`` (the check's key).
+_DISMISS_BUTTON = re.compile(r"^dismiss:((\d{1,5}):[a-z]{1,16})$")
 _FORM_BUTTONS = frozenset({"add", "impression", "limitations", "comparison", "save", "sign"})
 #: The boxes of whole sections of the report, each a review action of its own name.
 _SECTIONS = ("impression", "limitations", "comparison")
@@ -67,6 +69,8 @@ def back_to_page(
     """Go back to the page with the notice of ``action``, at the part of the page it concerns."""
     if action == "add" and copy is not None:
         anchor = f"finding-{copy.findings[-1].index}" if copy.findings else "findings"
+    elif action == "dismiss":
+        anchor = f"finding-{finding}" if finding is not None else "draft-checks"
     elif finding is not None:
         anchor = f"finding-{finding}"
     elif action == "sign":
@@ -126,6 +130,8 @@ def button_change(do: str) -> Change | None:
     """
     if do in _FORM_BUTTONS:
         return None
+    if (dismiss := _DISMISS_BUTTON.match(do)) is not None:
+        return Change(action="dismiss", finding=None, text=dismiss.group(1))
     match = _FINDING_BUTTON.match(do)
     if match is None:
         raise ValueError(f"unknown review action {do[:32]!r}")
@@ -175,6 +181,9 @@ def apply_review_form(
             review.sign(seq, int(confirm_text) if confirm_text else None)
     except actions.REFUSED as exc:
         return refusal_page(request, exc, study_url(study_uid, report_id), unsaved=_unsaved(fields, copy))
+    if (dismiss := _DISMISS_BUTTON.match(do)) is not None:
+        checked = int(dismiss.group(2))  # 1-based; 0 is the draft as a whole, at the top
+        return back_to_page(study_uid, report_id, "dismiss", checked - 1 if checked else None, copy)
     match = _FINDING_BUTTON.match(do)
     if match is not None:
         return back_to_page(study_uid, report_id, match.group(1), int(match.group(2)), copy)

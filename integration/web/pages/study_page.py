@@ -15,8 +15,12 @@ clinical question and, for photo uploads, the uploader's stated side, read from 
 Beside the current images the page shows the study's prior studies (:mod:`integration.web.pages.prior_view`):
 each prior's large view in the current view's window, its report, or the line saying why there is none.
 
-Opening the page is audited (``study.view``); changes, signing and rejecting are audited by the review domain
-(``review.change``, ``report.sign``, ``report.reject``).
+The draft's safety net shows beside it (:mod:`integration.web.pages.draft_safety`): each finding's confidence
+band, the consistency checks beside their findings (dismissed with a number key or a button; signing waits
+while one is neither dismissed nor fixed), the decoding path and the critical matches.
+
+Opening the page is audited (``study.view``); changes (dismissals included), signing and rejecting are audited
+by the review domain (``review.change``, ``report.sign``, ``report.reject``).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from integration.web.api import review_actions as actions
 from integration.web.api.images import WindowName
 from integration.web.api.studies import record_study_view
 from integration.web.deps import AppSettings, CurrentUser, DbSession, PageReviewer, StudyUid, client_address
+from integration.web.pages.draft_safety import draft_safety
 from integration.web.pages.prior_view import prior_panel, series_stack
 from integration.web.pages.review_form import back_to_page, refusal_page, review_form_router, see_other, study_url
 from integration.web.pages.study_view import (
@@ -65,6 +70,7 @@ NOTICES = {
     "save": "Your text is saved.",
     "sign": "Report signed.",
     "reject-draft": "Draft rejected.",
+    "dismiss": "Check dismissed.",
 }
 #: Longest text a form may carry (the review domain refuses more than its own, smaller limits, with a message).
 MAX_FORM_TEXT = 100_000
@@ -118,6 +124,7 @@ def _study_context(
         "reports": reports,
         "report": report,
         "copy": copy,
+        "safety": draft_safety(settings, report, copy),
         "editable": report is not None and report.status is ReportStatus.DRAFT and report.id == of_record,
         "second_opinion": report is not None and report.purpose is ReportPurpose.SECOND_OPINION,
         "report_of_record": of_record,

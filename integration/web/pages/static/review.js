@@ -257,7 +257,12 @@
       case "]": stepImage(1); break;
       case ",": scrollSlices(main, -1); break;
       case ".": scrollSlices(main, 1); break;
-      default: return;
+      default: {
+        // 1 to 9: dismiss the consistency check showing that number on its Dismiss button
+        var dismiss = /^[1-9]$/.test(event.key) && document.querySelector('button[data-dismiss-key="' + event.key + '"]');
+        if (!dismiss) { return; }
+        dismiss.click();
+      }
     }
     event.preventDefault();
   });
