@@ -5,7 +5,8 @@ timer is a column (``studies.stable_after``), so a restarted listener loses
 nothing: the next pass finds the study and queues it.  The same loop is the
 outbox reconciler: jobs whose message never reached the broker, whose message
 is old, or that were queued before the broker restarted (Redis ``run_id``
-changed) are sent again; the worker's task is idempotent.  Studies that become stable also get their
+changed) are sent again; the worker's task is idempotent.  Critical-finding alerts nobody acknowledged in time are
+escalated to their next contact (:mod:`integration.alerts.escalation`).  Studies that become stable also get their
 worklist attributes (patient, accession, date, description) from one stored instance's header.  Where a
 prior fetcher runs beside the assembler, a stable study whose prior search is still open waits for it, at
 most ``prior_wait_seconds``, so its draft sees the prior; without one nobody finishes searches, so nothing waits.
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from integration.alerts.escalation import escalate_due_alerts
 from integration.config import Settings
 from integration.intake.study_attributes import record_study_attributes
 from integration.queue import broker_identity, send_analyze_study, send_deliver
@@ -54,12 +56,15 @@ class PassResult:
         Messages the broker did not take (retried next pass).
     deliveries_resent : int
         Messages of pending deliveries sent again.
+    alerts_escalated : int
+        Critical-finding alerts not acknowledged in time, notified to their next contact.
     """
 
     jobs_created: int = 0
     sent: int = 0
     send_failures: int = 0
     deliveries_resent: int = 0
+    alerts_escalated: int = 0
 
 
 class StudyAssembler:
@@ -140,6 +145,7 @@ class StudyAssembler:
             if item.send_count:
                 log.info("analysis job %d re-sent (send %d)", item.job_id, item.send_count + 1)
         result.deliveries_resent = self._resend_deliveries(everything)
+        result.alerts_escalated = escalate_due_alerts(self.settings).escalated  # and lost notifications re-sent
         return result
 
     def _record_attributes(self, job_ids: list[int]) -> None:

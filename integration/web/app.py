@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Scope
 
 from integration.config import Settings
+from integration.web.api.alerts import alerts_router
 from integration.web.api.audit import audit_router
 from integration.web.api.opinions import opinions_router
 from integration.web.api.orders import orders_router
@@ -85,6 +86,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(studies_router())
     app.include_router(review_router())
     app.include_router(opinions_router())
+    app.include_router(alerts_router())
     app.include_router(audit_router())
     app.include_router(stow_router())
     app.include_router(upload_router())

@@ -35,7 +35,8 @@ class StudyHeader(BaseModel):
     """What identifies a study to a reviewer (patient data: shown to the reviewer, never logged).
 
     ``order`` is the linked RIS order; ``order_problem`` says why a study with an accession number was not
-    linked (e.g. "order is for another patient"): the worklist flags it.
+    linked (e.g. "order is for another patient"): the worklist flags it.  ``critical_reason`` says why the study
+    became stat: the critical result categories of its draft (``Critical: Pneumothorax``).
     """
 
     study_uid: str
@@ -53,6 +54,7 @@ class StudyHeader(BaseModel):
     study_description: str | None
     order: StudyOrder | None = None
     order_problem: str | None = None
+    critical_reason: str | None = None
 
 
 class WorklistRow(StudyHeader):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from integration.cli.alerts import alerts_app
 from integration.cli.api import api
 from integration.cli.audit import audit_app
 from integration.cli.database import db_app
@@ -28,6 +29,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(studies_app, name="studies")
 app.add_typer(report_app, name="report")
 app.add_typer(deliveries_app, name="deliveries")
+app.add_typer(alerts_app, name="alerts")
 app.add_typer(orders_app, name="orders")
 app.add_typer(sites_app, name="sites")
 app.add_typer(users_app, name="users")

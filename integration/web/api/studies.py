@@ -169,6 +169,7 @@ def _header(study: Study, site_code: str | None, order: Order | None) -> dict[st
         "study_description": study.study_description,
         "order": _order_summary(order),
         "order_problem": study.order_problem,
+        "critical_reason": study.critical_reason,
     }
 
 
