@@ -45,6 +45,7 @@ from integration.store.tables import (
     Study,
     StudyState,
 )
+from integration.web.ops.alert_metrics import alert_metrics
 from integration.web.ops.health import describe_error, ping_broker, start_in_thread
 
 logger = logging.getLogger(__name__)
@@ -266,6 +267,7 @@ def database_metrics(connection: Connection) -> list[Metric]:
         _rejections(connection),
         *_review_outcomes(connection),
         _by_label(connection, Delivery.state, DeliveryState, "pacsvlm_deliveries", "Deliveries by state", "state"),
+        *alert_metrics(connection, dialect),
     ]
 
 

@@ -38,6 +38,7 @@ from integration.store.reviews import change_history, working_copy
 from integration.store.revisions import report_of_record
 from integration.store.tables import Report, ReportPurpose, ReportStatus, Site, UserRole
 from integration.web.api import review_actions as actions
+from integration.web.api.alerts import study_alerts
 from integration.web.api.images import WindowName
 from integration.web.api.studies import record_study_view
 from integration.web.deps import AppSettings, CurrentUser, DbSession, PageReviewer, StudyUid, client_address
@@ -124,6 +125,7 @@ def _study_context(
         "reports": reports,
         "report": report,
         "copy": copy,
+        "alerts": study_alerts(session, study.id),
         "safety": draft_safety(settings, report, copy),
         "editable": report is not None and report.status is ReportStatus.DRAFT and report.id == of_record,
         "second_opinion": report is not None and report.purpose is ReportPurpose.SECOND_OPINION,
