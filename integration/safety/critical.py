@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import re
 import threading
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -271,9 +272,11 @@ def match_critical(
 
 def _matches(texts: Sequence[str], categories: Sequence[CriticalCategory]) -> list[list[tuple[str, str]]]:
     """Per text, (code, phrase) of each category matched as critical, first mention of each category."""
+    quiet_medspacy_logs()  # every time: a caller may have enabled loguru's loggers since the pipeline was built
     nlp = _pipeline(categories)
     found = []
-    with _lock:  # spaCy pipelines are not documented as thread-safe; the texts are short
+    with _lock, warnings.catch_warnings():  # spaCy pipelines are not documented as thread-safe; texts are short
+        warnings.filterwarnings("ignore", message=r"\[W036\]")  # the target matcher has phrase rules only
         docs = [nlp(text) if text.strip() else None for text in texts]
     for doc in docs:
         phrases: dict[str, str] = {}
@@ -314,7 +317,11 @@ def _build(categories: Sequence[CriticalCategory]) -> Any:
     from medspacy.ner import TargetRule  # type: ignore[import-untyped]
 
     nlp = medspacy.load(medspacy_enable=list(PIPELINE))
-    nlp.get_pipe("medspacy_context").add([ConTextRule(**rule) for rule in EXTRA_CONTEXT_RULES])
+    context = nlp.get_pipe("medspacy_context")
+    context.add([ConTextRule(**rule) for rule in EXTRA_CONTEXT_RULES])
+    # A modifier inside a target is part of the term: "free" (ConText's "pain free", backward negation) must not
+    # negate the pneumothorax before "free air".
+    context.prune_on_target_overlap = True
     rules = [
         TargetRule(spelling, category.code)
         for category in categories
