@@ -342,7 +342,7 @@ class OpenAICompatibleBackend:
     def _complete(self, request: GenerationRequest) -> tuple[wire.Answer, Decoding]:
         quotable = [request.prompt, request.system_prompt or "", request.preamble or ""]
         schema = self._sends_schema(request)
-        retried_without_schema = False
+        schema_refusal = 0  # the status of a refusal answered by sending again without the schema
         while True:
             body = self.chat_body(request, schema=schema)
             with self._slots:
@@ -351,12 +351,12 @@ class OpenAICompatibleBackend:
                 break
             if "logprobs" in body and wire.refuses_field(response, "logprobs"):
                 self._remember_unsupported("logprobs", response.status_code)
-            elif "response_format" in body and self.schema_mode == "auto" and not retried_without_schema:
-                schema, retried_without_schema = False, True  # refused for the schema, or for something else?
+            elif "response_format" in body and self.schema_mode == "auto" and not schema_refusal:
+                schema, schema_refusal = False, response.status_code  # refused for the schema, or for another reason?
             else:
                 raise self._refusal(response, quotable, schema_sent="response_format" in body)
-        if retried_without_schema:  # answered without it: the schema was what the server refused
-            self._remember_unsupported("response_format", response.status_code)
+        if schema_refusal:  # answered without it: the schema was what the server refused
+            self._remember_unsupported("response_format", schema_refusal)
         answer = wire.read_answer(wire.json_of(response, self.location), self.location)
         if request.response_schema is None or self.schema_mode == "off":
             return answer, Decoding.FREE
@@ -375,13 +375,12 @@ class OpenAICompatibleBackend:
             if field in self._unsupported:
                 return
             self._unsupported.add(field)
-        how = "refused it" if status >= 400 else "ignored it"
+        how = f"refused it: HTTP {status}" if status >= 400 else "took it and ignored it"
         logger.warning(
-            "model server %s does not support %s (it %s, HTTP %d): requests go without it from now on",
+            "model server %s does not support %s (it %s): requests go without it from now on",
             self.location,
             field,
             how,
-            status,
         )
 
     def _refusal(self, response: httpx.Response, quotable: Sequence[str], *, schema_sent: bool) -> ModelServerRefused:
