@@ -346,3 +346,48 @@ def test_the_request_and_the_patient_are_on_the_pages(world: Module, chromium: A
     patient = page.locator("#patient").inner_text()
     assert "Photo, Patty" in patient and "PH-7" in patient
     assert statuses(world, ds) == {primary: ReportStatus.DRAFT.value, opinion: "draft"}
+
+
+def test_low_confidence_shows_and_a_check_is_dismissed_with_one_key_before_signing(
+    world: Module, chromium: Any, tmp_path: Path
+) -> None:
+    ds = mr_study(world, tmp_path)
+    uid = str(ds.StudyInstanceUID)
+    report_id = primary_draft(world, ds, ["Opacity in the right lower lobe.", "No effusion."])
+    with session_scope(world.settings.database_url) as session:  # the safety net's fields, as the worker stores them
+        report = session.get(Report, report_id)
+        assert report is not None
+        scored = [{**f, "confidence": s} for f, s in zip(report.findings["findings"], (0.23, 0.91), strict=True)]
+        check = {"finding": 1, "kind": "laterality", "message": "The finding says right; the image header says left."}
+        report.findings = {**report.findings, "findings": scored, "checks": [check], "decoding": "grammar"}
+    page = signed_in(chromium, world, "north_rad")
+    page.goto(f"{world.api.url}/studies/{uid}")
+
+    # The low score is shown, in words and marked apart from a high one; what it means is said.
+    low, high = page.locator("#finding-0 .confidence"), page.locator("#finding-1 .confidence")
+    assert low.is_visible() and low.inner_text() == "low confidence · 0.23"
+    assert "confidence-low" in (low.get_attribute("class") or "") and high.inner_text() == "high confidence · 0.91"
+    background = "(element) => getComputedStyle(element).backgroundColor"
+    assert low.evaluate(background) != high.evaluate(background)
+    assert "not the probability that the finding is right" in (low.get_attribute("title") or "")
+    assert "not the probability" in page.locator("#confidence-note").inner_text()
+
+    # Signing (the findings confirmed as written) is refused while the check is open, and the page says which.
+    page.locator("#confirm-unreviewed").check()
+    with page.expect_navigation():
+        page.locator("#sign-button").click()
+    assert "1 consistency check is open (laterality)" in page.locator(".error").inner_text()
+    assert statuses(world, ds) == {report_id: "draft"}
+
+    # One keystroke (the number on its Dismiss button) dismisses it; then the report signs.
+    page.goto(f"{world.api.url}/studies/{uid}")
+    assert page.locator("#check-1-laterality button.dismiss kbd").inner_text() == "1"
+    with page.expect_navigation():
+        page.keyboard.press("1")
+    assert page.locator(".notice").inner_text() == "Check dismissed."
+    assert "check-dismissed" in (page.locator("#check-1-laterality").get_attribute("class") or "")
+    page.locator("#confirm-unreviewed").check()
+    with page.expect_navigation():
+        page.locator("#sign-button").click()
+    assert page.locator(".notice").inner_text() == "Report signed."
+    assert statuses(world, ds) == {report_id: "signed"}
