@@ -18,11 +18,12 @@ and :func:`classify` marks those that look like
 :func:`redact` blacks out the boxes of the words it is given.  Single letters (an ``L`` marker), short
 numbers (tile numbers, slice numbers) and window names are not identifying.
 
-Reading: the image is taken in grey; in a mostly dark one (white text on black, as on most modalities)
-the darker half is flattened (background noise and redacted boxes are not text) and the image inverted;
-a small one (longest side under :data:`UPSCALE_BELOW`) is read at twice its size, which tesseract needs
-for text under about 12 pixels; page segmentation ``--psm 11`` (sparse text: words scattered in corners,
-no page layout).  Words are patient data: nothing here logs them, and
+Reading: the image is read in grey (a mostly dark one, white text on black as on most modalities, with
+its darker half flattened and inverted), then, where there are some, its near-white (or full yellow,
+green) pixels alone, since an overlay over a bright body (a lung window) is lost in the first reading;
+a small image (longest side under :data:`UPSCALE_BELOW`) is read at twice its size, which tesseract
+needs for text under about 12 pixels; page segmentation ``--psm 11`` (sparse text: words scattered in
+corners, no page layout).  Words are patient data: nothing here logs them, and
 :class:`OcrWord` does not show its text in its ``repr``.
 """
 
@@ -48,6 +49,10 @@ PAGE_SEGMENTATION = 11
 OCR_TIMEOUT_S = 30.0
 #: Images whose longest side is below this are read at twice their size.
 UPSCALE_BELOW = 800
+#: A channel value from which a pixel counts as a bright overlay (read again on its own).
+BRIGHT = 240
+#: Share of bright pixels for which that second reading is made (none: nothing to read; most: a white page).
+BRIGHT_SHARE = (0.0005, 0.5)
 #: Pixels added around a redacted word's box.
 REDACT_PADDING = 2
 #: Tesseract language codes as settings name them (``eng``, ``eng+deu``).
@@ -229,10 +234,20 @@ def read_words(
     """
     if not LANGUAGES.fullmatch(languages):
         raise ValueError("languages are tesseract codes joined by '+', e.g. 'eng' or 'eng+deu'")
-    grey, scale = _for_ocr(_as_pil(image))
+    words: list[OcrWord] = []
+    for number, (prepared, scale) in enumerate(_passes(_as_pil(image))):
+        for word in _tesseract(prepared, scale, languages, timeout):
+            line = (number * 1000 + word.line[0], *word.line[1:])
+            if not any(_same_word(word, earlier) for earlier in words):
+                words.append(replace(word, line=line))
+    return tuple(words)
+
+
+def _tesseract(image: Image.Image, scale: int, languages: str, timeout: float) -> list[OcrWord]:
+    """One tesseract run over a prepared image; boxes ``scale`` times smaller (the original's pixels)."""
     try:
         data = pytesseract.image_to_data(
-            grey,
+            image,
             lang=languages,
             config=f"--psm {PAGE_SEGMENTATION}",
             output_type=pytesseract.Output.DICT,
@@ -253,7 +268,7 @@ def read_words(
         box = Box(max(0, int(data["left"][index])), max(0, int(data["top"][index])), width, height).shrunk(scale)
         line = (int(data["block_num"][index]), int(data["par_num"][index]), int(data["line_num"][index]))
         words.append(OcrWord(str(text).strip(), box, min(confidence, 100.0), line))
-    return tuple(words)
+    return words
 
 
 def classify(
@@ -368,16 +383,37 @@ def _as_pil(image: Image.Image | np.ndarray) -> Image.Image:
     return Image.fromarray(array[..., 0] if array.ndim == 3 and array.shape[2] == 1 else array)
 
 
-def _for_ocr(image: Image.Image) -> tuple[Image.Image, int]:
-    """Grey, dark text on light, and large enough: the image tesseract reads and how many times larger it is."""
+def _passes(image: Image.Image) -> list[tuple[Image.Image, int]]:
+    """The images tesseract reads (dark text on light) and how many times larger than ``image`` they are.
+
+    First the whole image in grey: a mostly dark one (light text on black) with its darker half flattened
+    (background noise and redacted boxes are not text) and inverted.  Then, where some but not most pixels
+    are near full brightness in a channel (burned-in overlays: white, yellow, green), those pixels alone:
+    white text over a bright body in a lung window is lost in the first.
+    """
     grey = image.convert("L") if image.mode != "L" else image
     pixels = np.asarray(grey)
-    if float(pixels.mean()) < 128:  # light text on a dark image: flatten the darker half (noise, black boxes), invert
+    if float(pixels.mean()) < 128:
         grey = ImageOps.invert(Image.fromarray(np.maximum(pixels, np.median(pixels)).astype(np.uint8)))
+    bright = np.asarray(image.convert("RGB")).max(axis=2) >= BRIGHT
+    passes = [grey]
+    if BRIGHT_SHARE[0] <= float(bright.mean()) <= BRIGHT_SHARE[1]:
+        passes.append(Image.fromarray(np.where(bright, 0, 255).astype(np.uint8)))
     scale = 2 if max(grey.size) < UPSCALE_BELOW else 1
     if scale > 1:
-        grey = grey.resize((grey.width * scale, grey.height * scale), Image.Resampling.LANCZOS)
-    return grey, scale
+        size = (grey.width * scale, grey.height * scale)
+        passes = [read.resize(size, Image.Resampling.LANCZOS) for read in passes]
+    return [(read, scale) for read in passes]
+
+
+def _same_word(word: OcrWord, other: OcrWord) -> bool:
+    """The same text read twice at about the same place (the second pass's copy is dropped)."""
+    if word.text.casefold() != other.text.casefold():
+        return False
+    a, b = word.box, other.box
+    overlap_w = min(a.right, b.right) - max(a.left, b.left)
+    overlap_h = min(a.bottom, b.bottom) - max(a.top, b.top)
+    return overlap_w > 0 and overlap_h > 0 and overlap_w * overlap_h * 2 >= min(a.width * a.height, b.width * b.height)
 
 
 def _lines(words: Sequence[OcrWord]) -> list[list[int]]:
