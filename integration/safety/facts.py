@@ -6,21 +6,26 @@ its Laterality (0020,0060), Image Laterality (0020,0062) and View Position (0018
 Contrast/Bolus Agent (0018,0010) is recorded, and the patient's identifiers (name components, Patient ID,
 Other Patient IDs, Accession Number, birth date).
 
-The identifiers stay in memory: nothing here logs, their ``repr`` shows counts only, and the consistency
-checks' messages never quote them.  A file that cannot be read adds nothing (the facts it would have given
-are unknown, and an unknown fact flags nothing).
+The identifiers stay in memory: nothing here logs, their ``repr`` shows counts only, the consistency
+checks' messages never quote them, and pydicom's value validation (whose warnings and log records name
+invalid values) is off while the headers are read.  A file that cannot be read adds nothing (the facts it
+would have given are unknown, and an unknown fact flags nothing).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+import threading
+import warnings
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 import pydicom
+import pydicom.config
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
@@ -60,6 +65,8 @@ _NO_CONTRAST = re.compile(
     r"|unenhanced|non[\s-]?enhanced|plain"
 )
 _DATE = re.compile(r"^(\d{4})(\d{2})(\d{2})$")
+#: One reading at a time: pydicom's validation setting is global (see :func:`_unvalidated`).
+_READING = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -173,7 +180,13 @@ class StudyFacts:
         StudyFacts
             The facts; a file that cannot be read (missing, not DICOM) adds nothing.  Never raises for a file.
         """
-        numbered = dict(images) if isinstance(images, Mapping) else dict(enumerate(images, start=1))
+        with _unvalidated():
+            return cls._read(
+                dict(images) if isinstance(images, Mapping) else dict(enumerate(images, start=1)), all_files
+            )
+
+    @classmethod
+    def _read(cls, numbered: dict[int, Path], all_files: Iterable[Path]) -> StudyFacts:
         headers: dict[Path, Dataset | None] = {}
         for path in (*numbered.values(), *all_files):
             if path not in headers:
@@ -191,6 +204,14 @@ class StudyFacts:
             contrast=any(_has_contrast(header) for header in read) if read else None,
             identifiers=_identifiers(read),
         )
+
+
+@contextmanager
+def _unvalidated() -> Iterator[None]:
+    """Turn pydicom's reading validation off while facts are read: its warnings and log records quote values."""
+    with _READING, pydicom.config.disable_value_validation(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
 
 
 def _header(path: Path) -> Dataset | None:
