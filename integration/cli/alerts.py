@@ -5,8 +5,6 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.table import Table
-from rich.text import Text
 
 from integration.cli import console, fail, load_settings
 
@@ -18,31 +16,35 @@ def list_command(
     open_only: Annotated[bool, typer.Option("--open", help="Only alerts nobody acknowledged yet.")] = False,
     limit: Annotated[int, typer.Option(min=1, max=10000, help="Rows to show.")] = 50,
 ) -> None:
-    """List alerts, newest first: categories, study, site, state, level, who acknowledged and when."""
+    """List alerts, newest first, one line each: state, level, categories, site, study, who acknowledged and when."""
     from integration.store.alert_tables import AlertState
     from integration.store.alerts import alerts_query
     from integration.store.session import session_scope
 
     settings = load_settings()
-    table = Table("id", "report", "study", "site", "categories", "state", "level", "raised", "acknowledged")
+    shown = 0
     with session_scope(settings.database_url) as session:
         query = alerts_query(AlertState.OPEN if open_only else None).limit(limit)
         for alert, study_uid, site in session.execute(query):
-            acknowledged = (
-                f"{alert.acknowledged_by} {alert.acknowledged_at:%Y-%m-%d %H:%M}" if alert.acknowledged_at else ""
-            )
-            table.add_row(
-                str(alert.id),
-                str(alert.report_id),
-                study_uid,
-                site or "",
-                Text(", ".join(alert.labels or ())),  # labels come from the settings: never markup
+            shown += 1
+            parts = [
+                f"alert {alert.id}",
                 AlertState(alert.state).value,
-                str(alert.level),
-                f"{alert.raised_at:%Y-%m-%d %H:%M}",
-                Text(acknowledged),
-            )
-    console.print(table)
+                f"level {alert.level}",
+                ", ".join(alert.labels or ()),
+                f"site {site or '-'}",
+                f"report {alert.report_id}",
+                f"study {study_uid}",
+                f"raised {alert.raised_at:%Y-%m-%d %H:%M} UTC",
+            ]
+            if alert.acknowledged_at:
+                parts.append(f"acknowledged by {alert.acknowledged_by} at {alert.acknowledged_at:%Y-%m-%d %H:%M} UTC")
+            elif alert.due_at:
+                parts.append(f"escalates {alert.due_at:%Y-%m-%d %H:%M} UTC")
+            # one line per alert, never wrapped (grep-able); labels and names are text, never markup
+            console.print(" | ".join(parts), markup=False, highlight=False, soft_wrap=True)
+    if not shown:
+        console.print("no open alerts" if open_only else "no alerts", markup=False)
 
 
 @alerts_app.command("ack")

@@ -112,7 +112,9 @@ def test_the_chain_is_notified_without_the_patient_outside_and_with_it_inside(
         [(mail, recipients)] = smtp_sink.messages(1)
         assert recipients == ["oncall@hospital.example"]
         assert mail["Subject"] == "Critical finding (AI draft, unverified): Pneumothorax"
-        body = mail.get_payload(decode=True).decode()
+        raw = mail.get_payload(decode=True)
+        assert isinstance(raw, bytes)
+        body = raw.decode()
         study_url = f"https://pacs-vlm.hospital.example/studies/{study.study_uid}"
         assert "Pneumothorax" in body and study_url in body and "AI-generated draft" in body
         for secret in ("Jane", "Doe", PATIENT_ID, ACCESSION):
