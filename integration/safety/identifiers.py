@@ -4,7 +4,8 @@ A model given a study's images may read a burned-in name or date and repeat it; 
 :func:`mask_identifiers` replaces, in every finding, the impression, the limitations and the comparison:
 
 * each component of the patient's names of two letters or more, as a whole word, case-insensitively
-  (``Doe^Jane`` masks ``Doe`` and ``Jane``, not ``Doer``);
+  (``Doe^Jane`` masks ``Doe`` and ``Jane``, not ``Doer``), and the parts of a hyphenated one
+  (``Mary-Kate`` also masks ``Mary``);
 * the Patient ID, Other Patient IDs and the Accession Number, as whole tokens, case-insensitively, and
   without their separators (``PID-73519`` also masks ``PID73519``); values shorter than
   :data:`MIN_ID_CHARS` are left alone (``1`` would mask every image number);
@@ -104,7 +105,8 @@ def _check(finding: int, kinds: Iterable[str]) -> Check:
 def _patterns(identifiers: Identifiers) -> list[tuple[str, re.Pattern[str]]]:
     """(kind, pattern) for each kind of identifier the header carries."""
     patterns = []
-    names = sorted({n.lower() for n in identifiers.names if sum(c.isalpha() for c in n) >= 2}, key=len, reverse=True)
+    parts = {part for name in identifiers.names for part in (name, *re.split(r"[-'\u2019.]+", name))}
+    names = sorted({n.lower() for n in parts if sum(c.isalpha() for c in n) >= 2}, key=len, reverse=True)
     if names:
         patterns.append(("name", _words(names)))
     for kind, values in (("ID", identifiers.ids), ("accession number", identifiers.accessions)):
