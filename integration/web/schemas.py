@@ -112,13 +112,31 @@ class StudyDetail(StudyHeader):
 
 
 class WorkingFinding(BaseModel):
-    """A finding of a working copy (``decision``: pending, accepted, edited, rejected or added)."""
+    """A finding of a working copy (``decision``: pending, accepted, edited, rejected or added).
+
+    ``confidence``: the model's confidence in its wording of the draft text (0..1; not the probability that the
+    finding is right), None without a score.
+    """
 
     index: int
     text: str
     draft_text: str | None
     images: list[int]
     decision: str
+    confidence: float | None = None
+
+
+class ReviewCheck(BaseModel):
+    """A consistency check of a draft, with its state (``open``, ``fixed`` or ``dismissed``).
+
+    ``key`` (``finding:kind``) is what a dismissal names; ``finding`` is 1-based, 0 the draft as a whole.
+    """
+
+    key: str
+    finding: int
+    kind: str
+    message: str
+    state: str
 
 
 class WorkingCopy(BaseModel):
@@ -135,6 +153,7 @@ class WorkingCopy(BaseModel):
     comparison: str
     draft_comparison: str
     prior_note: str
+    checks: list[ReviewCheck] = []
 
 
 class Evidence(BaseModel):

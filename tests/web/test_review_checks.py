@@ -99,6 +99,11 @@ def test_checks_are_dismissed_or_fixed_before_signing(world: World) -> None:
     # A dismissal is a review change (action dismiss, after = the check's key) and an audited one.
     dismissed = rad.post(api + "/changes", json={"action": "dismiss", "text": "1:laterality", "expected_seq": 2})
     assert dismissed.status_code == 200, dismissed.text
+    view = rad.get(api).json()["working_copy"]  # the JSON API shows the checks' states and the scores
+    assert [(c["key"], c["state"]) for c in view["checks"]] == [
+        *(("1:laterality", "dismissed"), ("2:contrast", "open"), ("0:sex", "open"))
+    ]
+    assert [finding["confidence"] for finding in view["findings"]] == [0.31, 0.92]
     for wrong in ("1:laterality", "3:sex", "nonsense"):
         answer = rad.post(api + "/changes", json={"action": "dismiss", "text": wrong})
         assert answer.status_code == 422, answer.text

@@ -136,7 +136,7 @@ def test_review_actions_through_the_json_api_and_the_forms(world: World) -> None
     assert (body["seq"], body["findings"][0]["decision"], body["findings"][0]["images"]) == (1, "accepted", [1, 2])
     assert list(body) == [
         *("report_id", "status", "seq", "findings", "impression", "limitations"),
-        *("draft_impression", "draft_limitations", "comparison", "draft_comparison", "prior_note"),
+        *("draft_impression", "draft_limitations", "comparison", "draft_comparison", "prior_note", "checks"),
     ]
     stale = rad.post(api + "/changes", json={"action": "accept", "finding": 1, "expected_seq": 0})
     assert stale.status_code == 409

@@ -71,7 +71,11 @@ class RejectRequest(BaseModel):
 
 def working_copy_answer(copy: StoredWorkingCopy) -> WorkingCopy:
     """The working copy as the API answers it."""
-    return WorkingCopy.model_validate(dataclasses.asdict(copy))
+    answer = dataclasses.asdict(copy)
+    answer["checks"] = [
+        {**check.as_json(), "key": check.key, "state": copy.check_state(check)} for check in copy.checks
+    ]
+    return WorkingCopy.model_validate(answer)
 
 
 def report_view(session: Session, user: CurrentUser, report_id: int) -> ReportView:
