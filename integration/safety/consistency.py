@@ -11,7 +11,7 @@
     study's images when it cites none and all of those agree.  Cardiac chambers, liver lobes and
     directions ("to the left", "shift") are not sides.
 ``sex``
-    Sex-specific anatomy (prostate, testis, scrotum, seminal vesicles / uterus, ovary, cervix uteri,
+    Sex-specific anatomy (prostate, testis, scrotum, seminal vesicles / uterus, ovary, cervix,
     endometrium, fallopian tube, vagina, placenta) against Patient's Sex ``M``/``F`` (``O`` or none: nothing).
 ``region``
     Organs of a curated few families (brain, lung, abdominal organs, pelvic organs, the lower limb), in the
@@ -28,8 +28,9 @@
     Agent and no description says contrast; a sentence that says without contrast, or recommends, is left
     alone.
 ``image``
-    A cited image number the model was not shown: in the raw citations (``cited``: the model's answer
-    before the parser dropped them, see :func:`cited_in_answer`) or written in the text ("image 7").
+    A cited image number the model was not shown: in the finding's images, in the raw citations (``cited``:
+    the model's answer before the parser dropped them, see :func:`cited_in_answer`) or written in the text
+    ("image 7").
 
 Not checked: severity, measurements, dates, negations of anatomy ("uterus absent" is still a mention), a
 laterality the header does not record, and anything a finding says about a prior study's images.
@@ -64,7 +65,7 @@ _MALE = re.compile(
     re.I,
 )
 _FEMALE = re.compile(
-    r"\b(uter(?:us|ine)|ovar(?:y|ies|ian)|endometri(?:um|al)|fallopian|vagina[l]?|placenta[l]?|cervix\s+uteri|gravid\s+uterus)\b",
+    r"\b(uter(?:us|ine)|ovar(?:y|ies|ian)|endometri(?:um|al)|fallopian|vagina[l]?|placenta[l]?|cervix|gravid\s+uterus)\b",
     re.IGNORECASE,
 )
 
@@ -72,7 +73,7 @@ _FEMALE = re.compile(
 ORGAN_FAMILIES = {
     "brain": r"brain|cerebr(?:al|um)|cerebell(?:ar|um)|intracranial|brainstem|basal\s+ganglia"
     r"|(?:frontal|temporal|parietal|occipital)\s+lobes?",
-    "lung": r"lungs?|pulmonary|pleura[l]?|pneumothorax|mediastin(?:um|al)|hil(?:um|ar)|bronch(?:us|i|ial)",
+    "lung": r"lungs?|pulmonary|pleura[l]?|pneumothorax|mediastin(?:um|al)|(?<!renal\s)hil(?:um|ar)|bronch(?:us|i|ial)",
     "abdomen": r"liver|hepatic|spleen|splenic|pancrea(?:s|tic)|gallbladder|duoden(?:um|al)|appendi(?:x|ceal)"
     r"|colon|colonic",
     "pelvis": r"prostat(?:e|ic)|uter(?:us|ine)|ovar(?:y|ies|ian)|urinary\s+bladder|bladder|rectum|rectal",
@@ -134,7 +135,7 @@ _VERBS = r"(?:shows?|demonstrates?|reveals?|images?|examination|exam|study|scan)
 #: Sentences about other examinations: comparisons, recommendations, suggestions.
 _OTHER_EXAM = re.compile(
     r"\b(?:prior|previous|previously|compar\w*|recommend\w*|consider\w*|suggest\w*|advis\w*|further|follow-?up|"
-    r"dedicated|correlat\w*|could|should|would|may|if|outside|earlier|last|old)\b",
+    r"dedicated|correlat\w*|could|should|would|may|might|can|if|better|than|outside|earlier|last|old)\b",
     re.IGNORECASE,
 )
 _CONTRAST = re.compile(
@@ -191,7 +192,7 @@ def check_consistency(
             "region": _region(finding, text, facts),
             "modality": _modality(text, facts),
             "contrast": _contrast(text, facts),
-            "image": _images(text, raw, seen),
+            "image": _images(text, {*raw, *(finding.images if finding is not None else ())}, seen),
         }
         checks.extend(Check(number, kind, _line(message)) for kind, message in messages.items() if message)
     return tuple(checks)

@@ -92,6 +92,8 @@ class ImageFacts:
         """The image's side and the attribute that says so: ``("R", "Image Laterality")``; None if none does."""
         if self.image_laterality in SIDES:
             return self.image_laterality, "Image Laterality"
+        if self.image_laterality in ("B", "U"):  # both sides, or an unpaired part: no one side
+            return None
         if self.laterality in SIDES:
             return self.laterality, "Laterality"
         if self.view and (match := _SIDED_VIEW.match(self.view.upper())):
