@@ -219,3 +219,60 @@ def _print_content(out: Console, title: str, stored: object) -> None:
     for heading, text in (*sections, ("Comparison", document.comparison_text)):
         if text:
             out.print(Text(f"{heading}: {text}"))
+
+
+@report_app.command("confidence")
+def confidence_command(
+    since_days: Annotated[
+        float | None,
+        typer.Option(
+            "--since-days", min=0, help="Count only reports first reviewed in the last N days (default: all)."
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON instead of a table.")] = False,
+) -> None:
+    """Acceptance of draft findings by confidence band, per model revision and prompt version.
+
+    From the review outcomes (a report's first review): of the draft findings with a confidence score in each
+    band, how many the radiologist accepted unedited, edited or rejected. The score is the model's confidence
+    in its wording, not a probability that a finding is right; this table shows whether it tells anything.
+    """
+    from datetime import UTC, datetime, timedelta
+
+    from integration.reports.confidence_bands import acceptance_by_band
+    from integration.store.session import session_scope
+
+    settings = load_settings()
+    low, high = settings.confidence_low, settings.confidence_high
+    since = datetime.now(UTC) - timedelta(days=since_days) if since_days is not None else None
+    with _database(), session_scope(settings.database_url) as session:
+        rows = acceptance_by_band(session.connection(), low, high, since=since)
+    if as_json:
+        fields = ("model_id", "model_revision", "prompt_version", "band", "reviewed", "accepted", "edited", "rejected")
+        entries = [
+            {name: getattr(row, name) for name in fields} | {"acceptance_rate": row.acceptance_rate} for row in rows
+        ]
+        typer.echo(json.dumps({"confidence_low": low, "confidence_high": high, "rows": entries}, indent=2))
+        return
+    ranges = {"low": f"< {low:g}", "medium": f"{low:g} to < {high:g}", "high": f">= {high:g}"}
+    table = Table(
+        "model", "revision", "prompt", "band", "score", "reviewed", "accepted", "edited", "rejected", "acceptance",
+        title=Text("Draft findings by confidence band (a report's first review)"),
+        title_justify="left",
+        caption=Text(
+            "The score is the model's confidence in its own wording, not a probability that a finding is right."
+        ),
+        caption_justify="left",
+    )  # fmt: skip
+    for row in rows:
+        rate = "-" if row.acceptance_rate is None else f"{row.acceptance_rate:.0%}"
+        counts = (row.reviewed, row.accepted, row.edited, row.rejected)
+        table.add_row(
+            Text(row.model_id), Text(row.model_revision), Text(row.prompt_version), row.band, ranges[row.band],
+            *map(str, counts), rate,
+        )  # fmt: skip
+    out = Console()
+    if not rows:
+        out.print("No reviewed draft finding has a confidence score yet.")
+        return
+    out.print(table)

@@ -42,6 +42,7 @@ from integration.findings import (
 )
 from integration.reports.sr import Algorithm, ReportForSr, Verification, build_draft_sr, build_signed_sr
 from integration.reports.sr_content import SeenFrame
+from integration.reports.sr_safety import DraftSafety
 from integration.store.audit import add_event
 from integration.store.revisions import (
     SIGNABLE,
@@ -212,7 +213,9 @@ def ensure_draft_sr(settings: Settings, report_id: int) -> Path:
     path = settings.data_dir / relative
     if not path.is_file():
         source, evidence = _study_headers(settings, report)
-        content = _report_for_sr(report, Document.read(report.findings), evidence, report.created_at)
+        draft = Document.read(report.findings)
+        safety = DraftSafety.of(draft, settings.confidence_low, settings.confidence_high)
+        content = replace(_report_for_sr(report, draft, evidence, report.created_at), safety=safety)
         document = build_draft_sr(content, source, sop_instance_uid=sop_uid, series_instance_uid=series_uid)
         write_document(path, document, fsync=settings.fsync)
         log.info("report %d: draft SR %s written", report_id, relative)

@@ -14,6 +14,8 @@ listed, with the prior's Study Instance UID, in the Pertinent Other Evidence Seq
 * A **draft** is Completion Flag PARTIAL, Verification Flag UNVERIFIED, Preliminary Flag PRELIMINARY,
   instance 1 of its own series, series number :data:`DRAFT_SERIES_NUMBER`, described as
   "AI draft, not verified".
+* A draft also carries each finding's confidence score with its meaning and band, the decoding path, the
+  consistency checks and critical matches (:mod:`integration.reports.sr_safety`); a signed version does not.
 * A **signed** report is a new SR instance: COMPLETE, VERIFIED, FINAL, with a Verifying Observer (the
   radiologist, the organization and the date-time), the radiologist as a person observer beside the
   device, the edited findings, and its predecessor (the draft or the previous signed version) in the
@@ -50,6 +52,7 @@ from integration.reports.sr_content import (
     root_container,
 )
 from integration.reports.sr_priors import ReadComparison, comparison_sections, read_comparison
+from integration.reports.sr_safety import DraftSafety, ReadSafety, finding_extras, read_safety, safety_sections
 
 DRAFT_SERIES_NUMBER = 9901
 SIGNED_SERIES_NUMBER = 9902
@@ -111,6 +114,9 @@ class ReportForSr:
         The prior studies the model was given (their images are in ``evidence`` with their ``study_uid``).
     prior_note : str
         Why there is no prior ('' when nothing was recorded: the SR then says "No prior study available.").
+    safety : DraftSafety or None
+        The draft's confidence method and bands, decoding path, checks and critical matches
+        (:mod:`integration.reports.sr_safety`): written into a draft's SR only, never a signed one.
     """
 
     findings: tuple[Finding, ...]
@@ -122,6 +128,7 @@ class ReportForSr:
     comparison: str = ""
     priors: tuple[PriorReference, ...] = ()
     prior_note: str = ""
+    safety: DraftSafety | None = None
 
 
 @dataclass(frozen=True)
@@ -200,6 +207,7 @@ class SrReading:
     evidence: tuple[str, ...] = field(default=())
     other_evidence: tuple[tuple[str, str], ...] = field(default=())
     comparison: ReadComparison = field(default_factory=ReadComparison)
+    safety: ReadSafety = field(default_factory=ReadSafety)
 
 
 def _software_version() -> str:
@@ -245,6 +253,7 @@ def _ordered(evidence: tuple[SeenFrame, ...]) -> tuple[SeenFrame, ...]:
 
 def _content(report: ReportForSr, verification: Verification | None) -> hd.sr.ContainerContentItem:
     algorithm = report.algorithm
+    safety = report.safety if verification is None else None  # a signed version is the radiologist's text
     device = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -271,7 +280,14 @@ def _content(report: ReportForSr, verification: Verification | None) -> hd.sr.Co
             [f"prompt version: {algorithm.prompt_version}", f"model family: {algorithm.model_family}"],
         ),
         *comparison_sections(report.priors, report.comparison, report.prior_note),
-        *report_sections(report.findings, report.impression, report.limitations, report.evidence),
+        *report_sections(
+            report.findings,
+            report.impression,
+            report.limitations,
+            report.evidence,
+            finding_extras(report.findings, safety),
+        ),
+        *safety_sections(safety),
     ]
     return root_container(items)
 
@@ -411,7 +427,8 @@ def read_sr(dataset: Dataset) -> SrReading:
     SrReading
         Flags, findings with their image references, impression, limitations, algorithm, observers,
         predecessors, evidence (the current study's instances; ``other_evidence``: the other studies'
-        ``(study UID, SOP Instance UID)``) and the comparison.
+        ``(study UID, SOP Instance UID)``), the comparison and a draft's safety content (confidences, decoding
+        path, checks, critical matches).
 
     Raises
     ------
@@ -459,4 +476,5 @@ def read_sr(dataset: Dataset) -> SrReading:
             if str(study) != str(document.StudyInstanceUID)
         ),
         comparison=read_comparison(root),
+        safety=read_safety(root),
     )

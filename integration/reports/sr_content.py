@@ -9,9 +9,11 @@ The tree, under the root CONTAINER (18748-4, LN, "Diagnostic Imaging Report"), T
     CONTAINS          CONTAINER Findings (59776-5, LN)                          (TID 2001)
         CONTAINS          TEXT Finding (121071, DCM)                            (TID 2002), one per finding
             INFERRED FROM     IMAGE Best illustration of finding (121080, DCM): instance (+ frames)
+            HAS PROPERTIES    NUM the draft finding's confidence, with meaning and band (sr_safety; drafts only)
         CONTAINS          TEXT Limitations (LIMITATIONS, 99PACSVLM)
     CONTAINS          CONTAINER Impressions (19005-8, LN)
         CONTAINS          TEXT Impression (121073, DCM)
+    CONTAINS          CONTAINER Automated draft checks (DRAFT_CHECKS, 99PACSVLM)   (sr_safety; drafts only)
 
 Section headings and elements are the LOINC and DCM codes of CID 7001 and CID 7002 (the DCM section
 codes 121070/121072 were replaced by LOINC codes in CID 7001).  DICOM has no concept for "limitations
@@ -151,7 +153,7 @@ def container(
     return section
 
 
-def finding_item(finding: Finding, evidence: Sequence[SeenFrame]) -> TextContentItem:
+def finding_item(finding: Finding, evidence: Sequence[SeenFrame], extra: Sequence[ContentItem] = ()) -> TextContentItem:
     """Return one TEXT Finding with an INFERRED FROM IMAGE item per instance it cites.
 
     Parameters
@@ -160,6 +162,8 @@ def finding_item(finding: Finding, evidence: Sequence[SeenFrame]) -> TextContent
         The finding (its text is clean).
     evidence : sequence of SeenFrame
         What the model saw, to turn image numbers into instances and frames.
+    extra : sequence of highdicom.sr.ContentItem
+        Further children after the images (a draft finding's confidence: :mod:`integration.reports.sr_safety`).
 
     Returns
     -------
@@ -168,7 +172,7 @@ def finding_item(finding: Finding, evidence: Sequence[SeenFrame]) -> TextContent
     """
     item = text_item(FINDING, finding.text)
     references = references_of(finding.images, evidence)
-    if references:
+    if references or extra:
         item.ContentSequence = ContentSequence(
             [
                 ImageContentItem(
@@ -180,12 +184,17 @@ def finding_item(finding: Finding, evidence: Sequence[SeenFrame]) -> TextContent
                 )
                 for ref in references
             ]
+            + list(extra)
         )
     return item
 
 
 def report_sections(
-    findings: Sequence[Finding], impression: str, limitations: str, evidence: Sequence[SeenFrame]
+    findings: Sequence[Finding],
+    impression: str,
+    limitations: str,
+    evidence: Sequence[SeenFrame],
+    extras: Sequence[Sequence[ContentItem]] = (),
 ) -> list[ContentItem]:
     """Return the Findings and Impressions sections (TID 2001), leaving out empty ones.
 
@@ -197,6 +206,8 @@ def report_sections(
         Free text; '' when none.
     evidence : sequence of SeenFrame
         What the model saw.
+    extras : sequence of sequences of highdicom.sr.ContentItem
+        Per finding, further children of its item (see :func:`finding_item`); empty: none.
 
     Returns
     -------
@@ -204,7 +215,8 @@ def report_sections(
         CONTAINER items for the root's content.
     """
     sections: list[ContentItem] = []
-    items: list[ContentItem] = [finding_item(finding, evidence) for finding in findings]
+    more = list(extras) or [()] * len(findings)
+    items: list[ContentItem] = [finding_item(f, evidence, extra) for f, extra in zip(findings, more, strict=True)]
     if limitations_text := clean_text(limitations, MAX_TEXT_CHARS):
         items.append(text_item(LIMITATIONS, limitations_text))
     if items:
