@@ -21,7 +21,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from models.draft_schema import LATERALITIES, MAX_CERTAINTY_WORDS, URGENCIES
+
 #: Limits that keep a runaway or hostile output from bloating a report.
+MAX_REGION_CHARS = 64
+MAX_CERTAINTY_CHARS = 32
 MAX_FINDINGS = 50
 MAX_FINDING_CHARS = 2000
 MAX_SECTION_CHARS = 4000
@@ -194,7 +198,7 @@ def clean(text: Any, limit: int, *, one_line: bool = False) -> str:
 
 def _json_object(text: str) -> dict[str, Any] | None:
     """The first JSON object in the text (bare, fenced or embedded in prose)."""
-    decoder = json.JSONDecoder()
+    decoder = json.JSONDecoder(strict=False)  # a grammar engine lets TAB and other controls into strings
     start = text.find("{")
     while start != -1:
         try:
@@ -228,17 +232,55 @@ def _from_json(document: dict[str, Any], n_images: int, problems: list[str]) -> 
             text = clean(_pick(item, "text", "finding", "description", "observation") or "", MAX_FINDING_CHARS)
             refs = _pick(item, "images", "image", "image_indices", "image_index", "slices")
             images = _image_numbers(refs, n_images, problems)
-        else:
-            text = clean(item, MAX_FINDING_CHARS)
-            images = _refs_in_text(text, n_images, problems)
+            if text:
+                findings.append(Finding(text, images, **_schema_fields(item, problems)))
+            continue
+        text = clean(item, MAX_FINDING_CHARS)
         if text:
-            findings.append(Finding(text, images))
+            findings.append(Finding(text, _refs_in_text(text, n_images, problems)))
     impression = clean(_section_value(_pick(document, "impression", "conclusion", "summary")), MAX_SECTION_CHARS)
     limitations = clean(_section_value(_pick(document, "limitations", "limitation")), MAX_SECTION_CHARS)
     comparison = clean(_section_value(_pick(document, *_COMPARISON_KEYS)), MAX_SECTION_CHARS)
     if not findings and not impression:
         return None
     return _capped(findings, problems), impression, limitations, comparison
+
+
+def _schema_fields(item: dict[str, Any], problems: list[str]) -> dict[str, Any]:
+    """A JSON finding's schema fields (laterality, region, certainty, urgency), each None or () when not usable."""
+    return {
+        "laterality": _category(_pick(item, "laterality", "side"), LATERALITIES, "laterality", problems),
+        "region": clean(_text_value(_pick(item, "body_region", "region", "body_part")), MAX_REGION_CHARS, one_line=True)
+        or None,
+        "certainty": _certainty(_pick(item, "certainty", "certainty_words", "hedges")),
+        "urgency": _category(_pick(item, "urgency", "priority"), URGENCIES, "urgency", problems),
+    }
+
+
+def _text_value(value: Any) -> str:
+    """A scalar as text ('' for None, containers and booleans: a model's odd value is not a field)."""
+    return "" if value is None or isinstance(value, dict | list | tuple | bool) else str(value)
+
+
+def _category(value: Any, allowed: tuple[str, ...], name: str, problems: list[str]) -> str | None:
+    word = clean(_text_value(value), 32, one_line=True).lower()
+    if not word:
+        return None
+    if word in allowed:
+        return word
+    problems.append(f"a {name} outside {', '.join(allowed)} was dropped")
+    return None
+
+
+def _certainty(value: Any) -> tuple[str, ...]:
+    """The certainty words: a list of short strings (or one string), cleaned, unique, at most a few."""
+    items = value if isinstance(value, list | tuple) else [value]
+    words: list[str] = []
+    for item in items:
+        word = clean(_text_value(item), MAX_CERTAINTY_CHARS, one_line=True)
+        if word and word not in words:
+            words.append(word)
+    return tuple(words[:MAX_CERTAINTY_WORDS])
 
 
 #: JSON keys read as the comparison (the prompt asks for ``comparison``).

@@ -43,12 +43,17 @@ COMPARE_REQUEST = (
 #: The JSON layout every template asks for (the parser also accepts plain sections).
 OUTPUT_FORMAT = (
     "Answer with one JSON object and nothing else, in this layout:\n"
-    '{"findings": [{"text": "<one finding>", "images": [<image numbers it is seen on>]}], '
+    '{"findings": [{"text": "<one finding>", "images": [<image numbers it is seen on>], '
+    '"laterality": "<left, right, bilateral, midline or none>", "body_region": "<e.g. chest, left lung>", '
+    '"certainty": [<the words of certainty used, e.g. "possible", "likely"; none when definite>], '
+    '"urgency": "<critical, urgent, routine or none>"}], '
     '"impression": "<one or two sentences>", '
     '"limitations": "<what limits this reading, e.g. images not seen, technique>", '
     '"comparison": "<what is new, unchanged, increased or decreased since the prior study; '
     "'no prior study' when none is given>\"}\n"
     "Image numbers are the numbers given above (1 is the first image). "
+    "Urgency is critical for a finding that needs a clinician now (e.g. pneumothorax, intracranial haemorrhage, "
+    "free air), none for a normal finding. "
     "Report only what the images show; say 'no acute abnormality' when that is the finding."
 )
 
@@ -100,7 +105,7 @@ class PromptTemplate:
 TEMPLATES: tuple[PromptTemplate, ...] = (
     PromptTemplate(
         "ct-chest",
-        2,
+        3,
         "CT",
         ("CHEST", "LUNG", "THORAX"),
         "These are axial slices of a chest CT, in order from head to feet, shown in lung and mediastinal windows. "
@@ -108,7 +113,7 @@ TEMPLATES: tuple[PromptTemplate, ...] = (
     ),
     PromptTemplate(
         "ct-head",
-        2,
+        3,
         "CT",
         ("HEAD", "BRAIN", "SKULL"),
         "These are axial slices of a head CT in a brain window, in order from skull base to vertex. "
@@ -116,14 +121,14 @@ TEMPLATES: tuple[PromptTemplate, ...] = (
     ),
     PromptTemplate(
         "ct",
-        2,
+        3,
         "CT",
         (),
         "These are slices of a CT study, in order along the scan. Describe the relevant findings by organ.",
     ),
     PromptTemplate(
         "mr",
-        2,
+        3,
         "MR",
         (),
         "These are images of an MR study. Describe the relevant findings by structure, noting the sequence where "
@@ -131,14 +136,14 @@ TEMPLATES: tuple[PromptTemplate, ...] = (
     ),
     PromptTemplate(
         "radiograph-chest",
-        2,
+        3,
         None,
         ("CHEST", "THORAX", "LUNG"),
         "These are chest radiographs. Describe lines and tubes, lungs, pleura, heart size, mediastinum and bones.",
     ),
     PromptTemplate(
         "general",
-        2,
+        3,
         None,
         (),
         "These are medical images from one study. Describe the relevant findings.",

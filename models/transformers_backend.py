@@ -20,13 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from models.backend import GenerationRequest, GenerationResult, ModelIdentity
+from models.backend import Decoding, GenerationRequest, GenerationResult, ModelIdentity
 from models.chat_templates import interleaves_images, user_turn
 from models.checkpoint import StagedCheckpoint, checkpoint_identity, inspect_checkpoint
 from models.images import prepare_images, square_padding_fill
 from models.longllava.prompt import has_vision_tower
 from models.processors import TemplateSource, ensure_image_chat_template, load_processor
 from models.registry import ModelFamily, UnsupportedModel
+from models.token_logprobs import answer_logprobs, raw_logprobs
 
 if TYPE_CHECKING:
     import torch
@@ -327,19 +328,31 @@ class TransformersBackend:
                 inputs[name] = value.to(loaded.dtype)
 
         limits = [min(request.max_new_tokens, self.max_new_tokens) for request in requests]
+        grammar = _schema_processor(loaded, requests)
         with torch.inference_mode():
             output = loaded.model.generate(
-                **inputs, max_new_tokens=max(limits), do_sample=False, pad_token_id=loaded.pad_token_id
+                **inputs,
+                max_new_tokens=max(limits),
+                do_sample=False,
+                pad_token_id=loaded.pad_token_id,
+                logits_processor=grammar,
+                output_logits=True,
+                return_dict_in_generate=True,
             )
         prompt_length = inputs["input_ids"].shape[1]
         tokens_in = inputs["attention_mask"].sum(dim=1).tolist()
-        generated = output[:, prompt_length:].tolist()
+        chosen = output.sequences[:, prompt_length:]
+        logprobs = raw_logprobs(output.logits, chosen)
+        generated = chosen.tolist()
         seconds = time.perf_counter() - started
 
         results = []
-        for request, limit, row, count_in in zip(requests, limits, generated, tokens_in, strict=True):
+        rows = zip(requests, limits, generated, tokens_in, logprobs, strict=True)
+        for request, limit, row, count_in, row_logprobs in rows:
             tokens = _until_stop(row[:limit], loaded.stop_token_ids)
-            text = tokenizer.decode(tokens, skip_special_tokens=True)
+            answer = tokens[:-1] if tokens and tokens[-1] in loaded.stop_token_ids else tokens
+            text = tokenizer.decode(answer, skip_special_tokens=True)
+            bound = request.response_schema is not None
             results.append(
                 GenerationResult(
                     request_id=request.request_id,
@@ -347,9 +360,30 @@ class TransformersBackend:
                     tokens_in=int(count_in),
                     tokens_out=len(tokens),
                     seconds=seconds,
+                    token_logprobs=answer_logprobs(tokenizer, answer, row_logprobs),
+                    decoding=Decoding.GRAMMAR if bound else Decoding.FREE,
                 )
             )
         return results
+
+
+def _schema_processor(loaded: _LoadedModel, requests: Sequence[GenerationRequest]) -> Any:
+    """A logits processor list binding each request with a ``response_schema`` to it; None when none has one."""
+    if all(request.response_schema is None for request in requests):
+        return None
+    from transformers import LogitsProcessorList
+
+    from models.constrained import SchemaLogitsProcessor, compile_schema
+
+    tokenizer = loaded.processor.tokenizer
+    vocab_size = int(loaded.model.get_output_embeddings().weight.shape[0])
+    grammars = [
+        compile_schema(tokenizer, schema, vocab_size=vocab_size, stop_token_ids=loaded.stop_token_ids)
+        if (schema := request.response_schema) is not None
+        else None
+        for request in requests
+    ]
+    return LogitsProcessorList([SchemaLogitsProcessor(grammars)])
 
 
 def _control_tokens(processor: Any) -> tuple[str, ...]:

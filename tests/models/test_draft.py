@@ -94,13 +94,13 @@ def test_parser_never_raises_and_references_stay_in_range(text: str, n_images: i
 @pytest.mark.parametrize(
     ("modality", "body_part", "expected"),
     [
-        ("CT", "CHEST", "ct-chest/v2"),
-        ("CT", "HEAD", "ct-head/v2"),
-        ("CT", "ABDOMEN", "ct/v2"),
-        ("MR", "KNEE", "mr/v2"),
-        ("DX", "CHEST", "radiograph-chest/v2"),
-        ("US", None, "general/v2"),
-        (None, None, "general/v2"),
+        ("CT", "CHEST", "ct-chest/v3"),
+        ("CT", "HEAD", "ct-head/v3"),
+        ("CT", "ABDOMEN", "ct/v3"),
+        ("MR", "KNEE", "mr/v3"),
+        ("DX", "CHEST", "radiograph-chest/v3"),
+        ("US", None, "general/v3"),
+        (None, None, "general/v3"),
     ],
 )
 def test_template_selection(modality: str | None, body_part: str | None, expected: str) -> None:

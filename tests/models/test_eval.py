@@ -325,7 +325,7 @@ def test_eval_reports_end_to_end(vqa_sets: dict[str, Path], smoke_model_dir: Pat
     assert "eval reports: 1 set(s), 2 pairs" in done.stdout
     lines = _lines(results)
     assert [line["id"] for line in lines] == ["study-1", "study-2"]
-    assert lines[0]["images"] == ["synpic_ct.jpg", "synpic_mr.png"] and lines[0]["prompt"] == "general/v2"
+    assert lines[0]["images"] == ["synpic_ct.jpg", "synpic_mr.png"] and lines[0]["prompt"] == "general/v3"
     assert lines[1]["rouge_l"] == 1.0 and lines[1]["agreement"] == 1.0 and lines[1]["prompt"] is None
 
 

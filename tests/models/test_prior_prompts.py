@@ -96,8 +96,10 @@ def test_several_priors_are_numbered_and_their_images_say_whose_they_are() -> No
     assert counts_differ.prompt.startswith("Image 1: prior study, x\nImage 2: current study, now")
 
 
-def test_every_template_asks_for_a_comparison_and_its_version_says_so() -> None:
-    assert '"comparison"' in OUTPUT_FORMAT and all(t.version == 2 for t in TEMPLATES)
+def test_every_template_asks_for_a_comparison_and_the_schema_fields_and_its_version_says_so() -> None:
+    assert '"comparison"' in OUTPUT_FORMAT and all(t.version == 3 for t in TEMPLATES)
+    for field in ("laterality", "body_region", "certainty", "urgency"):
+        assert f'"{field}"' in OUTPUT_FORMAT
     prompt = render_prompt(CHEST, ["slice 1/3"])
     assert prompt == "\n".join(["Image 1: slice 1/3", "", CHEST.task, OUTPUT_FORMAT])
 

@@ -44,7 +44,7 @@ def test_redis_consumes_queues_in_strict_priority_order() -> None:
 
 def test_prompt_names_of_the_edge_are_the_templates() -> None:
     assert template_names() == PROMPT_NAMES
-    assert template_named("general").key == "general/v2"
+    assert template_named("general").key == "general/v3"
     with pytest.raises(UnknownPrompt, match="ct-chest, ct-head"):
         template_named("nope")
 
@@ -118,7 +118,7 @@ def test_a_second_opinion_with_another_model_makes_a_second_draft(
 
     prompted = ask(url, settings, study_uid, "second", "general", stat=False)  # another prompt: a third draft
     wait_until(lambda: len(reports(url)) == 3, timeout=180, message=f"third draft:\n{worker.log()[-2000:]}")
-    assert reports(url)[2][4:7] == ("second-model", "general/v2", prompted)
+    assert reports(url)[2][4:7] == ("second-model", "general/v3", prompted)
 
     ghost = ask(url, settings, study_uid, "ghost", None, stat=False)
     unknown_prompt = ask(url, settings, study_uid, None, "no-such-prompt", stat=False)
