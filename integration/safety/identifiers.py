@@ -14,6 +14,7 @@ A model given a study's images may read a burned-in name or date and repeat it; 
 
 by :data:`MASK`, and adds one :class:`~integration.draft_checks.Check` of kind ``identifier`` per finding
 masked (finding 0 for the sections) naming what kind of identifier it was, never its value.
+:func:`mask_text` masks the model's raw answer (kept with the draft) by the same rules.
 
 Not masked: a name component that is also an ordinary word is masked all the same (a surname ``White``
 masks "white matter": the reviewer sees the flag and the mask); a year alone, a partial date, initials,
@@ -95,6 +96,15 @@ def mask_identifiers(document: Document, identifiers: Identifiers) -> tuple[Docu
         document, findings=tuple(findings), impression=impression, limitations=limitations, comparison=comparison
     )
     return masked, tuple(checks)
+
+
+def mask_text(text: str, identifiers: Identifiers) -> str:
+    """Return ``text`` (the model's raw answer, kept with the draft) with the patient's identifiers masked.
+
+    The same rules as :func:`mask_identifiers`; nothing is flagged.
+    """
+    patterns = _patterns(identifiers)
+    return _mask(text, patterns)[0] if patterns else text
 
 
 def _check(finding: int, kinds: Iterable[str]) -> Check:

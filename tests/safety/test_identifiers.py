@@ -9,7 +9,7 @@ import pytest
 from integration.draft_checks import Check
 from integration.findings import Document, Finding
 from integration.safety.facts import Identifiers, StudyFacts
-from integration.safety.identifiers import MASK, mask_identifiers
+from integration.safety.identifiers import MASK, mask_identifiers, mask_text
 from tests.safety.headers import images
 
 PATIENT = Identifiers(
@@ -111,3 +111,12 @@ def test_a_mask_longer_than_the_limit_is_cut() -> None:
     document, checks = mask_identifiers(Document(findings=(finding,)), PATIENT)
     assert len(document.findings[0].text) == 2000 and document.findings[0].text.startswith(MASK)
     assert [check.finding for check in checks] == [1]
+
+
+def test_mask_text_masks_the_raw_answer() -> None:
+    answer = '{"findings": [{"text": "Jane Doe, born 1960-03-01, PID-73519", "images": [1]}]}'
+    assert (
+        mask_text(answer, PATIENT)
+        == f'{{"findings": [{{"text": "{MASK} {MASK}, born {MASK}, {MASK}", "images": [1]}}]}}'
+    )
+    assert mask_text(answer, Identifiers()) == answer
