@@ -113,3 +113,68 @@ def test_prompt_numbers_images_and_quotes_the_clinical_question() -> None:
     assert "The referring clinician asks: \"Cough '3 weeks' , fever?\"" in prompt
     assert '"findings"' in prompt
     assert len({t.key for t in TEMPLATES}) == len(TEMPLATES)
+
+
+def test_the_schema_fields_of_a_finding_are_read() -> None:
+    finding = {
+        "text": "Small left pneumothorax.",
+        "images": [1],
+        "laterality": "Left",
+        "body_region": "  chest,\n left  apex ",
+        "certainty": ["possible", "likely", "possible", ""],
+        "urgency": "critical",
+    }
+    draft = parse_draft(json.dumps({"findings": [finding], "impression": "x"}), n_images=1)
+    assert draft.problems == ()
+    assert draft.findings == (
+        Finding("Small left pneumothorax.", (1,), "left", "chest, left apex", ("possible", "likely"), "critical"),
+    )
+    assert draft.findings[0].as_json()["region"] == "chest, left apex"
+
+
+def test_schema_fields_outside_their_words_are_dropped_and_noted_never_raised() -> None:
+    odd = [
+        {"text": "a", "laterality": "leftish", "urgency": "URGENT!", "body_region": "x" * 300, "certainty": "maybe"},
+        {"text": "b", "laterality": ["left"], "urgency": 3, "body_region": {"a": 1}, "certainty": [{"w": 1}, "y" * 99]},
+        {"text": "c", "laterality": None, "urgency": True, "region": "abdomen\x00", "certainty": None},
+    ]
+    draft = parse_draft(json.dumps({"findings": odd, "impression": "x"}), n_images=1)
+    a, b, c = draft.findings
+    assert (a.laterality, a.urgency, a.certainty) == (None, None, ("maybe",))
+    assert a.region is not None and len(a.region) == 64 and a.region.endswith("\u2026")
+    assert (b.laterality, b.urgency, b.region) == (None, None, None)
+    assert b.certainty == ("y" * 31 + "\u2026",)
+    assert (c.laterality, c.urgency, c.region, c.certainty) == (None, None, "abdomen", ())
+    assert "a laterality outside left, right, bilateral, midline, none was dropped" in draft.problems
+    assert sum("urgency outside" in problem for problem in draft.problems) == 2  # "URGENT!" and 3 (True is no word)
+
+
+def test_free_text_findings_carry_no_schema_fields() -> None:
+    draft = parse_draft("FINDINGS:\n- Left effusion.\nIMPRESSION: effusion", n_images=1)
+    assert draft.findings == (Finding("Left effusion."),)
+    assert draft.findings[0].as_json() == {"text": "Left effusion.", "images": []}
+
+
+def test_control_characters_a_grammar_engine_lets_into_strings_do_not_break_the_json() -> None:
+    draft = parse_draft('{"findings": [{"text": "a\tb", "images": []}], "impression": "x"}', n_images=1)
+    assert draft.structured and draft.findings == (Finding("a\tb"),)
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=40),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=10,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.fixed_dictionaries({"text": st.text(min_size=1, max_size=20)}, optional={
+    name: _JSON for name in ("laterality", "body_region", "certainty", "urgency", "images")
+}))  # fmt: skip
+def test_any_json_in_the_schema_fields_never_raises(finding: dict[str, object]) -> None:
+    draft = parse_draft(json.dumps({"findings": [finding], "impression": "x"}), n_images=3)
+    for parsed in draft.findings:
+        assert parsed.laterality in (None, "left", "right", "bilateral", "midline", "none")
+        assert parsed.urgency in (None, "critical", "urgent", "routine", "none")
+        assert parsed.region is None or 0 < len(parsed.region) <= 64
+        assert len(parsed.certainty) <= 4 and all(0 < len(word) <= 32 for word in parsed.certainty)
