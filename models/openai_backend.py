@@ -268,6 +268,9 @@ class OpenAICompatibleBackend:
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         """Answer a batch of requests, at most ``concurrency`` at a time; one result per request, in order.
 
+        Each result's ``decoding`` says whether the server was bound to the request's schema, and its
+        ``token_logprobs`` hold what the server sent of the tokens' log-probabilities (see the module's notes).
+
         Raises
         ------
         ValueError
@@ -275,7 +278,8 @@ class OpenAICompatibleBackend:
         ModelServerUnavailable
             The server could not be reached, kept failing, or timed out (transient).
         ModelServerRefused
-            The server refused a request (permanent).
+            The server refused a request (permanent), with or without ``response_format`` (``auto``), or
+            refused ``response_format`` (``json_schema``).
         """
         if not requests:
             return []
