@@ -368,10 +368,11 @@ def notifications_to_resend(session: Session, now: datetime, overdue_seconds: fl
     return ids
 
 
-def alerts_query(state: AlertState | None = None) -> Select[CriticalAlert, str, str]:
+def alerts_query(state: AlertState | None = None) -> Select[Any]:
     """A query of alerts with their study's UID and site code, newest first (add site restrictions, a limit)."""
-    query = (
-        select(CriticalAlert, Study.study_uid, Site.code)
+    columns: tuple[Any, ...] = (CriticalAlert, Study.study_uid, Site.code)
+    query: Select[Any] = (
+        select(*columns)
         .join(Study, Study.id == CriticalAlert.study_id)
         .outerjoin(Site, Site.id == CriticalAlert.site_id)
         .order_by(CriticalAlert.id.desc())

@@ -22,9 +22,9 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from integration.alerts.channels import send_notification
 from integration.alerts.message import build_message
 from integration.config import Settings, get_settings
+from integration.export.alert_channels import send_notification
 from integration.export.outgoing import DeliveryFailed
 from integration.queue import NOTIFY_ALERT
 from integration.store.alerts import (

@@ -1,4 +1,8 @@
-"""The channels a contact is reached by: a webhook (HTTP POST of JSON), an e-mail (SMTP), an HL7 ORU to the RIS.
+"""The channels a critical-finding contact is reached by: a webhook (HTTP POST of JSON), an e-mail (SMTP), an HL7 ORU.
+
+They live with the other outbound transports (the alert's content is :mod:`integration.alerts.message`): the
+HL7 channel sends through :mod:`integration.export.mllp`, and the listener's reconciler, which escalates
+alerts, must not reach the network layer through :mod:`integration.alerts` (a cycle between folders).
 
 Each sender returns a short receipt or raises :class:`~integration.export.outgoing.DeliveryFailed` with a
 reason that is safe to store and log (a status code, an exception's type, the RIS's refusal): never the
