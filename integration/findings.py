@@ -32,10 +32,15 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from integration.draft_checks import CHECK_KINDS, CRITICAL_SOURCES, Check, CriticalMatch  # noqa: F401 (re-exported)
+from integration.draft_checks import CHECK_KINDS as CHECK_KINDS
+from integration.draft_checks import CRITICAL_SOURCES as CRITICAL_SOURCES
+from integration.draft_checks import Check as Check
+from integration.draft_checks import CriticalMatch as CriticalMatch
 from integration.uids import is_valid_uid
-from integration.untrusted import InvalidFindings, clean_text, is_line
+from integration.untrusted import InvalidFindings as InvalidFindings
+from integration.untrusted import clean_text as clean_text
 from integration.untrusted import is_clean as _is_clean
+from integration.untrusted import is_line
 
 #: Most findings a document may hold: what signing accepted (the review API stopped at 200, drafts at 50).
 MAX_FINDINGS = 500
