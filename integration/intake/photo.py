@@ -5,7 +5,9 @@ highdicom has no VL Photographic Image class, so a photo becomes a Secondary Cap
 RGB pixels stored uncompressed (exactly the decoded image, upright after the EXIF orientation), a new study,
 series and instance, the patient module from the form, Body Part Examined, and the referrer's clinical question
 in Request Attributes Sequence > Reason for the Requested Procedure (0040,1002), where the draft's prompt
-reads it (:mod:`integration.imaging.referral`).
+reads it (:mod:`integration.imaging.referral`), and Recognizable Visual Features (0028,0302) as the uploader
+answered whether the photo shows a face or other recognisable features (``YES`` unless they said no): an
+image that says ``YES`` never goes to a model server outside the trust boundary (:mod:`worker.outbound`).
 
 Everything typed is checked against its value representation (length, characters, dates) and refused with
 one message per field; the image is checked before it is decoded (format, declared size) so a
@@ -78,6 +80,9 @@ class PhotoDetails:
         Study Description (LO).
     laterality : str or None
         ``R`` or ``L`` for a paired body part.
+    recognizable : bool
+        The photo shows a face or other features that could identify the patient (the uploader's answer;
+        True unless they said no): Recognizable Visual Features (0028,0302) ``YES``.
     """
 
     patient_id: str
@@ -88,6 +93,7 @@ class PhotoDetails:
     clinical_question: str
     study_description: str | None = None
     laterality: str | None = None
+    recognizable: bool = True
 
 
 def _long_string(value: str | None, field: str, errors: dict[str, str], *, required: bool) -> str | None:
@@ -144,7 +150,8 @@ def validate_details(form: Mapping[str, str | None], *, today: date | None = Non
     ----------
     form : mapping of str to str or None
         ``patient_id``, ``patient_name``, ``birth_date``, ``sex``, ``body_part``, ``clinical_question``;
-        optionally ``study_description`` and ``laterality``.
+        optionally ``study_description``, ``laterality`` and ``recognizable_features`` (``YES`` or ``NO``,
+        any case; ``YES`` when missing or empty).
     today : datetime.date, optional
         The date birth dates may not pass (today by default).
 
@@ -175,10 +182,15 @@ def validate_details(form: Mapping[str, str | None], *, today: date | None = Non
     laterality = (form.get("laterality") or "").strip().upper() or None
     if laterality not in (None, "R", "L"):
         errors["laterality"] = "must be R, L or empty"
+    recognizable = (form.get("recognizable_features") or "").strip().upper() or "YES"
+    if recognizable not in ("YES", "NO"):
+        errors["recognizable_features"] = "must be YES or NO"
     if errors:
         raise PhotoInvalid(errors)
     assert patient_id and patient_name and birth_date and question  # no errors: all present
-    return PhotoDetails(patient_id, patient_name, birth_date, sex, body_part, question, description, laterality)
+    return PhotoDetails(
+        patient_id, patient_name, birth_date, sex, body_part, question, description, laterality, recognizable == "YES"
+    )
 
 
 def decode_photo(data: bytes, *, max_pixels: int = MAX_PHOTO_PIXELS) -> np.ndarray:
@@ -308,6 +320,7 @@ def photo_to_dicom(pixels: np.ndarray, details: PhotoDetails, *, now: datetime |
     image.PatientOrientation = []  # type 2C, empty: a photo's orientation is not known
     image.Laterality = details.laterality or ""
     image.BodyPartExamined = details.body_part
+    image.RecognizableVisualFeatures = "YES" if details.recognizable else "NO"
     if details.study_description:
         image.StudyDescription = details.study_description
     request = Dataset()

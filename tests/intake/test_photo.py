@@ -72,6 +72,18 @@ def test_details_are_cleaned() -> None:
     assert minimal.study_description is None and minimal.laterality is None and minimal.birth_date == "19991231"
 
 
+def test_a_photo_shows_recognizable_features_unless_the_uploader_says_no() -> None:
+    assert validate_details(FORM).recognizable is True  # not asked: YES
+    assert validate_details({**FORM, "recognizable_features": " "}).recognizable is True
+    assert validate_details({**FORM, "recognizable_features": "YES"}).recognizable is True
+    assert validate_details({**FORM, "recognizable_features": "no"}).recognizable is False
+    image = pixels(8, 8)
+    default = pydicom.dcmread(io.BytesIO(photo_to_dicom(image, validate_details(FORM)).part10))
+    assert default.RecognizableVisualFeatures == "YES"
+    said_no = photo_to_dicom(image, validate_details({**FORM, "recognizable_features": "No"}))
+    assert pydicom.dcmread(io.BytesIO(said_no.part10)).RecognizableVisualFeatures == "NO"
+
+
 @pytest.mark.parametrize(
     ("changes", "field", "message"),
     [
@@ -92,6 +104,7 @@ def test_details_are_cleaned() -> None:
         ({"clinical_question": ""}, "clinical_question", "required"),
         ({"study_description": "line\nbreak"}, "study_description", "control"),
         ({"laterality": "B"}, "laterality", "R, L"),
+        ({"recognizable_features": "maybe"}, "recognizable_features", "YES or NO"),
     ],
 )
 def test_each_bad_field_is_named_without_its_value(changes: dict[str, str], field: str, message: str) -> None:
@@ -174,6 +187,7 @@ def test_photo_becomes_a_valid_secondary_capture_with_the_question_where_the_pro
     assert str(ds.PatientName) == "Müller^Jörg" and ds.PatientID == "MRN-0042"
     assert ds.PatientBirthDate == "19800229" and ds.PatientSex == "M"
     assert ds.BodyPartExamined == "HAND" and ds.Laterality == "L" and ds.StudyDescription == "Dermatology photo"
+    assert ds.RecognizableVisualFeatures == "YES"  # the default: the uploader did not say otherwise
     assert ds.RequestAttributesSequence[0].ReasonForTheRequestedProcedure == details.clinical_question
     assert read_question(path) == details.clinical_question
     assert split_part10(instance.part10).transfer_syntax_uid == "1.2.840.10008.1.2.1"

@@ -123,7 +123,8 @@ def test_png_and_jpeg_become_valid_dicom_studies_that_are_queued_at_once(
     assert png.status_code == 201, png.text
     study_uid = png.json()["study_uid"]
     jpeg_data = image_bytes(pixels, "JPEG", quality=92)
-    jpeg = upload(api, cookies, csrf, jpeg_data, {**FORM, "birth_date": "19750630"}, "photo.jpg")
+    jpeg_form = {**FORM, "birth_date": "19750630", "recognizable_features": "no"}  # the uploader says no face
+    jpeg = upload(api, cookies, csrf, jpeg_data, jpeg_form, "photo.jpg")
     assert jpeg.status_code == 201, jpeg.text
     assert jpeg.json()["study_uid"] != study_uid
 
@@ -142,8 +143,10 @@ def test_png_and_jpeg_become_valid_dicom_studies_that_are_queued_at_once(
     assert ds.BodyPartExamined == "SKIN" and ds.StudyDescription == "Teledermatology"
     assert ds.RequestAttributesSequence[0].ReasonForTheRequestedProcedure == FORM["clinical_question"]
     assert ds.file_meta.SourceApplicationEntityTitle == "WEBUPLOAD"
+    assert ds.RecognizableVisualFeatures == "YES"  # not answered: a photo may show the patient
     decoded_jpeg = np.asarray(Image.open(io.BytesIO(jpeg_data)).convert("RGB"))
-    assert np.array_equal(pydicom.dcmread(by_study[jpeg.json()["study_uid"]]).pixel_array, decoded_jpeg)
+    jpeg_ds = pydicom.dcmread(by_study[jpeg.json()["study_uid"]])
+    assert np.array_equal(jpeg_ds.pixel_array, decoded_jpeg) and jpeg_ds.RecognizableVisualFeatures == "NO"
     for path in files:
         checked = subprocess.run([DCIODVFY, str(path)], capture_output=True, text=True, timeout=60)
         errors = [line for line in (checked.stdout + checked.stderr).splitlines() if line.startswith("Error")]
@@ -160,6 +163,8 @@ def test_png_and_jpeg_become_valid_dicom_studies_that_are_queued_at_once(
     audit = db_rows(url, "SELECT actor, object_id, detail FROM audit_events WHERE action = 'upload.photo'")
     assert {row[1] for row in audit} == set(by_study) and all(row[0] == "up_north" for row in audit)
     assert audit[0][2]["rows"] == 60 and audit[0][2]["columns"] == 80
+    answers = {row[1]: row[2]["recognizable_features"] for row in audit}
+    assert answers == {study_uid: "YES", jpeg.json()["study_uid"]: "NO"}
     log = api.log_path.read_text(errors="replace")
     for secret in ("Rossi", "TELE-77", "melanoma", "1975"):
         assert secret not in log and all(secret not in str(row[2]) for row in audit)
@@ -176,6 +181,7 @@ def test_png_and_jpeg_become_valid_dicom_studies_that_are_queued_at_once(
         (image_bytes(photo_pixels(8, 8), "PNG"), {"patient_id": ""}, "patient_id", "required"),
         (image_bytes(photo_pixels(8, 8), "PNG"), {"sex": "female"}, "sex", "M, F or O"),
         (image_bytes(photo_pixels(8, 8), "PNG"), {"clinical_question": "x" * 80}, "clinical_question", "64"),
+        (image_bytes(photo_pixels(8, 8), "PNG"), {"recognizable_features": "maybe"}, "recognizable_features", "YES"),
     ],
 )
 def test_bad_input_gets_422_naming_the_field_and_stores_nothing(
@@ -248,10 +254,15 @@ def test_upload_page_in_a_browser(api: ApiProcess, migrated_postgres_url: str, t
                 if name != "sex":
                     page.fill(f"#{name}", value)
             page.select_option("#sex", "F")
+            question = page.locator("#recognizable_features legend").inner_text()
+            assert "face or other recognisable features" in question
+            assert page.is_checked("#recognizable_yes") and not page.is_checked("#recognizable_no")  # yes by default
+            page.check("#recognizable_no")  # a lesion on the back: no face, nothing recognisable
             page.click("#upload-form button[type=submit]")
             alert = page.locator("[role=alert]")
             assert "Nothing was stored" in alert.inner_text() and "not a JPEG or PNG" in alert.inner_text()
             assert page.input_value("#patient_id") == "TELE-77"  # what was typed is kept
+            assert page.is_checked("#recognizable_no")  # and what was answered
             assert page.evaluate("window.__pwned === undefined")
             page.set_input_files("#file", str(photo))
             page.click("#upload-form button[type=submit]")
@@ -260,4 +271,5 @@ def test_upload_page_in_a_browser(api: ApiProcess, migrated_postgres_url: str, t
             browser.close()
     study_uid = db_rows(migrated_postgres_url, "SELECT study_uid FROM studies")[0][0]
     assert "Stored as a new study" in notice and study_uid in notice
-    assert len(stored_files(api)) == 1
+    [stored] = stored_files(api)
+    assert pydicom.dcmread(stored).RecognizableVisualFeatures == "NO"

@@ -2,13 +2,16 @@
 
 ``POST /api/uploads/photo`` (JSON answers) and the page ``GET``/``POST /upload`` (HTML answers, no script
 needed) take ``multipart/form-data``: ``file`` plus the patient and request fields of
-:func:`integration.intake.photo.validate_details`.  Uploaders and administrators, signed in with the session
-cookie, send the CSRF token (hidden ``csrf_token`` field or ``X-CSRF-Token`` header).  The body must
-declare its length (411 otherwise; 413 above the limit), so nothing unbounded is read.  Bad input answers 422
-naming every bad field and stores nothing.  The photo is converted (:mod:`integration.intake.photo`) and
-stored through the listener's intake (:mod:`integration.intake`) as a new study of the uploader's
-site with ``source='upload'``, complete at once: the next assembly pass queues it.  Audited ``upload.photo``;
-refusals are audited too (``upload.refused``, aggregated).  A photo may have at most
+:func:`integration.intake.photo.validate_details`, among them ``recognizable_features``: ``YES`` (the
+default) or ``NO``, whether the photo shows a face or other recognisable features, written as the DICOM's
+Recognizable Visual Features (a ``YES`` photo never goes to a model server outside the trust boundary).
+Uploaders and administrators, signed in with the session cookie, send the CSRF token (hidden ``csrf_token``
+field or ``X-CSRF-Token`` header).  The body must declare its length (411 otherwise; 413 above the limit),
+so nothing unbounded is read.  Bad input answers 422 naming every bad field and stores nothing.  The photo
+is converted (:mod:`integration.intake.photo`) and stored through the listener's intake
+(:mod:`integration.intake`) as a new study of the uploader's site with ``source='upload'``, complete at
+once: the next assembly pass queues it.  Audited ``upload.photo`` (with the answer about recognisable
+features); refusals are audited too (``upload.refused``, aggregated).  A photo may have at most
 ``PACSVLM_MAX_PHOTO_PIXELS`` pixels (its DICOM file holds 3 bytes a pixel: a 160 kB PNG of 49 megapixels
 became a 147 MB file and cost 1.1 GiB to convert), checked from its header before decoding; each user has a
 few uploads in progress at most (:class:`~integration.web.security.limits.UploadGate`).
@@ -60,6 +63,7 @@ FIELDS = (
     "laterality",
     "clinical_question",
     "study_description",
+    "recognizable_features",
 )
 #: Decoding and converting hold a few copies of the pixels: at most this many at once per process.
 _CONVERSIONS = threading.BoundedSemaphore(2)
@@ -97,7 +101,12 @@ def _convert(data: bytes, details: PhotoDetails, max_pixels: int) -> tuple[Photo
 
 
 def _store(
-    settings: Settings, request: Request, user: CurrentUser, instance: PhotoInstance, shape: tuple[int, int]
+    settings: Settings,
+    request: Request,
+    user: CurrentUser,
+    instance: PhotoInstance,
+    shape: tuple[int, int],
+    recognizable: bool,
 ) -> None:
     """Store the converted instance and audit the upload (blocking)."""
     origin = Origin(
@@ -121,7 +130,12 @@ def _store(
             object_type="study",
             object_id=instance.study_uid,
             source=client_address(request),
-            detail={"bytes": len(instance.part10), "rows": shape[0], "columns": shape[1]},
+            detail={
+                "bytes": len(instance.part10),
+                "rows": shape[0],
+                "columns": shape[1],
+                "recognizable_features": "YES" if recognizable else "NO",
+            },
         )
     log.info("photo upload by user %d stored as a new study", user.id)
 
@@ -195,7 +209,7 @@ async def _receive_photo(request: Request, user: CurrentUser) -> tuple[PhotoInst
         instance, shape = await anyio.to_thread.run_sync(_convert, data, details, max_photo_pixels(settings))
     finally:
         await form.close()
-    await anyio.to_thread.run_sync(_store, settings, request, user, instance, shape)
+    await anyio.to_thread.run_sync(_store, settings, request, user, instance, shape, details.recognizable)
     return instance, fields
 
 
