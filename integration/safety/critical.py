@@ -173,47 +173,73 @@ DEFAULT_CATEGORIES: tuple[CriticalCategory, ...] = tuple(
 )
 
 
-def _rule(literal: str, category: str, direction: str, *words: Any) -> dict[str, Any]:
-    """A ConText rule: ``words`` are token patterns (a str is one word; a list, any of its words; '?': optional)."""
+def _rule(literal: str, category: str, direction: str, *words: Any, max_scope: int | None = None) -> dict[str, Any]:
+    """A ConText rule: ``words`` are token patterns (a str: one word; a list: any of its words; a tuple: optional)."""
     pattern = []
     for word in words:
         optional = isinstance(word, tuple)
         choices = word[0] if optional else word
         token: dict[str, Any] = {"LOWER": {"IN": list(choices)} if isinstance(choices, list) else choices}
         pattern.append({**token, "OP": "?"} if optional else token)
-    return {"literal": literal, "category": category, "direction": direction, "pattern": pattern}
+    return {
+        "literal": literal,
+        "category": category,
+        "direction": direction,
+        "pattern": pattern,
+        "max_scope": max_scope,
+    }
 
 
-_IS = (["is", "are", "was", "were"],)
+#: Optional words of a rule: a copula ("is not seen"), a negation ("can not"), an adverb ("entirely excluded").
+_COPULA = (["is", "are", "was", "were"],)
+_NOT = (["not", "n't"],)
+_ADVERB = (["entirely", "completely", "definitely", "fully", "totally", "confidently", "reliably"],)
+_SEEN = [
+    "seen",
+    "identified",
+    "present",
+    "demonstrated",
+    "visualized",
+    "visualised",
+    "evident",
+    "appreciated",
+    "detected",
+]
+_POSSIBLE, _NEGATED = "POSSIBLE_EXISTENCE", "NEGATED_EXISTENCE"
+#: How many tokens back a post-negation reaches ("pneumothorax is not seen"; not "pneumothorax, and the effusion
+#: is not seen", nor "pneumothorax with absent lung markings").
+_NEAR = 4
 #: Radiology wordings ConText's default English rules miss; each is longer than the default rule it overlaps,
 #: so it wins medspaCy's longest-match pruning ("is not excluded" over "is not").
 EXTRA_CONTEXT_RULES = (
-    _rule("cannot exclude", "POSSIBLE_EXISTENCE", "FORWARD", ["cannot", "can"], (["not", "n't"],), "exclude"),
-    _rule("cannot rule out", "POSSIBLE_EXISTENCE", "FORWARD", ["cannot", "can"], (["not", "n't"],), "rule", "out"),
+    _rule("cannot exclude", _POSSIBLE, "FORWARD", ["cannot", "can"], _NOT, _ADVERB, ["exclude", "rule"], (["out"],)),
+    _rule("unable to exclude", _POSSIBLE, "FORWARD", ["unable", "impossible", "difficult"], "to", ["exclude", "rule"]),
+    _rule("cannot be excluded", _POSSIBLE, "BACKWARD", ["cannot", "can"], _NOT, "be", _ADVERB, ["excluded", "ruled"]),
+    _rule("is not excluded", _POSSIBLE, "BACKWARD", _COPULA, ["not", "n't"], (["been"],), _ADVERB, "excluded"),
     _rule(
-        "cannot be excluded", "POSSIBLE_EXISTENCE", "BACKWARD", ["cannot", "can"], (["not", "n't"],), "be", "excluded"
+        "is suspected",
+        _POSSIBLE,
+        "BACKWARD",
+        ["is", "are", "was", "were"],
+        ["suspected", "questioned", "possible", "likely"],
     ),
-    _rule("is not excluded", "POSSIBLE_EXISTENCE", "BACKWARD", *_IS, ["not", "n't"], (["been"],), "excluded"),
-    _rule("is suspected", "POSSIBLE_EXISTENCE", "BACKWARD", *_IS, "suspected"),
+    _rule("suspected", _POSSIBLE, "FORWARD", ["suspected", "suspect", "suspicion", "questionable", "probable"]),
+    _rule("concerning for", _POSSIBLE, "FORWARD", ["concerning", "suggestive", "compatible"], ["for", "of", "with"]),
+    _rule("may represent", _POSSIBLE, "FORWARD", ["may", "might", "could"], ["represent", "reflect", "indicate"]),
+    _rule("question mark", _POSSIBLE, "BACKWARD", "?"),
+    _rule("is not seen", _NEGATED, "BACKWARD", _COPULA, ["not", "n't"], (["been"],), _SEEN, max_scope=_NEAR),
+    _rule("no longer seen", _NEGATED, "BACKWARD", _COPULA, "no", "longer", [*_SEEN, "visible"], max_scope=_NEAR),
+    _rule("is absent", _NEGATED, "BACKWARD", ["is", "are", "was", "were"], ["absent", "excluded"], max_scope=_NEAR),
     _rule(
-        "suspected", "POSSIBLE_EXISTENCE", "FORWARD", ["suspected", "suspect", "suspicion", "questionable", "probable"]
+        "colon absent",
+        _NEGATED,
+        "BACKWARD",
+        [":", "-", "\u2013"],
+        ["absent", "none", "no", "excluded"],
+        max_scope=_NEAR,
     ),
-    _rule(
-        "concerning for",
-        "POSSIBLE_EXISTENCE",
-        "FORWARD",
-        ["concerning", "suggestive", "compatible"],
-        ["for", "of", "with"],
-    ),
-    _rule(
-        "may represent",
-        "POSSIBLE_EXISTENCE",
-        "FORWARD",
-        ["may", "might", "could"],
-        ["represent", "reflect", "indicate"],
-    ),
-    _rule("has resolved", "NEGATED_EXISTENCE", "BACKWARD", ["has", "have"], (["since", "now"],), "resolved"),
-    _rule("interval resolution of", "NEGATED_EXISTENCE", "FORWARD", (["interval"],), "resolution", "of"),
+    _rule("has resolved", _NEGATED, "BACKWARD", ["has", "have"], (["since", "now"],), "resolved", max_scope=_NEAR),
+    _rule("interval resolution of", _NEGATED, "FORWARD", (["interval"],), "resolution", "of"),
 )
 
 #: American to British spelling at a word's start or stem, and back (``hemorrhage``, ``ischemia``, ``esophagus``).

@@ -57,6 +57,12 @@ def test_affirmed_mentions_are_critical(text: str, code: str, phrase: str) -> No
         "Pneumothorax has resolved.",
         "Interval resolution of the pneumothorax.",
         "Evaluate for pneumothorax.",
+        "Pneumothorax is not seen.",
+        "Pneumothorax not identified.",
+        "Pneumothorax: absent.",
+        "Pneumothorax - none.",
+        "Pneumothorax is excluded.",
+        "Previously noted pneumothorax is no longer seen.",
     ],
 )
 def test_negated_mentions_are_not_critical(text: str) -> None:
@@ -86,10 +92,26 @@ def test_historical_family_and_hypothetical_mentions_are_not_critical(text: str)
         "A pneumothorax is not excluded.",
         "Findings suspicious for pneumothorax.",
         "Lucency concerning for pneumothorax.",
+        "Pneumothorax not excluded.",
+        "Unable to exclude pneumothorax.",
+        "Pneumothorax?",
+        "Small pneumothorax cannot be entirely excluded.",
     ],
 )
 def test_uncertain_mentions_are_critical_and_say_possible(text: str) -> None:
     assert matched(text) == [(1, "pneumothorax", "possible pneumothorax")]
+
+
+@pytest.mark.parametrize(
+    ("text", "phrase"),
+    [
+        ("Large left pneumothorax with absent lung markings.", "pneumothorax"),
+        ("Tension pneumothorax on the right, and the small left effusion is not seen.", "Tension pneumothorax"),
+        ("Pneumothorax absent.", "Pneumothorax"),  # a bare post-negation is too ambiguous to trust: flagged
+    ],
+)
+def test_post_negations_reach_only_the_words_just_before(text: str, phrase: str) -> None:
+    assert matched(text) == [(1, "pneumothorax", phrase)]
 
 
 def test_rule_out_is_uncertain_per_context() -> None:
