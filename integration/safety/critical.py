@@ -14,16 +14,22 @@ ConText).  A match is critical unless ConText marks it negated ("No pneumothorax
 historical ("history of"), hypothetical ("if ...") or of the family; an uncertain one ("possible",
 "suspicious for", "cannot exclude", "rule out") is critical and its phrase says "possible".  ConText's
 default English rules are kept and :data:`EXTRA_CONTEXT_RULES` add the wordings of radiology reports
-they miss (each has a test).  A finding whose schema ``urgency`` is ``critical`` is critical from that
-field (source ``urgency``, or ``both`` when its text matched too; with no category matched: code
-:data:`MODEL_CODE`).
+they miss (each has a test): "cannot (be entirely) excluded", "unable to exclude", "?", "suspected" as
+uncertain; "is not seen / identified", "is no longer seen", "is absent", ": none", "has resolved" as
+negated, reaching back only a few words ("pneumothorax with absent lung markings" stays critical).  A
+ConText modifier inside a term (the "free" of "free air") modifies nothing.
+
+A finding whose schema ``urgency`` is ``critical`` is critical from that field (source ``urgency``, or
+``both`` when its text matched too; with no category matched: code :data:`MODEL_CODE`).
 
 medspaCy is imported only when a draft is first matched (about a second), and its pipeline built once per
 process per category list, under a lock.  PyRuSH logs each sentence's words through loguru at DEBUG: those
-loggers are disabled before the pipeline is built, because the text is patient data.
+loggers are disabled before every match, because the text is patient data.
 
 Not handled: a critical finding the terms do not name (a hospital adds terms), severity ("small stable
-pneumothorax" is critical all the same), and comparisons ("pneumothorax, unchanged" is critical).
+pneumothorax" is critical all the same), comparisons ("pneumothorax, unchanged" is critical), a bare
+post-negation ("pneumothorax absent." is critical: too ambiguous to trust), and ConText's own choices
+("evaluate for X" reads as negated, "rule out X" as uncertain).
 """
 
 from __future__ import annotations
