@@ -302,6 +302,12 @@ def match_critical(
     return tuple(matches)
 
 
+def prepare(categories: Sequence[CriticalCategory] | None = None) -> None:
+    """Import medspaCy and build the pipeline now (a worker's start), rather than on the first draft."""
+    quiet_medspacy_logs()
+    _pipeline(DEFAULT_CATEGORIES if categories is None else tuple(categories))
+
+
 def _matches(texts: Sequence[str], categories: Sequence[CriticalCategory]) -> list[list[tuple[str, str]]]:
     """Per text, (code, phrase) of each category matched as critical, first mention of each category."""
     quiet_medspacy_logs()  # every time: a caller may have enabled loguru's loggers since the pipeline was built

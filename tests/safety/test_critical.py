@@ -12,7 +12,7 @@ from loguru import logger
 
 from integration.draft_checks import CriticalMatch
 from integration.findings import Document, Finding
-from integration.safety.critical import DEFAULT_CATEGORIES, MODEL_CODE, match_critical, spellings
+from integration.safety.critical import DEFAULT_CATEGORIES, MODEL_CODE, match_critical, prepare, spellings
 from integration.safety_settings import CriticalCategory
 
 
@@ -214,10 +214,12 @@ def test_no_text_reaches_the_logs(caplog: pytest.LogCaptureFixture, capfd: pytes
         assert "Quillfeather" not in text and "Zebediah" not in text
 
 
-def test_medspacy_is_imported_only_when_matching() -> None:
-    code = "import sys, integration.safety.critical, integration.safety; print('medspacy' in sys.modules)"
+def test_medspacy_is_imported_only_when_matching_or_prepared() -> None:
+    loaded = "print('medspacy' in sys.modules)"
+    code = f"import sys, integration.safety.critical as c; {loaded}; c.prepare(); {loaded}"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == "False"
+    assert result.stdout.split() == ["False", "True"]
+    prepare()
 
 
 def test_threads_share_one_pipeline() -> None:
