@@ -350,9 +350,12 @@ def quiet_medspacy_logs() -> None:
 
 def _build(categories: Sequence[CriticalCategory]) -> Any:
     quiet_medspacy_logs()
-    import medspacy  # type: ignore[import-untyped]
-    from medspacy.context import ConTextRule  # type: ignore[import-untyped]
-    from medspacy.ner import TargetRule  # type: ignore[import-untyped]
+    with warnings.catch_warnings():  # pysbd (a medspaCy dependency) has invalid escapes in its regexes
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", SyntaxWarning)
+        import medspacy  # type: ignore[import-untyped]
+        from medspacy.context import ConTextRule  # type: ignore[import-untyped]
+        from medspacy.ner import TargetRule  # type: ignore[import-untyped]
 
     nlp = medspacy.load(medspacy_enable=list(PIPELINE))
     context = nlp.get_pipe("medspacy_context")
