@@ -9,7 +9,9 @@ someone acknowledges it): a critical finding is never dropped silently because t
 escalation is audited (``alert.escalated``) in the transaction that records it.
 
 The listener's reconciler (:mod:`integration.intake.assembly`) calls :func:`escalate_due_alerts` on every
-pass; the same call re-sends notifications whose message was lost (a broker outage when the alert opened).
+pass; the same call re-sends notifications whose message was lost (a broker outage when the alert opened), and
+closes the alerts of drafts that were superseded or withdrawn (``alert.closed``; a later version's draft has its
+own alert).  A signed or rejected draft's alert stays open until someone acknowledges it.
 Alerts are taken with their rows locked (``SKIP LOCKED`` on PostgreSQL) and each level's notification is
 unique, so two listeners never notify the same level twice.
 """
@@ -24,7 +26,13 @@ from datetime import datetime, timedelta
 from integration.config import Settings
 from integration.queue import send_notify_alert
 from integration.safety_settings import AlertContact
-from integration.store.alerts import add_notification, due_alerts, notifications_to_resend, set_due
+from integration.store.alerts import (
+    add_notification,
+    close_stale_alerts,
+    due_alerts,
+    notifications_to_resend,
+    set_due,
+)
 from integration.store.audit import add_event
 from integration.store.session import session_scope
 from integration.store.tables import utcnow
@@ -104,6 +112,16 @@ def escalate_due_alerts(settings: Settings, now: datetime | None = None) -> Esca
     created: list[int] = []
     escalated = 0
     with session_scope(settings.database_url) as session:
+        for alert_id, report_id, reason in close_stale_alerts(session):
+            add_event(
+                session,
+                actor="system",
+                action="alert.closed",
+                object_type="alert",
+                object_id=str(alert_id),
+                detail={"report_id": report_id, "reason": reason},
+            )
+            log.info("alert %d closed: %s", alert_id, reason)
         for alert, site in due_alerts(session, now):
             chain = contact_chain(settings.alert_contacts, site)
             if not chain:  # the contacts were removed from the settings: nobody left to escalate to

@@ -25,7 +25,7 @@ class AlertState(enum.StrEnum):
     OPEN = "open"
     #: A person acknowledged it (``acknowledged_by``, ``acknowledged_at``): no more notifications.
     ACKNOWLEDGED = "acknowledged"
-    #: Ended without an acknowledgement: its draft was withdrawn, rejected or superseded, or signed.
+    #: Ended without an acknowledgement: its draft was superseded or withdrawn (``closed_reason`` says which).
     CLOSED = "closed"
 
 

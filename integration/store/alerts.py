@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, TypeVar, Unpack
+from typing import Any, TypeVar
 
 from sqlalchemy import Select, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -21,9 +21,9 @@ from sqlalchemy.orm import Session
 
 from integration.store.alert_tables import AlertNotification, AlertState, CriticalAlert, NotificationState
 from integration.store.audit import add_event
-from integration.store.tables import Site, Study, utcnow
+from integration.store.tables import Report, ReportStatus, Site, Study, utcnow
 
-_Query = TypeVar("_Query", bound=Select[Unpack[tuple[Any, ...]]])
+_Query = TypeVar("_Query", bound=Select[*tuple[Any, ...]])
 #: ``studies.critical_reason`` is at most this long.
 REASON_LENGTH = 128
 
@@ -90,7 +90,7 @@ class Acknowledgement:
 
 
 class AlertClosed(Exception):
-    """The alert was closed without an acknowledgement (its draft was reviewed or withdrawn)."""
+    """The alert was closed without an acknowledgement (its draft was superseded or withdrawn)."""
 
 
 def reason_of(labels: Sequence[str]) -> str:
@@ -337,17 +337,44 @@ def due_alerts(session: Session, now: datetime, limit: int = 100) -> list[tuple[
     return [(alert, site) for alert, site in session.execute(query).all()]
 
 
-def close_alert(session: Session, alert: CriticalAlert, reason: str) -> None:
-    """Close an open alert without an acknowledgement (its pending notifications are cancelled)."""
-    alert.state = AlertState.CLOSED
-    alert.closed_reason = reason[:128]
-    alert.due_at = None
-    session.execute(
-        update(AlertNotification)
-        .where(AlertNotification.alert_id == alert.id, AlertNotification.state == NotificationState.PENDING)
-        .values(state=NotificationState.CANCELLED.value, next_attempt_at=None)
+#: Draft states whose alert closes: the draft must not be used any more (a later version of the study has its
+#: own draft, and its own alert when that one is critical too).  A signed or rejected draft's alert stays open
+#: until someone acknowledges it: signing is not acknowledging the notification.
+CLOSING_STATES = (ReportStatus.SUPERSEDED, ReportStatus.WITHDRAWN)
+
+
+def close_stale_alerts(session: Session, limit: int = 100) -> list[tuple[int, int, str]]:
+    """Close the open alerts of drafts that were superseded or withdrawn; pending notifications are cancelled.
+
+    Returns
+    -------
+    list of (int, int, str)
+        Each alert closed, its report and the reason (``draft superseded``, ``draft withdrawn``), for the
+        caller's audit events.
+    """
+    query = (
+        select(CriticalAlert, Report.status)
+        .join(Report, Report.id == CriticalAlert.report_id)
+        .where(CriticalAlert.state == AlertState.OPEN, Report.status.in_(CLOSING_STATES))
+        .order_by(CriticalAlert.id)
+        .limit(limit)
     )
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(of=CriticalAlert, skip_locked=True)
+    closed = []
+    for alert, status in session.execute(query).all():
+        reason = f"draft {ReportStatus(status).value}"
+        alert.state = AlertState.CLOSED
+        alert.closed_reason = reason
+        alert.due_at = None
+        session.execute(
+            update(AlertNotification)
+            .where(AlertNotification.alert_id == alert.id, AlertNotification.state == NotificationState.PENDING)
+            .values(state=NotificationState.CANCELLED.value, next_attempt_at=None)
+        )
+        closed.append((alert.id, alert.report_id, reason))
     session.flush()
+    return closed
 
 
 def notifications_to_resend(session: Session, now: datetime, overdue_seconds: float) -> list[int]:

@@ -47,14 +47,15 @@ def world(migrated_postgres_url: str, redis_url: str, tmp_path: Path) -> World:
     settings = Settings.model_validate(
         {"data_dir": tmp_path / "data", "database_url": url, "broker_url": redis_url, "alert_contacts": [contact]}
     )
-    alerts, uids = [], []
+    alerts: list[int] = []
+    uids: list[str] = []
     for site in ("NORTH", "SOUTH"):
         report_id = critical_draft(settings, tmp_path / site.lower(), site)
         alert_id = open_critical_alerts(settings, report_id)
         assert alert_id is not None
         alerts.append(alert_id)
         with session_scope(url) as session:
-            uids.append(session.scalar(select(Study.study_uid).join(Report).where(Report.id == report_id)))
+            uids.append(session.scalars(select(Study.study_uid).join(Report).where(Report.id == report_id)).one())
     return World(settings, alerts[0], alerts[1], uids[0], uids[1])
 
 

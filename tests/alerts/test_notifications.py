@@ -13,15 +13,16 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from integration.alerts.escalation import escalate_due_alerts
 from integration.alerts.raise_alerts import open_critical_alerts
 from integration.config import Settings
 from integration.queue import NOTIFY_ALERT
 from integration.store.alert_tables import AlertNotification, AlertState, CriticalAlert, NotificationState
+from integration.store.alerts import AlertClosed, acknowledge_alert
 from integration.store.session import session_scope
-from integration.store.tables import AuditEvent, Report, Study, utcnow
+from integration.store.tables import AuditEvent, Report, ReportStatus, Study, utcnow
 from tests.alerts.conftest import (
     ACCESSION,
     PATIENT_ID,
@@ -232,3 +233,29 @@ def test_a_study_no_contact_covers_is_stat_and_waits_on_the_worklist(
     assert detail is not None and detail["contact"] is None
     assert notifications(url) == [] and queued_messages(redis_url, "delivery") == []
     assert escalate_due_alerts(settings, utcnow() + timedelta(days=1)).escalated == 0
+
+
+def test_a_superseded_drafts_alert_closes_and_a_signed_ones_stays_open(
+    migrated_postgres_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    url = migrated_postgres_url
+    add_sites(url)
+    contact = [{"name": "on-call", "channel": "email", "address": "oncall@hospital.example"}]
+    settings = Settings.model_validate(
+        {"data_dir": tmp_path / "data", "database_url": url, "broker_url": redis_url, "alert_contacts": contact}
+    )
+    superseded = critical_draft(settings, tmp_path / "one", "NORTH")
+    signed = critical_draft(settings, tmp_path / "two", "NORTH")
+    first, second = open_critical_alerts(settings, superseded), open_critical_alerts(settings, signed)
+    with session_scope(url) as session:
+        session.execute(update(Report).where(Report.id == superseded).values(status=ReportStatus.SUPERSEDED))
+        session.execute(update(Report).where(Report.id == signed).values(status=ReportStatus.SIGNED))
+    assert escalate_due_alerts(settings, utcnow()).escalated == 0
+    with session_scope(url) as session:
+        closed, still = session.get(CriticalAlert, first), session.get(CriticalAlert, second)
+        assert closed is not None and (closed.state, closed.closed_reason) == (AlertState.CLOSED, "draft superseded")
+        assert still is not None and still.state is AlertState.OPEN
+        with pytest.raises(AlertClosed, match="closed \\(draft superseded\\)"):
+            acknowledge_alert(session, first, "someone", utcnow())
+    assert [n.state for n in notifications(url)] == [NotificationState.CANCELLED, NotificationState.PENDING]
+    assert actions(url).count("alert.closed") == 1
