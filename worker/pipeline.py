@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from PIL import Image
 
 from integration.config import Settings
-from integration.findings import compared_with
 from integration.imaging.routing import DEFAULT_RULES, first_rule_accepting
 from integration.imaging.selection import NoImages, evidence_entries, prepare_study
 from integration.store.priors import PriorsView
@@ -16,10 +15,12 @@ from integration.store.reports import ClaimedJob, DraftRecord, InstanceFile
 from integration.store.tables import PriorState
 from models.backend import GenerationRequest, VisionLanguageBackend
 from models.draft import parse_draft
+from models.draft_schema import DRAFT_SCHEMA
 from models.prompts import SYSTEM_PROMPT, render_prompt_parts, select_template, template_named
 from models.registry import DEFAULT_IMAGE_PRESENTATION, FAMILIES
 from worker.comparison import build_comparison, prior_image_budget, read_current_header
 from worker.outbound import outbound_release
+from worker.safety import guard_draft
 
 
 def draft_study(
@@ -126,6 +127,7 @@ def draft_study(
         images=images,
         system_prompt=SYSTEM_PROMPT,
         max_new_tokens=settings.max_new_tokens,
+        response_schema=DRAFT_SCHEMA if settings.constrained_decoding else None,
     )
     prompt_seconds = time.perf_counter() - started
     (result,) = backend.generate([request])
@@ -133,11 +135,15 @@ def draft_study(
     parsed = release.annotate(
         parse_draft(result.text, len(images)), question_dropped=bool(question) and not sent_question
     )
-    findings = {
-        **parsed.as_json(),
-        "priors": [reference.as_json() for reference in comparison.references],
-        "prior_note": comparison.note,
-    }
+    evidence = [*comparison.evidence, *evidence_entries(prepared.images, first=len(comparison.images) + 1)]
+    guarded = guard_draft(
+        settings,
+        parsed,
+        result,
+        extra={"priors": [reference.as_json() for reference in comparison.references], "prior_note": comparison.note},
+        evidence=evidence,
+        files=release.files,
+    )
     timings = {
         **{f"{name}_s": round(value, 4) for name, value in prepared.timings.items()},
         "prompt_s": round(prompt_seconds, 4),
@@ -147,6 +153,7 @@ def draft_study(
         "parse_s": round(time.perf_counter() - started, 4),
         **comparison.timings,
         **release.timings(),
+        **guarded.timings,
     }
     return DraftRecord(
         model_id=identity.model_id,
@@ -154,10 +161,10 @@ def draft_study(
         model_family=identity.family,
         prompt_version=template.key,
         structured=parsed.structured,
-        findings=findings,
-        text=parsed.as_text(prior_note=comparison.note or compared_with(comparison.references)),
-        raw_output=parsed.raw_text,
-        evidence=[*comparison.evidence, *evidence_entries(prepared.images, first=len(comparison.images) + 1)],
+        findings=guarded.findings,
+        text=guarded.text,
+        raw_output=guarded.raw_output,
+        evidence=evidence,
         timings=timings,
         tokens_in=result.tokens_in,
         tokens_out=result.tokens_out,

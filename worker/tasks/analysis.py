@@ -13,6 +13,7 @@ from typing import Any
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import select
 
+from integration.alerts.raise_alerts import open_critical_alerts
 from integration.config import Settings, get_settings
 from integration.export.corrections import withdraw_reports
 from integration.export.outbox import queue_deliveries
@@ -114,6 +115,7 @@ def analyze_study(self: Any, job_id: int) -> str:
     if withdrawn:  # the order was cancelled while the model ran: kept, never exported
         log.info("analysis job %d: draft report %d withdrawn (its order was cancelled)", job_id, report_id)
         return f"report {report_id} withdrawn"
+    _open_alert(settings, report_id)  # a critical finding reaches a person before anything else is sent
     _write_draft_sr(settings, report_id)
     queue_deliveries(settings, report_id, None, "draft")
     if recorded.superseded:  # the study's older drafts are taken back from the receivers that got them
@@ -128,6 +130,21 @@ def analyze_study(self: Any, job_id: int) -> str:
         draft.prompt_version,
     )
     return f"report {report_id}"
+
+
+def _open_alert(settings: Settings, report_id: int) -> None:
+    """Open the draft's critical-finding alert, if it has critical matches; a failure is retried by the reconciler.
+
+    The draft is recorded already, so the task does not fail with it: the reconciler's escalation pass opens
+    alerts for drafts with critical matches that have none (see :mod:`integration.alerts.escalation`).
+    """
+    try:
+        alert_id = open_critical_alerts(settings, report_id)
+    except Exception:
+        log.exception("draft report %d: its critical-finding alert could not be opened now", report_id)
+    else:
+        if alert_id is not None:
+            log.warning("draft report %d: critical finding, alert %d opened", report_id, alert_id)
 
 
 def _write_draft_sr(settings: Settings, report_id: int) -> None:
