@@ -247,6 +247,7 @@ def test_a_superseded_drafts_alert_closes_and_a_signed_ones_stays_open(
     superseded = critical_draft(settings, tmp_path / "one", "NORTH")
     signed = critical_draft(settings, tmp_path / "two", "NORTH")
     first, second = open_critical_alerts(settings, superseded), open_critical_alerts(settings, signed)
+    assert first is not None and second is not None
     with session_scope(url) as session:
         session.execute(update(Report).where(Report.id == superseded).values(status=ReportStatus.SUPERSEDED))
         session.execute(update(Report).where(Report.id == signed).values(status=ReportStatus.SIGNED))
