@@ -136,3 +136,16 @@ def test_quick_orders_benchmark_acknowledges_every_order_and_prints_the_summary_
     found = re.fullmatch(r"orders acked=(\d+)/(\d+) p99_ms=(\d+\.\d)", lines[-1])
     assert found is not None, lines[-1]
     assert found.group(1) == found.group(2) == "200"
+
+
+def test_quick_constrained_benchmark_compares_free_xgrammar_and_lm_format_enforcer() -> None:
+    command = [sys.executable, "-m", "bench.constrained", "--quick"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    lines = result.stdout.strip().splitlines()
+    for engine in ("free", "xgrammar", "lm-format-enforcer", "backend free", "backend xgrammar"):
+        assert any(line.lstrip("│ ").startswith(engine) for line in lines), engine
+    pattern = (
+        r"constrained overhead_pct=-?\d+\.\d engine=xgrammar tokens_per_s_free=\d+\.\d tokens_per_s_grammar=\d+\.\d"
+    )
+    assert re.fullmatch(pattern, lines[-1]), lines[-1]
