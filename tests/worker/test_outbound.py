@@ -7,26 +7,32 @@ with the tiny LLaVA); a recording proxy in front of it keeps the exact request b
 from __future__ import annotations
 
 import base64
+import io
 import json
 import re
 from collections.abc import Callable, Iterator
 from datetime import date
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
+from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
 from integration.config import Settings
-from integration.imaging.selection import NoImages
+from integration.imaging.burned_in import find_burned_in_text
+from integration.imaging.selection import NoImages, PreparedStudy, prepare_study
 from integration.samples import write_ct_series
 from integration.store.priors import PriorsView, PriorView
 from integration.store.reports import ClaimedJob, DraftRecord, InstanceFile
 from integration.store.tables import PriorSearchState, PriorState
+from models.draft import parse_draft
 from models.openai_backend import OpenAICompatibleBackend
 from tests.models.test_openai_backend import png_chunks
 from tests.support.model_server import RecordingProxy, TransformersServe
+from worker.outbound import OutboundRelease, outbound_release
 from worker.pipeline import draft_study
 
 QUESTION = "Persistent cough since March in this smoker, rule out tumour?"
@@ -218,3 +224,160 @@ def test_an_untrusted_server_gets_the_prior_by_days_with_a_deidentified_report(
     assert len(sent_images(sent.json())) == 8
     assert sorted({e["image"] for e in draft.evidence if e.get("prior")}) == [1, 2, 3, 4]
     assert draft.findings["priors"][0]["study_uid"] == prior_uids[0]  # our own document names it
+
+
+# ---- burned-in text: tesseract reads the images built for an untrusted server (issue 17) ----
+
+FONT = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
+#: What each slice of the burned-in study carries in its pixels (slice 2: a side marker only).
+BURNED_IN = {
+    0: {(8, 8): "Kowalczyk", (8, 40): "7730412"},  # the surname alone: known from the header only
+    1: {(8, 220): "23 Sep 1958"},
+    2: {(230, 120): "L"},
+}
+
+
+def burn_text(path: Path, lines: dict[tuple[int, int], str]) -> None:
+    """Draw white text into a stored CT slice's pixels (the header says nothing about it)."""
+    from PIL import ImageDraw, ImageFont
+
+    ds = pydicom.dcmread(path)
+    mask = Image.new("L", (int(ds.Columns), int(ds.Rows)), 0)
+    draw = ImageDraw.Draw(mask)
+    font = ImageFont.truetype(str(FONT), 22) if FONT.exists() else ImageFont.load_default(size=22)
+    for position, text in lines.items():
+        draw.text(position, text, fill=255, font=font)
+    pixels = ds.pixel_array.copy()
+    pixels[np.asarray(mask) > 0] = 3000  # about +2000 HU: white in every window
+    ds.PixelData = pixels.tobytes()
+    ds.save_as(path)
+
+
+def burned_in_study(store: Path, slices: dict[int, dict[tuple[int, int], str]] = BURNED_IN) -> list[Path]:
+    """A chest CT of the identified patient whose slices carry ``slices``' text in their pixels only."""
+    files = write_ct_series(store / "ct", len(slices), rows=256, columns=256)
+    for index, path in enumerate(files):
+        ds = pydicom.dcmread(path)
+        for keyword, value in PATIENT.items():
+            setattr(ds, keyword, value)
+        ds.save_as(path)
+        burn_text(path, slices[index])
+    return files
+
+
+def screened(
+    tmp_path: Path, mode: str, *, trusted: bool = False, slices: dict[int, dict[tuple[int, int], str]] = BURNED_IN
+) -> tuple[OutboundRelease, PreparedStudy, PreparedStudy, list[str]]:
+    """Release a burned-in study for a server and screen its prepared images.
+
+    Returns the release, the prepared study before and after the check, and the slices' SOP Instance UIDs.
+    """
+    store = tmp_path / "store"
+    files = burned_in_study(store, slices)
+    settings = Settings(data_dir=tmp_path, storage_dir=store, burned_in_text=mode)
+    instances = [
+        InstanceFile(str(p.relative_to(store)), str(pydicom.dcmread(p).SOPInstanceUID), "", "CT", "CHEST")
+        for p in files
+    ]
+    backend = OpenAICompatibleBackend("http://127.0.0.1:9", outside_trust_boundary=not trusted)
+    release = outbound_release(settings, instances, backend)
+    prepared = prepare_study([store / f.storage_path for f in release.files], image_size=256, max_images=6)
+    return release, prepared, release.screen_study(prepared), [f.sop_instance_uid for f in instances]
+
+
+def uids_shown(prepared: PreparedStudy) -> list[str]:
+    return [e.sop_instance_uid for image in prepared.images for e in image.evidence]
+
+
+def test_images_with_burned_in_names_ids_or_dates_are_withheld_and_the_draft_says_why(tmp_path: Path) -> None:
+    release, before, after, uids = screened(tmp_path, "withhold")
+    clean_uid = uids[2]  # only an "L" marker
+    assert len(before.images) == 6  # 3 slices x lung and mediastinum windows
+    assert set(uids_shown(after)) == {clean_uid} and len(after.images) == 2
+    assert release.burned_in is not None and release.burned_in.withheld == 4 and release.burned_in.redacted == 0
+    assert release.burned_in.kinds == {"name", "id", "date"}
+    timings = release.timings()
+    assert timings["burned_in_withheld"] == 4.0 and timings["burned_in_redacted"] == 0.0 and timings["ocr_s"] > 0
+    draft = release.annotate(parse_draft('{"findings": [], "impression": "Normal."}', 2), question_dropped=False)
+    [note] = [p for p in draft.problems if "burned-in text" in p]
+    assert note.startswith("4 image(s) showed burned-in text that looks like a name, id or date and were not shown")
+    assert note in draft.limitations
+    recorded = json.dumps([*draft.problems, draft.limitations, repr(release)])
+    for secret in ("Kowalczyk", "7730412", "1958", "Agnieszka"):
+        assert secret not in recorded
+
+
+def test_redact_blacks_out_the_words_and_sends_every_image(tmp_path: Path) -> None:
+    release, before, after, uids = screened(tmp_path, "redact")
+    assert uids_shown(after) == uids_shown(before) and len(after.images) == 6
+    assert release.burned_in is not None and release.burned_in.redacted == 4 and release.burned_in.withheld == 0
+    assert release.timings()["burned_in_redacted"] == 4.0
+    for original, sent in zip(before.images, after.images, strict=True):
+        changed = not np.array_equal(original.pixels, sent.pixels)
+        assert changed == (sent.evidence[0].sop_instance_uid != uids[2]) and not sent.pixels.flags.writeable
+        if changed:
+            assert find_burned_in_text(sent.pixels, names=[PATIENT["PatientName"]]).identifying == ()
+    draft = release.annotate(parse_draft("{}", 6), question_dropped=False)
+    assert any(p.startswith("4 image(s) showed burned-in text") and "blacked out" in p for p in draft.problems)
+
+
+def test_off_sends_every_image_unread_and_says_so(tmp_path: Path) -> None:
+    release, before, after, _ = screened(tmp_path, "off")
+    assert after is before
+    assert "ocr_s" not in release.timings() and release.timings()["deidentified"] == 1.0
+    draft = release.annotate(parse_draft("{}", 6), question_dropped=False)
+    assert "burned-in text in the images was not checked before they went to the model server" in draft.problems
+
+
+def test_a_trusted_server_gets_the_images_unread(tmp_path: Path) -> None:
+    release, before, after, _ = screened(tmp_path, "withhold", trusted=True)
+    assert after is before and release.burned_in is None and release.timings() == {}
+
+
+def test_when_every_image_shows_identifying_text_there_is_nothing_to_send(tmp_path: Path) -> None:
+    slices = {0: {(8, 8): "Name: DOE^JANE"}, 1: {(8, 220): "12/03/2024"}}
+    with pytest.raises(NoImages) as caught:
+        screened(tmp_path, "withhold", slices=slices)
+    message = str(caught.value)
+    assert message.startswith("every image prepared for the model (4) was withheld for burned-in text that looks like")
+    assert "looks like a name" in message and "burned_in_text=withhold" in message and "trust boundary" in message
+    assert "DOE" not in message and "2024" not in message
+
+
+def test_an_image_tesseract_cannot_read_is_withheld(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pytesseract  # type: ignore[import-untyped]
+
+    monkeypatch.setattr(pytesseract.pytesseract, "tesseract_cmd", "/nonexistent/tesseract")
+    with pytest.raises(NoImages, match=r"no burned-in text check possible \(tesseract is not installed"):
+        screened(tmp_path, "redact")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="until worker/pipeline.py calls release.screen_study(prepared) (issue 17): then remove this mark",
+)
+def test_a_draft_through_an_untrusted_server_never_sends_burned_in_identifiers(
+    proxy: RecordingProxy, smoke_model_dir: Path, tmp_path: Path
+) -> None:
+    slices = {0: {(8, 8): "Kowalczyk", (8, 40): "MRN 7730412"}, 1: {(230, 120): "L"}}
+    store = tmp_path / "store"
+    files = burned_in_study(store, slices)
+    settings = Settings(data_dir=tmp_path, storage_dir=store, max_new_tokens=4, image_size=256)
+    instances = [
+        InstanceFile(str(p.relative_to(store)), str(pydicom.dcmread(p).SOPInstanceUID), "", "CT", "CHEST")
+        for p in files
+    ]
+    job = ClaimedJob(8, 3, str(pydicom.dcmread(files[0]).StudyInstanceUID), 1, 1, "CT1")
+    backend = OpenAICompatibleBackend(proxy.url, model=str(smoke_model_dir), family="medgemma", max_new_tokens=4)
+    draft = draft_study(settings, job, instances, backend)
+    [sent] = proxy.chat_requests()
+    images = sent_images(sent.json())
+    assert images and {e["sop_instance_uid"] for e in draft.evidence} == {instances[1].sop_instance_uid}
+    for png in images:
+        shown = np.asarray(Image.open(io.BytesIO(png)))
+        assert (
+            find_burned_in_text(shown, names=[PATIENT["PatientName"]], identifiers=[PATIENT["PatientID"]]).kinds == ()
+        )
+    assert draft.timings["burned_in_withheld"] == 2.0 and draft.timings["ocr_s"] > 0  # slice 1 in two windows
+    assert any("burned-in text that looks like a name or id" in p for p in draft.findings["problems"])
+    assert "burned-in text" in draft.findings["limitations"]
