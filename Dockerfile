@@ -28,8 +28,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PACSVLM_DATA_DIR=/var/lib/pacs-vlm
 
 # dcmtk: storescu/echoscu/dsrdump for the administrator's checks inside the container.
+# tesseract-ocr (with its English data): burned-in text in images bound for a model server outside the trust
+# boundary (worker-vllm here; the worker image inherits it).
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends dcmtk \
+    && apt-get install -y --no-install-recommends dcmtk tesseract-ocr tesseract-ocr-eng \
     && rm -rf /var/lib/apt/lists/*
 
 # Hash-checked, no dependency resolution: exactly the versions in uv.lock, then the wheel without deps.
