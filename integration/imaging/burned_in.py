@@ -8,8 +8,9 @@ and :func:`classify` marks those that look like
 
 - a **date**: numeric (``12/03/2024``, ``2024-03-12``, ``1.3.24``), DICOM (``20240312``) or written
   (``12 Mar 2024``, ``12-MAR-2024``, ``March 12, 2024``; English month names);
-- an **id**: a token with four digits or more (an MRN, an accession, a phone number; also a four-digit
-  window value, which errs on the safe side), or one of the study's known identifiers;
+- an **id**: a token with four digits or more (an MRN, an accession, a phone number), unless it is a
+  measurement with its unit (``1500mm``, ``3.5MHz``) or a window setting (``W:1500``); a bare four-digit
+  number errs on the safe side and counts; or one of the study's known identifiers;
 - a **name**: a component of the study's person names (the caller passes the patient's and physicians'
   names from the header; OCR slips of one letter are forgiven in components of five letters or more),
   capitalised words after a ``Name``/``Patient``/``Pt`` label, or a DICOM-like ``SURNAME^GIVEN`` (the
@@ -77,6 +78,12 @@ _NAME_WORDS_AFTER_LABEL = 4
 _CARETS = '\\^\u201c\u201d\u2019"*\u2122~`\u00b0'
 _PERSON_NAME = re.compile(rf"\b[A-Z][A-Za-z'-]+ ?[{_CARETS}] ?[A-Z][A-Za-z'-]+")
 _LETTERS = re.compile(r"[^\W\d_]+")
+#: Numbers with a unit (``1500mm``, ``3.5MHz``) or a window setting (``W:1500``, ``WL=-600``): not ids.
+_MEASUREMENT = re.compile(
+    r"(?:(?:W|L|C|WW|WL|WC)[:=]-?\d+(?:[.,]\d+)?)"
+    r"|(?:-?\d+(?:[.,]\d+)?(?:mm|cm|kv|kvp|mas|ma|hz|khz|mhz|db|fps|ms|cm/s|mm/s|%))",
+    re.IGNORECASE,
+)
 _NAMELIKE = re.compile(rf"^[A-Z][^\W\d_]*(?:['{_CARETS}-][^\W\d_]+)*$")
 _EDGE_PUNCTUATION = " \t,.;:()[]{}<>|!?"
 
@@ -479,11 +486,11 @@ def _is_known_name(text: str, components: set[str]) -> bool:
 
 
 def _looks_like_id(text: str, known: set[str]) -> bool:
-    """Four digits or more, or a known identifier in it."""
-    if sum(ch.isdigit() for ch in text) >= 4:
-        return True
+    """A known identifier in it, or four digits or more that are not a measurement or a window setting."""
     key = _alnum(text)
-    return bool(key) and any(identifier in key for identifier in known)
+    if key and any(identifier in key for identifier in known):
+        return True
+    return sum(ch.isdigit() for ch in text) >= 4 and not _MEASUREMENT.fullmatch(text.strip(_EDGE_PUNCTUATION))
 
 
 def _alnum(text: str) -> str:

@@ -161,6 +161,8 @@ def test_classification_rules() -> None:
     assert [w.kind for w in classify(words[:1])] == [None]  # no header names: no fuzzy match
     assert classify([word("Kowalczyk-Nowak")], names=["KOWALCZYK^A"])[0].kind is name
     assert classify([word("AB12")])[0].kind is None
+    measures = [word(text, 7, 20 * n) for n, text in enumerate(["W:1500", "WL=-600", "1500mm", "12.75MHz", "1500"])]
+    assert [w.kind for w in classify(measures)] == [None, None, None, None, id_]  # a bare number stays an id
 
 
 def test_values_validate_themselves_and_never_show_the_text() -> None:
