@@ -16,7 +16,7 @@ patient's age goes as a band and the sex not at all.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,10 @@ from integration.imaging.selection import ModelImage, NoImages, evidence_entries
 from integration.store.priors import PriorsView, PriorView
 from integration.store.tables import PriorSearchState, PriorState
 from models.prompts import PatientContext, PriorContext, age_in_years, age_text, prior_when, sex_text
-from worker.outbound import deidentify_text
+from worker.outbound import deidentify_text, identifying_pixels
+
+#: What may leave of a prior's images (``OutboundRelease.screen_images``): the burned-in text check.
+Screen = Callable[[Sequence[ModelImage]], list[ModelImage]]
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +133,7 @@ def build_comparison(
     image_budget: int,
     image_size: int | None,
     deidentified: bool,
+    screen: Screen | None = None,
 ) -> Comparison:
     """Turn the recorded priors of a study into what its draft is given.
 
@@ -147,7 +151,10 @@ def build_comparison(
     image_budget : int
         Prior images this draft may carry in all (0: the report text only).
     deidentified : bool
-        The model server is outside the trust boundary.
+        The model server is outside the trust boundary: a prior's instances whose header says its pixels
+        identify the patient are left out, like the current study's (:mod:`worker.outbound`).
+    screen : callable, optional
+        The burned-in text check of the images that may leave (``OutboundRelease.screen_images``); None: none.
     """
     comparison = Comparison(note=_note(view))
     ready = [prior for prior in (view.priors if view is not None else ()) if prior.state is PriorState.READY]
@@ -158,7 +165,11 @@ def build_comparison(
     comparison.note = ""
     per_prior = image_budget // len(ready) if image_budget > 0 else 0
     for prior in ready:
-        images = _prior_images(prior, instance_root, (rule, *rules), per_prior, image_size) if per_prior else []
+        images = (
+            _prior_images(prior, instance_root, (rule, *rules), per_prior, image_size, deidentified, screen)
+            if per_prior
+            else []
+        )
         first = len(comparison.images) + 1
         comparison.images.extend(images)
         comparison.evidence.extend(evidence_entries(images, first, prior.prior_study_uid))
@@ -199,22 +210,27 @@ def _note(view: PriorsView | None) -> str:
 
 
 def _prior_images(
-    prior: PriorView, root: Path, rules: Sequence[RoutingRule], budget: int, image_size: int | None
+    prior: PriorView,
+    root: Path,
+    rules: Sequence[RoutingRule],
+    budget: int,
+    image_size: int | None,
+    deidentified: bool = False,
+    screen: Screen | None = None,
 ) -> list[ModelImage]:
-    """The prior's images chosen like the current study's, relabelled as prior (none when it has no image)."""
-    if not prior.files:
+    """The prior's images chosen like the current study's and screened like them, relabelled as prior (maybe none)."""
+    paths = [root / f.storage_path for f in prior.files]
+    if deidentified:  # what the current study's release withholds, a prior's withholds too
+        paths = [path for path in paths if not identifying_pixels(path)]
+    if not paths:
         return []
     try:
-        prepared = prepare_study(
-            [root / f.storage_path for f in prior.files], rules=rules, max_images=budget, image_size=image_size
-        )
+        prepared = prepare_study(paths, rules=rules, max_images=budget, image_size=image_size)
     except NoImages as exc:
         log.info("prior study %s gives no image for the model: %s", prior.prior_study_uid, exc)
         return []
-    return [
-        ModelImage(image.pixels, image.evidence, image.window, f"prior study, {image.label}")
-        for image in prepared.images
-    ]
+    images = screen(prepared.images) if screen is not None else prepared.images
+    return [ModelImage(image.pixels, image.evidence, image.window, f"prior study, {image.label}") for image in images]
 
 
 def _context(prior: PriorView, current: CurrentHeader, images: int, deidentified: bool) -> PriorContext:

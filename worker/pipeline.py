@@ -94,6 +94,7 @@ def draft_study(
             "withheld: they may not go to a model server outside the trust boundary (DICOM PS3.15 basic profile)",
             exc.skipped,
         ) from exc
+    prepared = release.screen_study(prepared)  # burned-in text, for a server outside the trust boundary
     started = time.perf_counter()
     current = read_current_header(settings.instance_root / release.files[0].storage_path)
     comparison = build_comparison(
@@ -105,6 +106,7 @@ def draft_study(
         image_budget=prior_budget,
         image_size=settings.image_size,
         deidentified=release.deidentified,
+        screen=release.screen_images,
     )
     template = named or select_template(prepared.modality, prepared.body_part)
     question = clinical_question if clinical_question is not None else prepared.clinical_question

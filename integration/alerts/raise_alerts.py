@@ -15,6 +15,7 @@ study page); the audit event says that no contact was notified.
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timedelta
 
 from sqlalchemy import select
 
@@ -22,12 +23,15 @@ from integration.alerts.escalation import ack_deadline, contact_chain, send_noti
 from integration.config import Settings
 from integration.findings import Document
 from integration.store.alert_tables import CriticalAlert
-from integration.store.alerts import add_notification, open_alert, set_due
+from integration.store.alerts import add_notification, drafts_without_alert, open_alert, set_due
 from integration.store.audit import add_event
 from integration.store.session import session_scope
 from integration.store.tables import Report, Site, Study, utcnow
 
 log = logging.getLogger(__name__)
+
+#: How far back the reconciler looks for drafts whose critical-finding alert was never opened.
+MISSING_ALERT_LOOKBACK = timedelta(days=2)
 
 
 def open_critical_alerts(settings: Settings, report_id: int) -> int | None:
@@ -91,3 +95,17 @@ def open_critical_alerts(settings: Settings, report_id: int) -> int | None:
     elif notification_id is not None:
         send_notifications(settings, [notification_id])
     return alert_id
+
+
+def open_missing_alerts(settings: Settings, now: datetime | None = None) -> int:
+    """Open the alerts the analysis task could not (the database went away after the draft): the reconciler's pass.
+
+    Returns the number of alerts opened.
+    """
+    with session_scope(settings.database_url) as session:
+        missing = drafts_without_alert(session, (now or utcnow()) - MISSING_ALERT_LOOKBACK)
+    opened = 0
+    for report_id in missing:
+        log.warning("draft report %d: its critical-finding alert is opened by the reconciler", report_id)
+        opened += open_critical_alerts(settings, report_id) is not None
+    return opened

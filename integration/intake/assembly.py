@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from sqlalchemy.exc import SQLAlchemyError
 
 from integration.alerts.escalation import escalate_due_alerts
+from integration.alerts.raise_alerts import open_missing_alerts
 from integration.config import Settings
 from integration.intake.study_attributes import record_study_attributes
 from integration.queue import broker_identity, send_analyze_study, send_deliver
@@ -145,6 +146,7 @@ class StudyAssembler:
             if item.send_count:
                 log.info("analysis job %d re-sent (send %d)", item.job_id, item.send_count + 1)
         result.deliveries_resent = self._resend_deliveries(everything)
+        open_missing_alerts(self.settings)  # a draft whose alert the worker could not open
         result.alerts_escalated = escalate_due_alerts(self.settings).escalated  # and lost notifications re-sent
         return result
 

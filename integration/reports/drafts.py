@@ -372,14 +372,18 @@ def prepare_signature(
         previous = [r for r in report_revisions(session, report_id) if r.status == "signed" and r.sr_sop_instance_uid]
         version = next_version(session, report_id)
     before = Document.read(previous[-1].findings if previous else report.findings)
-    content = replace(  # the priors compared with and the prior note stay the draft's
+    content = replace(  # the priors compared with and the prior note stay the draft's; the model's safety data do not
         before,
-        findings=before.findings if edited is None else edited,
+        findings=tuple(finding.bare for finding in (before.findings if edited is None else edited)),
         impression=before.impression if impression is None else impression,
         limitations=before.limitations if limitations is None else limitations,
         comparison=before.comparison if comparison is None else comparison,
         structured=True,
         problems=(),
+        checks=(),
+        critical=(),
+        decoding="",
+        confidence_method="",
     )
     predecessor = Dataset()
     predecessor.SOPClassUID = ComprehensiveSRStorage

@@ -320,6 +320,22 @@ def acknowledge_alert(
     return Acknowledgement(alert, newly=True)
 
 
+def drafts_without_alert(session: Session, since: datetime, limit: int = 200) -> list[int]:
+    """Drafts recorded since ``since`` whose findings name critical matches but that have no alert (oldest first).
+
+    The analysis task opens a draft's alert right after recording it; this finds the drafts whose alert could not
+    be opened then (the database went away in between), so the reconciler opens it.
+    """
+    rows = session.execute(
+        select(Report.id, Report.findings)
+        .outerjoin(CriticalAlert, CriticalAlert.report_id == Report.id)
+        .where(Report.status == ReportStatus.DRAFT, Report.created_at >= since, CriticalAlert.id.is_(None))
+        .order_by(Report.id)
+        .limit(limit)
+    )
+    return [int(report_id) for report_id, findings in rows if isinstance(findings, dict) and findings.get("critical")]
+
+
 def due_alerts(session: Session, now: datetime, limit: int = 100) -> list[tuple[CriticalAlert, str | None]]:
     """Return open alerts whose contact did not acknowledge in time, with their study's site code (rows locked).
 

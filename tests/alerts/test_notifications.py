@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import select, update
 
 from integration.alerts.escalation import escalate_due_alerts
-from integration.alerts.raise_alerts import open_critical_alerts
+from integration.alerts.raise_alerts import open_critical_alerts, open_missing_alerts
 from integration.config import Settings
 from integration.queue import NOTIFY_ALERT
 from integration.store.alert_tables import AlertNotification, AlertState, CriticalAlert, NotificationState
@@ -213,6 +213,24 @@ def test_a_draft_without_critical_findings_raises_nothing(migrated_postgres_url:
     with session_scope(url) as session:
         assert session.scalars(select(CriticalAlert)).all() == []
         assert session.scalars(select(Study.priority)).all() == ["routine"]
+
+
+def test_the_reconciler_opens_the_alert_the_worker_could_not(migrated_postgres_url: str, tmp_path: Path) -> None:
+    # The worker recorded the draft, then lost the database before opening its alert: the reconciler's pass opens it.
+    url = migrated_postgres_url
+    add_sites(url)
+    settings = Settings(data_dir=tmp_path / "data", database_url=url)
+    report_id = critical_draft(settings, tmp_path / "north", "NORTH")
+    quiet = critical_draft(settings, tmp_path / "south", "SOUTH", critical=[])
+    with session_scope(url) as session:
+        recorded = session.scalars(select(Report.created_at).where(Report.id == report_id)).one()
+    assert open_missing_alerts(settings, recorded + timedelta(days=3)) == 0  # older than the look-back: left alone
+    assert open_missing_alerts(settings, recorded + timedelta(minutes=1)) == 1
+    assert open_missing_alerts(settings, recorded + timedelta(minutes=2)) == 0  # once
+    with session_scope(url) as session:
+        assert session.scalars(select(CriticalAlert.report_id)).all() == [report_id]
+        assert quiet not in session.scalars(select(CriticalAlert.report_id)).all()
+        assert sorted(session.scalars(select(Study.priority)).all()) == ["routine", "stat"]
 
 
 def test_a_study_no_contact_covers_is_stat_and_waits_on_the_worklist(

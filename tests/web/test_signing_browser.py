@@ -5,7 +5,8 @@ adds its own study (real DICOM files through the listener's intake, completed by
 drafts recorded as the worker records them, and signs in with a fresh browser context.  Each test does what
 a person would try: press Sign at once, sign a second opinion, sign as an administrator, type and then
 press another button, leave with unsaved text, look for the clinical question, the stated side and the
-patient, see a low confidence score, and dismiss a consistency check with one key before signing.  The server's answers are checked too (a script sending the request the page would not offer).
+patient, see a low confidence score, and dismiss a consistency check with one key before signing.  The
+server's answers are checked too (a script sending the request the page would not offer).
 """
 
 from __future__ import annotations

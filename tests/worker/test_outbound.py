@@ -352,10 +352,6 @@ def test_an_image_tesseract_cannot_read_is_withheld(tmp_path: Path, monkeypatch:
         screened(tmp_path, "redact")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="until worker/pipeline.py calls release.screen_study(prepared) (issue 17): then remove this mark",
-)
 def test_a_draft_through_an_untrusted_server_never_sends_burned_in_identifiers(
     proxy: RecordingProxy, smoke_model_dir: Path, tmp_path: Path
 ) -> None:
