@@ -281,7 +281,11 @@ class TransformersBackend:
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         """Answer a batch of requests in one ``generate`` call (greedy, left-padded); one result per request, in order.
 
-        Each request has its own images and token limit.
+        Each request has its own images and token limit.  A request with a ``response_schema`` is decoded under
+        that schema's grammar (:mod:`models.constrained`, per row: the others stay free) and says
+        ``Decoding.GRAMMAR``.  Every result carries its tokens' log-probabilities, read from the raw logits
+        (before the grammar's mask: the model's own), with texts that join to the answer
+        (:mod:`models.token_logprobs`); the stop token has none.
 
         Raises
         ------
@@ -346,13 +350,18 @@ class TransformersBackend:
         generated = chosen.tolist()
         seconds = time.perf_counter() - started
 
+        broken = grammar[0].broken_rows if grammar is not None else set()  # never expected: a refused token
+        if broken:
+            logger.warning(
+                "the grammar refused a generated token in rows %s; they are recorded as free", sorted(broken)
+            )
         results = []
         rows = zip(requests, limits, generated, tokens_in, logprobs, strict=True)
-        for request, limit, row, count_in, row_logprobs in rows:
+        for index, (request, limit, row, count_in, row_logprobs) in enumerate(rows):
             tokens = _until_stop(row[:limit], loaded.stop_token_ids)
             answer = tokens[:-1] if tokens and tokens[-1] in loaded.stop_token_ids else tokens
             text = tokenizer.decode(answer, skip_special_tokens=True)
-            bound = request.response_schema is not None
+            bound = request.response_schema is not None and index not in broken
             results.append(
                 GenerationResult(
                     request_id=request.request_id,
@@ -376,7 +385,9 @@ def _schema_processor(loaded: _LoadedModel, requests: Sequence[GenerationRequest
     from models.constrained import SchemaLogitsProcessor, compile_schema
 
     tokenizer = loaded.processor.tokenizer
-    vocab_size = int(loaded.model.get_output_embeddings().weight.shape[0])
+    head = loaded.model.get_output_embeddings()
+    weight = getattr(head, "weight", None)  # the logits' width, padding included
+    vocab_size = int(weight.shape[0]) if weight is not None else int(loaded.model.config.get_text_config().vocab_size)
     grammars = [
         compile_schema(tokenizer, schema, vocab_size=vocab_size, stop_token_ids=loaded.stop_token_ids)
         if (schema := request.response_schema) is not None
