@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
 from fastapi.responses import RedirectResponse
+from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -76,6 +77,37 @@ def _with_notifications(session: Session, rows: list[tuple[CriticalAlert, str, s
     return answer
 
 
+class AlertNotificationView(BaseModel):
+    """One notification of an alert: to whom, how, and where it stands."""
+
+    id: int
+    contact: str
+    channel: str
+    level: int
+    state: str
+    attempts: int
+    sent_at: str | None
+
+
+class AlertView(BaseModel):
+    """A critical-finding alert as the API shows it (no patient data)."""
+
+    id: int
+    report_id: int
+    study_uid: str
+    site: str | None
+    codes: list[str]
+    labels: list[str]
+    state: str
+    level: int
+    raised_at: str
+    due_at: str | None
+    acknowledged_by: str | None
+    acknowledged_at: str | None
+    closed_reason: str | None
+    notifications: list[AlertNotificationView]
+
+
 def study_alerts(session: Session, study_id: int) -> list[dict[str, Any]]:
     """Return a study's alerts for its page's banner (the caller checked the user may see the study), open first."""
     rows = [
@@ -114,7 +146,7 @@ def alerts_router() -> APIRouter:
     router = APIRouter(tags=["critical alerts"])
     csrf = [Depends(require_csrf)]
 
-    @router.get("/api/alerts", summary="Critical-finding alerts")
+    @router.get("/api/alerts", summary="Critical-finding alerts", response_model=list[AlertView])
     def list_alerts(
         session: DbSession,
         user: Reviewer,
@@ -130,6 +162,7 @@ def alerts_router() -> APIRouter:
         summary="Acknowledge a critical-finding alert",
         dependencies=csrf,
         responses={404: {}, 409: {"description": "closed without an acknowledgement"}},
+        response_model=AlertView,
     )
     def acknowledge_api(alert_id: AlertId, request: Request, session: DbSession, user: Reviewer) -> dict[str, Any]:
         """Record that the signed-in user acknowledged the alert (who and when; audited); idempotent."""
