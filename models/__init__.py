@@ -7,6 +7,8 @@
 - ``transformers_backend``: the in-process backend (transformers, lazily loaded, batched, greedy).
 - ``smoke`` and ``smoke_vocabulary``: tiny randomly initialised checkpoints for tests and the demo.
 - ``prompts`` and ``draft``: what the model is asked, and parsing what it answers.
+- ``draft_schema``, ``constrained``, ``token_logprobs`` and ``confidence``: the draft's JSON schema, decoding
+  bound to it in process (xgrammar), the answer's token log-probabilities and texts, per-finding confidence.
 
 Importing any of these imports neither torch nor transformers; the backends and the smoke-model
 builder import them when they first load or build a model.

@@ -23,7 +23,7 @@ from models.confidence import finding_confidences
 from models.constrained import SchemaLogitsProcessor, compile_schema
 from models.draft import parse_draft
 from models.draft_schema import DRAFT_SCHEMA
-from models.token_logprobs import token_texts
+from models.token_logprobs import answer_logprobs, raw_logprobs, token_texts
 from models.transformers_backend import TransformersBackend
 from tests.models.samples import radiograph
 
@@ -181,3 +181,20 @@ def test_token_texts_join_to_the_decoded_text_across_split_characters(
     assert "" in pieces  # the smoke vocabulary has no token for 肺 or 🫁: their bytes come in several tokens
     assert not any("\ufffd" in piece for piece in pieces)
     assert token_texts(tokenizer, []) == []
+
+
+def test_answer_logprobs_say_nothing_rather_than_something_wrong(
+    smoke_backend: Callable[[str], TransformersBackend],
+) -> None:
+    backend = smoke_backend("llava")
+    backend.load()
+    tokenizer = backend._loaded.processor.tokenizer  # type: ignore[union-attr]
+    ids = tokenizer("no effusion", add_special_tokens=False)["input_ids"]
+    told = answer_logprobs(tokenizer, ids, [-0.5] * len(ids))
+    assert "".join(token.text for token in told) == "no effusion" and {t.logprob for t in told} == {-0.5}
+    assert answer_logprobs(tokenizer, ids, [float("nan")] * len(ids)) == ()  # an overflowed model
+    assert answer_logprobs(tokenizer, ids, [-0.5] * (len(ids) - 1)) == ()  # fewer values than tokens
+    assert answer_logprobs(tokenizer, [], []) == ()
+    logits = [torch.tensor([[0.0, math.log(3.0)]]), torch.tensor([[5.0, 5.0]])]
+    [[first, second]] = raw_logprobs(logits, torch.tensor([[1, 0]]))
+    assert first == pytest.approx(math.log(0.75)) and second == pytest.approx(math.log(0.5))
