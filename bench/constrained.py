@@ -241,7 +241,7 @@ def stage(args: argparse.Namespace, folder: Path) -> Path:
 
         device = torch.device(args.device if args.device != "auto" else "cuda")
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        return Path(stage_llava(folder / args.arch, False, device, dtype))
+        return Path(stage_llava(folder / args.arch, args.toy, device, dtype))
     from models.smoke import build_smoke_model
 
     return build_smoke_model("llava", folder / "llava")
@@ -254,6 +254,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds per engine, median kept (default 5)")
     parser.add_argument("--model", help="a staged checkpoint directory (default: the tiny random LLaVA)")
     parser.add_argument("--arch", choices=("llava-1.5-7b",), help="real-size architecture, random weights")
+    parser.add_argument(
+        "--toy", action="store_true", help="with --arch: toy sizes (its logits are wider than the tokenizer: padding)"
+    )
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: a tiny model's step)")
     args = parser.parse_args()

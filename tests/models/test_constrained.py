@@ -198,3 +198,22 @@ def test_answer_logprobs_say_nothing_rather_than_something_wrong(
     logits = [torch.tensor([[0.0, math.log(3.0)]]), torch.tensor([[5.0, 5.0]])]
     [[first, second]] = raw_logprobs(logits, torch.tensor([[1, 0]]))
     assert first == pytest.approx(math.log(0.75)) and second == pytest.approx(math.log(0.5))
+
+
+def test_the_mask_allows_only_what_the_schema_allows_never_padding_and_leaves_raw_logits_alone(
+    smoke_backend: Callable[[str], TransformersBackend],
+) -> None:
+    backend = smoke_backend("llava")
+    backend.load()
+    tokenizer = backend._loaded.processor.tokenizer  # type: ignore[union-attr]
+    assert len(tokenizer) == 768  # the model's logits may be wider (padded embeddings): here 800
+    grammar = compile_schema(tokenizer, DRAFT_SCHEMA, vocab_size=800, stop_token_ids={2})
+    scores = torch.zeros((2, 800))
+
+    masked = SchemaLogitsProcessor([grammar, None])(torch.zeros((2, 3), dtype=torch.long), scores)
+
+    assert torch.equal(scores, torch.zeros((2, 800)))  # transformers keeps this tensor as the raw logits
+    assert not torch.isinf(masked[1]).any()  # the free row
+    allowed = (~torch.isinf(masked[0])).nonzero().flatten().tolist()
+    assert allowed and max(allowed) < 768 and 2 not in allowed  # no padding id, no stop before the JSON
+    assert all(tokenizer.decode([token]).startswith("{") for token in allowed)
