@@ -116,7 +116,7 @@ def compile_schema(
 
 
 def _mask_backend(device_type: str) -> Literal["cpu", "triton", "torch_native"]:
-    """The xgrammar kernel for logits on this device (triton is not installed: torch's own ops on a GPU)."""
+    """The xgrammar kernel for logits on this device: triton on a GPU where it is installed, else torch's own ops."""
     if device_type == "cpu":
         return "cpu"
     if device_type == "cuda" and importlib.util.find_spec("triton") is not None:
