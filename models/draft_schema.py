@@ -75,5 +75,5 @@ DRAFT_SCHEMA: dict[str, Any] = {
 
 
 def draft_schema_json() -> str:
-    """The schema as compact JSON text (what a grammar engine compiles and a server receives)."""
-    return json.dumps(DRAFT_SCHEMA, separators=(",", ":"), sort_keys=True)
+    """The schema as compact JSON text, keys in declared order (findings first, a finding's text first)."""
+    return json.dumps(DRAFT_SCHEMA, separators=(",", ":"))  # in declared order: a grammar makes the model write it so
