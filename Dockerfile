@@ -35,10 +35,11 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 
 # Hash-checked, no dependency resolution: exactly the versions in uv.lock, then the wheel without deps.
+# pip check, less the one conflict the lock overrides on purpose (medspacy's spacy<3.8 on Python 3.11: pyproject.toml).
 COPY --from=build /dist /tmp/dist
 RUN pip install --require-hashes --no-deps -r /tmp/dist/edge.txt \
     && pip install --no-deps /tmp/dist/pacs_vlm-*.whl \
-    && pip check
+    && ! (pip check || true) | grep -v "but you have spacy " | grep .
 
 RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/pacs-vlm --no-create-home pacsvlm \
     && mkdir -p /var/lib/pacs-vlm \
@@ -56,6 +57,6 @@ CMD ["--help"]
 FROM edge AS worker
 USER root
 RUN pip install --require-hashes --no-deps -r /tmp/dist/worker.txt \
-    && pip check \
+    && ! (pip check || true) | grep -v "but you have spacy " | grep . \
     && rm -rf /tmp/dist
 USER pacsvlm

@@ -225,7 +225,7 @@ def main() -> None:
         task = progress.add_task("writing studies", total=None)
         ct = write_ct_series(root / "ct", args.slices)
         dx = write_radiographs(root / "dx")
-        progress.update(task, description="building the critical-finding matcher (a worker does it at start)")
+        progress.update(task, description="building the critical-finding matcher (once per worker process)")
         prepare_critical_matcher()
         url = database_url(Path(scratch))
         try:

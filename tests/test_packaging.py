@@ -9,8 +9,10 @@ requirements (hash-checked, no resolution) and then the wheel without dependenci
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,8 +67,20 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
     pip = str(venv / "bin" / "pip")
     checked(site.run(pip, "install", "--quiet", "--require-hashes", "--no-deps", "-r", str(requirements), timeout=900))
     checked(site.run(pip, "install", "--quiet", "--no-deps", str(wheel)))
-    checked(site.run(pip, "check"))
+    assert unexplained_conflicts(site.run(pip, "check")) == []
     yield site
+
+
+def unexplained_conflicts(result: subprocess.CompletedProcess[str]) -> list[str]:
+    """``pip check``'s complaints, less those the lock's ``override-dependencies`` explain (pyproject says why)."""
+    overrides = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["uv"].get("override-dependencies", [])
+    overridden = {re.split(r"[\s<>=!~;\[]", spec, maxsplit=1)[0].lower() for spec in overrides}
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    return [
+        line
+        for line in lines
+        if not (match := re.search(r"but you have (\S+) ", line)) or match.group(1).lower() not in overridden
+    ]
 
 
 def test_the_wheel_installs_as_package_files_not_a_link_to_the_checkout(installed: Installed) -> None:

@@ -29,7 +29,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_init, worker_shutdown
+from celery.signals import worker_shutdown
 
 from integration.config import Settings
 from integration.queue import broker_options
@@ -74,27 +74,7 @@ def configure(settings: Settings) -> Celery:
         enable_utc=True,
     )
     worker_shutdown.connect(_drain_batchers, weak=False, dispatch_uid="pacs-vlm-drain-batchers")
-    worker_process_init.connect(_warm_critical_matcher, weak=False, dispatch_uid="pacs-vlm-warm-critical-matcher")
     return app
-
-
-def _warm_critical_matcher(**_: Any) -> None:
-    """Build the critical-finding matcher (medspaCy, seconds) in a thread, so the first stat draft does not wait for it.
-
-    A thread, not here: ``worker_process_init`` must return within seconds (the model is never loaded there either).
-    """
-    import threading
-
-    from integration.config import get_settings
-    from integration.safety.critical import prepare
-
-    def warm() -> None:
-        try:
-            prepare(get_settings().critical_categories)
-        except Exception:  # the first draft builds it then, and says why if it cannot
-            return
-
-    threading.Thread(target=warm, name="critical-matcher-warm-up", daemon=True).start()
 
 
 def _drain_batchers(**_: Any) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -38,6 +39,9 @@ from integration.store.session import session_scope
 from integration.store.tables import AnalysisJob, utcnow
 
 log = logging.getLogger(__name__)
+
+#: Seconds between the reconciler's alert passes (missing alerts, escalation, lost notifications).
+ALERT_PASS_SECONDS = 5.0
 
 #: A job running this long past the hard time limit lost its worker (the limit would have ended it).
 LOST_WORKER_MARGIN_SECONDS = 120.0
@@ -87,6 +91,7 @@ class StudyAssembler:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self._alerts_after = 0.0  # monotonic time of the next alert pass
 
     def run_once(self) -> PassResult:
         """Run one pass: complete stable studies, then (re)send what needs sending.
@@ -146,8 +151,10 @@ class StudyAssembler:
             if item.send_count:
                 log.info("analysis job %d re-sent (send %d)", item.job_id, item.send_count + 1)
         result.deliveries_resent = self._resend_deliveries(everything)
-        open_missing_alerts(self.settings)  # a draft whose alert the worker could not open
-        result.alerts_escalated = escalate_due_alerts(self.settings).escalated  # and lost notifications re-sent
+        if time.monotonic() >= self._alerts_after:  # every few seconds, not every pass: minutes are what matter
+            self._alerts_after = time.monotonic() + ALERT_PASS_SECONDS
+            open_missing_alerts(self.settings)  # a draft whose alert the worker could not open
+            result.alerts_escalated = escalate_due_alerts(self.settings).escalated  # and lost notifications re-sent
         return result
 
     def _record_attributes(self, job_ids: list[int]) -> None:

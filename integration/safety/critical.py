@@ -289,7 +289,9 @@ def match_critical(
     categories = DEFAULT_CATEGORIES if categories is None else tuple(categories)
     labels = {category.code: category.label for category in categories}
     texts = [finding.text for finding in document.findings] + [document.impression]
-    needed = any(text.strip() for text in texts) and bool(categories)
+    # medspaCy (seconds to build per process) only runs when some text names a term at all: its rules are
+    # literal phrases matched case-insensitively, so a text without any of them as a substring matches nothing.
+    needed = bool(categories) and _names_a_term(texts, categories)
     found = _matches(texts, categories) if needed else [[] for _ in texts]
     matches: list[CriticalMatch] = []
     for number, (finding, phrases) in enumerate(zip((*document.findings, None), found, strict=True), start=1):
@@ -300,6 +302,18 @@ def match_critical(
         if urgent and not phrases:
             matches.append(CriticalMatch(number, MODEL_CODE, MODEL_LABEL, "urgency", ""))
     return tuple(matches)
+
+
+def _names_a_term(texts: Sequence[str], categories: Sequence[CriticalCategory]) -> bool:
+    """Whether any text holds any spelling of any term (lower case, white space as one space)."""
+    lowered = [" ".join(text.lower().split()) for text in texts]
+    return any(
+        spelling in text
+        for category in categories
+        for term in category.terms
+        for spelling in spellings(term)
+        for text in lowered
+    )
 
 
 def prepare(categories: Sequence[CriticalCategory] | None = None) -> None:
