@@ -21,6 +21,7 @@ from integration.imaging.routing import RoutingRule
 from integration.order_senders import OrderSender, check_sender_keys
 from integration.prior_sources import PriorSource, unique_source_names
 from integration.safety_settings import AlertContact, CriticalCategory, unique_category_codes, unique_contact_names
+from integration.viewer_links import ViewerLink
 
 _AE_TITLE = re.compile(r"^[\x20-\x7e]{1,16}$")
 #: Names of configured models (``PACSVLM_MODELS`` keys), as stored in ``analysis_jobs.model_name``.
@@ -247,6 +248,12 @@ class Settings(BaseSettings):
     burned_in_text: Literal["withhold", "redact", "off"] = "withhold"
     #: Tesseract languages for that OCR (``eng``, ``eng+deu``).
     ocr_languages: Annotated[str, Field(pattern=r"^[a-z_]{3,16}(\+[a-z_]{3,16}){0,4}$")] = "eng"
+    #: The hospital's image viewers, linked from the worklist and study page (see integration/viewer_links.py).
+    viewers: list[ViewerLink] = Field(default_factory=list)
+    #: Origins (``https://ohif.hospital.example``) whose pages may call ``/dicomweb`` (CORS); none by default.
+    dicomweb_cors_origins: list[Annotated[str, Field(pattern=r"^https?://[^\s/?#]+$")]] = Field(default_factory=list)
+    #: Hours a viewer's DICOMweb bearer token lives (``POST /api/viewer-token``).
+    viewer_token_hours: Annotated[float, Field(gt=0, le=24)] = 8.0
 
     @field_validator("ae_title")
     @classmethod

@@ -540,6 +540,8 @@ class UserSession(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    #: ``session`` (a browser's cookie) or ``dicomweb`` (a viewer's bearer token: DICOMweb reads only).
+    scope: Mapped[str] = mapped_column(String(16), default="session", server_default="session")
 
     user: Mapped[User] = relationship()
 

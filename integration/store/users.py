@@ -211,28 +211,39 @@ def authenticate(session: Session, username: str, password: str) -> User | None:
     return user
 
 
-def create_session(session: Session, user: User, ttl: timedelta) -> str:
-    """Open a sign-in session lasting ``ttl`` and return the raw token for the cookie (never stored)."""
+#: A browser's sign-in session (the cookie).
+SESSION_SCOPE = "session"
+#: A viewer's bearer token: DICOMweb reads only, never a cookie.
+DICOMWEB_SCOPE = "dicomweb"
+
+
+def create_session(session: Session, user: User, ttl: timedelta, *, scope: str = SESSION_SCOPE) -> str:
+    """Open a session of ``scope`` lasting ``ttl`` and return the raw token (only its hash is stored)."""
     token = secrets.token_urlsafe(TOKEN_BYTES)
     now = utcnow()
     session.add(
         UserSession(
-            token_hash=hash_token(token), user_id=user.id, created_at=now, expires_at=now + ttl, last_seen_at=now
+            token_hash=hash_token(token),
+            user_id=user.id,
+            created_at=now,
+            expires_at=now + ttl,
+            last_seen_at=now,
+            scope=scope,
         )
     )
     return token
 
 
-def user_for_token(session: Session, token: str) -> User | None:
-    """Return the user of a live session and note that it was seen (the caller's scope commits).
+def user_for_token(session: Session, token: str, *, scope: str = SESSION_SCOPE) -> User | None:
+    """Return the user of a live session of ``scope`` and note that it was seen (the caller's scope commits).
 
-    None when the token is unknown, the session expired or the user is inactive.
+    None when the token is unknown or of another scope, the session expired or the user is inactive.
     """
     now = utcnow()
     found = session.execute(
         select(UserSession, User)
         .join(User, UserSession.user_id == User.id)
-        .where(UserSession.token_hash == hash_token(token))
+        .where(UserSession.token_hash == hash_token(token), UserSession.scope == scope)
     ).first()
     if found is None:
         return None

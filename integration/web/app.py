@@ -32,6 +32,7 @@ from integration.web.api.orders import orders_router
 from integration.web.api.review import review_router
 from integration.web.api.studies import studies_router
 from integration.web.api.upload import upload_router
+from integration.web.dicomweb.read import dicomweb_read_router
 from integration.web.dicomweb.stow import stow_router
 from integration.web.ops.health import health_router
 from integration.web.ops.metrics import metrics_router
@@ -89,6 +90,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(alerts_router())
     app.include_router(audit_router())
     app.include_router(stow_router())
+    app.include_router(dicomweb_read_router())
     app.include_router(upload_router())
     app.include_router(orders_router())
     app.include_router(pages_router())

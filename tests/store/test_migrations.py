@@ -25,6 +25,7 @@ TABLES = {
     "review_outcomes",
     "report_revisions",
     "deliveries",
+    "report_objects",
     "sites",
     "users",
     "user_sessions",
@@ -108,6 +109,7 @@ def test_check_constraints_and_indexes_match_the_tables(database_url: str) -> No
             "ck_study_priors_prior_state",
             "ck_critical_alerts_alert_state",
             "ck_alert_notifications_notification_state",
+            "ck_report_objects_report_object_kind",
         }
         with engine.connect() as connection, pytest.raises(IntegrityError):
             connection.execute(
