@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from tests.support.model_server import TransformersServe
 from tests.support.peers import ListenerProcess, WorkerProcess
 from tests.support.services import Postgres, RedisServer, machine_redis, start_postgres
 
@@ -99,6 +100,17 @@ def smoke_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from models.smoke import build_smoke_model
 
     return build_smoke_model("llava", tmp_path_factory.mktemp("smoke-llava") / "model")
+
+
+@pytest.fixture(scope="session")
+def smoke_model_server(smoke_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TransformersServe]:
+    """``transformers serve`` on the tiny LLaVA, one per test session (a start costs the better part of a minute).
+
+    Tests may stop and start it again (the restart test does); they leave it running.
+    """
+    serve = TransformersServe(smoke_model_dir, tmp_path_factory.mktemp("serve")).start()
+    yield serve
+    serve.stop()
 
 
 @pytest.fixture(scope="session")

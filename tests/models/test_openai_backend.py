@@ -36,11 +36,10 @@ from tests.support.model_server import RecordingProxy, TransformersServe
 from tests.support.peers import wait_until
 
 
-@pytest.fixture(scope="module")
-def server(smoke_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TransformersServe]:
-    serve = TransformersServe(smoke_model_dir, tmp_path_factory.mktemp("serve")).start()
-    yield serve
-    serve.stop()
+@pytest.fixture
+def server(smoke_model_server: TransformersServe) -> TransformersServe:
+    """The session's ``transformers serve`` (tests/conftest.py)."""
+    return smoke_model_server
 
 
 @pytest.fixture

@@ -328,19 +328,19 @@ def test_the_worker_passes_the_schema_setting() -> None:
     assert served_backend_options(Settings(model_server_url="http://vllm:8000"))["schema_mode"] == "auto"
 
 
-def test_transformers_serve_takes_the_fields_and_the_path_is_recorded(smoke_model_dir: Path, tmp_path: Path) -> None:
+def test_transformers_serve_takes_the_fields_and_the_path_is_recorded(
+    smoke_model_dir: Path, smoke_model_server: TransformersServe
+) -> None:
     """The real ``transformers serve`` (tiny LLaVA, CPU): which path it takes, and that the result says so."""
     from transformers.cli.serving.chat_completion import UNUSED_CHAT_COMPLETION_FIELDS
 
-    server = TransformersServe(smoke_model_dir, tmp_path / "serve").start()
-    proxy = RecordingProxy(server.url)
+    proxy = RecordingProxy(smoke_model_server.url)
     try:
         backend = OpenAICompatibleBackend(proxy.url, model=str(smoke_model_dir), family="llava", max_new_tokens=12)
         [first] = backend.generate([request(1)])
         [second] = backend.generate([request(2)])
     finally:
         proxy.close()
-        server.stop()
     sent = proxy.chat_requests()
     assert all(record.status == 200 for record in sent)  # neither field is refused
     assert sent[0].json()["response_format"] == response_format(DRAFT_SCHEMA) and sent[0].json()["logprobs"] is True

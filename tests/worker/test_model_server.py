@@ -21,12 +21,10 @@ from tests.worker.test_worker import run_worker_command
 
 
 @pytest.fixture
-def proxy(smoke_model_dir: Path, tmp_path: Path) -> Iterator[RecordingProxy]:
-    server = TransformersServe(smoke_model_dir, tmp_path / "serve").start()
-    recording = RecordingProxy(server.url)
+def proxy(smoke_model_server: TransformersServe) -> Iterator[RecordingProxy]:
+    recording = RecordingProxy(smoke_model_server.url)
     yield recording
     recording.close()
-    server.stop()
 
 
 def test_a_worker_drafts_a_study_through_the_model_server(

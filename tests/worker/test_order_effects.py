@@ -121,11 +121,10 @@ def test_a_stat_order_goes_to_the_stat_queue_and_its_indication_into_the_prompt(
     assert INDICATION not in listener.log()  # patient data stays out of the log
 
 
-@pytest.fixture(scope="module")
-def server(smoke_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TransformersServe]:
-    serve = TransformersServe(smoke_model_dir, tmp_path_factory.mktemp("serve")).start()
-    yield serve
-    serve.stop()
+@pytest.fixture
+def server(smoke_model_server: TransformersServe) -> TransformersServe:
+    """The session's ``transformers serve`` (tests/conftest.py)."""
+    return smoke_model_server
 
 
 def test_an_untrusted_model_server_never_gets_the_indication(
