@@ -49,7 +49,8 @@ class ReportObject(Base):
     __table_args__ = (UniqueConstraint("subject", "kind", name="uq_report_objects_subject_kind"),)
 
 
-#: Series numbers of our own objects (the TID 2000 SRs use 9901 for drafts and 9902 for signed versions).
-MEASUREMENT_DRAFT_SERIES_NUMBER = 9903
-KEY_IMAGES_SERIES_NUMBER = 9904
-MEASUREMENT_SIGNED_SERIES_NUMBER = 9905
+#: Series numbers of our own objects (the TID 2000 SRs use 9901 for drafts and 9902 for signed versions, the
+#: IOCM rejection note of a withdrawn draft 9903).
+MEASUREMENT_DRAFT_SERIES_NUMBER = 9905
+KEY_IMAGES_SERIES_NUMBER = 9906
+MEASUREMENT_SIGNED_SERIES_NUMBER = 9907
