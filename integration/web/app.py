@@ -1,8 +1,9 @@
 """The FastAPI application of ``pacs-vlm api``, built from settings (nothing happens at import time).
 
 Operations: ``GET /health`` and ``GET /metrics``.  Review: ``POST /api/login``, ``POST /api/logout`` and the
-worklist under ``/api/studies``.  The review pages, STOW-RS intake and FHIR orders (``/fhir/ServiceRequest``)
-add their routers here.  In front of
+worklist under ``/api/studies``.  The review pages, DICOMweb (STOW-RS, QIDO-RS, WADO-RS; a viewer's token from
+``POST /api/viewer-token``; CORS for configured viewer origins, outermost) and FHIR orders
+(``/fhir/ServiceRequest``) add their routers here.  In front of
 every route: the answer headers and the operations gate (:mod:`integration.web.security.guards`) and the body
 limit (:mod:`integration.web.security.limits`); HTTP refusals worth tracing are audited
 (:mod:`integration.web.security.refusals`) and a database outage answers 503.
@@ -32,6 +33,8 @@ from integration.web.api.orders import orders_router
 from integration.web.api.review import review_router
 from integration.web.api.studies import studies_router
 from integration.web.api.upload import upload_router
+from integration.web.api.viewer_token import viewer_token_router
+from integration.web.dicomweb.cors import DicomwebCors
 from integration.web.dicomweb.read import dicomweb_read_router
 from integration.web.dicomweb.stow import stow_router
 from integration.web.ops.health import health_router
@@ -91,6 +94,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(audit_router())
     app.include_router(stow_router())
     app.include_router(dicomweb_read_router())
+    app.include_router(viewer_token_router())
     app.include_router(upload_router())
     app.include_router(orders_router())
     app.include_router(pages_router())
@@ -101,6 +105,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(BodyLimit, settings=settings, on_refusal=_body_refused)
     app.add_middleware(OperationsGate, settings=settings)
     app.add_middleware(AnswerHeaders)
+    app.add_middleware(DicomwebCors, origins=settings.dicomweb_cors_origins)
     return app
 
 

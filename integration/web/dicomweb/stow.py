@@ -9,7 +9,9 @@ listener (:mod:`integration.intake`): a malformed or oversized request stores no
 succeeds or fails on its own; the answer is DICOM JSON with the Referenced SOP Sequence (stored, duplicates
 included) and the Failed SOP Sequence (with the DICOM failure reason), and HTTP 200 (all stored), 202 (some
 failed) or 409 (none stored).  No instance is coerced or has elements discarded, so there are no warnings.
-RetrieveURL is left out: this server offers no WADO-RS to retrieve from.
+Each stored instance carries its WADO-RS RetrieveURL, and the answer the study's when the request named
+one or everything stored belongs to one study (absolute, from the URL the client used), so a sender can
+read back what it stored (:mod:`integration.web.dicomweb.read`; readers are radiologists and administrators).
 
 A request holds at most ``PACSVLM_MAX_STOW_PARTS`` parts (413 as soon as one more begins), which also bounds
 the answer; the body is parsed and spooled in worker threads, a megabyte at a time, so a body of a million
@@ -92,6 +94,7 @@ class _Result:
     sop_class_uid: str | None
     sop_instance_uid: str | None
     study_uid: str | None
+    series_uid: str | None = None
 
 
 #: Body bytes gathered on the event loop before they are parsed and spooled in a worker thread.
@@ -228,6 +231,7 @@ def _store_parts(
                     header.sop_class_uid if header else sop_class,
                     header.sop_instance_uid if header else sop_instance,
                     header.study_uid if header else study_uid,
+                    header.series_uid if header else None,
                 )
             )
     return results
@@ -248,16 +252,36 @@ def _uid_element(uid: str | None) -> dict[str, Any]:
     return {"vr": "UI", "Value": [uid]} if uid is not None and is_valid_uid(uid) else {"vr": "UI"}
 
 
-def stow_answer(results: list[_Result]) -> tuple[int, dict[str, Any]]:
-    """The HTTP status (200 all stored, 202 some failed, 409 none stored) and the Store Instances Response."""
+def _retrieve_url(base: str, *uids: str | None) -> str | None:
+    """The WADO-RS URL of a study, series or instance (None unless every UID is a valid UID)."""
+    if not all(uid is not None and is_valid_uid(uid) for uid in uids):
+        return None
+    path = "/".join(f"{level}/{uid}" for level, uid in zip(("studies", "series", "instances"), uids, strict=False))
+    return f"{base}/{path}"
+
+
+def stow_answer(results: list[_Result], base: str = "", study_uid: str | None = None) -> tuple[int, dict[str, Any]]:
+    """The HTTP status (200 all stored, 202 some failed, 409 none stored) and the Store Instances Response.
+
+    ``base`` is the absolute ``/dicomweb`` URL the RetrieveURLs start with (none without it); ``study_uid``
+    the study the request named.
+    """
     referenced, failed = [], []
     for result in results:
         item = {"00081150": _uid_element(result.sop_class_uid), "00081155": _uid_element(result.sop_instance_uid)}
         if result.outcome.succeeded:
+            url = _retrieve_url(base, result.study_uid, result.series_uid, result.sop_instance_uid) if base else None
+            if url:
+                item["00081190"] = {"vr": "UR", "Value": [url]}
             referenced.append(item)
         else:
             failed.append({**item, "00081197": {"vr": "US", "Value": [dicom_status.for_result(result.outcome.result)]}})
     answer: dict[str, Any] = {}
+    studies = {result.study_uid for result in results if result.outcome.succeeded}
+    study = study_uid or (studies.pop() if len(studies) == 1 else None)
+    study_url = _retrieve_url(base, study) if base and referenced else None
+    if study_url:
+        answer["00081190"] = {"vr": "UR", "Value": [study_url]}
     if failed:
         answer["00081198"] = {"vr": "SQ", "Value": failed}
     if referenced:
@@ -361,7 +385,7 @@ async def _stow_admitted(request: Request, study_uid: str | None, user: CurrentU
     finally:
         spool.close()
     await anyio.to_thread.run_sync(_audit, settings, request, user, via, results)
-    code, answer = stow_answer(results)
+    code, answer = stow_answer(results, str(request.base_url).rstrip("/") + "/dicomweb", study_uid)
     counts = Counter(result.outcome.label for result in results)
     log.info("STOW-RS by user %d: %s", user.id, dict(counts))
     return Response(
