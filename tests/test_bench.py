@@ -149,3 +149,14 @@ def test_quick_constrained_benchmark_compares_free_xgrammar_and_lm_format_enforc
         r"constrained overhead_pct=-?\d+\.\d engine=xgrammar tokens_per_s_free=\d+\.\d tokens_per_s_grammar=\d+\.\d"
     )
     assert re.fullmatch(pattern, lines[-1]), lines[-1]
+
+
+def test_quick_dicomweb_benchmark_reads_the_series_from_us_and_orthanc(redis_url: str) -> None:
+    command = [sys.executable, "-m", "bench.dicomweb", "--quick", "--broker-url", redis_url]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    for measure in ("WADO-RS series, median s", "QIDO-RS p99 ms"):
+        row = next(line for line in lines if line.lstrip("│ ").startswith(measure)).strip("│ ").split("│")
+        assert float(row[1]) > 0 and float(row[2]) > 0 and row[3].strip().endswith("x"), row
+    assert re.fullmatch(r"wado series_20_s=\d+\.\d{3} qido_p99_ms=\d+\.\d", lines[-1]), lines[-1]
