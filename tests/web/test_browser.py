@@ -139,7 +139,7 @@ def test_review_in_a_browser(
         assert page.locator("#injected").count() == 0 and page.locator("main script").count() == 0
         assert page.evaluate("window.__pwned") is None
 
-        # Images: all four load; ] moves the large view on; a citation highlights the model's image 2.
+        # Images: those shown load; ] moves the viewer to the next image the model saw; a citation shows image 2.
         page.wait_for_function("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
         viewer = page.locator("#viewer-image")
         before = viewer.get_attribute("src")

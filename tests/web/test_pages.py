@@ -237,22 +237,28 @@ def test_study_page_images_escaping_and_audit(world: World) -> None:
     assert "&lt;img src=x onerror=&#34;window.__pwned = true&#34;&gt;" in html
     assert "&lt;b&gt;Impression&lt;/b&gt; &amp; more" in html
     assert "&lt;b&gt;Evil&lt;/b&gt;, Eve" in html
-    assert re.findall(r"<script[^>]*>", html) == ['<script src="/static/review.js" defer>']
+    assert re.findall(r"<script[^>]*>", html) == [
+        '<script src="/static/review.js" defer>',
+        '<script src="/static/viewer.js" defer>',
+    ]
     # The evidence: image 1 in the lung window, image 2 (the same frame) cited; one tile marked #1 and #2.
     sop = str(world.ct.SOPInstanceUID)
     assert f"/studies/{ct_uid}/instances/{sop}/frames/1.png?size=128&amp;window=lung" in html
     assert ">#1</span>" in html and ">#2</span>" in html and "Image 1" in html
-    assert 'data-images="1 2"' in html  # the series thumbnail is both prompt images
+    assert 'data-seen="0:1.2"' in html  # the series' first slice is both prompt images
+    assert "The model saw 1 of 1 slice (CT series 1: 1 of 1)." in html
+    assert "Open in" not in html and 'id="viewer-links"' not in html  # no viewer configured: no links
+    assert "Open in" not in radiologist.get("/worklist").text
     assert html.count('name="csrf_token"') == html.count("<form") >= 3  # every form carries the token
     assert html.count('id="review-form"') == 1  # one editor form: every box's text travels with every button
 
-    # Images: decoded, the requested size, windows; cached privately.
-    for size, window in ((64, "default"), (200, "lung"), (1024, "bone")):
+    # Images: decoded, the requested size (never beyond the image's own 128), windows; cached privately.
+    for size, window, shown in ((64, "default", 64), (200, "lung", 128), (1024, "bone", 128), (90, "40,400", 90)):
         image = radiologist.get(f"/studies/{ct_uid}/instances/{sop}/frames/1.png?size={size}&window={window}")
         assert image.status_code == 200, image.text
         assert image.headers["content-type"] == "image/png" and image.headers["cache-control"].startswith("private")
         decoded = Image.open(io.BytesIO(image.content))
-        assert decoded.format == "PNG" and decoded.size == (size, size) and decoded.mode == "RGB"
+        assert decoded.format == "PNG" and decoded.size == (shown, shown) and decoded.mode == "RGB"
     lung = Image.open(
         io.BytesIO(radiologist.get(f"/studies/{ct_uid}/instances/{sop}/frames/1.png?window=lung").content)
     )
@@ -260,7 +266,7 @@ def test_study_page_images_escaping_and_audit(world: World) -> None:
         io.BytesIO(radiologist.get(f"/studies/{ct_uid}/instances/{sop}/frames/1.png?window=bone").content)
     )
     assert lung.tobytes() != bone.tobytes()  # the window is applied
-    for query, code in (("size=5000", 422), ("size=8", 422), ("window=vampire", 422)):
+    for query, code in (("size=5000", 422), ("size=8", 422), ("window=vampire", 422), ("window=40,0", 422)):
         assert radiologist.get(f"/studies/{ct_uid}/instances/{sop}/frames/1.png?{query}").status_code == code
     assert radiologist.get(f"/studies/{ct_uid}/instances/{sop}/frames/2.png").status_code == 404  # no frame 2
     assert radiologist.get(f"/studies/{ct_uid}/instances/1.2.3/frames/1.png").status_code == 404

@@ -12,6 +12,11 @@ every finding is reviewed or the unreviewed ones are confirmed by count; a secon
 material for the report of record, with a button per finding that copies it there.  The page shows the
 clinical question and, for photo uploads, the uploader's stated side, read from the study's first instance.
 
+The current study's images are a viewer (:mod:`integration.web.pages.study_stack`, ``static/viewer.js``):
+every slice of every series by wheel, arrow keys or slider, window/level by drag or preset, zoom and pan to
+full resolution, the model's slices marked; its state survives the review actions' page reloads (kept in
+the tab's session storage).  Links open the study in the hospital's configured viewers (``viewers``).
+
 Beside the current images the page shows the study's prior studies (:mod:`integration.web.pages.prior_view`):
 each prior's large view in the current view's window, its report, or the line saying why there is none.
 
@@ -43,16 +48,19 @@ from integration.web.api.images import WindowName
 from integration.web.api.studies import record_study_view
 from integration.web.deps import AppSettings, CurrentUser, DbSession, PageReviewer, StudyUid, client_address
 from integration.web.pages.draft_safety import draft_safety
-from integration.web.pages.prior_view import prior_panel, series_stack
+from integration.web.pages.prior_view import prior_panel
 from integration.web.pages.review_form import back_to_page, refusal_page, review_form_router, see_other, study_url
+from integration.web.pages.study_stack import study_images
 from integration.web.pages.study_view import (
+    MAIN_VIEW_SIZE,
     THUMBNAIL_SIZE,
     VIEWER_SIZE,
     choose_report,
     evidence_entries,
     revisions_of,
-    study_images,
     study_request,
+    viewer_links,
+    window_presets,
 )
 from integration.web.pages.templating import PageRoute, render
 from integration.web.security.access import study_for
@@ -95,7 +103,9 @@ def _study_context(
     site = session.scalar(select(Site.code).where(Site.id == study.site_id)) if study.site_id else None
     reports = list(session.scalars(select(Report).where(Report.study_id == study.id).order_by(Report.id.desc())))
     report = choose_report(reports, report_id)
-    images = study_images(session, study, report, image=image, frame=frame, window=window)
+    images = study_images(
+        session, study, report, instance_root=settings.instance_root, image=image, frame=frame, window=window
+    )
     shown = images.selected
     priors = prior_panel(
         session,
@@ -143,9 +153,11 @@ def _study_context(
         "evidence_numbers": evidence_numbers,
         "cite_tiles": {tile.images[0]: tile for tile in reversed([*priors.model_tiles, *images.model_tiles])},
         "priors": priors,
-        "current_stack": series_stack(session, study.id, shown.series_uid) if shown else (),
         "thumbnail_size": THUMBNAIL_SIZE,
         "viewer_size": VIEWER_SIZE,
+        "main_size": MAIN_VIEW_SIZE,
+        "presets": window_presets(),
+        "viewer_links": viewer_links(settings, study.study_uid, study.accession_number, study.patient_id),
         "report_url": f"/studies/{study.study_uid}/reports/{report.id}" if report else None,
     }
 

@@ -1,8 +1,9 @@
-"""What the study page shows: the study's series and thumbnails, the frames the model saw, the report chosen.
+"""What the study page shows besides the viewer's stacks: the frames the model saw, the report chosen, its versions.
 
-Thumbnails and the large view are ``<img>`` elements pointing at the frame route of
-:mod:`integration.web.api.images`; each one knows which prompt images (``Image 1``, ``Image 2`` ...) of the
-report's evidence it is, so the page can mark them and a finding's citations can highlight them.
+A :class:`Tile` is one frame as an ``<img>`` pointing at the frame route of :mod:`integration.web.api.images`
+(the thumbnails of the model's images and of the priors); each one knows which prompt images (``Image 1``,
+``Image 2`` ...) of the report's evidence it is, so the page can mark them and a finding's citations can show
+them.  The series themselves are scrolled slice by slice (:mod:`integration.web.pages.study_stack`).
 
 The request a radiologist reads first (the clinical question and, for photo uploads, the side the uploader
 stated) is read from the study's first stored instance (:func:`study_request`).
@@ -11,7 +12,7 @@ stated) is read from the study's first stored instance (:func:`study_request`).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -23,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from integration.config import Settings
 from integration.imaging.referral import read_question
+from integration.imaging.windows import WINDOW_PRESETS
 from integration.store.tables import (
     Delivery,
     Instance,
@@ -34,13 +36,15 @@ from integration.store.tables import (
     Study,
 )
 from integration.uids import is_valid_uid
-from integration.web.api.images import WINDOW_NAMES, window_for
+from integration.web.api.images import window_for
 
-#: Most thumbnails per series (sampled evenly; the frames the model saw are always shown).
+#: Most thumbnails per series of a prior (sampled evenly; the frames the model saw are always shown).
 THUMBNAILS_PER_SERIES = 48
-#: Pixel sizes of a thumbnail and of the large view.
+#: Pixel sizes of a thumbnail and of a prior's large view.
 THUMBNAIL_SIZE = 128
 VIEWER_SIZE = 768
+#: Longest side of the current study's large view before the viewer script sizes it (and without script).
+MAIN_VIEW_SIZE = 1024
 
 
 @dataclass(frozen=True)
@@ -87,30 +91,25 @@ class Tile:
         return f"/studies/{self.study_uid}?{urlencode(params)}#viewer"
 
 
-@dataclass
-class SeriesStrip:
-    """One series and its thumbnails."""
-
-    series_uid: str
-    number: int | None
-    modality: str | None
-    body_part: str | None
-    instances: int
-    tiles: list[Tile] = field(default_factory=list)
+def window_presets() -> list[dict[str, Any]]:
+    """The viewer's window buttons: ``default`` then each CT preset, with its centre and width."""
+    presets: list[dict[str, Any]] = [{"name": "default", "label": "Default", "center": None, "width": None}]
+    for name, window in WINDOW_PRESETS.items():
+        label = name.replace("_", " ").capitalize()
+        presets.append({"name": name, "label": label, "center": round(window.center), "width": round(window.width)})
+    return presets
 
 
-@dataclass
-class StudyImages:
-    """The images of the study page."""
-
-    model_tiles: list[Tile]
-    series: list[SeriesStrip]
-    selected: Tile | None
-
-    @property
-    def all_tiles(self) -> list[Tile]:
-        """Every thumbnail, the model's first."""
-        return [*self.model_tiles, *(tile for strip in self.series for tile in strip.tiles)]
+def viewer_links(
+    settings: Settings, study_uid: str, accession_number: str | None, patient_id: str | None
+) -> list[tuple[str, str]]:
+    """The configured viewers' links for one study, ``(name, url)``; a template lacking a value gives none."""
+    links = []
+    for viewer in settings.viewers:
+        url = viewer.for_study(study_uid, accession_number, patient_id)
+        if url is not None:
+            links.append((viewer.name, url))
+    return links
 
 
 def evidence_entries(evidence: Sequence[Mapping[str, Any]]) -> list[tuple[int, str, str, int, str]]:
@@ -139,113 +138,6 @@ def evidence_entries(evidence: Sequence[Mapping[str, Any]]) -> list[tuple[int, s
             continue
         entries.append((number, str(series), str(sop), frame, window_for(entry.get("window"))))
     return entries
-
-
-def study_images(
-    session: Session,
-    study: Study,
-    report: Report | None,
-    *,
-    image: str | None = None,
-    frame: int | None = None,
-    window: str | None = None,
-) -> StudyImages:
-    """Collect the thumbnails of a study and the frame for the large view.
-
-    Parameters
-    ----------
-    session : sqlalchemy.orm.Session
-        Open session.
-    study : Study
-        The study (already authorized).
-    report : Report or None
-        The report whose evidence is marked.
-    image, frame, window : optional
-        The frame asked for the large view (ignored unless it is a frame of this study).
-
-    Returns
-    -------
-    StudyImages
-        The model's frames, the series strips and the selected frame.
-    """
-    entries = evidence_entries(report.evidence if report is not None else [])
-    seen: dict[tuple[str, int], list[int]] = {}
-    for number, _, sop, frame_number, _ in entries:
-        seen.setdefault((sop, frame_number), []).append(number)
-    series_rows = session.scalars(select(Series).where(Series.study_id == study.id)).all()
-    series_rows = sorted(series_rows, key=lambda s: (s.series_number is None, s.series_number or 0, s.id))
-    instance_rows = session.execute(
-        select(Instance.series_id, Instance.sop_instance_uid, Instance.instance_number)
-        .join(Series, Instance.series_id == Series.id)
-        .where(Series.study_id == study.id)
-        .order_by(Instance.instance_number.is_(None), Instance.instance_number, Instance.id)
-    ).all()
-    by_series: dict[int, list[tuple[str, int | None]]] = {}
-    for series_id, sop, instance_number in instance_rows:
-        by_series.setdefault(series_id, []).append((sop, instance_number))
-    strips = []
-    series_of: dict[str, Series] = {}
-    for series in series_rows:
-        instances = by_series.get(series.id, [])
-        strip = SeriesStrip(series.series_uid, series.series_number, series.modality, series.body_part, len(instances))
-        chosen = set(_even(len(instances), THUMBNAILS_PER_SERIES))
-        for position, (sop, instance_number) in enumerate(instances):
-            series_of[sop] = series
-            frames = sorted({f for (s, f) in seen if s == sop} | ({1} if position in chosen else set()))
-            for frame_number in frames:
-                label = _label(series, instance_number, position, frame_number)
-                images = tuple(sorted(seen.get((sop, frame_number), ())))
-                strip.tiles.append(
-                    Tile(study.study_uid, series.series_uid, sop, frame_number, "default", label, images)
-                )
-        strips.append(strip)
-    model_tiles = [
-        Tile(study.study_uid, series_uid, sop, frame_number, win, f"Image {number}", (number,))
-        for number, series_uid, sop, frame_number, win in sorted(entries, key=lambda e: e[0])
-        if sop in series_of
-    ]
-    selected = _selected(study.study_uid, series_of, model_tiles, strips, image, frame, window)
-    return StudyImages(model_tiles, strips, selected)
-
-
-def _even(count: int, most: int) -> list[int]:
-    """Return up to ``most`` positions spread evenly over ``count`` (first and last included)."""
-    if count <= most:
-        return list(range(count))
-    return sorted({round(i * (count - 1) / (most - 1)) for i in range(most)})
-
-
-def _label(series: Series, number: int | None, position: int, frame: int) -> str:
-    """Describe a frame without patient data."""
-    modality = f"{series.modality} " if series.modality else ""
-    name = f"{modality}series {series.series_number}" if series.series_number is not None else f"{modality}series"
-    instance = f"instance {number}" if number is not None else f"image {position + 1}"
-    return f"{name}, {instance}" + (f", frame {frame}" if frame > 1 else "")
-
-
-def _selected(
-    study_uid: str,
-    series_of: Mapping[str, Series],
-    model_tiles: Sequence[Tile],
-    strips: Sequence[SeriesStrip],
-    image: str | None,
-    frame: int | None,
-    window: str | None,
-) -> Tile | None:
-    """Return the frame asked for when it belongs to the study, else the model's first, else the first."""
-    if image is not None and is_valid_uid(image) and image in series_of:
-        wanted = (image, frame or 1, window if window in WINDOW_NAMES else "default")
-        for tile in [*model_tiles, *(t for strip in strips for t in strip.tiles)]:
-            if tile.key == wanted:
-                return tile
-        series = series_of[image]
-        return Tile(study_uid, series.series_uid, image, wanted[1], wanted[2], _label(series, None, 0, wanted[1]))
-    if model_tiles:
-        return model_tiles[0]
-    for strip in strips:
-        if strip.tiles:
-            return strip.tiles[0]
-    return None
 
 
 def choose_report(reports: Sequence[Report], report_id: int | None) -> Report | None:

@@ -1,7 +1,8 @@
 """The worklist page: ``GET /worklist``, the studies of the user's site with filters and sort orders.
 
 The filters are the JSON worklist's (:class:`~integration.web.api.studies.WorklistFilter`): invalid values answer
-a 422 page that names the parameter.  Stat studies come first by default, then the newest.
+a 422 page that names the parameter.  Stat studies come first by default, then the newest.  Each row links
+to the study page and, for each configured viewer (``viewers``), to the study in that viewer (a new tab).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from sqlalchemy import select
 
 from integration.store.tables import ROLE_CURRENT, Series, Site, Study, UserRole
 from integration.web.api.studies import ReportFilter, WorklistFilter, WorklistSort, worklist
-from integration.web.deps import DbSession, PageReviewer
+from integration.web.deps import AppSettings, DbSession, PageReviewer
+from integration.web.pages.study_view import viewer_links
 from integration.web.pages.templating import PageRoute, render
 from integration.web.security.access import visible
 
@@ -34,6 +36,7 @@ def worklist_page_router() -> APIRouter:
     @router.get("/worklist", response_class=HTMLResponse, summary="Worklist page")
     def worklist_page(
         request: Request,
+        settings: AppSettings,
         session: DbSession,
         user: PageReviewer,
         filters: Annotated[WorklistFilter, Query()],
@@ -64,6 +67,10 @@ def worklist_page_router() -> APIRouter:
                 "sites": sites,
                 "statuses": [status.value for status in ReportFilter],
                 "sorts": SORT_LABELS,
+                "links": {
+                    row.study_uid: viewer_links(settings, row.study_uid, row.accession_number, row.patient_id)
+                    for row in rows
+                },
             },
         )
 

@@ -28,10 +28,10 @@
   var helpClose = document.getElementById("help-close");
   if (helpClose) { helpClose.addEventListener("click", function () { toggleHelp(false); }); }
 
-  // ---- images: large views (the current study's and each prior's), highlighting ----
-  // A tile with data-viewer="prior-N" belongs to prior N's large view; others to the current one.
+  // ---- images: the current study's viewer (viewer.js) and each prior's large view, highlighting ----
+  // A tile with data-viewer="prior-N" belongs to prior N's large view; others to the current study's viewer.
   // The priors' large views use the current view's window; where the current view and a prior both show a
-  // volume (data-stack: the series' slices in order) they scroll together by relative position.
+  // volume (a prior's data-stack: its series' slices in order) they scroll together by relative position.
   var tiles = Array.prototype.slice.call(document.querySelectorAll("[data-tile]"));
   var panes = Array.prototype.slice.call(document.querySelectorAll("[data-viewer-pane]")).map(function (figure) {
     var image = figure.querySelector("img");
@@ -61,17 +61,38 @@
     return url.pathname + url.search;
   }
 
+  function mainWindow() {
+    return window.pacsViewer ? window.pacsViewer.windowName() : (viewer ? windowOf(viewer.getAttribute("src")) : "default");
+  }
+
   function setWindow(name) {
     panes.forEach(function (pane) {
       if (pane.prior && pane.image) { pane.image.src = withWindow(pane.image.getAttribute("src"), name); }
     });
   }
 
+  function markCurrent(pane, tile) {
+    tiles.forEach(function (other) {
+      if (paneOf(other) !== pane) { return; }
+      other.classList.toggle("current", other === tile);
+      if (other === tile) { other.setAttribute("aria-current", "true"); } else { other.removeAttribute("aria-current"); }
+    });
+  }
+
   function show(tile) {
     var pane = tile && paneOf(tile);
     if (!pane || !pane.image) { return; }
+    if (!pane.prior) {
+      // the current study: the viewer goes to that slice (in the model's window when it saw a preset)
+      if (window.pacsViewer) {
+        window.pacsViewer.show(tile.getAttribute("data-sop"), parseInt(tile.getAttribute("data-frame"), 10) || 1,
+          tile.getAttribute("data-window"));
+      }
+      markCurrent(pane, tile);
+      return;
+    }
     var large = tile.getAttribute("data-large");
-    pane.image.src = pane.prior && viewer ? withWindow(large, windowOf(viewer.getAttribute("src"))) : large;
+    pane.image.src = withWindow(large, mainWindow());
     pane.image.alt = tile.getAttribute("data-label") || "";
     pane.image.setAttribute("data-sop", tile.getAttribute("data-sop") || "");
     pane.index = pane.stack.indexOf(tile.getAttribute("data-sop"));
@@ -79,43 +100,56 @@
       var numbers = (tile.getAttribute("data-images") || "").trim();
       pane.caption.textContent = (tile.getAttribute("data-label") || "") + (numbers ? " · model image " + numbers.split(" ").join(", ") : "");
     }
-    tiles.forEach(function (other) {
-      if (paneOf(other) !== pane) { return; }
-      other.classList.toggle("current", other === tile);
-      if (other === tile) { other.setAttribute("aria-current", "true"); } else { other.removeAttribute("aria-current"); }
-    });
-    if (!pane.prior) {
-      setWindow(windowOf(large));
-      if (pane.index >= 0) { follow(pane); }
-    }
+    markCurrent(pane, tile);
   }
 
   function slice(pane, index) {
     if (!pane.image || pane.stack.length < 2) { return; }
     pane.index = Math.max(0, Math.min(pane.stack.length - 1, index));
     var sop = pane.stack[pane.index];
-    var name = windowOf((viewer || pane.image).getAttribute("src"));
-    pane.image.src = "/studies/" + pane.study + "/instances/" + sop + "/frames/1.png?size=" + pane.size + "&window=" + encodeURIComponent(name);
+    pane.image.src = "/studies/" + pane.study + "/instances/" + sop + "/frames/1.png?size=" + pane.size + "&window=" + encodeURIComponent(mainWindow());
     pane.image.setAttribute("data-sop", sop);
     if (pane.caption) { pane.caption.textContent = "Slice " + (pane.index + 1) + " of " + pane.stack.length; }
   }
 
-  function follow(source) {
-    if (!linkScroll || !linkScroll.checked || source.stack.length < 2 || source.index < 0) { return; }
-    var position = source.index / (source.stack.length - 1);
+  // Scroll the other views to the same relative position as ``source`` (index of count); the current study's
+  // viewer tells its moves with a viewer:slice event.
+  function follow(source, index, count) {
+    if (!linkScroll || !linkScroll.checked || count < 2 || index < 0) { return; }
+    var position = index / (count - 1);
     panes.forEach(function (pane) {
-      if (pane !== source && pane.stack.length > 1) { slice(pane, Math.round(position * (pane.stack.length - 1))); }
+      if (pane === source) { return; }
+      if (!pane.prior) {
+        if (window.pacsViewer) { window.pacsViewer.goToFraction(position, "prior"); }
+      } else if (pane.stack.length > 1) {
+        slice(pane, Math.round(position * (pane.stack.length - 1)));
+      }
     });
   }
 
   function scrollSlices(pane, delta) {
-    if (!pane || pane.stack.length < 2) { return; }
+    if (!pane) { return; }
+    if (!pane.prior) {
+      if (window.pacsViewer) { window.pacsViewer.step(delta); }
+      return;
+    }
+    if (pane.stack.length < 2) { return; }
     slice(pane, (pane.index < 0 ? 0 : pane.index) + delta);
-    follow(pane);
+    follow(pane, pane.index, pane.stack.length);
+  }
+
+  if (main) {
+    var lastWindow = null;
+    main.figure.addEventListener("viewer:slice", function (event) {
+      var detail = event.detail || {};
+      if (lastWindow !== null && detail.window !== lastWindow) { setWindow(detail.window); }
+      lastWindow = detail.window;
+      if (!detail.initial && detail.origin !== "prior") { follow(main, detail.index, detail.count); }
+    });
   }
 
   panes.forEach(function (pane) {
-    if (!pane.image || pane.stack.length < 2) { return; }
+    if (!pane.prior || !pane.image || pane.stack.length < 2) { return; }
     pane.image.addEventListener("wheel", function (event) {
       event.preventDefault();
       scrollSlices(pane, event.deltaY > 0 ? 1 : -1);
@@ -153,7 +187,7 @@
   });
 
   function stepImage(delta) {
-    var own = tiles.filter(function (tile) { return !tile.hasAttribute("data-viewer"); });
+    var own = tiles.filter(function (tile) { return !tile.hasAttribute("data-viewer"); });  // the model's images
     if (!own.length) { return; }
     var index = own.findIndex(function (tile) { return tile.classList.contains("current"); });
     var next = index < 0 ? 0 : (index + delta + own.length) % own.length;
@@ -168,7 +202,7 @@
     current = items.indexOf(target);
   }
 
-  function select(index) {
+  function select(index, quiet) {
     if (!items.length) { return; }
     current = Math.max(0, Math.min(items.length - 1, index));
     items.forEach(function (item, i) {
@@ -179,12 +213,15 @@
     });
     var item = items[current];
     item.focus();
-    if (item.hasAttribute("data-finding")) {
+    // coming back from a review button (quiet) the viewer keeps its slice: the finding's images are only marked
+    if (item.hasAttribute("data-finding") && quiet) {
+      highlight((item.getAttribute("data-images") || "").split(" "));
+    } else if (item.hasAttribute("data-finding")) {
       var first = highlight((item.getAttribute("data-images") || "").split(" "));
       if (first) { show(first); }
     }
   }
-  if (current >= 0) { select(current); }
+  if (current >= 0) { select(current, true); }
 
   function currentFinding() {
     var item = items[current];
