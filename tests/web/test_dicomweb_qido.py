@@ -28,9 +28,10 @@ from integration.config import Settings
 from integration.intake.assembly import StudyAssembler
 from integration.reports.drafts import ensure_draft_sr
 from integration.samples import pydicom_test_file, write_ct_series
+from integration.store.catalog import StoredObject, objects_of
 from integration.store.migrate import upgrade
 from integration.store.session import session_scope
-from integration.store.tables import AuditEvent, utcnow
+from integration.store.tables import AuditEvent, Study, utcnow
 from integration.web.app import create_app
 from integration.web.security.csrf import csrf_token_for_session
 from tests.conftest import TEST_REDIS_DB
@@ -53,6 +54,7 @@ class World:
     series: list[pydicom.Dataset]  # NORTH, three slices, Synthetic^Chest, 20261123
     south: pydicom.Dataset  # SOUTH, Doe^John, 20260315
     sr_series: str
+    ours: list[StoredObject]  # our objects of the chest study (the draft SR, and its TID 1500 and KOS when written)
 
     @property
     def base(self) -> str:
@@ -89,6 +91,10 @@ def world(postgres: Postgres, redis_server: RedisServer, tmp_path_factory: pytes
     assert StudyAssembler(settings).run_once().jobs_created == 3
     report = draft(settings, str(chest.StudyInstanceUID), [{"text": "Nodule.", "images": [1]}], [evidence_of(chest, 1)])
     sr = pydicom.dcmread(ensure_draft_sr(settings, report), stop_before_pixels=True)
+    with session_scope(url) as session:
+        study = session.scalars(select(Study).where(Study.study_uid == str(chest.StudyInstanceUID))).one()
+        ours = [item for item in objects_of(session, study) if item.ours]
+    assert ours[0].series_uid == str(sr.SeriesInstanceUID)
     api = ApiProcess(
         tmp / "api",
         {
@@ -99,7 +105,7 @@ def world(postgres: Postgres, redis_server: RedisServer, tmp_path_factory: pytes
             "PACSVLM_DICOMWEB_CORS_ORIGINS": json.dumps([VIEWER]),
         },
     ).start()
-    yield World(settings, api, chest, series, south, str(sr.SeriesInstanceUID))
+    yield World(settings, api, chest, series, south, str(sr.SeriesInstanceUID), ours)
     api.stop()
 
 
@@ -143,8 +149,10 @@ def test_studies_with_filters_wildcards_fields_and_pages(world: World) -> None:
     assert first(study, "00100010") == {"Alphabetic": "Doe^Jane"} and first(study, "00100020") == "PID-N1"
     assert first(study, "00080050") == "ACC100" and first(study, "00080020") == "20260315"
     assert first(study, "00080090") == {"Alphabetic": "Who^Sent"}  # from the file's header, not the database
-    assert study["00080061"]["Value"] == ["CT", "SR"]  # our draft SR is a series of the study
-    assert first(study, "00201206") == 2 and first(study, "00201208") == 2
+    ours = world.ours  # our draft SR (and its TID 1500 and KOS) are series of the study
+    assert study["00080061"]["Value"] == sorted({"CT", "SR", *(item.modality for item in ours)})
+    assert first(study, "00201206") == 1 + len({item.series_uid for item in ours})
+    assert first(study, "00201208") == 1 + len(ours)
     # dicomweb-client sends ``Host`` without the port: the URL is as absolute as the client's Host header
     assert first(study, RETRIEVE_URL).endswith(f"/dicomweb/studies/{chest}")
     assert first(study, "00080056") == "ONLINE" and "00080030" in study and "00200010" in study
@@ -160,6 +168,7 @@ def test_studies_with_filters_wildcards_fields_and_pages(world: World) -> None:
         ({"StudyInstanceUID": f"{chest},{synthetic}"}, [synthetic, chest]),
         ({"StudyInstanceUID": f"{chest}\\1.2.3"}, [chest]),
         ({"ModalitiesInStudy": "SR"}, [chest]),
+        ({"ModalitiesInStudy": "KO"}, [chest] if any(item.modality == "KO" for item in ours) else []),
         ({"ModalitiesInStudy": "CT"}, [synthetic, chest]),
         ({"ModalitiesInStudy": "MR"}, []),
         ({"PatientName": "Doe^John"}, []),  # the south's patient
@@ -174,6 +183,10 @@ def test_studies_with_filters_wildcards_fields_and_pages(world: World) -> None:
     assert page.status_code == 200 and page.headers["content-type"] == "application/dicom+json"
     assert "offset=1" in page.headers["warning"] and page.headers["warning"].startswith("299 ")
     assert first(page.json()[0], RETRIEVE_URL) == f"{world.base}/studies/{synthetic}"
+    fuzzy = httpx.get(
+        world.base + "/studies", params={"fuzzymatching": "true"}, headers={"Authorization": f"Bearer {token}"}
+    )
+    assert fuzzy.status_code == 200 and "Only literal matching" in fuzzy.headers["warning"] and len(fuzzy.json()) == 2
     # includefield: one more attribute, or all; fuzzy matching accepted (and ignored)
     fields = client.search_for_studies(
         search_filters={"PatientID": "SYN-0001"}, fields=["BodyPartExamined", "00100040"]
@@ -188,11 +201,12 @@ def test_series_and_instances_include_our_sr(world: World) -> None:
     client = basic_client(world, "north_rad")
     chest, synthetic = str(world.chest.StudyInstanceUID), str(world.series[0].StudyInstanceUID)
     series = client.search_for_series(chest)
-    assert [first(item, MODALITY) for item in series] == ["CT", "SR"]
-    assert uids(series, SERIES_UID) == [str(world.chest.SeriesInstanceUID), world.sr_series]
+    assert [first(item, MODALITY) for item in series] == ["CT", *(item.modality for item in world.ours)]
+    assert uids(series, SERIES_UID) == [str(world.chest.SeriesInstanceUID), *(item.series_uid for item in world.ours)]
     assert first(series[1], "00200011") == 9901 and first(series[1], "00201209") == 1
     assert first(series[1], RETRIEVE_URL).endswith(f"/dicomweb/studies/{chest}/series/{world.sr_series}")
-    assert uids(client.search_for_series(chest, search_filters={"Modality": "SR"}), SERIES_UID) == [world.sr_series]
+    srs = [item.series_uid for item in world.ours if item.modality == "SR"]
+    assert uids(client.search_for_series(chest, search_filters={"Modality": "SR"}), SERIES_UID) == srs
     assert client.search_for_series(chest, search_filters={"SeriesNumber": "77"}) == []
     everywhere = client.search_for_series(search_filters={"Modality": "CT"})
     assert sorted(uids(everywhere)) == sorted([chest, synthetic])  # study attributes come along on /series
@@ -214,7 +228,8 @@ def test_series_and_instances_include_our_sr(world: World) -> None:
     page = client.search_for_instances(synthetic, limit=2, offset=2)
     assert uids(page, SOP_UID) == [str(world.series[2].SOPInstanceUID)] and first(page[0], MODALITY) == "CT"
     ours = client.search_for_instances(search_filters={"SOPClassUID": "1.2.840.10008.5.1.4.1.1.88.33"})
-    assert uids(ours) == [chest] and first(ours[0], "00080020") == "20260315"
+    assert set(uids(ours)) == {chest} and first(ours[0], "00080020") == "20260315"
+    assert world.sr_series in uids(ours, SERIES_UID)
     assert client.search_for_instances(search_filters={"SOPInstanceUID": str(world.south.SOPInstanceUID)}) == []
 
 

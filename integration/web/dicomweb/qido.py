@@ -7,7 +7,8 @@ site restriction (:func:`~integration.web.security.access.visible`); series and 
 studies' catalogs (received instances, then our own SR, TID 1500 and KOS objects), matched and paged as
 they are read, study after study.  A study of another site answers 404 on the routes that name it and is
 absent from lists.  No match is ``200`` with ``[]`` (dicomweb-client and OHIF read both that and 204); a
-page cut short by ``limit`` carries a ``Warning`` header (PS3.18 8.3.4.4).
+page cut short by ``limit``, and ``fuzzymatching=true`` (only literal matching is done), carry a ``Warning``
+header (299, as PS3.18 asks).
 """
 
 from __future__ import annotations
@@ -59,11 +60,18 @@ def _base(request: Request) -> str:
 
 def _answer(results: list[dict[str, Any]], query: QidoQuery, more: bool) -> Response:
     headers = {"Cache-Control": "no-store"}
+    warnings = []
     if more or query.capped:
-        headers["Warning"] = (
+        warnings.append(
             f'299 pacs-vlm "There are more matching results than returned (at most {query.limit} at once): '
             f'ask again with offset={query.offset + len(results)}"'
         )
+    if query.fuzzy_asked:
+        warnings.append(
+            '299 pacs-vlm "The fuzzymatching parameter is not supported. Only literal matching has been performed."'
+        )
+    if warnings:
+        headers["Warning"] = ", ".join(warnings)
     body = json.dumps([sorted_json(item) for item in results], separators=(",", ":"), ensure_ascii=False)
     return Response(body.encode(), media_type=DICOM_JSON, headers=headers)
 

@@ -224,6 +224,8 @@ class QidoQuery:
         The page asked for (``limit`` already capped).
     capped : bool
         The limit asked for was above the maximum.
+    fuzzy_asked : bool
+        ``fuzzymatching=true`` was asked (not supported: literal matching is done, and the answer says so).
     """
 
     level: Level
@@ -236,6 +238,7 @@ class QidoQuery:
     limit: int = 0
     offset: int = 0
     capped: bool = False
+    fuzzy_asked: bool = False
 
     def matches(self, item: StoredObject) -> bool:
         """Whether a catalog object passes every series and instance key."""
@@ -349,4 +352,5 @@ def parse_query(params: Sequence[tuple[str, str]], level: Level) -> QidoQuery:
     query.offset = _page_number("offset", controls["offset"], 0) or 0
     if len(controls["fuzzymatching"]) > 1 or any(v.lower() not in ("true", "false") for v in controls["fuzzymatching"]):
         raise bad_request("fuzzymatching takes true or false")
+    query.fuzzy_asked = controls["fuzzymatching"] == ["true"]
     return query
