@@ -21,10 +21,11 @@
       "auth": {"type": "basic", "username": "pacsvlm", "password_file": "/run/secrets/ris-password"}},
      {"name": "ehr-drop", "kind": "folder", "folder": "/exports/fhir", "documents": ["fhir", "hl7"]}]
 
-DICOM peers (C-STORE) and DICOMweb servers (STOW-RS) take the SR; a RIS over MLLP takes the HL7 ORU
+DICOM peers (C-STORE) and DICOMweb servers (STOW-RS) take the SR, its TID 1500 and the draft's key images
+(``documents``); a RIS over MLLP takes the HL7 ORU
 (and answers with an ACK); a FHIR server takes the DiagnosticReport by ``PUT {url}/DiagnosticReport/{id}``
 (one resource per report across its versions); a folder or an HTTP endpoint (POST) takes FHIR and/or
-HL7 (a folder may also take the SR file).
+HL7 (a folder may also take the DICOM files).
 
 ``sites`` and ``modalities`` say whose reports a destination takes: the site codes of the report's study
 and the modalities of its series (none listed: every site, every modality), so site A's reports never
@@ -50,7 +51,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from integration.destination_auth import Auth, plain_http_allowed
 
-Document = Literal["sr", "fhir", "hl7"]
+Document = Literal["sr", "tid1500", "kos", "fhir", "hl7"]
 Kind = Literal["dicom", "dicomweb", "folder", "http", "mllp", "fhir"]
 ReportSelection = Literal["drafts", "signed", "both"]
 
@@ -60,17 +61,17 @@ _CODE = re.compile(r"^[A-Z0-9][A-Z0-9_.-]{0,15}$")
 #: HL7 HD values we write into MSH-5/MSH-6: no delimiter or control character can end a field there.
 _HL7_NAME = re.compile(r"^[^|^~\\&\x00-\x1f\x7f]{0,180}$")
 _DEFAULT_DOCUMENTS: dict[str, tuple[Document, ...]] = {
-    "dicom": ("sr",),
-    "dicomweb": ("sr",),
+    "dicom": ("sr", "tid1500", "kos"),
+    "dicomweb": ("sr", "tid1500", "kos"),
     "folder": ("fhir", "hl7"),
     "http": ("fhir",),
     "mllp": ("hl7",),
     "fhir": ("fhir",),
 }
 _ALLOWED_DOCUMENTS: dict[str, frozenset[str]] = {
-    "dicom": frozenset({"sr"}),
-    "dicomweb": frozenset({"sr"}),
-    "folder": frozenset({"sr", "fhir", "hl7"}),
+    "dicom": frozenset({"sr", "tid1500", "kos"}),
+    "dicomweb": frozenset({"sr", "tid1500", "kos"}),
+    "folder": frozenset({"sr", "tid1500", "kos", "fhir", "hl7"}),
     "http": frozenset({"fhir", "hl7"}),
     "mllp": frozenset({"hl7"}),
     "fhir": frozenset({"fhir"}),
@@ -93,7 +94,11 @@ class Destination(BaseModel):
     reports : str
         Which report versions go there: ``drafts``, ``signed`` or ``both``.
     documents : tuple of str
-        What is sent: ``sr``, ``fhir``, ``hl7`` (defaults by kind).
+        What is sent: ``sr`` (the TID 2000 SR), ``tid1500`` (the TID 1500 Measurement Report beside it, which
+        viewers display), ``kos`` (the draft's key images: the images the model saw), ``fhir``, ``hl7``.  Defaults
+        by kind: ``sr``, ``tid1500`` and ``kos`` for ``dicom`` and ``dicomweb``.  Signed versions have no key
+        images document (the draft's lists the images, and they do not change on signing): a signed version
+        goes without ``kos`` (:meth:`documents_for`).
     sites : tuple of str
         Site codes whose reports go there (upper-cased); empty: every site's.
     modalities : tuple of str
@@ -205,6 +210,10 @@ class Destination(BaseModel):
     def takes(self, status: Literal["draft", "signed"]) -> bool:
         """Whether report versions of this status go to this destination."""
         return self.reports == "both" or self.reports == ("drafts" if status == "draft" else "signed")
+
+    def documents_for(self, status: Literal["draft", "signed"]) -> tuple[Document, ...]:
+        """Return what a report version of this status sends here: a signed version goes without ``kos``."""
+        return self.documents if status == "draft" else tuple(d for d in self.documents if d != "kos")
 
     def serves(self, site_code: str | None, modalities: Iterable[str | None]) -> bool:
         """Whether reports of a study of this site and these modalities go to this destination.

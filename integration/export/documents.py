@@ -1,14 +1,16 @@
-"""The documents a delivery sends, built from the database: the stored SR file, FHIR JSON, HL7 ER7.
+"""The documents a delivery sends, built from the database: the stored DICOM files, FHIR JSON, HL7 ER7.
 
-SR files are written once per report version (fixed SOP Instance UID), so every re-send sends the
-same instance; FHIR and HL7 are built deterministically from the stored report version.
+DICOM files (the SR, the TID 1500 beside it, a draft's key images: :mod:`integration.reports.report_objects`)
+are written once per report version (fixed SOP Instance UIDs), so every re-send sends the same instance; FHIR
+and HL7 are built deterministically from the stored report version.
 
 By subject: ``draft:<report id>`` is the draft (SR, FHIR ``preliminary``, HL7 ``P``);
 ``signed:<revision id>`` a signed version (SR, FHIR ``final``, HL7 ``F``; ``amended`` / ``C`` when an
 earlier signed version of the report exists); ``withdrawn:<report id>`` takes a draft back (the IOCM
-rejection note referencing the draft's SR, FHIR ``entered-in-error``, HL7 ``C`` with ``W`` observations),
-issued at the withdrawal's creation time.  Every FHIR document of a report carries the report's one
-resource id (``OutgoingDocument.resource_id``), so its versions replace one another at the receiver.
+rejection note referencing the draft's SR, TID 1500 or key images, FHIR ``entered-in-error``, HL7 ``C``
+with ``W`` observations), issued at the withdrawal's creation time.  Every FHIR document of a report
+carries the report's one resource id (``OutgoingDocument.resource_id``), so its versions replace one another
+at the receiver.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from integration.store.session import session_scope
 from integration.store.tables import Instance, Report, ReportRevision, Series, Study
 
 FHIR_MEDIA_TYPE = "application/fhir+json"
+#: The DICOM documents of a report version: its SR, its TID 1500 and (drafts) its key images.
+DICOM_DOCUMENTS = frozenset({"sr", "tid1500", "kos"})
 HL7_MEDIA_TYPE = "x-application/hl7-v2+er7"
 
 
@@ -60,14 +64,20 @@ def load_document(settings: Settings, target: DeliveryTarget) -> OutgoingDocumen
         Its report version, SR file or source study is gone.
     """
     name = target.subject.replace(":", "-")
-    if target.document == "sr":
-        path = rejection_note_file(settings, target) if is_withdrawal(target) else sr_file(settings, target)
+    if target.document in DICOM_DOCUMENTS:
+        if is_withdrawal(target):
+            path = rejection_note_file(settings, target)
+        elif target.document == "sr":
+            path = sr_file(settings, target)
+        else:
+            path = report_object_file(settings, target)
         content = path.read_bytes()
         header = dcmread(path, stop_before_pixels=True)
+        suffix = "" if target.document == "sr" else f".{target.document}"
         return OutgoingDocument(
-            "sr",
+            target.document,
             content,
-            f"{name}.dcm",
+            f"{name}{suffix}.dcm",
             "application/dicom",
             sop_class_uid=str(header.SOPClassUID),
             sop_instance_uid=str(header.SOPInstanceUID),
@@ -105,21 +115,45 @@ def version_role(settings: Settings, target: DeliveryTarget) -> VersionRole:
 
 
 def rejection_note_file(settings: Settings, target: DeliveryTarget) -> Path:
-    """Return the stored IOCM rejection note of a withdrawn draft's SR (written once).
+    """Return the stored IOCM rejection note of the withdrawn draft's document the delivery names (written once).
+
+    A withdrawal is made per document a receiver got (:func:`~integration.store.deliveries.plan_withdrawals`):
+    the note of ``sr`` rejects the draft's SR, that of ``tid1500`` its TID 1500, that of ``kos`` its key images.
 
     Raises
     ------
     DocumentUnavailable
-        The report is gone, or its draft has no SR and none can be built.
+        The report is gone, or its draft has no such document and none can be built.
     """
     from integration.reports.drafts import SourceUnavailable
     from integration.reports.rejection_note import ensure_rejection_note
+    from integration.reports.report_objects import ObjectUnavailable
     from integration.store.revisions import UnknownReport
 
     try:
-        return ensure_rejection_note(settings, target.report_id)
-    except (UnknownReport, SourceUnavailable) as exc:
+        return ensure_rejection_note(settings, target.report_id, target.document)
+    except (UnknownReport, SourceUnavailable, ObjectUnavailable) as exc:
         raise DocumentUnavailable(f"rejection note of report {target.report_id}: {exc}") from exc
+
+
+def report_object_file(settings: Settings, target: DeliveryTarget) -> Path:
+    """Return the TID 1500 or key images file of the delivery's report version (built if needed).
+
+    Raises
+    ------
+    DocumentUnavailable
+        The report is gone, its study cannot be read, or the version has no such document (a signed version has
+        no key images; a closed draft gets no new document).
+    """
+    from integration.reports.drafts import SourceUnavailable
+    from integration.reports.report_objects import ObjectUnavailable, object_file
+    from integration.store.revisions import UnknownReport
+    from integration.store.viewer_tables import ReportObjectKind
+
+    try:
+        return object_file(settings, target.report_id, target.revision_id, ReportObjectKind(target.document))
+    except (UnknownReport, SourceUnavailable, ObjectUnavailable) as exc:
+        raise DocumentUnavailable(f"{target.document} of {target.subject}: {exc}") from exc
 
 
 def sr_file(settings: Settings, target: DeliveryTarget) -> Path:

@@ -53,7 +53,7 @@ def queue_deliveries(
             PlannedDelivery(destination.name, document)
             for destination in taking
             if destination.serves(site_code, modalities)
-            for document in destination.documents
+            for document in destination.documents_for(status)
         ]
         if not planned:
             return []

@@ -20,15 +20,15 @@ class OutgoingDocument:
     Attributes
     ----------
     kind : str
-        ``sr``, ``fhir`` or ``hl7``.
+        ``sr``, ``tid1500``, ``kos``, ``fhir`` or ``hl7``.
     content : bytes
-        The bytes (a Part 10 file for ``sr``).
+        The bytes (a Part 10 file for ``sr``, ``tid1500`` and ``kos``).
     filename : str
         Stable file name for folder destinations (same document, same name).
     media_type : str
         MIME type for HTTP.
     sop_class_uid, sop_instance_uid : str
-        For ``sr``: the SR's UIDs.
+        For the DICOM kinds: the instance's UIDs.
     resource_id : str
         For ``fhir``: the DiagnosticReport's id, the same for every version of a report (``PUT`` target).
     """

@@ -8,6 +8,8 @@ written to a temporary name in its folder, flushed, renamed into place and the f
 * :func:`ensure_draft_sr` gives a draft its SR.  The UIDs are drawn once and stored with the draft, so
   building again (a lost file, a redelivered task) gives the same SOP Instance UID; a file already in
   place is kept.
+* Beside each SR, :mod:`integration.reports.report_objects` writes the version's TID 1500 (and a draft's key
+  images document): :func:`ensure_draft_sr` and :meth:`PreparedSignature.recorded` call it.
 * :func:`sign_report` stores the radiologist's version (v2, v3 ...) with a new, verified SR.  Each
   version references the version it replaces (the draft for v2, v2 for v3 ...), so the Predecessor
   Documents Sequence forms a chain back to the draft.  What the radiologist does not edit (findings,
@@ -121,8 +123,14 @@ def _instance_file(settings: Settings, storage_path: str) -> Path:
     return path
 
 
-def _study_headers(settings: Settings, report: ReportDocument) -> tuple[Dataset, tuple[SeenFrame, ...]]:
-    """Read the headers of the instances the model saw: the source data set and each one's frame count."""
+def study_headers(settings: Settings, report: ReportDocument) -> tuple[Dataset, tuple[SeenFrame, ...]]:
+    """Read the headers of the instances the model saw: the source data set and each one's frame count.
+
+    Raises
+    ------
+    SourceUnavailable
+        No instance of the study can be read.
+    """
     entries = _seen_frames(report.evidence)
     wanted = list(dict.fromkeys(e.sop_instance_uid for e in entries))
     with session_scope(settings.database_url) as session:
@@ -162,9 +170,10 @@ def _seen_frames(evidence: object) -> tuple[Evidence, ...]:
     return entries
 
 
-def _report_for_sr(
+def report_for_sr(
     report: ReportDocument, content: Document, evidence: tuple[SeenFrame, ...], made_at: datetime
 ) -> ReportForSr:
+    """Return what an SR of a report version shows: its content, the evidence and the drafting model."""
     return ReportForSr(
         findings=content.findings,
         impression=content.impression,
@@ -200,9 +209,12 @@ def ensure_draft_sr(settings: Settings, report_id: int) -> Path:
     SourceUnavailable
         No instance of the study can be read.
     """
+    from integration.reports.report_objects import write_draft_companions  # it builds on this module
+
     with session_scope(settings.database_url) as session:
         report = load_report(session, report_id)
     if report.sr_path and (settings.data_dir / report.sr_path).is_file():
+        write_draft_companions(settings, report_id, settings.data_dir / report.sr_path)
         return settings.data_dir / report.sr_path
     if report.sr_sop_instance_uid is None or report.sr_series_uid is None:
         with session_scope(settings.database_url) as session:
@@ -212,16 +224,17 @@ def ensure_draft_sr(settings: Settings, report_id: int) -> Path:
     relative = sr_path_of(report.study_uid, sop_uid)
     path = settings.data_dir / relative
     if not path.is_file():
-        source, evidence = _study_headers(settings, report)
+        source, evidence = study_headers(settings, report)
         draft = Document.read(report.findings)
         safety = DraftSafety.of(draft, settings.confidence_low, settings.confidence_high)
-        content = replace(_report_for_sr(report, draft, evidence, report.created_at), safety=safety)
+        content = replace(report_for_sr(report, draft, evidence, report.created_at), safety=safety)
         document = build_draft_sr(content, source, sop_instance_uid=sop_uid, series_instance_uid=series_uid)
         write_document(path, document, fsync=settings.fsync)
         log.info("report %d: draft SR %s written", report_id, relative)
     if report.sr_path != relative:
         with session_scope(settings.database_url) as session:
             record_draft_sr_path(session, report_id, relative)
+    write_draft_companions(settings, report_id, path)  # its TID 1500 and key images
     return path
 
 
@@ -298,6 +311,9 @@ class PreparedSignature:
         log.info(
             "report %d: version %d signed by %s, SR %s", signed.report_id, signed.version, signed.author, signed.sr_path
         )
+        from integration.reports.report_objects import write_signed_companions  # it builds on this module
+
+        write_signed_companions(self.settings, revision_id)  # its TID 1500
 
 
 def prepare_signature(
@@ -396,9 +412,9 @@ def prepare_signature(
         predecessor.SeriesInstanceUID, predecessor.SOPInstanceUID = header.SeriesInstanceUID, header.SOPInstanceUID
     series_uid = (previous[-1].sr_series_uid if previous else None) or str(generate_uid())
     sop_uid = str(generate_uid())
-    source, evidence = _study_headers(settings, report)
+    source, evidence = study_headers(settings, report)
     document = build_signed_sr(
-        _report_for_sr(report, content, evidence, verification.verified_at),
+        report_for_sr(report, content, evidence, verification.verified_at),
         source,
         verification=verification,
         predecessor=predecessor,

@@ -17,8 +17,9 @@ cancelled order made obsolete), which is what a quality rejection says.
 
 Content (TID 2010): the title container, a Key Object Description (113012, DCM) saying why, and one
 COMPOSITE item referencing the draft SR (its SOP Class and Instance UID); the evidence sequence names
-the SR's study, series and instance.  The note is built with highdicom (``hd.ko``); patient and study
-attributes come from the SR.
+the SR's study, series and instance.  A draft's TID 1500 and key images documents, when a receiver got
+them, are taken back likewise, each by a note of its own.  The note is built with highdicom (``hd.ko``);
+patient and study attributes come from the rejected document.
 
 Identity: its own series (:data:`SERIES_NUMBER`, never the SR's series), SOP Instance and Series
 Instance UIDs derived from the SR's SOP Instance UID (:func:`integration.uids.derived_uid`), so
@@ -108,8 +109,10 @@ def build_rejection_note(sr: Dataset) -> hd.ko.KeyObjectSelectionDocument:
     return note
 
 
-def ensure_rejection_note(settings: Settings, report_id: int) -> Path:
-    """Return the stored rejection note of a draft's SR, writing it once; idempotent.
+def ensure_rejection_note(settings: Settings, report_id: int, document: str = "sr") -> Path:
+    """Return the stored rejection note of a draft's SR (or of its TID 1500 or key images), writing it once.
+
+    Idempotent.  Each document a receiver got has a note of its own (UIDs derived from the document's).
 
     Parameters
     ----------
@@ -117,6 +120,8 @@ def ensure_rejection_note(settings: Settings, report_id: int) -> Path:
         Data folder, instance store, database.
     report_id : int
         The withdrawn draft.
+    document : str
+        ``sr``, ``tid1500`` or ``kos``: which of the draft's documents is taken back.
 
     Returns
     -------
@@ -129,11 +134,20 @@ def ensure_rejection_note(settings: Settings, report_id: int) -> Path:
         No report has this id.
     integration.reports.drafts.SourceUnavailable
         The draft has no SR and none can be built.
+    integration.reports.report_objects.ObjectUnavailable
+        The draft never had the TID 1500 or key images named.
     """
-    sr = dcmread(ensure_draft_sr(settings, report_id), stop_before_pixels=True)
+    if document == "sr":
+        rejected = ensure_draft_sr(settings, report_id)
+    else:
+        from integration.reports.report_objects import object_file  # it builds on the drafts module, as this one
+        from integration.store.viewer_tables import ReportObjectKind
+
+        rejected = object_file(settings, report_id, None, ReportObjectKind(document))
+    sr = dcmread(rejected, stop_before_pixels=True)
     _, sop_uid = rejection_note_uids(str(sr.SOPInstanceUID))
     path = settings.data_dir / sr_path_of(str(sr.StudyInstanceUID), sop_uid)
     if not path.is_file():
         write_document(path, build_rejection_note(sr), fsync=settings.fsync)
-        log.info("report %d: rejection note %s written", report_id, sop_uid)
+        log.info("report %d: rejection note %s of its %s written", report_id, sop_uid, document)
     return path

@@ -210,15 +210,16 @@ class SrReading:
     safety: ReadSafety = field(default_factory=ReadSafety)
 
 
-def _software_version() -> str:
+def software_version() -> str:
+    """Return our package's version (Software Versions of our documents), ``unknown`` outside an install."""
     try:
         return metadata.version("pacs-vlm")
     except metadata.PackageNotFoundError:
         return "unknown"
 
 
-def _evidence_datasets(source: Dataset, evidence: tuple[SeenFrame, ...]) -> list[Dataset]:
-    """Datasets for highdicom: the first carries the source's patient and study modules.
+def evidence_datasets(source: Dataset, evidence: tuple[SeenFrame, ...]) -> list[Dataset]:
+    """Return datasets for highdicom's evidence: the first carries the source's patient and study modules.
 
     A prior study's instance keeps its own Study Instance UID, so highdicom lists it in the Pertinent Other
     Evidence Sequence rather than the Current Requested Procedure Evidence Sequence.
@@ -251,10 +252,9 @@ def _ordered(evidence: tuple[SeenFrame, ...]) -> tuple[SeenFrame, ...]:
     return tuple(sorted(evidence, key=lambda frame: frame.study_uid is not None))
 
 
-def _content(report: ReportForSr, verification: Verification | None) -> hd.sr.ContainerContentItem:
-    algorithm = report.algorithm
-    safety = report.safety if verification is None else None  # a signed version is the radiologist's text
-    device = hd.sr.ObserverContext(
+def device_observer(algorithm: Algorithm) -> hd.sr.ObserverContext:
+    """Return the model as a device observer (TID 1004): its Device Observer UID, name and model."""
+    return hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
             uid=algorithm.device_uid,
@@ -263,6 +263,24 @@ def _content(report: ReportForSr, verification: Verification | None) -> hd.sr.Co
             model_name=clean_text(algorithm.model_id, MAX_TEXT_CHARS) or "unknown",
         ),
     )
+
+
+def observation_context(algorithm: Algorithm, verification: Verification | None) -> hd.sr.ObservationContext:
+    """Return the observers (TID 1001): the model as a device (TID 1004) and, once signed, the radiologist.
+
+    Parameters
+    ----------
+    algorithm : Algorithm
+        The model that drafted the report.
+    verification : Verification or None
+        Who signed it (a person observer beside the device); None for a draft.
+
+    Returns
+    -------
+    highdicom.sr.ObservationContext
+        The HAS OBS CONTEXT items.
+    """
+    device = device_observer(algorithm)
     person = None
     if verification is not None:
         person = hd.sr.ObserverContext(
@@ -271,9 +289,15 @@ def _content(report: ReportForSr, verification: Verification | None) -> hd.sr.Co
                 name=verification.observer_name, organization_name=verification.organization
             ),
         )
+    return hd.sr.ObservationContext(observer_person_context=person, observer_device_context=device)
+
+
+def _content(report: ReportForSr, verification: Verification | None) -> hd.sr.ContainerContentItem:
+    algorithm = report.algorithm
+    safety = report.safety if verification is None else None  # a signed version is the radiologist's text
     items = [
         *language_items(),
-        *hd.sr.ObservationContext(observer_person_context=person, observer_device_context=device),
+        *observation_context(algorithm, verification),
         *algorithm_items(
             algorithm.model_id,
             algorithm.model_revision,
@@ -302,22 +326,84 @@ def _document(
     verification: Verification | None,
     predecessor: Dataset | None,
 ) -> Dataset:
+    signed = verification is not None
+    return sr_document(
+        hd.sr.ComprehensiveSR,
+        _content(report, verification),
+        report,
+        source,
+        sop_instance_uid=sop_instance_uid,
+        series_instance_uid=series_instance_uid,
+        series=(SIGNED_SERIES_NUMBER, SIGNED_SERIES_DESCRIPTION)
+        if signed
+        else (DRAFT_SERIES_NUMBER, DRAFT_SERIES_DESCRIPTION),
+        instance_number=instance_number,
+        verification=verification,
+        predecessor=predecessor,
+    )
+
+
+def sr_document(
+    sop_class: type[hd.sr.ComprehensiveSR] | type[hd.sr.EnhancedSR],
+    content: hd.sr.ContainerContentItem,
+    report: ReportForSr,
+    source: Dataset,
+    *,
+    sop_instance_uid: str,
+    series_instance_uid: str,
+    series: tuple[int, str],
+    instance_number: int,
+    verification: Verification | None,
+    predecessor: Dataset | None,
+) -> Dataset:
+    """Wrap a content tree in an SR document of a report version: flags, observers, evidence, fixed times.
+
+    A draft (``verification`` None) is PARTIAL, UNVERIFIED, PRELIMINARY; a signed version COMPLETE, VERIFIED,
+    FINAL with its Verifying Observer.  Creation and content times are the version's, so a rebuilt document
+    is the same document.
+
+    Parameters
+    ----------
+    sop_class : type
+        ``highdicom.sr.ComprehensiveSR`` (TID 2000) or ``highdicom.sr.EnhancedSR`` (TID 1500).
+    content : highdicom.sr.ContainerContentItem
+        The root of the content tree.
+    report : ReportForSr
+        The version (its evidence and creation time).
+    source : pydicom.Dataset
+        Header of one instance of the study (patient and study modules).
+    sop_instance_uid, series_instance_uid : str
+        The document's UIDs.
+    series : tuple of (int, str)
+        Series Number and Series Description.
+    instance_number : int
+        Instance Number.
+    verification : Verification or None
+        Who signed (None: a draft).
+    predecessor : pydicom.Dataset or None
+        The document this one replaces (Predecessor Documents Sequence).
+
+    Returns
+    -------
+    pydicom.Dataset
+        The document, with file meta.
+    """
     made_at = (verification.verified_at if verification else report.created_at).astimezone()
     signed = verification is not None
     with warnings.catch_warnings():
         # The patient's name is copied as the modality wrote it; highdicom's advice on its form is not ours to act on.
         warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name")
-        document = hd.sr.ComprehensiveSR(
-            evidence=_evidence_datasets(source, _ordered(report.evidence)),
-            content=_content(report, verification),
+        document = sop_class(
+            evidence=evidence_datasets(source, _ordered(report.evidence)),
+            content=content,
             series_instance_uid=series_instance_uid,
-            series_number=SIGNED_SERIES_NUMBER if signed else DRAFT_SERIES_NUMBER,
+            series_number=series[0],
             sop_instance_uid=sop_instance_uid,
             instance_number=instance_number,
             manufacturer=MANUFACTURER,
             manufacturer_model_name=MANUFACTURER,
-            software_versions=_software_version(),
-            series_description=SIGNED_SERIES_DESCRIPTION if signed else DRAFT_SERIES_DESCRIPTION,
+            software_versions=software_version(),
+            series_description=series[1],
             is_complete=signed,
             is_final=signed,
             is_verified=signed,

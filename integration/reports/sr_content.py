@@ -241,12 +241,16 @@ def algorithm_items(name: str, version: str, parameters: Sequence[str]) -> list[
     list of highdicom.sr.ContentItem
         The TEXT items.
     """
-    template = hd.sr.AlgorithmIdentification(
+    return [*algorithm_identification(name, version, parameters)]
+
+
+def algorithm_identification(name: str, version: str, parameters: Sequence[str]) -> hd.sr.AlgorithmIdentification:
+    """Return TID 4019 as a highdicom template (cleaned texts), for :func:`algorithm_items` and TID 1501 groups."""
+    return hd.sr.AlgorithmIdentification(
         name=clean_text(name, MAX_TEXT_CHARS) or "unknown",
         version=clean_text(version, MAX_TEXT_CHARS) or "unknown",
         parameters=[text for p in parameters if (text := clean_text(p, MAX_TEXT_CHARS))] or None,
     )
-    return [*template]
 
 
 def language_items() -> list[ContentItem]:

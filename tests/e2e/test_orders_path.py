@@ -109,6 +109,7 @@ def test_orders_drive_priority_cancellation_and_withdrawals_to_every_receiver(
                 "host": "127.0.0.1",
                 "port": pacs.dicom_port,
                 "reports": "both",
+                "documents": ["sr"],
             },
         ]
         env = {"PACSVLM_DESTINATIONS": json.dumps(destinations), "PACSVLM_DELIVERY_BACKOFF_SECONDS": "0.5"}

@@ -1,5 +1,7 @@
 """Delivering report documents with real peers: Orthanc by C-STORE and by STOW-RS, a folder, an HTTP endpoint.
 
+A DICOM destination takes a draft's SR, its TID 1500 and its key images by default.
+
 A Celery worker for the delivery queue runs as a subprocess (`pacs-vlm worker --queues delivery`) against
 PostgreSQL and Redis; Orthanc (Debian package, orthanc-dicomweb plugin) is started by the tests.
 """
@@ -23,6 +25,8 @@ from integration.export.outbox import queue_deliveries
 from integration.export.outgoing import OutgoingDocument
 from integration.export.senders import send
 from integration.reports.drafts import ensure_draft_sr
+from integration.reports.kos import read_key_images
+from integration.reports.sr_measurement import read_measurement_report
 from integration.samples import pydicom_test_file
 from integration.store.reports import ClaimedJob, DraftRecord, claim_job, record_draft
 from integration.store.session import session_scope
@@ -180,7 +184,7 @@ def test_draft_sr_by_c_store_and_stow_rs_and_fhir_hl7_to_folder_and_http(
         extra_env=delivery_env(settings, destinations),
     )  # fmt: skip
     sent = queue_deliveries(settings, report_id, None, "draft")
-    assert len(sent) == 6  # pacs/sr, vna/sr, drop/fhir, drop/hl7, ehr/fhir, ehr/hl7; signed-only takes none
+    assert len(sent) == 10  # pacs and vna: sr, tid1500, kos; drop, ehr: fhir, hl7; signed-only takes none
     wait_until(
         lambda: all(state == "delivered" for state, _ in states(migrated_postgres_url).values()),
         timeout=90,
@@ -190,6 +194,16 @@ def test_draft_sr_by_c_store_and_stow_rs_and_fhir_hl7_to_folder_and_http(
     at_orthanc = orthanc_sr(orthanc, str(sr.SOPInstanceUID))  # C-STORE and STOW-RS sent the same instance
     assert at_orthanc.StudyInstanceUID == sr.StudyInstanceUID and at_orthanc.VerificationFlag == "UNVERIFIED"
     assert at_orthanc.ContentSequence == sr.ContentSequence
+    # beside the SR, the draft's TID 1500 and key images, as written under the data folder
+    [(tid1500_uid,)] = db_rows(
+        migrated_postgres_url, "SELECT sop_instance_uid FROM report_objects WHERE kind = 'tid1500'"
+    )
+    [(kos_uid,)] = db_rows(migrated_postgres_url, "SELECT sop_instance_uid FROM report_objects WHERE kind = 'kos'")
+    measurement = read_measurement_report(orthanc_sr(orthanc, tid1500_uid))
+    assert [f.text for f in measurement.findings] == ["No acute abnormality."]
+    assert (measurement.completion_flag, measurement.verification_flag) == ("PARTIAL", "UNVERIFIED")
+    key_images = read_key_images(orthanc_sr(orthanc, kos_uid))
+    assert key_images.documents == (str(sr.SOPInstanceUID),) and len(key_images.images) == 1
     fhir = json.loads((tmp_path / "drop" / f"draft-{report_id}.fhir.json").read_text())
     assert "preliminary" in json.dumps(fhir)
     hl7 = (tmp_path / "drop" / f"draft-{report_id}.hl7").read_text()
@@ -197,8 +211,8 @@ def test_draft_sr_by_c_store_and_stow_rs_and_fhir_hl7_to_folder_and_http(
     assert sorted(media for media, _ in received) == ["application/fhir+json", "x-application/hl7-v2+er7"]
     # the same report queued again: nothing new is created or sent, no duplicate at the destination
     assert queue_deliveries(settings, report_id, None, "draft") == []
-    assert len(db_rows(migrated_postgres_url, "SELECT id FROM deliveries")) == 6
-    assert orthanc.get("/statistics")["CountInstances"] == 1
+    assert len(db_rows(migrated_postgres_url, "SELECT id FROM deliveries")) == 10
+    assert orthanc.get("/statistics")["CountInstances"] == 3  # the SR, its TID 1500, its key images
 
 
 def test_a_destination_down_goes_dead_letter_and_a_retry_delivers_once_it_is_back(
@@ -206,8 +220,9 @@ def test_a_destination_down_goes_dead_letter_and_a_retry_delivers_once_it_is_bac
 ) -> None:
     port = free_port()
     destinations: list[dict[str, object]] = [
-        {"name": "pacs", "kind": "dicom", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": port, "reports": "drafts"}
-    ]
+        {"name": "pacs", "kind": "dicom", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": port, "reports": "drafts",
+         "documents": ["sr"]}
+    ]  # fmt: skip
     settings = Settings(
         data_dir=tmp_path / "data", database_url=migrated_postgres_url, broker_url=redis_url, destinations=destinations
     )

@@ -17,7 +17,13 @@ from tests.support.peers import REPO
 
 def test_defaults_per_kind_and_report_rules() -> None:
     pacs = Destination(name="pacs", kind="dicom", ae_title="ORTHANC", host="10.0.0.10", port=4242)
-    assert pacs.documents == ("sr",) and pacs.takes("signed") and not pacs.takes("draft")
+    assert pacs.documents == ("sr", "tid1500", "kos") and pacs.takes("signed") and not pacs.takes("draft")
+    assert pacs.documents_for("draft") == ("sr", "tid1500", "kos")
+    assert pacs.documents_for("signed") == ("sr", "tid1500")  # a signed version has no key images document
+    vna = Destination(name="vna", kind="dicomweb", url="https://vna.example.org/dicom-web", documents=["sr"])
+    assert vna.documents == ("sr",) and vna.documents_for("signed") == ("sr",)
+    files = Destination(name="files", kind="folder", folder="/exports", documents=["sr", "tid1500", "kos"])
+    assert files.documents_for("draft") == ("sr", "tid1500", "kos")
     drop = Destination(name="drop", kind="folder", folder="/exports", reports="both")
     assert drop.documents == ("fhir", "hl7") and drop.takes("draft") and drop.takes("signed")
     ris = Destination(name="ris", kind="http", url="https://ris.example.org/hl7", documents=["hl7"], reports="drafts")
@@ -36,6 +42,8 @@ def test_defaults_per_kind_and_report_rules() -> None:
         ({"kind": "dicomweb", "url": "ftp://x"}, "needs an http(s) url"),
         ({"kind": "dicom", "ae_title": "A", "host": "h", "port": 104, "documents": ["fhir"]}, "cannot take fhir"),
         ({"kind": "http", "url": "https://x", "documents": ["sr"]}, "cannot take sr"),
+        ({"kind": "http", "url": "https://x", "documents": ["tid1500", "kos"]}, "cannot take kos, tid1500"),
+        ({"kind": "fhir", "url": "https://x", "documents": ["kos"]}, "cannot take kos"),
         ({"kind": "folder"}, "needs folder"),
         ({"kind": "smtp"}, "Input should be"),
         ({"kind": "mllp", "host": "ris"}, "an mllp destination needs host and port"),

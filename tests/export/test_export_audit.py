@@ -34,7 +34,7 @@ def test_deliveries_are_audited_without_report_text(
         {"name": "drop", "kind": "folder", "folder": str(tmp_path / "drop"), "documents": ["sr", "hl7"],
          "reports": "drafts"},
         {"name": "gone", "kind": "dicom", "ae_title": "NOBODY", "host": "127.0.0.1", "port": free_port(),
-         "reports": "drafts"},
+         "reports": "drafts", "documents": ["sr"]},
     ]  # fmt: skip
     settings = Settings(data_dir=tmp_path / "data", database_url=url, broker_url=redis_url, destinations=destinations)
     report_id = stored_report(settings)

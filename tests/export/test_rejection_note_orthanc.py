@@ -1,4 +1,4 @@
-"""Orthanc receives a draft SR and then its IOCM rejection note, through the delivery worker.
+"""Orthanc receives a draft SR (with its TID 1500 and key images) and then their IOCM rejection notes.
 
 A Celery worker for the delivery queue runs as a subprocess against PostgreSQL and Redis; Orthanc (Debian
 package, 1.10) is the PACS, reached by C-STORE; a folder destination takes the FHIR and HL7 documents.
@@ -28,6 +28,7 @@ from integration.reports.drafts import ensure_draft_sr
 from integration.reports.review import reject_draft
 from integration.store.session import session_scope
 from integration.store.tables import Delivery
+from integration.store.viewer_tables import ReportObject
 from tests.export.test_delivery import delivery_env, stored_report
 from tests.support.orthanc import OrthancServer
 from tests.support.peers import WorkerProcess, wait_until
@@ -51,11 +52,26 @@ def rows(settings: Settings) -> dict[str, tuple[str, int]]:
         }
 
 
-def instances_of(orthanc: OrthancServer, study_uid: str) -> dict[str, pydicom.Dataset]:
-    """SOP Class UID -> the instance Orthanc returns, for each instance of the study."""
+def study_instances(orthanc: OrthancServer, study_uid: str) -> dict[str, pydicom.Dataset]:
+    """SOP Instance UID -> the instance Orthanc returns, for each instance of the study."""
     found = orthanc.post_json("/tools/find", {"Level": "Instance", "Query": {"StudyInstanceUID": study_uid}})
     files = [pydicom.dcmread(BytesIO(orthanc.request("GET", f"/instances/{i}/file"))) for i in found]
-    return {str(ds.SOPClassUID): ds for ds in files}
+    return {str(ds.SOPInstanceUID): ds for ds in files}
+
+
+def referenced(note: pydicom.Dataset) -> set[str]:
+    """The SOP Instance UIDs a note's evidence names."""
+    return {
+        str(ref.ReferencedSOPInstanceUID)
+        for study in note.CurrentRequestedProcedureEvidenceSequence
+        for series in study.ReferencedSeriesSequence
+        for ref in series.ReferencedSOPSequence
+    }
+
+
+def instances_of(orthanc: OrthancServer, study_uid: str) -> dict[str, pydicom.Dataset]:
+    """SOP Class UID -> the instance Orthanc returns, for each instance of the study."""
+    return {str(ds.SOPClassUID): ds for ds in study_instances(orthanc, study_uid).values()}
 
 
 def start_worker(
@@ -89,32 +105,38 @@ def test_orthanc_keeps_the_draft_sr_and_stores_its_rejection_note_beside_it(
     )
     report_id = stored_report(settings)
     sr = pydicom.dcmread(ensure_draft_sr(settings, report_id))
+    with session_scope(settings.database_url) as session:
+        companions = {o.kind.value: o.sop_instance_uid for o in session.scalars(select(ReportObject))}
     worker = start_worker(worker_factory, settings, destinations)
-    assert len(queue_deliveries(settings, report_id, None, "draft")) == 3
+    assert len(queue_deliveries(settings, report_id, None, "draft")) == 5  # pacs: sr, tid1500, kos; drop: fhir, hl7
     wait_until(
         lambda: all(state == "delivered" for state, _ in rows(settings).values()),
         timeout=90,
         message=f"the draft delivered: {rows(settings)}\n{worker.log()[-2000:]}",
     )
-    assert set(instances_of(pacs, str(sr.StudyInstanceUID))) == {str(sr.SOPClassUID)}
+    sent = {str(sr.SOPInstanceUID), companions["tid1500"], companions["kos"]}
+    assert set(study_instances(pacs, str(sr.StudyInstanceUID))) == sent
 
     reject_draft(settings, report_id, actor="rad", reason="Hallucinated finding.")
-    assert len(withdraw_reports(settings, [report_id], "rejected")) == 3
+    assert len(withdraw_reports(settings, [report_id], "rejected")) == 5
     wait_until(
-        lambda: len(rows(settings)) == 6 and all(state == "delivered" for state, _ in rows(settings).values()),
+        lambda: len(rows(settings)) == 10 and all(state == "delivered" for state, _ in rows(settings).values()),
         timeout=90,
         message=f"the withdrawals delivered: {rows(settings)}\n{worker.log()[-2000:]}",
     )
-    at_pacs = instances_of(pacs, str(sr.StudyInstanceUID))
-    assert set(at_pacs) == {str(sr.SOPClassUID), KOS_CLASS}  # Orthanc stores the note and keeps the SR
-    kept = at_pacs[str(sr.SOPClassUID)]
-    assert kept.SOPInstanceUID == sr.SOPInstanceUID and kept.ContentSequence == sr.ContentSequence
-    note = hd.ko.KeyObjectSelectionDocument.from_dataset(at_pacs[KOS_CLASS])
-    assert note.ConceptNameCodeSequence[0].CodeValue == "113001"
-    assert note.resolve_reference(str(sr.SOPInstanceUID))[1] == str(sr.SeriesInstanceUID)
-    assert note.SeriesInstanceUID != sr.SeriesInstanceUID and note.Modality == "KO"
+    at_pacs = study_instances(pacs, str(sr.StudyInstanceUID))
+    kept = at_pacs[str(sr.SOPInstanceUID)]  # Orthanc stores the notes and keeps what they reject
+    assert kept.ContentSequence == sr.ContentSequence and sent < set(at_pacs)
+    notes = [hd.ko.KeyObjectSelectionDocument.from_dataset(ds) for uid, ds in at_pacs.items() if uid not in sent]
+    assert len(notes) == 3 and all(note.SOPClassUID == KOS_CLASS for note in notes)
+    assert {note.ConceptNameCodeSequence[0].CodeValue for note in notes} == {"113001"}
+    assert [len(referenced(note)) for note in notes] == [1, 1, 1]  # each note takes back one document
+    assert {uid for note in notes for uid in referenced(note)} == sent
+    sr_note = next(note for note in notes if referenced(note) == {str(sr.SOPInstanceUID)})
+    assert sr_note.resolve_reference(str(sr.SOPInstanceUID))[1] == str(sr.SeriesInstanceUID)
+    assert sr_note.SeriesInstanceUID != sr.SeriesInstanceUID and sr_note.Modality == "KO"
     series = pacs.get(f"/studies/{pacs.studies()[0]}")["Series"]
-    assert len(series) == 2  # the note in a series of its own
+    assert len(series) == 6  # the SR, its TID 1500, its key images, and each note in a series of its own
     # the FHIR receiver: the same resource, now entered-in-error; the RIS: a C/W result after the P one
     drop = tmp_path / "drop"
     draft = json.loads((drop / f"draft-{report_id}.fhir.json").read_text())
@@ -125,7 +147,7 @@ def test_orthanc_keeps_the_draft_sr_and_stores_its_rejection_note_beside_it(
     assert obr.split("|")[25] == "C"
     # sent again (a duplicate message, an operator's retry): still one note at Orthanc
     assert withdraw_reports(settings, [report_id], "rejected") == []
-    assert pacs.get("/statistics")["CountInstances"] == 2
+    assert pacs.get("/statistics")["CountInstances"] == 6
 
 
 def test_a_withdrawal_waits_for_its_drafts_retry_and_is_sent_when_an_attempt_may_have_arrived(
@@ -139,8 +161,9 @@ def test_a_withdrawal_waits_for_its_drafts_retry_and_is_sent_when_an_attempt_may
     """
     port = free_port()
     destinations: list[dict[str, object]] = [
-        {"name": "pacs", "kind": "dicom", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": port, "reports": "both"}
-    ]
+        {"name": "pacs", "kind": "dicom", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": port, "reports": "both",
+         "documents": ["sr"]}
+    ]  # fmt: skip
     settings = Settings(
         data_dir=tmp_path / "data", database_url=migrated_postgres_url, broker_url=redis_url, destinations=destinations
     )
