@@ -2,14 +2,14 @@
 
 One api process and one data set serve the module: a NORTH study of four series in four transfer syntaxes
 (explicit and implicit VR little endian, JPEG baseline, RLE with two frames; pydicom's test files with new
-UIDs), a SOUTH study, and a NORTH 300-slice CT series of 512x512 slices (about 157 MB), all stored as the
-listener stores them.  Radiologists read with viewer tokens (Bearer) or HTTP Basic (Orthanc).
+UIDs) and our draft's SR (under the data folder), a SOUTH study, and a NORTH 300-slice CT series of 512x512
+slices (about 157 MB), all stored as the listener stores them.  Radiologists read with viewer tokens
+(Bearer) or HTTP Basic (Orthanc).
 """
 
 from __future__ import annotations
 
 import io
-import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,15 +28,16 @@ from pydicom.uid import generate_uid
 from sqlalchemy import select
 
 from integration.config import Settings
+from integration.intake.assembly import StudyAssembler
 from integration.samples import pydicom_test_file, write_ct_series
 from integration.store.migrate import upgrade
 from integration.store.session import session_scope
-from integration.store.tables import User, UserRole, utcnow
+from integration.store.tables import Report, User, UserRole, utcnow
 from integration.store.users import DICOMWEB_SCOPE, create_session, create_site, create_user
 from tests.conftest import TEST_REDIS_DB
 from tests.support.instances import ingest
 from tests.support.orthanc import DICOMWEB_PLUGIN, ORTHANC, OrthancServer
-from tests.support.review_app import ingest_settings
+from tests.support.review_app import draft, evidence_of, ingest_settings
 from tests.support.services import Postgres, RedisServer
 from tests.web.conftest import ApiProcess
 from tests.web.test_api_memory import MIB, rss
@@ -68,6 +69,13 @@ class World:
     big_series: str
     big_files: list[Path]
     tokens: dict[str, str]
+    sr_uid: str
+    sr_file: Path  # our draft SR, under the api's data folder
+
+    def files(self) -> dict[str, bytes]:
+        """The study's stored files by SOP Instance UID: the four instances and our SR."""
+        found = {str(ds.SOPInstanceUID): self.stored(ds).read_bytes() for ds in self.instances.values()}
+        return {**found, self.sr_uid: self.sr_file.read_bytes()}
 
     def stored(self, ds: pydicom.Dataset) -> Path:
         root = self.settings.instance_root
@@ -124,6 +132,10 @@ def world(postgres: Postgres, redis_server: RedisServer, tmp_path_factory: pytes
     big_files = write_ct_series(tmp / "big", SLICES)
     for path in big_files:
         header = ingest(settings, path, earlier, site_id=sites["NORTH"])
+    StudyAssembler(settings).run_once()
+    report_id = draft(
+        settings, study, [{"text": "No acute finding.", "images": [1]}], [evidence_of(instances[EXPLICIT], 1)]
+    )
     api = ApiProcess(
         tmp / "api",
         {
@@ -135,6 +147,21 @@ def world(postgres: Postgres, redis_server: RedisServer, tmp_path_factory: pytes
     )
     # dicomweb-client sends a Host header without the port: bulk data URIs come from the configured address
     api.env["PACSVLM_PUBLIC_URL"] = api.url
+    # our draft's SR, as the worker writes it under the data folder (the catalog serves it with the study)
+    sr = pydicom.dcmread(pydicom_test_file("reportsi.dcm"))
+    sr.StudyInstanceUID, sr.SeriesInstanceUID, sr.PatientID = study, generate_uid(), "WADO-1"
+    sr.SOPInstanceUID = sr.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    relative = f"reports/{study}/{sr.SOPInstanceUID}.dcm"
+    (api.data_dir / relative).parent.mkdir(parents=True)
+    sr.save_as(api.data_dir / relative)
+    with session_scope(url) as session:
+        report = session.get(Report, report_id)
+        assert report is not None
+        report.sr_series_uid, report.sr_sop_instance_uid, report.sr_path = (
+            sr.SeriesInstanceUID,
+            sr.SOPInstanceUID,
+            relative,
+        )
     api.start()
     yield World(
         settings,
@@ -146,6 +173,8 @@ def world(postgres: Postgres, redis_server: RedisServer, tmp_path_factory: pytes
         str(header.SeriesInstanceUID),
         big_files,
         tokens,
+        str(sr.SOPInstanceUID),
+        api.data_dir / relative,
     )
     api.stop()
 
@@ -175,9 +204,7 @@ def instance_path(ds: pydicom.Dataset) -> str:
 def test_dicomweb_client_retrieves_study_series_and_instance_as_stored(world: World) -> None:
     client = world.client()
     study = client.retrieve_study(world.study)
-    assert sorted(str(ds.SOPInstanceUID) for ds in study) == sorted(
-        str(ds.SOPInstanceUID) for ds in world.instances.values()
-    )
+    assert sorted(str(ds.SOPInstanceUID) for ds in study) == sorted(world.files())
     assert {str(ds.file_meta.TransferSyntaxUID) for ds in study} == set(SOURCES.values())
     ct = world.instances[EXPLICIT]
     (series,) = client.retrieve_series(world.study, str(ct.SeriesInstanceUID))
@@ -193,7 +220,9 @@ def test_dicomweb_client_retrieves_study_series_and_instance_as_stored(world: Wo
     assert answer.status_code == 200 and answer.headers["content-type"].startswith("multipart/related")
     parts = multipart_parts(answer)
     stored = {world.stored(ds).read_bytes(): syntax for syntax, ds in world.instances.items()}
-    assert len(parts) == 4 and all(content in stored for _, content in parts)
+    stored[world.sr_file.read_bytes()] = EXPLICIT
+    assert len(parts) == 5 and all(content in stored for _, content in parts)
+    assert parts[-1][1] == world.sr_file.read_bytes()  # received instances first, then ours
     for headers, content in parts:
         assert headers["content-type"] == f"application/dicom; transfer-syntax={stored[content]}"
 
@@ -236,11 +265,13 @@ def test_single_application_dicom_transcoding_and_406(world: World) -> None:
 def test_metadata_with_bulk_data_uris_and_bulk_data(world: World) -> None:
     client = world.client()
     metadata = client.retrieve_study_metadata(world.study)
-    assert len(metadata) == 4
+    assert len(metadata) == 5
     for item in metadata:
         assert item["0020000D"]["Value"] == [world.study]
-        assert "BulkDataURI" in item["7FE00010"] and "InlineBinary" not in json.dumps(item["7FE00010"])
         pydicom.Dataset.from_json(item, bulk_data_uri_handler=lambda tag, vr, uri: b"")
+    images, (sr,) = metadata[:4], metadata[4:]
+    assert all(list(item["7FE00010"]) == ["vr", "BulkDataURI"] for item in images)
+    assert sr["00080018"]["Value"] == [world.sr_uid] and "0040A730" in sr and "7FE00010" not in sr
     ct = world.instances[EXPLICIT]
     one = client.retrieve_instance_metadata(world.study, str(ct.SeriesInstanceUID), str(ct.SOPInstanceUID))
     assert one["00100010"]["Value"] == [{"Alphabetic": "Wado^Test"}]
@@ -333,7 +364,7 @@ def test_another_sites_study_is_not_found_and_credentials_are_required(world: Wo
     basic = httpx.get(
         world.api.url + f"/dicomweb/studies/{world.study}/metadata", auth=("north_rad", PASSWORD), timeout=30
     )
-    assert basic.status_code == 200 and len(basic.json()) == 4
+    assert basic.status_code == 200 and len(basic.json()) == 5
 
 
 def test_a_300_slice_series_streams_in_bounded_memory(world: World) -> None:
@@ -373,13 +404,12 @@ def test_orthanc_retrieves_a_study_from_us_with_its_dicomweb_client(world: World
         )
         assert [item["0020000D"]["Value"] for item in found] == [world.study]  # Orthanc simplifies the JSON
         metadata = orthanc.post_json("/dicom-web/servers/pacsvlm/get", {"Uri": f"/studies/{world.study}/metadata"})
-        assert len(metadata) == 4 and all("BulkDataURI" in item["7FE00010"] for item in metadata)
+        assert len(metadata) == 5 and all("BulkDataURI" in item["7FE00010"] for item in metadata[:4])
         orthanc.post_json("/dicom-web/servers/pacsvlm/retrieve", {"Resources": [{"Study": world.study}]})
         (study,) = orthanc.studies()
         held = orthanc.study_instances(study)
-        assert sorted(item["MainDicomTags"]["SOPInstanceUID"] for item in held) == sorted(
-            str(ds.SOPInstanceUID) for ds in world.instances.values()
-        )
+        files = world.files()
+        assert sorted(item["MainDicomTags"]["SOPInstanceUID"] for item in held) == sorted(files)
         for item in held:  # the very bytes we hold
             data = orthanc.request("GET", f"/instances/{item['ID']}/file")
-            assert any(data == world.stored(ds).read_bytes() for ds in world.instances.values())
+            assert data == files[item["MainDicomTags"]["SOPInstanceUID"]]
