@@ -247,3 +247,10 @@ def test_a_withdrawn_draft_gets_no_new_object(stored: tuple[Settings, int, list[
     assert objects(settings) == {}
     with pytest.raises(ObjectUnavailable, match="closed"):
         object_file(settings, report_id, None, ReportObjectKind.MEASUREMENT)
+
+
+def test_a_rebuilt_measurement_report_is_the_same_document(ct: tuple[Dataset, tuple[SeenFrame, ...]]) -> None:
+    source, seen = ct
+    uids = {"sop_instance_uid": generate_uid(), "series_instance_uid": generate_uid()}
+    first, second = (build_measurement_report(a_report(seen), source, **uids) for _ in range(2))
+    assert first == second
