@@ -34,6 +34,7 @@ from integration.store.migrate import upgrade
 from integration.store.session import session_scope
 from integration.store.tables import Report, User, UserRole, utcnow
 from integration.store.users import DICOMWEB_SCOPE, create_session, create_site, create_user
+from integration.web.dicomweb.negotiation import DICOM, MULTIPART, MediaRange, media_ranges, part_type_of
 from tests.conftest import TEST_REDIS_DB
 from tests.support.instances import ingest
 from tests.support.orthanc import DICOMWEB_PLUGIN, ORTHANC, OrthancServer
@@ -413,3 +414,14 @@ def test_orthanc_retrieves_a_study_from_us_with_its_dicomweb_client(world: World
         for item in held:  # the very bytes we hold
             data = orthanc.request("GET", f"/instances/{item['ID']}/file")
             assert data == files[item["MainDicomTags"]["SOPInstanceUID"]]
+
+
+def test_accept_headers_as_clients_write_them() -> None:
+    orthanc = media_ranges('multipart/related; type="application/dicom"; transfer-syntax=*')
+    assert [(r.essence, r.part_type, r.transfer_syntax) for r in orthanc] == [(MULTIPART, DICOM, None)]
+    client = media_ranges(f'multipart/related; type="application/dicom"; transfer-syntax={EXPLICIT}')
+    assert client[0].transfer_syntax == EXPLICIT
+    weighted = media_ranges('image/png;q=0.5, multipart/related; type="a/b,c"; q=0.9, image/gif;q=0, image/jpeg')
+    assert [r.essence for r in weighted] == ["image/jpeg", MULTIPART, "image/png"]  # q order; a quoted comma
+    assert weighted[1].part_type == "a/b,c" and media_ranges(None) == media_ranges("  ") == [MediaRange("*/*")]
+    assert part_type_of(media_ranges("multipart/related")[0]) == "*/*" and part_type_of(weighted[0]) is None
