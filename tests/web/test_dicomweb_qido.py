@@ -231,6 +231,11 @@ def test_series_and_instances_include_our_sr(world: World) -> None:
     assert set(uids(ours)) == {chest} and first(ours[0], "00080020") == "20260315"
     assert world.sr_series in uids(ours, SERIES_UID)
     assert client.search_for_instances(search_filters={"SOPInstanceUID": str(world.south.SOPInstanceUID)}) == []
+    wanted = str(world.series[2].SOPInstanceUID)
+    assert uids(client.search_for_instances(search_filters={"SOPInstanceUID": wanted}), SOP_UID) == [wanted]
+    assert uids(client.search_for_series(search_filters={"Modality": "SR"})) == [chest] * len(
+        {item.series_uid for item in world.ours if item.modality == "SR"}
+    )
 
 
 def test_bad_queries_answer_400_with_a_reason(world: World) -> None:

@@ -23,7 +23,7 @@ from pydicom.datadict import keyword_for_tag, tag_for_keyword
 from sqlalchemy import ColumnElement, and_, exists, false, func, or_, true
 
 from integration.store.catalog import StoredObject
-from integration.store.tables import Report, ReportRevision, ReportStatus, Series, Study
+from integration.store.tables import Instance, Report, ReportRevision, ReportStatus, Series, Study
 from integration.store.viewer_tables import ReportObject, ReportObjectKind
 from integration.uids import is_valid_uid
 
@@ -216,8 +216,8 @@ class QidoQuery:
         SQL conditions on the study.
     objects : list of Predicate
         Tests of each catalog object (series and instance keys).
-    series_uids, sop_instance_uids : list of str
-        UIDs named by the query (to narrow the studies searched before their catalogs are read).
+    series_uids, sop_instance_uids, modalities : list of str
+        UIDs and modalities named by the query (to narrow the studies searched before their catalogs are read).
     includefields : list of str
         Keywords asked for beyond the default attributes; ``include_all`` for ``includefield=all``.
     limit, offset : int
@@ -233,6 +233,7 @@ class QidoQuery:
     objects: list[Predicate] = field(default_factory=list)
     series_uids: list[str] = field(default_factory=list)
     sop_instance_uids: list[str] = field(default_factory=list)
+    modalities: list[str] = field(default_factory=list)
     includefields: list[str] = field(default_factory=list)
     include_all: bool = False
     limit: int = 0
@@ -245,7 +246,7 @@ class QidoQuery:
         return all(test(item) for test in self.objects)
 
     def candidate_studies(self) -> list[ColumnElement[bool]]:
-        """SQL conditions narrowing the studies to search by the UIDs named (received or ours)."""
+        """SQL conditions narrowing the studies to search by the UIDs and modalities named (received or ours)."""
         clauses = list(self.study)
         if self.series_uids:
             uids = self.series_uids
@@ -254,16 +255,34 @@ class QidoQuery:
                     exists().where(Series.study_id == Study.id, Series.series_uid.in_(uids)),
                     exists().where(Report.study_id == Study.id, Report.sr_series_uid.in_(uids)),
                     exists().where(ReportObject.study_uid == Study.study_uid, ReportObject.series_uid.in_(uids)),
-                    _signed_series(uids),
+                    exists().where(
+                        Report.study_id == Study.id,
+                        ReportRevision.report_id == Report.id,
+                        ReportRevision.sr_series_uid.in_(uids),
+                    ),
                 )
             )
+        if self.sop_instance_uids:
+            uids = self.sop_instance_uids
+            clauses.append(
+                or_(
+                    exists().where(
+                        Series.study_id == Study.id,
+                        Instance.series_id == Series.id,
+                        Instance.sop_instance_uid.in_(uids),
+                    ),
+                    exists().where(Report.study_id == Study.id, Report.sr_sop_instance_uid.in_(uids)),
+                    exists().where(ReportObject.study_uid == Study.study_uid, ReportObject.sop_instance_uid.in_(uids)),
+                    exists().where(
+                        Report.study_id == Study.id,
+                        ReportRevision.report_id == Report.id,
+                        ReportRevision.sr_sop_instance_uid.in_(uids),
+                    ),
+                )
+            )
+        if self.modalities:
+            clauses.append(_modalities(self.modalities))
         return clauses
-
-
-def _signed_series(uids: list[str]) -> ColumnElement[bool]:
-    return exists().where(
-        Report.study_id == Study.id, ReportRevision.report_id == Report.id, ReportRevision.sr_series_uid.in_(uids)
-    )
 
 
 def _keys_for(level: Level) -> frozenset[str]:
@@ -345,6 +364,8 @@ def parse_query(params: Sequence[tuple[str, str]], level: Level) -> QidoQuery:
                 query.series_uids = _uids(keyword, value)
             elif keyword == "SOPInstanceUID":
                 query.sop_instance_uids = _uids(keyword, value)
+            elif keyword == "Modality":
+                query.modalities = _split_list(value)
     query.includefields, query.include_all = _includefields(controls["includefield"])
     asked = _page_number("limit", controls["limit"], 1)
     query.limit = min(asked or DEFAULT_LIMIT[level], MAX_LIMIT[level])
