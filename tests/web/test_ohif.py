@@ -1,0 +1,149 @@
+"""OHIF Viewer v3 (npm ``@ohif/app``, its prebuilt release) opens a draft's study over DICOMweb in headless Chromium.
+
+The release is fetched once with ``npm pack`` into a cache outside the repository
+(:func:`tests.support.ohif.install_ohif`); the tests skip when it cannot be fetched. OHIF is served from
+its own origin and reads our ``/dicomweb`` directly: CORS allows its origin, and the viewer token from
+``POST /api/viewer-token`` rides in OHIF's ``?token=`` URL parameter (OHIF sends it as a bearer token and
+drops it from the address bar). The study is a generated CT series with a draft, whose documents (the TID
+2000 SR and the TID 1500 Measurement Report) our DICOMweb lists beside the images.
+
+What OHIF 3.13.2 shows: the TID 2000 draft as its text tree (findings, impression) in the SR viewport; the
+TID 1500 report of image-level groups (no SCOORD) as an empty viewport, since OHIF's SR viewport shows a
+measurement only on the image its SCOORD points at (that test ends as an expected failure; it passes once
+OHIF or our document changes). The key-image document (KOS) is listed with OHIF's "unsupported"
+mark: 3.13.2 has no handler for its SOP class. Screenshots are left in each test's ``tmp_path``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+from integration.intake.assembly import StudyAssembler
+from integration.reports.drafts import ensure_draft_sr
+from integration.reports.sr import DRAFT_SERIES_DESCRIPTION as TID2000_DESCRIPTION
+from integration.reports.sr_measurement import DRAFT_SERIES_DESCRIPTION as TID1500_DESCRIPTION
+from integration.samples import write_ct_series
+from integration.store.migrate import upgrade
+from integration.store.tables import utcnow
+from integration.web.security.csrf import csrf_token_for_session
+from tests.conftest import TEST_REDIS_DB
+from tests.support.instances import ingest
+from tests.support.ohif import OHIF_VERSION, OhifServer, OhifUnavailable, app_config, install_ohif
+from tests.support.review_app import draft, evidence_of, ingest_settings, sign_in, sites_and_users
+from tests.support.services import Postgres, RedisServer
+from tests.web.conftest import ApiProcess
+from tests.web.test_auth import COOKIE
+
+pytestmark = pytest.mark.slow
+
+FINDINGS = ("Spiculated nodule in the right upper lobe.", "No pleural effusion.")
+#: The title of our TID 2000 document, as OHIF's text viewport heads it.
+TID2000_HEADING = "Diagnostic Imaging Report"
+SERIES_DESCRIPTION = "Chest 1.0 mm"  # the generated CT series (integration.samples.ct_series)
+
+
+@pytest.fixture(scope="session")
+def ohif_dist() -> Path:
+    """The OHIF release's static files, fetched once into the cache; skips when npm cannot fetch it."""
+    try:
+        return install_ohif()
+    except OhifUnavailable as error:
+        pytest.skip(f"OHIF {OHIF_VERSION} could not be fetched from npm: {error}")
+
+
+@dataclass
+class Served:
+    """OHIF pointed at our api's ``/dicomweb``, the study it should open and a viewer token for it."""
+
+    viewer: OhifServer
+    study_uid: str
+    token: str
+
+    def url(self) -> str:
+        return f"{self.viewer.url}/viewer?StudyInstanceUIDs={self.study_uid}&token={self.token}"
+
+
+@pytest.fixture(scope="module")
+def served(
+    ohif_dist: Path, postgres: Postgres, redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Served]:
+    """A 4-slice CT with a draft (two findings) in our store, our api with CORS on for OHIF's origin, OHIF."""
+    database_url = postgres.create_database()
+    upgrade(database_url)
+    folder = tmp_path_factory.mktemp("ohif")
+    settings = ingest_settings(database_url, redis_server.url(TEST_REDIS_DB), folder)
+    sites_and_users(database_url)
+    received = utcnow() - timedelta(seconds=120)
+    files = write_ct_series(folder / "ct", 4, rows=64, columns=64)
+    headers = [ingest(settings, path, received, "CT1") for path in files]
+    study_uid = str(headers[0].StudyInstanceUID)
+    assert StudyAssembler(settings).run_once().jobs_created == 1
+    findings = [{"text": FINDINGS[0], "images": [1, 2]}, {"text": FINDINGS[1], "images": [2]}]
+    report_id = draft(settings, study_uid, findings, [evidence_of(headers[0], 1), evidence_of(headers[1], 2)])
+    ensure_draft_sr(settings, report_id)  # the TID 2000 SR and, beside it, the TID 1500 report
+
+    viewer = OhifServer(ohif_dist, "")  # bound now: its origin goes into the api's CORS setting
+    env = {
+        "PACSVLM_MIN_FREE_BYTES": "0",
+        "PACSVLM_DATABASE_URL": settings.database_url,
+        "PACSVLM_BROKER_URL": settings.broker_url,
+        "PACSVLM_STORAGE_DIR": str(settings.instance_root),
+        "PACSVLM_DICOMWEB_CORS_ORIGINS": json.dumps([viewer.url]),
+    }
+    api = ApiProcess(settings.data_dir, env).start()
+    try:
+        client = sign_in(api, "north_rad")
+        csrf = csrf_token_for_session(client.cookies[COOKIE])
+        answer = client.post("/api/viewer-token", headers={"X-CSRF-Token": csrf})
+        assert answer.status_code == 201, answer.text
+        viewer.config = app_config(api.url + "/dicomweb").encode()
+        with viewer:
+            yield Served(viewer, study_uid, str(answer.json()["token"]))
+    finally:
+        api.stop()
+
+
+def open_study(chromium: Any, served: Served) -> Any:
+    """A page on OHIF's viewer route with the study loaded (its image series listed, the onboarding tour closed)."""
+    page = chromium.new_context(viewport={"width": 1400, "height": 900}).new_page()
+    page.goto(served.url())
+    page.get_by_text(SERIES_DESCRIPTION).first.wait_for(timeout=60_000)
+    tour = page.get_by_text("Skip all")
+    try:
+        tour.wait_for(timeout=5_000)
+        tour.click()
+    except PlaywrightTimeout:  # the tour is optional (shown once per browser profile)
+        pass
+    return page
+
+
+def test_ohif_reads_our_dicomweb_and_shows_the_tid2000_draft(chromium: Any, served: Served, tmp_path: Path) -> None:
+    page = open_study(chromium, served)
+    assert "token=" not in page.url  # OHIF took the token out of the address bar
+    listed = page.inner_text("body")
+    assert TID2000_DESCRIPTION in listed and TID1500_DESCRIPTION in listed, listed
+    page.get_by_text(TID2000_DESCRIPTION, exact=True).dblclick()
+    page.get_by_text(FINDINGS[0]).first.wait_for(timeout=30_000)
+    page.screenshot(path=str(tmp_path / "ohif-tid2000.png"))
+    text = page.inner_text("body")
+    assert TID2000_HEADING in text and all(finding in text for finding in FINDINGS), text
+
+
+def test_ohif_shows_the_tid1500_draft_findings(chromium: Any, served: Served, tmp_path: Path) -> None:
+    page = open_study(chromium, served)
+    page.get_by_text(TID1500_DESCRIPTION, exact=True).dblclick()
+    page.wait_for_timeout(8_000)  # time to fetch the document and lay out what it shows
+    page.screenshot(path=str(tmp_path / "ohif-tid1500.png"))
+    if FINDINGS[0] not in page.inner_text("body"):
+        pytest.xfail(
+            "OHIF 3.13.2's SR viewport shows a TID 1500 measurement only on the image its SCOORD points at; "
+            "our groups are image-level (no SCOORD), so the viewport stays empty"
+        )
