@@ -145,13 +145,13 @@ def report_object_file(settings: Settings, target: DeliveryTarget) -> Path:
         The report is gone, its study cannot be read, or the version has no such document (a signed version has
         no key images; a closed draft gets no new document).
     """
-    from integration.reports.drafts import SourceUnavailable
-    from integration.reports.report_objects import ObjectUnavailable, object_file
+    from integration.reports.drafts import SourceUnavailable, report_object_file
+    from integration.reports.report_objects import ObjectUnavailable
     from integration.store.revisions import UnknownReport
     from integration.store.viewer_tables import ReportObjectKind
 
     try:
-        return object_file(settings, target.report_id, target.revision_id, ReportObjectKind(target.document))
+        return report_object_file(settings, target.report_id, target.revision_id, ReportObjectKind(target.document))
     except (UnknownReport, SourceUnavailable, ObjectUnavailable) as exc:
         raise DocumentUnavailable(f"{target.document} of {target.subject}: {exc}") from exc
 

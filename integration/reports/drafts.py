@@ -23,27 +23,37 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from io import BytesIO
 from pathlib import Path
 
-from pydicom import Dataset, dcmread, dcmwrite
-from pydicom.errors import InvalidDicomError
+from pydicom import Dataset, dcmread
 from pydicom.uid import ComprehensiveSRStorage, generate_uid
 from sqlalchemy.orm import Session
 
 from integration.config import Settings
-from integration.durable import replace_file
 from integration.findings import (
     MAX_SECTION_CHARS,
     Document,
-    Evidence,
     edited_findings,
     edited_text,
-    evidence_of,
     images_of,
 )
-from integration.reports.sr import Algorithm, ReportForSr, Verification, build_draft_sr, build_signed_sr
-from integration.reports.sr_content import SeenFrame
+from integration.reports.report_objects import (
+    ObjectUnavailable,
+    ensure_draft_objects,
+    ensure_signed_measurement,
+    write_draft_companions,
+    write_signed_companions,
+)
+from integration.reports.sr import Verification, build_draft_sr, build_signed_sr
+from integration.reports.sr_files import REPORTS_FOLDER as REPORTS_FOLDER
+from integration.reports.sr_files import SourceUnavailable as SourceUnavailable
+from integration.reports.sr_files import (
+    report_for_sr,
+    seen_frames,
+    sr_path_of,
+    study_headers,
+    write_document,
+)
 from integration.reports.sr_safety import DraftSafety
 from integration.store.audit import add_event
 from integration.store.revisions import (
@@ -54,7 +64,6 @@ from integration.store.revisions import (
     SignedVersion,
     UnknownReport,
     fix_draft_sr_uids,
-    instance_paths,
     load_report,
     next_version,
     record_draft_sr_path,
@@ -64,127 +73,9 @@ from integration.store.revisions import (
 )
 from integration.store.session import session_scope
 from integration.store.tables import Report, utcnow
-from integration.uids import is_valid_uid
+from integration.store.viewer_tables import ReportObjectKind
 
 log = logging.getLogger(__name__)
-
-REPORTS_FOLDER = "reports"
-
-
-class SourceUnavailable(RuntimeError):
-    """No stored instance of the report's study can be read (patient and study data come from one)."""
-
-
-def sr_path_of(study_uid: str, sop_instance_uid: str) -> str:
-    """Return the stored path of an SR (relative to the data folder), from validated UIDs only.
-
-    Parameters
-    ----------
-    study_uid, sop_instance_uid : str
-        The study and the SR's SOP Instance UID.
-
-    Returns
-    -------
-    str
-        ``reports/<study>/<sop>.dcm``.
-
-    Raises
-    ------
-    ValueError
-        A UID that is not a valid DICOM UID (so could not be a safe path).
-    """
-    if not (is_valid_uid(study_uid) and is_valid_uid(sop_instance_uid)):
-        raise ValueError("refusing to build a path from an invalid UID")
-    return f"{REPORTS_FOLDER}/{study_uid}/{sop_instance_uid}.dcm"
-
-
-def write_document(path: Path, document: Dataset, *, fsync: bool = True) -> None:
-    """Write a DICOM file durably: temporary file, flush, atomic rename, flushed folders.
-
-    Parameters
-    ----------
-    path : pathlib.Path
-        Final name; replaced atomically if present.
-    document : pydicom.Dataset
-        The data set, with file meta.
-    fsync : bool
-        Flush file and folders to stable storage.
-    """
-    buffer = BytesIO()
-    dcmwrite(buffer, document, enforce_file_format=True)
-    replace_file(path, buffer.getbuffer(), fsync=fsync)
-
-
-def _instance_file(settings: Settings, storage_path: str) -> Path:
-    root = settings.instance_root.resolve()
-    path = (root / storage_path).resolve()
-    if not path.is_relative_to(root):
-        raise ValueError("stored path escapes the instance store")
-    return path
-
-
-def study_headers(settings: Settings, report: ReportDocument) -> tuple[Dataset, tuple[SeenFrame, ...]]:
-    """Read the headers of the instances the model saw: the source data set and each one's frame count.
-
-    Raises
-    ------
-    SourceUnavailable
-        No instance of the study can be read.
-    """
-    entries = _seen_frames(report.evidence)
-    wanted = list(dict.fromkeys(e.sop_instance_uid for e in entries))
-    with session_scope(settings.database_url) as session:
-        paths = instance_paths(session, report.study_id, report.study_version, wanted)
-        fallback = instance_paths(session, report.study_id, report.study_version, ())
-    headers: dict[str, Dataset] = {}
-    for uid, storage_path in [*paths.items(), *fallback.items()]:
-        try:
-            headers.setdefault(uid, dcmread(_instance_file(settings, storage_path), stop_before_pixels=True))
-        except (OSError, InvalidDicomError, ValueError) as exc:
-            log.warning("report %d: instance %s unreadable for the SR: %s", report.report_id, uid, exc)
-    source = next((headers[uid] for uid in [*wanted, *fallback] if uid in headers), None)
-    if source is None:
-        raise SourceUnavailable(f"no stored instance of study {report.study_uid} can be read")
-    most = {uid: max(e.frame for e in entries if e.sop_instance_uid == uid) for uid in wanted}
-    counts = {uid: int(headers[uid].get("NumberOfFrames") or 1) if uid in headers else most[uid] for uid in wanted}
-    frames = tuple(
-        SeenFrame(
-            e.image,
-            e.sop_class_uid,
-            e.sop_instance_uid,
-            e.series_uid,
-            e.frame,
-            counts[e.sop_instance_uid],
-            study_uid=e.study_uid if e.prior else None,  # a prior's instances: Pertinent Other Evidence
-        )
-        for e in entries
-    )
-    return source, frames
-
-
-def _seen_frames(evidence: object) -> tuple[Evidence, ...]:
-    """The valid evidence entries (others are logged and left out)."""
-    entries = evidence_of(evidence)
-    if len(entries) != (len(evidence) if isinstance(evidence, list) else 0):
-        log.warning("evidence entry without valid UIDs, image or frame number left out of the SR")
-    return entries
-
-
-def report_for_sr(
-    report: ReportDocument, content: Document, evidence: tuple[SeenFrame, ...], made_at: datetime
-) -> ReportForSr:
-    """Return what an SR of a report version shows: its content, the evidence and the drafting model."""
-    return ReportForSr(
-        findings=content.findings,
-        impression=content.impression,
-        limitations=content.limitations,
-        evidence=evidence,
-        algorithm=Algorithm(report.model_id, report.model_revision, report.model_family, report.prompt_version),
-        created_at=made_at,
-        comparison=content.comparison,
-        priors=content.priors,
-        prior_note=content.prior_note,
-    )
 
 
 def ensure_draft_sr(settings: Settings, report_id: int) -> Path:
@@ -209,8 +100,6 @@ def ensure_draft_sr(settings: Settings, report_id: int) -> Path:
     SourceUnavailable
         No instance of the study can be read.
     """
-    from integration.reports.report_objects import write_draft_companions  # it builds on this module
-
     with session_scope(settings.database_url) as session:
         report = load_report(session, report_id)
     if report.sr_path and (settings.data_dir / report.sr_path).is_file():
@@ -311,8 +200,6 @@ class PreparedSignature:
         log.info(
             "report %d: version %d signed by %s, SR %s", signed.report_id, signed.version, signed.author, signed.sr_path
         )
-        from integration.reports.report_objects import write_signed_companions  # it builds on this module
-
         write_signed_companions(self.settings, revision_id)  # its TID 1500
 
 
@@ -377,7 +264,7 @@ def prepare_signature(
         raise ReportNotSignable(f"report {report_id} is {report.status} and cannot be signed")
     if refusal is not None:
         raise NotReportOfRecord(refusal)
-    images_seen = images_of(_seen_frames(report.evidence))
+    images_seen = images_of(seen_frames(report.evidence))
     edited = None if findings is None else edited_findings(findings, images_seen)
     impression, limitations, comparison = (
         None if value is None else edited_text(value, MAX_SECTION_CHARS, name, required=False)
@@ -474,3 +361,41 @@ def sign_report(
             session, actor=author, action="report.sign", object_type="report", object_id=str(report_id), detail=detail
         )
     return revision_id
+
+
+def report_object_file(settings: Settings, report_id: int, revision_id: int | None, kind: ReportObjectKind) -> Path:
+    """Return the file of a report version's object, building it if needed (what export sends).
+
+    Parameters
+    ----------
+    settings : Settings
+        Data folder, instance store, database.
+    report_id : int
+        The report.
+    revision_id : int or None
+        The signed revision, or None for the draft.
+    kind : ReportObjectKind
+        Which object.
+
+    Returns
+    -------
+    pathlib.Path
+        The file.
+
+    Raises
+    ------
+    integration.reports.report_objects.ObjectUnavailable
+        The version has no such object and may not get one.
+    integration.store.revisions.UnknownReport
+        No report has this id.
+    SourceUnavailable
+        No instance of the study can be read.
+    """
+    if revision_id is not None:
+        if kind is not ReportObjectKind.MEASUREMENT:
+            raise ObjectUnavailable("a signed version has no key images document (its draft's lists the images)")
+        return ensure_signed_measurement(settings, revision_id)
+    files = ensure_draft_objects(settings, report_id, ensure_draft_sr(settings, report_id))
+    if kind.value not in files:
+        raise ObjectUnavailable(f"report {report_id} is closed and never had a {kind.value} document")
+    return files[kind.value]

@@ -38,8 +38,9 @@ from pydicom import Dataset, dcmread
 from pydicom.sr.coding import Code
 
 from integration.config import Settings
-from integration.reports.drafts import ensure_draft_sr, sr_path_of, write_document
+from integration.reports.drafts import ensure_draft_sr, report_object_file
 from integration.reports.sr import MANUFACTURER
+from integration.reports.sr_files import sr_path_of, write_document
 from integration.uids import derived_uid
 
 log = logging.getLogger(__name__)
@@ -140,10 +141,9 @@ def ensure_rejection_note(settings: Settings, report_id: int, document: str = "s
     if document == "sr":
         rejected = ensure_draft_sr(settings, report_id)
     else:
-        from integration.reports.report_objects import object_file  # it builds on the drafts module, as this one
         from integration.store.viewer_tables import ReportObjectKind
 
-        rejected = object_file(settings, report_id, None, ReportObjectKind(document))
+        rejected = report_object_file(settings, report_id, None, ReportObjectKind(document))
     sr = dcmread(rejected, stop_before_pixels=True)
     _, sop_uid = rejection_note_uids(str(sr.SOPInstanceUID))
     path = settings.data_dir / sr_path_of(str(sr.StudyInstanceUID), sop_uid)

@@ -33,15 +33,9 @@ from sqlalchemy.orm import Session
 
 from integration.config import Settings
 from integration.findings import Document
-from integration.reports.drafts import (
-    ensure_draft_sr,
-    report_for_sr,
-    sr_path_of,
-    study_headers,
-    write_document,
-)
 from integration.reports.kos import build_key_images
 from integration.reports.sr import Verification
+from integration.reports.sr_files import report_for_sr, sr_path_of, study_headers, write_document
 from integration.reports.sr_measurement import build_measurement_report
 from integration.store.deliveries import subject_of
 from integration.store.revisions import ReportDocument, load_report
@@ -110,7 +104,7 @@ def _write(settings: Settings, row: ReportObject, document: Dataset) -> Path:
     return settings.data_dir / relative
 
 
-def ensure_draft_objects(settings: Settings, report_id: int, sr_path: Path | None = None) -> dict[str, Path]:
+def ensure_draft_objects(settings: Settings, report_id: int, sr_path: Path) -> dict[str, Path]:
     """Give a draft its TID 1500 and key images documents once; return their files by kind; idempotent.
 
     Parameters
@@ -119,8 +113,8 @@ def ensure_draft_objects(settings: Settings, report_id: int, sr_path: Path | Non
         Data folder, instance store, database.
     report_id : int
         The draft report.
-    sr_path : pathlib.Path, optional
-        The draft's SR file (ensured here when None).
+    sr_path : pathlib.Path
+        The draft's SR file (:func:`integration.reports.drafts.ensure_draft_sr` writes it, then calls this).
 
     Returns
     -------
@@ -131,11 +125,9 @@ def ensure_draft_objects(settings: Settings, report_id: int, sr_path: Path | Non
     ------
     integration.store.revisions.UnknownReport
         No report has this id.
-    integration.reports.drafts.SourceUnavailable
+    integration.reports.sr_files.SourceUnavailable
         No instance of the study can be read.
     """
-    if sr_path is None:
-        sr_path = ensure_draft_sr(settings, report_id)  # which writes the objects (write_draft_companions)
     subject = subject_of(report_id, None)
     with session_scope(settings.database_url) as session:
         report = load_report(session, report_id)
@@ -187,7 +179,7 @@ def ensure_signed_measurement(settings: Settings, revision_id: int) -> Path:
     ------
     ObjectUnavailable
         The revision is unknown or not a signed version.
-    integration.reports.drafts.SourceUnavailable
+    integration.reports.sr_files.SourceUnavailable
         No instance of the study can be read.
     """
     with session_scope(settings.database_url) as session:
@@ -241,44 +233,6 @@ def _reference(row: ReportObject) -> Dataset:
     reference.SOPClassUID = row.sop_class_uid
     reference.SOPInstanceUID = row.sop_instance_uid
     return reference
-
-
-def object_file(settings: Settings, report_id: int, revision_id: int | None, kind: ReportObjectKind) -> Path:
-    """Return the file of a report version's object, building it if needed (what export sends).
-
-    Parameters
-    ----------
-    settings : Settings
-        Data folder, instance store, database.
-    report_id : int
-        The report.
-    revision_id : int or None
-        The signed revision, or None for the draft.
-    kind : ReportObjectKind
-        Which object.
-
-    Returns
-    -------
-    pathlib.Path
-        The file.
-
-    Raises
-    ------
-    ObjectUnavailable
-        The version has no such object and may not get one.
-    integration.store.revisions.UnknownReport
-        No report has this id.
-    integration.reports.drafts.SourceUnavailable
-        No instance of the study can be read.
-    """
-    if revision_id is not None:
-        if kind is not ReportObjectKind.MEASUREMENT:
-            raise ObjectUnavailable("a signed version has no key images document (its draft's lists the images)")
-        return ensure_signed_measurement(settings, revision_id)
-    files = ensure_draft_objects(settings, report_id)
-    if kind.value not in files:
-        raise ObjectUnavailable(f"report {report_id} is closed and never had a {kind.value} document")
-    return files[kind.value]
 
 
 def write_draft_companions(settings: Settings, report_id: int, sr_path: Path) -> None:

@@ -92,8 +92,19 @@ class StoredObject:
 
 
 def _received(session: Session, study: Study, series_uid: str | None, sop_uid: str | None) -> list[StoredObject]:
+    # Columns, not ORM objects: a 300-instance study is listed several times faster.
     query = (
-        select(Instance, Series)
+        select(
+            Series.series_uid,
+            Instance.sop_instance_uid,
+            Instance.sop_class_uid,
+            Series.modality,
+            Series.series_number,
+            Instance.instance_number,
+            Instance.transfer_syntax_uid,
+            Instance.storage_path,
+            Instance.size_bytes,
+        )
         .join(Series, Instance.series_id == Series.id)
         .where(Series.study_id == study.id)
         .order_by(Series.series_number, Series.series_uid, Instance.instance_number, Instance.sop_instance_uid)
@@ -105,18 +116,18 @@ def _received(session: Session, study: Study, series_uid: str | None, sop_uid: s
     return [
         StoredObject(
             study_uid=study.study_uid,
-            series_uid=series.series_uid,
-            sop_instance_uid=instance.sop_instance_uid,
-            sop_class_uid=instance.sop_class_uid,
-            modality=series.modality,
-            series_number=series.series_number,
-            instance_number=instance.instance_number,
-            transfer_syntax_uid=instance.transfer_syntax_uid,
+            series_uid=row[0],
+            sop_instance_uid=row[1],
+            sop_class_uid=row[2],
+            modality=row[3],
+            series_number=row[4],
+            instance_number=row[5],
+            transfer_syntax_uid=row[6],
             root=ObjectRoot.INSTANCES,
-            path=instance.storage_path,
-            size_bytes=instance.size_bytes,
+            path=row[7],
+            size_bytes=row[8],
         )
-        for instance, series in session.execute(query).all()
+        for row in session.execute(query)
     ]
 
 

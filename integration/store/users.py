@@ -211,6 +211,8 @@ def authenticate(session: Session, username: str, password: str) -> User | None:
     return user
 
 
+#: How stale ``user_sessions.last_seen_at`` may be: it is written at most once a minute per session.
+LAST_SEEN_RESOLUTION = timedelta(minutes=1)
 #: A browser's sign-in session (the cookie).
 SESSION_SCOPE = "session"
 #: A viewer's bearer token: DICOMweb reads only, never a cookie.
@@ -235,7 +237,7 @@ def create_session(session: Session, user: User, ttl: timedelta, *, scope: str =
 
 
 def user_for_token(session: Session, token: str, *, scope: str = SESSION_SCOPE) -> User | None:
-    """Return the user of a live session of ``scope`` and note that it was seen (the caller's scope commits).
+    """Return the user of a live session of ``scope`` and note that it was seen (to the minute; the caller commits).
 
     None when the token is unknown or of another scope, the session expired or the user is inactive.
     """
@@ -250,7 +252,8 @@ def user_for_token(session: Session, token: str, *, scope: str = SESSION_SCOPE) 
     user_session, user = found
     if user_session.expires_at <= now or not user.active:
         return None
-    user_session.last_seen_at = now
+    if now - user_session.last_seen_at >= LAST_SEEN_RESOLUTION:  # a viewer's 300 reads are not 300 writes
+        user_session.last_seen_at = now
     return user
 
 

@@ -15,9 +15,9 @@ from sqlalchemy import select
 
 from integration.config import Settings
 from integration.findings import Finding
-from integration.reports.drafts import ensure_draft_sr, sign_report
+from integration.reports.drafts import ensure_draft_sr, report_object_file, sign_report
 from integration.reports.kos import read_key_images
-from integration.reports.report_objects import ObjectUnavailable, ensure_draft_objects, object_file
+from integration.reports.report_objects import ObjectUnavailable, ensure_draft_objects
 from integration.reports.sr import Algorithm, ReportForSr, Verification
 from integration.reports.sr_content import SeenFrame
 from integration.reports.sr_measurement import (
@@ -206,7 +206,7 @@ def test_the_draft_gets_its_measurement_report_and_key_images_beside_its_sr_once
     assert images.documents == (str(pydicom.dcmread(sr_path).SOPInstanceUID),)
     # again, and with a lost file: the same rows, the same instance
     (settings.data_dir / str(measurement.path)).unlink()
-    files = ensure_draft_objects(settings, report_id)
+    files = ensure_draft_objects(settings, report_id, sr_path)
     assert {k: r.sop_instance_uid for k, r in objects(settings).items()} == {
         k: r.sop_instance_uid for k, r in rows.items()
     }
@@ -232,9 +232,11 @@ def test_each_signed_version_gets_a_verified_measurement_report_and_no_key_image
         assert reading.verifying_observers == (name,)
         assert [f.text for f in reading.findings] == ["Spiculated nodule, right upper lobe, 14 mm."]
     assert readings[0].predecessors == (draft.sop_instance_uid,) and readings[1].predecessors == (v2.sop_instance_uid,)
-    assert object_file(settings, report_id, second, ReportObjectKind.MEASUREMENT) == settings.data_dir / str(v3.path)
+    assert report_object_file(settings, report_id, second, ReportObjectKind.MEASUREMENT) == settings.data_dir / str(
+        v3.path
+    )
     with pytest.raises(ObjectUnavailable, match="no key images"):
-        object_file(settings, report_id, second, ReportObjectKind.KEY_IMAGES)
+        report_object_file(settings, report_id, second, ReportObjectKind.KEY_IMAGES)
 
 
 def test_a_withdrawn_draft_gets_no_new_object(stored: tuple[Settings, int, list[Any]]) -> None:
@@ -246,7 +248,7 @@ def test_a_withdrawn_draft_gets_no_new_object(stored: tuple[Settings, int, list[
     assert ensure_draft_sr(settings, report_id).is_file()  # the SR (a rejection note needs it)
     assert objects(settings) == {}
     with pytest.raises(ObjectUnavailable, match="closed"):
-        object_file(settings, report_id, None, ReportObjectKind.MEASUREMENT)
+        report_object_file(settings, report_id, None, ReportObjectKind.MEASUREMENT)
 
 
 def test_a_rebuilt_measurement_report_is_the_same_document(ct: tuple[Dataset, tuple[SeenFrame, ...]]) -> None:
