@@ -258,7 +258,7 @@ def test_study_page_images_escaping_and_audit(world: World) -> None:
         assert image.status_code == 200, image.text
         assert image.headers["content-type"] == "image/png" and image.headers["cache-control"].startswith("private")
         decoded = Image.open(io.BytesIO(image.content))
-        assert decoded.format == "PNG" and decoded.size == (shown, shown) and decoded.mode == "RGB"
+        assert decoded.format == "PNG" and decoded.size == (shown, shown) and decoded.mode == "L"  # grey
     lung = Image.open(
         io.BytesIO(radiologist.get(f"/studies/{ct_uid}/instances/{sop}/frames/1.png?window=lung").content)
     )

@@ -9,8 +9,10 @@ radiograph (synthetic pixels) to zoom to full resolution.
 
 from __future__ import annotations
 
+import html
 import io
 import json
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -396,4 +398,13 @@ def test_the_frame_route_windows_sizes_and_info(world: World) -> None:
     assert (dx_info["columns"], dx_info["rows"], dx_info["window"]["name"]) == (2048, 2500, "header")
     assert client.get(f"/studies/{dx.StudyInstanceUID}/instances/{ct.SOPInstanceUID}/frames/1/info").status_code == 404
     assert client.get(f"{base[:-1]}2/info").status_code == 404
+
+    # Without JavaScript the slice links step through the series too.
+    page = client.get(f"/studies/{world.ct_uid}")
+    assert page.status_code == 200 and page.text.count("<img") <= 4  # the slices are data, not a hundred images
+    following = re.search(r'id="slice-next" href="([^"]+)"', page.text)
+    assert following is not None
+    link = html.unescape(following.group(1))
+    assert f"image={world.ct[SEEN[0]].SOPInstanceUID}&frame=1" in link
+    assert f"Slice {SEEN[0] + 1} of {SLICES}" in client.get(link.split("#")[0]).text
     client.close()

@@ -127,7 +127,7 @@ def render_png(path: Path, frame_number: int, size: int, window: str | Window | 
     Returns
     -------
     bytes
-        The PNG (8-bit RGB).
+        The PNG: 8-bit grey for a grayscale frame, 8-bit RGB for a colour one.
 
     Raises
     ------
@@ -140,7 +140,10 @@ def render_png(path: Path, frame_number: int, size: int, window: str | Window | 
     """
     chosen = parse_window(window) if isinstance(window, str) else window
     frame = decode_frame(_read(path), frame_number - 1)
-    pixels = fit(render_frame(frame, chosen).pixels, size)
+    pixels = render_frame(frame, chosen).pixels
+    if not frame.is_colour:
+        pixels = np.ascontiguousarray(pixels[:, :, 0])  # one grey channel: a third of the bytes to encode and send
+    pixels = fit(pixels, size)
     out = io.BytesIO()
     fast = max(pixels.shape[:2]) > FAST_PNG_SIZE
     Image.fromarray(pixels).save(out, format="PNG", compress_level=1 if fast else 6)

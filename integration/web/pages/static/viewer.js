@@ -368,7 +368,6 @@
     var info = current().info;
     if (levelling && info && info.colour) { return; }
     var start = windowValues() || { center: 128, width: 256 };
-    if (!levelling && state.zoom === null) { state.zoom = scale(); }
     dragging = {
       levelling: levelling, x: event.clientX, y: event.clientY, center: start.center, width: start.width,
       panX: state.panX, panY: state.panY
@@ -389,6 +388,7 @@
       state.window = round(center) + "," + round(width);
       windowSoon();
     } else {
+      if (state.zoom === null) { state.zoom = scale(); }  // a panned image stays where it was put
       state.panX = dragging.panX + dx;
       state.panY = dragging.panY + dy;
       layout();
