@@ -152,7 +152,7 @@
       image.style.transform = "translate(" + ((box.width - width) / 2 + state.panX) + "px, " +
         ((box.height - height) / 2 + state.panY) + "px)";
       image.classList.add("placed");
-      image.classList.toggle("pixelated", s * dpr() > 2);
+      image.classList.toggle("pixelated", state.zoom !== null && s * dpr() > 2);  // zoomed in: see the pixels
     }
     var percent = Math.round(s * dpr() * 100) + "%";
     if (zoomLabel) { zoomLabel.textContent = state.zoom === null ? "Fit (" + percent + ")" : percent; }
