@@ -3,8 +3,8 @@ the model's slices marked, the viewer kept across a review action, and links to 
 
 One ``pacs-vlm api`` process (with two viewers configured), one PostgreSQL database and one Chromium serve the
 module.  The studies are stored as the listener stores them: a 100-slice CT series made from pydicom's CT
-sample (new UIDs, Instance Numbers and positions), with a draft citing slices 37 and 52, and a 2048x2500
-radiograph (synthetic pixels) to zoom to full resolution.
+sample (new UIDs, Instance Numbers and positions) and a second series of one three-frame instance, with a draft
+citing slices 37 and 52, and a 2048x2500 radiograph (synthetic pixels) to zoom to full resolution.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ class World:
     settings: Settings
     api: ApiProcess
     ct: list[pydicom.Dataset]  # by slice
+    frames: pydicom.Dataset  # the CT study's second series: one instance of three frames
     radiograph: pydicom.Dataset
     report_id: int
 
@@ -80,6 +81,18 @@ def ct_series(directory: Path) -> list[Path]:
         ds.save_as(path)
         paths.append(path)
     return paths
+
+
+def multiframe(ct: Path, path: Path, frames: int = 3) -> Path:
+    """Write a second series of the CT study: one instance of ``frames`` frames (the slice's pixels, brightened)."""
+    ds = pydicom.dcmread(ct)
+    ds.SeriesInstanceUID, ds.SeriesNumber, ds.InstanceNumber = generate_uid(), 4, 1
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    pixels = ds.pixel_array
+    ds.NumberOfFrames = frames
+    ds.PixelData = np.stack([pixels + 100 * n for n in range(frames)]).astype(pixels.dtype).tobytes()
+    ds.save_as(path)
+    return path
 
 
 def radiograph(path: Path) -> Path:
@@ -113,7 +126,9 @@ def world(postgres: Postgres, redis_server: RedisServer, tmp_path_factory: pytes
     settings = ingest_settings(url, redis_server.url(TEST_REDIS_DB), tmp)
     sites_and_users(url)
     earlier = utcnow() - timedelta(seconds=120)
-    ct = [ingest(settings, path, earlier, "CT1") for path in ct_series(tmp / "ct")]
+    ct_paths = ct_series(tmp / "ct")
+    ct = [ingest(settings, path, earlier, "CT1") for path in ct_paths]
+    frames = ingest(settings, multiframe(ct_paths[0], tmp / "multiframe.dcm"), earlier, "CT1")
     dx = ingest(settings, radiograph(tmp / "dx.dcm"), earlier, "CT1")
     StudyAssembler(settings).run_once()
     report_id = draft(
@@ -132,7 +147,7 @@ def world(postgres: Postgres, redis_server: RedisServer, tmp_path_factory: pytes
             "PACSVLM_VIEWERS": json.dumps(VIEWERS),
         },
     ).start()
-    yield World(settings, api, ct, dx, report_id)
+    yield World(settings, api, ct, frames, dx, report_id)
     api.stop()
 
 
@@ -181,8 +196,11 @@ def test_every_slice_by_wheel_keys_and_slider_fetched_when_shown(chromium: Any, 
     page.goto(f"{world.api.url}/studies/{world.ct_uid}")
     image_loaded(page)
     # The slices are data on the page, not images: a handful of <img> and frame requests, not a hundred.
-    slices = page.locator("[data-series-choice]").first.get_attribute("data-slices") or ""
-    assert slices.split() == [str(ds.SOPInstanceUID) for ds in world.ct]
+    choices = page.locator("[data-series-choice]")
+    assert choices.all_inner_texts() == [f"Series 3 · CT · {SLICES} slices", "Series 4 · CT · 3 slices"]
+    assert (choices.first.get_attribute("data-slices") or "").split() == [str(ds.SOPInstanceUID) for ds in world.ct]
+    multi = str(world.frames.SOPInstanceUID)
+    assert (choices.nth(1).get_attribute("data-slices") or "").split() == [multi, f"{multi}/2", f"{multi}/3"]
     assert page.evaluate("document.images.length") <= 4
     assert position(page) == f"Slice {SEEN[0]} of {SLICES}"  # the model's first image comes first
     assert len([url for url in frames if ".png" in url]) <= 8
@@ -212,6 +230,18 @@ def test_every_slice_by_wheel_keys_and_slider_fetched_when_shown(chromium: Any, 
     assert position(page) == f"Slice {SLICES} of {SLICES}"
     page.locator("#viewer-slider").fill("50")
     assert position(page) == f"Slice 50 of {SLICES}" and shown_sop(page) == str(world.ct[49].SOPInstanceUID)
+    image_loaded(page)
+
+    # The other series, chosen from the list: its frames are its slices.
+    choices.nth(1).click()
+    assert position(page) == "Slice 1 of 3" and shown_sop(page) == multi
+    assert (
+        choices.nth(1).get_attribute("aria-current") == "true" and choices.first.get_attribute("aria-current") is None
+    )
+    page.keyboard.press("End")
+    assert position(page) == "Slice 3 of 3" and "/frames/3.png" in (
+        page.locator("#viewer-image").get_attribute("src") or ""
+    )
     image_loaded(page)
     # Each slice shown was fetched when shown (and a few neighbours), never the series up front.
     assert len({url for url in frames if ".png" in url}) < 3 * SLICES
@@ -301,9 +331,8 @@ def test_the_model_slices_are_marked_and_the_coverage_is_said(chromium: Any, wor
     page = signed_in(chromium, world)
     page.goto(f"{world.api.url}/studies/{world.ct_uid}")
     image_loaded(page)
-    assert (
-        page.locator("#model-coverage").inner_text() == f"The model saw 2 of {SLICES} slices (CT series 3: 2 of 100)."
-    )
+    coverage = page.locator("#model-coverage").inner_text()  # the second series' three frames count too
+    assert coverage == f"The model saw 2 of {SLICES + 3} slices (CT series 3: 2 of {SLICES})."
     marks = page.locator("#slider-marks .slider-mark")
     assert [marks.nth(i).get_attribute("data-slice") for i in range(marks.count())] == [str(n - 1) for n in SEEN]
     assert page.locator("#viewer-seen").inner_text() == "Seen by the model · image 1"
