@@ -25,6 +25,7 @@ from integration.config import Settings
 from integration.store.catalog import StoredObject, objects_of
 from integration.store.tables import Study
 from integration.web.deps import AppSettings, CurrentUser, DbSession, StudyUid, Uid
+from integration.web.dicomweb.links import dicomweb_base
 from integration.web.dicomweb.qido_match import Level, QidoQuery, parse_query
 from integration.web.dicomweb.qido_results import (
     INSTANCE_ALL,
@@ -51,11 +52,6 @@ def _check_accept(request: Request) -> None:
         ranges = {item.split(";", 1)[0].strip().lower() for item in accept.split(",")}
         if not ranges & _ACCEPTABLE:
             raise HTTPException(status.HTTP_406_NOT_ACCEPTABLE, f"QIDO-RS answers {DICOM_JSON}")
-
-
-def _base(request: Request) -> str:
-    """The absolute ``/dicomweb`` URL of this server, as the client reached it."""
-    return str(request.base_url).rstrip("/") + "/dicomweb"
 
 
 def _answer(results: list[dict[str, Any]], query: QidoQuery, more: bool) -> Response:
@@ -178,7 +174,7 @@ def _search(
 ) -> Response:
     _check_accept(request)
     query = parse_query(list(request.query_params.multi_items()), level)
-    base = _base(request)
+    base = dicomweb_base(request, settings)
     if level is Level.STUDY:
         results, more = search_studies(session, settings, user, query, base)
     else:

@@ -50,6 +50,7 @@ from integration.store.session import session_scope
 from integration.store.tables import UserRole
 from integration.uids import is_valid_uid
 from integration.web.deps import CurrentUser, app_settings, client_address
+from integration.web.dicomweb.links import dicomweb_base
 from integration.web.dicomweb.multipart_related import (
     MalformedMultipart,
     MultipartRelatedParser,
@@ -385,7 +386,7 @@ async def _stow_admitted(request: Request, study_uid: str | None, user: CurrentU
     finally:
         spool.close()
     await anyio.to_thread.run_sync(_audit, settings, request, user, via, results)
-    code, answer = stow_answer(results, str(request.base_url).rstrip("/") + "/dicomweb", study_uid)
+    code, answer = stow_answer(results, dicomweb_base(request, settings), study_uid)
     counts = Counter(result.outcome.label for result in results)
     log.info("STOW-RS by user %d: %s", user.id, dict(counts))
     return Response(

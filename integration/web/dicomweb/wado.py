@@ -25,6 +25,7 @@ from fastapi.responses import FileResponse, StreamingResponse
 from integration.config import Settings
 from integration.imaging.pixels import UndecodableImage, number_of_frames
 from integration.web.deps import AppSettings, CurrentUser, Uid
+from integration.web.dicomweb.links import dicomweb_base
 from integration.web.dicomweb.negotiation import (
     DICOM,
     EXPLICIT_VR_LITTLE_ENDIAN,
@@ -124,12 +125,6 @@ def _retrieve(request: Request, objects: list[ServedObject], single: bool) -> Re
     except ValueError as exc:
         raise HTTPException(status.HTTP_406_NOT_ACCEPTABLE, f"this instance {exc}") from None
     return Response(body, media_type=media_type, headers=_headers())
-
-
-def dicomweb_base(request: Request, settings: Settings) -> str:
-    """The absolute ``/dicomweb`` URL: from ``public_url`` when configured, else from the request's Host."""
-    root = settings.public_url or str(request.base_url)
-    return root.rstrip("/") + "/dicomweb"
 
 
 def _metadata(request: Request, settings: Settings, objects: list[ServedObject]) -> StreamingResponse:

@@ -45,8 +45,10 @@ def _basic_user(request: Request, authorization: str) -> CurrentUser:
 async def dicomweb_user(request: Request, roles: tuple[UserRole, ...]) -> tuple[CurrentUser, str]:
     """Authenticate a DICOMweb request: HTTP Basic, or the session cookie with the CSRF token header.
 
-    A request with an ``Authorization`` header is judged by it alone (a browser cannot send a cross-site
-    ``multipart/related`` body without a CORS preflight, which this server never grants).
+    A request with an ``Authorization`` header is judged by it alone: a cross-site page cannot send one, nor a
+    ``multipart/related`` body, without a CORS preflight, which is granted only to configured viewer origins
+    (``PACSVLM_DICOMWEB_CORS_ORIGINS``) and never with credentials, so the ``SameSite=Strict`` session cookie
+    does not travel and a Basic password must be known.
 
     Parameters
     ----------
