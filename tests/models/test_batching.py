@@ -116,8 +116,12 @@ def test_an_error_of_a_batch_reaches_every_caller_in_it(recording: RecordingBack
     for request in requests:
         error = outcomes[request.request_id]
         assert isinstance(error, ValueError) and "study-2" in str(error) and "at most" in str(error)
-    # The model thread lives on: the next batch runs.
-    assert batcher.generate([study(4)])[0].request_id == "study-4"
+    # The model thread lives on: the next batch runs (a full one, so it does not wait out the 60 s window).
+    after = concurrently(batcher, [study(4), study(5), study(6)])
+    assert recording.sizes == [3, 3]
+    assert {request_id: [r.request_id for r in results] for request_id, results in after.items()} == {  # type: ignore[attr-defined]
+        f"study-{n}": [f"study-{n}"] for n in (4, 5, 6)
+    }
     batcher.close()
 
 
