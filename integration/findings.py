@@ -13,6 +13,11 @@ may have, how long its texts may be, which images it may cite and how untrusted 
 * :func:`clean_text` is the one cleaner of untrusted text in ``integration`` (SR, FHIR, HL7, the review
   page and the working copy use it).
 
+A finding may carry a ``box``: the region on its one cited image that the model pointed at, as fractions of that
+image as the model saw it (see :func:`valid_box`).  A person's edit keeps it only where the finding's text and
+images are unchanged (:func:`kept_boxes`): the region was the model's answer for the model's words, and an edited
+finding may say something else, so it loses its region rather than keep one it may not describe.
+
 The value objects validate themselves: a :class:`Finding`, :class:`Evidence` or :class:`Document` that
 exists keeps the limits and holds only text that :func:`clean_text` leaves as it is.
 
@@ -27,8 +32,9 @@ it too and the store may not import ``reports``.
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,6 +80,24 @@ SAFETY_TEXT_LIMITS = {
 }
 #: Most certainty words a finding keeps.
 MAX_CERTAINTY_WORDS = 8
+
+
+#: A finding's region: ``(x0, y0, x1, y1)``, fractions 0..1 of its image as the model saw it.
+Box = tuple[float, float, float, float]
+
+
+def valid_box(value: object) -> Box | None:
+    """Return a region as four floats when it is one, else None (never raises).
+
+    A box is four numbers (not bools) in 0..1, ``x0 < x1`` and ``y0 < y1``: fractions of the image the model saw
+    (padded to square and resized), x from the left, y from the top.
+    """
+    if not isinstance(value, list | tuple) or len(value) != 4:
+        return None
+    if not all(type(n) in (int, float) and math.isfinite(n) and 0 <= n <= 1 for n in value):
+        return None
+    x0, y0, x1, y1 = (float(n) for n in value)
+    return (x0, y0, x1, y1) if x0 < x1 and y0 < y1 else None
 
 
 def _is_number(value: object) -> bool:
@@ -170,6 +194,9 @@ class Finding:
         ``confidence_method`` names how); None when none was computed (a signed version's findings,
         a server without log-probabilities).  It says how sure the model was of its words, not how likely
         the finding is to be right.
+    box : tuple of 4 float or None
+        The region the model pointed at on the finding's one cited image (see :func:`valid_box`); None when
+        none was given.  Only a finding that cites exactly one image has one.
 
     Raises
     ------
@@ -184,6 +211,7 @@ class Finding:
     certainty: tuple[str, ...] = ()
     urgency: str | None = None
     confidence: float | None = None
+    box: Box | None = None
 
     def __post_init__(self) -> None:
         if not _is_clean(self.text, MAX_FINDING_CHARS, required=True):
@@ -206,6 +234,8 @@ class Finding:
             raise InvalidFindings(f"a finding's certainty is a tuple of at most {MAX_CERTAINTY_WORDS} short words")
         if self.confidence is not None and not _is_score(self.confidence):
             raise InvalidFindings("a finding's confidence is a number from 0 to 1 (or None)")
+        if self.box is not None and (valid_box(self.box) != self.box or len(self.images) != 1):
+            raise InvalidFindings("a finding's box is 4 floats 0..1 with x0 < x1, y0 < y1, on its one image (or None)")
 
     @classmethod
     def read(cls, entry: object, images_seen: Collection[int] = ()) -> Finding | None:
@@ -221,7 +251,8 @@ class Finding:
         Returns
         -------
         Finding or None
-            The finding with its text cleaned and cut, and its valid citations; None when it has no text.
+            The finding with its text cleaned and cut, and its valid citations; None when it has no text.  A box
+            that is not valid, or on a finding that does not cite exactly one image, is left out.
         """
         if not isinstance(entry, Mapping) or not isinstance(entry.get("text"), str):
             return None
@@ -242,6 +273,7 @@ class Finding:
             certainty=tuple(dict.fromkeys(w for w in certainty if w))[:MAX_CERTAINTY_WORDS],
             urgency=urgency if urgency in URGENCIES else None,
             confidence=float(confidence) if confidence is not None and _is_score(confidence) else None,
+            box=valid_box(entry.get("box")) if len(images) == 1 else None,
         )
 
     def as_json(self) -> dict[str, Any]:
@@ -252,12 +284,14 @@ class Finding:
                 entry[name] = value
         if self.certainty:
             entry["certainty"] = list(self.certainty)
+        if self.box is not None:
+            entry["box"] = list(self.box)
         return entry
 
     @property
     def bare(self) -> Finding:
-        """The finding with its text and images only (what a person's edit keeps)."""
-        return Finding(self.text, self.images)
+        """The finding with its text, images and region only (what a signed version keeps)."""
+        return Finding(self.text, self.images, box=self.box)
 
 
 @dataclass(frozen=True)
@@ -587,6 +621,18 @@ def _list(value: object) -> list[Any]:
 
 def _section(value: object) -> str:
     return clean_text(value, MAX_SECTION_CHARS) if isinstance(value, str) else ""
+
+
+def kept_boxes(edited: Iterable[Finding], before: Sequence[Finding]) -> tuple[Finding, ...]:
+    """Return edited findings with the region of the earlier finding each one leaves unchanged.
+
+    An edited finding whose text and images are those of a finding of ``before`` that has a box gets that box;
+    one whose text or images changed gets none (the region was the model's for its own words).
+    """
+    boxes = {(f.text, f.images): f.box for f in before if f.box is not None}
+    return tuple(
+        f if f.box is not None else Finding(f.text, f.images, box=boxes.get((f.text, f.images))) for f in edited
+    )
 
 
 def edited_text(value: object, limit: int, what: str, *, required: bool) -> str:

@@ -11,11 +11,18 @@ findings document's ``comparison`` (:class:`integration.findings.Document`).
 Image numbers index one list, the prior's images first, so a finding that
 cites a prior image cites it like any other; the worker's evidence says which
 images are the prior's.
+
+A finding may carry a ``box`` (the schema's optional region, fractions 0..1 of
+the one image it cites): kept only when it is four numbers in 0..1 with
+x0 < x1 and y0 < y1 and the finding cites exactly one image, else dropped and
+noted; a model that gives pixels or another scale gets no region, never a
+wrong one.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -54,8 +61,9 @@ class Finding:
     The schema's other fields (:data:`models.draft_schema.DRAFT_SCHEMA`) are None or empty when the model did
     not give them (free output, old drafts): ``laterality`` (one of ``LATERALITIES``), ``region`` (body
     region, cleaned one line), ``certainty`` (the certainty words the model used), ``urgency`` (one of
-    ``URGENCIES``) and ``confidence`` (a score in 0..1 from the token log-probabilities of the finding's text,
-    see :mod:`models.confidence`; not a probability of being right).
+    ``URGENCIES``), ``confidence`` (a score in 0..1 from the token log-probabilities of the finding's text,
+    see :mod:`models.confidence`; not a probability of being right) and ``box`` (the region on its one cited
+    image, ``(x0, y0, x1, y1)`` as fractions of that image as the model saw it).
     """
 
     text: str
@@ -65,6 +73,7 @@ class Finding:
     certainty: tuple[str, ...] = ()
     urgency: str | None = None
     confidence: float | None = None
+    box: tuple[float, float, float, float] | None = None
 
     def as_json(self) -> dict[str, Any]:
         """The finding as stored: ``text`` and ``images``, and each schema field that is set."""
@@ -79,6 +88,8 @@ class Finding:
             entry["urgency"] = self.urgency
         if self.confidence is not None:
             entry["confidence"] = round(self.confidence, 4)
+        if self.box is not None:
+            entry["box"] = list(self.box)
         return entry
 
 
@@ -233,7 +244,8 @@ def _from_json(document: dict[str, Any], n_images: int, problems: list[str]) -> 
             refs = _pick(item, "images", "image", "image_indices", "image_index", "slices")
             images = _image_numbers(refs, n_images, problems)
             if text:
-                findings.append(Finding(text, images, **_schema_fields(item, problems)))
+                box = _box(_pick(item, "box", "bbox", "bounding_box"), images, problems)
+                findings.append(Finding(text, images, **_schema_fields(item, problems), box=box))
             continue
         text = clean(item, MAX_FINDING_CHARS)
         if text:
@@ -255,6 +267,24 @@ def _schema_fields(item: dict[str, Any], problems: list[str]) -> dict[str, Any]:
         "certainty": _certainty(_pick(item, "certainty", "certainty_words", "hedges")),
         "urgency": _category(_pick(item, "urgency", "priority"), URGENCIES, "urgency", problems),
     }
+
+
+def _box(value: Any, images: tuple[int, ...], problems: list[str]) -> tuple[float, float, float, float] | None:
+    """A finding's region: four numbers in 0..1, x0 < x1 and y0 < y1, on exactly one cited image; else None."""
+    if value is None:
+        return None
+    numbers = value if isinstance(value, list | tuple) and len(value) == 4 else ()
+    if not all(type(n) in (int, float) and math.isfinite(n) and 0 <= n <= 1 for n in numbers) or not numbers:
+        problems.append("a box that is not four fractions 0 to 1 was dropped")
+        return None
+    x0, y0, x1, y1 = (round(float(n), 4) for n in numbers)
+    if not (x0 < x1 and y0 < y1):
+        problems.append("a box without x0 < x1 and y0 < y1 was dropped")
+        return None
+    if len(images) != 1:
+        problems.append("a box on a finding that does not cite exactly one image was dropped")
+        return None
+    return (x0, y0, x1, y1)
 
 
 def _text_value(value: Any) -> str:

@@ -11,6 +11,11 @@ needs a person now (the critical-result categories in ``integration/safety/criti
 ``routine`` or ``none`` (a normal finding).  The urgency is the model's claim, not a decision: the
 critical-finding matcher reads it beside the text, with negation and uncertainty handled.
 
+A finding seen on one image may carry a ``box``: the region it is seen in, ``[x0, y0, x1, y1]`` as fractions
+0..1 of that image as the model saw it (padded to square and resized), x to the right and y down from the top
+left.  Some families can point at a region; the box is optional, so the others never write one.  The reports
+map it onto the cited frame's pixels (a region in the TID 1500 document viewers draw).
+
 Bump :data:`SCHEMA_VERSION` whenever the schema changes; a draft records the version it was bound to.
 """
 
@@ -20,7 +25,7 @@ import json
 from typing import Any
 
 #: Recorded with every draft that was bound to the schema (``decoding`` says which path ran).
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: Laterality words a finding may carry ("none": not lateral, or not said).
 LATERALITIES = ("left", "right", "bilateral", "midline", "none")
 #: Urgency categories, most urgent first.
@@ -31,6 +36,11 @@ MAX_SCHEMA_TEXT_CHARS = 600
 MAX_SCHEMA_SECTION_CHARS = 1200
 MAX_SCHEMA_IMAGES = 16
 MAX_CERTAINTY_WORDS = 4
+#: What a finding's ``box`` is, for the schema's description.
+BOX_DESCRIPTION = (
+    "Optional, only for a finding cited on exactly one image: its region as [x0, y0, x1, y1], fractions 0 to 1 "
+    "of that image as given (x0 < x1 from the left, y0 < y1 from the top)"
+)
 
 _TEXT = {"type": "string", "maxLength": MAX_SCHEMA_TEXT_CHARS}
 _SECTION = {"type": "string", "maxLength": MAX_SCHEMA_SECTION_CHARS}
@@ -60,6 +70,13 @@ DRAFT_SCHEMA: dict[str, Any] = {
                         "maxItems": MAX_CERTAINTY_WORDS,
                     },
                     "urgency": {"type": "string", "enum": list(URGENCIES)},
+                    "box": {
+                        "type": "array",
+                        "description": BOX_DESCRIPTION,
+                        "items": {"type": "number", "minimum": 0, "maximum": 1},
+                        "minItems": 4,
+                        "maxItems": 4,
+                    },
                 },
                 "required": ["text", "images", "laterality", "body_region", "certainty", "urgency"],
                 "additionalProperties": False,

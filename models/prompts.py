@@ -52,6 +52,7 @@ OUTPUT_FORMAT = (
     '"comparison": "<what is new, unchanged, increased or decreased since the prior study; '
     "'no prior study' when none is given>\"}\n"
     "Image numbers are the numbers given above (1 is the first image). "
+    'A finding on one image may add "box": [x0, y0, x1, y1], its region as fractions 0 to 1 of that image. '
     "Urgency is critical for a finding that needs a clinician now (e.g. pneumothorax, intracranial haemorrhage, "
     "free air), none for a normal finding. "
     "Report only what the images show; say 'no acute abnormality' when that is the finding."

@@ -36,6 +36,7 @@ from integration.findings import (
     edited_findings,
     edited_text,
     images_of,
+    kept_boxes,
 )
 from integration.reports.report_objects import (
     ObjectUnavailable,
@@ -277,7 +278,7 @@ def prepare_signature(
     before = Document.read(previous[-1].findings if previous else report.findings)
     content = replace(  # the priors compared with and the prior note stay the draft's; the model's safety data do not
         before,
-        findings=tuple(finding.bare for finding in (before.findings if edited is None else edited)),
+        findings=tuple(f.bare for f in (before.findings if edited is None else kept_boxes(edited, before.findings))),
         impression=before.impression if impression is None else impression,
         limitations=before.limitations if limitations is None else limitations,
         comparison=before.comparison if comparison is None else comparison,

@@ -81,6 +81,9 @@ class SeenFrame:
     study_uid : str or None
         The instance's study when it is a prior study's (shown to the model for comparison); None for the
         current study's instances.
+    rows, columns : int
+        The frame's size in pixels (its header's Rows and Columns), 0 when not known: a finding's box is mapped
+        onto them (:mod:`integration.reports.sr_regions`).
     """
 
     image: int
@@ -90,6 +93,8 @@ class SeenFrame:
     frame: int = 1
     number_of_frames: int = 1
     study_uid: str | None = None
+    rows: int = 0
+    columns: int = 0
 
 
 @dataclass(frozen=True)

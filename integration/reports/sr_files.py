@@ -117,6 +117,8 @@ def study_headers(settings: Settings, report: ReportDocument) -> tuple[Dataset, 
             e.frame,
             counts[e.sop_instance_uid],
             study_uid=e.study_uid if e.prior else None,  # a prior's instances: Pertinent Other Evidence
+            rows=int(headers[e.sop_instance_uid].get("Rows") or 0) if e.sop_instance_uid in headers else 0,
+            columns=int(headers[e.sop_instance_uid].get("Columns") or 0) if e.sop_instance_uid in headers else 0,
         )
         for e in entries
     )

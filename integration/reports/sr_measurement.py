@@ -24,8 +24,20 @@ content in measurement form.  An Enhanced SR document (no by-reference relations
 
 A finding is coded only when its text names a concept of :data:`FINDING_CODES` and holds no negation ("No
 pleural effusion." is never coded as a pleural effusion); the text is always there.  The urgency codes are of
-our private scheme (the model's category for communication, not a clinical priority).  No finding carries an
-image region today (no model family writes one), so the groups have no SCOORD: they are image-level groups.
+our private scheme (the model's category for communication, not a clinical priority).
+
+A finding whose model pointed at a region (its ``box``, on the one image it cites) is a TID 1410 planar ROI group
+instead: the same items, and its region as a closed POLYLINE rectangle (SCOORD, 5 points) on that frame, mapped from
+the model's square image onto the frame's pixels (:mod:`integration.reports.sr_regions`).  Findings without a box
+(most: few families point) stay image-level groups, without SCOORD.
+
+A region group is also labelled the way OHIF v3 labels an annotation, with Cornerstone's free-text code
+(``CORNERSTONEFREETEXT``, scheme ``CORNERSTONEJS``, meaning: the text cut to 64 characters), declared in the Coding
+Scheme Identification Sequence.  OHIF 3.13.2's SR viewport labels a TID 1410 group (one with a top-level SCOORD)
+only from its numeric measurements or its Finding Site (SCT 363698007), and Cornerstone's own exports put the
+free-text label in both the Finding and the Finding Site rows; so the label is the group's Finding Site, and its
+Finding too unless the text names a coded concept.  It is a label, not an anatomic site: a viewer that does not
+know the scheme still has the TEXT Finding with the whole text.
 A draft is PARTIAL and UNVERIFIED, a signed version COMPLETE and VERIFIED with its Verifying Observer, exactly
 as the TID 2000 SR of the same version (:func:`integration.reports.sr.sr_document`).
 """
@@ -35,9 +47,10 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import highdicom as hd
+import numpy as np
 from highdicom.sr import (
     CodeContentItem,
     CodedConcept,
@@ -67,6 +80,7 @@ from integration.reports.sr_content import (
     language_items,
     references_of,
 )
+from integration.reports.sr_regions import FrameRegion, finding_region
 from integration.store.viewer_tables import MEASUREMENT_DRAFT_SERIES_NUMBER, MEASUREMENT_SIGNED_SERIES_NUMBER
 from integration.uids import derived_uid
 from integration.untrusted import clean_text
@@ -82,6 +96,9 @@ URGENCY_VALUES = {
     "routine": CodedConcept("ROUTINE", PRIVATE_SCHEME, "Routine"),
     "none": CodedConcept("NONE", PRIVATE_SCHEME, "No urgency"),
 }
+#: Cornerstone's free-text coding scheme: how OHIF labels an annotation (see the module docstring).
+FREE_TEXT_SCHEME = "CORNERSTONEJS"
+FREE_TEXT_VALUE = "CORNERSTONEFREETEXT"
 #: Common findings and their concepts (SNOMED CT, and DCM where PS3.16 has them), as worded in reports.
 #: Order matters: the longer phrase first ("pleural effusion" before "effusion").
 FINDING_CODES: tuple[tuple[str, Code], ...] = (
@@ -124,6 +141,8 @@ class MeasurementFinding:
     urgency: str
     certainty: str
     references: tuple[ImageReference, ...]
+    region: tuple[tuple[float, float], ...] = ()
+    label: str = ""
 
 
 @dataclass(frozen=True)
@@ -188,8 +207,37 @@ def _image_library(evidence: tuple[SeenFrame, ...]) -> ContentItem:
     return _container(codes.DCM.ImageLibrary, [group], template_id="1600")
 
 
+def free_text_label(text: str) -> CodedConcept:
+    """The Cornerstone free-text code OHIF labels an annotation with: the text on one line, cut to 64 characters."""
+    meaning = clean_text(text, one_line=True)
+    return CodedConcept(FREE_TEXT_VALUE, FREE_TEXT_SCHEME, meaning if len(meaning) <= 64 else meaning[:63] + "\u2026")
+
+
+def _region_group(
+    finding: Finding, region: FrameRegion, tracking: hd.sr.TrackingIdentifier, algorithm: hd.sr.AlgorithmIdentification
+) -> ContainerContentItem:
+    """TID 1410: a finding with a box, its rectangle on the frame it was seen on."""
+    seen = region.seen
+    image = hd.sr.ImageRegion(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+        graphic_data=np.array(region.polyline, dtype=float),
+        source_image=hd.sr.SourceImageForRegion(
+            seen.sop_class_uid, seen.sop_instance_uid, [seen.frame] if seen.number_of_frames > 1 else None
+        ),
+    )
+    label = free_text_label(finding.text)
+    group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=tracking,
+        referenced_region=image,
+        finding_type=finding_code(finding.text) or label,
+        algorithm_id=algorithm,
+        finding_sites=[hd.sr.FindingSite(anatomic_location=label)],
+    )
+    return cast(ContainerContentItem, group[0])
+
+
 def _group(finding: Finding, number: int, report: ReportForSr, document_uid: str, draft: bool) -> ContentItem:
-    """TID 1501: one finding as an image-level measurement group."""
+    """TID 1501: one finding as an image-level measurement group; TID 1410 when it has a region."""
     algorithm = report.algorithm
     extra: list[ContentItem] = [TextContentItem(name=FINDING, value=finding.text, relationship_type="CONTAINS")]
     if draft and finding.urgency in URGENCY_VALUES:
@@ -197,16 +245,23 @@ def _group(finding: Finding, number: int, report: ReportForSr, document_uid: str
     if draft and finding.certainty:
         words = clean_text(", ".join(finding.certainty), MAX_TEXT_CHARS)
         extra.append(TextContentItem(name=CERTAINTY, value=words, relationship_type="CONTAINS"))
+    tracking = hd.sr.TrackingIdentifier(
+        uid=derived_uid(document_uid, "tid1500-finding", str(number)), identifier=f"Finding {number}"
+    )
+    identification = algorithm_identification(
+        algorithm.model_id,
+        algorithm.model_revision,
+        [f"prompt version: {algorithm.prompt_version}", f"model family: {algorithm.model_family}"],
+    )
+    region = finding_region(finding, report.evidence)
+    if region is not None:
+        roi = _region_group(finding, region, tracking, identification)
+        roi.ContentSequence = ContentSequence([*roi.ContentSequence, *extra])
+        return roi
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=derived_uid(document_uid, "tid1500-finding", str(number)), identifier=f"Finding {number}"
-        ),
+        tracking_identifier=tracking,
         finding_type=finding_code(finding.text),
-        algorithm_id=algorithm_identification(
-            algorithm.model_id,
-            algorithm.model_revision,
-            [f"prompt version: {algorithm.prompt_version}", f"model family: {algorithm.model_family}"],
-        ),
+        algorithm_id=identification,
         source_images=[
             hd.sr.SourceImageForMeasurementGroup(ref.sop_class_uid, ref.sop_instance_uid, list(ref.frames) or None)
             for ref in references_of(finding.images, report.evidence)
@@ -278,7 +333,7 @@ def build_measurement_report(
         The Enhanced SR document, ready to save.
     """
     signed = verification is not None
-    return sr_document(
+    document = sr_document(
         hd.sr.EnhancedSR,
         _content(report, sop_instance_uid, verification),
         report,
@@ -292,6 +347,13 @@ def build_measurement_report(
         verification=verification,
         predecessor=predecessor,
     )
+    if any(finding_region(finding, report.evidence) is not None for finding in report.findings):
+        document.CodingSchemeIdentificationSequence.append(
+            hd.coding_schemes.CodingSchemeIdentificationItem(
+                designator=FREE_TEXT_SCHEME, name="Cornerstone free text", responsible_organization="cornerstonejs"
+            )
+        )
+    return document
 
 
 def _reference(item: Dataset) -> ImageReference:
@@ -301,20 +363,32 @@ def _reference(item: Dataset) -> ImageReference:
     return ImageReference(str(ref.ReferencedSOPClassUID), str(ref.ReferencedSOPInstanceUID), numbers)
 
 
-def _read_group(group: hd.sr.MeasurementsAndQualitativeEvaluations) -> MeasurementFinding:
+def _read_group(group: Any) -> MeasurementFinding:
     item = group[0]
     texts = {(c.ConceptNameCodeSequence[0].CodeValue, c.ValueType): c for c in item.ContentSequence}
     urgency = texts.get((URGENCY.value, "CODE"))
     certainty = texts.get((CERTAINTY.value, "TEXT"))
     finding = texts.get((FINDING.value, "TEXT"))
+    coded = group.finding_type
+    labels = [site.value.meaning for site in group.finding_sites if site.value.scheme_designator == FREE_TEXT_SCHEME]
+    points: tuple[tuple[float, float], ...] = ()
+    references: tuple[ImageReference, ...]
+    if isinstance(group, hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations):
+        roi = cast(hd.sr.ImageRegion, group.roi)
+        points = tuple((float(x), float(y)) for x, y in roi.value)
+        references = (_reference(roi.ContentSequence[0]),)
+    else:
+        references = tuple(_reference(image) for image in group.source_images)
     return MeasurementFinding(
         tracking_id=str(group.tracking_identifier or ""),
         tracking_uid=str(group.tracking_uid or ""),
         text=str(finding.TextValue) if finding is not None else "",
-        finding_type=group.finding_type,
+        finding_type=None if coded is None or coded.scheme_designator == FREE_TEXT_SCHEME else coded,
         urgency=str(urgency.ConceptCodeSequence[0].CodeMeaning) if urgency is not None else "",
         certainty=str(certainty.TextValue) if certainty is not None else "",
-        references=tuple(_reference(image) for image in group.source_images),
+        references=references,
+        region=points,
+        label=str(labels[0]) if labels else "",
     )
 
 
@@ -340,7 +414,10 @@ def read_measurement_report(dataset: Dataset) -> MeasurementReading:
     document = hd.sr.EnhancedSR.from_dataset(dataset)
     report = hd.sr.MeasurementReport.from_sequence(document.content)
     root = cast(ContainerContentItem, report[0])
-    groups = report.get_image_measurement_groups()
+    groups = sorted(
+        [*report.get_image_measurement_groups(), *report.get_planar_roi_measurement_groups()],
+        key=lambda group: int(str(group.tracking_identifier or "Finding 0").rsplit(" ", 1)[-1] or 0),
+    )
     library = [
         _reference(image)
         for container in children(root)

@@ -169,7 +169,7 @@ _JSON = st.recursive(
 
 @settings(max_examples=200, deadline=None)
 @given(st.fixed_dictionaries({"text": st.text(min_size=1, max_size=20)}, optional={
-    name: _JSON for name in ("laterality", "body_region", "certainty", "urgency", "images")
+    name: _JSON for name in ("laterality", "body_region", "certainty", "urgency", "images", "box")
 }))  # fmt: skip
 def test_any_json_in_the_schema_fields_never_raises(finding: dict[str, object]) -> None:
     draft = parse_draft(json.dumps({"findings": [finding], "impression": "x"}), n_images=3)
@@ -178,3 +178,22 @@ def test_any_json_in_the_schema_fields_never_raises(finding: dict[str, object]) 
         assert parsed.urgency in (None, "critical", "urgent", "routine", "none")
         assert parsed.region is None or 0 < len(parsed.region) <= 64
         assert len(parsed.certainty) <= 4 and all(0 < len(word) <= 32 for word in parsed.certainty)
+        box = parsed.box
+        assert box is None or (len(parsed.images) == 1 and 0 <= box[0] < box[2] <= 1 and 0 <= box[1] < box[3] <= 1)
+
+
+def test_a_box_on_one_image_is_read_and_malformed_or_ambiguous_boxes_are_dropped_and_noted() -> None:
+    findings = [
+        {"text": "Nodule.", "images": [2], "box": [0.1, 0.2, 0.5, 0.6]},
+        {"text": "Opacity.", "images": [1], "bbox": [0, 0, 1, 1]},
+        {"text": "On two images.", "images": [1, 2], "box": [0.1, 0.2, 0.5, 0.6]},
+        {"text": "In pixels.", "images": [1], "box": [12, 40, 200, 310]},
+        {"text": "Upside down.", "images": [1], "box": [0.5, 0.6, 0.1, 0.2]},
+        {"text": "Three numbers.", "images": [1], "box": [0.1, 0.2, 0.5]},
+        {"text": "Words.", "images": [1], "box": "top left"},
+        {"text": "True.", "images": [1], "box": [True, 0, 1, 1]},
+    ]
+    draft = parse_draft(json.dumps({"findings": findings, "impression": "x"}), n_images=2)
+    assert [f.box for f in draft.findings] == [(0.1, 0.2, 0.5, 0.6), (0.0, 0.0, 1.0, 1.0)] + [None] * 6
+    assert draft.findings[0].as_json()["box"] == [0.1, 0.2, 0.5, 0.6] and "box" not in draft.findings[2].as_json()
+    assert sum("box" in problem for problem in draft.problems) == 6

@@ -21,6 +21,8 @@ from integration.findings import (
     edited_text,
     evidence_of,
     images_of,
+    kept_boxes,
+    valid_box,
 )
 
 UID = "1.2.826.0.1.3680043.8.498"
@@ -291,3 +293,28 @@ def test_a_draft_given_priors_but_silent_on_them_names_what_it_was_compared_with
         Document(findings=(), priors=(ct,), comparison="Effusion unchanged.").comparison_text == "Effusion unchanged."
     )
     assert Document(findings=(), prior_note="No prior study available.").comparison_text == "No prior study available."
+
+
+def test_a_finding_box_is_four_fractions_on_its_one_image_and_round_trips() -> None:
+    boxed = Finding("Nodule.", (2,), box=(0.1, 0.2, 0.5, 0.6))
+    assert boxed.as_json()["box"] == [0.1, 0.2, 0.5, 0.6] and Finding.read(boxed.as_json()) == boxed
+    assert boxed.bare == Finding("Nodule.", (2,), box=(0.1, 0.2, 0.5, 0.6))
+    for images, box in (((1, 2), (0.1, 0.2, 0.5, 0.6)), ((), (0.1, 0.2, 0.5, 0.6)), ((1,), (0.5, 0.2, 0.1, 0.6))):
+        with pytest.raises(InvalidFindings, match="box"):
+            Finding("Nodule.", images, box=box)  # type: ignore[arg-type]
+    assert [valid_box(v) for v in ([0, 0, 1, 1], [0, 0, 1.5, 1], [0, 0, 1], "0 0 1 1", [0, 0, 0, 1])] == [
+        (0.0, 0.0, 1.0, 1.0),
+        None,
+        None,
+        None,
+        None,
+    ]
+    # lenient reading leaves out a broken box, or one on a finding that does not cite exactly one image
+    stored = {
+        "findings": [{"text": "A.", "images": [1, 2], "box": [0, 0, 1, 1]}, {"text": "B.", "images": [1], "box": 7}]
+    }
+    assert [f.box for f in Document.read(stored).findings] == [None, None]
+    # an edit keeps the box of a finding whose text and images it leaves unchanged, and only that
+    edited = edited_findings([{"text": "Nodule.", "images": [2]}, {"text": "Nodule, 9 mm.", "images": [2]}])
+    assert [f.box for f in kept_boxes(edited, (boxed,))] == [boxed.box, None]
+    assert kept_boxes(edited_findings([{"text": "Nodule.", "images": [1]}]), (boxed,))[0].box is None

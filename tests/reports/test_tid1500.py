@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -256,3 +257,96 @@ def test_a_rebuilt_measurement_report_is_the_same_document(ct: tuple[Dataset, tu
     uids = {"sop_instance_uid": generate_uid(), "series_instance_uid": generate_uid()}
     first, second = (build_measurement_report(a_report(seen), source, **uids) for _ in range(2))
     assert first == second
+
+
+@pytest.fixture(scope="module")
+def two_shapes(tmp_path_factory: pytest.TempPathFactory) -> tuple[Dataset, tuple[SeenFrame, ...]]:
+    """Two single-frame images of different aspect: 40 x 80 (wide) and 90 x 30 (tall), rows by columns."""
+    folder = tmp_path_factory.mktemp("shapes")
+    wide = pydicom.dcmread(write_ct_series(folder / "wide", 1, rows=40, columns=80)[0], stop_before_pixels=True)
+    tall = pydicom.dcmread(write_ct_series(folder / "tall", 1, rows=90, columns=30)[0], stop_before_pixels=True)
+    seen = tuple(
+        SeenFrame(
+            n, str(h.SOPClassUID), str(h.SOPInstanceUID), str(h.SeriesInstanceUID), rows=h.Rows, columns=h.Columns
+        )
+        for n, h in enumerate((wide, tall), start=1)
+    )
+    return wide, seen
+
+
+def rectangle(left: float, top: float, right: float, bottom: float) -> tuple[tuple[float, float], ...]:
+    return ((left, top), (right, top), (right, bottom), (left, bottom), (left, top))
+
+
+def test_a_finding_with_a_box_is_a_rectangle_on_the_pixels_of_its_frame(
+    two_shapes: tuple[Dataset, tuple[SeenFrame, ...]], tmp_path: Path
+) -> None:
+    source, seen = two_shapes
+    findings = (
+        # wide 40 x 80: the model's square is 80 x 80, the frame 20 rows down in it
+        Finding("Spiculated nodule in the right upper lobe.", (1,), box=(0.25, 0.25, 0.75, 0.5)),
+        # tall 90 x 30: the square is 90 x 90, the frame 30 columns right in it; the box runs past its edge
+        Finding("Opacity at the left base.", (2,), box=(0.4, 0.1, 0.9, 0.5)),
+        Finding("No pleural effusion.", (2,)),
+        Finding("A box wholly in the padding.", (2,), box=(0.0, 0.0, 0.2, 0.2)),
+    )
+    document = build_measurement_report(
+        a_report(seen, findings), source, sop_instance_uid=generate_uid(), series_instance_uid=generate_uid()
+    )
+    reading = build_and_check(document, tmp_path / "regions.dcm")  # dciodvfy clean, read back through highdicom
+    nodule, opacity, effusion, padding = reading.findings
+    assert [f.text for f in reading.findings] == [f.text for f in findings]
+    assert nodule.region == rectangle(20.0, 0.0, 60.0, 20.0)
+    assert opacity.region == rectangle(6.0, 9.0, 30.0, 45.0)
+    assert [r.sop_instance_uid for r in nodule.references] == [seen[0].sop_instance_uid]
+    assert [r.sop_instance_uid for r in opacity.references] == [seen[1].sop_instance_uid]
+    assert nodule.finding_type is not None and nodule.finding_type.value == codes.SCT.Nodule.value
+    assert (nodule.label, opacity.label) == (findings[0].text, findings[1].text)  # OHIF's label
+    assert effusion.region == () and padding.region == () and effusion.label == ""
+    assert [r.sop_instance_uid for r in padding.references] == [seen[1].sop_instance_uid]
+    schemes = [item.CodingSchemeDesignator for item in document.CodingSchemeIdentificationSequence]
+    assert "CORNERSTONEJS" in schemes
+    graphic = [
+        item
+        for group in document.ContentSequence[-2].ContentSequence
+        for item in group.ContentSequence
+        if item.ValueType == "SCOORD"
+    ]
+    assert [(g.GraphicType, len(g.GraphicData)) for g in graphic] == [("POLYLINE", 10), ("POLYLINE", 10)]
+
+
+def test_a_box_on_a_montage_or_without_a_known_frame_size_stays_image_level(
+    two_shapes: tuple[Dataset, tuple[SeenFrame, ...]], tmp_path: Path
+) -> None:
+    source, seen = two_shapes
+    montage = (replace(seen[0], image=1), replace(seen[1], image=1), replace(seen[1], image=2, rows=0, columns=0))
+    findings = (Finding("Nodule.", (1,), box=(0.1, 0.1, 0.5, 0.5)), Finding("Mass.", (2,), box=(0.1, 0.1, 0.5, 0.5)))
+    document = build_measurement_report(
+        a_report(montage, findings), source, sop_instance_uid=generate_uid(), series_instance_uid=generate_uid()
+    )
+    reading = build_and_check(document, tmp_path / "montage.dcm")
+    assert [f.region for f in reading.findings] == [(), ()]
+    assert "CORNERSTONEJS" not in [i.CodingSchemeDesignator for i in document.CodingSchemeIdentificationSequence]
+
+
+def test_a_stored_draft_box_reaches_its_report_and_an_unchanged_signed_finding_keeps_it(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data", database_url=f"sqlite:///{tmp_path / 'data' / 'db.sqlite'}")
+    upgrade(settings.database_url)
+    study_id, headers = store_study(settings, write_ct_series(tmp_path / "ct", 2, rows=40, columns=80))
+    report_id = add_report(settings, study_id, evidence_of(headers))
+    boxed = {"text": "Nodule in the right upper lobe.", "images": [1], "box": [0.25, 0.25, 0.75, 0.5]}
+    with session_scope(settings.database_url) as session:
+        row = session.get(Report, report_id)
+        assert row is not None
+        row.findings = {**row.findings, "findings": [boxed, {"text": "No effusion.", "images": [2]}]}
+    ensure_draft_sr(settings, report_id)
+    unchanged = sign_report(settings, report_id, author="Doe^Jane", organization="St Elsewhere", findings=[boxed])
+    edited = [{"text": "Nodule in the right upper lobe, 9 mm.", "images": [1]}]
+    changed = sign_report(settings, report_id, author="Doe^Jane", organization="St Elsewhere", findings=edited)
+    rows = objects(settings)
+    readings = [
+        read_measurement_report(pydicom.dcmread(settings.data_dir / str(rows[(subject, "tid1500")].path)))
+        for subject in (f"draft:{report_id}", f"signed:{unchanged}", f"signed:{changed}")
+    ]
+    assert [r.findings[0].region for r in readings] == [rectangle(20.0, 0.0, 60.0, 20.0)] * 2 + [()]
+    assert readings[0].findings[1].region == ()

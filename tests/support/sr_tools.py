@@ -9,8 +9,10 @@ from pathlib import Path
 DCIODVFY = shutil.which("dciodvfy") or "/usr/bin/dciodvfy"
 DSRDUMP = shutil.which("dsrdump") or "/usr/bin/dsrdump"
 #: dciodvfy warnings we accept: our private coding scheme (for "Limitations", declared in the Coding Scheme
-#: Identification Sequence) is not a DICOM defined term; a source's patient name form is copied as it is.
-ACCEPTED_WARNINGS = ("<99PACSVLM>", "(0x0010,0x0010) PN Patient's Name")
+#: Identification Sequence) is not a DICOM defined term, nor Cornerstone's free-text scheme that OHIF labels region
+#: findings with (declared likewise; see integration.reports.sr_measurement); a source's patient name form is
+#: copied as it is.
+ACCEPTED_WARNINGS = ("<99PACSVLM>", "<CORNERSTONEJS>", "(0x0010,0x0010) PN Patient's Name")
 
 
 def check_with_tools(path: Path) -> list[str]:

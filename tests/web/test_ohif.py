@@ -7,11 +7,19 @@ its own origin and reads our ``/dicomweb`` directly: CORS allows its origin, and
 drops it from the address bar). The study is a generated CT series with a draft, whose documents (the TID
 2000 SR and the TID 1500 Measurement Report) our DICOMweb lists beside the images.
 
-What OHIF 3.13.2 shows: the TID 2000 draft as its text tree (findings, impression) in the SR viewport; the
-TID 1500 report of image-level groups (no SCOORD) as an empty viewport, since OHIF's SR viewport shows a
-measurement only on the image its SCOORD points at (that test ends as an expected failure; it passes once
-OHIF or our document changes). The key-image document (KOS) is listed with OHIF's "unsupported"
-mark: 3.13.2 has no handler for its SOP class. Screenshots are left in each test's ``tmp_path``.
+The draft is what a model that points at regions answers (the draft schema's JSON with a ``box`` per finding,
+through :func:`models.draft.parse_draft`), on a non-square CT (64 x 96), so the TID 1500 report holds TID 1410
+groups with a rectangle each.
+
+What OHIF 3.13.2 shows: the TID 2000 draft as its text tree (findings, impression) in the SR viewport; the TID
+1500 report as its regions drawn on the images they were found on, each labelled with its finding's text (OHIF
+reads the label from the group's Finding Site, where we put Cornerstone's free-text code; it prefixes the code
+value, ``363698007: <text>``). A TID 1500 report that also holds an image-level group (a finding without a
+region, no SCOORD) shows nothing in 3.13.2: its SR loader throws on such a group (``coords[0]`` is undefined
+in ``_checkIfCanAddMeasurementsToDisplaySet``; and an uncoded group's TEXT Finding is read as if it were the
+CODE Finding, ``ConceptCodeSequence`` undefined), so only drafts whose every finding has a region are shown.
+The key-image document (KOS) is listed with OHIF's "unsupported" mark: 3.13.2 has no handler for its SOP class.
+Screenshots are left in each test's ``tmp_path``.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ from integration.samples import write_ct_series
 from integration.store.migrate import upgrade
 from integration.store.tables import utcnow
 from integration.web.security.csrf import csrf_token_for_session
+from models.draft import parse_draft
 from tests.conftest import TEST_REDIS_DB
 from tests.support.instances import ingest
 from tests.support.ohif import OHIF_VERSION, OhifServer, OhifUnavailable, app_config, install_ohif
@@ -44,10 +53,31 @@ from tests.web.test_auth import COOKIE
 
 pytestmark = pytest.mark.slow
 
-FINDINGS = ("Spiculated nodule in the right upper lobe.", "No pleural effusion.")
+FINDINGS = ("Spiculated nodule in the right upper lobe.", "Atelectasis at the left base.")
 #: The title of our TID 2000 document, as OHIF's text viewport heads it.
 TID2000_HEADING = "Diagnostic Imaging Report"
 SERIES_DESCRIPTION = "Chest 1.0 mm"  # the generated CT series (integration.samples.ct_series)
+#: The region the model points at for the first finding, fractions of the square image it saw (every finding has
+#: one: OHIF 3.13.2 fails on a report that also holds an image-level group, see the module docstring).
+BOX = (0.3, 0.35, 0.6, 0.55)
+#: What a model that points at regions answers (the draft schema's JSON).
+MODEL_ANSWER = json.dumps(
+    {
+        "findings": [
+            {"text": FINDINGS[0], "images": [1], "laterality": "right", "urgency": "urgent", "box": list(BOX)},
+            {
+                "text": FINDINGS[1],
+                "images": [2],
+                "laterality": "left",
+                "urgency": "routine",
+                "box": [0.1, 0.5, 0.4, 0.7],
+            },
+        ],
+        "impression": "Right upper lobe nodule.",
+        "limitations": "",
+        "comparison": "",
+    }
+)
 
 
 @pytest.fixture(scope="session")
@@ -82,11 +112,12 @@ def served(
     settings = ingest_settings(database_url, redis_server.url(TEST_REDIS_DB), folder)
     sites_and_users(database_url)
     received = utcnow() - timedelta(seconds=120)
-    files = write_ct_series(folder / "ct", 4, rows=64, columns=64)
+    files = write_ct_series(folder / "ct", 4, rows=64, columns=96)
     headers = [ingest(settings, path, received, "CT1") for path in files]
     study_uid = str(headers[0].StudyInstanceUID)
     assert StudyAssembler(settings).run_once().jobs_created == 1
-    findings = [{"text": FINDINGS[0], "images": [1, 2]}, {"text": FINDINGS[1], "images": [2]}]
+    findings = parse_draft(MODEL_ANSWER, 2).as_json()["findings"]  # as the worker stores a model's answer
+    assert findings[0]["box"] == list(BOX)
     report_id = draft(settings, study_uid, findings, [evidence_of(headers[0], 1), evidence_of(headers[1], 2)])
     ensure_draft_sr(settings, report_id)  # the TID 2000 SR and, beside it, the TID 1500 report
 
@@ -140,10 +171,14 @@ def test_ohif_reads_our_dicomweb_and_shows_the_tid2000_draft(chromium: Any, serv
 def test_ohif_shows_the_tid1500_draft_findings(chromium: Any, served: Served, tmp_path: Path) -> None:
     page = open_study(chromium, served)
     page.get_by_text(TID1500_DESCRIPTION, exact=True).dblclick()
-    page.wait_for_timeout(8_000)  # time to fetch the document and lay out what it shows
+    label = page.locator("#svg-layer-default text", has_text=FINDINGS[0])  # the annotation's label, drawn in SVG
+    label.first.wait_for(timeout=30_000)
     page.screenshot(path=str(tmp_path / "ohif-tid1500.png"))
-    if FINDINGS[0] not in page.inner_text("body"):
-        pytest.xfail(
-            "OHIF 3.13.2's SR viewport shows a TID 1500 measurement only on the image its SCOORD points at; "
-            "our groups are image-level (no SCOORD), so the viewport stays empty"
-        )
+    assert FINDINGS[0] in page.inner_text("body")
+    drawn = page.locator("#svg-layer-default polyline").first.get_attribute("points") or ""
+    corners = [tuple(float(v) for v in point.split(",")) for point in drawn.replace(", ", ",").split()]
+    assert len(corners) == 5 and corners[0] == corners[-1], drawn  # the closed rectangle, in screen pixels
+    (left, top), (right, _), (_, bottom) = corners[0], corners[1], corners[2]
+    assert right > left and bottom > top
+    # its shape on screen is the frame's: 28.8 x 19.2 pixels of the 96 x 64 frame (the box on the model's square)
+    assert (right - left) / (bottom - top) == pytest.approx(28.8 / 19.2, rel=0.02)
