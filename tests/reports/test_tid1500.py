@@ -302,6 +302,7 @@ def test_a_finding_with_a_box_is_a_rectangle_on_the_pixels_of_its_frame(
     assert [r.sop_instance_uid for r in opacity.references] == [seen[1].sop_instance_uid]
     assert nodule.finding_type is not None and nodule.finding_type.value == codes.SCT.Nodule.value
     assert (nodule.label, opacity.label) == (findings[0].text, findings[1].text)  # OHIF's label
+    assert opacity.finding_type is None  # its Finding row holds the free-text label, not a concept
     assert effusion.region == () and padding.region == () and effusion.label == ""
     assert [r.sop_instance_uid for r in padding.references] == [seen[1].sop_instance_uid]
     schemes = [item.CodingSchemeDesignator for item in document.CodingSchemeIdentificationSequence]
