@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from integration.store.tables import (
@@ -91,7 +91,9 @@ class StoredObject:
     ours: bool = False
 
 
-def _received(session: Session, study: Study, series_uid: str | None, sop_uid: str | None) -> list[StoredObject]:
+def _received(
+    session: Session, study: Study, series_uid: str | None, sop_uid: str | None, *, limit: int | None = None
+) -> list[StoredObject]:
     # Columns, not ORM objects: a 300-instance study is listed several times faster.
     query = (
         select(
@@ -113,6 +115,8 @@ def _received(session: Session, study: Study, series_uid: str | None, sop_uid: s
         query = query.where(Series.series_uid == series_uid)
     if sop_uid is not None:
         query = query.where(Instance.sop_instance_uid == sop_uid)
+    if limit is not None:
+        query = query.limit(limit)
     return [
         StoredObject(
             study_uid=study.study_uid,
@@ -242,3 +246,65 @@ def objects_of(
         and (sop_instance_uid is None or item.sop_instance_uid == sop_instance_uid)
     ]
     return found + ours
+
+
+@dataclass(frozen=True)
+class StudySummary:
+    """What a study-level query answers about a study's objects, without listing them.
+
+    Attributes
+    ----------
+    series, instances : int
+        How many series and objects (received and ours).
+    modalities : tuple of str
+        The modalities of its series, sorted.
+    first : StoredObject or None
+        The first received instance (else our first object): the header the study's attributes come from.
+    """
+
+    series: int
+    instances: int
+    modalities: tuple[str, ...]
+    first: StoredObject | None
+
+
+def summary_of(objects: list[StoredObject]) -> StudySummary:
+    """Summarize objects already listed (:func:`objects_of`)."""
+    received = [item for item in objects if not item.ours] or objects
+    return StudySummary(
+        series=len({item.series_uid for item in objects}),
+        instances=len(objects),
+        modalities=tuple(sorted({item.modality for item in objects if item.modality})),
+        first=received[0] if received else None,
+    )
+
+
+def study_summary(session: Session, study: Study) -> StudySummary:
+    """Summarize a study's objects: counts in SQL, one received instance, our few objects.
+
+    Parameters
+    ----------
+    session : sqlalchemy.orm.Session
+        An open session.
+    study : Study
+        The study (the caller has checked that the user may see it).
+
+    Returns
+    -------
+    StudySummary
+        Counts, modalities and the first object.
+    """
+    counts = session.execute(
+        select(Series.series_uid, Series.modality, func.count(Instance.id))
+        .join(Instance, Instance.series_id == Series.id)
+        .where(Series.study_id == study.id)
+        .group_by(Series.series_uid, Series.modality)
+    ).all()
+    first = _received(session, study, None, None, limit=1)
+    ours = _ours(session, study)
+    return StudySummary(
+        series=len({row[0] for row in counts} | {item.series_uid for item in ours}),
+        instances=sum(int(row[2]) for row in counts) + len(ours),
+        modalities=tuple(sorted({str(row[1]) for row in counts if row[1]} | {i.modality for i in ours if i.modality})),
+        first=first[0] if first else (ours[0] if ours else None),
+    )

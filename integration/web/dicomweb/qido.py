@@ -22,7 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from integration.config import Settings
-from integration.store.catalog import StoredObject, objects_of
+from integration.store.catalog import StoredObject, objects_of, study_summary, summary_of
 from integration.store.tables import Study
 from integration.web.deps import AppSettings, CurrentUser, DbSession, StudyUid, Uid
 from integration.web.dicomweb.links import dicomweb_base
@@ -96,7 +96,8 @@ def search_studies(
     studies = list(session.scalars(statement))
     extra = (*query.includefields, *(STUDY_ALL if query.include_all else ()))
     results = [
-        study_attributes(settings, study, objects_of(session, study), base, extra) for study in studies[: query.limit]
+        study_attributes(settings, study, study_summary(session, study), base, extra)
+        for study in studies[: query.limit]
     ]
     return results, len(studies) > query.limit
 
@@ -151,7 +152,7 @@ def search_objects(
                 row: dict[str, Any] = {}
                 if with_study:
                     if study_json is None:
-                        study_json = study_attributes(settings, study, objects, base)
+                        study_json = study_attributes(settings, study, summary_of(objects), base)
                     row.update(study_json)
                 if isinstance(found, list):
                     row.update(series_attributes(settings, found, base, extra))

@@ -23,7 +23,7 @@ import pydicom
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 
 from integration.config import Settings
-from integration.store.catalog import ObjectRoot, StoredObject
+from integration.store.catalog import ObjectRoot, StoredObject, StudySummary
 from integration.store.tables import Study
 
 log = logging.getLogger(__name__)
@@ -151,25 +151,21 @@ def _computed(pairs: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def study_attributes(
-    settings: Settings, study: Study, objects: Sequence[StoredObject], base: str, extra: Sequence[str] = ()
+    settings: Settings, study: Study, summary: StudySummary, base: str, extra: Sequence[str] = ()
 ) -> dict[str, Any]:
-    """A study's attributes: from its first received instance's header, the database and its catalog."""
-    received = [item for item in objects if not item.ours] or list(objects)
-    found = header(path_of(settings, received[0]), (*STUDY_HEADER, *extra)) if received else {}
+    """A study's attributes: from its first received instance's header, the database and its summary."""
+    found = header(path_of(settings, summary.first), (*STUDY_HEADER, *extra)) if summary.first else {}
     for keyword, column in _STUDY_COLUMNS.items():
         if "Value" not in found.get(tag_of(keyword), {}):
             found[tag_of(keyword)] = value(keyword, getattr(study, column))
-    modalities = sorted({item.modality for item in objects if item.modality})
     found.update(
         _computed(
             {
                 "SpecificCharacterSet": value("SpecificCharacterSet", "ISO_IR 192"),
                 "StudyInstanceUID": value("StudyInstanceUID", study.study_uid),
-                "ModalitiesInStudy": value("ModalitiesInStudy", *modalities),
-                "NumberOfStudyRelatedSeries": value(
-                    "NumberOfStudyRelatedSeries", len({item.series_uid for item in objects})
-                ),
-                "NumberOfStudyRelatedInstances": value("NumberOfStudyRelatedInstances", len(objects)),
+                "ModalitiesInStudy": value("ModalitiesInStudy", *summary.modalities),
+                "NumberOfStudyRelatedSeries": value("NumberOfStudyRelatedSeries", summary.series),
+                "NumberOfStudyRelatedInstances": value("NumberOfStudyRelatedInstances", summary.instances),
                 "InstanceAvailability": value("InstanceAvailability", "ONLINE"),
                 "RetrieveURL": value("RetrieveURL", f"{base}/studies/{study.study_uid}"),
             }
