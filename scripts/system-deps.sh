@@ -4,6 +4,7 @@
 #   dicom3tools (dciodvfy), docker-compose (validates docker-compose.yml without an engine),
 #   chromium (the review page's browser test, driven by Playwright),
 #   tesseract-ocr (burned-in text in images bound for an untrusted model server),
+#   npm (fetches the OHIF viewer release the viewer test serves against our DICOMweb),
 #   postgresql / redis-server only when no server answers on 127.0.0.1:5432 / :6379
 #   (the tests then start throwaway ones).
 set -euo pipefail
@@ -16,6 +17,7 @@ command -v dciodvfy >/dev/null 2>&1 || need+=(dicom3tools)
 command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 command -v tesseract >/dev/null 2>&1 || need+=(tesseract-ocr)
+command -v npm >/dev/null 2>&1 || need+=(npm)
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 if ! port_open 5432 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then need+=(postgresql); fi

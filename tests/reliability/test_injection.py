@@ -212,6 +212,11 @@ def uid_paths(value: str) -> list[str]:
         f"/studies/{segment}/compare",
         f"/api/studies/{segment}/opinions",
         f"/studies/{segment}/instances/{segment}/frames/1.png",
+        f"/studies/{segment}/instances/{segment}/frames/1/info",
+        f"/dicomweb/studies/{segment}",
+        f"/dicomweb/studies/{segment}/metadata",
+        f"/dicomweb/studies/{segment}/series",
+        f"/dicomweb/studies/{segment}/series/{segment}/instances/{segment}/rendered",
     ]
 
 
