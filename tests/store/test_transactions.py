@@ -163,7 +163,11 @@ def seed(url: str) -> World:
         session.flush()
         session.add(
             UserSession(
-                token_hash=hash_token(TOKEN), user_id=alice.id, created_at=old, expires_at=now + timedelta(hours=1)
+                token_hash=hash_token(TOKEN),
+                user_id=alice.id,
+                created_at=old,
+                expires_at=now + timedelta(hours=1),
+                last_seen_at=old,  # seen long ago: user_for_token notes it again (at most once a minute)
             )
         )
         for username in ("alice", ""):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -14,6 +14,8 @@ from integration.store.migrate import upgrade
 from integration.store.session import session_scope
 from integration.store.tables import User, UserRole, UserSession
 from integration.store.users import (
+    DICOMWEB_SCOPE,
+    LAST_SEEN_RESOLUTION,
     UserError,
     activate_user,
     authenticate,
@@ -89,3 +91,30 @@ def test_deactivation_ends_every_session_and_is_audited(url: str) -> None:
         activate_user(session, "alice")
         assert authenticate(session, "alice", PASSWORD) is not None
         assert [e.action for e in query_events(session, object_type="user")] == ["user.activated", "user.deactivated"]
+
+
+def test_a_viewer_token_is_its_own_scope_and_last_seen_is_written_once_a_minute(url: str) -> None:
+    with session_scope(url) as session:
+        user = create_user(session, "alice", PASSWORD, UserRole.ADMIN, None)
+        cookie = create_session(session, user, timedelta(hours=1))
+        viewer = create_session(session, user, timedelta(hours=1), scope=DICOMWEB_SCOPE)
+    with session_scope(url) as session:
+        assert user_for_token(session, viewer) is None  # a viewer token is no sign-in cookie
+        assert user_for_token(session, cookie, scope=DICOMWEB_SCOPE) is None  # nor a cookie a viewer token
+        found = user_for_token(session, viewer, scope=DICOMWEB_SCOPE)
+        assert found is not None and found.username == "alice"
+
+    def last_seen() -> datetime:
+        with session_scope(url) as session:
+            return session.scalars(select(UserSession.last_seen_at).where(UserSession.scope == DICOMWEB_SCOPE)).one()
+
+    first = last_seen()
+    with session_scope(url) as session:
+        user_for_token(session, viewer, scope=DICOMWEB_SCOPE)
+    assert last_seen() == first  # within the minute: no write for each of a viewer's reads
+    with session_scope(url) as session:
+        row = session.scalars(select(UserSession).where(UserSession.scope == DICOMWEB_SCOPE)).one()
+        row.last_seen_at = first - LAST_SEEN_RESOLUTION
+    with session_scope(url) as session:
+        user_for_token(session, viewer, scope=DICOMWEB_SCOPE)
+    assert last_seen() > first - LAST_SEEN_RESOLUTION
