@@ -12,6 +12,7 @@ import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -254,6 +255,27 @@ class Settings(BaseSettings):
     dicomweb_cors_origins: list[Annotated[str, Field(pattern=r"^https?://[^\s/?#]+$")]] = Field(default_factory=list)
     #: Hours a viewer's DICOMweb bearer token lives (``POST /api/viewer-token``).
     viewer_token_hours: Annotated[float, Field(gt=0, le=24)] = 8.0
+    #: Minutes a radiologist's claim on a study lasts without activity (opening the page or a change renews it).
+    claim_minutes: Annotated[float, Field(gt=0, le=1440)] = 20.0
+    #: IANA time zone the pages show times in (``Europe/Berlin``); None: the server's local zone.  The zone's
+    #: abbreviation is shown beside every time.
+    timezone: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    #: Most photos one telemedicine case (one study) may hold.
+    upload_case_max_photos: Annotated[int, Field(ge=1, le=500)] = 20
+    #: Longest clinical question a telemedicine case may carry (characters; kept whole in the database and in
+    #: a long-text DICOM attribute, and cut to 64 only in the LO element modalities read).
+    upload_question_chars: Annotated[int, Field(ge=64, le=10_000)] = 2000
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}: use an IANA name such as Europe/Berlin") from None
+        return value
 
     @field_validator("ae_title")
     @classmethod

@@ -1,9 +1,10 @@
 """The database: tables, sessions, queries and migrations (the only place that commits)."""
 
 # Every table in ``Base.metadata`` wherever the store is used: the RIS orders and MPPS tables, the critical
-# alerts and the report objects viewers read live in modules of their own (``tables`` is long enough), and
-# ``studies.order_id`` refers to ``orders``.
+# alerts, the report objects viewers read, and the reading day's claims and upload cases live in modules of
+# their own (``tables`` is long enough), and ``studies.order_id`` refers to ``orders``.
 from integration.store import alert_tables as alert_tables
 from integration.store import order_tables as order_tables
+from integration.store import reading_tables as reading_tables
 from integration.store import tables as tables
 from integration.store import viewer_tables as viewer_tables

@@ -348,6 +348,9 @@ class Report(Base):
     purpose: Mapped[ReportPurpose] = mapped_column(
         _enum(ReportPurpose, "report_purpose"), default=ReportPurpose.PRIMARY, server_default="primary"
     )
+    #: When a radiologist first opened a page showing this report (a stat second opinion keeps its study stat
+    #: until then); None while nobody has.
+    read_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     revisions: Mapped[list[ReportRevision]] = relationship(back_populates="report", order_by="ReportRevision.version")
 

@@ -38,6 +38,8 @@ TABLES = {
     "performed_steps",
     "critical_alerts",
     "alert_notifications",
+    "study_claims",
+    "upload_cases",
 }
 
 

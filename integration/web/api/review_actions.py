@@ -7,7 +7,9 @@ the text that was not saved.  Each action checks that the user may see the repor
 :mod:`integration.web.security.access`) and runs in its own transactions; the review domain
 (:mod:`integration.store.reviews`, :mod:`integration.reports.review`) decides and audits.  A signed
 report's deliveries are queued here, after signing, and a rejected draft is withdrawn from the receivers
-that got it here, after rejecting (export sits above reports).
+that got it here, after rejecting (export sits above reports).  While another radiologist holds a live
+claim on the study (:mod:`integration.store.claims`) every action is refused with a 409 naming them; a change
+renews the actor's own claim and signing releases it.
 """
 
 from __future__ import annotations
@@ -25,16 +27,19 @@ from integration.export.outbox import queue_deliveries
 from integration.reports.drafts import SourceUnavailable
 from integration.reports.readiness import ReviewIncomplete
 from integration.reports.review import reject_draft, sign_reviewed, signer_of
+from integration.store.claims import StudyClaimed, check_claim, claim_study, release_claim
 from integration.store.reviews import ReportClosed, ReviewConflict, ReviewError, WorkingCopy, record_change
 from integration.store.revisions import ReportNotSignable, UnknownReport, VersionTaken
 from integration.store.session import session_scope
-from integration.store.tables import ReportRevision, UserRole
+from integration.store.tables import Report, ReportRevision, UserRole, utcnow
 from integration.web.deps import CurrentUser
 from integration.web.schemas import Rejected, Signed
 from integration.web.security.access import report_for, report_of_study
 
 #: What the review domain raises when it refuses an action; :func:`refusal` gives each its answer.
 REFUSED = (LookupError, ValueError, RuntimeError)
+#: Refusals answered 409: the draft or the study is not in a state to take the action.
+CONFLICTS = (ReportClosed, ReviewConflict, ReportNotSignable, VersionTaken, ReviewIncomplete, StudyClaimed)
 #: What an administrator who tries to sign is told.
 NOT_A_SIGNER = "only radiologists sign reports: an administrator account administers and cannot sign a clinical report"
 
@@ -80,8 +85,8 @@ def refusal(exc: Exception) -> tuple[int, str]:
     -------
     tuple of (int, str)
         404 for an unknown report, 409 for a stale or closed draft, a report that is not the study's report of
-        record or a review that is not finished, 503 when the study's images cannot be read, 422 for invalid
-        input.
+        record, a review that is not finished or a study another radiologist is reading, 503 when the study's
+        images cannot be read, 422 for invalid input.
 
     Raises
     ------
@@ -90,7 +95,7 @@ def refusal(exc: Exception) -> tuple[int, str]:
     """
     if isinstance(exc, UnknownReport):
         return status.HTTP_404_NOT_FOUND, "no such report"
-    if isinstance(exc, ReportClosed | ReviewConflict | ReportNotSignable | VersionTaken | ReviewIncomplete):
+    if isinstance(exc, CONFLICTS):
         return status.HTTP_409_CONFLICT, str(exc)
     if isinstance(exc, SourceUnavailable):
         return status.HTTP_503_SERVICE_UNAVAILABLE, f"cannot sign now: {exc}"
@@ -131,18 +136,24 @@ class Review:
     source: str | None
     study_uid: str | None = None
 
-    def _check_visible(self, session: Session) -> None:
+    def _check_visible(self, session: Session) -> Report:
+        """Return the report when the user may see it and nobody else holds a claim on its study."""
         if self.study_uid is None:
-            report_for(session, self.user, self.report_id)
+            report = report_for(session, self.user, self.report_id)
         else:
-            report_of_study(session, self.user, self.study_uid, self.report_id)
+            report = report_of_study(session, self.user, self.study_uid, self.report_id)
+        check_claim(session, report.study_id, self.user.id, now=utcnow())
+        return report
 
     def change(self, edit: Change, expected_seq: int | None) -> WorkingCopy:
-        """Record one change of the working copy and return the new copy."""
+        """Record one change of the working copy (renewing the actor's own claim) and return the new copy."""
         with session_scope(self.settings.database_url) as session:
-            self._check_visible(session)
+            report = self._check_visible(session)
             actor, source = self.user.username, self.source
-            return record_change(session, self.report_id, actor=actor, expected_seq=expected_seq, source=source, **edit)
+            copy = record_change(session, self.report_id, actor=actor, expected_seq=expected_seq, source=source, **edit)
+            if self.user.role is UserRole.RADIOLOGIST:
+                claim_study(session, report.study_id, self.user.id, minutes=self.settings.claim_minutes, now=utcnow())
+            return copy
 
     def sign(self, expected_seq: int | None, confirm_unreviewed: int | None) -> Signed:
         """Sign the working copy as the signer saw it: a new version, its verified SR, outcome and deliveries.
@@ -156,6 +167,9 @@ class Review:
         queue_deliveries(self.settings, self.report_id, revision_id, "signed")
         with session_scope(self.settings.database_url) as session:
             version = session.scalar(select(ReportRevision.version).where(ReportRevision.id == revision_id))
+            study_id = session.scalar(select(Report.study_id).where(Report.id == self.report_id))
+            if study_id is not None:
+                release_claim(session, study_id)
         return Signed(revision_id=revision_id, version=int(version or 0))
 
     def reject(self, reason: str, expected_seq: int | None) -> Rejected:

@@ -47,8 +47,11 @@ from integration.web.api.alerts import study_alerts
 from integration.web.api.images import WindowName
 from integration.web.api.studies import record_study_view
 from integration.web.deps import AppSettings, CurrentUser, DbSession, PageReviewer, StudyUid, client_address
+from integration.web.pages.claim_view import claim_context
 from integration.web.pages.draft_safety import draft_safety
+from integration.web.pages.manual_view import manual_context
 from integration.web.pages.prior_view import prior_panel
+from integration.web.pages.reading_list import filters_from, list_query, worklist_url
 from integration.web.pages.review_form import back_to_page, refusal_page, review_form_router, see_other, study_url
 from integration.web.pages.study_stack import study_images
 from integration.web.pages.study_view import (
@@ -97,8 +100,9 @@ def _study_context(
     window: str | None,
     prior_image: str | None = None,
     prior_frame: int | None = None,
+    reading_list: str | None = None,
 ) -> dict[str, Any]:
-    """Read everything the page shows, and audit the view."""
+    """Read everything the page shows, claim the study for a radiologist reading its draft, and audit the view."""
     study = study_for(session, user, study_uid)
     site = session.scalar(select(Site.code).where(Site.id == study.site_id)) if study.site_id else None
     reports = list(session.scalars(select(Report).where(Report.study_id == study.id).order_by(Report.id.desc())))
@@ -129,7 +133,13 @@ def _study_context(
     decisions: dict[str, int] = {}
     for finding in copy.findings if copy else ():
         decisions[finding.decision] = decisions.get(finding.decision, 0) + 1
+    editable = report is not None and report.status is ReportStatus.DRAFT and report.id == of_record
+    filters = filters_from(reading_list)
     return {
+        **claim_context(settings, session, user, study, report, editable),
+        **manual_context(settings, session, user, study, reports),
+        "list_query": list_query(filters),
+        "worklist_url": worklist_url(filters),
         "study": study,
         "site": site,
         "reports": reports,
@@ -137,7 +147,7 @@ def _study_context(
         "copy": copy,
         "alerts": study_alerts(session, study.id),
         "safety": draft_safety(settings, report, copy),
-        "editable": report is not None and report.status is ReportStatus.DRAFT and report.id == of_record,
+        "editable": editable,
         "second_opinion": report is not None and report.purpose is ReportPurpose.SECOND_OPINION,
         "report_of_record": of_record,
         "record_seq": record_seq,
@@ -182,10 +192,22 @@ def study_page_router() -> APIRouter:
         done: Annotated[str | None, Query(max_length=32)] = None,
         prior_image: Annotated[str | None, Query(max_length=64)] = None,
         prior_frame: Annotated[int | None, Query(ge=1, le=100_000)] = None,
+        reading_list: Annotated[str | None, Query(alias="list", max_length=2000)] = None,
     ) -> HTMLResponse:
         """The study with its images and its priors', the model's evidence and the draft editor; 404 for other sites."""
         context = _study_context(
-            request, settings, session, user, study_uid, report, image, frame, window, prior_image, prior_frame
+            request,
+            settings,
+            session,
+            user,
+            study_uid,
+            report,
+            image,
+            frame,
+            window,
+            prior_image,
+            prior_frame,
+            reading_list,
         )
         context["notice"] = NOTICES.get(done or "")
         return render(request, "study.html", context)
