@@ -28,6 +28,7 @@ from starlette.types import Scope
 from integration.store.tables import UserRole
 from integration.web.api.images import images_router
 from integration.web.deps import CurrentUser, current_user
+from integration.web.pages.reading import reading_router
 from integration.web.pages.study_page import study_page_router
 from integration.web.pages.templating import STATIC_DIR, PageRoute, local_path, render, sign_in_redirect
 from integration.web.pages.worklist_page import worklist_page_router
@@ -139,6 +140,7 @@ def pages_router() -> APIRouter:
         return response
 
     router.include_router(worklist_page_router())
+    router.include_router(reading_router())
     router.include_router(study_page_router())
     router.include_router(images_router())
     return router
