@@ -28,6 +28,7 @@ from starlette.types import Scope
 from integration.config import Settings
 from integration.web.api.alerts import alerts_router
 from integration.web.api.audit import audit_router
+from integration.web.api.claims import claims_router
 from integration.web.api.opinions import opinions_router
 from integration.web.api.orders import orders_router
 from integration.web.api.review import review_router
@@ -88,6 +89,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(metrics_router(settings))
     app.include_router(auth_router())
     app.include_router(studies_router())
+    app.include_router(claims_router())
     app.include_router(review_router())
     app.include_router(opinions_router())
     app.include_router(alerts_router())

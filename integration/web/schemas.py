@@ -65,10 +65,18 @@ class WorklistRow(StudyHeader):
     last_received_at: datetime
     report_id: int | None
     report_status: str | None
+    #: Who is reading the study now (a live claim): their sign-in name and person name, and until when.
+    claimed_by: str | None = None
+    claimed_by_name: str | None = None
+    claim_expires_at: datetime | None = None
 
     @field_serializer("last_received_at")
     def _iso(self, moment: datetime) -> str:
         return moment.isoformat()
+
+    @field_serializer("claim_expires_at")
+    def _iso_or_none(self, moment: datetime | None) -> str | None:
+        return moment.isoformat() if moment is not None else None
 
     @computed_field  # type: ignore[prop-decorator]
     @property

@@ -131,7 +131,7 @@ def csrf_of(html: str) -> str:
 
 
 def listed(html: str) -> list[str]:
-    return re.findall(r'class="open-study" data-nav-item href="/studies/([0-9.]+)"', html)
+    return re.findall(r'class="open-study" data-nav-item href="/studies/([0-9.]+)(?:\?[^"]*)?"', html)
 
 
 def assert_page_headers(response: httpx.Response) -> None:

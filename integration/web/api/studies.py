@@ -4,6 +4,14 @@ Object-level authorization: a radiologist sees only the studies of their own sit
 site answers 404, exactly like a study that does not exist.  Administrators see every site.  The worklist
 takes the same filters and sort orders as the worklist page (:class:`WorklistFilter`); bad values answer
 422 naming the parameter.  Queries are built with SQLAlchemy expressions only, never from strings.
+
+Search (``q``) finds a study by any part of the patient's name (each word of the query must occur, in any
+order and case: ``doe``, ``jane doe`` and ``Doe^Jane`` all find ``Doe^Jane``), patient ID, accession number or
+study description; LIKE wildcards typed are matched as themselves.  A worklist answers one page: ``limit`` rows
+(:data:`WORKLIST_PAGE` unless asked, at most :data:`WORKLIST_LIMIT`) from ``offset``; the JSON answer carries the
+number of matching studies in the ``X-Total-Count`` header.  Each row says who is reading the study now (a live
+claim, :mod:`integration.store.claims`); ``claim=available`` leaves out the studies others are reading and
+``claim=mine`` keeps only the user's own.
 """
 
 from __future__ import annotations
@@ -13,20 +21,27 @@ from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from sqlalchemy import ColumnElement, Select, case, exists, func, select
+from sqlalchemy import ColumnElement, Select, and_, case, exists, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from integration.store.audit import add_event
 from integration.store.order_tables import Order
-from integration.store.tables import ROLE_CURRENT, Instance, Report, ReportStatus, Series, Site, Study
+from integration.store.reading_tables import StudyClaim
+from integration.store.tables import ROLE_CURRENT, Instance, Report, ReportStatus, Series, Site, Study, User, utcnow
 from integration.web import schemas
 from integration.web.deps import CurrentUser, DbSession, Reviewer, StudyUid, client_address
 from integration.web.security.access import study_for, visible
 
 #: Most rows one worklist answer carries.
 WORKLIST_LIMIT = 500
+#: Rows of one worklist page unless ``limit`` says otherwise: a morning's list at a glance, quick to render.
+WORKLIST_PAGE = 100
+#: Longest search text.
+MAX_SEARCH = 200
+#: Where a search splits the query into words: spaces, the DICOM name separator ``^`` and commas (``Doe, Jane``).
+_WORDS = re.compile(r"[\s^,]+")
 
 _CODE = re.compile(r"^[A-Za-z0-9_-]{1,16}$")
 
@@ -51,11 +66,20 @@ class WorklistSort(StrEnum):
     STATUS = "status"
 
 
+class ClaimFilter(StrEnum):
+    """Worklist rows by claim: ``available`` (nobody else is reading them) or ``mine`` (the user is)."""
+
+    AVAILABLE = "available"
+    MINE = "mine"
+
+
 class WorklistFilter(BaseModel):
     """The worklist's query parameters (empty values, as an HTML form sends them, mean "any").
 
     Attributes
     ----------
+    q : str or None
+        Search text: words of the patient's name, or part of the patient ID, accession number or description.
     status : ReportFilter or None
         Status of the study's newest report.
     modality : str or None
@@ -66,27 +90,43 @@ class WorklistFilter(BaseModel):
         Days (UTC, both inclusive) the study's newest instance arrived in.
     site : str or None
         Site code (administrators; others see their own site only in any case).
+    claim : ClaimFilter or None
+        Studies nobody else is reading, or those the user is reading.
     sort : WorklistSort
         The order.
     limit : int
-        Most rows.
+        Most rows (one page).
+    offset : int
+        Rows skipped (the page's start).
     """
 
     model_config = ConfigDict(extra="forbid")
 
+    q: str | None = Field(default=None, max_length=MAX_SEARCH)
     status: ReportFilter | None = None
     modality: str | None = Field(default=None, max_length=16)
     priority: Literal["routine", "stat"] | None = None
     received_from: date | None = None
     received_to: date | None = None
     site: str | None = Field(default=None, max_length=16)
+    claim: ClaimFilter | None = None
     sort: WorklistSort = WorklistSort.PRIORITY
-    limit: int = Field(default=WORKLIST_LIMIT, ge=1, le=WORKLIST_LIMIT)
+    limit: int = Field(default=WORKLIST_PAGE, ge=1, le=WORKLIST_LIMIT)
+    offset: int = Field(default=0, ge=0, le=10_000_000)
 
     @field_validator("*", mode="before")
     @classmethod
     def _empty_is_any(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("q")
+    @classmethod
+    def _search(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if any(not ch.isprintable() for ch in value):
+            raise ValueError("the search may not contain control characters")
+        return " ".join(value.split()) or None
 
     @field_validator("modality", "site")
     @classmethod
@@ -113,23 +153,45 @@ _STATUS_ORDER = {
 }
 
 
-def worklist(
-    session: Session, user: CurrentUser, filters: WorklistFilter | None = None, limit: int | None = None
-) -> list[schemas.WorklistRow]:
-    """Return the studies the user may review, filtered and sorted (``limit`` overrides ``filters.limit``)."""
-    filters = filters or WorklistFilter()
+_Claimer = aliased(User)
+
+
+def _matching(query: Select[Any], user: CurrentUser, filters: WorklistFilter, now: datetime) -> Select[Any]:
+    """Join what the filters need (newest report, site, order, live claim and its holder) and filter."""
     latest = aliased(Report)
     newest_id = select(func.max(latest.id)).where(latest.study_id == Study.id).correlate(Study).scalar_subquery()
-    series_count = select(func.count(Series.id)).where(Series.study_id == Study.id).correlate(Study).scalar_subquery()
-    query: Select[Any] = (
-        select(Study, Site.code, series_count, Report.id, Report.status, Order)
-        .outerjoin(Site, Study.site_id == Site.id)
+    query = (
+        query.outerjoin(Site, Study.site_id == Site.id)
         .outerjoin(Report, Report.id == newest_id)
         .outerjoin(Order, Order.id == Study.order_id)
+        .outerjoin(StudyClaim, and_(StudyClaim.study_id == Study.id, StudyClaim.expires_at > now))
+        .outerjoin(_Claimer, _Claimer.id == StudyClaim.user_id)
         .where(Study.role == ROLE_CURRENT)  # a prior is shown beside its study, never on its own
     )
     query = _filtered(visible(query, user), filters)
-    query = query.order_by(*_order(filters.sort)).limit(limit or filters.limit)
+    if filters.claim is ClaimFilter.AVAILABLE:
+        query = query.where(or_(StudyClaim.user_id.is_(None), StudyClaim.user_id == user.id))
+    elif filters.claim is ClaimFilter.MINE:
+        query = query.where(StudyClaim.user_id == user.id)
+    return query
+
+
+def worklist_total(session: Session, user: CurrentUser, filters: WorklistFilter | None = None) -> int:
+    """Return how many studies match the filters (all pages)."""
+    query = _matching(select(func.count(Study.id)).select_from(Study), user, filters or WorklistFilter(), utcnow())
+    return int(session.scalar(query) or 0)
+
+
+def worklist(
+    session: Session, user: CurrentUser, filters: WorklistFilter | None = None, limit: int | None = None
+) -> list[schemas.WorklistRow]:
+    """Return one page of the studies the user may review, filtered and sorted (``limit`` overrides the filters')."""
+    filters = filters or WorklistFilter()
+    series_count = select(func.count(Series.id)).where(Series.study_id == Study.id).correlate(Study).scalar_subquery()
+    columns = (Study, Site.code, series_count, Report.id, Report.status, Order)
+    claim_columns = (_Claimer.username, _Claimer.person_name, StudyClaim.expires_at)
+    query = _matching(select(*columns, *claim_columns).select_from(Study), user, filters, utcnow())
+    query = query.order_by(*_order(filters.sort)).limit(limit or filters.limit).offset(filters.offset)
     rows = session.execute(query).all()
     modalities: dict[int, set[str]] = {}
     study_ids = [study.id for study, *_ in rows]
@@ -146,8 +208,11 @@ def worklist(
             last_received_at=study.last_received_at,
             report_id=report_id,
             report_status=ReportStatus(report_status).value if report_status is not None else None,
+            claimed_by=claimer,
+            claimed_by_name=claimer_name,
+            claim_expires_at=claim_expires,
         )
-        for study, site_code, series, report_id, report_status, order in rows
+        for study, site_code, series, report_id, report_status, order, claimer, claimer_name, claim_expires in rows
     ]
 
 
@@ -206,7 +271,17 @@ def _filtered(query: Select[Any], filters: WorklistFilter) -> Select[Any]:
         query = query.where(Study.last_received_at < end)
     if filters.site is not None:
         query = query.where(Site.code == filters.site)
+    for word in _WORDS.split(filters.q or ""):
+        if word:
+            query = query.where(_search_word(word))
     return query
+
+
+def _search_word(word: str) -> ColumnElement[bool]:
+    """A study matches a word of the search in its patient's name, patient ID, accession number or description."""
+    pattern = "%" + word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    columns = (Study.patient_name, Study.patient_id, Study.accession_number, Study.study_description)
+    return or_(*(column.ilike(pattern, escape="\\") for column in columns))
 
 
 def _order(sort: WorklistSort) -> list[ColumnElement[Any]]:
@@ -292,9 +367,13 @@ def studies_router() -> APIRouter:
 
     @router.get("/studies", summary="Worklist")
     def list_studies(
-        session: DbSession, user: Reviewer, filters: Annotated[WorklistFilter, Query()]
+        response: Response, session: DbSession, user: Reviewer, filters: Annotated[WorklistFilter, Query()]
     ) -> list[schemas.WorklistRow]:
-        """The studies of the user's site (administrators: all sites), filtered; stat first, then newest."""
+        """One page of the studies of the user's site (administrators: all sites), filtered; stat first, then newest.
+
+        The number of matching studies (all pages) is in the ``X-Total-Count`` header.
+        """
+        response.headers["X-Total-Count"] = str(worklist_total(session, user, filters))
         return worklist(session, user, filters)
 
     @router.get("/studies/{study_uid}", summary="One study with its reports")

@@ -26,6 +26,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.types import Scope
 
 from integration.store.tables import UserRole
+from integration.web.api.claims import claim_page_router
 from integration.web.api.images import images_router
 from integration.web.deps import CurrentUser, current_user
 from integration.web.pages.reading import reading_router
@@ -142,6 +143,7 @@ def pages_router() -> APIRouter:
     router.include_router(worklist_page_router())
     router.include_router(reading_router())
     router.include_router(study_page_router())
+    router.include_router(claim_page_router())
     router.include_router(images_router())
     return router
 

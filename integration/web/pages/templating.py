@@ -3,22 +3,28 @@
 Every template is autoescaped (model output and patient data are untrusted text).  Pages run no inline
 scripts: JavaScript lives in ``integration/web/pages/static/*.js`` and the Content-Security-Policy allows only
 same-origin scripts, styles and images.  Responses are never cached (they carry patient data).
+
+Times are shown in the hospital's zone (``timezone``, an IANA name; unset: the server's local zone) with the
+zone's abbreviation beside them (``2026-12-05 14:03 CET``), so nobody reads a UTC time as local; the
+``datetime`` attribute of ``<time>`` elements stays ISO 8601 in UTC.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote
+from zoneinfo import ZoneInfo
 
 from fastapi import HTTPException, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.routing import APIRoute
-from jinja2 import Environment, FileSystemLoader, select_autoescape
+from jinja2 import Environment, FileSystemLoader, pass_context, select_autoescape
+from jinja2.runtime import Context
 
 from integration.web.security.csrf import csrf_token
 from integration.web.security.refusals import audit_http_refusal
@@ -61,8 +67,37 @@ def environment() -> Environment:
     )
     env.filters["person"] = person_name
     env.filters["dicom_date"] = dicom_date
-    env.filters["when"] = when
+    env.filters["when"] = _when_in_zone
     return env
+
+
+def display_zone(name: str | None) -> tzinfo | None:
+    """Return the zone times are shown in: the IANA zone ``name``, or None for the server's local zone.
+
+    Parameters
+    ----------
+    name : str or None
+        The ``timezone`` setting (validated at start-up).
+
+    Returns
+    -------
+    datetime.tzinfo or None
+        The zone.
+    """
+    return _zone(name) if name else None
+
+
+@lru_cache(maxsize=8)
+def _zone(name: str) -> ZoneInfo:
+    return ZoneInfo(name)
+
+
+@pass_context
+def _when_in_zone(context: Context, value: object, part: Literal["datetime", "time"] = "datetime") -> str:
+    """The ``when`` filter: :func:`when` in the zone of the settings of the page's application."""
+    request = context.get("request")
+    settings = getattr(getattr(getattr(request, "app", None), "state", None), "settings", None)
+    return when(value, display_zone(getattr(settings, "timezone", None)), part)
 
 
 def person_name(value: object) -> str:
@@ -105,25 +140,35 @@ def dicom_date(value: object) -> str:
     return text
 
 
-def when(value: object) -> str:
-    """Show a moment as ``YYYY-MM-DD HH:MM UTC``.
+def when(value: object, zone: tzinfo | None = None, part: Literal["datetime", "time"] = "datetime") -> str:
+    """Show a moment as ``YYYY-MM-DD HH:MM <zone>`` (or ``HH:MM <zone>``) in a zone, its abbreviation beside it.
 
     Parameters
     ----------
     value : datetime or str
-        An aware datetime or an ISO 8601 string.
+        A datetime or an ISO 8601 string; one without a zone is read as UTC (the store writes UTC).
+    zone : datetime.tzinfo or None
+        The zone to show it in; None: the server's local zone.
+    part : {"datetime", "time"}
+        The date and the time, or the time only.
 
     Returns
     -------
     str
-        The readable time.
+        The readable time, e.g. ``2026-12-05 14:03 CET``.
+
+    Raises
+    ------
+    ValueError
+        ``value`` is a string that is not an ISO 8601 time.
     """
     if value is None or value == "":
         return ""
     moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(UTC)
-    return moment.strftime("%Y-%m-%d %H:%M UTC")
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    local = moment.astimezone(zone) if zone is not None else moment.astimezone()
+    return local.strftime("%H:%M %Z" if part == "time" else "%Y-%m-%d %H:%M %Z")
 
 
 def render(request: Request, template_name: str, context: dict[str, Any], status_code: int = 200) -> HTMLResponse:

@@ -3,6 +3,12 @@
 The filters are the JSON worklist's (:class:`~integration.web.api.studies.WorklistFilter`): invalid values answer
 a 422 page that names the parameter.  Stat studies come first by default, then the newest.  Each row links
 to the study page and, for each configured viewer (``viewers``), to the study in that viewer (a new tab).
+
+Every filter, the search and the page live in the URL (the form is a GET form), so a reload, a bookmark or
+the study page's "Back to the worklist" link (each row's link carries the worklist as ``?list=``,
+:mod:`integration.web.pages.reading_list`) shows the same list.  A page holds 100 studies unless ``limit``
+says otherwise (at most 500); the page says which rows of how many it shows and links to the pages beside it.
+Each row says who is reading the study now and until when.
 """
 
 from __future__ import annotations
@@ -14,8 +20,16 @@ from fastapi.responses import HTMLResponse
 from sqlalchemy import select
 
 from integration.store.tables import ROLE_CURRENT, Series, Site, Study, UserRole
-from integration.web.api.studies import ReportFilter, WorklistFilter, WorklistSort, worklist
+from integration.web.api.studies import (
+    ClaimFilter,
+    ReportFilter,
+    WorklistFilter,
+    WorklistSort,
+    worklist,
+    worklist_total,
+)
 from integration.web.deps import AppSettings, DbSession, PageReviewer
+from integration.web.pages.reading_list import list_query, worklist_url
 from integration.web.pages.study_view import viewer_links
 from integration.web.pages.templating import PageRoute, render
 from integration.web.security.access import visible
@@ -27,6 +41,21 @@ SORT_LABELS = {
     WorklistSort.OLDEST: "Oldest received",
     WorklistSort.STATUS: "Report status (drafts first)",
 }
+#: Labels of the claim filter.
+CLAIM_LABELS = {ClaimFilter.AVAILABLE: "unclaimed or mine", ClaimFilter.MINE: "mine"}
+
+
+def paging(filters: WorklistFilter, shown: int, total: int) -> dict[str, object]:
+    """Return what the page says of its place in the list: first and last row shown, the total, page links."""
+    previous = max(filters.offset - filters.limit, 0)
+    following = filters.offset + filters.limit
+    return {
+        "first": filters.offset + 1 if shown else 0,
+        "last": filters.offset + shown,
+        "total": total,
+        "previous_url": worklist_url(filters.model_copy(update={"offset": previous})) if filters.offset else None,
+        "next_url": worklist_url(filters.model_copy(update={"offset": following})) if following < total else None,
+    }
 
 
 def worklist_page_router() -> APIRouter:
@@ -43,6 +72,7 @@ def worklist_page_router() -> APIRouter:
     ) -> HTMLResponse:
         """The studies the user may review, filtered and sorted; each row links to its study page."""
         rows = worklist(session, user, filters)
+        total = worklist_total(session, user, filters)
         modalities = sorted(
             m
             for m in session.scalars(
@@ -67,6 +97,9 @@ def worklist_page_router() -> APIRouter:
                 "sites": sites,
                 "statuses": [status.value for status in ReportFilter],
                 "sorts": SORT_LABELS,
+                "claims": CLAIM_LABELS,
+                "paging": paging(filters, len(rows), total),
+                "list_query": list_query(filters),
                 "links": {
                     row.study_uid: viewer_links(settings, row.study_uid, row.accession_number, row.patient_id)
                     for row in rows
