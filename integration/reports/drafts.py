@@ -152,9 +152,14 @@ def signed_text(content: Document, report: ReportDocument, verification: Verific
     lines += [
         "",
         f"Signed by {verification.observer_name}, {verification.organization}, {when} (report version {version}).",
-        f"AI-assisted: drafted by {report.model_id} (revision {report.model_revision}, "
-        f"prompt {report.prompt_version}), reviewed and verified by the signing radiologist.",
     ]
+    if report.ai_generated:
+        lines.append(
+            f"AI-assisted: drafted by {report.model_id} (revision {report.model_revision}, "
+            f"prompt {report.prompt_version}), reviewed and verified by the signing radiologist."
+        )
+    else:
+        lines.append("Written by the signing radiologist without AI.")
     return "\n".join(lines)
 
 

@@ -135,6 +135,8 @@ def ensure_draft_objects(settings: Settings, report_id: int, sr_path: Path) -> d
         session.expunge_all()
     files = {kind.value: path for kind, row in rows.items() if (path := _file(settings, row)) is not None}
     wanted = list(ReportObjectKind) if report.status in LIVE else list(rows)
+    if not report.ai_generated:  # written by hand: no model saw any image, so there are no key images
+        wanted = [kind for kind in wanted if kind is not ReportObjectKind.KEY_IMAGES]
     if all(kind.value in files for kind in wanted):
         return files
     sr = dcmread(sr_path, stop_before_pixels=True)
@@ -150,6 +152,7 @@ def ensure_draft_objects(settings: Settings, report_id: int, sr_path: Path) -> d
         if kind is ReportObjectKind.MEASUREMENT:
             document = build_measurement_report(content, source, sop_instance_uid=uids[0], series_instance_uid=uids[1])
         else:
+            assert content.algorithm is not None  # key images are wanted of AI drafts only
             document = build_key_images(
                 source, evidence, sr, content.algorithm, sop_instance_uid=uids[0], series_instance_uid=uids[1]
             )

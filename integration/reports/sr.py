@@ -22,6 +22,9 @@ listed, with the prior's Study Instance UID, in the Pertinent Other Evidence Seq
   Predecessor Documents Sequence.  Signed versions of a report share one series of their own
   (:data:`SIGNED_SERIES_NUMBER`, "Signed report (AI-assisted)"), so the draft's series never holds a
   verified document; the instance number is the report version (2, 3 ...).
+* A report **written by hand** (``ReportForSr.algorithm`` None) has no device observer and no TID 4019: its
+  signed version's only observer is the radiologist, and its series say nothing of AI
+  (:data:`MANUAL_DRAFT_SERIES_DESCRIPTION`, :data:`MANUAL_SIGNED_SERIES_DESCRIPTION`).
 """
 
 from __future__ import annotations
@@ -58,6 +61,8 @@ DRAFT_SERIES_NUMBER = 9901
 SIGNED_SERIES_NUMBER = 9902
 DRAFT_SERIES_DESCRIPTION = "AI draft, not verified"
 SIGNED_SERIES_DESCRIPTION = "Signed report (AI-assisted)"
+MANUAL_DRAFT_SERIES_DESCRIPTION = "Draft report, not verified"
+MANUAL_SIGNED_SERIES_DESCRIPTION = "Signed report"
 MANUFACTURER = "pacs-vlm"
 #: UTF-8, so any text a model or a radiologist writes can be encoded.
 CHARACTER_SET = "ISO_IR 192"
@@ -104,8 +109,9 @@ class ReportForSr:
         Free text; '' when none.
     evidence : tuple of SeenFrame
         Every instance frame the model saw, by image number.
-    algorithm : Algorithm
-        The model, its revision and the prompt version.
+    algorithm : Algorithm or None
+        The model, its revision and the prompt version; None for a report written by hand (no device observer,
+        no TID 4019).
     created_at : datetime
         When the content was made (aware): the draft's creation time for a draft.
     comparison : str
@@ -123,7 +129,7 @@ class ReportForSr:
     impression: str
     limitations: str
     evidence: tuple[SeenFrame, ...]
-    algorithm: Algorithm
+    algorithm: Algorithm | None
     created_at: datetime
     comparison: str = ""
     priors: tuple[PriorReference, ...] = ()
@@ -265,13 +271,13 @@ def device_observer(algorithm: Algorithm) -> hd.sr.ObserverContext:
     )
 
 
-def observation_context(algorithm: Algorithm, verification: Verification | None) -> hd.sr.ObservationContext:
+def observation_context(algorithm: Algorithm | None, verification: Verification | None) -> hd.sr.ObservationContext:
     """Return the observers (TID 1001): the model as a device (TID 1004) and, once signed, the radiologist.
 
     Parameters
     ----------
-    algorithm : Algorithm
-        The model that drafted the report.
+    algorithm : Algorithm or None
+        The model that drafted the report; None for a report written by hand (no device observer).
     verification : Verification or None
         Who signed it (a person observer beside the device); None for a draft.
 
@@ -280,7 +286,7 @@ def observation_context(algorithm: Algorithm, verification: Verification | None)
     highdicom.sr.ObservationContext
         The HAS OBS CONTEXT items.
     """
-    device = device_observer(algorithm)
+    device = device_observer(algorithm) if algorithm is not None else None
     person = None
     if verification is not None:
         person = hd.sr.ObserverContext(
@@ -295,14 +301,19 @@ def observation_context(algorithm: Algorithm, verification: Verification | None)
 def _content(report: ReportForSr, verification: Verification | None) -> hd.sr.ContainerContentItem:
     algorithm = report.algorithm
     safety = report.safety if verification is None else None  # a signed version is the radiologist's text
-    items = [
-        *language_items(),
-        *observation_context(algorithm, verification),
-        *algorithm_items(
+    identification = (
+        []
+        if algorithm is None
+        else algorithm_items(
             algorithm.model_id,
             algorithm.model_revision,
             [f"prompt version: {algorithm.prompt_version}", f"model family: {algorithm.model_family}"],
-        ),
+        )
+    )
+    items = [
+        *language_items(),
+        *observation_context(algorithm, verification),
+        *identification,
         *comparison_sections(report.priors, report.comparison, report.prior_note),
         *report_sections(
             report.findings,
@@ -327,6 +338,7 @@ def _document(
     predecessor: Dataset | None,
 ) -> Dataset:
     signed = verification is not None
+    by_hand = report.algorithm is None
     return sr_document(
         hd.sr.ComprehensiveSR,
         _content(report, verification),
@@ -334,9 +346,9 @@ def _document(
         source,
         sop_instance_uid=sop_instance_uid,
         series_instance_uid=series_instance_uid,
-        series=(SIGNED_SERIES_NUMBER, SIGNED_SERIES_DESCRIPTION)
+        series=(SIGNED_SERIES_NUMBER, MANUAL_SIGNED_SERIES_DESCRIPTION if by_hand else SIGNED_SERIES_DESCRIPTION)
         if signed
-        else (DRAFT_SERIES_NUMBER, DRAFT_SERIES_DESCRIPTION),
+        else (DRAFT_SERIES_NUMBER, MANUAL_DRAFT_SERIES_DESCRIPTION if by_hand else DRAFT_SERIES_DESCRIPTION),
         instance_number=instance_number,
         verification=verification,
         predecessor=predecessor,

@@ -136,13 +136,14 @@ def seen_frames(evidence: object) -> tuple[Evidence, ...]:
 def report_for_sr(
     report: ReportDocument, content: Document, evidence: tuple[SeenFrame, ...], made_at: datetime
 ) -> ReportForSr:
-    """Return what an SR of a report version shows: its content, the evidence and the drafting model."""
+    """Return what an SR of a report version shows: its content, the evidence and the drafting model (none by hand)."""
+    algorithm = Algorithm(report.model_id, report.model_revision, report.model_family, report.prompt_version)
     return ReportForSr(
         findings=content.findings,
         impression=content.impression,
         limitations=content.limitations,
         evidence=evidence,
-        algorithm=Algorithm(report.model_id, report.model_revision, report.model_family, report.prompt_version),
+        algorithm=algorithm if report.ai_generated else None,
         created_at=made_at,
         comparison=content.comparison,
         priors=content.priors,

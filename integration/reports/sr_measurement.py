@@ -87,6 +87,9 @@ from integration.untrusted import clean_text
 
 DRAFT_SERIES_DESCRIPTION = "AI draft measurements, not verified"
 SIGNED_SERIES_DESCRIPTION = "Signed report measurements (AI-assisted)"
+#: The series of a report written by hand (no algorithm, no AI wording).
+MANUAL_DRAFT_SERIES_DESCRIPTION = "Draft report measurements, not verified"
+MANUAL_SIGNED_SERIES_DESCRIPTION = "Signed report measurements"
 QUALITATIVE_EVALUATIONS = CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
 CERTAINTY = CodedConcept("111012", "DCM", "Certainty of Finding")
 URGENCY = CodedConcept("URGENCY", PRIVATE_SCHEME, "Model urgency category")
@@ -214,7 +217,10 @@ def free_text_label(text: str) -> CodedConcept:
 
 
 def _region_group(
-    finding: Finding, region: FrameRegion, tracking: hd.sr.TrackingIdentifier, algorithm: hd.sr.AlgorithmIdentification
+    finding: Finding,
+    region: FrameRegion,
+    tracking: hd.sr.TrackingIdentifier,
+    algorithm: hd.sr.AlgorithmIdentification | None,
 ) -> ContainerContentItem:
     """TID 1410: a finding with a box, its rectangle on the frame it was seen on."""
     seen = region.seen
@@ -248,10 +254,14 @@ def _group(finding: Finding, number: int, report: ReportForSr, document_uid: str
     tracking = hd.sr.TrackingIdentifier(
         uid=derived_uid(document_uid, "tid1500-finding", str(number)), identifier=f"Finding {number}"
     )
-    identification = algorithm_identification(
-        algorithm.model_id,
-        algorithm.model_revision,
-        [f"prompt version: {algorithm.prompt_version}", f"model family: {algorithm.model_family}"],
+    identification = (
+        None  # a report written by hand names no algorithm
+        if algorithm is None
+        else algorithm_identification(
+            algorithm.model_id,
+            algorithm.model_revision,
+            [f"prompt version: {algorithm.prompt_version}", f"model family: {algorithm.model_family}"],
+        )
     )
     region = finding_region(finding, report.evidence)
     if region is not None:
@@ -333,6 +343,7 @@ def build_measurement_report(
         The Enhanced SR document, ready to save.
     """
     signed = verification is not None
+    by_hand = report.algorithm is None
     document = sr_document(
         hd.sr.EnhancedSR,
         _content(report, sop_instance_uid, verification),
@@ -340,9 +351,15 @@ def build_measurement_report(
         source,
         sop_instance_uid=sop_instance_uid,
         series_instance_uid=series_instance_uid,
-        series=(MEASUREMENT_SIGNED_SERIES_NUMBER, SIGNED_SERIES_DESCRIPTION)
+        series=(
+            MEASUREMENT_SIGNED_SERIES_NUMBER,
+            MANUAL_SIGNED_SERIES_DESCRIPTION if by_hand else SIGNED_SERIES_DESCRIPTION,
+        )
         if signed
-        else (MEASUREMENT_DRAFT_SERIES_NUMBER, DRAFT_SERIES_DESCRIPTION),
+        else (
+            MEASUREMENT_DRAFT_SERIES_NUMBER,
+            MANUAL_DRAFT_SERIES_DESCRIPTION if by_hand else DRAFT_SERIES_DESCRIPTION,
+        ),
         instance_number=instance_number,
         verification=verification,
         predecessor=predecessor,

@@ -22,6 +22,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from integration.store.priority import settle_priority_of
 from integration.store.tables import (
     Instance,
     Report,
@@ -73,6 +74,8 @@ class ReportDocument:
     sr_sop_instance_uid: str | None
     sr_series_uid: str | None
     sr_path: str | None
+    #: False for a report written by hand (no model drafted it): its documents name no algorithm.
+    ai_generated: bool = True
 
 
 @dataclass(frozen=True)
@@ -139,6 +142,7 @@ def load_report(session: Session, report_id: int) -> ReportDocument:
         sr_sop_instance_uid=report.sr_sop_instance_uid,
         sr_series_uid=report.sr_series_uid,
         sr_path=report.sr_path,
+        ai_generated=bool(report.ai_generated),
     )
 
 
@@ -331,4 +335,5 @@ def record_signed_version(session: Session, signed: SignedVersion) -> int:
     study = session.get(Study, report.study_id)
     if study is not None and study.version == report.study_version and study.state == StudyState.DRAFTED:
         study.state = StudyState.SIGNED
+    settle_priority_of(session, report.study_id, signed.signed_at)
     return int(revision.id)
