@@ -21,11 +21,10 @@ from integration.reports.review import reject_draft
 from integration.reports.sr import read_sr
 from integration.reports.sr_measurement import read_measurement_report
 from integration.samples import write_ct_series
-from integration.store.audit import AuditEvent
 from integration.store.migrate import upgrade
 from integration.store.revisions import report_of_record
 from integration.store.session import session_scope
-from integration.store.tables import Report, ReportRevision, ReportStatus, Study, StudyState, utcnow
+from integration.store.tables import AuditEvent, Report, ReportRevision, ReportStatus, Study, StudyState, utcnow
 from integration.store.viewer_tables import ReportObject, ReportObjectKind
 from tests.reports.test_signing import store_study
 from tests.support.sr_tools import check_with_tools
