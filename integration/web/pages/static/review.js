@@ -4,9 +4,11 @@
 (function () {
   "use strict";
 
+  // Whether the keys go into a box (a checkbox or a button with the focus takes no text: shortcuts still work).
   function typing(target) {
-    return target instanceof HTMLElement &&
-      (target.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(target.tagName));
+    if (!(target instanceof HTMLElement)) { return false; }
+    if (target.isContentEditable || /^(TEXTAREA|SELECT)$/.test(target.tagName)) { return true; }
+    return target instanceof HTMLInputElement && !/^(checkbox|radio|button|submit|reset)$/.test(target.type);
   }
 
   // ---- help overlay -------------------------------------------------------
@@ -223,6 +225,45 @@
   }
   if (current >= 0) { select(current, true); }
 
+  // ---- reading a worklist in order: sign and open next, attest, open next, where focus lands ----
+  // Shift+S signs and opens the next study of the same worklist; x ticks the attestation; o opens the next
+  // study to read (the worklist's "start reading", or the study page's "skip").  None of them fires while a
+  // box has the focus (see the keydown handler): typing a capital S in a finding never signs.
+  var reviewForm = document.getElementById("review-form");
+  var signNext = document.getElementById("sign-next-button");
+  var attest = document.getElementById("confirm-unreviewed");
+  var openNext = document.getElementById("open-next") || document.getElementById("start-reading");
+  var noMore = document.getElementById("no-more-studies");
+
+  function signAndOpenNext() {
+    if (!reviewForm || !signNext) { return false; }
+    reviewForm.requestSubmit(signNext);
+    return true;
+  }
+
+  function toggleAttestation() {
+    if (!attest) { return false; }
+    attest.checked = !attest.checked;
+    return true;
+  }
+
+  function openNextStudy() {
+    if (!openNext) { return false; }
+    location.assign(openNext.href);
+    return true;
+  }
+
+  // Focus after a page load: the worklist's "no more studies" notice when that is why we are here; on a study
+  // opened to read (no part of the page asked for), its first finding, so j/a/x/Shift+S work at once.
+  if (noMore && location.hash === "#no-more-studies") {
+    noMore.focus();
+  } else if (current < 0 && reviewForm && items.length && items[0].hasAttribute("data-finding")) {
+    current = 0;
+    items[0].classList.add("current");
+    items[0].focus({ preventScroll: true });
+    highlight((items[0].getAttribute("data-images") || "").split(" "));
+  }
+
   function currentFinding() {
     var item = items[current];
     return item && item.hasAttribute("data-finding") ? item : null;
@@ -288,6 +329,9 @@
         if (area) { area.focus(); area.setSelectionRange(area.value.length, area.value.length); }
         break;
       }
+      case "S": if (!event.shiftKey || !signAndOpenNext()) { return; } break;
+      case "x": if (!toggleAttestation()) { return; } break;
+      case "o": if (!openNextStudy()) { return; } break;
       case "n": focusField("new-finding"); break;
       case "i": focusField("impression-text"); break;
       case "[": stepImage(-1); break;
