@@ -2,10 +2,12 @@
 
 Where it is looked for, first found wins:
 
-1. Request Attributes Sequence (0040,0275), first item, Reason for the Requested Procedure (0040,1002)
-   (what a modality copies from the worklist, and where photo uploads put the question);
-2. Reason for the Requested Procedure (0040,1002) at the top level;
-3. Reason for Study (0032,1030).
+1. Reason for Visit (0032,1066, UT): where photo uploads keep the whole question (up to
+   ``upload_question_chars``; the LO elements below hold 64 characters);
+2. Request Attributes Sequence (0040,0275), first item, Reason for the Requested Procedure (0040,1002)
+   (what a modality copies from the worklist, and the first 64 characters of an uploaded question);
+3. Reason for the Requested Procedure (0040,1002) at the top level;
+4. Reason for Study (0032,1030).
 
 The text is untrusted (typed by a person, possibly hostile): control characters are removed, white
 space is collapsed and the length is capped.  It is patient data: it is never logged, and errors say
@@ -24,11 +26,12 @@ from pydicom.tag import BaseTag, Tag
 
 from integration.findings import clean_text
 
-#: Longest clinical question kept (characters).
-MAX_QUESTION_CHARS = 500
+#: Longest clinical question kept (characters): the longest a telemedicine case may carry by default.
+MAX_QUESTION_CHARS = 2000
 #: Header attributes read for the question (the character set decodes them).
 QUESTION_KEYWORDS = (
     "SpecificCharacterSet",
+    "ReasonForVisit",
     "RequestAttributesSequence",
     "ReasonForTheRequestedProcedure",
     "ReasonForStudy",
@@ -52,6 +55,7 @@ def question_in(ds: Dataset) -> str | None:
     """Return the cleaned clinical question a header carries (looked for in the module docstring's order), or None."""
     candidates: list[Any] = []
     try:
+        candidates.append(ds.get("ReasonForVisit"))
         requests = ds.get("RequestAttributesSequence")
         if requests:
             candidates.append(requests[0].get("ReasonForTheRequestedProcedure"))

@@ -3,9 +3,14 @@
 highdicom has no VL Photographic Image class, so a photo becomes a Secondary Capture Image
 (:class:`highdicom.sc.SCImage`, conversion type ``DI``) with Modality ``XC`` (external-camera photography),
 RGB pixels stored uncompressed (exactly the decoded image, upright after the EXIF orientation), a new study,
-series and instance, the patient module from the form, Body Part Examined, and the referrer's clinical question
-in Request Attributes Sequence > Reason for the Requested Procedure (0040,1002), where the draft's prompt
-reads it (:mod:`integration.imaging.referral`), and Recognizable Visual Features (0028,0302) as the uploader
+series and instance (or, for a photo added to a telemedicine case, the case's study with a series per upload
+batch and instance numbers that continue), the patient module from the form (the name typed as ordinary fields,
+:mod:`integration.intake.person_name`), Body Part Examined, and the referrer's clinical question: whole (up to
+``upload_question_chars``) in Reason for Visit (0032,1066, UT, of the Patient Study module: dciodvfy accepts it
+in a Secondary Capture image, where Requested Procedure Comments in the Request Attributes Sequence is a
+standard-extended attribute), where the draft's prompt reads it first (:mod:`integration.imaging.referral`), and
+its first 64 characters in Request Attributes Sequence > Reason for the Requested Procedure (0040,1002, LO,
+what modalities and viewers show), and Recognizable Visual Features (0028,0302) as the uploader
 answered whether the photo shows a face or other recognisable features (``YES`` unless they said no): an
 image that says ``YES`` never goes to a model server outside the trust boundary (:mod:`worker.outbound`).
 
@@ -26,6 +31,8 @@ from datetime import date, datetime
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from integration.intake.person_name import legacy_name, name_from_parts, typed_name_fields
+
 #: Largest photo file accepted.
 MAX_PHOTO_BYTES = 32 * 1024**2
 #: Most pixels a photo may have (checked from its header, before decoding).
@@ -38,6 +45,8 @@ PHOTO_MODALITY = "XC"
 MANUFACTURER = "pacs-vlm"
 #: Series description of converted photos.
 SERIES_DESCRIPTION = "Clinical photograph"
+#: Characters of an LO element (the short copy of the question).
+LO_CHARS = 64
 
 _LO_FORBIDDEN = re.compile(r"[\\\x00-\x1f\x7f]")
 _BODY_PART = re.compile(r"^[A-Z0-9_ ]{1,16}$")
@@ -75,7 +84,7 @@ class PhotoDetails:
     body_part : str
         Body Part Examined (CS, upper case).
     clinical_question : str
-        The referrer's question (LO).
+        The referrer's question, whole (at most the limit given to :func:`validate_details`).
     study_description : str or None
         Study Description (LO).
     laterality : str or None
@@ -110,17 +119,25 @@ def _long_string(value: str | None, field: str, errors: dict[str, str], *, requi
     return text
 
 
-def _person_name(value: str | None, errors: dict[str, str]) -> str | None:
-    text = (value or "").strip()
+_TEXT_FORBIDDEN = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def _long_text(value: str | None, field: str, errors: dict[str, str], limit: int) -> str | None:
+    """Check a long text (LT): required, at most ``limit`` characters, no control characters but line breaks."""
+    text = (value or "").strip().replace("\r\n", "\n")
     if not text:
-        errors["patient_name"] = "is required"
-    elif len(text) > 64:
-        errors["patient_name"] = "has more than 64 characters"
-    elif _LO_FORBIDDEN.search(text) or "=" in text or text.count("^") > 4:
-        errors["patient_name"] = "is not a person name (Family^Given; no backslash, '=' or control characters)"
-    elif not text.replace("^", "").strip():
-        errors["patient_name"] = "has no name in it"
-    return text or None
+        errors[field] = "is required"
+        return None
+    if len(text) > limit:
+        errors[field] = f"has more than {limit} characters"
+    elif _TEXT_FORBIDDEN.search(text):
+        errors[field] = "contains a control character"
+    return text
+
+
+def short_question(question: str) -> str:
+    """The first 64 characters of a question on one line, as an LO element may hold them."""
+    return " ".join(question.replace("\\", "/").split())[:LO_CHARS].strip()
 
 
 def _birth_date(value: str | None, errors: dict[str, str], today: date) -> str | None:
@@ -143,17 +160,23 @@ def _birth_date(value: str | None, errors: dict[str, str], today: date) -> str |
     return born.strftime("%Y%m%d")
 
 
-def validate_details(form: Mapping[str, str | None], *, today: date | None = None) -> PhotoDetails:
+def validate_details(
+    form: Mapping[str, str | None], *, today: date | None = None, question_chars: int = LO_CHARS
+) -> PhotoDetails:
     """Check the form fields of a photo upload.
 
     Parameters
     ----------
     form : mapping of str to str or None
-        ``patient_id``, ``patient_name``, ``birth_date``, ``sex``, ``body_part``, ``clinical_question``;
+        ``patient_id``, the name (``family_name``, optional ``given_name`` and ``middle_name``; or, for the
+        JSON API's older clients, ``patient_name`` as ``Family^Given``), ``birth_date``, ``sex``,
+        ``body_part``, ``clinical_question``;
         optionally ``study_description``, ``laterality`` and ``recognizable_features`` (``YES`` or ``NO``,
         any case; ``YES`` when missing or empty).
     today : datetime.date, optional
         The date birth dates may not pass (today by default).
+    question_chars : int
+        Longest clinical question (``upload_question_chars``; 64 by default).
 
     Returns
     -------
@@ -167,7 +190,10 @@ def validate_details(form: Mapping[str, str | None], *, today: date | None = Non
     """
     errors: dict[str, str] = {}
     patient_id = _long_string(form.get("patient_id"), "patient_id", errors, required=True)
-    patient_name = _person_name(form.get("patient_name"), errors)
+    if "patient_name" in form and not typed_name_fields(form):
+        patient_name = legacy_name(form.get("patient_name"), errors)
+    else:
+        patient_name = name_from_parts(form, errors)
     birth_date = _birth_date(form.get("birth_date"), errors, today or date.today())
     sex = (form.get("sex") or "").strip().upper()
     if sex not in ("M", "F", "O"):
@@ -177,7 +203,7 @@ def validate_details(form: Mapping[str, str | None], *, today: date | None = Non
         errors["body_part"] = "is required"
     elif not _BODY_PART.fullmatch(body_part):
         errors["body_part"] = "must be 1-16 letters, digits, spaces or underscores (e.g. HAND, SKIN)"
-    question = _long_string(form.get("clinical_question"), "clinical_question", errors, required=True)
+    question = _long_text(form.get("clinical_question"), "clinical_question", errors, question_chars)
     description = _long_string(form.get("study_description"), "study_description", errors, required=False)
     laterality = (form.get("laterality") or "").strip().upper() or None
     if laterality not in (None, "R", "L"):
@@ -262,15 +288,30 @@ class PhotoInstance:
         The new UIDs.
     part10 : bytes
         The Part 10 file.
+    rows, columns : int
+        The photo's size in pixels.
     """
 
     study_uid: str
     series_uid: str
     sop_instance_uid: str
     part10: bytes
+    rows: int = 0
+    columns: int = 0
 
 
-def photo_to_dicom(pixels: np.ndarray, details: PhotoDetails, *, now: datetime | None = None) -> PhotoInstance:
+def photo_to_dicom(
+    pixels: np.ndarray,
+    details: PhotoDetails,
+    *,
+    now: datetime | None = None,
+    study_uid: str | None = None,
+    series_uid: str | None = None,
+    series_number: int = 1,
+    instance_number: int = 1,
+    study_started: datetime | None = None,
+    study_id: str | None = None,
+) -> PhotoInstance:
     """Wrap RGB pixels and the form's details into a Secondary Capture image (Modality XC).
 
     Parameters
@@ -280,7 +321,15 @@ def photo_to_dicom(pixels: np.ndarray, details: PhotoDetails, *, now: datetime |
     details : PhotoDetails
         Validated patient and request details.
     now : datetime.datetime, optional
-        Study, series and content date and time (local time now by default).
+        Series and content date and time, and the study's for a new study (local time now by default).
+    study_uid, series_uid : str, optional
+        The study and series the photo joins (a photo added to a case); new UIDs by default.
+    series_number, instance_number : int
+        Where the photo stands in its study (1 and 1 for a new study).
+    study_started : datetime.datetime, optional
+        Study Date and Time of the study joined (``now`` by default).
+    study_id : str, optional
+        Study ID of the study joined (made from the study's date and time by default).
 
     Returns
     -------
@@ -292,25 +341,26 @@ def photo_to_dicom(pixels: np.ndarray, details: PhotoDetails, *, now: datetime |
     from pydicom.uid import ExplicitVRLittleEndian
 
     moment = now or datetime.now()
-    study_uid, series_uid, sop_uid = hd.UID(), hd.UID(), hd.UID()
+    started = study_started or moment
+    study, series, sop_uid = study_uid or hd.UID(), series_uid or hd.UID(), hd.UID()
     image = hd.sc.SCImage(
         pixel_array=pixels,
         photometric_interpretation="RGB",
         bits_allocated=8,
         coordinate_system="PATIENT",
-        study_instance_uid=study_uid,
-        series_instance_uid=series_uid,
-        series_number=1,
+        study_instance_uid=study,
+        series_instance_uid=series,
+        series_number=series_number,
         sop_instance_uid=sop_uid,
-        instance_number=1,
+        instance_number=instance_number,
         manufacturer=MANUFACTURER,
         patient_id=details.patient_id,
         patient_name=details.patient_name,
         patient_birth_date=details.birth_date,
         patient_sex=details.sex,
-        study_id=moment.strftime("%y%m%d%H%M%S"),
-        study_date=moment.date(),
-        study_time=moment.time(),
+        study_id=study_id or started.strftime("%y%m%d%H%M%S"),
+        study_date=started.date(),
+        study_time=started.time(),
         patient_orientation=("L", "F"),  # required by highdicom for PATIENT; emptied below (unknown)
         series_description=SERIES_DESCRIPTION,
         specific_character_set="ISO_IR 192",
@@ -324,8 +374,10 @@ def photo_to_dicom(pixels: np.ndarray, details: PhotoDetails, *, now: datetime |
     if details.study_description:
         image.StudyDescription = details.study_description
     request = Dataset()
-    request.ReasonForTheRequestedProcedure = details.clinical_question
+    request.ReasonForTheRequestedProcedure = short_question(details.clinical_question)
     image.RequestAttributesSequence = [request]
+    image.ReasonForVisit = details.clinical_question  # UT: the whole question
     buffer = io.BytesIO()
     image.save_as(buffer, enforce_file_format=True)
-    return PhotoInstance(str(study_uid), str(series_uid), str(sop_uid), buffer.getvalue())
+    rows, columns = int(pixels.shape[0]), int(pixels.shape[1])
+    return PhotoInstance(str(study), str(series), str(sop_uid), buffer.getvalue(), rows, columns)

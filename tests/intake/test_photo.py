@@ -14,7 +14,7 @@ import pydicom
 import pytest
 from PIL import Image
 
-from integration.imaging.referral import read_question
+from integration.imaging.referral import question_in, read_question
 from integration.intake.part10 import split_part10
 from integration.intake.photo import (
     PHOTO_MODALITY,
@@ -119,9 +119,9 @@ def test_each_bad_field_is_named_without_its_value(changes: dict[str, str], fiel
 def test_all_bad_fields_are_named_at_once() -> None:
     with pytest.raises(PhotoInvalid) as caught:
         validate_details({})
-    assert set(caught.value.errors) == {
+    assert set(caught.value.errors) == {  # the name is asked as ordinary fields; the family name is required
         "patient_id",
-        "patient_name",
+        "family_name",
         "birth_date",
         "sex",
         "body_part",
@@ -199,3 +199,34 @@ def test_photo_becomes_a_valid_secondary_capture_with_the_question_where_the_pro
 
     other = photo_to_dicom(image, details)
     assert len({instance.study_uid, other.study_uid, instance.sop_instance_uid, other.sop_instance_uid}) == 4
+
+
+def test_name_fields_become_a_person_name_and_each_part_is_checked() -> None:
+    form = {k: v for k, v in FORM.items() if k != "patient_name"}
+    parts = {"family_name": " Rossi ", "given_name": "Maria", "middle_name": "Anna"}
+    assert validate_details({**form, **parts}, today=date(2026, 1, 1)).patient_name == "Rossi^Maria^Anna"
+    assert validate_details({**form, "family_name": "Rossi"}, today=date(2026, 1, 1)).patient_name == "Rossi"
+    for field, bad in (
+        ("given_name", "Ma^ria"),
+        ("middle_name", "A=B"),
+        ("family_name", "Ro\\ssi"),
+        ("given_name", "M\x01"),
+    ):
+        with pytest.raises(PhotoInvalid) as caught:
+            validate_details({**form, **parts, field: bad}, today=date(2026, 1, 1))
+        assert list(caught.value.errors) == [field]
+    with pytest.raises(PhotoInvalid) as caught:
+        validate_details({**form, "family_name": "R" * 40, "given_name": "M" * 30}, today=date(2026, 1, 1))
+    assert "64" in caught.value.errors["family_name"]
+
+
+def test_a_long_question_is_kept_whole_in_reason_for_visit_and_cut_in_the_lo() -> None:
+    question = "Spreading erythema after a cat bite; " * 20
+    details = validate_details({**FORM, "clinical_question": question}, today=date(2026, 1, 1), question_chars=2000)
+    ds = pydicom.dcmread(io.BytesIO(photo_to_dicom(pixels(), details).part10))
+    assert ds.ReasonForVisit == question.strip()
+    assert ds.RequestAttributesSequence[0].ReasonForTheRequestedProcedure == question[:64].strip()
+    assert question_in(ds) == " ".join(question.split())
+    with pytest.raises(PhotoInvalid) as caught:
+        validate_details({**FORM, "clinical_question": "x" * 2001}, question_chars=2000)
+    assert "2000" in caught.value.errors["clinical_question"]

@@ -6,7 +6,8 @@ A :class:`Tile` is one frame as an ``<img>`` pointing at the frame route of :mod
 them.  The series themselves are scrolled slice by slice (:mod:`integration.web.pages.study_stack`).
 
 The request a radiologist reads first (the clinical question and, for photo uploads, the side the uploader
-stated) is read from the study's first stored instance (:func:`study_request`).
+stated) is read from the study's first stored instance (:func:`study_request`), or, for a telemedicine case, the
+question from the case row, where it is kept whole.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from sqlalchemy.orm import Session
 from integration.config import Settings
 from integration.imaging.referral import read_question
 from integration.imaging.windows import WINDOW_PRESETS
+from integration.store.reading_tables import UploadCase
 from integration.store.tables import (
     Delivery,
     Instance,
@@ -256,13 +258,15 @@ def study_request(settings: Settings, session: Session, study: Study) -> dict[st
         .limit(1)
     )
     answer: dict[str, str | None] = {"question": None, "laterality": None}
+    case_question = session.scalar(select(UploadCase.clinical_question).where(UploadCase.study_id == study.id))
     if storage_path is None:
+        answer["question"] = case_question
         return answer
     root = settings.instance_root.resolve()
     path = (root / storage_path).resolve()
     if not path.is_relative_to(root):
         return answer
-    answer["question"] = read_question(path)
+    answer["question"] = case_question or read_question(path)  # a telemedicine case keeps it whole
     if study.source == "upload":
         answer["laterality"] = _stated_side(path)
     return answer
