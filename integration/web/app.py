@@ -28,6 +28,7 @@ from starlette.types import Scope
 from integration.config import Settings
 from integration.web.api.alerts import alerts_router
 from integration.web.api.audit import audit_router
+from integration.web.api.cases import cases_router
 from integration.web.api.claims import claims_router
 from integration.web.api.opinions import opinions_router
 from integration.web.api.manual_reports import manual_reports_router
@@ -100,6 +101,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(dicomweb_read_router())
     app.include_router(viewer_token_router())
     app.include_router(upload_router())
+    app.include_router(cases_router())
     app.include_router(orders_router())
     app.include_router(pages_router())
     app.add_exception_handler(RequestValidationError, _invalid_request)
