@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from integration.store.alert_tables import AlertNotification, AlertState, CriticalAlert, NotificationState
 from integration.store.audit import add_event
+from integration.store.priority import settle_priority_of
 from integration.store.tables import Report, ReportStatus, Site, Study, utcnow
 
 _Query = TypeVar("_Query", bound=Select[*tuple[Any, ...]])
@@ -316,6 +317,7 @@ def acknowledge_alert(
             "via": via,
         },
     )
+    settle_priority_of(session, alert.study_id, now)
     session.flush()
     return Acknowledgement(alert, newly=True)
 

@@ -29,8 +29,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from integration.store.audit import add_event
-from integration.store.opinions import ROUTINE, SECOND_OPINION, STAT
+from integration.store.opinions import STAT
 from integration.store.order_tables import Order, OrderEvent, OrderStatus
+from integration.store.priority import settle_priority
 from integration.store.tables import (
     ROLE_CURRENT,
     AnalysisJob,
@@ -499,28 +500,11 @@ def _apply_to_studies(session: Session, order: Order, *, actor: str, now: dateti
     for study in linked:
         if order.priority == STAT:
             study.priority = STAT
-        elif study.priority == STAT and not _stat_second_opinion(session, study.id):
-            study.priority = ROUTINE  # the RIS lowered it (XO); a stat second opinion keeps it stat
+        else:
+            settle_priority(session, study, now)  # the RIS lowered it (XO): stat only while stat work is open
         if stopped and study.state not in _LEFT_ALONE:
             withdrawn += _stop_study(session, study, order.status, actor=actor, now=now)
     return [study.id for study in linked], withdrawn
-
-
-def _stat_second_opinion(session: Session, study_id: int) -> bool:
-    """Whether a stat second opinion of the study is still queued or running (it keeps the study stat)."""
-    return (
-        session.scalar(
-            select(AnalysisJob.id)
-            .where(
-                AnalysisJob.study_id == study_id,
-                AnalysisJob.purpose == SECOND_OPINION,
-                AnalysisJob.priority == STAT,
-                AnalysisJob.state.in_(_OPEN_JOBS),
-            )
-            .limit(1)
-        )
-        is not None
-    )
 
 
 def _stop_study(session: Session, study: Study, status: str, *, actor: str, now: datetime) -> list[int]:

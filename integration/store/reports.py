@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from integration.store.opinions import SECOND_OPINION
 from integration.store.order_tables import Order, OrderStatus
+from integration.store.priority import settle_priority
 from integration.store.tables import (
     AnalysisJob,
     Instance,
@@ -207,6 +208,7 @@ def _fail(session: Session, job: AnalysisJob, study: Study, reason: str, now: da
     job.finished_at = now
     if study.version == job.study_version and study.state in (StudyState.QUEUED, StudyState.RUNNING):
         study.state = StudyState.FAILED
+    settle_priority(session, study, now)
 
 
 def record_draft(session: Session, job_id: int, draft: DraftRecord, now: datetime) -> int:
@@ -298,6 +300,7 @@ def record_draft_superseding(session: Session, job_id: int, draft: DraftRecord, 
         )
         if study.state in (StudyState.QUEUED, StudyState.RUNNING, StudyState.FAILED):
             study.state = StudyState.DRAFTED
+    settle_priority(session, study, now)
     return RecordedDraft(int(report_id), sorted(superseded))
 
 

@@ -31,6 +31,7 @@ from integration.queue import send_analyze_study
 from integration.reports.agreement import compare_drafts, finding_texts
 from integration.store.jobs import mark_sent, record_job_error
 from integration.store.opinions import PROMPT_NAMES, OpinionRefused, request_second_opinion, study_opinions
+from integration.store.priority import mark_read
 from integration.store.revisions import report_of_record
 from integration.store.session import session_scope
 from integration.store.tables import Report, ReportStatus, Study, utcnow
@@ -176,6 +177,7 @@ def comparison(session: Session, user: CurrentUser, study: Study, a: int, b: int
         report = report_for(session, user, report_id)
         if report.study_id != study.id:
             raise HTTPException(status.HTTP_404_NOT_FOUND, "no such report of this study")
+        mark_read(session, report, role=user.role)
         reports.append(report)
     first, second = reports
     agreement = compare_drafts(first.findings, second.findings)

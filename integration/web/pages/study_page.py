@@ -39,6 +39,7 @@ from sqlalchemy.orm import Session
 
 from integration.config import Settings
 from integration.store.orders import order_for_study
+from integration.store.priority import mark_read
 from integration.store.reviews import change_history, working_copy
 from integration.store.revisions import report_of_record
 from integration.store.tables import Report, ReportPurpose, ReportStatus, Site, UserRole
@@ -107,6 +108,7 @@ def _study_context(
     site = session.scalar(select(Site.code).where(Site.id == study.site_id)) if study.site_id else None
     reports = list(session.scalars(select(Report).where(Report.study_id == study.id).order_by(Report.id.desc())))
     report = choose_report(reports, report_id)
+    mark_read(session, report, role=user.role)  # a stat second opinion read: its study may go back to routine
     images = study_images(
         session, study, report, instance_root=settings.instance_root, image=image, frame=frame, window=window
     )
