@@ -102,19 +102,27 @@ def open_case(
     clinical_question: str,
     body_part: str,
     laterality: str | None,
+    patient: dict[str, str | None] | None = None,
 ) -> int:
     """Record a new case for a study just stored (its first photos), and return the case's id.
+
+    ``patient`` (study column -> value: ``patient_id``, ``patient_name``, ``patient_birth_date``,
+    ``patient_sex``, ``study_description``) fills the study row's empty columns now: the assembly pass copies
+    the same values from the header only when the study becomes stable, and the case is shown before that.
 
     Raises
     ------
     LookupError
         No study with that UID (it was not stored).
     """
-    study_id = session.scalar(select(Study.id).where(Study.study_uid == study_uid))
-    if study_id is None:
+    study = session.scalar(select(Study).where(Study.study_uid == study_uid))
+    if study is None:
         raise LookupError("the case's study was not stored")
+    for column, value in (patient or {}).items():
+        if getattr(study, column) is None:
+            setattr(study, column, value)
     case = UploadCase(
-        study_id=study_id,
+        study_id=study.id,
         uploader_id=uploader_id,
         site_id=site_id,
         clinical_question=clinical_question,

@@ -128,12 +128,14 @@ def _converted(files: list[bytes], details: PhotoDetails, place: _Place, max_pix
     import highdicom as hd
 
     study_uid, series_uid = place.study_uid or str(hd.UID()), str(hd.UID())
+    now = datetime.now()  # one moment for the batch: a new study's date and time, and its series'
     for offset, data in enumerate(files):
         with _CONVERSIONS:
             pixels = decode_photo(data, max_pixels=max_pixels)
             yield photo_to_dicom(
                 pixels,
                 details,
+                now=now,
                 study_uid=study_uid,
                 series_uid=series_uid,
                 series_number=place.series_number,
@@ -193,6 +195,13 @@ def _store_batch(
                 clinical_question=details.clinical_question,
                 body_part=details.body_part,
                 laterality=details.laterality,
+                patient={
+                    "patient_id": details.patient_id,
+                    "patient_name": details.patient_name,
+                    "patient_birth_date": details.birth_date,
+                    "patient_sex": details.sex,
+                    "study_description": details.study_description,
+                },
             )
         else:
             case_id = case.id
@@ -226,8 +235,11 @@ def _place_in(settings: Settings, case: UploadCase) -> _Place:
 
 
 def _study_moment(day: str, time: str) -> datetime | None:
+    """The study's date and time as written (``YYYYMMDD``, ``HHMMSS[.ffffff]``), or None if unreadable."""
+    whole, _, fraction = time.partition(".")
     try:
-        return datetime.strptime(day + time.split(".")[0].ljust(6, "0")[:6], "%Y%m%d%H%M%S")
+        moment = datetime.strptime(day + whole.ljust(6, "0")[:6], "%Y%m%d%H%M%S")
+        return moment.replace(microsecond=int(fraction.ljust(6, "0")[:6])) if fraction.isdigit() else moment
     except ValueError:
         return None
 

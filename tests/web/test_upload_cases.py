@@ -1,0 +1,221 @@
+"""Telemedicine cases as an uploader lives them, in headless Chromium against a real api and PostgreSQL.
+
+One ``pacs-vlm api`` process, one database and one Chromium serve the module.  An uploader opens a case of two
+photos with ordinary name fields and a 500-character question, sees the confirmation, finds the case in My
+uploads, adds a photo later (one study, three instances), starts a new case for the same patient from a
+prefilled form, and follows the case through ``drafted`` (no draft text shown) to ``signed`` (the signed text
+shown) after a radiologist signs through the review actions.  The written DICOM is read back with pydicom and
+checked with dciodvfy.  Authorization is tried like the sites: another uploader's case (same site) and another
+site's case answer 404 like a missing one, administrators see all, radiologists and anonymous users are
+refused, every form post needs the CSRF token.
+"""
+
+from __future__ import annotations
+
+import io
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pydicom
+import pytest
+import redis
+from PIL import Image
+
+from integration.config import Settings
+from integration.intake.assembly import StudyAssembler
+from integration.store.migrate import upgrade
+from integration.web.security.csrf import csrf_token_for_session
+from tests.support.records import db_rows
+from tests.support.review_app import draft, evidence_of, ingest_settings, sites_and_users
+from tests.support.services import Postgres, RedisServer
+from tests.web.conftest import ApiProcess
+from tests.web.test_auth import COOKIE, PASSWORD, add_user
+
+#: A Redis database of its own (the module's api and assembler share it).
+REDIS_DB = 4
+DCIODVFY = "/usr/bin/dciodvfy"
+MAX_PHOTOS = 4
+QUESTION = (
+    "Spreading redness around a cat bite on the left forearm for three days <img src=x onerror=window.__pwned=1>, "
+    + "fever 38.4, on amoxicillin since yesterday; please assess for abscess or lymphangitis. " * 5
+)[:500]
+
+
+@dataclass
+class Module:
+    settings: Settings
+    api: ApiProcess
+
+
+@pytest.fixture(scope="module")
+def world(postgres: Postgres, redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Module]:
+    url = postgres.create_database()
+    upgrade(url)
+    broker = redis_server.url(REDIS_DB)
+    redis.Redis.from_url(broker).flushdb()
+    tmp = tmp_path_factory.mktemp("cases")
+    settings = ingest_settings(url, broker, tmp)
+    sites_and_users(url)  # north_rad, boss (admin), upload (uploader, NORTH)
+    add_user(url, "upload2", "uploader", "NORTH")
+    add_user(url, "south_up", "uploader", "SOUTH")
+    api = ApiProcess(
+        tmp / "api",
+        {
+            "PACSVLM_MIN_FREE_BYTES": "0",
+            "PACSVLM_DATABASE_URL": url,
+            "PACSVLM_BROKER_URL": broker,
+            "PACSVLM_STORAGE_DIR": str(settings.instance_root),
+            "PACSVLM_UPLOAD_CASE_MAX_PHOTOS": str(MAX_PHOTOS),
+        },
+    ).start()
+    yield Module(settings, api)
+    api.stop()
+    redis.Redis.from_url(broker).flushdb()
+
+
+def photo(tmp: Path, name: str, seed: int) -> Path:
+    pixels = np.random.default_rng(seed).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    path = tmp / name
+    Image.fromarray(pixels).save(path, "PNG")
+    return path
+
+
+def client(world: Module, username: str) -> httpx.Client:
+    """A signed-in API client with the CSRF header."""
+    answer = httpx.post(world.api.url + "/api/login", json={"username": username, "password": PASSWORD}, timeout=10)
+    assert answer.status_code == 200, answer.text
+    token = answer.cookies[COOKIE]
+    return httpx.Client(
+        base_url=world.api.url,
+        cookies={COOKIE: token},
+        headers={"X-CSRF-Token": csrf_token_for_session(token)},
+        timeout=60,
+    )
+
+
+def browser_as(chromium: Any, world: Module, username: str) -> Any:
+    page = chromium.new_context(viewport={"width": 1300, "height": 1000}).new_page()
+    page.goto(world.api.url + "/login")
+    page.fill("#username", username)
+    page.fill("#password", PASSWORD)
+    with page.expect_navigation():
+        page.press("#password", "Enter")
+    return page
+
+
+def instances_of(world: Module, study_uid: str) -> list[pydicom.Dataset]:
+    files = sorted(world.settings.instance_root.rglob("*.dcm"))
+    found = [pydicom.dcmread(path) for path in files if ".incoming" not in path.parts]
+    return sorted((ds for ds in found if ds.StudyInstanceUID == study_uid), key=lambda ds: int(ds.InstanceNumber))
+
+
+def test_an_uploader_follows_a_case_from_upload_to_signed_report(chromium: Any, world: Module, tmp_path: Path) -> None:
+    url = world.settings.database_url
+    first, second, third = (photo(tmp_path, f"p{i}.png", i) for i in (1, 2, 3))
+    page = browser_as(chromium, world, "upload")
+    assert page.url.endswith("/upload"), page.url
+    assert page.locator("nav a[href='/uploads']").inner_text() == "My uploads"
+    page.set_input_files("#file", [str(first), str(second)])
+    page.fill("#patient_id", "TELE-77")
+    page.fill("#family_name", "Rossi")
+    page.fill("#given_name", "Maria")
+    page.fill("#middle_name", "Anna")
+    page.fill("#birth_date", "1975-06-30")
+    page.select_option("#sex", "F")
+    page.fill("#body_part", "ARM")
+    page.select_option("#laterality", "L")
+    page.fill("#clinical_question", QUESTION)
+    page.check("#recognizable_no")
+    page.click("#upload-form button[type=submit]")
+    page.wait_for_selector("#done-name")
+    assert page.inner_text("#done-name") == "Rossi, Maria Anna"
+    assert (page.inner_text("#done-id"), page.inner_text("#done-birth"), page.inner_text("#done-sex")) == (
+        "TELE-77",
+        "1975-06-30",
+        "female",
+    )
+    assert page.inner_text("#done-photos") == "2" and page.text_content("#done-status") == "received"
+    [(study_uid, case_id)] = db_rows(
+        url, "SELECT s.study_uid, c.id FROM studies s JOIN upload_cases c ON c.study_id = s.id"
+    )
+    assert study_uid not in page.inner_text("main")  # never a raw UID as the message
+
+    page.click("nav a[href='/uploads']")
+    row = page.locator(f"tr[data-case='{case_id}']")
+    assert "Rossi, Maria" in row.inner_text() and row.locator(".case-status").text_content() == "received"
+    row.locator("a.open-case").click()
+    page.wait_for_url(f"**/uploads/{case_id}")
+    assert page.inner_text("#case-question") == QUESTION.strip()  # whole, and shown as text
+    assert page.evaluate("window.__pwned === undefined")
+
+    page.set_input_files("#add-file", str(third))
+    page.click("#add-photos button[type=submit]")
+    page.wait_for_url(f"**/uploads/{case_id}?added=1")
+    assert page.locator("#case-photos img").count() == 3
+    page.wait_for_load_state("networkidle")
+    source = page.locator("#case-photos img").first.get_attribute("src")
+    assert page.request.get(world.api.url + str(source)).status == 200
+    widths = page.locator("#case-photos img").evaluate_all("imgs => imgs.map(i => i.naturalWidth)")
+    assert widths == [60, 60, 60]  # the thumbnails, served through the owner's route
+    datasets = instances_of(world, study_uid)
+    assert [int(ds.InstanceNumber) for ds in datasets] == [1, 2, 3]
+    assert len({ds.SeriesInstanceUID for ds in datasets}) == 2  # a series per upload batch
+    assert [int(ds.SeriesNumber) for ds in datasets] == [1, 1, 2]
+    assert {(str(ds.PatientName), ds.PatientID, ds.StudyDate, ds.StudyTime) for ds in datasets} == {
+        (str(datasets[0].PatientName), "TELE-77", datasets[0].StudyDate, datasets[0].StudyTime)
+    }
+    for ds in datasets:
+        assert str(ds.PatientName) == "Rossi^Maria^Anna" and ds.ReasonForVisit == QUESTION.strip()
+        assert ds.RequestAttributesSequence[0].ReasonForTheRequestedProcedure == QUESTION[:64].strip()
+    for path in world.settings.instance_root.rglob("*.dcm"):
+        checked = subprocess.run([DCIODVFY, str(path)], capture_output=True, text=True, timeout=60)
+        errors = [line for line in (checked.stdout + checked.stderr).splitlines() if line.startswith("Error")]
+        assert errors == [], checked.stdout + checked.stderr
+
+    page.click("#new-case-for-patient")
+    page.wait_for_url(f"**/upload?from={case_id}")
+    prefilled = {name: page.input_value(f"#{name}") for name in ("family_name", "given_name", "middle_name")}
+    assert prefilled == {"family_name": "Rossi", "given_name": "Maria", "middle_name": "Anna"}
+    assert (page.input_value("#patient_id"), page.input_value("#birth_date"), page.input_value("#sex")) == (
+        "TELE-77",
+        "1975-06-30",
+        "F",
+    )
+
+    assert StudyAssembler(world.settings).run_once().jobs_created == 1
+    draft(
+        world.settings,
+        study_uid,
+        [{"text": "Cellulitis without abscess.", "images": [1]}],
+        [evidence_of(datasets[0], 1)],
+    )
+    page.goto(world.api.url + f"/uploads/{case_id}")
+    assert page.text_content("#case-status") == "drafted"
+    assert "Cellulitis" not in page.content() and "Impression" not in page.inner_text("main")
+
+    radiologist = client(world, "north_rad")
+    study_page = radiologist.get(f"/studies/{study_uid}")
+    assert study_page.status_code == 200 and QUESTION.strip().replace("<", "&lt;").replace(">", "&gt;")[:200] in (
+        study_page.text
+    )
+    [(report_id,)] = db_rows(url, "SELECT r.id FROM reports r JOIN studies s ON r.study_id = s.id")
+    accepted = radiologist.post(f"/api/reports/{report_id}/changes", json={"action": "accept", "finding": 0})
+    assert accepted.status_code == 200, accepted.text
+    signed = radiologist.post(f"/api/reports/{report_id}/sign", json={"expected_seq": accepted.json()["seq"]})
+    assert signed.status_code == 200, signed.text
+    page.reload()
+    assert page.text_content("#case-status") == "signed"
+    report = page.inner_text(".case-report")
+    assert "Cellulitis without abscess." in report and "Impression" in report
+    listed = client(world, "upload").get("/api/uploads").json()["cases"]
+    assert [(c["case_id"], c["status"], c["photos"]) for c in listed] == [(case_id, "signed", 3)]
+    detail = client(world, "upload").get(f"/api/uploads/{case_id}").json()
+    assert detail["clinical_question"] == QUESTION.strip() and detail["signed"][0]["findings"] == [
+        "Cellulitis without abscess."
+    ]
+    page.context.close()
