@@ -12,7 +12,6 @@ refused, every form post needs the CSRF token.
 
 from __future__ import annotations
 
-import io
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -219,3 +218,59 @@ def test_an_uploader_follows_a_case_from_upload_to_signed_report(chromium: Any, 
         "Cellulitis without abscess."
     ]
     page.context.close()
+
+
+def test_only_the_owner_and_administrators_reach_a_case(world: Module, tmp_path: Path) -> None:
+    owner, other, south = client(world, "upload"), client(world, "upload2"), client(world, "south_up")
+    data = photo(tmp_path, "a.png", 9).read_bytes()
+    form = {
+        "patient_id": "AUTH-1",
+        "patient_name": "Bianchi^Luca",  # the JSON API's older field still works
+        "birth_date": "19800101",
+        "sex": "M",
+        "body_part": "HAND",
+        "clinical_question": "Wart or something else?",
+    }
+    created = owner.post("/api/uploads/photo", data=form, files=[("file", ("a.png", data, "image/png"))] * 3)
+    assert created.status_code == 201, created.text
+    case_id, sop = created.json()["case_id"], created.json()["sop_instance_uid"]
+    assert len(created.json()["sop_instance_uids"]) == 3
+    too_many = owner.post(f"/api/uploads/{case_id}/photos", files=[("file", ("b.png", data, "image/png"))] * 2)
+    assert too_many.status_code == 422 and f"at most {MAX_PHOTOS}" in too_many.text
+    assert db_rows(world.settings.database_url, f"SELECT count(*) FROM upload_cases WHERE id = {case_id}") == [(1,)]
+
+    gets = (
+        f"/uploads/{case_id}",
+        f"/api/uploads/{case_id}",
+        f"/uploads/{case_id}/photos/{sop}",
+        f"/upload?from={case_id}",
+    )
+    for stranger in (other, south):
+        for path in gets:
+            assert stranger.get(path).status_code == 404, path
+        for path in (f"/uploads/{case_id}/photos", f"/api/uploads/{case_id}/photos"):
+            assert stranger.post(path, files={"file": ("c.png", data, "image/png")}).status_code == 404
+        assert case_id not in [c["case_id"] for c in stranger.get("/api/uploads").json()["cases"]]
+    missing = owner.get("/api/uploads/999999")
+    assert missing.status_code == 404 and missing.json() == other.get(f"/api/uploads/{case_id}").json()
+    for path in gets:
+        assert owner.get(path).status_code == 200, path
+    admin = client(world, "boss")
+    for path in (*gets, "/uploads"):
+        assert admin.get(path).status_code == 200, path
+    assert case_id in [c["case_id"] for c in admin.get("/api/uploads").json()["cases"]]
+
+    radiologist = client(world, "north_rad")
+    for path in (*gets, "/uploads", "/api/uploads"):
+        assert radiologist.get(path).status_code == 403, path
+    anonymous = httpx.Client(base_url=world.api.url, timeout=10)
+    assert anonymous.get("/api/uploads").status_code == 401
+    page = anonymous.get(f"/uploads/{case_id}")
+    assert page.status_code == 303 and page.headers["location"].startswith("/login")
+    for path in ("/worklist", "/api/studies"):
+        assert owner.get(path).status_code == 403, path
+
+    no_token = httpx.Client(base_url=world.api.url, cookies=owner.cookies, timeout=10)
+    for path in (f"/uploads/{case_id}/photos", f"/api/uploads/{case_id}/photos", "/upload"):
+        assert no_token.post(path, files={"file": ("d.png", data, "image/png")}).status_code == 403, path
+    assert len(client(world, "upload").get(f"/api/uploads/{case_id}").json()["images"]) == 3  # nothing added
