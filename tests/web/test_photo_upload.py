@@ -180,7 +180,7 @@ def test_png_and_jpeg_become_valid_dicom_studies_that_are_queued_at_once(
         (image_bytes(photo_pixels(8, 8), "PNG"), {"birth_date": "1975-13-45"}, "birth_date", "date"),
         (image_bytes(photo_pixels(8, 8), "PNG"), {"patient_id": ""}, "patient_id", "required"),
         (image_bytes(photo_pixels(8, 8), "PNG"), {"sex": "female"}, "sex", "M, F or O"),
-        (image_bytes(photo_pixels(8, 8), "PNG"), {"clinical_question": "x" * 80}, "clinical_question", "64"),
+        (image_bytes(photo_pixels(8, 8), "PNG"), {"clinical_question": "x" * 2001}, "clinical_question", "2000"),
         (image_bytes(photo_pixels(8, 8), "PNG"), {"recognizable_features": "maybe"}, "recognizable_features", "YES"),
     ],
 )
@@ -251,8 +251,10 @@ def test_upload_page_in_a_browser(api: ApiProcess, migrated_postgres_url: str, t
             page.wait_for_url("**/upload")
             page.set_input_files("#file", str(not_image))
             for name, value in FORM.items():
-                if name != "sex":
+                if name not in ("sex", "patient_name"):  # the page asks the name as ordinary fields
                     page.fill(f"#{name}", value)
+            page.fill("#family_name", "Rossi")
+            page.fill("#given_name", "Maria")
             page.select_option("#sex", "F")
             question = page.locator("#recognizable_features legend").inner_text()
             assert "face or other recognisable features" in question
@@ -270,6 +272,6 @@ def test_upload_page_in_a_browser(api: ApiProcess, migrated_postgres_url: str, t
         finally:
             browser.close()
     study_uid = db_rows(migrated_postgres_url, "SELECT study_uid FROM studies")[0][0]
-    assert "Stored as a new study" in notice and study_uid in notice
+    assert "1 photo received for Rossi, Maria" in notice and study_uid not in notice  # a confirmation, not a UID
     [stored] = stored_files(api)
     assert pydicom.dcmread(stored).RecognizableVisualFeatures == "NO"
