@@ -12,6 +12,10 @@ UV         := .uv/bin/uv
 EXTRAS     := --extra models --extra cpu --extra dev
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 export UV_PYTHON_DOWNLOADS    := never
+# The suite runs on this many processes (pytest-xdist), one test module at a time each: most tests wait on
+# real peers (api, listener, Orthanc, Chromium), so two processes share two cores well.  TEST_WORKERS=0 runs
+# it in one process.
+TEST_WORKERS ?= 2
 
 .PHONY: demo test lint bench lock system-deps venv clean
 
@@ -19,7 +23,7 @@ demo: system-deps venv
 	$(BIN)/pacs-vlm demo
 
 test: system-deps venv lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
 
 lint: venv
 	$(BIN)/ruff check .

@@ -16,8 +16,22 @@ from tests.support.services import Postgres, RedisServer, machine_redis, start_p
 #: Fixtures defined beside their peers: ``prior_pacs`` (Orthanc holding prior studies, one per session).
 pytest_plugins = ["tests.support.priors"]
 
-#: Redis database index the tests use on a shared server (flushed per test).
-TEST_REDIS_DB = int(os.environ.get("PACSVLM_TEST_REDIS_DB", "15"))
+#: Redis database indexes the tests use on a shared server (flushed per test), one per pytest-xdist worker
+#: (``gw0`` takes the first).  Modules with a database of their own use fixed ones outside this list (3-7, 13,
+#: 14), so two workers never flush each other's.  ``PACSVLM_TEST_REDIS_DB`` (``15`` or ``15,2``) overrides it.
+TEST_REDIS_DBS = tuple(int(db) for db in os.environ.get("PACSVLM_TEST_REDIS_DB", "15,12,11,10").split(","))
+
+
+def _worker_redis_db() -> int:
+    """The Redis database of this pytest process: by its xdist worker number (``gw1`` -> the second)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else 0
+    if index >= len(TEST_REDIS_DBS):
+        raise RuntimeError(f"no test Redis database for xdist worker {worker}: list more in PACSVLM_TEST_REDIS_DB")
+    return TEST_REDIS_DBS[index]
+
+
+TEST_REDIS_DB = _worker_redis_db()
 
 
 @pytest.fixture(autouse=True)

@@ -30,8 +30,8 @@ from integration.web.api.alerts import alerts_router
 from integration.web.api.audit import audit_router
 from integration.web.api.cases import cases_router
 from integration.web.api.claims import claims_router
-from integration.web.api.opinions import opinions_router
 from integration.web.api.manual_reports import manual_reports_router
+from integration.web.api.opinions import opinions_router
 from integration.web.api.orders import orders_router
 from integration.web.api.review import review_router
 from integration.web.api.studies import studies_router
@@ -94,8 +94,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(claims_router())
     app.include_router(review_router())
     app.include_router(opinions_router())
-    app.include_router(alerts_router())
     app.include_router(manual_reports_router())
+    app.include_router(alerts_router())
     app.include_router(audit_router())
     app.include_router(stow_router())
     app.include_router(dicomweb_read_router())

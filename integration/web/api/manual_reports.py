@@ -9,7 +9,9 @@ JSON (object-level 404 for other sites' studies):
 * ``POST /api/studies/{uid}/manual-report`` ``{"reason": str|null, "expected_seq": int|null}`` (radiologists
   only): 201 with the new report's id.  With a ``reason``, the study's live AI draft of record is rejected with
   it first ("Discard the draft and write by hand"); without one, 409 while the study has a live draft of record
-  or a signed report.  Audited ``report.manual_start`` (and ``report.reject``).
+  or a signed report, or while another radiologist holds a claim on the study.  A discarded draft is withdrawn
+  from every receiver that got it, as a rejected one is.  Audited ``report.manual_start`` (and
+  ``report.reject``).
 * ``POST /api/studies/{uid}/retry`` (administrators only): 201 with the new job's id; 409 when the study is not
   failed.  Audited ``study.retry``.
 
@@ -27,9 +29,11 @@ from fastapi.responses import RedirectResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from integration.config import Settings
+from integration.export.corrections import withdraw_reports
 from integration.queue import send_analyze_study
 from integration.reports.manual import ManualReportRefused, discard_and_write, start_manual_report
 from integration.reports.review import signer_of
+from integration.store.claims import StudyClaimed, check_claim
 from integration.store.jobs import mark_sent, record_job_error
 from integration.store.retries import RetryRefused, retry_failed_study
 from integration.store.reviews import ReviewConflict, ReviewError
@@ -102,6 +106,10 @@ def start_manual(
     reason = (body.reason or "").strip()
     with session_scope(settings.database_url) as session:
         study = study_for(session, user, study_uid)
+        try:
+            check_claim(session, study.id, user.id, now=utcnow())
+        except StudyClaimed as exc:
+            raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
         record = report_of_record(session, study.id)
         draft = session.get(Report, record) if record is not None else None
         discard = draft is not None and draft.status == ReportStatus.DRAFT and bool(reason)
@@ -128,6 +136,7 @@ def start_manual(
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
     except ReviewError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
+    withdraw_reports(settings, [draft_id], "rejected")  # every receiver of the discarded draft is told
     return ManualStarted(report_id=report_id, study_uid=study_uid, discarded_report_id=draft_id)
 
 
