@@ -24,8 +24,9 @@ from datetime import date, datetime
 
 from models.draft import clean
 
-#: Longest clinical question quoted in a prompt (it is untrusted text from the referrer).
-MAX_QUESTION_CHARS = 500
+#: Longest clinical question quoted in a prompt (it is untrusted text from the referrer): as long as the edge
+#: reads one (``integration.imaging.referral``; a telemedicine case may carry 2000 characters).
+MAX_QUESTION_CHARS = 2000
 #: Longest prior report quoted in a prompt (untrusted text: our signed report, an SR, a FHIR report).
 MAX_PRIOR_REPORT_CHARS = 2000
 #: Longest short text (a prior's date, modality or description, the patient's age or sex) in a prompt.

@@ -384,8 +384,11 @@ class Health(BaseModel):
 
 
 class StoredPhoto(BaseModel):
-    """The answer of ``POST /api/uploads/photo``: the new study's UIDs."""
+    """The answer of ``POST /api/uploads/photo``: the case, its study's UIDs and every stored photo's."""
 
+    case_id: int
     study_uid: str
     series_uid: str
+    #: The first photo's (one per photo in ``sop_instance_uids``).
     sop_instance_uid: str
+    sop_instance_uids: list[str]

@@ -51,13 +51,13 @@ def viewer_of(user: CurrentUser) -> Viewer:
 
 def _received_json(received: Received) -> dict[str, Any]:
     first = received.instances[0]
-    return {
-        "case_id": received.case_id,
-        "study_uid": first.study_uid,
-        "series_uid": first.series_uid,
-        "sop_instance_uid": first.sop_instance_uid,
-        "sop_instance_uids": [instance.sop_instance_uid for instance in received.instances],
-    }
+    return StoredPhoto(
+        case_id=received.case_id,
+        study_uid=first.study_uid,
+        series_uid=first.series_uid,
+        sop_instance_uid=first.sop_instance_uid,
+        sop_instance_uids=[instance.sop_instance_uid for instance in received.instances],
+    ).model_dump()
 
 
 def invalid_json(exc: PhotoInvalid) -> JSONResponse:
