@@ -2,9 +2,9 @@
 
 A case (:class:`~integration.store.reading_tables.UploadCase`) is one study of photos, opened by one uploader,
 with the clinical question kept whole.  Uploaders follow their cases here: each case's status (``received``
-until a draft exists, ``drafted`` while no report is signed, ``signed``), its photos, and, once signed, the
-signed versions' text.  The unsigned draft never reaches an uploader: only rows of ``report_revisions`` with
-status ``signed`` are returned.
+until a draft of the study's current version exists, ``drafted`` while no report is signed, ``signed``), its photos,
+and, once signed, the signed versions' text.  The unsigned draft never reaches an uploader: only rows of
+``report_revisions`` with status ``signed`` are returned.
 
 Who may see a case is decided in one place, :func:`visible_case`: its owner (on their own site) and
 administrators.  Another uploader's case, even on the same site, and another site's case look exactly like a
@@ -154,15 +154,19 @@ def visible_case(session: Session, case_id: int, viewer: Viewer) -> UploadCase |
 
 
 def case_status(session: Session, study_id: int) -> str:
-    """Say where a case stands: ``signed``, ``drafted`` (a primary report exists, none signed) or ``received``."""
-    statuses = set(
-        session.scalars(
-            select(Report.status).where(Report.study_id == study_id, Report.purpose == ReportPurpose.PRIMARY)
-        )
-    )
-    if ReportStatus.SIGNED in statuses:
+    """Say where a case stands: ``signed``, ``drafted`` (a primary report exists, none signed) or ``received``.
+
+    Only a report of the study's current version makes a case ``drafted``: photos added after the draft make a
+    new version, and until its draft exists the case is ``received`` again (the older draft does not cover them).
+    """
+    rows = session.execute(
+        select(Report.status, Report.study_version == Study.version)
+        .join(Study, Report.study_id == Study.id)
+        .where(Report.study_id == study_id, Report.purpose == ReportPurpose.PRIMARY)
+    ).all()
+    if any(status == ReportStatus.SIGNED for status, _ in rows):
         return SIGNED
-    return DRAFTED if statuses else RECEIVED
+    return DRAFTED if any(current for _, current in rows) else RECEIVED
 
 
 def _photo_count(session: Session, study_id: int) -> int:
