@@ -11,10 +11,11 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from integration.cli import console, fail, load_settings
+from integration.cli import fail, load_settings
 
 orders_app = typer.Typer(help="RIS orders received over HL7 and FHIR, with their history.", no_args_is_help=True)
 
@@ -62,7 +63,7 @@ def list_command(
                 Text(site or ""),
                 _when(order.updated_at),
             )
-    console.print(table)
+    Console().print(table)  # on stdout, as wide as the terminal (or COLUMNS) of this run
 
 
 @orders_app.command("show")
@@ -76,6 +77,7 @@ def show_command(
     from integration.store.session import session_scope
     from integration.store.tables import Site, Study
 
+    out = Console()
     settings = load_settings()
     with session_scope(settings.database_url) as session:
         orders = session.scalars(
@@ -106,7 +108,7 @@ def show_command(
                 ("site", site or "-"),
             ):
                 fields.add_row(label, Text(value))
-            console.print(fields)
+            out.print(fields)
             history = Table("received", "control", "source", "sender", "message", "outcome", "changed", "status")
             for event in session.scalars(
                 select(OrderEvent).where(OrderEvent.order_id == order.id).order_by(OrderEvent.id)
@@ -122,14 +124,14 @@ def show_command(
                     ", ".join(map(str, detail.get("changed", []))),
                     f"{detail.get('status_before', '')} -> {detail.get('status_after', '')}",
                 )
-            console.print(history)
+            out.print(history)
             studies = session.execute(
                 select(Study.study_uid, Study.state, Study.priority).where(Study.order_id == order.id)
             ).all()
             linked = ", ".join(f"{uid} ({state.value}, {priority})" for uid, state, priority in studies)
-            console.print(Text(f"linked studies: {linked or 'none'}"))
+            out.print(Text(f"linked studies: {linked or 'none'}"))
         flagged = session.scalars(
             select(Study.study_uid).where(Study.accession_number == accession.strip(), Study.order_problem.is_not(None))
         ).all()
         if flagged:
-            console.print(Text(f"studies with this accession number not linked (order problem): {', '.join(flagged)}"))
+            out.print(Text(f"studies with this accession number not linked (order problem): {', '.join(flagged)}"))

@@ -455,7 +455,7 @@ def test_hostile_text_reaches_every_page_escaped(scene: Scene) -> None:
     assert_escaped(south_page, SCRIPT_ESCAPED, TEMPLATE)
     again = uploader.post(
         "/upload",
-        data={**FORM, "csrf_token": upload_token, "patient_name": UPLOADED_NAME, "study_description": TEXTAREA},
+        data={**FORM, "csrf_token": upload_token, "family_name": UPLOADED_NAME, "study_description": TEXTAREA},
         files={"file": ("p.png", b"not an image", "image/png")},
     )
     assert again.status_code == 422, again.text[:300]

@@ -149,8 +149,8 @@ def test_review_in_a_browser(
         assert page.locator("a.thumb.highlight").count() >= 1
         assert "model image 2" in page.locator("#viewer-caption").inner_text()
 
-        # Edit finding 1 with the keyboard only: j (select), e (edit), replace the text, Ctrl+Enter (save).
-        page.keyboard.press("j")
+        # Edit finding 1 with the keyboard only: it is current from the start (a study opened to read puts the
+        # focus on its first finding), e (edit), replace the text, Ctrl+Enter (save).
         page.keyboard.press("e")
         assert page.evaluate("document.activeElement.id") == "text-0"
         page.keyboard.press("Control+A")

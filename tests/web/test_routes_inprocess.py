@@ -90,7 +90,8 @@ def test_sign_in_worklist_and_study_json(world: World, app: TestClient) -> None:
         *("study_uid", "state", "priority", "source", "version", "site", "patient_id", "patient_name"),
         *("patient_birth_date", "patient_sex", "accession_number", "study_date", "study_description"),
         *("order", "order_problem", "critical_reason"),
-        *("modalities", "series_count", "last_received_at", "report_id", "report_status", "modality_count"),
+        *("modalities", "series_count", "last_received_at", "report_id", "report_status"),
+        *("claimed_by", "claimed_by_name", "claim_expires_at", "modality_count"),
     ]
     assert (rows[0]["site"], rows[0]["report_id"], rows[0]["report_status"]) == ("NORTH", world.north_report, "draft")
     assert rows[0]["modalities"] == ["CT"] and rows[0]["modality_count"] == 1 and rows[0]["series_count"] == 1

@@ -37,6 +37,7 @@ from integration.store.cases import (
 from integration.store.reading_tables import UploadCase
 from integration.store.session import session_scope
 from integration.uids import is_valid_uid
+from integration.web.api.case_schemas import CaseList, CaseView, PhotosAdded
 from integration.web.api.photo_intake import receive_photos, stored_under
 from integration.web.api.upload import Uploader, invalid_json, viewer_of
 from integration.web.deps import CurrentUser, app_settings
@@ -114,15 +115,15 @@ def cases_router() -> APIRouter:
     router = APIRouter(tags=["uploads"])
     not_found: dict[int | str, dict[str, Any]] = {404: {"description": "no such case (or not yours)"}}
 
-    @router.get("/api/uploads", summary="My uploads")
-    def list_cases(request: Request, user: Uploader) -> JSONResponse:
+    @router.get("/api/uploads", summary="My uploads", response_model=CaseList)
+    def list_cases(request: Request, user: Uploader) -> dict[str, Any]:
         """The user's telemedicine cases, newest first, with their status."""
         with session_scope(app_settings(request).database_url) as session:
             rows = cases_of(session, viewer_of(user))
-        return JSONResponse({"cases": [case_json(row) for row in rows]})
+        return {"cases": [case_json(row) for row in rows]}
 
-    @router.get("/api/uploads/{case_id}", summary="A telemedicine case", responses=not_found)
-    def one_case(request: Request, user: Uploader, case_id: int) -> JSONResponse:
+    @router.get("/api/uploads/{case_id}", summary="A telemedicine case", responses=not_found, response_model=CaseView)
+    def one_case(request: Request, user: Uploader, case_id: int) -> dict[str, Any]:
         """A case: patient, question, photos, status and the signed report's text once signed."""
         details = _details(request, _case(request, user, case_id))
         answer = case_json(details["case"])
@@ -140,9 +141,14 @@ def cases_router() -> APIRouter:
             }
             for s in details["signed"]
         ]
-        return JSONResponse(answer)
+        return answer
 
-    @router.post("/api/uploads/{case_id}/photos", status_code=201, summary="Add photos", responses=not_found)
+    @router.post(
+        "/api/uploads/{case_id}/photos",
+        status_code=201,
+        summary="Add photos",
+        responses={**not_found, 201: {"model": PhotosAdded, "description": "the new photos' UIDs"}},
+    )
     async def add_photos_json(request: Request, user: Uploader, case_id: int) -> JSONResponse:
         """Add photos to a case: the same study, a new series."""
         case = _case(request, user, case_id)
@@ -151,7 +157,8 @@ def cases_router() -> APIRouter:
         except PhotoInvalid as exc:
             return invalid_json(exc)
         uids = [instance.sop_instance_uid for instance in received.instances]
-        return JSONResponse({"case_id": case_id, "sop_instance_uids": uids}, status_code=status.HTTP_201_CREATED)
+        added = PhotosAdded(case_id=case_id, sop_instance_uids=uids)
+        return JSONResponse(added.model_dump(), status_code=status.HTTP_201_CREATED)
 
     pages = APIRouter(route_class=PageRoute, tags=["upload page"])
 

@@ -182,9 +182,9 @@ class Review:
     def _decider(self, expected_seq: int | None, *, signing: bool) -> tuple[str, _Decision]:
         """Check the report and the role; return the signer's person name and what the decision records."""
         with session_scope(self.settings.database_url) as session:
-            self._check_visible(session)
             if signing:
-                require_signer(self.user)
+                require_signer(self.user)  # an administrator is told why, whoever is reading the study
+            self._check_visible(session)
             person_name, organization = signer_of(session, self.user.id)
         return person_name, _Decision(
             actor=self.user.username, organization=organization, source=self.source, expected_seq=expected_seq
