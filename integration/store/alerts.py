@@ -16,12 +16,12 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import Select, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from integration.store.alert_tables import AlertNotification, AlertState, CriticalAlert, NotificationState
 from integration.store.audit import add_event
 from integration.store.priority import settle_priority_of
+from integration.store.session import dialect_insert
 from integration.store.tables import Report, ReportStatus, Site, Study, utcnow
 
 _Query = TypeVar("_Query", bound=Select[*tuple[Any, ...]])
@@ -100,10 +100,6 @@ def reason_of(labels: Sequence[str]) -> str:
     return text if len(text) <= REASON_LENGTH else text[: REASON_LENGTH - 3] + "..."
 
 
-def _insert(session: Session) -> Any:
-    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-
-
 def open_alert(
     session: Session, study: Study, report_id: int, codes: Sequence[str], labels: Sequence[str], now: datetime
 ) -> int | None:
@@ -128,7 +124,7 @@ def open_alert(
         The new alert's id.
     """
     created = session.execute(
-        _insert(session)(CriticalAlert)
+        dialect_insert(session)(CriticalAlert)
         .values(
             report_id=report_id,
             study_id=study.id,
@@ -156,7 +152,7 @@ def add_notification(
 ) -> int | None:
     """Add the notification of one escalation level (pending, due now); None when that level has one already."""
     created = session.execute(
-        _insert(session)(AlertNotification)
+        dialect_insert(session)(AlertNotification)
         .values(
             alert_id=alert_id,
             contact=contact,

@@ -17,6 +17,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from integration.store.reading_tables import StudyClaim
+from integration.store.session import dialect_insert
 from integration.store.tables import User
 
 
@@ -118,15 +119,23 @@ def claim_study(
     StudyClaimed
         Another radiologist holds a live claim and ``take_over`` is false.
     """
-    row = session.scalar(select(StudyClaim).where(StudyClaim.study_id == study_id).with_for_update())
-    if row is not None and row.user_id != user_id and row.expires_at > now and not take_over:
+    # Two radiologists opening the same study at once: one inserts, the other waits on the row and reads it.
+    session.execute(
+        dialect_insert(session)(StudyClaim)
+        .values(study_id=study_id, user_id=user_id, claimed_at=now, expires_at=now)  # born expired
+        .on_conflict_do_nothing(index_elements=[StudyClaim.study_id])
+    )
+    row = session.scalars(
+        select(StudyClaim)
+        .where(StudyClaim.study_id == study_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).one()
+    if row.user_id != user_id and row.expires_at > now and not take_over:
         held = current_claim(session, study_id, now=now)
         if held is not None:
             raise StudyClaimed(held)
-    if row is None:
-        row = StudyClaim(study_id=study_id, user_id=user_id, claimed_at=now, expires_at=now)
-        session.add(row)
-    elif row.user_id != user_id or row.expires_at <= now:
+    if row.user_id != user_id or row.expires_at <= now:
         row.user_id, row.claimed_at = user_id, now
     row.expires_at = now + timedelta(minutes=minutes)
     session.flush()

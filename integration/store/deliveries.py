@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from integration.store.session import dialect_insert
 from integration.store.tables import (
     Delivery,
     DeliveryState,
@@ -113,7 +113,7 @@ def create_deliveries(
     pending (new or earlier), to send.
     """
     subject = subject_of(report_id, revision_id)
-    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    insert = dialect_insert(session)
     for item in planned:
         session.execute(
             insert(Delivery)
@@ -252,7 +252,7 @@ def plan_withdrawals(session: Session, report_ids: Iterable[int], now: datetime)
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
         query = query.with_for_update()
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    insert = dialect_insert(session)
     counts: dict[int, list[int]] = {}
     for delivery in session.scalars(query).all():
         count = counts.setdefault(delivery.report_id, [0, 0])

@@ -16,6 +16,13 @@ from sqlalchemy.orm import Session, sessionmaker
 T = TypeVar("T")
 
 
+def dialect_insert(session: Session) -> Any:
+    """Return the session's dialect's ``insert`` (PostgreSQL's or SQLite's): both offer ``on_conflict_do_nothing``."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")

@@ -6,6 +6,8 @@ The functions of :mod:`integration.store.claims` against a migrated PostgreSQL d
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import timedelta
 
 import pytest
@@ -77,3 +79,37 @@ def test_claims_renew_refuse_take_over_expire_and_release(migrated_postgres_url:
         assert current_claim(session, study, now=expired) is None
         claim_study(session, other_study, bob, minutes=1, now=expired)
         assert release_claim(session, other_study) is True  # without a user: whoever holds it (signing)
+
+
+def test_two_radiologists_opening_an_unclaimed_study_at_once_get_one_claim_and_one_refusal(
+    migrated_postgres_url: str,
+) -> None:
+    """Both insert the claim row at the same moment: the second waits on the first's row and is refused by name."""
+    url = migrated_postgres_url
+    ann, bob, study, _ = _rows(url)
+    now = utcnow()
+    barrier = threading.Barrier(2)
+    outcomes: dict[str, str] = {}
+
+    def open_study(user_id: int, name: str) -> None:
+        barrier.wait()
+        try:
+            with session_scope(url) as session:
+                claim_study(session, study, user_id, minutes=20, now=now)
+                time.sleep(0.3)  # hold the row while the other transaction arrives
+            outcomes[name] = "claimed"
+        except StudyClaimed as refused:
+            outcomes[name] = f"refused: {refused.claim.username}"
+
+    threads = [
+        threading.Thread(target=open_study, args=(ann, "ann")),
+        threading.Thread(target=open_study, args=(bob, "bob")),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert sorted(outcomes.values()) in (["claimed", "refused: ann"], ["claimed", "refused: bob"]), outcomes
+    with session_scope(url) as session:
+        holder = current_claim(session, study, now=now)
+    assert holder is not None and outcomes[holder.username] == "claimed"

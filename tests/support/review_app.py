@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pydicom
+import redis
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
 from integration.config import Settings
+from integration.store.migrate import upgrade
 from integration.store.reports import DraftRecord, record_draft
 from integration.store.session import session_scope
 from integration.store.tables import AnalysisJob, Study, utcnow
+from tests.support.services import Postgres, RedisServer
 from tests.web.conftest import ApiProcess, sign_in_form_token
 from tests.web.test_auth import COOKIE, PASSWORD, add_user, cli
 
@@ -105,6 +109,55 @@ def ingest_settings(url: str, redis_url: str, tmp_path: Path) -> Settings:
         fsync=False,
         calling_aes={"CT1": {"site": "NORTH"}, "MR1": {"site": "NORTH"}, "SOUTH1": {"site": "SOUTH"}},
     )
+
+
+@dataclass
+class ReviewWorld:
+    """A test module's review app: a migrated PostgreSQL database with the two sites and their users, a flushed
+    Redis database of the module's own, the listener's intake settings and, once started, a ``pacs-vlm api``."""
+
+    settings: Settings
+    folder: Path
+    api: ApiProcess | None = None
+
+    def start_api(self, **env: str) -> ApiProcess:
+        """Start the api on the world's database, broker and store, with extra ``PACSVLM_*`` settings."""
+        settings = self.settings
+        base = {
+            "PACSVLM_MIN_FREE_BYTES": "0",
+            "PACSVLM_DATABASE_URL": settings.database_url,
+            "PACSVLM_BROKER_URL": settings.broker_url,
+            "PACSVLM_STORAGE_DIR": str(settings.instance_root),
+        }
+        self.api = ApiProcess(self.folder / "api", {**base, **env}).start()
+        return self.api
+
+    def close(self) -> None:
+        """Stop the api and flush the module's Redis database."""
+        if self.api is not None:
+            self.api.stop()
+        redis.Redis.from_url(self.settings.broker_url).flushdb()
+
+
+def review_world(postgres: Postgres, redis_server: RedisServer, folder: Path, redis_db: int) -> ReviewWorld:
+    """A new review world in ``folder`` (see :class:`ReviewWorld`); the caller starts its api when the data is in."""
+    url = postgres.create_database()
+    upgrade(url)
+    broker = redis_server.url(redis_db)
+    redis.Redis.from_url(broker).flushdb()
+    sites_and_users(url)
+    return ReviewWorld(ingest_settings(url, broker, folder), folder)
+
+
+def signed_in_page(chromium: Any, api: ApiProcess, username: str, *, width: int = 1400) -> Any:
+    """A fresh browser context signed in as ``username`` through the sign-in form; returns its page."""
+    page = chromium.new_context(viewport={"width": width, "height": 1000}).new_page()
+    page.goto(api.url + "/login")
+    page.fill("#username", username)
+    page.fill("#password", PASSWORD)
+    with page.expect_navigation():
+        page.press("#password", "Enter")
+    return page
 
 
 def api_for(start_api: Callable[..., ApiProcess], settings: Settings) -> ApiProcess:

@@ -17,19 +17,16 @@ from typing import Any
 import httpx
 import pydicom
 import pytest
-import redis
 from sqlalchemy import select
 
 from integration.intake.assembly import StudyAssembler
 from integration.samples import pydicom_test_file
-from integration.store.migrate import upgrade
 from integration.store.reports import fail_job
 from integration.store.session import session_scope
 from integration.store.tables import AnalysisJob, JobState, Report, ReportRevision, Study, StudyState, utcnow
 from tests.support.instances import ingest
-from tests.support.review_app import copy_with_new_uids, ingest_settings, job_of, sign_in, sites_and_users
+from tests.support.review_app import copy_with_new_uids, job_of, review_world, sign_in
 from tests.support.services import Postgres, RedisServer
-from tests.web.conftest import ApiProcess
 from tests.web.test_signing_browser import Module, api_post, primary_draft, signed_in
 
 #: A Redis database of its own for the module's api and assembler.
@@ -39,25 +36,9 @@ LONG_WORD = "x" * 3000
 
 @pytest.fixture(scope="module")
 def world(postgres: Postgres, redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Module]:
-    url = postgres.create_database()
-    upgrade(url)
-    broker = redis_server.url(REDIS_DB)
-    redis.Redis.from_url(broker).flushdb()
-    tmp = tmp_path_factory.mktemp("manual")
-    settings = ingest_settings(url, broker, tmp)
-    sites_and_users(url)
-    api = ApiProcess(
-        tmp / "api",
-        {
-            "PACSVLM_MIN_FREE_BYTES": "0",
-            "PACSVLM_DATABASE_URL": url,
-            "PACSVLM_BROKER_URL": broker,
-            "PACSVLM_STORAGE_DIR": str(settings.instance_root),
-        },
-    ).start()
-    yield Module(settings, api)
-    api.stop()
-    redis.Redis.from_url(broker).flushdb()
+    review = review_world(postgres, redis_server, tmp_path_factory.mktemp("manual"), REDIS_DB)
+    yield Module(review.settings, review.start_api())
+    review.close()
 
 
 def a_study(world: Module, tmp: Path, ae: str = "MR1") -> pydicom.Dataset:

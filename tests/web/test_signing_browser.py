@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 import pydicom
 import pytest
-import redis
 from sqlalchemy import select
 
 from integration.config import Settings
@@ -30,17 +29,15 @@ from integration.intake.intake import intake_for
 from integration.intake.outcome import UPLOAD_AE, Origin
 from integration.intake.photo import PhotoDetails, photo_to_dicom
 from integration.samples import pydicom_test_file
-from integration.store.migrate import upgrade
 from integration.store.opinions import request_second_opinion
 from integration.store.reports import DraftRecord, record_draft
 from integration.store.reviews import working_copy
 from integration.store.session import session_scope
 from integration.store.tables import Report, ReportStatus, Site, Study, utcnow
 from tests.support.instances import ingest
-from tests.support.review_app import copy_with_new_uids, evidence_of, ingest_settings, job_of, sites_and_users
+from tests.support.review_app import copy_with_new_uids, evidence_of, job_of, review_world, signed_in_page
 from tests.support.services import Postgres, RedisServer
 from tests.web.conftest import ApiProcess
-from tests.web.test_auth import PASSWORD
 
 #: A Redis database of its own (the module's api and assembler share it; other tests flush theirs).
 REDIS_DB = 13
@@ -55,35 +52,14 @@ class Module:
 
 @pytest.fixture(scope="module")
 def world(postgres: Postgres, redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Module]:
-    url = postgres.create_database()
-    upgrade(url)
-    broker = redis_server.url(REDIS_DB)
-    redis.Redis.from_url(broker).flushdb()
-    tmp = tmp_path_factory.mktemp("signing")
-    settings = ingest_settings(url, broker, tmp)
-    sites_and_users(url)
-    api = ApiProcess(
-        tmp / "api",
-        {
-            "PACSVLM_MIN_FREE_BYTES": "0",
-            "PACSVLM_DATABASE_URL": url,
-            "PACSVLM_BROKER_URL": broker,
-            "PACSVLM_STORAGE_DIR": str(settings.instance_root),
-        },
-    ).start()
-    yield Module(settings, api)
-    api.stop()
-    redis.Redis.from_url(broker).flushdb()
+    review = review_world(postgres, redis_server, tmp_path_factory.mktemp("signing"), REDIS_DB)
+    yield Module(review.settings, review.start_api())
+    review.close()
 
 
 def signed_in(chromium: Any, world: Module, username: str) -> Any:
     """A fresh browser context signed in with the form; returns its page (on the worklist)."""
-    page = chromium.new_context(viewport={"width": 1400, "height": 1000}).new_page()
-    page.goto(world.api.url + "/login")
-    page.fill("#username", username)
-    page.fill("#password", PASSWORD)
-    with page.expect_navigation():
-        page.press("#password", "Enter")
+    page = signed_in_page(chromium, world.api, username)
     assert page.url.endswith("/worklist"), page.url
     return page
 

@@ -22,15 +22,13 @@ import httpx
 import numpy as np
 import pydicom
 import pytest
-import redis
 from PIL import Image
 
 from integration.config import Settings
 from integration.intake.assembly import StudyAssembler
-from integration.store.migrate import upgrade
 from integration.web.security.csrf import csrf_token_for_session
 from tests.support.records import db_rows
-from tests.support.review_app import draft, evidence_of, ingest_settings, sites_and_users
+from tests.support.review_app import draft, evidence_of, review_world, signed_in_page
 from tests.support.services import Postgres, RedisServer
 from tests.web.conftest import ApiProcess
 from tests.web.test_auth import COOKIE, PASSWORD, add_user
@@ -53,28 +51,12 @@ class Module:
 
 @pytest.fixture(scope="module")
 def world(postgres: Postgres, redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Module]:
-    url = postgres.create_database()
-    upgrade(url)
-    broker = redis_server.url(REDIS_DB)
-    redis.Redis.from_url(broker).flushdb()
-    tmp = tmp_path_factory.mktemp("cases")
-    settings = ingest_settings(url, broker, tmp)
-    sites_and_users(url)  # north_rad, boss (admin), upload (uploader, NORTH)
+    review = review_world(postgres, redis_server, tmp_path_factory.mktemp("cases"), REDIS_DB)
+    url = review.settings.database_url  # north_rad, boss (admin), upload (uploader, NORTH)
     add_user(url, "upload2", "uploader", "NORTH")
     add_user(url, "south_up", "uploader", "SOUTH")
-    api = ApiProcess(
-        tmp / "api",
-        {
-            "PACSVLM_MIN_FREE_BYTES": "0",
-            "PACSVLM_DATABASE_URL": url,
-            "PACSVLM_BROKER_URL": broker,
-            "PACSVLM_STORAGE_DIR": str(settings.instance_root),
-            "PACSVLM_UPLOAD_CASE_MAX_PHOTOS": str(MAX_PHOTOS),
-        },
-    ).start()
-    yield Module(settings, api)
-    api.stop()
-    redis.Redis.from_url(broker).flushdb()
+    yield Module(review.settings, review.start_api(PACSVLM_UPLOAD_CASE_MAX_PHOTOS=str(MAX_PHOTOS)))
+    review.close()
 
 
 def photo(tmp: Path, name: str, seed: int) -> Path:
@@ -98,13 +80,7 @@ def client(world: Module, username: str) -> httpx.Client:
 
 
 def browser_as(chromium: Any, world: Module, username: str) -> Any:
-    page = chromium.new_context(viewport={"width": 1300, "height": 1000}).new_page()
-    page.goto(world.api.url + "/login")
-    page.fill("#username", username)
-    page.fill("#password", PASSWORD)
-    with page.expect_navigation():
-        page.press("#password", "Enter")
-    return page
+    return signed_in_page(chromium, world.api, username, width=1300)
 
 
 def instances_of(world: Module, study_uid: str) -> list[pydicom.Dataset]:

@@ -23,13 +23,11 @@ from zoneinfo import ZoneInfo
 
 import pydicom
 import pytest
-import redis
 from sqlalchemy import delete, select, update
 
 from integration.config import Settings
 from integration.intake.assembly import StudyAssembler
 from integration.samples import pydicom_test_file
-from integration.store.migrate import upgrade
 from integration.store.reading_tables import StudyClaim
 from integration.store.session import session_scope
 from integration.store.tables import AuditEvent, Site, Study, StudyState, User, utcnow
@@ -39,13 +37,13 @@ from tests.support.review_app import (
     csrf_of,
     draft,
     evidence_of,
-    ingest_settings,
+    review_world,
     sign_in,
-    sites_and_users,
+    signed_in_page,
 )
 from tests.support.services import Postgres, RedisServer
 from tests.web.conftest import ApiProcess
-from tests.web.test_auth import PASSWORD, add_user
+from tests.web.test_auth import add_user
 
 #: The module's own Redis database (the api and the assembler share it).
 REDIS_DB = 7
@@ -101,13 +99,8 @@ def bulk_rows(url: str) -> None:
 
 @pytest.fixture(scope="module")
 def world(postgres: Postgres, redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Module]:
-    url = postgres.create_database()
-    upgrade(url)
-    broker = redis_server.url(REDIS_DB)
-    redis.Redis.from_url(broker).flushdb()
-    tmp = tmp_path_factory.mktemp("worklist")
-    settings = ingest_settings(url, broker, tmp)
-    sites_and_users(url)
+    review = review_world(postgres, redis_server, tmp_path_factory.mktemp("worklist"), REDIS_DB)
+    settings, tmp, url = review.settings, review.folder, review.settings.database_url
     add_user(url, "north_rad2", "radiologist", "NORTH")
     with session_scope(url) as session:
         session.execute(update(User).where(User.username == "north_rad").values(person_name="Lee^Ann"))
@@ -126,30 +119,14 @@ def world(postgres: Postgres, redis_server: RedisServer, tmp_path_factory: pytes
     expiring = drafted(settings, files, "MR1", PatientName="Poe^Edgar", PatientID="MRN-6000", StudyDescription="BRAIN")
     south = drafted(settings, files, "SOUTH1", PatientName="Doe^John", PatientID="S-1", StudyDescription="BRAIN")
     bulk_rows(url)
-    api = ApiProcess(
-        tmp / "api",
-        {
-            "PACSVLM_MIN_FREE_BYTES": "0",
-            "PACSVLM_DATABASE_URL": url,
-            "PACSVLM_BROKER_URL": broker,
-            "PACSVLM_STORAGE_DIR": str(settings.instance_root),
-            "PACSVLM_TIMEZONE": ZONE,
-            "PACSVLM_CLAIM_MINUTES": "30",
-        },
-    ).start()
+    api = review.start_api(PACSVLM_TIMEZONE=ZONE, PACSVLM_CLAIM_MINUTES="30")
     yield Module(settings, api, jane, read, expiring, south)
-    api.stop()
-    redis.Redis.from_url(broker).flushdb()
+    review.close()
 
 
 def signed_in(chromium: Any, world: Module, username: str) -> Any:
     """A fresh browser context signed in with the form; returns its page (on the worklist)."""
-    page = chromium.new_context(viewport={"width": 1400, "height": 1000}).new_page()
-    page.goto(world.api.url + "/login")
-    page.fill("#username", username)
-    page.fill("#password", PASSWORD)
-    with page.expect_navigation():
-        page.press("#password", "Enter")
+    page = signed_in_page(chromium, world.api, username)
     assert page.url.endswith("/worklist"), page.url
     return page
 
