@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,6 +159,19 @@ def signed_in_page(chromium: Any, api: ApiProcess, username: str, *, width: int 
     with page.expect_navigation():
         page.press("#password", "Enter")
     return page
+
+
+def wait_until_true(page: Any, expression: str, *, timeout: float = 30.0) -> None:
+    """Poll a JavaScript expression until it is true.
+
+    Playwright's ``wait_for_function`` polls by evaluating a string inside the page, which the pages' CSP
+    (``script-src 'self'``, no ``unsafe-eval``) refuses whenever the first check is false; ``page.evaluate``
+    goes through the debugger protocol, which CSP does not govern.
+    """
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(expression):
+        assert time.monotonic() < deadline, f"still false after {timeout} s: {expression}"
+        page.wait_for_timeout(100)
 
 
 def api_for(start_api: Callable[..., ApiProcess], settings: Settings) -> ApiProcess:

@@ -38,7 +38,7 @@ from integration.store.tables import (
     utcnow,
 )
 from tests.support.instances import ingest
-from tests.support.review_app import api_for, draft, evidence_of, ingest_settings, sites_and_users
+from tests.support.review_app import api_for, draft, evidence_of, ingest_settings, sites_and_users, wait_until_true
 from tests.web.conftest import CHROMIUM, ApiProcess
 from tests.web.test_auth import PASSWORD
 
@@ -140,7 +140,7 @@ def test_review_in_a_browser(
         assert page.evaluate("window.__pwned") is None
 
         # Images: those shown load; ] moves the viewer to the next image the model saw; a citation shows image 2.
-        page.wait_for_function("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
+        wait_until_true(page, "Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
         viewer = page.locator("#viewer-image")
         before = viewer.get_attribute("src")
         page.keyboard.press("]")
