@@ -265,6 +265,9 @@ class Settings(BaseSettings):
     #: Longest clinical question a telemedicine case may carry (characters; kept whole in the database and in
     #: a long-text DICOM attribute, and cut to 64 only in the LO element modalities read).
     upload_question_chars: Annotated[int, Field(ge=64, le=10_000)] = 2000
+    # ---- issue 20: retention and the store check ----
+    # ---- issue 20: failed work ----
+    # ---- issue 20: metrics ----
 
     @field_validator("timezone")
     @classmethod
