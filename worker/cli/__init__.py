@@ -9,6 +9,7 @@ from integration.cli.api import api
 from integration.cli.audit import audit_app
 from integration.cli.database import db_app
 from integration.cli.deliveries import deliveries_app
+from integration.cli.jobs import jobs_app
 from integration.cli.listen import listen
 from integration.cli.orders import orders_app
 from integration.cli.reports import report_app
@@ -27,6 +28,7 @@ app.command("listen")(listen)
 app.command("api")(api)
 app.add_typer(db_app, name="db")
 app.add_typer(studies_app, name="studies")
+app.add_typer(jobs_app, name="jobs")
 app.add_typer(report_app, name="report")
 app.add_typer(deliveries_app, name="deliveries")
 app.add_typer(alerts_app, name="alerts")

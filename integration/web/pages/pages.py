@@ -29,6 +29,7 @@ from integration.store.tables import UserRole
 from integration.web.api.claims import claim_page_router
 from integration.web.api.images import images_router
 from integration.web.deps import CurrentUser, current_user
+from integration.web.pages.admin_work import admin_work_router
 from integration.web.pages.reading import reading_router
 from integration.web.pages.study_page import study_page_router
 from integration.web.pages.templating import STATIC_DIR, PageRoute, local_path, render, sign_in_redirect
@@ -145,6 +146,7 @@ def pages_router() -> APIRouter:
     router.include_router(study_page_router())
     router.include_router(claim_page_router())
     router.include_router(images_router())
+    router.include_router(admin_work_router())
     return router
 
 

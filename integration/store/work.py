@@ -1,0 +1,264 @@
+"""Failed work, as an administrator looks for it: studies and jobs by state, and a failed study re-analysed.
+
+Why: a study whose analysis failed waits in ``failed`` until someone acts, and a job error or a dead-letter
+delivery is found only by reading tables.  These queries feed ``pacs-vlm studies list --state``, ``pacs-vlm
+jobs list`` and the ``/admin/work`` page; the filters are the same everywhere (state, site code, since a
+date, a row limit).  Priors fetched for comparison are never listed: they are never analysed.
+
+Re-analysing a *failed* study with a chosen model or prompt (:func:`reanalyze_failed_study`) queues its
+*primary* analysis again with that choice: the draft it makes is the study's report of record, as a retry's
+would be.  A study that is not failed is re-analysed as a second opinion instead
+(:func:`integration.store.opinions.request_second_opinion`), beside the draft a radiologist may be reading.
+Functions never commit; listed rows hold no patient data (UIDs, site codes, job errors, which are written
+without it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from integration.store.audit import add_event
+from integration.store.opinions import STAT
+from integration.store.retries import RetryRefused, failure_of
+from integration.store.tables import (
+    ROLE_CURRENT,
+    ROLE_PRIOR,
+    AnalysisJob,
+    JobState,
+    Site,
+    Study,
+    StudyState,
+)
+
+
+@dataclass(frozen=True)
+class WorkFilter:
+    """What to list: a site (its code), rows changed since a time (aware), at most ``limit`` rows."""
+
+    site_code: str | None = None
+    since: datetime | None = None
+    limit: int = 50
+
+
+@dataclass(frozen=True)
+class FailedStudy:
+    """A failed study: why, when, after how many attempts, and with which model and prompt."""
+
+    study_uid: str
+    site: str | None
+    version: int
+    priority: str
+    reason: str
+    failed_at: datetime | None
+    attempts: int
+    job_id: int
+    model: str | None
+    prompt: str | None
+
+
+@dataclass(frozen=True)
+class JobRow:
+    """One analysis job and its study."""
+
+    job_id: int
+    study_uid: str
+    site: str | None
+    study_version: int
+    state: str
+    purpose: str
+    model: str | None
+    prompt: str | None
+    priority: str
+    queue: str
+    attempts: int
+    created_at: datetime
+    finished_at: datetime | None
+    error: str | None
+
+
+def study_uids(session: Session, state: StudyState | None, where: WorkFilter) -> list[str]:
+    """Return the UIDs of current studies in ``state`` (any state: None), newest received first.
+
+    ``where.since`` keeps the studies received last at or after it.
+    """
+    query = (
+        select(Study.study_uid)
+        .outerjoin(Site, Study.site_id == Site.id)
+        .where(Study.role == ROLE_CURRENT)
+        .order_by(Study.last_received_at.desc())
+        .limit(where.limit)
+    )
+    if state is not None:
+        query = query.where(Study.state == state)
+    if where.since is not None:
+        query = query.where(Study.last_received_at >= where.since)
+    if where.site_code is not None:
+        query = query.where(Site.code == where.site_code)
+    return [str(uid) for uid in session.scalars(query)]
+
+
+def failed_studies(session: Session, where: WorkFilter) -> list[FailedStudy]:
+    """Return failed studies, the most recently failed first, each with its newest job's failure.
+
+    ``where.since`` keeps the studies that changed (failed) at or after it.
+    """
+    query = (
+        select(Study, Site.code)
+        .outerjoin(Site, Study.site_id == Site.id)
+        .where(Study.role == ROLE_CURRENT, Study.state == StudyState.FAILED)
+        .order_by(Study.updated_at.desc(), Study.id.desc())
+        .limit(where.limit)
+    )
+    if where.since is not None:
+        query = query.where(Study.updated_at >= where.since)
+    if where.site_code is not None:
+        query = query.where(Site.code == where.site_code)
+    rows: list[FailedStudy] = []
+    for study, site in session.execute(query):
+        failure = failure_of(session, study)
+        job = session.get(AnalysisJob, failure.job_id) if failure else None
+        rows.append(
+            FailedStudy(
+                study_uid=study.study_uid,
+                site=site,
+                version=study.version,
+                priority=study.priority,
+                reason=failure.reason if failure else "no failed job (the study was marked failed)",
+                failed_at=failure.failed_at if failure else study.updated_at,
+                attempts=failure.attempts if failure else 0,
+                job_id=failure.job_id if failure else 0,
+                model=job.model_name if job else None,
+                prompt=job.prompt_name if job else None,
+            )
+        )
+    return rows
+
+
+def list_jobs(session: Session, state: JobState | None, where: WorkFilter) -> list[JobRow]:
+    """Return analysis jobs in ``state`` (any: None), newest first; ``where.since`` keeps jobs created since."""
+    query = (
+        select(AnalysisJob, Study.study_uid, Site.code)
+        .join(Study, AnalysisJob.study_id == Study.id)
+        .outerjoin(Site, Study.site_id == Site.id)
+        .order_by(AnalysisJob.id.desc())
+        .limit(where.limit)
+    )
+    if state is not None:
+        query = query.where(AnalysisJob.state == state)
+    if where.since is not None:
+        query = query.where(AnalysisJob.created_at >= where.since)
+    if where.site_code is not None:
+        query = query.where(Site.code == where.site_code)
+    return [
+        JobRow(
+            job_id=int(job.id),
+            study_uid=uid,
+            site=site,
+            study_version=job.study_version,
+            state=job.state.value,
+            purpose=job.purpose,
+            model=job.model_name,
+            prompt=job.prompt_name,
+            priority=job.priority,
+            queue=job.queue,
+            attempts=job.attempts,
+            created_at=job.created_at,
+            finished_at=job.finished_at,
+            error=job.last_error,
+        )
+        for job, uid, site in session.execute(query)
+    ]
+
+
+def reanalyze_failed_study(
+    session: Session,
+    study: Study,
+    *,
+    model_name: str | None,
+    prompt_name: str | None,
+    stat: bool,
+    actor: str,
+    now: datetime,
+    queue: str,
+    stat_queue: str,
+    source: str | None = None,
+) -> int:
+    """Queue the failed study's primary analysis again with a chosen model and prompt; return the job id (flushed).
+
+    The study goes back to ``stable`` as after :func:`integration.store.retries.retry_failed_study`; the
+    caller commits, then sends the message.  Audited ``study.reanalyze`` with the model and prompt.
+
+    Parameters
+    ----------
+    session : sqlalchemy.orm.Session
+        Open session.
+    study : Study
+        The failed study.
+    model_name, prompt_name : str or None
+        A configured model and a prompt template (checked by the caller); None: the defaults.
+    stat : bool
+        Stat priority: the stat queue, and the study marked stat (a stat study stays stat).
+    actor : str
+        Who asked (a username, ``cli:<user>``).
+    now : datetime
+        Current time (aware, UTC).
+    queue, stat_queue : str
+        The analysis queue and the stat queue.
+    source : str, optional
+        Where from (``host:port``, ``cli``).
+
+    Returns
+    -------
+    int
+        The new job's id.
+
+    Raises
+    ------
+    RetryRefused
+        The study is not failed, or is a prior.
+    """
+    if session.get_bind().dialect.name == "postgresql":  # one request at a time per study: no twin jobs
+        session.refresh(study, with_for_update=True)
+    if study.role == ROLE_PRIOR:
+        raise RetryRefused("a prior study is not analysed: it is shown beside the study it was fetched for")
+    if study.state != StudyState.FAILED:
+        raise RetryRefused(f"the study is {study.state.value}, not failed: there is nothing to retry")
+    failure = failure_of(session, study)
+    stat = stat or study.priority == STAT
+    job = AnalysisJob(
+        study_id=study.id,
+        study_version=study.version,
+        queue=stat_queue if stat else queue,
+        priority=STAT if stat else "routine",
+        model_name=model_name,
+        prompt_name=prompt_name,
+        requested_by=actor[:64],
+        created_at=now,
+    )
+    session.add(job)
+    if stat:
+        study.priority = STAT
+    study.state = StudyState.STABLE
+    study.updated_at = now
+    session.flush()
+    add_event(
+        session,
+        actor=actor,
+        action="study.reanalyze",
+        object_type="study",
+        object_id=study.study_uid,
+        source=source,
+        detail={
+            "job_id": int(job.id),
+            "failed_job_id": failure.job_id if failure else None,
+            "model": model_name,
+            "prompt": prompt_name,
+            "priority": job.priority,
+            "study_version": study.version,
+        },
+    )
+    return int(job.id)
