@@ -21,6 +21,7 @@ from integration.destinations import Destination, unique_names
 from integration.imaging.routing import RoutingRule
 from integration.order_senders import OrderSender, check_sender_keys
 from integration.prior_sources import PriorSource, unique_source_names
+from integration.retention_settings import RetentionPolicy, unique_policies
 from integration.safety_settings import AlertContact, CriticalCategory, unique_category_codes, unique_contact_names
 from integration.viewer_links import ViewerLink
 
@@ -266,6 +267,17 @@ class Settings(BaseSettings):
     #: a long-text DICOM attribute, and cut to 64 only in the LO element modalities read).
     upload_question_chars: Annotated[int, Field(ge=64, le=10_000)] = 2000
     # ---- issue 20: retention and the store check ----
+    #: Retention policies (see integration/retention_settings.py); empty: everything is kept forever.
+    retention: list[RetentionPolicy] = Field(default_factory=list)
+    #: ``pacs-vlm store check --repair`` removes a file without a row only when it is older than this (a file
+    #: being written right now has no row yet).
+    store_check_grace_seconds: Annotated[float, Field(ge=60)] = 3600.0
+
+    @field_validator("retention")
+    @classmethod
+    def _one_policy_per_site_and_source(cls, value: list[RetentionPolicy]) -> list[RetentionPolicy]:
+        return unique_policies(value)
+
     # ---- issue 20: failed work ----
     # ---- issue 20: metrics ----
 

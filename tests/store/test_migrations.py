@@ -16,6 +16,7 @@ from integration.store.tables import Base
 
 TABLES = {
     "studies",
+    "study_purges",
     "series",
     "instances",
     "analysis_jobs",
@@ -112,6 +113,7 @@ def test_check_constraints_and_indexes_match_the_tables(database_url: str) -> No
             "ck_critical_alerts_alert_state",
             "ck_alert_notifications_notification_state",
             "ck_report_objects_report_object_kind",
+            "ck_study_purges_purge_scope",
         }
         with engine.connect() as connection, pytest.raises(IntegrityError):
             connection.execute(

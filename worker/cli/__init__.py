@@ -12,7 +12,9 @@ from integration.cli.deliveries import deliveries_app
 from integration.cli.jobs import jobs_app
 from integration.cli.listen import listen
 from integration.cli.orders import orders_app
+from integration.cli.purge import purge_command
 from integration.cli.reports import report_app
+from integration.cli.store import store_app
 from integration.cli.studies import studies_app
 from integration.cli.users import sites_app, users_app
 from worker.cli.evaluation import eval_app
@@ -36,6 +38,8 @@ app.add_typer(orders_app, name="orders")
 app.add_typer(sites_app, name="sites")
 app.add_typer(users_app, name="users")
 app.add_typer(audit_app, name="audit")
+app.add_typer(store_app, name="store")
+app.command("purge")(purge_command)
 app.add_typer(models_app, name="models")
 app.add_typer(eval_app, name="eval")
 
