@@ -10,7 +10,8 @@ Review quality per model and site comes from ``review_outcomes`` (one row per si
 ``pacsvlm_review_outcomes``, ``pacsvlm_review_findings`` (sums, which Prometheus can aggregate),
 ``pacsvlm_finding_acceptance_ratio`` and ``pacsvlm_signed_text_similarity_mean``.  The safety net's metrics
 (acceptance by confidence band, consistency checks, critical matches, decoding paths) are collected beside
-these by :mod:`integration.web.ops.safety_metrics`.
+these by :mod:`integration.web.ops.safety_metrics`, the stage latencies and the alerting gauges by
+:mod:`integration.web.ops.stage_metrics`.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from integration.store.tables import (
 from integration.web.ops.alert_metrics import alert_metrics
 from integration.web.ops.health import describe_error, ping_broker, start_in_thread
 from integration.web.ops.safety_metrics import SafetyCollector
+from integration.web.ops.stage_metrics import StageCollector
 
 logger = logging.getLogger(__name__)
 
@@ -368,6 +370,7 @@ def metrics_registry(settings: Settings) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(OperationsCollector(settings))
     registry.register(SafetyCollector(settings))
+    registry.register(StageCollector(settings))
     ProcessCollector(registry=registry)
     return registry
 
