@@ -36,3 +36,13 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     """Print an error line (what went wrong and what to do) and return the ``typer.Exit`` to raise."""
     console.print(f"[red]error:[/red] {message}")
     return typer.Exit(code)
+
+
+def operator() -> str:
+    """The audit actor of a command-line action: ``cli:<operating-system user>``."""
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"[:128]
+    except (KeyError, OSError):  # no passwd entry (containers) and no LOGNAME/USER
+        return "cli"

@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from integration.cli import console, fail, load_settings
+from integration.cli import console, fail, load_settings, operator
 
 deliveries_app = typer.Typer(help="Deliveries of report documents to their destinations.", no_args_is_help=True)
 
@@ -48,10 +48,11 @@ def retry_command(
     delivery_ids: Annotated[list[int] | None, typer.Argument(help="Delivery ids; omit with --dead-letters.")] = None,
     dead_letters: Annotated[bool, typer.Option("--dead-letters", help="Retry every dead-letter delivery.")] = False,
 ) -> None:
-    """Make deliveries pending again with fresh attempts and send them."""
+    """Make deliveries pending again with fresh attempts and send them (each audited ``delivery.retry``)."""
     from kombu.exceptions import OperationalError
 
     from integration.queue import send_deliver
+    from integration.store.audit import add_event
     from integration.store.deliveries import retry_deliveries
     from integration.store.session import session_scope
     from integration.store.tables import utcnow
@@ -61,6 +62,15 @@ def retry_command(
     settings = load_settings()
     with session_scope(settings.database_url) as session:
         ids = retry_deliveries(session, None if dead_letters and not delivery_ids else delivery_ids, utcnow())
+        for delivery_id in ids:  # audited like the operations page's retry
+            add_event(
+                session,
+                actor=operator(),
+                action="delivery.retry",
+                object_type="delivery",
+                object_id=str(delivery_id),
+                source="cli",
+            )
     try:
         for delivery_id in ids:
             send_deliver(settings, delivery_id)

@@ -1,6 +1,6 @@
 """``pacs-vlm jobs``: analysis jobs by state, to find failed work without reading tables.
 
-Also what the studies commands share with it: the ``--since`` date and the operator named in audit events.
+Also what the studies commands share with it: the ``--since`` date.
 """
 
 from __future__ import annotations
@@ -26,16 +26,6 @@ SinceOption = Annotated[
 ]
 #: The ``--site`` option of the list commands.
 SiteOption = Annotated[str | None, typer.Option(help="Only this site (its code).")]
-
-
-def operator() -> str:
-    """The audit actor of a command-line action: ``cli:<operating-system user>``."""
-    import getpass
-
-    try:
-        return f"cli:{getpass.getuser()}"[:128]
-    except (KeyError, OSError):  # no passwd entry (containers) and no LOGNAME/USER
-        return "cli"
 
 
 def parse_since(settings: Settings, value: str | None) -> datetime | None:

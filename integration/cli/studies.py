@@ -15,8 +15,8 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from integration.cli import fail, load_settings
-from integration.cli.jobs import SinceOption, SiteOption, operator, parse_since, shown
+from integration.cli import fail, load_settings, operator
+from integration.cli.jobs import SinceOption, SiteOption, parse_since, shown
 
 studies_app = typer.Typer(help="Studies received and their states.", no_args_is_help=True)
 

@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from integration.cli import console, fail, load_settings
+from integration.cli import console, fail, load_settings, operator
 from integration.store.tables import UserRole
 
 sites_app = typer.Typer(help="Hospital sites (radiologists see only their site's studies).", no_args_is_help=True)
@@ -122,16 +122,6 @@ def users_list() -> None:
     Console().print(table)
 
 
-def _operator() -> str:
-    """The audit actor of a command-line change: ``cli:<operating-system user>``."""
-    import getpass
-
-    try:
-        return f"cli:{getpass.getuser()}"[:128]
-    except (KeyError, OSError):  # no passwd entry (containers) and no LOGNAME/USER
-        return "cli"
-
-
 def _set_active(username: str, active: bool) -> None:
     """Deactivate or activate a user, with a clear error for unknown users or an unusable database."""
     from sqlalchemy.exc import SQLAlchemyError
@@ -143,7 +133,7 @@ def _set_active(username: str, active: bool) -> None:
     change = deactivate_user if not active else activate_user
     try:
         with session_scope(settings.database_url) as session:
-            change(session, username, actor=_operator())
+            change(session, username, actor=operator())
     except UserError as exc:
         raise fail(escape(str(exc)), 2) from None
     except SQLAlchemyError as exc:

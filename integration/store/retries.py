@@ -72,8 +72,14 @@ def retry_failed_study(
     queue: str,
     stat_queue: str | None = None,
     source: str | None = None,
+    model_name: str | None = None,
+    prompt_name: str | None = None,
+    stat: bool = False,
 ) -> int:
     """Queue a new analysis job for a failed study and move it back to ``stable``; return the job id (flushed).
+
+    With ``model_name`` or ``prompt_name`` (or ``stat``) it is a re-analysis at that choice, audited
+    ``study.reanalyze`` with it; otherwise a retry as configured, audited ``study.retry``.
 
     Parameters
     ----------
@@ -90,7 +96,11 @@ def retry_failed_study(
     stat_queue : str, optional
         The queue of stat studies' jobs (None: ``queue``).
     source : str, optional
-        Where from (``host:port``).
+        Where from (``host:port``, ``cli``).
+    model_name, prompt_name : str, optional
+        A configured model and prompt template (checked by the caller); None: the defaults.
+    stat : bool
+        Stat priority: the stat queue, and the study marked stat (a stat study stays stat in any case).
 
     Returns
     -------
@@ -109,29 +119,38 @@ def retry_failed_study(
     if study.state != StudyState.FAILED:
         raise RetryRefused(f"the study is {study.state.value}, not failed: there is nothing to retry")
     failure = failure_of(session, study)
-    stat = study.priority == _STAT
+    chosen = model_name is not None or prompt_name is not None or stat
+    stat = stat or study.priority == _STAT
     job = AnalysisJob(
         study_id=study.id,
         study_version=study.version,
         queue=(stat_queue or queue) if stat else queue,
         priority=_STAT if stat else "routine",
+        model_name=model_name,
+        prompt_name=prompt_name,
+        requested_by=actor[:64] if chosen else None,
         created_at=now,
     )
     session.add(job)
+    if stat:
+        study.priority = _STAT
     study.state = StudyState.STABLE
     study.updated_at = now
     session.flush()
+    detail: dict[str, object] = {
+        "job_id": int(job.id),
+        "failed_job_id": failure.job_id if failure else None,
+        "study_version": study.version,
+    }
+    if chosen:
+        detail.update(model=model_name, prompt=prompt_name, priority=job.priority)
     add_event(
         session,
         actor=actor,
-        action="study.retry",
+        action="study.reanalyze" if chosen else "study.retry",
         object_type="study",
         object_id=study.study_uid,
         source=source,
-        detail={
-            "job_id": int(job.id),
-            "failed_job_id": failure.job_id if failure else None,
-            "study_version": study.version,
-        },
+        detail=detail,
     )
     return int(job.id)

@@ -21,12 +21,9 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from integration.store.audit import add_event
-from integration.store.opinions import STAT
-from integration.store.retries import RetryRefused, failure_of
+from integration.store.retries import failure_of, retry_failed_study
 from integration.store.tables import (
     ROLE_CURRENT,
-    ROLE_PRIOR,
     AnalysisJob,
     JobState,
     Site,
@@ -221,44 +218,15 @@ def reanalyze_failed_study(
     RetryRefused
         The study is not failed, or is a prior.
     """
-    if session.get_bind().dialect.name == "postgresql":  # one request at a time per study: no twin jobs
-        session.refresh(study, with_for_update=True)
-    if study.role == ROLE_PRIOR:
-        raise RetryRefused("a prior study is not analysed: it is shown beside the study it was fetched for")
-    if study.state != StudyState.FAILED:
-        raise RetryRefused(f"the study is {study.state.value}, not failed: there is nothing to retry")
-    failure = failure_of(session, study)
-    stat = stat or study.priority == STAT
-    job = AnalysisJob(
-        study_id=study.id,
-        study_version=study.version,
-        queue=stat_queue if stat else queue,
-        priority=STAT if stat else "routine",
+    return retry_failed_study(
+        session,
+        study,
+        actor=actor,
+        now=now,
+        queue=queue,
+        stat_queue=stat_queue,
+        source=source,
         model_name=model_name,
         prompt_name=prompt_name,
-        requested_by=actor[:64],
-        created_at=now,
+        stat=stat,
     )
-    session.add(job)
-    if stat:
-        study.priority = STAT
-    study.state = StudyState.STABLE
-    study.updated_at = now
-    session.flush()
-    add_event(
-        session,
-        actor=actor,
-        action="study.reanalyze",
-        object_type="study",
-        object_id=study.study_uid,
-        source=source,
-        detail={
-            "job_id": int(job.id),
-            "failed_job_id": failure.job_id if failure else None,
-            "model": model_name,
-            "prompt": prompt_name,
-            "priority": job.priority,
-            "study_version": study.version,
-        },
-    )
-    return int(job.id)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from sqlalchemy import select
 
 from integration.config import Settings
 from integration.destinations import Destination
@@ -30,7 +31,16 @@ from integration.reports.sr_measurement import read_measurement_report
 from integration.samples import pydicom_test_file
 from integration.store.reports import ClaimedJob, DraftRecord, claim_job, record_draft
 from integration.store.session import session_scope
-from integration.store.tables import AnalysisJob, Instance, JobState, Series, Study, StudyState, utcnow
+from integration.store.tables import (
+    AnalysisJob,
+    AuditEvent,
+    Instance,
+    JobState,
+    Series,
+    Study,
+    StudyState,
+    utcnow,
+)
 from tests.support.orthanc import DICOMWEB_PLUGIN, OrthancServer
 from tests.support.peers import WorkerProcess, wait_until
 from tests.support.records import db_rows
@@ -249,6 +259,9 @@ def test_a_destination_down_goes_dead_letter_and_a_retry_delivers_once_it_is_bac
             message=f"delivered after retry: {states(migrated_postgres_url)}",
         )
         assert server.get("/statistics")["CountInstances"] == 1
+    with session_scope(migrated_postgres_url) as session:  # the operator's retry is audited, one event a delivery
+        retried = session.scalars(select(AuditEvent.actor).where(AuditEvent.action == "delivery.retry")).all()
+    assert len(retried) == 1 and retried[0].startswith("cli")
 
 
 def test_sending_the_same_sr_twice_leaves_one_instance(
