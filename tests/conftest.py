@@ -45,6 +45,16 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     install_settings(None)
 
 
+@pytest.fixture(autouse=True)
+def close_database_pools() -> Iterator[None]:
+    """After each test, this process's pooled database connections are closed: two test processes with their
+    api, listener and worker children stay well below PostgreSQL's ``max_connections`` (100 by default)."""
+    from integration.store.session import dispose_engines
+
+    yield
+    dispose_engines()
+
+
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[Postgres]:
     server = start_postgres()

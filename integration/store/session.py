@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -32,9 +34,38 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-@lru_cache(maxsize=8)
+#: Engines by URL, newest use last; at most :data:`_MOST_ENGINES`, the least recently used disposed beyond that.
+_engines: OrderedDict[str, Engine] = OrderedDict()
+_engines_lock = threading.Lock()
+_MOST_ENGINES = 8
+
+
 def engine_for(url: str) -> Engine:
-    """Return the (cached) engine for a database URL.
+    """Return the (cached) engine for a database URL (an engine pushed out of the cache closes its pool)."""
+    with _engines_lock:
+        engine = _engines.get(url)
+        if engine is not None:
+            _engines.move_to_end(url)
+            return engine
+        engine = _engines[url] = _create_engine(url)
+        if len(_engines) > _MOST_ENGINES:
+            _, oldest = _engines.popitem(last=False)
+            oldest.dispose()
+        return engine
+
+
+def dispose_engines() -> None:
+    """Close every cached engine's pooled connections and forget the engines (a test's databases, once done)."""
+    with _engines_lock:
+        engines = list(_engines.values())
+        _engines.clear()
+        _factory.cache_clear()
+    for engine in engines:
+        engine.dispose()
+
+
+def _create_engine(url: str) -> Engine:
+    """Build the engine for a database URL.
 
     SQLite files get WAL with ``synchronous=FULL`` so a commit is durable.
     Connections are not pinged before use (a round trip per checkout is too
