@@ -280,6 +280,10 @@ class Settings(BaseSettings):
 
     # ---- issue 20: failed work ----
     # ---- issue 20: metrics ----
+    # ---- issue 20: configuration in the database (live reload) ----
+    # ---- issue 20: shadow mode ----
+    # ---- issue 20: single sign-on and sessions ----
+    # ---- issue 20: disk pressure ----
 
     @field_validator("timezone")
     @classmethod

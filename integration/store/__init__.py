@@ -4,6 +4,7 @@
 # alerts, the report objects viewers read, and the reading day's claims and upload cases live in modules of
 # their own (``tables`` is long enough), and ``studies.order_id`` refers to ``orders``.
 from integration.store import alert_tables as alert_tables
+from integration.store import config_tables as config_tables
 from integration.store import order_tables as order_tables
 from integration.store import reading_tables as reading_tables
 from integration.store import retention_tables as retention_tables

@@ -17,6 +17,9 @@ from integration.store.tables import Base
 TABLES = {
     "studies",
     "study_purges",
+    "config_entries",
+    "config_generation",
+    "prompt_templates",
     "series",
     "instances",
     "analysis_jobs",
@@ -114,6 +117,7 @@ def test_check_constraints_and_indexes_match_the_tables(database_url: str) -> No
             "ck_alert_notifications_notification_state",
             "ck_report_objects_report_object_kind",
             "ck_study_purges_purge_scope",
+            "ck_config_entries_config_kind",
         }
         with engine.connect() as connection, pytest.raises(IntegrityError):
             connection.execute(
