@@ -272,7 +272,7 @@ def database_metrics(connection: Connection) -> list[Metric]:
         _rejections(connection),
         *_review_outcomes(connection),
         _by_label(connection, Delivery.state, DeliveryState, "pacsvlm_deliveries", "Deliveries by state", "state"),
-        *alert_metrics(connection, dialect),
+        *alert_metrics(connection),
     ]
 
 
