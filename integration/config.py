@@ -281,6 +281,9 @@ class Settings(BaseSettings):
     # ---- issue 20: failed work ----
     # ---- issue 20: metrics ----
     # ---- issue 20: configuration in the database (live reload) ----
+    #: Seconds between a process's checks of the configuration's generation number (one primary-key SELECT):
+    #: a change made on the admin pages or with ``pacs-vlm config`` is in force everywhere within this time.
+    config_poll_seconds: Annotated[float, Field(ge=0.1, le=300)] = 2.0
     # ---- issue 20: shadow mode ----
     # ---- issue 20: single sign-on and sessions ----
     # ---- issue 20: disk pressure ----

@@ -19,11 +19,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from integration.config import Settings
+from integration.live_config import live_settings, prompt_names
 from integration.queue import send_analyze_study, send_deliver
 from integration.store.audit import add_event
 from integration.store.deliveries import retry_deliveries
 from integration.store.jobs import mark_sent, record_job_error
-from integration.store.opinions import PRIMARY, PROMPT_NAMES, SECOND_OPINION, OpinionRefused, request_second_opinion
+from integration.store.opinions import PRIMARY, SECOND_OPINION, OpinionRefused, request_second_opinion
 from integration.store.retries import RetryRefused, retry_failed_study
 from integration.store.session import session_scope
 from integration.store.tables import AnalysisJob, Delivery, DeliveryState, Study, StudyState, utcnow
@@ -59,11 +60,13 @@ def check_choice(settings: Settings, model: str | None, prompt: str | None) -> N
     WorkRefused
         An unknown model or prompt.
     """
-    if model is not None and model not in settings.models:
-        configured = ", ".join(sorted(settings.models)) or "none (set PACSVLM_MODELS)"
+    models = live_settings(settings).models
+    if model is not None and model not in models:
+        configured = ", ".join(sorted(models)) or "none (pacs-vlm config set model ...)"
         raise WorkRefused(f"unknown model {model[:64]!r}: the configured models are {configured}")
-    if prompt is not None and prompt not in PROMPT_NAMES:
-        raise WorkRefused(f"unknown prompt {prompt[:64]!r}: the prompts are {', '.join(PROMPT_NAMES)}")
+    prompts = prompt_names(settings)
+    if prompt is not None and prompt not in prompts:
+        raise WorkRefused(f"unknown prompt {prompt[:64]!r}: the prompts are {', '.join(prompts)}")
 
 
 def _study(session: Session, study_uid: str) -> Study:

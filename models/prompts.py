@@ -153,32 +153,42 @@ TEMPLATES: tuple[PromptTemplate, ...] = (
 )
 
 
-def select_template(modality: str | None, body_part: str | None) -> PromptTemplate:
-    """Return the first template that applies to the modality and body part (the last one applies to everything)."""
-    return next(t for t in TEMPLATES if t.matches(modality, body_part))
+def select_template(
+    modality: str | None, body_part: str | None, templates: Sequence[PromptTemplate] = TEMPLATES
+) -> PromptTemplate:
+    """Return the first of ``templates`` that applies to the modality and body part.
+
+    ``templates`` are the ones in force (the worker's come from the database; the built-in
+    :data:`TEMPLATES` by default, e.g. for the evaluation runner).  When none applies, the built-in
+    catch-all ``general`` is used, so a draft is never refused for want of a template.
+    """
+    for template in templates:
+        if template.matches(modality, body_part):
+            return template
+    return TEMPLATES[-1]
 
 
 class UnknownPrompt(LookupError):
     """A job names a prompt template that does not exist (a permanent failure); the message lists the names."""
 
 
-def template_names() -> tuple[str, ...]:
+def template_names(templates: Sequence[PromptTemplate] = TEMPLATES) -> tuple[str, ...]:
     """Return the names of the prompt templates (``ct-chest``, ``general`` ...), in the order they are tried."""
-    return tuple(t.name for t in TEMPLATES)
+    return tuple(t.name for t in templates)
 
 
-def template_named(name: str) -> PromptTemplate:
-    """Return the current template of this name (a second opinion's prompt override).
+def template_named(name: str, templates: Sequence[PromptTemplate] = TEMPLATES) -> PromptTemplate:
+    """Return the current template of this name among ``templates`` (a second opinion's prompt override).
 
     Raises
     ------
     UnknownPrompt
         No template has this name; the message lists the names there are.
     """
-    for template in TEMPLATES:
+    for template in templates:
         if template.name == name:
             return template
-    raise UnknownPrompt(f"unknown prompt {name!r}: the prompt templates are {', '.join(template_names())}")
+    raise UnknownPrompt(f"unknown prompt {name!r}: the prompt templates are {', '.join(template_names(templates))}")
 
 
 def render_prompt(template: PromptTemplate, image_labels: Sequence[str], clinical_question: str | None = None) -> str:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from integration.config import Settings
+from integration.live_config import live_settings
 from models.backend import ModelNotStaged, VisionLanguageBackend
 
 _lock = threading.Lock()
@@ -43,10 +44,11 @@ def model_folder(settings: Settings, model_name: str | None = None) -> Path:
         ``model_name`` is not configured.
     """
     if model_name is not None:
-        folder = settings.models.get(model_name)
+        models = live_settings(settings).models  # the model list in force (pacs-vlm config, the admin pages)
+        folder = models.get(model_name)
         if folder is None:
-            configured = ", ".join(sorted(settings.models)) or "none"
-            raise UnknownModel(f"unknown model {model_name!r}: this worker's PACSVLM_MODELS configures {configured}")
+            configured = ", ".join(sorted(models)) or "none"
+            raise UnknownModel(f"unknown model {model_name!r}: the model list configures {configured}")
         return folder
     if settings.model is None:
         raise ModelNotConfigured(

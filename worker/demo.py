@@ -28,6 +28,7 @@ from rich.table import Table
 from rich.text import Text
 
 from integration.config import Settings
+from integration.config_seed import seed_configuration
 from integration.demo import DEMO_DIR, DEMO_READER, DEMO_SITE, demo_settings, ensure_demo_reader, send_files
 from integration.dicom.listener import Listener
 from integration.priors.fetcher import PriorFetcher
@@ -37,6 +38,7 @@ from integration.store.migrate import ensure_schema
 from integration.store.reports import StudyOutcome, study_outcomes
 from integration.store.session import session_scope
 from models.draft import AI_DRAFT_NOTICE
+from worker.live_prompts import builtin_prompt_seeds
 
 #: Where the smoke-test model is built once and kept between runs.
 SMOKE_MODEL_DIR = Path("var/smoke-model")
@@ -101,6 +103,8 @@ def run_demo(*, keep: bool = False) -> int:
     )
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     ensure_schema(settings.database_url)
+    with session_scope(settings.database_url) as session:  # a fresh install: its configuration is the demo's
+        seed_configuration(session, settings, builtin_prompt_seeds())
     password = ensure_demo_reader(settings)  # before any study arrives: the studies belong to its site
     listener = Listener(settings)
     fetcher = PriorFetcher.attach(settings, listener.intake, listener.assembler)  # as `pacs-vlm listen` runs it

@@ -16,7 +16,14 @@ from integration.store.tables import PriorState
 from models.backend import GenerationRequest, VisionLanguageBackend
 from models.draft import parse_draft
 from models.draft_schema import DRAFT_SCHEMA
-from models.prompts import SYSTEM_PROMPT, render_prompt_parts, select_template, template_named
+from models.prompts import (
+    SYSTEM_PROMPT,
+    TEMPLATES,
+    PromptTemplate,
+    render_prompt_parts,
+    select_template,
+    template_named,
+)
 from models.registry import DEFAULT_IMAGE_PRESENTATION, FAMILIES
 from worker.comparison import build_comparison, prior_image_budget, read_current_header
 from worker.outbound import outbound_release
@@ -32,6 +39,7 @@ def draft_study(
     load_seconds: float = 0.0,
     clinical_question: str | None = None,
     prompt_name: str | None = None,
+    templates: Sequence[PromptTemplate] = TEMPLATES,
     priors: PriorsView | None = None,
 ) -> DraftRecord:
     """Draft a report for one study version; the draft is ready to store.
@@ -49,6 +57,8 @@ def draft_study(
         (:attr:`~integration.imaging.selection.PreparedStudy.clinical_question`).
     prompt_name : str or None
         A prompt template to use instead of the one chosen by modality and body part (a second opinion's).
+    templates : sequence of PromptTemplate
+        The templates in force (:func:`worker.live_prompts.templates_in_force`); the built-ins by default.
     priors : PriorsView or None
         The study's prior search and priors (:mod:`worker.comparison`); None: the draft says no prior
         is available.
@@ -61,7 +71,7 @@ def draft_study(
     models.prompts.UnknownPrompt
         ``prompt_name`` names no template.
     """
-    named = template_named(prompt_name) if prompt_name is not None else None
+    named = template_named(prompt_name, templates) if prompt_name is not None else None
     identity = backend.identity
     family = FAMILIES.get(identity.family)
     limit = settings.max_images
@@ -108,7 +118,7 @@ def draft_study(
         deidentified=release.deidentified,
         screen=release.screen_images,
     )
-    template = named or select_template(prepared.modality, prepared.body_part)
+    template = named or select_template(prepared.modality, prepared.body_part, templates)
     question = clinical_question if clinical_question is not None else prepared.clinical_question
     sent_question = release.question(question)
     parts = render_prompt_parts(

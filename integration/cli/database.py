@@ -6,7 +6,8 @@ from typing import Annotated
 
 import typer
 
-from integration.cli import console, load_settings
+from integration.cli import console, fail, load_settings
+from integration.config import Settings
 
 db_app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
 
@@ -19,6 +20,25 @@ def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")]
     settings = load_settings()
     upgrade(settings.database_url, revision)
     console.print(f"schema upgraded to {revision}")
+    if revision == "head":
+        _seed(settings)
+
+
+def _seed(settings: Settings) -> None:
+    """Copy the environment's calling AEs, destinations, rules and models into a new database (once per kind)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from integration.app_config import ConfigRefused
+    from integration.config_seed import seed_configuration
+    from integration.store.session import session_scope
+
+    try:
+        with session_scope(settings.database_url) as session:
+            done = seed_configuration(session, settings)
+    except (ConfigRefused, SQLAlchemyError) as exc:
+        raise fail(f"configuration not seeded from the environment: {exc}", 2) from None
+    if done:
+        console.print(f"configuration seeded from the environment: {', '.join(done)} (see 'pacs-vlm config list')")
 
 
 @db_app.command("downgrade")

@@ -36,6 +36,8 @@ from integration.intake.assembly import StudyAssembler
 from integration.intake.intake import InstanceIntake
 from integration.intake.storage import InstanceStore
 from integration.intake.transfer import ACCEPTED_TRANSFER_SYNTAXES
+from integration.live_config import live_snapshot
+from integration.store.config_tables import ConfigKind
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +95,9 @@ class Listener:
     REPORT_SECONDS = 10.0
 
     def __init__(self, settings: Settings, *, assemble: bool = True) -> None:
-        if not settings.calling_aes and not settings.accept_any_calling_ae:
+        live = live_snapshot(settings)
+        held = ConfigKind.CALLING_AE.value in live.seeded  # kept in the database: it may be filled while we run
+        if not live.settings.calling_aes and not settings.accept_any_calling_ae and not held:
             raise ListenerConfigError(
                 "no calling AE may send: set PACSVLM_CALLING_AES (JSON, e.g. '{\"MODALITY1\": {}}') "
                 "or PACSVLM_ACCEPT_ANY_CALLING_AE=true"

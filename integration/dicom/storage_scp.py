@@ -30,6 +30,7 @@ from integration.dicom.peer import Peer, Rejection, StoreRequest
 from integration.intake.intake import InstanceIntake
 from integration.intake.outcome import Origin
 from integration.intake.spool import DatasetSpool
+from integration.live_config import live_settings
 from integration.store.audit import add_event
 from integration.store.session import session_scope
 from integration.store.tables import Site
@@ -51,7 +52,7 @@ class SiteDirectory:
 
     def site_id_for(self, calling_ae: str) -> int | None:
         """Return the site row id of ``calling_ae``'s configured site, or None (no site, or not created yet)."""
-        peer = self.settings.calling_aes.get(calling_ae)
+        peer = live_settings(self.settings).calling_aes.get(calling_ae)
         code = peer.site.upper() if peer is not None and peer.site else None
         if code is None:
             return None
@@ -107,7 +108,7 @@ class StorageSCP:
             return Rejection(
                 "protocol version not supported", source=ul.SOURCE_ACSE, diagnostic=ul.REASON_PROTOCOL_VERSION
             )
-        settings = self.settings
+        settings = live_settings(self.settings)  # the allowlist in force (pacs-vlm config, the admin pages)
         move_hosts = None if request.calling_ae in settings.calling_aes else self.move_sources.get(request.calling_ae)
         if move_hosts is None and not settings.accept_any_calling_ae and request.calling_ae not in settings.calling_aes:
             return Rejection("calling AE not in the allowlist", diagnostic=ul.REASON_CALLING_AE)
@@ -127,8 +128,9 @@ class StorageSCP:
         sqlalchemy.exc.SQLAlchemyError
             When the calling AE's site cannot be looked up.
         """
-        stable_seconds = self.settings.stable_seconds_for(calling_ae)
-        if calling_ae not in self.settings.calling_aes and calling_ae in self.move_sources:
+        settings = live_settings(self.settings)
+        stable_seconds = settings.stable_seconds_for(calling_ae)
+        if calling_ae not in settings.calling_aes and calling_ae in self.move_sources:
             # a retrieved prior: its study was reserved (with the current study's site) before the C-MOVE
             return Origin(calling_ae, "dicom", None, stable_seconds, any_site=True, role="prior")
         return Origin(calling_ae, "dicom", self._sites.site_id_for(calling_ae), stable_seconds)

@@ -30,6 +30,7 @@ from integration.alerts.message import AlertMessage, alert_oru
 from integration.config import Settings
 from integration.export.mllp import send_mllp
 from integration.export.outgoing import DeliveryFailed, OutgoingDocument
+from integration.live_config import live_settings
 from integration.safety_settings import AlertContact
 from integration.store.alerts import NotificationTarget
 
@@ -133,7 +134,7 @@ def send_hl7(settings: Settings, contact: AlertContact, target: NotificationTarg
         No such ``mllp`` destination, or the RIS did not acknowledge the message.
     """
     destination = next(
-        (d for d in settings.destinations if d.name == contact.address and d.kind == "mllp"),
+        (d for d in live_settings(settings).destinations if d.name == contact.address and d.kind == "mllp"),
         None,
     )
     if destination is None:

@@ -23,6 +23,7 @@ from sqlalchemy import select
 from integration.config import Settings
 from integration.export.outgoing import OutgoingDocument
 from integration.findings import Document
+from integration.live_config import live_settings
 from integration.reports.document import ReportDocument, VersionRole
 from integration.store.deliveries import (
     WITHDRAWN,
@@ -92,7 +93,8 @@ def load_document(settings: Settings, target: DeliveryTarget) -> OutgoingDocumen
         return OutgoingDocument("fhir", content, f"{name}.fhir.json", FHIR_MEDIA_TYPE, resource_id=fhir_id)
     from integration.reports.hl7 import oru_r01
 
-    destination = next((d for d in settings.destinations if d.name == target.destination), None)
+    destinations = live_settings(settings).destinations
+    destination = next((d for d in destinations if d.name == target.destination), None)
     receiving = destination.receiving_application if destination is not None else "RIS"
     facility = destination.receiving_facility if destination is not None else ""
     message = oru_r01(document, receiving_application=receiving, receiving_facility=facility, role=role)

@@ -15,6 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from integration.config import Settings
+from integration.live_config import live_settings
 from integration.queue import send_deliver
 from integration.store.deliveries import PlannedDelivery, create_deliveries
 from integration.store.session import session_scope
@@ -44,7 +45,8 @@ def queue_deliveries(
     list of int
         The pending deliveries whose messages were sent.
     """
-    taking = [destination for destination in settings.destinations if destination.takes(status)]
+    destinations = live_settings(settings).destinations  # as configured now (pacs-vlm config, admin pages)
+    taking = [destination for destination in destinations if destination.takes(status)]
     if not taking:
         return []
     with session_scope(settings.database_url) as session:

@@ -25,6 +25,7 @@ from integration.alerts.escalation import escalate_due_alerts
 from integration.alerts.raise_alerts import open_missing_alerts
 from integration.config import Settings
 from integration.intake.study_attributes import record_study_attributes
+from integration.live_config import live_settings
 from integration.queue import broker_identity, send_analyze_study, send_deliver
 from integration.store.audit import add_event
 from integration.store.deliveries import deliveries_to_resend
@@ -104,7 +105,8 @@ class StudyAssembler:
         result = PassResult()
         url = self.settings.database_url
         with session_scope(url) as session:
-            sites = {ae: peer.site for ae, peer in self.settings.calling_aes.items() if peer.site}
+            calling_aes = live_settings(self.settings).calling_aes
+            sites = {ae: peer.site for ae, peer in calling_aes.items() if peer.site}
             created = complete_stable_studies(
                 session,
                 utcnow(),
@@ -200,7 +202,7 @@ class StudyAssembler:
         """
         try:
             with session_scope(self.settings.database_url) as session:
-                moved = restart_receiving_timers(session, utcnow(), self.settings.stable_seconds_for)
+                moved = restart_receiving_timers(session, utcnow(), live_settings(self.settings).stable_seconds_for)
             if moved:
                 log.info("idle timers restarted for %d studies still receiving", moved)
         except SQLAlchemyError as exc:

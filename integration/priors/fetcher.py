@@ -40,6 +40,7 @@ from integration.imaging.routing import DEFAULT_RULES, RoutingRule, first_rule_a
 from integration.intake.assembly import StudyAssembler
 from integration.intake.intake import InstanceIntake
 from integration.intake.outcome import Origin, StoreOutcome
+from integration.live_config import live_settings
 from integration.priors.archive import ArchiveError, PriorArchive, StudyMatch, open_archive
 from integration.priors.matching import (
     Candidate,
@@ -102,11 +103,15 @@ class PriorFetcher:
         Searches worked on at once.
     """
 
+    @property
+    def rules(self) -> tuple[RoutingRule, ...]:
+        """The routing rules in force (their prior policies say what to fetch)."""
+        return tuple(live_settings(self.settings).routing_rules or DEFAULT_RULES)
+
     def __init__(self, settings: Settings, intake: InstanceIntake, *, workers: int = WORKERS) -> None:
         self.settings = settings
         self.intake = intake
         self.workers = workers
-        self.rules: tuple[RoutingRule, ...] = tuple(settings.routing_rules or DEFAULT_RULES)
         self.lease_seconds = max(MIN_LEASE_SECONDS, 2 * settings.prior_wait_seconds)
         self._wake = threading.Event()
         self._stop = threading.Event()

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from integration.store.audit import add_event
 from integration.store.config_tables import ConfigEntry, ConfigGeneration, ConfigKind, PromptTemplateRow
+from integration.store.session import dialect_insert
 from integration.store.tables import utcnow
 
 
@@ -24,12 +25,22 @@ def generation(session: Session) -> int:
 
 
 def _generation_row(session: Session) -> ConfigGeneration:
-    row = session.get(ConfigGeneration, 1, with_for_update=True)
-    if row is None:
-        row = ConfigGeneration(id=1, generation=0, seeded="")
-        session.add(row)
-        session.flush()
+    # insert-if-missing first, so two processes changing (or seeding) a new database at once both find the
+    # row and queue on its lock instead of one failing on the primary key
+    insert = dialect_insert(session)
+    session.execute(
+        insert(ConfigGeneration)
+        .values(id=1, generation=0, seeded="", changed_at=utcnow())
+        .on_conflict_do_nothing(index_elements=["id"])
+    )
+    row = session.get(ConfigGeneration, 1, with_for_update=True, populate_existing=True)
+    assert row is not None  # inserted above or by another transaction
     return row
+
+
+def lock_generation(session: Session) -> set[str]:
+    """Lock the generation row until the transaction ends; return the kinds seeded (read under the lock)."""
+    return {kind for kind in _generation_row(session).seeded.split(",") if kind}
 
 
 def bump(session: Session) -> int:

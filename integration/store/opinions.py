@@ -27,9 +27,12 @@ from integration.store.tables import (
     utcnow,
 )
 
-#: Names of the prompt templates of ``models/prompts.py`` (the edge may not import ``models``; a test keeps
-#: the two lists equal).
-PROMPT_NAMES: tuple[str, ...] = ("ct-chest", "ct-head", "ct", "mr", "radiograph-chest", "general")
+#: Names of the built-in prompt templates of ``models/prompts.py`` (the edge may not import ``models``; a test
+#: keeps the two lists equal): the prompts there are until the database's are seeded.  Once seeded, the names
+#: are the database's current ones (:func:`integration.live_config.prompt_names`).
+BUILTIN_PROMPT_NAMES: tuple[str, ...] = ("ct-chest", "ct-head", "ct", "mr", "radiograph-chest", "general")
+#: The former name of :data:`BUILTIN_PROMPT_NAMES` (``store/rule_jobs.py`` adds the database's names to it).
+PROMPT_NAMES = BUILTIN_PROMPT_NAMES
 #: Purposes of analysis jobs.
 PRIMARY = "primary"
 SECOND_OPINION = "second_opinion"
@@ -135,7 +138,7 @@ def request_second_opinion(
     model_name : str or None
         A configured model (``PACSVLM_MODELS`` key), None for the default model; checked by the caller.
     prompt_name : str or None
-        A prompt template name (:data:`PROMPT_NAMES`), None to choose by modality and body part.
+        A prompt template name (:func:`integration.live_config.prompt_names`), None to choose by modality and body part.
     stat : bool
         Stat priority: the job goes to ``queue`` (the stat queue) and the study becomes ``stat``.
     requested_by : str

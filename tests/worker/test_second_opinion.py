@@ -15,7 +15,7 @@ from sqlalchemy import select
 from integration.config import Settings
 from integration.queue import broker_options, send_analyze_study, worker_queues
 from integration.samples import pydicom_test_file, write_ct_series
-from integration.store.opinions import PROMPT_NAMES, DuplicateOpinion, request_second_opinion
+from integration.store.opinions import BUILTIN_PROMPT_NAMES, DuplicateOpinion, request_second_opinion
 from integration.store.session import session_scope
 from integration.store.tables import Study
 from integration.web.api.opinions import send_opinion
@@ -43,7 +43,7 @@ def test_redis_consumes_queues_in_strict_priority_order() -> None:
 
 
 def test_prompt_names_of_the_edge_are_the_templates() -> None:
-    assert template_names() == PROMPT_NAMES
+    assert template_names() == BUILTIN_PROMPT_NAMES  # the database's prompts are seeded from these (tests/store/test_app_config.py)
     assert template_named("general").key == "general/v3"
     with pytest.raises(UnknownPrompt, match="ct-chest, ct-head"):
         template_named("nope")

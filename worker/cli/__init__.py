@@ -7,6 +7,7 @@ import typer
 from integration.cli.alerts import alerts_app
 from integration.cli.api import api
 from integration.cli.audit import audit_app
+from integration.cli.config import config_app
 from integration.cli.database import db_app
 from integration.cli.deliveries import deliveries_app
 from integration.cli.jobs import jobs_app
@@ -17,6 +18,7 @@ from integration.cli.reports import report_app
 from integration.cli.store import store_app
 from integration.cli.studies import studies_app
 from integration.cli.users import sites_app, users_app
+from worker.cli.config_seed import config_seed
 from worker.cli.evaluation import eval_app
 from worker.cli.models import models_app
 from worker.cli.processes import demo, worker
@@ -38,6 +40,8 @@ app.add_typer(orders_app, name="orders")
 app.add_typer(sites_app, name="sites")
 app.add_typer(users_app, name="users")
 app.add_typer(audit_app, name="audit")
+config_app.command("seed")(config_seed)  # the built-in prompts are the worker side's
+app.add_typer(config_app, name="config")
 app.add_typer(store_app, name="store")
 app.command("purge")(purge_command)
 app.add_typer(models_app, name="models")

@@ -53,6 +53,9 @@ def worker(
         ensure_schema(settings.database_url)
     except SchemaOutOfDate as exc:
         raise fail(str(exc), 2) from None
+    from worker.live_prompts import seed_prompts
+
+    seed_prompts(settings)  # a new database gets the built-in templates at their own versions (once)
     chosen = [q.strip() for q in (queues or ",".join(worker_queues(settings))).split(",") if q.strip()]
     if not chosen:
         raise fail("--queues names no queue", 2)

@@ -18,6 +18,7 @@ from integration.config import Settings, get_settings
 from integration.export.corrections import withdraw_reports
 from integration.export.outbox import queue_deliveries
 from integration.imaging.selection import NoImages
+from integration.live_config import live_settings
 from integration.queue import ANALYZE_STUDY
 from integration.reports.drafts import ensure_draft_sr
 from integration.store.jobs import record_job_error
@@ -32,6 +33,7 @@ from models.batching import BatchTimeout
 from models.prompts import UnknownPrompt, template_named
 from worker.backends import UnknownModel, model_backend
 from worker.celery_app import app
+from worker.live_prompts import templates_in_force
 from worker.pipeline import draft_study
 
 log = logging.getLogger(__name__)
@@ -57,7 +59,7 @@ def analyze_study(self: Any, job_id: int) -> str:
     str
         What happened, for the worker's log.
     """
-    settings = get_settings()
+    settings = live_settings(get_settings())  # destinations, rules and models as configured now
     url = settings.database_url
     with session_scope(url) as session:  # the claim step commits (and unlocks the job) before the model runs
         claimed = claim_job(session, job_id, max_attempts=settings.analysis_max_attempts, now=utcnow())
@@ -78,8 +80,9 @@ def analyze_study(self: Any, job_id: int) -> str:
             choice.model_name or "(default)",
             choice.prompt_name or "(by modality)",
         )
+        templates = templates_in_force(settings)  # the database's current versions: the draft records its own
         if choice.prompt_name is not None:
-            template_named(choice.prompt_name)  # an unknown prompt fails before a model is loaded
+            template_named(choice.prompt_name, templates)  # an unknown prompt fails before a model is loaded
         backend, load_seconds = model_backend(settings, choice.model_name)
         draft = draft_study(
             settings,
@@ -88,6 +91,7 @@ def analyze_study(self: Any, job_id: int) -> str:
             backend,
             load_seconds=load_seconds,
             prompt_name=choice.prompt_name,
+            templates=templates,
             priors=priors,
             # the order's reason for exam before the header's (dropped for an untrusted model server, like it)
             clinical_question=order.indication if order is not None else None,

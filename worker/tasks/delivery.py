@@ -29,6 +29,7 @@ from integration.config import Settings, get_settings
 from integration.export.documents import DocumentUnavailable, load_document
 from integration.export.outgoing import DeliveryFailed
 from integration.export.senders import send
+from integration.live_config import live_settings
 from integration.queue import DELIVER
 from integration.store.audit import add_event
 from integration.store.deliveries import Deferred, DeliveryTarget, mark_delivered, mark_failed, start_attempt
@@ -68,7 +69,8 @@ def deliver(self: Any, delivery_id: int) -> str:
     if isinstance(target, Deferred):
         log.info("withdrawal %d waits %.0f s for its original draft delivery", delivery_id, target.wait_seconds)
         raise self.retry(countdown=target.wait_seconds)
-    destination = next((d for d in settings.destinations if d.name == target.destination), None)
+    destinations = live_settings(settings).destinations  # a destination added while the worker runs is known
+    destination = next((d for d in destinations if d.name == target.destination), None)
     try:
         if destination is None:
             raise DeliveryFailed(f"destination {target.destination!r} is no longer configured")

@@ -27,10 +27,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from integration.config import Settings
+from integration.live_config import live_settings, prompt_names
 from integration.queue import send_analyze_study
 from integration.reports.agreement import compare_drafts, finding_texts
 from integration.store.jobs import mark_sent, record_job_error
-from integration.store.opinions import PROMPT_NAMES, OpinionRefused, request_second_opinion, study_opinions
+from integration.store.opinions import OpinionRefused, request_second_opinion, study_opinions
 from integration.store.priority import mark_read
 from integration.store.revisions import report_of_record
 from integration.store.session import session_scope
@@ -72,16 +73,18 @@ def check_choice(settings: Settings, model: str | None, prompt: str | None) -> N
     fastapi.HTTPException
         422 with the configured names.
     """
-    if model is not None and model not in settings.models:
-        configured = ", ".join(sorted(settings.models)) or "none (set PACSVLM_MODELS)"
+    models = live_settings(settings).models
+    if model is not None and model not in models:
+        configured = ", ".join(sorted(models)) or "none (pacs-vlm config set model ...)"
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_CONTENT,
             f"unknown model {model[:64]!r}: the configured models are {configured}; null asks the default model",
         )
-    if prompt is not None and prompt not in PROMPT_NAMES:
+    prompts = prompt_names(settings)
+    if prompt is not None and prompt not in prompts:
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_CONTENT,
-            f"unknown prompt {prompt[:64]!r}: the prompts are {', '.join(PROMPT_NAMES)}; null chooses by modality",
+            f"unknown prompt {prompt[:64]!r}: the prompts are {', '.join(prompts)}; null chooses by modality",
         )
 
 
@@ -223,7 +226,8 @@ def _api_router() -> APIRouter:
     def list_opinions(study_uid: StudyUid, settings: AppSettings, session: DbSession, user: Reviewer) -> StudyOpinions:
         """The study's jobs (model, prompt, purpose, priority, state, report id) and drafts."""
         answer = study_opinions(session, study_for(session, user, study_uid))
-        return StudyOpinions.model_validate({**answer, "models": sorted(settings.models), "prompts": PROMPT_NAMES})
+        known = {"models": sorted(live_settings(settings).models), "prompts": prompt_names(settings)}
+        return StudyOpinions.model_validate({**answer, **known})
 
     @router.get("/studies/{study_uid}/comparison", summary="Two drafts side by side")
     def compare(
@@ -338,8 +342,8 @@ def _compare_page(
             "report_of_record": of_record,
             "opinions": opinions,
             "compared": compared,
-            "models": sorted(settings.models),
-            "prompts": PROMPT_NAMES,
+            "models": sorted(live_settings(settings).models),
+            "prompts": prompt_names(settings),
             "error": error,
             "requested": requested if requested and requested.isdigit() else None,
             "a": a,

@@ -30,8 +30,8 @@ from sqlalchemy.orm import Session
 
 from integration.config import Settings
 from integration.failed_work import NoSuchStudy, WorkRefused, reanalyze_study, retry_dead_letters, retry_study
+from integration.live_config import live_settings, prompt_names
 from integration.store.deliveries import list_deliveries
-from integration.store.opinions import PROMPT_NAMES
 from integration.store.tables import DeliveryState, JobState, UserRole
 from integration.store.work import WorkFilter, failed_studies, list_jobs
 from integration.web.deps import AppSettings, CurrentUser, DbSession, StudyUid, client_address, require_roles
@@ -102,8 +102,8 @@ def _page(
         "jobs": list_jobs(session, wanted, where),
         "dead_letters": list_deliveries(session, DeliveryState.DEAD_LETTER, where.limit),
         "job_states": [s.value for s in JobState],
-        "models": sorted(settings.models),
-        "prompts": PROMPT_NAMES,
+        "models": sorted(live_settings(settings).models),
+        "prompts": prompt_names(settings),
         "filters": {name: query.get(name, "") for name in FILTERS},
         "back": urlencode({name: query[name] for name in FILTERS if query.get(name)}),
         "error": error,
