@@ -29,6 +29,8 @@ from integration.store.tables import UserRole
 from integration.web.api.claims import claim_page_router
 from integration.web.api.images import images_router
 from integration.web.deps import CurrentUser, current_user
+from integration.web.pages.admin_config import admin_config_router
+from integration.web.pages.admin_prompts import admin_prompts_router
 from integration.web.pages.admin_work import admin_work_router
 from integration.web.pages.reading import reading_router
 from integration.web.pages.study_page import study_page_router
@@ -147,6 +149,8 @@ def pages_router() -> APIRouter:
     router.include_router(claim_page_router())
     router.include_router(images_router())
     router.include_router(admin_work_router())
+    router.include_router(admin_prompts_router())  # before the configuration's /admin/config/{slug}
+    router.include_router(admin_config_router())
     return router
 
 
