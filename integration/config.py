@@ -287,6 +287,37 @@ class Settings(BaseSettings):
     # ---- issue 20: shadow mode ----
     # ---- issue 20: single sign-on and sessions ----
     # ---- issue 20: disk pressure ----
+    #: Free space below which the listener's purge loop purges the oldest eligible studies (read longest ago
+    #: first) until free space is back above it plus ``purge_hysteresis_bytes``; None: four times
+    #: ``min_free_bytes``.  Only studies the retention policies cover ever go (none configured: nothing does).
+    purge_free_bytes: Annotated[int, Field(ge=0)] | None = None
+    #: How far above ``purge_free_bytes`` a pressure purge frees before it stops (None: ``min_free_bytes``).
+    purge_hysteresis_bytes: Annotated[int, Field(ge=0)] | None = None
+    #: Seconds between the purge loop's free-space checks.
+    purge_check_seconds: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    #: Minutes between the listener's scheduled purges of what the policies let go; 0: none (run ``pacs-vlm
+    #: purge`` from cron instead).
+    purge_interval_minutes: Annotated[float, Field(ge=0, le=10_080)] = 60.0
+    #: Under disk pressure, may the instances of read studies (signed or rejected) go before their policy's
+    #: ``instance_days``?  Off: pressure only brings the policy purge forward.  Reports always stay.
+    purge_early_under_pressure: bool = False
+    #: The share of the store's file system pacs-vlm may fill (bytes); free space is then the smaller of the
+    #: file system's and this less what the instance store holds.  None: the whole file system.
+    storage_quota_bytes: Annotated[int, Field(gt=0)] | None = None
+    #: Seconds after which the instance store's usage (counted as files are written and purged) is counted
+    #: again from the files, catching what other processes wrote or removed.
+    storage_usage_recount_seconds: Annotated[float, Field(gt=0)] = 300.0
+
+    @property
+    def purge_mark_bytes(self) -> int:
+        """Free space below which a pressure purge starts (``purge_free_bytes`` or its default)."""
+        return self.purge_free_bytes if self.purge_free_bytes is not None else 4 * self.min_free_bytes
+
+    @property
+    def purge_target_bytes(self) -> int:
+        """Free space a pressure purge frees up to before it stops."""
+        extra = self.purge_hysteresis_bytes if self.purge_hysteresis_bytes is not None else self.min_free_bytes
+        return self.purge_mark_bytes + extra
 
     @field_validator("timezone")
     @classmethod

@@ -19,8 +19,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from sqlalchemy import select, text
+
 from integration.config import Settings
 from integration.store.audit import add_event
+from integration.store.purge_totals import RowCounters, add_purge_totals, removed_by
 from integration.store.retention import (
     Candidate,
     StudyFiles,
@@ -33,11 +36,15 @@ from integration.store.retention import (
     marked_purges,
     moved_on,
 )
-from integration.store.retention_tables import PurgeScope
+from integration.store.retention_tables import PurgeScope, StudyPurge
 from integration.store.session import session_scope
+from integration.store.tables import utcnow
 from integration.uids import is_valid_uid
 
 log = logging.getLogger(__name__)
+
+#: Longest a disk pressure purge waits for a study's row (an instance of it may be waiting for room).
+STUDY_LOCK_TIMEOUT_MS = 3000
 
 
 @dataclass
@@ -72,6 +79,30 @@ def plan(settings: Settings, now: datetime) -> list[Candidate]:
         return eligible_studies(session, settings.retention, now)
 
 
+def pressure_candidates(settings: Settings, now: datetime | None = None) -> list[Candidate]:
+    """Return the studies a disk pressure purge may take, the one read longest ago first.
+
+    Parameters
+    ----------
+    settings : Settings
+        Database, ``retention`` and ``purge_early_under_pressure`` (read studies before their policy date).
+    now : datetime, optional
+        The time the policies' days count to (now).
+
+    Returns
+    -------
+    list of Candidate
+        Empty when no retention policy is configured.
+    """
+    if not settings.retention:
+        return []
+    with session_scope(settings.database_url) as session:
+        found = eligible_studies(
+            session, settings.retention, now or utcnow(), early=settings.purge_early_under_pressure
+        )
+    return sorted(found, key=lambda c: (c.read_at is None, c.read_at or datetime.min, c.study_id))
+
+
 def mark_eligible(settings: Settings, now: datetime) -> int:
     """Step 1: mark every eligible study, in one transaction; return how many marks were added."""
     with session_scope(settings.database_url) as session:
@@ -84,6 +115,8 @@ def purge(
     *,
     actor: str = "system",
     progress: Callable[[int, int], None] | None = None,
+    reason: str | None = None,
+    measure: RowCounters | None = None,
 ) -> PurgeTotals:
     """Purge what the retention policies let go at ``now``, finishing purges a crash left first.
 
@@ -97,6 +130,12 @@ def purge(
         Who runs it, for the audit.
     progress : callable, optional
         Called with (studies done, studies marked) after each study.
+    reason : str, optional
+        Why it runs (``schedule``), for the audit.
+    measure : callable, optional
+        Reads the row-derived counters of ``/metrics``
+        (:func:`integration.web.ops.purge_totals.counter_reader`): what each study's rows added to them is kept
+        in ``purge_totals`` so no counter goes down.  Every purge that runs in production passes it.
 
     Returns
     -------
@@ -110,18 +149,64 @@ def purge(
     with session_scope(settings.database_url) as session:
         purge_ids = [p.id for p in marked_purges(session)]
     for done, purge_id in enumerate(purge_ids, 1):
-        finish(settings, purge_id, totals, actor=actor)
+        finish(settings, purge_id, totals, actor=actor, measure=measure)
         if progress is not None:
             progress(done, len(purge_ids))
-    with session_scope(settings.database_url) as session:
-        add_event(session, actor=actor, action="retention.purge", detail=totals.audit_detail())
-    log.info("retention purge: %s", totals.audit_detail())
+    audit_purge(settings, totals, actor=actor, reason=reason)
     return totals
 
 
-def finish(settings: Settings, purge_id: int, totals: PurgeTotals, *, actor: str = "system") -> None:
-    """Step 2 for one marked study: lock it, delete its files, then its rows and its mark, and commit."""
+def audit_purge(settings: Settings, totals: PurgeTotals, *, actor: str, reason: str | None = None) -> None:
+    """Audit a purge's counts (``retention.purge``, with why it ran when given) and log them."""
+    detail: dict[str, int | str] = dict(totals.audit_detail())
+    if reason is not None:
+        detail["reason"] = reason
     with session_scope(settings.database_url) as session:
+        add_event(session, actor=actor, action="retention.purge", detail=detail)
+    log.info("retention purge: %s", detail)
+
+
+def purge_study(
+    settings: Settings,
+    candidate: Candidate,
+    now: datetime,
+    totals: PurgeTotals,
+    *,
+    actor: str,
+    measure: RowCounters | None = None,
+) -> None:
+    """Mark one eligible study (or take its mark left by a crash) and purge it (disk pressure: one at a time).
+
+    Raises
+    ------
+    sqlalchemy.exc.OperationalError
+        The study's row stayed locked for :data:`STUDY_LOCK_TIMEOUT_MS` (an instance of it is being stored,
+        perhaps waiting for this very purge to make room): it keeps its mark and is finished by a later purge.
+    """
+    with session_scope(settings.database_url) as session:
+        mark(session, [candidate], now)
+        purge_id = session.scalar(select(StudyPurge.id).where(StudyPurge.study_id == candidate.study_id))
+    if purge_id is not None:
+        finish(settings, purge_id, totals, actor=actor, lock_timeout_ms=STUDY_LOCK_TIMEOUT_MS, measure=measure)
+
+
+def finish(
+    settings: Settings,
+    purge_id: int,
+    totals: PurgeTotals,
+    *,
+    actor: str = "system",
+    lock_timeout_ms: int = 0,
+    measure: RowCounters | None = None,
+) -> None:
+    """Step 2 for one marked study: lock it, delete its files, then its rows and its mark, and commit.
+
+    ``lock_timeout_ms`` (PostgreSQL): give up (OperationalError) rather than wait longer for the study's row.
+    ``measure``: the counters read before and after the rows go, their difference added to ``purge_totals``.
+    """
+    with session_scope(settings.database_url) as session:
+        if lock_timeout_ms and session.get_bind().dialect.name == "postgresql":
+            session.execute(text(f"SET LOCAL lock_timeout = {int(lock_timeout_ms)}"))
         purge_row = lock_study(session, purge_id)
         if purge_row is None:
             return  # another purge finished it
@@ -143,7 +228,10 @@ def finish(settings: Settings, purge_id: int, totals: PurgeTotals, *, actor: str
         files = files_of(session, purge_row, received_before=received_before)
         study_uid, scope = purge_row.study_uid, purge_row.scope
         size = _remove_files(settings, study_uid, files, whole=scope is PurgeScope.STUDY and received_before is None)
+        counted = measure(session.connection()) if measure is not None else {}
         instances = delete_marked_rows(session, purge_row, received_before=received_before)
+        if measure is not None:
+            add_purge_totals(session, removed_by(counted, measure(session.connection())))
         add_event(
             session,
             actor=actor,

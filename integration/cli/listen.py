@@ -19,13 +19,17 @@ def listen(
     ] = None,
     log_level: Annotated[str, typer.Option(help="Log level of pacs-vlm's own messages.")] = "INFO",
 ) -> None:
-    """Run the DICOM listener (C-ECHO, C-STORE), study assembly and the prior fetcher until stopped.
+    """Run the DICOM listener (C-ECHO, C-STORE), study assembly, the prior fetcher and the purge loop until stopped.
+
+    The purge loop (with PACSVLM_RETENTION set) purges the eligible studies read longest ago when free space
+    falls below PACSVLM_PURGE_FREE_BYTES, and runs the policy purge every PACSVLM_PURGE_INTERVAL_MINUTES.
 
     DICOM TLS is served when PACSVLM_TLS_CERTIFICATE and PACSVLM_TLS_PRIVATE_KEY are set: on the listen
     port only, or on PACSVLM_TLS_PORT beside plain TCP on the listen port.  With PACSVLM_MLLP_PORT set, HL7
     orders (ORM^O01, OMI^O23) are taken over MLLP on that port too (TLS with PACSVLM_MLLP_TLS_*).
     """
     from integration.dicom.listener import Listener, ListenerConfigError
+    from integration.disk_pressure import PurgeLoop
     from integration.logs import configure_logging
     from integration.orders.mllp import OrderListener, OrderListenerConfigError
     from integration.priors.fetcher import PriorFetcher
@@ -38,6 +42,9 @@ def listen(
         listener = Listener(settings)
         # Prefetch: a study's first stored instance wakes the fetcher, which queries the archives at once.
         fetcher = PriorFetcher.attach(settings, listener.intake, listener.assembler)
+        # Disk pressure: a write that would leave too little free purges an eligible study before refusing.
+        purger = PurgeLoop(settings, listener.store.space)
+        listener.store.relieve = purger.relieve
         orders = OrderListener(settings) if settings.mllp_port is not None else None
         listener.start()
     except (ListenerConfigError, OrderListenerConfigError, SchemaOutOfDate) as exc:
@@ -66,7 +73,9 @@ def listen(
         tls = " (TLS)" if orders.tls_context is not None else ""
         console.print(f"listening for HL7 orders on {settings.mllp_host}:{orders.port}{tls}")
     fetcher.start()
+    purger.start()
     stop.wait()
+    purger.stop()
     fetcher.stop()
     if orders is not None:
         orders.stop()

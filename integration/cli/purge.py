@@ -19,6 +19,7 @@ def purge_command(
 
     from integration.purge import plan, purge
     from integration.store.tables import utcnow
+    from integration.web.ops.purge_totals import counter_reader
 
     settings = load_settings()
     if not settings.retention:
@@ -38,7 +39,11 @@ def purge_command(
         with Progress(console=console, transient=True) as progress:
             task = progress.add_task("purging", total=None)
             totals = purge(
-                settings, now, actor="cli", progress=lambda done, of: progress.update(task, completed=done, total=of)
+                settings,
+                now,
+                actor="cli",
+                progress=lambda done, of: progress.update(task, completed=done, total=of),
+                measure=counter_reader(settings),
             )
     except SQLAlchemyError as exc:
         raise fail(

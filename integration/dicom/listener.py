@@ -33,8 +33,7 @@ from integration.dicom.peer import Limits
 from integration.dicom.storage_scp import StorageSCP
 from integration.dicom.tls import TlsConfigError, handshake_failure, server_context, subject_of
 from integration.intake.assembly import StudyAssembler
-from integration.intake.intake import InstanceIntake
-from integration.intake.storage import InstanceStore
+from integration.intake.intake import InstanceIntake, store_for
 from integration.intake.transfer import ACCEPTED_TRANSFER_SYNTAXES
 from integration.live_config import live_snapshot
 from integration.store.config_tables import ConfigKind
@@ -111,7 +110,7 @@ class Listener:
         except TlsConfigError as exc:
             raise ListenerConfigError(f"DICOM TLS: {exc}") from None
         self.settings = settings
-        self.store = InstanceStore(settings.instance_root, fsync=settings.fsync, min_free_bytes=settings.min_free_bytes)
+        self.store = store_for(settings)
         self.intake = InstanceIntake(settings, self.store)
         self.scp = StorageSCP(settings, self.intake)
         self.assembler = StudyAssembler(settings) if assemble else None

@@ -270,9 +270,9 @@ class InstanceIntake:
 
         try:
             receipt = run_with_reconnect(self.database_url, work)
-        except StorageFull:
-            log.error("%s refused: storage headroom exhausted", _sender(origin))
-            return StoreOutcome(Result.OUT_OF_RESOURCES, header, "storage headroom exhausted")
+        except StorageFull as exc:
+            log.error("%s refused: %s", _sender(origin), exc)
+            return StoreOutcome(Result.OUT_OF_RESOURCES, header, str(exc))
         except StorageError as exc:  # nothing was linked
             log.error("%s refused: %s", _sender(origin), exc)
             return StoreOutcome(Result.OUT_OF_RESOURCES, header, "the file could not be written")
@@ -355,6 +355,17 @@ def intake_for(settings: Settings) -> InstanceIntake:
     with _intakes_lock:
         intake = _intakes.get(key)
         if intake is None:
-            store = InstanceStore(root, fsync=settings.fsync, min_free_bytes=settings.min_free_bytes)
+            store = store_for(settings)
             intake = _intakes[key] = InstanceIntake(settings, store)
         return intake
+
+
+def store_for(settings: Settings) -> InstanceStore:
+    """Open the settings' instance store with its headroom and quota (each process opens it once)."""
+    return InstanceStore(
+        settings.instance_root,
+        fsync=settings.fsync,
+        min_free_bytes=settings.min_free_bytes,
+        quota_bytes=settings.storage_quota_bytes,
+        recount_seconds=settings.storage_usage_recount_seconds,
+    )

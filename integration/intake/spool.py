@@ -66,8 +66,7 @@ class DatasetSpool:
             return
         size = sum(len(fragment) for fragment in fragments)
         try:
-            if self.store.min_free_bytes and self.store.free_bytes() - size < self.store.min_free_bytes:
-                raise StorageFull("storage headroom exhausted")
+            self.store.make_room(size)
             for fragment in fragments:
                 write_all(self._fd, fragment)
         except StorageFull as exc:

@@ -21,20 +21,24 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-import shutil
 import threading
+import time
 import uuid
 import zlib
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
+from integration.intake.space import space_for
 from integration.uids import is_valid_uid
 
 log = logging.getLogger(__name__)
+
+#: Longest a write waits for the disk pressure purge to free room before it is refused.
+RELIEF_SECONDS = 10.0
 
 
 class StorageFull(OSError):
@@ -77,10 +81,23 @@ class InstanceStore:
         Refuse writes when the file system has less free space than this.
     """
 
-    def __init__(self, root: Path, *, fsync: bool = True, min_free_bytes: int = 0) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        fsync: bool = True,
+        min_free_bytes: int = 0,
+        quota_bytes: int | None = None,
+        recount_seconds: float = 300.0,
+    ) -> None:
         self.root = root.resolve()
         self.fsync = fsync
         self.min_free_bytes = min_free_bytes
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.space = space_for(self.root, quota_bytes, recount_seconds)
+        #: Called with the bytes a write needs when free space is short: purges one eligible study and
+        #: tells whether it did (the listener's disk pressure purge); None: refuse at once.
+        self.relieve: Callable[[int], bool] | None = None
         self.tmp_dir = self.root / ".incoming"
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         self.owner, self._owner_fd = _claim_owner(self.root / ".owners")
@@ -152,8 +169,29 @@ class InstanceStore:
         return path
 
     def free_bytes(self) -> int:
-        """Return the free space of the store's file system, in bytes."""
-        return shutil.disk_usage(self.root).free
+        """Return the store's free space in bytes (the file system's, or less under a quota)."""
+        return self.space.free_bytes()
+
+    def make_room(self, size: int) -> None:
+        """Admit a write of ``size`` bytes, purging eligible studies first when it would leave too little free.
+
+        Raises
+        ------
+        StorageFull
+            Still less free space than the headroom after purging what was eligible (for at most
+            ``RELIEF_SECONDS``): the refusal, the last resort.
+        """
+        if self.min_free_bytes:
+            deadline = time.monotonic() + RELIEF_SECONDS
+            while self.free_bytes() - size < self.min_free_bytes:
+                relieve = self.relieve
+                if relieve is None:
+                    raise StorageFull("storage headroom exhausted")
+                if time.monotonic() > deadline:
+                    raise StorageFull("storage headroom exhausted, purging did not free enough in time")
+                if not relieve(size):
+                    raise StorageFull("storage headroom exhausted, no study eligible for purging")
+        self.space.admitted(size)
 
     def write(self, relative_path: str, chunks: Sequence[bytes | memoryview]) -> StoredFile:
         """Write one instance durably; keep an existing file for the same path.
@@ -210,8 +248,7 @@ class InstanceStore:
         StorageError
             The file cannot be created.
         """
-        if self.min_free_bytes and self.free_bytes() - size < self.min_free_bytes:
-            raise StorageFull("storage headroom exhausted")
+        self.make_room(size)
         try:
             return self._temporary_file()
         except OSError as exc:

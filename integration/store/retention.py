@@ -71,6 +71,8 @@ class Candidate:
     scope: PurgeScope
     instances: int
     size_bytes: int
+    #: When its reading ended (a prior: its latest referrer's, or its last arrival): pressure takes the oldest first.
+    read_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -115,8 +117,13 @@ def live_studies(session: Session) -> set[int]:
     return live
 
 
-def eligible_studies(session: Session, policies: Sequence[RetentionPolicy], now: datetime) -> list[Candidate]:
+def eligible_studies(
+    session: Session, policies: Sequence[RetentionPolicy], now: datetime, *, early: bool = False
+) -> list[Candidate]:
     """Return the studies the policies let go at ``now``, with what goes of each.
+
+    With ``early`` (disk pressure, ``purge_early_under_pressure``) the instances of every read study a policy
+    covers are eligible before their ``instance_days``; the live ones and the never read ones still are not.
 
     Parameters
     ----------
@@ -178,8 +185,10 @@ def eligible_studies(session: Session, policies: Sequence[RetentionPolicy], now:
         if policy is None or ended is None or study_id in live or referrers.get(study_id, set()) & live:
             continue
         scope = _scope(policy, ended, now, int(count))
+        if scope is None and early and count:
+            scope = PurgeScope.INSTANCES
         if scope is not None:
-            chosen[study_id] = Candidate(study_id, uid, role, scope, int(count), int(size))
+            chosen[study_id] = Candidate(study_id, uid, role, scope, int(count), int(size), ended)
     for study_id, uid, source, site, last_received, count, size in priors:
         if study_id in fetching:
             continue
@@ -189,12 +198,14 @@ def eligible_studies(session: Session, policies: Sequence[RetentionPolicy], now:
                 continue  # a study that fetched it still holds its images
             whole = all(ref in chosen and chosen[ref].scope is PurgeScope.STUDY for ref in refs)
             scope = PurgeScope.STUDY if whole else (PurgeScope.INSTANCES if count else None)
+            read_at = max((ends[ref] for ref in refs if ref in ends), default=last_received)
         else:
             policy = policy_for(policies, site, source)
             due = policy is not None and last_received <= now - timedelta(days=policy.instance_days)
             scope = PurgeScope.STUDY if due else None
+            read_at = last_received
         if scope is not None:
-            chosen[study_id] = Candidate(study_id, uid, ROLE_PRIOR, scope, count, size)
+            chosen[study_id] = Candidate(study_id, uid, ROLE_PRIOR, scope, count, size, read_at)
     return list(chosen.values())
 
 

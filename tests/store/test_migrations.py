@@ -17,6 +17,7 @@ from integration.store.tables import Base
 TABLES = {
     "studies",
     "study_purges",
+    "purge_totals",
     "config_entries",
     "config_generation",
     "prompt_templates",

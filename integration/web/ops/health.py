@@ -8,7 +8,6 @@ patient-free detail (no URLs, no passwords, no UIDs): 200 when every check passe
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 import threading
 import time
@@ -26,8 +25,11 @@ from fastapi.responses import JSONResponse
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 
 from integration.config import Settings
+from integration.intake.space import store_space
+from integration.purge import pressure_candidates
 from integration.queue import broker_options, producer
 from integration.store.session import engine_for
 from integration.web.schemas import Health
@@ -276,12 +278,27 @@ def check_disk(settings: Settings) -> CheckOutcome:
     root = settings.instance_root
     if not root.is_dir():
         return CheckOutcome(False, "instance store folder is missing", {"min_free_bytes": settings.min_free_bytes})
-    free = shutil.disk_usage(root).free
+    free = store_space(settings).free_bytes()
     required = settings.min_free_bytes + (settings.health_free_margin_bytes if settings.min_free_bytes else 0)
     values = {"free_bytes": free, "min_free_bytes": settings.min_free_bytes, "required_free_bytes": required}
     if free < settings.min_free_bytes:
+        try:
+            eligible = len(pressure_candidates(settings))
+        except SQLAlchemyError:
+            eligible = -1  # the database check says why
+        values["studies_eligible_for_purging"] = eligible
+        if eligible:
+            return CheckOutcome(
+                False,
+                f"free space below PACSVLM_MIN_FREE_BYTES: {eligible} studies eligible for purging (-1: unknown); "
+                "a C-STORE or upload is refused unless purging them frees room",
+                values,
+            )
         return CheckOutcome(
-            False, "free space below PACSVLM_MIN_FREE_BYTES: every C-STORE and upload is refused", values
+            False,
+            "free space below PACSVLM_MIN_FREE_BYTES and no study eligible for purging: every C-STORE and upload "
+            "is refused",
+            values,
         )
     if free < required:
         room = free - settings.min_free_bytes

@@ -50,6 +50,7 @@ from integration.store.tables import (
 )
 from integration.web.ops.alert_metrics import alert_metrics
 from integration.web.ops.health import describe_error, ping_broker, start_in_thread
+from integration.web.ops.purged_added import PurgedRowsAdded
 from integration.web.ops.safety_metrics import SafetyCollector
 from integration.web.ops.stage_metrics import StageCollector
 
@@ -368,9 +369,9 @@ def metrics_registry(settings: Settings) -> CollectorRegistry:
         The registry (one per application, never the global one).
     """
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(OperationsCollector(settings))
-    registry.register(SafetyCollector(settings))
-    registry.register(StageCollector(settings))
+    # counters derived from rows get back what purges removed (integration/web/ops/purge_totals.py)
+    for collector in (OperationsCollector(settings), SafetyCollector(settings), StageCollector(settings)):
+        registry.register(PurgedRowsAdded(collector, settings))
     ProcessCollector(registry=registry)
     return registry
 

@@ -37,7 +37,6 @@ free bytes beside ``PACSVLM_MIN_FREE_BYTES`` (the store is read even when the da
 from __future__ import annotations
 
 import logging
-import shutil
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -47,6 +46,7 @@ from sqlalchemy import ColumnElement, Connection, Float, Select, case, cast, ext
 from sqlalchemy.exc import SQLAlchemyError
 
 from integration.config import Settings
+from integration.intake.space import store_space
 from integration.store.alert_tables import AlertState, CriticalAlert
 from integration.store.session import engine_for
 from integration.store.tables import AnalysisJob, JobState, Report, ReportRevision, RevisionStatus, Study
@@ -323,9 +323,14 @@ def disk_gauges(settings: Settings) -> list[Metric]:
     )
     root = settings.instance_root
     if root.is_dir():
-        free.add_metric([], float(shutil.disk_usage(root).free))
+        free.add_metric([], float(store_space(settings).free_bytes()))
     return [
         free,
+        GaugeMetricFamily(
+            "pacsvlm_store_purge_free_bytes",
+            "Below this much free space the listener purges eligible studies (disk pressure)",
+            value=float(settings.purge_mark_bytes),
+        ),
         GaugeMetricFamily(
             "pacsvlm_store_min_free_bytes",
             "PACSVLM_MIN_FREE_BYTES: below this much free space every C-STORE and upload is refused (0: no check)",

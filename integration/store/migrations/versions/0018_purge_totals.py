@@ -7,6 +7,9 @@ Create Date: 2026-12-14 10:00:00.000000
 
 from __future__ import annotations
 
+import sqlalchemy as sa
+from alembic import op
+
 revision = "0018"
 down_revision = "0017"
 branch_labels = None
@@ -14,8 +17,16 @@ depends_on = None
 
 
 def upgrade() -> None:
-    pass  # filled by the change that adds these tables (issue 20)
+    op.create_table(
+        "purge_totals",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("sample", sa.String(length=200), nullable=False),
+        sa.Column("labels", sa.String(length=2000), nullable=False),
+        sa.Column("value", sa.Float(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_purge_totals")),
+        sa.UniqueConstraint("sample", "labels", name="uq_purge_totals_sample_labels"),
+    )
 
 
 def downgrade() -> None:
-    pass
+    op.drop_table("purge_totals")

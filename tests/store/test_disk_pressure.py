@@ -1,0 +1,177 @@
+"""Disk pressure: the oldest eligible studies go first, only eligible ones, before a write is refused; the
+purge lock; the quota; and the row-derived counters of ``/metrics`` never go down when a purge deletes rows."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import select, text
+
+from integration.config import Settings
+from integration.disk_pressure import PURGE_LOCK_KEY, PurgeLoop, purge_lock
+from integration.intake.space import StoreSpace, store_space
+from integration.intake.storage import InstanceStore, StorageFull
+from integration.purge import pressure_candidates, purge
+from integration.retention_settings import RetentionPolicy
+from integration.store.session import engine_for, session_scope
+from integration.store.tables import AuditEvent, Instance, ReportRevision, ReportStatus, StudyState
+from integration.web.ops.metrics import metrics_registry
+from integration.web.ops.purge_totals import counter_reader
+from integration.web.ops.purged_added import COUNTING_GAUGES
+from tests.store.test_retention import NOW, add_study, count
+
+POLICY = [RetentionPolicy(instance_days=30, report_days=60)]
+FILE = 40  # bytes of each instance file add_study writes
+
+
+def _settings(url: str, tmp_path: Path, used: int, *, free: int = 100, **extra: object) -> Settings:
+    """Settings whose quota leaves ``free`` bytes once ``used`` bytes are stored; the mark at 150 free bytes."""
+    return Settings(
+        database_url=url,
+        data_dir=tmp_path / "data",
+        retention=POLICY,
+        min_free_bytes=100,
+        purge_free_bytes=150,
+        purge_hysteresis_bytes=0,
+        storage_quota_bytes=used + free,
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+def _instances_of(settings: Settings, study_id: int) -> int:
+    from integration.store.tables import Series
+
+    with session_scope(settings.database_url) as session:
+        return len(
+            session.scalars(
+                select(Instance.id).join(Series, Series.id == Instance.series_id).where(Series.study_id == study_id)
+            ).all()
+        )
+
+
+def test_pressure_purges_the_study_read_longest_ago_until_the_mark(url: str, tmp_path: Path) -> None:
+    settings = _settings(url, tmp_path, used=6 * FILE)
+    newest = add_study(settings, "1.2.3.1", read_at=NOW - timedelta(days=31))
+    oldest = add_study(settings, "1.2.3.2", read_at=NOW - timedelta(days=45))
+    middle = add_study(settings, "1.2.3.3", read_at=NOW - timedelta(days=35))
+    space = store_space(settings)
+    assert space.free_bytes() == 100  # the quota, not the file system, is short
+    assert [c.study_id for c in pressure_candidates(settings)] == [oldest, middle, newest]
+    loop = PurgeLoop(settings, space)
+    assert loop.under_pressure()
+    assert loop.relieve_pressure() == 1  # 80 bytes freed: 180 free, above the mark (150)
+    assert not loop.under_pressure()
+    assert (_instances_of(settings, oldest), _instances_of(settings, middle), _instances_of(settings, newest)) == (
+        0,
+        2,
+        2,
+    )
+    assert not (settings.instance_root / "1.2.3.2").exists()
+    with session_scope(settings.database_url) as session:
+        event = session.scalars(select(AuditEvent).where(AuditEvent.action == "retention.purge")).one()
+    assert event.detail["reason"] == "disk pressure"
+    assert (event.detail["studies"], event.detail["instances"]) == (1, 2)
+
+
+def test_only_eligible_studies_go_and_early_purging_is_a_choice(
+    url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    recent = NOW - timedelta(days=1)  # read yesterday: not due under the policy
+    used = 5 * 2 * FILE
+    settings = _settings(url, tmp_path, used=used)
+    read = add_study(settings, "1.2.4.1", read_at=recent)
+    add_study(settings, "1.2.4.2", report=None)  # never read
+    add_study(settings, "1.2.4.3", state=StudyState.RUNNING, report=None)
+    add_study(settings, "1.2.4.4", report=ReportStatus.DRAFT)  # awaiting review
+    add_study(settings, "1.2.4.5", state=StudyState.RECEIVING, report=None)
+    loop = PurgeLoop(settings, store_space(settings))
+    with caplog.at_level(logging.ERROR, logger="integration.disk_pressure"):
+        assert loop.relieve_pressure() == 0
+    assert "no study eligible for purging" in caplog.text
+    assert count(settings, Instance) == 10
+
+    early = _settings(url, tmp_path, used=used, purge_early_under_pressure=True)
+    loop = PurgeLoop(early, StoreSpace(early.instance_root, early.storage_quota_bytes))
+    assert [c.study_id for c in pressure_candidates(early)] == [read]
+    assert loop.relieve_pressure() == 1
+    assert count(settings, Instance) == 8  # only the read study's instances went
+    assert count(settings, ReportRevision) == 1  # and its report stayed
+
+
+def test_a_write_purges_before_it_is_refused_and_is_refused_when_nothing_is_eligible(url: str, tmp_path: Path) -> None:
+    settings = _settings(url, tmp_path, used=4 * FILE, free=120)
+    add_study(settings, "1.2.5.1")
+    add_study(settings, "1.2.5.2", report=None)  # never read: never purged
+    store = InstanceStore(settings.instance_root, fsync=False, min_free_bytes=100, quota_bytes=4 * FILE + 120)
+    store.relieve = PurgeLoop(settings, store.space).relieve
+    store.make_room(10)  # 120 - 10 >= 100: no purge
+    assert count(settings, Instance) == 4
+    store.make_room(50)  # 110 - 50 < 100: the read study goes first, then it fits
+    assert count(settings, Instance) == 2
+    with pytest.raises(StorageFull, match="no study eligible for purging"):
+        store.make_room(10_000)
+    assert count(settings, Instance) == 2
+    store.close()
+
+
+def test_two_purges_never_run_at_once(migrated_postgres_url: str, tmp_path: Path) -> None:
+    settings = Settings(database_url=migrated_postgres_url, data_dir=tmp_path / "data", retention=POLICY)
+    with engine_for(migrated_postgres_url).connect() as other_listener:
+        assert other_listener.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": PURGE_LOCK_KEY}).scalar()
+        with purge_lock(settings) as held:
+            assert not held
+        loop = PurgeLoop(settings, store_space(settings))
+        assert loop.scheduled_purge() is None
+        other_listener.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": PURGE_LOCK_KEY})
+    with purge_lock(settings) as held:
+        assert held
+        with purge_lock(settings) as again:  # another thread of this process
+            assert not again
+
+
+def test_the_quota_counts_what_the_store_holds(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    (root / "a").mkdir(parents=True)
+    (root / "a" / "f").write_bytes(b"x" * 300)
+    space = StoreSpace(root, quota_bytes=1000, recount_seconds=3600)
+    assert space.free_bytes() == 700
+    space.admitted(100)
+    assert space.free_bytes() == 600
+    space.freed(250)
+    assert space.free_bytes() == 850
+    assert space.recount() == 300  # counted from the files again
+    assert StoreSpace(root).free_bytes() > 1000  # no quota: the file system's
+
+
+def _kept_samples(settings: Settings) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    exposition = generate_latest(metrics_registry(settings)).decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(exposition)
+        if family.name.startswith("pacsvlm_")
+        and (family.type in ("counter", "histogram") or family.name in COUNTING_GAUGES)
+        for sample in family.samples
+        if not sample.name.endswith("_created")
+    }
+
+
+def test_counters_do_not_go_down_when_a_purge_deletes_rows(migrated_postgres_url: str, tmp_path: Path) -> None:
+    settings = Settings(database_url=migrated_postgres_url, data_dir=tmp_path / "data", retention=POLICY)
+    add_study(settings, "1.2.6.1", read_at=NOW - timedelta(days=70))  # the whole study goes
+    add_study(settings, "1.2.6.2", report=ReportStatus.REJECTED, read_at=NOW - timedelta(days=40))  # its images
+    add_study(settings, "1.2.6.3", report=None)  # stays
+    before = _kept_samples(settings)
+    assert before[("pacsvlm_instances_received_total", ())] == 6
+    assert before[("pacsvlm_reports_signed_total", ())] == 1
+    totals = purge(settings, NOW, measure=counter_reader(settings))
+    assert (totals.studies, totals.instances) == (2, 4)
+    assert count(settings, Instance) == 2 and count(settings, ReportRevision) == 1  # the rows did go
+    after = _kept_samples(settings)
+    assert {key: after.get(key) for key in before} == before
+    purge(settings, NOW, measure=counter_reader(settings))  # nothing more to purge: nothing added twice
+    assert {key: value for key, value in _kept_samples(settings).items() if key in before} == before
