@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from integration.store.audit import add_event
@@ -88,9 +88,21 @@ def put_entry(
 ) -> ConfigEntry:
     """Create or replace one entry (a validated document); audited ``config.<kind>.saved`` with before and after.
 
-    A new entry without ``position`` goes last.
+    A new entry without ``position`` goes last; a ``position`` another entry holds puts this one before it
+    (that entry and those after it move down one).
     """
     entry = get_entry(session, kind, name)
+    if position is not None and session.scalar(
+        select(ConfigEntry.id).where(
+            ConfigEntry.kind == kind, ConfigEntry.position == position, ConfigEntry.name != name
+        )
+    ):
+        session.execute(
+            update(ConfigEntry)
+            .where(ConfigEntry.kind == kind, ConfigEntry.position >= position, ConfigEntry.name != name)
+            .values(position=ConfigEntry.position + 1)
+            .execution_options(synchronize_session="fetch")
+        )
     before = None if entry is None else {"position": entry.position, "document": entry.document}
     if entry is None:
         if position is None:
