@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from PIL import Image
 
 from integration.config import Settings
-from integration.imaging.routing import DEFAULT_RULES, first_rule_accepting
+from integration.imaging.routing import rule_for_study, rules_led_by
 from integration.imaging.selection import NoImages, evidence_entries, prepare_study
 from integration.store.priors import PriorsView
 from integration.store.reports import ClaimedJob, DraftRecord, InstanceFile
@@ -79,11 +79,11 @@ def draft_study(
         # By the family's token budget: a whole series for LongLLaVA, a sample for 576-token LLaVA models.
         limit = min(limit, family.image_limit) if limit is not None else family.image_limit
     presentation = family.image_presentation if family is not None else DEFAULT_IMAGE_PRESENTATION
-    rules = settings.routing_rules or DEFAULT_RULES
     release = outbound_release(settings, files, backend)
     prior_budget = 0
-    series = {(f.modality, (f.body_part,)) for f in release.files}
-    rule = first_rule_accepting(rules, series, job.calling_ae)
+    # the rule that made the study's jobs (same function, same recorded series) leads the image selection
+    rule = rule_for_study(settings.routing_rules, {(f.modality, (f.body_part,)) for f in files}, job.calling_ae)
+    rules = rules_led_by(rule, settings.routing_rules)
     has_prior_images = priors is not None and any(p.state is PriorState.READY and p.files for p in priors.priors)
     if rule is not None and has_prior_images and presentation != "montage":
         prior_budget = prior_image_budget(rule, limit if limit is not None else rule.max_images)

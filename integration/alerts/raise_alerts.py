@@ -26,7 +26,7 @@ from integration.store.alert_tables import CriticalAlert
 from integration.store.alerts import add_notification, drafts_without_alert, open_alert, set_due
 from integration.store.audit import add_event
 from integration.store.session import session_scope
-from integration.store.tables import Report, Site, Study, utcnow
+from integration.store.tables import Report, ReportPurpose, Site, Study, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def open_critical_alerts(settings: Settings, report_id: int) -> int | None:
     notification_id = None
     with session_scope(settings.database_url) as session:
         report = session.get(Report, report_id)
-        if report is None:
+        if report is None or report.purpose is ReportPurpose.SHADOW:  # a hidden candidate's draft alerts nobody
             return None
         matches = Document.read(report.findings).critical
         if not matches:

@@ -276,3 +276,42 @@ def confidence_command(
         out.print("No reviewed draft finding has a confidence score yet.")
         return
     out.print(table)
+
+
+@report_app.command("shadow")
+def shadow_command(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON instead of a table.")] = False,
+) -> None:
+    """Shadow mode: how each candidate model's hidden drafts agree with the signed reports.
+
+    One row per model revision and prompt version of a routing rule's shadow model: the drafts compared with
+    a signed report, their findings kept as written, reworded or absent from the signed report, the signed
+    findings they missed, the finding agreement (shared / either) and the mean text similarity.
+    """
+    from integration.store.session import session_scope
+    from integration.store.shadow import shadow_summaries
+
+    settings = load_settings()
+    with _database(), session_scope(settings.database_url) as session:
+        rows = shadow_summaries(session)
+    if as_json:
+        entries = [{**row.__dict__, "finding_agreement": row.finding_agreement} for row in rows]
+        typer.echo(json.dumps({"rows": entries}, indent=2))
+        return
+    out = Console()
+    if not rows:
+        out.print("No shadow draft was compared with a signed report yet.")
+        return
+    table = Table(
+        "model", "revision", "prompt", "compared", "accepted", "edited", "rejected", "missed", "agreement",
+        "similarity",
+        title=Text("Shadow drafts vs the signed reports"),
+        title_justify="left",
+    )  # fmt: skip
+    for row in rows:
+        counts = (row.outcomes, row.accepted, row.edited, row.rejected, row.added)
+        table.add_row(
+            Text(row.model_id), Text(row.model_revision), Text(row.prompt_version), *map(str, counts),
+            f"{row.finding_agreement:.0%}", f"{row.text_similarity_mean:.2f}",
+        )  # fmt: skip
+    out.print(table)

@@ -19,7 +19,7 @@ from integration.live_config import live_settings
 from integration.queue import send_deliver
 from integration.store.deliveries import PlannedDelivery, create_deliveries
 from integration.store.session import session_scope
-from integration.store.tables import Report, Series, Site, Study, utcnow
+from integration.store.tables import Report, ReportPurpose, Series, Site, Study, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,8 @@ def queue_deliveries(
     if not taking:
         return []
     with session_scope(settings.database_url) as session:
+        if session.scalar(select(Report.purpose).where(Report.id == report_id)) == ReportPurpose.SHADOW:
+            return []  # shadow mode: a candidate's draft never leaves
         site_code, modalities = report_origin(session, report_id)
         planned = [
             PlannedDelivery(destination.name, document)

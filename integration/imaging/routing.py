@@ -131,6 +131,21 @@ class RoutingRule(BaseModel):
         they never are.
     priors : PriorPolicy
         Which prior studies go with a study this rule routes.
+    model : str or None
+        Configured model (a ``PACSVLM_MODELS`` name) that drafts the studies this rule takes; None: the
+        default model.
+    prompt : str or None
+        Prompt template name; None: chosen by modality and body part.
+    priority : {"routine", "stat"}
+        ``stat``: the job goes to the stat queue and the study is stat until its report is signed.
+    skip : bool
+        The studies this rule takes are not analysed: they end ``skipped``, naming the rule (excludes
+        ``model``, ``prompt``, ``priority`` stat and the shadow fields).
+    shadow_model : str or None
+        Shadow mode: a candidate model that drafts the same studies, hidden from reviewers, measured
+        against the signed reports (None with ``shadow_prompt`` set: the rule's model).
+    shadow_prompt : str or None
+        The candidate's prompt template (None: chosen by modality and body part).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -147,6 +162,29 @@ class RoutingRule(BaseModel):
     across_series: bool = False
     include_derived: bool = False
     priors: PriorPolicy = PriorPolicy()
+    model: str | None = Field(default=None, min_length=1, max_length=64)
+    prompt: str | None = Field(default=None, min_length=1, max_length=64)
+    priority: Literal["routine", "stat"] = "routine"
+    skip: bool = False
+    shadow_model: str | None = Field(default=None, min_length=1, max_length=64)
+    shadow_prompt: str | None = Field(default=None, min_length=1, max_length=64)
+
+    @property
+    def has_shadow(self) -> bool:
+        """Whether a candidate drafts the studies this rule takes (shadow mode)."""
+        return self.shadow_model is not None or self.shadow_prompt is not None
+
+    @model_validator(mode="after")
+    def _skip_alone(self) -> RoutingRule:
+        if self.skip:
+            named = [f for f in ("model", "prompt", "shadow_model", "shadow_prompt") if getattr(self, f) is not None]
+            if self.priority == "stat":
+                named.append("priority stat")
+            if named:
+                raise ValueError(f"rule {self.name!r} skips its studies: it cannot also name {', '.join(named)}")
+        elif self.has_shadow and (self.shadow_model, self.shadow_prompt) == (self.model, self.prompt):
+            raise ValueError(f"rule {self.name!r}: the shadow model and prompt are the primary's own")
+        return self
 
     @field_validator("modality", "body_part")
     @classmethod
@@ -216,6 +254,36 @@ def first_rule_accepting(
         if any(rule.accepts_attributes(modality, parts, calling_ae) for modality, parts in pairs):
             return rule
     return None
+
+
+def rule_for_study(
+    rules: Sequence[RoutingRule] | None,
+    series: Iterable[tuple[str | None, Iterable[str | None]]],
+    calling_ae: str | None,
+) -> RoutingRule | None:
+    """Return the rule that takes a study: the first (in order) that accepts one of its recorded series.
+
+    The one answer both sides use: the intake when the study becomes stable (the rule's model, prompt,
+    priority, skip and shadow make its jobs) and the worker when it chooses the images (the same rule leads).
+
+    Parameters
+    ----------
+    rules : sequence of RoutingRule or None
+        The configured rules; None or empty: :data:`DEFAULT_RULES`.
+    series : iterable of (modality, body parts)
+        The study's series as recorded (``series.modality``, ``series.body_part``).
+    calling_ae : str or None
+        The AE title the study came from.
+    """
+    return first_rule_accepting(rules or DEFAULT_RULES, series, calling_ae)
+
+
+def rules_led_by(rule: RoutingRule | None, rules: Sequence[RoutingRule] | None) -> tuple[RoutingRule, ...]:
+    """Return the rules with the study's rule first, so image selection uses it whenever it takes an image."""
+    configured = tuple(rules or DEFAULT_RULES)
+    if rule is None:
+        return configured
+    return (rule, *(r for r in configured if r is not rule))
 
 
 #: The rules used when none are configured: the first that accepts a series wins.

@@ -24,8 +24,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from integration.alerts.escalation import escalate_due_alerts
 from integration.alerts.raise_alerts import open_missing_alerts
 from integration.config import Settings
+from integration.intake.rule_jobs import rule_job_maker
 from integration.intake.study_attributes import record_study_attributes
-from integration.live_config import live_settings
+from integration.live_config import live_settings, prompt_names
 from integration.queue import broker_identity, send_analyze_study, send_deliver
 from integration.store.audit import add_event
 from integration.store.deliveries import deliveries_to_resend
@@ -104,9 +105,10 @@ class StudyAssembler:
         """
         result = PassResult()
         url = self.settings.database_url
+        without_job: list[int] = []  # skipped by their rule (or failed for an unknown name): still on the worklist
         with session_scope(url) as session:
-            calling_aes = live_settings(self.settings).calling_aes
-            sites = {ae: peer.site for ae, peer in calling_aes.items() if peer.site}
+            live = live_settings(self.settings)
+            sites = {ae: peer.site for ae, peer in live.calling_aes.items() if peer.site}
             created = complete_stable_studies(
                 session,
                 utcnow(),
@@ -114,9 +116,18 @@ class StudyAssembler:
                 sites=sites,
                 prior_wait_seconds=self.prior_wait_seconds,
                 stat_queue=self.settings.stat_queue,
+                make_jobs=rule_job_maker(  # the rule decides model, prompt, priority, skip and shadow
+                    live.routing_rules,
+                    queue=self.settings.analysis_queue,
+                    stat_queue=self.settings.stat_queue,
+                    models=live.models.keys(),
+                    prompts=prompt_names(self.settings),
+                    now=utcnow(),
+                ),
+                without_job=without_job,
             )
         result.jobs_created = len(created)
-        self._record_attributes(created)
+        self._record_attributes(created, without_job)
         for job_id in created:
             log.info("study complete: analysis job %d created", job_id)
         everything = self._broker_restarted()
@@ -159,13 +170,13 @@ class StudyAssembler:
             result.alerts_escalated = escalate_due_alerts(self.settings).escalated  # and lost notifications re-sent
         return result
 
-    def _record_attributes(self, job_ids: list[int]) -> None:
+    def _record_attributes(self, job_ids: list[int], study_ids: list[int]) -> None:
         """Fill the worklist attributes of the studies just completed; a failure only costs the worklist columns."""
-        if not job_ids:
+        if not job_ids and not study_ids:
             return
         try:
             with session_scope(self.settings.database_url) as session:
-                record_study_attributes(session, self.settings.instance_root, job_ids)
+                record_study_attributes(session, self.settings.instance_root, job_ids, study_ids=study_ids)
         except SQLAlchemyError as exc:
             log.warning("worklist attributes not recorded (database): %s", type(exc).__name__)
 

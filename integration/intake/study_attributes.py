@@ -102,7 +102,9 @@ def _text(ds: Dataset, keyword: str, length: int) -> str | None:
     return clean_text(value, one_line=True)[:length].strip() or None
 
 
-def record_study_attributes(session: Session, instance_root: Path, job_ids: Iterable[int]) -> int:
+def record_study_attributes(
+    session: Session, instance_root: Path, job_ids: Iterable[int], *, study_ids: Iterable[int] = ()
+) -> int:
     """Fill the worklist attributes of the studies of new analysis jobs, and commit.
 
     For each study the header of its newest stored instance is read.  A value found replaces the stored
@@ -118,6 +120,8 @@ def record_study_attributes(session: Session, instance_root: Path, job_ids: Iter
         Root of the instance store.
     job_ids : iterable of int
         Jobs just created by :func:`integration.store.jobs.complete_stable_studies`.
+    study_ids : iterable of int
+        Studies it completed without a job (skipped by their routing rule).
 
     Returns
     -------
@@ -125,9 +129,11 @@ def record_study_attributes(session: Session, instance_root: Path, job_ids: Iter
         Studies updated.
     """
     ids = list(job_ids)
-    if not ids:
+    extra = set(study_ids)
+    if not ids and not extra:
         return 0
-    study_ids = sorted(set(session.scalars(select(AnalysisJob.study_id).where(AnalysisJob.id.in_(ids)))))
+    found = set(session.scalars(select(AnalysisJob.study_id).where(AnalysisJob.id.in_(ids)))) if ids else set()
+    study_ids = sorted(found | extra)
     updated = 0
     for study_id in study_ids:
         storage_path = session.scalar(

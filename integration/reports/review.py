@@ -23,6 +23,7 @@ from integration.config import Settings
 from integration.findings import MAX_SECTION_CHARS, Document, clean_text
 from integration.reports.readiness import check_ready
 from integration.reports.review_diff import ReviewDifference, review_difference
+from integration.reports.shadow import compare_shadows
 from integration.store.audit import add_event
 from integration.store.reviews import (
     ReviewConflict,
@@ -179,6 +180,7 @@ def add_signed_outcome(
     else:
         difference = review_difference(copy.draft, revision.findings, matches=decisions_as_matches(copy))
     _add_outcome(session, report, revision_id, "signed", difference)
+    compare_shadows(session, report, revision_id)  # shadow mode: the candidates measured against this signature
     detail: dict[str, Any] = {"revision_id": revision_id, "version": revision.version, **_counts(difference)}
     if copy is not None:
         detail["seq"] = copy.seq

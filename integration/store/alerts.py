@@ -22,7 +22,7 @@ from integration.store.alert_tables import AlertNotification, AlertState, Critic
 from integration.store.audit import add_event
 from integration.store.priority import settle_priority_of
 from integration.store.session import dialect_insert
-from integration.store.tables import Report, ReportStatus, Site, Study, utcnow
+from integration.store.tables import Report, ReportPurpose, ReportStatus, Site, Study, utcnow
 
 _Query = TypeVar("_Query", bound=Select[*tuple[Any, ...]])
 #: ``studies.critical_reason`` is at most this long.
@@ -328,6 +328,7 @@ def drafts_without_alert(session: Session, since: datetime, limit: int = 200) ->
         select(Report.id, Report.findings)
         .outerjoin(CriticalAlert, CriticalAlert.report_id == Report.id)
         .where(Report.status == ReportStatus.DRAFT, Report.created_at >= since, CriticalAlert.id.is_(None))
+        .where(Report.purpose != ReportPurpose.SHADOW)  # a shadow draft never raises an alert
         .order_by(Report.id)
         .limit(limit)
     )

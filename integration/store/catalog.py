@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from integration.store.shadow import reviewable
 from integration.store.tables import (
     Instance,
     Report,
@@ -164,7 +165,7 @@ def _ours(session: Session, study: Study) -> list[StoredObject]:
                 )
             )
 
-    reports = session.scalars(select(Report).where(Report.study_id == study.id).order_by(Report.id)).all()
+    reports = session.scalars(select(Report).where(Report.study_id == study.id, reviewable()).order_by(Report.id)).all()
     shown: set[str] = set()
     for report in reports:
         if report.status in _SHOWN_DRAFTS:

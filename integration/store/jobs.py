@@ -24,6 +24,10 @@ from integration.store.tables import (
     StudyState,
 )
 
+#: Adds the jobs of a study that just became stable (flushed by the caller) and sets its state; returns the jobs
+#: to send (none: the study ended without one, e.g. skipped by its routing rule).
+JobMaker = Callable[[Session, Study], list[AnalysisJob]]
+
 
 @dataclass(frozen=True)
 class PendingSend:
@@ -58,6 +62,8 @@ def complete_stable_studies(
     *,
     prior_wait_seconds: float = 0.0,
     stat_queue: str | None = None,
+    make_jobs: JobMaker | None = None,
+    without_job: list[int] | None = None,
 ) -> list[int]:
     """Turn studies idle past their timer into ``stable`` studies with a new job; return the job ids (flushed).
 
@@ -71,7 +77,8 @@ def complete_stable_studies(
     The study's RIS order decides the rest (a study not linked yet is matched once more, in case its order
     arrived while its first instance was being stored): a cancelled or discontinued order ends the study
     ``cancelled`` without a job; a stat order makes the study stat, and a stat study's job is ``stat`` and
-    goes to ``stat_queue``.
+    goes to ``stat_queue``.  ``make_jobs`` makes the jobs (the routing rule's model, prompt, priority and
+    shadow; a ``skip`` rule ends the study ``skipped`` without one).
 
     Parameters
     ----------
@@ -85,6 +92,12 @@ def complete_stable_studies(
         How long past its idle timer a study waits for its prior search to finish (0: it does not wait).
     stat_queue : str, optional
         Queue of the jobs of stat studies (None: ``queue``).
+    make_jobs : callable, optional
+        Adds the jobs of a study that became stable and sets its state (the routing rule's choice:
+        :func:`integration.intake.rule_jobs.rule_job_maker`); None: one primary job on the default model.
+    without_job : list of int, optional
+        Receives the ids of the studies that completed without a job to send (skipped by their rule, or
+        failed for a name nobody configured): their worklist attributes are recorded all the same.
     """
     searching = exists().where(
         PriorSearch.study_id == Study.id,
@@ -126,19 +139,29 @@ def complete_stable_studies(
                 detail={"reason": f"the order was {order_status}", "study_version": study.version},
             )
             continue
-        stat = study.priority == STAT
-        job = AnalysisJob(
-            study_id=study.id,
-            study_version=study.version,
-            queue=(stat_queue or queue) if stat else queue,
-            priority=STAT if stat else "routine",
-            created_at=now,
+        made = (
+            make_jobs(session, study) if make_jobs is not None else [_plain_job(session, study, queue, stat_queue, now)]
         )
-        session.add(job)
-        study.state = StudyState.STABLE
-        jobs.append(job)
+        if not made and without_job is not None:
+            without_job.append(study.id)
+        jobs += made
     session.flush()
     return [job.id for job in jobs]
+
+
+def _plain_job(session: Session, study: Study, queue: str, stat_queue: str | None, now: datetime) -> AnalysisJob:
+    """Add the primary job of a stable study on the default model (stat studies to the stat queue)."""
+    stat = study.priority == STAT
+    job = AnalysisJob(
+        study_id=study.id,
+        study_version=study.version,
+        queue=(stat_queue or queue) if stat else queue,
+        priority=STAT if stat else "routine",
+        created_at=now,
+    )
+    session.add(job)
+    study.state = StudyState.STABLE
+    return job
 
 
 def _order_status(session: Session, study: Study) -> str | None:

@@ -21,6 +21,7 @@ from integration.store.tables import (
     AnalysisJob,
     JobState,
     Report,
+    ReportPurpose,
     ReportStatus,
     Study,
     StudyState,
@@ -36,6 +37,11 @@ PROMPT_NAMES = BUILTIN_PROMPT_NAMES
 #: Purposes of analysis jobs.
 PRIMARY = "primary"
 SECOND_OPINION = "second_opinion"
+#: A routing rule's candidate model drafting the same study, hidden from reviewers (shadow mode).
+SHADOW = "shadow"
+#: ``analysis_jobs.requested_by`` of a job whose model, prompt, priority or shadow a routing rule chose: this,
+#: then the rule's name.
+RULE_REQUESTER = "rule:"
 #: Priorities of studies and jobs.
 ROUTINE = "routine"
 STAT = "stat"
@@ -218,8 +224,14 @@ def study_opinions(session: Session, study: Study) -> dict[str, Any]:
     ``study_uid``, ``version``, ``priority``, ``jobs`` (model, prompt, purpose, priority, state,
     report id ...) and ``drafts`` (report id, model id, prompt version, status ...).
     """
-    jobs = session.scalars(select(AnalysisJob).where(AnalysisJob.study_id == study.id).order_by(AnalysisJob.id)).all()
-    reports = session.scalars(select(Report).where(Report.study_id == study.id).order_by(Report.id)).all()
+    jobs = session.scalars(
+        select(AnalysisJob)
+        .where(AnalysisJob.study_id == study.id, AnalysisJob.purpose != SHADOW)  # shadow mode is hidden
+        .order_by(AnalysisJob.id)
+    ).all()
+    reports = session.scalars(
+        select(Report).where(Report.study_id == study.id, Report.purpose != ReportPurpose.SHADOW).order_by(Report.id)
+    ).all()
     by_job = {report.job_id: report.id for report in reports if report.job_id is not None}
     return {
         "study_uid": study.study_uid,

@@ -14,7 +14,9 @@ A study stays stat while any of:
     has no signed report of record yet;
 (b) a critical-finding alert of the study is open (not yet acknowledged, and not closed with its draft);
 (c) a stat second opinion is queued or running, or its draft exists (status ``draft``) and no radiologist has
-    opened it yet (``reports.read_at`` is None): the person who asked urgently has not seen the answer.
+    opened it yet (``reports.read_at`` is None): the person who asked urgently has not seen the answer;
+(d) a stat routing rule took the study (its current version's primary job is ``stat`` and was not superseded
+    or cancelled) and it has no signed report of record yet.
 
 Settling only ever lowers: a routine study is never made stat here (the code that starts stat work raises it).
 When a study returns to routine its ``critical_reason`` (shown beside STAT on the worklist) is cleared only when
@@ -31,7 +33,7 @@ from sqlalchemy import and_, exists, select, update
 from sqlalchemy.orm import Session
 
 from integration.store.alert_tables import AlertState, CriticalAlert
-from integration.store.opinions import ROUTINE, SECOND_OPINION, STAT
+from integration.store.opinions import PRIMARY, ROUTINE, RULE_REQUESTER, SECOND_OPINION, STAT
 from integration.store.order_tables import Order, OrderStatus
 from integration.store.tables import (
     AnalysisJob,
@@ -67,7 +69,12 @@ def settle_priority(session: Session, study: Study, now: datetime) -> str:
     """
     if study.priority != STAT:
         return study.priority
-    if _stat_order_open(session, study) or _critical_alert_open(session, study) or _stat_opinion_open(session, study):
+    if (
+        _stat_order_open(session, study)
+        or _critical_alert_open(session, study)
+        or _stat_opinion_open(session, study)
+        or _stat_rule_open(session, study)
+    ):
         return STAT
     study.priority = ROUTINE
     study.updated_at = now
@@ -148,6 +155,24 @@ def _stat_opinion_open(session: Session, study: Study) -> bool:
         AnalysisJob.state.in_(_OPEN_JOBS) | and_(AnalysisJob.state == JobState.DONE, unread_draft),
     )
     return session.scalar(query.limit(1)) is not None
+
+
+def _stat_rule_open(session: Session, study: Study) -> bool:
+    """Rule (d): a stat routing rule made the current version's primary job and nothing is signed yet."""
+    query = select(AnalysisJob.id).where(
+        AnalysisJob.study_id == study.id,
+        AnalysisJob.study_version == study.version,
+        AnalysisJob.purpose == PRIMARY,
+        AnalysisJob.priority == STAT,
+        AnalysisJob.requested_by.startswith(RULE_REQUESTER),
+        AnalysisJob.state.not_in((JobState.SUPERSEDED, JobState.CANCELLED)),
+    )
+    if session.scalar(query.limit(1)) is None:
+        return False
+    signed = select(Report.id).where(
+        Report.study_id == study.id, Report.status == ReportStatus.SIGNED, Report.purpose == ReportPurpose.PRIMARY
+    )
+    return session.scalar(signed.limit(1)) is None
 
 
 def _critical_acknowledged(session: Session, study_id: int) -> bool:

@@ -16,7 +16,7 @@ from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from integration.store.opinions import SECOND_OPINION
+from integration.store.opinions import SECOND_OPINION, SHADOW
 from integration.store.order_tables import Order, OrderStatus
 from integration.store.priority import settle_priority
 from integration.store.tables import (
@@ -31,6 +31,8 @@ from integration.store.tables import (
     StudyState,
 )
 
+#: Report purpose of a job's draft, by the job's purpose (anything else drafts the primary report).
+_REPORT_PURPOSE = {SECOND_OPINION: ReportPurpose.SECOND_OPINION, SHADOW: ReportPurpose.SHADOW}
 #: Job states after which a delivered task has nothing left to do.
 FINISHED = frozenset({JobState.DONE, JobState.FAILED, JobState.SUPERSEDED, JobState.CANCELLED})
 
@@ -141,7 +143,9 @@ def claim_job(session: Session, job_id: int, *, max_attempts: int, now: datetime
         return SkippedJob(job_id, reason)
     job.state = JobState.RUNNING
     job.started_at = now
-    if study.version == job.study_version and study.state in (StudyState.QUEUED, StudyState.RUNNING):
+    if job.purpose == SHADOW:  # the study's state follows its primary job only
+        pass
+    elif study.version == job.study_version and study.state in (StudyState.QUEUED, StudyState.RUNNING):
         study.state = StudyState.RUNNING
     return ClaimedJob(job.id, study.id, study.study_uid, job.study_version, job.attempts, study.calling_ae)
 
@@ -206,6 +210,8 @@ def _fail(session: Session, job: AnalysisJob, study: Study, reason: str, now: da
     job.state = JobState.FAILED
     job.last_error = reason[:2000]
     job.finished_at = now
+    if job.purpose == SHADOW:  # a candidate model's failure is the candidate's, never the study's
+        return
     if study.version == job.study_version and study.state in (StudyState.QUEUED, StudyState.RUNNING):
         study.state = StudyState.FAILED
     settle_priority(session, study, now)
@@ -265,7 +271,7 @@ def record_draft_superseding(session: Session, job_id: int, draft: DraftRecord, 
         ).value,
         "ai_generated": True,
         "verification": "UNVERIFIED",
-        "purpose": ReportPurpose.SECOND_OPINION.value if job.purpose == SECOND_OPINION else ReportPurpose.PRIMARY.value,
+        "purpose": _REPORT_PURPOSE.get(job.purpose, ReportPurpose.PRIMARY).value,
         "created_at": now,
         **draft.__dict__,
     }
@@ -285,7 +291,7 @@ def record_draft_superseding(session: Session, job_id: int, draft: DraftRecord, 
         job.finished_at = now
         job.last_error = None
     superseded: list[int] = []
-    if current:
+    if current and job.purpose != SHADOW:  # a shadow draft never moves its study nor takes a draft's place
         superseded = list(
             session.scalars(
                 update(Report)
@@ -341,6 +347,7 @@ def study_outcomes(session: Session, study_uids: list[str]) -> list[StudyOutcome
         report = session.scalars(
             select(Report)
             .where(Report.study_id == study.id, Report.status == ReportStatus.DRAFT)
+            .where(Report.purpose != ReportPurpose.SHADOW)  # shadow mode is hidden
             .order_by(Report.study_version.desc(), Report.id.desc())
             .limit(1)
         ).one_or_none()

@@ -55,7 +55,12 @@ def failure_of(session: Session, study: Study) -> Failure | None:
         The newest job's error and finish time, when that job failed.
     """
     job = session.scalars(
-        select(AnalysisJob).where(AnalysisJob.study_id == study.id).order_by(AnalysisJob.id.desc()).limit(1)
+        select(AnalysisJob)
+        .where(
+            AnalysisJob.study_id == study.id, AnalysisJob.purpose != "shadow"
+        )  # a candidate's failure is not the study's
+        .order_by(AnalysisJob.id.desc())
+        .limit(1)
     ).one_or_none()
     if job is None or job.state != JobState.FAILED:
         return None

@@ -77,6 +77,9 @@ class StudyState(enum.StrEnum):
     CANCELLED = "cancelled"
     #: Its MPPS was DISCONTINUED: not completed by the idle timer until a person releases it.
     HELD = "held"
+    #: A routing rule with ``skip`` took it: not analysed, on purpose (the rule is named in its ``study.skipped``
+    #: audit event; see :func:`integration.store.shadow.skip_reason`).
+    SKIPPED = "skipped"
 
 
 class JobState(enum.StrEnum):
@@ -111,6 +114,9 @@ class ReportPurpose(enum.StrEnum):
 
     PRIMARY = "primary"
     SECOND_OPINION = "second_opinion"
+    #: A candidate model's draft in shadow mode (a routing rule's ``shadow_model``): never shown to reviewers,
+    #: never signed, delivered or alerted on; only compared with the signed report (:mod:`integration.store.shadow`).
+    SHADOW = "shadow"
 
 
 #: ``studies.role`` of a study sent to us to be drafted.

@@ -16,6 +16,7 @@ from integration.store.tables import Base
 
 TABLES = {
     "studies",
+    "shadow_outcomes",
     "study_purges",
     "purge_totals",
     "config_entries",

@@ -21,13 +21,14 @@ from integration.imaging.selection import NoImages
 from integration.live_config import live_settings
 from integration.queue import ANALYZE_STUDY
 from integration.reports.drafts import ensure_draft_sr
+from integration.reports.shadow import compare_late_shadow
 from integration.store.jobs import record_job_error
-from integration.store.opinions import JobChoice, job_choice
+from integration.store.opinions import SHADOW, JobChoice, job_choice
 from integration.store.orders import order_for_study
 from integration.store.priors import priors_view
 from integration.store.reports import SkippedJob, claim_job, fail_job, instance_files, record_draft_superseding
 from integration.store.session import session_scope
-from integration.store.tables import Report, ReportStatus, utcnow
+from integration.store.tables import AnalysisJob, Report, ReportPurpose, ReportStatus, utcnow
 from models.backend import ModelNotStaged
 from models.batching import BatchTimeout
 from models.prompts import UnknownPrompt, template_named
@@ -74,6 +75,7 @@ def analyze_study(self: Any, job_id: int) -> str:
             files = instance_files(session, claimed.study_id, claimed.study_version)
             priors = priors_view(session, claimed.study_id)
             order = order_for_study(session, claimed.study_id)
+            shadow = session.scalar(select(AnalysisJob.purpose).where(AnalysisJob.id == job_id)) == SHADOW
         log.info(
             "analysis job %d: model %s, prompt %s",
             job_id,
@@ -119,6 +121,8 @@ def analyze_study(self: Any, job_id: int) -> str:
     if withdrawn:  # the order was cancelled while the model ran: kept, never exported
         log.info("analysis job %d: draft report %d withdrawn (its order was cancelled)", job_id, report_id)
         return f"report {report_id} withdrawn"
+    if shadow:  # hidden from reviewers: no alert, no SR, no delivery; measured against the signed report only
+        return _shadow_recorded(settings, job_id, report_id)
     _open_alert(settings, report_id)  # a critical finding reaches a person before anything else is sent
     _write_draft_sr(settings, report_id)
     queue_deliveries(settings, report_id, None, "draft")
@@ -134,6 +138,20 @@ def analyze_study(self: Any, job_id: int) -> str:
         draft.prompt_version,
     )
     return f"report {report_id}"
+
+
+def _shadow_recorded(settings: Settings, job_id: int, report_id: int) -> str:
+    """Finish a shadow job: compare its draft with the signed report when the study was signed meanwhile."""
+    with session_scope(settings.database_url) as session:
+        if session.scalar(select(Report.purpose).where(Report.id == report_id)) != ReportPurpose.SHADOW:
+            # the candidate drafted exactly what a visible draft holds (same model, revision, prompt version)
+            log.warning(
+                "shadow job %d: its draft is report %d, not a shadow draft: nothing compared", job_id, report_id
+            )
+            return f"report {report_id} (not a shadow draft)"
+        compared = compare_late_shadow(session, report_id)
+    log.info("shadow job %d: shadow draft report %d%s", job_id, report_id, " compared" if compared else "")
+    return f"shadow report {report_id}"
 
 
 def _open_alert(settings: Settings, report_id: int) -> None:

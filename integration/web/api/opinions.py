@@ -35,6 +35,7 @@ from integration.store.opinions import OpinionRefused, request_second_opinion, s
 from integration.store.priority import mark_read
 from integration.store.revisions import report_of_record
 from integration.store.session import session_scope
+from integration.store.shadow import reviewable
 from integration.store.tables import Report, ReportStatus, Study, utcnow
 from integration.web.deps import AppSettings, CurrentUser, DbSession, PageReviewer, Reviewer, StudyUid, client_address
 from integration.web.pages.templating import PageRoute, render
@@ -316,6 +317,7 @@ def _compare_page(
                 Report.study_id == study.id,
                 Report.study_version == study.version,
                 Report.status != ReportStatus.SUPERSEDED,
+                reviewable(),
             )
             .order_by(Report.id)
             .limit(2)

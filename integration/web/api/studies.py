@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session, aliased
 from integration.store.audit import add_event
 from integration.store.order_tables import Order
 from integration.store.reading_tables import StudyClaim
+from integration.store.shadow import reviewable
 from integration.store.tables import ROLE_CURRENT, Instance, Report, ReportStatus, Series, Site, Study, User, utcnow
 from integration.web import schemas
 from integration.web.deps import CurrentUser, DbSession, Reviewer, StudyUid, client_address
@@ -159,7 +160,8 @@ _Claimer = aliased(User)
 def _matching(query: Select[Any], user: CurrentUser, filters: WorklistFilter, now: datetime) -> Select[Any]:
     """Join what the filters need (newest report, site, order, live claim and its holder) and filter."""
     latest = aliased(Report)
-    newest_id = select(func.max(latest.id)).where(latest.study_id == Study.id).correlate(Study).scalar_subquery()
+    newest = select(func.max(latest.id)).where(latest.study_id == Study.id, reviewable(latest))
+    newest_id = newest.correlate(Study).scalar_subquery()
     query = (
         query.outerjoin(Site, Study.site_id == Site.id)
         .outerjoin(Report, Report.id == newest_id)
@@ -313,7 +315,7 @@ def study_detail(session: Session, study: Study) -> schemas.StudyDetail:
         ).all()
     )
     site_code = session.scalar(select(Site.code).where(Site.id == study.site_id)) if study.site_id else None
-    reports = session.scalars(select(Report).where(Report.study_id == study.id).order_by(Report.id)).all()
+    reports = session.scalars(select(Report).where(Report.study_id == study.id, reviewable()).order_by(Report.id)).all()
     order = session.get(Order, study.order_id) if study.order_id is not None else None
     detail = {
         **_header(study, site_code, order),

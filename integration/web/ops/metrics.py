@@ -52,6 +52,7 @@ from integration.web.ops.alert_metrics import alert_metrics
 from integration.web.ops.health import describe_error, ping_broker, start_in_thread
 from integration.web.ops.purged_added import PurgedRowsAdded
 from integration.web.ops.safety_metrics import SafetyCollector
+from integration.web.ops.shadow_metrics import ShadowCollector
 from integration.web.ops.stage_metrics import StageCollector
 
 logger = logging.getLogger(__name__)
@@ -372,6 +373,7 @@ def metrics_registry(settings: Settings) -> CollectorRegistry:
     # counters derived from rows get back what purges removed (integration/web/ops/purge_totals.py)
     for collector in (OperationsCollector(settings), SafetyCollector(settings), StageCollector(settings)):
         registry.register(PurgedRowsAdded(collector, settings))
+    registry.register(ShadowCollector(settings))  # shadow mode's candidates (integration/web/ops/shadow_metrics.py)
     ProcessCollector(registry=registry)
     return registry
 

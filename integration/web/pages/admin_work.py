@@ -32,6 +32,7 @@ from integration.config import Settings
 from integration.failed_work import NoSuchStudy, WorkRefused, reanalyze_study, retry_dead_letters, retry_study
 from integration.live_config import live_settings, prompt_names
 from integration.store.deliveries import list_deliveries
+from integration.store.shadow import skipped_studies
 from integration.store.tables import DeliveryState, JobState, UserRole
 from integration.store.work import WorkFilter, failed_studies, list_jobs
 from integration.web.deps import AppSettings, CurrentUser, DbSession, StudyUid, client_address, require_roles
@@ -99,6 +100,7 @@ def _page(
     wanted, where = _filters(settings, query.get("state", ""), query.get("site", ""), query.get("since", ""), limit)
     context: dict[str, Any] = {
         "failed": failed_studies(session, where),
+        "skipped": skipped_studies(session, where),  # not errors: a routing rule said skip
         "jobs": list_jobs(session, wanted, where),
         "dead_letters": list_deliveries(session, DeliveryState.DEAD_LETTER, where.limit),
         "job_states": [s.value for s in JobState],

@@ -42,6 +42,7 @@ from integration.store.orders import order_for_study
 from integration.store.priority import mark_read
 from integration.store.reviews import change_history, working_copy
 from integration.store.revisions import report_of_record
+from integration.store.shadow import reviewable, skip_reason
 from integration.store.tables import Report, ReportPurpose, ReportStatus, Site, UserRole
 from integration.web.api import review_actions as actions
 from integration.web.api.alerts import study_alerts
@@ -106,7 +107,9 @@ def _study_context(
     """Read everything the page shows, claim the study for a radiologist reading its draft, and audit the view."""
     study = study_for(session, user, study_uid)
     site = session.scalar(select(Site.code).where(Site.id == study.site_id)) if study.site_id else None
-    reports = list(session.scalars(select(Report).where(Report.study_id == study.id).order_by(Report.id.desc())))
+    reports = list(
+        session.scalars(select(Report).where(Report.study_id == study.id, reviewable()).order_by(Report.id.desc()))
+    )
     report = choose_report(reports, report_id)
     mark_read(session, report, role=user.role)  # a stat second opinion read: its study may go back to routine
     images = study_images(
@@ -143,6 +146,7 @@ def _study_context(
         "list_query": list_query(filters),
         "worklist_url": worklist_url(filters),
         "study": study,
+        "skip_reason": skip_reason(session, study),  # a routing rule's skip: not an error, named
         "site": site,
         "reports": reports,
         "report": report,

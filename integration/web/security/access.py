@@ -13,6 +13,7 @@ from fastapi import HTTPException, status
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
+from integration.store.shadow import reviewable
 from integration.store.tables import Report, Study, UserRole
 from integration.uids import is_valid_uid
 from integration.web.deps import CurrentUser
@@ -58,10 +59,12 @@ def report_for(session: Session, user: CurrentUser, report_id: int) -> Report:
         404 when it does not exist or its study belongs to another site (then a :class:`CrossSiteRefused`).
     """
     report: Report | None = session.scalar(
-        visible(select(Report).join(Study, Report.study_id == Study.id).where(Report.id == report_id), user)
+        visible(
+            select(Report).join(Study, Report.study_id == Study.id).where(Report.id == report_id, reviewable()), user
+        )
     )
     if report is None:
-        if session.scalar(select(Report.id).where(Report.id == report_id)) is not None:
+        if session.scalar(select(Report.id).where(Report.id == report_id, reviewable())) is not None:
             raise CrossSiteRefused("no such report", "report", str(report_id))
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such report")
     return report
