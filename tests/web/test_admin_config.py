@@ -186,6 +186,14 @@ def test_an_administrator_edits_a_rule_and_moves_it(world: Module, chromium: Any
     (_, moved) = audited(world, "config.routing_rule.saved", "mr-head")[-1]
     assert moved["before"]["position"] == before["mr-head"] and moved["after"]["position"] == after["mr-head"]
     assert entries(world, ConfigKind.ROUTING_RULE)["mr-head"][1] == document  # moving changes nothing else
+    # and down again: after ct-chest, one more audited change
+    with admin.expect_navigation():
+        admin.locator('#config-entries tr[data-name="mr-head"] .move-down').click()
+    names = admin.locator("#config-entries tbody tr").evaluate_all("rows => rows.map(r => r.dataset.name)")
+    assert names.index("mr-head") == names.index("ct-chest") + 1
+    again = entries(world, ConfigKind.ROUTING_RULE)
+    assert again["mr-head"][0] > again["ct-chest"][0] and again["mr-head"][1] == document
+    assert len(audited(world, "config.routing_rule.saved", "mr-head")) == 4
     # the topmost cannot go further up
     assert admin.locator("#config-entries tbody tr").first.locator(".move-up").is_disabled()
 
@@ -314,3 +322,10 @@ def test_only_administrators_with_a_csrf_token_change_the_configuration(world: M
     assert bad.status_code == 422 and "not a valid model name" in bad.text and 'value="Bad Name!"' in bad.text
     with session_scope(world.settings.database_url) as session:
         assert session.scalar(select(ConfigEntry).where(ConfigEntry.name == "Bad Name!")) is None
+    # a name is shown as text: an AE title may hold "<" and ">"
+    hostile = admin.post(
+        "/admin/config/calling-aes/save", data={"name": "<i>AE</i>", "hosts": "", "csrf_token": token(admin)}
+    )
+    assert hostile.status_code == 303
+    page = admin.get("/admin/config/calling-aes").text
+    assert "&lt;i&gt;AE&lt;/i&gt;" in page and "<i>AE</i>" not in page and "?edit=%3Ci%3EAE%3C/i%3E" in page

@@ -260,7 +260,10 @@ def _overview(request: Request, session: Session) -> HTMLResponse:
 
 
 def _move(session: Session, section: Section, name: str, direction: str, actor: str, source: str | None) -> bool:
-    """Move a rule one place up or down (positions renumbered 0, 1, ... where they change); False at an end.
+    """Move a rule one place up or down; False when it is at that end already.
+
+    One audited change: the store puts an entry given a position another entry holds before that entry
+    (up: the position of the rule above; down: just after the rule below).
 
     Raises
     ------
@@ -268,26 +271,15 @@ def _move(session: Session, section: Section, name: str, direction: str, actor: 
         404 for an unknown entry.
     """
     entries = rows.list_entries(session, section.kind)
-    names = [entry.name for entry in entries]
-    if name not in names:
+    at = next((index for index, entry in enumerate(entries) if entry.name == name), None)
+    if at is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such entry")
-    at = names.index(name)
     to = at - 1 if direction == "up" else at + 1
-    if not 0 <= to < len(names):
+    if not 0 <= to < len(entries):
         return False
-    names[at], names[to] = names[to], names[at]
-    order = {entry_name: position for position, entry_name in enumerate(names)}
-    for entry in entries:
-        if entry.position != order[entry.name]:
-            app_config.save(
-                session,
-                section.kind,
-                entry.name,
-                entry.document,
-                actor=actor,
-                position=order[entry.name],
-                source=source,
-            )
+    entry = entries[at]
+    position = entries[to].position if direction == "up" else entries[to].position + 1
+    app_config.save(session, section.kind, name, entry.document, actor=actor, position=position, source=source)
     return True
 
 
