@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from bench import load_retention
 from bench.ingest import (
     BenchError,
     ManagedProcess,
@@ -304,6 +305,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--database-url", help="an existing migrated database (default: a new one on 127.0.0.1:5432)")
     parser.add_argument("--broker-url", default=DEFAULT_BROKER_URL, help="Redis database (flushed)")
     parser.add_argument("--draft-timeout", type=float, default=600.0, help="seconds to wait for the drafts")
+    parser.add_argument(
+        "--retention",
+        action="store_true",
+        help="retention active: signed seed studies fill a storage quota the load overflows, so the purge loop "
+        "purges while it loads; adds 'lost=<n> purged=<studies>' (see bench/load_retention.py)",
+    )
     return parser.parse_args(argv)
 
 
@@ -328,6 +335,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         workdir = Path(tmp)
         progress_console.print(f"writing {args.associations} studies x {args.instances} instances ...")
         studies = write_studies(workdir / "studies", args.associations, args.instances)
+        seed = write_studies(workdir / "seed", args.associations, args.instances) if args.retention else []
+        retention = load_retention.plan(seed, studies) if args.retention else None
         model = args.model
         if model is None:
             from models.smoke import build_smoke_model
@@ -342,10 +351,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         # one modality AE opens every association here: let it hold them all
                         "PACSVLM_MAX_ASSOCIATIONS": str(max(16, args.associations + 2)),
                         "PACSVLM_MAX_ASSOCIATIONS_PER_AE": str(args.associations),
+                        **(retention.env() if retention is not None else {}),
                     }
                 )
                 worker = deploy.start_worker(model, {})
                 assert listener.process is not None
+                if retention is not None:
+                    progress_console.print(f"seeding {len(seed)} studies, drafted and signed ...")
+                    load_retention.seed_and_sign(deploy, seed, send_study, args.draft_timeout, worker.running)
                 barrier = threading.Barrier(args.associations)
                 progress_console.print(f"sending on {args.associations} associations ...")
                 began = time.perf_counter()
@@ -361,13 +374,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                 progress_console.print("waiting for the drafts ...")
                 deadline = time.monotonic() + args.draft_timeout
                 drafts: list[tuple[object, ...]] = []
+
+                def drafts_now() -> list[tuple[object, ...]]:
+                    if retention is not None:  # the load's studies only (seed studies have theirs)
+                        return load_retention.count_load(deploy, studies, expected).drafts
+                    return deploy.rows("SELECT study_id, count(*) FROM reports GROUP BY study_id")
+
                 while time.monotonic() < deadline and worker.running():
-                    drafts = deploy.rows("SELECT study_id, count(*) FROM reports GROUP BY study_id")
+                    drafts = drafts_now()
                     if len(drafts) >= args.associations:
                         break
                     time.sleep(0.5)
                 drafted_at = time.perf_counter() - began
-                drafts = deploy.rows("SELECT study_id, count(*) FROM reports GROUP BY study_id")
+                drafts = drafts_now()
+                held = load_retention.count_load(deploy, studies, expected) if retention is not None else None
+                if held is not None:
+                    rows, files_on_disk = (held.rows, held.distinct), held.files
         except BenchError as exc:
             progress_console.print("[red]load benchmark failed:[/red]", end=" ")
             progress_console.print(str(exc), markup=False, highlight=False)
@@ -395,11 +417,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("studies drafted once", f"{sum(int(str(c)) == 1 for _, c in drafts)}/{args.associations}"),
         ("all drafted after (s)", f"{drafted_at:.1f}"),
         ("association errors", str(sum(bool(r.error) for r in results))),
+        *load_retention.table_rows(retention, held),
     ):
         table.add_row(name, value)
     console.print(table)
-    print(f"load stored={stored}/{expected} p99_ms={p99:.1f}", flush=True)
-    return 0 if exactly_once and drafted_once else 1
+    tail = f" lost={held.lost} purged={held.purged_studies}" if held is not None else ""
+    print(f"load stored={stored}/{expected} p99_ms={p99:.1f}{tail}", flush=True)
+    return 0 if exactly_once and drafted_once and (held is None or held.lost == 0) else 1
 
 
 if __name__ == "__main__":

@@ -74,7 +74,7 @@ def test_pressure_purges_the_study_read_longest_ago_until_the_mark(url: str, tmp
     assert not (settings.instance_root / "1.2.3.2").exists()
     with session_scope(settings.database_url) as session:
         event = session.scalars(select(AuditEvent).where(AuditEvent.action == "retention.purge")).one()
-    assert event.detail["reason"] == "disk pressure"
+    assert event.detail is not None and event.detail["reason"] == "disk pressure"
     assert (event.detail["studies"], event.detail["instances"]) == (1, 2)
 
 
