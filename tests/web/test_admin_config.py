@@ -276,6 +276,8 @@ def test_a_bad_destination_is_refused_without_losing_the_text(world: Module, chr
     assert said_generation(admin) == generation(world)
     _, document = entries(world, ConfigKind.DESTINATION)["pacs-test"]
     assert document["ae_title"] == "ORTHANC" and document["port"] == 4242 and document["reports"] == "both"
+    [(actor, detail)] = audited(world, "config.destination.saved", "pacs-test")
+    assert actor == "boss" and detail["before"] is None and detail["after"]["document"] == document
     assert '"ORTHANC"' in admin.locator('#config-entries tr[data-name="pacs-test"] .entry-document').inner_text()
 
 
@@ -316,6 +318,8 @@ def test_only_administrators_with_a_csrf_token_change_the_configuration(world: M
     )
     assert answer.status_code == 303 and answer.headers["location"].startswith("/admin/config/models?done=saved&g=")
     assert entries(world, ConfigKind.MODEL)["refused-model"][1] == {"path": "/models/x"}
+    [(actor, detail)] = audited(world, "config.model.saved", "refused-model")
+    assert actor == "boss" and detail["after"]["document"] == {"path": "/models/x"}
     bad = admin.post(
         "/admin/config/models/save", data={"name": "Bad Name!", "path": "/models/y", "csrf_token": token(admin)}
     )
