@@ -1,8 +1,8 @@
 """Soak: a sender keeps sending into the real listener while a small volume fills past the purge mark.
 
-No small real file system can be made here without root (no loop or tmpfs mount), so the volume is
-pacs-vlm's storage quota (``PACSVLM_STORAGE_QUOTA_BYTES``, the product feature a hospital uses for its share
-of a larger volume): the listener's free space is the quota less what its store holds.  Studies are read
+The volume is a real 3 MB tmpfs where one can be mounted (root), and in every case pacs-vlm's storage quota
+(``PACSVLM_STORAGE_QUOTA_BYTES``, the product feature a hospital uses for its share of a larger volume, which
+needs no root): there the listener's free space is the quota less what its store holds.  Studies are read
 (signed or rejected, as a radiologist would, written to the rows: no model runs here) two studies behind
 the sender, with a retention policy that lets read studies' images go at once; two studies are never read.
 The store takes several times its quota in all, so the listener must purge as it goes: nothing may be
@@ -55,8 +55,32 @@ NEVER_READ = {1, 5}  # awaiting review for ever: never purged, though they are a
 LAG = 2  # a study is read once two later ones were sent
 
 
+@pytest.fixture(params=["tmpfs", "quota"])
+def volume(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
+    """The listener's settings of a small volume: a mounted tmpfs of the quota's size, or the quota."""
+    if request.param == "quota":
+        yield {"PACSVLM_STORAGE_QUOTA_BYTES": str(QUOTA)}
+        return
+    mount = tmp_path / "volume"
+    mount.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={QUOTA // 1024}k", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}")
+    try:
+        yield {"PACSVLM_STORAGE_DIR": str(mount / "instances")}
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True, check=False)
+
+
 @pytest.fixture
-def listener(migrated_postgres_url: str, redis_url: str, tmp_path: Path) -> Iterator[ListenerProcess]:
+def listener(
+    migrated_postgres_url: str, redis_url: str, tmp_path: Path, volume: dict[str, str]
+) -> Iterator[ListenerProcess]:
     process = ListenerProcess(
         tmp_path / "data",
         migrated_postgres_url,
@@ -70,8 +94,8 @@ def listener(migrated_postgres_url: str, redis_url: str, tmp_path: Path) -> Iter
             "PACSVLM_PURGE_HYSTERESIS_BYTES": str(MIN_FREE),
             "PACSVLM_PURGE_CHECK_SECONDS": "0.2",
             "PACSVLM_PURGE_INTERVAL_MINUTES": "0",  # only pressure purges here
-            "PACSVLM_STORAGE_QUOTA_BYTES": str(QUOTA),
             "PACSVLM_STORAGE_USAGE_RECOUNT_SECONDS": "2",
+            **volume,
         },
     ).start()
     yield process
@@ -165,6 +189,7 @@ def test_a_filling_volume_purges_read_studies_and_refuses_nothing(
     listener: ListenerProcess, migrated_postgres_url: str
 ) -> None:
     url = migrated_postgres_url
+    root = Path(listener.env().get("PACSVLM_STORAGE_DIR") or listener.instance_root)
     sent: list[str] = []
     statuses: list[int] = []
     started = time.monotonic()
@@ -175,7 +200,7 @@ def test_a_filling_volume_purges_read_studies_and_refuses_nothing(
         behind = index - LAG
         if behind >= 0 and behind not in NEVER_READ:
             _read(url, sent[behind], sign=behind % 2 == 0)
-        assert used_bytes(listener.instance_root) <= QUOTA  # the share is never overrun
+        assert used_bytes(root) <= QUOTA  # the share is never overrun
     assert statuses == [0] * STUDIES * PER_STUDY, listener.log()[-3000:]  # nothing refused
     assert "refused" not in listener.log()
 
@@ -183,11 +208,11 @@ def test_a_filling_volume_purges_read_studies_and_refuses_nothing(
     for study_uid in unread:  # nothing lost that was not eligible: every row and its file
         paths = _held(url, study_uid)
         assert len(paths) == PER_STUDY, study_uid
-        assert all((listener.instance_root / path).is_file() for path in paths)
+        assert all((root / path).is_file() for path in paths)
     read = [uid for i, uid in enumerate(sent[:-LAG]) if i not in NEVER_READ]
     purged = [uid for uid in read if not _held(url, uid)]
     assert len(purged) >= len(read) // 2  # several times the quota went through: most read studies went
-    assert all(not (listener.instance_root / uid).exists() for uid in purged)
+    assert all(not (root / uid).exists() for uid in purged)
     with session_scope(url) as session:
         events = session.scalars(select(AuditEvent).where(AuditEvent.action == "retention.purge")).all()
         kept = session.scalar(select(func.count()).select_from(Report))
@@ -206,4 +231,4 @@ def test_a_filling_volume_purges_read_studies_and_refuses_nothing(
     )
     assert check.returncode == 0, check.stdout + check.stderr
     assert time.monotonic() - started < 90
-    assert os.path.isdir(listener.instance_root)
+    assert os.path.isdir(root)

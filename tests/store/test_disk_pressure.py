@@ -4,6 +4,7 @@ purge lock; the quota; and the row-derived counters of ``/metrics`` never go dow
 from __future__ import annotations
 
 import logging
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -175,3 +176,38 @@ def test_counters_do_not_go_down_when_a_purge_deletes_rows(migrated_postgres_url
     assert {key: after.get(key) for key in before} == before
     purge(settings, NOW, measure=counter_reader(settings))  # nothing more to purge: nothing added twice
     assert {key: value for key, value in _kept_samples(settings).items() if key in before} == before
+
+
+def test_health_says_whether_anything_is_eligible_below_the_minimum(url: str, tmp_path: Path) -> None:
+    from integration.web.ops.health import check_disk
+
+    settings = _settings(url, tmp_path, used=2 * FILE, free=50)  # below min_free_bytes (100)
+    add_study(settings, "1.2.7.1", report=None)  # never read
+    outcome = check_disk(settings)
+    assert not outcome.ok and "no study eligible for purging" in outcome.detail
+    add_study(settings, "1.2.7.2")  # read long ago: eligible
+    outcome = check_disk(settings)
+    assert not outcome.ok and "1 studies eligible for purging" in outcome.detail
+
+
+def test_the_loop_runs_the_scheduled_purge(url: str, tmp_path: Path) -> None:
+    settings = Settings(
+        database_url=url,
+        data_dir=tmp_path / "data",
+        retention=POLICY,
+        purge_check_seconds=0.05,
+        purge_interval_minutes=0.001,
+    )
+    add_study(settings, "1.2.8.1")
+    loop = PurgeLoop(settings, store_space(settings))
+    loop.start()
+    try:
+        deadline = time.monotonic() + 20
+        while count(settings, Instance) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        loop.stop()
+    assert count(settings, Instance) == 0
+    with session_scope(settings.database_url) as session:
+        reasons = {(e.detail or {}).get("reason") for e in session.scalars(select(AuditEvent)).all()}
+    assert "schedule" in reasons
