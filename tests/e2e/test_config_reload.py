@@ -8,15 +8,21 @@ administrator would run them (subprocesses with the processes' environment).
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from integration.config import Settings
+from integration.config_seed import seed_configuration
+from integration.export.outbox import queue_deliveries
+from integration.reports.drafts import sign_report
 from integration.samples import write_ct_series
 from integration.store import app_config as rows
 from integration.store.session import session_scope
+from tests.export.test_delivery import delivery_env, stored_report
 from tests.support.peers import REPO, ListenerProcess, WorkerProcess, storescu, wait_until
 from tests.support.records import db_rows
 
@@ -103,3 +109,32 @@ def test_a_running_worker_drafts_with_the_new_prompt_version(
         assert drafts(url)[1][1] == f"{name}/v{int(version) + 1}"
     finally:
         listener.stop()
+
+
+def test_a_destination_added_while_the_worker_runs_receives_the_next_signed_report(
+    migrated_postgres_url: str, redis_url: str, tmp_path: Path, worker_factory: Callable[..., WorkerProcess]
+) -> None:
+    url = migrated_postgres_url
+    # this process stands in for the api, which queues a signed report's deliveries
+    settings = Settings(data_dir=tmp_path / "data", database_url=url, broker_url=redis_url, config_poll_seconds=0.5)
+    with session_scope(url) as session:
+        assert "destination" in seed_configuration(session, settings)  # no destination in the environment
+    worker = worker_factory(
+        settings.data_dir, url, redis_url, None, queues="delivery", extra_env={**delivery_env(settings, []), **POLL}
+    )
+    report_id = stored_report(settings)
+    first = sign_report(settings, report_id, author="Doe^Jane", organization="North")
+    assert queue_deliveries(settings, report_id, first, "signed") == []  # nowhere to go yet
+    folder = tmp_path / "ris-drop"
+    document = {"kind": "folder", "folder": str(folder), "documents": ["fhir", "hl7"], "reports": "signed"}
+    pacs_vlm({**worker.env(), "PYTHONUNBUFFERED": "1"}, "config", "set", "destination", "ris-drop", "--json",
+             json.dumps(document))  # fmt: skip
+    time.sleep(1.5)  # three polls of this process and of the worker
+    second = sign_report(settings, report_id, author="Doe^Jane", organization="North", impression="Changed.")
+    assert len(queue_deliveries(settings, report_id, second, "signed")) == 2  # its FHIR and HL7 documents
+    wait_until(
+        lambda: len(list(folder.glob("*"))) == 2,
+        timeout=60, message=f"the signed report in the folder; worker log:\n{worker.log()[-2000:]}",
+    )  # fmt: skip
+    delivered = db_rows(url, "SELECT destination, document, state FROM deliveries ORDER BY id")
+    assert sorted(delivered) == [("ris-drop", "fhir", "delivered"), ("ris-drop", "hl7", "delivered")]

@@ -45,6 +45,7 @@ from integration.intake.outcome import STOW_AE, Origin, Result, StoreOutcome
 from integration.intake.part10 import split_part10
 from integration.intake.storage import InstanceStore, StorageFull
 from integration.intake.structure import InvalidInstance
+from integration.live_config import live_settings
 from integration.store.audit import add_event
 from integration.store.session import session_scope
 from integration.store.tables import UserRole
@@ -379,7 +380,7 @@ async def _stow_admitted(request: Request, study_uid: str | None, user: CurrentU
             calling_ae=STOW_AE,
             source="stow",
             site_id=user.site_id,
-            stable_seconds=settings.stable_seconds_for(STOW_AE),
+            stable_seconds=live_settings(settings).stable_seconds_for(STOW_AE),
             any_site=user.role is UserRole.ADMIN,
         )
         results = await anyio.to_thread.run_sync(_store_parts, intake, spool, parts, origin, study_uid)
