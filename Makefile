@@ -16,13 +16,15 @@ export UV_PYTHON_DOWNLOADS    := never
 # real peers (api, listener, Orthanc, Chromium), so two processes share two cores well.  TEST_WORKERS=0 runs
 # it in one process.
 TEST_WORKERS ?= 2
+# npm ci's record of the single sign-on tests' OpenID provider (tests/support/oidc/package-lock.json).
+OIDC_MODULES := tests/support/oidc/node_modules/.package-lock.json
 
 .PHONY: demo test lint bench lock system-deps venv clean
 
 demo: system-deps venv
 	$(BIN)/pacs-vlm demo
 
-test: system-deps venv lint
+test: system-deps venv lint $(OIDC_MODULES)
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
 
 lint: venv
@@ -38,6 +40,10 @@ bench: system-deps venv
 
 system-deps:
 	bash scripts/system-deps.sh
+
+# The OpenID provider the single sign-on tests start (tests/support/oidc), from its committed lock file.
+$(OIDC_MODULES): tests/support/oidc/package-lock.json
+	cd tests/support/oidc && npm ci --no-audit --no-fund
 
 venv: $(STAMP)
 

@@ -23,6 +23,7 @@ from integration.order_senders import OrderSender, check_sender_keys
 from integration.prior_sources import PriorSource, unique_source_names
 from integration.retention_settings import RetentionPolicy, unique_policies
 from integration.safety_settings import AlertContact, CriticalCategory, unique_category_codes, unique_contact_names
+from integration.sso_settings import SingleSignOn
 from integration.viewer_links import ViewerLink
 
 _AE_TITLE = re.compile(r"^[\x20-\x7e]{1,16}$")
@@ -286,6 +287,15 @@ class Settings(BaseSettings):
     config_poll_seconds: Annotated[float, Field(ge=0.1, le=300)] = 2.0
     # ---- issue 20: shadow mode ----
     # ---- issue 20: single sign-on and sessions ----
+    #: The OpenID Connect provider people sign in through (see integration/sso_settings.py); None: local only.
+    sso: SingleSignOn | None = None
+    #: Who may sign in with a local password: ``all``, ``admins`` (break-glass) or ``none``; unset: ``admins``
+    #: while single sign-on is configured, else ``all``.  Each local sign-in beside single sign-on is audited.
+    local_sign_in: Literal["all", "admins", "none"] | None = None
+    #: Hours a sign-in session lives at most, however active (viewer tokens: ``viewer_token_hours``).
+    session_hours: Annotated[float, Field(gt=0, le=24 * 7)] = 8.0
+    #: Minutes of inactivity after which a sign-in session ends (pages go to the sign-in form, the API 401).
+    session_idle_minutes: Annotated[float, Field(gt=0, le=24 * 60)] = 30.0
     # ---- issue 20: disk pressure ----
     #: Free space below which the listener's purge loop purges the oldest eligible studies (read longest ago
     #: first) until free space is back above it plus ``purge_hysteresis_bytes``; None: four times

@@ -68,7 +68,12 @@ def sites_list() -> None:
 def users_add(
     username: Annotated[str, typer.Argument(help="Unique sign-in name.")],
     role: Annotated[UserRole, typer.Option(help="What the user may do.", case_sensitive=False)],
-    site: Annotated[str | None, typer.Option(help="Site code; required except for admins.")] = None,
+    site: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Site code; repeat for a user of several sites (--site A --site B); required except for admins."
+        ),
+    ] = None,
     password_stdin: Annotated[
         bool, typer.Option("--password-stdin", help="Read the password from one line of stdin instead of prompting.")
     ] = False,
@@ -103,19 +108,19 @@ def users_add(
 
 @users_app.command("list")
 def users_list() -> None:
-    """List the users with their role, site and whether they are active."""
+    """List the users with their role, sites and whether they are active."""
     from integration.store.session import session_scope
     from integration.store.users import list_users
 
     settings = load_settings()
-    table = Table("username", "person name", "role", "site", "active", "created")
+    table = Table("username", "person name", "role", "sites", "active", "created")
     with session_scope(settings.database_url) as session:
-        for user, site in list_users(session):
+        for user, codes in list_users(session):
             table.add_row(
                 Text(user.username),
                 Text(user.person_name or ""),
                 user.role.value,
-                site.code if site else "(all sites)",
+                ", ".join(codes) or ("(all sites)" if user.role is UserRole.ADMIN else "(none)"),
                 "yes" if user.active else "no",
                 user.created_at.strftime("%Y-%m-%d %H:%M"),
             )
@@ -152,3 +157,46 @@ def users_activate(username: Annotated[str, typer.Argument(help="The user.")]) -
     """Let a deactivated user sign in again (with the same password)."""
     _set_active(username, True)
     console.print(f"user {username} activated", markup=False)
+
+
+@users_app.command("sites")
+def users_sites(
+    username: Annotated[str, typer.Argument(help="The user.")],
+    site: Annotated[
+        list[str] | None, typer.Option(help="A site code; repeat for several. None: no site (admins).")
+    ] = None,
+) -> None:
+    """Set the sites a user works for (replacing the ones they had); audited ``user.sites_changed``.
+
+    A user who signs in through single sign-on gets their sites from the provider's claims again at the next
+    sign-in.
+    """
+    from sqlalchemy import select
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from integration.store.audit import add_event
+    from integration.store.session import session_scope
+    from integration.store.sso import set_user_sites
+    from integration.store.tables import User
+    from integration.store.users import UserError
+
+    settings = load_settings()
+    try:
+        with session_scope(settings.database_url) as session:
+            user = session.scalar(select(User).where(User.username == username.strip()))
+            if user is None:
+                raise UserError(f"unknown user {username!r}: see 'pacs-vlm users list'")
+            codes = set_user_sites(session, user, site or [])
+            add_event(
+                session,
+                actor=operator(),
+                action="user.sites_changed",
+                object_type="user",
+                object_id=str(user.id),
+                detail={"username": user.username, "sites": codes},
+            )
+    except UserError as exc:
+        raise fail(escape(str(exc)), 2) from None
+    except SQLAlchemyError as exc:
+        raise fail(f"cannot use the database: {type(exc).__name__}; run 'pacs-vlm db upgrade'?", 2) from None
+    console.print(f"user {username} sites: {', '.join(codes) or '(all sites)'}", markup=False)

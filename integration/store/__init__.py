@@ -9,5 +9,6 @@ from integration.store import order_tables as order_tables
 from integration.store import reading_tables as reading_tables
 from integration.store import retention_tables as retention_tables
 from integration.store import shadow_tables as shadow_tables
+from integration.store import sso_tables as sso_tables
 from integration.store import tables as tables
 from integration.store import viewer_tables as viewer_tables

@@ -46,7 +46,8 @@ class Viewer:
 
     user_id: int
     role: UserRole
-    site_id: int | None
+    #: The viewer's sites (``user_sites``).
+    site_ids: frozenset[int]
 
 
 @dataclass(frozen=True)
@@ -148,7 +149,7 @@ def visible_case(session: Session, case_id: int, viewer: Viewer) -> UploadCase |
         return None
     if viewer.role is UserRole.ADMIN:
         return case
-    if viewer.role is UserRole.UPLOADER and case.uploader_id == viewer.user_id and case.site_id == viewer.site_id:
+    if viewer.role is UserRole.UPLOADER and case.uploader_id == viewer.user_id and case.site_id in viewer.site_ids:
         return case
     return None
 
@@ -203,7 +204,7 @@ def cases_of(session: Session, viewer: Viewer, *, limit: int = MAX_LISTED) -> li
     """Return the cases the viewer may see, newest first: their own (an uploader) or all (an administrator)."""
     query = select(UploadCase).order_by(UploadCase.created_at.desc(), UploadCase.id.desc()).limit(limit)
     if viewer.role is UserRole.UPLOADER:
-        query = query.where(UploadCase.uploader_id == viewer.user_id, UploadCase.site_id == viewer.site_id)
+        query = query.where(UploadCase.uploader_id == viewer.user_id, UploadCase.site_id.in_(viewer.site_ids))
     elif viewer.role is not UserRole.ADMIN:
         return []
     return [summary_of(session, case) for case in session.scalars(query)]

@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import re
 import secrets
+from collections.abc import Sequence
 from datetime import timedelta
 from functools import lru_cache
 
@@ -23,6 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from integration.store.audit import add_event
+from integration.store.sso_tables import UserSite
 from integration.store.tables import Site, User, UserRole, UserSession, utcnow
 
 #: Shortest password accepted.
@@ -132,7 +134,7 @@ def create_user(
     username: str,
     password: str,
     role: UserRole,
-    site_code: str | None,
+    site_code: str | Sequence[str] | None,
     person_name: str | None = None,
 ) -> User:
     """Add a user with an argon2id password hash (flushed, so its id is known); the caller's scope commits.
@@ -143,8 +145,9 @@ def create_user(
         Unique sign-in name.
     password : str
         The password (only its hash is stored).
-    site_code : str, optional
-        The user's site; required for radiologists and uploaders, optional for administrators.
+    site_code : str or sequence of str, optional
+        The user's site, or sites (``user_sites``; ``users.site_id`` is the first); required for radiologists
+        and uploaders, optional for administrators.
     person_name : str, optional
         The name signed reports carry, as a DICOM person name (``Doe^Jane``).
 
@@ -159,13 +162,17 @@ def create_user(
     check_password_strength(password)
     if person_name is not None:
         person_name = validate_person_name(person_name)
-    site_id: int | None = None
-    if site_code is not None:
-        site_id = session.scalar(select(Site.id).where(Site.code == site_code.strip().upper()))
-        if site_id is None:
-            raise UserError(f"unknown site {site_code!r}: add it with 'pacs-vlm sites add'")
-    elif role is not UserRole.ADMIN:
+    codes = [site_code] if isinstance(site_code, str) else list(site_code or [])
+    site_ids: list[int] = []
+    for code in codes:
+        found = session.scalar(select(Site.id).where(Site.code == code.strip().upper()))
+        if found is None:
+            raise UserError(f"unknown site {code!r}: add it with 'pacs-vlm sites add'")
+        site_ids.append(found)
+    if not site_ids and role is not UserRole.ADMIN:
         raise UserError(f"role {role.value} belongs to a site: name it with --site")
+    site_ids = sorted(set(site_ids))
+    site_id = site_ids[0] if site_ids else None
     if session.scalar(select(User.id).where(User.username == username)) is not None:
         raise UserError(f"user {username!r} already exists")
     user = User(
@@ -181,13 +188,19 @@ def create_user(
         session.flush()
     except IntegrityError:  # taken meanwhile, past the check above: the caller's scope rolls back
         raise UserError(f"user {username!r} already exists") from None
+    session.add_all(UserSite(user_id=user.id, site_id=one) for one in site_ids)
+    session.flush()
     return user
 
 
-def list_users(session: Session) -> list[tuple[User, Site | None]]:
-    """Return every user with their site, by username."""
-    rows = session.execute(select(User, Site).outerjoin(Site, User.site_id == Site.id).order_by(User.username))
-    return [(user, site) for user, site in rows]
+def list_users(session: Session) -> list[tuple[User, list[str]]]:
+    """Return every user with their sites' codes (``user_sites``, sorted), by username."""
+    codes: dict[int, list[str]] = {}
+    for user_id, code in session.execute(
+        select(UserSite.user_id, Site.code).join(Site, UserSite.site_id == Site.id).order_by(Site.code)
+    ):
+        codes.setdefault(user_id, []).append(code)
+    return [(user, codes.get(user.id, [])) for user in session.scalars(select(User).order_by(User.username))]
 
 
 def authenticate(session: Session, username: str, password: str) -> User | None:
@@ -236,10 +249,14 @@ def create_session(session: Session, user: User, ttl: timedelta, *, scope: str =
     return token
 
 
-def user_for_token(session: Session, token: str, *, scope: str = SESSION_SCOPE) -> User | None:
+def user_for_token(
+    session: Session, token: str, *, scope: str = SESSION_SCOPE, idle: timedelta | None = None
+) -> User | None:
     """Return the user of a live session of ``scope`` and note that it was seen (to the minute; the caller commits).
 
-    None when the token is unknown or of another scope, the session expired or the user is inactive.
+    None when the token is unknown or of another scope, the session expired, it was idle longer than
+    ``idle`` (then it is ended) or the user is inactive.  ``last_seen_at`` is written at most once per
+    :data:`LAST_SEEN_RESOLUTION` (or per half the idle limit, when that is shorter), not per request.
     """
     now = utcnow()
     found = session.execute(
@@ -252,7 +269,11 @@ def user_for_token(session: Session, token: str, *, scope: str = SESSION_SCOPE) 
     user_session, user = found
     if user_session.expires_at <= now or not user.active:
         return None
-    if now - user_session.last_seen_at >= LAST_SEEN_RESOLUTION:  # a viewer's 300 reads are not 300 writes
+    if idle is not None and now - user_session.last_seen_at > idle:
+        session.delete(user_session)  # idle too long: the session is over for good
+        return None
+    resolution = min(LAST_SEEN_RESOLUTION, idle / 2) if idle is not None else LAST_SEEN_RESOLUTION
+    if now - user_session.last_seen_at >= resolution:  # a viewer's 300 reads are not 300 writes
         user_session.last_seen_at = now
     return user
 

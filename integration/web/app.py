@@ -47,6 +47,7 @@ from integration.web.security.auth import auth_router
 from integration.web.security.guards import AnswerHeaders, OperationsGate, database_unavailable
 from integration.web.security.limits import BodyLimit, UploadGate
 from integration.web.security.refusals import RefusalAudit, audit_http_refusal, record_refusal
+from integration.web.security.sso import sso_router
 
 
 def _version() -> str:
@@ -90,6 +91,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(health_router(settings))
     app.include_router(metrics_router(settings))
     app.include_router(auth_router())
+    app.include_router(sso_router())
     app.include_router(studies_router())
     app.include_router(claims_router())
     app.include_router(review_router())

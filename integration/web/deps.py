@@ -15,15 +15,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Path, Request, status
 from pydantic import AfterValidator
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from integration.config import Settings
 from integration.store.session import session_scope
-from integration.store.tables import UserRole
+from integration.store.sso import user_site_ids
+from integration.store.tables import Site, User, UserRole
 from integration.store.users import user_for_token
 from integration.uids import is_valid_uid
 
@@ -61,14 +64,72 @@ class CurrentUser:
         Sign-in name.
     role : UserRole
         What the user may do.
-    site_id : int or None
-        The user's site; None for a global administrator.
+    site_ids : frozenset of int
+        The user's sites (``user_sites``); empty for a global administrator.
     """
 
     id: int
     username: str
     role: UserRole
-    site_id: int | None
+    site_ids: frozenset[int]
+
+    @property
+    def site_id(self) -> int | None:
+        """The user's one site; None for a user of no site or of several (see :func:`site_for_new`)."""
+        return next(iter(self.site_ids)) if len(self.site_ids) == 1 else None
+
+    def of_site(self, site_id: int | None) -> bool:
+        """Whether something of ``site_id`` is within the user's sites (administrators: every site)."""
+        return self.role is UserRole.ADMIN or (site_id is not None and site_id in self.site_ids)
+
+
+def signed_in_user(session: Session, user: User) -> CurrentUser:
+    """The :class:`CurrentUser` of a user row, with its sites read from ``user_sites``."""
+    return CurrentUser(user.id, user.username, user.role, user_site_ids(session, user.id))
+
+
+#: The answer to a user of several sites who did not say which one something new belongs to.
+CHOOSE_SITE = "you work for several sites: choose the site this belongs to (site: one of your site codes)"
+
+
+def site_codes_of(session: Session, user: CurrentUser) -> list[str]:
+    """The codes of the user's sites, sorted (what a site chooser offers)."""
+    return sorted(session.scalars(select(Site.code).where(Site.id.in_(user.site_ids))))
+
+
+def new_site_of(settings: Settings, user: CurrentUser, site_code: str | None) -> int | None:
+    """:func:`site_for_new` in a session of its own (blocking); no query for a user of one site naming none.
+
+    Raises
+    ------
+    fastapi.HTTPException
+        422 as :func:`site_for_new`.
+    """
+    if not (site_code or "").strip() and len(user.site_ids) <= 1:
+        return user.site_id
+    with session_scope(settings.database_url) as session:
+        return site_for_new(session, user, site_code)
+
+
+def site_for_new(session: Session, user: CurrentUser, site_code: str | None) -> int | None:
+    """The site a new study, case or order of this user belongs to.
+
+    A user's own site when they have one; for a user of several sites, the one ``site_code`` names (required);
+    for an administrator, the site ``site_code`` names, or None.
+
+    Raises
+    ------
+    fastapi.HTTPException
+        422 when a user of several sites names none, or names a site that is not theirs or does not exist.
+    """
+    if site_code is None or not site_code.strip():
+        if len(user.site_ids) > 1:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, CHOOSE_SITE)
+        return user.site_id
+    site_id = session.scalar(select(Site.id).where(Site.code == site_code.strip().upper()[:16]))
+    if site_id is None or not user.of_site(site_id):
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"site {site_code[:16]!r} is not one of your sites")
+    return site_id
 
 
 def client_address(request: Request) -> str | None:
@@ -87,14 +148,16 @@ def current_user(request: Request) -> CurrentUser:
     Raises
     ------
     fastapi.HTTPException
-        401 when the cookie is missing, unknown or expired, or the user is inactive.
+        401 when the cookie is missing, unknown or expired, the session was idle longer than
+        ``session_idle_minutes`` (it is then ended), or the user is inactive.
     """
     token = request.cookies.get(SESSION_COOKIE)
     if token:
-        with session_scope(app_settings(request).database_url) as session:
-            user = user_for_token(session, token)
+        settings = app_settings(request)
+        with session_scope(settings.database_url) as session:
+            user = user_for_token(session, token, idle=timedelta(minutes=settings.session_idle_minutes))
             if user is not None:
-                signed_in = CurrentUser(user.id, user.username, user.role, user.site_id)
+                signed_in = signed_in_user(session, user)
                 request.state.user = signed_in  # the actor of refusals audited later, and of the pages
                 return signed_in
     raise HTTPException(status.HTTP_401_UNAUTHORIZED, "not signed in")

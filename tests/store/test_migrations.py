@@ -17,6 +17,9 @@ from integration.store.tables import Base
 TABLES = {
     "studies",
     "shadow_outcomes",
+    "user_sites",
+    "sso_identities",
+    "sso_sign_ins",
     "study_purges",
     "purge_totals",
     "config_entries",

@@ -50,7 +50,7 @@ from integration.store.order_tables import Order
 from integration.store.orders import CREATED, REFUSED, apply_order
 from integration.store.session import session_scope
 from integration.store.tables import UserRole, utcnow
-from integration.web.deps import CurrentUser, app_settings, client_address
+from integration.web.deps import CurrentUser, app_settings, client_address, site_for_new
 from integration.web.security.dicomweb_auth import dicomweb_user
 from integration.web.security.refusals import CrossSiteRefused, audit_http_refusal
 
@@ -118,7 +118,7 @@ async def _user(request: Request, roles: tuple[UserRole, ...]) -> CurrentUser | 
 
 def _visible(order: Order | None, user: CurrentUser) -> Order | None:
     """The order when the user may see it: administrators every order, others those of their site."""
-    if order is None or user.role is UserRole.ADMIN or (order.site_id is not None and order.site_id == user.site_id):
+    if order is None or user.of_site(order.site_id):
         return order
     return None
 
@@ -133,6 +133,7 @@ def _apply(
     parsed: ServiceRequestIn,
     resource_id: str | None,
     source: str | None,
+    site_code: str | None = None,
 ) -> _Applied:
     """Apply one ServiceRequest in one transaction (``resource_id``: the PUT's id; None for a POST)."""
     with session_scope(settings.database_url) as session:
@@ -160,8 +161,15 @@ def _apply(
                 "a ServiceRequest cannot change its accession number or patient: revoke it and send a new one",
                 "conflict",
             )
+        if held is not None:
+            site_id = held.site_id
+        else:  # a user of several sites names the order's site (``?site=CODE``)
+            try:
+                site_id = site_for_new(session, user, site_code)
+            except HTTPException as exc:
+                raise _Refusal(422, str(exc.detail), "required") from None
         result = apply_order(
-            session, message, source="fhir", sender=f"api:{user.username}", site_id=user.site_id, now=utcnow()
+            session, message, source="fhir", sender=f"api:{user.username}", site_id=site_id, now=utcnow()
         )
         if result.outcome == REFUSED or result.order_id is None:
             raise _Refusal(409, result.reason or "the order control was refused", "conflict")
@@ -216,7 +224,9 @@ async def _take(request: Request, resource_id: str | None) -> Response:
         return outcome_answer(400, "the resource's id must equal the id in the URL", "invalid")
     settings = app_settings(request)
     try:
-        applied = await anyio.to_thread.run_sync(_apply, settings, user, parsed, resource_id, client_address(request))
+        applied = await anyio.to_thread.run_sync(
+            _apply, settings, user, parsed, resource_id, client_address(request), request.query_params.get("site")
+        )
     except _Refusal as refusal:
         if refusal.cross_site and resource_id is not None:
             audit_http_refusal(request, CrossSiteRefused(refusal.message, "order", resource_id))

@@ -48,7 +48,7 @@ from integration.store.cases import case_photos, next_numbers, open_case, touch_
 from integration.store.reading_tables import UploadCase
 from integration.store.session import session_scope
 from integration.store.tables import Study, UserRole
-from integration.web.deps import CurrentUser, app_settings, client_address
+from integration.web.deps import CurrentUser, app_settings, client_address, new_site_of
 from integration.web.security.csrf import require_csrf
 from integration.web.security.limits import PHOTO_BODY_BYTES, UploadGate
 from integration.web.security.refusals import record_refusal
@@ -152,15 +152,16 @@ def _store_batch(
     files: list[bytes],
     details: PhotoDetails,
     case: UploadCase | None,
+    site_id: int | None,
 ) -> Received:
-    """Convert and store the batch, then open or touch the case and audit each photo (blocking)."""
+    """Convert and store the batch, then open or touch the case (of ``site_id``) and audit each photo (blocking)."""
     max_pixels = max_photo_pixels(settings)
     _check(files, max_pixels)
     place = _Place(None, 1, 1) if case is None else _place_in(settings, case)
     origin = Origin(
         calling_ae=UPLOAD_AE,
         source="upload",
-        site_id=case.site_id if case is not None else user.site_id,
+        site_id=case.site_id if case is not None else site_id,
         stable_seconds=0.0,  # a photo is complete as it arrives
         any_site=user.role is UserRole.ADMIN,
     )
@@ -191,7 +192,7 @@ def _store_batch(
                 session,
                 study_uid=stored[0].study_uid,
                 uploader_id=user.id,
-                site_id=user.site_id,
+                site_id=site_id,
                 clinical_question=details.clinical_question,
                 body_part=details.body_part,
                 laterality=details.laterality,
@@ -290,7 +291,7 @@ async def read_form(request: Request, max_files: int) -> FormData:
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, "send multipart/form-data")
     await require_csrf(request)
-    return await request.form(max_files=max_files + 1, max_fields=len(FIELDS) + 4)
+    return await request.form(max_files=max_files + 1, max_fields=len(FIELDS) + 5)
 
 
 async def _files_of(form: FormData, room: int, max_photos: int) -> list[bytes]:
@@ -365,11 +366,20 @@ async def _receive(request: Request, user: CurrentUser, case: UploadCase | None)
             files = await _files_of(form, room, most)
         except PhotoInvalid as exc:
             errors.update(exc.errors)
+        site_id = case.site_id if case is not None else None
+        if case is None:  # a user of several sites says which one the case belongs to
+            chosen = form.get("site")
+            try:
+                site_id = await anyio.to_thread.run_sync(
+                    new_site_of, settings, user, chosen if isinstance(chosen, str) else None
+                )
+            except HTTPException as exc:
+                errors["site"] = str(exc.detail)
         if errors or details is None:
             raise PhotoInvalid(errors)
     finally:
         await form.close()
-    received = await anyio.to_thread.run_sync(_store_batch, settings, request, user, files, details, case)
+    received = await anyio.to_thread.run_sync(_store_batch, settings, request, user, files, details, case, site_id)
     return Received(received.case_id, received.instances, fields)
 
 

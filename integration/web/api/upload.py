@@ -33,7 +33,7 @@ from integration.store.cases import Viewer, summary_of, visible_case
 from integration.store.session import session_scope
 from integration.store.tables import UserRole
 from integration.web.api.photo_intake import FIELDS, Received, receive_photos
-from integration.web.deps import CurrentUser, app_settings, require_roles
+from integration.web.deps import CurrentUser, app_settings, require_roles, site_codes_of
 from integration.web.pages.templating import PageRoute, render
 from integration.web.schemas import StoredPhoto
 
@@ -46,7 +46,7 @@ Uploader = Annotated[
 
 def viewer_of(user: CurrentUser) -> Viewer:
     """Return what the case store needs of the signed-in user."""
-    return Viewer(user.id, user.role, user.site_id)
+    return Viewer(user.id, user.role, user.site_ids)
 
 
 def _received_json(received: Received) -> dict[str, Any]:
@@ -110,7 +110,7 @@ def upload_router() -> APIRouter:
             received = await receive_photos(request, user)
         except PhotoInvalid as exc:
             form = await request.form()
-            values = {name: value for name in FIELDS if isinstance(value := form.get(name), str)}
+            values = {name: value for name in (*FIELDS, "site") if isinstance(value := form.get(name), str)}
             return _page(request, errors=exc.errors, values=values, status_code=status.HTTP_422_UNPROCESSABLE_ENTITY)
         settings = app_settings(request)
         with session_scope(settings.database_url) as session:
@@ -152,7 +152,13 @@ def _page(
     status_code: int = status.HTTP_200_OK,
 ) -> HTMLResponse:
     settings = app_settings(request)
+    user: CurrentUser | None = getattr(request.state, "user", None)
+    sites: list[str] = []
+    if user is not None and len(user.site_ids) > 1:  # a user of several sites chooses the case's site
+        with session_scope(settings.database_url) as session:
+            sites = site_codes_of(session, user)
     context = {
+        "sites": sites,
         "errors": errors or {},
         "values": values or {},
         "max_megabytes": MAX_PHOTO_BYTES // 1024**2,

@@ -20,8 +20,9 @@ progress at most (:class:`~integration.web.security.limits.UploadGate`, 429 beyo
 
 Senders authenticate with HTTP Basic (DICOMweb clients; throttled like the sign-in form) or with the
 review app's session cookie plus the CSRF token header (:mod:`integration.web.security.dicomweb_auth`).  Uploaders
-and administrators may store; a study gets the uploader's site, ``source='stow'`` and the pseudo calling
-AE :data:`~integration.intake.outcome.STOW_AE`.
+and administrators may store; a study gets the uploader's site (a user of several sites names it:
+``?site=CODE``; without it the request answers 422), ``source='stow'`` and the pseudo calling AE
+:data:`~integration.intake.outcome.STOW_AE`.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from integration.store.audit import add_event
 from integration.store.session import session_scope
 from integration.store.tables import UserRole
 from integration.uids import is_valid_uid
-from integration.web.deps import CurrentUser, app_settings, client_address
+from integration.web.deps import CurrentUser, app_settings, client_address, new_site_of
 from integration.web.dicomweb.links import dicomweb_base
 from integration.web.dicomweb.multipart_related import (
     MalformedMultipart,
@@ -361,6 +362,8 @@ async def _stow_admitted(request: Request, study_uid: str | None, user: CurrentU
     store = intake.files
     if length is not None and store.min_free_bytes and store.free_bytes() - length < store.min_free_bytes:
         raise HTTPException(status.HTTP_507_INSUFFICIENT_STORAGE, "not enough storage space for this request")
+    # a user of several sites names the study's site (``?site=CODE``), before anything is received
+    site_id = await anyio.to_thread.run_sync(new_site_of, settings, user, request.query_params.get("site"))
     spool = PartSpool(intake.files.tmp_dir, room=_room_check(intake.files))
     try:
         try:
@@ -379,7 +382,7 @@ async def _stow_admitted(request: Request, study_uid: str | None, user: CurrentU
         origin = Origin(
             calling_ae=STOW_AE,
             source="stow",
-            site_id=user.site_id,
+            site_id=site_id,
             stable_seconds=live_settings(settings).stable_seconds_for(STOW_AE),
             any_site=user.role is UserRole.ADMIN,
         )

@@ -28,7 +28,7 @@ from starlette.types import Scope
 from integration.store.tables import UserRole
 from integration.web.api.claims import claim_page_router
 from integration.web.api.images import images_router
-from integration.web.deps import CurrentUser, current_user
+from integration.web.deps import CurrentUser, app_settings, current_user
 from integration.web.pages.admin_config import admin_config_router
 from integration.web.pages.admin_prompts import admin_prompts_router
 from integration.web.pages.admin_work import admin_work_router
@@ -161,7 +161,11 @@ def _login_page(request: Request, context: Mapping[str, object], status_code: in
     the same random value (a cross-site page can make the browser post but can read neither).
     """
     token = request.cookies.get(LOGIN_CSRF_COOKIE) or secrets.token_urlsafe(32)
-    page = render(request, "login.html", {**context, "login_csrf_token": token}, status_code=status_code)
+    sso = app_settings(request).sso
+    sso_name = sso.display_name if sso is not None else None
+    page = render(
+        request, "login.html", {**context, "login_csrf_token": token, "sso_name": sso_name}, status_code=status_code
+    )
     page.set_cookie(
         LOGIN_CSRF_COOKIE,
         token,

@@ -28,7 +28,7 @@ from integration.web.api.studies import (
     worklist,
     worklist_total,
 )
-from integration.web.deps import AppSettings, DbSession, PageReviewer
+from integration.web.deps import AppSettings, DbSession, PageReviewer, site_codes_of
 from integration.web.pages.reading_list import list_query, worklist_url
 from integration.web.pages.study_view import viewer_links
 from integration.web.pages.templating import PageRoute, render
@@ -86,7 +86,10 @@ def worklist_page_router() -> APIRouter:
             )
             if m
         )
-        sites = list(session.scalars(select(Site.code).order_by(Site.code))) if user.role is UserRole.ADMIN else []
+        if user.role is UserRole.ADMIN:
+            sites = list(session.scalars(select(Site.code).order_by(Site.code)))
+        else:  # a user of several sites may narrow the list to one of them
+            sites = site_codes_of(session, user) if len(user.site_ids) > 1 else []
         return render(
             request,
             "worklist.html",

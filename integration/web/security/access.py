@@ -1,8 +1,8 @@
 """Object-level authorization: which studies and reports a signed-in user may see.
 
-A radiologist or uploader sees only the studies of their own site; administrators see every site.  Anything
-else answers 404, exactly like something that does not exist, so ids of other sites' studies leak nothing;
-such an attempt on something that does exist is audited (``access.cross_site``, aggregated).
+A radiologist or uploader sees only the studies of their own sites (``user_sites``); administrators see every
+site.  Anything else answers 404, exactly like something that does not exist, so ids of other sites' studies
+leak nothing; such an attempt on something that does exist is audited (``access.cross_site``, aggregated).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def visible(query: Select[Any], user: CurrentUser) -> Select[Any]:
     """Restrict a query over :class:`Study` (joined tables allowed) to the studies the user may see."""
     if user.role is UserRole.ADMIN:
         return query
-    return query.where(Study.site_id == user.site_id, Study.site_id.is_not(None))
+    return query.where(Study.site_id.in_(user.site_ids), Study.site_id.is_not(None))
 
 
 def study_for(session: Session, user: CurrentUser, study_uid: str) -> Study:

@@ -19,18 +19,21 @@ from datetime import timedelta
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from pydantic import BaseModel, Field
 
+from integration.config import Settings
 from integration.store.audit import add_event
 from integration.store.session import session_scope
 from integration.store.sign_in_throttle import attempt_succeeded, reserve_attempt
-from integration.store.tables import User
+from integration.store.tables import User, UserRole
 from integration.store.users import authenticate, create_session, end_session, user_for_token
-from integration.web.deps import SESSION_COOKIE, CurrentUser, app_settings, client_address, client_host
+from integration.web.deps import SESSION_COOKIE, CurrentUser, app_settings, client_address, client_host, signed_in_user
 from integration.web.schemas import SignedIn
 from integration.web.security.csrf import require_csrf
 from integration.web.security.refusals import record_refusal
 
-#: How long a sign-in lasts.
-SESSION_TTL = timedelta(hours=8)
+#: The answer to a local sign-in while only single sign-on is allowed.
+LOCAL_SIGN_IN_OFF = "sign-in with a password is turned off here: use single sign-on"
+#: The answer to a non-administrator's local sign-in while single sign-on is on.
+LOCAL_SIGN_IN_ADMINS = "sign-in with a password is for administrators here: use single sign-on"
 #: The one answer to wrong credentials (the same for an unknown user, a wrong password and a deactivated user).
 BAD_CREDENTIALS = "invalid username or password"
 #: The answer when sign-ins are throttled (``Retry-After`` says when to try again).
@@ -104,7 +107,7 @@ def check_credentials(
         user = authenticate(session, username, password)
         if user is not None:
             attempt_succeeded(session, username, host)
-            return CurrentUser(user.id, user.username, user.role, user.site_id)
+            return signed_in_user(session, user)
         add_event(session, actor=actor, action="auth.login_failed", source=host, detail=extra or None)
     raise refuse(BAD_CREDENTIALS)  # after the scope has committed the failure's audit event
 
@@ -130,23 +133,57 @@ def sign_in(request: Request, username: str, password: str) -> tuple[str, Curren
     Raises
     ------
     fastapi.HTTPException
-        401 on bad credentials; 429 with ``Retry-After`` (seconds) when throttled.
+        401 on bad credentials; 429 with ``Retry-After`` (seconds) when throttled; 403 when local sign-in is
+        off for this user (``local_sign_in``; audited ``auth.local_refused``).
     """
+    settings = app_settings(request)
+    policy = local_sign_in_policy(settings)
+    if policy == "none":
+        record_refusal(request, "auth.local_refused", actor=username.replace("\x00", "")[:128])
+        raise HTTPException(status.HTTP_403_FORBIDDEN, LOCAL_SIGN_IN_OFF)
     signed_in = check_credentials(request, username, password)
-    with session_scope(app_settings(request).database_url) as session:
+    with session_scope(settings.database_url) as session:
         user = session.get(User, signed_in.id)
         if user is None or not user.active:  # deactivated between the check and now
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, BAD_CREDENTIALS)
-        token = create_session(session, user, SESSION_TTL)
-        add_event(
-            session,
-            actor=user.username,
-            action="auth.login",
-            object_type="user",
-            object_id=str(user.id),
-            source=client_host(request),
-        )
+        if policy == "admins" and user.role is not UserRole.ADMIN:
+            add_event(session, actor=user.username, action="auth.local_refused", source=client_host(request))
+            refused = True
+        else:
+            refused = False
+            token = create_session(session, user, timedelta(hours=settings.session_hours))
+            add_event(
+                session,
+                actor=user.username,
+                action="auth.login",
+                object_type="user",
+                object_id=str(user.id),
+                source=client_host(request),
+                detail={"via": "password"},
+            )
+            if settings.sso is not None:  # a local password beside single sign-on: break-glass, audited as such
+                add_event(
+                    session,
+                    actor=user.username,
+                    action="auth.break_glass",
+                    object_type="user",
+                    object_id=str(user.id),
+                    source=client_host(request),
+                    detail={"role": user.role.value},
+                )
+    if refused:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, LOCAL_SIGN_IN_ADMINS)
     return token, signed_in
+
+
+def local_sign_in_policy(settings: Settings) -> str:
+    """Who may sign in with a local password: ``all``, ``admins`` or ``none`` (``local_sign_in``).
+
+    Unset, it is ``admins`` while single sign-on is configured (the break-glass accounts) and ``all`` without.
+    """
+    if settings.local_sign_in is not None:
+        return settings.local_sign_in
+    return "admins" if settings.sso is not None else "all"
 
 
 def set_session_cookie(response: Response, request: Request, token: str) -> None:
@@ -164,7 +201,7 @@ def set_session_cookie(response: Response, request: Request, token: str) -> None
     response.set_cookie(
         SESSION_COOKIE,
         token,
-        max_age=int(SESSION_TTL.total_seconds()),
+        max_age=int(app_settings(request).session_hours * 3600),
         path="/",
         httponly=True,
         samesite="strict",

@@ -16,7 +16,7 @@ from fastapi import HTTPException, Request, status
 from integration.store.session import session_scope
 from integration.store.tables import UserRole
 from integration.store.users import DICOMWEB_SCOPE, user_for_token
-from integration.web.deps import CurrentUser, app_settings, current_user
+from integration.web.deps import CurrentUser, app_settings, current_user, signed_in_user
 from integration.web.security.auth import check_credentials
 from integration.web.security.csrf import require_csrf
 
@@ -96,7 +96,7 @@ def _viewer_token_user(request: Request, token: str) -> CurrentUser | None:
         user = user_for_token(session, token, scope=DICOMWEB_SCOPE)
         if user is None:
             return None
-        return CurrentUser(user.id, user.username, user.role, user.site_id)
+        return signed_in_user(session, user)
 
 
 async def dicomweb_reader(request: Request) -> CurrentUser:
