@@ -24,16 +24,19 @@ from sqlalchemy import select
 from integration.config import Settings
 from integration.intake.assembly import StudyAssembler
 from integration.samples import pydicom_test_file
+from integration.store.reading_tables import UploadCase
 from integration.store.session import session_scope
 from integration.store.sso_tables import SsoIdentity
 from integration.store.tables import AuditEvent, Site, Study, User, UserRole, utcnow
 from integration.store.users import authenticate
+from integration.web.security.csrf import csrf_token_for_session
 from tests.support.instances import ingest
 from tests.support.oidc_provider import OidcProvider
 from tests.support.review_app import copy_with_new_uids, sign_in, sites_and_users
 from tests.support.stow import CONTENT_TYPE, dicom, multipart
 from tests.web.conftest import ApiProcess
-from tests.web.test_auth import PASSWORD, cli
+from tests.web.test_auth import COOKIE, PASSWORD, cli
+from tests.web.test_photo_upload import FORM, image_bytes, photo_pixels, upload
 
 ALICE = {"name": "Alice Smith", "groups": ["rad", "site-north", "site-south"]}
 
@@ -265,3 +268,23 @@ def test_user_of_two_sites_from_the_command_line_names_the_site_of_a_stow(world:
         uid = str(pydicom.dcmread(pydicom_test_file("MR_small.dcm")).StudyInstanceUID)
         site = session.scalar(select(Site.code).join(Study, Study.site_id == Site.id).where(Study.study_uid == uid))
     assert site == "EAST"
+
+
+def test_uploader_of_two_sites_chooses_the_site_of_a_photo_case(world: World, chromium: Any) -> None:
+    world.provider.set_accounts({"carol": {"name": "Carol King", "groups": ["uploaders", "site-north", "site-south"]}})
+    context = chromium.new_context()
+    page = context.new_page()
+    provider_sign_in(page, world.api, "carol")
+    page.wait_for_url("**/upload**")
+    options = page.eval_on_selector_all("#site option", "options => options.map(option => option.value)")
+    assert options == ["", "NORTH", "SOUTH"]
+    token = next(cookie["value"] for cookie in context.cookies() if cookie["name"] == COOKIE)
+    cookies, csrf = {COOKIE: token}, {"X-CSRF-Token": csrf_token_for_session(token)}
+    png = image_bytes(photo_pixels(), "PNG")
+    ambiguous = upload(world.api, cookies, csrf, png)
+    assert ambiguous.status_code == 422 and "several sites" in ambiguous.text
+    stored = upload(world.api, cookies, csrf, png, {**FORM, "site": "SOUTH"})
+    assert stored.status_code == 201, stored.text
+    with session_scope(world.settings.database_url) as session:
+        case = session.get(UploadCase, stored.json()["case_id"])
+        assert case is not None and session.get(Site, case.site_id).code == "SOUTH"
