@@ -76,6 +76,10 @@ def _same(column: Any, value: str | None) -> ColumnElement[bool]:
     return result
 
 
+#: Why a second opinion is refused when a routing rule's shadow already runs that model and prompt.
+_SHADOWED = "this model and prompt already drafts this study version in shadow mode (a routing rule's candidate)"
+
+
 def duplicate_of(session: Session, study: Study, model_name: str | None, prompt_name: str | None) -> str | None:
     """Say what already covers this model and prompt for the study's current version, or None.
 
@@ -85,8 +89,8 @@ def duplicate_of(session: Session, study: Study, model_name: str | None, prompt_
     default model and the prompt chosen by modality and body part. Returns a sentence naming the job or report.
     """
     this_version = and_(AnalysisJob.study_id == study.id, AnalysisJob.study_version == study.version)
-    pending = session.scalar(
-        select(AnalysisJob.id)
+    pending = session.execute(
+        select(AnalysisJob.id, AnalysisJob.purpose)
         .where(
             this_version,
             AnalysisJob.state.in_([JobState.QUEUED, JobState.RUNNING]),
@@ -94,16 +98,18 @@ def duplicate_of(session: Session, study: Study, model_name: str | None, prompt_
             _same(AnalysisJob.prompt_name, prompt_name),
         )
         .limit(1)
-    )
+    ).first()
+    if pending is not None and pending.purpose == SHADOW:  # never name a hidden job
+        return _SHADOWED
     if pending is not None:
-        return f"analysis job {pending} with the same model and prompt is already queued or running"
+        return f"analysis job {pending.id} with the same model and prompt is already queued or running"
     prompt_matches = (
         _same(AnalysisJob.prompt_name, None)
         if prompt_name is None
         else Report.prompt_version.startswith(prompt_name + "/", autoescape=True)
     )
-    report = session.scalar(
-        select(Report.id)
+    report = session.execute(
+        select(Report.id, Report.purpose)
         .join(AnalysisJob, Report.job_id == AnalysisJob.id)
         .where(
             this_version,
@@ -113,9 +119,11 @@ def duplicate_of(session: Session, study: Study, model_name: str | None, prompt_
             prompt_matches,
         )
         .limit(1)
-    )
+    ).first()
+    if report is not None and report.purpose is ReportPurpose.SHADOW:
+        return _SHADOWED
     if report is not None:
-        return f"report {report} of this study version already comes from the same model and prompt"
+        return f"report {report.id} of this study version already comes from the same model and prompt"
     return None
 
 

@@ -11,6 +11,7 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
+import pytest
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
@@ -19,7 +20,7 @@ from integration.intake.rule_jobs import rule_job_maker
 from integration.reports.review import add_signed_outcome
 from integration.reports.shadow import compare_late_shadow
 from integration.store.jobs import complete_stable_studies, mark_sent
-from integration.store.opinions import BUILTIN_PROMPT_NAMES, request_second_opinion
+from integration.store.opinions import BUILTIN_PROMPT_NAMES, DuplicateOpinion, request_second_opinion
 from integration.store.reports import SkippedJob, claim_job, fail_job, record_draft
 from integration.store.revisions import SignedVersion, next_version, record_signed_version
 from integration.store.session import engine_for, session_scope
@@ -119,6 +120,13 @@ def test_signing_the_primary_measures_the_shadow_draft_and_a_shadow_never_moves_
     assert study_state(url, study_id) is StudyState.RUNNING  # not drafted by a shadow
     primary = draft(url, primary_job, "ct/v1", SIGNED)
     assert study_state(url, study_id) is StudyState.DRAFTED
+    with session_scope(url) as session, pytest.raises(DuplicateOpinion, match="in shadow mode") as refused:
+        study = session.get(Study, study_id)
+        assert study is not None
+        request_second_opinion(
+            session, study, model_name=None, prompt_name="general", stat=False, requested_by="dr", queue="analysis"
+        )
+    assert str(shadow) not in str(refused.value)  # the hidden draft is not named
     with session_scope(url) as session:  # a second opinion is never measured as a shadow
         study = session.get(Study, study_id)
         assert study is not None
