@@ -32,7 +32,7 @@ from integration.store.session import session_scope
 from integration.store.tables import AuditEvent
 from models.prompts import TEMPLATES, template_names
 from worker.cli import app
-from worker.live_prompts import builtin_prompt_seeds, templates_in_force
+from worker.live_prompts import builtin_prompt_seeds, seed_prompts, templates_in_force
 
 DESTINATIONS = [{"name": "drop", "kind": "folder", "folder": "/tmp/pacs-vlm-drop", "reports": "signed"}]
 
@@ -249,3 +249,19 @@ def test_config_commands(migrated_postgres_url: str, tmp_path: Path) -> None:
     for args in (("config", "--help"), ("config", "prompt", "set", "--help"), ("config", "set", "--help")):
         code, out = run(env, *args)
         assert code == 0 and "Usage" in out
+
+
+def test_db_upgrade_seeds_the_environment_and_a_worker_start_the_prompts(postgres_url: str) -> None:
+    env = environment(postgres_url)
+    code, out = run(env, "db", "upgrade")
+    assert code == 0 and "seeded from the environment: calling_ae, destination, routing_rule, model" in out
+    code, out = run(env, "db", "upgrade")
+    assert code == 0 and "seeded" not in out  # once
+    with session_scope(postgres_url) as session:
+        assert "prompt" not in rows.seeded_kinds(session)
+    settings = settings_of(postgres_url)
+    assert [t.key for t in templates_in_force(settings)] == [t.key for t in TEMPLATES]  # the built-ins meanwhile
+    assert seed_prompts(settings) == ["prompt"]  # what `pacs-vlm worker` does at its start
+    assert seed_prompts(settings) == []
+    with session_scope(postgres_url) as session:
+        assert [(p.name, p.version) for p in rows.current_prompts(session)] == [(t.name, t.version) for t in TEMPLATES]
