@@ -43,7 +43,8 @@ def test_redis_consumes_queues_in_strict_priority_order() -> None:
 
 
 def test_prompt_names_of_the_edge_are_the_templates() -> None:
-    assert template_names() == BUILTIN_PROMPT_NAMES  # the database's prompts are seeded from these (tests/store/test_app_config.py)
+    # the edge's names before the database's prompts are seeded from these (tests/store/test_app_config.py: after)
+    assert template_names() == BUILTIN_PROMPT_NAMES
     assert template_named("general").key == "general/v3"
     with pytest.raises(UnknownPrompt, match="ct-chest, ct-head"):
         template_named("nope")
