@@ -32,8 +32,6 @@ from integration.store.tables import (
 #: keeps the two lists equal): the prompts there are until the database's are seeded.  Once seeded, the names
 #: are the database's current ones (:func:`integration.live_config.prompt_names`).
 BUILTIN_PROMPT_NAMES: tuple[str, ...] = ("ct-chest", "ct-head", "ct", "mr", "radiograph-chest", "general")
-#: The former name of :data:`BUILTIN_PROMPT_NAMES` (``store/rule_jobs.py`` adds the database's names to it).
-PROMPT_NAMES = BUILTIN_PROMPT_NAMES
 #: Purposes of analysis jobs.
 PRIMARY = "primary"
 SECOND_OPINION = "second_opinion"
