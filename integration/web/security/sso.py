@@ -211,7 +211,8 @@ def _sign_in_user(request: Request, settings: Settings, sso: SingleSignOn, claim
                     role=UserRole(role),
                     site_codes=sites,
                 )
-            except UserError as exc:
+            except UserError as exc:  # e.g. a mapped site code that names no site: nothing of it is kept
+                session.rollback()
                 refusal = str(exc)
             else:
                 token = create_session(session, user, timedelta(hours=settings.session_hours))
