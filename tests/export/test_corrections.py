@@ -207,7 +207,7 @@ def test_reject_paths_withdraw_what_was_sent(settings: Settings, monkeypatch: py
         create_user(session, "admin1", "correct horse battery staple", UserRole.ADMIN, None)
     with session_scope(settings.database_url) as session:
         user = session.scalars(select(User).where(User.username == "admin1")).one()
-        current = CurrentUser(id=user.id, username=user.username, role=user.role, site_id=None)
+        current = CurrentUser(id=user.id, username=user.username, role=user.role, site_ids=frozenset())
     draft_deliveries(settings, by_api)
     Review(settings, current, by_api, "127.0.0.1:1").reject("Wrong patient position.", None)  # web API and page
     assert deliveries(settings)[("withdrawn", "sent")] == ("pending", 0)
