@@ -39,6 +39,10 @@ from integration.store.session import session_scope
 
 log = logging.getLogger(__name__)
 
+#: Seconds before a process that could not read the configuration tries again (a database that is away is not
+#: asked every poll: the listener's admission would wait for each connect timeout).
+RETRY_AFTER_FAILURE_SECONDS = 30.0
+
 
 @dataclass(frozen=True)
 class PromptValue:
@@ -160,6 +164,7 @@ class LiveConfig:
                         type(error).__name__,
                     )
                 self._failing = True
+                self._checked_at = now + RETRY_AFTER_FAILURE_SECONDS - self.base.config_poll_seconds
                 return self._snapshot
             if self._failing:
                 log.info("configuration read from the database again")

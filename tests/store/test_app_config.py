@@ -15,6 +15,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -187,6 +188,8 @@ def test_live_settings_follow_the_generation_skip_a_stale_entry_and_survive_a_lo
     with session_scope(url) as session:
         session.execute(text("ALTER TABLE config_generation_away RENAME TO config_generation"))
         rows.delete_entry(session, ConfigKind.CALLING_AE, "NEWCT", actor="admin")
+    time.sleep(0.3)  # past the poll interval: a failing database is asked again only after 30 s, not every poll
+    assert "NEWCT" in live.snapshot().settings.calling_aes
     assert "NEWCT" not in live.refresh().settings.calling_aes
 
 
