@@ -19,17 +19,21 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 import httpx
 import pydicom
 import pytest
+from joserfc import jwt
+from joserfc.jwk import RSAKey
 from sqlalchemy import select
 
 from integration.config import Settings
 from integration.intake.assembly import StudyAssembler
 from integration.samples import pydicom_test_file
+from integration.sso_settings import SingleSignOn
 from integration.store.reading_tables import UploadCase
 from integration.store.session import session_scope
 from integration.store.sso_tables import SsoIdentity
 from integration.store.tables import AuditEvent, Site, Study, User, UserRole, utcnow
 from integration.store.users import authenticate
 from integration.web.security.csrf import csrf_token_for_session
+from integration.web.security.sso import SsoRefused, _id_token_claims
 from tests.support.instances import ingest
 from tests.support.oidc_provider import OidcProvider
 from tests.support.review_app import copy_with_new_uids, sign_in, sites_and_users
@@ -291,3 +295,21 @@ def test_uploader_of_two_sites_chooses_the_site_of_a_photo_case(world: World, ch
         case = session.get(UploadCase, stored.json()["case_id"])
         assert case is not None and case.site_id is not None
         assert session.get_one(Site, case.site_id).code == "SOUTH"
+
+
+def test_an_id_token_signed_by_another_key_is_refused(tmp_path: Path) -> None:
+    """The signature check against the provider's JWKS, in process: the token carries the provider's key id,
+    issuer, audience and nonce, but is signed by a key the provider never published."""
+    provider = OidcProvider(tmp_path / "oidc", "http://127.0.0.1:9/login/sso/callback").start()
+    try:
+        sso = SingleSignOn.model_validate_json(provider.settings_json())
+        jwks = httpx.get(provider.issuer + "/jwks", timeout=10).json()
+        published = next(key for key in jwks["keys"] if key["kty"] == "RSA")
+        forger = RSAKey.generate_key(2048, parameters={"kid": published["kid"]})
+        now = int(time.time())
+        claims = {"iss": provider.issuer, "aud": provider.client_id, "sub": "sub-alice", "nonce": "n1"}
+        token = jwt.encode({"alg": "RS256", "kid": published["kid"]}, {**claims, "iat": now, "exp": now + 300}, forger)
+        with pytest.raises(SsoRefused, match="ID token was not accepted"):
+            _id_token_claims(sso, token, "n1")
+    finally:
+        provider.stop()

@@ -60,10 +60,10 @@ class _Provider:
         self._lock = Lock()
         self._cached: dict[str, tuple[float, dict[str, Any]]] = {}
 
-    def _get(self, url: str) -> dict[str, Any]:
+    def _get(self, url: str, fresh: bool = False) -> dict[str, Any]:
         with self._lock:
             hit = self._cached.get(url)
-            if hit is not None and time.monotonic() - hit[0] < DISCOVERY_TTL_SECONDS:
+            if hit is not None and not fresh and time.monotonic() - hit[0] < DISCOVERY_TTL_SECONDS:
                 return hit[1]
         answer = httpx.get(url, timeout=PROVIDER_TIMEOUT)
         answer.raise_for_status()
@@ -78,8 +78,8 @@ class _Provider:
             raise SsoRefused("the provider's discovery document names another issuer")
         return document
 
-    def keys(self, sso: SingleSignOn) -> KeySet:
-        return KeySet.import_key_set(self._get(str(self.metadata(sso)["jwks_uri"])))  # type: ignore[arg-type]
+    def keys(self, sso: SingleSignOn, fresh: bool = False) -> KeySet:
+        return KeySet.import_key_set(self._get(str(self.metadata(sso)["jwks_uri"]), fresh))  # type: ignore[arg-type]
 
 
 _PROVIDER = _Provider()
@@ -134,7 +134,10 @@ def _id_token_claims(sso: SingleSignOn, id_token: str, nonce: str) -> dict[str, 
         When any check fails.
     """
     try:
-        token = jwt.decode(id_token, _PROVIDER.keys(sso))
+        try:
+            token = jwt.decode(id_token, _PROVIDER.keys(sso))
+        except JoseError:  # the provider may have rotated its keys since they were cached: fetch them once more
+            token = jwt.decode(id_token, _PROVIDER.keys(sso, fresh=True))
         registry = jwt.JWTClaimsRegistry(
             leeway=60,
             iss={"essential": True, "value": sso.issuer},
