@@ -18,7 +18,7 @@ from integration.config import MODEL_NAME, CallingAE, _check_ae_title
 from integration.destinations import Destination
 from integration.imaging.routing import RoutingRule
 from integration.store import app_config as rows
-from integration.store.config_tables import ConfigEntry, ConfigKind, PromptTemplateRow
+from integration.store.config_tables import PROMPT_KIND, ConfigEntry, ConfigKind, PromptTemplateRow
 
 #: Longest prompt task text an administrator may save.
 MAX_PROMPT_TASK_CHARS = 4000
@@ -119,16 +119,54 @@ def save(
     Raises
     ------
     ConfigRefused
-        The document is invalid (nothing is changed).
+        The document is invalid, or a routing rule names a model or prompt the database does not hold
+        (nothing is changed).
     """
     value = check(kind, name, document)
+    if isinstance(value, RoutingRule):
+        models, prompts = _configured_names(session)
+        unknown = value.unconfigured(models, prompts)
+        if unknown:
+            raise ConfigRefused(f"routing rule {name!r} names {', '.join(unknown)}, which is not configured")
     stored = value.model_dump(mode="json", exclude_defaults=True)
     stored.pop("name", None)  # the entry's name is the key
     return rows.put_entry(session, kind, name, stored, actor=actor, position=position, source=source)
 
 
+class _Any(frozenset[str]):
+    """Every name (a kind not seeded yet: its names are the environment's, checked when a job is made)."""
+
+    def __contains__(self, item: object) -> bool:
+        return True
+
+
+def _configured_names(session: Session) -> tuple[frozenset[str], frozenset[str]]:
+    """The models and prompt names the database holds (every name for a kind it does not hold yet)."""
+    seeded = rows.seeded_kinds(session)
+    models = frozenset(e.name for e in rows.list_entries(session, ConfigKind.MODEL))
+    prompts = frozenset(p.name for p in rows.current_prompts(session))
+    return models if ConfigKind.MODEL in seeded else _Any(), prompts if PROMPT_KIND in seeded else _Any()
+
+
+def _rules_naming(session: Session, field_names: tuple[str, ...], name: str) -> list[str]:
+    """The routing rules whose ``field_names`` name ``name``."""
+    return [
+        entry.name
+        for entry in rows.list_entries(session, ConfigKind.ROUTING_RULE)
+        if any(entry.document.get(field) == name for field in field_names)
+    ]
+
+
 def remove(session: Session, kind: ConfigKind, name: str, *, actor: str, source: str | None = None) -> bool:
-    """Delete one entry (audited); return whether there was one."""
+    """Delete one entry (audited); return whether there was one.
+
+    Raises
+    ------
+    ConfigRefused
+        A model that a routing rule names (change or delete the rule first).
+    """
+    if kind is ConfigKind.MODEL and (users := _rules_naming(session, ("model", "shadow_model"), name)):
+        raise ConfigRefused(f"model {name!r} is named by routing rule(s) {', '.join(users)}: change them first")
     return rows.delete_entry(session, kind, name, actor=actor, source=source) is not None
 
 
@@ -147,10 +185,12 @@ def save_prompt(
     Raises
     ------
     ConfigRefused
-        The name or a field is invalid.
+        The name or a field is invalid, or a retired template is named by a routing rule.
     """
     if not PROMPT_NAME.match(name):
         raise ConfigRefused(f"not a valid prompt name: {name!r} (a-z, 0-9, '.', '_', '-'; up to 64)")
+    if retired and (users := _rules_naming(session, ("prompt", "shadow_prompt"), name)):
+        raise ConfigRefused(f"prompt {name!r} is named by routing rule(s) {', '.join(users)}: change them first")
     try:
         checked = PromptFields.model_validate(fields)
     except ValidationError as error:

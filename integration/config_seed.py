@@ -25,12 +25,11 @@ from integration.app_config import ConfigRefused, save
 from integration.config import Settings
 from integration.imaging.routing import DEFAULT_RULES
 from integration.store import app_config as rows
-from integration.store.config_tables import ConfigKind
+from integration.store.config_tables import PROMPT_KIND, ConfigKind
 
 log = logging.getLogger(__name__)
 
 #: The seeded-kinds name of the prompt templates (the other kinds are ``ConfigKind`` values).
-PROMPT_KIND = "prompt"
 #: Audit actor of what the seed copies.
 SEED_ACTOR = "seed:environment"
 

@@ -29,11 +29,10 @@ from sqlalchemy.orm import Session
 
 from integration.app_config import ConfigRefused, ModelEntry, check
 from integration.config import CallingAE, Settings
-from integration.config_seed import PROMPT_KIND
 from integration.destinations import Destination
 from integration.imaging.routing import RoutingRule
 from integration.store import app_config as rows
-from integration.store.config_tables import ConfigGeneration, ConfigKind
+from integration.store.config_tables import PROMPT_KIND, ConfigGeneration, ConfigKind
 from integration.store.opinions import BUILTIN_PROMPT_NAMES
 from integration.store.session import session_scope
 

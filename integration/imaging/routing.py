@@ -34,7 +34,7 @@ these same strings; this module does not import it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -215,6 +215,19 @@ class RoutingRule(BaseModel):
         if self.windows and self.modality != "CT":
             raise ValueError("window presets are in Hounsfield units: only a rule for modality CT may name them")
         return self
+
+    def unconfigured(self, models: Collection[str], prompts: Collection[str]) -> list[str]:
+        """Return what the rule names that is not configured (``model 'x'``, ``prompt 'y'``); empty: all known."""
+        unknown = []
+        for field, value, known in (
+            ("model", self.model, models),
+            ("prompt", self.prompt, prompts),
+            ("shadow_model", self.shadow_model, models),
+            ("shadow_prompt", self.shadow_prompt, prompts),
+        ):
+            if value is not None and value not in known:
+                unknown.append(f"{field} {value!r}")
+        return unknown
 
     def accepts(self, series: Series, calling_ae: str | None) -> bool:
         """Tell whether every set criterion accepts a series of a study sent by ``calling_ae`` (None when unknown)."""

@@ -29,20 +29,6 @@ def study_rule(session: Session, study: Study, rules: Sequence[RoutingRule] | No
     return rule_for_study(rules, [(modality, (part,)) for modality, part in series], study.calling_ae)
 
 
-def unknown_names(rule: RoutingRule, models: Collection[str], prompts: Collection[str]) -> list[str]:
-    """Return what the rule names that is not configured (``model 'x'``, ``prompt 'y'``); empty when all is known."""
-    unknown = []
-    for field, value, known in (
-        ("model", rule.model, models),
-        ("prompt", rule.prompt, prompts),
-        ("shadow_model", rule.shadow_model, models),
-        ("shadow_prompt", rule.shadow_prompt, prompts),
-    ):
-        if value is not None and value not in known:
-            unknown.append(f"{field} {value!r}")
-    return unknown
-
-
 def jobs_for_rule(
     session: Session,
     study: Study,
@@ -105,7 +91,7 @@ def jobs_for_rule(
         created_at=now,
     )
     session.add(primary)
-    unknown = unknown_names(rule, models, prompts) if rule is not None else []
+    unknown = rule.unconfigured(models, prompts) if rule is not None else []
     if unknown:
         primary.state, primary.finished_at = JobState.FAILED, now
         primary.last_error = f"routing rule {rule.name!r} names {', '.join(unknown)}, which is not configured"[:2000]  # type: ignore[union-attr]

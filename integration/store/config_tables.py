@@ -19,6 +19,9 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from integration.store.tables import Base, UTCDateTime, _enum, utcnow
 
+#: The seeded-kinds name of the prompt templates (kept in their own table, not a :class:`ConfigKind`).
+PROMPT_KIND = "prompt"
+
 
 class ConfigKind(enum.StrEnum):
     """The kinds of configuration kept in the database (prompt templates have their own table)."""

@@ -24,6 +24,7 @@ from sqlalchemy import select, text
 from typer.testing import CliRunner
 
 from integration.app_config import ConfigRefused, save, save_prompt
+from integration.app_config import remove as remove_entry
 from integration.config import Settings
 from integration.config_seed import seed_configuration
 from integration.live_config import LiveConfig, live_snapshot, prompt_names
@@ -268,3 +269,37 @@ def test_db_upgrade_seeds_the_environment_and_a_worker_start_the_prompts(postgre
     assert seed_prompts(settings) == []
     with session_scope(postgres_url) as session:
         assert [(p.name, p.version) for p in rows.current_prompts(session)] == [(t.name, t.version) for t in TEMPLATES]
+
+
+def test_a_rule_names_only_configured_models_and_prompts_and_they_stay_while_named(migrated_postgres_url: str) -> None:
+    url = migrated_postgres_url
+    with session_scope(url) as session:  # nothing seeded yet: the names are the environment's, checked at job time
+        save(session, ConfigKind.ROUTING_RULE, "early", {"modality": "CT", "model": "anything"}, actor="admin")
+    seed(url)
+    refused = [
+        ({"modality": "CT", "model": "gpt-x"}, "model 'gpt-x'"),
+        ({"modality": "CT", "shadow_model": "gpt-x"}, "shadow_model 'gpt-x'"),
+        ({"modality": "CT", "prompt": "no-such-prompt"}, "prompt 'no-such-prompt'"),
+    ]
+    with session_scope(url) as session:
+        for document, reason in refused:
+            with pytest.raises(ConfigRefused, match=f"names {reason}, which is not configured"):
+                save(session, ConfigKind.ROUTING_RULE, "ct", document, actor="admin")
+        save(
+            session,
+            ConfigKind.ROUTING_RULE,
+            "ct",
+            {"modality": "CT", "shadow_model": "medgemma-4b", "prompt": "ct-chest"},
+            actor="admin",
+        )
+    with session_scope(url) as session:
+        with pytest.raises(ConfigRefused, match=r"model 'medgemma-4b' is named by routing rule\(s\) ct"):
+            remove_entry(session, ConfigKind.MODEL, "medgemma-4b", actor="admin")
+        current = next(p for p in rows.current_prompts(session) if p.name == "ct-chest")
+        fields = {"modality": current.modality, "body_parts": list(current.body_parts), "task": current.task}
+        with pytest.raises(ConfigRefused, match=r"prompt 'ct-chest' is named by routing rule\(s\) ct"):
+            save_prompt(session, "ct-chest", fields, actor="admin", retired=True)
+    with session_scope(url) as session:
+        assert "medgemma-4b" in [entry.name for entry in rows.list_entries(session, ConfigKind.MODEL)]
+        assert remove_entry(session, ConfigKind.ROUTING_RULE, "ct", actor="admin")
+        assert remove_entry(session, ConfigKind.MODEL, "medgemma-4b", actor="admin")  # no rule names it now

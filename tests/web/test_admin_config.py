@@ -326,6 +326,15 @@ def test_only_administrators_with_a_csrf_token_change_the_configuration(world: M
     assert bad.status_code == 422 and "not a valid model name" in bad.text and 'value="Bad Name!"' in bad.text
     with session_scope(world.settings.database_url) as session:
         assert session.scalar(select(ConfigEntry).where(ConfigEntry.name == "Bad Name!")) is None
+    # a model a routing rule names stays until the rule lets it go
+    with session_scope(world.settings.database_url) as session:
+        rule = {"modality": "CT", "shadow_model": "kept-model"}
+        app_config.save(session, ConfigKind.ROUTING_RULE, "uses-kept", rule, actor="setup")
+    kept = admin.post("/admin/config/models/delete", data={"name": "kept-model", "csrf_token": token(admin)})
+    assert kept.status_code == 422 and "is named by routing rule(s) uses-kept" in kept.text
+    assert "kept-model" in entries(world, ConfigKind.MODEL)
+    with session_scope(world.settings.database_url) as session:
+        assert app_config.remove(session, ConfigKind.ROUTING_RULE, "uses-kept", actor="setup")
     # a name is shown as text: an AE title may hold "<" and ">"
     hostile = admin.post(
         "/admin/config/calling-aes/save", data={"name": "<i>AE</i>", "hosts": "", "csrf_token": token(admin)}

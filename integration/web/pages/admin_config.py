@@ -334,9 +334,15 @@ def admin_config_router() -> APIRouter:
 
     @router.post(PAGE + "/{slug}/delete", summary="Delete a configuration entry", dependencies=csrf)
     def delete(slug: str, request: Request, session: DbSession, user: PageAdmin, name: Name) -> Response:
-        """Delete the named entry, then back to the page (303); 404 when there is none."""
+        """Delete the named entry, then back to the page (303); 404 when there is none, 422 when a rule needs it."""
         section = section_of(slug)
-        if not app_config.remove(session, section.kind, name, actor=user.username, source=client_address(request)):
+        try:
+            source = client_address(request)
+            removed = app_config.remove(session, section.kind, name, actor=user.username, source=source)
+        except ConfigRefused as refused:  # a model a routing rule names
+            code = status.HTTP_422_UNPROCESSABLE_CONTENT
+            return _section_page(request, session, section, error=str(refused), code=code)
+        if not removed:
             raise HTTPException(status.HTTP_404_NOT_FOUND, "no such entry")
         return back_to(f"{PAGE}/{section.slug}", session, "deleted")
 
