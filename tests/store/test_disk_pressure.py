@@ -20,7 +20,16 @@ from integration.intake.storage import InstanceStore, StorageFull
 from integration.purge import pressure_candidates, purge
 from integration.retention_settings import RetentionPolicy
 from integration.store.session import engine_for, session_scope
-from integration.store.tables import AuditEvent, Instance, ReportRevision, ReportStatus, StudyState
+from integration.store.shadow_tables import ShadowOutcome
+from integration.store.tables import (
+    AuditEvent,
+    Instance,
+    Report,
+    ReportPurpose,
+    ReportRevision,
+    ReportStatus,
+    StudyState,
+)
 from integration.web.ops.metrics import metrics_registry
 from integration.web.ops.purge_totals import counter_reader
 from integration.web.ops.purged_added import COUNTING_GAUGES
@@ -161,21 +170,55 @@ def _kept_samples(settings: Settings) -> dict[tuple[str, tuple[tuple[str, str], 
     }
 
 
+def add_shadow_outcome(settings: Settings, study_id: int) -> None:
+    """A shadow draft of the study compared with its signed revision (as shadow mode measures it)."""
+    with session_scope(settings.database_url) as session:
+        primary = session.scalars(select(Report).where(Report.study_id == study_id)).one()
+        revision = session.scalars(select(ReportRevision).where(ReportRevision.report_id == primary.id)).one()
+        fields = {c: getattr(primary, c) for c in ("study_version", "model_family", "structured", "findings", "text")}
+        fields |= {c: getattr(primary, c) for c in ("raw_output", "evidence", "timings", "tokens_in", "tokens_out")}
+        shadow = Report(
+            study_id=study_id,
+            purpose=ReportPurpose.SHADOW,
+            model_id="cand",
+            model_revision="c1",
+            prompt_version="p/v2",
+            **fields,
+        )
+        session.add(shadow)
+        session.flush()
+        numbers = {"draft_findings": 2, "accepted": 1, "edited": 0, "rejected": 1, "added": 1, "edit_distance": 9}
+        session.add(
+            ShadowOutcome(
+                report_id=shadow.id,
+                revision_id=revision.id,
+                model_id="cand",
+                model_revision="c1",
+                prompt_version="p/v2",
+                text_similarity=0.5,
+                **numbers,
+            )
+        )
+
+
 def test_counters_do_not_go_down_when_a_purge_deletes_rows(migrated_postgres_url: str, tmp_path: Path) -> None:
     settings = Settings(database_url=migrated_postgres_url, data_dir=tmp_path / "data", retention=POLICY)
-    add_study(settings, "1.2.6.1", read_at=NOW - timedelta(days=70))  # the whole study goes
+    add_shadow_outcome(settings, add_study(settings, "1.2.6.1", read_at=NOW - timedelta(days=70)))  # all goes
     add_study(settings, "1.2.6.2", report=ReportStatus.REJECTED, read_at=NOW - timedelta(days=40))  # its images
     add_study(settings, "1.2.6.3", report=None)  # stays
     before = _kept_samples(settings)
     assert before[("pacsvlm_instances_received_total", ())] == 6
     assert before[("pacsvlm_reports_signed_total", ())] == 1
+    shadow_labels = (("model_id", "cand"), ("model_revision", "c1"), ("prompt_version", "p/v2"))
+    assert before[("pacsvlm_shadow_outcomes_total", shadow_labels)] == 1
     totals = purge(settings, NOW, measure=counter_reader(settings))
     assert (totals.studies, totals.instances) == (2, 4)
     assert count(settings, Instance) == 2 and count(settings, ReportRevision) == 1  # the rows did go
     after = _kept_samples(settings)
-    assert {key: after.get(key) for key in before} == before
+    assert {key: after.get(key, 0.0) for key in before} == before  # a sample of nothing at all may go
     purge(settings, NOW, measure=counter_reader(settings))  # nothing more to purge: nothing added twice
-    assert {key: value for key, value in _kept_samples(settings).items() if key in before} == before
+    again = _kept_samples(settings)
+    assert {key: again.get(key, 0.0) for key in before} == before
 
 
 def test_health_says_whether_anything_is_eligible_below_the_minimum(url: str, tmp_path: Path) -> None:

@@ -371,9 +371,10 @@ def metrics_registry(settings: Settings) -> CollectorRegistry:
     """
     registry = CollectorRegistry(auto_describe=False)
     # counters derived from rows get back what purges removed (integration/web/ops/purge_totals.py)
-    for collector in (OperationsCollector(settings), SafetyCollector(settings), StageCollector(settings)):
+    # (shadow mode's candidates: integration/web/ops/shadow_metrics.py)
+    collectors = (OperationsCollector(settings), SafetyCollector(settings), StageCollector(settings))
+    for collector in (*collectors, ShadowCollector(settings)):
         registry.register(PurgedRowsAdded(collector, settings))
-    registry.register(ShadowCollector(settings))  # shadow mode's candidates (integration/web/ops/shadow_metrics.py)
     ProcessCollector(registry=registry)
     return registry
 

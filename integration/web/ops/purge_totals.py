@@ -1,9 +1,9 @@
 """Row-derived counters that survive purges: what each purge removed is measured here.
 
 The counters and histograms of ``/metrics`` are aggregates over rows (:mod:`.metrics`, :mod:`.stage_metrics`,
-:mod:`.safety_metrics`).  :func:`row_counters` reads every one of them (and the review-outcome counts, which
-are exposed as gauges but are totals too) as a flat map of samples; the purge calls it before and after it
-deletes a study's rows, in that transaction, and stores the difference
+:mod:`.safety_metrics`, :mod:`.shadow_metrics`).  :func:`row_counters` reads every one of them (and the
+review-outcome counts, which are exposed as gauges but are totals too) as a flat map of samples; the purge
+calls it before and after it deletes a study's rows, in that transaction, and stores the difference
 (:func:`integration.store.purge_totals.add_purge_totals`); :mod:`.purged_added` adds the totals back at
 scrape time, so a counter equals what was ever counted, purged rows included.  Ratios and means
 (acceptance, similarity) are not corrected: they describe the rows kept.
@@ -18,6 +18,7 @@ from integration.store.purge_totals import RowCounters, SampleKey
 from integration.web.ops.metrics import database_metrics
 from integration.web.ops.purged_added import kept_across_purges, sample_key
 from integration.web.ops.safety_metrics import check_metrics, confidence_metrics, decoding_metrics
+from integration.web.ops.shadow_metrics import shadow_metrics
 from integration.web.ops.stage_metrics import stage_histograms
 
 
@@ -42,6 +43,7 @@ def row_counters(connection: Connection, settings: Settings) -> dict[SampleKey, 
         *check_metrics(connection),
         decoding_metrics(connection),
         *confidence_metrics(connection, settings.confidence_low, settings.confidence_high),
+        *shadow_metrics(connection),
     ]
     if connection.dialect.name == "postgresql":
         connection.execute(text("SET LOCAL statement_timeout = 0"))  # database_metrics limits it for scrapes
