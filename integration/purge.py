@@ -157,7 +157,13 @@ def purge(
 
 
 def audit_purge(settings: Settings, totals: PurgeTotals, *, actor: str, reason: str | None = None) -> None:
-    """Audit a purge's counts (``retention.purge``, with why it ran when given) and log them."""
+    """Audit a purge's counts (``retention.purge``, with why it ran when given) and log them.
+
+    A scheduled run that removed nothing leaves no event (the trail would get one an hour for nothing).
+    """
+    if reason == "schedule" and not totals.studies:
+        log.debug("scheduled retention purge: nothing to purge")
+        return
     detail: dict[str, int | str] = dict(totals.audit_detail())
     if reason is not None:
         detail["reason"] = reason

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 
 from integration.config import Settings
 from integration.disk_pressure import PURGE_LOCK_KEY, PurgeLoop, purge_lock
@@ -254,3 +254,11 @@ def test_the_loop_runs_the_scheduled_purge(url: str, tmp_path: Path) -> None:
     with session_scope(settings.database_url) as session:
         reasons = {(e.detail or {}).get("reason") for e in session.scalars(select(AuditEvent)).all()}
     assert "schedule" in reasons
+    with session_scope(settings.database_url) as session:
+        audited = session.scalar(select(func.count()).select_from(AuditEvent))
+    loop = PurgeLoop(settings, store_space(settings))
+    loop.start()  # nothing left to purge: the scheduled runs leave no event
+    time.sleep(0.5)
+    loop.stop()
+    with session_scope(settings.database_url) as session:
+        assert session.scalar(select(func.count()).select_from(AuditEvent)) == audited
