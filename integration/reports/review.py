@@ -36,6 +36,7 @@ from integration.store.reviews import (
 )
 from integration.store.revisions import NotReportOfRecord, UnknownReport, next_version, record_refusal
 from integration.store.session import session_scope
+from integration.store.sso_tables import UserSite
 from integration.store.tables import (
     Report,
     ReportRevision,
@@ -58,7 +59,7 @@ _NOT_IN_PERSON_NAME = re.compile(r"[\\=\t\n\r]")
 _NOT_IN_LO = re.compile(r"[\\\t\n\r]")
 
 
-def signer_of(session: Session, user_id: int) -> tuple[str, str]:
+def signer_of(session: Session, user_id: int, study_site_id: int | None = None) -> tuple[str, str]:
     """Return the name and organization a user's signature carries.
 
     Parameters
@@ -67,24 +68,28 @@ def signer_of(session: Session, user_id: int) -> tuple[str, str]:
         Open session.
     user_id : int
         The user.
+    study_site_id : int, optional
+        The site of the study signed: the organization of a user of several sites who belongs to it.
 
     Returns
     -------
     tuple of str
         The person name (``User.person_name``, else the username, made a valid DICOM PN: no backslash,
         ``=`` or control characters, at most 4 ``^`` and 64 characters; a name without ``^`` becomes a
-        family name, ``"jdoe^"``) and the organization (the site's name, at most 64 characters, else
-        ``"pacs-vlm"``).
+        family name, ``"jdoe^"``) and the organization (the study's site's name when the user belongs to it,
+        else their first site's; at most 64 characters; ``"pacs-vlm"`` without a site).
 
     Raises
     ------
     LookupError
         No user has this id.
     """
+    member = (
+        study_site_id is not None and session.get(UserSite, {"user_id": user_id, "site_id": study_site_id}) is not None
+    )
+    site_id = study_site_id if member else User.site_id
     row = session.execute(
-        select(User.username, User.person_name, Site.name)
-        .outerjoin(Site, User.site_id == Site.id)
-        .where(User.id == user_id)
+        select(User.username, User.person_name, Site.name).outerjoin(Site, Site.id == site_id).where(User.id == user_id)
     ).one_or_none()
     if row is None:
         raise LookupError(f"no user with id {user_id}")

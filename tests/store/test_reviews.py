@@ -34,6 +34,7 @@ from integration.store.reviews import (
 )
 from integration.store.revisions import UnknownReport
 from integration.store.session import session_scope
+from integration.store.sso_tables import UserSite
 from integration.store.tables import (
     AuditEvent,
     Report,
@@ -430,3 +431,19 @@ def test_report_sign_on_the_command_line_records_the_outcome_too(
     assert rejected.exit_code == 2 and "not a draft" in " ".join(rejected.stderr.split())
     with session_scope(settings.database_url) as session:
         assert len(session.scalars(select(ReviewOutcome)).all()) == 2
+
+
+def test_a_signer_of_several_sites_signs_for_the_studys_site(settings: Settings) -> None:
+    with session_scope(settings.database_url) as session:
+        north, south, east = Site(code="N", name="North"), Site(code="S", name="South"), Site(code="E", name="East")
+        session.add_all([north, south, east])
+        session.flush()
+        user = User(username="both", password_hash="-", role=UserRole.RADIOLOGIST, site_id=north.id)
+        session.add(user)
+        session.flush()
+        session.add_all([UserSite(user_id=user.id, site_id=north.id), UserSite(user_id=user.id, site_id=south.id)])
+        session.flush()
+        assert signer_of(session, user.id, south.id)[1] == "South"
+        assert signer_of(session, user.id, north.id)[1] == "North"
+        assert signer_of(session, user.id, east.id)[1] == "North"  # not theirs: their first site, never East's
+        assert signer_of(session, user.id)[1] == "North"

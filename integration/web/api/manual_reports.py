@@ -121,7 +121,7 @@ def start_manual(
             return ManualStarted(report_id=report_id, study_uid=study.study_uid, discarded_report_id=None)
         assert draft is not None
         draft_id = int(draft.id)
-        _, organization = signer_of(session, user.id)
+        _, organization = signer_of(session, user.id, study.site_id)
     try:
         report_id = discard_and_write(
             settings,

@@ -31,7 +31,7 @@ from integration.store.claims import StudyClaimed, check_claim, claim_study, rel
 from integration.store.reviews import ReportClosed, ReviewConflict, ReviewError, WorkingCopy, record_change
 from integration.store.revisions import ReportNotSignable, UnknownReport, VersionTaken
 from integration.store.session import session_scope
-from integration.store.tables import Report, ReportRevision, UserRole, utcnow
+from integration.store.tables import Report, ReportRevision, Study, UserRole, utcnow
 from integration.web.deps import CurrentUser
 from integration.web.schemas import Rejected, Signed
 from integration.web.security.access import report_for, report_of_study
@@ -184,8 +184,9 @@ class Review:
         with session_scope(self.settings.database_url) as session:
             if signing:
                 require_signer(self.user)  # an administrator is told why, whoever is reading the study
-            self._check_visible(session)
-            person_name, organization = signer_of(session, self.user.id)
+            report = self._check_visible(session)
+            study_site = session.scalar(select(Study.site_id).where(Study.id == report.study_id))
+            person_name, organization = signer_of(session, self.user.id, study_site)
         return person_name, _Decision(
             actor=self.user.username, organization=organization, source=self.source, expected_seq=expected_seq
         )
