@@ -8,6 +8,7 @@ documents: a destination's credentials stay files or environment variables it na
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -60,6 +61,31 @@ class PromptFields(BaseModel):
         default_factory=list, max_length=32
     )
     task: Annotated[str, Field(min_length=10, max_length=MAX_PROMPT_TASK_CHARS)]
+
+
+@dataclass(frozen=True)
+class PromptValue:
+    """One version of one prompt template: a built-in one handed to the seed, or the database's current one.
+
+    Attributes
+    ----------
+    name : str
+        The template's name (``ct-chest``).
+    version : int
+        Its version (a draft made with it records ``name/vN``; a built-in keeps its own number when seeded).
+    modality : str or None
+        DICOM modality it applies to (None: any).
+    body_parts : tuple of str
+        Body part keywords it applies to (empty: any).
+    task : str
+        What the model is asked to do.
+    """
+
+    name: str
+    version: int
+    modality: str | None
+    body_parts: tuple[str, ...]
+    task: str
 
 
 class ConfigRefused(ValueError):

@@ -8,20 +8,19 @@ kind emptied on purpose stays empty.  Secrets are not configuration: a destinati
 password file or variable.
 
 The prompt templates are the models' data, which this layer may not import: the caller (the worker side,
-``worker/config_seed.py``) hands them in as :class:`PromptSeed` values.  Seeding holds the generation row's
-lock, so two processes seeding a new database at once copy everything once.
+``worker/config_seed.py``) hands them in as :class:`~integration.app_config.PromptValue` values.  Seeding
+holds the generation row's lock, so two processes seeding a new database at once copy everything once.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.orm import Session
 
-from integration.app_config import ConfigRefused, save
+from integration.app_config import ConfigRefused, PromptValue, save
 from integration.config import Settings
 from integration.imaging.routing import DEFAULT_RULES
 from integration.store import app_config as rows
@@ -32,31 +31,6 @@ log = logging.getLogger(__name__)
 #: The seeded-kinds name of the prompt templates (the other kinds are ``ConfigKind`` values).
 #: Audit actor of what the seed copies.
 SEED_ACTOR = "seed:environment"
-
-
-@dataclass(frozen=True)
-class PromptSeed:
-    """A built-in prompt template, as the worker hands it to the seed.
-
-    Attributes
-    ----------
-    name : str
-        The template's name (``ct-chest``).
-    version : int
-        Its own version number (kept, so a draft's ``name/vN`` means the same text before and after).
-    modality : str or None
-        DICOM modality it applies to (None: any).
-    body_parts : tuple of str
-        Body part keywords it applies to (empty: any).
-    task : str
-        What the model is asked to do.
-    """
-
-    name: str
-    version: int
-    modality: str | None
-    body_parts: tuple[str, ...]
-    task: str
 
 
 def environment_documents(settings: Settings) -> dict[ConfigKind, list[tuple[str, dict[str, Any]]]]:
@@ -86,7 +60,7 @@ def environment_documents(settings: Settings) -> dict[ConfigKind, list[tuple[str
 def seed_configuration(
     session: Session,
     settings: Settings,
-    prompts: Sequence[PromptSeed] | None = None,
+    prompts: Sequence[PromptValue] | None = None,
     *,
     environment: bool = True,
     actor: str = SEED_ACTOR,

@@ -27,7 +27,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from integration.app_config import ConfigRefused, ModelEntry, check
+from integration.app_config import ConfigRefused, ModelEntry, PromptValue, check
 from integration.config import CallingAE, Settings
 from integration.destinations import Destination
 from integration.imaging.routing import RoutingRule
@@ -41,31 +41,6 @@ log = logging.getLogger(__name__)
 #: Seconds before a process that could not read the configuration tries again (a database that is away is not
 #: asked every poll: the listener's admission would wait for each connect timeout).
 RETRY_AFTER_FAILURE_SECONDS = 30.0
-
-
-@dataclass(frozen=True)
-class PromptValue:
-    """One prompt template as the database keeps it (its current version).
-
-    Attributes
-    ----------
-    name : str
-        The template's name.
-    version : int
-        The version a draft made with it records (``name/vN``).
-    modality : str or None
-        DICOM modality it applies to (None: any).
-    body_parts : tuple of str
-        Body part keywords it applies to (empty: any).
-    task : str
-        What the model is asked to do.
-    """
-
-    name: str
-    version: int
-    modality: str | None
-    body_parts: tuple[str, ...]
-    task: str
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,9 @@ import logging
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from integration.app_config import PromptValue
 from integration.config import Settings
-from integration.config_seed import PromptSeed, seed_configuration
+from integration.config_seed import seed_configuration
 from integration.live_config import live_snapshot
 from integration.store.session import session_scope
 from models.prompts import TEMPLATES, PromptTemplate
@@ -22,9 +23,9 @@ from models.prompts import TEMPLATES, PromptTemplate
 log = logging.getLogger(__name__)
 
 
-def builtin_prompt_seeds() -> list[PromptSeed]:
+def builtin_prompt_seeds() -> list[PromptValue]:
     """Return the built-in templates as the seed copies them (their order is the order they are tried)."""
-    return [PromptSeed(t.name, t.version, t.modality, t.body_parts, t.task) for t in TEMPLATES]
+    return [PromptValue(t.name, t.version, t.modality, t.body_parts, t.task) for t in TEMPLATES]
 
 
 def seed_prompts(settings: Settings) -> list[str]:

@@ -1,15 +1,13 @@
 """Shadow mode in the store: the candidate drafts of a study, their outcomes, and the numbers per candidate.
 
 Comparing a shadow draft with a signed report needs :mod:`integration.reports.review_diff`, which the store may
-not import; :mod:`integration.reports.shadow` computes the numbers and this module keeps and sums them.  Why a
-skipped study was skipped is read back from its ``study.skipped`` audit event (written in the transaction that
-skipped it), so no column of ``studies`` repeats it.
+not import; :mod:`integration.reports.shadow` computes the numbers and this module keeps and sums them.  (Studies a rule
+skipped are listed with the failed work, :mod:`integration.store.work`.)
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, func, select
@@ -17,19 +15,10 @@ from sqlalchemy.orm import Session
 
 from integration.store.shadow_tables import ShadowOutcome
 from integration.store.tables import (
-    ROLE_CURRENT,
-    AuditEvent,
     Report,
     ReportPurpose,
     ReportStatus,
-    Site,
-    Study,
-    StudyState,
 )
-from integration.store.work import WorkFilter
-
-#: Audit action of a study a routing rule skipped.
-SKIPPED_ACTION = "study.skipped"
 
 
 @dataclass(frozen=True)
@@ -121,51 +110,3 @@ def has_outcome(session: Session, report_id: int, revision_id: int) -> bool:
         ShadowOutcome.report_id == report_id, ShadowOutcome.revision_id == revision_id
     )
     return session.scalar(query) is not None
-
-
-def skip_reason(session: Session, study: Study) -> str | None:
-    """Return ``"skipped by rule <name>"`` for a skipped study (None for any other state)."""
-    if study.state != StudyState.SKIPPED:
-        return None
-    detail = session.scalar(
-        select(AuditEvent.detail)
-        .where(
-            AuditEvent.object_type == "study",
-            AuditEvent.object_id == study.study_uid,
-            AuditEvent.action == SKIPPED_ACTION,
-        )
-        .order_by(AuditEvent.id.desc())
-        .limit(1)
-    )
-    rule = (detail or {}).get("rule")
-    return f"skipped by rule {rule}" if rule else "skipped by a routing rule"
-
-
-@dataclass(frozen=True)
-class SkippedStudy:
-    """A study a routing rule took with ``skip``: not analysed on purpose (not an error)."""
-
-    study_uid: str
-    site: str | None
-    version: int
-    reason: str
-    skipped_at: datetime
-
-
-def skipped_studies(session: Session, where: WorkFilter) -> list[SkippedStudy]:
-    """Return the studies skipped by a routing rule, the most recent first (``/admin/work``)."""
-    query = (
-        select(Study, Site.code)
-        .outerjoin(Site, Study.site_id == Site.id)
-        .where(Study.role == ROLE_CURRENT, Study.state == StudyState.SKIPPED)
-        .order_by(Study.updated_at.desc(), Study.id.desc())
-        .limit(where.limit)
-    )
-    if where.since is not None:
-        query = query.where(Study.updated_at >= where.since)
-    if where.site_code is not None:
-        query = query.where(Site.code == where.site_code)
-    return [
-        SkippedStudy(study.study_uid, site, study.version, skip_reason(session, study) or "", study.updated_at)
-        for study, site in session.execute(query)
-    ]

@@ -78,7 +78,7 @@ class StudyState(enum.StrEnum):
     #: Its MPPS was DISCONTINUED: not completed by the idle timer until a person releases it.
     HELD = "held"
     #: A routing rule with ``skip`` took it: not analysed, on purpose (the rule is named in its ``study.skipped``
-    #: audit event; see :func:`integration.store.shadow.skip_reason`).
+    #: audit event; see :func:`integration.store.work.skip_reason`).
     SKIPPED = "skipped"
 
 

@@ -18,13 +18,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from integration.store.retries import failure_of, retry_failed_study
 from integration.store.tables import (
     ROLE_CURRENT,
     AnalysisJob,
+    AuditEvent,
     JobState,
     Site,
     Study,
@@ -98,15 +99,12 @@ def study_uids(session: Session, state: StudyState | None, where: WorkFilter) ->
     return [str(uid) for uid in session.scalars(query)]
 
 
-def failed_studies(session: Session, where: WorkFilter) -> list[FailedStudy]:
-    """Return failed studies, the most recently failed first, each with its newest job's failure.
-
-    ``where.since`` keeps the studies that changed (failed) at or after it.
-    """
+def _studies_in(state: StudyState, where: WorkFilter) -> Select[Study, str]:
+    """The current studies in ``state`` with their site codes, the most recently changed first, filtered."""
     query = (
         select(Study, Site.code)
         .outerjoin(Site, Study.site_id == Site.id)
-        .where(Study.role == ROLE_CURRENT, Study.state == StudyState.FAILED)
+        .where(Study.role == ROLE_CURRENT, Study.state == state)
         .order_by(Study.updated_at.desc(), Study.id.desc())
         .limit(where.limit)
     )
@@ -114,8 +112,16 @@ def failed_studies(session: Session, where: WorkFilter) -> list[FailedStudy]:
         query = query.where(Study.updated_at >= where.since)
     if where.site_code is not None:
         query = query.where(Site.code == where.site_code)
+    return query
+
+
+def failed_studies(session: Session, where: WorkFilter) -> list[FailedStudy]:
+    """Return failed studies, the most recently failed first, each with its newest job's failure.
+
+    ``where.since`` keeps the studies that changed (failed) at or after it.
+    """
     rows: list[FailedStudy] = []
-    for study, site in session.execute(query):
+    for study, site in session.execute(_studies_in(StudyState.FAILED, where)):
         failure = failure_of(session, study)
         job = session.get(AnalysisJob, failure.job_id) if failure else None
         rows.append(
@@ -230,3 +236,48 @@ def reanalyze_failed_study(
         prompt_name=prompt_name,
         stat=stat,
     )
+
+
+#: Audit action of a study a routing rule skipped (its detail names the rule).
+SKIPPED_ACTION = "study.skipped"
+
+
+def skip_reason(session: Session, study: Study) -> str | None:
+    """Return ``"skipped by rule <name>"`` for a skipped study (None for any other state).
+
+    Read back from the study's ``study.skipped`` audit event, written in the transaction that skipped it, so no
+    column of ``studies`` repeats it.
+    """
+    if study.state != StudyState.SKIPPED:
+        return None
+    detail = session.scalar(
+        select(AuditEvent.detail)
+        .where(
+            AuditEvent.object_type == "study",
+            AuditEvent.object_id == study.study_uid,
+            AuditEvent.action == SKIPPED_ACTION,
+        )
+        .order_by(AuditEvent.id.desc())
+        .limit(1)
+    )
+    rule = (detail or {}).get("rule")
+    return f"skipped by rule {rule}" if rule else "skipped by a routing rule"
+
+
+@dataclass(frozen=True)
+class SkippedStudy:
+    """A study a routing rule took with ``skip``: not analysed on purpose (not an error)."""
+
+    study_uid: str
+    site: str | None
+    version: int
+    reason: str
+    skipped_at: datetime
+
+
+def skipped_studies(session: Session, where: WorkFilter) -> list[SkippedStudy]:
+    """Return the studies skipped by a routing rule, the most recent first (``/admin/work``)."""
+    return [
+        SkippedStudy(study.study_uid, site, study.version, skip_reason(session, study) or "", study.updated_at)
+        for study, site in session.execute(_studies_in(StudyState.SKIPPED, where))
+    ]

@@ -18,9 +18,8 @@ from integration.store.ingest import record_instance
 from integration.store.priority import settle_priority
 from integration.store.retries import failure_of
 from integration.store.session import engine_for, session_scope
-from integration.store.shadow import skip_reason, skipped_studies
 from integration.store.tables import AnalysisJob, AuditEvent, JobState, Study, StudyState, utcnow
-from integration.store.work import WorkFilter
+from integration.store.work import WorkFilter, skip_reason, skipped_studies
 from tests.support.records import queued_messages
 
 CALLING_AE = "CT1"

@@ -32,9 +32,8 @@ from integration.config import Settings
 from integration.failed_work import NoSuchStudy, WorkRefused, reanalyze_study, retry_dead_letters, retry_study
 from integration.live_config import live_settings, prompt_names
 from integration.store.deliveries import list_deliveries
-from integration.store.shadow import skipped_studies
 from integration.store.tables import DeliveryState, JobState, UserRole
-from integration.store.work import WorkFilter, failed_studies, list_jobs
+from integration.store.work import WorkFilter, failed_studies, list_jobs, skipped_studies
 from integration.web.deps import AppSettings, CurrentUser, DbSession, StudyUid, client_address, require_roles
 from integration.web.pages.templating import PageRoute, display_zone, render
 from integration.web.security.csrf import require_csrf

@@ -42,8 +42,9 @@ from integration.store.orders import order_for_study
 from integration.store.priority import mark_read
 from integration.store.reviews import change_history, working_copy
 from integration.store.revisions import report_of_record
-from integration.store.shadow import reviewable, skip_reason
+from integration.store.shadow import reviewable
 from integration.store.tables import Report, ReportPurpose, ReportStatus, Site, UserRole
+from integration.store.work import skip_reason
 from integration.web.api import review_actions as actions
 from integration.web.api.alerts import study_alerts
 from integration.web.api.images import WindowName
