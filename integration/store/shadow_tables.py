@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Float, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy import ForeignKey, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from integration.store.tables import Base, UTCDateTime, utcnow
+from integration.store.tables import Base, OutcomeNumbers, UTCDateTime, utcnow
 
 
-class ShadowOutcome(Base):
+class ShadowOutcome(OutcomeNumbers, Base):
     """One shadow draft compared with one signed revision of its study's report of record.
 
     The numbers are those of :class:`~integration.store.tables.ReviewOutcome`, read as if the radiologist had
@@ -36,15 +36,6 @@ class ShadowOutcome(Base):
     model_id: Mapped[str] = mapped_column(String(255))
     model_revision: Mapped[str] = mapped_column(String(128))
     prompt_version: Mapped[str] = mapped_column(String(64))
-    draft_findings: Mapped[int] = mapped_column(Integer)
-    accepted: Mapped[int] = mapped_column(Integer)
-    edited: Mapped[int] = mapped_column(Integer)
-    rejected: Mapped[int] = mapped_column(Integer)
-    added: Mapped[int] = mapped_column(Integer)
-    #: Levenshtein distance between the shadow draft's text and the signed text (characters).
-    edit_distance: Mapped[int] = mapped_column(Integer)
-    #: 1 - distance / longer length: 1.0 means the shadow wrote what was signed.
-    text_similarity: Mapped[float] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     __table_args__ = (UniqueConstraint("report_id", "revision_id", name="uq_shadow_outcomes_report_id_revision_id"),)

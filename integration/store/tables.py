@@ -431,7 +431,21 @@ class ReviewChange(Base):
     __table_args__ = (UniqueConstraint("report_id", "seq", name="uq_review_changes_report_id_seq"),)
 
 
-class ReviewOutcome(Base):
+class OutcomeNumbers:
+    """What became of a draft's findings and text in the signed report (review and shadow outcomes alike)."""
+
+    draft_findings: Mapped[int] = mapped_column(Integer)
+    accepted: Mapped[int] = mapped_column(Integer)
+    edited: Mapped[int] = mapped_column(Integer)
+    rejected: Mapped[int] = mapped_column(Integer)
+    added: Mapped[int] = mapped_column(Integer)
+    #: Levenshtein distance between the draft's and the signed report's text (characters).
+    edit_distance: Mapped[int] = mapped_column(Integer)
+    #: 1 - distance / longer length: 1.0 means signed unchanged.
+    text_similarity: Mapped[float] = mapped_column(Float)
+
+
+class ReviewOutcome(OutcomeNumbers, Base):
     """The difference between a draft and what the radiologist signed (or that they rejected it).
 
     One row per signed or rejected revision, carrying the model, prompt and site so acceptance can be
@@ -449,15 +463,6 @@ class ReviewOutcome(Base):
     prompt_version: Mapped[str] = mapped_column(String(64))
     #: ``signed`` or ``rejected``
     outcome: Mapped[str] = mapped_column(String(16))
-    draft_findings: Mapped[int] = mapped_column(Integer)
-    accepted: Mapped[int] = mapped_column(Integer)
-    edited: Mapped[int] = mapped_column(Integer)
-    rejected: Mapped[int] = mapped_column(Integer)
-    added: Mapped[int] = mapped_column(Integer)
-    #: Levenshtein distance between the draft's and the signed report's text (characters).
-    edit_distance: Mapped[int] = mapped_column(Integer)
-    #: 1 - distance / longer length: 1.0 means signed unchanged.
-    text_similarity: Mapped[float] = mapped_column(Float)
     #: Per draft finding what became of it, and the added findings' texts.
     detail: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
