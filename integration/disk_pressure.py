@@ -33,11 +33,12 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from integration.config import Settings
+from integration.intake.intake import InstanceIntake, intake_for
 from integration.intake.space import StoreSpace
 from integration.purge import PurgeTotals, audit_purge, pressure_candidates, purge, purge_study
+from integration.store.purge_totals import RowCounters
 from integration.store.session import engine_for
 from integration.store.tables import utcnow
-from integration.web.ops.purge_totals import counter_reader
 
 log = logging.getLogger(__name__)
 
@@ -86,12 +87,15 @@ class PurgeLoop:
         Retention, the marks and intervals, the database.
     space : StoreSpace
         The instance store's free space (the one the intake checks).
+    measure : callable
+        Reads the row-derived counters (``integration.web.ops.purge_totals.counter_reader``), so each purge
+        keeps what it removed from them.
     """
 
-    def __init__(self, settings: Settings, space: StoreSpace) -> None:
+    def __init__(self, settings: Settings, space: StoreSpace, measure: RowCounters) -> None:
         self.settings = settings
         self.space = space
-        self.measure = counter_reader(settings)
+        self.measure = measure
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._starved = False  # logged "nothing eligible" already, until something is again
@@ -188,3 +192,20 @@ class PurgeLoop:
                 log.warning(
                     "purge loop: %s (tried again in %.0f s)", type(exc).__name__, self.settings.purge_check_seconds
                 )
+
+
+_relief_lock = threading.Lock()
+
+
+def relieving_intake(settings: Settings, measure: RowCounters) -> InstanceIntake:
+    """Return this process's intake, whose store purges an eligible study before it refuses a write.
+
+    For the ``pacs-vlm api`` process (STOW-RS, photo uploads), which runs no purge loop: a write that would
+    leave less than ``min_free_bytes`` free purges as the listener's C-STORE does (under the same lock), and
+    is refused only when nothing is eligible.
+    """
+    intake = intake_for(settings)
+    with _relief_lock:
+        if intake.files.relieve is None:
+            intake.files.relieve = PurgeLoop(settings, intake.files.space, measure).relieve
+    return intake

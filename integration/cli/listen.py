@@ -34,6 +34,7 @@ def listen(
     from integration.orders.mllp import OrderListener, OrderListenerConfigError
     from integration.priors.fetcher import PriorFetcher
     from integration.store.migrate import SchemaOutOfDate, ensure_schema
+    from integration.web.ops.purge_totals import counter_reader
 
     configure_logging(log_level)
     settings = load_settings(listen_port=port, ae_title=ae_title, tls_port=tls_port)
@@ -43,7 +44,7 @@ def listen(
         # Prefetch: a study's first stored instance wakes the fetcher, which queries the archives at once.
         fetcher = PriorFetcher.attach(settings, listener.intake, listener.assembler)
         # Disk pressure: a write that would leave too little free purges an eligible study before refusing.
-        purger = PurgeLoop(settings, listener.store.space)
+        purger = PurgeLoop(settings, listener.store.space, counter_reader(settings))
         listener.store.relieve = purger.relieve
         orders = OrderListener(settings) if settings.mllp_port is not None else None
         listener.start()

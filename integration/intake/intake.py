@@ -235,6 +235,11 @@ class InstanceIntake:
                 header.sop_class_uid, header.sop_instance_uid, header.transfer_syntax_uid, origin.calling_ae
             )
             size = len(meta) + len(dataset)
+            try:  # any purge for room runs now, before this write's transaction (SQLite would make it wait)
+                self.files.ensure_room(size)
+            except StorageFull as exc:
+                log.error("%s refused: %s", _sender(origin), exc)
+                return StoreOutcome(Result.OUT_OF_RESOURCES, header, str(exc))
             write = partial(self.files.write, relative, (meta, dataset))
             rewrite = partial(self.files.replace, relative, (meta, dataset))
         # The file is made durable in a writer thread while the database writes the rows;

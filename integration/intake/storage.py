@@ -181,6 +181,20 @@ class InstanceStore:
             Still less free space than the headroom after purging what was eligible (for at most
             ``RELIEF_SECONDS``): the refusal, the last resort.
         """
+        self.ensure_room(size)
+        self.space.admitted(size)
+
+    def ensure_room(self, size: int) -> None:
+        """Purge eligible studies until a write of ``size`` bytes would leave the headroom (nothing admitted).
+
+        For a caller that is about to open a database transaction: a purge needs the database too, and on SQLite
+        it would wait for that transaction.
+
+        Raises
+        ------
+        StorageFull
+            As :meth:`make_room`.
+        """
         if self.min_free_bytes:
             deadline = time.monotonic() + RELIEF_SECONDS
             while self.free_bytes() - size < self.min_free_bytes:
@@ -191,7 +205,6 @@ class InstanceStore:
                     raise StorageFull("storage headroom exhausted, purging did not free enough in time")
                 if not relieve(size):
                     raise StorageFull("storage headroom exhausted, no study eligible for purging")
-        self.space.admitted(size)
 
     def write(self, relative_path: str, chunks: Sequence[bytes | memoryview]) -> StoredFile:
         """Write one instance durably; keep an existing file for the same path.

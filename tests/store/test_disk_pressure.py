@@ -14,11 +14,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select, text
 
 from integration.config import Settings
-from integration.disk_pressure import PURGE_LOCK_KEY, PurgeLoop, purge_lock
+from integration.disk_pressure import PURGE_LOCK_KEY, PurgeLoop, purge_lock, relieving_intake
+from integration.intake.outcome import Origin, Result
 from integration.intake.space import StoreSpace, store_space
 from integration.intake.storage import InstanceStore, StorageFull
 from integration.purge import pressure_candidates, purge
 from integration.retention_settings import RetentionPolicy
+from integration.samples import pydicom_test_file
 from integration.store.session import engine_for, session_scope
 from integration.store.shadow_tables import ShadowOutcome
 from integration.store.tables import (
@@ -72,7 +74,7 @@ def test_pressure_purges_the_study_read_longest_ago_until_the_mark(url: str, tmp
     space = store_space(settings)
     assert space.free_bytes() == 100  # the quota, not the file system, is short
     assert [c.study_id for c in pressure_candidates(settings)] == [oldest, middle, newest]
-    loop = PurgeLoop(settings, space)
+    loop = PurgeLoop(settings, space, counter_reader(settings))
     assert loop.under_pressure()
     assert loop.relieve_pressure() == 1  # 80 bytes freed: 180 free, above the mark (150)
     assert not loop.under_pressure()
@@ -99,14 +101,14 @@ def test_only_eligible_studies_go_and_early_purging_is_a_choice(
     add_study(settings, "1.2.4.3", state=StudyState.RUNNING, report=None)
     add_study(settings, "1.2.4.4", report=ReportStatus.DRAFT)  # awaiting review
     add_study(settings, "1.2.4.5", state=StudyState.RECEIVING, report=None)
-    loop = PurgeLoop(settings, store_space(settings))
+    loop = PurgeLoop(settings, store_space(settings), counter_reader(settings))
     with caplog.at_level(logging.ERROR, logger="integration.disk_pressure"):
         assert loop.relieve_pressure() == 0
     assert "no study eligible for purging" in caplog.text
     assert count(settings, Instance) == 10
 
     early = _settings(url, tmp_path, used=used, purge_early_under_pressure=True)
-    loop = PurgeLoop(early, StoreSpace(early.instance_root, early.storage_quota_bytes))
+    loop = PurgeLoop(early, StoreSpace(early.instance_root, early.storage_quota_bytes), counter_reader(early))
     assert [c.study_id for c in pressure_candidates(early)] == [read]
     assert loop.relieve_pressure() == 1
     assert count(settings, Instance) == 8  # only the read study's instances went
@@ -118,7 +120,7 @@ def test_a_write_purges_before_it_is_refused_and_is_refused_when_nothing_is_elig
     add_study(settings, "1.2.5.1")
     add_study(settings, "1.2.5.2", report=None)  # never read: never purged
     store = InstanceStore(settings.instance_root, fsync=False, min_free_bytes=100, quota_bytes=4 * FILE + 120)
-    store.relieve = PurgeLoop(settings, store.space).relieve
+    store.relieve = PurgeLoop(settings, store.space, counter_reader(settings)).relieve
     store.make_room(10)  # 120 - 10 >= 100: no purge
     assert count(settings, Instance) == 4
     store.make_room(50)  # 110 - 50 < 100: the read study goes first, then it fits
@@ -135,7 +137,7 @@ def test_two_purges_never_run_at_once(migrated_postgres_url: str, tmp_path: Path
         assert other_listener.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": PURGE_LOCK_KEY}).scalar()
         with purge_lock(settings) as held:
             assert not held
-        loop = PurgeLoop(settings, store_space(settings))
+        loop = PurgeLoop(settings, store_space(settings), counter_reader(settings))
         assert loop.scheduled_purge() is None
         other_listener.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": PURGE_LOCK_KEY})
     with purge_lock(settings) as held:
@@ -242,7 +244,7 @@ def test_the_loop_runs_the_scheduled_purge(url: str, tmp_path: Path) -> None:
         purge_interval_minutes=0.001,
     )
     add_study(settings, "1.2.8.1")
-    loop = PurgeLoop(settings, store_space(settings))
+    loop = PurgeLoop(settings, store_space(settings), counter_reader(settings))
     loop.start()
     try:
         deadline = time.monotonic() + 20
@@ -256,9 +258,29 @@ def test_the_loop_runs_the_scheduled_purge(url: str, tmp_path: Path) -> None:
     assert "schedule" in reasons
     with session_scope(settings.database_url) as session:
         audited = session.scalar(select(func.count()).select_from(AuditEvent))
-    loop = PurgeLoop(settings, store_space(settings))
+    loop = PurgeLoop(settings, store_space(settings), counter_reader(settings))
     loop.start()  # nothing left to purge: the scheduled runs leave no event
     time.sleep(0.5)
     loop.stop()
     with session_scope(settings.database_url) as session:
         assert session.scalar(select(func.count()).select_from(AuditEvent)) == audited
+
+
+def test_the_api_intake_purges_before_it_refuses_an_upload(url: str, tmp_path: Path) -> None:
+    # The api process (STOW-RS, photos) runs no purge loop: its intake purges as the listener's C-STORE does.
+    part10 = pydicom_test_file("CT_small.dcm").read_bytes()
+    settings = _settings(url, tmp_path, used=8 * FILE, free=len(part10) + 50, fsync=False)  # too little
+    add_study(settings, "1.2.9.1", instances=6)  # read long ago: eligible
+    add_study(settings, "1.2.9.2", report=None)  # never read: kept
+    intake = relieving_intake(settings, counter_reader(settings))
+    try:
+        assert relieving_intake(settings, counter_reader(settings)) is intake  # one relief per store
+        origin = Origin(calling_ae="STOW", source="stow", site_id=None, stable_seconds=30.0)
+        outcome = intake.store_part10(part10, origin)
+        assert outcome.result is Result.STORED, outcome
+        assert count(settings, Instance) == 3  # the read study's six went, the upload came
+        with session_scope(settings.database_url) as session:
+            reasons = [(e.detail or {}).get("reason") for e in session.scalars(select(AuditEvent)).all()]
+        assert "disk pressure" in reasons
+    finally:
+        intake.close()

@@ -31,7 +31,7 @@ from fastapi import HTTPException, Request, status
 from starlette.datastructures import FormData, UploadFile
 
 from integration.config import Settings
-from integration.intake.intake import intake_for
+from integration.disk_pressure import relieving_intake
 from integration.intake.outcome import UPLOAD_AE, Origin, Result
 from integration.intake.photo import (
     MAX_PHOTO_BYTES,
@@ -49,6 +49,7 @@ from integration.store.reading_tables import UploadCase
 from integration.store.session import session_scope
 from integration.store.tables import Study, UserRole
 from integration.web.deps import CurrentUser, app_settings, client_address, new_site_of
+from integration.web.ops.purge_totals import counter_reader
 from integration.web.security.csrf import require_csrf
 from integration.web.security.limits import PHOTO_BODY_BYTES, UploadGate
 from integration.web.security.refusals import record_refusal
@@ -167,7 +168,7 @@ def _store_batch(
     )
     stored: list[PhotoInstance] = []
     for instance in _converted(files, details, place, max_pixels):
-        outcome = intake_for(settings).store_part10(instance.part10, origin)
+        outcome = relieving_intake(settings, counter_reader(settings)).store_part10(instance.part10, origin)
         if not outcome.succeeded:
             log.error("photo upload by user %d not stored: %s (%s)", user.id, outcome.reason, outcome.result)
             if outcome.result is Result.OUT_OF_RESOURCES:

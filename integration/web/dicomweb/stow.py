@@ -41,7 +41,8 @@ from starlette.requests import ClientDisconnect
 
 from integration.config import Settings
 from integration.dicom import status as dicom_status
-from integration.intake.intake import InstanceIntake, intake_for
+from integration.disk_pressure import relieving_intake
+from integration.intake.intake import InstanceIntake
 from integration.intake.outcome import STOW_AE, Origin, Result, StoreOutcome
 from integration.intake.part10 import split_part10
 from integration.intake.storage import InstanceStore, StorageFull
@@ -62,6 +63,7 @@ from integration.web.dicomweb.multipart_related import (
     PartStart,
     parse_media_type,
 )
+from integration.web.ops.purge_totals import counter_reader
 from integration.web.security.dicomweb_auth import dicomweb_user
 from integration.web.security.limits import UploadGate
 
@@ -358,7 +360,7 @@ async def _stow_admitted(request: Request, study_uid: str | None, user: CurrentU
     length = int(declared) if declared.isdigit() else None
     if length is not None and length > body_limit:
         raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, f"the request body exceeds {body_limit} bytes")
-    intake = intake_for(settings)
+    intake = relieving_intake(settings, counter_reader(settings))
     store = intake.files
     if length is not None and store.min_free_bytes and store.free_bytes() - length < store.min_free_bytes:
         raise HTTPException(status.HTTP_507_INSUFFICIENT_STORAGE, "not enough storage space for this request")
