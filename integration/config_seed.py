@@ -79,8 +79,8 @@ def seed_configuration(
     seeded = rows.lock_generation(session)
     done: list[str] = []
     for kind, entries in environment_documents(settings).items():
-        if kind.value in seeded or not environment:
-            continue
+        if kind.value in seeded or not environment or not entries:
+            continue  # an empty variable seeds nothing: each process keeps its own until a kind is configured
         for position, (name, document) in enumerate(entries):
             try:
                 save(session, kind, name, document, actor=actor, position=position, source="seed")

@@ -38,7 +38,9 @@ def _seed(settings: Settings) -> None:
     except (ConfigRefused, SQLAlchemyError) as exc:
         raise fail(f"configuration not seeded from the environment: {exc}", 2) from None
     if done:
-        console.print(f"configuration seeded from the environment: {', '.join(done)} (see 'pacs-vlm config list')")
+        console.print(
+            f"configuration seeded from the environment: {', '.join(done)} (see 'pacs-vlm config list')", soft_wrap=True
+        )
 
 
 @db_app.command("downgrade")

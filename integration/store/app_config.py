@@ -116,6 +116,8 @@ def put_entry(
         entry.updated_by = actor
         entry.updated_at = utcnow()
     after = {"position": entry.position, "document": document}
+    if kind.value not in seeded_kinds(session):
+        mark_seeded(session, kind.value)  # an administrator's first entry: the database holds this kind now
     add_event(
         session,
         actor=actor,

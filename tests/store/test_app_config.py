@@ -303,3 +303,18 @@ def test_a_rule_names_only_configured_models_and_prompts_and_they_stay_while_nam
         assert "medgemma-4b" in [entry.name for entry in rows.list_entries(session, ConfigKind.MODEL)]
         assert remove_entry(session, ConfigKind.ROUTING_RULE, "ct", actor="admin")
         assert remove_entry(session, ConfigKind.MODEL, "medgemma-4b", actor="admin")  # no rule names it now
+
+
+def test_an_empty_variable_seeds_nothing_and_a_first_entry_makes_the_database_hold_the_kind(
+    migrated_postgres_url: str,
+) -> None:
+    url = migrated_postgres_url
+    bare = Settings.model_validate({"database_url": url, "config_poll_seconds": 0.1})  # no AE, destination, model
+    assert seed(url, bare) == ["routing_rule", "prompt"]  # the built-in rules and prompts; nothing else
+    env = Settings.model_validate({**bare.model_dump(), "calling_aes": {"LATER": {}}})  # set after the upgrade
+    assert set(live_snapshot(env).settings.calling_aes) == {"LATER"}  # still the process's own
+    with session_scope(url) as session:
+        save(session, ConfigKind.CALLING_AE, "CT1", {}, actor="admin")
+        assert "calling_ae" in rows.seeded_kinds(session)
+    time.sleep(0.2)
+    assert set(live_snapshot(env).settings.calling_aes) == {"CT1"}  # the database holds the kind now

@@ -29,6 +29,6 @@ def config_seed() -> None:
     except SQLAlchemyError as exc:
         raise fail(f"cannot use the database: {type(exc).__name__}; run 'pacs-vlm db upgrade'?", 2) from None
     if done:
-        console.print(f"seeded from the environment: {', '.join(done)}")
+        console.print(f"seeded from the environment: {', '.join(done)}", soft_wrap=True)
     else:
         console.print("nothing to seed: every kind is in the database already ('pacs-vlm config list')")
