@@ -12,6 +12,10 @@ UV         := .uv/bin/uv
 EXTRAS     := --extra models --extra cpu --extra dev
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 export UV_PYTHON_DOWNLOADS    := never
+# Installed packages are compiled to bytecode once, at install: this machine sets PYTHONDONTWRITEBYTECODE, so
+# without it every process the suite or an operator starts (worker, listener, api, CLI) compiled torch and
+# transformers from source again (import of the model stack: 11.8 s -> 5.6 s).
+export UV_COMPILE_BYTECODE    := 1
 # The suite runs on this many processes (pytest-xdist), one test module at a time each: most tests wait on
 # real peers (api, listener, Orthanc, Chromium), so two processes share two cores well.  TEST_WORKERS=0 runs
 # it in one process.

@@ -51,7 +51,8 @@ def test_a_calling_ae_added_with_the_cli_is_accepted_by_the_running_listener(
     try:
         series = write_ct_series(tmp_path / "ct", 2, rows=32, columns=32)
         assert storescu(listener.port, series, calling_ae="NEWCT").returncode != 0
-        assert "calling AE not in the allowlist" in listener.log()
+        # the refusal's log line may be written just after storescu has seen the A-ASSOCIATE-RJ
+        wait_until(lambda: "calling AE not in the allowlist" in listener.log(), timeout=10, message="refusal logged")
         assert storescu(listener.port, series).returncode == 0
         pacs_vlm(listener.env(), "config", "set", "calling_ae", "NEWCT", "--json", '{"stable_seconds": 1}')
         changed = time.monotonic()
