@@ -173,7 +173,8 @@ def build_comparison(
         first = len(comparison.images) + 1
         comparison.images.extend(images)
         comparison.evidence.extend(evidence_entries(images, first, prior.prior_study_uid))
-        comparison.contexts.append(_context(prior, current, len(images), deidentified))
+        names = current.names + prior_header_names(prior, instance_root) if deidentified else current.names
+        comparison.contexts.append(_context(prior, current, len(images), deidentified, names))
         reference = _reference(prior)
         if reference is not None:
             comparison.references.append(reference)
@@ -233,12 +234,52 @@ def _prior_images(
     return [ModelImage(image.pixels, image.evidence, image.window, f"prior study, {image.label}") for image in images]
 
 
-def _context(prior: PriorView, current: CurrentHeader, images: int, deidentified: bool) -> PriorContext:
-    """The prior as the model is told: by date, or for an untrusted server by days and without description."""
+def prior_header_names(prior: PriorView, root: Path) -> tuple[str, ...]:
+    """Person names in the prior's own headers: one instance of each of its series, and its SR's observers.
+
+    A prior's report names the physicians of the prior study (its reading or referring physician, the SR's
+    verifying observer and person items), who need not be those of the current study; the de-identification
+    of the report for an untrusted server removes both.  A file that cannot be read adds nothing.
+    """
+    names: list[str] = []
+    seen: set[str] = set()
+    for instance in prior.files:
+        if instance.series_uid in seen:
+            continue
+        seen.add(instance.series_uid)
+        try:
+            ds = pydicom.dcmread(root / instance.storage_path, stop_before_pixels=True, force=True)
+        except Exception:
+            log.info("a header of prior study %s could not be read for its names", prior.prior_study_uid)
+            continue
+        names.extend(str(value) for keyword in NAME_KEYWORDS for value in _values(ds.get(keyword)))
+        names.extend(_sr_person_names(ds))
+    return tuple(dict.fromkeys(name for name in names if name.strip()))
+
+
+def _sr_person_names(ds: Any, depth: int = 0) -> list[str]:
+    """Verifying observers, author observers and PNAME content items of an SR (nested content included)."""
+    found: list[str] = []
+    for item in ds.get("VerifyingObserverSequence") or ():
+        found.extend(str(value) for value in _values(item.get("VerifyingObserverName")))
+    for item in ds.get("ContentSequence") or () if depth < 32 else ():
+        if str(item.get("ValueType", "")) == "PNAME":
+            found.extend(str(value) for value in _values(item.get("PersonName")))
+        found.extend(_sr_person_names(item, depth + 1))
+    return found
+
+
+def _context(
+    prior: PriorView, current: CurrentHeader, images: int, deidentified: bool, names: Sequence[str] = ()
+) -> PriorContext:
+    """The prior as the model is told: by date, or for an untrusted server by days and without description.
+
+    ``names`` are removed from the report for an untrusted server (the current study's and the prior's).
+    """
     report = prior.report_text
     when = prior_when(prior.study_date, current.study_date, exact=not deidentified)
     if deidentified:
-        report = deidentify_text(report, current.names) if report else None
+        report = deidentify_text(report, names or current.names) if report else None
         return PriorContext(
             when=when, modality=prior.modality, report=report, report_source=prior.report_source, images=images
         )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
@@ -58,13 +58,21 @@ class StudyClaimed(RuntimeError):
     ----------
     claim : Claim
         The other radiologist's claim.
+    zone : datetime.tzinfo or None, optional
+        The zone the claim's end is said in (UTC by default; None: the server's local zone).  The pages and
+        the API say it in the hospital's zone (:meth:`describe`).
     """
 
-    def __init__(self, claim: Claim) -> None:
+    def __init__(self, claim: Claim, zone: tzinfo | None = UTC) -> None:
         self.claim = claim
-        until = claim.expires_at.strftime("%H:%M UTC")
-        super().__init__(
-            f"{claim.username} is reading this study (claimed until {until} unless they continue); "
+        super().__init__(self.describe(zone))
+
+    def describe(self, zone: tzinfo | None) -> str:
+        """The message, with the claim's end in ``zone`` (None: the server's local zone)."""
+        end = self.claim.expires_at if self.claim.expires_at.tzinfo else self.claim.expires_at.replace(tzinfo=UTC)
+        until = (end.astimezone(zone) if zone is not None else end.astimezone()).strftime("%H:%M %Z")
+        return (
+            f"{self.claim.username} is reading this study (claimed until {until} unless they continue); "
             "take it over from the study page if they have stopped"
         )
 

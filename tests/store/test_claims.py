@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import timedelta
+from datetime import UTC, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -55,6 +56,10 @@ def test_claims_renew_refuse_take_over_expire_and_release(migrated_postgres_url:
         with pytest.raises(StudyClaimed, match="ann is reading this study") as refused:
             claim_study(session, study, bob, minutes=20, now=later)
         assert refused.value.claim.user_id == ann
+        until = renewed.expires_at.replace(tzinfo=UTC) if renewed.expires_at.tzinfo is None else renewed.expires_at
+        assert f"claimed until {until:%H:%M} UTC" in str(refused.value)  # the store says UTC ...
+        berlin = until.astimezone(ZoneInfo("Europe/Berlin"))  # ... the pages and API the hospital's zone
+        assert f"claimed until {berlin:%H:%M %Z}" in refused.value.describe(ZoneInfo("Europe/Berlin"))
         with pytest.raises(StudyClaimed):
             check_claim(session, study, bob, now=later)
         assert check_claim(session, study, ann, now=later) == renewed

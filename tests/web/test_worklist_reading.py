@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import httpx
 import pydicom
 import pytest
 from sqlalchemy import delete, select, update
@@ -347,6 +348,7 @@ def test_claim_routes_are_for_radiologists_of_the_site_with_a_csrf_token(world: 
     assert other.post(f"/api/studies/{read}/claim", headers=other_token).status_code == 200
     refused = rad.post(f"/api/studies/{read}/claim", headers=json_token, json={"take_over": False})
     assert refused.status_code == 409 and "north_rad2 is reading this study" in refused.text
+    assert re.search(r"claimed until \d\d:\d\d CES?T", refused.text), refused.text  # the hospital's zone
     assert rad.post(f"/api/studies/{read}/claim", headers=json_token, json={"take_over": "maybe"}).status_code == 422
     taken = rad.post(f"/api/studies/{read}/claim", headers=json_token, json={"take_over": True})
     assert taken.status_code == 200 and taken.json()["claimed_by"] == "north_rad"
@@ -367,3 +369,22 @@ def test_claim_routes_are_for_radiologists_of_the_site_with_a_csrf_token(world: 
     # An administrator opening a draft claims nothing.
     admin.get(f"/studies/{read}")
     assert admin.get("/api/studies", params={"q": "roe"}).json()[0]["claimed_by"] is None
+
+
+def test_the_next_study_route_is_for_readers_and_never_gives_away_another_sites_study(world: Module) -> None:
+    south = uid(world.south)
+    with session_scope(world.settings.database_url) as session:  # whatever the other tests left
+        session.execute(delete(StudyClaim))
+    anonymous = httpx.Client(base_url=world.api.url, timeout=30).get("/worklist/next")
+    assert anonymous.status_code == 303 and anonymous.headers["location"].startswith("/login?next=")
+    refused = sign_in(world.api, "upload").get("/worklist/next")
+    assert refused.status_code == 403 and "this page is for radiologists and administrators" in refused.text
+    rad = sign_in(world.api, "north_rad")
+    top = rad.get("/worklist/next")
+    assert top.status_code == 303
+    # Another site's study as the one just left is as unknown as a made-up one: the reading starts from the top,
+    # and neither answer names it; a value that is no UID is ignored.
+    for after in (south, "1.2.3.999999", "x' OR 1=1"):
+        answer = rad.get("/worklist/next", params={"after": after})
+        assert answer.status_code == 303 and answer.headers["location"] == top.headers["location"]
+        assert south not in answer.headers["location"]

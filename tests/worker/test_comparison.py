@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from integration.config import Settings
 from integration.findings import Document
@@ -24,7 +26,14 @@ from integration.store.tables import PriorSearchState, PriorState
 from models.backend import GenerationRequest, GenerationResult
 from models.prompts import PatientContext
 from models.transformers_backend import TransformersBackend
-from worker.comparison import NO_PRIOR, NOT_AVAILABLE, CurrentHeader, build_comparison, read_current_header
+from worker.comparison import (
+    NO_PRIOR,
+    NOT_AVAILABLE,
+    CurrentHeader,
+    build_comparison,
+    prior_header_names,
+    read_current_header,
+)
 from worker.outbound import REMOVED
 from worker.pipeline import draft_study
 
@@ -190,3 +199,50 @@ def test_outside_the_trust_boundary_a_prior_is_placed_by_days_and_its_report_dei
         assert value not in context.report
     assert "Small left pleural effusion." in context.report and REMOVED in context.report
     assert all(label.startswith("prior study") for label in comparison.labels) and len(comparison.images) == 2
+
+
+def prior_report_sr(path: Path, study_uid: str) -> Path:
+    """A prior's SR report whose verifying observer and a nested PNAME item name its physicians."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.33"
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.Modality = study_uid, generate_uid(), "SR"
+    ds.VerifyingObserverSequence = [Dataset()]
+    ds.VerifyingObserverSequence[0].VerifyingObserverName = "Haugen^Ingrid"
+    observer, container = Dataset(), Dataset()
+    observer.ValueType, observer.PersonName = "PNAME", "Brandt^Tobias"
+    container.ValueType, container.ContentSequence = "CONTAINER", [observer]
+    ds.ContentSequence = [container]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_the_names_of_a_priors_own_headers_and_its_sr_are_gathered_for_deidentification(tmp_path: Path) -> None:
+    files = write_ct_series(tmp_path / "prior", 3, rows=16, columns=16)
+    for path in files:
+        ds = pydicom.dcmread(path)
+        ds.ReferringPhysicianName, ds.NameOfPhysiciansReadingStudy = "Okafor^Ada", ["Lindqvist^Maja", "Ruiz^Pablo"]
+        ds.save_as(path)
+    header = pydicom.dcmread(files[0])
+    sr = prior_report_sr(tmp_path / "prior" / "sr.dcm", str(header.StudyInstanceUID))
+    unreadable = tmp_path / "prior" / "gone.dcm"  # a file purged meanwhile adds nothing and stops nothing
+    instances = [
+        *(InstanceFile(str(p.relative_to(tmp_path)), str(header.SOPInstanceUID), "ct", "CT", "CHEST") for p in files),
+        InstanceFile("prior/gone.dcm", "1.2.3", "gone", "CT", None),
+        InstanceFile(str(sr.relative_to(tmp_path)), "1.2.4", "sr", "SR", None),
+    ]
+    assert not unreadable.exists()
+    prior = PriorView(
+        id=1, prior_study_uid=str(header.StudyInstanceUID), prior_study_id=2, rank=1, source="pacs",
+        state=PriorState.READY, reason=None, study_date="20240301", modality="CT", description=None,
+        accession=None, report_text="Discussed with Lindqvist and Brandt.", report_source="sr", series_uids=(),
+        instances=4, bytes=0, seconds=0.1, files=tuple(instances),
+    )  # fmt: skip
+    names = prior_header_names(prior, tmp_path)
+    assert set(names) == {
+        str(header.PatientName), "Okafor^Ada", "Lindqvist^Maja", "Ruiz^Pablo", "Haugen^Ingrid", "Brandt^Tobias"
+    }
+    assert len(names) == len(set(names))  # one header per series is read: the CT's three give each name once

@@ -172,8 +172,10 @@ def test_a_study_of_burned_in_images_only_is_not_sent(
 PRIOR_DATE = "20240301"
 PRIOR_REPORT = (
     "Compared with 12/01/2023. Small left pleural effusion. Kowalczyk Agnieszka, MRN-7730412, accession "
-    "ACC55501234, read by Dr. Okonkwo on 1 March 2024."
+    "ACC55501234, read by Dr. Okonkwo on 1 March 2024. Discussed with Lindqvist."
 )
+#: The prior's own reading physician: in its header, not in the current study's, and untitled in its report.
+PRIOR_READER = "Lindqvist^Maja"
 
 
 def identified_prior(store: Path) -> PriorsView:
@@ -182,7 +184,10 @@ def identified_prior(store: Path) -> PriorsView:
     instances = []
     for path in files:
         ds = pydicom.dcmread(path)
-        for keyword, value in {**PATIENT, "StudyDate": PRIOR_DATE, "AccessionNumber": "ACC55501234"}.items():
+        for keyword, value in {
+            **PATIENT, "StudyDate": PRIOR_DATE, "AccessionNumber": "ACC55501234",
+            "NameOfPhysiciansReadingStudy": PRIOR_READER,
+        }.items():  # fmt: skip
             setattr(ds, keyword, value)
         ds.save_as(path)
         instances.append(InstanceFile(str(path.relative_to(store)), str(ds.SOPInstanceUID), "", "CT", "CHEST"))
@@ -213,7 +218,7 @@ def test_an_untrusted_server_gets_the_prior_by_days_with_a_deidentified_report(
     prior_uids = [seen[0].priors[0].prior_study_uid, *(f.sop_instance_uid for f in seen[0].priors[0].files)]
     forbidden = [
         *PATIENT.values(), *uids, *prior_uids, PRIOR_DATE, "2024-03-01", "12/01/2023", "1 March 2024", "ACC55501234",
-        "7730412", "Kowalczyk", "Agnieszka", "Okonkwo", "CT chest for",
+        "7730412", "Kowalczyk", "Agnieszka", "Okonkwo", "CT chest for", "Lindqvist",
     ]  # fmt: skip
     for value in forbidden:
         assert value not in text and value.encode() not in sent.body, f"{value!r} left the trust boundary"

@@ -29,7 +29,7 @@ from integration.store.tables import UserRole, utcnow
 from integration.web.deps import AppSettings, CurrentUser, DbSession, Reviewer, StudyUid, client_address
 from integration.web.pages.reading_list import MAX_LIST_QUERY, filters_from, list_query, worklist_url
 from integration.web.pages.review_form import see_other
-from integration.web.pages.templating import PageRoute
+from integration.web.pages.templating import PageRoute, display_zone
 from integration.web.security.access import study_for
 from integration.web.security.csrf import require_csrf
 
@@ -96,7 +96,7 @@ def take(
     try:
         claim = claim_study(session, study.id, user.id, minutes=settings.claim_minutes, now=now, take_over=take_over)
     except StudyClaimed as exc:
-        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+        raise HTTPException(status.HTTP_409_CONFLICT, exc.describe(display_zone(settings.timezone))) from None
     if before is not None and not before.held_by(user.id):
         detail = {"from": before.username, "until": before.expires_at.isoformat()}
         add_event(

@@ -41,6 +41,7 @@ from integration.store.revisions import report_of_record
 from integration.store.session import session_scope
 from integration.store.tables import AnalysisJob, Report, ReportStatus, UserRole, utcnow
 from integration.web.deps import AppSettings, CurrentUser, StudyUid, client_address, require_roles
+from integration.web.pages.templating import display_zone
 from integration.web.security.access import study_for
 from integration.web.security.csrf import require_csrf
 
@@ -109,7 +110,7 @@ def start_manual(
         try:
             check_claim(session, study.id, user.id, now=utcnow())
         except StudyClaimed as exc:
-            raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+            raise HTTPException(status.HTTP_409_CONFLICT, exc.describe(display_zone(settings.timezone))) from None
         record = report_of_record(session, study.id)
         draft = session.get(Report, record) if record is not None else None
         discard = draft is not None and draft.status == ReportStatus.DRAFT and bool(reason)

@@ -31,6 +31,7 @@ from integration.store.revisions import report_of_record
 from integration.store.tables import ReportRevision, Study
 from integration.web.api import review_actions as actions
 from integration.web.deps import AppSettings, CurrentUser, DbSession, Reviewer, client_address
+from integration.web.pages.templating import display_zone
 from integration.web.schemas import Rejected, ReportView, ReviewChange, Signed, WorkingCopy
 from integration.web.security.access import report_for
 from integration.web.security.csrf import require_csrf
@@ -158,7 +159,7 @@ def review_router() -> APIRouter:
         try:
             copy = actions.Review(settings, user, report_id, client_address(request)).change(edit, body.expected_seq)
         except actions.REFUSED as exc:
-            raise HTTPException(*actions.refusal(exc)) from None
+            raise HTTPException(*actions.refusal(exc, display_zone(settings.timezone))) from None
         return working_copy_answer(copy)
 
     @router.post("/{report_id}/sign", summary="Sign the working copy", dependencies=csrf)
@@ -168,7 +169,7 @@ def review_router() -> APIRouter:
         try:
             return review.sign(body.expected_seq, body.confirm_unreviewed)
         except actions.REFUSED as exc:
-            raise HTTPException(*actions.refusal(exc)) from None
+            raise HTTPException(*actions.refusal(exc, display_zone(settings.timezone))) from None
 
     @router.post("/{report_id}/reject", summary="Reject the draft", dependencies=csrf)
     def post_reject(
@@ -179,6 +180,6 @@ def review_router() -> APIRouter:
         try:
             return review.reject(body.reason, body.expected_seq)
         except actions.REFUSED as exc:
-            raise HTTPException(*actions.refusal(exc)) from None
+            raise HTTPException(*actions.refusal(exc, display_zone(settings.timezone))) from None
 
     return router

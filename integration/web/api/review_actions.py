@@ -15,6 +15,7 @@ renews the actor's own claim and signing releases it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import tzinfo
 from typing import TypedDict
 
 from fastapi import HTTPException, status
@@ -73,13 +74,15 @@ def require_signer(user: CurrentUser) -> None:
         raise HTTPException(status.HTTP_403_FORBIDDEN, NOT_A_SIGNER)
 
 
-def refusal(exc: Exception) -> tuple[int, str]:
+def refusal(exc: Exception, zone: tzinfo | None = None) -> tuple[int, str]:
     """Return the HTTP status and message of a refused review action (the messages are written to be shown).
 
     Parameters
     ----------
     exc : Exception
         What the review domain raised.
+    zone : datetime.tzinfo or None, optional
+        The hospital's zone, in which a claim's end is said (None: the server's local zone).
 
     Returns
     -------
@@ -95,6 +98,8 @@ def refusal(exc: Exception) -> tuple[int, str]:
     """
     if isinstance(exc, UnknownReport):
         return status.HTTP_404_NOT_FOUND, "no such report"
+    if isinstance(exc, StudyClaimed):
+        return status.HTTP_409_CONFLICT, exc.describe(zone)
     if isinstance(exc, CONFLICTS):
         return status.HTTP_409_CONFLICT, str(exc)
     if isinstance(exc, SourceUnavailable):
