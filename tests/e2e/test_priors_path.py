@@ -4,7 +4,8 @@ Orthanc (the shared :func:`tests.support.priors.prior_pacs`) is the hospital's P
 prior chest CT with its SR report; ``pacs-vlm listen`` fetches it while the current study arrives, the
 study's job waits for it, and a ``pacs-vlm worker`` with a tiny multi-image model (MedGemma architecture)
 drafts the study with the prior: the draft names the comparison study, cites prior images with their
-study, and its SR references them in the Pertinent Other Evidence Sequence and passes dciodvfy.
+study, and its SR references them in the Pertinent Other Evidence Sequence and passes dciodvfy.  With the
+PACS down, the same path drafts the study without its prior and says why, in the draft and its SR.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from integration.reports.sr import read_sr
 from tests.support.peers import ListenerProcess, WorkerProcess, storescu, wait_until
 from tests.support.priors import PriorPacs, build_current_study
 from tests.support.records import db_rows
+from tests.support.services import free_port
 from tests.support.sr_tools import check_with_tools
 
 
@@ -73,3 +75,50 @@ def test_a_study_is_drafted_against_its_prior_fetched_from_the_pacs(
     reading = read_sr(pydicom.dcmread(sr_file))
     assert {study for study, _ in reading.other_evidence} == {prior_uid}
     assert reading.comparison is not None
+
+
+def test_with_the_pacs_down_the_study_is_drafted_without_its_prior_and_says_why(
+    listener_factory: Callable[..., ListenerProcess],
+    worker_factory: Callable[..., WorkerProcess],
+    migrated_postgres_url: str,
+    redis_url: str,
+    prior_pacs: PriorPacs,
+    smoke_medgemma_dir: Path,
+) -> None:
+    down = prior_pacs.source("dimse", name="pacs-down", port=free_port())  # nobody listens there
+    listener = listener_factory(
+        migrated_postgres_url,
+        redis_url,
+        stable_seconds=0.5,
+        extra_env={
+            "PACSVLM_PRIOR_SOURCES": json.dumps([down.model_dump(mode="json")]),
+            "PACSVLM_PRIOR_WAIT_SECONDS": "60",
+        },
+    )
+    current = build_current_study(listener.data_dir / "sent", slices=4)
+    assert storescu(listener.port, current.files).returncode == 0
+    worker = worker_factory(listener.data_dir, listener.database_url, listener.broker_url, smoke_medgemma_dir)
+    url = listener.database_url
+    query = (
+        "SELECT r.findings, r.evidence, r.text, r.sr_path FROM reports r JOIN studies s ON s.id = r.study_id"
+        f" WHERE s.study_uid = '{current.uid}' AND r.sr_path IS NOT NULL"  # a UID we generated: digits and dots
+    )
+    wait_until(
+        lambda: db_rows(url, query),
+        timeout=240,
+        message=f"a draft; listener:\n{listener.log()[-2000:]}\nworker:\n{worker.log()[-3000:]}",
+    )
+    ((findings, evidence, text, sr_path),) = db_rows(url, query)
+    ((state, reason),) = db_rows(
+        url, f"SELECT p.state, p.reason FROM prior_searches p JOIN studies s ON s.id = p.study_id"
+        f" WHERE s.study_uid = '{current.uid}'",
+    )  # fmt: skip
+    assert state == "failed" and reason.startswith("pacs-down: ")  # the reason is recorded ...
+    document = Document.read(findings)
+    assert document.priors == () and not any(e.get("prior") for e in evidence)
+    assert document.prior_note == f"Prior study not available: {reason}."  # ... and the draft says it
+    assert "Prior study not available" in text
+    reading = read_sr(pydicom.dcmread(listener.data_dir / sr_path))
+    assert reading.other_evidence == () and reading.comparison.priors == ()
+    assert any("Prior study not available" in statement for statement in reading.comparison.statements)
+    assert dict(db_rows(url, "SELECT study_uid, role FROM studies")) == {current.uid: "current"}
