@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from integration.intake.storage import InstanceStore
 from integration.prior_sources import PriorSource
 from integration.priors.archive import ArchiveError, InstanceSink, PriorArchive, open_archive
 from integration.priors.dimse import RETRIEVE_SOP_CLASSES
+from tests.support.certificates import Certificates, make_certificates
 from tests.support.orthanc import DICOMWEB_PLUGIN, OrthancServer
 from tests.support.priors import ISSUER, OTHER_ISSUER, PATIENT_ID, PriorPacs
 from tests.support.records import db_rows
@@ -320,3 +322,63 @@ def test_the_bearer_token_and_the_ca_file_go_on_the_session(tmp_path: Path) -> N
     assert archive._session.headers["Authorization"] == "Bearer t0ken"
     assert archive._session.verify == str(ca) and archive._session.auth is None
     archive.close()
+
+
+@pytest.fixture(scope="module")
+def tls_orthanc(prior_pacs: PriorPacs, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsOrthanc]:
+    """A second Orthanc that speaks DICOM only over TLS and wants our client certificate; it holds the prior CT."""
+    folder = tmp_path_factory.mktemp("tls-pacs")
+    certs = make_certificates(folder / "certs")
+    orthanc = OrthancServer(
+        aet="TLSPACS",
+        folder=folder / "orthanc",
+        extra_config={
+            "DicomTlsEnabled": True,
+            "DicomTlsCertificate": str(certs.server.certificate),
+            "DicomTlsPrivateKey": str(certs.server.key),
+            "DicomTlsTrustedCertificates": str(certs.ca),
+            "DicomTlsRemoteCertificateRequired": True,
+        },
+    )
+    orthanc.start()
+    try:
+        pacs = PriorPacs(orthanc, prior_pacs.data)
+        pacs.upload(prior_pacs.data.ct.files)
+        pacs.register()
+        yield TlsOrthanc(pacs, certs)
+    finally:
+        orthanc.stop()
+
+
+@dataclass(frozen=True)
+class TlsOrthanc:
+    pacs: PriorPacs
+    certs: Certificates
+
+
+def test_a_prior_is_found_and_retrieved_over_dicom_tls_with_our_client_certificate(
+    tls_orthanc: TlsOrthanc, settings: Settings, intake: InstanceIntake
+) -> None:
+    certs, ct = tls_orthanc.certs, tls_orthanc.pacs.data.ct
+    files = {"ca_file": certs.ca, "certificate": certs.client.certificate, "private_key": certs.client.key}
+    archive = open_archive(tls_orthanc.pacs.source("dimse", name="pacs-tls", tls=True, **files), settings)
+    try:
+        found = archive.find_studies(PATIENT_ID, ISSUER)
+        assert ct.uid in {study.study_uid for study in found}
+        thick = ct.series_named("Chest 10mm")
+        result = archive.retrieve(ct.uid, [thick.uid], intake_sink(intake))
+        assert (result.stored, result.failed) == (len(thick.instance_uids), 0)
+        assert stored_instances(settings) == {thick.uid: set(thick.instance_uids)}
+    finally:
+        archive.close()
+    # Without TLS, or with a CA that did not sign the PACS's certificate, nothing is exchanged and the error says so.
+    plain = open_archive(tls_orthanc.pacs.source("dimse", name="pacs-plain"), settings)
+    rogue = open_archive(
+        tls_orthanc.pacs.source("dimse", name="pacs-rogue", tls=True, ca_file=certs.rogue_ca), settings
+    )
+    for refused in (plain, rogue):
+        try:
+            with pytest.raises(ArchiveError, match=r"pacs-(plain|rogue)"):
+                refused.find_studies(PATIENT_ID, ISSUER)
+        finally:
+            refused.close()
