@@ -55,6 +55,13 @@ class SingleSignOn(BaseModel):
     redirect_uri : str, optional
         The callback URL registered at the provider; by default this server's ``/login/sso/callback`` as the
         request reached it (set it behind a proxy that rewrites the host).
+    provider_sign_out : bool
+        Signing out of pacs-vlm also ends the person's session at the provider (OpenID Connect RP-initiated
+        logout, when its discovery document offers an ``end_session_endpoint``); on by default, so that the
+        next person at a shared reading-room workstation is not signed in as the last one.
+    post_sign_out_uri : str, optional
+        Where the provider sends the browser back after its sign-out (registered at the provider as a
+        post-logout redirect URI); by default this server's ``/login`` as the request reached it.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -72,6 +79,8 @@ class SingleSignOn(BaseModel):
     site_claim: _CLAIM = "groups"
     sites: dict[Annotated[str, Field(min_length=1, max_length=255)], list[_SITE_CODE]] = Field(default_factory=dict)
     redirect_uri: Annotated[str, Field(pattern=r"^https?://[^\s#]+$", max_length=2000)] | None = None
+    provider_sign_out: bool = True
+    post_sign_out_uri: Annotated[str, Field(pattern=r"^https?://[^\s#]+$", max_length=2000)] | None = None
 
     @field_validator("scopes")
     @classmethod

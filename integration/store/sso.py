@@ -72,6 +72,12 @@ def set_user_sites(session: Session, user: User, codes: Sequence[str]) -> list[s
     return user_site_codes(session, user.id)
 
 
+def signed_in_by(session: Session, user_id: int, issuer: str) -> bool:
+    """Whether the user is one the provider ``issuer`` created (their sessions are the provider's sign-ins)."""
+    found = session.scalar(select(SsoIdentity.id).where(SsoIdentity.user_id == user_id, SsoIdentity.issuer == issuer))
+    return found is not None
+
+
 def begin_sign_in(session: Session, state: str, browser: str, nonce: str, code_verifier: str, next_path: str) -> None:
     """Remember a sign-in sent to the provider (only hashes of the state and the browser's binding)."""
     now = utcnow()

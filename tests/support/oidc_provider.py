@@ -10,6 +10,7 @@ change between sign-ins.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from dataclasses import dataclass, field
@@ -32,6 +33,8 @@ class OidcProvider:
     client_id: str = "pacs-vlm"
     client_secret: str = "test-client-secret-0123456789"
     port: int = field(default_factory=free_port)
+    #: The profile and group claims only in UserInfo, not in the ID token (as some providers do).
+    claims_in_userinfo_only: bool = False
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -55,7 +58,8 @@ class OidcProvider:
             self.set_accounts({})
         log = (self.folder / "provider.log").open("ab")
         args = [str(self.port), self.client_id, self.client_secret, self.redirect_uri, str(self.accounts_file)]
-        self.process = subprocess.Popen([node, "provider.mjs", *args], cwd=OIDC_DIR, stdout=log, stderr=log)
+        env = {**os.environ, "OIDC_CONFORM_ID_TOKEN": "1" if self.claims_in_userinfo_only else "0"}
+        self.process = subprocess.Popen([node, "provider.mjs", *args], cwd=OIDC_DIR, stdout=log, stderr=log, env=env)
         wait_for_port("127.0.0.1", self.port, timeout=30)
         return self
 

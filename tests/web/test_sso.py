@@ -7,11 +7,14 @@ login and consent pages; the api is the real ``pacs-vlm api`` on PostgreSQL.
 
 from __future__ import annotations
 
+import json
 import re
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
@@ -33,7 +36,7 @@ from integration.store.sso_tables import SsoIdentity
 from integration.store.tables import AuditEvent, Site, Study, User, UserRole, utcnow
 from integration.store.users import authenticate
 from integration.web.security.csrf import csrf_token_for_session
-from integration.web.security.sso import SsoRefused, _id_token_claims
+from integration.web.security.sso import SsoRefused, _id_token_claims, _with_userinfo
 from tests.support.instances import ingest
 from tests.support.oidc_provider import OidcProvider
 from tests.support.review_app import copy_with_new_uids, sign_in, sites_and_users
@@ -55,7 +58,16 @@ class World:
 
 @pytest.fixture
 def world(migrated_postgres_url: str, redis_url: str, tmp_path: Path) -> Iterator[World]:
-    url = migrated_postgres_url
+    yield from _world(migrated_postgres_url, redis_url, tmp_path)
+
+
+@pytest.fixture
+def userinfo_world(migrated_postgres_url: str, redis_url: str, tmp_path: Path) -> Iterator[World]:
+    """The world with a provider whose ID tokens carry only ``sub``: names and groups come from UserInfo."""
+    yield from _world(migrated_postgres_url, redis_url, tmp_path, claims_in_userinfo_only=True)
+
+
+def _world(url: str, redis_url: str, tmp_path: Path, claims_in_userinfo_only: bool = False) -> Iterator[World]:
     sites_and_users(url)
     assert cli(url, "sites", "add", "EAST", "East Hospital").returncode == 0
     settings = Settings(
@@ -73,7 +85,11 @@ def world(migrated_postgres_url: str, redis_url: str, tmp_path: Path) -> Iterato
         studies[code] = str(ingest(settings, path, now - timedelta(seconds=300 - age), ae).StudyInstanceUID)
     assert StudyAssembler(settings).run_once().jobs_created == 3
     api_port = _free_port()
-    provider = OidcProvider(tmp_path / "oidc", f"http://127.0.0.1:{api_port}/login/sso/callback").start()
+    provider = OidcProvider(
+        tmp_path / "oidc",
+        f"http://127.0.0.1:{api_port}/login/sso/callback",
+        claims_in_userinfo_only=claims_in_userinfo_only,
+    ).start()
     provider.set_accounts({"alice": ALICE, "bob": {"name": "Bob Jones", "groups": ["visitors", "site-north"]}})
     env = {
         "PACSVLM_MIN_FREE_BYTES": "0",
@@ -164,6 +180,80 @@ def test_provider_sign_in_maps_role_and_sites_and_updates_them(world: World, chr
         True,
         False,
     ]
+
+
+def test_role_sites_and_name_come_from_userinfo_when_the_id_token_carries_only_the_subject(
+    userinfo_world: World, chromium: Any
+) -> None:
+    world = userinfo_world
+    page = chromium.new_context().new_page()
+    provider_sign_in(page, world.api, "alice")
+    page.wait_for_url("**/worklist**")
+    assert {world.studies["NORTH"], world.studies["SOUTH"]} <= shown_studies(page)
+    with session_scope(world.settings.database_url) as session:
+        user = session.scalars(select(User).where(User.username == "alice")).one()
+        assert user.role is UserRole.RADIOLOGIST and user.person_name == "Smith^Alice"
+    logins = [event.detail for event in events(world.settings, "auth.login") if event.actor == "alice"]
+    assert logins == [{"via": "sso", "role": "radiologist", "sites": ["NORTH", "SOUTH"], "created": True}]
+
+
+def test_userinfo_of_another_subject_refuses_and_an_unreadable_one_leaves_the_id_token_alone() -> None:
+    """A stand-in UserInfo endpoint (a stdlib HTTP server on a real socket) plays a provider that misbehaves."""
+    answers = {"/mismatch": {"sub": "sub-mallory", "groups": ["admins"]}, "/same": {"sub": "sub-alice", "x": 1}}
+
+    class UserInfo(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.headers.get("Authorization", ""))
+            body = json.dumps(answers.get(self.path, {})).encode()
+            self.send_response(200 if self.path in answers else 401)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    seen: list[str] = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), UserInfo)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    claims = {"sub": "sub-alice", "iss": "https://idp", "groups": ["rad"]}
+    try:
+        with pytest.raises(SsoRefused, match="another person"):
+            _with_userinfo(claims, {"userinfo_endpoint": base + "/mismatch"}, "token-1")
+        assert _with_userinfo(claims, {"userinfo_endpoint": base + "/same"}, "token-2") == {**claims, "x": 1}
+        assert _with_userinfo(claims, {"userinfo_endpoint": base + "/gone"}, "token-3") == claims  # 401
+        assert (
+            _with_userinfo(claims, {}, "token-4") == claims
+            and _with_userinfo(claims, {"userinfo_endpoint": base}, None) == claims
+        )
+    finally:
+        server.shutdown()
+    assert seen == ["Bearer token-1", "Bearer token-2", "Bearer token-3"]
+
+
+def test_signing_out_ends_the_session_at_the_provider_so_the_next_person_signs_in_afresh(
+    world: World, chromium: Any
+) -> None:
+    page = chromium.new_context().new_page()
+    provider_sign_in(page, world.api, "alice")
+    page.wait_for_url("**/worklist**")
+    page.click('form[action="/logout"] button[type="submit"]')
+    page.wait_for_selector('button[name="logout"][value="yes"]')  # the provider's own sign-out page
+    assert page.url.startswith(world.provider.issuer)
+    page.click('button[name="logout"][value="yes"]')
+    page.wait_for_url(f"{world.api.url}/login**")
+    assert page.goto(world.api.url + "/worklist") is not None and "/login" in page.url  # signed out here ...
+    page.click("#sso-sign-in")
+    page.wait_for_selector('input[name="login"]')  # ... and there: the provider asks who it is again
+    assert [event.actor for event in events(world.settings, "auth.logout")] == ["alice"]
+
+    # a local (break-glass) account signs out here only: the provider is not involved
+    local = sign_in(world.api, "boss")
+    token = csrf_token_for_session(local.cookies[COOKIE])
+    answer = local.post("/logout", data={"csrf_token": token})
+    assert answer.status_code == 303 and answer.headers["location"] == "/login"
 
 
 def test_person_without_a_mapped_role_is_refused_and_audited(world: World, chromium: Any) -> None:

@@ -39,6 +39,7 @@ from integration.web.pages.worklist_page import worklist_page_router
 from integration.web.security.auth import set_session_cookie, sign_in, sign_out
 from integration.web.security.csrf import require_csrf
 from integration.web.security.refusals import CsrfRefused
+from integration.web.security.sso import provider_sign_out_page, provider_sign_out_url
 
 #: The cookie holding the sign-in form's CSRF token (the form's hidden field must match it).
 LOGIN_CSRF_COOKIE = "pacsvlm_login_csrf"
@@ -138,8 +139,10 @@ def pages_router() -> APIRouter:
 
     @router.post("/logout", summary="Sign out from the page", dependencies=[Depends(require_csrf)])
     def logout(request: Request) -> Response:
-        """End the session, clear the cookie and show the sign-in form."""
-        response = _redirect("/login")
+        """End the session and clear the cookie; then the sign-in form (or first the provider's sign-out)."""
+        user = _signed_in(request)
+        at_provider = provider_sign_out_url(request, user.id) if user is not None else None
+        response: Response = _redirect("/login") if at_provider is None else provider_sign_out_page(at_provider)
         sign_out(request, response)
         return response
 

@@ -13,11 +13,12 @@ Who the signed-in user of a request is, is a dependency (:func:`integration.web.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from pydantic import BaseModel, Field
+from sqlalchemy.orm import Session
 
 from integration.config import Settings
 from integration.store.audit import add_event
@@ -112,6 +113,24 @@ def check_credentials(
     raise refuse(BAD_CREDENTIALS)  # after the scope has committed the failure's audit event
 
 
+def open_session(session: Session, request: Request, user: User, detail: Mapping[str, object]) -> str:
+    """Open a session for a user who has just signed in (any way) and audit ``auth.login``; return its token.
+
+    ``detail`` says how (``{"via": "password"}``, ``{"via": "sso", ...}``); the session lasts ``session_hours``.
+    """
+    token = create_session(session, user, timedelta(hours=app_settings(request).session_hours))
+    add_event(
+        session,
+        actor=user.username,
+        action="auth.login",
+        object_type="user",
+        object_id=str(user.id),
+        source=client_host(request),
+        detail=dict(detail),
+    )
+    return token
+
+
 def sign_in(request: Request, username: str, password: str) -> tuple[str, CurrentUser]:
     """Sign a person in: throttled credential check (:func:`check_credentials`), new session, audit.
 
@@ -151,16 +170,7 @@ def sign_in(request: Request, username: str, password: str) -> tuple[str, Curren
             refused = True
         else:
             refused = False
-            token = create_session(session, user, timedelta(hours=settings.session_hours))
-            add_event(
-                session,
-                actor=user.username,
-                action="auth.login",
-                object_type="user",
-                object_id=str(user.id),
-                source=client_host(request),
-                detail={"via": "password"},
-            )
+            token = open_session(session, request, user, {"via": "password"})
             if settings.sso is not None:  # a local password beside single sign-on: break-glass, audited as such
                 add_event(
                     session,

@@ -5,7 +5,8 @@
 cookie (SameSite=Lax: it must come back on the provider's cross-site redirect).  ``GET /login/sso/callback``
 takes that sign-in once (a replayed or forged callback, or one from another browser, finds nothing),
 exchanges the code with the verifier and the client secret, and checks the ID token: signature against the
-provider's JWKS (from its discovery document), issuer, audience, expiry and nonce.  The claims then give the
+provider's JWKS (from its discovery document), issuer, audience, expiry and nonce.  The provider's UserInfo
+(read with the access token, same subject) adds the claims the ID token leaves out.  The claims then give the
 username, the DICOM person name, the role and the sites (:class:`~integration.sso_settings.SingleSignOn`);
 a person whose claims map to no role, or a radiologist or uploader to no site, is refused with a page and
 audited ``auth.sso_refused``.  Success creates or updates the user and opens an ordinary session (audited
@@ -16,9 +17,9 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import timedelta
 from threading import Lock
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 from authlib.common.security import generate_token  # type: ignore[import-untyped]
@@ -33,11 +34,11 @@ from integration.config import Settings
 from integration.sso_settings import SingleSignOn, claim_values
 from integration.store.audit import add_event
 from integration.store.session import session_scope
-from integration.store.sso import begin_sign_in, provider_user, take_sign_in
+from integration.store.sso import begin_sign_in, provider_user, signed_in_by, take_sign_in
 from integration.store.tables import UserRole
-from integration.store.users import UserError, create_session
+from integration.store.users import UserError
 from integration.web.deps import app_settings, client_host
-from integration.web.security.auth import set_session_cookie
+from integration.web.security.auth import open_session, set_session_cookie
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +186,41 @@ def finish_sign_in(request: Request, sso: SingleSignOn) -> tuple[str, str, str]:
     if not isinstance(id_token, str):
         raise SsoRefused("the provider sent no ID token")
     claims = _id_token_claims(sso, id_token, pending.nonce)
+    claims = _with_userinfo(claims, metadata, tokens.get("access_token"))
     return (*_sign_in_user(request, settings, sso, claims), pending.next_path)
+
+
+def _with_userinfo(claims: dict[str, Any], metadata: dict[str, Any], access_token: object) -> dict[str, Any]:
+    """Add the claims of the provider's UserInfo endpoint to the ID token's (those of the ID token win).
+
+    Many providers put only ``sub`` in the ID token and the profile and group claims in UserInfo
+    (OpenID Connect Core 5.4).  UserInfo is read with the access token when the provider offers both; its
+    ``sub`` must be the ID token's (Core 5.3.2), or the sign-in is refused.  A UserInfo endpoint that cannot be
+    read (or answers a signed JWT, not JSON) leaves the ID token's claims alone: the role and site mapping then
+    refuses a person whose ID token says too little, with its own message.
+
+    Raises
+    ------
+    SsoRefused
+        UserInfo names another subject.
+    """
+    endpoint = metadata.get("userinfo_endpoint")
+    if not isinstance(endpoint, str) or not isinstance(access_token, str) or not access_token:
+        return claims
+    try:
+        answer = httpx.get(
+            endpoint, headers={"Authorization": f"Bearer {access_token}"}, timeout=PROVIDER_TIMEOUT
+        )  # fmt: skip
+        answer.raise_for_status()
+        info = answer.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        log.warning("single sign-on: the provider's UserInfo could not be read (%s)", type(exc).__name__)
+        return claims
+    if not isinstance(info, dict):
+        return claims
+    if str(info.get("sub")) != str(claims["sub"]):
+        raise SsoRefused("the provider's UserInfo names another person than its ID token")
+    return {**info, **claims}
 
 
 def _sign_in_user(request: Request, settings: Settings, sso: SingleSignOn, claims: dict[str, Any]) -> tuple[str, str]:
@@ -218,18 +253,8 @@ def _sign_in_user(request: Request, settings: Settings, sso: SingleSignOn, claim
                 session.rollback()
                 refusal = str(exc)
             else:
-                token = create_session(session, user, timedelta(hours=settings.session_hours))
                 detail = {"via": "sso", "role": role, "sites": sites, "created": created}
-                add_event(
-                    session,
-                    actor=user.username,
-                    action="auth.login",
-                    object_type="user",
-                    object_id=str(user.id),
-                    source=client_host(request),
-                    detail=detail,
-                )
-                return token, user.username
+                return open_session(session, request, user, detail), user.username
     with session_scope(settings.database_url) as session:  # the refusal commits even though the above rolled back
         add_event(
             session,
@@ -239,6 +264,45 @@ def _sign_in_user(request: Request, settings: Settings, sso: SingleSignOn, claim
             detail={"reason": refusal, "role": role, "sites": sites},
         )
     raise SsoRefused(refusal or "refused")
+
+
+def provider_sign_out_url(request: Request, user_id: int) -> str | None:
+    """The provider's end-session URL for a user it signed in (RP-initiated logout), else None.
+
+    None when single sign-on or its ``provider_sign_out`` is off, for a local account, when the provider offers
+    no ``end_session_endpoint``, or when it cannot be reached (the sign-out here goes on regardless).  The URL
+    names our client and where to come back (``post_sign_out_uri``, else our sign-in page).
+    """
+    settings = app_settings(request)
+    sso = settings.sso
+    if sso is None or not sso.provider_sign_out:
+        return None
+    with session_scope(settings.database_url) as session:
+        if not signed_in_by(session, user_id, sso.issuer):
+            return None
+    try:
+        endpoint = _PROVIDER.metadata(sso).get("end_session_endpoint")
+    except (httpx.HTTPError, ValueError, SsoRefused):
+        log.warning("single sign-on: the provider could not be reached to end its session")
+        return None
+    if not isinstance(endpoint, str) or not endpoint.startswith(("https://", "http://")):
+        return None
+    back = sso.post_sign_out_uri or str(request.url_for("login_form"))
+    query = urlencode({"client_id": sso.client_id, "post_logout_redirect_uri": back})
+    return f"{endpoint}{'&' if '?' in endpoint else '?'}{query}"
+
+
+def provider_sign_out_page(url: str) -> HTMLResponse:
+    """A page that takes the browser on to the provider's sign-out.
+
+    A page, not a redirect: the sign-out is a form's POST, and the pages' ``form-action 'self'`` forbids a form's
+    redirect to another site.
+    """
+    return HTMLResponse(
+        f'<!doctype html><meta http-equiv="refresh" content="0;url={_attribute(url)}"><title>Signed out</title>'
+        f'<p id="signed-out">Signed out of pacs-vlm. <a href="{_attribute(url)}">Sign out at the provider too</a>.</p>',
+        headers={"Cache-Control": "no-store"},
+    )
 
 
 def _refused_page(request: Request, message: str) -> HTMLResponse:

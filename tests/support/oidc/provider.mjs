@@ -14,6 +14,7 @@ const configuration = {
       client_id: clientId,
       client_secret: clientSecret,
       redirect_uris: [redirectUri],
+      post_logout_redirect_uris: [new URL("/login", redirectUri).href], // pacs-vlm's sign-in page
       response_types: ["code"],
       grant_types: ["authorization_code"],
       token_endpoint_auth_method: "client_secret_basic",
@@ -22,7 +23,9 @@ const configuration = {
   pkce: { required: () => true },
   claims: { openid: ["sub"], profile: ["name", "preferred_username"], groups: ["groups"] },
   scopes: ["openid", "profile", "groups"],
-  conformIdTokenClaims: false, // the profile and groups claims in the ID token, as hospital providers do
+  // false: the profile and groups claims in the ID token, as many hospital providers do; OIDC_CONFORM_ID_TOKEN=1:
+  // only in UserInfo (the ID token carries sub), as others do
+  conformIdTokenClaims: process.env.OIDC_CONFORM_ID_TOKEN === "1",
   features: { devInteractions: { enabled: true } },
   cookies: { keys: ["test-only-cookie-key"] },
   async findAccount(ctx, id) {
