@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -388,3 +388,30 @@ def test_the_next_study_route_is_for_readers_and_never_gives_away_another_sites_
         answer = rad.get("/worklist/next", params={"after": after})
         assert answer.status_code == 303 and answer.headers["location"] == top.headers["location"]
         assert south not in answer.headers["location"]
+
+
+def test_received_days_are_the_hospitals_days(world: Module) -> None:
+    """00:30 in Berlin on 15 March is 23:30 UTC on the 14th: the worklist's day filter says the 15th."""
+    url, jane = world.settings.database_url, uid(world.jane)
+    with session_scope(url) as session:
+        was = session.scalar(select(Study.last_received_at).where(Study.study_uid == jane))
+        session.execute(
+            update(Study)
+            .where(Study.study_uid == jane)
+            .values(last_received_at=datetime(2026, 3, 14, 23, 30, tzinfo=UTC))
+        )
+    try:
+        client = sign_in(world.api, "north_rad")
+
+        def listed(**days: str) -> list[str]:
+            answer = client.get("/api/studies", params={"q": "jane", **days})
+            assert answer.status_code == 200, answer.text
+            return [row["study_uid"] for row in answer.json()]
+
+        assert listed(received_from="2026-03-15", received_to="2026-03-15") == [jane]
+        assert listed(received_to="2026-03-14") == [] and listed(received_from="2026-03-16") == []
+        page = client.get("/worklist", params={"q": "jane", "received_from": "2026-03-15", "received_to": "2026-03-15"})
+        assert jane in page.text
+    finally:
+        with session_scope(url) as session:
+            session.execute(update(Study).where(Study.study_uid == jane).values(last_received_at=was))

@@ -17,7 +17,7 @@ claim, :mod:`integration.store.claims`); ``claim=available`` leaves out the stud
 from __future__ import annotations
 
 import re
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -32,7 +32,8 @@ from integration.store.reading_tables import StudyClaim
 from integration.store.shadow import reviewable
 from integration.store.tables import ROLE_CURRENT, Instance, Report, ReportStatus, Series, Site, Study, User, utcnow
 from integration.web import schemas
-from integration.web.deps import CurrentUser, DbSession, Reviewer, StudyUid, client_address
+from integration.web.deps import AppSettings, CurrentUser, DbSession, Reviewer, StudyUid, client_address
+from integration.web.pages.templating import display_zone
 from integration.web.security.access import study_for, visible
 
 #: Most rows one worklist answer carries.
@@ -88,7 +89,7 @@ class WorklistFilter(BaseModel):
     priority : {"routine", "stat"} or None
         The study's priority.
     received_from, received_to : datetime.date or None
-        Days (UTC, both inclusive) the study's newest instance arrived in.
+        Days (both inclusive, in the hospital's zone: ``timezone``) the study's newest instance arrived in.
     site : str or None
         Site code (administrators; others see their own site only in any case).
     claim : ClaimFilter or None
@@ -157,8 +158,13 @@ _STATUS_ORDER = {
 _Claimer = aliased(User)
 
 
-def _matching(query: Select[Any], user: CurrentUser, filters: WorklistFilter, now: datetime) -> Select[Any]:
-    """Join what the filters need (newest report, site, order, live claim and its holder) and filter."""
+def _matching(
+    query: Select[Any], user: CurrentUser, filters: WorklistFilter, now: datetime, zone: tzinfo | None = UTC
+) -> Select[Any]:
+    """Join what the filters need (newest report, site, order, live claim and its holder) and filter.
+
+    ``zone`` is the one the received days are days of (:func:`_day_start`).
+    """
     latest = aliased(Report)
     newest = select(func.max(latest.id)).where(latest.study_id == Study.id, reviewable(latest))
     newest_id = newest.correlate(Study).scalar_subquery()
@@ -170,7 +176,7 @@ def _matching(query: Select[Any], user: CurrentUser, filters: WorklistFilter, no
         .outerjoin(_Claimer, _Claimer.id == StudyClaim.user_id)
         .where(Study.role == ROLE_CURRENT)  # a prior is shown beside its study, never on its own
     )
-    query = _filtered(visible(query, user), filters)
+    query = _filtered(visible(query, user), filters, zone)
     if filters.claim is ClaimFilter.AVAILABLE:
         query = query.where(or_(StudyClaim.user_id.is_(None), StudyClaim.user_id == user.id))
     elif filters.claim is ClaimFilter.MINE:
@@ -178,21 +184,31 @@ def _matching(query: Select[Any], user: CurrentUser, filters: WorklistFilter, no
     return query
 
 
-def worklist_total(session: Session, user: CurrentUser, filters: WorklistFilter | None = None) -> int:
-    """Return how many studies match the filters (all pages)."""
-    query = _matching(select(func.count(Study.id)).select_from(Study), user, filters or WorklistFilter(), utcnow())
+def worklist_total(
+    session: Session, user: CurrentUser, filters: WorklistFilter | None = None, zone: tzinfo | None = UTC
+) -> int:
+    """Return how many studies match the filters (all pages; received days in ``zone``)."""
+    filters = filters or WorklistFilter()
+    query = _matching(select(func.count(Study.id)).select_from(Study), user, filters, utcnow(), zone)
     return int(session.scalar(query) or 0)
 
 
 def worklist(
-    session: Session, user: CurrentUser, filters: WorklistFilter | None = None, limit: int | None = None
+    session: Session,
+    user: CurrentUser,
+    filters: WorklistFilter | None = None,
+    limit: int | None = None,
+    zone: tzinfo | None = UTC,
 ) -> list[schemas.WorklistRow]:
-    """Return one page of the studies the user may review, filtered and sorted (``limit`` overrides the filters')."""
+    """Return one page of the studies the user may review, filtered and sorted (``limit`` overrides the filters').
+
+    The received days of the filters are days in ``zone``, the hospital's (None: the server's local zone).
+    """
     filters = filters or WorklistFilter()
     series_count = select(func.count(Series.id)).where(Series.study_id == Study.id).correlate(Study).scalar_subquery()
     columns = (Study, Site.code, series_count, Report.id, Report.status, Order)
     claim_columns = (_Claimer.username, _Claimer.person_name, StudyClaim.expires_at)
-    query = _matching(select(*columns, *claim_columns).select_from(Study), user, filters, utcnow())
+    query = _matching(select(*columns, *claim_columns).select_from(Study), user, filters, utcnow(), zone)
     query = query.order_by(*_order(filters.sort)).limit(limit or filters.limit).offset(filters.offset)
     rows = session.execute(query).all()
     modalities: dict[int, set[str]] = {}
@@ -254,7 +270,13 @@ def _order_summary(order: Order | None) -> schemas.StudyOrder | None:
     )
 
 
-def _filtered(query: Select[Any], filters: WorklistFilter) -> Select[Any]:
+def _day_start(day: date, zone: tzinfo | None) -> datetime:
+    """The first moment of ``day`` in ``zone`` (None: the server's local zone), in UTC."""
+    start = datetime.combine(day, time(), zone) if zone is not None else datetime.combine(day, time()).astimezone()
+    return start.astimezone(UTC)
+
+
+def _filtered(query: Select[Any], filters: WorklistFilter, zone: tzinfo | None = UTC) -> Select[Any]:
     """Add the filter conditions (the query joins the newest report as :class:`Report` and :class:`Site`)."""
     if filters.status is ReportFilter.NONE:
         query = query.where(Report.id.is_(None))
@@ -267,10 +289,9 @@ def _filtered(query: Select[Any], filters: WorklistFilter) -> Select[Any]:
     if filters.priority is not None:
         query = query.where(Study.priority == filters.priority)
     if filters.received_from is not None:
-        query = query.where(Study.last_received_at >= datetime.combine(filters.received_from, time(), UTC))
+        query = query.where(Study.last_received_at >= _day_start(filters.received_from, zone))
     if filters.received_to is not None:
-        end = datetime.combine(filters.received_to + timedelta(days=1), time(), UTC)
-        query = query.where(Study.last_received_at < end)
+        query = query.where(Study.last_received_at < _day_start(filters.received_to + timedelta(days=1), zone))
     if filters.site is not None:
         query = query.where(Site.code == filters.site)
     for word in _WORDS.split(filters.q or ""):
@@ -369,14 +390,19 @@ def studies_router() -> APIRouter:
 
     @router.get("/studies", summary="Worklist")
     def list_studies(
-        response: Response, session: DbSession, user: Reviewer, filters: Annotated[WorklistFilter, Query()]
+        response: Response,
+        session: DbSession,
+        settings: AppSettings,
+        user: Reviewer,
+        filters: Annotated[WorklistFilter, Query()],
     ) -> list[schemas.WorklistRow]:
         """One page of the studies of the user's site (administrators: all sites), filtered; stat first, then newest.
 
         The number of matching studies (all pages) is in the ``X-Total-Count`` header.
         """
-        response.headers["X-Total-Count"] = str(worklist_total(session, user, filters))
-        return worklist(session, user, filters)
+        zone = display_zone(settings.timezone)
+        response.headers["X-Total-Count"] = str(worklist_total(session, user, filters, zone))
+        return worklist(session, user, filters, zone=zone)
 
     @router.get("/studies/{study_uid}", summary="One study with its reports")
     def get_study(study_uid: StudyUid, request: Request, session: DbSession, user: Reviewer) -> schemas.StudyDetail:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime, tzinfo
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
@@ -27,11 +27,11 @@ from sqlalchemy.orm import Session
 from integration.store.claims import claims_of
 from integration.store.tables import ROLE_CURRENT, Report, ReportPurpose, ReportStatus, Study, utcnow
 from integration.web.api.studies import WORKLIST_LIMIT, WorklistFilter, worklist
-from integration.web.deps import CurrentUser, DbSession, PageReviewer
+from integration.web.deps import AppSettings, CurrentUser, DbSession, PageReviewer
 from integration.web.pages.reading_list import MAX_LIST_QUERY, filters_from, list_query, worklist_url
 from integration.web.pages.review_form import next_url as next_url
 from integration.web.pages.review_form import see_other, study_url
-from integration.web.pages.templating import PageRoute
+from integration.web.pages.templating import PageRoute, display_zone
 
 #: The worklist's notice (an element of worklist.html shown when it is the URL's fragment).
 NO_MORE_ANCHOR = "no-more-studies"
@@ -42,7 +42,7 @@ MAX_SCANNED = 20 * WORKLIST_LIMIT
 _UID = re.compile(r"^[0-9.]{1,64}$")
 
 
-def _worklist_uids(session: Session, user: CurrentUser, filters: WorklistFilter) -> list[str]:
+def _worklist_uids(session: Session, user: CurrentUser, filters: WorklistFilter, zone: tzinfo | None) -> list[str]:
     """Return the worklist's study UIDs in its order, from its first row (paging through when it pages)."""
     paged = "offset" in WorklistFilter.model_fields
     uids: list[str] = []
@@ -51,7 +51,7 @@ def _worklist_uids(session: Session, user: CurrentUser, filters: WorklistFilter)
         update: dict[str, object] = {"limit": WORKLIST_LIMIT}
         if paged:
             update["offset"] = offset
-        rows = worklist(session, user, filters.model_copy(update=update))
+        rows = worklist(session, user, filters.model_copy(update=update), zone=zone)
         uids.extend(row.study_uid for row in rows)
         if not paged or len(rows) < WORKLIST_LIMIT:
             break
@@ -99,7 +99,12 @@ def _to_read(session: Session, user: CurrentUser, uids: Sequence[str], now: date
 
 
 def next_study(
-    session: Session, user: CurrentUser, filters: WorklistFilter, after_study_uid: str | None, now: datetime
+    session: Session,
+    user: CurrentUser,
+    filters: WorklistFilter,
+    after_study_uid: str | None,
+    now: datetime,
+    zone: tzinfo | None = UTC,
 ) -> str | None:
     """Return the UID of the next study to read in a worklist, or None when none is left.
 
@@ -116,6 +121,8 @@ def next_study(
         never the answer itself.  None (or a study no longer in the list) starts from the top.
     now : datetime.datetime
         The current time (UTC), for the claims' expiry.
+    zone : datetime.tzinfo or None, optional
+        The zone of the filters' received days (the hospital's; None: the server's local zone).
 
     Returns
     -------
@@ -123,7 +130,7 @@ def next_study(
         The first study after ``after_study_uid`` whose report of record is an unsigned primary draft and that
         no other radiologist has claimed.
     """
-    uids = _worklist_uids(session, user, filters)
+    uids = _worklist_uids(session, user, filters, zone)
     if after_study_uid in uids:
         at = uids.index(after_study_uid)
         uids = uids[at + 1 :] + uids[:at]
@@ -143,6 +150,7 @@ def reading_router() -> APIRouter:
     @router.get("/worklist/next", summary="Open the next study to read in a worklist")
     def open_next(
         session: DbSession,
+        settings: AppSettings,
         user: PageReviewer,
         reading_list: Annotated[str | None, Query(alias="list", max_length=MAX_LIST_QUERY)] = None,
         after: Annotated[str | None, Query(max_length=64)] = None,
@@ -150,7 +158,7 @@ def reading_router() -> APIRouter:
         """303 to the next study to read of the worklist (``list``) after ``after``, or back to that worklist."""
         filters = filters_from(reading_list)
         after_uid = after if after and _UID.fullmatch(after) else None
-        found = next_study(session, user, filters, after_uid, utcnow())
+        found = next_study(session, user, filters, after_uid, utcnow(), display_zone(settings.timezone))
         if found is None:
             return see_other(f"{worklist_url(filters)}#{NO_MORE_ANCHOR}")
         return see_other(study_url(found, reading_list=list_query(filters)))

@@ -31,7 +31,7 @@ from integration.web.api.studies import (
 from integration.web.deps import AppSettings, DbSession, PageReviewer, site_codes_of
 from integration.web.pages.reading_list import list_query, worklist_url
 from integration.web.pages.study_view import viewer_links
-from integration.web.pages.templating import PageRoute, render
+from integration.web.pages.templating import PageRoute, display_zone, render
 from integration.web.security.access import visible
 
 #: Labels of the sort orders, as the page shows them.
@@ -71,8 +71,9 @@ def worklist_page_router() -> APIRouter:
         filters: Annotated[WorklistFilter, Query()],
     ) -> HTMLResponse:
         """The studies the user may review, filtered and sorted; each row links to its study page."""
-        rows = worklist(session, user, filters)
-        total = worklist_total(session, user, filters)
+        zone = display_zone(settings.timezone)
+        rows = worklist(session, user, filters, zone=zone)
+        total = worklist_total(session, user, filters, zone)
         modalities = sorted(
             m
             for m in session.scalars(
