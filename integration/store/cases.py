@@ -2,7 +2,7 @@
 
 A case (:class:`~integration.store.reading_tables.UploadCase`) is one study of photos, opened by one uploader,
 with the clinical question kept whole.  Uploaders follow their cases here: each case's status (``received``
-until a draft of the study's current version exists, ``drafted`` while no report is signed, ``signed``), its photos,
+until a draft of the study's current version exists, ``drafted`` until it is signed, ``signed``), its photos,
 and, once signed, the signed versions' text.  The unsigned draft never reaches an uploader: only rows of
 ``report_revisions`` with status ``signed`` are returned.
 
@@ -157,17 +157,19 @@ def visible_case(session: Session, case_id: int, viewer: Viewer) -> UploadCase |
 def case_status(session: Session, study_id: int) -> str:
     """Say where a case stands: ``signed``, ``drafted`` (a primary report exists, none signed) or ``received``.
 
-    Only a report of the study's current version makes a case ``drafted``: photos added after the draft make a
-    new version, and until its draft exists the case is ``received`` again (the older draft does not cover them).
+    Only a report of the study's current version counts: photos added after the draft, or after the signature,
+    make a new version, and until its draft exists the case is ``received`` again, until its signature
+    ``drafted`` (the older report does not cover them; the uploader still reads the signed versions there are).
     """
     rows = session.execute(
         select(Report.status, Report.study_version == Study.version)
         .join(Study, Report.study_id == Study.id)
         .where(Report.study_id == study_id, Report.purpose == ReportPurpose.PRIMARY)
     ).all()
-    if any(status == ReportStatus.SIGNED for status, _ in rows):
+    current = [status for status, of_current_version in rows if of_current_version]
+    if ReportStatus.SIGNED in current:
         return SIGNED
-    return DRAFTED if any(current for _, current in rows) else RECEIVED
+    return DRAFTED if current else RECEIVED
 
 
 def _photo_count(session: Session, study_id: int) -> int:
