@@ -15,6 +15,7 @@ without it).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -250,18 +251,26 @@ def skip_reason(session: Session, study: Study) -> str | None:
     """
     if study.state != StudyState.SKIPPED:
         return None
-    detail = session.scalar(
-        select(AuditEvent.detail)
-        .where(
-            AuditEvent.object_type == "study",
-            AuditEvent.object_id == study.study_uid,
-            AuditEvent.action == SKIPPED_ACTION,
+    return skip_reasons(session, [study.study_uid])[study.study_uid]
+
+
+def skip_reasons(session: Session, study_uids: Sequence[str]) -> dict[str, str]:
+    """Return :func:`skip_reason` of each of the skipped studies ``study_uids`` in one query (the worklist's page)."""
+    rules: dict[str, object] = {}
+    if study_uids:
+        events = session.execute(
+            select(AuditEvent.object_id, AuditEvent.detail)
+            .where(
+                AuditEvent.object_type == "study",
+                AuditEvent.object_id.in_(list(study_uids)),
+                AuditEvent.action == SKIPPED_ACTION,
+            )
+            .order_by(AuditEvent.id)
         )
-        .order_by(AuditEvent.id.desc())
-        .limit(1)
-    )
-    rule = (detail or {}).get("rule")
-    return f"skipped by rule {rule}" if rule else "skipped by a routing rule"
+        rules = {uid: (detail or {}).get("rule") for uid, detail in events}  # the latest event of each wins
+    return {
+        uid: f"skipped by rule {rules[uid]}" if rules.get(uid) else "skipped by a routing rule" for uid in study_uids
+    }
 
 
 @dataclass(frozen=True)

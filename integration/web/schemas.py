@@ -69,6 +69,8 @@ class WorklistRow(StudyHeader):
     claimed_by: str | None = None
     claimed_by_name: str | None = None
     claim_expires_at: datetime | None = None
+    #: Why the study is in its state when that is not an error: ``"skipped by rule <name>"``.
+    state_reason: str | None = None
 
     @field_serializer("last_received_at")
     def _iso(self, moment: datetime) -> str:

@@ -152,7 +152,9 @@ def test_a_shadow_draft_is_hidden_then_measured_against_the_signed_report_and_a_
     assert db_rows(url, "SELECT count(*) FROM shadow_outcomes") == [(0,)]
 
     # the skip rule: not analysed, said so (not an error)
-    assert rows[MR_STUDY]["state"] == "skipped"
+    assert rows[MR_STUDY]["state"] == "skipped" and rows[MR_STUDY]["state_reason"] == "skipped by rule mr-skip"
+    assert rows[CT_STUDY]["state_reason"] is None
+    assert "(skipped by rule mr-skip)" in radiologist.get("/worklist").text
     assert "skipped by rule mr-skip" in radiologist.get(f"/studies/{MR_STUDY}").text
     assert "skipped by rule mr-skip" in client(api, "boss").get("/admin/work").text
 

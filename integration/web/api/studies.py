@@ -30,7 +30,19 @@ from integration.store.audit import add_event
 from integration.store.order_tables import Order
 from integration.store.reading_tables import StudyClaim
 from integration.store.shadow import reviewable
-from integration.store.tables import ROLE_CURRENT, Instance, Report, ReportStatus, Series, Site, Study, User, utcnow
+from integration.store.tables import (
+    ROLE_CURRENT,
+    Instance,
+    Report,
+    ReportStatus,
+    Series,
+    Site,
+    Study,
+    StudyState,
+    User,
+    utcnow,
+)
+from integration.store.work import skip_reasons
 from integration.web import schemas
 from integration.web.deps import AppSettings, CurrentUser, DbSession, Reviewer, StudyUid, client_address
 from integration.web.pages.templating import display_zone
@@ -218,6 +230,7 @@ def worklist(
     ):
         if modality:
             modalities.setdefault(study_id, set()).add(modality)
+    skipped = skip_reasons(session, [study.study_uid for study, *_ in rows if study.state == StudyState.SKIPPED])
     return [
         schemas.WorklistRow(
             **_header(study, site_code, order),
@@ -229,6 +242,7 @@ def worklist(
             claimed_by=claimer,
             claimed_by_name=claimer_name,
             claim_expires_at=claim_expires,
+            state_reason=skipped.get(study.study_uid),
         )
         for study, site_code, series, report_id, report_status, order, claimer, claimer_name, claim_expires in rows
     ]
