@@ -14,7 +14,8 @@ from integration.store.tables import Report, ReportPurpose, ReportStatus, Study,
 def report(study: Study, status: ReportStatus, purpose: ReportPurpose = ReportPurpose.PRIMARY) -> Report:
     return Report(
         study_id=study.id, study_version=study.version, status=status, purpose=purpose, ai_generated=True,
-        model_id="second" if purpose is ReportPurpose.SECOND_OPINION else "m", model_revision="r", model_family="llava", prompt_version="p/v1", structured=True,
+        model_id="second" if purpose is ReportPurpose.SECOND_OPINION else "m", model_revision="r",
+        model_family="llava", prompt_version="p/v1", structured=True,
         findings={"findings": [], "impression": "", "limitations": ""}, text="", raw_output="{}", evidence=[],
         timings={}, tokens_in=1, tokens_out=1,
     )  # fmt: skip

@@ -18,6 +18,10 @@ import httpx
 from playwright.sync_api import Dialog, sync_playwright
 from sqlalchemy import select
 
+from integration.app_config import save
+from integration.config import Settings
+from integration.config_seed import seed_configuration
+from integration.store.config_tables import ConfigKind
 from integration.store.session import session_scope
 from integration.store.tables import (
     AnalysisJob,
@@ -31,6 +35,7 @@ from integration.store.tables import (
     utcnow,
 )
 from integration.web.security.csrf import csrf_token_for_session
+from tests.support.peers import wait_until
 from tests.support.records import db_rows, queued_messages
 from tests.support.services import free_port
 from tests.web.conftest import ApiProcess
@@ -269,6 +274,18 @@ def test_requesting_second_opinions(
     assert uploader.get(f"/api/studies/{NORTH_STUDY}/opinions").status_code == 403
     log = api.log_path.read_text(errors="replace")
     assert "Doe" not in log and "Jane" not in log  # no patient data in the application's log
+
+    # The model list is the database's and in force without a restart: `pacs-vlm db upgrade` seeds it from the
+    # environment; a model an administrator adds (as `pacs-vlm config set model` does) is offered within seconds.
+    with session_scope(url) as session:
+        assert "model" in seed_configuration(session, Settings(database_url=url, models=MODELS))
+        save(session, ConfigKind.MODEL, "qwen-vl", {"path": "/models/Qwen2.5-VL-7B"}, actor="boss")
+    listed = f"/api/studies/{NORTH_STUDY}/opinions"
+    wait_until(
+        lambda: rad.get(listed).json()["models"] == ["lingshu-7b", "medgemma", "qwen-vl"],
+        timeout=15, message="the new model in the running api's list",
+    )  # fmt: skip
+    assert rad.ask(NORTH_STUDY, {"model": "qwen-vl"}).status_code == 201
 
 
 def test_comparison_api_and_page(
