@@ -36,15 +36,13 @@ from integration.store.tables import (
     Instance,
     JobState,
     Report,
-    ReportRevision,
     ReportStatus,
-    RevisionStatus,
     Series,
     Study,
     StudyState,
-    utcnow,
 )
 from tests.support.peers import SCU_AE, ListenerProcess
+from tests.support.report_rows import reading_revision, report_row
 
 STUDIES = 24
 PER_STUDY = 8  # CT_small: about 39 kB each, so a study is about 316 kB
@@ -137,37 +135,10 @@ def _read(url: str, study_uid: str, *, sign: bool) -> None:
             if study.state is StudyState.QUEUED:
                 session.execute(update(AnalysisJob).where(AnalysisJob.study_id == study.id).values(state=JobState.DONE))
                 study.state = StudyState.SIGNED
-                report = Report(
-                    study_id=study.id,
-                    study_version=study.version,
-                    status=ReportStatus.SIGNED if sign else ReportStatus.REJECTED,
-                    model_id="m",
-                    model_revision="r",
-                    model_family="llava",
-                    prompt_version="p",
-                    structured=True,
-                    findings={},
-                    text="",
-                    raw_output="",
-                    evidence=[],
-                    timings={},
-                    tokens_in=0,
-                    tokens_out=0,
-                )
+                report = report_row(study, ReportStatus.SIGNED if sign else ReportStatus.REJECTED)
                 session.add(report)
                 session.flush()
-                session.add(
-                    ReportRevision(
-                        report_id=report.id,
-                        version=2,
-                        status=RevisionStatus.SIGNED if sign else RevisionStatus.REJECTED,
-                        findings={},
-                        text="",
-                        author="dr",
-                        organization="h",
-                        created_at=utcnow(),
-                    )
-                )
+                session.add(reading_revision(report))
                 return
         assert time.monotonic() < deadline, f"study {study_uid} was never queued"
         time.sleep(0.1)

@@ -9,16 +9,12 @@ from __future__ import annotations
 from integration.store.cases import DRAFTED, RECEIVED, SIGNED, case_status
 from integration.store.session import session_scope
 from integration.store.tables import Report, ReportPurpose, ReportStatus, Study, StudyState, utcnow
+from tests.support.report_rows import report_row
 
 
 def report(study: Study, status: ReportStatus, purpose: ReportPurpose = ReportPurpose.PRIMARY) -> Report:
-    return Report(
-        study_id=study.id, study_version=study.version, status=status, purpose=purpose, ai_generated=True,
-        model_id="second" if purpose is ReportPurpose.SECOND_OPINION else "m", model_revision="r",
-        model_family="llava", prompt_version="p/v1", structured=True,
-        findings={"findings": [], "impression": "", "limitations": ""}, text="", raw_output="{}", evidence=[],
-        timings={}, tokens_in=1, tokens_out=1,
-    )  # fmt: skip
+    second = purpose is ReportPurpose.SECOND_OPINION
+    return report_row(study, status, purpose=purpose, model_id="second" if second else "m")
 
 
 def test_a_case_is_signed_only_while_its_signed_report_covers_every_photo(migrated_postgres_url: str) -> None:

@@ -18,10 +18,7 @@ from integration.store.tables import (
     ROLE_PRIOR,
     AuditEvent,
     Instance,
-    Report,
-    ReportRevision,
     ReportStatus,
-    RevisionStatus,
     Series,
     Site,
     Study,
@@ -29,6 +26,7 @@ from integration.store.tables import (
     StudyState,
     utcnow,
 )
+from tests.support.report_rows import reading_revision, report_row
 
 NOW = utcnow()
 OLD = NOW - timedelta(days=40)
@@ -98,41 +96,11 @@ def add_study(
             sr = f"reports/{uid}/{uid}.9.dcm"
             (settings.data_dir / sr).parent.mkdir(parents=True, exist_ok=True)
             (settings.data_dir / sr).write_bytes(b"SR")
-            row = Report(
-                study_id=study.id,
-                study_version=1,
-                status=report,
-                model_id="m",
-                model_revision="r",
-                model_family="llava",
-                prompt_version="p",
-                structured=True,
-                findings={},
-                text="",
-                raw_output="",
-                evidence=[],
-                timings={},
-                tokens_in=0,
-                tokens_out=0,
-                sr_path=sr,
-                sr_sop_instance_uid=f"{uid}.9",
-            )
+            row = report_row(study, report, study_version=1, sr_path=sr, sr_sop_instance_uid=f"{uid}.9")
             session.add(row)
             session.flush()
             if report in (ReportStatus.SIGNED, ReportStatus.REJECTED):
-                status = RevisionStatus.SIGNED if report is ReportStatus.SIGNED else RevisionStatus.REJECTED
-                session.add(
-                    ReportRevision(
-                        report_id=row.id,
-                        version=2,
-                        status=status,
-                        findings={},
-                        text="",
-                        author="dr",
-                        organization="h",
-                        created_at=read_at,
-                    )
-                )
+                session.add(reading_revision(row, read_at))
         return study.id
 
 
