@@ -202,9 +202,10 @@ def summary_of(session: Session, case: UploadCase) -> CaseSummary:
     )
 
 
-def cases_of(session: Session, viewer: Viewer, *, limit: int = MAX_LISTED) -> list[CaseSummary]:
-    """Return the cases the viewer may see, newest first: their own (an uploader) or all (an administrator)."""
-    query = select(UploadCase).order_by(UploadCase.created_at.desc(), UploadCase.id.desc()).limit(limit)
+def cases_of(session: Session, viewer: Viewer, *, limit: int = MAX_LISTED, offset: int = 0) -> list[CaseSummary]:
+    """Return a page of the cases the viewer may see, newest first: their own (an uploader) or all (an admin)."""
+    query = select(UploadCase).order_by(UploadCase.created_at.desc(), UploadCase.id.desc())
+    query = query.limit(limit).offset(offset)
     if viewer.role is UserRole.UPLOADER:
         query = query.where(UploadCase.uploader_id == viewer.user_id, UploadCase.site_id.in_(viewer.site_ids))
     elif viewer.role is not UserRole.ADMIN:

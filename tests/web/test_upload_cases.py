@@ -250,3 +250,24 @@ def test_only_the_owner_and_administrators_reach_a_case(world: Module, tmp_path:
     for path in (f"/uploads/{case_id}/photos", f"/api/uploads/{case_id}/photos", "/upload"):
         assert no_token.post(path, files={"file": ("d.png", data, "image/png")}).status_code == 403, path
     assert len(client(world, "upload").get(f"/api/uploads/{case_id}").json()["images"]) == 3  # nothing added
+
+
+def test_my_uploads_pages_through_the_cases_newest_first(world: Module, tmp_path: Path) -> None:
+    uploader = client(world, "upload2")  # an uploader of its own: its list holds only these cases
+    data = photo(tmp_path, "p.png", 5).read_bytes()
+    made = []
+    for n in range(3):
+        form = {"patient_id": f"PAGE-{n}", "family_name": "Rossi", "given_name": "Anna", "birth_date": "19700101",
+                "sex": "F", "body_part": "ARM", "clinical_question": "Rash?"}  # fmt: skip
+        created = uploader.post("/api/uploads/photo", data=form, files=[("file", ("p.png", data, "image/png"))])
+        assert created.status_code == 201, created.text
+        made.append(created.json()["case_id"])
+    newest_first = made[::-1]
+    first = uploader.get("/api/uploads", params={"limit": 2}).json()
+    assert [c["case_id"] for c in first["cases"]] == newest_first[:2] and first["next_offset"] == 2
+    last = uploader.get("/api/uploads", params={"limit": 2, "offset": 2}).json()
+    assert [c["case_id"] for c in last["cases"]] == newest_first[2:] and last["next_offset"] is None
+    assert uploader.get("/api/uploads", params={"limit": 0}).status_code == 422
+    page = uploader.get("/uploads")
+    assert page.status_code == 200 and 'id="older-cases"' not in page.text  # three fit on the page
+    assert 'id="newer-cases"' in uploader.get("/uploads", params={"offset": 1}).text

@@ -30,9 +30,10 @@ class CaseSummaryView(BaseModel):
 
 
 class CaseList(BaseModel):
-    """The user's cases, newest first."""
+    """A page of the user's cases, newest first; ``next_offset`` asks for the next (older) page, if any."""
 
     cases: list[CaseSummaryView]
+    next_offset: int | None = None
 
 
 class CasePhoto(BaseModel):

@@ -19,14 +19,15 @@ the same message (:func:`integration.store.cases.visible_case`).
 from __future__ import annotations
 
 import io
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
-from fastapi import APIRouter, HTTPException, Request, status
+from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from integration.intake.photo import MAX_PHOTO_BYTES, PhotoInvalid
 from integration.store.cases import (
+    MAX_LISTED,
     CaseSummary,
     case_photos,
     cases_of,
@@ -67,6 +68,12 @@ def case_json(summary: CaseSummary) -> dict[str, Any]:
         "created_at": summary.created_at.isoformat(),
         "updated_at": summary.updated_at.isoformat(),
     }
+
+
+#: Cases on one page of ``/uploads`` (``/api/uploads`` pages by ``limit``, at most :data:`MAX_LISTED`).
+PAGE_CASES = 100
+Offset = Annotated[int, Query(ge=0, le=10_000_000, description="cases skipped: the page's start")]
+PageSize = Annotated[int, Query(ge=1, le=MAX_LISTED, description="most cases on the page")]
 
 
 def _case(request: Request, user: CurrentUser, case_id: int) -> UploadCase:
@@ -116,11 +123,12 @@ def cases_router() -> APIRouter:
     not_found: dict[int | str, dict[str, Any]] = {404: {"description": "no such case (or not yours)"}}
 
     @router.get("/api/uploads", summary="My uploads", response_model=CaseList)
-    def list_cases(request: Request, user: Uploader) -> dict[str, Any]:
-        """The user's telemedicine cases, newest first, with their status."""
-        with session_scope(app_settings(request).database_url) as session:
-            rows = cases_of(session, viewer_of(user))
-        return {"cases": [case_json(row) for row in rows]}
+    def list_cases(
+        request: Request, user: Uploader, offset: Offset = 0, limit: PageSize = MAX_LISTED
+    ) -> dict[str, Any]:
+        """A page of the user's telemedicine cases, newest first, with their status (``next_offset``: more)."""
+        rows, next_offset = _page_of_cases(request, user, offset, limit)
+        return {"cases": [case_json(row) for row in rows], "next_offset": next_offset}
 
     @router.get("/api/uploads/{case_id}", summary="A telemedicine case", responses=not_found, response_model=CaseView)
     def one_case(request: Request, user: Uploader, case_id: int) -> dict[str, Any]:
@@ -163,11 +171,11 @@ def cases_router() -> APIRouter:
     pages = APIRouter(route_class=PageRoute, tags=["upload page"])
 
     @pages.get("/uploads", response_class=HTMLResponse, summary="My uploads page")
-    def uploads_page(request: Request, user: Uploader) -> HTMLResponse:
-        """The user's cases, newest first."""
-        with session_scope(app_settings(request).database_url) as session:
-            rows = cases_of(session, viewer_of(user))
-        return render(request, "uploads.html", {"cases": rows})
+    def uploads_page(request: Request, user: Uploader, offset: Offset = 0) -> HTMLResponse:
+        """A page of the user's cases, newest first, with links to the older and newer pages."""
+        rows, next_offset = _page_of_cases(request, user, offset, PAGE_CASES)
+        newer = max(offset - PAGE_CASES, 0) if offset else None
+        return render(request, "uploads.html", {"cases": rows, "older": next_offset, "newer": newer})
 
     @pages.get("/uploads/{case_id}", response_class=HTMLResponse, summary="A case's page", responses=not_found)
     def case_page(request: Request, user: Uploader, case_id: int) -> HTMLResponse:
@@ -198,6 +206,15 @@ def cases_router() -> APIRouter:
 
     router.include_router(pages)
     return router
+
+
+def _page_of_cases(
+    request: Request, user: CurrentUser, offset: int, limit: int
+) -> tuple[list[CaseSummary], int | None]:
+    """One page of the user's cases and the offset of the next page (None on the last page)."""
+    with session_scope(app_settings(request).database_url) as session:
+        rows = cases_of(session, viewer_of(user), limit=limit + 1, offset=offset)
+    return rows[:limit], (offset + limit if len(rows) > limit else None)
 
 
 def _case_page(
