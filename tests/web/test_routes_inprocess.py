@@ -91,10 +91,11 @@ def test_sign_in_worklist_and_study_json(world: World, app: TestClient) -> None:
         *("patient_birth_date", "patient_sex", "accession_number", "study_date", "study_description"),
         *("order", "order_problem", "critical_reason"),
         *("modalities", "series_count", "last_received_at", "report_id", "report_status"),
-        *("claimed_by", "claimed_by_name", "claim_expires_at", "modality_count"),
+        *("claimed_by", "claimed_by_name", "claim_expires_at", "state_reason", "modality_count"),
     ]
     assert (rows[0]["site"], rows[0]["report_id"], rows[0]["report_status"]) == ("NORTH", world.north_report, "draft")
     assert rows[0]["modalities"] == ["CT"] and rows[0]["modality_count"] == 1 and rows[0]["series_count"] == 1
+    assert rows[0]["state_reason"] is None  # only a skipped study says why it is in its state
 
     study = app.get(f"/api/studies/{world.north_uid}")
     assert study.status_code == 200
